@@ -1,0 +1,136 @@
+//! `kappa-bench`: scenarios that measure kappa against the machine's own limits, in one run.
+//!
+//! Every throughput figure is printed beside the limit it is measured against (the raw disk
+//! bandwidth through the same glommio DMA path, measured in the same run) and the ratio. Each figure
+//! is the median of several runs, with the spread shown; O_DIRECT bypasses the page cache, and the
+//! data size is stated in the report.
+//!
+//! Scenarios today: `storage` (issue: storage). `ingest`, `tail`, `replay`, `recovery` and the
+//! `run`/`compare` report driver arrive with the engine.
+
+// The harness measures wall time; that is its job, so the `Clock` rule does not apply here.
+#![allow(clippy::disallowed_methods)]
+
+mod storage;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "kappa-bench", about = "kappa benchmark scenarios")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Raw disk bandwidth, then log append (written, synced) and scan throughput.
+    Storage(storage::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KAPPA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    match Cli::parse().scenario {
+        Scenario::Storage(args) => storage::run(args),
+    }
+}
+
+/// The machine a report was measured on, so two reports can be compared.
+#[derive(Debug, serde::Serialize)]
+pub struct Machine {
+    pub cpu_model: String,
+    pub cpus_online: usize,
+    pub memory_total_kib: u64,
+    pub kernel: String,
+    pub data_dir: PathBuf,
+    pub file_system: String,
+    pub build_profile: &'static str,
+}
+
+impl Machine {
+    pub fn probe(data_dir: &std::path::Path) -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|r| r.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+            .unwrap_or_else(|| "unknown".to_string());
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let memory_total_kib = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|r| r.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0);
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        Machine {
+            cpu_model,
+            cpus_online: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            memory_total_kib,
+            kernel,
+            data_dir: data_dir.to_path_buf(),
+            file_system: file_system_of(data_dir),
+            build_profile: if cfg!(debug_assertions) { "debug" } else { "release" },
+        }
+    }
+}
+
+/// The mount with the longest prefix of `path`, from /proc/mounts: "fstype on device (mountpoint)".
+fn file_system_of(path: &std::path::Path) -> String {
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let mut best: Option<(usize, String)> = None;
+    for line in mounts.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        if fields.len() < 3 {
+            continue;
+        }
+        let mount_point = std::path::Path::new(fields[1]);
+        if path.starts_with(mount_point) {
+            let len = fields[1].len();
+            if best.as_ref().is_none_or(|(l, _)| len > *l) {
+                best = Some((len, format!("{} on {} ({})", fields[2], fields[0], fields[1])));
+            }
+        }
+    }
+    best.map_or_else(|| "unknown".to_string(), |(_, s)| s)
+}
+
+/// Median, min and max of repeated measurements.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub runs: usize,
+}
+
+impl Spread {
+    pub fn of(values: &[f64]) -> Spread {
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let n = sorted.len();
+        let median = if n == 0 {
+            0.0
+        } else if n % 2 == 1 {
+            sorted[n / 2]
+        } else {
+            (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+        };
+        Spread {
+            median,
+            min: sorted.first().copied().unwrap_or(0.0),
+            max: sorted.last().copied().unwrap_or(0.0),
+            runs: n,
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! Frame header encoding and the defects a parse reports.
+
+use super::*;
+
+fn frame_with_payload(payload: &[u8]) -> Vec<u8> {
+    let mut header = FrameHeader {
+        version: FORMAT_VERSION,
+        frame_len: frame_len_for(payload.len()) as u32,
+        payload_len: payload.len() as u32,
+        base_offset: 42,
+        record_count: 3,
+        first_timestamp: 1_000,
+        max_timestamp: 2_000,
+        checksum: 0,
+    };
+    let mut bytes = vec![0u8; header.frame_len as usize];
+    let mut head = [0u8; FRAME_HEADER_SIZE];
+    header.write(&mut head, payload);
+    bytes[..FRAME_HEADER_SIZE].copy_from_slice(&head);
+    bytes[FRAME_HEADER_SIZE..FRAME_HEADER_SIZE + payload.len()].copy_from_slice(payload);
+    bytes
+}
+
+#[test]
+fn header_round_trips() {
+    let bytes = frame_with_payload(b"hello, frame");
+    let (header, payload) = parse_frame(&bytes).expect("valid frame");
+    assert_eq!(header.base_offset, 42);
+    assert_eq!(header.record_count, 3);
+    assert_eq!(header.next_offset(), 45);
+    assert_eq!(header.first_timestamp, 1_000);
+    assert_eq!(header.max_timestamp, 2_000);
+    assert_eq!(payload, b"hello, frame");
+    assert_eq!(bytes.len() % FRAME_ALIGN, 0);
+}
+
+#[test]
+fn every_flipped_bit_is_detected() {
+    let bytes = frame_with_payload(b"some payload bytes that matter");
+    let covered = FRAME_HEADER_SIZE + 30;
+    for byte in 0..covered {
+        for bit in 0..8 {
+            let mut damaged = bytes.clone();
+            damaged[byte] ^= 1 << bit;
+            assert!(
+                parse_frame(&damaged).is_err(),
+                "flip of bit {bit} in byte {byte} went unnoticed"
+            );
+        }
+    }
+}
+
+#[test]
+fn zeros_are_a_clean_end_and_garbage_is_not() {
+    assert_eq!(parse_header(&[0u8; 100]), Err(FrameDefect::BadMagic { found: 0, all_zero: true }));
+    assert_eq!(parse_header(&[0u8; 10]), Err(FrameDefect::BadMagic { found: 0, all_zero: true }));
+    let mut garbage = [0u8; 100];
+    garbage[70] = 1;
+    garbage[0] = 7;
+    assert!(matches!(parse_header(&garbage), Err(FrameDefect::BadMagic { all_zero: false, .. })));
+}
+
+#[test]
+fn truncation_and_unknown_version_are_typed() {
+    let bytes = frame_with_payload(b"0123456789");
+    assert!(matches!(parse_frame(&bytes[..bytes.len() - 16]), Err(FrameDefect::Truncated { .. })));
+    assert!(matches!(parse_header(&bytes[..20]), Err(FrameDefect::Truncated { .. })));
+    let mut newer = bytes.clone();
+    newer[4] = 9;
+    assert_eq!(parse_header(&newer), Err(FrameDefect::UnknownVersion { found: 9 }));
+}

@@ -1,0 +1,279 @@
+//! Kafka RecordBatch v2 bytes: the record layout stored inside every frame.
+//!
+//! The appliance speaks the Kafka wire protocol, and Kafka consumers fetch whole record batches. So
+//! each stored batch keeps its records in RecordBatch v2 layout (magic 2, uncompressed, CRC32C from
+//! the attributes to the end, base offset in bytes 0..8 which the CRC does not cover), and a fetch
+//! can send the stored bytes unchanged.
+//!
+//! Why our own encoder rather than `kafka_protocol::records::RecordBatchEncoder`: that encoder takes
+//! owned `Record` values (`Bytes`, an `IndexMap` of headers) and allocates per record, while this one
+//! writes straight from borrowed slices into a reused buffer, and emits the per-record directory
+//! (positions of key, value and headers) in the same pass. The format is small and fixed; a test
+//! decodes our bytes with `kafka-protocol` to keep us honest.
+//!
+//! ```text
+//!  0 baseOffset i64 | 8 batchLength i32 | 12 partitionLeaderEpoch i32 | 16 magic i8 (=2)
+//! 17 crc u32 (CRC32C of bytes 21..) | 21 attributes i16 | 23 lastOffsetDelta i32
+//! 27 baseTimestamp i64 | 35 maxTimestamp i64 | 43 producerId i64 | 51 producerEpoch i16
+//! 53 baseSequence i32 | 57 recordCount i32 | 61 records...
+//! record: length varint | attributes i8 | timestampDelta varlong | offsetDelta varint
+//!         | keyLength varint (-1 = null) | key | valueLength varint (-1 = null) | value
+//!         | headerCount varint | (headerKeyLength varint | key | headerValueLength varint | value)*
+//! ```
+//! Fixed fields are big-endian; varints are zigzag-encoded as in protobuf.
+
+/// Size of the fixed RecordBatch v2 header.
+pub const BATCH_HEADER_SIZE: usize = 61;
+/// Where the CRC32C coverage starts (the attributes field).
+pub const CRC_START: usize = 21;
+const MAGIC_V2: u8 = 2;
+
+/// One header of a record: a UTF-8 key (by Kafka's convention) and optional value bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header<'a> {
+    pub key: &'a [u8],
+    pub value: Option<&'a [u8]>,
+}
+
+/// A record as a producer hands it to the log: borrowed, so appending copies it exactly once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record<'a> {
+    /// Event time in milliseconds since the Unix epoch.
+    pub timestamp: i64,
+    pub key: Option<&'a [u8]>,
+    pub value: &'a [u8],
+    pub headers: &'a [Header<'a>],
+}
+
+impl<'a> Record<'a> {
+    pub fn new(timestamp: i64, key: Option<&'a [u8]>, value: &'a [u8]) -> Self {
+        Record { timestamp, key, value, headers: &[] }
+    }
+
+    /// The bytes this record contributes to the size limit: key, value and headers.
+    pub fn size_bytes(&self) -> usize {
+        self.key.map_or(0, <[u8]>::len)
+            + self.value.len()
+            + self
+                .headers
+                .iter()
+                .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
+                .sum::<usize>()
+    }
+}
+
+/// Idempotent-producer fields kept verbatim in the batch header (-1 when not used).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerInfo {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+}
+
+impl Default for ProducerInfo {
+    fn default() -> Self {
+        ProducerInfo { producer_id: -1, producer_epoch: -1, base_sequence: -1 }
+    }
+}
+
+/// Where one record's fields lie inside the v2 bytes (the per-record directory stored next to them).
+/// Positions are byte offsets into the batch; operators read fields through it with no varint parsing.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
+pub struct RecordEntry {
+    pub timestamp: i64,
+    pub key_pos: u32,
+    /// -1 for a null key.
+    pub key_len: i32,
+    pub value_pos: u32,
+    /// -1 for a null value (a tombstone).
+    pub value_len: i32,
+    /// Start of the first header (after the header count).
+    pub headers_pos: u32,
+    /// Bytes of all headers together, without the count.
+    pub headers_len: u32,
+}
+
+pub(crate) fn varint_len(value: i64) -> usize {
+    let mut zz = ((value << 1) ^ (value >> 63)) as u64;
+    let mut n = 1;
+    while zz >= 0x80 {
+        zz >>= 7;
+        n += 1;
+    }
+    n
+}
+
+fn put_varint(buf: &mut Vec<u8>, value: i64) {
+    let mut zz = ((value << 1) ^ (value >> 63)) as u64;
+    while zz >= 0x80 {
+        buf.push((zz as u8) | 0x80);
+        zz >>= 7;
+    }
+    buf.push(zz as u8);
+}
+
+/// Reads a zigzag varint at `*pos`, advancing it. `None` on truncation or overflow.
+pub(crate) fn get_varint(bytes: &[u8], pos: &mut usize) -> Option<i64> {
+    let mut result: u64 = 0;
+    let mut shift = 0;
+    loop {
+        let b = *bytes.get(*pos)?;
+        *pos += 1;
+        result |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+        if shift > 63 {
+            return None;
+        }
+    }
+    Some(((result >> 1) as i64) ^ -((result & 1) as i64))
+}
+
+fn len_field(len: Option<usize>) -> i64 {
+    len.map_or(-1, |l| l as i64)
+}
+
+/// Encodes `records` as one uncompressed RecordBatch v2 into `out` (cleared first), pushing one
+/// `RecordEntry` per record into `directory` (cleared first). `records` must be non-empty; the
+/// caller (the batch encoder) checks that and the size limits.
+pub fn encode_batch(
+    base_offset: u64,
+    records: &[Record<'_>],
+    producer: ProducerInfo,
+    out: &mut Vec<u8>,
+    directory: &mut Vec<RecordEntry>,
+) {
+    assert!(!records.is_empty(), "encode_batch needs at least one record");
+    out.clear();
+    directory.clear();
+    let first_timestamp = records[0].timestamp;
+    let max_timestamp = records.iter().map(|r| r.timestamp).max().unwrap_or(first_timestamp);
+    let last_offset_delta = (records.len() - 1) as i32;
+
+    out.extend_from_slice(&(base_offset as i64).to_be_bytes());
+    out.extend_from_slice(&0i32.to_be_bytes()); // batchLength, patched below.
+    out.extend_from_slice(&(-1i32).to_be_bytes()); // partitionLeaderEpoch: no leader here.
+    out.push(MAGIC_V2);
+    out.extend_from_slice(&0u32.to_be_bytes()); // crc, patched below.
+    out.extend_from_slice(&0i16.to_be_bytes()); // attributes: uncompressed, create time.
+    out.extend_from_slice(&last_offset_delta.to_be_bytes());
+    out.extend_from_slice(&first_timestamp.to_be_bytes());
+    out.extend_from_slice(&max_timestamp.to_be_bytes());
+    out.extend_from_slice(&producer.producer_id.to_be_bytes());
+    out.extend_from_slice(&producer.producer_epoch.to_be_bytes());
+    out.extend_from_slice(&producer.base_sequence.to_be_bytes());
+    out.extend_from_slice(&(records.len() as i32).to_be_bytes());
+    debug_assert_eq!(out.len(), BATCH_HEADER_SIZE);
+
+    for (delta, record) in records.iter().enumerate() {
+        let timestamp_delta = record.timestamp.wrapping_sub(first_timestamp);
+        let key_len = record.key.map(<[u8]>::len);
+        let headers_len: usize = record
+            .headers
+            .iter()
+            .map(|h| {
+                let value_len = h.value.map(<[u8]>::len);
+                varint_len(h.key.len() as i64)
+                    + h.key.len()
+                    + varint_len(len_field(value_len))
+                    + value_len.unwrap_or(0)
+            })
+            .sum();
+        let body_len = 1
+            + varint_len(timestamp_delta)
+            + varint_len(delta as i64)
+            + varint_len(len_field(key_len))
+            + key_len.unwrap_or(0)
+            + varint_len(record.value.len() as i64)
+            + record.value.len()
+            + varint_len(record.headers.len() as i64)
+            + headers_len;
+        put_varint(out, body_len as i64);
+        let body_start = out.len();
+        out.push(0); // Record attributes: unused in v2.
+        put_varint(out, timestamp_delta);
+        put_varint(out, delta as i64);
+        put_varint(out, len_field(key_len));
+        let key_pos = out.len() as u32;
+        if let Some(key) = record.key {
+            out.extend_from_slice(key);
+        }
+        put_varint(out, record.value.len() as i64);
+        let value_pos = out.len() as u32;
+        out.extend_from_slice(record.value);
+        put_varint(out, record.headers.len() as i64);
+        let headers_pos = out.len() as u32;
+        for header in record.headers {
+            put_varint(out, header.key.len() as i64);
+            out.extend_from_slice(header.key);
+            put_varint(out, len_field(header.value.map(<[u8]>::len)));
+            if let Some(value) = header.value {
+                out.extend_from_slice(value);
+            }
+        }
+        debug_assert_eq!(out.len() - body_start, body_len);
+        directory.push(RecordEntry {
+            timestamp: record.timestamp,
+            key_pos,
+            key_len: key_len.map_or(-1, |l| l as i32),
+            value_pos,
+            value_len: record.value.len() as i32,
+            headers_pos,
+            headers_len: headers_len as u32,
+        });
+    }
+
+    let batch_length = (out.len() - 12) as i32;
+    out[8..12].copy_from_slice(&batch_length.to_be_bytes());
+    let crc = crc32c::crc32c(&out[CRC_START..]);
+    out[17..21].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// Checks the CRC32C of stored v2 bytes (the check a Kafka consumer makes).
+pub fn crc_matches(batch: &[u8]) -> bool {
+    if batch.len() < BATCH_HEADER_SIZE {
+        return false;
+    }
+    let stored = u32::from_be_bytes([batch[17], batch[18], batch[19], batch[20]]);
+    crc32c::crc32c(&batch[CRC_START..]) == stored
+}
+
+/// Iterates the headers of one record, parsing lazily from the stored bytes (headers are rare on
+/// hot paths, so they are not in the directory one by one).
+pub struct HeaderIter<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> HeaderIter<'a> {
+    pub(crate) fn new(bytes: &'a [u8]) -> Self {
+        HeaderIter { bytes, pos: 0 }
+    }
+}
+
+impl<'a> Iterator for HeaderIter<'a> {
+    type Item = Header<'a>;
+
+    fn next(&mut self) -> Option<Header<'a>> {
+        if self.pos >= self.bytes.len() {
+            return None;
+        }
+        let key_len = usize::try_from(get_varint(self.bytes, &mut self.pos)?).ok()?;
+        let key = self.bytes.get(self.pos..self.pos + key_len)?;
+        self.pos += key_len;
+        let value_len = get_varint(self.bytes, &mut self.pos)?;
+        let value = if value_len < 0 {
+            None
+        } else {
+            let value_len = value_len as usize;
+            let value = self.bytes.get(self.pos..self.pos + value_len)?;
+            self.pos += value_len;
+            Some(value)
+        };
+        Some(Header { key, value })
+    }
+}

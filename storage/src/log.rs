@@ -1,0 +1,930 @@
+//! `PartitionLog`: the append path, the writer task, recovery, sealing and retention.
+//!
+//! Appends are split in two halves so that many producers share I/O:
+//!
+//! * the **appender** (any task calling `append`) assigns offsets, encodes the frame and copies it
+//!   into the current DMA write buffer, all synchronously under one `RefCell` borrow; a full buffer
+//!   goes to the writer's queue. Then it waits for the durability it asked for.
+//! * the **writer task** (one per partition) owns all segment I/O, in queue order: it writes full
+//!   buffers with up to `write_in_flight_max` writes in flight, writes the partial tail buffer when
+//!   the queue runs dry, and runs one fdatasync for every appender waiting on `synced` at that moment
+//!   (group commit). It also seals segments (fsync, write the index, create the next file).
+//!
+//! Positions are tracked as a byte **sequence** over the whole log's lifetime in this process
+//! (`appended_seq`, `submitted_seq`, `written_seq`, `synced_seq`), so a wait does not care which
+//! segment its bytes landed in.
+//!
+//! A partial write covers the tail block that later writes rewrite; two writes of one block must
+//! never be in flight at once (they could land in either order), so the writer waits for all
+//! in-flight writes before it issues one that starts below the end of an earlier one.
+//!
+//! Readers only see frames whose bytes are written (`readable`), never buffered ones.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use glommio::io::{DmaBuffer, DmaFile, ReadResult};
+use glommio::Task;
+
+use crate::batch::BatchEncoder;
+use crate::index::SegmentIndex;
+use crate::io::{self, BLOCK_SIZE};
+use crate::kafka::{ProducerInfo, Record};
+use crate::paths;
+use crate::scan::{self, ChunkSource, Depth};
+use crate::sync::Event;
+use crate::{Durability, Error, LogConfig};
+
+/// What an append returns once its durability is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    /// Offset of the first record of the batch.
+    pub base_offset: u64,
+    /// Offset of the last record of the batch.
+    pub last_offset: u64,
+    /// Bytes the batch's frame occupies on disk.
+    pub frame_len: u32,
+}
+
+/// What `open` found and repaired.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub segment_count: usize,
+    /// Sealed segments whose index file was missing or damaged and was rebuilt by a scan.
+    pub indexes_rebuilt: usize,
+    /// Bytes cut from the active segment's torn tail.
+    pub truncated_bytes: u64,
+    /// Bytes of the active segment scanned.
+    pub scanned_bytes: u64,
+}
+
+/// What `apply_retention` deleted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    pub segments_deleted: usize,
+    pub bytes_deleted: u64,
+    /// The first offset still in the log.
+    pub start_offset: u64,
+}
+
+/// A summary of one segment, for tools and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentInfo {
+    pub path: PathBuf,
+    pub base_offset: u64,
+    pub next_offset: u64,
+    pub size_bytes: u64,
+    pub max_timestamp: i64,
+    pub sealed: bool,
+}
+
+pub(crate) struct Segment {
+    pub(crate) path: PathBuf,
+    pub(crate) index: SegmentIndex,
+}
+
+/// A DMA buffer being filled, and where it goes in its segment file.
+struct WriteBuffer {
+    buf: DmaBuffer,
+    file_pos: u64,
+    len: usize,
+}
+
+enum WriteItem {
+    /// Bytes `[0, len)` of `buf` go to `file_pos` (rounded up to a block, zero-padded).
+    Data { buf: WriteBuffer, seq_end: u64 },
+    /// Seal the current segment and continue in a new one.
+    Roll { sealed_index: SegmentIndex, sealed_index_path: PathBuf, next_path: PathBuf },
+}
+
+/// Written frames become readable in order; this remembers where each one ends.
+struct PendingFrame {
+    seq_end: u64,
+    next_offset: u64,
+    segment_base: u64,
+    position_end: u64,
+}
+
+/// The readable prefix of the log: every frame before this point is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Readable {
+    pub(crate) next_offset: u64,
+    pub(crate) segment_base: u64,
+    pub(crate) position_end: u64,
+}
+
+pub(crate) struct State {
+    pub(crate) segments: Vec<Segment>,
+    encoder: BatchEncoder,
+    buffer: WriteBuffer,
+    queue: VecDeque<WriteItem>,
+    pending: VecDeque<PendingFrame>,
+    appended_seq: u64,
+    written_seq: u64,
+    synced_seq: u64,
+    pub(crate) readable: Readable,
+    failure: Option<Rc<std::io::Error>>,
+    failure_path: PathBuf,
+    closing: bool,
+}
+
+pub(crate) struct Shared {
+    pub(crate) dir: PathBuf,
+    pub(crate) config: LogConfig,
+    pub(crate) state: RefCell<State>,
+    pub(crate) changed: Event,
+    alignment_file: Cell<u64>,
+}
+
+/// One partition's durable log. `!Send`: it lives on the glommio executor that opened it.
+pub struct PartitionLog {
+    shared: Rc<Shared>,
+    writer: RefCell<Option<Task<()>>>,
+    recovery: RecoveryReport,
+}
+
+impl State {
+    fn active(&self) -> &Segment {
+        self.segments.last().expect("a log always has an active segment")
+    }
+    fn active_mut(&mut self) -> &mut Segment {
+        self.segments.last_mut().expect("a log always has an active segment")
+    }
+    fn check_usable(&self) -> Result<(), Error> {
+        if let Some(failure) = &self.failure {
+            return Err(Error::io(
+                "an earlier write",
+                &self.failure_path,
+                std::io::Error::new(failure.kind(), failure.to_string()),
+            ));
+        }
+        if self.closing {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+}
+
+fn alloc_buffer(file: &DmaFile, size: usize) -> DmaBuffer {
+    file.alloc_dma_buffer(size)
+}
+
+impl PartitionLog {
+    /// Opens (or creates) the log in `dir`, recovering the active segment's tail. Must run on a
+    /// glommio executor; the writer task is spawned on the current task queue.
+    pub async fn open(dir: &Path, config: LogConfig) -> Result<PartitionLog, Error> {
+        config.validate()?;
+        if config.segment_size_bytes_max > u64::from(u32::MAX) {
+            return Err(Error::Config { field: "segment_size_bytes_max (at most 4 GiB)" });
+        }
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("create dir", dir, e))?;
+        io::prime_iopoll(dir).await?;
+
+        let mut listed = paths::list_segments(dir).map_err(|e| Error::io("list", dir, e))?;
+        let mut report = RecoveryReport::default();
+        if listed.is_empty() {
+            let path = paths::segment_path(dir, 0);
+            let file = io::open_rw(&path).await?;
+            file.close().await.map_err(|e| Error::io("close", &path, e))?;
+            io::sync_dir(dir)?;
+            listed.push((0, path));
+        }
+        let mut segments: Vec<Segment> = Vec::with_capacity(listed.len());
+        let last = listed.len() - 1;
+        for (i, (base, path)) in listed.into_iter().enumerate() {
+            if let Some(previous) = segments.last() {
+                if previous.index.next_offset != base {
+                    return Err(Error::OffsetGap {
+                        path,
+                        expected: previous.index.next_offset,
+                        found: base,
+                    });
+                }
+            }
+            if i < last {
+                let (index, rebuilt) = load_sealed_index(dir, base, &path, &config).await?;
+                report.indexes_rebuilt += usize::from(rebuilt);
+                segments.push(Segment { path, index });
+            } else {
+                let index = recover_active(&path, base, &config, &mut report).await?;
+                segments.push(Segment { path, index });
+            }
+        }
+        report.segment_count = segments.len();
+
+        let active = segments.last().expect("at least one segment");
+        let file = Rc::new(io::open_rw(&active.path).await?);
+        let size = active.index.size_bytes;
+        let file_pos = size - size % BLOCK_SIZE as u64;
+        let mut buf = alloc_buffer(&file, config.write_buffer_size_bytes);
+        let tail_len = (size - file_pos) as usize;
+        if tail_len > 0 {
+            // Reload the partial tail block: the next write rewrites it with more frames after.
+            let block = file
+                .read_at_aligned(file_pos, BLOCK_SIZE)
+                .await
+                .map_err(|e| Error::io("read", &active.path, e))?;
+            if block.len() < tail_len {
+                return Err(Error::Corrupt {
+                    path: active.path.clone(),
+                    position: file_pos,
+                    defect: crate::format::FrameDefect::Truncated {
+                        available: block.len(),
+                        needed: tail_len,
+                    },
+                });
+            }
+            buf.as_bytes_mut()[..tail_len].copy_from_slice(&block[..tail_len]);
+        }
+        let readable = Readable {
+            next_offset: active.index.next_offset,
+            segment_base: active.index.base_offset,
+            position_end: size,
+        };
+        let state = State {
+            segments,
+            encoder: BatchEncoder::new(config.limits),
+            buffer: WriteBuffer { buf, file_pos, len: tail_len },
+            queue: VecDeque::new(),
+            pending: VecDeque::new(),
+            appended_seq: 0,
+            written_seq: 0,
+            synced_seq: 0,
+            readable,
+            failure: None,
+            failure_path: PathBuf::new(),
+            closing: false,
+        };
+        let shared = Rc::new(Shared {
+            dir: dir.to_path_buf(),
+            config,
+            state: RefCell::new(state),
+            changed: Event::default(),
+            alignment_file: Cell::new(0),
+        });
+        let writer = glommio::spawn_local(writer_loop(shared.clone(), file));
+        Ok(PartitionLog { shared, writer: RefCell::new(Some(writer)), recovery: report })
+    }
+
+    /// What recovery found when this log was opened.
+    pub fn recovery(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.shared.config
+    }
+
+    /// Appends `records` as one batch and waits until `durability` is reached.
+    pub async fn append(
+        &self,
+        records: &[Record<'_>],
+        durability: Durability,
+    ) -> Result<AppendInfo, Error> {
+        self.append_with(records, ProducerInfo::default(), durability).await
+    }
+
+    /// `append` with idempotent-producer fields kept in the stored Kafka batch.
+    pub async fn append_with(
+        &self,
+        records: &[Record<'_>],
+        producer: ProducerInfo,
+        durability: Durability,
+    ) -> Result<AppendInfo, Error> {
+        let shared = &self.shared;
+        shared.state.borrow().encoder.check(records)?;
+        // Backpressure: a producer that outruns the disk waits here, and memory stays bounded.
+        shared
+            .changed
+            .wait_until(|| {
+                let st = shared.state.borrow();
+                st.queue.len() < shared.config.write_queue_max || st.failure.is_some() || st.closing
+            })
+            .await;
+        let (info, seq_end) = self.append_buffered(records, producer)?;
+        shared.changed.notify();
+        match durability {
+            Durability::None => {}
+            Durability::Written => {
+                shared
+                    .changed
+                    .wait_until(|| {
+                        let st = shared.state.borrow();
+                        st.written_seq >= seq_end || st.failure.is_some()
+                    })
+                    .await;
+            }
+            Durability::Synced => {
+                shared
+                    .changed
+                    .wait_until(|| {
+                        let st = shared.state.borrow();
+                        st.synced_seq >= seq_end || st.failure.is_some()
+                    })
+                    .await;
+            }
+        }
+        let st = shared.state.borrow();
+        if durability != Durability::None {
+            if let Some(failure) = &st.failure {
+                return Err(Error::io(
+                    "append",
+                    &st.failure_path,
+                    std::io::Error::new(failure.kind(), failure.to_string()),
+                ));
+            }
+        }
+        Ok(info)
+    }
+
+    /// The synchronous half of an append: offsets, encoding, copy into the write buffer.
+    fn append_buffered(
+        &self,
+        records: &[Record<'_>],
+        producer: ProducerInfo,
+    ) -> Result<(AppendInfo, u64), Error> {
+        let config = &self.shared.config;
+        let mut st = self.shared.state.borrow_mut();
+        st.check_usable()?;
+        let st = &mut *st;
+        let base_offset = st.active().index.next_offset;
+        let header = *st.encoder.encode(base_offset, records, producer)?;
+        let frame_len = u64::from(header.frame_len);
+
+        let active = &st.active().index;
+        if !active.is_empty() && active.size_bytes + frame_len > config.segment_size_bytes_max {
+            self.roll(st);
+        }
+
+        let position = st.active().index.size_bytes;
+        let mut frame = st.encoder.frame();
+        while !frame.is_empty() {
+            let capacity = config.write_buffer_size_bytes;
+            let space = capacity - st.buffer.len;
+            let n = space.min(frame.len());
+            let at = st.buffer.len;
+            st.buffer.buf.as_bytes_mut()[at..at + n].copy_from_slice(&frame[..n]);
+            st.buffer.len += n;
+            st.appended_seq += n as u64;
+            frame = &frame[n..];
+            if st.buffer.len == capacity {
+                let next_pos = st.buffer.file_pos + capacity as u64;
+                let fresh = self.fresh_buffer(next_pos);
+                let full = std::mem::replace(&mut st.buffer, fresh);
+                st.queue.push_back(WriteItem::Data { buf: full, seq_end: st.appended_seq });
+            }
+        }
+        let active = st.active_mut();
+        active.index.push_frame(
+            base_offset,
+            header.record_count,
+            header.max_timestamp,
+            header.frame_len,
+        );
+        let segment_base = active.index.base_offset;
+        let next_offset = active.index.next_offset;
+        st.pending.push_back(PendingFrame {
+            seq_end: st.appended_seq,
+            next_offset,
+            segment_base,
+            position_end: position + frame_len,
+        });
+        let info =
+            AppendInfo { base_offset, last_offset: next_offset - 1, frame_len: header.frame_len };
+        Ok((info, st.appended_seq))
+    }
+
+    fn fresh_buffer(&self, file_pos: u64) -> WriteBuffer {
+        let size = self.shared.config.write_buffer_size_bytes;
+        // Any DMA buffer works for any file; glommio's allocator ignores the file.
+        let buf = glommio::allocate_dma_buffer(size);
+        WriteBuffer { buf, file_pos, len: 0 }
+    }
+
+    /// Seals the active segment and starts the next one (the I/O happens in the writer).
+    fn roll(&self, st: &mut State) {
+        let next_base = st.active().index.next_offset;
+        if st.buffer.len > 0 {
+            let fresh = self.fresh_buffer(0);
+            let tail = std::mem::replace(&mut st.buffer, fresh);
+            st.queue.push_back(WriteItem::Data { buf: tail, seq_end: st.appended_seq });
+        } else {
+            st.buffer.file_pos = 0;
+        }
+        let sealed = st.active();
+        let item = WriteItem::Roll {
+            sealed_index: sealed.index.clone(),
+            sealed_index_path: paths::index_path(&self.shared.dir, sealed.index.base_offset),
+            next_path: paths::segment_path(&self.shared.dir, next_base),
+        };
+        st.queue.push_back(item);
+        let next_path = paths::segment_path(&self.shared.dir, next_base);
+        st.segments.push(Segment {
+            path: next_path,
+            index: SegmentIndex::new(next_base, self.shared.config.index_interval_bytes),
+        });
+    }
+
+    /// The offset the next appended record will get.
+    pub fn end_offset(&self) -> u64 {
+        self.shared.state.borrow().active().index.next_offset
+    }
+
+    /// The first offset readers can see the end of: records below it are written.
+    pub fn readable_end_offset(&self) -> u64 {
+        self.shared.state.borrow().readable.next_offset
+    }
+
+    /// The first offset still in the log (retention moves it forward).
+    pub fn start_offset(&self) -> u64 {
+        self.shared.state.borrow().segments[0].index.base_offset
+    }
+
+    /// Waits until records at or after `offset` are readable (a tail consumer's wake-up).
+    pub async fn wait_readable(&self, offset: u64) -> Result<(), Error> {
+        let shared = &self.shared;
+        shared
+            .changed
+            .wait_until(|| {
+                let st = shared.state.borrow();
+                st.readable.next_offset > offset || st.failure.is_some() || st.closing
+            })
+            .await;
+        self.shared.state.borrow().check_usable()
+    }
+
+    /// The segments, oldest first.
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        let st = self.shared.state.borrow();
+        let last = st.segments.len() - 1;
+        st.segments
+            .iter()
+            .enumerate()
+            .map(|(i, s)| SegmentInfo {
+                path: s.path.clone(),
+                base_offset: s.index.base_offset,
+                next_offset: s.index.next_offset,
+                size_bytes: s.index.size_bytes,
+                max_timestamp: s.index.max_timestamp,
+                sealed: i < last,
+            })
+            .collect()
+    }
+
+    /// Total bytes of all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.shared.state.borrow().segments.iter().map(|s| s.index.size_bytes).sum()
+    }
+
+    /// Waits until everything appended so far is synced.
+    pub async fn sync(&self) -> Result<(), Error> {
+        let shared = &self.shared;
+        let target = shared.state.borrow().appended_seq;
+        shared.state.borrow().check_usable()?;
+        shared.changed.notify();
+        shared
+            .changed
+            .wait_until(|| {
+                let st = shared.state.borrow();
+                st.synced_seq >= target || st.failure.is_some()
+            })
+            .await;
+        shared.state.borrow().check_usable()
+    }
+
+    /// Deletes whole sealed segments beyond the configured retention. `now_ms` is the caller's
+    /// clock (storage never reads one); age is measured against each segment's newest record.
+    pub async fn apply_retention(&self, now_ms: i64) -> Result<RetentionReport, Error> {
+        let retention = self.shared.config.retention;
+        let mut doomed = Vec::new();
+        {
+            let mut st = self.shared.state.borrow_mut();
+            let mut total: u64 = st.segments.iter().map(|s| s.index.size_bytes).sum();
+            // Never delete the active segment, nor one the writer has not sealed yet.
+            let sealed_count = st.segments.len() - 1;
+            let readable_base = st.readable.segment_base;
+            let mut delete = 0;
+            for segment in &st.segments[..sealed_count] {
+                if segment.index.base_offset >= readable_base {
+                    break;
+                }
+                let too_big = retention.size_bytes_max.is_some_and(|max| total > max);
+                let too_old = retention
+                    .age_ms_max
+                    .is_some_and(|max| segment.index.max_timestamp < now_ms.saturating_sub(max));
+                if !(too_big || too_old) {
+                    break;
+                }
+                total -= segment.index.size_bytes;
+                delete += 1;
+            }
+            for segment in st.segments.drain(..delete) {
+                doomed.push(segment);
+            }
+        }
+        let mut report = RetentionReport::default();
+        for segment in &doomed {
+            let index_path = paths::index_path(&self.shared.dir, segment.index.base_offset);
+            std::fs::remove_file(&segment.path)
+                .map_err(|e| Error::io("delete", &segment.path, e))?;
+            match std::fs::remove_file(&index_path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("delete", &index_path, e)),
+            }
+            report.segments_deleted += 1;
+            report.bytes_deleted += segment.index.size_bytes;
+        }
+        if !doomed.is_empty() {
+            io::sync_dir(&self.shared.dir)?;
+            tracing::info!(
+                dir = %self.shared.dir.display(),
+                segments = report.segments_deleted,
+                bytes = report.bytes_deleted,
+                "retention deleted sealed segments"
+            );
+        }
+        report.start_offset = self.start_offset();
+        Ok(report)
+    }
+
+    /// Flushes and syncs everything, stops the writer and closes the files.
+    pub async fn close(&self) -> Result<(), Error> {
+        {
+            let mut st = self.shared.state.borrow_mut();
+            st.closing = true;
+        }
+        self.shared.changed.notify();
+        let writer = self.writer.borrow_mut().take();
+        if let Some(writer) = writer {
+            writer.await;
+        }
+        let st = self.shared.state.borrow();
+        if let Some(failure) = &st.failure {
+            return Err(Error::io(
+                "close",
+                &st.failure_path,
+                std::io::Error::new(failure.kind(), failure.to_string()),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn shared(&self) -> &Rc<Shared> {
+        &self.shared
+    }
+}
+
+impl Shared {
+    /// How far a reader may read in the segment with `base`: its whole size when the writer has
+    /// moved past it, the readable end when it is the one being written, nothing beyond.
+    pub(crate) fn readable_limit(&self, base: u64) -> Option<u64> {
+        let st = self.state.borrow();
+        let readable = st.readable;
+        if base < readable.segment_base {
+            st.segments.iter().find(|s| s.index.base_offset == base).map(|s| s.index.size_bytes)
+        } else if base == readable.segment_base {
+            Some(readable.position_end)
+        } else {
+            Some(0)
+        }
+    }
+
+    #[allow(dead_code)]
+    fn alignment(&self) -> u64 {
+        self.alignment_file.get()
+    }
+}
+
+/// Loads a sealed segment's index, rebuilding it by a checked scan when it is missing or damaged.
+async fn load_sealed_index(
+    dir: &Path,
+    base: u64,
+    path: &Path,
+    config: &LogConfig,
+) -> Result<(SegmentIndex, bool), Error> {
+    let index_path = paths::index_path(dir, base);
+    let file_len = std::fs::metadata(path).map_err(|e| Error::io("stat", path, e))?.len();
+    match std::fs::read(&index_path) {
+        Ok(bytes) => match SegmentIndex::decode(&index_path, &bytes) {
+            Ok(index) if index.base_offset == base && index.size_bytes <= file_len => {
+                return Ok((index, false));
+            }
+            Ok(_) => {
+                tracing::warn!(index = %index_path.display(), "index disagrees with its segment; rebuilding")
+            }
+            Err(e) => tracing::warn!(error = %e, "rebuilding a damaged index"),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::info!(segment = %path.display(), "sealed segment has no index; rebuilding");
+        }
+        Err(e) => return Err(Error::io("read", &index_path, e)),
+    }
+    let file = io::open_read(path).await?;
+    let source = DmaSource { file: &file, len: file_len, path };
+    let scan = scan::scan_segment(
+        &source,
+        base,
+        config.index_interval_bytes,
+        config.read_buffer_size_bytes,
+        Depth::Checksum,
+    )
+    .await?;
+    let _ = file.close().await;
+    if let Some(stop) = scan.stop {
+        // A sealed segment is immutable: damage inside it is corruption, never a torn tail.
+        return Err(Error::Corrupt {
+            path: path.to_path_buf(),
+            position: stop.position,
+            defect: stop.defect,
+        });
+    }
+    if scan.trailing_garbage {
+        return Err(Error::Corrupt {
+            path: path.to_path_buf(),
+            position: scan.index.size_bytes,
+            defect: crate::format::FrameDefect::BadHeader {
+                reason: "non-zero bytes after the last frame of a sealed segment",
+            },
+        });
+    }
+    io::write_file_atomic(&index_path, &scan.index.encode())?;
+    Ok((scan.index, true))
+}
+
+/// Scans the active segment and truncates a torn or corrupt tail at the last valid frame.
+async fn recover_active(
+    path: &Path,
+    base: u64,
+    config: &LogConfig,
+    report: &mut RecoveryReport,
+) -> Result<SegmentIndex, Error> {
+    let file = io::open_rw(path).await?;
+    let file_len = file.file_size().await.map_err(|e| Error::io("stat", path, e))?;
+    let source = DmaSource { file: &file, len: file_len, path };
+    let scan = scan::scan_segment(
+        &source,
+        base,
+        config.index_interval_bytes,
+        config.read_buffer_size_bytes,
+        Depth::Checksum,
+    )
+    .await?;
+    report.scanned_bytes = scan.index.size_bytes;
+    let dropped = scan.dropped_bytes();
+    if dropped > 0 {
+        let valid = scan.index.size_bytes;
+        match scan.stop {
+            Some(stop) => tracing::warn!(
+                segment = %path.display(), position = stop.position, defect = %stop.defect,
+                dropped_bytes = dropped, "truncating torn tail of the active segment"),
+            None => tracing::warn!(
+                segment = %path.display(), position = valid, dropped_bytes = dropped,
+                "truncating garbage after the last frame of the active segment"),
+        }
+        file.truncate(valid).await.map_err(|e| Error::io("truncate", path, e))?;
+        file.fdatasync().await.map_err(|e| Error::io("fdatasync", path, e))?;
+        report.truncated_bytes = dropped;
+    }
+    file.close().await.map_err(|e| Error::io("close", path, e))?;
+    Ok(scan.index)
+}
+
+/// A `ChunkSource` over a glommio DMA file.
+pub(crate) struct DmaSource<'a> {
+    pub(crate) file: &'a DmaFile,
+    pub(crate) len: u64,
+    pub(crate) path: &'a Path,
+}
+
+/// A DMA read, sliced to start at the requested (16-aligned) position.
+pub struct DmaChunk(ReadResult);
+
+impl std::ops::Deref for DmaChunk {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl ChunkSource for DmaSource<'_> {
+    type Chunk = DmaChunk;
+
+    async fn read_chunk(&self, pos: u64, len: usize) -> Result<DmaChunk, Error> {
+        let aligned = pos - pos % BLOCK_SIZE as u64;
+        let skip = (pos - aligned) as usize;
+        let size = (skip + len).next_multiple_of(BLOCK_SIZE);
+        let read = self
+            .file
+            .read_at_aligned(aligned, size)
+            .await
+            .map_err(|e| Error::io("read", self.path, e))?;
+        let available = read.len().saturating_sub(skip);
+        let end = available.min(len);
+        let sliced = ReadResult::slice(&read, skip.min(read.len()), end).unwrap_or(read);
+        Ok(DmaChunk(sliced))
+    }
+
+    fn file_len(&self) -> u64 {
+        self.len
+    }
+}
+
+struct InFlight {
+    task: Task<(std::io::Result<usize>, usize)>,
+    seq_end: u64,
+    end_pos: u64,
+}
+
+/// The writer task: all segment I/O for one partition, in order.
+async fn writer_loop(shared: Rc<Shared>, first_file: Rc<DmaFile>) {
+    let mut file = first_file;
+    let mut file_path = shared.state.borrow().active().path.clone();
+    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+    let mut submitted_seq = 0u64;
+    let result: Result<(), (PathBuf, std::io::Error)> = async {
+        loop {
+            // Take the next item: queued work first; when the queue is empty and bytes are buffered,
+            // the partial buffer (flush-when-idle: latency is low when load is low, and writes grow
+            // as load grows).
+            let item = {
+                let mut st = shared.state.borrow_mut();
+                match st.queue.pop_front() {
+                    Some(item) => Some(item),
+                    None if st.appended_seq > submitted_seq => {
+                        let tail_pos = st.buffer.file_pos + st.buffer.len as u64;
+                        let block_pos = tail_pos - tail_pos % BLOCK_SIZE as u64;
+                        let mut fresh =
+                            glommio::allocate_dma_buffer(shared.config.write_buffer_size_bytes);
+                        let carry = (tail_pos - block_pos) as usize;
+                        let from = (block_pos - st.buffer.file_pos) as usize;
+                        fresh.as_bytes_mut()[..carry]
+                            .copy_from_slice(&st.buffer.buf.as_bytes()[from..from + carry]);
+                        let partial = std::mem::replace(
+                            &mut st.buffer,
+                            WriteBuffer { buf: fresh, file_pos: block_pos, len: carry },
+                        );
+                        Some(WriteItem::Data { buf: partial, seq_end: st.appended_seq })
+                    }
+                    None => None,
+                }
+            };
+            shared.changed.notify();
+            match item {
+                Some(WriteItem::Data { buf, seq_end }) => {
+                    let needs_barrier = in_flight.iter().any(|f| f.end_pos > buf.file_pos);
+                    if needs_barrier {
+                        while let Some(front) = in_flight.pop_front() {
+                            complete(&shared, front, &file_path).await?;
+                        }
+                    }
+                    let WriteBuffer { mut buf, file_pos, len } = buf;
+                    let padded = len.next_multiple_of(BLOCK_SIZE);
+                    buf.as_bytes_mut()[len..padded].fill(0);
+                    buf.trim_to_size(padded);
+                    let target = file.clone();
+                    let task = glommio::spawn_local(async move {
+                        let result = target.write_at(buf, file_pos).await;
+                        (result.map_err(std::io::Error::from), padded)
+                    });
+                    in_flight.push_back(InFlight {
+                        task,
+                        seq_end,
+                        end_pos: file_pos + padded as u64,
+                    });
+                    submitted_seq = seq_end;
+                    while in_flight.len() >= shared.config.write_in_flight_max {
+                        let front = in_flight.pop_front().expect("non-empty");
+                        complete(&shared, front, &file_path).await?;
+                    }
+                }
+                Some(WriteItem::Roll { sealed_index, sealed_index_path, next_path }) => {
+                    while let Some(front) = in_flight.pop_front() {
+                        complete(&shared, front, &file_path).await?;
+                    }
+                    file.fdatasync().await.map_err(|e| (file_path.clone(), e.into()))?;
+                    mark_synced(&shared, submitted_seq);
+                    io::write_file_atomic(&sealed_index_path, &sealed_index.encode()).map_err(
+                        |e| (sealed_index_path.clone(), std::io::Error::other(e.to_string())),
+                    )?;
+                    let next = io::open_rw(&next_path)
+                        .await
+                        .map_err(|e| (next_path.clone(), std::io::Error::other(e.to_string())))?;
+                    io::sync_dir(&shared.dir)
+                        .map_err(|e| (shared.dir.clone(), std::io::Error::other(e.to_string())))?;
+                    let old = std::mem::replace(&mut file, Rc::new(next));
+                    file_path = next_path;
+                    if let Ok(old) = Rc::try_unwrap(old) {
+                        let _ = old.close().await;
+                    }
+                    // The sealed segment is complete on disk: readers may read all of it.
+                    advance_readable_to_segment(&shared, sealed_index.next_offset);
+                }
+                None => {
+                    if let Some(front) = in_flight.pop_front() {
+                        complete(&shared, front, &file_path).await?;
+                        continue;
+                    }
+                    let (written, synced, closing) = {
+                        let st = shared.state.borrow();
+                        (st.written_seq, st.synced_seq, st.closing)
+                    };
+                    if synced < written {
+                        file.fdatasync().await.map_err(|e| (file_path.clone(), e.into()))?;
+                        mark_synced(&shared, written);
+                        continue;
+                    }
+                    if closing {
+                        return Ok(());
+                    }
+                    shared
+                        .changed
+                        .wait_until(|| {
+                            let st = shared.state.borrow();
+                            !st.queue.is_empty() || st.appended_seq > submitted_seq || st.closing
+                        })
+                        .await;
+                }
+            }
+        }
+    }
+    .await;
+    if let Err((path, error)) = result {
+        tracing::error!(path = %path.display(), %error, "log writer failed; the partition refuses writes");
+        let mut st = shared.state.borrow_mut();
+        st.failure = Some(Rc::new(error));
+        st.failure_path = path;
+        drop(st);
+        shared.changed.notify();
+    }
+    while let Some(front) = in_flight.pop_front() {
+        let _ = front.task.await;
+    }
+    if let Ok(file) = Rc::try_unwrap(file) {
+        let _ = file.close().await;
+    }
+}
+
+async fn complete(
+    shared: &Shared,
+    front: InFlight,
+    path: &Path,
+) -> Result<(), (PathBuf, std::io::Error)> {
+    let (result, expected) = front.task.await;
+    match result {
+        Ok(n) if n >= expected => {}
+        Ok(n) => {
+            return Err((
+                path.to_path_buf(),
+                std::io::Error::new(
+                    std::io::ErrorKind::WriteZero,
+                    format!("short write: {n} of {expected} bytes"),
+                ),
+            ))
+        }
+        Err(e) => return Err((path.to_path_buf(), e)),
+    }
+    let mut st = shared.state.borrow_mut();
+    st.written_seq = st.written_seq.max(front.seq_end);
+    let written = st.written_seq;
+    while let Some(frame) = st.pending.front() {
+        if frame.seq_end > written {
+            break;
+        }
+        st.readable = Readable {
+            next_offset: frame.next_offset,
+            segment_base: frame.segment_base,
+            position_end: frame.position_end,
+        };
+        st.pending.pop_front();
+    }
+    drop(st);
+    shared.changed.notify();
+    Ok(())
+}
+
+fn mark_synced(shared: &Shared, seq: u64) {
+    let mut st = shared.state.borrow_mut();
+    st.synced_seq = st.synced_seq.max(seq);
+    drop(st);
+    shared.changed.notify();
+}
+
+/// After a roll, the next segment is readable from its start even before its first write.
+fn advance_readable_to_segment(shared: &Shared, next_base: u64) {
+    let mut st = shared.state.borrow_mut();
+    if st.readable.segment_base < next_base && st.readable.next_offset >= next_base {
+        st.readable = Readable { next_offset: next_base, segment_base: next_base, position_end: 0 };
+    }
+    drop(st);
+    shared.changed.notify();
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,74 @@
+//! Where things live in a data dir, and how segment file names encode base offsets.
+
+use std::path::{Path, PathBuf};
+
+/// Extension of segment files.
+pub const SEGMENT_EXTENSION: &str = "log";
+/// Extension of the sparse offset/time index written when a segment is sealed.
+pub const INDEX_EXTENSION: &str = "index";
+
+/// `DIR/topics/<topic>/<partition>`.
+pub fn partition_dir(data_dir: &Path, topic: &str, partition: u32) -> PathBuf {
+    data_dir.join("topics").join(topic).join(partition.to_string())
+}
+
+/// `<base_offset:020>.log`: zero-padded so lexical order is offset order.
+pub fn segment_path(partition_dir: &Path, base_offset: u64) -> PathBuf {
+    partition_dir.join(format!("{base_offset:020}.{SEGMENT_EXTENSION}"))
+}
+
+pub fn index_path(partition_dir: &Path, base_offset: u64) -> PathBuf {
+    partition_dir.join(format!("{base_offset:020}.{INDEX_EXTENSION}"))
+}
+
+/// The base offset a segment or index file name encodes, if it is one of ours.
+pub fn parse_base_offset(path: &Path, extension: &str) -> Option<u64> {
+    if path.extension()?.to_str()? != extension {
+        return None;
+    }
+    let stem = path.file_stem()?.to_str()?;
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+/// The segment files of a partition dir, sorted by base offset.
+pub fn list_segments(partition_dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let mut segments = Vec::new();
+    for entry in std::fs::read_dir(partition_dir)? {
+        let path = entry?.path();
+        if let Some(base) = parse_base_offset(&path, SEGMENT_EXTENSION) {
+            segments.push((base, path));
+        }
+    }
+    segments.sort();
+    Ok(segments)
+}
+
+/// Every partition dir under a data dir, as (topic, partition, path), sorted.
+pub fn list_partitions(data_dir: &Path) -> std::io::Result<Vec<(String, u32, PathBuf)>> {
+    let mut partitions = Vec::new();
+    let topics = data_dir.join("topics");
+    if !topics.exists() {
+        return Ok(partitions);
+    }
+    for topic in std::fs::read_dir(&topics)? {
+        let topic = topic?;
+        if !topic.file_type()?.is_dir() {
+            continue;
+        }
+        let name = topic.file_name().to_string_lossy().into_owned();
+        for partition in std::fs::read_dir(topic.path())? {
+            let partition = partition?;
+            let Ok(number) = partition.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            if partition.file_type()?.is_dir() {
+                partitions.push((name.clone(), number, partition.path()));
+            }
+        }
+    }
+    partitions.sort();
+    Ok(partitions)
+}

@@ -1,0 +1,177 @@
+//! Offline checks and summaries of a data dir, for `kappa verify` and `kappa inspect`.
+//!
+//! These run without an executor (plain `std::fs`) and never modify anything. `verify` reads every
+//! frame of every segment and checks headers, checksums, offset continuity, archive structure and
+//! the Kafka CRC32C; it also checks each sealed segment's index file against the segment.
+
+use std::path::{Path, PathBuf};
+
+use crate::index::SegmentIndex;
+use crate::paths;
+use crate::scan::{self, Depth};
+use crate::Error;
+
+/// One problem found by `verify`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: PathBuf,
+    pub position: u64,
+    pub what: String,
+    /// A torn tail of the active segment: normal after a crash, cut off by the next open.
+    pub recoverable: bool,
+}
+
+/// What `inspect` and `verify` know about one segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentSummary {
+    pub path: PathBuf,
+    pub base_offset: u64,
+    pub next_offset: u64,
+    pub size_bytes: u64,
+    pub file_len: u64,
+    pub first_timestamp: Option<i64>,
+    pub max_timestamp: Option<i64>,
+    pub sealed: bool,
+    pub frame_count: usize,
+}
+
+/// One partition's segments and problems.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionSummary {
+    pub topic: String,
+    pub partition: u32,
+    pub segments: Vec<SegmentSummary>,
+    pub problems: Vec<Problem>,
+}
+
+/// Scans every partition of a data dir.
+pub fn scan_data_dir(data_dir: &Path) -> Result<Vec<PartitionSummary>, Error> {
+    if !data_dir.is_dir() {
+        return Err(Error::io(
+            "open data dir",
+            data_dir,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
+        ));
+    }
+    let partitions =
+        paths::list_partitions(data_dir).map_err(|e| Error::io("list", data_dir, e))?;
+    partitions
+        .into_iter()
+        .map(|(topic, partition, dir)| {
+            let (segments, problems) = scan_partition(&dir)?;
+            Ok(PartitionSummary { topic, partition, segments, problems })
+        })
+        .collect()
+}
+
+/// Scans one partition dir: every segment, frame by frame.
+pub fn scan_partition(dir: &Path) -> Result<(Vec<SegmentSummary>, Vec<Problem>), Error> {
+    let listed = paths::list_segments(dir).map_err(|e| Error::io("list", dir, e))?;
+    let mut segments = Vec::with_capacity(listed.len());
+    let mut problems = Vec::new();
+    let mut expected_base: Option<u64> = None;
+    let last = listed.len().saturating_sub(1);
+    for (i, (base, path)) in listed.into_iter().enumerate() {
+        let sealed = i < last;
+        if let Some(expected) = expected_base {
+            if expected != base {
+                problems.push(Problem {
+                    path: path.clone(),
+                    position: 0,
+                    what: format!("offset gap: previous segment ends at {expected}, this one starts at {base}"),
+                    recoverable: false,
+                });
+            }
+        }
+        let scan = scan::scan_segment_std(&path, base, Depth::Deep)?;
+        let index = &scan.index;
+        if let Some(stop) = scan.stop {
+            problems.push(Problem {
+                path: path.clone(),
+                position: stop.position,
+                what: stop.defect.to_string(),
+                recoverable: !sealed,
+            });
+        } else if scan.trailing_garbage {
+            problems.push(Problem {
+                path: path.clone(),
+                position: index.size_bytes,
+                what: "non-zero bytes after the last frame".to_string(),
+                recoverable: !sealed,
+            });
+        }
+        if sealed {
+            check_index(dir, base, index, &mut problems);
+        }
+        let first_timestamp = first_timestamp(&path, index);
+        segments.push(SegmentSummary {
+            path,
+            base_offset: base,
+            next_offset: index.next_offset,
+            size_bytes: index.size_bytes,
+            file_len: scan.file_len,
+            first_timestamp,
+            max_timestamp: (!index.is_empty()).then_some(index.max_timestamp),
+            sealed,
+            frame_count: index.entries.len(),
+        });
+        expected_base = Some(index.next_offset);
+    }
+    Ok((segments, problems))
+}
+
+fn check_index(dir: &Path, base: u64, scanned: &SegmentIndex, problems: &mut Vec<Problem>) {
+    let index_path = paths::index_path(dir, base);
+    let bytes = match std::fs::read(&index_path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return, // Rebuilt on open.
+        Err(e) => {
+            problems.push(Problem {
+                path: index_path,
+                position: 0,
+                what: e.to_string(),
+                recoverable: true,
+            });
+            return;
+        }
+    };
+    match SegmentIndex::decode(&index_path, &bytes) {
+        Ok(stored) => {
+            if stored.next_offset != scanned.next_offset || stored.size_bytes != scanned.size_bytes
+            {
+                problems.push(Problem {
+                    path: index_path,
+                    position: 0,
+                    what: format!(
+                        "index says offsets ..{} and {} bytes, segment holds ..{} and {} bytes",
+                        stored.next_offset,
+                        stored.size_bytes,
+                        scanned.next_offset,
+                        scanned.size_bytes
+                    ),
+                    recoverable: false,
+                });
+            }
+        }
+        Err(e) => problems.push(Problem {
+            path: index_path,
+            position: 0,
+            what: e.to_string(),
+            recoverable: true,
+        }),
+    }
+}
+
+fn first_timestamp(path: &Path, index: &SegmentIndex) -> Option<i64> {
+    if index.is_empty() {
+        return None;
+    }
+    let source = scan::StdSource::open(path).ok()?;
+    let chunk = futures_lite::future::block_on(scan::ChunkSource::read_chunk(
+        &source,
+        0,
+        crate::format::FRAME_HEADER_SIZE,
+    ))
+    .ok()?;
+    crate::format::parse_header(&chunk).ok().map(|h| h.first_timestamp)
+}

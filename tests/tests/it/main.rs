@@ -1,0 +1,4 @@
+//! The integration test binary: cross-crate scenarios, crash and fault tests.
+
+mod cli;
+mod crash;

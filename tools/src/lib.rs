@@ -1,0 +1,11 @@
+//! `kappa-tools`: the `kappa` command line (clap + anyhow).
+//!
+//! The CLI lives in a library so integration tests run exactly the code the binary runs, with the
+//! same exit codes, without spawning processes. Subcommands: `verify` and `inspect` (offline, read
+//! only), `gen` (writes a synthetic log through the storage API). `serve`, `produce`, `consume`,
+//! `query`, `rebuild` and `demo` arrive with the engine.
+
+pub mod cli;
+mod gen;
+mod inspect;
+mod verify;
