@@ -43,6 +43,8 @@ pub enum Command {
     },
     /// Write a synthetic log offline through the storage API.
     Gen(GenArgs),
+    /// The main job on an embedded default: produce a sensor stream, read it back, verify.
+    Demo(crate::demo::DemoArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -89,6 +91,7 @@ where
         Command::Verify { dir, strict } => crate::verify::run(&dir, strict),
         Command::Inspect { dir, json } => crate::inspect::run(&dir, json).map(|()| EXIT_OK),
         Command::Gen(args) => crate::gen::run(&args).map(|()| EXIT_OK),
+        Command::Demo(args) => crate::demo::run(&args).map(|()| EXIT_OK),
     };
     match result {
         Ok(code) => code,

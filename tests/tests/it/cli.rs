@@ -86,3 +86,20 @@ fn usage_and_io_errors_exit_2() {
     assert_eq!(kappa(&["verify"]), EXIT_ERROR);
     assert_eq!(kappa(&["frobnicate"]), EXIT_ERROR);
 }
+
+#[test]
+fn demo_runs_and_leaves_a_verifiable_data_dir() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let dir = temp.path().join("demo");
+    let dir = dir.to_str().expect("utf-8");
+    assert_eq!(kappa(&["demo", "--seconds", "1", "--data-dir", dir, "--partitions", "2"]), EXIT_OK);
+    // A second run reopens the log and appends after it.
+    assert_eq!(
+        kappa(&["demo", "--seconds", "1", "--data-dir", dir, "--durability", "synced"]),
+        EXIT_OK
+    );
+    assert_eq!(kappa(&["verify", "--strict", dir]), EXIT_OK);
+    let partitions = kappa_storage::verify::scan_data_dir(std::path::Path::new(dir)).expect("scan");
+    assert!(!partitions.is_empty());
+    assert!(partitions.iter().all(|p| p.segments.last().is_some_and(|s| s.next_offset > 0)));
+}
