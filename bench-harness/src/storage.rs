@@ -39,12 +39,12 @@ pub struct Args {
 /// Value bytes of one record ("1 KiB records").
 const VALUE_SIZE: usize = 1024;
 const KEY_SIZE: usize = 16;
-/// Records per batch: 256 KiB batches for `written`, 1000-record batches for `synced` (the issue's
+/// Records per batch: 512 KiB batches for `written`, 1000-record batches for `synced` (the issue's
 /// group-commit shape).
-const WRITTEN_BATCH_RECORDS: usize = 256;
+const WRITTEN_BATCH_RECORDS: usize = 512;
 const SYNCED_BATCH_RECORDS: usize = 1000;
 /// Concurrent appenders (tasks) per phase: enough to keep writes in flight and share fsyncs.
-const APPENDERS: usize = 4;
+const APPENDERS: usize = 8;
 const RAW_BLOCK: usize = MIB as usize;
 const RAW_DEPTH: usize = 4;
 

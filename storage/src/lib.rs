@@ -115,6 +115,8 @@ pub struct LogConfig {
     pub write_queue_max: usize,
     /// Size of one DMA read during scans and replay.
     pub read_buffer_size_bytes: usize,
+    /// Reads in flight per reader (read-ahead depth).
+    pub read_ahead_max: usize,
     pub limits: Limits,
     pub retention: Retention,
 }
@@ -128,6 +130,7 @@ impl Default for LogConfig {
             write_in_flight_max: 4,
             write_queue_max: 8,
             read_buffer_size_bytes: MIB as usize,
+            read_ahead_max: 4,
             limits: Limits::default(),
             retention: Retention::default(),
         }
@@ -138,7 +141,8 @@ impl LogConfig {
     /// Rejects configurations that cannot work, with the field that is wrong.
     pub fn validate(&self) -> Result<(), Error> {
         let block = io::BLOCK_SIZE as u64;
-        let checks: [(&'static str, bool); 6] = [
+        let checks: [(&'static str, bool); 7] = [
+            ("read_ahead_max", self.read_ahead_max > 0),
             ("segment_size_bytes_max", self.segment_size_bytes_max >= block),
             (
                 "write_buffer_size_bytes",

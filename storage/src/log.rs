@@ -750,14 +750,16 @@ async fn writer_loop(shared: Rc<Shared>, first_file: Rc<DmaFile>) {
     let mut submitted_seq = 0u64;
     let result: Result<(), (PathBuf, std::io::Error)> = async {
         loop {
-            // Take the next item: queued work first; when the queue is empty and bytes are buffered,
-            // the partial buffer (flush-when-idle: latency is low when load is low, and writes grow
-            // as load grows).
+            // Take the next item: queued full buffers first. The partial tail buffer goes only when
+            // no write is in flight (group commit): at low load every append is written at once,
+            // and at high load the tail waits one write latency and grows meanwhile, so partial
+            // writes (which rewrite their first block and so cannot overlap the write before them)
+            // stay rare and full buffers stream with `write_in_flight_max` writes in flight.
             let item = {
                 let mut st = shared.state.borrow_mut();
                 match st.queue.pop_front() {
                     Some(item) => Some(item),
-                    None if st.appended_seq > submitted_seq => {
+                    None if st.appended_seq > submitted_seq && in_flight.is_empty() => {
                         let tail_pos = st.buffer.file_pos + st.buffer.len as u64;
                         let block_pos = tail_pos - tail_pos % BLOCK_SIZE as u64;
                         let mut fresh =

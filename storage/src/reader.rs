@@ -1,14 +1,15 @@
 //! `LogReader`: sequential, zero-copy reads of a partition from any starting point.
 //!
-//! A reader walks segments with large DMA reads (`read_buffer_size_bytes`) and keeps the next read
-//! in flight while the caller processes the current one (read-ahead). Where the next read starts is
-//! known before the current chunk is processed: a walk over the frame headers finds the last frame
-//! that is whole in the chunk, and the next read starts at that frame's block. A frame never spans
-//! two buffers, so every `BatchRef` borrows one DMA buffer directly: no stitching copies.
+//! A reader walks segments with large DMA reads and keeps up to `read_ahead_max` of them in flight
+//! while the caller processes the current one. Read ranges are planned from the segment's sparse
+//! index, whose entries sit at frame starts, so every range starts and ends on a frame boundary:
+//! a frame never spans two buffers, every `BatchRef` borrows one DMA buffer directly, and no bytes
+//! are stitched or copied.
 //!
 //! Each frame's checksum is verified once, when the reader hands it out; a mismatch is a typed
 //! `Error::Corrupt` naming the file and byte position.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::rc::Rc;
 
@@ -50,9 +51,18 @@ impl<'a> ReadBatch<'a> {
 
 type ReadTask = Task<Result<ReadResult, std::io::Error>>;
 
+/// A planned read of the frames in `[start, end)` (both frame boundaries).
+struct Planned {
+    start: u64,
+    end: u64,
+    task: ReadTask,
+}
+
 struct Chunk {
-    /// File position of `bytes[0]` (block aligned).
+    /// File position of `bytes[0]` (block aligned, at or below the first frame).
     pos: u64,
+    /// End of the last whole frame in this chunk.
+    end: u64,
     bytes: ReadResult,
 }
 
@@ -63,7 +73,9 @@ struct OpenSegment {
     /// Position of the next frame to hand out.
     pos: u64,
     chunk: Option<Chunk>,
-    prefetch: Option<(u64, ReadTask)>,
+    ahead: VecDeque<Planned>,
+    /// The end of the last planned range.
+    planned_end: u64,
     /// The frame handed out last: its start inside `chunk` and its header.
     current: Option<(usize, FrameHeader)>,
 }
@@ -158,8 +170,7 @@ impl LogReader {
                     _ => return Ok(None),
                 }
             }
-            let (header, frame_start) =
-                load_frame(segment, limit, self.shared.config.read_buffer_size_bytes).await?;
+            let (header, frame_start) = load_frame(&self.shared, segment, limit).await?;
             let chunk = segment.chunk.as_ref().expect("load_frame leaves a chunk");
             let frame = &chunk.bytes[frame_start..frame_start + header.frame_len as usize];
             let position = segment.pos;
@@ -253,99 +264,106 @@ impl LogReader {
             file,
             pos,
             chunk: None,
-            prefetch: None,
+            ahead: VecDeque::new(),
+            planned_end: pos,
             current: None,
         });
         Ok(true)
     }
 }
 
-/// Makes sure the chunk holds the whole frame at `segment.pos`; returns its header and its start
-/// inside the chunk. Starts the read-ahead of the following chunk.
+/// Makes sure the current chunk holds the whole frame at `segment.pos`; returns its header and its
+/// start inside the chunk. Keeps the read-ahead queue full.
 async fn load_frame(
+    shared: &Shared,
     segment: &mut OpenSegment,
     limit: u64,
-    read_size: usize,
 ) -> Result<(FrameHeader, usize), Error> {
-    let mut want = read_size;
-    let mut loads = 0;
-    loop {
-        if let Some(chunk) = &segment.chunk {
-            if segment.pos >= chunk.pos {
-                let start = (segment.pos - chunk.pos) as usize;
-                if start < chunk.bytes.len() {
-                    match format::parse_header(&chunk.bytes[start..]) {
-                        Ok(header) if start + header.frame_len as usize <= chunk.bytes.len() => {
-                            return Ok((header, start));
-                        }
-                        Ok(header) => want = read_size.max(header.frame_len as usize + BLOCK_SIZE),
-                        Err(format::FrameDefect::Truncated { .. }) => {}
-                        Err(defect) => {
-                            return Err(Error::Corrupt {
-                                path: segment.path.clone(),
-                                position: segment.pos,
-                                defect,
-                            });
-                        }
-                    }
-                }
-            }
+    let covered =
+        segment.chunk.as_ref().is_some_and(|c| segment.pos >= c.pos && segment.pos < c.end);
+    if !covered {
+        segment.chunk = None;
+        if segment.ahead.front().is_some_and(|p| p.start != segment.pos) {
+            // A plan from elsewhere (cannot happen while reading forward); start over from here.
+            segment.ahead.clear();
+            segment.planned_end = segment.pos;
         }
-        loads += 1;
-        if loads > 2 {
-            // A fresh read from the frame's block did not hold the frame: the file ends early.
+        if segment.planned_end < segment.pos {
+            segment.planned_end = segment.pos;
+        }
+        plan_reads(shared, segment, limit);
+        let planned = segment.ahead.pop_front().ok_or_else(|| Error::Corrupt {
+            path: segment.path.clone(),
+            position: segment.pos,
+            defect: format::FrameDefect::Truncated {
+                available: 0,
+                needed: format::FRAME_HEADER_SIZE,
+            },
+        })?;
+        let bytes = planned.task.await.map_err(|e| Error::io("read", &segment.path, e))?;
+        let pos = planned.start - planned.start % BLOCK_SIZE as u64;
+        if pos + (bytes.len() as u64) < planned.end {
             return Err(Error::Corrupt {
                 path: segment.path.clone(),
-                position: segment.pos,
-                defect: format::FrameDefect::Truncated { available: 0, needed: want },
-            });
-        }
-        // Load a chunk starting at the block holding `pos`: from the read-ahead when it matches.
-        let block = segment.pos - segment.pos % BLOCK_SIZE as u64;
-        let bytes = match segment.prefetch.take() {
-            Some((pos, task)) if pos == block && want == read_size => task.await,
-            _ => read_at(&segment.file, block, want).await,
-        }
-        .map_err(|e| Error::io("read", &segment.path, e))?;
-        if bytes.len() as u64 + block <= segment.pos {
-            return Err(Error::Corrupt {
-                path: segment.path.clone(),
-                position: segment.pos,
+                position: pos + bytes.len() as u64,
                 defect: format::FrameDefect::Truncated {
-                    available: 0,
-                    needed: format::FRAME_HEADER_SIZE,
+                    available: bytes.len(),
+                    needed: (planned.end - pos) as usize,
                 },
             });
         }
-        let chunk = Chunk { pos: block, bytes };
-        // Read-ahead: find where the last whole frame of this chunk ends, and fetch from there.
-        let mut at = (segment.pos - block) as usize;
-        let usable = chunk.bytes.len().min((limit.saturating_sub(block)) as usize);
-        while let Ok(header) = format::parse_header(&chunk.bytes[at.min(usable)..usable]) {
-            if at + header.frame_len as usize > usable {
-                break;
-            }
-            at += header.frame_len as usize;
-        }
-        let next = block + at as u64;
-        let next_block = next - next % BLOCK_SIZE as u64;
-        if next < limit && next_block > block {
-            let file = segment.file.clone();
-            let task =
-                glommio::spawn_local(async move { read_at(&file, next_block, read_size).await });
-            segment.prefetch = Some((next_block, task));
-        }
-        segment.chunk = Some(chunk);
-        if segment.pos + (format::FRAME_HEADER_SIZE as u64) > limit {
-            return Err(Error::Corrupt {
-                path: segment.path.clone(),
-                position: segment.pos,
-                defect: format::FrameDefect::Truncated {
-                    available: 0,
-                    needed: format::FRAME_HEADER_SIZE,
-                },
-            });
-        }
+        segment.chunk = Some(Chunk { pos, end: planned.end, bytes });
+        plan_reads(shared, segment, limit);
+    }
+    let chunk = segment.chunk.as_ref().expect("loaded above");
+    let start = (segment.pos - chunk.pos) as usize;
+    let valid = (chunk.end - chunk.pos) as usize;
+    let header = format::parse_header(&chunk.bytes[start..valid]).map_err(|defect| {
+        Error::Corrupt { path: segment.path.clone(), position: segment.pos, defect }
+    })?;
+    if start + header.frame_len as usize > valid {
+        // The index says a frame starts at `chunk.end`, the header says this one runs past it.
+        return Err(Error::Corrupt {
+            path: segment.path.clone(),
+            position: segment.pos,
+            defect: format::FrameDefect::BadHeader {
+                reason: "frame runs past the next indexed frame",
+            },
+        });
+    }
+    Ok((header, start))
+}
+
+/// Starts reads until `read_ahead_max` are in flight or the readable end is planned. Ranges end at
+/// indexed frame starts, about `read_buffer_size_bytes` apart.
+fn plan_reads(shared: &Shared, segment: &mut OpenSegment, limit: u64) {
+    let size = shared.config.read_buffer_size_bytes as u64;
+    while segment.ahead.len() < shared.config.read_ahead_max && segment.planned_end < limit {
+        let start = segment.planned_end;
+        let end = {
+            let st = shared.state.borrow();
+            let index = st
+                .segments
+                .iter()
+                .find(|s| s.index.base_offset == segment.base_offset)
+                .map(|s| &s.index);
+            let entries = index.map_or(&[][..], |i| &i.entries[..]);
+            let after = entries.partition_point(|e| u64::from(e.position) <= start);
+            let within =
+                entries[after..].partition_point(|e| u64::from(e.position) <= start + size);
+            let boundary = if within > 0 {
+                Some(u64::from(entries[after + within - 1].position))
+            } else {
+                entries.get(after).map(|e| u64::from(e.position))
+            };
+            boundary.map_or(limit, |b| b.min(limit))
+        };
+        let aligned = start - start % BLOCK_SIZE as u64;
+        let len = (end - aligned).next_multiple_of(BLOCK_SIZE as u64) as usize;
+        let file = segment.file.clone();
+        let task = glommio::spawn_local(async move { read_at(&file, aligned, len).await });
+        segment.ahead.push_back(Planned { start, end, task });
+        segment.planned_end = end;
     }
 }
 
