@@ -127,10 +127,10 @@ impl Default for LogConfig {
             segment_size_bytes_max: 256 * MIB,
             index_interval_bytes: 64 * KIB as u32,
             write_buffer_size_bytes: MIB as usize,
-            write_in_flight_max: 4,
+            write_in_flight_max: 8,
             write_queue_max: 8,
             read_buffer_size_bytes: MIB as usize,
-            read_ahead_max: 4,
+            read_ahead_max: 8,
             limits: Limits::default(),
             retention: Retention::default(),
         }

@@ -124,6 +124,9 @@ pub(crate) struct State {
     appended_seq: u64,
     written_seq: u64,
     synced_seq: u64,
+    /// The highest sequence an appender waiting on `synced` needs; fsyncs happen only for them.
+    want_synced_seq: u64,
+    sync_in_flight: bool,
     pub(crate) readable: Readable,
     failure: Option<Rc<std::io::Error>>,
     failure_path: PathBuf,
@@ -252,6 +255,8 @@ impl PartitionLog {
             appended_seq: 0,
             written_seq: 0,
             synced_seq: 0,
+            want_synced_seq: 0,
+            sync_in_flight: false,
             readable,
             failure: None,
             failure_path: PathBuf::new(),
@@ -308,6 +313,10 @@ impl PartitionLog {
             })
             .await;
         let (info, seq_end) = self.append_buffered(records, producer)?;
+        if durability == Durability::Synced {
+            let mut st = shared.state.borrow_mut();
+            st.want_synced_seq = st.want_synced_seq.max(seq_end);
+        }
         shared.changed.notify();
         match durability {
             Durability::None => {}
@@ -485,8 +494,12 @@ impl PartitionLog {
     /// Waits until everything appended so far is synced.
     pub async fn sync(&self) -> Result<(), Error> {
         let shared = &self.shared;
-        let target = shared.state.borrow().appended_seq;
-        shared.state.borrow().check_usable()?;
+        let target = {
+            let mut st = shared.state.borrow_mut();
+            st.check_usable()?;
+            st.want_synced_seq = st.want_synced_seq.max(st.appended_seq);
+            st.appended_seq
+        };
         shared.changed.notify();
         shared
             .changed
@@ -750,6 +763,7 @@ async fn writer_loop(shared: Rc<Shared>, first_file: Rc<DmaFile>) {
     let mut submitted_seq = 0u64;
     let result: Result<(), (PathBuf, std::io::Error)> = async {
         loop {
+            start_sync_if_wanted(&shared, &file, &file_path);
             // Take the next item: queued full buffers first. The partial tail buffer goes only when
             // no write is in flight (group commit): at low load every append is written at once,
             // and at high load the tail waits one write latency and grows meanwhile, so partial
@@ -833,23 +847,31 @@ async fn writer_loop(shared: Rc<Shared>, first_file: Rc<DmaFile>) {
                         complete(&shared, front, &file_path).await?;
                         continue;
                     }
-                    let (written, synced, closing) = {
+                    if shared.state.borrow().closing {
+                        // Everything is written; one last fsync covers it, then stop.
+                        shared.state.borrow_mut().want_synced_seq = u64::MAX;
+                        start_sync_if_wanted(&shared, &file, &file_path);
+                        shared
+                            .changed
+                            .wait_until(|| {
+                                let st = shared.state.borrow();
+                                !st.sync_in_flight || st.failure.is_some()
+                            })
+                            .await;
                         let st = shared.state.borrow();
-                        (st.written_seq, st.synced_seq, st.closing)
-                    };
-                    if synced < written {
-                        file.fdatasync().await.map_err(|e| (file_path.clone(), e.into()))?;
-                        mark_synced(&shared, written);
+                        if st.synced_seq >= st.written_seq || st.failure.is_some() {
+                            return Ok(());
+                        }
                         continue;
-                    }
-                    if closing {
-                        return Ok(());
                     }
                     shared
                         .changed
                         .wait_until(|| {
                             let st = shared.state.borrow();
-                            !st.queue.is_empty() || st.appended_seq > submitted_seq || st.closing
+                            !st.queue.is_empty()
+                                || st.appended_seq > submitted_seq
+                                || st.closing
+                                || sync_wanted(&st)
                         })
                         .await;
                 }
@@ -909,6 +931,44 @@ async fn complete(
     drop(st);
     shared.changed.notify();
     Ok(())
+}
+
+fn sync_wanted(st: &State) -> bool {
+    !st.sync_in_flight && st.synced_seq < st.written_seq && st.want_synced_seq > st.synced_seq
+}
+
+/// Starts an fdatasync in its own task when an appender waits for `synced` and written bytes are
+/// not yet synced. The writer keeps issuing writes meanwhile: the sync covers every write that
+/// completed before it started, which is what it reports (`target`). One sync at a time, so all
+/// appenders that arrive during it share the next one (group commit).
+fn start_sync_if_wanted(shared: &Rc<Shared>, file: &Rc<DmaFile>, path: &Path) {
+    let target = {
+        let mut st = shared.state.borrow_mut();
+        if !sync_wanted(&st) || st.failure.is_some() {
+            return;
+        }
+        st.sync_in_flight = true;
+        st.written_seq
+    };
+    let shared = shared.clone();
+    let file = file.clone();
+    let path = path.to_path_buf();
+    glommio::spawn_local(async move {
+        let result = file.fdatasync().await;
+        let mut st = shared.state.borrow_mut();
+        st.sync_in_flight = false;
+        match result {
+            Ok(()) => st.synced_seq = st.synced_seq.max(target),
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "fdatasync failed; the partition refuses writes");
+                st.failure = Some(Rc::new(e.into()));
+                st.failure_path = path;
+            }
+        }
+        drop(st);
+        shared.changed.notify();
+    })
+    .detach();
 }
 
 fn mark_synced(shared: &Shared, seq: u64) {

@@ -1,0 +1,84 @@
+//! Proof that scanning the log is allocation-free per record: a counting global allocator runs
+//! under a full scan of a multi-segment log. Record iteration inside a batch must allocate exactly
+//! nothing; the whole scan may allocate only per DMA read (glommio tasks and buffers), far below
+//! one allocation per hundred records.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use kappa_storage::{Durability, LogConfig, PartitionLog, Record, Seek};
+
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: forwards to the system allocator unchanged; only counts calls on this thread.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations() -> u64 {
+    ALLOCATIONS.with(Cell::get)
+}
+
+#[test]
+fn scan_allocates_nothing_per_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = LogConfig { segment_size_bytes_max: 4 << 20, ..LogConfig::default() };
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .make()
+        .expect("executor")
+        .run(async move {
+            let log = PartitionLog::open(dir.path(), config).await.expect("open");
+            let value = [7u8; 100];
+            let records: Vec<Record<'_>> =
+                (0..1000).map(|i| Record::new(i, Some(b"key"), &value)).collect();
+            for _ in 0..200 {
+                log.append(&records, Durability::None).await.expect("append");
+            }
+            log.sync().await.expect("sync");
+            assert!(log.segments().len() > 3, "the scan crosses segments");
+
+            let mut reader = log.reader(Seek::Beginning).expect("reader");
+            let mut record_count = 0u64;
+            let mut bytes = 0u64;
+            let mut in_record_loops = 0u64;
+            let before_scan = allocations();
+            while let Some(batch) = reader.next_batch().await.expect("read") {
+                let before_records = allocations();
+                for record in batch.records() {
+                    bytes += (record.value().len() + record.key().map_or(0, <[u8]>::len)) as u64;
+                    record_count += 1;
+                }
+                in_record_loops += allocations() - before_records;
+            }
+            let scan_allocations = allocations() - before_scan;
+            assert_eq!(record_count, 200_000);
+            assert_eq!(bytes, 200_000 * 103);
+            assert_eq!(in_record_loops, 0, "iterating records allocated");
+            let per_record = scan_allocations as f64 / record_count as f64;
+            eprintln!(
+                "scan: {scan_allocations} allocations for {record_count} records ({per_record:.5}/record)"
+            );
+            assert!(per_record < 0.01, "{scan_allocations} allocations for {record_count} records");
+            log.close().await.expect("close");
+        });
+}
