@@ -23,9 +23,45 @@ pub struct BatchArchive {
     pub directory: Vec<RecordEntry>,
 }
 
+/// The Kafka bytes of a batch, already written into the output buffer (right after the frame
+/// header) by `kafka::encode_batch`. Archiving it only records where they are: the bytes are
+/// written once, in place, instead of being copied from a scratch `Vec` by the serializer.
+struct InPlaceBytes {
+    pos: usize,
+    len: usize,
+}
+
+impl rkyv::Archive for InPlaceBytes {
+    type Archived = rkyv::vec::ArchivedVec<u8>;
+    type Resolver = rkyv::vec::VecResolver;
+
+    fn resolve(&self, resolver: Self::Resolver, out: rkyv::Place<Self::Archived>) {
+        rkyv::vec::ArchivedVec::resolve_from_len(self.len, resolver, out);
+    }
+}
+
+impl<S: rkyv::rancor::Fallible + ?Sized> rkyv::Serialize<S> for InPlaceBytes {
+    fn serialize(&self, _: &mut S) -> Result<Self::Resolver, S::Error> {
+        Ok(rkyv::vec::VecResolver::from_pos(self.pos))
+    }
+}
+
+/// What the encoder serializes: the same archived layout as `BatchArchive` (a test checks the bytes
+/// are identical), with the Kafka bytes in place.
+#[derive(rkyv::Archive, rkyv::Serialize)]
+struct BatchArchiveInPlace {
+    kafka: InPlaceBytes,
+    directory: Vec<RecordEntry>,
+}
+
+const _: () = assert!(
+    std::mem::size_of::<ArchivedBatchArchiveInPlace>()
+        == std::mem::size_of::<ArchivedBatchArchive>()
+);
+
 /// Builds frames. Owns its scratch buffers, so steady-state encoding reuses memory.
 pub struct BatchEncoder {
-    archive: BatchArchive,
+    directory: Vec<RecordEntry>,
     frame: AlignedVec<FRAME_ALIGN>,
     header: FrameHeader,
     limits: Limits,
@@ -34,7 +70,7 @@ pub struct BatchEncoder {
 impl BatchEncoder {
     pub fn new(limits: Limits) -> Self {
         BatchEncoder {
-            archive: BatchArchive::default(),
+            directory: Vec::new(),
             frame: AlignedVec::new(),
             header: FrameHeader {
                 version: FORMAT_VERSION,
@@ -93,18 +129,19 @@ impl BatchEncoder {
         producer: ProducerInfo,
     ) -> Result<&FrameHeader, Error> {
         self.check(records)?;
-        kafka::encode_batch(
-            base_offset,
-            records,
-            producer,
-            &mut self.archive.kafka,
-            &mut self.archive.directory,
-        );
         let mut frame = std::mem::take(&mut self.frame);
         frame.clear();
         frame.extend_from_slice(&[0u8; FRAME_HEADER_SIZE]);
-        let mut frame = rkyv::api::high::to_bytes_in::<_, rancor::Error>(&self.archive, frame)
-            .map_err(|_| Error::Encode { what: "rkyv archive of a batch" })?;
+        let kafka_len =
+            kafka::encode_batch(base_offset, records, producer, &mut frame, &mut self.directory);
+        let archive = BatchArchiveInPlace {
+            kafka: InPlaceBytes { pos: FRAME_HEADER_SIZE, len: kafka_len },
+            directory: std::mem::take(&mut self.directory),
+        };
+        let serialized = rkyv::api::high::to_bytes_in::<_, rancor::Error>(&archive, frame);
+        self.directory = archive.directory;
+        let mut frame =
+            serialized.map_err(|_| Error::Encode { what: "rkyv archive of a batch" })?;
         let payload_len = frame.len() - FRAME_HEADER_SIZE;
         let frame_len = format::frame_len_for(payload_len);
         frame.resize(frame_len, 0);

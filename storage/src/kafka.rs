@@ -105,13 +105,17 @@ pub(crate) fn varint_len(value: i64) -> usize {
     n
 }
 
-fn put_varint(buf: &mut Vec<u8>, value: i64) {
+fn put_varint<S: Sink>(buf: &mut S, value: i64) {
     let mut zz = ((value << 1) ^ (value >> 63)) as u64;
+    let mut bytes = [0u8; 10];
+    let mut n = 0;
     while zz >= 0x80 {
-        buf.push((zz as u8) | 0x80);
+        bytes[n] = (zz as u8) | 0x80;
         zz >>= 7;
+        n += 1;
     }
-    buf.push(zz as u8);
+    bytes[n] = zz as u8;
+    buf.put(&bytes[..=n]);
 }
 
 /// Reads a zigzag varint at `*pos`, advancing it. `None` on truncation or overflow.
@@ -137,37 +141,63 @@ fn len_field(len: Option<usize>) -> i64 {
     len.map_or(-1, |l| l as i64)
 }
 
-/// Encodes `records` as one uncompressed RecordBatch v2 into `out` (cleared first), pushing one
-/// `RecordEntry` per record into `directory` (cleared first). `records` must be non-empty; the
-/// caller (the batch encoder) checks that and the size limits.
-pub fn encode_batch(
+/// A growable byte buffer the encoder appends to: a `Vec<u8>`, or the aligned frame buffer itself
+/// (so the batch bytes are written once, in place, with no copy into the archive).
+pub trait Sink: std::ops::DerefMut<Target = [u8]> {
+    fn put(&mut self, bytes: &[u8]);
+    fn put_byte(&mut self, byte: u8);
+}
+
+impl Sink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+    fn put_byte(&mut self, byte: u8) {
+        self.push(byte);
+    }
+}
+
+impl<const ALIGN: usize> Sink for rkyv::util::AlignedVec<ALIGN> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+    fn put_byte(&mut self, byte: u8) {
+        self.push(byte);
+    }
+}
+
+/// Appends `records` as one uncompressed RecordBatch v2 to `out`, and one `RecordEntry` per record
+/// to `directory` (cleared first), with positions relative to the start of the batch. `records`
+/// must be non-empty; the caller (the batch encoder) checks that and the size limits. Returns the
+/// batch's length in bytes.
+pub fn encode_batch<S: Sink>(
     base_offset: u64,
     records: &[Record<'_>],
     producer: ProducerInfo,
-    out: &mut Vec<u8>,
+    out: &mut S,
     directory: &mut Vec<RecordEntry>,
-) {
+) -> usize {
     assert!(!records.is_empty(), "encode_batch needs at least one record");
-    out.clear();
     directory.clear();
+    let start = out.len();
     let first_timestamp = records[0].timestamp;
     let max_timestamp = records.iter().map(|r| r.timestamp).max().unwrap_or(first_timestamp);
     let last_offset_delta = (records.len() - 1) as i32;
 
-    out.extend_from_slice(&(base_offset as i64).to_be_bytes());
-    out.extend_from_slice(&0i32.to_be_bytes()); // batchLength, patched below.
-    out.extend_from_slice(&(-1i32).to_be_bytes()); // partitionLeaderEpoch: no leader here.
-    out.push(MAGIC_V2);
-    out.extend_from_slice(&0u32.to_be_bytes()); // crc, patched below.
-    out.extend_from_slice(&0i16.to_be_bytes()); // attributes: uncompressed, create time.
-    out.extend_from_slice(&last_offset_delta.to_be_bytes());
-    out.extend_from_slice(&first_timestamp.to_be_bytes());
-    out.extend_from_slice(&max_timestamp.to_be_bytes());
-    out.extend_from_slice(&producer.producer_id.to_be_bytes());
-    out.extend_from_slice(&producer.producer_epoch.to_be_bytes());
-    out.extend_from_slice(&producer.base_sequence.to_be_bytes());
-    out.extend_from_slice(&(records.len() as i32).to_be_bytes());
-    debug_assert_eq!(out.len(), BATCH_HEADER_SIZE);
+    out.put(&(base_offset as i64).to_be_bytes());
+    out.put(&0i32.to_be_bytes()); // batchLength, patched below.
+    out.put(&(-1i32).to_be_bytes()); // partitionLeaderEpoch: no leader here.
+    out.put_byte(MAGIC_V2);
+    out.put(&0u32.to_be_bytes()); // crc, patched below.
+    out.put(&0i16.to_be_bytes()); // attributes: uncompressed, create time.
+    out.put(&last_offset_delta.to_be_bytes());
+    out.put(&first_timestamp.to_be_bytes());
+    out.put(&max_timestamp.to_be_bytes());
+    out.put(&producer.producer_id.to_be_bytes());
+    out.put(&producer.producer_epoch.to_be_bytes());
+    out.put(&producer.base_sequence.to_be_bytes());
+    out.put(&(records.len() as i32).to_be_bytes());
+    debug_assert_eq!(out.len() - start, BATCH_HEADER_SIZE);
 
     for (delta, record) in records.iter().enumerate() {
         let timestamp_delta = record.timestamp.wrapping_sub(first_timestamp);
@@ -194,25 +224,25 @@ pub fn encode_batch(
             + headers_len;
         put_varint(out, body_len as i64);
         let body_start = out.len();
-        out.push(0); // Record attributes: unused in v2.
+        out.put_byte(0); // Record attributes: unused in v2.
         put_varint(out, timestamp_delta);
         put_varint(out, delta as i64);
         put_varint(out, len_field(key_len));
-        let key_pos = out.len() as u32;
+        let key_pos = (out.len() - start) as u32;
         if let Some(key) = record.key {
-            out.extend_from_slice(key);
+            out.put(key);
         }
         put_varint(out, record.value.len() as i64);
-        let value_pos = out.len() as u32;
-        out.extend_from_slice(record.value);
+        let value_pos = (out.len() - start) as u32;
+        out.put(record.value);
         put_varint(out, record.headers.len() as i64);
-        let headers_pos = out.len() as u32;
+        let headers_pos = (out.len() - start) as u32;
         for header in record.headers {
             put_varint(out, header.key.len() as i64);
-            out.extend_from_slice(header.key);
+            out.put(header.key);
             put_varint(out, len_field(header.value.map(<[u8]>::len)));
             if let Some(value) = header.value {
-                out.extend_from_slice(value);
+                out.put(value);
             }
         }
         debug_assert_eq!(out.len() - body_start, body_len);
@@ -227,10 +257,12 @@ pub fn encode_batch(
         });
     }
 
-    let batch_length = (out.len() - 12) as i32;
-    out[8..12].copy_from_slice(&batch_length.to_be_bytes());
-    let crc = crc32c::crc32c(&out[CRC_START..]);
-    out[17..21].copy_from_slice(&crc.to_be_bytes());
+    let batch = &mut out[start..];
+    let batch_length = (batch.len() - 12) as i32;
+    batch[8..12].copy_from_slice(&batch_length.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[CRC_START..]);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+    batch.len()
 }
 
 /// Checks the CRC32C of stored v2 bytes (the check a Kafka consumer makes).

@@ -127,3 +127,21 @@ fn misaligned_payload_is_an_error_not_undefined_behaviour() {
     aligned.extend_from_slice(encoder.frame());
     assert!(BatchRef::from_frame(&aligned[1..]).is_err());
 }
+
+#[test]
+fn in_place_archive_matches_the_plain_archive_byte_for_byte() {
+    let (encoder, header) = encode(9);
+    let mut aligned = AlignedVec::<16>::new();
+    aligned.extend_from_slice(encoder.frame());
+    let batch = BatchRef::from_frame(&aligned).expect("valid");
+    let directory: Vec<RecordEntry> = batch
+        .archive
+        .directory
+        .iter()
+        .map(|e| rkyv::deserialize::<RecordEntry, rancor::Error>(e).expect("deserializes"))
+        .collect();
+    let plain = BatchArchive { kafka: batch.kafka_bytes().to_vec(), directory };
+    let bytes = rkyv::to_bytes::<rancor::Error>(&plain).expect("serializes");
+    let payload = &aligned[crate::format::FRAME_HEADER_SIZE..][..header.payload_len as usize];
+    assert_eq!(payload, &bytes[..]);
+}
