@@ -313,7 +313,12 @@ async fn load_frame(
             });
         }
         segment.chunk = Some(Chunk { pos, end: planned.end, bytes });
-        plan_reads(shared, segment, limit);
+        if plan_reads(shared, segment, limit) > 0 {
+            // The reads just planned are tasks that have not run yet: let them run and let the
+            // reactor submit them now, or a caller that never waits (all data already here) would
+            // drain the read-ahead before the next reads reach the device.
+            glommio::executor().yield_task_queue_now().await;
+        }
     }
     let chunk = segment.chunk.as_ref().expect("loaded above");
     let start = (segment.pos - chunk.pos) as usize;
@@ -336,8 +341,9 @@ async fn load_frame(
 
 /// Starts reads until `read_ahead_max` are in flight or the readable end is planned. Ranges end at
 /// indexed frame starts, about `read_buffer_size_bytes` apart.
-fn plan_reads(shared: &Shared, segment: &mut OpenSegment, limit: u64) {
+fn plan_reads(shared: &Shared, segment: &mut OpenSegment, limit: u64) -> usize {
     let size = shared.config.read_buffer_size_bytes as u64;
+    let mut planned = 0;
     while segment.ahead.len() < shared.config.read_ahead_max && segment.planned_end < limit {
         let start = segment.planned_end;
         let end = {
@@ -364,7 +370,9 @@ fn plan_reads(shared: &Shared, segment: &mut OpenSegment, limit: u64) {
         let task = glommio::spawn_local(async move { read_at(&file, aligned, len).await });
         segment.ahead.push_back(Planned { start, end, task });
         segment.planned_end = end;
+        planned += 1;
     }
+    planned
 }
 
 async fn read_at(file: &DmaFile, pos: u64, size: usize) -> Result<ReadResult, std::io::Error> {
