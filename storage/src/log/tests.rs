@@ -380,3 +380,31 @@ fn unknown_format_version_is_reported() {
         }
     });
 }
+
+#[test]
+fn truncated_sealed_segment_is_a_typed_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sealed = run(async {
+        let log = PartitionLog::open(dir.path(), small_config()).await.expect("open");
+        fill(&log, 20, 25, Durability::Written).await;
+        log.close().await.expect("close");
+        log.segments()[0].clone()
+    });
+    // Cut the sealed segment in the middle of a frame.
+    let file = std::fs::OpenOptions::new().write(true).open(&sealed.path).expect("open");
+    file.set_len(sealed.size_bytes - 100).expect("truncate");
+    drop(file);
+    run(async {
+        match PartitionLog::open(dir.path(), small_config()).await {
+            Err(Error::Corrupt {
+                path,
+                defect: crate::format::FrameDefect::Truncated { .. },
+                ..
+            }) => {
+                assert_eq!(path, sealed.path);
+            }
+            Err(other) => panic!("wrong error: {other}"),
+            Ok(_) => panic!("a truncated sealed segment was accepted"),
+        }
+    });
+}
