@@ -177,6 +177,7 @@ impl BatchEncoder {
 pub struct BatchRef<'a> {
     header: FrameHeader,
     archive: &'a ArchivedBatchArchive,
+    payload: &'a [u8],
 }
 
 impl<'a> BatchRef<'a> {
@@ -205,7 +206,7 @@ impl<'a> BatchRef<'a> {
         if archive.directory.len() != header.record_count as usize {
             return Err(FrameDefect::BadHeader { reason: "directory length differs from header" });
         }
-        Ok(BatchRef { header, archive })
+        Ok(BatchRef { header, archive, payload })
     }
 
     /// Validates the archive structure with bytecheck and every directory range. Used by `verify`.
@@ -233,6 +234,10 @@ impl<'a> BatchRef<'a> {
 
     pub fn header(&self) -> &FrameHeader {
         &self.header
+    }
+    /// The archive bytes (what `OwnedBatch` copies).
+    pub fn payload(&self) -> &'a [u8] {
+        self.payload
     }
     pub fn base_offset(&self) -> u64 {
         self.header.base_offset
@@ -277,6 +282,50 @@ impl<'a> BatchRef<'a> {
     pub fn records_from(&self, offset: u64) -> impl Iterator<Item = RecordRef<'a>> + 'a {
         let skip = offset.saturating_sub(self.header.base_offset) as usize;
         self.records().skip(skip)
+    }
+}
+
+/// A batch copied out of a read buffer, for a consumer on another thread: one copy per batch (not
+/// per record), and records are then read through the same zero-copy directory.
+#[derive(Debug, Clone)]
+pub struct OwnedBatch {
+    header: FrameHeader,
+    payload: AlignedVec<FRAME_ALIGN>,
+    first_offset: u64,
+}
+
+impl OwnedBatch {
+    /// Copies `batch`; `first_offset` is the first record the receiver wants (a read that started
+    /// inside the batch skips the earlier ones).
+    pub fn copy_of(batch: &BatchRef<'_>, first_offset: u64) -> Self {
+        let mut payload = AlignedVec::with_capacity(batch.payload.len());
+        payload.extend_from_slice(batch.payload);
+        OwnedBatch { header: batch.header, payload, first_offset }
+    }
+
+    /// The batch, viewed zero-copy over the owned bytes.
+    pub fn batch(&self) -> BatchRef<'_> {
+        BatchRef::from_verified(self.header, &self.payload)
+            .expect("an owned batch is a copy of a verified batch")
+    }
+
+    /// The records at or after `first_offset`.
+    pub fn records(&self) -> impl Iterator<Item = RecordRef<'_>> + '_ {
+        self.batch().records_from(self.first_offset)
+    }
+
+    pub fn first_offset(&self) -> u64 {
+        self.first_offset.max(self.header.base_offset)
+    }
+
+    /// The offset after the last record.
+    pub fn next_offset(&self) -> u64 {
+        self.header.next_offset()
+    }
+
+    /// Bytes held (the archive).
+    pub fn size_bytes(&self) -> usize {
+        self.payload.len()
     }
 }
 

@@ -26,10 +26,12 @@ pub mod scan;
 mod sync;
 pub mod verify;
 
-pub use batch::{BatchEncoder, BatchRef, RecordRef};
+pub use batch::{BatchEncoder, BatchRef, OwnedBatch, RecordRef};
 pub use error::Error;
 pub use kafka::{Header, ProducerInfo, Record};
-pub use log::{AppendInfo, PartitionLog, RecoveryReport, RetentionReport, SegmentInfo};
+pub use log::{
+    AppendInfo, AppendTicket, LogStats, PartitionLog, RecoveryReport, RetentionReport, SegmentInfo,
+};
 pub use reader::{LogReader, ReadBatch, Seek};
 
 /// How far an append has to get before it is acknowledged.

@@ -48,6 +48,28 @@ pub struct AppendInfo {
     pub frame_len: u32,
 }
 
+/// An append that has its offsets and waits for its durability (`PartitionLog::wait`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "an append is acknowledged only after `wait`"]
+pub struct AppendTicket {
+    pub info: AppendInfo,
+    seq_end: u64,
+    durability: Durability,
+}
+
+/// I/O counters of one log.
+#[derive(Debug, Clone)]
+pub struct LogStats {
+    pub fsync_count: u64,
+    /// fdatasync latency in nanoseconds.
+    pub fsync_latency_ns: hdrhistogram::Histogram<u64>,
+    /// Full buffers waiting for the writer.
+    pub write_queue_len: usize,
+    /// Bytes appended and written since the log was opened.
+    pub appended_bytes: u64,
+    pub written_bytes: u64,
+}
+
 /// What `open` found and repaired.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
@@ -127,6 +149,8 @@ pub(crate) struct State {
     /// The highest sequence an appender waiting on `synced` needs; fsyncs happen only for them.
     want_synced_seq: u64,
     sync_in_flight: bool,
+    fsync_count: u64,
+    fsync_latency_ns: hdrhistogram::Histogram<u64>,
     pub(crate) readable: Readable,
     failure: Option<Rc<std::io::Error>>,
     failure_path: PathBuf,
@@ -257,6 +281,9 @@ impl PartitionLog {
             synced_seq: 0,
             want_synced_seq: 0,
             sync_in_flight: false,
+            fsync_count: 0,
+            fsync_latency_ns: hdrhistogram::Histogram::new_with_bounds(1_000, 60_000_000_000, 2)
+                .expect("static histogram bounds are valid"),
             readable,
             failure: None,
             failure_path: PathBuf::new(),
@@ -302,9 +329,17 @@ impl PartitionLog {
         producer: ProducerInfo,
         durability: Durability,
     ) -> Result<AppendInfo, Error> {
+        self.shared.state.borrow().encoder.check(records)?;
+        self.reserve().await;
+        let ticket = self.append_now(records, producer, durability)?;
+        self.wait(ticket).await
+    }
+
+    /// Waits until the write queue has room for another batch (backpressure): a producer that
+    /// outruns the disk waits here, and memory stays bounded. Returns at once when the log failed
+    /// or is closing (the append then reports why).
+    pub async fn reserve(&self) {
         let shared = &self.shared;
-        shared.state.borrow().encoder.check(records)?;
-        // Backpressure: a producer that outruns the disk waits here, and memory stays bounded.
         shared
             .changed
             .wait_until(|| {
@@ -312,14 +347,38 @@ impl PartitionLog {
                 st.queue.len() < shared.config.write_queue_max || st.failure.is_some() || st.closing
             })
             .await;
+    }
+
+    /// True when an append would not wait in `reserve`.
+    pub fn has_room(&self) -> bool {
+        self.shared.state.borrow().queue.len() < self.shared.config.write_queue_max
+    }
+
+    /// The synchronous half of an append: assigns offsets and copies the frame into the write
+    /// buffer, in call order (so callers that append in order get offsets in order). Then
+    /// `wait(ticket)` resolves when `durability` is reached. Use `reserve` first to respect the
+    /// write queue bound.
+    pub fn append_now(
+        &self,
+        records: &[Record<'_>],
+        producer: ProducerInfo,
+        durability: Durability,
+    ) -> Result<AppendTicket, Error> {
         let (info, seq_end) = self.append_buffered(records, producer)?;
         if durability == Durability::Synced {
-            let mut st = shared.state.borrow_mut();
+            let mut st = self.shared.state.borrow_mut();
             st.want_synced_seq = st.want_synced_seq.max(seq_end);
         }
-        shared.changed.notify();
-        match durability {
-            Durability::None => {}
+        self.shared.changed.notify();
+        Ok(AppendTicket { info, seq_end, durability })
+    }
+
+    /// Waits until the append behind `ticket` reached its durability.
+    pub async fn wait(&self, ticket: AppendTicket) -> Result<AppendInfo, Error> {
+        let shared = &self.shared;
+        let seq_end = ticket.seq_end;
+        match ticket.durability {
+            Durability::None => return Ok(ticket.info),
             Durability::Written => {
                 shared
                     .changed
@@ -340,16 +399,26 @@ impl PartitionLog {
             }
         }
         let st = shared.state.borrow();
-        if durability != Durability::None {
-            if let Some(failure) = &st.failure {
-                return Err(Error::io(
-                    "append",
-                    &st.failure_path,
-                    std::io::Error::new(failure.kind(), failure.to_string()),
-                ));
-            }
+        if let Some(failure) = &st.failure {
+            return Err(Error::io(
+                "append",
+                &st.failure_path,
+                std::io::Error::new(failure.kind(), failure.to_string()),
+            ));
         }
-        Ok(info)
+        Ok(ticket.info)
+    }
+
+    /// Counters of this log's I/O, for metrics.
+    pub fn stats(&self) -> LogStats {
+        let st = self.shared.state.borrow();
+        LogStats {
+            fsync_count: st.fsync_count,
+            fsync_latency_ns: st.fsync_latency_ns.clone(),
+            write_queue_len: st.queue.len(),
+            appended_bytes: st.appended_seq,
+            written_bytes: st.written_seq,
+        }
     }
 
     /// The synchronous half of an append: offsets, encoding, copy into the write buffer.
@@ -954,9 +1023,14 @@ fn start_sync_if_wanted(shared: &Rc<Shared>, file: &Rc<DmaFile>, path: &Path) {
     let file = file.clone();
     let path = path.to_path_buf();
     glommio::spawn_local(async move {
+        // Observability only: the latency is recorded, never used to decide anything.
+        #[allow(clippy::disallowed_methods)]
+        let started = std::time::Instant::now();
         let result = file.fdatasync().await;
         let mut st = shared.state.borrow_mut();
         st.sync_in_flight = false;
+        st.fsync_count += 1;
+        st.fsync_latency_ns.saturating_record(started.elapsed().as_nanos() as u64);
         match result {
             Ok(()) => st.synced_seq = st.synced_seq.max(target),
             Err(e) => {
