@@ -1,9 +1,33 @@
-//! `kappa-engine`: the shard-nothing runtime on top of `kappa-storage`.
+//! `kappa-engine`: the shard-nothing runtime on top of `kappa-storage`, and its embedded API.
 //!
-//! This crate will hold the shards (one pinned glommio executor per core), routing of records to
-//! partitions, the embedded producer and consumer API, operators and materialized views,
-//! checkpoints, the replay scheduler and the network front ends (see `ARCHITECTURE.md`). Today it
-//! only re-exports the storage API it is built on, so that the dependency direction
-//! (tools, bench, tests -> engine -> storage) is fixed from the start.
+//! `Engine::builder().data_dir(..).shards(..).build()` starts one pinned glommio executor per shard
+//! (one per CPU this process may use by default). Each partition lives on exactly one shard, chosen
+//! by a stable hash of topic and partition; the shard owns the partition's log and serves appends,
+//! tail delivery and queries for it, with no locks on the data path. Programs reach shards through
+//! bounded channels: a `Producer` (`Send + Clone`, blocking or async, with backpressure) and
+//! `Consumer`s that follow a partition's live tail. Code that runs on a shard
+//! (`Engine::run_on_partition`) reads records zero-copy.
+//!
+//! Views, replay and the network front ends build on this (see `ARCHITECTURE.md`).
 
+mod clock;
+mod config;
+mod consumer;
+mod engine;
+mod error;
+mod meta;
+mod metrics;
+mod producer;
+pub mod router;
+pub mod shard;
+
+pub use clock::{Clock, FixedClock, SystemClock};
+pub use config::{EngineBuilder, EngineConfig, TopicConfig};
+pub use consumer::Consumer;
+pub use engine::Engine;
+pub use error::Error;
 pub use kappa_storage as storage;
+pub use kappa_storage::{Durability, OwnedBatch, RecordRef, Seek};
+pub use metrics::{ConsumerMetrics, PartitionMetrics, ShardMetrics};
+pub use producer::{Ack, BatchAck, PendingAck, Producer, ProducerRecord};
+pub use router::ShardId;

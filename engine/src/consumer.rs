@@ -1,0 +1,71 @@
+//! A consumer on any thread: follows one partition from a seek point, receiving owned batches.
+//!
+//! The owning shard reads the log zero-copy and sends each batch as one `OwnedBatch` copy (one
+//! copy per batch, not per record) through a bounded channel: a slow consumer makes its shard
+//! stop reading for it, never buffer without bound. When the consumer has caught up, the shard's
+//! reader sleeps on the log's readable event, so a new record reaches the consumer as soon as it
+//! is written (woken, not polled on a timer).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kappa_storage::OwnedBatch;
+
+use crate::shard::SubscriptionState;
+use crate::Error;
+
+pub struct Consumer {
+    pub(crate) receiver: flume::Receiver<Result<OwnedBatch, Error>>,
+    pub(crate) state: Arc<SubscriptionState>,
+}
+
+impl Consumer {
+    pub fn topic(&self) -> &str {
+        &self.state.topic
+    }
+    pub fn partition(&self) -> u32 {
+        self.state.partition
+    }
+
+    /// The offset of the next record this consumer will see.
+    pub fn position(&self) -> u64 {
+        self.state.position.load(Ordering::Relaxed)
+    }
+
+    /// Records between this consumer's position and the end of the partition it last heard of.
+    pub fn lag(&self) -> u64 {
+        self.state.end_offset.load(Ordering::Relaxed).saturating_sub(self.position())
+    }
+
+    /// Blocks until the next batch arrives. `Err(ShutDown)` once the engine stopped.
+    pub fn next_batch(&mut self) -> Result<OwnedBatch, Error> {
+        let batch = self.receiver.recv().map_err(|_| Error::ShutDown)??;
+        self.advance(&batch);
+        Ok(batch)
+    }
+
+    /// Like `next_batch`, but gives up after `timeout` with `Ok(None)`.
+    pub fn next_batch_timeout(&mut self, timeout: Duration) -> Result<Option<OwnedBatch>, Error> {
+        match self.receiver.recv_timeout(timeout) {
+            Ok(batch) => {
+                let batch = batch?;
+                self.advance(&batch);
+                Ok(Some(batch))
+            }
+            Err(flume::RecvTimeoutError::Timeout) => Ok(None),
+            Err(flume::RecvTimeoutError::Disconnected) => Err(Error::ShutDown),
+        }
+    }
+
+    /// `next_batch` for async code.
+    pub async fn next_batch_async(&mut self) -> Result<OwnedBatch, Error> {
+        let batch = self.receiver.recv_async().await.map_err(|_| Error::ShutDown)??;
+        self.advance(&batch);
+        Ok(batch)
+    }
+
+    fn advance(&self, batch: &OwnedBatch) {
+        self.state.position.store(batch.next_offset(), Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,362 @@
+//! `Engine`: starts the shards, keeps the topic registry, and hands out producers and consumers.
+//!
+//! The handle is `Send + Sync + Clone`-able through `Arc`; its methods talk to shards through their
+//! bounded request channels. The topic registry (`RwLock<BTreeMap>`) is read when a producer routes
+//! a record: control-plane data read outside the shards, never touched on a shard's data path.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use glommio::{LocalExecutorBuilder, Placement};
+use kappa_storage::{PartitionLog, Seek};
+
+use crate::config::{EngineBuilder, EngineConfig, TopicConfig};
+use crate::consumer::Consumer;
+use crate::meta;
+use crate::metrics::{PartitionMetrics, ShardMetrics};
+use crate::producer::Producer;
+use crate::router::{shard_for, ShardId};
+use crate::shard::{self, Request, ShardJob, SubscriptionState};
+use crate::Error;
+
+/// A topic as the engine knows it: its definition and which shard owns each partition.
+#[derive(Debug)]
+pub(crate) struct TopicMeta {
+    pub(crate) name: Arc<str>,
+    pub(crate) config: TopicConfig,
+    pub(crate) shards: Vec<usize>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: Arc<EngineConfig>,
+    senders: Vec<flume::Sender<Request>>,
+    topics: RwLock<BTreeMap<String, Arc<TopicMeta>>>,
+    threads: Mutex<Vec<glommio::ExecutorJoinHandle<()>>>,
+    shut_down: AtomicBool,
+}
+
+/// The embedded engine. Dropping it shuts it down cleanly (flush, sync, close).
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl Inner {
+    pub(crate) fn topic(&self, name: &str) -> Result<Arc<TopicMeta>, Error> {
+        if self.shut_down.load(Ordering::Acquire) {
+            return Err(Error::ShutDown);
+        }
+        let topics = self.topics.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        topics.get(name).cloned().ok_or_else(|| Error::UnknownTopic { topic: name.to_string() })
+    }
+
+    pub(crate) fn send_blocking(&self, shard: usize, request: Request) -> Result<(), Error> {
+        self.senders[shard].send(request).map_err(|_| Error::ShutDown)
+    }
+
+    pub(crate) async fn send_async(&self, shard: usize, request: Request) -> Result<(), Error> {
+        self.senders[shard].send_async(request).await.map_err(|_| Error::ShutDown)
+    }
+
+    pub(crate) fn try_send(&self, shard: usize, request: Request) -> Result<(), Error> {
+        self.senders[shard].try_send(request).map_err(|e| match e {
+            flume::TrySendError::Full(_) => Error::WouldBlock { shard: shard as u16 },
+            flume::TrySendError::Disconnected(_) => Error::ShutDown,
+        })
+    }
+
+    /// Sends a request built around a reply channel and waits for the reply.
+    fn call<T>(
+        &self,
+        shard: usize,
+        make: impl FnOnce(shard::Reply<T>) -> Request,
+    ) -> Result<T, Error> {
+        let (reply, receiver) = flume::bounded(1);
+        self.send_blocking(shard, make(reply))?;
+        receiver.recv().map_err(|_| Error::ShutDown)?
+    }
+}
+
+impl Engine {
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::new()
+    }
+
+    /// Starts one pinned executor per shard and reopens every topic in the data dir.
+    pub fn start(config: EngineConfig) -> Result<Engine, Error> {
+        config.validate()?;
+        let data_dir = config.data_dir.clone();
+        std::fs::create_dir_all(&data_dir).map_err(|e| Error::Io {
+            op: "create data dir",
+            path: data_dir.clone(),
+            source: e,
+        })?;
+        // CPUs this process may run on (its affinity mask, not the machine's CPU count).
+        let cpus: Vec<usize> = core_ids();
+        let shard_count = config.shards.unwrap_or(cpus.len().max(1));
+        if shard_count > usize::from(u16::MAX) {
+            return Err(Error::Config {
+                field: "shards",
+                reason: format!("{shard_count} is too many"),
+            });
+        }
+        if !cpus.is_empty() && shard_count > cpus.len() {
+            tracing::warn!(
+                shards = shard_count,
+                cpus = cpus.len(),
+                "more shards than CPUs: shards share cores"
+            );
+        }
+        let config = Arc::new(config);
+        let mut senders = Vec::with_capacity(shard_count);
+        let mut threads = Vec::with_capacity(shard_count);
+        for index in 0..shard_count {
+            let (sender, receiver) = flume::bounded(config.request_queue_max);
+            let placement = match cpus.get(index % cpus.len().max(1)) {
+                Some(cpu) => Placement::Fixed(*cpu),
+                None => Placement::Unbound,
+            };
+            let shard_config = config.clone();
+            let id = ShardId(index as u16);
+            let handle = LocalExecutorBuilder::new(placement)
+                .name(&format!("kappa-shard-{index}"))
+                .preempt_timer(config.preempt_timer())
+                .io_memory(config.io_memory_bytes)
+                .spawn(move || shard::run(id, shard_config, receiver))
+                .map_err(|e| Error::Start { shard: index as u16, reason: e.to_string() })?;
+            senders.push(sender);
+            threads.push(handle);
+        }
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                config: config.clone(),
+                senders,
+                topics: RwLock::new(BTreeMap::new()),
+                threads: Mutex::new(threads),
+                shut_down: AtomicBool::new(false),
+            }),
+        };
+        for (name, topic) in meta::read_topics(&data_dir)? {
+            engine.open_topic(&name, topic)?;
+        }
+        Ok(engine)
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.inner.senders.len()
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// The shard that owns a partition.
+    pub fn shard_of(&self, topic: &str, partition: u32) -> ShardId {
+        shard_for(topic, partition, self.shard_count())
+    }
+
+    /// Creates a topic with `config.partitions` partitions; its definition persists in the data dir.
+    pub fn create_topic(&self, name: &str, config: TopicConfig) -> Result<(), Error> {
+        meta::validate_topic_name(name)?;
+        if config.partitions == 0 {
+            return Err(Error::Config { field: "partitions", reason: "must be at least 1".into() });
+        }
+        if let Ok(existing) = self.inner.topic(name) {
+            return Err(Error::TopicExists {
+                topic: name.to_string(),
+                partitions: existing.config.partitions,
+            });
+        }
+        meta::write_topic(&self.inner.config.data_dir, name, &config)?;
+        self.open_topic(name, config)
+    }
+
+    /// Creates the topic unless it exists (with any partition count); returns its partition count.
+    pub fn ensure_topic(&self, name: &str, config: TopicConfig) -> Result<u32, Error> {
+        match self.inner.topic(name) {
+            Ok(existing) => Ok(existing.config.partitions),
+            Err(Error::UnknownTopic { .. }) => {
+                let partitions = config.partitions;
+                self.create_topic(name, config)?;
+                Ok(partitions)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn open_topic(&self, name: &str, config: TopicConfig) -> Result<(), Error> {
+        let shard_count = self.shard_count();
+        let topic: Arc<str> = Arc::from(name);
+        let shards: Vec<usize> = (0..config.partitions)
+            .map(|p| usize::from(shard_for(name, p, shard_count).0))
+            .collect();
+        let log_config = config.log_config(&self.inner.config.log);
+        let mut waiting = Vec::new();
+        for (partition, shard) in shards.iter().enumerate() {
+            let (reply, receiver) = flume::bounded(1);
+            self.inner.send_blocking(
+                *shard,
+                Request::Open {
+                    topic: topic.clone(),
+                    partition: partition as u32,
+                    config: log_config.clone(),
+                    reply,
+                },
+            )?;
+            waiting.push(receiver);
+        }
+        for receiver in waiting {
+            receiver.recv().map_err(|_| Error::ShutDown)??;
+        }
+        let meta = Arc::new(TopicMeta { name: topic, config, shards });
+        self.inner
+            .topics
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(name.to_string(), meta);
+        Ok(())
+    }
+
+    /// Every topic and its definition.
+    pub fn topics(&self) -> BTreeMap<String, TopicConfig> {
+        let topics = self.inner.topics.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        topics.iter().map(|(name, meta)| (name.clone(), meta.config.clone())).collect()
+    }
+
+    /// A producer acknowledging at `written` durability (see `Producer::with_durability`).
+    pub fn producer(&self) -> Producer {
+        Producer::new(self.inner.clone())
+    }
+
+    /// A consumer of one partition from `seek`, following the live tail.
+    pub fn consumer(&self, topic: &str, partition: u32, seek: Seek) -> Result<Consumer, Error> {
+        let meta = self.check_partition(topic, partition)?;
+        let shard = meta.shards[partition as usize];
+        let (sink, receiver) = flume::bounded(self.inner.config.consumer_buffer_batches_max);
+        let state = Arc::new(SubscriptionState::new(meta.name.clone(), partition, 0));
+        let state_for_shard = state.clone();
+        self.inner.call(shard, |reply| Request::Subscribe {
+            topic: meta.name.clone(),
+            partition,
+            seek,
+            sink,
+            state: state_for_shard,
+            reply,
+        })?;
+        Ok(Consumer { receiver, state })
+    }
+
+    /// Start and end offsets and size of one partition.
+    pub fn partition_offsets(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<PartitionMetrics, Error> {
+        let meta = self.check_partition(topic, partition)?;
+        let shard = meta.shards[partition as usize];
+        self.inner.call(shard, |reply| Request::Offsets {
+            topic: meta.name.clone(),
+            partition,
+            reply,
+        })
+    }
+
+    /// A metrics snapshot of every shard.
+    pub fn metrics(&self) -> Result<Vec<ShardMetrics>, Error> {
+        (0..self.shard_count())
+            .map(|shard| self.inner.call(shard, |reply| Request::Metrics { reply }))
+            .collect()
+    }
+
+    /// Runs `job` on the shard that owns the partition, with its log (zero-copy reads there), and
+    /// returns the result. The job's future runs in the shard's `live` queue.
+    pub fn run_on_partition<F, Fut, T>(
+        &self,
+        topic: &str,
+        partition: u32,
+        job: F,
+    ) -> Result<T, Error>
+    where
+        F: FnOnce(Rc<PartitionLog>) -> Fut + Send + 'static,
+        Fut: Future<Output = T> + 'static,
+        T: Send + 'static,
+    {
+        let meta = self.check_partition(topic, partition)?;
+        let shard = meta.shards[partition as usize];
+        let (reply, receiver) = flume::bounded(1);
+        let name = meta.name.clone();
+        let boxed: ShardJob = Box::new(move |shard: Rc<shard::Shard>| {
+            Box::pin(async move {
+                let result = match shard.log(&name, partition) {
+                    Some(log) => Ok(job(log).await),
+                    None => Err(Error::UnknownTopic { topic: name.to_string() }),
+                };
+                let _ = reply.send(result);
+            })
+        });
+        self.inner.send_blocking(shard, Request::Run(boxed))?;
+        receiver.recv().map_err(|_| Error::ShutDown)?
+    }
+
+    fn check_partition(&self, topic: &str, partition: u32) -> Result<Arc<TopicMeta>, Error> {
+        let meta = self.inner.topic(topic)?;
+        if partition >= meta.config.partitions {
+            return Err(Error::UnknownPartition {
+                topic: topic.to_string(),
+                partition,
+                partitions: meta.config.partitions,
+            });
+        }
+        Ok(meta)
+    }
+
+    /// Flushes, syncs and closes every partition, and stops the shards. Idempotent.
+    pub fn shutdown(&self) -> Result<(), Error> {
+        if self.inner.shut_down.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let mut first_error = None;
+        let mut waiting = Vec::new();
+        for sender in &self.inner.senders {
+            let (reply, receiver) = flume::bounded(1);
+            if sender.send(Request::Shutdown { reply }).is_ok() {
+                waiting.push(receiver);
+            }
+        }
+        for receiver in waiting {
+            if let Ok(Err(e)) = receiver.recv() {
+                first_error.get_or_insert(e);
+            }
+        }
+        let threads = std::mem::take(
+            &mut *self.inner.threads.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for (index, handle) in threads.into_iter().enumerate() {
+            if let Err(e) = handle.join() {
+                first_error.get_or_insert(Error::Start {
+                    shard: index as u16,
+                    reason: format!("shard thread failed: {e}"),
+                });
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            tracing::error!(error = %e, "engine shutdown failed");
+        }
+    }
+}
+
+/// The CPUs this process may run on, from its affinity mask.
+fn core_ids() -> Vec<usize> {
+    let mut ids: Vec<usize> =
+        core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
+    ids.sort_unstable();
+    ids
+}

@@ -1,0 +1,50 @@
+//! The engine error type: typed, `Send`, naming the topic, partition, shard or file involved.
+
+use std::path::PathBuf;
+
+/// Everything the embedded API can refuse or fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("unknown topic {topic:?}")]
+    UnknownTopic { topic: String },
+    #[error("topic {topic:?} has {partitions} partitions; there is no partition {partition}")]
+    UnknownPartition { topic: String, partition: u32, partitions: u32 },
+    #[error("topic {topic:?} already exists with {partitions} partitions")]
+    TopicExists { topic: String, partitions: u32 },
+    #[error("invalid topic name {topic:?}: {reason}")]
+    BadTopicName { topic: String, reason: &'static str },
+    #[error("the engine is shut down")]
+    ShutDown,
+    #[error(
+        "shard {shard} is busy: its request queue is full (try again, or use a blocking send)"
+    )]
+    WouldBlock { shard: u16 },
+    #[error("invalid configuration {field}: {reason}")]
+    Config { field: &'static str, reason: String },
+    #[error("could not start shard {shard}: {reason}")]
+    Start { shard: u16, reason: String },
+    #[error("metadata file {}: {reason}", path.display())]
+    Meta { path: PathBuf, reason: String },
+    #[error("io error during {op} on {}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Storage(#[from] kappa_storage::Error),
+}
+
+impl Error {
+    /// True when the disk (or the file system quota) is full.
+    pub fn is_disk_full(&self) -> bool {
+        let source = match self {
+            Error::Io { source, .. } => source,
+            Error::Storage(kappa_storage::Error::Io { source, .. }) => source,
+            _ => return false,
+        };
+        source.raw_os_error() == Some(28) // ENOSPC
+    }
+}

@@ -1,0 +1,48 @@
+//! Per-shard metrics, taken on the shard and handed out as owned snapshots.
+
+/// A snapshot of one shard's counters and histograms.
+#[derive(Debug, Clone)]
+pub struct ShardMetrics {
+    pub shard: u16,
+    pub records_appended: u64,
+    /// Key + value + header bytes of appended records.
+    pub bytes_appended: u64,
+    pub batches_appended: u64,
+    /// Appends waiting for their durability right now.
+    pub appends_in_flight: u64,
+    /// From the shard taking an append to its acknowledgement, in nanoseconds.
+    pub append_ack_latency_ns: hdrhistogram::Histogram<u64>,
+    pub fsync_count: u64,
+    /// fdatasync latency over all partitions of the shard, in nanoseconds.
+    pub fsync_latency_ns: hdrhistogram::Histogram<u64>,
+    /// Requests waiting in the shard's channel.
+    pub request_queue_len: usize,
+    /// Full write buffers waiting for the writers, over all partitions.
+    pub write_queue_len: usize,
+    pub partitions: Vec<PartitionMetrics>,
+    pub consumers: Vec<ConsumerMetrics>,
+}
+
+/// Offsets and size of one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionMetrics {
+    pub topic: String,
+    pub partition: u32,
+    pub start_offset: u64,
+    /// The offset the next record gets.
+    pub end_offset: u64,
+    /// Records below this are written and visible to consumers.
+    pub readable_end_offset: u64,
+    pub size_bytes: u64,
+    pub segment_count: usize,
+}
+
+/// Position and lag of one consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerMetrics {
+    pub topic: String,
+    pub partition: u32,
+    pub position: u64,
+    pub end_offset: u64,
+    pub lag: u64,
+}

@@ -1,0 +1,263 @@
+//! The producer handle: `Send + Clone`, usable from any thread, blocking or async.
+//!
+//! A record with a key goes to the partition its key hashes to; a record or batch without one goes
+//! to the next partition in this producer's round robin (a whole batch to one partition, so it stays
+//! one frame). Requests for one shard travel through one FIFO channel and the shard assigns offsets
+//! in arrival order, so one producer's records keep their order within a partition.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use kappa_storage::Durability;
+
+use crate::engine::Inner;
+use crate::router::partition_for_key;
+use crate::shard::Request;
+use crate::Error;
+
+/// A record as a producer owns it before it reaches a shard.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProducerRecord {
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    /// Event time in ms since the epoch; `None` means append time (the engine's `Clock`).
+    pub timestamp: Option<i64>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl ProducerRecord {
+    pub fn new(value: impl Into<Vec<u8>>) -> Self {
+        ProducerRecord { value: value.into(), ..ProducerRecord::default() }
+    }
+    pub fn key(mut self, key: impl Into<Vec<u8>>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+    pub fn timestamp(mut self, timestamp_ms: i64) -> Self {
+        self.timestamp = Some(timestamp_ms);
+        self
+    }
+    pub fn header(mut self, key: impl Into<String>, value: Option<Vec<u8>>) -> Self {
+        self.headers.push((key.into(), value));
+        self
+    }
+}
+
+/// Where one record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    pub partition: u32,
+    pub offset: u64,
+}
+
+/// Where a batch for one partition landed: offsets `base_offset..=last_offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchAck {
+    pub partition: u32,
+    pub base_offset: u64,
+    pub last_offset: u64,
+}
+
+/// An acknowledgement still on its way (from `try_send`).
+pub struct PendingAck {
+    receiver: flume::Receiver<Result<BatchAck, Error>>,
+}
+
+impl PendingAck {
+    /// Blocks until the durability is reached.
+    pub fn wait(self) -> Result<BatchAck, Error> {
+        self.receiver.recv().map_err(|_| Error::ShutDown)?
+    }
+    pub async fn wait_async(self) -> Result<BatchAck, Error> {
+        self.receiver.recv_async().await.map_err(|_| Error::ShutDown)?
+    }
+}
+
+/// Sends records into the engine.
+#[derive(Clone)]
+pub struct Producer {
+    inner: Arc<Inner>,
+    durability: Durability,
+    round_robin: Arc<AtomicU32>,
+}
+
+enum Mode {
+    Block,
+    Try,
+}
+
+impl Producer {
+    pub(crate) fn new(inner: Arc<Inner>) -> Self {
+        Producer {
+            inner,
+            durability: Durability::Written,
+            round_robin: Arc::new(AtomicU32::new(0)),
+        }
+    }
+
+    /// The same producer acknowledging at another durability.
+    pub fn with_durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// Sends one record and blocks until it reached this producer's durability.
+    pub fn send(&self, topic: &str, record: ProducerRecord) -> Result<Ack, Error> {
+        let (partition, shard, request, receiver) = self.request(topic, vec![record])?;
+        self.inner.send_blocking(shard, request)?;
+        let _ = partition;
+        let ack = receiver.recv().map_err(|_| Error::ShutDown)??;
+        Ok(Ack { partition: ack.partition, offset: ack.base_offset })
+    }
+
+    /// `send` for async code: waits without blocking the thread.
+    pub async fn send_async(&self, topic: &str, record: ProducerRecord) -> Result<Ack, Error> {
+        let (_, shard, request, receiver) = self.request(topic, vec![record])?;
+        self.inner.send_async(shard, request).await?;
+        let ack = receiver.recv_async().await.map_err(|_| Error::ShutDown)??;
+        Ok(Ack { partition: ack.partition, offset: ack.base_offset })
+    }
+
+    /// Sends without waiting for room: `Error::WouldBlock` when the shard's queue is full.
+    pub fn try_send(&self, topic: &str, record: ProducerRecord) -> Result<PendingAck, Error> {
+        self.try_send_batch_to_one(topic, vec![record])
+    }
+
+    /// Sends records, one batch per partition they route to, and blocks until all are acknowledged.
+    pub fn send_batch(
+        &self,
+        topic: &str,
+        records: Vec<ProducerRecord>,
+    ) -> Result<Vec<BatchAck>, Error> {
+        let pending = self.submit_batch(topic, records, Mode::Block)?;
+        pending.into_iter().map(PendingAck::wait).collect()
+    }
+
+    /// `send_batch` for async code.
+    pub async fn send_batch_async(
+        &self,
+        topic: &str,
+        records: Vec<ProducerRecord>,
+    ) -> Result<Vec<BatchAck>, Error> {
+        let mut pending = Vec::new();
+        for (shard, request, receiver) in self.split(topic, records)? {
+            self.inner.send_async(shard, request).await?;
+            pending.push(PendingAck { receiver });
+        }
+        let mut acks = Vec::with_capacity(pending.len());
+        for p in pending {
+            acks.push(p.wait_async().await?);
+        }
+        Ok(acks)
+    }
+
+    /// Queues a batch and returns at once with pending acknowledgements (one per partition);
+    /// blocks only while a shard's request queue is full.
+    pub fn send_batch_nowait(
+        &self,
+        topic: &str,
+        records: Vec<ProducerRecord>,
+    ) -> Result<Vec<PendingAck>, Error> {
+        self.submit_batch(topic, records, Mode::Block)
+    }
+
+    /// `send_batch_nowait` that never waits: `Error::WouldBlock` when a shard's queue is full. A
+    /// batch that spans partitions may be partly queued when that happens; send single-partition
+    /// batches (one key, or no keys) when all-or-nothing matters.
+    pub fn try_send_batch(
+        &self,
+        topic: &str,
+        records: Vec<ProducerRecord>,
+    ) -> Result<Vec<PendingAck>, Error> {
+        self.submit_batch(topic, records, Mode::Try)
+    }
+
+    fn try_send_batch_to_one(
+        &self,
+        topic: &str,
+        records: Vec<ProducerRecord>,
+    ) -> Result<PendingAck, Error> {
+        let (_, shard, request, receiver) = self.request(topic, records)?;
+        self.inner.try_send(shard, request)?;
+        Ok(PendingAck { receiver })
+    }
+
+    fn submit_batch(
+        &self,
+        topic: &str,
+        records: Vec<ProducerRecord>,
+        mode: Mode,
+    ) -> Result<Vec<PendingAck>, Error> {
+        let mut pending = Vec::new();
+        for (shard, request, receiver) in self.split(topic, records)? {
+            match mode {
+                Mode::Block => self.inner.send_blocking(shard, request)?,
+                Mode::Try => self.inner.try_send(shard, request)?,
+            }
+            pending.push(PendingAck { receiver });
+        }
+        Ok(pending)
+    }
+
+    /// Groups records by partition (keyed records by hash, unkeyed ones together to the next
+    /// round-robin partition), keeping their order within each group.
+    #[allow(clippy::type_complexity)]
+    fn split(
+        &self,
+        topic: &str,
+        records: Vec<ProducerRecord>,
+    ) -> Result<Vec<(usize, Request, flume::Receiver<Result<BatchAck, Error>>)>, Error> {
+        let meta = self.inner.topic(topic)?;
+        let unkeyed = self.round_robin.fetch_add(1, Ordering::Relaxed) % meta.config.partitions;
+        let mut groups: BTreeMap<u32, Vec<ProducerRecord>> = BTreeMap::new();
+        for record in records {
+            let partition = match &record.key {
+                Some(key) => partition_for_key(key, meta.config.partitions),
+                None => unkeyed,
+            };
+            groups.entry(partition).or_default().push(record);
+        }
+        Ok(groups
+            .into_iter()
+            .map(|(partition, records)| {
+                let (reply, receiver) = flume::bounded(1);
+                let request = Request::Append {
+                    topic: meta.name.clone(),
+                    partition,
+                    records,
+                    durability: self.durability,
+                    reply,
+                };
+                (meta.shards[partition as usize], request, receiver)
+            })
+            .collect())
+    }
+
+    /// One request for records that all go to one partition (the first record decides).
+    #[allow(clippy::type_complexity)]
+    fn request(
+        &self,
+        topic: &str,
+        records: Vec<ProducerRecord>,
+    ) -> Result<(u32, usize, Request, flume::Receiver<Result<BatchAck, Error>>), Error> {
+        let meta = self.inner.topic(topic)?;
+        let partition = match records.first().and_then(|r| r.key.as_ref()) {
+            Some(key) => partition_for_key(key, meta.config.partitions),
+            None => self.round_robin.fetch_add(1, Ordering::Relaxed) % meta.config.partitions,
+        };
+        let (reply, receiver) = flume::bounded(1);
+        let request = Request::Append {
+            topic: meta.name.clone(),
+            partition,
+            records,
+            durability: self.durability,
+            reply,
+        };
+        Ok((partition, meta.shards[partition as usize], request, receiver))
+    }
+}

@@ -1,0 +1,481 @@
+//! A shard: one pinned glommio executor that owns its partitions' logs and serves requests.
+//!
+//! Threads outside the engine reach a shard through one bounded flume channel of `Request`s
+//! (glommio channels need an executor on both ends; flume wakes a parked executor from any
+//! thread). The request loop runs in the `live` task queue and handles appends **in arrival
+//! order**: it assigns offsets synchronously (`PartitionLog::append_now`), so a producer's records
+//! keep their order within a partition, and only the wait for durability runs as a separate task.
+//! Backpressure is layered: the bounded request channel, a bound on appends waiting for their
+//! durability, and the log's bounded write queue (the loop stops taking requests while it is full).
+//!
+//! Task queues: `live` (appends, tail delivery, queries; high shares, latency matters), `replay`
+//! (historical reads; low shares), `maintenance` (retention; lowest). Shard state is `!Send` and
+//! never locked.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use glommio::{Latency, Shares, TaskQueueHandle};
+use kappa_storage::{
+    Durability, Header, LogConfig, OwnedBatch, PartitionLog, ProducerInfo, Record, Seek,
+};
+
+use crate::config::EngineConfig;
+use crate::metrics::{ConsumerMetrics, PartitionMetrics, ShardMetrics};
+use crate::producer::{BatchAck, ProducerRecord};
+use crate::router::ShardId;
+use crate::Error;
+
+/// A closure run on a shard (see `Engine::run_on_partition`).
+pub(crate) type ShardJob = Box<dyn FnOnce(Rc<Shard>) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
+
+pub(crate) type Reply<T> = flume::Sender<Result<T, Error>>;
+
+pub(crate) enum Request {
+    Append {
+        topic: Arc<str>,
+        partition: u32,
+        records: Vec<ProducerRecord>,
+        durability: Durability,
+        reply: Reply<BatchAck>,
+    },
+    Open {
+        topic: Arc<str>,
+        partition: u32,
+        config: LogConfig,
+        reply: Reply<()>,
+    },
+    Subscribe {
+        topic: Arc<str>,
+        partition: u32,
+        seek: Seek,
+        sink: flume::Sender<Result<OwnedBatch, Error>>,
+        state: Arc<SubscriptionState>,
+        reply: Reply<()>,
+    },
+    Offsets {
+        topic: Arc<str>,
+        partition: u32,
+        reply: Reply<PartitionMetrics>,
+    },
+    Run(ShardJob),
+    Metrics {
+        reply: Reply<ShardMetrics>,
+    },
+    Shutdown {
+        reply: Reply<()>,
+    },
+}
+
+/// What a consumer and its shard share: the consumer's position and the end it last saw.
+#[derive(Debug)]
+pub struct SubscriptionState {
+    pub(crate) topic: Arc<str>,
+    pub(crate) partition: u32,
+    pub(crate) position: AtomicU64,
+    pub(crate) end_offset: AtomicU64,
+}
+
+impl SubscriptionState {
+    pub(crate) fn new(topic: Arc<str>, partition: u32, position: u64) -> Self {
+        SubscriptionState {
+            topic,
+            partition,
+            position: AtomicU64::new(position),
+            end_offset: AtomicU64::new(position),
+        }
+    }
+}
+
+/// Counters a shard keeps about its own work.
+struct Counters {
+    records_appended: u64,
+    bytes_appended: u64,
+    batches_appended: u64,
+    appends_in_flight: u64,
+    append_ack_latency_ns: hdrhistogram::Histogram<u64>,
+}
+
+/// The partitions a shard owns: topic -> partition -> log (looked up by `&str`, no allocation).
+type Partitions = BTreeMap<Arc<str>, BTreeMap<u32, Rc<PartitionLog>>>;
+
+/// The state of one shard, shared by its tasks (`Rc`, never `Send`).
+pub struct Shard {
+    id: ShardId,
+    config: Arc<EngineConfig>,
+    partitions: RefCell<Partitions>,
+    subscriptions: RefCell<Vec<Arc<SubscriptionState>>>,
+    counters: RefCell<Counters>,
+    live: TaskQueueHandle,
+    replay: TaskQueueHandle,
+    maintenance: TaskQueueHandle,
+    request_queue: flume::Receiver<Request>,
+    stopping: Cell<bool>,
+}
+
+impl Shard {
+    pub fn id(&self) -> ShardId {
+        self.id
+    }
+
+    /// The log of a partition this shard owns: on the shard, records are read zero-copy.
+    pub fn log(&self, topic: &str, partition: u32) -> Option<Rc<PartitionLog>> {
+        self.partitions.borrow().get(topic).and_then(|p| p.get(&partition)).cloned()
+    }
+
+    /// The queue for latency-sensitive work (appends, tail delivery, queries).
+    pub fn live_queue(&self) -> TaskQueueHandle {
+        self.live
+    }
+    /// The queue for historical replay: low shares, preempted by `live`.
+    pub fn replay_queue(&self) -> TaskQueueHandle {
+        self.replay
+    }
+    /// The queue for retention and (later) checkpoints.
+    pub fn maintenance_queue(&self) -> TaskQueueHandle {
+        self.maintenance
+    }
+}
+
+/// The body of a shard's executor thread: creates the task queues, serves requests until
+/// `Shutdown`, then closes every log (flush, sync).
+pub(crate) async fn run(
+    id: ShardId,
+    config: Arc<EngineConfig>,
+    requests: flume::Receiver<Request>,
+) {
+    let executor = glommio::executor();
+    let live = executor.create_task_queue(
+        Shares::Static(1000),
+        Latency::Matters(config.live_latency_budget),
+        "live",
+    );
+    let replay = executor.create_task_queue(Shares::Static(100), Latency::NotImportant, "replay");
+    let maintenance =
+        executor.create_task_queue(Shares::Static(50), Latency::NotImportant, "maintenance");
+    let shard = Rc::new(Shard {
+        id,
+        config,
+        partitions: RefCell::new(BTreeMap::new()),
+        subscriptions: RefCell::new(Vec::new()),
+        counters: RefCell::new(Counters {
+            records_appended: 0,
+            bytes_appended: 0,
+            batches_appended: 0,
+            appends_in_flight: 0,
+            append_ack_latency_ns: hdrhistogram::Histogram::new_with_bounds(100, 60_000_000_000, 2)
+                .expect("static histogram bounds are valid"),
+        }),
+        live,
+        replay,
+        maintenance,
+        request_queue: requests,
+        stopping: Cell::new(false),
+    });
+    let retention = glommio::spawn_local_into(retention_loop(shard.clone()), maintenance)
+        .expect("the maintenance queue exists");
+    let serve =
+        glommio::spawn_local_into(serve(shard.clone()), live).expect("the live queue exists");
+    serve.await;
+    drop(retention);
+}
+
+async fn serve(shard: Rc<Shard>) {
+    let in_flight =
+        Rc::new(glommio::sync::Semaphore::new(shard.config.appends_in_flight_max as u64));
+    while let Ok(request) = shard.request_queue.recv_async().await {
+        match request {
+            Request::Append { topic, partition, records, durability, reply } => {
+                let Some(log) = shard.log(&topic, partition) else {
+                    let _ = reply.send(Err(Error::UnknownTopic { topic: topic.to_string() }));
+                    continue;
+                };
+                if let Some(delay) = shard.config.append_delay {
+                    glommio::timer::sleep(delay).await;
+                }
+                log.reserve().await;
+                let Ok(permit) = in_flight.acquire_static_permit(1).await else { break };
+                append(&shard, log, partition, records, durability, reply, permit);
+            }
+            Request::Open { topic, partition, config, reply } => {
+                let result = open_partition(&shard, topic, partition, config).await;
+                let _ = reply.send(result);
+            }
+            Request::Subscribe { topic, partition, seek, sink, state, reply } => {
+                let Some(log) = shard.log(&topic, partition) else {
+                    let _ = reply.send(Err(Error::UnknownTopic { topic: topic.to_string() }));
+                    continue;
+                };
+                match log.reader(seek) {
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                    }
+                    Ok(reader) => {
+                        state.position.store(reader.next_offset(), Ordering::Relaxed);
+                        shard.subscriptions.borrow_mut().push(state.clone());
+                        let task = subscription(shard.clone(), log, reader, sink, state);
+                        glommio::spawn_local_into(task, shard.live)
+                            .expect("the live queue exists")
+                            .detach();
+                        let _ = reply.send(Ok(()));
+                    }
+                }
+            }
+            Request::Offsets { topic, partition, reply } => {
+                let result = match shard.log(&topic, partition) {
+                    Some(log) => Ok(partition_metrics(&topic, partition, &log)),
+                    None => Err(Error::UnknownTopic { topic: topic.to_string() }),
+                };
+                let _ = reply.send(result);
+            }
+            Request::Run(job) => {
+                let future = job(shard.clone());
+                glommio::spawn_local_into(future, shard.live)
+                    .expect("the live queue exists")
+                    .detach();
+            }
+            Request::Metrics { reply } => {
+                let _ = reply.send(Ok(metrics(&shard)));
+            }
+            Request::Shutdown { reply } => {
+                let result = shutdown(&shard).await;
+                let _ = reply.send(result);
+                return;
+            }
+        }
+    }
+    // Every sender is gone without a Shutdown (the engine was dropped): close cleanly anyway.
+    let _ = shutdown(&shard).await;
+}
+
+/// Assigns offsets now (arrival order), then waits for durability in its own task.
+fn append(
+    shard: &Rc<Shard>,
+    log: Rc<PartitionLog>,
+    partition: u32,
+    records: Vec<ProducerRecord>,
+    durability: Durability,
+    reply: Reply<BatchAck>,
+    permit: glommio::sync::StaticPermit,
+) {
+    #[allow(clippy::disallowed_methods)] // Ack latency is observability, never a decision.
+    let started = std::time::Instant::now();
+    let now_ms = shard.config.clock.now_ms();
+    let header_count: usize = records.iter().map(|r| r.headers.len()).sum();
+    let mut headers: Vec<Header<'_>> = Vec::with_capacity(header_count);
+    for record in &records {
+        headers.extend(
+            record.headers.iter().map(|(k, v)| Header { key: k.as_bytes(), value: v.as_deref() }),
+        );
+    }
+    let mut at = 0;
+    let borrowed: Vec<Record<'_>> = records
+        .iter()
+        .map(|r| {
+            let record = Record {
+                timestamp: r.timestamp.unwrap_or(now_ms),
+                key: r.key.as_deref(),
+                value: &r.value,
+                headers: &headers[at..at + r.headers.len()],
+            };
+            at += r.headers.len();
+            record
+        })
+        .collect();
+    let bytes: u64 = borrowed.iter().map(|r| r.size_bytes() as u64).sum();
+    let ticket = match log.append_now(&borrowed, ProducerInfo::default(), durability) {
+        Ok(ticket) => ticket,
+        Err(e) => {
+            let _ = reply.send(Err(e.into()));
+            return;
+        }
+    };
+    {
+        let mut counters = shard.counters.borrow_mut();
+        counters.records_appended += borrowed.len() as u64;
+        counters.bytes_appended += bytes;
+        counters.batches_appended += 1;
+        counters.appends_in_flight += 1;
+    }
+    drop(borrowed);
+    drop(headers);
+    drop(records);
+    let live = shard.live;
+    let shard = shard.clone();
+    let task = async move {
+        let result = log.wait(ticket).await;
+        {
+            let mut counters = shard.counters.borrow_mut();
+            counters.appends_in_flight -= 1;
+            counters.append_ack_latency_ns.saturating_record(started.elapsed().as_nanos() as u64);
+        }
+        let ack = result
+            .map(|info| BatchAck {
+                partition,
+                base_offset: info.base_offset,
+                last_offset: info.last_offset,
+            })
+            .map_err(Error::from);
+        let _ = reply.send(ack);
+        drop(permit);
+    };
+    glommio::spawn_local_into(task, live).expect("the live queue exists").detach();
+}
+
+async fn open_partition(
+    shard: &Rc<Shard>,
+    topic: Arc<str>,
+    partition: u32,
+    config: LogConfig,
+) -> Result<(), Error> {
+    if shard.log(&topic, partition).is_some() {
+        return Ok(());
+    }
+    let dir = kappa_storage::paths::partition_dir(&shard.config.data_dir, &topic, partition);
+    let log = PartitionLog::open(&dir, config).await?;
+    let recovery = log.recovery();
+    tracing::debug!(
+        shard = shard.id.0, topic = %topic, partition, end_offset = log.end_offset(),
+        segments = recovery.segment_count, truncated_bytes = recovery.truncated_bytes,
+        "partition opened"
+    );
+    shard.partitions.borrow_mut().entry(topic).or_default().insert(partition, Rc::new(log));
+    Ok(())
+}
+
+/// Follows a partition for one consumer: reads zero-copy on the shard, sends each batch as one
+/// owned copy, and sleeps on the log's readable event when caught up (woken, not polled).
+async fn subscription(
+    shard: Rc<Shard>,
+    log: Rc<PartitionLog>,
+    mut reader: kappa_storage::LogReader,
+    sink: flume::Sender<Result<OwnedBatch, Error>>,
+    state: Arc<SubscriptionState>,
+) {
+    loop {
+        let next = match reader.next_batch().await {
+            Ok(Some(read)) => Some(Ok(OwnedBatch::copy_of(&read.batch, read.first_offset))),
+            Ok(None) => None,
+            Err(e) => Some(Err(Error::from(e))),
+        };
+        state.end_offset.store(log.readable_end_offset(), Ordering::Relaxed);
+        match next {
+            Some(item) => {
+                let failed = item.is_err();
+                if sink.send_async(item).await.is_err() || failed {
+                    break;
+                }
+            }
+            None => {
+                if shard.stopping.get() || log.wait_readable(reader.next_offset()).await.is_err() {
+                    break;
+                }
+            }
+        }
+        if sink.is_disconnected() {
+            break;
+        }
+    }
+    shard.subscriptions.borrow_mut().retain(|s| !Arc::ptr_eq(s, &state));
+}
+
+/// Applies each partition's retention once a minute, in the maintenance queue.
+async fn retention_loop(shard: Rc<Shard>) {
+    loop {
+        glommio::timer::sleep(Duration::from_secs(60)).await;
+        if shard.stopping.get() {
+            return;
+        }
+        let logs: Vec<Rc<PartitionLog>> =
+            shard.partitions.borrow().values().flat_map(|p| p.values().cloned()).collect();
+        let now_ms = shard.config.clock.now_ms();
+        for log in logs {
+            if let Err(e) = log.apply_retention(now_ms).await {
+                tracing::error!(shard = shard.id.0, dir = %log.dir().display(), error = %e, "retention failed");
+            }
+        }
+    }
+}
+
+fn partition_metrics(topic: &str, partition: u32, log: &PartitionLog) -> PartitionMetrics {
+    PartitionMetrics {
+        topic: topic.to_string(),
+        partition,
+        start_offset: log.start_offset(),
+        end_offset: log.end_offset(),
+        readable_end_offset: log.readable_end_offset(),
+        size_bytes: log.size_bytes(),
+        segment_count: log.segments().len(),
+    }
+}
+
+fn metrics(shard: &Shard) -> ShardMetrics {
+    let counters = shard.counters.borrow();
+    let mut fsync_latency_ns = hdrhistogram::Histogram::new_with_bounds(1_000, 60_000_000_000, 2)
+        .expect("static histogram bounds are valid");
+    let mut fsync_count = 0;
+    let mut write_queue_len = 0;
+    let mut partitions = Vec::new();
+    let owned = shard.partitions.borrow();
+    for (topic, partition, log) in
+        owned.iter().flat_map(|(t, ps)| ps.iter().map(move |(p, l)| (t, p, l)))
+    {
+        let stats = log.stats();
+        fsync_count += stats.fsync_count;
+        write_queue_len += stats.write_queue_len;
+        let _ = fsync_latency_ns.add(&stats.fsync_latency_ns);
+        partitions.push(partition_metrics(topic, *partition, log));
+    }
+    let consumers = shard
+        .subscriptions
+        .borrow()
+        .iter()
+        .map(|s| {
+            let position = s.position.load(Ordering::Relaxed);
+            let end_offset = s.end_offset.load(Ordering::Relaxed).max(position);
+            ConsumerMetrics {
+                topic: s.topic.to_string(),
+                partition: s.partition,
+                position,
+                end_offset,
+                lag: end_offset - position,
+            }
+        })
+        .collect();
+    ShardMetrics {
+        shard: shard.id.0,
+        records_appended: counters.records_appended,
+        bytes_appended: counters.bytes_appended,
+        batches_appended: counters.batches_appended,
+        appends_in_flight: counters.appends_in_flight,
+        append_ack_latency_ns: counters.append_ack_latency_ns.clone(),
+        fsync_count,
+        fsync_latency_ns,
+        request_queue_len: shard.request_queue.len(),
+        write_queue_len,
+        partitions,
+        consumers,
+    }
+}
+
+async fn shutdown(shard: &Rc<Shard>) -> Result<(), Error> {
+    shard.stopping.set(true);
+    let logs: Vec<Rc<PartitionLog>> = std::mem::take(&mut *shard.partitions.borrow_mut())
+        .into_values()
+        .flat_map(BTreeMap::into_values)
+        .collect();
+    let mut first_error = None;
+    for log in logs {
+        if let Err(e) = log.close().await {
+            tracing::error!(shard = shard.id.0, dir = %log.dir().display(), error = %e, "closing a partition failed");
+            first_error.get_or_insert(Error::from(e));
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
