@@ -1,63 +1,154 @@
-//! `kappa demo`: the main job on an embedded default, as far as the engine goes today.
+//! `kappa demo`: the main job on an embedded default.
 //!
-//! Writes a synthetic sensor stream (keyed readings with event times) into a data dir for a few
-//! seconds, reads it back zero-copy and folds it into a small table (mean reading per sensor),
-//! verifies every frame, and prints throughput and where the data lives. Shards, live views and
-//! rebuilds join this demo as the engine grows.
+//! Opens an engine (one shard per CPU), creates a `sensors` topic, and produces a realistic stream
+//! of keyed temperature readings with event times from several producer threads for a few seconds,
+//! while one tail consumer per partition follows the live tail. It prints throughput, the
+//! append-to-ack and append-to-tail latency percentiles (HDR histograms), a few rows of mean
+//! temperature per sensor folded from the tail, and where the data lives; then it verifies every
+//! frame. Views and rebuilds join this demo as the engine grows.
 
-// The demo reports wall-clock throughput; that is the point of it.
+// The demo reports wall-clock throughput and latency; that is its point.
 #![allow(clippy::disallowed_methods)]
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::PathBuf;
-use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use kappa_storage::{paths, Durability, LogConfig, PartitionLog, Record, Seek};
+use hdrhistogram::Histogram;
+use kappa_engine::{Durability, Engine, ProducerRecord, Seek, TopicConfig};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
     /// How long to produce.
     #[arg(long, default_value_t = 5)]
     pub seconds: u64,
-    /// Data dir (created if missing; an existing log is reopened and appended to).
+    /// Data dir (created if missing; an existing one is reopened and appended to).
     #[arg(long, default_value = "kappa-demo-data")]
     pub data_dir: PathBuf,
-    /// Partitions of the `sensors` topic (default: CPUs online).
+    /// Shards (default: one per CPU this process may use).
     #[arg(long)]
-    pub partitions: Option<u32>,
+    pub shards: Option<usize>,
     #[arg(long, default_value = "written")]
     pub durability: Durability,
+    /// Producer threads.
+    #[arg(long, default_value_t = 4)]
+    pub producers: usize,
 }
 
+const TOPIC: &str = "sensors";
 const SENSORS: u64 = 64;
-const BATCH: usize = 500;
+const BATCH: usize = 100;
+/// Event times start here and advance 1 ms per 10 readings of a producer: deterministic, with a
+/// little jitter so some readings arrive out of order, as real sensors do.
 const EPOCH_MS: i64 = 1_700_000_000_000;
 
 pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
-    let partitions = args
-        .partitions
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()) as u32)
-        .max(1);
+    anyhow::ensure!(args.producers > 0, "--producers must be at least 1");
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
+    let mut builder = Engine::builder().data_dir(&data_dir);
+    if let Some(shards) = args.shards {
+        builder = builder.shards(shards);
+    }
+    let engine = builder.build().context("starting the engine (needs io_uring)")?;
+    let partitions = engine
+        .ensure_topic(TOPIC, TopicConfig::new(engine.shard_count().max(2) as u32))
+        .context("creating the sensors topic")?;
     println!(
-        "kappa demo: topic `sensors`, {partitions} partitions, durability {}, data in {}",
+        "kappa demo: {} shards, topic `{TOPIC}` with {partitions} partitions, {} producer threads, \
+         durability {}, data in {}",
+        engine.shard_count(),
+        args.producers,
         args.durability,
         data_dir.display()
     );
-    let seconds = args.seconds;
-    let durability = args.durability;
-    let dir = data_dir.clone();
-    let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .name("kappa-demo")
-        .preempt_timer(Duration::from_millis(1))
-        .spawn(move || async move { demo(dir, partitions, seconds, durability).await })
-        .map_err(|e| anyhow::anyhow!("starting the glommio executor (needs io_uring): {e}"))?;
-    handle.join().map_err(|e| anyhow::anyhow!("executor failed: {e}"))??;
+    let start_offsets: Vec<u64> = (0..partitions)
+        .map(|p| engine.partition_offsets(TOPIC, p).map(|o| o.end_offset))
+        .collect::<Result<_, _>>()?;
 
+    let epoch = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let tails: Vec<_> = (0..partitions)
+        .map(|p| {
+            let mut consumer =
+                engine.consumer(TOPIC, p, Seek::Offset(start_offsets[p as usize]))?;
+            let stop = stop.clone();
+            Ok(std::thread::spawn(move || tail(&mut consumer, epoch, &stop)))
+        })
+        .collect::<Result<_, kappa_engine::Error>>()?;
+
+    let deadline = epoch + Duration::from_secs(args.seconds);
+    let producers: Vec<_> = (0..args.producers)
+        .map(|id| {
+            let producer = engine.producer().with_durability(args.durability);
+            std::thread::spawn(move || produce(&producer, id as u64, epoch, deadline))
+        })
+        .collect();
+    let mut ack_latency = new_histogram();
+    let mut produced = 0u64;
+    let mut produced_bytes = 0u64;
+    for handle in producers {
+        let (histogram, records, bytes) =
+            handle.join().map_err(|_| anyhow::anyhow!("a producer thread panicked"))??;
+        ack_latency.add(&histogram)?;
+        produced += records;
+        produced_bytes += bytes;
+    }
+    let produce_secs = epoch.elapsed().as_secs_f64();
+
+    // Let the tails catch up with the end, then stop them.
+    let ends: Vec<u64> = (0..partitions)
+        .map(|p| engine.partition_offsets(TOPIC, p).map(|o| o.end_offset))
+        .collect::<Result<_, _>>()?;
+    stop.store(true, Ordering::Release);
+    let mut tail_latency = new_histogram();
+    let mut table: BTreeMap<String, (u64, i64)> = BTreeMap::new();
+    let mut tailed = 0u64;
+    for (p, handle) in tails.into_iter().enumerate() {
+        let result = handle.join().map_err(|_| anyhow::anyhow!("a tail thread panicked"))??;
+        anyhow::ensure!(
+            result.position >= ends[p],
+            "tail of partition {p} stopped at {} before the end {}",
+            result.position,
+            ends[p]
+        );
+        tail_latency.add(&result.latency)?;
+        tailed += result.records;
+        for (sensor, (count, sum)) in result.table {
+            let entry = table.entry(sensor).or_default();
+            entry.0 += count;
+            entry.1 += sum;
+        }
+    }
+    let metrics = engine.metrics()?;
+    engine.shutdown().context("shutting the engine down")?;
+
+    println!(
+        "produced {produced} records ({:.1} MB) in {produce_secs:.1} s: {:.0} records/s, {:.1} MB/s",
+        produced_bytes as f64 / 1e6,
+        produced as f64 / produce_secs,
+        produced_bytes as f64 / 1e6 / produce_secs
+    );
+    println!("tail consumers saw {tailed} records (every one, in order per partition)");
+    print_latency("append -> ack  ", &ack_latency);
+    print_latency("append -> tail ", &tail_latency);
+    let fsyncs: u64 = metrics.iter().map(|m| m.fsync_count).sum();
+    println!(
+        "fsyncs: {fsyncs}; per shard records: {:?}",
+        metrics.iter().map(|m| m.records_appended).collect::<Vec<_>>()
+    );
+    println!("mean temperature per sensor, folded from the tail (5 of {}):", table.len());
+    for (sensor, (count, sum)) in table.iter().take(5) {
+        println!(
+            "  {sensor:<10} {count:>8} readings  {:>6.2} °C",
+            *sum as f64 / 10.0 / *count as f64
+        );
+    }
     let code = crate::verify::run(&data_dir, false)?;
     anyhow::ensure!(
         code == crate::cli::EXIT_OK,
@@ -71,132 +162,119 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn demo(
-    dir: PathBuf,
-    partitions: u32,
-    seconds: u64,
-    durability: Durability,
-) -> anyhow::Result<()> {
-    let mut logs = Vec::new();
-    for p in 0..partitions {
-        let path = paths::partition_dir(&dir, "sensors", p);
-        let log = PartitionLog::open(&path, LogConfig::default())
-            .await
-            .with_context(|| format!("opening {}", path.display()))?;
-        logs.push(Rc::new(log));
-    }
-    let start_offsets: Vec<u64> = logs.iter().map(|l| l.end_offset()).collect();
-
-    // Produce: one task per partition, each owning the sensors that hash to it.
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for (p, log) in logs.iter().enumerate() {
-        let log = log.clone();
-        tasks.push(glommio::spawn_local(async move {
-            let mut values: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(64)).collect();
-            let keys: Vec<Vec<u8>> =
-                (0..SENSORS).map(|s| format!("sensor-{s:02}").into_bytes()).collect();
-            let mut records_total = 0u64;
-            let mut bytes_total = 0u64;
-            let mut n = log.end_offset();
-            while Instant::now() < deadline {
-                let mut records = Vec::with_capacity(BATCH);
-                for (i, value) in values.iter_mut().enumerate() {
-                    let seq = n + i as u64;
-                    let sensor = (seq * 7 + p as u64 * 13) % SENSORS;
-                    let tenths = 150 + ((seq * 2_654_435_761) % 200) as i64 + sensor as i64;
-                    value.clear();
-                    use std::io::Write;
-                    write!(
-                        value,
-                        "{{\"sensor\":{sensor},\"temp_c\":{}.{}}}",
-                        tenths / 10,
-                        tenths % 10
-                    )?;
-                    // Event time: 10 readings per ms, a little jitter so some arrive out of order.
-                    let ts = EPOCH_MS + (seq / 10) as i64 - (seq % 3) as i64;
-                    records.push((ts, sensor));
-                }
-                let batch: Vec<Record<'_>> = records
-                    .iter()
-                    .zip(&values)
-                    .map(|((ts, sensor), v)| Record::new(*ts, Some(&keys[*sensor as usize][..]), v))
-                    .collect();
-                bytes_total += batch.iter().map(|r| r.size_bytes() as u64).sum::<u64>();
-                log.append(&batch, durability).await?;
-                records_total += BATCH as u64;
-                n += BATCH as u64;
-            }
-            anyhow::Ok((records_total, bytes_total))
-        }));
-    }
-    let mut records = 0u64;
-    let mut bytes = 0u64;
-    for task in tasks {
-        let (r, b) = task.await?;
-        records += r;
-        bytes += b;
-    }
-    for log in &logs {
-        log.sync().await?;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    println!(
-        "produced {records} records ({:.1} MB) in {elapsed:.1} s: {:.0} records/s, {:.1} MB/s",
-        bytes as f64 / 1e6,
-        records as f64 / elapsed,
-        bytes as f64 / 1e6 / elapsed
-    );
-
-    // Read back what this run wrote, zero-copy, and fold it into mean temperature per sensor.
-    let started = Instant::now();
-    let mut table: BTreeMap<Vec<u8>, (u64, i64)> = BTreeMap::new();
-    let mut read = 0u64;
-    for (log, from) in logs.iter().zip(&start_offsets) {
-        let mut reader = log.reader(Seek::Offset(*from))?;
-        while let Some(batch) = reader.next_batch().await? {
-            for record in batch.records() {
-                let tenths = parse_tenths(record.value()).context("demo record without temp_c")?;
-                let key = record.key().unwrap_or(b"?");
-                if let Some(entry) = table.get_mut(key) {
-                    entry.0 += 1;
-                    entry.1 += tenths;
-                } else {
-                    table.insert(key.to_vec(), (1, tenths));
-                }
-                read += 1;
-            }
-            glommio::yield_if_needed().await;
-        }
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    anyhow::ensure!(read == records, "read back {read} records, wrote {records}");
-    println!(
-        "read back {read} records zero-copy in {elapsed:.2} s: {:.0} records/s",
-        read as f64 / elapsed
-    );
-    println!("mean temperature per sensor (first 5 of {}):", table.len());
-    for (key, (count, sum)) in table.iter().take(5) {
-        println!(
-            "  {:<10} {:>8} readings  {:>6.2} °C",
-            String::from_utf8_lossy(key),
-            count,
-            *sum as f64 / 10.0 / *count as f64
-        );
-    }
-    for log in &logs {
-        log.close().await?;
-    }
-    Ok(())
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1_000, 60_000_000_000, 3).expect("static histogram bounds are valid")
 }
 
-/// The `temp_c` field of a demo record, in tenths of a degree (a tiny parser, not a JSON library:
-/// the demo owns the format).
-fn parse_tenths(value: &[u8]) -> Option<i64> {
+fn print_latency(name: &str, h: &Histogram<u64>) {
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1e6;
+    println!(
+        "{name} latency: p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms ({} samples)",
+        ms(0.5),
+        ms(0.99),
+        ms(0.999),
+        h.max() as f64 / 1e6,
+        h.len()
+    );
+}
+
+/// One producer thread: batches of readings until the deadline. Returns its ack latencies,
+/// records and bytes.
+fn produce(
+    producer: &kappa_engine::Producer,
+    id: u64,
+    epoch: Instant,
+    deadline: Instant,
+) -> anyhow::Result<(Histogram<u64>, u64, u64)> {
+    let mut latency = new_histogram();
+    let mut records = 0u64;
+    let mut bytes = 0u64;
+    let mut seq = 0u64;
+    while Instant::now() < deadline {
+        let sent_ns = epoch.elapsed().as_nanos() as u64;
+        // One sensor per batch: a batch goes to one partition, as a device's burst would.
+        let sensor = (seq / BATCH as u64 * 7 + id * 13) % SENSORS;
+        let batch: Vec<ProducerRecord> = (0..BATCH as u64)
+            .map(|i| {
+                let n = seq + i;
+                let tenths = 150 + ((n * 2_654_435_761) % 200) as i64 + sensor as i64;
+                let mut value = Vec::with_capacity(64);
+                let _ = write!(
+                    value,
+                    "{{\"sensor\":{sensor},\"temp_c\":{}.{},\"sent_ns\":{sent_ns}}}",
+                    tenths / 10,
+                    tenths % 10
+                );
+                bytes += value.len() as u64 + 9;
+                ProducerRecord::new(value)
+                    .key(format!("sensor-{sensor:02}"))
+                    .timestamp(EPOCH_MS + ((id * 1_000_000 + n) / 10) as i64 - (n % 3) as i64)
+            })
+            .collect();
+        let started = Instant::now();
+        producer.send_batch(TOPIC, batch).context("sending a batch")?;
+        latency.saturating_record(started.elapsed().as_nanos() as u64);
+        records += BATCH as u64;
+        seq += BATCH as u64;
+    }
+    Ok((latency, records, bytes))
+}
+
+struct TailResult {
+    latency: Histogram<u64>,
+    records: u64,
+    position: u64,
+    table: BTreeMap<String, (u64, i64)>,
+}
+
+/// One tail consumer: records append-to-tail latency and folds mean temperature per sensor.
+fn tail(
+    consumer: &mut kappa_engine::Consumer,
+    epoch: Instant,
+    stop: &AtomicBool,
+) -> anyhow::Result<TailResult> {
+    let mut result = TailResult {
+        latency: new_histogram(),
+        records: 0,
+        position: consumer.position(),
+        table: BTreeMap::new(),
+    };
+    let mut expected = consumer.position();
+    loop {
+        let Some(batch) = consumer.next_batch_timeout(Duration::from_millis(50))? else {
+            if stop.load(Ordering::Acquire) && consumer.lag() == 0 {
+                break;
+            }
+            continue;
+        };
+        let now_ns = epoch.elapsed().as_nanos() as u64;
+        for record in batch.records() {
+            anyhow::ensure!(
+                record.offset() == expected,
+                "tail gap: expected {expected}, got {}",
+                record.offset()
+            );
+            expected += 1;
+            let (sent_ns, tenths) =
+                parse(record.value()).context("a demo record without its fields")?;
+            result.latency.saturating_record(now_ns.saturating_sub(sent_ns));
+            let key = String::from_utf8_lossy(record.key().unwrap_or(b"?")).into_owned();
+            let entry = result.table.entry(key).or_default();
+            entry.0 += 1;
+            entry.1 += tenths;
+            result.records += 1;
+        }
+        result.position = consumer.position();
+    }
+    Ok(result)
+}
+
+/// `sent_ns` and `temp_c` (in tenths) of a demo record: a tiny parser for a format the demo owns.
+fn parse(value: &[u8]) -> Option<(u64, i64)> {
     let text = std::str::from_utf8(value).ok()?;
-    let field = text.split("\"temp_c\":").nth(1)?;
-    let number = field.trim_end_matches('}');
-    let (whole, frac) = number.split_once('.')?;
-    Some(whole.parse::<i64>().ok()? * 10 + frac.parse::<i64>().ok()?)
+    let temp = text.split("\"temp_c\":").nth(1)?.split(',').next()?;
+    let (whole, frac) = temp.split_once('.')?;
+    let tenths = whole.parse::<i64>().ok()? * 10 + frac.parse::<i64>().ok()?;
+    let sent = text.split("\"sent_ns\":").nth(1)?.trim_end_matches('}').parse().ok()?;
+    Some((sent, tenths))
 }

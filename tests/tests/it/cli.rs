@@ -92,7 +92,7 @@ fn demo_runs_and_leaves_a_verifiable_data_dir() {
     let temp = tempfile::tempdir().expect("tempdir");
     let dir = temp.path().join("demo");
     let dir = dir.to_str().expect("utf-8");
-    assert_eq!(kappa(&["demo", "--seconds", "1", "--data-dir", dir, "--partitions", "2"]), EXIT_OK);
+    assert_eq!(kappa(&["demo", "--seconds", "1", "--data-dir", dir, "--shards", "2"]), EXIT_OK);
     // A second run reopens the log and appends after it.
     assert_eq!(
         kappa(&["demo", "--seconds", "1", "--data-dir", dir, "--durability", "synced"]),
