@@ -5,13 +5,15 @@
 //! is the median of several runs, with the spread shown; O_DIRECT bypasses the page cache, and the
 //! data size is stated in the report.
 //!
-//! Scenarios today: `storage` (issue: storage). `ingest`, `tail`, `replay`, `recovery` and the
-//! `run`/`compare` report driver arrive with the engine.
+//! Scenarios today: `storage`, `ingest`, `tail`. `replay`, `recovery` and the `run`/`compare`
+//! report driver come next.
 
 // The harness measures wall time; that is its job, so the `Clock` rule does not apply here.
 #![allow(clippy::disallowed_methods)]
 
+mod ingest;
 mod storage;
+mod tail;
 
 use std::path::PathBuf;
 
@@ -28,6 +30,10 @@ struct Cli {
 enum Scenario {
     /// Raw disk bandwidth, then log append (written, synced) and scan throughput.
     Storage(storage::Args),
+    /// Embedded producers into the engine by value size, durability, shards and batch size.
+    Ingest(ingest::Args),
+    /// Open-loop producer at half the measured maximum, append-to-tail latency.
+    Tail(tail::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,6 +43,8 @@ fn main() -> anyhow::Result<()> {
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
     match Cli::parse().scenario {
         Scenario::Storage(args) => storage::run(args),
+        Scenario::Ingest(args) => ingest::run(args),
+        Scenario::Tail(args) => tail::run(args),
     }
 }
 
@@ -103,6 +111,12 @@ fn file_system_of(path: &std::path::Path) -> String {
         }
     }
     best.map_or_else(|| "unknown".to_string(), |(_, s)| s)
+}
+
+/// A latency histogram in nanoseconds, 1 µs to 60 s at 3 significant figures.
+pub fn new_histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1_000, 60_000_000_000, 3)
+        .expect("static histogram bounds are valid")
 }
 
 /// Median, min and max of repeated measurements.

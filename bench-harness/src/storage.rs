@@ -380,3 +380,25 @@ async fn scan(dir: &Path) -> anyhow::Result<f64> {
     log.close().await?;
     Ok(mb_s(bytes, elapsed))
 }
+
+/// Raw O_DIRECT sequential write bandwidth (MB/s) of `runs` runs of `size_mib` MiB in `dir`, on a
+/// glommio executor of its own: the limit other scenarios divide by.
+pub fn disk_write_runs(dir: &Path, size_mib: u64, runs: usize) -> anyhow::Result<Vec<f64>> {
+    let dir = dir.to_path_buf();
+    let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .name("bench-disk")
+        .io_memory(64 << 20)
+        .spawn(move || async move {
+            kappa_storage::io::prime_iopoll(&dir).await?;
+            let raw = dir.join("raw.bin");
+            raw_write(&raw, 64 * MIB).await?;
+            let mut results = Vec::new();
+            for _ in 0..runs {
+                results.push(raw_write(&raw, size_mib * MIB).await?);
+            }
+            std::fs::remove_file(&raw)?;
+            anyhow::Ok(results)
+        })
+        .map_err(|e| anyhow::anyhow!("starting the glommio executor: {e}"))?;
+    handle.join().map_err(|e| anyhow::anyhow!("executor failed: {e}"))?
+}

@@ -13,8 +13,12 @@ use crate::{Engine, Error};
 #[derive(Clone)]
 pub struct EngineConfig {
     pub data_dir: PathBuf,
-    /// Shards (pinned executors); `None` means one per CPU this process may run on.
+    /// Shards (pinned executors); `None` means one per CPU in `cpus`.
     pub shards: Option<usize>,
+    /// CPUs the shards are pinned to, in shard order (wrapping when there are more shards);
+    /// `None` means every CPU this process may run on. Leave CPUs out to keep them for other
+    /// threads (clients, an HTTP server).
+    pub cpus: Option<Vec<usize>>,
     /// The live tail's latency budget. The shards' preempt timer is derived from it, so a shard
     /// busy with replay answers live work within a fraction of the budget.
     pub live_latency_budget: Duration,
@@ -50,6 +54,7 @@ impl EngineConfig {
         EngineConfig {
             data_dir: data_dir.into(),
             shards: None,
+            cpus: None,
             live_latency_budget: Duration::from_millis(5),
             request_queue_max: 1024,
             appends_in_flight_max: 1024,
@@ -77,6 +82,12 @@ impl EngineConfig {
             if value == 0 {
                 return Err(Error::Config { field, reason: "must be at least 1".into() });
             }
+        }
+        if self.cpus.as_ref().is_some_and(Vec::is_empty) {
+            return Err(Error::Config {
+                field: "cpus",
+                reason: "must name at least one CPU".into(),
+            });
         }
         if self.shards == Some(0) {
             return Err(Error::Config { field: "shards", reason: "must be at least 1".into() });
@@ -107,6 +118,10 @@ impl EngineBuilder {
     }
     pub fn shards(mut self, shards: usize) -> Self {
         self.config.shards = Some(shards);
+        self
+    }
+    pub fn cpus(mut self, cpus: Vec<usize>) -> Self {
+        self.config.cpus = Some(cpus);
         self
     }
     pub fn live_latency_budget(mut self, budget: Duration) -> Self {

@@ -93,8 +93,9 @@ impl Engine {
             path: data_dir.clone(),
             source: e,
         })?;
-        // CPUs this process may run on (its affinity mask, not the machine's CPU count).
-        let cpus: Vec<usize> = core_ids();
+        // CPUs this process may run on (its affinity mask, not the machine's CPU count), unless the
+        // configuration names them.
+        let cpus: Vec<usize> = config.cpus.clone().unwrap_or_else(core_ids);
         let shard_count = config.shards.unwrap_or(cpus.len().max(1));
         if shard_count > usize::from(u16::MAX) {
             return Err(Error::Config {

@@ -119,6 +119,9 @@ pub struct LogConfig {
     pub read_buffer_size_bytes: usize,
     /// Reads in flight per reader (read-ahead depth).
     pub read_ahead_max: usize,
+    /// Recently written buffers kept in memory per partition, so readers following the live tail
+    /// get fresh frames without a disk read. 0 turns the cache off.
+    pub tail_cache_buffers_max: usize,
     pub limits: Limits,
     pub retention: Retention,
 }
@@ -133,6 +136,7 @@ impl Default for LogConfig {
             write_queue_max: 8,
             read_buffer_size_bytes: MIB as usize,
             read_ahead_max: 8,
+            tail_cache_buffers_max: 2,
             limits: Limits::default(),
             retention: Retention::default(),
         }

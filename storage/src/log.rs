@@ -151,6 +151,8 @@ pub(crate) struct State {
     sync_in_flight: bool,
     fsync_count: u64,
     fsync_latency_ns: hdrhistogram::Histogram<u64>,
+    /// Recently written buffers, oldest first.
+    pub(crate) tail_cache: VecDeque<CachedBuffer>,
     pub(crate) readable: Readable,
     failure: Option<Rc<std::io::Error>>,
     failure_path: PathBuf,
@@ -284,6 +286,7 @@ impl PartitionLog {
             fsync_count: 0,
             fsync_latency_ns: hdrhistogram::Histogram::new_with_bounds(1_000, 60_000_000_000, 2)
                 .expect("static histogram bounds are valid"),
+            tail_cache: VecDeque::new(),
             readable,
             failure: None,
             failure_path: PathBuf::new(),
@@ -822,12 +825,25 @@ struct InFlight {
     task: Task<(std::io::Result<usize>, usize)>,
     seq_end: u64,
     end_pos: u64,
+    /// What the write carries, kept for the tail cache once it completes.
+    cached: CachedBuffer,
+}
+
+/// A buffer whose write completed: its bytes `[0, len)` are what the segment holds at `file_pos`.
+/// Readers near the tail read from here instead of the disk (see `LogConfig::tail_cache_buffers_max`).
+#[derive(Clone)]
+pub(crate) struct CachedBuffer {
+    pub(crate) segment_base: u64,
+    pub(crate) file_pos: u64,
+    pub(crate) len: usize,
+    pub(crate) buf: Rc<DmaBuffer>,
 }
 
 /// The writer task: all segment I/O for one partition, in order.
 async fn writer_loop(shared: Rc<Shared>, first_file: Rc<DmaFile>) {
     let mut file = first_file;
     let mut file_path = shared.state.borrow().active().path.clone();
+    let mut segment_base = shared.state.borrow().active().index.base_offset;
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     let mut submitted_seq = 0u64;
     let result: Result<(), (PathBuf, std::io::Error)> = async {
@@ -874,12 +890,15 @@ async fn writer_loop(shared: Rc<Shared>, first_file: Rc<DmaFile>) {
                     buf.as_bytes_mut()[len..padded].fill(0);
                     buf.trim_to_size(padded);
                     let target = file.clone();
+                    let buf = Rc::new(buf);
+                    let cached = CachedBuffer { segment_base, file_pos, len, buf: buf.clone() };
                     let task = glommio::spawn_local(async move {
-                        let result = target.write_at(buf, file_pos).await;
+                        let result = target.write_rc_at(buf, file_pos).await;
                         (result.map_err(std::io::Error::from), padded)
                     });
                     in_flight.push_back(InFlight {
                         task,
+                        cached,
                         seq_end,
                         end_pos: file_pos + padded as u64,
                     });
@@ -905,6 +924,7 @@ async fn writer_loop(shared: Rc<Shared>, first_file: Rc<DmaFile>) {
                         .map_err(|e| (shared.dir.clone(), std::io::Error::other(e.to_string())))?;
                     let old = std::mem::replace(&mut file, Rc::new(next));
                     file_path = next_path;
+                    segment_base = sealed_index.next_offset;
                     if let Ok(old) = Rc::try_unwrap(old) {
                         let _ = old.close().await;
                     }
@@ -986,6 +1006,16 @@ async fn complete(
     let mut st = shared.state.borrow_mut();
     st.written_seq = st.written_seq.max(front.seq_end);
     let written = st.written_seq;
+    if shared.config.tail_cache_buffers_max > 0 {
+        // A later write of the same block (a partial write's successor) supersedes this one.
+        let cached = front.cached;
+        st.tail_cache
+            .retain(|c| !(c.segment_base == cached.segment_base && c.file_pos == cached.file_pos));
+        st.tail_cache.push_back(cached);
+        while st.tail_cache.len() > shared.config.tail_cache_buffers_max {
+            st.tail_cache.pop_front();
+        }
+    }
     while let Some(frame) = st.pending.front() {
         if frame.seq_end > written {
             break;

@@ -55,7 +55,31 @@ type ReadTask = Task<Result<ReadResult, std::io::Error>>;
 struct Planned {
     start: u64,
     end: u64,
-    task: ReadTask,
+    source: Source,
+}
+
+/// Where a planned range comes from: a DMA read in flight, or a recently written buffer still in
+/// the log's tail cache (no I/O at all for a reader following the live tail).
+enum Source {
+    Disk(ReadTask),
+    Memory(Bytes),
+}
+
+/// Bytes of a chunk, starting at the chunk's (block aligned) file position.
+enum Bytes {
+    Disk(ReadResult),
+    /// A written buffer and the offset of the chunk's first byte in it.
+    Memory(Rc<glommio::io::DmaBuffer>, usize, usize),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Disk(read) => read,
+            Bytes::Memory(buf, start, end) => &buf.as_bytes()[*start..*end],
+        }
+    }
 }
 
 struct Chunk {
@@ -63,7 +87,7 @@ struct Chunk {
     pos: u64,
     /// End of the last whole frame in this chunk.
     end: u64,
-    bytes: ReadResult,
+    bytes: Bytes,
 }
 
 struct OpenSegment {
@@ -300,7 +324,12 @@ async fn load_frame(
                 needed: format::FRAME_HEADER_SIZE,
             },
         })?;
-        let bytes = planned.task.await.map_err(|e| Error::io("read", &segment.path, e))?;
+        let bytes = match planned.source {
+            Source::Disk(task) => {
+                Bytes::Disk(task.await.map_err(|e| Error::io("read", &segment.path, e))?)
+            }
+            Source::Memory(bytes) => bytes,
+        };
         let pos = planned.start - planned.start % BLOCK_SIZE as u64;
         if pos + (bytes.len() as u64) < planned.end {
             return Err(Error::Corrupt {
@@ -365,14 +394,31 @@ fn plan_reads(shared: &Shared, segment: &mut OpenSegment, limit: u64) -> usize {
             boundary.map_or(limit, |b| b.min(limit))
         };
         let aligned = start - start % BLOCK_SIZE as u64;
-        let len = (end - aligned).next_multiple_of(BLOCK_SIZE as u64) as usize;
-        let file = segment.file.clone();
-        let task = glommio::spawn_local(async move { read_at(&file, aligned, len).await });
-        segment.ahead.push_back(Planned { start, end, task });
+        let source = match cached(shared, segment.base_offset, aligned, end) {
+            Some(bytes) => Source::Memory(bytes),
+            None => {
+                let len = (end - aligned).next_multiple_of(BLOCK_SIZE as u64) as usize;
+                let file = segment.file.clone();
+                planned += 1;
+                Source::Disk(glommio::spawn_local(
+                    async move { read_at(&file, aligned, len).await },
+                ))
+            }
+        };
+        segment.ahead.push_back(Planned { start, end, source });
         segment.planned_end = end;
-        planned += 1;
     }
     planned
+}
+
+/// The bytes `[start, end)` of a segment from the log's tail cache, if a written buffer holds them.
+fn cached(shared: &Shared, segment_base: u64, start: u64, end: u64) -> Option<Bytes> {
+    let st = shared.state.borrow();
+    let hit = st.tail_cache.iter().rev().find(|c| {
+        c.segment_base == segment_base && c.file_pos <= start && end <= c.file_pos + c.len as u64
+    })?;
+    let from = (start - hit.file_pos) as usize;
+    Some(Bytes::Memory(hit.buf.clone(), from, hit.len))
 }
 
 async fn read_at(file: &DmaFile, pos: u64, size: usize) -> Result<ReadResult, std::io::Error> {
