@@ -32,6 +32,18 @@ pub struct Args {
     /// A fast run that checks the scenario works, not the numbers.
     #[arg(long)]
     quick: bool,
+    /// Only these value sizes (bytes), comma separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [100usize, 1024])]
+    values: Vec<usize>,
+    /// Only these durabilities.
+    #[arg(long, value_delimiter = ',', default_values_t = [Durability::None, Durability::Written, Durability::Synced])]
+    durability: Vec<Durability>,
+    /// Only these shard counts (default 1 and 2, or 1 on a single CPU).
+    #[arg(long, value_delimiter = ',')]
+    shards: Vec<usize>,
+    /// Only these batch sizes (records).
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 1000])]
+    batches: Vec<usize>,
 }
 
 pub const PRODUCER_THREADS: usize = 4;
@@ -103,12 +115,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     eprintln!("ingest: raw disk write {:.0} MB/s (median of {runs})", disk_write.median);
 
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let shard_counts: Vec<usize> = if cpus >= 2 { vec![1, 2] } else { vec![1] };
+    let shard_counts: Vec<usize> = if !args.shards.is_empty() {
+        args.shards.clone()
+    } else if cpus >= 2 {
+        vec![1, 2]
+    } else {
+        vec![1]
+    };
     let mut configurations = Vec::new();
-    for &value_bytes in &[100usize, 1024] {
-        for durability in [Durability::None, Durability::Written, Durability::Synced] {
+    for &value_bytes in &args.values {
+        for &durability in &args.durability {
             for &shards in &shard_counts {
-                for &batch_records in &[1usize, 1000] {
+                for &batch_records in &args.batches {
                     let dir = temp
                         .path()
                         .join(format!("{value_bytes}-{durability}-{shards}-{batch_records}"));

@@ -153,6 +153,7 @@ pub(crate) struct State {
     fsync_latency_ns: hdrhistogram::Histogram<u64>,
     /// Recently written buffers, oldest first.
     pub(crate) tail_cache: VecDeque<CachedBuffer>,
+    free_buffers: Vec<DmaBuffer>,
     pub(crate) readable: Readable,
     failure: Option<Rc<std::io::Error>>,
     failure_path: PathBuf,
@@ -181,6 +182,22 @@ impl State {
     fn active_mut(&mut self) -> &mut Segment {
         self.segments.last_mut().expect("a log always has an active segment")
     }
+    /// A write buffer from the pool, or a new one. Recycling matters: a fresh 1 MiB allocation
+    /// outside glommio's registered pool is an mmap, page faults and a munmap per buffer.
+    fn take_buffer(&mut self, size: usize) -> DmaBuffer {
+        self.free_buffers.pop().unwrap_or_else(|| glommio::allocate_dma_buffer(size))
+    }
+
+    /// Returns a written buffer to the pool when nobody else holds it and it is whole (partial
+    /// writes trim theirs, and a trimmed `DmaBuffer` cannot grow back).
+    fn recycle(&mut self, buf: Rc<DmaBuffer>, size: usize, pool_max: usize) {
+        if let Ok(buf) = Rc::try_unwrap(buf) {
+            if buf.len() == size && self.free_buffers.len() < pool_max {
+                self.free_buffers.push(buf);
+            }
+        }
+    }
+
     fn check_usable(&self) -> Result<(), Error> {
         if let Some(failure) = &self.failure {
             return Err(Error::io(
@@ -287,6 +304,7 @@ impl PartitionLog {
             fsync_latency_ns: hdrhistogram::Histogram::new_with_bounds(1_000, 60_000_000_000, 2)
                 .expect("static histogram bounds are valid"),
             tail_cache: VecDeque::new(),
+            free_buffers: Vec::new(),
             readable,
             failure: None,
             failure_path: PathBuf::new(),
@@ -456,7 +474,10 @@ impl PartitionLog {
             frame = &frame[n..];
             if st.buffer.len == capacity {
                 let next_pos = st.buffer.file_pos + capacity as u64;
-                let fresh = self.fresh_buffer(next_pos);
+                // Field access, not `take_buffer`: `frame` still borrows the encoder.
+                let buf =
+                    st.free_buffers.pop().unwrap_or_else(|| glommio::allocate_dma_buffer(capacity));
+                let fresh = WriteBuffer { buf, file_pos: next_pos, len: 0 };
                 let full = std::mem::replace(&mut st.buffer, fresh);
                 st.queue.push_back(WriteItem::Data { buf: full, seq_end: st.appended_seq });
             }
@@ -481,18 +502,13 @@ impl PartitionLog {
         Ok((info, st.appended_seq))
     }
 
-    fn fresh_buffer(&self, file_pos: u64) -> WriteBuffer {
-        let size = self.shared.config.write_buffer_size_bytes;
-        // Any DMA buffer works for any file; glommio's allocator ignores the file.
-        let buf = glommio::allocate_dma_buffer(size);
-        WriteBuffer { buf, file_pos, len: 0 }
-    }
 
     /// Seals the active segment and starts the next one (the I/O happens in the writer).
     fn roll(&self, st: &mut State) {
         let next_base = st.active().index.next_offset;
         if st.buffer.len > 0 {
-            let fresh = self.fresh_buffer(0);
+            let buf = st.take_buffer(self.shared.config.write_buffer_size_bytes);
+            let fresh = WriteBuffer { buf, file_pos: 0, len: 0 };
             let tail = std::mem::replace(&mut st.buffer, fresh);
             st.queue.push_back(WriteItem::Data { buf: tail, seq_end: st.appended_seq });
         } else {
@@ -861,8 +877,7 @@ async fn writer_loop(shared: Rc<Shared>, first_file: Rc<DmaFile>) {
                     None if st.appended_seq > submitted_seq && in_flight.is_empty() => {
                         let tail_pos = st.buffer.file_pos + st.buffer.len as u64;
                         let block_pos = tail_pos - tail_pos % BLOCK_SIZE as u64;
-                        let mut fresh =
-                            glommio::allocate_dma_buffer(shared.config.write_buffer_size_bytes);
+                        let mut fresh = st.take_buffer(shared.config.write_buffer_size_bytes);
                         let carry = (tail_pos - block_pos) as usize;
                         let from = (block_pos - st.buffer.file_pos) as usize;
                         fresh.as_bytes_mut()[..carry]
@@ -1006,15 +1021,21 @@ async fn complete(
     let mut st = shared.state.borrow_mut();
     st.written_seq = st.written_seq.max(front.seq_end);
     let written = st.written_seq;
+    let size = shared.config.write_buffer_size_bytes;
+    let pool_max = shared.config.write_queue_max + shared.config.write_in_flight_max;
+    let cached = front.cached;
     if shared.config.tail_cache_buffers_max > 0 {
-        // A later write of the same block (a partial write's successor) supersedes this one.
-        let cached = front.cached;
+        // A later write of the same block (a partial write's successor) supersedes this one; the
+        // superseded buffer was partial, hence trimmed, hence not worth recycling.
         st.tail_cache
             .retain(|c| !(c.segment_base == cached.segment_base && c.file_pos == cached.file_pos));
         st.tail_cache.push_back(cached);
         while st.tail_cache.len() > shared.config.tail_cache_buffers_max {
-            st.tail_cache.pop_front();
+            let evicted = st.tail_cache.pop_front().expect("longer than its bound");
+            st.recycle(evicted.buf, size, pool_max);
         }
+    } else {
+        st.recycle(cached.buf, size, pool_max);
     }
     while let Some(frame) = st.pending.front() {
         if frame.seq_end > written {
