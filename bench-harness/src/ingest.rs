@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
-use kappa_engine::{Durability, Engine, ProducerRecord, TopicConfig};
+use kappa_engine::{Durability, Engine, ProducerBatch, ProducerRecord, TopicConfig};
 use serde::Serialize;
 
 use crate::{Machine, Spread};
@@ -253,11 +253,19 @@ fn producer_loop(
         if now < end && pending.len() < IN_FLIGHT {
             // One key per batch, so a batch is one frame in one partition.
             let key = (seq.wrapping_mul(0x9E37_79B9) ^ thread as u64).to_le_bytes().to_vec();
-            let batch: Vec<ProducerRecord> = (0..batch_records)
-                .map(|_| ProducerRecord::new(value.clone()).key(key.clone()))
-                .collect();
             seq += 1;
-            let acks = producer.send_batch_nowait("bench", batch)?;
+            let acks = if batch_records == 1 {
+                producer
+                    .send_batch_nowait("bench", vec![ProducerRecord::new(value.clone()).key(key)])?
+            } else {
+                // Packed: one buffer per batch, as a real high-throughput producer builds it.
+                let mut batch =
+                    ProducerBatch::with_capacity(batch_records, batch_records * (value_bytes + 8));
+                for _ in 0..batch_records {
+                    batch.push(Some(&key), &value, None);
+                }
+                producer.send_packed_nowait("bench", batch)?
+            };
             pending.push_back((now, acks));
             continue;
         }

@@ -29,5 +29,5 @@ pub use error::Error;
 pub use kappa_storage as storage;
 pub use kappa_storage::{Durability, OwnedBatch, RecordRef, Seek};
 pub use metrics::{ConsumerMetrics, PartitionMetrics, ShardMetrics};
-pub use producer::{Ack, BatchAck, PendingAck, Producer, ProducerRecord};
+pub use producer::{Ack, BatchAck, PendingAck, Producer, ProducerBatch, ProducerRecord};
 pub use router::ShardId;

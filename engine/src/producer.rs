@@ -44,6 +44,153 @@ impl ProducerRecord {
     }
 }
 
+/// Records packed into one buffer: one allocation per batch instead of one per record, and the
+/// shard reads keys and values straight out of it. All of a batch's records that route to the same
+/// partition stay one stored batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProducerBatch {
+    data: Vec<u8>,
+    entries: Vec<BatchEntry>,
+    headers: Vec<HeaderEntry>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BatchEntry {
+    key: Option<(u32, u32)>,
+    value: (u32, u32),
+    timestamp: Option<i64>,
+    /// Start and count in `headers`.
+    headers: (u32, u32),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct HeaderEntry {
+    key: (u32, u32),
+    value: Option<(u32, u32)>,
+}
+
+impl ProducerBatch {
+    pub fn new() -> Self {
+        ProducerBatch::default()
+    }
+
+    /// Room for `records` records of `bytes` key and value bytes in all.
+    pub fn with_capacity(records: usize, bytes: usize) -> Self {
+        ProducerBatch {
+            data: Vec::with_capacity(bytes),
+            entries: Vec::with_capacity(records),
+            headers: Vec::new(),
+        }
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> (u32, u32) {
+        let start = self.data.len() as u32;
+        self.data.extend_from_slice(bytes);
+        (start, bytes.len() as u32)
+    }
+
+    /// Adds a record; `timestamp` `None` means append time.
+    pub fn push(&mut self, key: Option<&[u8]>, value: &[u8], timestamp: Option<i64>) {
+        self.push_with_headers(key, value, timestamp, &[]);
+    }
+
+    pub fn push_with_headers(
+        &mut self,
+        key: Option<&[u8]>,
+        value: &[u8],
+        timestamp: Option<i64>,
+        headers: &[(&str, Option<&[u8]>)],
+    ) {
+        let key = key.map(|k| self.put(k));
+        let value = self.put(value);
+        let start = self.headers.len() as u32;
+        for (k, v) in headers {
+            let key = self.put(k.as_bytes());
+            let value = v.map(|v| self.put(v));
+            self.headers.push(HeaderEntry { key, value });
+        }
+        self.entries.push(BatchEntry {
+            key,
+            value,
+            timestamp,
+            headers: (start, headers.len() as u32),
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn slice(&self, (start, len): (u32, u32)) -> &[u8] {
+        &self.data[start as usize..(start + len) as usize]
+    }
+
+    fn key(&self, index: usize) -> Option<&[u8]> {
+        self.entries[index].key.map(|r| self.slice(r))
+    }
+
+    /// Visits every record as borrowed parts: (timestamp, key, value, headers).
+    pub(crate) fn for_each<'a>(
+        &'a self,
+        mut visit: impl FnMut(
+            Option<i64>,
+            Option<&'a [u8]>,
+            &'a [u8],
+            &mut dyn Iterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+        ),
+    ) {
+        for entry in &self.entries {
+            let (start, count) = entry.headers;
+            let mut headers = self.headers[start as usize..(start + count) as usize]
+                .iter()
+                .map(|h| (self.slice(h.key), h.value.map(|v| self.slice(v))));
+            visit(
+                entry.timestamp,
+                entry.key.map(|k| self.slice(k)),
+                self.slice(entry.value),
+                &mut headers,
+            );
+        }
+    }
+
+    /// Header count over all records.
+    pub(crate) fn header_count(&self) -> usize {
+        self.headers.len()
+    }
+
+    /// The records at `indexes`, copied into a batch of their own.
+    fn subset(&self, indexes: &[usize]) -> ProducerBatch {
+        let mut out = ProducerBatch::new();
+        for &i in indexes {
+            let entry = self.entries[i];
+            let (start, count) = entry.headers;
+            let headers: Vec<(&str, Option<&[u8]>)> = self.headers
+                [start as usize..(start + count) as usize]
+                .iter()
+                .map(|h| {
+                    (
+                        std::str::from_utf8(self.slice(h.key)).unwrap_or(""),
+                        h.value.map(|v| self.slice(v)),
+                    )
+                })
+                .collect();
+            out.push_with_headers(self.key(i), self.slice(entry.value), entry.timestamp, &headers);
+        }
+        out
+    }
+}
+
+/// What an append request carries.
+#[derive(Debug)]
+pub(crate) enum Payload {
+    Records(Vec<ProducerRecord>),
+    Batch(ProducerBatch),
+}
+
 /// Where one record landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ack {
@@ -156,6 +303,51 @@ impl Producer {
         Ok(acks)
     }
 
+    /// Sends a packed batch (one stored batch per partition its records route to) and blocks until
+    /// every part is acknowledged.
+    pub fn send_packed(&self, topic: &str, batch: ProducerBatch) -> Result<Vec<BatchAck>, Error> {
+        self.send_packed_nowait(topic, batch)?.into_iter().map(PendingAck::wait).collect()
+    }
+
+    /// Queues a packed batch and returns pending acknowledgements; blocks only while a shard's
+    /// request queue is full.
+    pub fn send_packed_nowait(
+        &self,
+        topic: &str,
+        batch: ProducerBatch,
+    ) -> Result<Vec<PendingAck>, Error> {
+        let meta = self.inner.topic(topic)?;
+        let unkeyed = self.round_robin.fetch_add(1, Ordering::Relaxed) % meta.config.partitions;
+        let partition_of = |i: usize| {
+            batch.key(i).map_or(unkeyed, |k| partition_for_key(k, meta.config.partitions))
+        };
+        let first = if batch.is_empty() { unkeyed } else { partition_of(0) };
+        let parts: Vec<(u32, ProducerBatch)> = if (1..batch.len()).all(|i| partition_of(i) == first)
+        {
+            vec![(first, batch)]
+        } else {
+            let mut groups: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+            for i in 0..batch.len() {
+                groups.entry(partition_of(i)).or_default().push(i);
+            }
+            groups.into_iter().map(|(p, indexes)| (p, batch.subset(&indexes))).collect()
+        };
+        let mut pending = Vec::with_capacity(parts.len());
+        for (partition, part) in parts {
+            let (reply, receiver) = flume::bounded(1);
+            let request = Request::Append {
+                topic: meta.name.clone(),
+                partition,
+                payload: Payload::Batch(part),
+                durability: self.durability,
+                reply,
+            };
+            self.inner.send_blocking(meta.shards[partition as usize], request)?;
+            pending.push(PendingAck { receiver });
+        }
+        Ok(pending)
+    }
+
     /// Queues a batch and returns at once with pending acknowledgements (one per partition);
     /// blocks only while a shard's request queue is full.
     pub fn send_batch_nowait(
@@ -229,7 +421,7 @@ impl Producer {
                 let request = Request::Append {
                     topic: meta.name.clone(),
                     partition,
-                    records,
+                    payload: Payload::Records(records),
                     durability: self.durability,
                     reply,
                 };
@@ -254,7 +446,7 @@ impl Producer {
         let request = Request::Append {
             topic: meta.name.clone(),
             partition,
-            records,
+            payload: Payload::Records(records),
             durability: self.durability,
             reply,
         };

@@ -502,7 +502,6 @@ impl PartitionLog {
         Ok((info, st.appended_seq))
     }
 
-
     /// Seals the active segment and starts the next one (the I/O happens in the writer).
     fn roll(&self, st: &mut State) {
         let next_base = st.active().index.next_offset;

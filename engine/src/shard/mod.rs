@@ -28,7 +28,7 @@ use kappa_storage::{
 
 use crate::config::EngineConfig;
 use crate::metrics::{ConsumerMetrics, PartitionMetrics, ShardMetrics};
-use crate::producer::{BatchAck, ProducerRecord};
+use crate::producer::{BatchAck, Payload};
 use crate::router::ShardId;
 use crate::Error;
 
@@ -41,7 +41,7 @@ pub(crate) enum Request {
     Append {
         topic: Arc<str>,
         partition: u32,
-        records: Vec<ProducerRecord>,
+        payload: Payload,
         durability: Durability,
         reply: Reply<BatchAck>,
     },
@@ -191,7 +191,7 @@ async fn serve(shard: Rc<Shard>) {
         Rc::new(glommio::sync::Semaphore::new(shard.config.appends_in_flight_max as u64));
     while let Ok(request) = shard.request_queue.recv_async().await {
         match request {
-            Request::Append { topic, partition, records, durability, reply } => {
+            Request::Append { topic, partition, payload, durability, reply } => {
                 let Some(log) = shard.log(&topic, partition) else {
                     let _ = reply.send(Err(Error::UnknownTopic { topic: topic.to_string() }));
                     continue;
@@ -201,7 +201,7 @@ async fn serve(shard: Rc<Shard>) {
                 }
                 log.reserve().await;
                 let Ok(permit) = in_flight.acquire_static_permit(1).await else { break };
-                append(&shard, log, partition, records, durability, reply, permit);
+                append(&shard, log, partition, payload, durability, reply, permit);
             }
             Request::Open { topic, partition, config, reply } => {
                 let result = open_partition(&shard, topic, partition, config).await;
@@ -259,7 +259,7 @@ fn append(
     shard: &Rc<Shard>,
     log: Rc<PartitionLog>,
     partition: u32,
-    records: Vec<ProducerRecord>,
+    payload: Payload,
     durability: Durability,
     reply: Reply<BatchAck>,
     permit: glommio::sync::StaticPermit,
@@ -267,25 +267,45 @@ fn append(
     #[allow(clippy::disallowed_methods)] // Ack latency is observability, never a decision.
     let started = std::time::Instant::now();
     let now_ms = shard.config.clock.now_ms();
-    let header_count: usize = records.iter().map(|r| r.headers.len()).sum();
-    let mut headers: Vec<Header<'_>> = Vec::with_capacity(header_count);
-    for record in &records {
-        headers.extend(
-            record.headers.iter().map(|(k, v)| Header { key: k.as_bytes(), value: v.as_deref() }),
-        );
+    // Borrowed views of the payload: the records' bytes are copied once, into the frame.
+    let mut headers: Vec<Header<'_>> = Vec::new();
+    let mut spans: Vec<(i64, Option<&[u8]>, &[u8], usize, usize)> = Vec::new();
+    match &payload {
+        Payload::Records(records) => {
+            spans.reserve(records.len());
+            for r in records {
+                let start = headers.len();
+                headers.extend(
+                    r.headers
+                        .iter()
+                        .map(|(k, v)| Header { key: k.as_bytes(), value: v.as_deref() }),
+                );
+                spans.push((
+                    r.timestamp.unwrap_or(now_ms),
+                    r.key.as_deref(),
+                    &r.value,
+                    start,
+                    headers.len(),
+                ));
+            }
+        }
+        Payload::Batch(batch) => {
+            spans.reserve(batch.len());
+            headers.reserve(batch.header_count());
+            batch.for_each(|timestamp, key, value, record_headers| {
+                let start = headers.len();
+                headers.extend(record_headers.map(|(key, value)| Header { key, value }));
+                spans.push((timestamp.unwrap_or(now_ms), key, value, start, headers.len()));
+            });
+        }
     }
-    let mut at = 0;
-    let borrowed: Vec<Record<'_>> = records
+    let borrowed: Vec<Record<'_>> = spans
         .iter()
-        .map(|r| {
-            let record = Record {
-                timestamp: r.timestamp.unwrap_or(now_ms),
-                key: r.key.as_deref(),
-                value: &r.value,
-                headers: &headers[at..at + r.headers.len()],
-            };
-            at += r.headers.len();
-            record
+        .map(|&(timestamp, key, value, start, end)| Record {
+            timestamp,
+            key,
+            value,
+            headers: &headers[start..end],
         })
         .collect();
     let bytes: u64 = borrowed.iter().map(|r| r.size_bytes() as u64).sum();
@@ -304,8 +324,9 @@ fn append(
         counters.appends_in_flight += 1;
     }
     drop(borrowed);
+    drop(spans);
     drop(headers);
-    drop(records);
+    drop(payload);
     let live = shard.live;
     let shard = shard.clone();
     let task = async move {

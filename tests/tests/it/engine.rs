@@ -272,3 +272,52 @@ fn errors_are_typed() {
     engine.shutdown().expect("shutdown");
     assert!(matches!(producer.send("t", ProducerRecord::new(b"x".to_vec())), Err(Error::ShutDown)));
 }
+
+#[test]
+fn packed_batches_route_by_key_and_keep_headers() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let engine = engine(temp.path(), 2);
+    engine.create_topic("packed", TopicConfig::new(4)).expect("topic");
+    let producer = engine.producer().with_durability(Durability::Synced);
+    let mut batch = kappa_engine::ProducerBatch::new();
+    for i in 0..100u32 {
+        let key = format!("k{}", i % 9);
+        let headers: &[(&str, Option<&[u8]>)] =
+            if i % 10 == 0 { &[("trace", Some(b"t")), ("none", None)] } else { &[] };
+        batch.push_with_headers(
+            Some(key.as_bytes()),
+            &value(1, i),
+            Some(1_000 + i64::from(i)),
+            headers,
+        );
+    }
+    let acks = producer.send_packed("packed", batch).expect("send");
+    assert!(acks.len() > 1, "nine keys over four partitions split the batch");
+    assert_eq!(acks.iter().map(|a| a.last_offset - a.base_offset + 1).sum::<u64>(), 100);
+    let mut seen = 0;
+    for partition in 0..4 {
+        let end = engine.partition_offsets("packed", partition).expect("offsets").end_offset;
+        if end == 0 {
+            continue;
+        }
+        let mut consumer = engine.consumer("packed", partition, Seek::Beginning).expect("consumer");
+        let mut last_seq = None;
+        while consumer.position() < end {
+            let batch =
+                consumer.next_batch_timeout(Duration::from_secs(10)).expect("read").expect("batch");
+            for record in batch.records() {
+                let (_, seq) = parse(record.value());
+                let key = record.key().expect("keyed");
+                assert_eq!(kappa_engine::router::partition_for_key(key, 4), partition);
+                assert_eq!(key, format!("k{}", seq % 9).as_bytes());
+                assert_eq!(record.timestamp(), 1_000 + i64::from(seq));
+                assert!(last_seq.is_none_or(|l| seq > l), "order within the partition");
+                last_seq = Some(seq);
+                let headers: Vec<_> = record.headers().collect();
+                assert_eq!(headers.len(), if seq % 10 == 0 { 2 } else { 0 });
+                seen += 1;
+            }
+        }
+    }
+    assert_eq!(seen, 100);
+}
