@@ -269,7 +269,9 @@ fn append(
     let now_ms = shard.config.clock.now_ms();
     // Borrowed views of the payload: the records' bytes are copied once, into the frame.
     let mut headers: Vec<Header<'_>> = Vec::new();
-    let mut spans: Vec<(i64, Option<&[u8]>, &[u8], usize, usize)> = Vec::new();
+    // (timestamp, key, value, headers start, headers end) per record.
+    type Span<'a> = (i64, Option<&'a [u8]>, &'a [u8], usize, usize);
+    let mut spans: Vec<Span<'_>> = Vec::new();
     match &payload {
         Payload::Records(records) => {
             spans.reserve(records.len());
