@@ -15,12 +15,13 @@ use hdrhistogram::Histogram;
 use kappa_engine::{Durability, Engine, ProducerBatch, ProducerRecord, TopicConfig};
 use serde::Serialize;
 
+use crate::report::{Figure, Outcome};
 use crate::{Machine, Spread};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[arg(long)]
-    json: Option<PathBuf>,
+    pub json: Option<PathBuf>,
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Seconds measured per configuration (after a warm-up of a quarter of it).
@@ -103,7 +104,7 @@ struct Report {
     notes: &'static str,
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
+pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
     let (seconds, runs) = if args.quick { (0.3, 1) } else { (args.seconds, args.runs.max(1)) };
     let parent = args.data_dir.clone().unwrap_or_else(|| PathBuf::from("."));
     std::fs::create_dir_all(&parent)?;
@@ -123,6 +124,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         vec![1]
     };
     let mut configurations = Vec::new();
+    let mut latencies = Vec::new();
     for &value_bytes in &args.values {
         for &durability in &args.durability {
             for &shards in &shard_counts {
@@ -130,13 +132,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     let dir = temp
                         .path()
                         .join(format!("{value_bytes}-{durability}-{shards}-{batch_records}"));
-                    let c = measure(&dir, value_bytes, durability, shards, batch_records, seconds)
-                        .with_context(|| format!("{value_bytes} B {durability} {shards} shards batch {batch_records}"))?;
+                    let (c, latency) = measure(
+                        &dir,
+                        value_bytes,
+                        durability,
+                        shards,
+                        batch_records,
+                        seconds,
+                    )
+                    .with_context(|| {
+                        format!(
+                            "{value_bytes} B {durability} {shards} shards batch {batch_records}"
+                        )
+                    })?;
                     eprintln!(
                         "  {value_bytes:>5} B {durability:<7} {shards} shard(s) batch {batch_records:>4}: {:>10.0} rec/s {:>8.1} MB/s  ack p50 {:>8.0} us p99 {:>8.0} us",
                         c.records_s, c.mb_s, c.ack_latency_us.p50, c.ack_latency_us.p99
                     );
                     let _ = std::fs::remove_dir_all(&dir);
+                    if batch_records == 1 && shards == 1 {
+                        latencies
+                            .push((format!("ack {value_bytes} B {durability} batch 1"), latency));
+                    }
                     configurations.push(c);
                 }
             }
@@ -165,12 +182,41 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "1 KiB written, best configuration: {:.0} MB/s vs raw disk write {:.0} MB/s: ratio {:.2} (target 0.7)",
         report.written_1kib_best_mb_s, report.disk_write_mb_s, report.ratio_written_1kib_to_disk_write
     );
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
+    let mut outcome = Outcome::new("ingest", serde_json::to_value(&report)?);
+    outcome.figures.push(Figure::plain(
+        "ingest",
+        "disk_write_mb_s",
+        report.disk_write_mb_s,
+        "MB/s",
+    ));
+    outcome.figures.push(Figure::against(
+        "ingest",
+        "written 1 KiB best MB/s",
+        report.written_1kib_best_mb_s,
+        "MB/s",
+        "disk write",
+        report.disk_write_mb_s,
+        0.7,
+    ));
+    for c in &report.configurations {
+        let name = format!(
+            "{} B {} {} shard batch {}",
+            c.value_bytes, c.durability, c.shards, c.batch_records
+        );
+        outcome.figures.push(Figure::plain(
+            "ingest",
+            &format!("{name} records/s"),
+            c.records_s,
+            "rec/s",
+        ));
+        if c.batch_records > 1 {
+            outcome
+                .bars
+                .push((format!("{} B {} {}sh", c.value_bytes, c.durability, c.shards), c.mb_s));
+        }
     }
-    Ok(())
+    outcome.latencies = latencies;
+    Ok(outcome)
 }
 
 /// One configuration on a fresh engine.
@@ -181,7 +227,7 @@ pub fn measure(
     shards: usize,
     batch_records: usize,
     seconds: f64,
-) -> anyhow::Result<Configuration> {
+) -> anyhow::Result<(Configuration, Histogram<u64>)> {
     let engine = Engine::builder().data_dir(dir).shards(shards).build()?;
     let partitions = (shards * 2) as u32;
     engine.create_topic("bench", TopicConfig::new(partitions))?;
@@ -219,7 +265,7 @@ pub fn measure(
     }
     let secs = measured.as_secs_f64();
     let record_bytes = (value_bytes + 8) as f64;
-    Ok(Configuration {
+    let configuration = Configuration {
         value_bytes,
         durability: durability.to_string(),
         shards,
@@ -227,7 +273,8 @@ pub fn measure(
         records_s: records as f64 / secs,
         mb_s: records as f64 * record_bytes / 1e6 / secs,
         ack_latency_us: Percentiles::of_ns(&latency),
-    })
+    };
+    Ok((configuration, latency))
 }
 
 /// Sends batches with up to `IN_FLIGHT` outstanding until `end`; counts what is acknowledged

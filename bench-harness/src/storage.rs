@@ -14,13 +14,14 @@ use glommio::io::DmaFile;
 use kappa_storage::{Durability, LogConfig, PartitionLog, Record, Seek, MIB};
 use serde::Serialize;
 
+use crate::report::{Figure, Outcome};
 use crate::{Machine, Spread};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Write results as JSON here.
     #[arg(long)]
-    json: Option<PathBuf>,
+    pub json: Option<PathBuf>,
     /// Where to put the data (defaults to a temp dir under the current directory); name a
     /// directory on the device you want to measure.
     #[arg(long)]
@@ -80,7 +81,7 @@ struct Spreads {
     scan_mb_s: Spread,
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
+pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
     let (size_mib, runs) = if args.quick { (64, 1) } else { (args.size_mib, args.runs.max(1)) };
     let size_bytes = size_mib * MIB;
     let parent = args.data_dir.clone().unwrap_or_else(|| PathBuf::from("."));
@@ -141,12 +142,45 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 Raw disk phases use 1 MiB O_DIRECT I/Os, 8 in flight (the log's write-behind depth), through glommio; appends come from 16 concurrent appenders.",
     };
     print_table(&report);
-    if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
-    }
-    Ok(())
+    let mut outcome = Outcome::new("storage", serde_json::to_value(&report)?);
+    let f = &mut outcome.figures;
+    f.push(Figure::plain("storage", "disk_write_mb_s", report.disk_write_mb_s, "MB/s"));
+    f.push(Figure::plain("storage", "disk_read_mb_s", report.disk_read_mb_s, "MB/s"));
+    f.push(Figure::against(
+        "storage",
+        "append_written_mb_s (1 KiB)",
+        report.append_written_mb_s,
+        "MB/s",
+        "disk write",
+        report.disk_write_mb_s,
+        0.8,
+    ));
+    f.push(Figure::against(
+        "storage",
+        "append_synced_mb_s (1 KiB, batch 1000)",
+        report.append_synced_mb_s,
+        "MB/s",
+        "disk write",
+        report.disk_write_mb_s,
+        0.6,
+    ));
+    f.push(Figure::against(
+        "storage",
+        "scan_mb_s",
+        report.scan_mb_s,
+        "MB/s",
+        "disk read",
+        report.disk_read_mb_s,
+        0.8,
+    ));
+    outcome.bars = vec![
+        ("disk write".into(), report.disk_write_mb_s),
+        ("append written".into(), report.append_written_mb_s),
+        ("append synced".into(), report.append_synced_mb_s),
+        ("disk read".into(), report.disk_read_mb_s),
+        ("scan".into(), report.scan_mb_s),
+    ];
+    Ok(outcome)
 }
 
 fn print_table(r: &Report) {
@@ -243,7 +277,7 @@ fn mb_s(bytes: u64, elapsed: Duration) -> f64 {
 }
 
 /// Sequential O_DIRECT writes of 1 MiB, `RAW_DEPTH` in flight, then one fdatasync.
-async fn raw_write(path: &Path, size_bytes: u64) -> anyhow::Result<f64> {
+pub(crate) async fn raw_write(path: &Path, size_bytes: u64) -> anyhow::Result<f64> {
     let _ = std::fs::remove_file(path);
     let file = Rc::new(kappa_storage::io::open_rw(path).await?);
     let start = Instant::now();
@@ -278,7 +312,7 @@ async fn raw_write(path: &Path, size_bytes: u64) -> anyhow::Result<f64> {
 }
 
 /// Sequential O_DIRECT reads of 1 MiB, `RAW_DEPTH` in flight.
-async fn raw_read(path: &Path, size_bytes: u64) -> anyhow::Result<f64> {
+pub(crate) async fn raw_read(path: &Path, size_bytes: u64) -> anyhow::Result<f64> {
     let file =
         Rc::new(DmaFile::open(path).await.map_err(std::io::Error::from).context("open raw file")?);
     let start = Instant::now();

@@ -15,12 +15,13 @@ use kappa_engine::{Durability, Engine, ProducerRecord, Seek, TopicConfig};
 use serde::Serialize;
 
 use crate::ingest::Percentiles;
+use crate::report::{Figure, Outcome};
 use crate::Machine;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[arg(long)]
-    json: Option<PathBuf>,
+    pub json: Option<PathBuf>,
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Seconds of open-loop load measured (after a one-second warm-up).
@@ -64,7 +65,7 @@ fn pin_to(cpus: &[usize], index: usize) {
     }
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
+pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
     let (seconds, warm_up) = if args.quick { (0.5, 0.2) } else { (args.seconds, 1.0) };
     anyhow::ensure!(args.load > 0.0 && args.load <= 1.0, "--load must be in (0, 1]");
     let parent = args.data_dir.clone().unwrap_or_else(|| PathBuf::from("."));
@@ -72,7 +73,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let temp = tempfile::Builder::new().prefix("kappa-bench-tail-").tempdir_in(&parent)?;
     let machine = Machine::probe(temp.path());
 
-    let max = crate::ingest::measure(
+    let (max, _) = crate::ingest::measure(
         &temp.path().join("max"),
         VALUE_BYTES,
         Durability::Written,
@@ -196,10 +197,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "  on the shard, append -> ack (write path alone): p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us, max {:.0} us",
         ack.p50, ack.p99, ack.p999, ack.max
     );
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
-    }
-    Ok(())
+    let mut outcome = Outcome::new("tail", serde_json::to_value(&report)?);
+    outcome.figures.push(Figure::plain("tail", "offered records/s (50% of max)", rate, "rec/s"));
+    outcome.figures.push(Figure::plain("tail", "append->tail p50", percentiles.p50, "us"));
+    outcome.figures.push(Figure::below("tail", "append->tail p99", percentiles.p99, "us", 1000.0));
+    outcome.figures.push(Figure::below(
+        "tail",
+        "append->tail p99.9",
+        percentiles.p999,
+        "us",
+        5000.0,
+    ));
+    outcome.figures.push(Figure::plain("tail", "append->tail max", percentiles.max, "us"));
+    outcome.latencies.push(("append->tail (open loop)".into(), latency));
+    Ok(outcome)
 }

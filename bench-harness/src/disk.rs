@@ -1,0 +1,141 @@
+//! The `disk` scenario: the device's limits through the same glommio DMA path the log uses.
+//!
+//! Raw sequential O_DIRECT write and read bandwidth (1 MiB I/Os, 8 in flight) and the latency of a
+//! 4 KiB write followed by fdatasync (what one `synced` append costs at least). Every other
+//! throughput figure is divided by these.
+
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Instant;
+
+use anyhow::Context;
+use kappa_storage::MIB;
+use serde::Serialize;
+
+use crate::ingest::Percentiles;
+use crate::report::{Figure, Outcome};
+use crate::{Machine, Spread};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Bytes per bandwidth run, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    size_mib: u64,
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// fdatasync samples.
+    #[arg(long, default_value_t = 2000)]
+    syncs: usize,
+    #[arg(long)]
+    quick: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    scenario: &'static str,
+    machine: Machine,
+    size_bytes_per_run: u64,
+    disk_write_mb_s: Spread,
+    disk_read_mb_s: Spread,
+    write_4k_fdatasync_us: Percentiles,
+}
+
+pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
+    let (size_mib, runs, syncs) = if args.quick {
+        (64, 1, 200)
+    } else {
+        (args.size_mib, args.runs.max(1), args.syncs.max(1))
+    };
+    let parent = args.data_dir.clone().unwrap_or_else(|| PathBuf::from("."));
+    std::fs::create_dir_all(&parent)?;
+    let temp = tempfile::Builder::new().prefix("kappa-bench-disk-").tempdir_in(&parent)?;
+    let dir = temp.path().to_path_buf();
+    let machine = Machine::probe(&dir);
+    let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .name("bench-disk")
+        .io_memory(64 << 20)
+        .spawn(move || async move {
+            kappa_storage::io::prime_iopoll(&dir).await?;
+            let raw = dir.join("raw.bin");
+            crate::storage::raw_write(&raw, 64 * MIB).await?;
+            let (mut writes, mut reads) = (Vec::new(), Vec::new());
+            for _ in 0..runs {
+                writes.push(crate::storage::raw_write(&raw, size_mib * MIB).await?);
+                reads.push(crate::storage::raw_read(&raw, size_mib * MIB).await?);
+            }
+            std::fs::remove_file(&raw)?;
+            let syncs = fdatasync_latency(&dir.join("sync.bin"), syncs).await?;
+            anyhow::Ok((writes, reads, syncs))
+        })
+        .map_err(|e| anyhow::anyhow!("starting the glommio executor: {e}"))?;
+    let (writes, reads, syncs) =
+        handle.join().map_err(|e| anyhow::anyhow!("executor failed: {e}"))??;
+    let report = Report {
+        scenario: "disk",
+        machine,
+        size_bytes_per_run: size_mib * MIB,
+        disk_write_mb_s: Spread::of(&writes),
+        disk_read_mb_s: Spread::of(&reads),
+        write_4k_fdatasync_us: Percentiles::of_ns(&syncs),
+    };
+    let mut outcome = Outcome::new("disk", serde_json::to_value(&report)?);
+    outcome.figures.push(Figure::plain(
+        "disk",
+        "disk_write_mb_s (median)",
+        report.disk_write_mb_s.median,
+        "MB/s",
+    ));
+    outcome.figures.push(Figure::plain(
+        "disk",
+        "disk_read_mb_s (median)",
+        report.disk_read_mb_s.median,
+        "MB/s",
+    ));
+    outcome.figures.push(Figure::plain(
+        "disk",
+        "4 KiB write + fdatasync p50",
+        report.write_4k_fdatasync_us.p50,
+        "us",
+    ));
+    outcome.figures.push(Figure::plain(
+        "disk",
+        "4 KiB write + fdatasync p99",
+        report.write_4k_fdatasync_us.p99,
+        "us",
+    ));
+    outcome.bars = vec![
+        ("raw write".into(), report.disk_write_mb_s.median),
+        ("raw read".into(), report.disk_read_mb_s.median),
+    ];
+    outcome.latencies.push(("4 KiB write + fdatasync".into(), syncs));
+    Ok(outcome)
+}
+
+/// Latency of appending one 4 KiB block and fdatasync-ing it, `samples` times.
+async fn fdatasync_latency(
+    path: &std::path::Path,
+    samples: usize,
+) -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+    let file = Rc::new(kappa_storage::io::open_rw(path).await?);
+    let mut latency = crate::new_histogram();
+    for i in 0..samples {
+        let mut buf = file.alloc_dma_buffer(4096);
+        buf.as_bytes_mut().fill(i as u8 | 1);
+        let started = Instant::now();
+        file.write_at(buf, (i * 4096) as u64)
+            .await
+            .map_err(std::io::Error::from)
+            .context("write")?;
+        file.fdatasync().await.map_err(std::io::Error::from).context("fdatasync")?;
+        latency.saturating_record(started.elapsed().as_nanos() as u64);
+    }
+    if let Ok(file) = Rc::try_unwrap(file) {
+        let _ = file.close().await;
+    }
+    std::fs::remove_file(path)?;
+    Ok(latency)
+}
