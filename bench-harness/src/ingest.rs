@@ -132,19 +132,13 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
                     let dir = temp
                         .path()
                         .join(format!("{value_bytes}-{durability}-{shards}-{batch_records}"));
-                    let (c, latency) = measure(
-                        &dir,
-                        value_bytes,
-                        durability,
-                        shards,
-                        batch_records,
-                        seconds,
-                    )
-                    .with_context(|| {
-                        format!(
+                    let (c, latency) =
+                        measure(&dir, value_bytes, durability, shards, batch_records, seconds)
+                            .with_context(|| {
+                                format!(
                             "{value_bytes} B {durability} {shards} shards batch {batch_records}"
                         )
-                    })?;
+                            })?;
                     eprintln!(
                         "  {value_bytes:>5} B {durability:<7} {shards} shard(s) batch {batch_records:>4}: {:>10.0} rec/s {:>8.1} MB/s  ack p50 {:>8.0} us p99 {:>8.0} us",
                         c.records_s, c.mb_s, c.ack_latency_us.p50, c.ack_latency_us.p99

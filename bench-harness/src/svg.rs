@@ -7,10 +7,10 @@ use std::fmt::Write as _;
 
 use hdrhistogram::Histogram;
 
-const WIDTH: f64 = 760.0;
+const WIDTH: f64 = 960.0;
 const HEIGHT: f64 = 420.0;
 const LEFT: f64 = 80.0;
-const RIGHT: f64 = 200.0;
+const RIGHT: f64 = 330.0;
 const TOP: f64 = 40.0;
 const BOTTOM: f64 = 60.0;
 const COLORS: [&str; 8] =
