@@ -20,6 +20,7 @@ use crate::metrics::{PartitionMetrics, ShardMetrics};
 use crate::producer::Producer;
 use crate::router::{shard_for, ShardId};
 use crate::shard::{self, Request, ShardJob, SubscriptionState};
+use crate::view::{self, Query, Row, VersionProgress, ViewDef};
 use crate::Error;
 
 /// A topic as the engine knows it: its definition and which shard owns each partition.
@@ -32,6 +33,7 @@ pub(crate) struct TopicMeta {
 
 pub(crate) struct Inner {
     pub(crate) config: Arc<EngineConfig>,
+    views: RwLock<BTreeMap<String, Arc<view::Entry>>>,
     senders: Vec<flume::Sender<Request>>,
     topics: RwLock<BTreeMap<String, Arc<TopicMeta>>>,
     threads: Mutex<Vec<glommio::ExecutorJoinHandle<()>>>,
@@ -133,6 +135,7 @@ impl Engine {
         let engine = Engine {
             inner: Arc::new(Inner {
                 config: config.clone(),
+                views: RwLock::new(BTreeMap::new()),
                 senders,
                 topics: RwLock::new(BTreeMap::new()),
                 threads: Mutex::new(threads),
@@ -301,6 +304,120 @@ impl Engine {
         receiver.recv().map_err(|_| Error::ShutDown)?
     }
 
+    /// Registers a view and starts maintaining it. If a version built from the same `revision`
+    /// exists in the data dir, it resumes from its checkpoints; otherwise a new version is built
+    /// from `def.start` and served right away (its progress shows how far it got).
+    pub fn create_view(&self, name: &str, def: ViewDef) -> Result<ViewHandle, Error> {
+        meta::validate_topic_name(name)?;
+        def.validate()?;
+        let topic = self.inner.topic(&def.topic)?;
+        if self.inner.views.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains_key(name) {
+            return Err(Error::Config { field: "view", reason: format!("view {name:?} is already open") });
+        }
+        let dir = view::view_dir(&self.inner.config.data_dir, name);
+        let history = match view::read_meta(&dir)? {
+            Some((stored_topic, _served, history)) => {
+                if stored_topic != def.topic {
+                    return Err(Error::Config {
+                        field: "view",
+                        reason: format!("view {name:?} is defined over topic {stored_topic:?}, not {:?}", def.topic),
+                    });
+                }
+                history
+            }
+            None => BTreeMap::new(),
+        };
+        let resumed = history.iter().rev().find(|(_, r)| **r == def.revision).map(|(v, _)| *v);
+        let number = resumed.unwrap_or_else(|| history.keys().next_back().map_or(1, |v| v + 1));
+        let entry = Arc::new(view::Entry {
+            topic: def.topic.clone(),
+            // The version this call creates or resumes is the one served.
+            served: std::sync::atomic::AtomicU32::new(number),
+            swaps: std::sync::atomic::AtomicU64::new(0),
+            versions: std::sync::Mutex::new(BTreeMap::new()),
+            history: std::sync::Mutex::new(history),
+            dir,
+        });
+        entry.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(number, def.revision.clone());
+        view::write_meta(&entry)?;
+        self.inner.views.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(name.to_string(), entry.clone());
+        self.start_version(name, &entry, number, def, topic.config.partitions)?;
+        Ok(ViewHandle { engine: self.inner.clone(), name: name.into(), entry })
+    }
+
+    /// Builds version N+1 of a view from `def` (from `def.start`) in the shards' replay queues while
+    /// the served version keeps answering queries; when every partition has caught up with the
+    /// live tail, queries switch to it atomically. Returns the new version number.
+    pub fn rebuild_view(&self, name: &str, def: ViewDef) -> Result<u32, Error> {
+        def.validate()?;
+        let entry = self.view_entry(name)?;
+        if def.topic != entry.topic {
+            return Err(Error::Config { field: "view", reason: format!("a rebuild must read topic {:?}", entry.topic) });
+        }
+        let topic = self.inner.topic(&def.topic)?;
+        let number = {
+            let mut history = entry.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let number = history.keys().next_back().map_or(1, |v| v + 1);
+            history.insert(number, def.revision.clone());
+            number
+        };
+        view::write_meta(&entry)?;
+        self.start_version(name, &entry, number, def, topic.config.partitions)?;
+        Ok(number)
+    }
+
+    fn start_version(&self, name: &str, entry: &Arc<view::Entry>, number: u32, def: ViewDef, partitions: u32) -> Result<(), Error> {
+        let version = Arc::new(view::Version {
+            view: Arc::from(name),
+            number,
+            def: Arc::new(def),
+            partitions,
+            caught_up: std::sync::atomic::AtomicU32::new(0),
+            entry: entry.clone(),
+            dir: entry.dir.join(number.to_string()),
+        });
+        entry.versions.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(number, version.clone());
+        let topic = self.inner.topic(&version.def.topic)?;
+        for partition in 0..partitions {
+            let shard = topic.shards[partition as usize];
+            let version = version.clone();
+            self.inner.call(shard, |reply| Request::StartView { version, partition, reply })?;
+        }
+        Ok(())
+    }
+
+    /// A handle for queries on a view opened with `create_view`.
+    pub fn view(&self, name: &str) -> Result<ViewHandle, Error> {
+        let entry = self.view_entry(name)?;
+        Ok(ViewHandle { engine: self.inner.clone(), name: name.into(), entry })
+    }
+
+    /// Stops a version that is not served and deletes its checkpoints.
+    pub fn drop_view_version(&self, name: &str, version: u32) -> Result<(), Error> {
+        let entry = self.view_entry(name)?;
+        if entry.served.load(Ordering::Acquire) == version {
+            return Err(Error::Config { field: "version", reason: format!("version {version} is served; it cannot be dropped") });
+        }
+        let removed = entry.versions.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&version);
+        let Some(removed) = removed else {
+            return Err(Error::UnknownView { view: name.to_string(), version });
+        };
+        let view_name: Arc<str> = Arc::from(name);
+        for shard in 0..self.shard_count() {
+            self.inner.call(shard, |reply| Request::DropView { view: view_name.clone(), version, reply })?;
+        }
+        entry.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&version);
+        view::write_meta(&entry)?;
+        let _ = std::fs::remove_dir_all(&removed.dir);
+        Ok(())
+    }
+
+    fn view_entry(&self, name: &str) -> Result<Arc<view::Entry>, Error> {
+        let views = self.inner.views.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let served = views.get(name).map(|e| e.served.load(Ordering::Acquire)).unwrap_or(0);
+        views.get(name).cloned().ok_or(Error::UnknownView { view: name.to_string(), version: served })
+    }
+
     fn check_partition(&self, topic: &str, partition: u32) -> Result<Arc<TopicMeta>, Error> {
         let meta = self.inner.topic(topic)?;
         if partition >= meta.config.partitions {
@@ -360,4 +477,108 @@ fn core_ids() -> Vec<usize> {
         core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
     ids.sort_unstable();
     ids
+}
+
+/// Queries on one view (`Send + Clone`). Every query reads the served version once and asks every
+/// partition for that version, so it never sees a mix of versions.
+#[derive(Clone)]
+pub struct ViewHandle {
+    engine: Arc<Inner>,
+    name: Arc<str>,
+    entry: Arc<view::Entry>,
+}
+
+impl ViewHandle {
+    /// The version queries are answered from.
+    pub fn version(&self) -> u32 {
+        self.entry.served.load(Ordering::Acquire)
+    }
+
+    /// How many times the served version switched in this process.
+    pub fn swaps(&self) -> u64 {
+        self.entry.swaps.load(Ordering::Acquire)
+    }
+
+    fn version_def(&self, version: u32) -> Result<Arc<view::Version>, Error> {
+        let versions = self.entry.versions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        versions.get(&version).cloned().ok_or(Error::UnknownView { view: self.name.to_string(), version })
+    }
+
+    fn query(&self, version: u32, query: Query) -> Result<Vec<Row>, Error> {
+        let v = self.version_def(version)?;
+        let topic = self.engine.topic(&v.def.topic)?;
+        let mut parts = Vec::with_capacity(v.partitions as usize);
+        for partition in 0..v.partitions {
+            let shard = topic.shards[partition as usize];
+            let q = query.clone();
+            let view = self.name.clone();
+            parts.push(self.engine.call(shard, |reply| Request::QueryView { view, version, partition, query: q, reply })?);
+        }
+        Ok(view::merge_rows(&v.def.aggregate, parts))
+    }
+
+    /// The group of `key` in the window starting at `window_start` (`operator::window::ALL_TIME`
+    /// for views without windows).
+    pub fn get(&self, key: &[u8], window_start: i64) -> Result<Option<Row>, Error> {
+        let rows = self.query(self.version(), Query::Get { key: key.to_vec(), window_start })?;
+        Ok(rows.into_iter().next())
+    }
+
+    /// Every group whose key is in `[from, to)`, in key then window order.
+    pub fn range(&self, from: &[u8], to: &[u8]) -> Result<Vec<Row>, Error> {
+        self.query(self.version(), Query::Range { from: from.to_vec(), to: to.to_vec() })
+    }
+
+    /// The windows of `key` overlapping `[from_ms, to_ms)`.
+    pub fn windows(&self, key: &[u8], from_ms: i64, to_ms: i64) -> Result<Vec<Row>, Error> {
+        self.query(self.version(), Query::Windows { key: key.to_vec(), from_ms, to_ms })
+    }
+
+    /// Every row of the served version (small views, tests).
+    pub fn rows(&self) -> Result<Vec<Row>, Error> {
+        self.query(self.version(), Query::All)
+    }
+
+    /// Every row of a given version.
+    pub fn rows_of(&self, version: u32) -> Result<Vec<Row>, Error> {
+        self.query(version, Query::All)
+    }
+
+    /// Offsets, watermark, lag, rate and ETA of every partition of a version, and their digests.
+    pub fn progress_of(&self, version: u32) -> Result<(VersionProgress, Vec<u64>), Error> {
+        let v = self.version_def(version)?;
+        let topic = self.engine.topic(&v.def.topic)?;
+        let mut partitions = Vec::new();
+        let mut digests = Vec::new();
+        for partition in 0..v.partitions {
+            let shard = topic.shards[partition as usize];
+            let view = self.name.clone();
+            let (progress, digest) =
+                self.engine.call(shard, |reply| Request::ViewProgress { view, version, partition, reply })?;
+            partitions.push(progress);
+            digests.push(digest);
+        }
+        let progress = VersionProgress {
+            version,
+            revision: v.def.revision.clone(),
+            served: self.version() == version,
+            partitions,
+        };
+        Ok((progress, digests))
+    }
+
+    /// Progress of the served version.
+    pub fn progress(&self) -> Result<VersionProgress, Error> {
+        Ok(self.progress_of(self.version())?.0)
+    }
+
+    /// Per-partition digests of a version's whole state: equal digests, equal bytes.
+    pub fn digests_of(&self, version: u32) -> Result<Vec<u64>, Error> {
+        Ok(self.progress_of(version)?.1)
+    }
+
+    /// The versions running in this process.
+    pub fn versions(&self) -> Vec<u32> {
+        self.entry.versions.lock().unwrap_or_else(std::sync::PoisonError::into_inner).keys().copied().collect()
+    }
 }

@@ -14,6 +14,8 @@ pub enum Error {
     TopicExists { topic: String, partitions: u32 },
     #[error("invalid topic name {topic:?}: {reason}")]
     BadTopicName { topic: String, reason: &'static str },
+    #[error("unknown view {view:?} (version {version})")]
+    UnknownView { view: String, version: u32 },
     #[error("the engine is shut down")]
     ShutDown,
     #[error(

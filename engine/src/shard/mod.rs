@@ -30,6 +30,7 @@ use crate::config::EngineConfig;
 use crate::metrics::{ConsumerMetrics, PartitionMetrics, ShardMetrics};
 use crate::producer::{BatchAck, Payload};
 use crate::router::ShardId;
+use crate::view::runner::{self as view_runner, ViewPartition};
 use crate::Error;
 
 /// A closure run on a shard (see `Engine::run_on_partition`).
@@ -68,6 +69,29 @@ pub(crate) enum Request {
     Metrics {
         reply: Reply<ShardMetrics>,
     },
+    StartView {
+        version: Arc<crate::view::Version>,
+        partition: u32,
+        reply: Reply<()>,
+    },
+    QueryView {
+        view: Arc<str>,
+        version: u32,
+        partition: u32,
+        query: crate::view::Query,
+        reply: Reply<Vec<(Vec<u8>, i64, crate::view::Cell)>>,
+    },
+    ViewProgress {
+        view: Arc<str>,
+        version: u32,
+        partition: u32,
+        reply: Reply<(crate::view::PartitionProgress, u64)>,
+    },
+    DropView {
+        view: Arc<str>,
+        version: u32,
+        reply: Reply<()>,
+    },
     Shutdown {
         reply: Reply<()>,
     },
@@ -105,11 +129,15 @@ struct Counters {
 /// The partitions a shard owns: topic -> partition -> log (looked up by `&str`, no allocation).
 type Partitions = BTreeMap<Arc<str>, BTreeMap<u32, Rc<PartitionLog>>>;
 
+/// The view partitions a shard runs: (view, version, partition) -> partition state and its log.
+type Views = BTreeMap<(Arc<str>, u32, u32), (Rc<ViewPartition>, Rc<PartitionLog>)>;
+
 /// The state of one shard, shared by its tasks (`Rc`, never `Send`).
 pub struct Shard {
     id: ShardId,
     config: Arc<EngineConfig>,
     partitions: RefCell<Partitions>,
+    views: RefCell<Views>,
     subscriptions: RefCell<Vec<Arc<SubscriptionState>>>,
     counters: RefCell<Counters>,
     live: TaskQueueHandle,
@@ -163,6 +191,7 @@ pub(crate) async fn run(
         id,
         config,
         partitions: RefCell::new(BTreeMap::new()),
+        views: RefCell::new(BTreeMap::new()),
         subscriptions: RefCell::new(Vec::new()),
         counters: RefCell::new(Counters {
             records_appended: 0,
@@ -242,6 +271,34 @@ async fn serve(shard: Rc<Shard>) {
             }
             Request::Metrics { reply } => {
                 let _ = reply.send(Ok(metrics(&shard)));
+            }
+            Request::StartView { version, partition, reply } => {
+                let _ = reply.send(start_view(&shard, version, partition));
+            }
+            Request::QueryView { view, version, partition, query, reply } => {
+                let result = match shard.views.borrow().get(&(view.clone(), version, partition)) {
+                    Some((vp, _)) => Ok(query.run(&vp.state.borrow())),
+                    None => Err(Error::UnknownView { view: view.to_string(), version }),
+                };
+                let _ = reply.send(result);
+            }
+            Request::ViewProgress { view, version, partition, reply } => {
+                let result = match shard.views.borrow().get(&(view.clone(), version, partition)) {
+                    Some((vp, log)) => Ok((vp.progress(log), vp.state.borrow().digest())),
+                    None => Err(Error::UnknownView { view: view.to_string(), version }),
+                };
+                let _ = reply.send(result);
+            }
+            Request::DropView { view, version, reply } => {
+                let mut views = shard.views.borrow_mut();
+                let doomed: Vec<_> =
+                    views.keys().filter(|(v, n, _)| *v == view && *n == version).cloned().collect();
+                for key in doomed {
+                    if let Some((vp, _)) = views.remove(&key) {
+                        vp.stopped.set(true);
+                    }
+                }
+                let _ = reply.send(Ok(()));
             }
             Request::Shutdown { reply } => {
                 let result = shutdown(&shard).await;
@@ -487,8 +544,29 @@ fn metrics(shard: &Shard) -> ShardMetrics {
     }
 }
 
+/// Starts one view partition from its newest checkpoint (or its start) in the replay queue.
+fn start_view(shard: &Rc<Shard>, version: Arc<crate::view::Version>, partition: u32) -> Result<(), Error> {
+    let key = (version.view.clone(), version.number, partition);
+    if shard.views.borrow().contains_key(&key) {
+        return Ok(());
+    }
+    let topic = version.def.topic.clone();
+    let log = shard.log(&topic, partition).ok_or_else(|| Error::UnknownTopic { topic: topic.clone() })?;
+    let (state, seek) = view_runner::initial_state(&version, partition, &log);
+    let vp = Rc::new(ViewPartition::new(version, partition, state));
+    shard.views.borrow_mut().insert(key, (vp.clone(), log.clone()));
+    let task = view_runner::run(shard.clone(), log, vp, seek, false);
+    glommio::spawn_local_into(task, shard.replay).expect("the replay queue exists").detach();
+    Ok(())
+}
+
 async fn shutdown(shard: &Rc<Shard>) -> Result<(), Error> {
     shard.stopping.set(true);
+    let views: Vec<_> = std::mem::take(&mut *shard.views.borrow_mut()).into_values().collect();
+    for (vp, log) in views {
+        vp.stopped.set(true);
+        view_runner::final_checkpoint(&log, &vp).await;
+    }
     let logs: Vec<Rc<PartitionLog>> = std::mem::take(&mut *shard.partitions.borrow_mut())
         .into_values()
         .flat_map(BTreeMap::into_values)

@@ -1,0 +1,241 @@
+//! Materialized views: one pipeline for the live tail and for history, checkpoints, and rebuild by
+//! replay with an atomic version swap.
+//!
+//! A view version has one partition per topic partition, living on the shard that owns the topic
+//! partition (`runner`). A version starts in the shard's `replay` queue, reading the log from its
+//! start (or a checkpoint); when it reaches the readable end it records the exact offset, and goes
+//! on in the `live` queue following the tail with the same code. When every partition of a rebuilt
+//! version has caught up, the engine's served version flips to it in one atomic store: a query reads
+//! the served version once and asks every partition for that version, so it never mixes versions,
+//! and the old version keeps running for rollback until it is dropped.
+
+pub mod def;
+pub(crate) mod runner;
+pub mod state;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::operator::{AggState, Aggregate};
+use crate::Error;
+pub use def::{Start, ViewDef};
+pub use state::{Cell, Counters, PartitionState};
+
+/// One row of a view: a (key, window) group and its aggregate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub key: Vec<u8>,
+    pub window_start: i64,
+    pub window_end: i64,
+    /// The aggregate's result (count, sum, mean, estimate, ...).
+    pub value: f64,
+    /// The full aggregate state.
+    pub state: AggState,
+}
+
+/// Where one partition of a view version stands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartitionProgress {
+    pub partition: u32,
+    /// The next offset the view will consume.
+    pub next_offset: u64,
+    /// The partition's readable end.
+    pub end_offset: u64,
+    pub lag: u64,
+    pub watermark: i64,
+    pub live: bool,
+    /// The offset at which this partition caught up and started following the tail.
+    pub caught_up_at: Option<u64>,
+    pub counters: Counters,
+    /// Archive bytes of the batches consumed.
+    pub bytes_consumed: u64,
+    /// Records per second since this version started on the shard.
+    pub rate_records_s: f64,
+    /// Seconds to catch up at that rate (0 when live).
+    pub eta_s: f64,
+    pub error: Option<String>,
+}
+
+/// A version's progress over all partitions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VersionProgress {
+    pub version: u32,
+    pub revision: String,
+    pub served: bool,
+    pub partitions: Vec<PartitionProgress>,
+}
+
+impl VersionProgress {
+    pub fn lag(&self) -> u64 {
+        self.partitions.iter().map(|p| p.lag).sum()
+    }
+    pub fn consumed(&self) -> u64 {
+        self.partitions.iter().map(|p| p.counters.consumed).sum()
+    }
+    pub fn caught_up(&self) -> bool {
+        self.partitions.iter().all(|p| p.live)
+    }
+    pub fn rate_records_s(&self) -> f64 {
+        self.partitions.iter().map(|p| p.rate_records_s).sum()
+    }
+    pub fn eta_s(&self) -> f64 {
+        self.partitions.iter().map(|p| p.eta_s).fold(0.0, f64::max)
+    }
+}
+
+/// A view version as the engine knows it (shared with the shards that run its partitions).
+pub(crate) struct Version {
+    pub(crate) view: Arc<str>,
+    pub(crate) number: u32,
+    pub(crate) def: Arc<ViewDef>,
+    pub(crate) partitions: u32,
+    /// Partitions that caught up with the tail.
+    pub(crate) caught_up: AtomicU32,
+    /// Set when every partition caught up: the served version moves here (if it is a rebuild).
+    pub(crate) entry: Arc<Entry>,
+    pub(crate) dir: PathBuf,
+}
+
+impl Version {
+    /// Called on a shard when one partition caught up; the last one flips the served version.
+    pub(crate) fn partition_caught_up(&self) {
+        let done = self.caught_up.fetch_add(1, Ordering::AcqRel) + 1;
+        if done == self.partitions {
+            let previous = self.entry.served.load(Ordering::Acquire);
+            if previous < self.number {
+                self.entry.served.store(self.number, Ordering::Release);
+                self.entry.swaps.fetch_add(1, Ordering::AcqRel);
+                tracing::info!(view = %self.view, from = previous, to = self.number, "view version swapped");
+                if let Err(e) = write_meta(&self.entry) {
+                    tracing::error!(view = %self.view, error = %e, "recording the served view version failed");
+                }
+            }
+        }
+    }
+
+    pub(crate) fn partition_dir(&self, partition: u32) -> PathBuf {
+        self.dir.join(partition.to_string())
+    }
+}
+
+/// A view: its versions and the one queries are served from.
+pub(crate) struct Entry {
+    pub(crate) topic: String,
+    pub(crate) served: AtomicU32,
+    pub(crate) swaps: AtomicU64,
+    pub(crate) versions: Mutex<BTreeMap<u32, Arc<Version>>>,
+    /// Every version ever made, with its revision (persisted, so numbers are never reused).
+    pub(crate) history: Mutex<BTreeMap<u32, String>>,
+    pub(crate) dir: PathBuf,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct MetaFile {
+    format: u32,
+    topic: String,
+    served: u32,
+    versions: BTreeMap<u32, String>,
+}
+
+pub(crate) fn view_dir(data_dir: &Path, name: &str) -> PathBuf {
+    data_dir.join("views").join(name)
+}
+
+pub(crate) fn read_meta(dir: &Path) -> Result<Option<(String, u32, BTreeMap<u32, String>)>, Error> {
+    let path = dir.join("meta.json");
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let meta: MetaFile = serde_json::from_slice(&bytes)
+                .map_err(|e| Error::Meta { path: path.clone(), reason: e.to_string() })?;
+            Ok(Some((meta.topic, meta.served, meta.versions)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::Io { op: "read", path, source: e }),
+    }
+}
+
+pub(crate) fn write_meta(entry: &Entry) -> Result<(), Error> {
+    let meta = MetaFile {
+        format: 1,
+        topic: entry.topic.clone(),
+        served: entry.served.load(Ordering::Acquire),
+        versions: entry.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
+    };
+    std::fs::create_dir_all(&entry.dir).map_err(|e| Error::Io { op: "create dir", path: entry.dir.clone(), source: e })?;
+    let bytes = serde_json::to_vec_pretty(&meta).expect("view metadata serializes");
+    kappa_storage::io::write_file_atomic(&entry.dir.join("meta.json"), &bytes)?;
+    Ok(())
+}
+
+/// Merges per-partition groups into rows: the same (key, window) from several partitions (a derived
+/// key spread over partitions) is merged, which every built-in aggregate supports.
+pub(crate) fn merge_rows(aggregate: &Aggregate, parts: Vec<Vec<(Vec<u8>, i64, Cell)>>) -> Vec<Row> {
+    let mut merged: BTreeMap<(Vec<u8>, i64), Cell> = BTreeMap::new();
+    for part in parts {
+        for (key, start, cell) in part {
+            match merged.get_mut(&(key.clone(), start)) {
+                Some(existing) => {
+                    aggregate.merge(&mut existing.agg, &cell.agg);
+                    existing.end_ms = existing.end_ms.max(cell.end_ms);
+                }
+                None => {
+                    merged.insert((key, start), cell);
+                }
+            }
+        }
+    }
+    merged
+        .into_iter()
+        .map(|((key, window_start), cell)| Row {
+            key,
+            window_start,
+            window_end: cell.end_ms,
+            value: aggregate.result(&cell.agg),
+            state: cell.agg,
+        })
+        .collect()
+}
+
+/// What a query asks of one partition.
+#[derive(Debug, Clone)]
+pub(crate) enum Query {
+    Get { key: Vec<u8>, window_start: i64 },
+    Range { from: Vec<u8>, to: Vec<u8> },
+    Windows { key: Vec<u8>, from_ms: i64, to_ms: i64 },
+    All,
+}
+
+impl Query {
+    pub(crate) fn run(&self, state: &PartitionState) -> Vec<(Vec<u8>, i64, Cell)> {
+        match self {
+            Query::Get { key, window_start } => state
+                .groups
+                .get(key.as_slice())
+                .and_then(|w| w.get(window_start))
+                .map(|c| vec![(key.clone(), *window_start, c.clone())])
+                .unwrap_or_default(),
+            Query::Range { from, to } => state
+                .groups
+                .range::<[u8], _>((std::ops::Bound::Included(from.as_slice()), std::ops::Bound::Excluded(to.as_slice())))
+                .flat_map(|(k, w)| w.iter().map(move |(s, c)| (k.clone(), *s, c.clone())))
+                .collect(),
+            Query::Windows { key, from_ms, to_ms } => state
+                .groups
+                .get(key.as_slice())
+                .map(|w| {
+                    w.iter()
+                        .filter(|(s, c)| c.end_ms > *from_ms && **s < *to_ms)
+                        .map(|(s, c)| (key.clone(), *s, c.clone()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            Query::All => state
+                .groups
+                .iter()
+                .flat_map(|(k, w)| w.iter().map(move |(s, c)| (k.clone(), *s, c.clone())))
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! The shard side of a view partition: fold the log into the state, checkpoint, catch up, follow.
+//!
+//! The same loop serves history and the live tail: it starts in the `replay` queue (low shares, so
+//! the live queue preempts it), and when the reader reaches the readable end it records that offset
+//! and continues in the `live` queue. Records are folded straight out of the read buffers.
+
+use std::cell::{Cell as StdCell, RefCell};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use kappa_storage::{PartitionLog, Seek};
+
+use crate::shard::Shard;
+use crate::view::state::{self, PartitionState};
+use crate::view::{PartitionProgress, Version};
+
+/// One partition of one view version, on its shard.
+pub(crate) struct ViewPartition {
+    pub(crate) version: Arc<Version>,
+    pub(crate) partition: u32,
+    pub(crate) state: RefCell<PartitionState>,
+    pub(crate) caught_up_at: StdCell<Option<u64>>,
+    pub(crate) stopped: StdCell<bool>,
+    pub(crate) error: RefCell<Option<String>>,
+    pub(crate) bytes_consumed: StdCell<u64>,
+    since_checkpoint: StdCell<u64>,
+    consumed_at_start: u64,
+    #[allow(clippy::disallowed_methods)] // Progress rates are observability, never decisions.
+    started: std::time::Instant,
+}
+
+impl ViewPartition {
+    pub(crate) fn new(version: Arc<Version>, partition: u32, state: PartitionState) -> Self {
+        let consumed_at_start = state.counters.consumed;
+        #[allow(clippy::disallowed_methods)]
+        let started = std::time::Instant::now();
+        ViewPartition {
+            version,
+            partition,
+            state: RefCell::new(state),
+            caught_up_at: StdCell::new(None),
+            stopped: StdCell::new(false),
+            error: RefCell::new(None),
+            bytes_consumed: StdCell::new(0),
+            since_checkpoint: StdCell::new(0),
+            consumed_at_start,
+            started,
+        }
+    }
+
+    pub(crate) fn progress(&self, log: &PartitionLog) -> PartitionProgress {
+        let st = self.state.borrow();
+        let end_offset = log.readable_end_offset();
+        let lag = end_offset.saturating_sub(st.next_offset);
+        let seconds = self.started.elapsed().as_secs_f64().max(1e-3);
+        let rate = (st.counters.consumed - self.consumed_at_start) as f64 / seconds;
+        let live = self.caught_up_at.get().is_some();
+        PartitionProgress {
+            partition: self.partition,
+            next_offset: st.next_offset,
+            end_offset,
+            lag,
+            watermark: st.watermark(self.version.def.allowed_lateness_ms),
+            live,
+            caught_up_at: self.caught_up_at.get(),
+            counters: st.counters,
+            bytes_consumed: self.bytes_consumed.get(),
+            rate_records_s: rate,
+            eta_s: if live || rate <= 0.0 { 0.0 } else { lag as f64 / rate },
+            error: self.error.borrow().clone(),
+        }
+    }
+}
+
+/// The newest valid checkpoint of a partition that the log still covers, or a fresh state.
+pub(crate) fn initial_state(version: &Version, partition: u32, log: &PartitionLog) -> (PartitionState, Seek) {
+    let dir = version.partition_dir(partition);
+    for path in checkpoints(&dir).into_iter().rev() {
+        match state::read_checkpoint(&path) {
+            Ok(state) if state.next_offset <= log.end_offset() && state.next_offset >= log.start_offset() => {
+                tracing::info!(view = %version.view, version = version.number, partition,
+                    next_offset = state.next_offset, "view partition resumed from checkpoint");
+                let seek = Seek::Offset(state.next_offset);
+                return (state, seek);
+            }
+            Ok(state) => tracing::warn!(checkpoint = %path.display(), next_offset = state.next_offset,
+                log_end = log.end_offset(), "checkpoint is not covered by the log; ignoring it"),
+            Err(e) => tracing::warn!(error = %e, "damaged checkpoint; trying an older one"),
+        }
+    }
+    let seek = match version.def.start {
+        crate::view::Start::Beginning => Seek::Beginning,
+        crate::view::Start::Timestamp(ts) => Seek::Timestamp(ts),
+    };
+    (PartitionState::new(log.start_offset()), seek)
+}
+
+/// Checkpoint files of a partition, oldest first (names are zero-padded offsets).
+fn checkpoints(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("ckpt"))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// Writes a checkpoint of the partition after making sure the log holds (synced) everything it
+/// covers, then keeps only the newest two.
+async fn checkpoint(log: &PartitionLog, vp: &ViewPartition) {
+    // A checkpoint must never cover records a crash could still lose.
+    if let Err(e) = log.sync().await {
+        tracing::error!(error = %e, "sync before a view checkpoint failed");
+        return;
+    }
+    let dir = vp.version.partition_dir(vp.partition);
+    let result = {
+        let st = vp.state.borrow();
+        let path = dir.join(format!("{:020}.ckpt", st.next_offset));
+        state::write_checkpoint(&path, &vp.version.view, vp.version.number, vp.partition, &st)
+    };
+    match result {
+        Ok(()) => {
+            vp.since_checkpoint.set(0);
+            let files = checkpoints(&dir);
+            for old in files.iter().take(files.len().saturating_sub(2)) {
+                let _ = std::fs::remove_file(old);
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "view checkpoint failed"),
+    }
+}
+
+/// Folds the log into the partition from `seek`: in the replay queue until caught up, then (a new
+/// task) in the live queue for good.
+pub(crate) async fn run(shard: Rc<Shard>, log: Rc<PartitionLog>, vp: Rc<ViewPartition>, seek: Seek, live: bool) {
+    let mut reader = match log.reader(seek) {
+        Ok(reader) => reader,
+        Err(e) => {
+            *vp.error.borrow_mut() = Some(e.to_string());
+            return;
+        }
+    };
+    let def = vp.version.def.clone();
+    loop {
+        if vp.stopped.get() {
+            return;
+        }
+        match reader.next_batch().await {
+            Ok(Some(batch)) => {
+                let mut st = vp.state.borrow_mut();
+                let before = st.counters.consumed;
+                for record in batch.records() {
+                    st.apply(&def, &record);
+                }
+                let n = st.counters.consumed - before;
+                drop(st);
+                vp.bytes_consumed.set(vp.bytes_consumed.get() + batch.batch.payload().len() as u64);
+                vp.since_checkpoint.set(vp.since_checkpoint.get() + n);
+                if vp.since_checkpoint.get() >= def.checkpoint_every_records {
+                    checkpoint(&log, &vp).await;
+                }
+                glommio::yield_if_needed().await;
+            }
+            Ok(None) => {
+                if !live {
+                    // Caught up: from this exact offset on, the live queue follows the tail.
+                    let offset = reader.next_offset();
+                    vp.caught_up_at.set(Some(offset));
+                    tracing::info!(view = %vp.version.view, version = vp.version.number, partition = vp.partition,
+                        offset, "view partition caught up; following the live tail");
+                    vp.version.partition_caught_up();
+                    let task = run(shard.clone(), log.clone(), vp.clone(), Seek::Offset(offset), true);
+                    glommio::spawn_local_into(task, shard.live_queue()).expect("the live queue exists").detach();
+                    return;
+                }
+                if log.wait_readable(reader.next_offset()).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::error!(view = %vp.version.view, partition = vp.partition, error = %e, "view partition stopped");
+                *vp.error.borrow_mut() = Some(e.to_string());
+                return;
+            }
+        }
+    }
+}
+
+/// Takes a final checkpoint when the shard shuts down cleanly.
+pub(crate) async fn final_checkpoint(log: &PartitionLog, vp: &ViewPartition) {
+    if vp.since_checkpoint.get() > 0 && vp.error.borrow().is_none() {
+        checkpoint(log, vp).await;
+    }
+}

@@ -1,0 +1,209 @@
+//! Each aggregate and window type against a reference model (a plain fold over a `Vec`), late
+//! records, sessions, the digest, and the checkpoint round trip.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kappa_storage::{BatchEncoder, BatchRef, Limits, ProducerInfo, Record};
+use rkyv::util::AlignedVec;
+
+use super::*;
+use crate::operator::window::ALL_TIME;
+
+/// (timestamp, key, value) triples, deterministic, with out-of-order timestamps.
+fn workload(n: usize, seed: u64) -> Vec<(i64, String, f64)> {
+    let mut state = seed | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    (0..n)
+        .map(|i| {
+            let jitter = (next() % 40) as i64 - 20;
+            let ts = 1_000 + i as i64 * 3 + jitter;
+            let key = format!("k{}", next() % 7);
+            let value = (next() % 1000) as f64 / 10.0;
+            (ts, key, value)
+        })
+        .collect()
+}
+
+/// Encodes the workload as one stored batch and feeds every record to `state`.
+fn feed(state: &mut PartitionState, def: &ViewDef, records: &[(i64, String, f64)]) {
+    let values: Vec<String> = records.iter().map(|(_, _, v)| format!("{{\"v\":{v}}}")).collect();
+    let batch: Vec<Record<'_>> = records
+        .iter()
+        .zip(&values)
+        .map(|((ts, k, _), v)| Record::new(*ts, Some(k.as_bytes()), v.as_bytes()))
+        .collect();
+    let mut encoder = BatchEncoder::new(Limits::default());
+    encoder.encode(state.next_offset, &batch, ProducerInfo::default()).expect("encodes");
+    let mut frame = AlignedVec::<16>::new();
+    frame.extend_from_slice(encoder.frame());
+    let view = BatchRef::from_frame(&frame).expect("valid");
+    for record in view.records() {
+        state.apply(def, &record);
+    }
+}
+
+fn def(window: Window, aggregate: Aggregate) -> ViewDef {
+    ViewDef::new("t")
+        .map(|r| crate::operator::json_number(r.value(), "v"))
+        .window(window)
+        .aggregate(aggregate)
+        .lateness(1_000_000, LatePolicy::Update)
+}
+
+/// Reference: group values by (key, window start) in arrival order.
+fn reference(records: &[(i64, String, f64)], window: Window) -> BTreeMap<(Vec<u8>, i64), Vec<f64>> {
+    let mut groups: BTreeMap<(Vec<u8>, i64), Vec<f64>> = BTreeMap::new();
+    for (ts, key, value) in records {
+        let mut starts = Vec::new();
+        match window {
+            Window::None => starts.push(ALL_TIME),
+            Window::Tumbling { size_ms } => starts.push(ts.div_euclid(size_ms) * size_ms),
+            Window::Hopping { size_ms, hop_ms } => {
+                let mut s = ts.div_euclid(hop_ms) * hop_ms;
+                while s > ts - size_ms {
+                    starts.push(s);
+                    s -= hop_ms;
+                }
+            }
+            Window::Session { .. } => unreachable!(),
+        }
+        for s in starts {
+            groups.entry((key.as_bytes().to_vec(), s)).or_default().push(*value);
+        }
+    }
+    groups
+}
+
+fn expected(aggregate: &Aggregate, values: &[f64]) -> f64 {
+    match aggregate {
+        Aggregate::Count => values.len() as f64,
+        Aggregate::Sum => values.iter().fold(0.0, |a, v| a + v),
+        Aggregate::Min => values.iter().copied().fold(f64::INFINITY, f64::min),
+        Aggregate::Max => values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        Aggregate::Mean => values.iter().fold(0.0, |a, v| a + v) / values.len() as f64,
+        Aggregate::DistinctCount => values.iter().map(|v| v.to_bits()).collect::<BTreeSet<_>>().len() as f64,
+        Aggregate::Custom(_) => unreachable!(),
+    }
+}
+
+#[test]
+fn every_aggregate_and_window_matches_the_reference_model() {
+    let records = workload(3_000, 7);
+    let windows = [
+        Window::None,
+        Window::Tumbling { size_ms: 100 },
+        Window::Hopping { size_ms: 100, hop_ms: 25 },
+    ];
+    let aggregates = [Aggregate::Count, Aggregate::Sum, Aggregate::Min, Aggregate::Max, Aggregate::Mean, Aggregate::DistinctCount];
+    for window in windows {
+        for aggregate in &aggregates {
+            let def = def(window, aggregate.clone());
+            let mut state = PartitionState::new(0);
+            feed(&mut state, &def, &records);
+            let reference = reference(&records, window);
+            let got: BTreeMap<(Vec<u8>, i64), f64> = state
+                .groups
+                .iter()
+                .flat_map(|(k, w)| w.iter().map(move |(s, c)| ((k.clone(), *s), aggregate.result(&c.agg))))
+                .collect();
+            assert_eq!(got.len(), reference.len(), "{window:?} {aggregate:?}: group count");
+            for (group, values) in &reference {
+                let want = expected(aggregate, values);
+                let have = got[group];
+                if matches!(aggregate, Aggregate::DistinctCount) {
+                    // HyperLogLog: ~3% standard error, and register collisions at tiny counts.
+                    assert!((have - want).abs() <= (want * 0.1).max(2.5), "{window:?} distinct {group:?}: {have} vs {want}");
+                } else {
+                    assert_eq!(have.to_bits(), want.to_bits(), "{window:?} {aggregate:?} {group:?}: {have} vs {want}");
+                }
+            }
+            assert_eq!(state.next_offset, records.len() as u64);
+        }
+    }
+}
+
+#[test]
+fn sessions_match_the_reference_model() {
+    let records = workload(2_000, 11);
+    let gap = 25;
+    let def = def(Window::Session { gap_ms: gap }, Aggregate::Count);
+    let mut state = PartitionState::new(0);
+    feed(&mut state, &def, &records);
+    // Reference: per key, sorted event times split where the next is more than `gap` later.
+    let mut per_key: BTreeMap<Vec<u8>, Vec<i64>> = BTreeMap::new();
+    for (ts, key, _) in &records {
+        per_key.entry(key.as_bytes().to_vec()).or_default().push(*ts);
+    }
+    for (key, mut times) in per_key {
+        times.sort_unstable();
+        let mut sessions: Vec<(i64, i64, u64)> = Vec::new();
+        for t in times {
+            match sessions.last_mut() {
+                Some(last) if t - (last.1 - gap) <= gap => {
+                    last.1 = t + gap;
+                    last.2 += 1;
+                }
+                _ => sessions.push((t, t + gap, 1)),
+            }
+        }
+        let got: Vec<(i64, i64, u64)> = state.groups[&key]
+            .iter()
+            .map(|(s, c)| (*s, c.end_ms, match c.agg { AggState::Count(n) => n, _ => unreachable!() }))
+            .collect();
+        assert_eq!(got, sessions, "sessions of {}", String::from_utf8_lossy(&key));
+    }
+}
+
+#[test]
+fn late_records_follow_the_policy_and_are_counted() {
+    // Window 100 ms, lateness 50: after event time 500 the watermark is 450, so windows ending at
+    // or before 450 are closed.
+    let records = vec![
+        (100, "a".to_string(), 1.0),
+        (500, "a".to_string(), 1.0),
+        (120, "a".to_string(), 1.0), // Late: window [100, 200) closed.
+        (460, "a".to_string(), 1.0), // On time: window [400, 500) ends after 450.
+    ];
+    for (policy, count_100, dropped, updated) in [(LatePolicy::Drop, 1.0, 1, 0), (LatePolicy::Update, 2.0, 0, 1)] {
+        let def = ViewDef::new("t").window(Window::Tumbling { size_ms: 100 }).lateness(50, policy);
+        let mut state = PartitionState::new(0);
+        feed(&mut state, &def, &records);
+        let a = &state.groups[&b"a"[..]];
+        assert_eq!(Aggregate::Count.result(&a[&100].agg), count_100, "{policy:?}");
+        assert_eq!(Aggregate::Count.result(&a[&400].agg), 1.0);
+        assert_eq!((state.counters.late_dropped, state.counters.late_updated), (dropped, updated));
+        assert_eq!(state.watermark(50), 450);
+    }
+}
+
+#[test]
+fn digest_and_checkpoint_round_trip() {
+    let records = workload(1_000, 3);
+    let def = def(Window::Tumbling { size_ms: 50 }, Aggregate::Mean);
+    let mut a = PartitionState::new(0);
+    feed(&mut a, &def, &records);
+    let mut b = PartitionState::new(0);
+    feed(&mut b, &def, &records[..400]);
+    feed(&mut b, &def, &records[400..]);
+    assert_eq!(a.digest(), b.digest(), "the same log prefix gives the same digest however it is fed");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("x.ckpt");
+    write_checkpoint(&path, "v", 1, 0, &a).expect("write");
+    let back = read_checkpoint(&path).expect("read");
+    assert_eq!(back.digest(), a.digest());
+    assert_eq!(back.groups, a.groups);
+    // Damage is reported, never half-read.
+    let mut bytes = std::fs::read(&path).expect("read");
+    let at = bytes.len() - 10;
+    bytes[at] ^= 1;
+    std::fs::write(&path, &bytes).expect("write");
+    assert!(read_checkpoint(&path).is_err());
+    let mut c = PartitionState::new(0);
+    feed(&mut c, &def, &records[..999]);
+    assert_ne!(c.digest(), a.digest());
+}
