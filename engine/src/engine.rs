@@ -311,8 +311,17 @@ impl Engine {
         meta::validate_topic_name(name)?;
         def.validate()?;
         let topic = self.inner.topic(&def.topic)?;
-        if self.inner.views.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains_key(name) {
-            return Err(Error::Config { field: "view", reason: format!("view {name:?} is already open") });
+        if self
+            .inner
+            .views
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains_key(name)
+        {
+            return Err(Error::Config {
+                field: "view",
+                reason: format!("view {name:?} is already open"),
+            });
         }
         let dir = view::view_dir(&self.inner.config.data_dir, name);
         let history = match view::read_meta(&dir)? {
@@ -320,7 +329,10 @@ impl Engine {
                 if stored_topic != def.topic {
                     return Err(Error::Config {
                         field: "view",
-                        reason: format!("view {name:?} is defined over topic {stored_topic:?}, not {:?}", def.topic),
+                        reason: format!(
+                            "view {name:?} is defined over topic {stored_topic:?}, not {:?}",
+                            def.topic
+                        ),
                     });
                 }
                 history
@@ -338,9 +350,17 @@ impl Engine {
             history: std::sync::Mutex::new(history),
             dir,
         });
-        entry.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(number, def.revision.clone());
+        entry
+            .history
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(number, def.revision.clone());
         view::write_meta(&entry)?;
-        self.inner.views.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(name.to_string(), entry.clone());
+        self.inner
+            .views
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(name.to_string(), entry.clone());
         self.start_version(name, &entry, number, def, topic.config.partitions)?;
         Ok(ViewHandle { engine: self.inner.clone(), name: name.into(), entry })
     }
@@ -352,11 +372,15 @@ impl Engine {
         def.validate()?;
         let entry = self.view_entry(name)?;
         if def.topic != entry.topic {
-            return Err(Error::Config { field: "view", reason: format!("a rebuild must read topic {:?}", entry.topic) });
+            return Err(Error::Config {
+                field: "view",
+                reason: format!("a rebuild must read topic {:?}", entry.topic),
+            });
         }
         let topic = self.inner.topic(&def.topic)?;
         let number = {
-            let mut history = entry.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut history =
+                entry.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let number = history.keys().next_back().map_or(1, |v| v + 1);
             history.insert(number, def.revision.clone());
             number
@@ -366,7 +390,14 @@ impl Engine {
         Ok(number)
     }
 
-    fn start_version(&self, name: &str, entry: &Arc<view::Entry>, number: u32, def: ViewDef, partitions: u32) -> Result<(), Error> {
+    fn start_version(
+        &self,
+        name: &str,
+        entry: &Arc<view::Entry>,
+        number: u32,
+        def: ViewDef,
+        partitions: u32,
+    ) -> Result<(), Error> {
         let version = Arc::new(view::Version {
             view: Arc::from(name),
             number,
@@ -376,7 +407,11 @@ impl Engine {
             entry: entry.clone(),
             dir: entry.dir.join(number.to_string()),
         });
-        entry.versions.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(number, version.clone());
+        entry
+            .versions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(number, version.clone());
         let topic = self.inner.topic(&version.def.topic)?;
         for partition in 0..partitions {
             let shard = topic.shards[partition as usize];
@@ -396,15 +431,26 @@ impl Engine {
     pub fn drop_view_version(&self, name: &str, version: u32) -> Result<(), Error> {
         let entry = self.view_entry(name)?;
         if entry.served.load(Ordering::Acquire) == version {
-            return Err(Error::Config { field: "version", reason: format!("version {version} is served; it cannot be dropped") });
+            return Err(Error::Config {
+                field: "version",
+                reason: format!("version {version} is served; it cannot be dropped"),
+            });
         }
-        let removed = entry.versions.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&version);
+        let removed = entry
+            .versions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&version);
         let Some(removed) = removed else {
             return Err(Error::UnknownView { view: name.to_string(), version });
         };
         let view_name: Arc<str> = Arc::from(name);
         for shard in 0..self.shard_count() {
-            self.inner.call(shard, |reply| Request::DropView { view: view_name.clone(), version, reply })?;
+            self.inner.call(shard, |reply| Request::DropView {
+                view: view_name.clone(),
+                version,
+                reply,
+            })?;
         }
         entry.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&version);
         view::write_meta(&entry)?;
@@ -415,7 +461,10 @@ impl Engine {
     fn view_entry(&self, name: &str) -> Result<Arc<view::Entry>, Error> {
         let views = self.inner.views.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         let served = views.get(name).map(|e| e.served.load(Ordering::Acquire)).unwrap_or(0);
-        views.get(name).cloned().ok_or(Error::UnknownView { view: name.to_string(), version: served })
+        views
+            .get(name)
+            .cloned()
+            .ok_or(Error::UnknownView { view: name.to_string(), version: served })
     }
 
     fn check_partition(&self, topic: &str, partition: u32) -> Result<Arc<TopicMeta>, Error> {
@@ -500,8 +549,12 @@ impl ViewHandle {
     }
 
     fn version_def(&self, version: u32) -> Result<Arc<view::Version>, Error> {
-        let versions = self.entry.versions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        versions.get(&version).cloned().ok_or(Error::UnknownView { view: self.name.to_string(), version })
+        let versions =
+            self.entry.versions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        versions
+            .get(&version)
+            .cloned()
+            .ok_or(Error::UnknownView { view: self.name.to_string(), version })
     }
 
     fn query(&self, version: u32, query: Query) -> Result<Vec<Row>, Error> {
@@ -512,7 +565,13 @@ impl ViewHandle {
             let shard = topic.shards[partition as usize];
             let q = query.clone();
             let view = self.name.clone();
-            parts.push(self.engine.call(shard, |reply| Request::QueryView { view, version, partition, query: q, reply })?);
+            parts.push(self.engine.call(shard, |reply| Request::QueryView {
+                view,
+                version,
+                partition,
+                query: q,
+                reply,
+            })?);
         }
         Ok(view::merge_rows(&v.def.aggregate, parts))
     }
@@ -553,8 +612,12 @@ impl ViewHandle {
         for partition in 0..v.partitions {
             let shard = topic.shards[partition as usize];
             let view = self.name.clone();
-            let (progress, digest) =
-                self.engine.call(shard, |reply| Request::ViewProgress { view, version, partition, reply })?;
+            let (progress, digest) = self.engine.call(shard, |reply| Request::ViewProgress {
+                view,
+                version,
+                partition,
+                reply,
+            })?;
             partitions.push(progress);
             digests.push(digest);
         }
@@ -579,6 +642,12 @@ impl ViewHandle {
 
     /// The versions running in this process.
     pub fn versions(&self) -> Vec<u32> {
-        self.entry.versions.lock().unwrap_or_else(std::sync::PoisonError::into_inner).keys().copied().collect()
+        self.entry
+            .versions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keys()
+            .copied()
+            .collect()
     }
 }

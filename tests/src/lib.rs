@@ -72,3 +72,50 @@ pub mod crash {
         }
     }
 }
+
+/// The view and workload shared by the view tests and the `kappa-view-writer` child process.
+pub mod views {
+    use kappa_engine::operator::{json_number, Aggregate, LatePolicy, Window};
+    use kappa_engine::{Durability, Engine, ProducerBatch, ViewDef};
+
+    /// Sum of `v` per key per 100 ms tumbling window, 50 ms lateness, late records dropped.
+    pub fn sums(revision: &str) -> ViewDef {
+        ViewDef::new("events")
+            .revision(revision)
+            .map(|r| json_number(r.value(), "v"))
+            .window(Window::Tumbling { size_ms: 100 })
+            .aggregate(Aggregate::Sum)
+            .lateness(50, LatePolicy::Drop)
+            .checkpoint_every(500)
+    }
+
+    /// Produces `n` records (batches of 50) from `seed`: 20 keys, out-of-order event times, some
+    /// very late. `start` numbers the records (event times grow with it).
+    pub fn produce(
+        engine: &Engine,
+        n: u64,
+        seed: u64,
+        start: u64,
+        durability: Durability,
+    ) -> Result<(), kappa_engine::Error> {
+        let producer = engine.producer().with_durability(durability);
+        let mut state = seed | 1;
+        let mut i = start;
+        while i < start + n {
+            let mut batch = ProducerBatch::new();
+            for _ in 0..50 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let late = if state.is_multiple_of(50) { 400 } else { (state % 30) as i64 };
+                let ts = 10_000 + i as i64 * 2 - late;
+                let key = format!("key-{}", state % 20);
+                let value = format!("{{\"v\":{}}}", state % 1000);
+                batch.push(Some(key.as_bytes()), value.as_bytes(), Some(ts));
+                i += 1;
+            }
+            producer.send_packed("events", batch)?;
+        }
+        Ok(())
+    }
+}

@@ -126,7 +126,13 @@ impl Aggregate {
         match (self, state) {
             (_, AggState::Count(n)) => *n as f64,
             (_, AggState::Sum(s)) | (_, AggState::Min(s)) | (_, AggState::Max(s)) => *s,
-            (_, AggState::Mean { sum, count }) => if *count == 0 { 0.0 } else { sum / *count as f64 },
+            (_, AggState::Mean { sum, count }) => {
+                if *count == 0 {
+                    0.0
+                } else {
+                    sum / *count as f64
+                }
+            }
             (_, AggState::Hll(registers)) => hll_estimate(registers),
             (Aggregate::Custom(c), AggState::Custom(s)) => c.result(s),
             (_, AggState::Custom(_)) => f64::NAN,

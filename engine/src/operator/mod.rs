@@ -51,7 +51,15 @@ pub fn json_number(value: &[u8], field: &str) -> Option<f64> {
         let after = text[start + field.len()..].trim_start();
         if before == Some(b'"') && after.starts_with('"') {
             let rest = after[1..].trim_start().strip_prefix(':')?.trim_start();
-            let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == 'e' || c == 'E' || c == '+'))
+            let end = rest
+                .find(|c: char| {
+                    !(c.is_ascii_digit()
+                        || c == '.'
+                        || c == '-'
+                        || c == 'e'
+                        || c == 'E'
+                        || c == '+')
+                })
                 .unwrap_or(rest.len());
             return rest[..end].parse().ok();
         }

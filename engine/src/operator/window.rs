@@ -46,7 +46,9 @@ impl Window {
 
     pub(crate) fn validate(&self) -> Result<(), &'static str> {
         match *self {
-            Window::Tumbling { size_ms } if size_ms <= 0 => Err("tumbling window size must be positive"),
+            Window::Tumbling { size_ms } if size_ms <= 0 => {
+                Err("tumbling window size must be positive")
+            }
             Window::Hopping { size_ms, hop_ms } if size_ms <= 0 || hop_ms <= 0 => {
                 Err("hopping window size and hop must be positive")
             }
@@ -73,8 +75,14 @@ mod tests {
     fn assignment() {
         assert_eq!(windows(Window::Tumbling { size_ms: 10 }, 25), vec![(20, 30)]);
         assert_eq!(windows(Window::Tumbling { size_ms: 10 }, -1), vec![(-10, 0)]);
-        assert_eq!(windows(Window::Hopping { size_ms: 10, hop_ms: 5 }, 12), vec![(5, 15), (10, 20)]);
-        assert_eq!(windows(Window::Hopping { size_ms: 10, hop_ms: 5 }, 10), vec![(5, 15), (10, 20)]);
+        assert_eq!(
+            windows(Window::Hopping { size_ms: 10, hop_ms: 5 }, 12),
+            vec![(5, 15), (10, 20)]
+        );
+        assert_eq!(
+            windows(Window::Hopping { size_ms: 10, hop_ms: 5 }, 10),
+            vec![(5, 15), (10, 20)]
+        );
         assert_eq!(windows(Window::Hopping { size_ms: 10, hop_ms: 10 }, 10), vec![(10, 20)]);
         assert_eq!(windows(Window::None, 5), vec![(ALL_TIME, i64::MAX)]);
     }

@@ -545,13 +545,18 @@ fn metrics(shard: &Shard) -> ShardMetrics {
 }
 
 /// Starts one view partition from its newest checkpoint (or its start) in the replay queue.
-fn start_view(shard: &Rc<Shard>, version: Arc<crate::view::Version>, partition: u32) -> Result<(), Error> {
+fn start_view(
+    shard: &Rc<Shard>,
+    version: Arc<crate::view::Version>,
+    partition: u32,
+) -> Result<(), Error> {
     let key = (version.view.clone(), version.number, partition);
     if shard.views.borrow().contains_key(&key) {
         return Ok(());
     }
     let topic = version.def.topic.clone();
-    let log = shard.log(&topic, partition).ok_or_else(|| Error::UnknownTopic { topic: topic.clone() })?;
+    let log =
+        shard.log(&topic, partition).ok_or_else(|| Error::UnknownTopic { topic: topic.clone() })?;
     let (state, seek) = view_runner::initial_state(&version, partition, &log);
     let vp = Rc::new(ViewPartition::new(version, partition, state));
     shard.views.borrow_mut().insert(key, (vp.clone(), log.clone()));

@@ -54,15 +54,24 @@ impl ViewDef {
         self.revision = revision.into();
         self
     }
-    pub fn filter(mut self, f: impl Fn(&kappa_storage::RecordRef<'_>) -> bool + Send + Sync + 'static) -> Self {
+    pub fn filter(
+        mut self,
+        f: impl Fn(&kappa_storage::RecordRef<'_>) -> bool + Send + Sync + 'static,
+    ) -> Self {
         self.filter = Some(std::sync::Arc::new(f));
         self
     }
-    pub fn key_by(mut self, f: impl Fn(&kappa_storage::RecordRef<'_>, &mut Vec<u8>) -> bool + Send + Sync + 'static) -> Self {
+    pub fn key_by(
+        mut self,
+        f: impl Fn(&kappa_storage::RecordRef<'_>, &mut Vec<u8>) -> bool + Send + Sync + 'static,
+    ) -> Self {
         self.key = KeyBy::Derived(std::sync::Arc::new(f));
         self
     }
-    pub fn map(mut self, f: impl Fn(&kappa_storage::RecordRef<'_>) -> Option<f64> + Send + Sync + 'static) -> Self {
+    pub fn map(
+        mut self,
+        f: impl Fn(&kappa_storage::RecordRef<'_>) -> Option<f64> + Send + Sync + 'static,
+    ) -> Self {
         self.map = Some(std::sync::Arc::new(f));
         self
     }
@@ -89,7 +98,9 @@ impl ViewDef {
     }
 
     pub(crate) fn validate(&self) -> Result<(), crate::Error> {
-        let bad = |reason: &str| Err(crate::Error::Config { field: "view definition", reason: reason.to_string() });
+        let bad = |reason: &str| {
+            Err(crate::Error::Config { field: "view definition", reason: reason.to_string() })
+        };
         if let Err(reason) = self.window.validate() {
             return bad(reason);
         }
@@ -102,7 +113,9 @@ impl ViewDef {
         if self.checkpoint_every_records == 0 {
             return bad("checkpoint_every_records must be at least 1");
         }
-        if self.revision.is_empty() || !self.revision.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+        if self.revision.is_empty()
+            || !self.revision.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
             return bad("revision must be non-empty ASCII letters, digits, '.', '_' or '-'");
         }
         Ok(())

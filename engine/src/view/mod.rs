@@ -143,7 +143,10 @@ pub(crate) fn view_dir(data_dir: &Path, name: &str) -> PathBuf {
     data_dir.join("views").join(name)
 }
 
-pub(crate) fn read_meta(dir: &Path) -> Result<Option<(String, u32, BTreeMap<u32, String>)>, Error> {
+/// A view's stored metadata: topic, served version, and the revision of every version.
+pub(crate) type Meta = (String, u32, BTreeMap<u32, String>);
+
+pub(crate) fn read_meta(dir: &Path) -> Result<Option<Meta>, Error> {
     let path = dir.join("meta.json");
     match std::fs::read(&path) {
         Ok(bytes) => {
@@ -163,7 +166,11 @@ pub(crate) fn write_meta(entry: &Entry) -> Result<(), Error> {
         served: entry.served.load(Ordering::Acquire),
         versions: entry.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
     };
-    std::fs::create_dir_all(&entry.dir).map_err(|e| Error::Io { op: "create dir", path: entry.dir.clone(), source: e })?;
+    std::fs::create_dir_all(&entry.dir).map_err(|e| Error::Io {
+        op: "create dir",
+        path: entry.dir.clone(),
+        source: e,
+    })?;
     let bytes = serde_json::to_vec_pretty(&meta).expect("view metadata serializes");
     kappa_storage::io::write_file_atomic(&entry.dir.join("meta.json"), &bytes)?;
     Ok(())
@@ -218,7 +225,10 @@ impl Query {
                 .unwrap_or_default(),
             Query::Range { from, to } => state
                 .groups
-                .range::<[u8], _>((std::ops::Bound::Included(from.as_slice()), std::ops::Bound::Excluded(to.as_slice())))
+                .range::<[u8], _>((
+                    std::ops::Bound::Included(from.as_slice()),
+                    std::ops::Bound::Excluded(to.as_slice()),
+                ))
                 .flat_map(|(k, w)| w.iter().map(move |(s, c)| (k.clone(), *s, c.clone())))
                 .collect(),
             Query::Windows { key, from_ms, to_ms } => state

@@ -74,18 +74,27 @@ impl ViewPartition {
 }
 
 /// The newest valid checkpoint of a partition that the log still covers, or a fresh state.
-pub(crate) fn initial_state(version: &Version, partition: u32, log: &PartitionLog) -> (PartitionState, Seek) {
+pub(crate) fn initial_state(
+    version: &Version,
+    partition: u32,
+    log: &PartitionLog,
+) -> (PartitionState, Seek) {
     let dir = version.partition_dir(partition);
     for path in checkpoints(&dir).into_iter().rev() {
         match state::read_checkpoint(&path) {
-            Ok(state) if state.next_offset <= log.end_offset() && state.next_offset >= log.start_offset() => {
+            Ok(state)
+                if state.next_offset <= log.end_offset()
+                    && state.next_offset >= log.start_offset() =>
+            {
                 tracing::info!(view = %version.view, version = version.number, partition,
                     next_offset = state.next_offset, "view partition resumed from checkpoint");
                 let seek = Seek::Offset(state.next_offset);
                 return (state, seek);
             }
-            Ok(state) => tracing::warn!(checkpoint = %path.display(), next_offset = state.next_offset,
-                log_end = log.end_offset(), "checkpoint is not covered by the log; ignoring it"),
+            Ok(state) => {
+                tracing::warn!(checkpoint = %path.display(), next_offset = state.next_offset,
+                log_end = log.end_offset(), "checkpoint is not covered by the log; ignoring it")
+            }
             Err(e) => tracing::warn!(error = %e, "damaged checkpoint; trying an older one"),
         }
     }
@@ -138,7 +147,13 @@ async fn checkpoint(log: &PartitionLog, vp: &ViewPartition) {
 
 /// Folds the log into the partition from `seek`: in the replay queue until caught up, then (a new
 /// task) in the live queue for good.
-pub(crate) async fn run(shard: Rc<Shard>, log: Rc<PartitionLog>, vp: Rc<ViewPartition>, seek: Seek, live: bool) {
+pub(crate) async fn run(
+    shard: Rc<Shard>,
+    log: Rc<PartitionLog>,
+    vp: Rc<ViewPartition>,
+    seek: Seek,
+    live: bool,
+) {
     let mut reader = match log.reader(seek) {
         Ok(reader) => reader,
         Err(e) => {
@@ -153,13 +168,14 @@ pub(crate) async fn run(shard: Rc<Shard>, log: Rc<PartitionLog>, vp: Rc<ViewPart
         }
         match reader.next_batch().await {
             Ok(Some(batch)) => {
-                let mut st = vp.state.borrow_mut();
-                let before = st.counters.consumed;
-                for record in batch.records() {
-                    st.apply(&def, &record);
-                }
-                let n = st.counters.consumed - before;
-                drop(st);
+                let n = {
+                    let mut st = vp.state.borrow_mut();
+                    let before = st.counters.consumed;
+                    for record in batch.records() {
+                        st.apply(&def, &record);
+                    }
+                    st.counters.consumed - before
+                };
                 vp.bytes_consumed.set(vp.bytes_consumed.get() + batch.batch.payload().len() as u64);
                 vp.since_checkpoint.set(vp.since_checkpoint.get() + n);
                 if vp.since_checkpoint.get() >= def.checkpoint_every_records {
@@ -175,8 +191,11 @@ pub(crate) async fn run(shard: Rc<Shard>, log: Rc<PartitionLog>, vp: Rc<ViewPart
                     tracing::info!(view = %vp.version.view, version = vp.version.number, partition = vp.partition,
                         offset, "view partition caught up; following the live tail");
                     vp.version.partition_caught_up();
-                    let task = run(shard.clone(), log.clone(), vp.clone(), Seek::Offset(offset), true);
-                    glommio::spawn_local_into(task, shard.live_queue()).expect("the live queue exists").detach();
+                    let task =
+                        run(shard.clone(), log.clone(), vp.clone(), Seek::Offset(offset), true);
+                    glommio::spawn_local_into(task, shard.live_queue())
+                        .expect("the live queue exists")
+                        .detach();
                     return;
                 }
                 if log.wait_readable(reader.next_offset()).await.is_err() {

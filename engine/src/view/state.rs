@@ -26,7 +26,9 @@ pub struct Cell {
 }
 
 /// Counters of what the pipeline did with the records it consumed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
 pub struct Counters {
     pub consumed: u64,
     pub applied: u64,
@@ -133,7 +135,9 @@ impl PartitionState {
                         LatePolicy::Update => counters.late_updated += 1,
                     }
                 }
-                let cell = windows.entry(start).or_insert_with(|| Cell { agg: def.aggregate.init(), end_ms: end });
+                let cell = windows
+                    .entry(start)
+                    .or_insert_with(|| Cell { agg: def.aggregate.init(), end_ms: end });
                 def.aggregate.update(&mut cell.agg, record, value);
             }),
         }
@@ -201,7 +205,8 @@ fn apply_session(
     loop {
         // The latest session starting at or before our end; sessions are disjoint and ordered, so
         // if it does not reach our start, no earlier one does.
-        let hit = sessions.range(..=end).next_back().filter(|(_, c)| c.end_ms >= start).map(|(s, _)| *s);
+        let hit =
+            sessions.range(..=end).next_back().filter(|(_, c)| c.end_ms >= start).map(|(s, _)| *s);
         let Some(hit) = hit else { break };
         let cell = sessions.remove(&hit).expect("the key was just found");
         start = start.min(hit);
@@ -218,6 +223,9 @@ const CHECKPOINT_MAGIC: u32 = u32::from_le_bytes(*b"KAPC");
 const CHECKPOINT_FORMAT: u16 = 1;
 const CHECKPOINT_HEADER: usize = 32;
 
+/// Groups as a checkpoint stores them: key, then (window start, cell) in order.
+type StoredGroups = Vec<(Vec<u8>, Vec<(i64, Cell)>)>;
+
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 struct CheckpointData {
     view: String,
@@ -226,12 +234,18 @@ struct CheckpointData {
     next_offset: u64,
     max_event_time: i64,
     counters: Counters,
-    groups: Vec<(Vec<u8>, Vec<(i64, Cell)>)>,
+    groups: StoredGroups,
 }
 
 /// A checkpoint file: 32-byte header (magic, format, payload length, xxh3 of the payload) and the
 /// rkyv archive of the state. Written atomically (temp, fsync, rename, fsync dir).
-pub fn write_checkpoint(path: &Path, view: &str, version: u32, partition: u32, state: &PartitionState) -> Result<(), Error> {
+pub fn write_checkpoint(
+    path: &Path,
+    view: &str,
+    version: u32,
+    partition: u32,
+    state: &PartitionState,
+) -> Result<(), Error> {
     let data = CheckpointData {
         view: view.to_string(),
         version,
@@ -245,8 +259,10 @@ pub fn write_checkpoint(path: &Path, view: &str, version: u32, partition: u32, s
             .map(|(k, w)| (k.clone(), w.iter().map(|(s, c)| (*s, c.clone())).collect()))
             .collect(),
     };
-    let payload = rkyv::to_bytes::<rancor::Error>(&data)
-        .map_err(|e| Error::Meta { path: path.to_path_buf(), reason: format!("encoding checkpoint: {e}") })?;
+    let payload = rkyv::to_bytes::<rancor::Error>(&data).map_err(|e| Error::Meta {
+        path: path.to_path_buf(),
+        reason: format!("encoding checkpoint: {e}"),
+    })?;
     let mut bytes = Vec::with_capacity(CHECKPOINT_HEADER + payload.len());
     bytes.extend_from_slice(&CHECKPOINT_MAGIC.to_le_bytes());
     bytes.extend_from_slice(&CHECKPOINT_FORMAT.to_le_bytes());
@@ -256,7 +272,11 @@ pub fn write_checkpoint(path: &Path, view: &str, version: u32, partition: u32, s
     bytes.resize(CHECKPOINT_HEADER, 0);
     bytes.extend_from_slice(&payload);
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::Io { op: "create dir", path: dir.to_path_buf(), source: e })?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::Io {
+            op: "create dir",
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
     }
     kappa_storage::io::write_file_atomic(path, &bytes)?;
     Ok(())
@@ -265,7 +285,11 @@ pub fn write_checkpoint(path: &Path, view: &str, version: u32, partition: u32, s
 /// Reads a checkpoint, verifying its checksum and archive; any damage is an error naming the file.
 pub fn read_checkpoint(path: &Path) -> Result<PartitionState, Error> {
     let corrupt = |reason: String| Error::Meta { path: path.to_path_buf(), reason };
-    let bytes = std::fs::read(path).map_err(|e| Error::Io { op: "read", path: path.to_path_buf(), source: e })?;
+    let bytes = std::fs::read(path).map_err(|e| Error::Io {
+        op: "read",
+        path: path.to_path_buf(),
+        source: e,
+    })?;
     if bytes.len() < CHECKPOINT_HEADER || bytes[0..4] != CHECKPOINT_MAGIC.to_le_bytes() {
         return Err(corrupt("not a checkpoint (bad magic)".into()));
     }
@@ -278,7 +302,10 @@ pub fn read_checkpoint(path: &Path) -> Result<PartitionState, Error> {
     let mut sum = [0u8; 8];
     sum.copy_from_slice(&bytes[16..24]);
     if bytes.len() != CHECKPOINT_HEADER + len {
-        return Err(corrupt(format!("length {} does not match header ({len} payload bytes)", bytes.len())));
+        return Err(corrupt(format!(
+            "length {} does not match header ({len} payload bytes)",
+            bytes.len()
+        )));
     }
     let mut payload = AlignedVec::<16>::with_capacity(len);
     payload.extend_from_slice(&bytes[CHECKPOINT_HEADER..]);

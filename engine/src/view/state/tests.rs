@@ -86,7 +86,9 @@ fn expected(aggregate: &Aggregate, values: &[f64]) -> f64 {
         Aggregate::Min => values.iter().copied().fold(f64::INFINITY, f64::min),
         Aggregate::Max => values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
         Aggregate::Mean => values.iter().fold(0.0, |a, v| a + v) / values.len() as f64,
-        Aggregate::DistinctCount => values.iter().map(|v| v.to_bits()).collect::<BTreeSet<_>>().len() as f64,
+        Aggregate::DistinctCount => {
+            values.iter().map(|v| v.to_bits()).collect::<BTreeSet<_>>().len() as f64
+        }
         Aggregate::Custom(_) => unreachable!(),
     }
 }
@@ -99,7 +101,14 @@ fn every_aggregate_and_window_matches_the_reference_model() {
         Window::Tumbling { size_ms: 100 },
         Window::Hopping { size_ms: 100, hop_ms: 25 },
     ];
-    let aggregates = [Aggregate::Count, Aggregate::Sum, Aggregate::Min, Aggregate::Max, Aggregate::Mean, Aggregate::DistinctCount];
+    let aggregates = [
+        Aggregate::Count,
+        Aggregate::Sum,
+        Aggregate::Min,
+        Aggregate::Max,
+        Aggregate::Mean,
+        Aggregate::DistinctCount,
+    ];
     for window in windows {
         for aggregate in &aggregates {
             let def = def(window, aggregate.clone());
@@ -109,7 +118,9 @@ fn every_aggregate_and_window_matches_the_reference_model() {
             let got: BTreeMap<(Vec<u8>, i64), f64> = state
                 .groups
                 .iter()
-                .flat_map(|(k, w)| w.iter().map(move |(s, c)| ((k.clone(), *s), aggregate.result(&c.agg))))
+                .flat_map(|(k, w)| {
+                    w.iter().map(move |(s, c)| ((k.clone(), *s), aggregate.result(&c.agg)))
+                })
                 .collect();
             assert_eq!(got.len(), reference.len(), "{window:?} {aggregate:?}: group count");
             for (group, values) in &reference {
@@ -117,9 +128,16 @@ fn every_aggregate_and_window_matches_the_reference_model() {
                 let have = got[group];
                 if matches!(aggregate, Aggregate::DistinctCount) {
                     // HyperLogLog: ~3% standard error, and register collisions at tiny counts.
-                    assert!((have - want).abs() <= (want * 0.1).max(2.5), "{window:?} distinct {group:?}: {have} vs {want}");
+                    assert!(
+                        (have - want).abs() <= (want * 0.1).max(2.5),
+                        "{window:?} distinct {group:?}: {have} vs {want}"
+                    );
                 } else {
-                    assert_eq!(have.to_bits(), want.to_bits(), "{window:?} {aggregate:?} {group:?}: {have} vs {want}");
+                    assert_eq!(
+                        have.to_bits(),
+                        want.to_bits(),
+                        "{window:?} {aggregate:?} {group:?}: {have} vs {want}"
+                    );
                 }
             }
             assert_eq!(state.next_offset, records.len() as u64);
@@ -153,7 +171,16 @@ fn sessions_match_the_reference_model() {
         }
         let got: Vec<(i64, i64, u64)> = state.groups[&key]
             .iter()
-            .map(|(s, c)| (*s, c.end_ms, match c.agg { AggState::Count(n) => n, _ => unreachable!() }))
+            .map(|(s, c)| {
+                (
+                    *s,
+                    c.end_ms,
+                    match c.agg {
+                        AggState::Count(n) => n,
+                        _ => unreachable!(),
+                    },
+                )
+            })
             .collect();
         assert_eq!(got, sessions, "sessions of {}", String::from_utf8_lossy(&key));
     }
@@ -169,7 +196,9 @@ fn late_records_follow_the_policy_and_are_counted() {
         (120, "a".to_string(), 1.0), // Late: window [100, 200) closed.
         (460, "a".to_string(), 1.0), // On time: window [400, 500) ends after 450.
     ];
-    for (policy, count_100, dropped, updated) in [(LatePolicy::Drop, 1.0, 1, 0), (LatePolicy::Update, 2.0, 0, 1)] {
+    for (policy, count_100, dropped, updated) in
+        [(LatePolicy::Drop, 1.0, 1, 0), (LatePolicy::Update, 2.0, 0, 1)]
+    {
         let def = ViewDef::new("t").window(Window::Tumbling { size_ms: 100 }).lateness(50, policy);
         let mut state = PartitionState::new(0);
         feed(&mut state, &def, &records);
@@ -190,7 +219,11 @@ fn digest_and_checkpoint_round_trip() {
     let mut b = PartitionState::new(0);
     feed(&mut b, &def, &records[..400]);
     feed(&mut b, &def, &records[400..]);
-    assert_eq!(a.digest(), b.digest(), "the same log prefix gives the same digest however it is fed");
+    assert_eq!(
+        a.digest(),
+        b.digest(),
+        "the same log prefix gives the same digest however it is fed"
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("x.ckpt");
     write_checkpoint(&path, "v", 1, 0, &a).expect("write");
