@@ -19,7 +19,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
-use kappa_engine::{Durability, Engine, ProducerRecord, Seek, TopicConfig};
+use std::io::IsTerminal;
+
+use kappa_engine::operator::{json_number, Aggregate, LatePolicy, Window};
+use kappa_engine::{Durability, Engine, ProducerRecord, Seek, TopicConfig, ViewDef};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
@@ -40,6 +43,7 @@ pub struct DemoArgs {
 }
 
 const TOPIC: &str = "sensors";
+const VIEW: &str = "sensor_stats";
 const SENSORS: u64 = 64;
 const BATCH: usize = 100;
 /// Event times start here and advance 1 ms per 10 readings of a producer: deterministic, with a
@@ -71,14 +75,22 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         .map(|p| engine.partition_offsets(TOPIC, p).map(|o| o.end_offset))
         .collect::<Result<_, _>>()?;
 
+    let view = engine.create_view(VIEW, mean_per_10s()).context("creating the view")?;
+    println!(
+        "view `{VIEW}` (version {}): mean temperature per sensor per 10 s of event time",
+        view.version()
+    );
+
     let epoch = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
+    let rebuilding = Arc::new(AtomicBool::new(false));
     let tails: Vec<_> = (0..partitions)
         .map(|p| {
             let mut consumer =
                 engine.consumer(TOPIC, p, Seek::Offset(start_offsets[p as usize]))?;
             let stop = stop.clone();
-            Ok(std::thread::spawn(move || tail(&mut consumer, epoch, &stop)))
+            let rebuilding = rebuilding.clone();
+            Ok(std::thread::spawn(move || tail(&mut consumer, epoch, &stop, &rebuilding)))
         })
         .collect::<Result<_, kappa_engine::Error>>()?;
 
@@ -89,6 +101,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
             std::thread::spawn(move || produce(&producer, id as u64, epoch, deadline))
         })
         .collect();
+    run_view_phases(&engine, &view, epoch, deadline, &rebuilding)?;
     let mut ack_latency = new_histogram();
     let mut produced = 0u64;
     let mut produced_bytes = 0u64;
@@ -107,6 +120,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         .collect::<Result<_, _>>()?;
     stop.store(true, Ordering::Release);
     let mut tail_latency = new_histogram();
+    let mut tail_rebuild_latency = new_histogram();
     let mut table: BTreeMap<String, (u64, i64)> = BTreeMap::new();
     let mut tailed = 0u64;
     for (p, handle) in tails.into_iter().enumerate() {
@@ -118,6 +132,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
             ends[p]
         );
         tail_latency.add(&result.latency)?;
+        tail_rebuild_latency.add(&result.latency_rebuild)?;
         tailed += result.records;
         for (sensor, (count, sum)) in result.table {
             let entry = table.entry(sensor).or_default();
@@ -126,6 +141,8 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         }
     }
     let metrics = engine.metrics()?;
+    let rows = view.rows()?;
+    let served = view.version();
     engine.shutdown().context("shutting the engine down")?;
 
     println!(
@@ -137,6 +154,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     println!("tail consumers saw {tailed} records (every one, in order per partition)");
     print_latency("append -> ack  ", &ack_latency);
     print_latency("append -> tail ", &tail_latency);
+    print_latency("  during rebuild", &tail_rebuild_latency);
     let fsyncs: u64 = metrics.iter().map(|m| m.fsync_count).sum();
     println!(
         "fsyncs: {fsyncs}; per shard records: {:?}",
@@ -149,6 +167,16 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
             *sum as f64 / 10.0 / *count as f64
         );
     }
+    println!("view `{VIEW}` version {served}: {} rows; the last 5:", rows.len());
+    for row in rows.iter().rev().take(5).rev() {
+        println!(
+            "  {:<10} [{} .. {}) s  max {:>6.1} °C",
+            String::from_utf8_lossy(&row.key),
+            (row.window_start - EPOCH_MS) / 1000,
+            (row.window_end - EPOCH_MS) / 1000,
+            row.value
+        );
+    }
     let code = crate::verify::run(&data_dir, false)?;
     anyhow::ensure!(
         code == crate::cli::EXIT_OK,
@@ -159,6 +187,118 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         "inspect it with: cargo run --release -p kappa-tools -- inspect {}",
         data_dir.display()
     );
+    Ok(())
+}
+
+fn mean_per_10s() -> ViewDef {
+    ViewDef::new(TOPIC)
+        .revision("mean-10s")
+        .map(|r| json_number(r.value(), "temp_c"))
+        .window(Window::Tumbling { size_ms: 10_000 })
+        .aggregate(Aggregate::Mean)
+        .lateness(1_000, LatePolicy::Drop)
+}
+
+fn max_per_5s() -> ViewDef {
+    ViewDef::new(TOPIC)
+        .revision("max-5s")
+        .map(|r| json_number(r.value(), "temp_c"))
+        .window(Window::Tumbling { size_ms: 5_000 })
+        .aggregate(Aggregate::Max)
+        .lateness(1_000, LatePolicy::Drop)
+}
+
+/// While ingest runs: query the view for the first half, then rebuild it with a changed definition
+/// (max per 5 s instead of mean per 10 s), showing progress until the swap.
+fn run_view_phases(
+    engine: &Engine,
+    view: &kappa_engine::ViewHandle,
+    epoch: Instant,
+    deadline: Instant,
+    rebuilding: &AtomicBool,
+) -> anyhow::Result<()> {
+    let half = epoch + (deadline - epoch) / 2;
+    while Instant::now() < half {
+        std::thread::sleep(
+            Duration::from_millis(500).min(half.saturating_duration_since(Instant::now())),
+        );
+        let rows = view.range(b"sensor-00", b"sensor-01")?;
+        let progress = view.progress()?;
+        if let Some(row) = rows.last() {
+            println!(
+                "  query at {:>4.1} s: sensor-00, window [{} .. {}) s: mean {:.2} °C (version {}, {} rows for the key, lag {} records)",
+                epoch.elapsed().as_secs_f64(),
+                (row.window_start - EPOCH_MS) / 1000,
+                (row.window_end - EPOCH_MS) / 1000,
+                row.value,
+                view.version(),
+                rows.len(),
+                progress.lag()
+            );
+        }
+    }
+    rebuilding.store(true, Ordering::Release);
+    let old = view.version();
+    let started = Instant::now();
+    let version = engine.rebuild_view(VIEW, max_per_5s())?;
+    println!(
+        "rebuilding `{VIEW}` as version {version} (max per 5 s) from offset 0 while ingest continues; version {} keeps serving",
+        view.version()
+    );
+    let terminal = std::io::stderr().is_terminal();
+    let mut last_line = Instant::now() - Duration::from_secs(1);
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let (progress, _) = view.progress_of(version)?;
+        let done = progress.consumed();
+        let total = done + progress.lag();
+        let fraction = if total == 0 { 1.0 } else { done as f64 / total as f64 };
+        if terminal
+            || last_line.elapsed() >= Duration::from_millis(500)
+            || view.version() == version
+        {
+            let filled = (fraction * 30.0) as usize;
+            let line = format!(
+                "[{}{}] {:>5.1}%  {done} records replayed, {:.2} M records/s, lag {}, ETA {:.1} s",
+                "#".repeat(filled),
+                ".".repeat(30 - filled),
+                fraction * 100.0,
+                progress.rate_records_s() / 1e6,
+                progress.lag(),
+                progress.eta_s()
+            );
+            if terminal {
+                eprint!("\r{line}");
+            } else {
+                eprintln!("{line}");
+            }
+            last_line = Instant::now();
+        }
+        if view.version() == version {
+            if terminal {
+                eprintln!();
+            }
+            let offsets: Vec<String> = progress
+                .partitions
+                .iter()
+                .map(|p| format!("p{}@{}", p.partition, p.caught_up_at.unwrap_or_default()))
+                .collect();
+            println!(
+                "swap: version {version} took over at {:.2} s ({:.2} s after the rebuild started), following the tail from offsets {}",
+                epoch.elapsed().as_secs_f64(),
+                started.elapsed().as_secs_f64(),
+                offsets.join(", ")
+            );
+            // Version `old` stayed available for rollback until here; the demo drops it.
+            engine.drop_view_version(VIEW, old)?;
+            println!("dropped version {old} (its checkpoints too)");
+            break;
+        }
+        if Instant::now() > deadline + Duration::from_secs(60) {
+            anyhow::bail!("the rebuild did not catch up within a minute after ingest stopped");
+        }
+    }
+    rebuilding.store(false, Ordering::Release);
     Ok(())
 }
 
@@ -222,6 +362,8 @@ fn produce(
 
 struct TailResult {
     latency: Histogram<u64>,
+    /// Latencies of records consumed while a rebuild was replaying.
+    latency_rebuild: Histogram<u64>,
     records: u64,
     position: u64,
     table: BTreeMap<String, (u64, i64)>,
@@ -232,9 +374,11 @@ fn tail(
     consumer: &mut kappa_engine::Consumer,
     epoch: Instant,
     stop: &AtomicBool,
+    rebuilding: &AtomicBool,
 ) -> anyhow::Result<TailResult> {
     let mut result = TailResult {
         latency: new_histogram(),
+        latency_rebuild: new_histogram(),
         records: 0,
         position: consumer.position(),
         table: BTreeMap::new(),
@@ -258,6 +402,9 @@ fn tail(
             let (sent_ns, tenths) =
                 parse(record.value()).context("a demo record without its fields")?;
             result.latency.saturating_record(now_ns.saturating_sub(sent_ns));
+            if rebuilding.load(Ordering::Relaxed) {
+                result.latency_rebuild.saturating_record(now_ns.saturating_sub(sent_ns));
+            }
             let key = String::from_utf8_lossy(record.key().unwrap_or(b"?")).into_owned();
             let entry = result.table.entry(key).or_default();
             entry.0 += 1;
