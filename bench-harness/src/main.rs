@@ -15,6 +15,7 @@
 mod disk;
 mod ingest;
 mod recovery;
+mod replay;
 mod report;
 mod storage;
 mod svg;
@@ -47,6 +48,8 @@ enum Command {
     Tail(tail::Args),
     /// Time to reopen a partition after a SIGKILL with N GiB in it.
     Recovery(recovery::Args),
+    /// Rebuild a view from offset 0 on one shard, beside the disk read bandwidth.
+    Replay(replay::Args),
     /// The child process of the recovery scenario.
     #[command(hide = true)]
     RecoveryWriter { dir: PathBuf, size_mib: u64 },
@@ -66,6 +69,7 @@ fn main() -> anyhow::Result<()> {
         Command::Ingest(args) => (args.json.clone(), ingest::scenario(args)),
         Command::Tail(args) => (args.json.clone(), tail::scenario(args)),
         Command::Recovery(args) => (args.json.clone(), recovery::scenario(args)),
+        Command::Replay(args) => (args.json.clone(), replay::scenario(args)),
     };
     let outcome = outcome?;
     outcome.print();
@@ -99,6 +103,38 @@ pub fn run_scenario(name: &str, argv: &[String]) -> anyhow::Result<report::Outco
             "unknown scenario {other:?}: expected disk, storage, ingest, tail, recovery"
         ),
     }
+}
+
+/// Counts allocations of the whole process (one relaxed atomic add each), so scenarios can report
+/// allocations per record.
+struct CountingAllocator;
+
+static ALLOCATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts.
+unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: the caller upholds `GlobalAlloc::dealloc`'s contract.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: the caller upholds `GlobalAlloc::realloc`'s contract.
+        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAllocator = CountingAllocator;
+
+/// Allocations (and reallocations) made by this process so far.
+pub fn allocations() -> u64 {
+    ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The machine a report was measured on, so two reports can be compared.

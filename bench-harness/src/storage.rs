@@ -436,3 +436,25 @@ pub fn disk_write_runs(dir: &Path, size_mib: u64, runs: usize) -> anyhow::Result
         .map_err(|e| anyhow::anyhow!("starting the glommio executor: {e}"))?;
     handle.join().map_err(|e| anyhow::anyhow!("executor failed: {e}"))?
 }
+
+/// Raw O_DIRECT sequential read bandwidth (MB/s) of `runs` runs over a `size_mib` MiB file written
+/// first in `dir`, on a glommio executor of its own.
+pub fn disk_read_runs(dir: &Path, size_mib: u64, runs: usize) -> anyhow::Result<Vec<f64>> {
+    let dir = dir.to_path_buf();
+    let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .name("bench-disk")
+        .io_memory(64 << 20)
+        .spawn(move || async move {
+            kappa_storage::io::prime_iopoll(&dir).await?;
+            let raw = dir.join("raw-read.bin");
+            raw_write(&raw, size_mib * MIB).await?;
+            let mut results = Vec::new();
+            for _ in 0..runs {
+                results.push(raw_read(&raw, size_mib * MIB).await?);
+            }
+            std::fs::remove_file(&raw)?;
+            anyhow::Ok(results)
+        })
+        .map_err(|e| anyhow::anyhow!("starting the glommio executor: {e}"))?;
+    handle.join().map_err(|e| anyhow::anyhow!("executor failed: {e}"))?
+}

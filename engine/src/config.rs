@@ -28,7 +28,10 @@ pub struct EngineConfig {
     pub appends_in_flight_max: usize,
     /// Batches buffered per consumer before the shard stops reading for it.
     pub consumer_buffer_batches_max: usize,
-    /// Pinned DMA memory per shard.
+    /// Pinned DMA memory per shard (glommio's registered buffer pool). Reads and writes that do
+    /// not fit fall back to ordinary allocations: an mmap, page faults and an munmap per buffer,
+    /// which halved replay throughput of 1 KiB records at 16 MiB. 64 MiB holds the read-ahead and
+    /// write buffers of several busy partitions.
     pub io_memory_bytes: usize,
     /// Segment, buffer and retention defaults for partition logs.
     pub log: LogConfig,
@@ -59,7 +62,7 @@ impl EngineConfig {
             request_queue_max: 1024,
             appends_in_flight_max: 1024,
             consumer_buffer_batches_max: 16,
-            io_memory_bytes: 16 * MIB as usize,
+            io_memory_bytes: 64 * MIB as usize,
             log: LogConfig::default(),
             clock: Arc::new(SystemClock),
             append_delay: None,
@@ -142,6 +145,10 @@ impl EngineBuilder {
     }
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.config.clock = clock;
+        self
+    }
+    pub fn io_memory_bytes(mut self, bytes: usize) -> Self {
+        self.config.io_memory_bytes = bytes;
         self
     }
     pub fn append_delay(mut self, delay: Duration) -> Self {
