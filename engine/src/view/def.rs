@@ -9,6 +9,10 @@ pub enum Start {
     Beginning,
     /// The first record at or after this event time (ms).
     Timestamp(i64),
+    /// The newest checkpoint of another version of the same view whose state this definition can
+    /// continue (same key, window and aggregate; say, a changed filter that applies from now on),
+    /// then the log after it. Falls back to the beginning where that version has no checkpoint.
+    Checkpoint { version: u32 },
 }
 
 /// A view over one topic. Built with `ViewDef::new(topic).key_by(..).window(..).aggregate(..)`.

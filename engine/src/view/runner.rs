@@ -79,8 +79,16 @@ pub(crate) fn initial_state(
     partition: u32,
     log: &PartitionLog,
 ) -> (PartitionState, Seek) {
-    let dir = version.partition_dir(partition);
-    for path in checkpoints(&dir).into_iter().rev() {
+    // Our own checkpoints first (a restart); then, for a fresh version seeded from another one,
+    // that version's.
+    let own = checkpoints(&version.partition_dir(partition));
+    let seeded = match version.def.start {
+        crate::view::Start::Checkpoint { version: seed } if own.is_empty() => {
+            checkpoints(&version.entry.dir.join(seed.to_string()).join(partition.to_string()))
+        }
+        _ => Vec::new(),
+    };
+    for path in own.into_iter().rev().chain(seeded.into_iter().rev()) {
         match state::read_checkpoint(&path) {
             Ok(state)
                 if state.next_offset <= log.end_offset()
@@ -99,7 +107,7 @@ pub(crate) fn initial_state(
         }
     }
     let seek = match version.def.start {
-        crate::view::Start::Beginning => Seek::Beginning,
+        crate::view::Start::Beginning | crate::view::Start::Checkpoint { .. } => Seek::Beginning,
         crate::view::Start::Timestamp(ts) => Seek::Timestamp(ts),
     };
     (PartitionState::new(log.start_offset()), seek)

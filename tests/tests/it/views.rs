@@ -11,6 +11,10 @@ use kappa_storage::LogConfig;
 use kappa_tests::views::sums;
 
 pub(crate) fn engine(dir: &std::path::Path) -> Engine {
+    engine_at(dir)
+}
+
+fn engine_at(dir: &std::path::Path) -> Engine {
     Engine::builder()
         .data_dir(dir)
         .shards(2)
@@ -187,4 +191,36 @@ fn view_checkpoints_survive_sigkill() {
         );
         engine.shutdown().expect("shutdown");
     }
+}
+
+#[test]
+fn rebuilds_start_from_a_timestamp_or_another_versions_checkpoint() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let engine = engine(temp.path());
+    engine.create_topic("events", TopicConfig::new(3)).expect("topic");
+    let view = engine.create_view("sums", sums("a")).expect("view");
+    produce(&engine, 6_000, 5, 0);
+    wait_caught_up(&view, 1);
+    engine.shutdown().expect("shutdown (writes final checkpoints)");
+
+    let engine = engine_at(temp.path());
+    let view = engine.create_view("sums", sums("a")).expect("resume");
+    wait_caught_up(&view, 1);
+    // From a timestamp: only records at or after it are consumed.
+    let cutoff = 10_000 + 2 * 4_000;
+    let v2 = engine
+        .rebuild_view("sums", sums("t").start(kappa_engine::Start::Timestamp(cutoff)))
+        .expect("rebuild");
+    wait_caught_up(&view, v2);
+    let consumed = view.progress_of(v2).expect("progress").0.consumed();
+    assert!(
+        consumed < 6_000 && consumed > 1_000,
+        "a timestamp rebuild skips the older history: {consumed}"
+    );
+    // From version 1's checkpoint: the same state as version 1, without replaying history.
+    let v3 = engine
+        .rebuild_view("sums", sums("c").start(kappa_engine::Start::Checkpoint { version: 1 }))
+        .expect("rebuild");
+    wait_caught_up(&view, v3);
+    assert_eq!(view.digests_of(v3).expect("digests"), view.digests_of(1).expect("digests"));
 }
