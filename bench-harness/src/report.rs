@@ -107,8 +107,18 @@ impl Outcome {
     }
 }
 
+/// A value with enough digits: small ones (allocations per record) keep four decimals.
+fn number(value: f64) -> String {
+    if value != 0.0 && value.abs() < 1.0 {
+        format!("{value:.4}")
+    } else {
+        format!("{value:.1}")
+    }
+}
+
 fn figure_line(f: &Figure) -> String {
-    let mut line = format!("{:<9} {:<40} {:>12.1} {:<6}", f.scenario, f.name, f.value, f.unit);
+    let mut line =
+        format!("{:<9} {:<40} {:>12} {:<6}", f.scenario, f.name, number(f.value), f.unit);
     if let (Some(name), Some(limit), Some(ratio)) = (&f.limit_name, f.limit, f.ratio) {
         let _ = write!(line, " vs {name} {limit:.0}: ratio {ratio:.2}");
     }
@@ -253,13 +263,13 @@ fn markdown(results: &Results, plots: &[(String, String)]) -> String {
         };
         let _ = writeln!(
             md,
-            "| {} | {} | {:.1} {} | {} | {} | {} | {} |",
+            "| {} | {} | {} {} | {} | {} | {} | {} |",
             f.scenario,
             f.name,
-            f.value,
+            number(f.value),
             f.unit,
             limit,
-            f.ratio.map_or(String::new(), |r| format!("{r:.2}")),
+            f.ratio.map_or(String::new(), |r| format!("{r:.3}")),
             f.target.clone().unwrap_or_default(),
             match f.meets {
                 Some(true) => "meets",

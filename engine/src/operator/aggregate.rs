@@ -20,6 +20,11 @@ pub trait CustomAggregate: Send + Sync {
     fn merge(&self, into: &mut Vec<u8>, other: &[u8]);
     /// The number a query reports.
     fn result(&self, state: &[u8]) -> f64;
+    /// Whether `merge` combines partial states exactly (what lets queries combine partitions and
+    /// replay split history). Say `false` if it cannot; such a view must group by the record key.
+    fn mergeable(&self) -> bool {
+        true
+    }
 }
 
 /// What a view computes per (key, window).
@@ -63,6 +68,15 @@ pub enum AggState {
 }
 
 impl Aggregate {
+    /// True when partial results merge exactly: every built-in aggregate (HyperLogLog merges its
+    /// registers), and custom ones that say so.
+    pub fn is_mergeable(&self) -> bool {
+        match self {
+            Aggregate::Custom(c) => c.mergeable(),
+            _ => true,
+        }
+    }
+
     /// True when the aggregate needs a mapped value (all but `Count` and custom ones).
     pub fn needs_value(&self) -> bool {
         !matches!(self, Aggregate::Count | Aggregate::Custom(_))

@@ -111,6 +111,10 @@ impl ViewDef {
         if self.aggregate.needs_value() && self.map.is_none() {
             return bad("this aggregate needs a `map` giving the number to aggregate");
         }
+        if !self.aggregate.is_mergeable() && !matches!(self.key, crate::operator::KeyBy::RecordKey)
+        {
+            return bad("a non-mergeable aggregate needs key_by(record key): a derived key spreads over partitions");
+        }
         if self.allowed_lateness_ms < 0 {
             return bad("allowed lateness must not be negative");
         }

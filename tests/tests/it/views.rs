@@ -224,3 +224,34 @@ fn rebuilds_start_from_a_timestamp_or_another_versions_checkpoint() {
     wait_caught_up(&view, v3);
     assert_eq!(view.digests_of(v3).expect("digests"), view.digests_of(1).expect("digests"));
 }
+
+#[test]
+fn a_damaged_checkpoint_falls_back_to_an_older_one_or_a_replay() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    {
+        let engine = engine(temp.path());
+        engine.create_topic("events", TopicConfig::new(3)).expect("topic");
+        let view = engine.create_view("sums", sums("a")).expect("view");
+        produce(&engine, 6_000, 9, 0);
+        wait_caught_up(&view, 1);
+        engine.shutdown().expect("shutdown");
+    }
+    // Flip a byte in the newest checkpoint of every partition.
+    for partition in 0..3 {
+        let dir = temp.path().join(format!("views/sums/1/{partition}"));
+        let mut files: Vec<_> =
+            std::fs::read_dir(&dir).expect("dir").map(|e| e.expect("entry").path()).collect();
+        files.sort();
+        let newest = files.last().expect("a checkpoint");
+        let mut bytes = std::fs::read(newest).expect("read");
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0x40;
+        std::fs::write(newest, bytes).expect("write");
+    }
+    let engine = engine_at(temp.path());
+    let resumed = engine.create_view("sums", sums("a")).expect("resume despite damage");
+    let fresh = engine.create_view("fresh", sums("fresh")).expect("fresh");
+    wait_caught_up(&resumed, 1);
+    wait_caught_up(&fresh, 1);
+    assert_eq!(resumed.digests_of(1).expect("digests"), fresh.digests_of(1).expect("digests"));
+}

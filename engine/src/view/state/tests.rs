@@ -240,3 +240,66 @@ fn digest_and_checkpoint_round_trip() {
     feed(&mut c, &def, &records[..999]);
     assert_ne!(c.digest(), a.digest());
 }
+
+/// Sum of squares as a custom aggregate: state is an f64 in 8 bytes.
+struct SumOfSquares;
+
+impl crate::operator::CustomAggregate for SumOfSquares {
+    fn init(&self) -> Vec<u8> {
+        0f64.to_le_bytes().to_vec()
+    }
+    fn update(&self, state: &mut Vec<u8>, _record: &RecordRef<'_>, value: Option<f64>) {
+        let v = value.unwrap_or(0.0);
+        let s = f64::from_le_bytes(state[..8].try_into().expect("8 bytes")) + v * v;
+        state.copy_from_slice(&s.to_le_bytes());
+    }
+    fn merge(&self, into: &mut Vec<u8>, other: &[u8]) {
+        let s = f64::from_le_bytes(into[..8].try_into().expect("8 bytes"))
+            + f64::from_le_bytes(other[..8].try_into().expect("8 bytes"));
+        into.copy_from_slice(&s.to_le_bytes());
+    }
+    fn result(&self, state: &[u8]) -> f64 {
+        f64::from_le_bytes(state[..8].try_into().expect("8 bytes"))
+    }
+}
+
+#[test]
+fn custom_aggregates_fold_and_merge_like_the_reference() {
+    let records = workload(1_000, 5);
+    let aggregate = Aggregate::Custom(std::sync::Arc::new(SumOfSquares));
+    assert!(aggregate.is_mergeable());
+    let def = ViewDef::new("t")
+        .map(|r| crate::operator::json_number(r.value(), "v"))
+        .window(Window::Tumbling { size_ms: 200 })
+        .aggregate(aggregate.clone())
+        .lateness(1_000_000, LatePolicy::Update);
+    let mut state = PartitionState::new(0);
+    feed(&mut state, &def, &records);
+    for ((key, start), values) in reference(&records, Window::Tumbling { size_ms: 200 }) {
+        let want = values.iter().fold(0.0, |a, v| a + v * v);
+        let cell = &state.groups[&key][&start];
+        assert_eq!(aggregate.result(&cell.agg).to_bits(), want.to_bits());
+    }
+    // Merging two halves equals folding the whole (what queries do across partitions).
+    let mut a = aggregate.init();
+    let mut b = aggregate.init();
+    let mut whole = aggregate.init();
+    let value = |i: usize| records[i].2;
+    let any = {
+        let mut encoder = BatchEncoder::new(Limits::default());
+        encoder.encode(0, &[Record::new(0, None, b"x")], ProducerInfo::default()).expect("encodes");
+        let mut frame = AlignedVec::<16>::new();
+        frame.extend_from_slice(encoder.frame());
+        frame
+    };
+    let batch = BatchRef::from_frame(&any).expect("valid");
+    let record = batch.record(0).expect("record");
+    for i in 0..10 {
+        aggregate.update(if i < 5 { &mut a } else { &mut b }, &record, Some(value(i)));
+        aggregate.update(&mut whole, &record, Some(value(i)));
+    }
+    aggregate.merge(&mut a, &b);
+    // Floating-point addition is not associative: merged halves agree to rounding, not bits.
+    let (merged, folded) = (aggregate.result(&a), aggregate.result(&whole));
+    assert!((merged - folded).abs() <= folded.abs() * 1e-12, "{merged} vs {folded}");
+}
