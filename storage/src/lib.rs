@@ -117,7 +117,9 @@ pub struct LogConfig {
     pub write_queue_max: usize,
     /// Size of one DMA read during scans and replay.
     pub read_buffer_size_bytes: usize,
-    /// Reads in flight per reader (read-ahead depth).
+    /// Reads in flight per reader (read-ahead depth). With ~1 MiB reads, 16 keep about 16-24 MiB in
+    /// flight per reader: what this virtio disk needed for a scan to reach ~0.8-1.0 of its raw read
+    /// bandwidth (8 gave 0.75-0.89). Readers at the tail read from the tail cache instead.
     pub read_ahead_max: usize,
     /// Recently written buffers kept in memory per partition, so readers following the live tail
     /// get fresh frames without a disk read. 0 turns the cache off.
@@ -135,7 +137,7 @@ impl Default for LogConfig {
             write_in_flight_max: 8,
             write_queue_max: 8,
             read_buffer_size_bytes: MIB as usize,
-            read_ahead_max: 8,
+            read_ahead_max: 16,
             tail_cache_buffers_max: 2,
             limits: Limits::default(),
             retention: Retention::default(),

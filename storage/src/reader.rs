@@ -386,12 +386,16 @@ fn plan_reads(shared: &Shared, segment: &mut OpenSegment, limit: u64) -> usize {
             let after = entries.partition_point(|e| u64::from(e.position) <= start);
             let within =
                 entries[after..].partition_point(|e| u64::from(e.position) <= start + size);
-            let boundary = if within > 0 {
-                Some(u64::from(entries[after + within - 1].position))
-            } else {
-                entries.get(after).map(|e| u64::from(e.position))
+            // The last frame start in (start + size/2, start + size]; failing that, the first one
+            // past start + size: a range somewhat longer than `size` beats one much shorter (two
+            // 600 KiB frames would otherwise make every read half a buffer, halving the bytes in
+            // flight).
+            let last_within = (within > 0).then(|| u64::from(entries[after + within - 1].position));
+            let boundary = match last_within {
+                Some(b) if b >= start + size / 2 => b,
+                _ => entries.get(after + within).map_or(limit, |e| u64::from(e.position)),
             };
-            boundary.map_or(limit, |b| b.min(limit))
+            boundary.min(limit)
         };
         let aligned = start - start % BLOCK_SIZE as u64;
         let source = match cached(shared, segment.base_offset, aligned, end) {
