@@ -4,7 +4,6 @@
 //! 4 KiB write followed by fdatasync (what one `synced` append costs at least). Every other
 //! throughput figure is divided by these.
 
-use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -18,10 +17,8 @@ use crate::{Machine, Spread};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: crate::Common,
     /// Bytes per bandwidth run, in MiB.
     #[arg(long, default_value_t = 1024)]
     size_mib: u64,
@@ -30,8 +27,6 @@ pub struct Args {
     /// fdatasync samples.
     #[arg(long, default_value_t = 2000)]
     syncs: usize,
-    #[arg(long)]
-    quick: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -45,35 +40,27 @@ struct Report {
 }
 
 pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
-    let (size_mib, runs, syncs) = if args.quick {
+    let (size_mib, runs, syncs) = if args.common.quick {
         (64, 1, 200)
     } else {
         (args.size_mib, args.runs.max(1), args.syncs.max(1))
     };
-    let parent = args.data_dir.clone().unwrap_or_else(|| PathBuf::from("."));
-    std::fs::create_dir_all(&parent)?;
-    let temp = tempfile::Builder::new().prefix("kappa-bench-disk-").tempdir_in(&parent)?;
+    let temp = args.common.scratch("disk")?;
     let dir = temp.path().to_path_buf();
     let machine = Machine::probe(&dir);
-    let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .name("bench-disk")
-        .io_memory(64 << 20)
-        .spawn(move || async move {
-            kappa_storage::io::prime_iopoll(&dir).await?;
-            let raw = dir.join("raw.bin");
-            crate::storage::raw_write(&raw, 64 * MIB).await?;
-            let (mut writes, mut reads) = (Vec::new(), Vec::new());
-            for _ in 0..runs {
-                writes.push(crate::storage::raw_write(&raw, size_mib * MIB).await?);
-                reads.push(crate::storage::raw_read(&raw, size_mib * MIB).await?);
-            }
-            std::fs::remove_file(&raw)?;
-            let syncs = fdatasync_latency(&dir.join("sync.bin"), syncs).await?;
-            anyhow::Ok((writes, reads, syncs))
-        })
-        .map_err(|e| anyhow::anyhow!("starting the glommio executor: {e}"))?;
-    let (writes, reads, syncs) =
-        handle.join().map_err(|e| anyhow::anyhow!("executor failed: {e}"))??;
+    let (writes, reads, syncs) = crate::on_executor("bench-disk", 64 << 20, move || async move {
+        kappa_storage::io::prime_iopoll(&dir).await?;
+        let raw = dir.join("raw.bin");
+        crate::storage::raw_write(&raw, 64 * MIB).await?;
+        let (mut writes, mut reads) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            writes.push(crate::storage::raw_write(&raw, size_mib * MIB).await?);
+            reads.push(crate::storage::raw_read(&raw, size_mib * MIB).await?);
+        }
+        std::fs::remove_file(&raw)?;
+        let syncs = fdatasync_latency(&dir.join("sync.bin"), syncs).await?;
+        anyhow::Ok((writes, reads, syncs))
+    })?;
     let report = Report {
         scenario: "disk",
         machine,

@@ -7,7 +7,7 @@
 //! to acknowledgement, in an HDR histogram per thread, merged.
 
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -20,19 +20,14 @@ use crate::{Machine, Spread};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: crate::Common,
     /// Seconds measured per configuration (after a warm-up of a quarter of it).
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
     /// Runs of the raw disk measurement; the median is the limit.
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// A fast run that checks the scenario works, not the numbers.
-    #[arg(long)]
-    quick: bool,
     /// Only these value sizes (bytes), comma separated.
     #[arg(long, value_delimiter = ',', default_values_t = [100usize, 1024])]
     values: Vec<usize>,
@@ -105,12 +100,11 @@ struct Report {
 }
 
 pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
-    let (seconds, runs) = if args.quick { (0.3, 1) } else { (args.seconds, args.runs.max(1)) };
-    let parent = args.data_dir.clone().unwrap_or_else(|| PathBuf::from("."));
-    std::fs::create_dir_all(&parent)?;
-    let temp = tempfile::Builder::new().prefix("kappa-bench-ingest-").tempdir_in(&parent)?;
+    let (seconds, runs) =
+        if args.common.quick { (0.3, 1) } else { (args.seconds, args.runs.max(1)) };
+    let temp = args.common.scratch("ingest")?;
     let machine = Machine::probe(temp.path());
-    let size = if args.quick { 64 } else { 1024 };
+    let size = if args.common.quick { 64 } else { 1024 };
     let disk = crate::storage::disk_write_runs(temp.path(), size, runs)?;
     let disk_write = Spread::of(&disk);
     eprintln!("ingest: raw disk write {:.0} MB/s (median of {runs})", disk_write.median);

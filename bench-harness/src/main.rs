@@ -64,12 +64,12 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => return report::run(args),
         Command::Compare(args) => return report::compare(args),
         Command::RecoveryWriter { dir, size_mib } => return recovery::writer(&dir, size_mib),
-        Command::Disk(args) => (args.json.clone(), disk::scenario(args)),
-        Command::Storage(args) => (args.json.clone(), storage::scenario(args)),
-        Command::Ingest(args) => (args.json.clone(), ingest::scenario(args)),
-        Command::Tail(args) => (args.json.clone(), tail::scenario(args)),
-        Command::Recovery(args) => (args.json.clone(), recovery::scenario(args)),
-        Command::Replay(args) => (args.json.clone(), replay::scenario(args)),
+        Command::Disk(args) => (args.common.json.clone(), disk::scenario(args)),
+        Command::Storage(args) => (args.common.json.clone(), storage::scenario(args)),
+        Command::Ingest(args) => (args.common.json.clone(), ingest::scenario(args)),
+        Command::Tail(args) => (args.common.json.clone(), tail::scenario(args)),
+        Command::Recovery(args) => (args.common.json.clone(), recovery::scenario(args)),
+        Command::Replay(args) => (args.common.json.clone(), replay::scenario(args)),
     };
     let outcome = outcome?;
     outcome.print();
@@ -101,6 +101,48 @@ pub fn run_scenario(name: &str, argv: &[String]) -> anyhow::Result<report::Outco
             "unknown scenario {other:?}: expected disk, storage, ingest, tail, replay, recovery"
         ),
     }
+}
+
+/// Flags every scenario takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Common {
+    /// Write the scenario's results as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Where the data goes (a directory on the device to measure); default: the current one.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// A short run that checks the scenario works; its numbers are rough.
+    #[arg(long)]
+    pub quick: bool,
+}
+
+impl Common {
+    /// A fresh temp dir for one scenario under the data dir, removed when dropped.
+    pub fn scratch(&self, scenario: &str) -> anyhow::Result<tempfile::TempDir> {
+        let parent = self.data_dir.clone().unwrap_or_else(|| PathBuf::from("."));
+        std::fs::create_dir_all(&parent)?;
+        tempfile::Builder::new()
+            .prefix(&format!("kappa-bench-{scenario}-"))
+            .tempdir_in(&parent)
+            .map_err(|e| anyhow::anyhow!("creating a temp dir in {}: {e}", parent.display()))
+    }
+}
+
+/// Runs `work` on a fresh, unpinned glommio executor with `io_memory` bytes of DMA memory.
+pub fn on_executor<T, F, Fut>(name: &str, io_memory: usize, work: F) -> anyhow::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<T>> + 'static,
+{
+    let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .name(name)
+        .io_memory(io_memory)
+        .preempt_timer(std::time::Duration::from_millis(1))
+        .spawn(work)
+        .map_err(|e| anyhow::anyhow!("starting the glommio executor: {e}"))?;
+    handle.join().map_err(|e| anyhow::anyhow!("executor {name} failed: {e}"))?
 }
 
 /// Counts allocations of the whole process (one relaxed atomic add each), so scenarios can report

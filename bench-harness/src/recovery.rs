@@ -6,7 +6,7 @@
 //! reported beside the time a read of the scanned bytes at the disk's read bandwidth would take.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -19,15 +19,11 @@ use crate::Machine;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: crate::Common,
     /// Log size before the kill, in MiB.
     #[arg(long, default_value_t = 2048)]
     size_mib: u64,
-    #[arg(long)]
-    quick: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -43,10 +39,8 @@ struct Report {
 }
 
 pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
-    let size_mib = if args.quick { 128 } else { args.size_mib };
-    let parent = args.data_dir.clone().unwrap_or_else(|| PathBuf::from("."));
-    std::fs::create_dir_all(&parent)?;
-    let temp = tempfile::Builder::new().prefix("kappa-bench-recovery-").tempdir_in(&parent)?;
+    let size_mib = if args.common.quick { 128 } else { args.size_mib };
+    let temp = args.common.scratch("recovery")?;
     let dir = temp.path().join("log");
     let machine = Machine::probe(temp.path());
 
@@ -72,9 +66,8 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
     let _ = child.wait();
 
     let log_dir = dir.clone();
-    let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .name("bench-recovery")
-        .spawn(move || async move {
+    let (elapsed, recovery, size) =
+        crate::on_executor("bench-recovery", 8 << 20, move || async move {
             let started = Instant::now();
             let log = PartitionLog::open(&log_dir, LogConfig::default()).await?;
             let elapsed = started.elapsed();
@@ -82,10 +75,7 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
             let size = log.size_bytes();
             log.close().await?;
             anyhow::Ok((elapsed, recovery, size))
-        })
-        .map_err(|e| anyhow::anyhow!("starting the glommio executor: {e}"))?;
-    let (elapsed, recovery, size) =
-        handle.join().map_err(|e| anyhow::anyhow!("executor failed: {e}"))??;
+        })?;
     let reopen_ms = elapsed.as_secs_f64() * 1e3;
     let report = Report {
         scenario: "recovery",
@@ -129,27 +119,22 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
 /// The child: fill `dir` with `size_mib` MiB of 1 KiB records, print "ready", append until killed.
 pub fn writer(dir: &Path, size_mib: u64) -> anyhow::Result<()> {
     let dir = dir.to_path_buf();
-    let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .name("recovery-writer")
-        .io_memory(32 << 20)
-        .spawn(move || async move {
-            let log = PartitionLog::open(&dir, LogConfig::default()).await?;
-            let value = vec![0x42u8; 1024];
-            let records: Vec<Record<'_>> =
-                (0..256).map(|i| Record::new(i, Some(b"key"), &value)).collect();
-            let mut announced = false;
-            loop {
-                log.append(&records, Durability::Written).await?;
-                if !announced && log.size_bytes() >= size_mib * MIB {
-                    println!("ready");
-                    use std::io::Write;
-                    std::io::stdout().flush()?;
-                    announced = true;
-                }
+    crate::on_executor("recovery-writer", 32 << 20, move || async move {
+        let log = PartitionLog::open(&dir, LogConfig::default()).await?;
+        let value = vec![0x42u8; 1024];
+        let records: Vec<Record<'_>> =
+            (0..256).map(|i| Record::new(i, Some(b"key"), &value)).collect();
+        let mut announced = false;
+        loop {
+            log.append(&records, Durability::Written).await?;
+            if !announced && log.size_bytes() >= size_mib * MIB {
+                println!("ready");
+                use std::io::Write;
+                std::io::stdout().flush()?;
+                announced = true;
             }
-            #[allow(unreachable_code)]
-            anyhow::Ok(())
-        })
-        .map_err(|e| anyhow::anyhow!("starting the glommio executor: {e}"))?;
-    handle.join().map_err(|e| anyhow::anyhow!("executor failed: {e}"))?
+        }
+        #[allow(unreachable_code)]
+        anyhow::Ok(())
+    })
 }

@@ -5,7 +5,6 @@
 //! from offset 0 and timed until it has caught up. Allocations per record come from the counting
 //! global allocator of this binary (every thread counts, so it is an upper bound).
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -19,15 +18,11 @@ use crate::{Machine, Spread};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: crate::Common,
     /// Log size per record size, in MiB (key + value bytes).
     #[arg(long, default_value_t = 2048)]
     size_mib: u64,
-    #[arg(long)]
-    quick: bool,
 }
 
 const KEYS: u64 = 100;
@@ -56,10 +51,8 @@ struct Report {
 }
 
 pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
-    let size_mib = if args.quick { 64 } else { args.size_mib };
-    let parent = args.data_dir.clone().unwrap_or_else(|| PathBuf::from("."));
-    std::fs::create_dir_all(&parent)?;
-    let temp = tempfile::Builder::new().prefix("kappa-bench-replay-").tempdir_in(&parent)?;
+    let size_mib = if args.common.quick { 64 } else { args.size_mib };
+    let temp = args.common.scratch("replay")?;
     let machine = Machine::probe(temp.path());
     let disk_read =
         Spread::of(&crate::storage::disk_read_runs(temp.path(), size_mib.min(1024), 3)?);

@@ -5,7 +5,7 @@
 //! read use the same I/O shape the log uses (1 MiB DMA buffers, several in flight), so the ratio
 //! shows what the log's own work (encoding, checksums, copies, index) costs.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -19,22 +19,14 @@ use crate::{Machine, Spread};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Write results as JSON here.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-    /// Where to put the data (defaults to a temp dir under the current directory); name a
-    /// directory on the device you want to measure.
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: crate::Common,
     /// Bytes per phase and run, in MiB.
     #[arg(long, default_value_t = 1024)]
     size_mib: u64,
     /// Runs per phase; the median is reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// A small, fast run (64 MiB, 1 run) that checks the scenario works, not the numbers.
-    #[arg(long)]
-    quick: bool,
 }
 
 /// Value bytes of one record ("1 KiB records").
@@ -82,14 +74,10 @@ struct Spreads {
 }
 
 pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
-    let (size_mib, runs) = if args.quick { (64, 1) } else { (args.size_mib, args.runs.max(1)) };
+    let (size_mib, runs) =
+        if args.common.quick { (64, 1) } else { (args.size_mib, args.runs.max(1)) };
     let size_bytes = size_mib * MIB;
-    let parent = args.data_dir.clone().unwrap_or_else(|| PathBuf::from("."));
-    std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
-    let temp = tempfile::Builder::new()
-        .prefix("kappa-bench-storage-")
-        .tempdir_in(&parent)
-        .with_context(|| format!("creating a temp dir in {}", parent.display()))?;
+    let temp = args.common.scratch("storage")?;
     let dir = temp.path().to_path_buf();
     let machine = Machine::probe(&dir);
     eprintln!(
@@ -98,13 +86,9 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
         machine.file_system
     );
 
-    let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .name("bench-storage")
-        .io_memory(64 << 20)
-        .preempt_timer(Duration::from_millis(1))
-        .spawn(move || async move { measure(&dir, size_bytes, runs).await })
-        .map_err(|e| anyhow::anyhow!("starting the glommio executor: {e}"))?;
-    let phases = handle.join().map_err(|e| anyhow::anyhow!("executor failed: {e}"))??;
+    let phases = crate::on_executor("bench-storage", 64 << 20, move || async move {
+        measure(&dir, size_bytes, runs).await
+    })?;
 
     let disk_write = Spread::of(&phases.disk_write);
     let disk_read = Spread::of(&phases.disk_read);
@@ -419,42 +403,32 @@ async fn scan(dir: &Path) -> anyhow::Result<f64> {
 /// glommio executor of its own: the limit other scenarios divide by.
 pub fn disk_write_runs(dir: &Path, size_mib: u64, runs: usize) -> anyhow::Result<Vec<f64>> {
     let dir = dir.to_path_buf();
-    let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .name("bench-disk")
-        .io_memory(64 << 20)
-        .spawn(move || async move {
-            kappa_storage::io::prime_iopoll(&dir).await?;
-            let raw = dir.join("raw.bin");
-            raw_write(&raw, 64 * MIB).await?;
-            let mut results = Vec::new();
-            for _ in 0..runs {
-                results.push(raw_write(&raw, size_mib * MIB).await?);
-            }
-            std::fs::remove_file(&raw)?;
-            anyhow::Ok(results)
-        })
-        .map_err(|e| anyhow::anyhow!("starting the glommio executor: {e}"))?;
-    handle.join().map_err(|e| anyhow::anyhow!("executor failed: {e}"))?
+    crate::on_executor("bench-disk", 64 << 20, move || async move {
+        kappa_storage::io::prime_iopoll(&dir).await?;
+        let raw = dir.join("raw.bin");
+        raw_write(&raw, 64 * MIB).await?;
+        let mut results = Vec::new();
+        for _ in 0..runs {
+            results.push(raw_write(&raw, size_mib * MIB).await?);
+        }
+        std::fs::remove_file(&raw)?;
+        anyhow::Ok(results)
+    })
 }
 
 /// Raw O_DIRECT sequential read bandwidth (MB/s) of `runs` runs over a `size_mib` MiB file written
 /// first in `dir`, on a glommio executor of its own.
 pub fn disk_read_runs(dir: &Path, size_mib: u64, runs: usize) -> anyhow::Result<Vec<f64>> {
     let dir = dir.to_path_buf();
-    let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .name("bench-disk")
-        .io_memory(64 << 20)
-        .spawn(move || async move {
-            kappa_storage::io::prime_iopoll(&dir).await?;
-            let raw = dir.join("raw-read.bin");
-            raw_write(&raw, size_mib * MIB).await?;
-            let mut results = Vec::new();
-            for _ in 0..runs {
-                results.push(raw_read(&raw, size_mib * MIB).await?);
-            }
-            std::fs::remove_file(&raw)?;
-            anyhow::Ok(results)
-        })
-        .map_err(|e| anyhow::anyhow!("starting the glommio executor: {e}"))?;
-    handle.join().map_err(|e| anyhow::anyhow!("executor failed: {e}"))?
+    crate::on_executor("bench-disk", 64 << 20, move || async move {
+        kappa_storage::io::prime_iopoll(&dir).await?;
+        let raw = dir.join("raw-read.bin");
+        raw_write(&raw, size_mib * MIB).await?;
+        let mut results = Vec::new();
+        for _ in 0..runs {
+            results.push(raw_read(&raw, size_mib * MIB).await?);
+        }
+        std::fs::remove_file(&raw)?;
+        anyhow::Ok(results)
+    })
 }

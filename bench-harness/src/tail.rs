@@ -7,7 +7,6 @@
 //! to sending: a stall delays every record behind it and all of them count, so the histogram is
 //! free of coordinated omission.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -20,18 +19,14 @@ use crate::Machine;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: crate::Common,
     /// Seconds of open-loop load measured (after a one-second warm-up).
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
     /// Offered load as a fraction of the measured maximum.
     #[arg(long, default_value_t = 0.5)]
     load: f64,
-    #[arg(long)]
-    quick: bool,
 }
 
 const VALUE_BYTES: usize = 100;
@@ -66,11 +61,9 @@ fn pin_to(cpus: &[usize], index: usize) {
 }
 
 pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
-    let (seconds, warm_up) = if args.quick { (0.5, 0.2) } else { (args.seconds, 1.0) };
+    let (seconds, warm_up) = if args.common.quick { (0.5, 0.2) } else { (args.seconds, 1.0) };
     anyhow::ensure!(args.load > 0.0 && args.load <= 1.0, "--load must be in (0, 1]");
-    let parent = args.data_dir.clone().unwrap_or_else(|| PathBuf::from("."));
-    std::fs::create_dir_all(&parent)?;
-    let temp = tempfile::Builder::new().prefix("kappa-bench-tail-").tempdir_in(&parent)?;
+    let temp = args.common.scratch("tail")?;
     let machine = Machine::probe(temp.path());
 
     let (max, _) = crate::ingest::measure(

@@ -198,14 +198,21 @@ impl State {
         }
     }
 
-    fn check_usable(&self) -> Result<(), Error> {
-        if let Some(failure) = &self.failure {
-            return Err(Error::io(
-                "an earlier write",
+    /// The writer's failure, if any, as an error for `op`. The original `io::Error` is kept once
+    /// (it is not `Clone`); every caller gets one with the same kind and message.
+    fn failed(&self, op: &'static str) -> Result<(), Error> {
+        match &self.failure {
+            Some(failure) => Err(Error::io(
+                op,
                 &self.failure_path,
                 std::io::Error::new(failure.kind(), failure.to_string()),
-            ));
+            )),
+            None => Ok(()),
         }
+    }
+
+    fn check_usable(&self) -> Result<(), Error> {
+        self.failed("an earlier write")?;
         if self.closing {
             return Err(Error::Closed);
         }
@@ -419,14 +426,7 @@ impl PartitionLog {
                     .await;
             }
         }
-        let st = shared.state.borrow();
-        if let Some(failure) = &st.failure {
-            return Err(Error::io(
-                "append",
-                &st.failure_path,
-                std::io::Error::new(failure.kind(), failure.to_string()),
-            ));
-        }
+        shared.state.borrow().failed("append")?;
         Ok(ticket.info)
     }
 
@@ -665,14 +665,7 @@ impl PartitionLog {
         if let Some(writer) = writer {
             writer.await;
         }
-        let st = self.shared.state.borrow();
-        if let Some(failure) = &st.failure {
-            return Err(Error::io(
-                "close",
-                &st.failure_path,
-                std::io::Error::new(failure.kind(), failure.to_string()),
-            ));
-        }
+        self.shared.state.borrow().failed("close")?;
         Ok(())
     }
 
@@ -727,15 +720,7 @@ async fn load_sealed_index(
         Err(e) => return Err(Error::io("read", &index_path, e)),
     }
     let file = io::open_read(path).await?;
-    let source = DmaSource { file: &file, len: file_len, path };
-    let scan = scan::scan_segment(
-        &source,
-        base,
-        config.index_interval_bytes,
-        config.read_buffer_size_bytes,
-        Depth::Checksum,
-    )
-    .await?;
+    let scan = scan_file(&file, file_len, path, base, config).await?;
     let _ = file.close().await;
     if let Some(stop) = scan.stop {
         // A sealed segment is immutable: damage inside it is corruption, never a torn tail.
@@ -758,6 +743,25 @@ async fn load_sealed_index(
     Ok((scan.index, true))
 }
 
+/// Scans a whole segment file through DMA reads, checking every frame's checksum.
+async fn scan_file(
+    file: &DmaFile,
+    len: u64,
+    path: &Path,
+    base: u64,
+    config: &LogConfig,
+) -> Result<scan::SegmentScan, Error> {
+    let source = DmaSource { file, len, path };
+    scan::scan_segment(
+        &source,
+        base,
+        config.index_interval_bytes,
+        config.read_buffer_size_bytes,
+        Depth::Checksum,
+    )
+    .await
+}
+
 /// Scans the active segment and truncates a torn or corrupt tail at the last valid frame.
 async fn recover_active(
     path: &Path,
@@ -767,15 +771,7 @@ async fn recover_active(
 ) -> Result<SegmentIndex, Error> {
     let file = io::open_rw(path).await?;
     let file_len = file.file_size().await.map_err(|e| Error::io("stat", path, e))?;
-    let source = DmaSource { file: &file, len: file_len, path };
-    let scan = scan::scan_segment(
-        &source,
-        base,
-        config.index_interval_bytes,
-        config.read_buffer_size_bytes,
-        Depth::Checksum,
-    )
-    .await?;
+    let scan = scan_file(&file, file_len, path, base, config).await?;
     report.scanned_bytes = scan.index.size_bytes;
     let dropped = scan.dropped_bytes();
     if dropped > 0 {
