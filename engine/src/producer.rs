@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use kappa_storage::Durability;
 
-use crate::engine::Inner;
+use crate::engine::{Inner, TopicMeta};
 use crate::router::partition_for_key;
 use crate::shard::Request;
 use crate::Error;
@@ -334,15 +334,8 @@ impl Producer {
         };
         let mut pending = Vec::with_capacity(parts.len());
         for (partition, part) in parts {
-            let (reply, receiver) = flume::bounded(1);
-            let request = Request::Append {
-                topic: meta.name.clone(),
-                partition,
-                payload: Payload::Batch(part),
-                durability: self.durability,
-                reply,
-            };
-            self.inner.send_blocking(meta.shards[partition as usize], request)?;
+            let (shard, request, receiver) = self.append(&meta, partition, Payload::Batch(part));
+            self.inner.send_blocking(shard, request)?;
             pending.push(PendingAck { receiver });
         }
         Ok(pending)
@@ -416,17 +409,7 @@ impl Producer {
         }
         Ok(groups
             .into_iter()
-            .map(|(partition, records)| {
-                let (reply, receiver) = flume::bounded(1);
-                let request = Request::Append {
-                    topic: meta.name.clone(),
-                    partition,
-                    payload: Payload::Records(records),
-                    durability: self.durability,
-                    reply,
-                };
-                (meta.shards[partition as usize], request, receiver)
-            })
+            .map(|(partition, records)| self.append(&meta, partition, Payload::Records(records)))
             .collect())
     }
 
@@ -442,14 +425,25 @@ impl Producer {
             Some(key) => partition_for_key(key, meta.config.partitions),
             None => self.round_robin.fetch_add(1, Ordering::Relaxed) % meta.config.partitions,
         };
+        let (shard, request, receiver) = self.append(&meta, partition, Payload::Records(records));
+        Ok((partition, shard, request, receiver))
+    }
+
+    /// An append request for one partition, the shard it goes to, and where its ack arrives.
+    fn append(
+        &self,
+        meta: &TopicMeta,
+        partition: u32,
+        payload: Payload,
+    ) -> (usize, Request, flume::Receiver<Result<BatchAck, Error>>) {
         let (reply, receiver) = flume::bounded(1);
         let request = Request::Append {
             topic: meta.name.clone(),
             partition,
-            payload: Payload::Records(records),
+            payload,
             durability: self.durability,
             reply,
         };
-        Ok((partition, meta.shards[partition as usize], request, receiver))
+        (meta.shards[partition as usize], request, receiver)
     }
 }
