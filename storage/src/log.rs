@@ -20,7 +20,7 @@
 //!
 //! Readers only see frames whose bytes are written (`readable`), never buffered ones.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -165,7 +165,6 @@ pub(crate) struct Shared {
     pub(crate) config: LogConfig,
     pub(crate) state: RefCell<State>,
     pub(crate) changed: Event,
-    alignment_file: Cell<u64>,
 }
 
 /// One partition's durable log. `!Send`: it lives on the glommio executor that opened it.
@@ -322,7 +321,6 @@ impl PartitionLog {
             config,
             state: RefCell::new(state),
             changed: Event::default(),
-            alignment_file: Cell::new(0),
         });
         let writer = glommio::spawn_local(writer_loop(shared.clone(), file));
         Ok(PartitionLog { shared, writer: RefCell::new(Some(writer)), recovery: report })
@@ -687,11 +685,6 @@ impl Shared {
         } else {
             Some(0)
         }
-    }
-
-    #[allow(dead_code)]
-    fn alignment(&self) -> u64 {
-        self.alignment_file.get()
     }
 }
 

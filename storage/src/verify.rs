@@ -32,7 +32,8 @@ pub struct SegmentSummary {
     pub first_timestamp: Option<i64>,
     pub max_timestamp: Option<i64>,
     pub sealed: bool,
-    pub frame_count: usize,
+    /// Entries of the sparse index the scan built (about one per `index_interval_bytes`).
+    pub index_entry_count: usize,
 }
 
 /// One partition's segments and problems.
@@ -113,7 +114,7 @@ pub fn scan_partition(dir: &Path) -> Result<(Vec<SegmentSummary>, Vec<Problem>),
             first_timestamp,
             max_timestamp: (!index.is_empty()).then_some(index.max_timestamp),
             sealed,
-            frame_count: index.entries.len(),
+            index_entry_count: index.entries.len(),
         });
         expected_base = Some(index.next_offset);
     }

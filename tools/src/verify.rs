@@ -11,11 +11,9 @@ pub fn run(dir: &Path, strict: bool) -> anyhow::Result<i32> {
         .with_context(|| format!("verifying data dir {}", dir.display()))?;
     let mut corrupt = 0usize;
     let mut notices = 0usize;
-    let mut frames = 0usize;
     let mut bytes = 0u64;
     for partition in &partitions {
         for segment in &partition.segments {
-            frames += segment.frame_count;
             bytes += segment.size_bytes;
         }
         for problem in &partition.problems {
@@ -48,6 +46,5 @@ pub fn run(dir: &Path, strict: bool) -> anyhow::Result<i32> {
         corrupt,
         notices
     );
-    let _ = frames;
     Ok(if corrupt > 0 { EXIT_CORRUPT } else { EXIT_OK })
 }

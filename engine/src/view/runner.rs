@@ -26,14 +26,14 @@ pub(crate) struct ViewPartition {
     pub(crate) bytes_consumed: StdCell<u64>,
     since_checkpoint: StdCell<u64>,
     consumed_at_start: u64,
-    #[allow(clippy::disallowed_methods)] // Progress rates are observability, never decisions.
+    /// When this partition started on the shard: progress rates only, never a decision.
     started: std::time::Instant,
 }
 
 impl ViewPartition {
     pub(crate) fn new(version: Arc<Version>, partition: u32, state: PartitionState) -> Self {
         let consumed_at_start = state.counters.consumed;
-        #[allow(clippy::disallowed_methods)]
+        #[allow(clippy::disallowed_methods)] // Progress rates are observability, never decisions.
         let started = std::time::Instant::now();
         ViewPartition {
             version,
