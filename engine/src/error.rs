@@ -47,6 +47,7 @@ impl Error {
             Error::Storage(kappa_storage::Error::Io { source, .. }) => source,
             _ => return false,
         };
-        source.raw_os_error() == Some(28) // ENOSPC
+        // ENOSPC, or its kind where the error was re-created from a stored failure.
+        source.raw_os_error() == Some(28) || source.kind() == std::io::ErrorKind::StorageFull
     }
 }

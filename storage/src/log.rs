@@ -885,7 +885,7 @@ async fn writer_loop(shared: Rc<Shared>, first_file: Rc<DmaFile>) {
                     let needs_barrier = in_flight.iter().any(|f| f.end_pos > buf.file_pos);
                     if needs_barrier {
                         while let Some(front) = in_flight.pop_front() {
-                            complete(&shared, front, &file_path).await?;
+                            complete(&shared, front, &file, &file_path).await?;
                         }
                     }
                     let WriteBuffer { mut buf, file_pos, len } = buf;
@@ -908,12 +908,12 @@ async fn writer_loop(shared: Rc<Shared>, first_file: Rc<DmaFile>) {
                     submitted_seq = seq_end;
                     while in_flight.len() >= shared.config.write_in_flight_max {
                         let front = in_flight.pop_front().expect("non-empty");
-                        complete(&shared, front, &file_path).await?;
+                        complete(&shared, front, &file, &file_path).await?;
                     }
                 }
                 Some(WriteItem::Roll { sealed_index, sealed_index_path, next_path }) => {
                     while let Some(front) = in_flight.pop_front() {
-                        complete(&shared, front, &file_path).await?;
+                        complete(&shared, front, &file, &file_path).await?;
                     }
                     file.fdatasync().await.map_err(|e| (file_path.clone(), e.into()))?;
                     mark_synced(&shared, submitted_seq);
@@ -936,7 +936,7 @@ async fn writer_loop(shared: Rc<Shared>, first_file: Rc<DmaFile>) {
                 }
                 None => {
                     if let Some(front) = in_flight.pop_front() {
-                        complete(&shared, front, &file_path).await?;
+                        complete(&shared, front, &file, &file_path).await?;
                         continue;
                     }
                     if shared.state.borrow().closing {
@@ -990,19 +990,31 @@ async fn writer_loop(shared: Rc<Shared>, first_file: Rc<DmaFile>) {
 async fn complete(
     shared: &Shared,
     front: InFlight,
+    file: &DmaFile,
     path: &Path,
 ) -> Result<(), (PathBuf, std::io::Error)> {
     let (result, expected) = front.task.await;
     match result {
         Ok(n) if n >= expected => {}
         Ok(n) => {
-            return Err((
-                path.to_path_buf(),
-                std::io::Error::new(
-                    std::io::ErrorKind::WriteZero,
-                    format!("short write: {n} of {expected} bytes"),
-                ),
-            ))
+            // A short write (the device filled up mid-write, say): write the rest once more, so
+            // the caller sees the real reason (ENOSPC) rather than a bare short count.
+            let rest = expected - n;
+            let mut buf = glommio::allocate_dma_buffer(rest);
+            buf.as_bytes_mut().copy_from_slice(&front.cached.buf.as_bytes()[n..expected]);
+            match file.write_at(buf, front.cached.file_pos + n as u64).await {
+                Ok(m) if m >= rest => {}
+                Ok(m) => {
+                    return Err((
+                        path.to_path_buf(),
+                        std::io::Error::new(
+                            std::io::ErrorKind::WriteZero,
+                            format!("short write: {} of {expected} bytes", n + m),
+                        ),
+                    ))
+                }
+                Err(e) => return Err((path.to_path_buf(), e.into())),
+            }
         }
         Err(e) => return Err((path.to_path_buf(), e)),
     }

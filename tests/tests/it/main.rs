@@ -3,5 +3,6 @@
 mod cli;
 mod crash;
 mod engine;
+mod faults;
 mod tidy;
 mod views;
