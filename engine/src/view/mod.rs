@@ -103,9 +103,10 @@ impl Version {
     pub(crate) fn partition_caught_up(&self) {
         let done = self.caught_up.fetch_add(1, Ordering::AcqRel) + 1;
         if done == self.partitions {
-            let previous = self.entry.served.load(Ordering::Acquire);
+            // `fetch_max`, not load-then-store: two rebuilds finishing at once on two shards must
+            // not let the older one overwrite the newer one.
+            let previous = self.entry.served.fetch_max(self.number, Ordering::AcqRel);
             if previous < self.number {
-                self.entry.served.store(self.number, Ordering::Release);
                 self.entry.swaps.fetch_add(1, Ordering::AcqRel);
                 tracing::info!(view = %self.view, from = previous, to = self.number, "view version swapped");
                 if let Err(e) = write_meta(&self.entry) {
@@ -160,11 +161,14 @@ pub(crate) fn read_meta(dir: &Path) -> Result<Option<Meta>, Error> {
 }
 
 pub(crate) fn write_meta(entry: &Entry) -> Result<(), Error> {
+    // The history lock is held through the write: the engine thread (create, rebuild, drop) and a
+    // shard (a swap) may write this file at the same time, and they share its temp file name.
+    let history = entry.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let meta = MetaFile {
         format: 1,
         topic: entry.topic.clone(),
         served: entry.served.load(Ordering::Acquire),
-        versions: entry.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
+        versions: history.clone(),
     };
     std::fs::create_dir_all(&entry.dir).map_err(|e| Error::Io {
         op: "create dir",
