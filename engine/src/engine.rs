@@ -427,6 +427,32 @@ impl Engine {
         Ok(ViewHandle { engine: self.inner.clone(), name: name.into(), entry })
     }
 
+    /// Serves another running version of a view again (a rollback after a rebuild, or a roll
+    /// forward): the switch is one atomic store, like a swap. The version must still be running,
+    /// that is, not dropped.
+    pub fn serve_view_version(&self, name: &str, version: u32) -> Result<(), Error> {
+        let entry = self.view_entry(name)?;
+        if !entry
+            .versions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains_key(&version)
+        {
+            return Err(Error::UnknownView { view: name.to_string(), version });
+        }
+        let previous = entry.served.swap(version, Ordering::AcqRel);
+        if previous != version {
+            entry.swaps.fetch_add(1, Ordering::AcqRel);
+            tracing::info!(
+                view = name,
+                from = previous,
+                to = version,
+                "view version served by request"
+            );
+        }
+        view::write_meta(&entry)
+    }
+
     /// Stops a version that is not served and deletes its checkpoints.
     pub fn drop_view_version(&self, name: &str, version: u32) -> Result<(), Error> {
         let entry = self.view_entry(name)?;

@@ -133,6 +133,14 @@ fn queries_during_a_rebuild_never_mix_versions_or_fail() {
     assert_eq!(view.swaps(), 1);
     let total: f64 = view.rows().expect("rows").iter().map(|r| r.value).sum();
     assert_eq!(total, 25_000.0, "no record counted twice or missed across the hand-off");
+    // Version 1 kept following the tail: rolling back serves it, complete, at once.
+    engine.serve_view_version("counts", 1).expect("rollback");
+    assert_eq!(view.version(), 1);
+    let rows = view.rows().expect("rows");
+    assert!(rows.iter().all(|r| !r.key.starts_with(b"v2:")));
+    assert_eq!(rows.iter().map(|r| r.value).sum::<f64>(), 25_000.0);
+    engine.serve_view_version("counts", 2).expect("roll forward");
+    assert!(engine.serve_view_version("counts", 9).is_err());
     // Each partition records the exact offset where it switched to the live tail.
     let (progress, _) = view.progress_of(2).expect("progress");
     assert!(progress.partitions.iter().all(|p| p.caught_up_at.is_some()));
