@@ -49,15 +49,7 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
     let dir = temp.path().to_path_buf();
     let machine = Machine::probe(&dir);
     let (writes, reads, syncs) = crate::on_executor("bench-disk", 64 << 20, move || async move {
-        kappa_storage::io::prime_iopoll(&dir).await?;
-        let raw = dir.join("raw.bin");
-        crate::storage::raw_write(&raw, 64 * MIB).await?;
-        let (mut writes, mut reads) = (Vec::new(), Vec::new());
-        for _ in 0..runs {
-            writes.push(crate::storage::raw_write(&raw, size_mib * MIB).await?);
-            reads.push(crate::storage::raw_read(&raw, size_mib * MIB).await?);
-        }
-        std::fs::remove_file(&raw)?;
+        let (writes, reads) = crate::storage::raw_disk_runs(&dir, size_mib, runs, true).await?;
         let syncs = fdatasync_latency(&dir.join("sync.bin"), syncs).await?;
         anyhow::Ok((writes, reads, syncs))
     })?;

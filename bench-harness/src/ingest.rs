@@ -105,7 +105,7 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
     let temp = args.common.scratch("ingest")?;
     let machine = Machine::probe(temp.path());
     let size = if args.common.quick { 64 } else { 1024 };
-    let disk = crate::storage::disk_write_runs(temp.path(), size, runs)?;
+    let (disk, _) = crate::storage::disk_runs(temp.path(), size, runs, false)?;
     let disk_write = Spread::of(&disk);
     eprintln!("ingest: raw disk write {:.0} MB/s (median of {runs})", disk_write.median);
 

@@ -55,7 +55,7 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
     let temp = args.common.scratch("replay")?;
     let machine = Machine::probe(temp.path());
     let disk_read =
-        Spread::of(&crate::storage::disk_read_runs(temp.path(), size_mib.min(1024), 3)?);
+        Spread::of(&crate::storage::disk_runs(temp.path(), size_mib.min(1024), 3, true)?.1);
     eprintln!("replay: raw disk read {:.0} MB/s", disk_read.median);
     let mut runs = Vec::new();
     for value_bytes in [100usize, 1024] {

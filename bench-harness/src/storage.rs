@@ -399,36 +399,38 @@ async fn scan(dir: &Path) -> anyhow::Result<f64> {
     Ok(mb_s(bytes, elapsed))
 }
 
-/// Raw O_DIRECT sequential write bandwidth (MB/s) of `runs` runs of `size_mib` MiB in `dir`, on a
-/// glommio executor of its own: the limit other scenarios divide by.
-pub fn disk_write_runs(dir: &Path, size_mib: u64, runs: usize) -> anyhow::Result<Vec<f64>> {
-    let dir = dir.to_path_buf();
-    crate::on_executor("bench-disk", 64 << 20, move || async move {
-        kappa_storage::io::prime_iopoll(&dir).await?;
-        let raw = dir.join("raw.bin");
-        raw_write(&raw, 64 * MIB).await?;
-        let mut results = Vec::new();
-        for _ in 0..runs {
-            results.push(raw_write(&raw, size_mib * MIB).await?);
+/// Raw O_DIRECT sequential bandwidth (MB/s) of `runs` runs of `size_mib` MiB in `dir`: each run
+/// writes the file, then (when `read`) reads it back. After a short warm-up write. Runs on the
+/// calling glommio executor; the limit other scenarios divide by.
+pub async fn raw_disk_runs(
+    dir: &Path,
+    size_mib: u64,
+    runs: usize,
+    read: bool,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    kappa_storage::io::prime_iopoll(dir).await?;
+    let raw = dir.join("raw.bin");
+    raw_write(&raw, 64 * MIB).await?;
+    let (mut writes, mut reads) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        writes.push(raw_write(&raw, size_mib * MIB).await?);
+        if read {
+            reads.push(raw_read(&raw, size_mib * MIB).await?);
         }
-        std::fs::remove_file(&raw)?;
-        anyhow::Ok(results)
-    })
+    }
+    std::fs::remove_file(&raw)?;
+    Ok((writes, reads))
 }
 
-/// Raw O_DIRECT sequential read bandwidth (MB/s) of `runs` runs over a `size_mib` MiB file written
-/// first in `dir`, on a glommio executor of its own.
-pub fn disk_read_runs(dir: &Path, size_mib: u64, runs: usize) -> anyhow::Result<Vec<f64>> {
+/// `raw_disk_runs` on a glommio executor of its own.
+pub fn disk_runs(
+    dir: &Path,
+    size_mib: u64,
+    runs: usize,
+    read: bool,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     let dir = dir.to_path_buf();
     crate::on_executor("bench-disk", 64 << 20, move || async move {
-        kappa_storage::io::prime_iopoll(&dir).await?;
-        let raw = dir.join("raw-read.bin");
-        raw_write(&raw, size_mib * MIB).await?;
-        let mut results = Vec::new();
-        for _ in 0..runs {
-            results.push(raw_read(&raw, size_mib * MIB).await?);
-        }
-        std::fs::remove_file(&raw)?;
-        anyhow::Ok(results)
+        raw_disk_runs(&dir, size_mib, runs, read).await
     })
 }

@@ -48,6 +48,8 @@ pub struct SegmentScan {
     pub file_len: u64,
     /// True when some byte after the last valid frame is not zero.
     pub trailing_garbage: bool,
+    /// The first record's timestamp of the first valid frame (`None` for an empty segment).
+    pub first_timestamp: Option<i64>,
 }
 
 impl SegmentScan {
@@ -80,6 +82,7 @@ pub async fn scan_segment<S: ChunkSource>(
 ) -> Result<SegmentScan, Error> {
     let file_len = source.file_len();
     let mut index = SegmentIndex::new(base_offset, index_interval_bytes);
+    let mut first_timestamp = None;
     let mut pos = 0u64;
     let mut want = chunk_size.max(BLOCK_SIZE);
     let stop = loop {
@@ -113,6 +116,7 @@ pub async fn scan_segment<S: ChunkSource>(
                     {
                         break Step::Stop(Some(ScanStop { position, defect }));
                     }
+                    first_timestamp.get_or_insert(header.first_timestamp);
                     index.push_frame(
                         header.base_offset,
                         header.record_count,
@@ -140,7 +144,7 @@ pub async fn scan_segment<S: ChunkSource>(
             Step::Stop(stop) => break stop,
         }
     };
-    finish(index, stop, source, file_len).await
+    finish(index, stop, source, file_len, first_timestamp).await
 }
 
 enum Step {
@@ -174,6 +178,7 @@ async fn finish<S: ChunkSource>(
     stop: Option<ScanStop>,
     source: &S,
     file_len: u64,
+    first_timestamp: Option<i64>,
 ) -> Result<SegmentScan, Error> {
     let mut trailing_garbage = false;
     let mut pos = index.size_bytes;
@@ -185,7 +190,7 @@ async fn finish<S: ChunkSource>(
         trailing_garbage = chunk.iter().any(|b| *b != 0);
         pos += chunk.len() as u64;
     }
-    Ok(SegmentScan { index, stop, file_len, trailing_garbage })
+    Ok(SegmentScan { index, stop, file_len, trailing_garbage, first_timestamp })
 }
 
 /// A `ChunkSource` over `std::fs`, for tools that run without an executor.

@@ -104,7 +104,7 @@ pub fn scan_partition(dir: &Path) -> Result<(Vec<SegmentSummary>, Vec<Problem>),
         if sealed {
             check_index(dir, base, index, &mut problems);
         }
-        let first_timestamp = first_timestamp(&path, index);
+        let first_timestamp = scan.first_timestamp;
         segments.push(SegmentSummary {
             path,
             base_offset: base,
@@ -161,18 +161,4 @@ fn check_index(dir: &Path, base: u64, scanned: &SegmentIndex, problems: &mut Vec
             recoverable: true,
         }),
     }
-}
-
-fn first_timestamp(path: &Path, index: &SegmentIndex) -> Option<i64> {
-    if index.is_empty() {
-        return None;
-    }
-    let source = scan::StdSource::open(path).ok()?;
-    let chunk = futures_lite::future::block_on(scan::ChunkSource::read_chunk(
-        &source,
-        0,
-        crate::format::FRAME_HEADER_SIZE,
-    ))
-    .ok()?;
-    crate::format::parse_header(&chunk).ok().map(|h| h.first_timestamp)
 }

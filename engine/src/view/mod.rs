@@ -186,13 +186,14 @@ pub(crate) fn merge_rows(aggregate: &Aggregate, parts: Vec<Vec<(Vec<u8>, i64, Ce
     let mut merged: BTreeMap<(Vec<u8>, i64), Cell> = BTreeMap::new();
     for part in parts {
         for (key, start, cell) in part {
-            match merged.get_mut(&(key.clone(), start)) {
-                Some(existing) => {
+            match merged.entry((key, start)) {
+                std::collections::btree_map::Entry::Occupied(mut existing) => {
+                    let existing = existing.get_mut();
                     aggregate.merge(&mut existing.agg, &cell.agg);
                     existing.end_ms = existing.end_ms.max(cell.end_ms);
                 }
-                None => {
-                    merged.insert((key, start), cell);
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    slot.insert(cell);
                 }
             }
         }

@@ -184,6 +184,16 @@ fn tail_reader_wakes_on_new_records() {
     });
 }
 
+/// Fills a log in `dir` past a few segment rolls, closes it, and returns its first (sealed) segment.
+fn first_sealed_segment(dir: &Path) -> SegmentInfo {
+    run(async {
+        let log = PartitionLog::open(dir, small_config()).await.expect("open");
+        fill(&log, 20, 25, Durability::Written).await;
+        log.close().await.expect("close");
+        log.segments()[0].clone()
+    })
+}
+
 fn flip_byte(path: &Path, position: u64) {
     use std::os::unix::fs::FileExt;
     let file = std::fs::OpenOptions::new().read(true).write(true).open(path).expect("open");
@@ -236,12 +246,7 @@ fn torn_tail_is_truncated_and_appends_continue() {
 #[test]
 fn flipped_bit_in_a_sealed_segment_is_an_error_with_its_position() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let sealed = run(async {
-        let log = PartitionLog::open(dir.path(), small_config()).await.expect("open");
-        fill(&log, 20, 25, Durability::Written).await;
-        log.close().await.expect("close");
-        log.segments()[0].clone()
-    });
+    let sealed = first_sealed_segment(dir.path());
     assert!(sealed.size_bytes > 5000);
     flip_byte(&sealed.path, 5000);
     run(async {
@@ -359,12 +364,7 @@ fn bad_input_leaves_the_log_intact() {
 #[test]
 fn unknown_format_version_is_reported() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let sealed = run(async {
-        let log = PartitionLog::open(dir.path(), small_config()).await.expect("open");
-        fill(&log, 20, 25, Durability::Written).await;
-        log.close().await.expect("close");
-        log.segments()[0].clone()
-    });
+    let sealed = first_sealed_segment(dir.path());
     // Byte 4 of the first frame is the low byte of the version.
     flip_byte(&sealed.path, 4);
     std::fs::remove_file(crate::paths::index_path(dir.path(), 0)).expect("rm index");
@@ -384,12 +384,7 @@ fn unknown_format_version_is_reported() {
 #[test]
 fn truncated_sealed_segment_is_a_typed_error() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let sealed = run(async {
-        let log = PartitionLog::open(dir.path(), small_config()).await.expect("open");
-        fill(&log, 20, 25, Durability::Written).await;
-        log.close().await.expect("close");
-        log.segments()[0].clone()
-    });
+    let sealed = first_sealed_segment(dir.path());
     // Cut the sealed segment in the middle of a frame.
     let file = std::fs::OpenOptions::new().write(true).open(&sealed.path).expect("open");
     file.set_len(sealed.size_bytes - 100).expect("truncate");
