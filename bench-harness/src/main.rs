@@ -1,25 +1,31 @@
 //! `kappa-bench`: scenarios that measure kappa against the machine's own limits, in one run.
 //!
-//! Every throughput figure is printed beside the limit it is measured against (the raw disk
-//! bandwidth through the same glommio DMA path, measured in the same run) and the ratio. Each figure
-//! is the median of several runs, with the spread shown; O_DIRECT bypasses the page cache, and the
-//! data size is stated in the report.
+//! Every throughput figure is divided by a limit measured in the same run: the best raw-device
+//! rate through the same glommio DMA API over a sweep of I/O shapes (`limit`), in (raw, engine)
+//! pairs whose ratios are reported as a median with min and max (`stats`). O_DIRECT bypasses the
+//! page cache, and the data size is stated in the report.
 //!
-//! `kappa-bench run --out DIR` runs the scenarios (`disk`, `storage`, `ingest`, `tail`, `recovery`)
-//! and writes `results.json`, `report.md` and SVG plots; `kappa-bench compare A B` diffs two runs.
-//! Each scenario also runs alone (`kappa-bench storage --json FILE`). `replay` arrives with views.
+//! `kappa-bench run --out DIR` runs the scenarios (`disk`, `storage`, `ingest`, `tail`, `replay`,
+//! `recovery`), each in a child process of its own (`run`), and writes `results.json`, `report.md`
+//! and SVG plots (`plot`); `kappa-bench compare A B` diffs two runs. Each scenario also runs alone
+//! in this process (`kappa-bench storage --json FILE`).
 
 // The harness measures wall time; that is its job, so the `Clock` rule does not apply here.
 #![allow(clippy::disallowed_methods)]
 
 mod disk;
 mod ingest;
+mod limit;
+mod plot;
 mod recovery;
 mod replay;
 mod report;
+mod run;
+mod stats;
 mod storage;
-mod svg;
 mod tail;
+
+pub use stats::Spread;
 
 use std::path::PathBuf;
 
@@ -34,25 +40,34 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run scenarios and write results.json, report.md and SVG plots.
-    Run(report::RunArgs),
+    /// Run scenarios, each in its own process, and write results.json, report.md and SVG plots.
+    Run(run::RunArgs),
     /// Compare two results.json files.
     Compare(report::CompareArgs),
-    /// Raw disk bandwidth and fdatasync latency through glommio: the limits.
+    /// The raw device: a sweep of I/O shapes, repeats of the best, fdatasync latency.
     Disk(disk::Args),
-    /// Raw disk bandwidth, then log append (written, synced) and scan throughput.
+    /// Log append (written, synced) and scan, each paired with a raw-device run.
     Storage(storage::Args),
     /// Embedded producers into the engine by value size, durability, shards and batch size.
     Ingest(ingest::Args),
-    /// Open-loop producer at half the measured maximum, append-to-tail latency.
+    /// Append-to-tail latency against offered load (10% to 120% of the measured maximum).
     Tail(tail::Args),
     /// Time to reopen a partition after a SIGKILL with N GiB in it.
     Recovery(recovery::Args),
-    /// Rebuild a view from offset 0 on one shard, beside the disk read bandwidth.
+    /// Rebuild a view from offset 0 on one shard, paired with raw-device reads.
     Replay(replay::Args),
     /// The child process of the recovery scenario.
     #[command(hide = true)]
     RecoveryWriter { dir: PathBuf, size_mib: u64 },
+    /// One scenario as a child process of `run`: its outcome goes to `--outcome` as JSON.
+    #[command(hide = true)]
+    Scenario {
+        #[arg(long)]
+        outcome: PathBuf,
+        name: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,7 +76,8 @@ fn main() -> anyhow::Result<()> {
     let _ =
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
     let (json, outcome) = match Cli::parse().command {
-        Command::Run(args) => return report::run(args),
+        Command::Run(args) => return run::run(args),
+        Command::Scenario { outcome, name, args } => return run::child(&outcome, &name, &args),
         Command::Compare(args) => return report::compare(args),
         Command::RecoveryWriter { dir, size_mib } => return recovery::writer(&dir, size_mib),
         Command::Disk(args) => (args.common.json.clone(), disk::scenario(args)),
@@ -246,34 +262,4 @@ fn file_system_of(path: &std::path::Path) -> String {
 pub fn new_histogram() -> hdrhistogram::Histogram<u64> {
     hdrhistogram::Histogram::new_with_bounds(1_000, 60_000_000_000, 3)
         .expect("static histogram bounds are valid")
-}
-
-/// Median, min and max of repeated measurements.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
-pub struct Spread {
-    pub median: f64,
-    pub min: f64,
-    pub max: f64,
-    pub runs: usize,
-}
-
-impl Spread {
-    pub fn of(values: &[f64]) -> Spread {
-        let mut sorted = values.to_vec();
-        sorted.sort_by(f64::total_cmp);
-        let n = sorted.len();
-        let median = if n == 0 {
-            0.0
-        } else if n % 2 == 1 {
-            sorted[n / 2]
-        } else {
-            (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-        };
-        Spread {
-            median,
-            min: sorted.first().copied().unwrap_or(0.0),
-            max: sorted.last().copied().unwrap_or(0.0),
-            runs: n,
-        }
-    }
 }

@@ -95,19 +95,19 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
         recovery.truncated_bytes
     );
     let mut outcome = Outcome::new("recovery", serde_json::to_value(&report)?);
-    outcome.figures.push(Figure::plain(
+    outcome.figures.push(Figure::one_run(
         "recovery",
         &format!("reopen after SIGKILL, {:.1} GB log", size as f64 / 1e9),
         reopen_ms,
         "ms",
     ));
-    outcome.figures.push(Figure::plain(
+    outcome.figures.push(Figure::one_run(
         "recovery",
         "active segment scanned",
         recovery.scanned_bytes as f64 / 1e6,
         "MB",
     ));
-    outcome.figures.push(Figure::plain(
+    outcome.figures.push(Figure::one_run(
         "recovery",
         "scan rate during reopen",
         report.scanned_mb_s,

@@ -1,9 +1,12 @@
-//! The `replay` scenario: rebuild a view from offset 0 on one shard, beside the disk read bandwidth.
+//! The `replay` scenario: rebuild a view from offset 0 on one shard, paired with raw-device reads.
 //!
 //! For 100-byte and 1 KiB records, a log of `--size-mib` (2 GiB by default) is written to a
-//! one-partition topic on a one-shard engine; then a sum view per key per one-hour window is built
-//! from offset 0 and timed until it has caught up. Allocations per record come from the counting
-//! global allocator of this binary (every thread counts, so it is an upper bound).
+//! one-partition topic on a one-shard engine; then, `--pairs` times, a raw read of a file of the
+//! same size (in the best read shape of a sweep) is followed by a new sum view per key per
+//! one-hour window built from offset 0 and timed until it has caught up. 1 KiB replays are
+//! divided by the raw read just before them; 100-byte replays are CPU-bound and judged in
+//! records/s against a fixed target, over the same repeats. Allocations per record come from the
+//! counting global allocator of this binary (every thread counts, so it is an upper bound).
 
 use std::time::{Duration, Instant};
 
@@ -13,7 +16,9 @@ use kappa_engine::{Durability, Engine, ProducerBatch, TopicConfig, ViewDef};
 use kappa_storage::MIB;
 use serde::Serialize;
 
-use crate::report::{Figure, Outcome};
+use crate::limit::{Shape, Sweep};
+use crate::report::{Figure, Noise, Outcome, Series};
+use crate::stats::{PairedRatio, Pairs};
 use crate::{Machine, Spread};
 
 #[derive(Debug, clap::Args)]
@@ -23,16 +28,19 @@ pub struct Args {
     /// Log size per record size, in MiB (key + value bytes).
     #[arg(long, default_value_t = 2048)]
     size_mib: u64,
+    /// Replays per record size, each after a raw read.
+    #[arg(long, default_value_t = crate::run::PAIRS_MIN)]
+    pairs: usize,
 }
 
 const KEYS: u64 = 100;
 const BATCH: usize = 1000;
+/// The replay target for small records: records/s on one core.
+const TARGET_RECORDS_S: f64 = 5e6;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 struct Run {
-    value_bytes: usize,
     records: u64,
-    log_bytes: u64,
     seconds: f64,
     records_s: f64,
     mb_s: f64,
@@ -42,89 +50,206 @@ struct Run {
 }
 
 #[derive(Debug, Serialize)]
+struct BySize {
+    value_bytes: usize,
+    records: u64,
+    log_bytes: u64,
+    /// The raw read before each replay (1 KiB records only).
+    raw_read_mb_s: Vec<f64>,
+    runs: Vec<Run>,
+    records_s: Spread,
+    mb_s: Spread,
+    allocations_per_record: Spread,
+    /// 1 KiB records: replay MB/s over the raw read just before it.
+    paired: Option<PairedRatio>,
+}
+
+/// One point of the scaling curve: replay records/s with this many shards.
+#[derive(Debug, Clone, Serialize)]
+struct ScalingPoint {
+    value_bytes: usize,
+    shards: usize,
+    records_s: Spread,
+}
+
+#[derive(Debug, Serialize)]
 struct Report {
     scenario: &'static str,
     machine: Machine,
-    disk_read_mb_s: Spread,
-    runs: Vec<Run>,
+    sweep: Sweep,
+    read_shape: Shape,
+    sizes: Vec<BySize>,
+    /// Replay records/s by shard count (one shard today; the scaling scenario adds more).
+    records_per_s_by_shards: Vec<ScalingPoint>,
     notes: &'static str,
 }
 
 pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
-    let size_mib = if args.common.quick { 64 } else { args.size_mib };
+    let quick = args.common.quick;
+    let (size_mib, pairs) = if quick { (64, 2) } else { (args.size_mib, args.pairs.max(1)) };
     let temp = args.common.scratch("replay")?;
     let machine = Machine::probe(temp.path());
-    let disk_read =
-        Spread::of(&crate::storage::disk_runs(temp.path(), size_mib.min(1024), 3, true)?.1);
-    eprintln!("replay: raw disk read {:.0} MB/s", disk_read.median);
-    let mut runs = Vec::new();
-    for value_bytes in [100usize, 1024] {
-        let run =
-            replay_one(&temp.path().join(format!("v{value_bytes}")), value_bytes, size_mib * MIB)
-                .with_context(|| format!("replay of {value_bytes}-byte records"))?;
-        eprintln!(
-            "  {value_bytes:>5} B: {} records in {:.2} s: {:.2} M records/s, {:.0} MB/s, {:.4} allocations/record",
-            run.records,
-            run.seconds,
-            run.records_s / 1e6,
-            run.mb_s,
-            run.allocations_per_record
-        );
-        runs.push(run);
+    let (sweep_size, repeats) = crate::limit::sweep_plan(quick);
+    let sweep = crate::limit::sweep_blocking(temp.path(), sweep_size, quick, repeats, true)?;
+    let read_shape = sweep.best_read;
+    // The raw side reads a file as large as the log, written once, as the log is.
+    let raw_dir = temp.path().join("raw");
+    std::fs::create_dir_all(&raw_dir)?;
+    let raw_path = raw_dir.join("raw.bin");
+    {
+        let (dir, path) = (raw_dir.clone(), raw_path.clone());
+        let write_shape = sweep.best_write;
+        crate::on_executor("bench-raw", 64 << 20, move || async move {
+            kappa_storage::io::prime_iopoll(&dir).await?;
+            crate::limit::raw_write(&path, size_mib * MIB, write_shape).await
+        })?;
     }
+    let mut sizes = Vec::new();
+    for value_bytes in [100usize, 1024] {
+        let paired = value_bytes >= 1024;
+        let by_size = replay_size(
+            &temp.path().join(format!("v{value_bytes}")),
+            value_bytes,
+            size_mib * MIB,
+            pairs,
+            paired.then_some((raw_path.as_path(), read_shape)),
+        )
+        .with_context(|| format!("replay of {value_bytes}-byte records"))?;
+        sizes.push(by_size);
+    }
+    let records_per_s_by_shards = sizes
+        .iter()
+        .map(|s| ScalingPoint { value_bytes: s.value_bytes, shards: 1, records_s: s.records_s })
+        .collect();
     let report = Report {
         scenario: "replay",
         machine,
-        disk_read_mb_s: disk_read,
-        runs,
-        notes: "One shard, one partition, a sum view per key (100 keys) per 1-hour event-time window, \
-                from offset 0 until caught up. MB = 10^6 bytes of key + value. Allocations count every \
-                thread of the process during the replay.",
+        read_shape,
+        sweep,
+        sizes,
+        records_per_s_by_shards,
+        notes:
+            "One shard, one partition, a sum view per key (100 keys) per 1-hour event-time window, \
+                from offset 0 until caught up; each replay is a new view. MB = 10^6 bytes of key + \
+                value. Allocations count every thread of the process during the replay. The raw \
+                read is timed from first submission to last completion, open and close outside.",
     };
     let mut outcome = Outcome::new("replay", serde_json::to_value(&report)?);
-    outcome.figures.push(Figure::plain("replay", "disk_read_mb_s", disk_read.median, "MB/s"));
-    for run in &report.runs {
-        let name = format!("{} B records", run.value_bytes);
-        if run.value_bytes >= 1024 {
-            outcome.figures.push(Figure::against(
+    let raw: Vec<f64> = report.sizes.iter().flat_map(|s| s.raw_read_mb_s.clone()).collect();
+    outcome.noise = Some(Noise::of(&[], &raw));
+    for s in &report.sizes {
+        let name = format!("{} B records", s.value_bytes);
+        if let Some(paired) = &s.paired {
+            outcome.figures.push(Figure::paired(
                 "replay",
                 &format!("{name} MB/s"),
-                run.mb_s,
                 "MB/s",
-                "disk read",
-                disk_read.median,
+                &format!("raw read {}", read_shape.label()),
+                paired,
                 0.7,
             ));
         } else {
-            outcome.figures.push(Figure::against(
-                "replay",
-                &format!("{name} records/s (one core)"),
-                run.records_s,
-                "rec/s",
-                "target 5M",
-                5e6,
-                1.0,
-            ));
+            outcome.figures.push(
+                Figure::median(
+                    "replay",
+                    &format!("{name} records/s (one core)"),
+                    &s.records_s,
+                    "rec/s",
+                )
+                .at_least(TARGET_RECORDS_S),
+            );
         }
-        outcome.figures.push(Figure::plain(
+        outcome.figures.push(Figure::median(
             "replay",
             &format!("{name} allocations/record"),
-            run.allocations_per_record,
+            &s.allocations_per_record,
             "allocs",
         ));
-        outcome.bars.push((name.clone(), run.mb_s));
-        outcome.series.push((format!("{name} (M records/s)"), run.rate_over_time.clone()));
+        if let Some(last) = s.runs.last() {
+            outcome.series.push(Series {
+                name: format!("{name} (M records/s)"),
+                x_label: "seconds since the replay started".into(),
+                y_label: "M records/s".into(),
+                points: last.rate_over_time.clone(),
+            });
+        }
     }
-    outcome.bars.push(("disk read".into(), disk_read.median));
+    for p in &report.records_per_s_by_shards {
+        outcome.scaling.push(Series {
+            name: format!("{} B records (median)", p.value_bytes),
+            x_label: "shards".into(),
+            y_label: "M records/s".into(),
+            points: vec![(p.shards as f64, p.records_s.median / 1e6)],
+        });
+    }
     Ok(outcome)
 }
 
-fn replay_one(dir: &std::path::Path, value_bytes: usize, size_bytes: u64) -> anyhow::Result<Run> {
+/// Writes the log for one record size, then replays it `pairs` times, each after a raw read when
+/// `raw` names the file and shape to read.
+fn replay_size(
+    dir: &std::path::Path,
+    value_bytes: usize,
+    size_bytes: u64,
+    pairs: usize,
+    raw: Option<(&std::path::Path, Shape)>,
+) -> anyhow::Result<BySize> {
     let engine = Engine::builder().data_dir(dir).shards(1).build()?;
     engine.create_topic("replay", TopicConfig::new(1))?;
     let record_bytes = (value_bytes + 8) as u64;
     let records = size_bytes / record_bytes;
-    // Write the log: packed batches, acknowledged when buffered, synced at the end.
+    write_log(&engine, value_bytes, records)?;
+    let log_bytes = engine.partition_offsets("replay", 0)?.size_bytes;
+    let mut runs = Vec::new();
+    let mut raw_read_mb_s = Vec::new();
+    let mut pairs_run = Pairs::default();
+    for round in 0..pairs {
+        let raw_mb_s = match raw {
+            Some((path, shape)) => {
+                let path = path.to_path_buf();
+                let mb_s = crate::on_executor("bench-raw", 64 << 20, move || async move {
+                    let dir = path.parent().context("raw file has no directory")?;
+                    kappa_storage::io::prime_iopoll(dir).await?;
+                    crate::limit::raw_read(&path, size_bytes, shape).await
+                })?;
+                raw_read_mb_s.push(mb_s);
+                Some(mb_s)
+            }
+            None => None,
+        };
+        let run = replay_once(&engine, &format!("sums-{round}"), records, record_bytes)?;
+        eprintln!(
+            "  {value_bytes:>5} B, replay {}: {} records in {:.2} s: {:.2} M records/s, {:.0} MB/s{}, {:.4} allocations/record",
+            round + 1,
+            run.records,
+            run.seconds,
+            run.records_s / 1e6,
+            run.mb_s,
+            raw_mb_s.map_or(String::new(), |r| format!(" (raw read {r:.0} MB/s, ratio {:.2})", run.mb_s / r)),
+            run.allocations_per_record
+        );
+        if let Some(r) = raw_mb_s {
+            pairs_run.push(r, run.mb_s);
+        }
+        runs.push(run);
+    }
+    engine.shutdown()?;
+    let spread = |f: fn(&Run) -> f64| Spread::of(&runs.iter().map(f).collect::<Vec<_>>());
+    Ok(BySize {
+        value_bytes,
+        records,
+        log_bytes,
+        raw_read_mb_s,
+        records_s: spread(|r| r.records_s),
+        mb_s: spread(|r| r.mb_s),
+        allocations_per_record: spread(|r| r.allocations_per_record),
+        paired: (pairs_run.len() > 0).then(|| pairs_run.summary()),
+        runs,
+    })
+}
+
+/// Packed batches, acknowledged when buffered, synced when the engine shuts down.
+fn write_log(engine: &Engine, value_bytes: usize, records: u64) -> anyhow::Result<()> {
     let producer = engine.producer().with_durability(Durability::None);
     let mut value = vec![0x5Au8; value_bytes];
     let mut written = 0u64;
@@ -139,7 +264,7 @@ fn replay_one(dir: &std::path::Path, value_bytes: usize, size_bytes: u64) -> any
         }
         pending.push_back(producer.send_packed_nowait("replay", batch)?);
         if pending.len() > 16 {
-            for ack in pending.pop_front().expect("non-empty") {
+            for ack in pending.pop_front().context("no batch pending")? {
                 ack.wait()?;
             }
         }
@@ -150,7 +275,16 @@ fn replay_one(dir: &std::path::Path, value_bytes: usize, size_bytes: u64) -> any
             ack.wait()?;
         }
     }
-    let log_bytes = engine.partition_offsets("replay", 0)?.size_bytes;
+    Ok(())
+}
+
+/// Builds a new view `name` from offset 0 and times it until it has caught up with `records`.
+fn replay_once(
+    engine: &Engine,
+    name: &str,
+    records: u64,
+    record_bytes: u64,
+) -> anyhow::Result<Run> {
     let def = ViewDef::new("replay")
         .revision("sum")
         .map(|r| {
@@ -163,7 +297,7 @@ fn replay_one(dir: &std::path::Path, value_bytes: usize, size_bytes: u64) -> any
         .checkpoint_every(u64::MAX);
     let allocations_before = crate::allocations();
     let started = Instant::now();
-    let view = engine.create_view("sums", def)?;
+    let view = engine.create_view(name, def)?;
     let mut rate_over_time = Vec::new();
     let mut last = (0.0, 0u64);
     loop {
@@ -182,11 +316,8 @@ fn replay_one(dir: &std::path::Path, value_bytes: usize, size_bytes: u64) -> any
     }
     let seconds = started.elapsed().as_secs_f64();
     let allocations = crate::allocations() - allocations_before;
-    engine.shutdown()?;
     Ok(Run {
-        value_bytes,
         records,
-        log_bytes,
         seconds,
         records_s: records as f64 / seconds,
         mb_s: (records * record_bytes) as f64 / 1e6 / seconds,

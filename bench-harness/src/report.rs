@@ -1,8 +1,8 @@
-//! `kappa-bench run` and `compare`: run scenarios in one process, write `results.json`,
-//! `report.md` and SVG plots, and compare two result files.
+//! What a scenario hands to the report (`Outcome`, `Figure`), the Markdown report, and `compare`.
 //!
-//! Every scenario returns an `Outcome`: its full JSON, the headline `Figure`s (each with the limit it
-//! is measured against and the ratio), and the latency histograms and throughput bars to plot.
+//! An `Outcome` crosses a process boundary (each scenario runs in a child process of `kappa-bench
+//! run`), so it is plain serde data: figures with their spreads, latency curves already reduced to
+//! percentile points, the tail's latency-against-load curve, and the limits' noise.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -11,92 +11,225 @@ use anyhow::Context;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::Machine;
+use crate::stats::{PairedRatio, Spread, Verdict};
 
-/// One headline number, beside its limit or target.
+/// One headline number: how it was obtained, its spread, and (ratio figures) the limit it is
+/// divided by, pair by pair.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Figure {
     pub scenario: String,
     pub name: String,
+    /// The median when `runs` > 1.
     pub value: f64,
     pub unit: String,
-    /// What the value is divided by, measured in the same run.
+    /// How `value` was obtained: "median of 5 pairs", "median of 5 runs", "one run", ...
+    #[serde(default)]
+    pub statistic: String,
+    #[serde(default)]
+    pub runs: usize,
+    #[serde(default)]
+    pub value_min: f64,
+    #[serde(default)]
+    pub value_max: f64,
+    /// What the value is divided by, measured in the same run (the median of the paired runs).
     pub limit_name: Option<String>,
     pub limit: Option<f64>,
-    pub ratio: Option<f64>,
-    /// "ratio >= 0.8" or "value < 1000": the target, when there is one.
+    #[serde(default)]
+    pub limit_min: Option<f64>,
+    #[serde(default)]
+    pub limit_max: Option<f64>,
+    /// Ratio figures: how many (limit, engine) pairs, and the median, min and max of the per-pair
+    /// ratios.
+    #[serde(default)]
+    pub pairs: Option<usize>,
+    #[serde(default)]
+    pub ratio_median: Option<f64>,
+    #[serde(default)]
+    pub ratio_min: Option<f64>,
+    #[serde(default)]
+    pub ratio_max: Option<f64>,
+    /// "ratio >= 0.8" or "< 1000 us": the target, when there is one.
     pub target: Option<String>,
-    pub meets: Option<bool>,
+    #[serde(default)]
+    pub verdict: Option<Verdict>,
 }
 
 impl Figure {
-    pub fn plain(scenario: &str, name: &str, value: f64, unit: &str) -> Self {
+    /// A value measured once.
+    pub fn one_run(scenario: &str, name: &str, value: f64, unit: &str) -> Self {
         Figure {
             scenario: scenario.into(),
             name: name.into(),
             value,
             unit: unit.into(),
+            statistic: "one run".into(),
+            runs: 1,
+            value_min: value,
+            value_max: value,
             limit_name: None,
             limit: None,
-            ratio: None,
+            limit_min: None,
+            limit_max: None,
+            pairs: None,
+            ratio_median: None,
+            ratio_min: None,
+            ratio_max: None,
             target: None,
-            meets: None,
+            verdict: None,
         }
     }
 
-    /// A value measured against a limit, with a minimum ratio as its target.
-    pub fn against(
+    /// The median of repeated runs, with their min and max.
+    pub fn median(scenario: &str, name: &str, spread: &Spread, unit: &str) -> Self {
+        Figure {
+            statistic: format!("median of {} runs", spread.runs),
+            runs: spread.runs,
+            value_min: spread.min,
+            value_max: spread.max,
+            ..Figure::one_run(scenario, name, spread.median, unit)
+        }
+    }
+
+    /// An engine figure divided, pair by pair, by the limit run just before it; the verdict
+    /// compares the spread of the ratios with `min_ratio`.
+    pub fn paired(
         scenario: &str,
         name: &str,
-        value: f64,
         unit: &str,
         limit_name: &str,
-        limit: f64,
+        paired: &PairedRatio,
         min_ratio: f64,
     ) -> Self {
-        let ratio = value / limit;
         Figure {
+            statistic: format!("median of {} pairs", paired.pairs),
             limit_name: Some(limit_name.into()),
-            limit: Some(limit),
-            ratio: Some(ratio),
+            limit: Some(paired.limit.median),
+            limit_min: Some(paired.limit.min),
+            limit_max: Some(paired.limit.max),
+            pairs: Some(paired.pairs),
+            ratio_median: Some(paired.ratio_median),
+            ratio_min: Some(paired.ratio_min),
+            ratio_max: Some(paired.ratio_max),
             target: Some(format!("ratio >= {min_ratio}")),
-            meets: Some(ratio >= min_ratio),
-            ..Figure::plain(scenario, name, value, unit)
+            verdict: Some(Verdict::at_least(paired.ratio_min, paired.ratio_max, min_ratio)),
+            ..Figure::median(scenario, name, &paired.engine, unit)
         }
     }
 
-    /// A value with a maximum as its target (latencies).
-    pub fn below(scenario: &str, name: &str, value: f64, unit: &str, max: f64) -> Self {
-        Figure {
-            target: Some(format!("< {max} {unit}")),
-            meets: Some(value < max),
-            ..Figure::plain(scenario, name, value, unit)
+    /// The min and max of the limit's paired runs (the limit itself when it has no spread).
+    pub fn limit_band(&self) -> (f64, f64) {
+        let limit = self.limit.unwrap_or(0.0);
+        (self.limit_min.unwrap_or(limit), self.limit_max.unwrap_or(limit))
+    }
+
+    /// Describes how a one-run value was obtained (a percentile of N samples, say).
+    pub fn statistic(mut self, statistic: impl Into<String>) -> Self {
+        self.statistic = statistic.into();
+        self
+    }
+
+    /// A target of the form "value >= `min`", judged on the value's spread.
+    pub fn at_least(mut self, min: f64) -> Self {
+        self.target = Some(format!(">= {} {}", number(min), self.unit));
+        self.verdict = Some(Verdict::at_least(self.value_min, self.value_max, min));
+        self
+    }
+
+    /// A target of the form "value < `max`" (latencies), judged on the value's spread.
+    pub fn less_than(mut self, max: f64) -> Self {
+        self.target = Some(format!("< {} {}", number(max), self.unit));
+        self.verdict = Some(Verdict::less_than(self.value_min, self.value_max, max));
+        self
+    }
+}
+
+/// A latency distribution reduced to (percentile, µs) points for plotting: evenly spaced on the
+/// "nines" axis from 0% to 99.999%, then the maximum.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LatencyCurve {
+    pub name: String,
+    pub samples: u64,
+    pub points: Vec<(f64, f64)>,
+    pub max_us: f64,
+}
+
+impl LatencyCurve {
+    pub fn of(name: impl Into<String>, h: &Histogram<u64>) -> Self {
+        let points = (0..=50)
+            .map(|step| {
+                let nines = f64::from(step) / 10.0;
+                let q = 1.0 - 10f64.powf(-nines);
+                (q * 100.0, h.value_at_quantile(q.min(1.0)) as f64 / 1e3)
+            })
+            .collect();
+        LatencyCurve { name: name.into(), samples: h.len(), points, max_us: h.max() as f64 / 1e3 }
+    }
+}
+
+/// A line of (x, y) points with its axis names.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Series {
+    pub name: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Run-to-run noise of a scenario's raw limits: the coefficient of variation over its repeats.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Noise {
+    pub raw_write_cv: Option<f64>,
+    pub raw_write_runs: usize,
+    pub raw_read_cv: Option<f64>,
+    pub raw_read_runs: usize,
+}
+
+impl Noise {
+    pub fn of(writes: &[f64], reads: &[f64]) -> Self {
+        let cv = |v: &[f64]| (v.len() >= 2).then(|| crate::stats::coefficient_of_variation(v));
+        Noise {
+            raw_write_cv: cv(writes),
+            raw_write_runs: writes.len(),
+            raw_read_cv: cv(reads),
+            raw_read_runs: reads.len(),
         }
     }
 }
 
 /// What a scenario hands to the report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Outcome {
-    pub scenario: &'static str,
+    pub scenario: String,
+    /// The scenario's full report (every parameter and configuration).
     pub json: serde_json::Value,
     pub figures: Vec<Figure>,
-    /// Latency histograms (ns) to draw as percentile distributions.
-    pub latencies: Vec<(String, Histogram<u64>)>,
-    /// Throughput bars (label, MB/s).
-    pub bars: Vec<(String, f64)>,
-    /// A rate over time (seconds, value) with its unit, when the scenario has one.
-    pub series: Vec<(String, Vec<(f64, f64)>)>,
+    /// Latency distributions to draw by percentile.
+    #[serde(default)]
+    pub latencies: Vec<LatencyCurve>,
+    /// Rates over time.
+    #[serde(default)]
+    pub series: Vec<Series>,
+    /// The tail scenario's latency against offered load.
+    #[serde(default)]
+    pub load_curve: Vec<crate::tail::LoadPoint>,
+    /// Records/s by shard count, one series per record size (replay).
+    #[serde(default)]
+    pub scaling: Vec<Series>,
+    #[serde(default)]
+    pub noise: Option<Noise>,
 }
 
 impl Outcome {
-    pub fn new(scenario: &'static str, json: serde_json::Value) -> Self {
+    pub fn new(scenario: &str, json: serde_json::Value) -> Self {
         Outcome {
-            scenario,
+            scenario: scenario.into(),
             json,
             figures: Vec::new(),
             latencies: Vec::new(),
-            bars: Vec::new(),
             series: Vec::new(),
+            load_curve: Vec::new(),
+            scaling: Vec::new(),
+            noise: None,
         }
     }
 
@@ -107,184 +240,82 @@ impl Outcome {
     }
 }
 
-/// A value with enough digits: small ones (allocations per record) keep four decimals.
-fn number(value: f64) -> String {
+/// A value with enough digits: small ones (allocations per record, ratios) keep more decimals.
+pub fn number(value: f64) -> String {
     if value != 0.0 && value.abs() < 1.0 {
         format!("{value:.4}")
+    } else if value.abs() >= 1e6 {
+        format!("{value:.0}")
     } else {
         format!("{value:.1}")
     }
 }
 
-fn figure_line(f: &Figure) -> String {
-    let mut line =
-        format!("{:<9} {:<40} {:>12} {:<6}", f.scenario, f.name, number(f.value), f.unit);
-    if let (Some(name), Some(limit), Some(ratio)) = (&f.limit_name, f.limit, f.ratio) {
-        let _ = write!(line, " vs {name} {limit:.0}: ratio {ratio:.2}");
+fn spread_text(f: &Figure) -> String {
+    if f.runs > 1 {
+        format!("{} [{}-{}]", number(f.value), number(f.value_min), number(f.value_max))
+    } else {
+        number(f.value)
     }
-    if let (Some(target), Some(meets)) = (&f.target, f.meets) {
-        let _ = write!(line, "  [target {target}: {}]", if meets { "meets" } else { "BELOW" });
+}
+
+fn ratio_text(f: &Figure) -> String {
+    match (f.ratio_median, f.ratio_min, f.ratio_max) {
+        (Some(m), Some(lo), Some(hi)) => format!("{m:.3} [{lo:.3}-{hi:.3}]"),
+        _ => String::new(),
+    }
+}
+
+fn figure_line(f: &Figure) -> String {
+    let mut line = format!(
+        "{:<9} {:<44} {:>28} {:<6} ({})",
+        f.scenario,
+        f.name,
+        spread_text(f),
+        f.unit,
+        f.statistic
+    );
+    if let (Some(name), Some(limit)) = (&f.limit_name, f.limit) {
+        let _ = write!(line, " vs {name} {limit:.0}: ratio {}", ratio_text(f));
+    }
+    if let (Some(target), Some(verdict)) = (&f.target, f.verdict) {
+        let _ = write!(line, "  [target {target}: {}]", verdict.as_str());
     }
     line
 }
 
-#[derive(Debug, clap::Args)]
-pub struct RunArgs {
-    /// Short runs (about a minute in all) that check every scenario works; numbers are rough.
-    #[arg(long)]
-    quick: bool,
-    /// Scenarios to run, comma separated.
-    #[arg(long, value_delimiter = ',', default_values_t = ["disk".to_string(), "storage".into(), "ingest".into(), "tail".into(), "replay".into(), "recovery".into()])]
-    scenarios: Vec<String>,
-    /// Where results.json, report.md and the SVG plots go.
-    #[arg(long)]
-    out: PathBuf,
-    /// Where the data goes (a directory on the device to measure); default: the current one.
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct Results {
-    date_utc: String,
-    git_commit: String,
-    build_profile: String,
-    quick: bool,
-    scenarios_run: Vec<String>,
-    machine: serde_json::Value,
-    figures: Vec<Figure>,
-    scenarios: serde_json::Map<String, serde_json::Value>,
-}
-
-pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
-    let data_dir = args.data_dir.clone().unwrap_or_else(|| PathBuf::from("."));
-    let machine = Machine::probe(&data_dir);
-    let mut outcomes = Vec::new();
-    let total = args.scenarios.len();
-    for (i, name) in args.scenarios.iter().enumerate() {
-        eprintln!("[{}/{total}] {name}", i + 1);
-        let mut argv: Vec<String> =
-            vec![name.clone(), "--data-dir".into(), data_dir.display().to_string()];
-        if args.quick {
-            argv.push("--quick".into());
-        }
-        let outcome =
-            crate::run_scenario(name, &argv).with_context(|| format!("scenario {name}"))?;
-        outcome.print();
-        outcomes.push(outcome);
-    }
-    let results = Results {
-        date_utc: date_utc(),
-        git_commit: git_commit(),
-        build_profile: if cfg!(debug_assertions) { "debug" } else { "release" }.into(),
-        quick: args.quick,
-        scenarios_run: args.scenarios.clone(),
-        machine: serde_json::to_value(&machine)?,
-        figures: outcomes.iter().flat_map(|o| o.figures.clone()).collect(),
-        scenarios: outcomes.iter().map(|o| (o.scenario.to_string(), o.json.clone())).collect(),
-    };
-    let results_path = args.out.join("results.json");
-    std::fs::write(&results_path, serde_json::to_string_pretty(&results)?)
-        .with_context(|| format!("writing {}", results_path.display()))?;
-
-    let mut plots = Vec::new();
-    let latencies: Vec<(String, &Histogram<u64>)> = outcomes
-        .iter()
-        .flat_map(|o| o.latencies.iter().map(|(n, h)| (format!("{}: {n}", o.scenario), h)))
-        .collect();
-    if !latencies.is_empty() {
-        let path = args.out.join("latency.svg");
-        std::fs::write(&path, crate::svg::latency_distribution(&latencies))?;
-        plots.push(("Latency by percentile".to_string(), "latency.svg".to_string()));
-    }
-    for o in &outcomes {
-        if !o.bars.is_empty() {
-            let file = format!("{}-throughput.svg", o.scenario);
-            std::fs::write(
-                args.out.join(&file),
-                crate::svg::bars(&format!("{} throughput", o.scenario), "MB/s", &o.bars),
-            )?;
-            plots.push((format!("{} throughput", o.scenario), file));
-        }
-        if !o.series.is_empty() {
-            let file = format!("{}-over-time.svg", o.scenario);
-            std::fs::write(
-                args.out.join(&file),
-                crate::svg::lines(&format!("{} over time", o.scenario), "s", "rate", &o.series),
-            )?;
-            plots.push((format!("{} over time", o.scenario), file));
-        }
-    }
-    let report = markdown(&results, &plots);
-    let report_path = args.out.join("report.md");
-    std::fs::write(&report_path, report)
-        .with_context(|| format!("writing {}", report_path.display()))?;
-    eprintln!(
-        "wrote {}, {} and {} plot(s)",
-        results_path.display(),
-        report_path.display(),
-        plots.len()
-    );
-    Ok(())
-}
-
-fn markdown(results: &Results, plots: &[(String, String)]) -> String {
+/// The Markdown summary table: one row per figure.
+pub fn summary_table(figures: &[Figure]) -> String {
     let mut md = String::new();
-    let _ = writeln!(md, "# kappa benchmark report\n");
     let _ = writeln!(
         md,
-        "{} UTC, commit `{}`, {} build{}.\n",
-        results.date_utc,
-        results.git_commit,
-        results.build_profile,
-        if results.quick { ", **quick run** (short phases: numbers are rough)" } else { "" }
+        "| scenario | figure | value [min-max] | statistic | limit (median) | ratio median [min-max] | target | verdict |"
     );
-    let m = &results.machine;
-    let _ = writeln!(
-        md,
-        "Machine: {} ({} CPUs), {} KiB memory, Linux {}, data on {}.\n",
-        m["cpu_model"].as_str().unwrap_or("?"),
-        m["cpus_online"],
-        m["memory_total_kib"],
-        m["kernel"].as_str().unwrap_or("?"),
-        m["file_system"].as_str().unwrap_or("?")
-    );
-    let _ = writeln!(md, "## Summary\n");
-    let _ = writeln!(md, "Each throughput is divided by the limit it is measured against, measured in the same run. ");
-    let _ = writeln!(md, "A ratio of 0.8 means the engine reaches 80% of what the raw device does through the same I/O path.\n");
-    let _ = writeln!(md, "| scenario | figure | value | limit | ratio | target | |");
-    let _ = writeln!(md, "|---|---|---:|---:|---:|---|---|");
-    for f in &results.figures {
+    let _ = writeln!(md, "|---|---|---:|---|---:|---:|---|---|");
+    for f in figures {
         let limit = match (&f.limit_name, f.limit) {
             (Some(n), Some(l)) => format!("{n} {l:.0}"),
             _ => String::new(),
         };
         let _ = writeln!(
             md,
-            "| {} | {} | {} {} | {} | {} | {} | {} |",
+            "| {} | {} | {} {} | {} | {} | {} | {} | {} |",
             f.scenario,
             f.name,
-            number(f.value),
+            spread_text(f),
             f.unit,
+            f.statistic,
             limit,
-            f.ratio.map_or(String::new(), |r| format!("{r:.3}")),
+            ratio_text(f),
             f.target.clone().unwrap_or_default(),
-            match f.meets {
-                Some(true) => "meets",
-                Some(false) => "**below**",
+            match f.verdict {
+                Some(Verdict::Below) => "**below**",
+                Some(Verdict::Noisy) => "*noisy*",
+                Some(v) => v.as_str(),
                 None => "",
             }
         );
     }
-    if !plots.is_empty() {
-        let _ = writeln!(md, "\n## Plots\n");
-        for (title, file) in plots {
-            let _ = writeln!(md, "![{title}]({file})\n");
-        }
-    }
-    let _ = writeln!(md, "\nFull parameters and every configuration: `results.json`.");
     md
 }
 
@@ -296,77 +327,110 @@ pub struct CompareArgs {
     b: PathBuf,
 }
 
+/// The part of a results.json `compare` reads.
+#[derive(Deserialize)]
+struct Compared {
+    date_utc: String,
+    git_commit: String,
+    machine: serde_json::Value,
+    figures: Vec<Figure>,
+}
+
 pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
-    let load = |p: &Path| -> anyhow::Result<Results> {
+    let load = |p: &Path| -> anyhow::Result<Compared> {
         let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
         serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", p.display()))
     };
     let a = load(&args.a)?;
     let b = load(&args.b)?;
+    for (tag, r) in [("A", &a), ("B", &b)] {
+        println!(
+            "{tag}: {} commit {} ({})",
+            r.date_utc,
+            r.git_commit,
+            r.machine["cpu_model"].as_str().unwrap_or("?")
+        );
+    }
     println!(
-        "A: {} commit {} ({})",
-        a.date_utc,
-        a.git_commit,
-        a.machine["cpu_model"].as_str().unwrap_or("?")
+        "{:<9} {:<44} {:>12} {:>12} {:>8}  {:>22} {:>22}",
+        "scenario", "figure", "A", "B", "B/A", "ratio A [min-max]", "ratio B [min-max]"
     );
-    println!(
-        "B: {} commit {} ({})",
-        b.date_utc,
-        b.git_commit,
-        b.machine["cpu_model"].as_str().unwrap_or("?")
-    );
-    println!("{:<9} {:<40} {:>12} {:>12} {:>8}", "scenario", "figure", "A", "B", "B/A");
     for fb in &b.figures {
         let Some(fa) = a.figures.iter().find(|f| f.scenario == fb.scenario && f.name == fb.name)
         else {
             println!(
-                "{:<9} {:<40} {:>12} {:>12.1} {:>8}",
-                fb.scenario, fb.name, "-", fb.value, "new"
+                "{:<9} {:<44} {:>12} {:>12} {:>8}",
+                fb.scenario,
+                fb.name,
+                "-",
+                number(fb.value),
+                "new"
             );
             continue;
         };
-        let ratio = if fa.value != 0.0 { fb.value / fa.value } else { f64::NAN };
+        let change = if fa.value != 0.0 { fb.value / fa.value } else { f64::NAN };
         println!(
-            "{:<9} {:<40} {:>12.1} {:>12.1} {:>8.2} {}",
-            fb.scenario, fb.name, fa.value, fb.value, ratio, fb.unit
+            "{:<9} {:<44} {:>12} {:>12} {:>8.2}  {:>22} {:>22} {}",
+            fb.scenario,
+            fb.name,
+            number(fa.value),
+            number(fb.value),
+            change,
+            ratio_text(fa),
+            ratio_text(fb),
+            fb.unit
         );
     }
     for fa in &a.figures {
         if !b.figures.iter().any(|f| f.scenario == fa.scenario && f.name == fa.name) {
             println!(
-                "{:<9} {:<40} {:>12.1} {:>12} {:>8}",
-                fa.scenario, fa.name, fa.value, "-", "gone"
+                "{:<9} {:<44} {:>12} {:>12} {:>8}",
+                fa.scenario,
+                fa.name,
+                number(fa.value),
+                "-",
+                "gone"
             );
         }
     }
     Ok(())
 }
 
-fn git_commit() -> String {
-    std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::Pairs;
 
-/// Today's date and time in UTC, from the system clock (civil-from-days, no date crate needed).
-fn date_utc() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs()) as i64;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}", rem / 3600, rem % 3600 / 60)
+    #[test]
+    fn a_paired_figure_carries_its_pairs_and_a_verdict_from_the_spread() {
+        let mut pairs = Pairs::default();
+        for (limit, engine) in [(1000.0, 850.0), (1200.0, 900.0), (900.0, 800.0)] {
+            pairs.push(limit, engine);
+        }
+        let f = Figure::paired("storage", "x", "MB/s", "raw write", &pairs.summary(), 0.8);
+        assert_eq!(f.pairs, Some(3));
+        assert_eq!(f.statistic, "median of 3 pairs");
+        // Ratios 0.85, 0.75, 0.889: the target 0.8 is inside the spread.
+        assert_eq!(f.verdict, Some(Verdict::Noisy));
+        assert!((f.ratio_median.unwrap_or(0.0) - 0.85).abs() < 1e-12);
+        assert_eq!(f.limit, Some(1000.0));
+        let json = serde_json::to_value(&f).unwrap_or_default();
+        for key in ["pairs", "ratio_median", "ratio_min", "ratio_max"] {
+            assert!(json[key].is_number(), "{key} missing in {json}");
+        }
+    }
+
+    #[test]
+    fn a_latency_curve_ends_at_the_tail() {
+        let mut h = crate::new_histogram();
+        for us in 1..=10_000u64 {
+            h.saturating_record(us * 1_000);
+        }
+        let c = LatencyCurve::of("x", &h);
+        assert_eq!(c.samples, 10_000);
+        assert_eq!(c.points.first().map(|p| p.0), Some(0.0));
+        assert!(c.points.last().is_some_and(|p| p.0 > 99.99 && p.1 > 9_900.0));
+        assert!(c.points.windows(2).all(|w| w[0].1 <= w[1].1), "percentiles never decrease");
+        assert!((c.max_us - 10_000.0).abs() < 20.0);
+    }
 }

@@ -1,32 +1,38 @@
-//! The `storage` scenario: the disk's raw O_DIRECT bandwidth through glommio (the limit), then log
-//! appends of 1 KiB records at `written` and `synced` durability, then a full zero-copy scan.
+//! The `storage` scenario: log appends of 1 KiB records at `written` and `synced` durability and a
+//! full zero-copy scan, each paired with a raw-device run measured just before it.
 //!
-//! All phases run on one glommio executor on the same file system, in one process. Raw write and
-//! read use the same I/O shape the log uses (1 MiB DMA buffers, several in flight), so the ratio
-//! shows what the log's own work (encoding, checksums, copies, index) costs.
+//! First a sweep of raw I/O shapes (`limit`) picks the best write and read shapes; then each
+//! round runs raw write, raw read, append `written`, scan (of that log) and append `synced`, so
+//! every engine run has a raw run of the same minute to be divided by. The report gives the median
+//! of the per-pair ratios with their min and max. All phases run on one glommio executor, in this
+//! scenario's own process.
+//!
+//! Timing is the same on both sides: appends are timed to the last acknowledgement and the log's
+//! close (its final flush, sync and index write) comes after the timer, as the raw write's
+//! fdatasync and close do; the scan and the raw read both exclude open and close.
 
 use std::path::Path;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use glommio::io::DmaFile;
 use kappa_storage::{Durability, LogConfig, PartitionLog, Record, Seek, MIB};
 use serde::Serialize;
 
-use crate::report::{Figure, Outcome};
-use crate::{Machine, Spread};
+use crate::limit::{RawWrite, Shape, Sweep};
+use crate::report::{Figure, Noise, Outcome};
+use crate::stats::{PairedRatio, Pairs};
+use crate::Machine;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
     pub common: crate::Common,
-    /// Bytes per phase and run, in MiB.
+    /// Bytes per phase and round, in MiB.
     #[arg(long, default_value_t = 1024)]
     size_mib: u64,
-    /// Runs per phase; the median is reported.
-    #[arg(long, default_value_t = 3)]
-    runs: usize,
+    /// Rounds of (raw, engine) pairs.
+    #[arg(long, default_value_t = crate::run::PAIRS_MIN)]
+    pairs: usize,
 }
 
 /// Value bytes of one record ("1 KiB records").
@@ -38,8 +44,6 @@ const WRITTEN_BATCH_RECORDS: usize = 512;
 const SYNCED_BATCH_RECORDS: usize = 1000;
 /// Concurrent appenders (tasks) per phase: enough to keep writes in flight and share fsyncs.
 const APPENDERS: usize = 16;
-const RAW_BLOCK: usize = MIB as usize;
-const RAW_DEPTH: usize = 8;
 
 #[derive(Debug, Serialize)]
 struct Report {
@@ -48,286 +52,148 @@ struct Report {
     size_bytes_per_run: u64,
     record_value_bytes: usize,
     record_key_bytes: usize,
-    runs: usize,
-    disk_write_mb_s: f64,
-    disk_read_mb_s: f64,
-    append_written_mb_s: f64,
-    append_written_records_s: f64,
-    append_synced_mb_s: f64,
-    append_synced_records_s: f64,
-    scan_mb_s: f64,
-    scan_records_s: f64,
-    ratio_append_written_to_disk_write: f64,
-    ratio_append_synced_to_disk_write: f64,
-    ratio_scan_to_disk_read: f64,
-    spread: Spreads,
+    sweep: Sweep,
+    write_shape: Shape,
+    read_shape: Shape,
+    rounds: Vec<Round>,
+    append_written: PairedRatio,
+    append_synced: PairedRatio,
+    scan: PairedRatio,
+    timing: &'static str,
     notes: &'static str,
 }
 
-#[derive(Debug, Serialize)]
-struct Spreads {
-    disk_write_mb_s: Spread,
-    disk_read_mb_s: Spread,
-    append_written_mb_s: Spread,
-    append_synced_mb_s: Spread,
-    scan_mb_s: Spread,
+/// One round, in the order it ran.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct Round {
+    raw_write: RawWrite,
+    raw_read_mb_s: f64,
+    append_written_mb_s: f64,
+    scan_mb_s: f64,
+    append_synced_mb_s: f64,
 }
 
 pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
-    let (size_mib, runs) =
-        if args.common.quick { (64, 1) } else { (args.size_mib, args.runs.max(1)) };
+    let quick = args.common.quick;
+    let (size_mib, pairs) = if quick { (64, 2) } else { (args.size_mib, args.pairs.max(1)) };
     let size_bytes = size_mib * MIB;
     let temp = args.common.scratch("storage")?;
     let dir = temp.path().to_path_buf();
     let machine = Machine::probe(&dir);
     eprintln!(
-        "storage scenario: {size_mib} MiB per phase, {runs} run(s), data in {} ({})",
+        "storage scenario: {size_mib} MiB per phase, {pairs} round(s), data in {} ({})",
         dir.display(),
         machine.file_system
     );
 
-    let phases = crate::on_executor("bench-storage", 64 << 20, move || async move {
-        measure(&dir, size_bytes, runs).await
+    let (sweep, rounds) = crate::on_executor("bench-storage", 64 << 20, move || async move {
+        let (sweep_size, repeats) = crate::limit::sweep_plan(quick);
+        let sweep = crate::limit::sweep(&dir, sweep_size, quick, repeats, true).await?;
+        let mut rounds = Vec::new();
+        for round in 0..pairs {
+            let r = measure_round(&dir, size_bytes, sweep.best_write, sweep.best_read).await?;
+            eprintln!(
+                "  round {}: raw write {:.0} read {:.0}, append written {:.0} synced {:.0}, scan {:.0} MB/s",
+                round + 1,
+                r.raw_write.mb_s,
+                r.raw_read_mb_s,
+                r.append_written_mb_s,
+                r.append_synced_mb_s,
+                r.scan_mb_s
+            );
+            rounds.push(r);
+        }
+        anyhow::Ok((sweep, rounds))
     })?;
 
-    let disk_write = Spread::of(&phases.disk_write);
-    let disk_read = Spread::of(&phases.disk_read);
-    let written = Spread::of(&phases.written);
-    let synced = Spread::of(&phases.synced);
-    let scan = Spread::of(&phases.scan);
-    let record_mb = (VALUE_SIZE + KEY_SIZE) as f64 / 1e6;
+    let mut written = Pairs::default();
+    let mut synced = Pairs::default();
+    let mut scan = Pairs::default();
+    for r in &rounds {
+        written.push(r.raw_write.mb_s, r.append_written_mb_s);
+        synced.push(r.raw_write.mb_s, r.append_synced_mb_s);
+        scan.push(r.raw_read_mb_s, r.scan_mb_s);
+    }
     let report = Report {
         scenario: "storage",
         machine,
         size_bytes_per_run: size_bytes,
         record_value_bytes: VALUE_SIZE,
         record_key_bytes: KEY_SIZE,
-        runs,
-        disk_write_mb_s: disk_write.median,
-        disk_read_mb_s: disk_read.median,
-        append_written_mb_s: written.median,
-        append_written_records_s: written.median / record_mb,
-        append_synced_mb_s: synced.median,
-        append_synced_records_s: synced.median / record_mb,
-        scan_mb_s: scan.median,
-        scan_records_s: scan.median / record_mb,
-        ratio_append_written_to_disk_write: written.median / disk_write.median,
-        ratio_append_synced_to_disk_write: synced.median / disk_write.median,
-        ratio_scan_to_disk_read: scan.median / disk_read.median,
-        spread: Spreads {
-            disk_write_mb_s: disk_write,
-            disk_read_mb_s: disk_read,
-            append_written_mb_s: written,
-            append_synced_mb_s: synced,
-            scan_mb_s: scan,
-        },
+        write_shape: sweep.best_write,
+        read_shape: sweep.best_read,
+        sweep,
+        rounds: rounds.clone(),
+        append_written: written.summary(),
+        append_synced: synced.summary(),
+        scan: scan.summary(),
+        timing: "Appends are timed from the first append to the last acknowledgement; the log's \
+                 close comes after the timer. Raw writes are timed from the first submission to the \
+                 last completed write; their fdatasync and close come after the timer (the synced \
+                 rate is in rounds[].raw_write.with_fdatasync_mb_s). Scan and raw read exclude open \
+                 and close.",
         notes: "MB = 10^6 bytes. Append and scan rates count record key+value bytes only (the log \
                 writes ~4% more: Kafka varints, directory, frame header), so ratios are conservative. \
-                Raw disk phases use 1 MiB O_DIRECT I/Os, 8 in flight (the log's write-behind depth), through glommio; appends come from 16 concurrent appenders.",
+                Raw runs use the best shape of the sweep; appends come from 16 concurrent appenders.",
     };
-    print_table(&report);
     let mut outcome = Outcome::new("storage", serde_json::to_value(&report)?);
+    let raw_writes: Vec<f64> = rounds.iter().map(|r| r.raw_write.mb_s).collect();
+    let raw_reads: Vec<f64> = rounds.iter().map(|r| r.raw_read_mb_s).collect();
+    outcome.noise = Some(Noise::of(&raw_writes, &raw_reads));
+    let write_limit = format!("raw write {}", report.write_shape.label());
+    let read_limit = format!("raw read {}", report.read_shape.label());
     let f = &mut outcome.figures;
-    f.push(Figure::plain("storage", "disk_write_mb_s", report.disk_write_mb_s, "MB/s"));
-    f.push(Figure::plain("storage", "disk_read_mb_s", report.disk_read_mb_s, "MB/s"));
-    f.push(Figure::against(
+    f.push(Figure::paired(
         "storage",
-        "append_written_mb_s (1 KiB)",
-        report.append_written_mb_s,
+        "append written (1 KiB)",
         "MB/s",
-        "disk write",
-        report.disk_write_mb_s,
+        &write_limit,
+        &report.append_written,
         0.8,
     ));
-    f.push(Figure::against(
+    f.push(Figure::paired(
         "storage",
-        "append_synced_mb_s (1 KiB, batch 1000)",
-        report.append_synced_mb_s,
+        "append synced (1 KiB, batch 1000)",
         "MB/s",
-        "disk write",
-        report.disk_write_mb_s,
+        &write_limit,
+        &report.append_synced,
         0.6,
     ));
-    f.push(Figure::against(
-        "storage",
-        "scan_mb_s",
-        report.scan_mb_s,
-        "MB/s",
-        "disk read",
-        report.disk_read_mb_s,
-        0.8,
-    ));
-    outcome.bars = vec![
-        ("disk write".into(), report.disk_write_mb_s),
-        ("append written".into(), report.append_written_mb_s),
-        ("append synced".into(), report.append_synced_mb_s),
-        ("disk read".into(), report.disk_read_mb_s),
-        ("scan".into(), report.scan_mb_s),
-    ];
+    f.push(Figure::paired("storage", "scan", "MB/s", &read_limit, &report.scan, 0.8));
     Ok(outcome)
 }
 
-fn print_table(r: &Report) {
-    let row = |name: &str, spread: &Spread, limit_name: &str, limit: f64, target: f64| {
-        let ratio = spread.median / limit;
-        let verdict = if ratio >= target { "meets" } else { "BELOW" };
-        println!(
-            "{name:<22} {:>9.0} MB/s  (min {:>6.0}, max {:>6.0})   {limit_name:<16} {:>6.0} MB/s  ratio {ratio:>5.2}  target {target:.1} {verdict}",
-            spread.median, spread.min, spread.max, limit
-        );
-    };
-    println!(
-        "{:<22} {:>9.0} MB/s  (min {:>6.0}, max {:>6.0})",
-        "disk write (raw)",
-        r.disk_write_mb_s,
-        r.spread.disk_write_mb_s.min,
-        r.spread.disk_write_mb_s.max
-    );
-    println!(
-        "{:<22} {:>9.0} MB/s  (min {:>6.0}, max {:>6.0})",
-        "disk read (raw)",
-        r.disk_read_mb_s,
-        r.spread.disk_read_mb_s.min,
-        r.spread.disk_read_mb_s.max
-    );
-    row(
-        "append written 1 KiB",
-        &r.spread.append_written_mb_s,
-        "disk write",
-        r.disk_write_mb_s,
-        0.8,
-    );
-    row("append synced 1 KiB", &r.spread.append_synced_mb_s, "disk write", r.disk_write_mb_s, 0.6);
-    row("scan (replay read)", &r.spread.scan_mb_s, "disk read", r.disk_read_mb_s, 0.8);
-    println!(
-        "records/s: written {:.0}, synced {:.0}, scan {:.0}",
-        r.append_written_records_s, r.append_synced_records_s, r.scan_records_s
-    );
-}
-
-struct Phases {
-    disk_write: Vec<f64>,
-    disk_read: Vec<f64>,
-    written: Vec<f64>,
-    synced: Vec<f64>,
-    scan: Vec<f64>,
-}
-
-async fn measure(dir: &Path, size_bytes: u64, runs: usize) -> anyhow::Result<Phases> {
-    kappa_storage::io::prime_iopoll(dir).await?;
-    let mut phases = Phases {
-        disk_write: vec![],
-        disk_read: vec![],
-        written: vec![],
-        synced: vec![],
-        scan: vec![],
-    };
-    // Warm-up: a short raw write and read so the first measured run does not pay for setup.
+/// One round: raw write and read (the limits), then the engine phases right after them.
+async fn measure_round(
+    dir: &Path,
+    size_bytes: u64,
+    write_shape: Shape,
+    read_shape: Shape,
+) -> anyhow::Result<Round> {
     let raw = dir.join("raw.bin");
-    raw_write(&raw, 64 * MIB).await?;
-    raw_read(&raw, 64 * MIB).await?;
-    for run in 0..runs {
-        phases.disk_write.push(raw_write(&raw, size_bytes).await?);
-        phases.disk_read.push(raw_read(&raw, size_bytes).await?);
-        std::fs::remove_file(&raw)?;
+    let raw_write = crate::limit::raw_write(&raw, size_bytes, write_shape).await?;
+    let raw_read_mb_s = crate::limit::raw_read(&raw, size_bytes, read_shape).await?;
+    std::fs::remove_file(&raw)?;
 
-        let log_dir = dir.join(format!("written-{run}"));
-        phases
-            .written
-            .push(append(&log_dir, size_bytes, Durability::Written, WRITTEN_BATCH_RECORDS).await?);
-        phases.scan.push(scan(&log_dir).await?);
-        std::fs::remove_dir_all(&log_dir)?;
+    let log_dir = dir.join("written");
+    let append_written_mb_s =
+        append(&log_dir, size_bytes, Durability::Written, WRITTEN_BATCH_RECORDS).await?;
+    let scan_mb_s = scan(&log_dir).await?;
+    std::fs::remove_dir_all(&log_dir)?;
 
-        let log_dir = dir.join(format!("synced-{run}"));
-        phases
-            .synced
-            .push(append(&log_dir, size_bytes, Durability::Synced, SYNCED_BATCH_RECORDS).await?);
-        std::fs::remove_dir_all(&log_dir)?;
-        eprintln!(
-            "run {}: disk write {:.0} read {:.0}, append written {:.0} synced {:.0}, scan {:.0} MB/s",
-            run + 1,
-            phases.disk_write[run],
-            phases.disk_read[run],
-            phases.written[run],
-            phases.synced[run],
-            phases.scan[run]
-        );
-    }
-    Ok(phases)
+    let log_dir = dir.join("synced");
+    let append_synced_mb_s =
+        append(&log_dir, size_bytes, Durability::Synced, SYNCED_BATCH_RECORDS).await?;
+    std::fs::remove_dir_all(&log_dir)?;
+    Ok(Round { raw_write, raw_read_mb_s, append_written_mb_s, scan_mb_s, append_synced_mb_s })
 }
 
 fn mb_s(bytes: u64, elapsed: Duration) -> f64 {
-    bytes as f64 / 1e6 / elapsed.as_secs_f64()
+    bytes as f64 / 1e6 / elapsed.as_secs_f64().max(1e-9)
 }
 
-/// Sequential O_DIRECT writes of 1 MiB, `RAW_DEPTH` in flight, then one fdatasync.
-pub(crate) async fn raw_write(path: &Path, size_bytes: u64) -> anyhow::Result<f64> {
-    let _ = std::fs::remove_file(path);
-    let file = Rc::new(kappa_storage::io::open_rw(path).await?);
-    let start = Instant::now();
-    let mut in_flight = std::collections::VecDeque::new();
-    let mut pos = 0u64;
-    while pos < size_bytes {
-        let mut buf = file.alloc_dma_buffer(RAW_BLOCK);
-        buf.as_bytes_mut().fill((pos / RAW_BLOCK as u64) as u8 | 1);
-        let target = file.clone();
-        let at = pos;
-        in_flight.push_back(glommio::spawn_local(async move { target.write_at(buf, at).await }));
-        pos += RAW_BLOCK as u64;
-        if in_flight.len() >= RAW_DEPTH {
-            in_flight
-                .pop_front()
-                .expect("non-empty")
-                .await
-                .map_err(std::io::Error::from)
-                .context("raw write")?;
-        }
-    }
-    while let Some(task) = in_flight.pop_front() {
-        task.await.map_err(std::io::Error::from).context("raw write")?;
-    }
-    file.fdatasync().await.map_err(std::io::Error::from).context("raw fdatasync")?;
-    let elapsed = start.elapsed();
-    drop(in_flight);
-    if let Ok(file) = Rc::try_unwrap(file) {
-        file.close().await.map_err(std::io::Error::from).context("close")?;
-    }
-    Ok(mb_s(size_bytes, elapsed))
-}
-
-/// Sequential O_DIRECT reads of 1 MiB, `RAW_DEPTH` in flight.
-pub(crate) async fn raw_read(path: &Path, size_bytes: u64) -> anyhow::Result<f64> {
-    let file =
-        Rc::new(DmaFile::open(path).await.map_err(std::io::Error::from).context("open raw file")?);
-    let start = Instant::now();
-    let mut in_flight = std::collections::VecDeque::new();
-    let mut pos = 0u64;
-    let mut total = 0u64;
-    while pos < size_bytes || !in_flight.is_empty() {
-        while pos < size_bytes && in_flight.len() < RAW_DEPTH {
-            let source = file.clone();
-            let at = pos;
-            in_flight.push_back(glommio::spawn_local(async move {
-                source.read_at_aligned(at, RAW_BLOCK).await
-            }));
-            pos += RAW_BLOCK as u64;
-        }
-        let chunk = in_flight
-            .pop_front()
-            .expect("non-empty")
-            .await
-            .map_err(std::io::Error::from)
-            .context("raw read")?;
-        // Touch the bytes, as a consumer would.
-        total += chunk.iter().step_by(4096).map(|b| u64::from(*b)).sum::<u64>().min(1);
-        total += chunk.len() as u64 - 1;
-    }
-    let elapsed = start.elapsed();
-    anyhow::ensure!(total >= size_bytes / 2, "raw read returned too little: {total}");
-    Ok(mb_s(size_bytes, elapsed))
-}
-
-/// Appends `size_bytes` of 1 KiB records from `APPENDERS` concurrent tasks; MB/s of key+value.
+/// Appends `size_bytes` of 1 KiB records from `APPENDERS` concurrent tasks; MB/s of key+value,
+/// timed to the last acknowledgement.
 async fn append(
     dir: &Path,
     size_bytes: u64,
@@ -397,40 +263,4 @@ async fn scan(dir: &Path) -> anyhow::Result<f64> {
     anyhow::ensure!(checksum > 0 && reader.next_offset() == log.end_offset(), "scan stopped early");
     log.close().await?;
     Ok(mb_s(bytes, elapsed))
-}
-
-/// Raw O_DIRECT sequential bandwidth (MB/s) of `runs` runs of `size_mib` MiB in `dir`: each run
-/// writes the file, then (when `read`) reads it back. After a short warm-up write. Runs on the
-/// calling glommio executor; the limit other scenarios divide by.
-pub async fn raw_disk_runs(
-    dir: &Path,
-    size_mib: u64,
-    runs: usize,
-    read: bool,
-) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
-    kappa_storage::io::prime_iopoll(dir).await?;
-    let raw = dir.join("raw.bin");
-    raw_write(&raw, 64 * MIB).await?;
-    let (mut writes, mut reads) = (Vec::new(), Vec::new());
-    for _ in 0..runs {
-        writes.push(raw_write(&raw, size_mib * MIB).await?);
-        if read {
-            reads.push(raw_read(&raw, size_mib * MIB).await?);
-        }
-    }
-    std::fs::remove_file(&raw)?;
-    Ok((writes, reads))
-}
-
-/// `raw_disk_runs` on a glommio executor of its own.
-pub fn disk_runs(
-    dir: &Path,
-    size_mib: u64,
-    runs: usize,
-    read: bool,
-) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
-    let dir = dir.to_path_buf();
-    crate::on_executor("bench-disk", 64 << 20, move || async move {
-        raw_disk_runs(&dir, size_mib, runs, read).await
-    })
 }

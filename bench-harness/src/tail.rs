@@ -1,35 +1,79 @@
-//! The `tail` scenario: append-to-tail latency at a fixed offered load.
+//! The `tail` scenario: append-to-tail latency against offered load, from 10% to 120% of the
+//! measured maximum, so the knee of the curve is visible rather than one point of it.
 //!
-//! First the maximum rate of single-record appends (100-byte values, `written`, one producer thread
-//! with a window of outstanding sends) is measured; then an **open-loop** producer offers half of
-//! it on a fixed schedule while a tail consumer follows the partition. Each record carries its
-//! *intended* send time, and latency is measured from that, not from when the producer got around
-//! to sending: a stall delays every record behind it and all of them count, so the histogram is
-//! free of coordinated omission.
+//! Client shape, the same for the maximum and for every point of the sweep: one engine with one
+//! shard pinned to the last CPU, one partition, one producer thread and one tail consumer (the
+//! calling thread) pinned to the other CPUs, 100-byte values with 8-byte keys, each record its own
+//! `written` append (`send_batch_nowait`, acknowledgements not awaited), and a view (count per key
+//! per second) maintained on the shard. The maximum is that client sending as fast as
+//! backpressure lets it, measured as records/s arriving at the tail consumer.
+//!
+//! Each point is **open loop**: records are due on a fixed schedule, each carries its *intended*
+//! send time, and latency is measured from that, not from when the producer got around to sending.
+//! A stall delays every record behind it and all of them count (no coordinated omission).
+//!
+//! Each point runs long enough to include segment rolls and view checkpoints: a short pilot run
+//! sizes the topic's segments so the lowest load rolls about three times per point, and the
+//! view's checkpoint interval so it checkpoints about three times per point at the lowest load;
+//! higher loads do both more often. The maximum is then measured on that same topic and view.
+//! Rolls and checkpoints are counted per point.
 
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use kappa_engine::{Durability, Engine, ProducerRecord, Seek, TopicConfig};
-use serde::Serialize;
+use kappa_engine::operator::{Aggregate, Window};
+use kappa_engine::{
+    Consumer, Durability, Engine, Producer, ProducerRecord, Seek, TopicConfig, ViewDef,
+};
+use kappa_storage::MIB;
+use serde::{Deserialize, Serialize};
 
 use crate::ingest::Percentiles;
-use crate::report::{Figure, Outcome};
+use crate::report::{Figure, LatencyCurve, Outcome};
 use crate::Machine;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
     pub common: crate::Common,
-    /// Seconds of open-loop load measured (after a one-second warm-up).
-    #[arg(long, default_value_t = 5.0)]
+    /// Seconds of open-loop load measured per point (after a one-second warm-up).
+    #[arg(long, default_value_t = 8.0)]
     seconds: f64,
-    /// Offered load as a fraction of the measured maximum.
-    #[arg(long, default_value_t = 0.5)]
-    load: f64,
+    /// Offered loads as fractions of the measured maximum, comma separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [0.1, 0.25, 0.5, 0.7, 0.85, 1.0, 1.2])]
+    loads: Vec<f64>,
 }
 
 const VALUE_BYTES: usize = 100;
+const KEYS: u64 = 64;
+const TARGET_P99_US: f64 = 1_000.0;
+const TARGET_P999_US: f64 = 5_000.0;
+/// The load the latency targets are judged at, as a fraction of the maximum.
+const TARGET_LOAD: f64 = 0.5;
+/// Rolls and checkpoints wanted per point at the lowest load.
+const EVENTS_AT_LOWEST_LOAD: f64 = 3.0;
+
+/// One point of the latency-against-load curve (`results.json` `tail_load_curve`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoadPoint {
+    pub offered_fraction: f64,
+    pub offered_records_per_s: f64,
+    /// What the producer thread managed to send: below the offered rate when it fell behind.
+    pub sent_records_per_s: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub max_us: f64,
+    pub samples: u64,
+    pub segment_rolls: u64,
+    pub view_checkpoints: u64,
+    /// On the shard, from taking an append to its ack (the storage write path alone), p99.
+    pub shard_ack_p99_us: f64,
+}
 
 #[derive(Debug, Serialize)]
 struct Report {
@@ -38,19 +82,24 @@ struct Report {
     shards: usize,
     shard_cpu: Option<usize>,
     client_cpus: Vec<usize>,
+    producer_threads: usize,
+    partitions: u32,
     value_bytes: usize,
+    key_bytes: usize,
     durability: &'static str,
     max_records_s: f64,
-    offered_records_s: f64,
-    load_fraction: f64,
-    measured_seconds: f64,
-    records_measured: u64,
-    append_to_tail_latency_us: Percentiles,
-    /// On the shard: from taking an append to its ack (the storage write path alone).
-    shard_ack_latency_us: Percentiles,
-    target_p99_us: f64,
-    target_p999_us: f64,
-    meets_targets: bool,
+    max_measured_seconds: f64,
+    /// The short run that sized segments and checkpoints (same client, a topic of its own).
+    pilot_records_s: f64,
+    log_bytes_per_record: f64,
+    segment_size_bytes_max: u64,
+    view_checkpoint_every_records: u64,
+    warm_up_seconds_per_point: f64,
+    measured_seconds_per_point: f64,
+    points: Vec<LoadPoint>,
+    /// The highest offered fraction up to which every point's p99 met the target.
+    p99_target_met_up_to_fraction: f64,
+    notes: &'static str,
 }
 
 /// Pins the calling thread to one of `cpus` (the `index`-th, wrapping); no-op when there are none.
@@ -61,25 +110,19 @@ fn pin_to(cpus: &[usize], index: usize) {
 }
 
 pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
-    let (seconds, warm_up) = if args.common.quick { (0.5, 0.2) } else { (args.seconds, 1.0) };
-    anyhow::ensure!(args.load > 0.0 && args.load <= 1.0, "--load must be in (0, 1]");
-    let temp = args.common.scratch("tail")?;
-    let machine = Machine::probe(temp.path());
-
-    let (max, _) = crate::ingest::measure(
-        &temp.path().join("max"),
-        VALUE_BYTES,
-        Durability::Written,
-        1,
-        1,
-        seconds.min(3.0),
-    )
-    .context("measuring the maximum rate")?;
-    let rate = max.records_s * args.load;
-    eprintln!(
-        "tail: maximum {:.0} records/s; offering {:.0} records/s open loop",
-        max.records_s, rate
+    let quick = args.common.quick;
+    let (seconds, warm_up, max_seconds, max_warm_up) =
+        if quick { (0.4, 0.1, 0.5, 0.2) } else { (args.seconds, 1.0, 3.0, 1.0) };
+    anyhow::ensure!(
+        !args.loads.is_empty() && args.loads.iter().all(|l| *l > 0.0 && *l <= 2.0),
+        "--loads must be fractions in (0, 2]"
     );
+    anyhow::ensure!(seconds > 0.0, "--seconds must be positive");
+    let mut loads = args.loads.clone();
+    loads.sort_by(f64::total_cmp);
+    let temp = args.common.scratch("tail")?;
+    let data_dir = temp.path().join("engine");
+    let machine = Machine::probe(temp.path());
 
     // One shard on the last CPU; the client threads (producer, consumer) stay off it, as an
     // embedding program's threads would on a machine sized for it.
@@ -87,44 +130,279 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
         core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
     let shard_cpu = cpus.last().copied();
     let client_cpus: Vec<usize> = cpus.iter().copied().filter(|c| Some(*c) != shard_cpu).collect();
-    let mut builder = Engine::builder().data_dir(temp.path().join("tail")).shards(1);
+    let mut builder = Engine::builder().data_dir(&data_dir).shards(1);
     if let Some(cpu) = shard_cpu {
         builder = builder.cpus(vec![cpu]);
     }
     let engine = builder.build()?;
     pin_to(&client_cpus, 0);
-    engine.create_topic("tail", TopicConfig::new(1))?;
-    let mut consumer = engine.consumer("tail", 0, Seek::End)?;
+
+    // A short pilot on a topic of its own sizes the sweep topic's segments and checkpoints; then
+    // the maximum is measured on the sweep topic itself, with those segments, that view and its
+    // checkpoints, so the maximum and the sweep share everything but the schedule.
     let producer = engine.producer().with_durability(Durability::Written);
+    engine.create_topic("pilot", TopicConfig::new(1))?;
+    engine.create_view("pilot-view", view_def("pilot", u64::MAX))?;
+    let mut consumer = engine.consumer("pilot", 0, Seek::End)?;
+    let pilot = saturate(
+        &producer,
+        &mut consumer,
+        "pilot",
+        &client_cpus,
+        max_warm_up / 2.0,
+        max_seconds / 3.0,
+    )
+    .context("the pilot run")?;
+    let pilot_offsets = engine.partition_offsets("pilot", 0)?;
+    let bytes_per_record = pilot_offsets.size_bytes as f64 / pilot_offsets.end_offset.max(1) as f64;
+    let lowest_records = loads[0] * pilot * seconds;
+    let segment_size_bytes_max =
+        ((lowest_records * bytes_per_record / EVENTS_AT_LOWEST_LOAD) as u64 / MIB).clamp(1, 256)
+            * MIB;
+    let checkpoint_every = ((lowest_records / EVENTS_AT_LOWEST_LOAD) as u64).max(1000);
+    let mut topic = TopicConfig::new(1);
+    topic.segment_size_bytes_max = Some(segment_size_bytes_max);
+    engine.create_topic("tail", topic)?;
+    engine.create_view("tail-view", view_def("tail", checkpoint_every))?;
+    let mut consumer = engine.consumer("tail", 0, Seek::End)?;
+    let max = saturate(&producer, &mut consumer, "tail", &client_cpus, max_warm_up, max_seconds)
+        .context("measuring the maximum rate")?;
+    eprintln!(
+        "tail: maximum {max:.0} records/s with one producer thread (pilot {pilot:.0}; {bytes_per_record:.0} log bytes per record, {} MiB segments, a checkpoint every {checkpoint_every} records)",
+        segment_size_bytes_max / MIB
+    );
+    let watcher = CheckpointWatcher::start(data_dir.join("views").join("tail-view"), &client_cpus);
+
+    let mut points = Vec::new();
+    let mut histograms = Vec::new();
+    for &fraction in &loads {
+        let rate = max * fraction;
+        let (point, latency) = run_point(
+            &engine,
+            &producer,
+            &mut consumer,
+            &watcher,
+            &client_cpus,
+            (fraction, rate),
+            warm_up,
+            seconds,
+        )
+        .with_context(|| format!("offered load {:.0}%", fraction * 100.0))?;
+        eprintln!(
+            "  {:>4.0}% ({:>8.0} rec/s, sent {:>8.0}): p50 {:>8.0} us  p99 {:>9.0} us  p99.9 {:>9.0} us  max {:>9.0} us; {} rolls, {} checkpoints",
+            fraction * 100.0,
+            rate,
+            point.sent_records_per_s,
+            point.p50_us,
+            point.p99_us,
+            point.p999_us,
+            point.max_us,
+            point.segment_rolls,
+            point.view_checkpoints
+        );
+        histograms.push((fraction, latency));
+        points.push(point);
+    }
+    watcher.stop();
+    let shards = engine.shard_count();
+    engine.shutdown()?;
+
+    let met_up_to = points
+        .iter()
+        .take_while(|p| p.p99_us < TARGET_P99_US)
+        .last()
+        .map_or(0.0, |p| p.offered_fraction);
+    let report = Report {
+        scenario: "tail",
+        machine,
+        shards,
+        shard_cpu,
+        client_cpus,
+        producer_threads: 1,
+        partitions: 1,
+        value_bytes: VALUE_BYTES,
+        key_bytes: 8,
+        durability: "written",
+        max_records_s: max,
+        max_measured_seconds: max_seconds,
+        pilot_records_s: pilot,
+        log_bytes_per_record: bytes_per_record,
+        segment_size_bytes_max,
+        view_checkpoint_every_records: checkpoint_every,
+        warm_up_seconds_per_point: warm_up,
+        measured_seconds_per_point: seconds,
+        points: points.clone(),
+        p99_target_met_up_to_fraction: met_up_to,
+        notes: "Latency is from each record's intended send time (open loop) to its arrival at the \
+                tail consumer. The maximum is the same client sending without a schedule, measured \
+                at the tail consumer. View checkpoints are counted by watching the view's directory \
+                every 10 ms (each checkpoint file is named by its offset).",
+    };
+    let mut outcome = Outcome::new("tail", serde_json::to_value(&report)?);
+    let f = &mut outcome.figures;
+    f.push(Figure::one_run("tail", "maximum records/s (one producer thread)", max, "rec/s"));
+    let at_target = points
+        .iter()
+        .min_by(|a, b| {
+            (a.offered_fraction - TARGET_LOAD)
+                .abs()
+                .total_cmp(&(b.offered_fraction - TARGET_LOAD).abs())
+        })
+        .context("no load points")?;
+    let load = format!("{:.0}% of max", at_target.offered_fraction * 100.0);
+    let samples = at_target.samples;
+    f.push(
+        Figure::one_run("tail", &format!("append->tail p50 at {load}"), at_target.p50_us, "us")
+            .statistic(format!("p50 of {samples} samples")),
+    );
+    f.push(
+        Figure::one_run("tail", &format!("append->tail p99 at {load}"), at_target.p99_us, "us")
+            .statistic(format!("p99 of {samples} samples"))
+            .less_than(TARGET_P99_US),
+    );
+    f.push(
+        Figure::one_run("tail", &format!("append->tail p99.9 at {load}"), at_target.p999_us, "us")
+            .statistic(format!("p99.9 of {samples} samples"))
+            .less_than(TARGET_P999_US),
+    );
+    f.push(
+        Figure::one_run("tail", "p99 < 1 ms up to offered load", met_up_to * 100.0, "% of max")
+            .statistic(format!("{} points", points.len())),
+    );
+    for (fraction, h) in &histograms {
+        if [TARGET_LOAD, 1.0].iter().any(|t| (fraction - t).abs() < 1e-9)
+            || Some(fraction) == loads.last()
+        {
+            outcome.latencies.push(LatencyCurve::of(
+                format!("append->tail at {:.0}% of max", fraction * 100.0),
+                h,
+            ));
+        }
+    }
+    outcome.load_curve = points;
+    Ok(outcome)
+}
+
+/// Count per key per one-second window of append time.
+fn view_def(topic: &str, checkpoint_every: u64) -> ViewDef {
+    ViewDef::new(topic)
+        .revision("count")
+        .window(Window::Tumbling { size_ms: 1_000 })
+        .aggregate(Aggregate::Count)
+        .checkpoint_every(checkpoint_every)
+}
+
+/// A record of the tail client: key `i % KEYS`, the intended send time (ns since the point's
+/// epoch) in the value's first 8 bytes.
+fn record(i: u64, intended_ns: u64, value: &mut [u8]) -> ProducerRecord {
+    value[..8].copy_from_slice(&intended_ns.to_le_bytes());
+    ProducerRecord::new(value.to_vec()).key((i % KEYS).to_le_bytes().to_vec())
+}
+
+/// The client without a schedule: sends as fast as backpressure allows for `warm_up + seconds`;
+/// records/s arriving at the tail consumer after the warm-up.
+fn saturate(
+    producer: &Producer,
+    consumer: &mut Consumer,
+    topic: &'static str,
+    client_cpus: &[usize],
+    warm_up: f64,
+    seconds: f64,
+) -> anyhow::Result<f64> {
+    let sent = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(warm_up + seconds);
+    let from = start + Duration::from_secs_f64(warm_up);
+    let sender = {
+        let (producer, sent, done, cpus) =
+            (producer.clone(), sent.clone(), done.clone(), client_cpus.to_vec());
+        std::thread::spawn(move || -> anyhow::Result<()> {
+            pin_to(&cpus, 1);
+            let mut value = vec![0u8; VALUE_BYTES];
+            let mut i = 0u64;
+            let result = loop {
+                if Instant::now() >= end {
+                    break Ok(());
+                }
+                if let Err(e) = producer.send_batch_nowait(topic, vec![record(i, 0, &mut value)]) {
+                    break Err(e.into());
+                }
+                i += 1;
+                sent.store(i, Ordering::Release);
+            };
+            done.store(true, Ordering::Release);
+            result
+        })
+    };
+    let mut received = 0u64;
+    let mut in_window = 0u64;
+    loop {
+        if done.load(Ordering::Acquire) && received >= sent.load(Ordering::Acquire) {
+            break;
+        }
+        let Some(batch) = consumer.next_batch_timeout(Duration::from_millis(100))? else {
+            anyhow::ensure!(Instant::now() < end + Duration::from_secs(10), "the tail stalled");
+            continue;
+        };
+        let now = Instant::now();
+        let n = batch.records().count() as u64;
+        received += n;
+        if now >= from && now <= end {
+            in_window += n;
+        }
+    }
+    sender.join().map_err(|_| anyhow::anyhow!("the producer thread panicked"))??;
+    Ok(in_window as f64 / seconds)
+}
+
+/// One open-loop point: `rate` records/s due on a fixed schedule for `warm_up + seconds`.
+#[allow(clippy::too_many_arguments)]
+fn run_point(
+    engine: &Engine,
+    producer: &Producer,
+    consumer: &mut Consumer,
+    watcher: &CheckpointWatcher,
+    client_cpus: &[usize],
+    (fraction, rate): (f64, f64),
+    warm_up: f64,
+    seconds: f64,
+) -> anyhow::Result<(LoadPoint, hdrhistogram::Histogram<u64>)> {
+    let before = engine.partition_offsets("tail", 0)?;
+    let ack_before = shard_ack(engine)?;
     let interval_ns = 1e9 / rate;
-    let total = ((warm_up + seconds) * rate) as u64;
+    let total = ((warm_up + seconds) * rate).ceil() as u64;
     let warm_up_ns = (warm_up * 1e9) as u64;
     let epoch = Instant::now();
 
-    let sender_cpus = client_cpus.clone();
-    let sender = std::thread::spawn(move || -> anyhow::Result<()> {
-        pin_to(&sender_cpus, 1);
-        let mut value = vec![0u8; VALUE_BYTES];
-        let mut i = 0u64;
-        while i < total {
-            // Send every record whose intended time has come, each as its own append; then sleep
-            // until the next one is due. Lateness of the sleep counts as latency (intended times).
-            let now = epoch.elapsed().as_nanos() as u64;
-            while i < total && ((i as f64 * interval_ns) as u64) <= now {
-                let intended = (i as f64 * interval_ns) as u64;
-                value[..8].copy_from_slice(&intended.to_le_bytes());
-                // Fire and forget: the tail consumer is the measurement; acks are not awaited.
-                drop(producer.send_batch_nowait("tail", vec![ProducerRecord::new(value.clone())])?);
-                i += 1;
+    let sender = {
+        let (producer, cpus) = (producer.clone(), client_cpus.to_vec());
+        std::thread::spawn(move || -> anyhow::Result<f64> {
+            pin_to(&cpus, 1);
+            let mut value = vec![0u8; VALUE_BYTES];
+            let mut i = 0u64;
+            while i < total {
+                // Send every record whose intended time has come, each as its own append; then
+                // sleep until the next one is due. Lateness of the sleep counts as latency.
+                let now = epoch.elapsed().as_nanos() as u64;
+                while i < total && ((i as f64 * interval_ns) as u64) <= now {
+                    let intended = (i as f64 * interval_ns) as u64;
+                    // Fire and forget: the tail consumer is the measurement.
+                    drop(
+                        producer
+                            .send_batch_nowait("tail", vec![record(i, intended, &mut value)])?,
+                    );
+                    i += 1;
+                }
+                let next = (i as f64 * interval_ns) as u64;
+                let now = epoch.elapsed().as_nanos() as u64;
+                if i < total && next > now {
+                    std::thread::sleep(Duration::from_nanos(next - now));
+                }
             }
-            let next = (i as f64 * interval_ns) as u64;
-            let now = epoch.elapsed().as_nanos() as u64;
-            if next > now {
-                std::thread::sleep(Duration::from_nanos(next - now));
-            }
-        }
-        Ok(())
-    });
+            Ok(total as f64 / epoch.elapsed().as_secs_f64())
+        })
+    };
 
     let mut latency = crate::new_histogram();
     let mut received = 0u64;
@@ -135,7 +413,7 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
         let now = epoch.elapsed().as_nanos() as u64;
         for record in batch.records() {
             let mut intended = [0u8; 8];
-            intended.copy_from_slice(&record.value()[..8]);
+            intended.copy_from_slice(record.value().get(..8).context("short record")?);
             let intended = u64::from_le_bytes(intended);
             if intended >= warm_up_ns {
                 latency.saturating_record(now.saturating_sub(intended));
@@ -143,65 +421,94 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
             received += 1;
         }
     }
-    sender.join().map_err(|_| anyhow::anyhow!("the producer thread panicked"))??;
-    let shards = engine.shard_count();
-    let mut ack = crate::new_histogram();
-    for m in engine.metrics()? {
-        ack.add(&m.append_ack_latency_ns)?;
-    }
-    let ack = Percentiles::of_ns(&ack);
-    engine.shutdown()?;
-
-    let percentiles = Percentiles::of_ns(&latency);
-    let report = Report {
-        scenario: "tail",
-        machine,
-        shards,
-        shard_cpu,
-        client_cpus,
-        value_bytes: VALUE_BYTES,
-        durability: "written",
-        max_records_s: max.records_s,
-        offered_records_s: rate,
-        load_fraction: args.load,
-        measured_seconds: seconds,
-        records_measured: latency.len(),
-        append_to_tail_latency_us: percentiles,
-        shard_ack_latency_us: ack,
-        target_p99_us: 1_000.0,
-        target_p999_us: 5_000.0,
-        meets_targets: percentiles.p99 < 1_000.0 && percentiles.p999 < 5_000.0,
+    let sent_records_per_s =
+        sender.join().map_err(|_| anyhow::anyhow!("the producer thread panicked"))??;
+    let after = engine.partition_offsets("tail", 0)?;
+    let mut ack = shard_ack(engine)?;
+    ack.subtract(&ack_before).map_err(|e| anyhow::anyhow!("ack histogram: {e:?}"))?;
+    let p = Percentiles::of_ns(&latency);
+    let point = LoadPoint {
+        offered_fraction: fraction,
+        offered_records_per_s: rate,
+        sent_records_per_s,
+        p50_us: p.p50,
+        p99_us: p.p99,
+        p999_us: p.p999,
+        max_us: p.max,
+        samples: p.samples,
+        segment_rolls: after.segment_count.saturating_sub(before.segment_count) as u64,
+        view_checkpoints: watcher.between(before.end_offset, after.end_offset),
+        shard_ack_p99_us: Percentiles::of_ns(&ack).p99,
     };
-    println!(
-        "append -> tail at {:.0} records/s ({:.0}% of max {:.0}): p50 {:.0} us, p90 {:.0} us, p99 {:.0} us (target < 1000), \
-         p99.9 {:.0} us (target < 5000), p99.99 {:.0} us, max {:.0} us over {} records",
-        rate,
-        args.load * 100.0,
-        max.records_s,
-        percentiles.p50,
-        percentiles.p90,
-        percentiles.p99,
-        percentiles.p999,
-        percentiles.p9999,
-        percentiles.max,
-        percentiles.samples
-    );
-    println!(
-        "  on the shard, append -> ack (write path alone): p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us, max {:.0} us",
-        ack.p50, ack.p99, ack.p999, ack.max
-    );
-    let mut outcome = Outcome::new("tail", serde_json::to_value(&report)?);
-    outcome.figures.push(Figure::plain("tail", "offered records/s (50% of max)", rate, "rec/s"));
-    outcome.figures.push(Figure::plain("tail", "append->tail p50", percentiles.p50, "us"));
-    outcome.figures.push(Figure::below("tail", "append->tail p99", percentiles.p99, "us", 1000.0));
-    outcome.figures.push(Figure::below(
-        "tail",
-        "append->tail p99.9",
-        percentiles.p999,
-        "us",
-        5000.0,
-    ));
-    outcome.figures.push(Figure::plain("tail", "append->tail max", percentiles.max, "us"));
-    outcome.latencies.push(("append->tail (open loop)".into(), latency));
-    Ok(outcome)
+    Ok((point, latency))
+}
+
+/// The shard's append-to-ack histogram so far.
+fn shard_ack(engine: &Engine) -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+    let mut h = crate::new_histogram();
+    for m in engine.metrics()? {
+        h.add(&m.append_ack_latency_ns)?;
+    }
+    Ok(h)
+}
+
+/// Watches a view's directory for checkpoint files (named by the offset they cover) and remembers
+/// every one it saw. The engine keeps the newest two, so a 10 ms poll misses none unless three
+/// checkpoints land within 10 ms.
+struct CheckpointWatcher {
+    seen: Arc<Mutex<BTreeSet<u64>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl CheckpointWatcher {
+    fn start(dir: PathBuf, client_cpus: &[usize]) -> Self {
+        let seen = Arc::new(Mutex::new(BTreeSet::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (seen, stop, cpus) = (seen.clone(), stop.clone(), client_cpus.to_vec());
+            std::thread::spawn(move || {
+                pin_to(&cpus, 2);
+                while !stop.load(Ordering::Acquire) {
+                    let mut found = Vec::new();
+                    checkpoint_offsets(&dir, &mut found);
+                    seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(found);
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            })
+        };
+        CheckpointWatcher { seen, stop, thread: Some(thread) }
+    }
+
+    /// Checkpoints seen covering offsets in `(from, to]`.
+    fn between(&self, from: u64, to: u64) -> u64 {
+        // One more look, so a checkpoint written at the very end of a point is not missed.
+        std::thread::sleep(Duration::from_millis(20));
+        let seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        seen.range(from + 1..=to).count() as u64
+    }
+
+    fn stop(mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Offsets of the `*.ckpt` files under `dir` (any depth); files that vanish mid-walk are skipped.
+fn checkpoint_offsets(dir: &Path, found: &mut Vec<u64>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            checkpoint_offsets(&path, found);
+        } else if path.extension().and_then(|e| e.to_str()) == Some("ckpt") {
+            if let Some(offset) =
+                path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse().ok())
+            {
+                found.push(offset);
+            }
+        }
+    }
 }

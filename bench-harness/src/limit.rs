@@ -1,0 +1,383 @@
+//! The device's limit: raw sequential O_DIRECT write and read through the same glommio DMA API the
+//! log uses, over a small sweep of I/O sizes and queue depths, so the limit is the best the device
+//! does and not one arbitrary shape of it.
+//!
+//! The sweep always includes the log's own settings (`LogConfig::default()`: write buffer size x
+//! writes in flight, read buffer size x reads ahead), so a ratio below 1 can never come from the
+//! engine using a shape the limit did not try. Writes are tried both into a fresh file (each write
+//! extends it, as the log's segments do today) and into a preallocated one.
+//!
+//! Timing, the same on both sides of every ratio: a write run is timed from its first submission to
+//! its last completed write, with no fdatasync and no close inside the timer (as a `written`
+//! append is timed to its last acknowledgement, with the log's close after the timer); the
+//! fdatasync that follows is timed separately and reported. A read run is timed from its first
+//! submission to its last completion, with open and close outside the timer (as a scan is).
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use glommio::io::DmaFile;
+use kappa_storage::{LogConfig, KIB, MIB};
+use serde::{Deserialize, Serialize};
+
+/// One way of driving the device: I/O size, I/Os in flight, and (writes) whether the file's blocks
+/// are allocated before the timer starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shape {
+    pub io_bytes: usize,
+    pub depth: usize,
+    #[serde(default)]
+    pub preallocated: bool,
+}
+
+impl Shape {
+    pub const fn new(io_bytes: usize, depth: usize) -> Shape {
+        Shape { io_bytes, depth, preallocated: false }
+    }
+
+    pub fn label(&self) -> String {
+        let size = if self.io_bytes >= MIB as usize {
+            format!("{} MiB", self.io_bytes / MIB as usize)
+        } else {
+            format!("{} KiB", self.io_bytes / KIB as usize)
+        };
+        format!("{size} x {}{}", self.depth, if self.preallocated { ", preallocated" } else { "" })
+    }
+}
+
+/// The log's own write shape: its DMA buffer size and write-behind depth.
+pub fn engine_write_shape() -> Shape {
+    let c = LogConfig::default();
+    Shape::new(c.write_buffer_size_bytes, c.write_in_flight_max)
+}
+
+/// The log's own read shape: its read buffer size and read-ahead depth.
+pub fn engine_read_shape() -> Shape {
+    let c = LogConfig::default();
+    Shape::new(c.read_buffer_size_bytes, c.read_ahead_max)
+}
+
+/// The shapes to try. Full: 256 KiB, 1 MiB and 4 MiB at 4, 8, 16 and 32 in flight (writes also
+/// preallocated), plus the engine's own. Quick: the engine's own and one larger shape.
+pub fn shapes(quick: bool) -> (Vec<Shape>, Vec<Shape>) {
+    let (sizes, depths): (&[usize], &[usize]) = if quick {
+        (&[4 * MIB as usize], &[16])
+    } else {
+        (&[256 * KIB as usize, MIB as usize, 4 * MIB as usize], &[4, 8, 16, 32])
+    };
+    let mut reads = vec![engine_read_shape()];
+    let mut writes = vec![engine_write_shape()];
+    for &size in sizes {
+        for &depth in depths {
+            let shape = Shape::new(size, depth);
+            if !reads.contains(&shape) {
+                reads.push(shape);
+            }
+            for preallocated in if quick { vec![false] } else { vec![false, true] } {
+                let shape = Shape { preallocated, ..shape };
+                if !writes.contains(&shape) {
+                    writes.push(shape);
+                }
+            }
+        }
+    }
+    (writes, reads)
+}
+
+/// Bytes per run and repeats of the sweep: long enough that each shape reaches its steady rate,
+/// short enough that a scenario spends seconds, not minutes, on it.
+pub fn sweep_plan(quick: bool) -> (u64, usize) {
+    if quick {
+        (32 * MIB, 1)
+    } else {
+        (256 * MIB, 2)
+    }
+}
+
+/// One timed raw write run.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct RawWrite {
+    /// To the last completed write (the limit).
+    pub mb_s: f64,
+    /// To the completed fdatasync after it (for reference: what a fully synced raw write costs).
+    pub with_fdatasync_mb_s: f64,
+}
+
+fn mb_s(bytes: u64, elapsed: Duration) -> f64 {
+    bytes as f64 / 1e6 / elapsed.as_secs_f64().max(1e-9)
+}
+
+/// Writes `size_bytes` sequentially to a fresh `path` in `shape`; the file is kept for reading.
+pub async fn raw_write(path: &Path, size_bytes: u64, shape: Shape) -> anyhow::Result<RawWrite> {
+    let io = shape.io_bytes as u64;
+    anyhow::ensure!(io > 0 && shape.depth > 0, "raw write shape {shape:?} is empty");
+    let size_bytes = size_bytes.div_ceil(io) * io;
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+    }
+    let file = Rc::new(kappa_storage::io::open_rw(path).await?);
+    if shape.preallocated {
+        file.pre_allocate(size_bytes, false)
+            .await
+            .map_err(std::io::Error::from)
+            .with_context(|| format!("preallocating {}", path.display()))?;
+    }
+    let start = Instant::now();
+    let mut in_flight = VecDeque::with_capacity(shape.depth);
+    let mut pos = 0u64;
+    while pos < size_bytes {
+        let mut buf = file.alloc_dma_buffer(shape.io_bytes);
+        buf.as_bytes_mut().fill((pos / io) as u8 | 1);
+        let target = file.clone();
+        let at = pos;
+        in_flight.push_back(glommio::spawn_local(async move { target.write_at(buf, at).await }));
+        pos += io;
+        if in_flight.len() >= shape.depth {
+            let task = in_flight.pop_front().context("no write in flight")?;
+            task.await.map_err(std::io::Error::from).context("raw write")?;
+        }
+    }
+    while let Some(task) = in_flight.pop_front() {
+        task.await.map_err(std::io::Error::from).context("raw write")?;
+    }
+    let written = start.elapsed();
+    file.fdatasync().await.map_err(std::io::Error::from).context("raw fdatasync")?;
+    let synced = start.elapsed();
+    if let Ok(file) = Rc::try_unwrap(file) {
+        file.close().await.map_err(std::io::Error::from).context("close")?;
+    }
+    Ok(RawWrite { mb_s: mb_s(size_bytes, written), with_fdatasync_mb_s: mb_s(size_bytes, synced) })
+}
+
+/// Reads `size_bytes` of `path` sequentially in `shape`, touching every 4 KiB page as a consumer
+/// would; MB/s.
+pub async fn raw_read(path: &Path, size_bytes: u64, shape: Shape) -> anyhow::Result<f64> {
+    let io = shape.io_bytes as u64;
+    anyhow::ensure!(io > 0 && shape.depth > 0, "raw read shape {shape:?} is empty");
+    let file_len = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?.len();
+    let size_bytes = size_bytes.min(file_len) / io * io;
+    anyhow::ensure!(size_bytes > 0, "{} is too small to read in {}", path.display(), shape.label());
+    let file =
+        Rc::new(DmaFile::open(path).await.map_err(std::io::Error::from).context("open raw file")?);
+    let start = Instant::now();
+    let mut in_flight = VecDeque::with_capacity(shape.depth);
+    let mut pos = 0u64;
+    let mut total = 0u64;
+    let mut touched = 0u64;
+    while pos < size_bytes || !in_flight.is_empty() {
+        while pos < size_bytes && in_flight.len() < shape.depth {
+            let source = file.clone();
+            let at = pos;
+            in_flight.push_back(glommio::spawn_local(async move {
+                source.read_at_aligned(at, shape.io_bytes).await
+            }));
+            pos += io;
+        }
+        let task = in_flight.pop_front().context("no read in flight")?;
+        let chunk = task.await.map_err(std::io::Error::from).context("raw read")?;
+        touched =
+            chunk.iter().step_by(4096).fold(touched, |acc, b| acc.wrapping_add(u64::from(*b)));
+        total += chunk.len() as u64;
+    }
+    let elapsed = start.elapsed();
+    anyhow::ensure!(total == size_bytes, "raw read returned {total} of {size_bytes} bytes");
+    anyhow::ensure!(touched > 0, "raw read saw only zeros");
+    drop(in_flight);
+    if let Ok(file) = Rc::try_unwrap(file) {
+        let _ = file.close().await;
+    }
+    Ok(mb_s(size_bytes, elapsed))
+}
+
+/// One shape's best run in the sweep.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SweepRow {
+    pub shape: Shape,
+    pub label: String,
+    /// The best of this shape's repeats, MB/s.
+    pub mb_s: f64,
+    pub runs: Vec<f64>,
+    /// The log uses this shape.
+    pub engine_setting: bool,
+}
+
+/// The sweep's result: every shape tried, and the best ones, which the paired runs then use.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Sweep {
+    pub size_bytes_per_run: u64,
+    pub repeats: usize,
+    pub writes: Vec<SweepRow>,
+    pub reads: Vec<SweepRow>,
+    pub best_write: Shape,
+    pub best_read: Shape,
+}
+
+impl Sweep {
+    pub fn best_write_mb_s(&self) -> f64 {
+        self.writes.iter().map(|r| r.mb_s).fold(0.0, f64::max)
+    }
+    pub fn best_read_mb_s(&self) -> f64 {
+        self.reads.iter().map(|r| r.mb_s).fold(0.0, f64::max)
+    }
+}
+
+/// Tries every shape `repeats` times (round robin, so a slow minute of the disk does not land on
+/// one shape) with `size_bytes` per run, in `dir`; the best run of each shape ranks it. `read`:
+/// also sweep reads (each read shape reads a file written just before).
+pub async fn sweep(
+    dir: &Path,
+    size_bytes: u64,
+    quick: bool,
+    repeats: usize,
+    read: bool,
+) -> anyhow::Result<Sweep> {
+    kappa_storage::io::prime_iopoll(dir).await?;
+    let (write_shapes, read_shapes) = shapes(quick);
+    let read_shapes = if read { read_shapes } else { Vec::new() };
+    let path = dir.join("sweep.bin");
+    // Warm-up: the first run after start pays for allocating the DMA pool and the file system's
+    // first extents.
+    raw_write(&path, size_bytes.min(64 * MIB), engine_write_shape()).await?;
+    let mut write_runs = vec![Vec::new(); write_shapes.len()];
+    let mut read_runs = vec![Vec::new(); read_shapes.len()];
+    for _ in 0..repeats.max(1) {
+        for (i, shape) in write_shapes.iter().enumerate() {
+            write_runs[i].push(raw_write(&path, size_bytes, *shape).await?.mb_s);
+        }
+        if !read_shapes.is_empty() {
+            raw_write(&path, size_bytes, engine_write_shape()).await?;
+        }
+        for (i, shape) in read_shapes.iter().enumerate() {
+            read_runs[i].push(raw_read(&path, size_bytes, *shape).await?);
+        }
+    }
+    std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+    let rows = |shapes: &[Shape], runs: Vec<Vec<f64>>, engine: Shape| -> Vec<SweepRow> {
+        shapes
+            .iter()
+            .zip(runs)
+            .map(|(shape, runs)| SweepRow {
+                shape: *shape,
+                label: shape.label(),
+                mb_s: runs.iter().copied().fold(0.0, f64::max),
+                runs,
+                engine_setting: *shape == engine,
+            })
+            .collect()
+    };
+    let writes = rows(&write_shapes, write_runs, engine_write_shape());
+    let reads = rows(&read_shapes, read_runs, engine_read_shape());
+    let best = |rows: &[SweepRow], fallback: Shape| {
+        rows.iter().max_by(|a, b| a.mb_s.total_cmp(&b.mb_s)).map_or(fallback, |r| r.shape)
+    };
+    let sweep = Sweep {
+        size_bytes_per_run: size_bytes,
+        repeats: repeats.max(1),
+        best_write: best(&writes, engine_write_shape()),
+        best_read: best(&reads, engine_read_shape()),
+        writes,
+        reads,
+    };
+    eprintln!(
+        "  limit sweep ({} MiB per run): best write {} at {:.0} MB/s (engine's {} {:.0}), best read {} at {:.0} MB/s",
+        size_bytes / MIB,
+        sweep.best_write.label(),
+        sweep.best_write_mb_s(),
+        engine_write_shape().label(),
+        sweep.writes.iter().find(|r| r.engine_setting).map_or(0.0, |r| r.mb_s),
+        sweep.best_read.label(),
+        sweep.best_read_mb_s(),
+    );
+    Ok(sweep)
+}
+
+/// Raw write (and, when `read` names a shape, read-back) runs in `write_shape`, `runs` times, of
+/// `size_bytes` each in `dir`, on the calling glommio executor.
+pub async fn raw_runs(
+    dir: &Path,
+    size_bytes: u64,
+    runs: usize,
+    write_shape: Shape,
+    read: Option<Shape>,
+) -> anyhow::Result<(Vec<RawWrite>, Vec<f64>)> {
+    let raw = dir.join("raw.bin");
+    let (mut writes, mut reads) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        writes.push(raw_write(&raw, size_bytes, write_shape).await?);
+        if let Some(shape) = read {
+            reads.push(raw_read(&raw, size_bytes, shape).await?);
+        }
+    }
+    std::fs::remove_file(&raw).with_context(|| format!("removing {}", raw.display()))?;
+    Ok((writes, reads))
+}
+
+/// `raw_runs` on a glommio executor of its own (for scenarios whose engine runs on threads).
+pub fn raw_runs_blocking(
+    dir: &Path,
+    size_bytes: u64,
+    runs: usize,
+    write_shape: Shape,
+    read: Option<Shape>,
+) -> anyhow::Result<(Vec<RawWrite>, Vec<f64>)> {
+    let dir = dir.to_path_buf();
+    crate::on_executor("bench-raw", 64 << 20, move || async move {
+        kappa_storage::io::prime_iopoll(&dir).await?;
+        raw_runs(&dir, size_bytes, runs, write_shape, read).await
+    })
+}
+
+/// `sweep` on a glommio executor of its own.
+pub fn sweep_blocking(
+    dir: &Path,
+    size_bytes: u64,
+    quick: bool,
+    repeats: usize,
+    read: bool,
+) -> anyhow::Result<Sweep> {
+    let dir = dir.to_path_buf();
+    crate::on_executor("bench-sweep", 64 << 20, move || async move {
+        sweep(&dir, size_bytes, quick, repeats, read).await
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sweep_includes_the_engine_settings() {
+        for quick in [false, true] {
+            let (writes, reads) = shapes(quick);
+            assert!(writes.contains(&engine_write_shape()), "quick={quick}");
+            assert!(reads.contains(&engine_read_shape()), "quick={quick}");
+            assert!(writes.len() > 1 && reads.len() > 1, "a sweep of one shape is no sweep");
+            assert!(reads.iter().all(|s| !s.preallocated));
+        }
+        let (writes, _) = shapes(false);
+        assert!(writes.iter().any(|s| s.preallocated));
+    }
+
+    #[test]
+    fn raw_write_and_read_move_the_bytes() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("raw.bin");
+        let (write, read) = crate::on_executor("limit-test", 4 << 20, move || async move {
+            kappa_storage::io::prime_iopoll(path.parent().context("parent")?).await?;
+            let shape = Shape { io_bytes: 256 * KIB as usize, depth: 3, preallocated: true };
+            let write = raw_write(&path, 3 * MIB, shape).await?;
+            anyhow::ensure!(std::fs::metadata(&path)?.len() == 3 * MIB, "file size");
+            let read = raw_read(&path, 3 * MIB, Shape::new(128 * KIB as usize, 5)).await?;
+            anyhow::Ok((write, read))
+        })?;
+        assert!(write.mb_s > 0.0 && write.with_fdatasync_mb_s > 0.0 && read > 0.0);
+        // The fdatasync comes after the write timer stops, so the synced rate is never higher.
+        assert!(write.with_fdatasync_mb_s <= write.mb_s);
+        Ok(())
+    }
+}
