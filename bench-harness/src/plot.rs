@@ -19,9 +19,22 @@ use crate::tail::LoadPoint;
 const SIZE: (u32, u32) = (1000, 520);
 const FONT: &str = "sans-serif";
 
+/// The "tab10" palette: distinct, and readable for the common colour-vision deficiencies.
+const PALETTE: [RGBColor; 10] = [
+    RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0xff, 0x7f, 0x0e),
+    RGBColor(0xd6, 0x27, 0x28),
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0x94, 0x67, 0xbd),
+    RGBColor(0x8c, 0x56, 0x4b),
+    RGBColor(0xe3, 0x77, 0xc2),
+    RGBColor(0x7f, 0x7f, 0x7f),
+    RGBColor(0xbc, 0xbd, 0x22),
+    RGBColor(0x17, 0xbe, 0xcf),
+];
+
 fn color(i: usize) -> RGBColor {
-    let c = Palette99::pick(i).to_rgba();
-    RGBColor(c.0, c.1, c.2)
+    PALETTE[i % PALETTE.len()]
 }
 
 /// Renders into an SVG string with `draw`, then writes it to `path`.
@@ -96,7 +109,8 @@ pub fn all(out: &Path, outcomes: &[Outcome]) -> anyhow::Result<Vec<(String, Stri
 /// tail targets and the 100% line: where the curve bends up is the knee.
 pub fn latency_against_load(path: &Path, points: &[LoadPoint]) -> anyhow::Result<()> {
     let lo = points.iter().map(|p| p.p50_us).fold(f64::MAX, f64::min).clamp(1.0, 1e9) / 2.0;
-    let hi = points.iter().map(|p| p.p999_us.max(p.p99_us)).fold(5_000.0, f64::max) * 2.0;
+    // Head room above the highest point for the legend.
+    let hi = points.iter().map(|p| p.p999_us.max(p.p99_us)).fold(5_000.0, f64::max) * 8.0;
     let x_max = points.iter().map(|p| p.offered_fraction * 100.0).fold(100.0, f64::max) + 10.0;
     svg_file(path, |root| {
         let mut chart = ChartBuilder::on(root)
@@ -109,6 +123,7 @@ pub fn latency_against_load(path: &Path, points: &[LoadPoint]) -> anyhow::Result
         chart
             .configure_mesh()
             .x_desc("offered load, % of the measured maximum")
+            .x_label_formatter(&|x| format!("{x:.0}%"))
             .y_desc("latency, µs (log)")
             .y_label_formatter(&|v| format_us(*v))
             .draw()
@@ -128,17 +143,21 @@ pub fn latency_against_load(path: &Path, points: &[LoadPoint]) -> anyhow::Result
                 });
             chart.draw_series(xy.iter().map(|&p| Circle::new(p, 4, c.filled()))).map_err(err)?;
         }
-        for (target, name) in [(1_000.0, "p99 target 1 ms"), (5_000.0, "p99.9 target 5 ms")] {
+        // Each target dashed in its percentile's colour.
+        for (i, target, name) in
+            [(1, 1_000.0, "p99 target 1 ms"), (2, 5_000.0, "p99.9 target 5 ms")]
+        {
+            let c = color(i);
             chart
                 .draw_series(DashedLineSeries::new(
                     vec![(0.0, target), (x_max, target)],
                     6,
                     4,
-                    BLACK.mix(0.5).stroke_width(1),
+                    c.mix(0.7).stroke_width(1),
                 ))
                 .map_err(err)?
                 .label(name)
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.5)));
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.mix(0.7)));
         }
         chart
             .draw_series(std::iter::once(PathElement::new(
@@ -148,7 +167,7 @@ pub fn latency_against_load(path: &Path, points: &[LoadPoint]) -> anyhow::Result
             .map_err(err)?;
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
+            .position(SeriesLabelPosition::UpperMiddle)
             .background_style(WHITE.mix(0.9))
             .border_style(BLACK)
             .draw()
@@ -211,7 +230,7 @@ pub fn latency_distribution(path: &Path, curves: &[LatencyCurve]) -> anyhow::Res
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
+            .position(SeriesLabelPosition::LowerRight)
             .background_style(WHITE.mix(0.9))
             .border_style(BLACK)
             .draw()
@@ -237,7 +256,8 @@ pub fn throughput_bars(path: &Path, figures: &[Figure]) -> anyhow::Result<()> {
             .margin(12)
             .x_label_area_size(45)
             .y_label_area_size(330)
-            .build_cartesian_2d(0f64..x_max, (0..n as i32).into_segmented())
+            // A segmented range a..b has b - a + 1 segments.
+            .build_cartesian_2d(0f64..x_max, (0..n as i32 - 1).into_segmented())
             .map_err(err)?;
         chart
             .configure_mesh()
@@ -396,6 +416,7 @@ mod tests {
             p999_us: p50 * 10.0,
             max_us: p50 * 20.0,
             samples: 1000,
+            measured_seconds: 1.0,
             segment_rolls: 1,
             view_checkpoints: 2,
             shard_ack_p99_us: 100.0,

@@ -82,7 +82,11 @@ impl Figure {
     /// The median of repeated runs, with their min and max.
     pub fn median(scenario: &str, name: &str, spread: &Spread, unit: &str) -> Self {
         Figure {
-            statistic: format!("median of {} runs", spread.runs),
+            statistic: if spread.runs == 1 {
+                "one run".into()
+            } else {
+                format!("median of {} runs", spread.runs)
+            },
             runs: spread.runs,
             value_min: spread.min,
             value_max: spread.max,
@@ -101,7 +105,11 @@ impl Figure {
         min_ratio: f64,
     ) -> Self {
         Figure {
-            statistic: format!("median of {} pairs", paired.pairs),
+            statistic: if paired.pairs == 1 {
+                "one pair".into()
+            } else {
+                format!("median of {} pairs", paired.pairs)
+            },
             limit_name: Some(limit_name.into()),
             limit: Some(paired.limit.median),
             limit_min: Some(paired.limit.min),

@@ -12,11 +12,12 @@
 //! send time, and latency is measured from that, not from when the producer got around to sending.
 //! A stall delays every record behind it and all of them count (no coordinated omission).
 //!
-//! Each point runs long enough to include segment rolls and view checkpoints: a short pilot run
-//! sizes the topic's segments so the lowest load rolls about three times per point, and the
-//! view's checkpoint interval so it checkpoints about three times per point at the lowest load;
-//! higher loads do both more often. The maximum is then measured on that same topic and view.
-//! Rolls and checkpoints are counted per point.
+//! Every point measures the same number of records (`--seconds` worth at the maximum), so a point
+//! at 10% runs ten times as long as one at 100%, and each includes segment rolls and view
+//! checkpoints: a short pilot run sizes the topic's segments and the view's checkpoint interval
+//! (both in records, as a deployment configures them) so one point's records fill about three of
+//! each. The maximum is then measured on that same topic and view. Rolls and checkpoints are
+//! counted per point, and each point starts after the view has caught up with the one before.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -40,8 +41,9 @@ use crate::Machine;
 pub struct Args {
     #[command(flatten)]
     pub common: crate::Common,
-    /// Seconds of open-loop load measured per point (after a one-second warm-up).
-    #[arg(long, default_value_t = 8.0)]
+    /// Every point measures the same number of records: this many seconds' worth at the measured
+    /// maximum (so a point at 10% runs ten times as long), after a one-second warm-up.
+    #[arg(long, default_value_t = 4.0)]
     seconds: f64,
     /// Offered loads as fractions of the measured maximum, comma separated.
     #[arg(long, value_delimiter = ',', default_values_t = [0.1, 0.25, 0.5, 0.7, 0.85, 1.0, 1.2])]
@@ -54,8 +56,9 @@ const TARGET_P99_US: f64 = 1_000.0;
 const TARGET_P999_US: f64 = 5_000.0;
 /// The load the latency targets are judged at, as a fraction of the maximum.
 const TARGET_LOAD: f64 = 0.5;
-/// Rolls and checkpoints wanted per point at the lowest load.
-const EVENTS_AT_LOWEST_LOAD: f64 = 3.0;
+/// Segment rolls and view checkpoints per point: the records of one point fill this many
+/// segments and checkpoint intervals.
+const EVENTS_PER_POINT: f64 = 3.0;
 
 /// One point of the latency-against-load curve (`results.json` `tail_load_curve`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -69,6 +72,8 @@ pub struct LoadPoint {
     pub p999_us: f64,
     pub max_us: f64,
     pub samples: u64,
+    /// How long the measured part of the point took to send (the same records at every point).
+    pub measured_seconds: f64,
     pub segment_rolls: u64,
     pub view_checkpoints: u64,
     /// On the shard, from taking an append to its ack (the storage write path alone), p99.
@@ -95,7 +100,7 @@ struct Report {
     segment_size_bytes_max: u64,
     view_checkpoint_every_records: u64,
     warm_up_seconds_per_point: f64,
-    measured_seconds_per_point: f64,
+    measured_records_per_point: u64,
     points: Vec<LoadPoint>,
     /// The highest offered fraction up to which every point's p99 met the target.
     p99_target_met_up_to_fraction: f64,
@@ -112,7 +117,7 @@ fn pin_to(cpus: &[usize], index: usize) {
 pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
     let quick = args.common.quick;
     let (seconds, warm_up, max_seconds, max_warm_up) =
-        if quick { (0.4, 0.1, 0.5, 0.2) } else { (args.seconds, 1.0, 3.0, 1.0) };
+        if quick { (0.25, 0.1, 0.5, 0.2) } else { (args.seconds, 1.0, 3.0, 1.0) };
     anyhow::ensure!(
         !args.loads.is_empty() && args.loads.iter().all(|l| *l > 0.0 && *l <= 2.0),
         "--loads must be fractions in (0, 2]"
@@ -155,15 +160,15 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
     .context("the pilot run")?;
     let pilot_offsets = engine.partition_offsets("pilot", 0)?;
     let bytes_per_record = pilot_offsets.size_bytes as f64 / pilot_offsets.end_offset.max(1) as f64;
-    let lowest_records = loads[0] * pilot * seconds;
+    let pilot_point_records = pilot * seconds;
     let segment_size_bytes_max =
-        ((lowest_records * bytes_per_record / EVENTS_AT_LOWEST_LOAD) as u64 / MIB).clamp(1, 256)
+        ((pilot_point_records * bytes_per_record / EVENTS_PER_POINT) as u64 / MIB).clamp(1, 256)
             * MIB;
-    let checkpoint_every = ((lowest_records / EVENTS_AT_LOWEST_LOAD) as u64).max(1000);
+    let checkpoint_every = ((pilot_point_records / EVENTS_PER_POINT) as u64).max(1000);
     let mut topic = TopicConfig::new(1);
     topic.segment_size_bytes_max = Some(segment_size_bytes_max);
     engine.create_topic("tail", topic)?;
-    engine.create_view("tail-view", view_def("tail", checkpoint_every))?;
+    let view = engine.create_view("tail-view", view_def("tail", checkpoint_every))?;
     let mut consumer = engine.consumer("tail", 0, Seek::End)?;
     let max = saturate(&producer, &mut consumer, "tail", &client_cpus, max_warm_up, max_seconds)
         .context("measuring the maximum rate")?;
@@ -171,12 +176,15 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
         "tail: maximum {max:.0} records/s with one producer thread (pilot {pilot:.0}; {bytes_per_record:.0} log bytes per record, {} MiB segments, a checkpoint every {checkpoint_every} records)",
         segment_size_bytes_max / MIB
     );
+    let point_records = ((max * seconds).ceil() as u64).max(1);
     let watcher = CheckpointWatcher::start(data_dir.join("views").join("tail-view"), &client_cpus);
 
     let mut points = Vec::new();
     let mut histograms = Vec::new();
     for &fraction in &loads {
         let rate = max * fraction;
+        // Each point starts from a quiet shard: the view has folded everything before it.
+        settle(&view)?;
         let (point, latency) = run_point(
             &engine,
             &producer,
@@ -185,7 +193,7 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
             &client_cpus,
             (fraction, rate),
             warm_up,
-            seconds,
+            point_records,
         )
         .with_context(|| format!("offered load {:.0}%", fraction * 100.0))?;
         eprintln!(
@@ -230,7 +238,7 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
         segment_size_bytes_max,
         view_checkpoint_every_records: checkpoint_every,
         warm_up_seconds_per_point: warm_up,
-        measured_seconds_per_point: seconds,
+        measured_records_per_point: point_records,
         points: points.clone(),
         p99_target_met_up_to_fraction: met_up_to,
         notes: "Latency is from each record's intended send time (open loop) to its arrival at the \
@@ -356,7 +364,25 @@ fn saturate(
     Ok(in_window as f64 / seconds)
 }
 
-/// One open-loop point: `rate` records/s due on a fixed schedule for `warm_up + seconds`.
+/// Waits until `view` has folded every record of its topic (at most a minute).
+fn settle(view: &kappa_engine::ViewHandle) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        let progress = view.progress()?;
+        if progress.caught_up() && progress.lag() == 0 {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(60),
+            "the view is {} records behind after a minute",
+            progress.lag()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One open-loop point: `rate` records/s due on a fixed schedule, a warm-up of `warm_up` seconds
+/// then `records` measured records.
 #[allow(clippy::too_many_arguments)]
 fn run_point(
     engine: &Engine,
@@ -366,13 +392,14 @@ fn run_point(
     client_cpus: &[usize],
     (fraction, rate): (f64, f64),
     warm_up: f64,
-    seconds: f64,
+    records: u64,
 ) -> anyhow::Result<(LoadPoint, hdrhistogram::Histogram<u64>)> {
     let before = engine.partition_offsets("tail", 0)?;
     let ack_before = shard_ack(engine)?;
     let interval_ns = 1e9 / rate;
-    let total = ((warm_up + seconds) * rate).ceil() as u64;
-    let warm_up_ns = (warm_up * 1e9) as u64;
+    let warm_up_records = (warm_up * rate).ceil() as u64;
+    let total = warm_up_records + records;
+    let warm_up_ns = (warm_up_records as f64 * interval_ns) as u64;
     let epoch = Instant::now();
 
     let sender = {
@@ -436,6 +463,7 @@ fn run_point(
         p999_us: p.p999,
         max_us: p.max,
         samples: p.samples,
+        measured_seconds: records as f64 / rate,
         segment_rolls: after.segment_count.saturating_sub(before.segment_count) as u64,
         view_checkpoints: watcher.between(before.end_offset, after.end_offset),
         shard_ack_p99_us: Percentiles::of_ns(&ack).p99,
