@@ -67,7 +67,11 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
                 Some(sweep.best_read),
             )
             .await?;
-            let syncs = fdatasync_latency(&dir.join("sync.bin"), syncs).await?;
+            let syncs = crate::limit::within(
+                "4 KiB write + fdatasync series".into(),
+                fdatasync_latency(&dir.join("sync.bin"), syncs),
+            )
+            .await?;
             anyhow::Ok((sweep, writes, reads, syncs))
         })?;
     let write_mb_s: Vec<f64> = writes.iter().map(|w| w.mb_s).collect();

@@ -110,8 +110,32 @@ fn mb_s(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 / 1e6 / elapsed.as_secs_f64().max(1e-9)
 }
 
+/// How long one raw run (or a scenario's fdatasync series) may take. A run of 1 GiB takes about
+/// a second; on this machine kind an I/O has been seen to wait minutes for a completion while
+/// other processes hammered the disk, and a benchmark must end with an error, never hang CI.
+pub const RUN_DEADLINE: Duration = Duration::from_secs(120);
+
+/// `work`, or an error naming `what` when it has not finished within `RUN_DEADLINE`.
+pub async fn within<T>(
+    what: String,
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let deadline = async {
+        glommio::timer::sleep(RUN_DEADLINE).await;
+        Err(anyhow::anyhow!(
+            "{what} did not finish within {} s: an I/O is stuck (device or io_uring)",
+            RUN_DEADLINE.as_secs()
+        ))
+    };
+    futures_lite::future::or(work, deadline).await
+}
+
 /// Writes `size_bytes` sequentially to a fresh `path` in `shape`; the file is kept for reading.
 pub async fn raw_write(path: &Path, size_bytes: u64, shape: Shape) -> anyhow::Result<RawWrite> {
+    within(format!("raw write {}", shape.label()), raw_write_run(path, size_bytes, shape)).await
+}
+
+async fn raw_write_run(path: &Path, size_bytes: u64, shape: Shape) -> anyhow::Result<RawWrite> {
     let io = shape.io_bytes as u64;
     anyhow::ensure!(io > 0 && shape.depth > 0, "raw write shape {shape:?} is empty");
     let size_bytes = size_bytes.div_ceil(io) * io;
@@ -157,6 +181,10 @@ pub async fn raw_write(path: &Path, size_bytes: u64, shape: Shape) -> anyhow::Re
 /// Reads `size_bytes` of `path` sequentially in `shape`, touching every 4 KiB page as a consumer
 /// would; MB/s.
 pub async fn raw_read(path: &Path, size_bytes: u64, shape: Shape) -> anyhow::Result<f64> {
+    within(format!("raw read {}", shape.label()), raw_read_run(path, size_bytes, shape)).await
+}
+
+async fn raw_read_run(path: &Path, size_bytes: u64, shape: Shape) -> anyhow::Result<f64> {
     let io = shape.io_bytes as u64;
     anyhow::ensure!(io > 0 && shape.depth > 0, "raw read shape {shape:?} is empty");
     let file_len = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?.len();
@@ -245,16 +273,25 @@ pub async fn sweep(
     raw_write(&path, size_bytes.min(64 * MIB), engine_write_shape()).await?;
     let mut write_runs = vec![Vec::new(); write_shapes.len()];
     let mut read_runs = vec![Vec::new(); read_shapes.len()];
-    for _ in 0..repeats.max(1) {
+    let repeats = repeats.max(1);
+    for repeat in 0..repeats {
+        // Progress: one line per repeat, each shape's rate as it comes.
+        eprint!("  limit sweep {}/{repeats}: write", repeat + 1);
         for (i, shape) in write_shapes.iter().enumerate() {
-            write_runs[i].push(raw_write(&path, size_bytes, *shape).await?.mb_s);
+            let mb_s = raw_write(&path, size_bytes, *shape).await?.mb_s;
+            eprint!(" {}={mb_s:.0}", shape.label().replace(' ', ""));
+            write_runs[i].push(mb_s);
         }
         if !read_shapes.is_empty() {
+            eprint!("; read");
             raw_write(&path, size_bytes, engine_write_shape()).await?;
         }
         for (i, shape) in read_shapes.iter().enumerate() {
-            read_runs[i].push(raw_read(&path, size_bytes, *shape).await?);
+            let mb_s = raw_read(&path, size_bytes, *shape).await?;
+            eprint!(" {}={mb_s:.0}", shape.label().replace(' ', ""));
+            read_runs[i].push(mb_s);
         }
+        eprintln!(" MB/s");
     }
     std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
     let rows = |shapes: &[Shape], runs: Vec<Vec<f64>>, engine: Shape| -> Vec<SweepRow> {
@@ -277,7 +314,7 @@ pub async fn sweep(
     };
     let sweep = Sweep {
         size_bytes_per_run: size_bytes,
-        repeats: repeats.max(1),
+        repeats,
         best_write: best(&writes, engine_write_shape()),
         best_read: best(&reads, engine_read_shape()),
         writes,
