@@ -128,7 +128,8 @@ pub fn latency_against_load(path: &Path, points: &[LoadPoint]) -> anyhow::Result
             .y_label_formatter(&|v| format_us(*v))
             .draw()
             .map_err(err)?;
-        let series: [(&str, fn(&LoadPoint) -> f64); 3] =
+        type Percentile = fn(&LoadPoint) -> f64;
+        let series: [(&str, Percentile); 3] =
             [("p50", |p| p.p50_us), ("p99", |p| p.p99_us), ("p99.9", |p| p.p999_us)];
         for (i, (name, value)) in series.iter().enumerate() {
             let c = color(i);
