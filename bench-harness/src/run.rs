@@ -33,6 +33,10 @@ pub struct RunArgs {
     /// Where the data goes (a directory on the device to measure); default: the current one.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// A scenario still running after this many seconds is killed and the run fails (default:
+    /// 1800, or 300 with --quick), so a stuck I/O ends CI with an error instead of hanging it.
+    #[arg(long)]
+    scenario_timeout_s: Option<u64>,
 }
 
 /// `results.json`.
@@ -67,19 +71,40 @@ pub fn child(outcome: &Path, name: &str, args: &[String]) -> anyhow::Result<()> 
         .with_context(|| format!("writing {}", outcome.display()))
 }
 
-fn run_child(name: &str, argv: &[String], out: &Path) -> anyhow::Result<Outcome> {
+fn run_child(
+    name: &str,
+    argv: &[String],
+    out: &Path,
+    timeout: std::time::Duration,
+) -> anyhow::Result<Outcome> {
     let outcome_path = out.join(format!(".{name}-outcome.json"));
     let _ = std::fs::remove_file(&outcome_path);
     let exe = std::env::current_exe().context("locating the kappa-bench binary")?;
-    let status = Command::new(&exe)
+    let mut child = Command::new(&exe)
         .arg("scenario")
         .arg("--outcome")
         .arg(&outcome_path)
         .arg(name)
         .arg("--")
         .args(argv)
-        .status()
+        .spawn()
         .with_context(|| format!("starting {} for scenario {name}", exe.display()))?;
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().context("waiting for the scenario")? {
+            break status;
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!(
+                "scenario {name} was still running after {} s and was killed (an I/O completion \
+                 that never arrives has been seen on this machine kind; see the README)",
+                timeout.as_secs()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
     anyhow::ensure!(status.success(), "scenario {name} failed ({status})");
     let bytes = std::fs::read(&outcome_path)
         .with_context(|| format!("reading {}", outcome_path.display()))?;
@@ -104,8 +129,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             argv.push("--quick".into());
         }
         let started = std::time::Instant::now();
-        let outcome =
-            run_child(name, &argv, &args.out).with_context(|| format!("scenario {name}"))?;
+        let timeout =
+            std::time::Duration::from_secs(args.scenario_timeout_s.unwrap_or(if args.quick {
+                300
+            } else {
+                1800
+            }));
+        let outcome = run_child(name, &argv, &args.out, timeout)
+            .with_context(|| format!("scenario {name}"))?;
         let seconds = started.elapsed().as_secs_f64();
         eprintln!("[{}/{total}] {name} took {seconds:.1} s", i + 1);
         scenario_seconds.insert(name.clone(), serde_json::json!((seconds * 10.0).round() / 10.0));
