@@ -151,7 +151,7 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
                 write_shape,
                 None,
             )?;
-            let raw = raw[0];
+            let raw = *raw.first().context("the raw write did not run")?;
             let dir = temp.path().join(format!("headline-{shards}-{pair}"));
             let (c, _) = measure(
                 &dir,
