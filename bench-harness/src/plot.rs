@@ -244,7 +244,7 @@ pub fn latency_distribution(path: &Path, curves: &[LatencyCurve]) -> anyhow::Res
 pub fn throughput_bars(path: &Path, figures: &[Figure]) -> anyhow::Result<()> {
     let n = figures.len();
     let x_max =
-        figures.iter().map(|f| f.value_max.max(f.limit.unwrap_or(0.0))).fold(1.0, f64::max) * 1.15;
+        figures.iter().map(|f| f.value_max.max(f.limit_band().1)).fold(1.0, f64::max) * 1.15;
     let labels: Vec<String> =
         figures.iter().map(|f| format!("{}: {}", f.scenario, f.name)).collect();
     let height = (120 + 60 * n as u32).max(300);
