@@ -96,25 +96,21 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
     let engine_rows = (sweep.writes.iter().map(|r| ("write", r)))
         .chain(sweep.reads.iter().map(|r| ("read", r)))
         .filter(|(_, r)| r.engine_setting);
+    // Names stay the same from run to run (so `compare` pairs them); the shape is in the statistic.
     for (kind, row) in engine_rows {
-        let name = format!("raw {kind}, engine's shape {}", row.label);
         f.push(
-            Figure::one_run("disk", &name, row.mb_s, "MB/s")
-                .statistic(format!("best of {} sweep runs", row.runs.len())),
+            Figure::one_run("disk", &format!("raw {kind} (engine's shape)"), row.mb_s, "MB/s")
+                .statistic(format!("best of {} sweep runs, {}", row.runs.len(), row.label)),
         );
     }
-    f.push(Figure::median(
-        "disk",
-        &format!("raw write, best shape {}", report.sweep.best_write.label()),
-        &report.disk_write_mb_s,
-        "MB/s",
-    ));
-    f.push(Figure::median(
-        "disk",
-        &format!("raw read, best shape {}", report.sweep.best_read.label()),
-        &report.disk_read_mb_s,
-        "MB/s",
-    ));
+    for (kind, spread, shape) in [
+        ("write", &report.disk_write_mb_s, sweep.best_write),
+        ("read", &report.disk_read_mb_s, sweep.best_read),
+    ] {
+        let figure = Figure::median("disk", &format!("raw {kind} (best shape)"), spread, "MB/s");
+        let statistic = format!("{}, {}", figure.statistic, shape.label());
+        f.push(figure.statistic(statistic));
+    }
     let samples = report.write_4k_fdatasync_us.samples;
     f.push(
         Figure::one_run(
