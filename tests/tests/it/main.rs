@@ -4,5 +4,6 @@ mod cli;
 mod crash;
 mod engine;
 mod faults;
+mod serve;
 mod tidy;
 mod views;

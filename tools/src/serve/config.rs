@@ -495,35 +495,50 @@ impl Spans {
     /// tables); the start of the document when none exists.
     fn locate(&self, path: &[&str]) -> Range<usize> {
         let mut nodes = &self.root;
-        let mut best = 0..0;
-        for segment in path {
+        let mut last: Option<&SpanNode> = None;
+        for (depth, segment) in path.iter().enumerate() {
             match nodes.iter().find(|(k, _)| k == segment) {
                 Some((_, node)) => {
-                    best = if node.children.is_empty() { node.value.clone() } else { node.key.clone() };
+                    last = Some(node);
                     nodes = &node.children;
                 }
-                None => break,
+                // A missing key: point at the table that lacks it (an inline table's braces, or
+                // a table's header).
+                None => {
+                    return match last {
+                        Some(node) if node.value.start > node.key.start && depth > 0 => {
+                            node.value.clone()
+                        }
+                        Some(node) => node.key.clone(),
+                        None => 0..0,
+                    }
+                }
             }
         }
-        best
+        match last {
+            Some(node) if node.children.is_empty() => node.value.clone(),
+            Some(node) => node.key.clone(),
+            None => 0..0,
+        }
     }
 
-    /// The dotted path of the deepest key whose key or value span holds `offset`.
+    /// The dotted path of the deepest key whose key or value span holds `offset` (a table's
+    /// span may be only its header, so children are searched even when the parent misses).
     fn key_at(&self, offset: usize) -> String {
-        let mut path = Vec::new();
-        let mut nodes = &self.root;
-        'descend: loop {
+        fn search(nodes: &[(String, SpanNode)], offset: usize) -> Option<Vec<String>> {
+            let holds = |r: &Range<usize>| r.start <= offset && offset < r.end.max(r.start + 1);
             for (name, node) in nodes {
-                let holds = |r: &Range<usize>| r.start <= offset && offset < r.end.max(r.start + 1);
+                if let Some(mut deeper) = search(&node.children, offset) {
+                    deeper.insert(0, name.clone());
+                    return Some(deeper);
+                }
                 if holds(&node.key) || holds(&node.value) {
-                    path.push(name.clone());
-                    nodes = &node.children;
-                    continue 'descend;
+                    return Some(vec![name.clone()]);
                 }
             }
-            break;
+            None
         }
-        path.join(".")
+        search(&self.root, offset).unwrap_or_default().join(".")
     }
 }
 

@@ -258,8 +258,8 @@ impl ViewSpec {
                 return err(
                     "value_field",
                     format!(
-                        "aggregate {:?} needs a value_field (a JSON number field path)",
-                        self.aggregate
+                        "aggregate {} needs a value_field (a JSON number field path)",
+                        format!("{:?}", self.aggregate).to_lowercase()
                     ),
                 );
             }

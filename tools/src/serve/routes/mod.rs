@@ -159,6 +159,15 @@ async fn observe(State(app): State<Arc<App>>, request: Request, next: Next) -> R
     response
 }
 
+/// The most a refused body is read before answering 413.
+const DRAIN_MAX: usize = 16 << 20;
+
+async fn drain(body: Body) {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    while let Some(Ok(_)) = body.frame().await {}
+}
+
 /// Reads a request body within the size limit and the body deadline; both refusals name `body`.
 pub async fn read_body(
     app: &App,
@@ -176,6 +185,12 @@ pub async fn read_body(
             .and_then(|l| l.parse().ok())
             .ok_or_else(|| ApiError::bad("content-length", "not a number"))?;
         if length > limit {
+            // Read (and drop) a moderately larger body first: a client that sends its whole
+            // body before reading the answer then sees the 413 instead of a reset connection.
+            if length <= limit.saturating_mul(4).max(DRAIN_MAX) {
+                let deadline = Duration::from_millis(app.settings.config.http.body_timeout_ms);
+                let _ = tokio::time::timeout(deadline, drain(body)).await;
+            }
             return Err(too_large());
         }
     }
