@@ -2,6 +2,7 @@
 
 mod cli;
 mod crash;
+mod deletion;
 mod engine;
 mod faults;
 mod serve;

@@ -171,6 +171,8 @@ fn serve(settings: Settings) -> Result<i32, StartError> {
         drain_timeout: Settings::millis(settings.config.http.shutdown_timeout_ms),
     };
     let kafka_addr = settings.kafka_addr;
+    let mut settings = settings;
+    settings.http_addr = http_addr; // The bound address (port 0 picks one).
     let app = Arc::new(App::new(engine, settings, data_dir.clone(), stop_rx.clone()));
     let router = routes::router(app.clone());
     let listener = {
