@@ -212,11 +212,7 @@ impl Engine {
         }
         let data_dir = &self.inner.config.data_dir;
         meta::mark_deleting(data_dir, name)?;
-        self.inner
-            .topics
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(name);
+        self.inner.topics.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(name);
         let mut first_error = None;
         for (partition, shard) in topic.shards.iter().enumerate() {
             let result = self.inner.call(*shard, |reply| Request::Close {

@@ -156,8 +156,11 @@ pub struct StoredView {
 /// Reads a view's stored metadata from a data dir; `None` when there is no such view. Lets a
 /// process that re-creates its views at start (the appliance) resume the version that was served.
 pub fn stored_view(data_dir: &Path, name: &str) -> Result<Option<StoredView>, Error> {
-    Ok(read_meta(&view_dir(data_dir, name))?
-        .map(|(topic, served, revisions)| StoredView { topic, served, revisions }))
+    Ok(read_meta(&view_dir(data_dir, name))?.map(|(topic, served, revisions)| StoredView {
+        topic,
+        served,
+        revisions,
+    }))
 }
 
 /// A view's stored metadata: topic, served version, and the revision of every version.

@@ -36,7 +36,11 @@ fn a_deleted_topic_is_gone_and_its_name_reusable() {
     assert!(matches!(engine.delete_topic("t"), Err(Error::UnknownTopic { .. })));
     // The follower's stream ends instead of hanging.
     let ended = follower.next_batch_timeout(Duration::from_secs(10));
-    assert!(!matches!(ended, Ok(None)), "the follower still waits: {:?}", ended.map(|b| b.map(|b| b.first_offset())));
+    assert!(
+        !matches!(ended, Ok(None)),
+        "the follower still waits: {:?}",
+        ended.map(|b| b.map(|b| b.first_offset()))
+    );
     assert!(!temp.path().join("topics/t").exists(), "partition files remain");
     assert!(!temp.path().join("meta/topics/t.json").exists(), "the definition remains");
     // The name is free again: a new topic starts empty, and stays so after a restart.
@@ -101,6 +105,7 @@ fn a_deletion_interrupted_by_a_crash_finishes_at_the_next_start() {
     assert_eq!(engine.partition_offsets("keep", 0).expect("offsets").end_offset, 5);
     // Without the marker's finishing, a new `t` would adopt the old partition files.
     engine.create_topic("t", TopicConfig::new(2)).expect("create");
-    let ends: u64 = (0..2).map(|p| engine.partition_offsets("t", p).expect("offsets").end_offset).sum();
+    let ends: u64 =
+        (0..2).map(|p| engine.partition_offsets("t", p).expect("offsets").end_offset).sum();
     assert_eq!(ends, 0);
 }

@@ -41,9 +41,13 @@ impl Client {
         }
     }
 
-    fn answer(&self, what: &str, response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> anyhow::Result<Value> {
-        let mut response =
-            response.with_context(|| format!("{what}: cannot reach kappa serve at {}", self.base))?;
+    fn answer(
+        &self,
+        what: &str,
+        response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> anyhow::Result<Value> {
+        let mut response = response
+            .with_context(|| format!("{what}: cannot reach kappa serve at {}", self.base))?;
         let status = response.status();
         let body = response
             .body_mut()
@@ -112,7 +116,8 @@ impl Client {
         path: &str,
         mut each: impl FnMut(&str, Value) -> anyhow::Result<bool>,
     ) -> anyhow::Result<()> {
-        let request = self.auth(self.agent.get(self.url(path))).header("accept", "text/event-stream");
+        let request =
+            self.auth(self.agent.get(self.url(path))).header("accept", "text/event-stream");
         let mut response = request
             .call()
             .with_context(|| format!("GET {path}: cannot reach kappa serve at {}", self.base))?;

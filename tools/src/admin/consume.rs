@@ -66,9 +66,12 @@ fn value_bytes(record: &Value, text: &str, b64: &str) -> Option<Vec<u8>> {
 pub fn run(args: ConsumeArgs) -> anyhow::Result<()> {
     let client = Arc::new(Client::new(&args.conn));
     let topic = client.get(&format!("/v1/topics/{}", args.topic))?;
-    let partitions = topic["partitions"].as_u64().context("the topic has no partition count")? as u32;
+    let partitions =
+        topic["partitions"].as_u64().context("the topic has no partition count")? as u32;
     let chosen: Vec<u32> = match args.partition {
-        Some(p) if p >= partitions => anyhow::bail!("topic {} has {partitions} partitions", args.topic),
+        Some(p) if p >= partitions => {
+            anyhow::bail!("topic {} has {partitions} partitions", args.topic)
+        }
         Some(p) => vec![p],
         None => (0..partitions).collect(),
     };
@@ -94,7 +97,8 @@ pub fn run(args: ConsumeArgs) -> anyhow::Result<()> {
             let path = format!("/v1/topics/{topic}/partitions/{partition}/records");
             let mut position = start;
             while !stop.load(Ordering::Relaxed) {
-                let query = [position.clone(), ("wait_ms", "1000".into()), ("max_records", "1000".into())];
+                let query =
+                    [position.clone(), ("wait_ms", "1000".into()), ("max_records", "1000".into())];
                 let answer = client.get_query(&path, &query);
                 let failed = answer.is_err();
                 let next = answer.as_ref().ok().and_then(|a| a["next_offset"].as_u64());

@@ -33,7 +33,8 @@ pub fn run(args: ProduceArgs) -> anyhow::Result<()> {
         anyhow::ensure!(!sep.is_empty(), "--key-sep must not be empty");
     }
     let client = Client::new(&args.conn);
-    let (lines_tx, lines_rx) = std::sync::mpsc::sync_channel::<std::io::Result<String>>(args.batch * 4);
+    let (lines_tx, lines_rx) =
+        std::sync::mpsc::sync_channel::<std::io::Result<String>>(args.batch * 4);
     std::thread::spawn(move || {
         for line in std::io::stdin().lock().lines() {
             if lines_tx.send(line).is_err() {

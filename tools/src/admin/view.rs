@@ -88,7 +88,12 @@ fn rows_table(answer: &Value) {
         .iter()
         .map(|r| {
             let key = r["key"].as_str().map_or_else(|| table::cell(&r["key_b64"]), str::to_string);
-            vec![key, table::cell(&r["window_start"]), table::cell(&r["window_end"]), table::cell(&r["value"])]
+            vec![
+                key,
+                table::cell(&r["window_start"]),
+                table::cell(&r["window_end"]),
+                table::cell(&r["value"]),
+            ]
         })
         .collect();
     table::print(&["KEY", "WINDOW_START", "WINDOW_END", "VALUE"], &rows);
@@ -152,7 +157,16 @@ pub fn run(args: ViewArgs) -> anyhow::Result<()> {
                 })
                 .collect();
             table::print(
-                &["VERSION", "REVISION", "SERVED", "CAUGHT_UP", "CONSUMED", "LAG", "RATE", "DEFINITION"],
+                &[
+                    "VERSION",
+                    "REVISION",
+                    "SERVED",
+                    "CAUGHT_UP",
+                    "CONSUMED",
+                    "LAG",
+                    "RATE",
+                    "DEFINITION",
+                ],
                 &rows,
             );
         }
@@ -176,7 +190,8 @@ pub fn run(args: ViewArgs) -> anyhow::Result<()> {
             println!("created view {name} (version {})", table::cell(&answer["served_version"]));
         }
         ViewCommand::Rebuild { name, definition: file, no_wait } => {
-            let answer = client.post_json(&format!("/v1/views/{name}/rebuild"), &definition(&file)?)?;
+            let answer =
+                client.post_json(&format!("/v1/views/{name}/rebuild"), &definition(&file)?)?;
             let version = answer["version"].as_u64().context("the answer names no version")?;
             if json && no_wait {
                 return print_json(&answer);
@@ -213,10 +228,13 @@ pub fn run(args: ViewArgs) -> anyhow::Result<()> {
                         .filter_map(|v| v["version"].as_u64())
                         .filter(|v| *v < served)
                         .max()
-                        .with_context(|| format!("view {name} runs no version older than {served}"))?
+                        .with_context(|| {
+                            format!("view {name} runs no version older than {served}")
+                        })?
                 }
             };
-            let answer = client.post_json(&format!("/v1/views/{name}/serve"), &json!({ "version": target }))?;
+            let answer = client
+                .post_json(&format!("/v1/views/{name}/serve"), &json!({ "version": target }))?;
             if json {
                 return print_json(&answer);
             }
@@ -270,7 +288,10 @@ fn follow(client: &Client, name: &str, version: u64, quiet: bool) -> anyhow::Res
         bar.set_length(consumed + lag);
         bar.set_position(consumed);
         bar.set_message(message.clone());
-        if !terminal && !quiet && (last_line.elapsed() >= Duration::from_secs(1) || event != "progress") {
+        if !terminal
+            && !quiet
+            && (last_line.elapsed() >= Duration::from_secs(1) || event != "progress")
+        {
             eprintln!(
                 "progress: {:.1}% {consumed}/{} records, {message}",
                 data["fraction"].as_f64().unwrap_or(0.0) * 100.0,
@@ -291,6 +312,9 @@ fn follow(client: &Client, name: &str, version: u64, quiet: bool) -> anyhow::Res
         }
     })?;
     bar.finish_and_clear();
-    anyhow::ensure!(!last.is_null(), "the progress stream ended before version {version} caught up");
+    anyhow::ensure!(
+        !last.is_null(),
+        "the progress stream ended before version {version} caught up"
+    );
     Ok(last)
 }

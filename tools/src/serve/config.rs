@@ -236,10 +236,22 @@ impl Settings {
 #[derive(Debug)]
 pub enum ConfigError {
     /// A key of the file: its dotted path, line and column (1-based).
-    File { path: PathBuf, key: String, line: usize, column: usize, message: String },
+    File {
+        path: PathBuf,
+        key: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
     /// A command-line flag.
-    Flag { flag: &'static str, message: String },
-    Read { path: PathBuf, source: std::io::Error },
+    Flag {
+        flag: &'static str,
+        message: String,
+    },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl std::fmt::Display for ConfigError {
@@ -312,11 +324,15 @@ pub fn parse(text: &str, file: &Path, overrides: &Overrides) -> Result<Settings,
     }
     let socket = |text: &str| text.parse::<SocketAddr>().map_err(|e| format!("{text:?}: {e}"));
     let http_addr = match &overrides.http_addr {
-        Some(flag) => socket(flag).map_err(|message| ConfigError::Flag { flag: "--http-addr", message })?,
+        Some(flag) => {
+            socket(flag).map_err(|message| ConfigError::Flag { flag: "--http-addr", message })?
+        }
         None => socket(&config.http.addr).map_err(|m| at(&["http", "addr"], m))?,
     };
     let kafka_addr = match &overrides.kafka_addr {
-        Some(flag) => socket(flag).map_err(|message| ConfigError::Flag { flag: "--kafka-addr", message })?,
+        Some(flag) => {
+            socket(flag).map_err(|message| ConfigError::Flag { flag: "--kafka-addr", message })?
+        }
         None => socket(&config.kafka.addr).map_err(|m| at(&["kafka", "addr"], m))?,
     };
     if let Some(a) = &overrides.http_addr {
@@ -569,7 +585,9 @@ mod tests {
 
     fn error(text: &str) -> (String, usize, usize, String) {
         match check(text) {
-            Err(ConfigError::File { key, line, column, message, .. }) => (key, line, column, message),
+            Err(ConfigError::File { key, line, column, message, .. }) => {
+                (key, line, column, message)
+            }
             other => panic!("expected a file error, got {other:?}"),
         }
     }

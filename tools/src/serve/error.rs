@@ -181,7 +181,9 @@ pub fn field_of(path: &serde_path_to_error::Path) -> (String, Option<u64>) {
     let mut parts = Vec::new();
     for segment in path.iter() {
         match segment {
-            serde_path_to_error::Segment::Seq { index: i } if parts.is_empty() && index.is_none() => {
+            serde_path_to_error::Segment::Seq { index: i }
+                if parts.is_empty() && index.is_none() =>
+            {
                 index = Some(*i as u64)
             }
             serde_path_to_error::Segment::Seq { index: i } => parts.push(i.to_string()),
@@ -201,7 +203,8 @@ pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
         let inner = e.into_inner();
         // "missing field `x`" is reported at the enclosing object: name the field itself.
         let message = inner.to_string();
-        let field = match message.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
+        let field = match message.strip_prefix("missing field `").and_then(|r| r.split('`').next())
+        {
             Some(missing) if field.is_empty() => missing.to_string(),
             Some(missing) => format!("{field}.{missing}"),
             None if field.is_empty() => "body".to_string(),

@@ -52,13 +52,21 @@ impl HttpMetrics {
             Histogram::new(exponential_buckets(50e-6, 2.0, 19))
         });
         let records_in = Counter::default();
-        registry.register("requests", "HTTP requests by route, method and status", requests.clone());
+        registry.register(
+            "requests",
+            "HTTP requests by route, method and status",
+            requests.clone(),
+        );
         registry.register(
             "request_duration_seconds",
             "HTTP request latency by route (until the response head)",
             latency.clone(),
         );
-        registry.register("records_ingested", "records appended through the HTTP API", records_in.clone());
+        registry.register(
+            "records_ingested",
+            "records appended through the HTTP API",
+            records_in.clone(),
+        );
         HttpMetrics { registry, requests, latency, records_in }
     }
 
@@ -66,7 +74,9 @@ impl HttpMetrics {
         self.requests
             .get_or_create(&RequestLabels { route: route.into(), method: method.into(), status })
             .inc();
-        self.latency.get_or_create(&RouteLabels { route: route.into() }).observe(elapsed.as_secs_f64());
+        self.latency
+            .get_or_create(&RouteLabels { route: route.into() })
+            .observe(elapsed.as_secs_f64());
     }
 }
 
@@ -156,9 +166,24 @@ fn histogram(
 
 impl prometheus_client::collector::Collector for Snapshot {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        gauge(&mut e, "up", "1 when the appliance is ready", &[(vec![], f64::from(u8::from(self.ready)))])?;
-        gauge(&mut e, "live_latency_budget_seconds", "the live tail's latency budget", &[(vec![], self.budget_s)])?;
-        gauge(&mut e, "http_connections_open", "open HTTP connections", &[(vec![], self.connections as f64)])?;
+        gauge(
+            &mut e,
+            "up",
+            "1 when the appliance is ready",
+            &[(vec![], f64::from(u8::from(self.ready)))],
+        )?;
+        gauge(
+            &mut e,
+            "live_latency_budget_seconds",
+            "the live tail's latency budget",
+            &[(vec![], self.budget_s)],
+        )?;
+        gauge(
+            &mut e,
+            "http_connections_open",
+            "open HTTP connections",
+            &[(vec![], self.connections as f64)],
+        )?;
         let partitions: Vec<(Labels, &kappa_engine::PartitionMetrics)> = self
             .shards
             .iter()
@@ -173,22 +198,63 @@ impl prometheus_client::collector::Collector for Snapshot {
                 })
             })
             .collect();
-        let per_partition = |f: &dyn Fn(&kappa_engine::PartitionMetrics) -> f64| -> Vec<(Labels, f64)> {
-            partitions.iter().map(|(l, p)| (l.clone(), f(p))).collect()
-        };
-        gauge(&mut e, "partition_end_offset", "offset the next record of the partition gets", &per_partition(&|p| p.end_offset as f64))?;
-        gauge(&mut e, "partition_start_offset", "first offset still in the partition", &per_partition(&|p| p.start_offset as f64))?;
-        gauge(&mut e, "partition_readable_end_offset", "records below this are written and readable", &per_partition(&|p| p.readable_end_offset as f64))?;
-        gauge(&mut e, "partition_size_bytes", "bytes of the partition's segments", &per_partition(&|p| p.size_bytes as f64))?;
-        gauge(&mut e, "partition_segments", "segment files of the partition", &per_partition(&|p| p.segment_count as f64))?;
-        gauge(&mut e, "partition_unwritten_records", "appended records not yet written (end - readable end)", &per_partition(&|p| (p.end_offset - p.readable_end_offset) as f64))?;
+        let per_partition =
+            |f: &dyn Fn(&kappa_engine::PartitionMetrics) -> f64| -> Vec<(Labels, f64)> {
+                partitions.iter().map(|(l, p)| (l.clone(), f(p))).collect()
+            };
+        gauge(
+            &mut e,
+            "partition_end_offset",
+            "offset the next record of the partition gets",
+            &per_partition(&|p| p.end_offset as f64),
+        )?;
+        gauge(
+            &mut e,
+            "partition_start_offset",
+            "first offset still in the partition",
+            &per_partition(&|p| p.start_offset as f64),
+        )?;
+        gauge(
+            &mut e,
+            "partition_readable_end_offset",
+            "records below this are written and readable",
+            &per_partition(&|p| p.readable_end_offset as f64),
+        )?;
+        gauge(
+            &mut e,
+            "partition_size_bytes",
+            "bytes of the partition's segments",
+            &per_partition(&|p| p.size_bytes as f64),
+        )?;
+        gauge(
+            &mut e,
+            "partition_segments",
+            "segment files of the partition",
+            &per_partition(&|p| p.segment_count as f64),
+        )?;
+        gauge(
+            &mut e,
+            "partition_unwritten_records",
+            "appended records not yet written (end - readable end)",
+            &per_partition(&|p| (p.end_offset - p.readable_end_offset) as f64),
+        )?;
         let consumers: Vec<(Labels, f64)> = self
             .shards
             .iter()
             .flat_map(|s| s.consumers.iter())
-            .map(|c| (vec![("topic", c.topic.clone()), ("partition", c.partition.to_string())], c.lag as f64))
+            .map(|c| {
+                (
+                    vec![("topic", c.topic.clone()), ("partition", c.partition.to_string())],
+                    c.lag as f64,
+                )
+            })
             .collect();
-        gauge(&mut e, "partition_consumer_lag_records", "records between a tail consumer and the partition end", &consumers)?;
+        gauge(
+            &mut e,
+            "partition_consumer_lag_records",
+            "records between a tail consumer and the partition end",
+            &consumers,
+        )?;
 
         let view_labels = |name: &str, version: u32, p: &kappa_engine::VersionProgress| -> Labels {
             vec![
@@ -200,25 +266,60 @@ impl prometheus_client::collector::Collector for Snapshot {
         let per_view = |f: &dyn Fn(&kappa_engine::VersionProgress) -> f64| -> Vec<(Labels, f64)> {
             self.views.iter().map(|(n, v, p)| (view_labels(n, *v, p), f(p))).collect()
         };
-        gauge(&mut e, "view_lag_records", "records of the topic the view version has not folded in", &per_view(&|p| p.lag() as f64))?;
-        gauge(&mut e, "view_replay_rate_records_per_second", "records per second folded by the view version", &per_view(&|p| p.rate_records_s()))?;
-        gauge(&mut e, "view_eta_seconds", "seconds until the view version catches up at its rate", &per_view(&|p| p.eta_s()))?;
-        gauge(&mut e, "view_caught_up", "1 when every partition of the version follows the live tail", &per_view(&|p| f64::from(u8::from(p.caught_up()))))?;
-        let consumed: Vec<(Labels, u64)> = self.views.iter().map(|(n, v, p)| (view_labels(n, *v, p), p.consumed())).collect();
-        counter(&mut e, "view_consumed_records", "records folded into the view version", &consumed)?;
+        gauge(
+            &mut e,
+            "view_lag_records",
+            "records of the topic the view version has not folded in",
+            &per_view(&|p| p.lag() as f64),
+        )?;
+        gauge(
+            &mut e,
+            "view_replay_rate_records_per_second",
+            "records per second folded by the view version",
+            &per_view(&|p| p.rate_records_s()),
+        )?;
+        gauge(
+            &mut e,
+            "view_eta_seconds",
+            "seconds until the view version catches up at its rate",
+            &per_view(&|p| p.eta_s()),
+        )?;
+        gauge(
+            &mut e,
+            "view_caught_up",
+            "1 when every partition of the version follows the live tail",
+            &per_view(&|p| f64::from(u8::from(p.caught_up()))),
+        )?;
+        let consumed: Vec<(Labels, u64)> =
+            self.views.iter().map(|(n, v, p)| (view_labels(n, *v, p), p.consumed())).collect();
+        counter(
+            &mut e,
+            "view_consumed_records",
+            "records folded into the view version",
+            &consumed,
+        )?;
         let view_partitions: Vec<(Labels, f64)> = self
             .views
             .iter()
             .flat_map(|(n, v, p)| {
                 p.partitions.iter().map(move |q| {
                     (
-                        vec![("view", n.clone()), ("version", v.to_string()), ("partition", q.partition.to_string())],
+                        vec![
+                            ("view", n.clone()),
+                            ("version", v.to_string()),
+                            ("partition", q.partition.to_string()),
+                        ],
                         q.lag as f64,
                     )
                 })
             })
             .collect();
-        gauge(&mut e, "view_partition_lag_records", "records of one partition the view version has not folded in", &view_partitions)?;
+        gauge(
+            &mut e,
+            "view_partition_lag_records",
+            "records of one partition the view version has not folded in",
+            &view_partitions,
+        )?;
 
         let shard = |s: &kappa_engine::ShardMetrics| vec![("shard", s.shard.to_string())];
         let per_shard_u64 = |f: &dyn Fn(&kappa_engine::ShardMetrics) -> u64| -> Vec<(Labels, u64)> {
@@ -227,16 +328,56 @@ impl prometheus_client::collector::Collector for Snapshot {
         let per_shard_f64 = |f: &dyn Fn(&kappa_engine::ShardMetrics) -> f64| -> Vec<(Labels, f64)> {
             self.shards.iter().map(|s| (shard(s), f(s))).collect()
         };
-        counter(&mut e, "shard_records_appended", "records appended on the shard", &per_shard_u64(&|s| s.records_appended))?;
-        counter(&mut e, "shard_bytes_appended", "key, value and header bytes appended on the shard", &per_shard_u64(&|s| s.bytes_appended))?;
-        counter(&mut e, "shard_batches_appended", "batches appended on the shard", &per_shard_u64(&|s| s.batches_appended))?;
-        counter(&mut e, "shard_fsyncs", "fdatasyncs of the shard's partitions", &per_shard_u64(&|s| s.fsync_count))?;
-        gauge(&mut e, "shard_request_queue_depth", "requests waiting in the shard's channel", &per_shard_f64(&|s| s.request_queue_len as f64))?;
-        gauge(&mut e, "shard_write_queue_depth", "full write buffers waiting for the writers", &per_shard_f64(&|s| s.write_queue_len as f64))?;
-        gauge(&mut e, "shard_appends_in_flight", "appends waiting for their durability", &per_shard_f64(&|s| s.appends_in_flight as f64))?;
+        counter(
+            &mut e,
+            "shard_records_appended",
+            "records appended on the shard",
+            &per_shard_u64(&|s| s.records_appended),
+        )?;
+        counter(
+            &mut e,
+            "shard_bytes_appended",
+            "key, value and header bytes appended on the shard",
+            &per_shard_u64(&|s| s.bytes_appended),
+        )?;
+        counter(
+            &mut e,
+            "shard_batches_appended",
+            "batches appended on the shard",
+            &per_shard_u64(&|s| s.batches_appended),
+        )?;
+        counter(
+            &mut e,
+            "shard_fsyncs",
+            "fdatasyncs of the shard's partitions",
+            &per_shard_u64(&|s| s.fsync_count),
+        )?;
+        gauge(
+            &mut e,
+            "shard_request_queue_depth",
+            "requests waiting in the shard's channel",
+            &per_shard_f64(&|s| s.request_queue_len as f64),
+        )?;
+        gauge(
+            &mut e,
+            "shard_write_queue_depth",
+            "full write buffers waiting for the writers",
+            &per_shard_f64(&|s| s.write_queue_len as f64),
+        )?;
+        gauge(
+            &mut e,
+            "shard_appends_in_flight",
+            "appends waiting for their durability",
+            &per_shard_f64(&|s| s.appends_in_flight as f64),
+        )?;
         let acks: Vec<(Labels, &hdrhistogram::Histogram<u64>)> =
             self.shards.iter().map(|s| (shard(s), &s.append_ack_latency_ns)).collect();
-        histogram(&mut e, "shard_append_ack_latency_seconds", "from the shard taking an append to its acknowledgement (live latency)", &acks)?;
+        histogram(
+            &mut e,
+            "shard_append_ack_latency_seconds",
+            "from the shard taking an append to its acknowledgement (live latency)",
+            &acks,
+        )?;
         let fsyncs: Vec<(Labels, &hdrhistogram::Histogram<u64>)> =
             self.shards.iter().map(|s| (shard(s), &s.fsync_latency_ns)).collect();
         histogram(&mut e, "shard_fsync_latency_seconds", "fdatasync latency", &fsyncs)?;

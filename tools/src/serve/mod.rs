@@ -221,7 +221,10 @@ async fn install_signal_handlers(stop: watch::Sender<bool>) -> std::io::Result<(
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
         };
-        tracing::info!(signal = first, "shutting down: draining requests (a second signal exits at once)");
+        tracing::info!(
+            signal = first,
+            "shutting down: draining requests (a second signal exits at once)"
+        );
         let _ = stop.send(true);
         let (second, code) = tokio::select! {
             _ = term.recv() => ("SIGTERM", 128 + libc_signal::TERM),
@@ -245,5 +248,76 @@ fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
         if let Err(e) = sd_notify::notify(false, states) {
             tracing::warn!(error = %e, "telling systemd our state failed");
         }
+    }
+}
+
+/// The HTTP API over an engine this process already runs, on a background thread: what
+/// `kappa serve` runs, without its signals and start-up. The `http` benchmark uses it to measure
+/// ingest through HTTP beside the embedded API on the same engine.
+pub struct Background {
+    pub addr: std::net::SocketAddr,
+    app: Arc<App>,
+    stop: watch::Sender<bool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Background {
+    /// Serves `engine` with `settings` (its HTTP section; `http_addr` port 0 picks one).
+    pub fn start(
+        engine: kappa_engine::Engine,
+        mut settings: Settings,
+    ) -> anyhow::Result<Background> {
+        let listener = std::net::TcpListener::bind(settings.http_addr)
+            .with_context(|| format!("binding {}", settings.http_addr))?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        settings.http_addr = addr;
+        let limits = server::Limits {
+            max_connections: settings.config.http.max_connections,
+            header_timeout: Settings::millis(settings.config.http.header_timeout_ms),
+            write_timeout: Settings::millis(settings.config.http.write_timeout_ms),
+            drain_timeout: Settings::millis(settings.config.http.shutdown_timeout_ms),
+        };
+        let threads = settings.config.http.threads;
+        let (stop, stop_rx) = watch::channel(false);
+        let data_dir = engine.config().data_dir.clone();
+        let app = Arc::new(App::new(engine, settings, data_dir, stop_rx.clone()));
+        app.ready.store(true, Ordering::Release);
+        let router = routes::router(app.clone());
+        let connections = app.open_connections.clone();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("kappa-http")
+            .enable_all()
+            .build()
+            .context("starting the HTTP runtime")?;
+        let thread =
+            std::thread::Builder::new().name("kappa-http-main".into()).spawn(move || {
+                runtime.block_on(async move {
+                    match tokio::net::TcpListener::from_std(listener) {
+                        Ok(listener) => {
+                            server::serve(listener, router, limits, stop_rx, connections).await;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "registering the HTTP listener failed")
+                        }
+                    }
+                });
+            })?;
+        Ok(Background { addr, app, stop, thread: Some(thread) })
+    }
+
+    pub fn engine(&self) -> &kappa_engine::Engine {
+        &self.app.engine
+    }
+
+    /// Drains HTTP, then shuts the engine down.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        if let Some(thread) = self.thread.take() {
+            thread.join().map_err(|_| anyhow::anyhow!("the HTTP thread panicked"))?;
+        }
+        self.app.engine.shutdown()?;
+        Ok(())
     }
 }

@@ -225,8 +225,7 @@ impl ViewSpec {
     /// Checks the definition and builds the engine's `ViewDef` from it.
     pub fn to_def(&self) -> Result<ViewDef, SpecError> {
         if let Some(r) = &self.revision {
-            if r.is_empty()
-                || !r.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            if r.is_empty() || !r.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
             {
                 return err("revision", "must be non-empty ASCII letters, digits, '.', '_' or '-'");
             }
@@ -276,7 +275,10 @@ impl ViewSpec {
         def = def.lateness(self.lateness_ms, late);
         def = match (self.start_at_ms, self.start_from_version) {
             (Some(_), Some(_)) => {
-                return err("start_from_version", "give start_at_ms or start_from_version, not both")
+                return err(
+                    "start_from_version",
+                    "give start_at_ms or start_from_version, not both",
+                )
             }
             (Some(ts), None) => def.start(Start::Timestamp(ts)),
             (None, Some(0)) => return err("start_from_version", "versions start at 1"),
@@ -367,8 +369,14 @@ mod tests {
             (r#"{"topic":"t","aggregate":"mean"}"#, "value_field"),
             (r#"{"topic":"t","window":{"kind":"tumbling"}}"#, "window.size_ms"),
             (r#"{"topic":"t","window":{"kind":"tumbling","size_ms":0}}"#, "window.size_ms"),
-            (r#"{"topic":"t","window":{"kind":"tumbling","size_ms":5,"gap_ms":1}}"#, "window.gap_ms"),
-            (r#"{"topic":"t","window":{"kind":"hopping","size_ms":1000,"hop_ms":1}}"#, "window.hop_ms"),
+            (
+                r#"{"topic":"t","window":{"kind":"tumbling","size_ms":5,"gap_ms":1}}"#,
+                "window.gap_ms",
+            ),
+            (
+                r#"{"topic":"t","window":{"kind":"hopping","size_ms":1000,"hop_ms":1}}"#,
+                "window.hop_ms",
+            ),
             (r#"{"topic":"t","window":{"kind":"session"}}"#, "window.gap_ms"),
             (r#"{"topic":"t","lateness_ms":-1}"#, "lateness_ms"),
             (r#"{"topic":"t","key_field":"a..b"}"#, "key_field"),

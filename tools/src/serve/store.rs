@@ -50,7 +50,8 @@ impl ViewStore {
             if path.extension().and_then(|e| e.to_str()) != Some("json") {
                 continue;
             }
-            let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
             let specs: StoredSpecs = serde_json::from_slice(&bytes)
                 .with_context(|| format!("view definitions in {}", path.display()))?;
             out.insert(specs.name.clone(), specs);
@@ -60,9 +61,11 @@ impl ViewStore {
 
     pub fn get(&self, name: &str) -> anyhow::Result<Option<StoredSpecs>> {
         match std::fs::read(self.path(name)) {
-            Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
-                format!("view definitions in {}", self.path(name).display())
-            })?)),
+            Ok(bytes) => {
+                Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+                    format!("view definitions in {}", self.path(name).display())
+                })?))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("reading {}", self.path(name).display())),
         }

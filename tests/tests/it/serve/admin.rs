@@ -30,10 +30,12 @@ fn topics_produce_consume_and_views_from_the_command_line() {
 
     // Produce lines with keys; consume them back.
     let lines: String = (0..50).map(|i| format!("user-{}|event {i}\n", i % 3)).collect();
-    let (code, _, err) = run(&["produce", "logs", "--key-sep", "|", "--durability", "synced"], lines.as_bytes());
+    let (code, _, err) =
+        run(&["produce", "logs", "--key-sep", "|", "--durability", "synced"], lines.as_bytes());
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("produced 50 record(s)"), "{err}");
-    let (code, out, err) = run(&["consume", "logs", "--from-beginning", "--count", "50", "--print-key"], b"");
+    let (code, out, err) =
+        run(&["consume", "logs", "--from-beginning", "--count", "50", "--print-key"], b"");
     assert_eq!(code, 0, "{err}");
     let mut got: Vec<&str> = out.lines().collect();
     got.sort_unstable();
@@ -42,14 +44,22 @@ fn topics_produce_consume_and_views_from_the_command_line() {
     assert_eq!(got, want);
     // Per key, the order of production is kept (one key, one partition).
     let user0: Vec<&str> = out.lines().filter(|l| l.starts_with("user-0\t")).collect();
-    let expected0: Vec<String> = (0..50).filter(|i| i % 3 == 0).map(|i| format!("user-0\tevent {i}")).collect();
+    let expected0: Vec<String> =
+        (0..50).filter(|i| i % 3 == 0).map(|i| format!("user-0\tevent {i}")).collect();
     assert_eq!(user0, expected0);
     // --offset, --partition and --json.
-    let (code, out, _) = run(&["consume", "logs", "--partition", "0", "--offset", "1", "--count", "2", "--json"], b"");
+    let (code, out, _) = run(
+        &["consume", "logs", "--partition", "0", "--offset", "1", "--count", "2", "--json"],
+        b"",
+    );
     assert_eq!(code, 0);
-    let records: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
+    let records: Vec<Value> =
+        out.lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
     assert_eq!(records.len(), 2);
-    assert_eq!((records[0]["offset"].as_u64(), records[0]["partition"].as_u64()), (Some(1), Some(0)));
+    assert_eq!(
+        (records[0]["offset"].as_u64(), records[0]["partition"].as_u64()),
+        (Some(1), Some(0))
+    );
     // --since: every record is newer than a minute ago.
     let (code, out, _) = run(&["consume", "logs", "--since", "1m", "--count", "50"], b"");
     assert_eq!(code, 0);
@@ -57,7 +67,9 @@ fn topics_produce_consume_and_views_from_the_command_line() {
     // Following from the end: records produced after the consumer started.
     let follower = {
         let addr = addr.clone();
-        std::thread::spawn(move || kappa(&["consume", "logs", "--count", "3", "--addr", &addr], b"", &[]))
+        std::thread::spawn(move || {
+            kappa(&["consume", "logs", "--count", "3", "--addr", &addr], b"", &[])
+        })
     };
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let (code, _, _) = run(&["produce", "logs"], b"new 1\nnew 2\nnew 3\n");
@@ -83,8 +95,13 @@ fn topics_produce_consume_and_views_from_the_command_line() {
     assert_eq!(code, 0);
     assert!(out.contains("sums") && out.contains("sensors"), "{out}");
     let definition = temp.path().join("count.toml");
-    std::fs::write(&definition, "topic = \"sensors\"\nkey_field = \"m.id\"\naggregate = \"count\"\nrevision = \"count\"\n").expect("def");
-    let (code, out, err) = run(&["view", "rebuild", "sums", "--definition", &definition.display().to_string()], b"");
+    std::fs::write(
+        &definition,
+        "topic = \"sensors\"\nkey_field = \"m.id\"\naggregate = \"count\"\nrevision = \"count\"\n",
+    )
+    .expect("def");
+    let (code, out, err) =
+        run(&["view", "rebuild", "sums", "--definition", &definition.display().to_string()], b"");
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("rebuilding sums as version 2"), "{out}");
     assert!(out.contains("version 2 caught up and is served"), "{out}");
@@ -101,7 +118,8 @@ fn topics_produce_consume_and_views_from_the_command_line() {
     assert_eq!(described["served_version"], 1);
     // A bad definition is refused locally with its key.
     std::fs::write(&definition, "topic = \"sensors\"\naggregate = \"mean\"\n").expect("def");
-    let (code, _, err) = run(&["view", "rebuild", "sums", "--definition", &definition.display().to_string()], b"");
+    let (code, _, err) =
+        run(&["view", "rebuild", "sums", "--definition", &definition.display().to_string()], b"");
     assert_eq!(code, 2);
     assert!(err.contains("value_field"), "{err}");
     // Delete the topic.

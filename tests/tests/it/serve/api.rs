@@ -32,18 +32,23 @@ fn produce_and_query_through_http_match_a_reference() {
     assert_eq!(a.body["count"], n / 2);
     assert_eq!(a.body["records"].as_array().map(Vec::len), Some((n / 2) as usize));
     let second: Vec<Value> = (n / 2..n).map(record).collect();
-    let b = server.post_json("/v1/topics/sensors/records?durability=written", &Value::Array(second));
+    let b =
+        server.post_json("/v1/topics/sensors/records?durability=written", &Value::Array(second));
     assert_eq!(b.status, 200, "{b:?}");
 
     // Every record is where the per-record answer said, with its bytes, key and headers.
     for (i, at) in a.body["records"].as_array().expect("records").iter().enumerate().step_by(97) {
         let (p, o) = (at["partition"].as_u64().expect("p"), at["offset"].as_u64().expect("o"));
-        let got = server.get(&format!("/v1/topics/sensors/partitions/{p}/records?offset={o}&max_records=1"));
+        let got = server
+            .get(&format!("/v1/topics/sensors/partitions/{p}/records?offset={o}&max_records=1"));
         assert_eq!(got.status, 200, "{got:?}");
         let r = &got.body["records"][0];
         let sent = record(i as u64);
         assert_eq!(r["key"], sent["key"]);
-        assert_eq!(serde_json::from_str::<Value>(r["value"].as_str().expect("utf-8")).expect("json"), sent["value"]);
+        assert_eq!(
+            serde_json::from_str::<Value>(r["value"].as_str().expect("utf-8")).expect("json"),
+            sent["value"]
+        );
         assert_eq!(r["timestamp"], sent["timestamp"]);
         assert_eq!(r["headers"]["n"], json!(i.to_string()));
     }
@@ -52,7 +57,9 @@ fn produce_and_query_through_http_match_a_reference() {
     for p in 0..3 {
         let mut offset = 0;
         loop {
-            let got = server.get(&format!("/v1/topics/sensors/partitions/{p}/records?offset={offset}&max_records=500"));
+            let got = server.get(&format!(
+                "/v1/topics/sensors/partitions/{p}/records?offset={offset}&max_records=500"
+            ));
             assert_eq!(got.status, 200, "{got:?}");
             let records = got.body["records"].as_array().expect("records").len();
             if records == 0 {
@@ -67,7 +74,8 @@ fn produce_and_query_through_http_match_a_reference() {
     // The view equals sums computed here, per id and 1 s window.
     let mut reference: BTreeMap<(String, i64), f64> = BTreeMap::new();
     for i in 0..n {
-        *reference.entry((format!("s{}", i % 7), (i * 37 / 1000 * 1000) as i64)).or_default() += (i % 100) as f64;
+        *reference.entry((format!("s{}", i % 7), (i * 37 / 1000 * 1000) as i64)).or_default() +=
+            (i % 100) as f64;
     }
     // The view follows the tail: wait until it folded everything in.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -90,14 +98,17 @@ fn produce_and_query_through_http_match_a_reference() {
             .collect();
         let have: Vec<(i64, f64)> = rows
             .iter()
-            .map(|r| (r["window_start"].as_i64().expect("start"), r["value"].as_f64().expect("value")))
+            .map(|r| {
+                (r["window_start"].as_i64().expect("start"), r["value"].as_f64().expect("value"))
+            })
             .collect();
         assert_eq!(have, want, "key s{id}");
         // One window by its start, and a windows range.
         let (w, v) = want[3];
         let one = server.get(&format!("/v1/views/sums/get?key=s{id}&window_start={w}"));
         assert_eq!(one.body["rows"][0]["value"].as_f64(), Some(v));
-        let some = server.get(&format!("/v1/views/sums/windows?key=s{id}&from_ms={w}&to_ms={}", w + 2000));
+        let some =
+            server.get(&format!("/v1/views/sums/windows?key=s{id}&from_ms={w}&to_ms={}", w + 2000));
         assert_eq!(some.body["rows"].as_array().map(Vec::len), Some(2));
     }
     let range = server.get("/v1/views/sums/range?from=s2&to=s4&limit=5");
@@ -105,14 +116,29 @@ fn produce_and_query_through_http_match_a_reference() {
     assert!(range.body["rows"].as_array().expect("rows").iter().all(|r| r["key"] == "s2"));
 
     // Metrics and status reflect it.
-    let metrics = server.agent.get(server.url("/metrics")).call().expect("metrics").into_body().read_to_string().expect("text");
+    let metrics = server
+        .agent
+        .get(server.url("/metrics"))
+        .call()
+        .expect("metrics")
+        .into_body()
+        .read_to_string()
+        .expect("text");
     let end_offsets: u64 = metrics
         .lines()
         .filter(|l| l.starts_with("kappa_partition_end_offset{topic=\"sensors\""))
         .map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).expect("value") as u64)
         .sum();
     assert_eq!(end_offsets, n, "{metrics}");
-    for name in ["kappa_view_lag_records", "kappa_shard_append_ack_latency_seconds_bucket", "kappa_shard_fsync_latency_seconds_count", "kappa_view_replay_rate_records_per_second", "kappa_view_eta_seconds", "kappa_shard_request_queue_depth", "kappa_http_request_duration_seconds_bucket"] {
+    for name in [
+        "kappa_view_lag_records",
+        "kappa_shard_append_ack_latency_seconds_bucket",
+        "kappa_shard_fsync_latency_seconds_count",
+        "kappa_view_replay_rate_records_per_second",
+        "kappa_view_eta_seconds",
+        "kappa_shard_request_queue_depth",
+        "kappa_http_request_duration_seconds_bucket",
+    ] {
         assert!(metrics.contains(name), "no {name} in /metrics");
     }
     assert!(metrics.trim_end().ends_with("# EOF"));
@@ -173,7 +199,11 @@ fn bad_input_gets_a_4xx_naming_the_field() {
         assert!(answer.body["error"].as_str().is_some_and(|e| !e.is_empty()), "case {i}");
     }
     // The NDJSON error names the line too.
-    let line = server.post("/v1/topics/sensors/records", nd, b"{\"value\":\"a\"}\n{\"value\":\"b\"}\n{\"vaule\":\"c\"}\n");
+    let line = server.post(
+        "/v1/topics/sensors/records",
+        nd,
+        b"{\"value\":\"a\"}\n{\"value\":\"b\"}\n{\"vaule\":\"c\"}\n",
+    );
     assert_eq!((line.status, line.field(), line.body["line"].as_u64()), (400, "vaule", Some(3)));
     // Nothing of a refused batch was written.
     let end = server.get("/v1/topics/sensors");
@@ -186,7 +216,13 @@ fn a_token_is_required_off_loopback() {
     let temp = tempfile::tempdir().expect("tempdir");
     // Without a token, a wildcard bind is refused before anything starts.
     let (code, _, stderr) = super::kappa(
-        &["serve", "--data-dir", &temp.path().join("d").display().to_string(), "--http-addr", "0.0.0.0:0"],
+        &[
+            "serve",
+            "--data-dir",
+            &temp.path().join("d").display().to_string(),
+            "--http-addr",
+            "0.0.0.0:0",
+        ],
         b"",
         &[],
     );
@@ -197,11 +233,17 @@ fn a_token_is_required_off_loopback() {
     let token = "an-adequately-long-token";
     let config = temp.path().join("kappa.toml");
     std::fs::write(&config, format!("{SENSORS}\n[http]\ntoken = \"{token}\"\n")).expect("config");
-    let mut server = super::Server::start_with(temp.path(), &config, &["--http-addr", "0.0.0.0:0"], None);
+    let mut server =
+        super::Server::start_with(temp.path(), &config, &["--http-addr", "0.0.0.0:0"], None);
     let denied = server.get("/v1/topics");
     assert_eq!((denied.status, denied.field()), (401, "authorization"));
     assert_eq!(server.get("/metrics").status, 401);
-    assert_eq!(server.post("/v1/topics/sensors/records", "application/x-ndjson", b"{\"value\":\"x\"}\n").status, 401);
+    assert_eq!(
+        server
+            .post("/v1/topics/sensors/records", "application/x-ndjson", b"{\"value\":\"x\"}\n")
+            .status,
+        401
+    );
     server.token = Some("wrong-token-of-the-same-len".into());
     assert_eq!(server.get("/v1/topics").status, 401);
     server.token = None;
@@ -210,7 +252,12 @@ fn a_token_is_required_off_loopback() {
     assert_eq!(server.get("/").status, 200, "the page shell holds no data");
     server.token = Some(token.into());
     assert_eq!(server.get("/v1/topics").status, 200);
-    assert_eq!(server.post("/v1/topics/sensors/records", "application/x-ndjson", b"{\"value\":\"x\"}\n").status, 200);
+    assert_eq!(
+        server
+            .post("/v1/topics/sensors/records", "application/x-ndjson", b"{\"value\":\"x\"}\n")
+            .status,
+        200
+    );
     assert!(server.stop().success());
 }
 

@@ -43,8 +43,9 @@ fn prometheus_scrapes_kappa_serve() {
     let prometheus = tool("prometheus", "prometheus");
     let temp = tempfile::tempdir().expect("tempdir");
     let server = Server::start(temp.path(), SENSORS, &[]);
-    let lines: Vec<serde_json::Value> =
-        (0..1234).map(|i| json!({ "value": { "m": { "id": "a", "v": i } }, "timestamp": i })).collect();
+    let lines: Vec<serde_json::Value> = (0..1234)
+        .map(|i| json!({ "value": { "m": { "id": "a", "v": i } }, "timestamp": i }))
+        .collect();
     assert_eq!(server.ndjson("/v1/topics/sensors/records?durability=synced", &lines).status, 200);
     let target = server.base.trim_start_matches("http://").to_string();
     let config = temp.path().join("prometheus.yml");
@@ -150,7 +151,11 @@ fn the_status_page_renders_in_headless_chromium() {
         command.args(extra);
         command.arg(server.url("/"));
         let output = command.stdin(Stdio::null()).output().expect("run chromium");
-        assert!(output.status.success(), "chromium failed: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "chromium failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         String::from_utf8_lossy(&output.stdout).into_owned()
     };
     chrome(&[format!("--screenshot={}", screenshot.display())]);
@@ -166,7 +171,10 @@ fn the_status_page_renders_in_headless_chromium() {
     assert!(dom.contains("data-view=\"sums\" data-version=\"1\""), "{dom}");
     assert!(dom.contains("data-view=\"sums\" data-version=\"2\""), "{dom}");
     assert!(dom.contains("class=\"bar"), "no progress bar: {dom}");
-    assert!(dom.contains("within budget") || dom.contains("over budget"), "no latency budget: {dom}");
+    assert!(
+        dom.contains("within budget") || dom.contains("over budget"),
+        "no latency budget: {dom}"
+    );
     assert!(dom.contains("not served yet"), "{dom}");
     assert!(server.stop().success());
 }

@@ -44,14 +44,16 @@ fn config_errors_name_key_line_and_column_and_exit_2() {
             assert_eq!(code, 2, "{text}: {stderr}");
             assert!(stderr.contains(&format!("key `{key}`")), "{text}: {stderr}");
             assert!(
-                stderr.contains(&format!("line {line}")) && stderr.contains(&format!("column {column}")),
+                stderr.contains(&format!("line {line}"))
+                    && stderr.contains(&format!("column {column}")),
                 "{text}: wanted line {line} column {column}: {stderr}"
             );
             assert!(!temp.path().join("data").exists(), "the data dir was touched: {text}");
         }
     }
     // A flag is checked like a key.
-    let (code, _, stderr) = kappa(&["serve", "--data-dir", &data, "--kafka-addr", "nowhere"], b"", &[]);
+    let (code, _, stderr) =
+        kappa(&["serve", "--data-dir", &data, "--kafka-addr", "nowhere"], b"", &[]);
     assert_eq!(code, 2);
     assert!(stderr.contains("--kafka-addr"), "{stderr}");
     // The example config in the repository is valid.
@@ -65,7 +67,19 @@ fn config_errors_name_key_line_and_column_and_exit_2() {
     let server = Server::start_with(temp.path(), &good, &[], None);
     assert!(server.stop().success());
     std::fs::write(&good, "# changed\n[topics.t]\npartitions = 3\n").expect("write");
-    let (code, _, stderr) = kappa(&["serve", "--config", &good.display().to_string(), "--data-dir", &data, "--http-addr", "127.0.0.1:0"], b"", &[]);
+    let (code, _, stderr) = kappa(
+        &[
+            "serve",
+            "--config",
+            &good.display().to_string(),
+            "--data-dir",
+            &data,
+            "--http-addr",
+            "127.0.0.1:0",
+        ],
+        b"",
+        &[],
+    );
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("key `topics.t.partitions`") && stderr.contains("line 3"), "{stderr}");
 }
@@ -112,11 +126,16 @@ fn sigterm_drains_in_flight_requests_and_exits_0() {
 #[test]
 fn a_second_signal_exits_at_once() {
     let temp = tempfile::tempdir().expect("tempdir");
-    let config = format!("{SENSORS}\n[debug]\nappend_delay_ms = 5000\n[http]\nshutdown_timeout_ms = 60000\n");
+    let config = format!(
+        "{SENSORS}\n[debug]\nappend_delay_ms = 5000\n[http]\nshutdown_timeout_ms = 60000\n"
+    );
     let mut server = Server::start(temp.path(), &config, &[]);
     let url = server.url("/v1/topics/sensors/records");
     let _slow = std::thread::spawn(move || {
-        let _ = super::agent().post(url).header("content-type", "application/x-ndjson").send(&b"{\"value\":\"x\"}\n"[..]);
+        let _ = super::agent()
+            .post(url)
+            .header("content-type", "application/x-ndjson")
+            .send(&b"{\"value\":\"x\"}\n"[..]);
     });
     std::thread::sleep(Duration::from_millis(300));
     server.signal(libc::SIGTERM);
@@ -133,7 +152,8 @@ fn sigkill_under_http_load_loses_nothing_acknowledged() {
     let temp = tempfile::tempdir().expect("tempdir");
     let config = temp.path().join("kappa.toml");
     std::fs::write(&config, SENSORS).expect("config");
-    let rounds: u64 = std::env::var("KAPPA_SERVE_KILL_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
+    let rounds: u64 =
+        std::env::var("KAPPA_SERVE_KILL_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
     let acked: Arc<Mutex<Vec<(u64, u64, String)>>> = Arc::default();
     for round in 0..rounds {
         let mut server = Server::start_with(temp.path(), &config, &[], None);
@@ -183,20 +203,29 @@ fn sigkill_under_http_load_loses_nothing_acknowledged() {
     for p in 0..3u64 {
         let mut offset = 0;
         loop {
-            let got = server.get(&format!("/v1/topics/sensors/partitions/{p}/records?offset={offset}&max_records=10000"));
+            let got = server.get(&format!(
+                "/v1/topics/sensors/partitions/{p}/records?offset={offset}&max_records=10000"
+            ));
             assert_eq!(got.status, 200, "{got:?}");
             let records = got.body["records"].as_array().expect("records");
             if records.is_empty() {
                 break;
             }
             for r in records {
-                stored.insert((p, r["offset"].as_u64().expect("o")), r["value"].as_str().expect("v").to_string());
+                stored.insert(
+                    (p, r["offset"].as_u64().expect("o")),
+                    r["value"].as_str().expect("v").to_string(),
+                );
             }
             offset = got.body["next_offset"].as_u64().expect("next");
         }
     }
     for (p, o, v) in &acked {
-        assert_eq!(stored.get(&(*p, *o)), Some(v), "acknowledged record lost at partition {p} offset {o}");
+        assert_eq!(
+            stored.get(&(*p, *o)),
+            Some(v),
+            "acknowledged record lost at partition {p} offset {o}"
+        );
     }
     assert!(server.stop().success());
 }

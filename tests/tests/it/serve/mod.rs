@@ -161,7 +161,11 @@ impl Server {
     }
 
     pub fn post(&self, path: &str, content_type: &str, body: &[u8]) -> Answer {
-        answer(self.auth(self.agent.post(self.url(path))).header("content-type", content_type).send(body))
+        answer(
+            self.auth(self.agent.post(self.url(path)))
+                .header("content-type", content_type)
+                .send(body),
+        )
     }
 
     pub fn post_json(&self, path: &str, body: &Value) -> Answer {

@@ -39,7 +39,12 @@ fn events(server: &Server, path: &str) -> Vec<(String, Value)> {
 
 fn max_of(server: &Server, key: &str) -> Vec<f64> {
     let got = server.get(&format!("/v1/views/sums/get?key={key}"));
-    got.body["rows"].as_array().expect("rows").iter().map(|r| r["value"].as_f64().expect("v")).collect()
+    got.body["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| r["value"].as_f64().expect("v"))
+        .collect()
 }
 
 #[test]
@@ -66,12 +71,18 @@ fn rebuild_streams_progress_then_rollback_and_drop() {
     assert_eq!(last["caught_up"], true);
     assert_eq!(last["served_version"], 2);
     assert_eq!(last["consumed"], json!(n));
-    let consumed: Vec<u64> = seen.iter().map(|(_, d)| d["consumed"].as_u64().expect("consumed")).collect();
+    let consumed: Vec<u64> =
+        seen.iter().map(|(_, d)| d["consumed"].as_u64().expect("consumed")).collect();
     assert!(consumed.windows(2).all(|w| w[0] <= w[1]), "{consumed:?}");
-    assert!(seen.iter().all(|(_, d)| d["fraction"].as_f64().is_some_and(|f| (0.0..=1.0).contains(&f))));
+    assert!(seen
+        .iter()
+        .all(|(_, d)| d["fraction"].as_f64().is_some_and(|f| (0.0..=1.0).contains(&f))));
     // Polled progress agrees.
     let polled = server.get("/v1/views/sums/versions/2/progress");
-    assert_eq!((polled.body["caught_up"].clone(), polled.body["lag"].clone()), (json!(true), json!(0)));
+    assert_eq!(
+        (polled.body["caught_up"].clone(), polled.body["lag"].clone()),
+        (json!(true), json!(0))
+    );
 
     let maxes = max_of(&server, "s0");
     assert_eq!(maxes.len() as u64, n / 1000);
@@ -104,9 +115,13 @@ fn views_created_over_http_come_back_and_can_be_deleted() {
     load(&server, 2000);
     let definition = json!({ "topic": "sensors", "key_field": "m.id", "aggregate": "count",
         "filter": { "field": "m.v", "lt": 5 } });
-    let created = server.post_json("/v1/views", &json!({ "name": "low", "definition": definition }));
+    let created =
+        server.post_json("/v1/views", &json!({ "name": "low", "definition": definition }));
     assert_eq!(created.status, 201, "{created:?}");
-    let rebuilt = server.post_json("/v1/views/low/rebuild", &json!({ "topic": "sensors", "key_field": "m.id", "aggregate": "count" }));
+    let rebuilt = server.post_json(
+        "/v1/views/low/rebuild",
+        &json!({ "topic": "sensors", "key_field": "m.id", "aggregate": "count" }),
+    );
     assert_eq!(rebuilt.status, 202);
     let done = events(&server, "/v1/views/low/versions/2/progress/stream");
     assert_eq!(done.last().map(|(e, _)| e.as_str()), Some("done"));
@@ -131,7 +146,10 @@ fn views_created_over_http_come_back_and_can_be_deleted() {
     assert_eq!(server.get("/v1/topics/sensors").status, 404);
     assert!(!server.data_dir.join("topics/sensors").exists());
     // A new topic of the same name starts empty.
-    assert_eq!(server.post_json("/v1/topics", &json!({ "name": "sensors", "partitions": 2 })).status, 201);
+    assert_eq!(
+        server.post_json("/v1/topics", &json!({ "name": "sensors", "partitions": 2 })).status,
+        201
+    );
     assert_eq!(server.get("/v1/topics/sensors").body["records"], 0);
     assert!(server.stop().success());
     // And the deleted view stays deleted after a restart (the config does not declare it).

@@ -27,13 +27,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::body::Bytes;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use axum::body::Bytes;
 use serde_json::json;
 
 use super::app::App;
@@ -58,10 +58,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/views/{view}/serve", post(views::serve_version))
         .route("/v1/views/{view}/versions/{version}", axum::routing::delete(views::drop_version))
         .route("/v1/views/{view}/versions/{version}/progress", get(views::progress))
-        .route(
-            "/v1/views/{view}/versions/{version}/progress/stream",
-            get(views::progress_stream),
-        )
+        .route("/v1/views/{view}/versions/{version}/progress/stream", get(views::progress_stream))
         .layer(axum::middleware::from_fn_with_state(app.clone(), deadline))
         .layer(axum::middleware::from_fn_with_state(app.clone(), auth));
     Router::new()
@@ -175,9 +172,8 @@ pub async fn read_body(
     body: Body,
     limit: usize,
 ) -> ApiResult<Bytes> {
-    let too_large = || {
-        ApiError::too_large("body", format!("the body is larger than {limit} bytes"))
-    };
+    let too_large =
+        || ApiError::too_large("body", format!("the body is larger than {limit} bytes"));
     if let Some(length) = headers.get(header::CONTENT_LENGTH) {
         let length: usize = length
             .to_str()

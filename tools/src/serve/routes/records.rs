@@ -68,7 +68,9 @@ fn b64(field: &str, text: &str) -> ApiResult<Vec<u8>> {
 
 fn check(record: InRecord<'_>) -> ApiResult<Parsed<'_>> {
     let key = match (record.key, record.key_b64) {
-        (Some(_), Some(_)) => return Err(ApiError::bad("key_b64", "give key or key_b64, not both")),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad("key_b64", "give key or key_b64, not both"))
+        }
         (Some(Cow::Borrowed(k)), None) => Some(Cow::Borrowed(k.as_bytes())),
         (Some(Cow::Owned(k)), None) => Some(Cow::Owned(k.into_bytes())),
         (None, Some(k)) => Some(Cow::Owned(b64("key_b64", &k)?)),
@@ -159,8 +161,8 @@ fn parse_batch(
                 continue;
             }
             let at = |e: ApiError| e.at("line", n as u64 + 1);
-            let record: InRecord<'_> = serde_json::from_slice(line)
-                .map_err(|e| at(explain::<InRecord<'_>>(line, e)))?;
+            let record: InRecord<'_> =
+                serde_json::from_slice(line).map_err(|e| at(explain::<InRecord<'_>>(line, e)))?;
             push(check(record).map_err(at)?, count).map_err(at)?;
             count += 1;
         }
@@ -194,10 +196,8 @@ pub async fn post(
     let per_record = params.bool("per_record")?.unwrap_or(false);
     let http = &app.settings.config.http;
     let body = read_body(&app, &headers, body, http.max_body_bytes).await?;
-    let content_type = headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let content_type =
+        headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let ndjson = if content_type.starts_with("application/x-ndjson")
         || content_type.starts_with("application/ndjson")
         || content_type.starts_with("application/jsonl")
@@ -316,9 +316,9 @@ pub async fn get(
     Path((topic, partition)): Path<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Json<Value>> {
-    let partition: u32 = partition
-        .parse()
-        .map_err(|_| ApiError::bad("partition", format!("partition {partition:?} is not a number")))?;
+    let partition: u32 = partition.parse().map_err(|_| {
+        ApiError::bad("partition", format!("partition {partition:?} is not a number"))
+    })?;
     let params = Params::parse(
         query.as_deref(),
         &["offset", "timestamp", "from", "max_records", "max_bytes", "wait_ms"],
@@ -400,9 +400,7 @@ async fn read_records(
             }
         }
     }
-    let next_offset = records
-        .last()
-        .and_then(|r| r["offset"].as_u64())
-        .map_or(reader.next_offset(), |o| o + 1);
+    let next_offset =
+        records.last().and_then(|r| r["offset"].as_u64()).map_or(reader.next_offset(), |o| o + 1);
     Ok((records, next_offset, log.start_offset(), log.readable_end_offset()))
 }

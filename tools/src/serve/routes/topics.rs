@@ -105,7 +105,8 @@ pub async fn describe(
         let views: Vec<String> =
             app.engine.views().into_iter().filter(|(_, t)| *t == topic).map(|(v, _)| v).collect();
         let mut body = topic_json(&topic, &config, &parts);
-        body["partition_detail"] = serde_json::to_value(&parts).map_err(|e| ApiError::internal(e.to_string()))?;
+        body["partition_detail"] =
+            serde_json::to_value(&parts).map_err(|e| ApiError::internal(e.to_string()))?;
         body["views"] = json!(views);
         Ok(Json(body))
     })

@@ -53,7 +53,9 @@ pub fn row_json(row: &Row) -> Value {
     });
     match std::str::from_utf8(&row.key) {
         Ok(k) => out["key"] = k.into(),
-        Err(_) => out["key_b64"] = base64::engine::general_purpose::STANDARD.encode(&row.key).into(),
+        Err(_) => {
+            out["key_b64"] = base64::engine::general_purpose::STANDARD.encode(&row.key).into()
+        }
     }
     out
 }
@@ -141,7 +143,10 @@ pub async fn list(State(app): State<Arc<App>>) -> ApiResult<Json<Value>> {
     .await
 }
 
-pub async fn describe(State(app): State<Arc<App>>, Path(view): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn describe(
+    State(app): State<Arc<App>>,
+    Path(view): Path<String>,
+) -> ApiResult<Json<Value>> {
     app.blocking(move |app| describe_json(app, &view).map(Json)).await
 }
 
@@ -172,7 +177,10 @@ pub async fn create(
     .await
 }
 
-pub async fn delete(State(app): State<Arc<App>>, Path(view): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn delete(
+    State(app): State<Arc<App>>,
+    Path(view): Path<String>,
+) -> ApiResult<Json<Value>> {
     let _guard = app.control.lock().await;
     app.blocking(move |app| {
         handle(app, &view)?;
@@ -226,12 +234,11 @@ pub async fn range(
     Path(view): Path<String>,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Json<Value>> {
-    let params =
-        Params::parse(query.as_deref(), &["from", "from_b64", "to", "to_b64", "limit"])?;
+    let params = Params::parse(query.as_deref(), &["from", "from_b64", "to", "to_b64", "limit"])?;
     let from = key_param(&params, "from", "from_b64")?.unwrap_or_default();
     let to = key_param(&params, "to", "to_b64")?.unwrap_or_else(|| vec![0xff; 64]);
-    let limit = params.bounded("limit", 1000, app.settings.config.http.max_read_records as u64)?
-        as usize;
+    let limit =
+        params.bounded("limit", 1000, app.settings.config.http.max_read_records as u64)? as usize;
     app.blocking(move |app| {
         let handle = handle(app, &view)?;
         let version = handle.version();
@@ -262,7 +269,9 @@ pub async fn windows(
         let handle = handle(app, &view)?;
         let version = handle.version();
         let rows = handle.windows(&key, from_ms, to_ms)?;
-        Ok(Json(json!({ "version": version, "rows": rows.iter().map(row_json).collect::<Vec<_>>() })))
+        Ok(Json(
+            json!({ "version": version, "rows": rows.iter().map(row_json).collect::<Vec<_>>() }),
+        ))
     })
     .await
 }
@@ -355,9 +364,7 @@ pub async fn progress_stream(
                 }
                 let handle = st.handle.clone();
                 let version = st.version;
-                st.app
-                    .blocking(move |_| Ok(handle.progress_of(version)?.0))
-                    .await
+                st.app.blocking(move |_| Ok(handle.progress_of(version)?.0)).await
             }
         };
         let event = match progress {
