@@ -2,6 +2,9 @@
 //! reuse of the name, refusal while views read a topic, and a deletion interrupted by a crash
 //! (the durable marker) finished at the next start.
 
+// Waits have wall-clock deadlines (never a speed assertion).
+#![allow(clippy::disallowed_methods)]
+
 use std::time::Duration;
 
 use kappa_engine::{Engine, Error, ProducerRecord, Seek, TopicConfig, ViewDef};

@@ -36,8 +36,15 @@ pub struct App {
     pub stop: watch::Receiver<bool>,
     pub http: HttpMetrics,
     pub open_connections: Arc<AtomicI64>,
+    /// Reads that may wait for new records at once: each holds a thread of the blocking pool
+    /// while it waits, so past this many a read answers at once instead (never starving
+    /// queries and control requests of threads).
+    pub long_polls: Arc<tokio::sync::Semaphore>,
     pub started: Instant,
 }
+
+/// Threads of the blocking pool (engine calls); long polls may hold at most half of them.
+pub const BLOCKING_THREADS: usize = 64;
 
 impl App {
     pub fn new(
@@ -59,6 +66,7 @@ impl App {
             stop,
             http: HttpMetrics::new(),
             open_connections: Arc::new(AtomicI64::new(0)),
+            long_polls: Arc::new(tokio::sync::Semaphore::new(BLOCKING_THREADS / 2)),
             #[allow(clippy::disallowed_methods)] // Uptime for the status page only.
             started: Instant::now(),
         }
@@ -138,22 +146,22 @@ pub fn topic_config(
     config
 }
 
-/// The engine configuration, and the CPUs left for the HTTP threads (empty: share with shards).
+/// The engine configuration, and the CPUs left free for the HTTP threads (empty: they share).
 pub fn engine_config(settings: &Settings, data_dir: PathBuf) -> (EngineConfig, Vec<usize>) {
     let engine = &settings.config.engine;
     let mut config = EngineConfig::new(data_dir);
     let mut usable: Vec<usize> =
         core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
     usable.sort_unstable();
-    let http_threads = settings.config.http.threads;
+    let reserved = settings.config.http.reserved_cpus;
     let (shard_cpus, http_cpus) = match &engine.cpus {
         Some(cpus) => {
             let rest = usable.iter().copied().filter(|c| !cpus.contains(c)).collect();
             (cpus.clone(), rest)
         }
         // Keep the first CPUs for the network threads, as long as one is left for a shard.
-        None if usable.len() > http_threads => {
-            (usable[http_threads..].to_vec(), usable[..http_threads].to_vec())
+        None if usable.len() > reserved => {
+            (usable[reserved..].to_vec(), usable[..reserved].to_vec())
         }
         None => (usable, Vec::new()),
     };

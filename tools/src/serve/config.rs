@@ -101,8 +101,11 @@ impl From<DurabilityKind> for Durability {
 #[serde(deny_unknown_fields, default)]
 pub struct HttpSection {
     pub addr: String,
-    /// Threads of the HTTP runtime (outside the shards).
+    /// Threads of the HTTP runtime (outside the shards). Parsing NDJSON is CPU work: one thread
+    /// ingested 0.37x the embedded rate in `kappa-bench http`, two 0.5-0.6x (2-CPU machine).
     pub threads: usize,
+    /// CPUs kept free of shards for the HTTP threads (when the machine has more than this).
+    pub reserved_cpus: usize,
     /// Bearer token every request but `/health` and `/ready` must carry. Required when `addr`
     /// is not a loopback address.
     pub token: Option<String>,
@@ -128,7 +131,8 @@ impl Default for HttpSection {
     fn default() -> Self {
         HttpSection {
             addr: DEFAULT_HTTP_ADDR.to_string(),
-            threads: 1,
+            threads: 2,
+            reserved_cpus: 1,
             token: None,
             token_file: None,
             max_body_bytes: 64 << 20,

@@ -126,19 +126,16 @@ fn serve(settings: Settings) -> Result<i32, StartError> {
         .with_context(|| format!("creating the data dir {}", data_dir.display()))?;
     let data_dir = std::fs::canonicalize(data_dir)
         .with_context(|| format!("resolving the data dir {}", data_dir.display()))?;
-    let (engine_config, http_cpus) = app::engine_config(&settings, data_dir.clone());
+    // The shards are pinned to their CPUs and the first `http.reserved_cpus` are left free; the
+    // HTTP threads are not pinned, so the kernel runs them there first and spills over only
+    // when they need more (pinning two threads to one core halved HTTP ingest in the bench).
+    let (engine_config, _free_cpus) = app::engine_config(&settings, data_dir.clone());
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(settings.config.http.threads)
-        .max_blocking_threads(64)
+        .max_blocking_threads(app::BLOCKING_THREADS)
         .thread_name("kappa-http")
         .enable_all()
-        .on_thread_start(move || {
-            // Keep the network threads off the shards' cores when there are cores to spare.
-            if let Some(cpu) = http_cpus.first() {
-                let _ = core_affinity::set_for_current(core_affinity::CoreId { id: *cpu });
-            }
-        })
         .build()
         .context("starting the HTTP runtime")?;
 

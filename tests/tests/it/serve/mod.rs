@@ -7,6 +7,9 @@
 //! commands. `external`: a real Prometheus and a real headless Chromium (ignored by default:
 //! they need Debian packages; `.ci/run` installs them and runs these explicitly).
 
+// Waits have wall-clock deadlines (never a speed assertion).
+#![allow(clippy::disallowed_methods)]
+
 mod admin;
 mod api;
 mod external;
@@ -90,7 +93,7 @@ impl Server {
             "--data-dir".into(),
             data_dir.display().to_string(),
         ];
-        if !extra.iter().any(|a| *a == "--http-addr") {
+        if !extra.contains(&"--http-addr") {
             args.extend(["--http-addr".to_string(), "127.0.0.1:0".to_string()]);
         }
         args.extend(extra.iter().map(|s| s.to_string()));

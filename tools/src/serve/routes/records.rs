@@ -342,8 +342,11 @@ pub async fn get(
         (None, None, None) => Seek::Beginning,
         _ => return Err(ApiError::bad("offset", "give one of offset, timestamp or from")),
     };
-    let wait = Duration::from_millis(wait_ms);
+    // Waiting holds a blocking thread: past the long-poll limit, answer at once instead.
+    let permit = if wait_ms > 0 { app.long_polls.clone().try_acquire_owned().ok() } else { None };
+    let wait = if permit.is_some() { Duration::from_millis(wait_ms) } else { Duration::ZERO };
     let read = app.blocking(move |app| {
+        let _permit = permit;
         let read = app.engine.run_on_partition(&topic, partition, move |log| async move {
             read_records(&log, seek, max_records, max_bytes, wait).await
         })?;
