@@ -291,3 +291,28 @@ fn connections_are_bounded_and_slow_clients_cut_off() {
     assert_eq!(server.get("/health").status, 200);
     assert!(server.stop().success());
 }
+
+#[test]
+fn values_keep_their_bytes_strings_escapes_json_and_binary() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(temp.path(), "[topics.t]\npartitions = 1\n", &[]);
+    let lines = [
+        json!({ "value": "plain" }),
+        json!({ "value": "line\n\"quoted\" \\ é \u{1F600}" }),
+        json!({ "value": { "a": [1, 2.5, "x"] } }),
+        json!({ "value": 42 }),
+        json!({ "key_b64": "AAEC/w==", "value_b64": "/wABAg==" }),
+    ];
+    assert_eq!(server.ndjson("/v1/topics/t/records", &lines).status, 200);
+    let got = server.get("/v1/topics/t/partitions/0/records?from=beginning");
+    let records = got.body["records"].as_array().expect("records");
+    assert_eq!(records[0]["value"], "plain");
+    assert_eq!(records[1]["value"], "line\n\"quoted\" \\ é \u{1F600}");
+    assert_eq!(records[2]["value"], r#"{"a":[1,2.5,"x"]}"#);
+    assert_eq!(records[3]["value"], "42");
+    assert_eq!(
+        (records[4]["key_b64"].as_str(), records[4]["value_b64"].as_str()),
+        (Some("AAEC/w=="), Some("/wABAg=="))
+    );
+    assert!(server.stop().success());
+}

@@ -82,8 +82,11 @@ fn check(record: InRecord<'_>) -> ApiResult<Parsed<'_>> {
         }
         (Some(raw), None) => {
             let text = raw.get();
-            if text.starts_with('"') {
-                // A JSON string: its unescaped bytes (borrowed when it has no escapes).
+            if text.len() >= 2 && text.starts_with('"') && !text.contains('\\') {
+                // A JSON string without escapes (the parser checked it): its bytes as they are.
+                Cow::Borrowed(&text.as_bytes()[1..text.len() - 1])
+            } else if text.starts_with('"') {
+                // A JSON string with escapes: its unescaped bytes.
                 match serde_json::from_str::<&str>(text) {
                     Ok(s) => Cow::Borrowed(s.as_bytes()),
                     Err(_) => Cow::Owned(
