@@ -14,6 +14,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod disk;
+mod http;
 mod ingest;
 mod limit;
 mod plot;
@@ -56,6 +57,8 @@ enum Command {
     Recovery(recovery::Args),
     /// Rebuild a view from offset 0 on one shard, paired with raw-device reads.
     Replay(replay::Args),
+    /// Records/s through the HTTP API (NDJSON batches of 1000) beside the embedded API's rate.
+    Http(http::Args),
     /// The child process of the recovery scenario.
     #[command(hide = true)]
     RecoveryWriter { dir: PathBuf, size_mib: u64 },
@@ -86,6 +89,7 @@ fn main() -> anyhow::Result<()> {
         Command::Tail(args) => (args.common.json.clone(), tail::scenario(args)),
         Command::Recovery(args) => (args.common.json.clone(), recovery::scenario(args)),
         Command::Replay(args) => (args.common.json.clone(), replay::scenario(args)),
+        Command::Http(args) => (args.common.json.clone(), http::scenario(args)),
     };
     let outcome = outcome?;
     outcome.print();
@@ -113,8 +117,9 @@ pub fn run_scenario(name: &str, argv: &[String]) -> anyhow::Result<report::Outco
         "tail" => tail::scenario(parse(argv)?),
         "recovery" => recovery::scenario(parse(argv)?),
         "replay" => replay::scenario(parse(argv)?),
+        "http" => http::scenario(parse(argv)?),
         other => anyhow::bail!(
-            "unknown scenario {other:?}: expected disk, storage, ingest, tail, replay, recovery"
+            "unknown scenario {other:?}: expected disk, storage, ingest, tail, replay, recovery, http"
         ),
     }
 }

@@ -142,6 +142,16 @@ impl Engine {
                 shut_down: AtomicBool::new(false),
             }),
         };
+        meta::finish_deletions(&data_dir)?;
+        // Leftovers of view deletions a crash interrupted (see `delete_view`).
+        let trash = data_dir.join(TRASH_DIR);
+        if trash.exists() {
+            std::fs::remove_dir_all(&trash).map_err(|e| Error::Io {
+                op: "remove",
+                path: trash.clone(),
+                source: e,
+            })?;
+        }
         for (name, topic) in meta::read_topics(&data_dir)? {
             engine.open_topic(&name, topic)?;
         }
@@ -173,8 +183,55 @@ impl Engine {
                 partitions: existing.config.partitions,
             });
         }
+        if meta::is_deleting(&self.inner.config.data_dir, name) {
+            // A deletion of the same name failed half way: finish it before reusing the name.
+            meta::finish_deletion(&self.inner.config.data_dir, name)?;
+        }
         meta::write_topic(&self.inner.config.data_dir, name, &config)?;
         self.open_topic(name, config)
+    }
+
+    /// Deletes a topic: its partitions are closed on their shards, then its files and definition
+    /// are removed. Refused while an open view reads it. A durable marker is written first, so a
+    /// crash during the deletion finishes it at the next start; once this returns, the name may
+    /// be used again. Producers and consumers of the topic get `UnknownTopic` (consumers following
+    /// it see their stream end).
+    pub fn delete_topic(&self, name: &str) -> Result<(), Error> {
+        let topic = self.inner.topic(name)?;
+        let readers: Vec<String> = self
+            .inner
+            .views
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|(_, entry)| entry.topic == name)
+            .map(|(view, _)| view.clone())
+            .collect();
+        if !readers.is_empty() {
+            return Err(Error::TopicInUse { topic: name.to_string(), views: readers });
+        }
+        let data_dir = &self.inner.config.data_dir;
+        meta::mark_deleting(data_dir, name)?;
+        self.inner.topics.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(name);
+        let mut first_error = None;
+        for (partition, shard) in topic.shards.iter().enumerate() {
+            let result = self.inner.call(*shard, |reply| Request::Close {
+                topic: topic.name.clone(),
+                partition: partition as u32,
+                reply,
+            });
+            if let Err(e) = result {
+                // Closing failed (say, a failed disk): the files go anyway, the log is gone.
+                tracing::warn!(topic = name, partition, error = %e, "closing a deleted partition failed");
+                first_error.get_or_insert(e);
+            }
+        }
+        meta::finish_deletion(data_dir, name)?;
+        tracing::info!(topic = name, partitions = topic.config.partitions, "topic deleted");
+        match first_error {
+            Some(Error::ShutDown) => Err(Error::ShutDown),
+            _ => Ok(()),
+        }
     }
 
     /// Creates the topic unless it exists (with any partition count); returns its partition count.
@@ -324,7 +381,17 @@ impl Engine {
             });
         }
         let dir = view::view_dir(&self.inner.config.data_dir, name);
-        let history = match view::read_meta(&dir)? {
+        let stored = view::read_meta(&dir)?;
+        if stored.is_none() && dir.exists() {
+            // `meta.json` is written before any version starts, so a view dir without it is a
+            // leftover (a checkpoint that landed after `delete_view`): never resume from it.
+            std::fs::remove_dir_all(&dir).map_err(|e| Error::Io {
+                op: "remove",
+                path: dir.clone(),
+                source: e,
+            })?;
+        }
+        let history = match stored {
             Some((stored_topic, _served, history)) => {
                 if stored_topic != def.topic {
                     return Err(Error::Config {
@@ -484,6 +551,59 @@ impl Engine {
         Ok(())
     }
 
+    /// Stops every version of a view and deletes its checkpoints and metadata. The view's
+    /// directory is first moved to `DIR/trash` (one rename, so a crash never leaves half a view
+    /// that a later view of the same name would resume from), then removed.
+    pub fn delete_view(&self, name: &str) -> Result<(), Error> {
+        let entry = self
+            .inner
+            .views
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(name)
+            .ok_or(Error::UnknownView { view: name.to_string(), version: 0 })?;
+        let versions: Vec<u32> = std::mem::take(
+            &mut *entry.versions.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+        .into_keys()
+        .collect();
+        let view_name: Arc<str> = Arc::from(name);
+        for version in versions {
+            for shard in 0..self.shard_count() {
+                self.inner.call(shard, |reply| Request::DropView {
+                    view: view_name.clone(),
+                    version,
+                    reply,
+                })?;
+            }
+        }
+        let trash = self.inner.config.data_dir.join(TRASH_DIR);
+        std::fs::create_dir_all(&trash).map_err(|e| Error::Io {
+            op: "create dir",
+            path: trash.clone(),
+            source: e,
+        })?;
+        let doomed = trash.join(format!("view-{name}-{}", std::process::id()));
+        match std::fs::rename(&entry.dir, &doomed) {
+            Ok(()) => {
+                if let Some(parent) = entry.dir.parent() {
+                    kappa_storage::io::sync_dir(parent)?;
+                }
+                let _ = std::fs::remove_dir_all(&doomed);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::Io { op: "rename", path: entry.dir.clone(), source: e }),
+        }
+        tracing::info!(view = name, "view deleted");
+        Ok(())
+    }
+
+    /// The open views and the topic each reads.
+    pub fn views(&self) -> BTreeMap<String, String> {
+        let views = self.inner.views.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        views.iter().map(|(name, entry)| (name.clone(), entry.topic.clone())).collect()
+    }
+
     fn view_entry(&self, name: &str) -> Result<Arc<view::Entry>, Error> {
         let views = self.inner.views.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         let served = views.get(name).map(|e| e.served.load(Ordering::Acquire)).unwrap_or(0);
@@ -546,6 +666,9 @@ impl Drop for Engine {
     }
 }
 
+/// `DIR/trash`: directories moved aside to be removed (emptied at start).
+const TRASH_DIR: &str = "trash";
+
 /// The CPUs this process may run on, from its affinity mask.
 fn core_ids() -> Vec<usize> {
     let mut ids: Vec<usize> =
@@ -564,6 +687,15 @@ pub struct ViewHandle {
 }
 
 impl ViewHandle {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The topic the view reads.
+    pub fn topic(&self) -> &str {
+        &self.entry.topic
+    }
+
     /// The version queries are answered from.
     pub fn version(&self) -> u32 {
         self.entry.served.load(Ordering::Acquire)

@@ -12,6 +12,8 @@ pub enum Error {
     UnknownPartition { topic: String, partition: u32, partitions: u32 },
     #[error("topic {topic:?} already exists with {partitions} partitions")]
     TopicExists { topic: String, partitions: u32 },
+    #[error("topic {topic:?} is read by views {views:?}; delete those views first")]
+    TopicInUse { topic: String, views: Vec<String> },
     #[error("invalid topic name {topic:?}: {reason}")]
     BadTopicName { topic: String, reason: &'static str },
     #[error("unknown view {view:?} (version {version})")]

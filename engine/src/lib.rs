@@ -33,4 +33,4 @@ pub use kappa_storage::{Durability, OwnedBatch, RecordRef, Seek};
 pub use metrics::{ConsumerMetrics, PartitionMetrics, ShardMetrics};
 pub use producer::{Ack, BatchAck, PendingAck, Producer, ProducerBatch, ProducerRecord};
 pub use router::ShardId;
-pub use view::{Row, Start, VersionProgress, ViewDef};
+pub use view::{stored_view, Row, Start, StoredView, VersionProgress, ViewDef};

@@ -309,6 +309,27 @@ impl Producer {
         self.send_packed_nowait(topic, batch)?.into_iter().map(PendingAck::wait).collect()
     }
 
+    /// `send_packed` for async code (the appliance's HTTP handlers): waits for room in the shards'
+    /// request queues and for the acknowledgements without blocking the thread.
+    pub async fn send_packed_async(
+        &self,
+        topic: &str,
+        batch: ProducerBatch,
+    ) -> Result<Vec<BatchAck>, Error> {
+        let (meta, parts) = self.split_packed(topic, batch)?;
+        let mut pending = Vec::with_capacity(parts.len());
+        for (partition, part) in parts {
+            let (shard, request, receiver) = self.append(&meta, partition, Payload::Batch(part));
+            self.inner.send_async(shard, request).await?;
+            pending.push(PendingAck { receiver });
+        }
+        let mut acks = Vec::with_capacity(pending.len());
+        for p in pending {
+            acks.push(p.wait_async().await?);
+        }
+        Ok(acks)
+    }
+
     /// Queues a packed batch and returns pending acknowledgements; blocks only while a shard's
     /// request queue is full.
     pub fn send_packed_nowait(
@@ -316,6 +337,23 @@ impl Producer {
         topic: &str,
         batch: ProducerBatch,
     ) -> Result<Vec<PendingAck>, Error> {
+        let (meta, parts) = self.split_packed(topic, batch)?;
+        let mut pending = Vec::with_capacity(parts.len());
+        for (partition, part) in parts {
+            let (shard, request, receiver) = self.append(&meta, partition, Payload::Batch(part));
+            self.inner.send_blocking(shard, request)?;
+            pending.push(PendingAck { receiver });
+        }
+        Ok(pending)
+    }
+
+    /// Splits a packed batch by partition (no copy when every record goes to one partition).
+    #[allow(clippy::type_complexity)]
+    fn split_packed(
+        &self,
+        topic: &str,
+        batch: ProducerBatch,
+    ) -> Result<(Arc<TopicMeta>, Vec<(u32, ProducerBatch)>), Error> {
         let meta = self.inner.topic(topic)?;
         let unkeyed = self.round_robin.fetch_add(1, Ordering::Relaxed) % meta.config.partitions;
         let partition_of = |i: usize| {
@@ -332,13 +370,7 @@ impl Producer {
             }
             groups.into_iter().map(|(p, indexes)| (p, batch.subset(&indexes))).collect()
         };
-        let mut pending = Vec::with_capacity(parts.len());
-        for (partition, part) in parts {
-            let (shard, request, receiver) = self.append(&meta, partition, Payload::Batch(part));
-            self.inner.send_blocking(shard, request)?;
-            pending.push(PendingAck { receiver });
-        }
-        Ok(pending)
+        Ok((meta, parts))
     }
 
     /// Queues a batch and returns at once with pending acknowledgements (one per partition);

@@ -45,6 +45,16 @@ pub enum Command {
     Gen(GenArgs),
     /// The main job on an embedded default: produce a sensor stream, read it back, verify.
     Demo(crate::demo::DemoArgs),
+    /// Run the appliance: the engine with its HTTP API, metrics and status page.
+    Serve(crate::serve::ServeArgs),
+    /// Topics of a running `kappa serve`: list, create, describe, delete.
+    Topic(crate::admin::TopicArgs),
+    /// Views of a running `kappa serve`: list, describe, get, rebuild, rollback, ...
+    View(crate::admin::ViewArgs),
+    /// Send stdin lines as records to a topic of a running `kappa serve`.
+    Produce(crate::admin::ProduceArgs),
+    /// Print records of a topic of a running `kappa serve`, following it.
+    Consume(crate::admin::ConsumeArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -78,7 +88,6 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    init_logging();
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
@@ -87,11 +96,20 @@ where
             return code;
         }
     };
+    // `serve` sets up its own logging from its config (format, level).
+    if !matches!(cli.command, Command::Serve(_)) {
+        init_logging();
+    }
     let result = match cli.command {
         Command::Verify { dir, strict } => crate::verify::run(&dir, strict),
         Command::Inspect { dir, json } => crate::inspect::run(&dir, json).map(|()| EXIT_OK),
         Command::Gen(args) => crate::gen::run(&args).map(|()| EXIT_OK),
         Command::Demo(args) => crate::demo::run(&args).map(|()| EXIT_OK),
+        Command::Serve(args) => crate::serve::run(&args),
+        Command::Topic(args) => crate::admin::topic(args),
+        Command::View(args) => crate::admin::view(args),
+        Command::Produce(args) => crate::admin::produce(args),
+        Command::Consume(args) => crate::admin::consume(args),
     };
     match result {
         Ok(code) => code,

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 
 use kappa_engine::operator::{json_number, Aggregate, LatePolicy, Window};
@@ -245,7 +246,14 @@ fn run_view_phases(
         "rebuilding `{VIEW}` as version {version} (max per 5 s) from offset 0 while ingest continues; version {} keeps serving",
         view.version()
     );
+    // A bar on a terminal (indicatif); a line every half second otherwise (logs, CI).
     let terminal = std::io::stderr().is_terminal();
+    let bar = if terminal { ProgressBar::new(0) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("[{bar:30.cyan/blue}] {percent:>3}%  {msg}")
+            .expect("a valid template")
+            .progress_chars("#>."),
+    );
     let mut last_line = Instant::now() - Duration::from_secs(1);
     loop {
         std::thread::sleep(Duration::from_millis(50));
@@ -253,31 +261,23 @@ fn run_view_phases(
         let done = progress.consumed();
         let total = done + progress.lag();
         let fraction = if total == 0 { 1.0 } else { done as f64 / total as f64 };
-        if terminal
-            || last_line.elapsed() >= Duration::from_millis(500)
-            || view.version() == version
+        let message = format!(
+            "{done} records replayed, {:.2} M records/s, lag {}, ETA {:.1} s",
+            progress.rate_records_s() / 1e6,
+            progress.lag(),
+            progress.eta_s()
+        );
+        bar.set_length(total);
+        bar.set_position(done);
+        bar.set_message(message.clone());
+        if !terminal
+            && (last_line.elapsed() >= Duration::from_millis(500) || view.version() == version)
         {
-            let filled = (fraction * 30.0) as usize;
-            let line = format!(
-                "[{}{}] {:>5.1}%  {done} records replayed, {:.2} M records/s, lag {}, ETA {:.1} s",
-                "#".repeat(filled),
-                ".".repeat(30 - filled),
-                fraction * 100.0,
-                progress.rate_records_s() / 1e6,
-                progress.lag(),
-                progress.eta_s()
-            );
-            if terminal {
-                eprint!("\r{line}");
-            } else {
-                eprintln!("{line}");
-            }
+            eprintln!("{:>5.1}%  {message}", fraction * 100.0);
             last_line = Instant::now();
         }
         if view.version() == version {
-            if terminal {
-                eprintln!();
-            }
+            bar.finish();
             let offsets: Vec<String> = progress
                 .partitions
                 .iter()

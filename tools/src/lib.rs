@@ -2,11 +2,14 @@
 //!
 //! The CLI lives in a library so integration tests run exactly the code the binary runs, with the
 //! same exit codes, without spawning processes. Subcommands: `verify` and `inspect` (offline, read
-//! only), `gen` (writes a synthetic log through the storage API). `serve`, `produce`, `consume`,
-//! `query` and `rebuild` arrive with the engine; `demo` grows with it.
+//! only), `gen` (writes a synthetic log through the storage API), `demo` (the engine embedded),
+//! `serve` (the appliance: HTTP API, metrics, status page) and the admin commands that talk to a
+//! running `kappa serve` over HTTP (`topic`, `view`, `produce`, `consume`, in `admin`).
 
+pub mod admin;
 pub mod cli;
 mod demo;
 mod gen;
 mod inspect;
+pub mod serve;
 mod verify;

@@ -65,6 +65,12 @@ pub(crate) enum Request {
         partition: u32,
         reply: Reply<PartitionMetrics>,
     },
+    /// Closes a partition (flush, sync, stop its writer) and forgets it: a topic deletion.
+    Close {
+        topic: Arc<str>,
+        partition: u32,
+        reply: Reply<()>,
+    },
     Run(ShardJob),
     Metrics {
         reply: Reply<ShardMetrics>,
@@ -260,6 +266,22 @@ async fn serve(shard: Rc<Shard>) {
                 let result = match shard.log(&topic, partition) {
                     Some(log) => Ok(partition_metrics(&topic, partition, &log)),
                     None => Err(Error::UnknownTopic { topic: topic.to_string() }),
+                };
+                let _ = reply.send(result);
+            }
+            Request::Close { topic, partition, reply } => {
+                let log = {
+                    let mut partitions = shard.partitions.borrow_mut();
+                    let log = partitions.get_mut(&*topic).and_then(|p| p.remove(&partition));
+                    if partitions.get(&*topic).is_some_and(BTreeMap::is_empty) {
+                        partitions.remove(&*topic);
+                    }
+                    log
+                };
+                let result = match log {
+                    // Tail subscriptions wake up on `closing` and end.
+                    Some(log) => log.close().await.map_err(Error::from),
+                    None => Ok(()),
                 };
                 let _ = reply.send(result);
             }

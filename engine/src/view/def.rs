@@ -101,7 +101,8 @@ impl ViewDef {
         self
     }
 
-    pub(crate) fn validate(&self) -> Result<(), crate::Error> {
+    /// Checks the definition as `Engine::create_view` and `rebuild_view` will.
+    pub fn validate(&self) -> Result<(), crate::Error> {
         let bad = |reason: &str| {
             Err(crate::Error::Config { field: "view definition", reason: reason.to_string() })
         };

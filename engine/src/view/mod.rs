@@ -144,6 +144,25 @@ pub(crate) fn view_dir(data_dir: &Path, name: &str) -> PathBuf {
     data_dir.join("views").join(name)
 }
 
+/// What a data dir says about a view (without opening it): the topic it reads, the version it
+/// served last, and the revision of every version ever made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredView {
+    pub topic: String,
+    pub served: u32,
+    pub revisions: BTreeMap<u32, String>,
+}
+
+/// Reads a view's stored metadata from a data dir; `None` when there is no such view. Lets a
+/// process that re-creates its views at start (the appliance) resume the version that was served.
+pub fn stored_view(data_dir: &Path, name: &str) -> Result<Option<StoredView>, Error> {
+    Ok(read_meta(&view_dir(data_dir, name))?.map(|(topic, served, revisions)| StoredView {
+        topic,
+        served,
+        revisions,
+    }))
+}
+
 /// A view's stored metadata: topic, served version, and the revision of every version.
 pub(crate) type Meta = (String, u32, BTreeMap<u32, String>);
 

@@ -2,7 +2,9 @@
 
 mod cli;
 mod crash;
+mod deletion;
 mod engine;
 mod faults;
+mod serve;
 mod tidy;
 mod views;

@@ -1,0 +1,279 @@
+//! The appliance's state shared by HTTP handlers, and its start: engine, topics and views.
+//!
+//! The engine's embedded API blocks (it waits on flume replies from the shards), so handlers call
+//! it through `App::blocking` (tokio's blocking pool) and never stall the HTTP threads; appends
+//! use the async producer path directly. Control-plane changes (create, delete, rebuild, serve)
+//! are serialized by one lock, so two requests never interleave a view's store and engine steps.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use kappa_engine::{Durability, Engine, EngineConfig, Producer, TopicConfig};
+use tokio::sync::watch;
+
+use super::config::{ConfigError, Settings};
+use super::error::{ApiError, ApiResult};
+use super::metrics::HttpMetrics;
+use super::spec::ViewSpec;
+use super::store::ViewStore;
+
+pub struct App {
+    pub engine: Engine,
+    pub settings: Settings,
+    pub store: ViewStore,
+    /// The absolute data dir.
+    pub data_dir: PathBuf,
+    producers: [Producer; 3],
+    /// Serializes control-plane changes.
+    pub control: tokio::sync::Mutex<()>,
+    /// False until start-up is done, and again once shutdown begins.
+    pub ready: AtomicBool,
+    /// Turns true when shutdown begins: streams and long polls end.
+    pub stop: watch::Receiver<bool>,
+    pub http: HttpMetrics,
+    pub open_connections: Arc<AtomicI64>,
+    /// Reads that may wait for new records at once: each holds a thread of the blocking pool
+    /// while it waits, so past this many a read answers at once instead (never starving
+    /// queries and control requests of threads).
+    pub long_polls: Arc<tokio::sync::Semaphore>,
+    pub started: Instant,
+}
+
+/// Threads of the blocking pool (engine calls); long polls may hold at most half of them.
+pub const BLOCKING_THREADS: usize = 64;
+
+impl App {
+    pub fn new(
+        engine: Engine,
+        settings: Settings,
+        data_dir: PathBuf,
+        stop: watch::Receiver<bool>,
+    ) -> App {
+        let producers = [Durability::None, Durability::Written, Durability::Synced]
+            .map(|d| engine.producer().with_durability(d));
+        App {
+            store: ViewStore::new(&data_dir),
+            engine,
+            settings,
+            data_dir,
+            producers,
+            control: tokio::sync::Mutex::new(()),
+            ready: AtomicBool::new(false),
+            stop,
+            http: HttpMetrics::new(),
+            open_connections: Arc::new(AtomicI64::new(0)),
+            long_polls: Arc::new(tokio::sync::Semaphore::new(BLOCKING_THREADS / 2)),
+            #[allow(clippy::disallowed_methods)] // Uptime for the status page only.
+            started: Instant::now(),
+        }
+    }
+
+    pub fn producer(&self, durability: Durability) -> &Producer {
+        match durability {
+            Durability::None => &self.producers[0],
+            Durability::Written => &self.producers[1],
+            Durability::Synced => &self.producers[2],
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Runs blocking engine calls on tokio's blocking pool.
+    pub async fn blocking<T, F>(self: &Arc<Self>, work: F) -> ApiResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&App) -> ApiResult<T> + Send + 'static,
+    {
+        let app = self.clone();
+        tokio::task::spawn_blocking(move || work(&app))
+            .await
+            .map_err(|e| ApiError::internal(format!("a request task failed: {e}")))?
+    }
+
+    /// The topic definition for a new topic, with the configured defaults filled in.
+    pub fn topic_config(
+        &self,
+        partitions: u32,
+        retention_ms: Option<i64>,
+        retention_bytes: Option<u64>,
+        segment_bytes: Option<u64>,
+    ) -> TopicConfig {
+        topic_config(&self.settings, partitions, retention_ms, retention_bytes, segment_bytes)
+    }
+
+    /// Creates a view (or resumes a stored one of the same definition) and records its spec.
+    pub fn create_view(&self, name: &str, spec: &ViewSpec) -> ApiResult<u32> {
+        let def = spec.to_def().map_err(|e| ApiError::bad(&e.key, e.message))?;
+        let handle = self.engine.create_view(name, def)?;
+        let version = handle.version();
+        self.store.put(name, version, spec)?;
+        Ok(version)
+    }
+
+    /// Starts a rebuild of a view with a new definition; returns the new version at once.
+    pub fn rebuild_view(&self, name: &str, spec: &ViewSpec) -> ApiResult<u32> {
+        let def = spec.to_def().map_err(|e| ApiError::bad(&e.key, e.message))?;
+        // Record the spec before the version starts, under the number the engine will use.
+        let version = self.engine.rebuild_view(name, def)?;
+        self.store.put(name, version, spec)?;
+        Ok(version)
+    }
+}
+
+/// A topic definition with the configured defaults filled in.
+pub fn topic_config(
+    settings: &Settings,
+    partitions: u32,
+    retention_ms: Option<i64>,
+    retention_bytes: Option<u64>,
+    segment_bytes: Option<u64>,
+) -> TopicConfig {
+    let defaults = &settings.config.topic_defaults;
+    let mut config = TopicConfig::new(partitions);
+    config.retention_ms_max = retention_ms.or(defaults.retention_ms);
+    config.retention_bytes_max = retention_bytes.or(defaults.retention_bytes);
+    config.segment_size_bytes_max = segment_bytes.or(defaults.segment_bytes);
+    config
+}
+
+/// The engine configuration, and the CPUs left free for the HTTP threads (empty: they share).
+pub fn engine_config(settings: &Settings, data_dir: PathBuf) -> (EngineConfig, Vec<usize>) {
+    let engine = &settings.config.engine;
+    let mut config = EngineConfig::new(data_dir);
+    let mut usable: Vec<usize> =
+        core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
+    usable.sort_unstable();
+    let reserved = settings.config.http.reserved_cpus;
+    let (shard_cpus, http_cpus) = match &engine.cpus {
+        Some(cpus) => {
+            let rest = usable.iter().copied().filter(|c| !cpus.contains(c)).collect();
+            (cpus.clone(), rest)
+        }
+        // Keep the first CPUs for the network threads, as long as one is left for a shard.
+        None if usable.len() > reserved => {
+            (usable[reserved..].to_vec(), usable[..reserved].to_vec())
+        }
+        None => (usable, Vec::new()),
+    };
+    if !shard_cpus.is_empty() {
+        config.cpus = Some(shard_cpus);
+    }
+    config.shards = engine.shards;
+    config.live_latency_budget = Settings::millis(engine.live_latency_budget_ms);
+    if let Some(mib) = engine.io_memory_mib {
+        config.io_memory_bytes = mib << 20;
+    }
+    if let Some(ms) = settings.config.debug.append_delay_ms {
+        config.append_delay = Some(Settings::millis(ms));
+    }
+    (config, http_cpus)
+}
+
+/// Why start-up failed: the config (exit 2, data untouched beyond opening it) or anything else.
+pub enum StartError {
+    Config(ConfigError),
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for StartError {
+    fn from(e: anyhow::Error) -> Self {
+        StartError::Other(e)
+    }
+}
+
+/// Creates the topics of the config file that do not exist; an existing one must agree.
+pub fn open_topics(engine: &Engine, settings: &Settings) -> Result<(), StartError> {
+    let existing = engine.topics();
+    for (name, topic) in &settings.config.topics {
+        match existing.get(name) {
+            Some(have) if have.partitions != topic.partitions => {
+                return Err(StartError::Config(settings.error_at(
+                    &["topics", name, "partitions"],
+                    format!(
+                        "topic {name:?} exists with {} partitions; the partition count of a \
+                         topic cannot change",
+                        have.partitions
+                    ),
+                )));
+            }
+            Some(_) => {}
+            None => {
+                let config = topic_config(
+                    settings,
+                    topic.partitions,
+                    topic.retention_ms,
+                    topic.retention_bytes,
+                    topic.segment_bytes,
+                );
+                engine
+                    .create_topic(name, config)
+                    .with_context(|| format!("creating topic {name:?} of the config file"))?;
+                tracing::info!(topic = %name, partitions = topic.partitions, "topic created");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Re-creates every stored view at the version it served, then the config file's views: created
+/// when new, rebuilt in the background when their definition changed.
+pub fn open_views(engine: &Engine, settings: &Settings, store: &ViewStore) -> anyhow::Result<()> {
+    let data_dir = &engine.config().data_dir;
+    let mut served: BTreeMap<String, String> = BTreeMap::new();
+    for (name, specs) in store.list()? {
+        let stored = kappa_engine::stored_view(data_dir, &name)?;
+        let version = stored.as_ref().map(|s| s.served).filter(|v| specs.versions.contains_key(v));
+        let Some((version, spec)) = version
+            .and_then(|v| specs.versions.get(&v).map(|s| (v, s)))
+            .or_else(|| specs.versions.iter().next_back().map(|(v, s)| (*v, s)))
+        else {
+            continue;
+        };
+        let def = match spec.to_def() {
+            Ok(def) => def,
+            Err(e) => {
+                tracing::error!(view = %name, version, error = %e, "stored view definition is invalid; not opened");
+                continue;
+            }
+        };
+        match engine.create_view(&name, def) {
+            Ok(handle) => {
+                if handle.version() != version {
+                    store.put(&name, handle.version(), spec)?;
+                }
+                tracing::info!(view = %name, version = handle.version(), "view resumed");
+                served.insert(name.clone(), spec.revision());
+            }
+            Err(e) => tracing::error!(view = %name, error = %e, "stored view could not be opened"),
+        }
+    }
+    for (name, spec) in &settings.config.views {
+        let def = spec.to_def().map_err(|e| anyhow::anyhow!("view {name:?}: {e}"))?;
+        match served.get(name) {
+            Some(revision) if *revision == spec.revision() => {}
+            Some(_) => {
+                let version = engine.rebuild_view(name, def)?;
+                store.put(name, version, spec)?;
+                tracing::info!(view = %name, version, "view definition changed in the config file; rebuilding");
+            }
+            None => {
+                let handle = engine
+                    .create_view(name, def)
+                    .with_context(|| format!("creating view {name:?} of the config file"))?;
+                store.put(name, handle.version(), spec)?;
+                tracing::info!(view = %name, version = handle.version(), "view created");
+            }
+        }
+    }
+    Ok(())
+}

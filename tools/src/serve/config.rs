@@ -1,0 +1,659 @@
+//! `kappa.toml`: the appliance's configuration, its defaults, and errors that point at the key.
+//!
+//! An operator edits this file by hand, so a mistake must say where it is: every error names the
+//! key (`views.temps.window.size_ms`), its line and column, and what is wrong, and `kappa serve`
+//! exits 2 before it touches the data dir. Type errors and unknown keys come from serde (with the
+//! span toml gives them); rules serde cannot express are checked here and located by walking a
+//! span-keeping parse of the same text. Flags (`--data-dir`, `--http-addr`, `--kafka-addr`)
+//! override the file and are checked the same way.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use kappa_engine::Durability;
+
+use super::spec::ViewSpec;
+
+/// Where the HTTP API listens unless told otherwise.
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:9680";
+/// Where the Kafka listener will listen (it is not served yet).
+pub const DEFAULT_KAFKA_ADDR: &str = "127.0.0.1:9092";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub engine: EngineSection,
+    #[serde(default)]
+    pub http: HttpSection,
+    #[serde(default)]
+    pub kafka: KafkaSection,
+    #[serde(default)]
+    pub log: LogSection,
+    #[serde(default)]
+    pub topic_defaults: TopicDefaults,
+    /// `[topics.NAME]`: created at start unless they exist.
+    #[serde(default)]
+    pub topics: BTreeMap<String, TopicSection>,
+    /// `[views.NAME]`: created or resumed at start.
+    #[serde(default)]
+    pub views: BTreeMap<String, ViewSpec>,
+    #[serde(default)]
+    pub debug: DebugSection,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("kappa-data")
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSection {
+    /// Shards; default: one per CPU in `cpus` (or per CPU this process may use, minus the ones
+    /// kept for the HTTP threads).
+    pub shards: Option<usize>,
+    /// CPUs the shards are pinned to.
+    pub cpus: Option<Vec<usize>>,
+    pub live_latency_budget_ms: u64,
+    pub default_durability: DurabilityKind,
+    /// Pinned DMA memory per shard, in MiB.
+    pub io_memory_mib: Option<usize>,
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        EngineSection {
+            shards: None,
+            cpus: None,
+            live_latency_budget_ms: 5,
+            default_durability: DurabilityKind::Written,
+            io_memory_mib: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilityKind {
+    None,
+    Written,
+    Synced,
+}
+
+impl From<DurabilityKind> for Durability {
+    fn from(kind: DurabilityKind) -> Durability {
+        match kind {
+            DurabilityKind::None => Durability::None,
+            DurabilityKind::Written => Durability::Written,
+            DurabilityKind::Synced => Durability::Synced,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    pub addr: String,
+    /// Threads of the HTTP runtime (outside the shards). Parsing NDJSON is CPU work: one thread
+    /// ingested 0.37x the embedded rate in `kappa-bench http`, two 0.5-0.6x (2-CPU machine).
+    pub threads: usize,
+    /// CPUs kept free of shards for the HTTP threads (when the machine has more than this).
+    pub reserved_cpus: usize,
+    /// Bearer token every request but `/health` and `/ready` must carry. Required when `addr`
+    /// is not a loopback address.
+    pub token: Option<String>,
+    /// Reads the token from this file instead (first line).
+    pub token_file: Option<PathBuf>,
+    pub max_body_bytes: usize,
+    pub max_batch_records: usize,
+    pub max_read_records: usize,
+    pub max_connections: usize,
+    /// A client must send a request's headers within this time.
+    pub header_timeout_ms: u64,
+    /// ... and its body within this time.
+    pub body_timeout_ms: u64,
+    /// A whole request (not a stream) must be answered within this time.
+    pub request_timeout_ms: u64,
+    /// A client that does not read a response for this long is cut off.
+    pub write_timeout_ms: u64,
+    /// On SIGTERM, in-flight requests get this long to finish.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            addr: DEFAULT_HTTP_ADDR.to_string(),
+            threads: 2,
+            reserved_cpus: 1,
+            token: None,
+            token_file: None,
+            max_body_bytes: 64 << 20,
+            max_batch_records: 100_000,
+            max_read_records: 10_000,
+            max_connections: 256,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            request_timeout_ms: 60_000,
+            write_timeout_ms: 30_000,
+            shutdown_timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSection {
+    /// Recorded for the Kafka wire protocol listener, which is not served yet.
+    pub addr: String,
+}
+
+impl Default for KafkaSection {
+    fn default() -> Self {
+        KafkaSection { addr: DEFAULT_KAFKA_ADDR.to_string() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    pub format: LogFormat,
+    /// A tracing filter: `info`, `warn,kappa_engine=debug`, ...
+    pub level: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection { format: LogFormat::Text, level: "info".to_string() }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicDefaults {
+    pub retention_ms: Option<i64>,
+    pub retention_bytes: Option<u64>,
+    pub segment_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSection {
+    pub partitions: u32,
+    #[serde(default)]
+    pub retention_ms: Option<i64>,
+    #[serde(default)]
+    pub retention_bytes: Option<u64>,
+    #[serde(default)]
+    pub segment_bytes: Option<u64>,
+}
+
+/// Fault injection for tests (a delay before every append, so requests stay in flight).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DebugSection {
+    pub append_delay_ms: Option<u64>,
+}
+
+/// A checked configuration, ready to start from.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub config: Config,
+    pub http_addr: SocketAddr,
+    pub kafka_addr: SocketAddr,
+    pub token: Option<String>,
+    pub default_durability: Durability,
+    pub log_format: LogFormat,
+    /// The file and its text, to point at keys in errors found after parsing.
+    file: PathBuf,
+    text: String,
+}
+
+impl Settings {
+    pub fn millis(ms: u64) -> Duration {
+        Duration::from_millis(ms)
+    }
+
+    /// An error about `key` of the config file, with its line and column.
+    pub fn error_at(&self, key: &[&str], message: String) -> ConfigError {
+        let span = Spans::parse(&self.text).locate(key);
+        let (line, column) = line_column(&self.text, span.start);
+        ConfigError::File { path: self.file.clone(), key: key.join("."), line, column, message }
+    }
+}
+
+/// What is wrong with the configuration, and where.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// A key of the file: its dotted path, line and column (1-based).
+    File {
+        path: PathBuf,
+        key: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// A command-line flag.
+    Flag {
+        flag: &'static str,
+        message: String,
+    },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigError::File { path, key, line, column, message } => write!(
+                f,
+                "{}:{line}:{column}: key `{key}` (line {line}, column {column}): {message}",
+                path.display()
+            ),
+            ConfigError::Flag { flag, message } => write!(f, "flag {flag}: {message}"),
+            ConfigError::Read { path, source } => {
+                write!(f, "cannot read {}: {source}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Flags that override the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub http_addr: Option<String>,
+    pub kafka_addr: Option<String>,
+    pub log_format: Option<LogFormat>,
+}
+
+/// Reads, parses and checks a config file (or the embedded default when `path` is `None`).
+pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Settings, ConfigError> {
+    let (text, file) = match path {
+        Some(p) => (
+            std::fs::read_to_string(p)
+                .map_err(|source| ConfigError::Read { path: p.to_path_buf(), source })?,
+            p.to_path_buf(),
+        ),
+        None => (String::new(), PathBuf::from("<default config>")),
+    };
+    parse(&text, &file, overrides)
+}
+
+/// Parses and checks config text; `file` only names it in errors.
+pub fn parse(text: &str, file: &Path, overrides: &Overrides) -> Result<Settings, ConfigError> {
+    let spans = Spans::parse(text);
+    let at = |key: &[&str], message: String| {
+        let span = spans.locate(key);
+        let (line, column) = line_column(text, span.start);
+        ConfigError::File { path: file.to_path_buf(), key: key.join("."), line, column, message }
+    };
+    let mut config: Config = toml::from_str(text).map_err(|e| {
+        let offset = e.span().map_or(0, |s| s.start);
+        let (line, column) = line_column(text, offset);
+        let mut key = spans.key_at(offset);
+        let message = e.message().trim().to_string();
+        // "missing field `x`" is reported on the table that lacks it: name the field too.
+        if let Some(field) =
+            message.strip_prefix("missing field `").and_then(|r| r.split('`').next())
+        {
+            key = if key.is_empty() { field.to_string() } else { format!("{key}.{field}") };
+        }
+        ConfigError::File { path: file.to_path_buf(), key, line, column, message }
+    })?;
+
+    if let Some(dir) = &overrides.data_dir {
+        config.data_dir = dir.clone();
+    }
+    if config.data_dir.as_os_str().is_empty() {
+        return Err(at(&["data_dir"], "must not be empty".into()));
+    }
+    let socket = |text: &str| text.parse::<SocketAddr>().map_err(|e| format!("{text:?}: {e}"));
+    let http_addr = match &overrides.http_addr {
+        Some(flag) => {
+            socket(flag).map_err(|message| ConfigError::Flag { flag: "--http-addr", message })?
+        }
+        None => socket(&config.http.addr).map_err(|m| at(&["http", "addr"], m))?,
+    };
+    let kafka_addr = match &overrides.kafka_addr {
+        Some(flag) => {
+            socket(flag).map_err(|message| ConfigError::Flag { flag: "--kafka-addr", message })?
+        }
+        None => socket(&config.kafka.addr).map_err(|m| at(&["kafka", "addr"], m))?,
+    };
+    if let Some(a) = &overrides.http_addr {
+        config.http.addr = a.clone();
+    }
+    if let Some(a) = &overrides.kafka_addr {
+        config.kafka.addr = a.clone();
+    }
+
+    // Engine.
+    if config.engine.shards == Some(0) {
+        return Err(at(&["engine", "shards"], "must be at least 1".into()));
+    }
+    if config.engine.cpus.as_ref().is_some_and(Vec::is_empty) {
+        return Err(at(&["engine", "cpus"], "must name at least one CPU".into()));
+    }
+    if config.engine.live_latency_budget_ms == 0 {
+        return Err(at(&["engine", "live_latency_budget_ms"], "must be at least 1".into()));
+    }
+    if config.engine.io_memory_mib.is_some_and(|m| m == 0) {
+        return Err(at(&["engine", "io_memory_mib"], "must be at least 1".into()));
+    }
+
+    // HTTP.
+    let http = &config.http;
+    for (key, value) in [
+        ("threads", http.threads),
+        ("max_body_bytes", http.max_body_bytes),
+        ("max_batch_records", http.max_batch_records),
+        ("max_read_records", http.max_read_records),
+        ("max_connections", http.max_connections),
+    ] {
+        if value == 0 {
+            return Err(at(&["http", key], "must be at least 1".into()));
+        }
+    }
+    for (key, value) in [
+        ("header_timeout_ms", http.header_timeout_ms),
+        ("body_timeout_ms", http.body_timeout_ms),
+        ("request_timeout_ms", http.request_timeout_ms),
+        ("write_timeout_ms", http.write_timeout_ms),
+        ("shutdown_timeout_ms", http.shutdown_timeout_ms),
+    ] {
+        if value == 0 {
+            return Err(at(&["http", key], "must be at least 1 ms".into()));
+        }
+    }
+    let token = match (&http.token, &http.token_file) {
+        (Some(_), Some(_)) => {
+            return Err(at(&["http", "token_file"], "give token or token_file, not both".into()))
+        }
+        (Some(t), None) => Some(t.clone()),
+        (None, Some(file)) => {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| at(&["http", "token_file"], format!("{}: {e}", file.display())))?;
+            Some(text.lines().next().unwrap_or("").trim().to_string())
+        }
+        (None, None) => std::env::var("KAPPA_TOKEN").ok().filter(|t| !t.is_empty()),
+    };
+    if let Some(t) = &token {
+        if t.len() < 16 {
+            return Err(at(&["http", "token"], "must be at least 16 characters".into()));
+        }
+    }
+    if !http_addr.ip().is_loopback() && token.is_none() {
+        let message = format!(
+            "{http_addr} is not a loopback address: set http.token (or http.token_file, or \
+             KAPPA_TOKEN) so that every request must carry `Authorization: Bearer <token>`"
+        );
+        return Err(match overrides.http_addr {
+            Some(_) => ConfigError::Flag { flag: "--http-addr", message },
+            None => at(&["http", "addr"], message),
+        });
+    }
+
+    // Logs.
+    if tracing_subscriber::EnvFilter::try_new(&config.log.level).is_err() {
+        return Err(at(&["log", "level"], format!("{:?} is not a log filter", config.log.level)));
+    }
+
+    // Topics and views.
+    let positive = |key: &[&str], value: Option<i64>| match value {
+        Some(v) if v <= 0 => Err(at(key, "must be positive".into())),
+        _ => Ok(()),
+    };
+    positive(&["topic_defaults", "retention_ms"], config.topic_defaults.retention_ms)?;
+    for (name, topic) in &config.topics {
+        if let Err(e) = validate_name(name) {
+            return Err(at(&["topics", name], e));
+        }
+        if topic.partitions == 0 {
+            return Err(at(&["topics", name, "partitions"], "must be at least 1".into()));
+        }
+        positive(&["topics", name, "retention_ms"], topic.retention_ms)?;
+        if topic.segment_bytes.is_some_and(|s| s < 1 << 20) {
+            return Err(at(&["topics", name, "segment_bytes"], "must be at least 1 MiB".into()));
+        }
+    }
+    if config.topic_defaults.segment_bytes.is_some_and(|s| s < 1 << 20) {
+        return Err(at(&["topic_defaults", "segment_bytes"], "must be at least 1 MiB".into()));
+    }
+    for (name, spec) in &config.views {
+        if let Err(e) = validate_name(name) {
+            return Err(at(&["views", name], e));
+        }
+        if !config.topics.contains_key(&spec.topic) {
+            return Err(at(
+                &["views", name, "topic"],
+                format!("topic {:?} is not declared in [topics]", spec.topic),
+            ));
+        }
+        if let Err(e) = spec.to_def() {
+            let mut key = vec!["views", name.as_str()];
+            key.extend(e.key.split('.').filter(|k| !k.is_empty()));
+            return Err(at(&key, e.message));
+        }
+    }
+
+    let log_format = overrides.log_format.unwrap_or(config.log.format);
+    let default_durability = config.engine.default_durability.into();
+    Ok(Settings {
+        config,
+        http_addr,
+        kafka_addr,
+        token,
+        default_durability,
+        log_format,
+        file: file.to_path_buf(),
+        text: text.to_string(),
+    })
+}
+
+/// Topic and view names become directory names: the engine's rule, checked before it starts.
+fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 249 || name == "." || name == ".." {
+        return Err(format!("name {name:?} must be 1 to 249 characters, not . or .."));
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+        return Err(format!("name {name:?} may hold only ASCII letters, digits, '.', '_', '-'"));
+    }
+    Ok(())
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// The key structure of a TOML document with spans, for locating keys and naming spans.
+#[derive(Debug, Default)]
+struct Spans {
+    root: Vec<(String, SpanNode)>,
+}
+
+#[derive(Debug)]
+struct SpanNode {
+    key: Range<usize>,
+    value: Range<usize>,
+    children: Vec<(String, SpanNode)>,
+}
+
+impl Spans {
+    fn parse(text: &str) -> Spans {
+        // A syntax error leaves no tree; serde then reports it with its own span.
+        match toml::de::DeTable::parse(text) {
+            Ok(table) => Spans { root: children_of_table(table.get_ref()) },
+            Err(_) => Spans::default(),
+        }
+    }
+
+    /// The span of the deepest existing key on `path` (the value for scalars, the key for
+    /// tables); the start of the document when none exists.
+    fn locate(&self, path: &[&str]) -> Range<usize> {
+        let mut nodes = &self.root;
+        let mut last: Option<&SpanNode> = None;
+        for (depth, segment) in path.iter().enumerate() {
+            match nodes.iter().find(|(k, _)| k == segment) {
+                Some((_, node)) => {
+                    last = Some(node);
+                    nodes = &node.children;
+                }
+                // A missing key: point at the table that lacks it (an inline table's braces, or
+                // a table's header).
+                None => {
+                    return match last {
+                        Some(node) if node.value.start > node.key.start && depth > 0 => {
+                            node.value.clone()
+                        }
+                        Some(node) => node.key.clone(),
+                        None => 0..0,
+                    }
+                }
+            }
+        }
+        match last {
+            Some(node) if node.children.is_empty() => node.value.clone(),
+            Some(node) => node.key.clone(),
+            None => 0..0,
+        }
+    }
+
+    /// The dotted path of the deepest key whose key or value span holds `offset` (a table's
+    /// span may be only its header, so children are searched even when the parent misses).
+    fn key_at(&self, offset: usize) -> String {
+        fn search(nodes: &[(String, SpanNode)], offset: usize) -> Option<Vec<String>> {
+            let holds = |r: &Range<usize>| r.start <= offset && offset < r.end.max(r.start + 1);
+            for (name, node) in nodes {
+                if let Some(mut deeper) = search(&node.children, offset) {
+                    deeper.insert(0, name.clone());
+                    return Some(deeper);
+                }
+                if holds(&node.key) || holds(&node.value) {
+                    return Some(vec![name.clone()]);
+                }
+            }
+            None
+        }
+        search(&self.root, offset).unwrap_or_default().join(".")
+    }
+}
+
+fn children_of_table(table: &toml::de::DeTable<'_>) -> Vec<(String, SpanNode)> {
+    table.iter().map(|(k, v)| (k.get_ref().to_string(), node(k.span(), v))).collect()
+}
+
+fn node(key: Range<usize>, value: &toml::Spanned<toml::de::DeValue<'_>>) -> SpanNode {
+    let children = match value.get_ref() {
+        toml::de::DeValue::Table(t) => children_of_table(t),
+        toml::de::DeValue::Array(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| (i.to_string(), node(item.span(), item)))
+            .collect(),
+        _ => Vec::new(),
+    };
+    SpanNode { key, value: value.span(), children }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str) -> Result<Settings, ConfigError> {
+        parse(text, Path::new("kappa.toml"), &Overrides::default())
+    }
+
+    fn error(text: &str) -> (String, usize, usize, String) {
+        match check(text) {
+            Err(ConfigError::File { key, line, column, message, .. }) => {
+                (key, line, column, message)
+            }
+            other => panic!("expected a file error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_empty_file_is_the_embedded_default() {
+        let s = check("").expect("the default is valid");
+        assert_eq!(s.http_addr.to_string(), DEFAULT_HTTP_ADDR);
+        assert_eq!(s.config.data_dir, PathBuf::from("kappa-data"));
+        assert_eq!(s.default_durability, Durability::Written);
+        assert!(s.token.is_none() || std::env::var("KAPPA_TOKEN").is_ok());
+    }
+
+    #[test]
+    fn errors_name_key_line_and_column() {
+        let (key, line, column, message) = error("data_dir = \"d\"\n[engine]\nshards = \"two\"\n");
+        assert_eq!((key.as_str(), line, column), ("engine.shards", 3, 10), "{message}");
+        let (key, line, _, message) = error("[http]\nadress = \"x\"\n");
+        assert_eq!((key.as_str(), line), ("http.adress", 2), "{message}");
+        assert!(message.contains("unknown field"), "{message}");
+        let (key, line, column, _) = error("[topics.t]\npartitions = 0\n");
+        assert_eq!((key.as_str(), line, column), ("topics.t.partitions", 2, 14));
+        let (key, ..) = error("[topics.t]\nretention_ms = 5\n");
+        assert_eq!(key, "topics.t.partitions");
+        let text = "[topics.t]\npartitions = 1\n[views.v]\ntopic = \"t\"\naggregate = \"mean\"\n\
+                    value_field = \"x\"\nwindow = { kind = \"tumbling\", size_ms = -5 }\n";
+        let (key, line, column, message) = error(text);
+        assert_eq!((key.as_str(), line, column), ("views.v.window.size_ms", 7, 41), "{message}");
+        let (key, line, ..) = error("[views.v]\ntopic = \"nope\"\n");
+        assert_eq!((key.as_str(), line), ("views.v.topic", 2));
+        let (key, ..) = error("[engine]\ndefault_durability = \"sometimes\"\n");
+        assert_eq!(key, "engine.default_durability");
+        let (key, ..) = error("[http]\naddr = \"0.0.0.0:80\"\n");
+        assert_eq!(key, "http.addr", "a public address needs a token");
+        let (_, line, ..) = error("[http\n");
+        assert_eq!(line, 1, "a syntax error has a position too");
+    }
+
+    #[test]
+    fn flags_override_and_are_checked() {
+        let overrides = Overrides {
+            data_dir: Some("elsewhere".into()),
+            http_addr: Some("127.0.0.1:0".into()),
+            kafka_addr: Some("127.0.0.1:19092".into()),
+            log_format: Some(LogFormat::Json),
+        };
+        let s = parse("data_dir = \"d\"", Path::new("k.toml"), &overrides).expect("valid");
+        assert_eq!(s.config.data_dir, PathBuf::from("elsewhere"));
+        assert_eq!(s.http_addr.port(), 0);
+        assert_eq!(s.kafka_addr.port(), 19092);
+        assert_eq!(s.log_format, LogFormat::Json);
+        let bad = Overrides { http_addr: Some("nope".into()), ..Overrides::default() };
+        assert!(matches!(
+            parse("", Path::new("k.toml"), &bad),
+            Err(ConfigError::Flag { flag: "--http-addr", .. })
+        ));
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let text = include_str!("../../../deploy/kappa.toml");
+        let s = check(text).unwrap_or_else(|e| panic!("deploy/kappa.toml: {e}"));
+        assert!(!s.config.topics.is_empty() && !s.config.views.is_empty());
+    }
+}
