@@ -21,7 +21,7 @@ use anyhow::Context;
 use hdrhistogram::Histogram;
 use std::io::IsTerminal;
 
-use kappa_engine::operator::{json_number, Aggregate, LatePolicy, Window};
+use kappa_engine::operator::{Aggregate, LatePolicy, Window};
 use kappa_engine::{Durability, Engine, ProducerRecord, Seek, TopicConfig, ViewDef};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -193,7 +193,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
 fn mean_per_10s() -> ViewDef {
     ViewDef::new(TOPIC)
         .revision("mean-10s")
-        .map(|r| json_number(r.value(), "temp_c"))
+        .map_json("temp_c")
         .window(Window::Tumbling { size_ms: 10_000 })
         .aggregate(Aggregate::Mean)
         .lateness(1_000, LatePolicy::Drop)
@@ -202,7 +202,7 @@ fn mean_per_10s() -> ViewDef {
 fn max_per_5s() -> ViewDef {
     ViewDef::new(TOPIC)
         .revision("max-5s")
-        .map(|r| json_number(r.value(), "temp_c"))
+        .map_json("temp_c")
         .window(Window::Tumbling { size_ms: 5_000 })
         .aggregate(Aggregate::Max)
         .lateness(1_000, LatePolicy::Drop)
@@ -240,7 +240,8 @@ fn run_view_phases(
     rebuilding.store(true, Ordering::Release);
     let old = view.version();
     let started = Instant::now();
-    let version = engine.rebuild_view(VIEW, max_per_5s())?;
+    let rebuild = engine.rebuild_view(VIEW, max_per_5s())?;
+    let version = rebuild.version();
     println!(
         "rebuilding `{VIEW}` as version {version} (max per 5 s) from offset 0 while ingest continues; version {} keeps serving",
         view.version()
@@ -248,14 +249,19 @@ fn run_view_phases(
     let terminal = std::io::stderr().is_terminal();
     let mut last_line = Instant::now() - Duration::from_secs(1);
     loop {
-        std::thread::sleep(Duration::from_millis(50));
+        // The wait is the progress bar's tick: it returns at once when the swap happens.
+        let swapped = match rebuild.wait_swapped(Duration::from_millis(50)) {
+            Ok(()) => true,
+            Err(kappa_engine::Error::Timeout { .. }) => false,
+            Err(e) => return Err(e).context("rebuilding the view"),
+        };
         let (progress, _) = view.progress_of(version)?;
         let done = progress.consumed();
         let total = done + progress.lag();
         let fraction = if total == 0 { 1.0 } else { done as f64 / total as f64 };
         if terminal
             || last_line.elapsed() >= Duration::from_millis(500)
-            || view.version() == version
+            || swapped
         {
             let filled = (fraction * 30.0) as usize;
             let line = format!(
@@ -274,7 +280,7 @@ fn run_view_phases(
             }
             last_line = Instant::now();
         }
-        if view.version() == version {
+        if swapped {
             if terminal {
                 eprintln!();
             }

@@ -27,7 +27,7 @@ use kappa_storage::{
 };
 
 use crate::config::EngineConfig;
-use crate::metrics::{ConsumerMetrics, PartitionMetrics, ShardMetrics};
+use crate::metrics::{ConsumerMetrics, PartitionMetrics, ShardMetrics, ViewMetrics};
 use crate::producer::{BatchAck, Payload};
 use crate::router::ShardId;
 use crate::view::runner::{self as view_runner, ViewPartition};
@@ -145,6 +145,7 @@ pub struct Shard {
     maintenance: TaskQueueHandle,
     request_queue: flume::Receiver<Request>,
     stopping: Cell<bool>,
+    late_wakeups: Cell<u64>,
 }
 
 impl Shard {
@@ -206,13 +207,17 @@ pub(crate) async fn run(
         maintenance,
         request_queue: requests,
         stopping: Cell::new(false),
+        late_wakeups: Cell::new(0),
     });
     let retention = glommio::spawn_local_into(retention_loop(shard.clone()), maintenance)
         .expect("the maintenance queue exists");
+    let watchdog =
+        glommio::spawn_local_into(watchdog(shard.clone()), live).expect("the live queue exists");
     let serve =
         glommio::spawn_local_into(serve(shard.clone()), live).expect("the live queue exists");
     serve.await;
     drop(retention);
+    drop(watchdog);
 }
 
 async fn serve(shard: Rc<Shard>) {
@@ -296,6 +301,7 @@ async fn serve(shard: Rc<Shard>) {
                 for key in doomed {
                     if let Some((vp, _)) = views.remove(&key) {
                         vp.stopped.set(true);
+                        vp.activity.set(view_runner::Activity::Stopped);
                     }
                 }
                 let _ = reply.send(Ok(()));
@@ -465,6 +471,65 @@ async fn subscription(
     shard.subscriptions.borrow_mut().retain(|s| !Arc::ptr_eq(s, &state));
 }
 
+/// How often the watchdog looks at the shard's view partitions.
+const WATCHDOG_INTERVAL: Duration = Duration::from_millis(250);
+/// A view partition behind its log and not moving for this long is reported.
+const STALL_WARN: Duration = Duration::from_secs(1);
+
+/// Looks at every view partition four times a second: one that is behind its log's readable end
+/// and has not moved for a second is logged once per stall, with what its task waits on (and
+/// counted in its progress and metrics). Its own timer also reports a shard thread that was
+/// blocked or an executor that slept through queued work (the timer fires late). And because
+/// the executor arms its next timer before it parks, this timer bounds any missed wake-up of the
+/// executor (glommio 0.9 can park with a runnable queue after a preemption check; the only
+/// other timer on a shard, retention's, fires once a minute) to a quarter second.
+async fn watchdog(shard: Rc<Shard>) {
+    // Observability only: elapsed times are reported, never used to decide a view's state.
+    #[allow(clippy::disallowed_methods)]
+    let mut last = std::time::Instant::now();
+    loop {
+        glommio::timer::sleep(WATCHDOG_INTERVAL).await;
+        if shard.stopping.get() {
+            return;
+        }
+        #[allow(clippy::disallowed_methods)]
+        let now = std::time::Instant::now();
+        let late = now.duration_since(last).saturating_sub(WATCHDOG_INTERVAL);
+        last = now;
+        if late >= STALL_WARN {
+            shard.late_wakeups.set(shard.late_wakeups.get() + 1);
+            tracing::warn!(shard = shard.id.0, late_ms = late.as_millis() as u64,
+                "shard timer fired late: the shard thread was blocked, or its executor slept with work queued");
+        }
+        for ((view, version, partition), (vp, log)) in shard.views.borrow().iter() {
+            // What the partition published as folded: the reader's position, which is ahead of
+            // the state's next offset where a timestamp start skipped records.
+            let next = vp.version.folded[*partition as usize].load(Ordering::Relaxed);
+            let end = log.readable_end_offset();
+            let mut watch = vp.watch.get();
+            if next >= end || next != watch.offset || vp.stopped.get() {
+                watch = view_runner::Watch { offset: next, since: None, warned: false };
+            } else {
+                let since = *watch.since.get_or_insert(now);
+                let stalled = now.duration_since(since);
+                if stalled >= STALL_WARN && !watch.warned {
+                    watch.warned = true;
+                    vp.stalls.set(vp.stalls.get() + 1);
+                    tracing::warn!(
+                        shard = shard.id.0, view = %view, version, partition,
+                        next_offset = next, readable_end = end,
+                        queue = if vp.replaying.get() { "replay" } else { "live" },
+                        waiting_on = %vp.activity.get(),
+                        stalled_ms = stalled.as_millis() as u64,
+                        "view partition behind its log has not moved"
+                    );
+                }
+            }
+            vp.watch.set(watch);
+        }
+    }
+}
+
 /// Applies each partition's retention once a minute, in the maintenance queue.
 async fn retention_loop(shard: Rc<Shard>) {
     loop {
@@ -541,6 +606,26 @@ fn metrics(shard: &Shard) -> ShardMetrics {
         write_queue_len,
         partitions,
         consumers,
+        views: shard
+            .views
+            .borrow()
+            .iter()
+            .map(|((view, version, partition), (vp, log))| {
+                let st = vp.state.borrow();
+                ViewMetrics {
+                    view: view.to_string(),
+                    version: *version,
+                    partition: *partition,
+                    next_offset: st.next_offset,
+                    lag: log.readable_end_offset().saturating_sub(st.next_offset),
+                    live: vp.caught_up_at.get().is_some(),
+                    counters: st.counters,
+                    activity: vp.activity.get(),
+                    stalls: vp.stalls.get(),
+                }
+            })
+            .collect(),
+        late_wakeups: shard.late_wakeups.get(),
     }
 }
 

@@ -3,6 +3,10 @@
 //! The same loop serves history and the live tail: it starts in the `replay` queue (low shares, so
 //! the live queue preempts it), and when the reader reaches the readable end it records that offset
 //! and continues in the `live` queue. Records are folded straight out of the read buffers.
+//!
+//! Every await is labelled (`Activity`), so the shard's watchdog can say what a partition that
+//! stopped moving waits on: a disk read, a yield to other queues, the log's readable event, or a
+//! checkpoint's sync or write (issue 9's unexplained 58.6 s catch-up).
 
 use std::cell::{Cell as StdCell, RefCell};
 use std::path::{Path, PathBuf};
@@ -15,6 +19,48 @@ use crate::shard::Shard;
 use crate::view::state::{self, PartitionState};
 use crate::view::{PartitionProgress, Version};
 
+/// What a view partition's task is doing or waiting on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activity {
+    /// Created; its task has not run yet.
+    Starting,
+    /// Awaiting the next batch from the reader (a DMA read, or the tail cache).
+    Reading,
+    /// Yielded to other task queues (runnable, waiting for its share of the CPU).
+    Yielding,
+    /// Caught up, sleeping until the log has more readable records.
+    WaitingReadable,
+    /// Waiting for the log's fdatasync before a checkpoint.
+    CheckpointSync,
+    /// Writing a checkpoint file (blocking the shard thread).
+    CheckpointWrite,
+    /// Stopped: dropped, failed or shut down.
+    Stopped,
+}
+
+impl std::fmt::Display for Activity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Activity::Starting => "starting (task not run yet)",
+            Activity::Reading => "reading (waiting for a disk read)",
+            Activity::Yielding => "yielding (runnable, waiting for CPU share)",
+            Activity::WaitingReadable => "waiting for readable records",
+            Activity::CheckpointSync => "checkpoint: waiting for the log's sync",
+            Activity::CheckpointWrite => "checkpoint: writing the file",
+            Activity::Stopped => "stopped",
+        })
+    }
+}
+
+/// What the watchdog remembers between its looks at a partition.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Watch {
+    /// The next offset seen at the last look, and since when it has not moved while behind.
+    pub(crate) offset: u64,
+    pub(crate) since: Option<std::time::Instant>,
+    pub(crate) warned: bool,
+}
+
 /// One partition of one view version, on its shard.
 pub(crate) struct ViewPartition {
     pub(crate) version: Arc<Version>,
@@ -24,6 +70,11 @@ pub(crate) struct ViewPartition {
     pub(crate) stopped: StdCell<bool>,
     pub(crate) error: RefCell<Option<String>>,
     pub(crate) bytes_consumed: StdCell<u64>,
+    pub(crate) activity: StdCell<Activity>,
+    /// In the replay queue (true) or the live queue.
+    pub(crate) replaying: StdCell<bool>,
+    pub(crate) watch: StdCell<Watch>,
+    pub(crate) stalls: StdCell<u64>,
     since_checkpoint: StdCell<u64>,
     consumed_at_start: u64,
     /// When this partition started on the shard: progress rates only, never a decision.
@@ -33,6 +84,7 @@ pub(crate) struct ViewPartition {
 impl ViewPartition {
     pub(crate) fn new(version: Arc<Version>, partition: u32, state: PartitionState) -> Self {
         let consumed_at_start = state.counters.consumed;
+        version.partition_folded(partition, state.next_offset);
         #[allow(clippy::disallowed_methods)] // Progress rates are observability, never decisions.
         let started = std::time::Instant::now();
         ViewPartition {
@@ -43,6 +95,10 @@ impl ViewPartition {
             stopped: StdCell::new(false),
             error: RefCell::new(None),
             bytes_consumed: StdCell::new(0),
+            activity: StdCell::new(Activity::Starting),
+            replaying: StdCell::new(true),
+            watch: StdCell::new(Watch::default()),
+            stalls: StdCell::new(0),
             since_checkpoint: StdCell::new(0),
             consumed_at_start,
             started,
@@ -69,7 +125,16 @@ impl ViewPartition {
             rate_records_s: rate,
             eta_s: if live || rate <= 0.0 { 0.0 } else { lag as f64 / rate },
             error: self.error.borrow().clone(),
+            activity: self.activity.get(),
+            stalls: self.stalls.get(),
         }
+    }
+
+    /// Records an error that stopped the partition, and tells waiters.
+    fn fail(&self, reason: String) {
+        self.activity.set(Activity::Stopped);
+        self.version.partition_failed(self.partition, reason.clone());
+        *self.error.borrow_mut() = Some(reason);
     }
 }
 
@@ -130,17 +195,30 @@ fn checkpoints(dir: &Path) -> Vec<PathBuf> {
 /// Writes a checkpoint of the partition after making sure the log holds (synced) everything it
 /// covers, then keeps only the newest two.
 async fn checkpoint(log: &PartitionLog, vp: &ViewPartition) {
+    let was = vp.activity.replace(Activity::CheckpointSync);
     // A checkpoint must never cover records a crash could still lose.
     if let Err(e) = log.sync().await {
         tracing::error!(error = %e, "sync before a view checkpoint failed");
+        vp.activity.set(was);
         return;
     }
+    vp.activity.set(Activity::CheckpointWrite);
     let dir = vp.version.partition_dir(vp.partition);
+    // Observability only: a write that blocks the shard thread this long is worth a warning.
+    #[allow(clippy::disallowed_methods)]
+    let started = std::time::Instant::now();
     let result = {
         let st = vp.state.borrow();
         let path = dir.join(format!("{:020}.ckpt", st.next_offset));
         state::write_checkpoint(&path, &vp.version.view, vp.version.number, vp.partition, &st)
     };
+    let blocked = started.elapsed();
+    if blocked >= CHECKPOINT_WRITE_WARN {
+        tracing::warn!(view = %vp.version.view, version = vp.version.number, partition = vp.partition,
+            blocked_ms = blocked.as_millis() as u64,
+            "a view checkpoint write blocked the shard thread (std::fs write and fsync)");
+    }
+    vp.activity.set(was);
     match result {
         Ok(()) => {
             vp.since_checkpoint.set(0);
@@ -153,6 +231,9 @@ async fn checkpoint(log: &PartitionLog, vp: &ViewPartition) {
     }
 }
 
+/// A checkpoint write that blocks the shard longer than this is logged.
+const CHECKPOINT_WRITE_WARN: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Folds the log into the partition from `seek`: in the replay queue until caught up, then (a new
 /// task) in the live queue for good.
 pub(crate) async fn run(
@@ -162,36 +243,45 @@ pub(crate) async fn run(
     seek: Seek,
     live: bool,
 ) {
+    vp.replaying.set(!live);
     let mut reader = match log.reader(seek) {
         Ok(reader) => reader,
         Err(e) => {
-            *vp.error.borrow_mut() = Some(e.to_string());
+            vp.fail(e.to_string());
             return;
         }
     };
     let def = vp.version.def.clone();
     loop {
         if vp.stopped.get() {
+            vp.activity.set(Activity::Stopped);
             return;
         }
+        vp.activity.set(Activity::Reading);
         match reader.next_batch().await {
             Ok(Some(batch)) => {
-                let n = {
+                let (n, next_offset) = {
                     let mut st = vp.state.borrow_mut();
                     let before = st.counters.consumed;
                     for record in batch.records() {
                         st.apply(&def, &record);
                     }
-                    st.counters.consumed - before
+                    (st.counters.consumed - before, st.next_offset)
                 };
+                vp.version.partition_folded(vp.partition, next_offset);
                 vp.bytes_consumed.set(vp.bytes_consumed.get() + batch.batch.payload().len() as u64);
                 vp.since_checkpoint.set(vp.since_checkpoint.get() + n);
                 if vp.since_checkpoint.get() >= def.checkpoint_every_records {
                     checkpoint(&log, &vp).await;
                 }
+                vp.activity.set(Activity::Yielding);
                 glommio::yield_if_needed().await;
             }
             Ok(None) => {
+                // Everything below the reader's position is folded, or was before a timestamp
+                // start and is not part of this version.
+                let next = reader.next_offset().max(vp.state.borrow().next_offset);
+                vp.version.partition_folded(vp.partition, next);
                 if !live {
                     // Caught up: from this exact offset on, the live queue follows the tail.
                     let offset = reader.next_offset();
@@ -206,13 +296,15 @@ pub(crate) async fn run(
                         .detach();
                     return;
                 }
+                vp.activity.set(Activity::WaitingReadable);
                 if log.wait_readable(reader.next_offset()).await.is_err() {
+                    vp.activity.set(Activity::Stopped);
                     return;
                 }
             }
             Err(e) => {
                 tracing::error!(view = %vp.version.view, partition = vp.partition, error = %e, "view partition stopped");
-                *vp.error.borrow_mut() = Some(e.to_string());
+                vp.fail(e.to_string());
                 return;
             }
         }

@@ -73,7 +73,7 @@ fn live_view_with_restarts_equals_a_rebuild_by_replay() {
     assert!(late > 0, "the workload has late records");
 
     // Rebuild the same pipeline from offset 0 as version 2: byte-for-byte the same state.
-    let version = engine.rebuild_view("sums", sums("b")).expect("rebuild");
+    let version = engine.rebuild_view("sums", sums("b")).expect("rebuild").version();
     assert_eq!(version, 2);
     wait_caught_up(&view, 2);
     assert_eq!(view.version(), 2, "the rebuilt version took over");
@@ -218,7 +218,8 @@ fn rebuilds_start_from_a_timestamp_or_another_versions_checkpoint() {
     let cutoff = 10_000 + 2 * 4_000;
     let v2 = engine
         .rebuild_view("sums", sums("t").start(kappa_engine::Start::Timestamp(cutoff)))
-        .expect("rebuild");
+        .expect("rebuild")
+        .version();
     wait_caught_up(&view, v2);
     let consumed = view.progress_of(v2).expect("progress").0.consumed();
     assert!(
@@ -228,7 +229,8 @@ fn rebuilds_start_from_a_timestamp_or_another_versions_checkpoint() {
     // From version 1's checkpoint: the same state as version 1, without replaying history.
     let v3 = engine
         .rebuild_view("sums", sums("c").start(kappa_engine::Start::Checkpoint { version: 1 }))
-        .expect("rebuild");
+        .expect("rebuild")
+        .version();
     wait_caught_up(&view, v3);
     assert_eq!(view.digests_of(v3).expect("digests"), view.digests_of(1).expect("digests"));
 }
