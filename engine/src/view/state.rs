@@ -6,6 +6,7 @@
 //! the one maintained live.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::path::Path;
 
 use kappa_storage::RecordRef;
@@ -186,6 +187,10 @@ impl PartitionState {
                 def.aggregate.update(&mut cell.agg, record, value);
             }),
         }
+        if windows.is_empty() {
+            // A new key whose only record was late and dropped: it has no group.
+            self.groups.remove(self.key.as_slice());
+        }
     }
 
     /// A digest of the whole state: equal digests mean equal groups, bits and offsets.
@@ -284,20 +289,26 @@ impl Session<'_, '_> {
             return;
         };
         // Fold the later sessions into the earliest one, oldest first (a fixed order keeps the
-        // bits deterministic), then the record.
-        let mut cell = sessions.remove(&first).expect("found above");
+        // bits deterministic), then the record; in place, so extending a session allocates
+        // nothing.
         for _ in 1..touched {
-            let (next, _) = sessions
-                .range(first..)
+            let next = sessions
+                .range((Bound::Excluded(first), Bound::Unbounded))
                 .next()
-                .map(|(s, c)| (*s, c.end_ms))
+                .map(|(s, _)| *s)
                 .expect("a touched session follows");
             let later = sessions.remove(&next).expect("found above");
+            let cell = sessions.get_mut(&first).expect("found above");
             aggregate.merge(&mut cell.agg, &later.agg);
         }
+        let cell = sessions.get_mut(&first).expect("found above");
         aggregate.update(&mut cell.agg, record, value);
         cell.end_ms = merged_end;
-        sessions.insert(first.min(ts), cell);
+        if ts < first {
+            // The record starts the session earlier: its start is its key in the map.
+            let cell = sessions.remove(&first).expect("found above");
+            sessions.insert(ts, cell);
+        }
     }
 }
 

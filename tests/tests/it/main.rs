@@ -4,5 +4,8 @@ mod cli;
 mod crash;
 mod engine;
 mod faults;
+mod model;
+mod props;
+mod semantics;
 mod tidy;
 mod views;
