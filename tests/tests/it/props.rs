@@ -6,7 +6,7 @@
 //! checks views built live, rebuilt by replay (and swapped in), resumed from checkpoints after a
 //! restart (with another shard count), and built fresh after the restart.
 //!
-//! `KAPPA_PROPTEST_CASES` sets the number of cases (default 12, a few seconds each in debug);
+//! `KAPPA_PROPTEST_CASES` sets the number of cases (default 16, about a second each in debug);
 //! `KAPPA_PROPTEST_SEED` replays one run. A minimized failure is printed as a `Case` and belongs
 //! in `semantics.rs` as a named regression test.
 
@@ -416,7 +416,7 @@ fn run_case(case: &Case) -> Result<(), String> {
         let fresh = engine
             .create_view(&format!("fresh{i}"), def(spec, "c", case.checkpoint_every))
             .map_err(err)?;
-        fresh.wait_for(&acks, WAIT).map_err(err)?;
+        fresh.wait_for(fresh.log_end().map_err(err)?, WAIT).map_err(err)?;
         check(&fresh, spec, &log, &format!("{name} fresh after restart"))?;
         if fresh.digests_of(1).map_err(err)? != view.digests_of(2).map_err(err)? {
             return Err(format!("{name}: resumed state differs from a fresh replay"));
@@ -426,9 +426,9 @@ fn run_case(case: &Case) -> Result<(), String> {
     Ok(())
 }
 
-/// Cases from `KAPPA_PROPTEST_CASES` (default 12).
+/// Cases from `KAPPA_PROPTEST_CASES` (default 16).
 pub fn cases() -> u32 {
-    std::env::var("KAPPA_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(12)
+    std::env::var("KAPPA_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(16)
 }
 
 #[test]
