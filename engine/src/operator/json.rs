@@ -5,14 +5,17 @@
 //! Why it exists: views (and the appliance's config-declared views) aggregate over, and group by,
 //! JSON fields. The first version scanned text for `"field":`, which read a nested field of the
 //! same name, gave up at a string value, and so silently skipped records (issue 9). This is a real
-//! parser: `JsonPath` walks the document with a serde `DeserializeSeed` over sonic-rs's
-//! deserializer, which skips the values the path does not name with its SIMD skipper (validating
-//! them), compares keys after unescaping, and parses only the value at the end of the path.
+//! parser: `JsonPath` walks the document with a serde `DeserializeSeed`, skipping (and validating)
+//! the values the path does not name, comparing keys after unescaping, and parsing only the value
+//! at the end of the path.
 //!
-//! Why sonic-rs through serde rather than `sonic_rs::get_from_slice`: `get_from_slice` allocates a
-//! 128-byte key buffer per call, one allocation per record on the fold path; the deserializer
-//! allocates only when a key or the wanted string holds an escape. Why not serde_json: the same
-//! seed over `serde_json::Deserializer` costs about twice as much per record (`benches/json.rs`).
+//! Why serde_json's deserializer (with `float_roundtrip`, so numbers are correctly rounded): it
+//! allocates nothing unless a key or the wanted string holds an escape, and it was the cheapest
+//! of the options measured in `benches/json.rs` on this machine (100 B, 200 B nested and 1 KiB
+//! records): the same walk over sonic-rs's serde deserializer was no faster (about 1.2-1.8x the
+//! time), `sonic_rs::get_from_slice`, the lazy pointer lookup, was no faster either and allocates
+//! a 128-byte key buffer per call (one allocation per record on the fold path), and building a
+//! `serde_json::Value` cost 2-3x. simd-json needs a mutable copy of every record.
 //!
 //! Rules (docs/semantics.md): the document is validated in full (trailing bytes too), so a
 //! malformed record is `NotJson`, never half-read; a key that appears twice counts at its last
@@ -117,7 +120,7 @@ impl JsonPath {
     /// `NotANumber` (no key), as does nothing at all (`NoField`).
     pub fn key_into(&self, json: &[u8], out: &mut Vec<u8>) -> Result<(), Skip> {
         out.clear();
-        let mut de = sonic_rs::Deserializer::from_slice(json);
+        let mut de = serde_json::Deserializer::from_slice(json);
         let found = Level { path: &self.segments, leaf: Leaf::Key(out) }
             .deserialize(&mut de)
             .map_err(|_| Skip::NotJson)?;
@@ -133,7 +136,7 @@ impl JsonPath {
     }
 
     /// The number at this path, read through any serde deserializer (the benchmark compares
-    /// sonic-rs with serde_json through this). Does not check for trailing bytes.
+    /// serde_json with sonic-rs through this). Does not check for trailing bytes.
     pub fn number_from<'de, D: de::Deserializer<'de>>(
         &self,
         deserializer: D,
@@ -160,7 +163,7 @@ pub fn json_number(json: &[u8], path: &str) -> Option<f64> {
 }
 
 fn number_at<S: AsRef<str>>(path: &[S], json: &[u8]) -> Result<f64, Skip> {
-    let mut de = sonic_rs::Deserializer::from_slice(json);
+    let mut de = serde_json::Deserializer::from_slice(json);
     let found = Level { path, leaf: Leaf::Number }.deserialize(&mut de).map_err(|_| Skip::NotJson)?;
     de.end().map_err(|_| Skip::NotJson)?;
     found.number()
