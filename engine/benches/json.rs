@@ -82,7 +82,9 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 let mut sum = 0.0;
                 for doc in &docs {
-                    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(black_box(doc.as_bytes())) {
+                    if let Ok(v) =
+                        serde_json::from_slice::<serde_json::Value>(black_box(doc.as_bytes()))
+                    {
                         let mut at = &v;
                         for segment in &pointer {
                             at = &at[*segment];

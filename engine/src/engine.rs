@@ -530,7 +530,9 @@ impl Engine {
             return Ok(());
         }
         // Threads waiting on a view wake up and see the engine is gone.
-        for entry in self.inner.views.read().unwrap_or_else(std::sync::PoisonError::into_inner).values() {
+        for entry in
+            self.inner.views.read().unwrap_or_else(std::sync::PoisonError::into_inner).values()
+        {
             entry.notifier.notify();
         }
         let mut first_error = None;

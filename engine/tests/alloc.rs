@@ -47,9 +47,7 @@ fn allocations() -> u64 {
 #[test]
 fn folding_allocates_nothing_per_record() {
     let values: Vec<String> = (0..1000)
-        .map(|i| {
-            format!(r#"{{"unit":"v","g":"g{}","nested":{{"v":1}},"v":{}.5}}"#, i % 10, i % 97)
-        })
+        .map(|i| format!(r#"{{"unit":"v","g":"g{}","nested":{{"v":1}},"v":{}.5}}"#, i % 10, i % 97))
         .collect();
     let keys: Vec<String> = (0..1000).map(|i| format!("key-{}", i % 10)).collect();
     let records: Vec<Record<'_>> = (0..1000)

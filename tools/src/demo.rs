@@ -259,10 +259,7 @@ fn run_view_phases(
         let done = progress.consumed();
         let total = done + progress.lag();
         let fraction = if total == 0 { 1.0 } else { done as f64 / total as f64 };
-        if terminal
-            || last_line.elapsed() >= Duration::from_millis(500)
-            || swapped
-        {
+        if terminal || last_line.elapsed() >= Duration::from_millis(500) || swapped {
             let filled = (fraction * 30.0) as usize;
             let line = format!(
                 "[{}{}] {:>5.1}%  {done} records replayed, {:.2} M records/s, lag {}, ETA {:.1} s",

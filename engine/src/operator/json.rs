@@ -164,7 +164,8 @@ pub fn json_number(json: &[u8], path: &str) -> Option<f64> {
 
 fn number_at<S: AsRef<str>>(path: &[S], json: &[u8]) -> Result<f64, Skip> {
     let mut de = serde_json::Deserializer::from_slice(json);
-    let found = Level { path, leaf: Leaf::Number }.deserialize(&mut de).map_err(|_| Skip::NotJson)?;
+    let found =
+        Level { path, leaf: Leaf::Number }.deserialize(&mut de).map_err(|_| Skip::NotJson)?;
     de.end().map_err(|_| Skip::NotJson)?;
     found.number()
 }

@@ -162,7 +162,10 @@ mod tests {
     fn definitions_out_of_bounds_name_their_field() {
         let field = |w: Window| w.validate().err().map(|(f, _)| f);
         assert_eq!(field(Window::Tumbling { size_ms: 0 }), Some("window.size_ms"));
-        assert_eq!(field(Window::Tumbling { size_ms: DURATION_MS_MAX + 1 }), Some("window.size_ms"));
+        assert_eq!(
+            field(Window::Tumbling { size_ms: DURATION_MS_MAX + 1 }),
+            Some("window.size_ms")
+        );
         assert_eq!(field(Window::Hopping { size_ms: 10, hop_ms: 0 }), Some("window.hop_ms"));
         assert_eq!(field(Window::Hopping { size_ms: 10, hop_ms: 11 }), Some("window.hop_ms"));
         let limit = HOPPING_WINDOWS_PER_RECORD_MAX;
@@ -181,7 +184,10 @@ mod tests {
         // The extremes of the accepted ranges stay exact.
         let w = Window::Hopping { size_ms: DURATION_MS_MAX, hop_ms: DURATION_MS_MAX };
         assert_eq!(windows(w, EVENT_TIME_MAX).len(), 1);
-        assert_eq!(windows(w, EVENT_TIME_MIN), vec![(EVENT_TIME_MIN, EVENT_TIME_MIN + DURATION_MS_MAX)]);
+        assert_eq!(
+            windows(w, EVENT_TIME_MIN),
+            vec![(EVENT_TIME_MIN, EVENT_TIME_MIN + DURATION_MS_MAX)]
+        );
         let t = Window::Tumbling { size_ms: 3 };
         assert_eq!(windows(t, EVENT_TIME_MIN).len(), 1);
     }

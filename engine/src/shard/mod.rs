@@ -473,8 +473,8 @@ async fn subscription(
 
 /// How often the watchdog looks at the shard's view partitions.
 const WATCHDOG_INTERVAL: Duration = Duration::from_millis(250);
-/// A view partition behind its log and not moving for this long is reported.
-const STALL_WARN: Duration = Duration::from_secs(1);
+/// A shard timer this late is reported.
+const STALL_WARN: Duration = view_runner::STALL_WARN;
 
 /// Looks at every view partition four times a second: one that is behind its log's readable end
 /// and has not moved for a second is logged once per stall, with what its task waits on (and
@@ -506,24 +506,17 @@ async fn watchdog(shard: Rc<Shard>) {
             // the state's next offset where a timestamp start skipped records.
             let next = vp.version.folded[*partition as usize].load(Ordering::Relaxed);
             let end = log.readable_end_offset();
-            let mut watch = vp.watch.get();
-            if next >= end || next != watch.offset || vp.stopped.get() {
-                watch = view_runner::Watch { offset: next, since: None, warned: false };
-            } else {
-                let since = *watch.since.get_or_insert(now);
-                let stalled = now.duration_since(since);
-                if stalled >= STALL_WARN && !watch.warned {
-                    watch.warned = true;
-                    vp.stalls.set(vp.stalls.get() + 1);
-                    tracing::warn!(
-                        shard = shard.id.0, view = %view, version, partition,
-                        next_offset = next, readable_end = end,
-                        queue = if vp.replaying.get() { "replay" } else { "live" },
-                        waiting_on = %vp.activity.get(),
-                        stalled_ms = stalled.as_millis() as u64,
-                        "view partition behind its log has not moved"
-                    );
-                }
+            let (watch, stalled) = vp.watch.get().look(next, end, vp.stopped.get(), now);
+            if let Some(stalled) = stalled {
+                vp.stalls.set(vp.stalls.get() + 1);
+                tracing::warn!(
+                    shard = shard.id.0, view = %view, version, partition,
+                    next_offset = next, readable_end = end,
+                    queue = if vp.replaying.get() { "replay" } else { "live" },
+                    waiting_on = %vp.activity.get(),
+                    stalled_ms = stalled.as_millis() as u64,
+                    "view partition behind its log has not moved"
+                );
             }
             vp.watch.set(watch);
         }

@@ -1,8 +1,6 @@
 //! A view's definition: the pipeline over one topic, its event-time policy, and where a build starts.
 
-use crate::operator::{
-    Aggregate, FilterFn, JsonPath, KeyBy, LatePolicy, MapFn, MapOutput, Window,
-};
+use crate::operator::{Aggregate, FilterFn, JsonPath, KeyBy, LatePolicy, MapFn, MapOutput, Window};
 
 /// Where a new view version starts reading its topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,10 +102,9 @@ impl ViewDef {
     pub fn key_by_json(mut self, path: &str) -> Self {
         match JsonPath::parse(path) {
             Ok(path) => {
-                self.key =
-                    KeyBy::Derived(std::sync::Arc::new(move |r, key| {
-                        path.key_into(r.value(), key).is_ok()
-                    }));
+                self.key = KeyBy::Derived(std::sync::Arc::new(move |r, key| {
+                    path.key_into(r.value(), key).is_ok()
+                }));
             }
             Err(e) => self.invalid = Some(("key_by_json", e.to_string())),
         }
@@ -180,10 +177,7 @@ impl ViewDef {
         if self.revision.is_empty()
             || !self.revision.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
         {
-            return bad(
-                "revision",
-                "must be non-empty ASCII letters, digits, '.', '_' or '-'",
-            );
+            return bad("revision", "must be non-empty ASCII letters, digits, '.', '_' or '-'");
         }
         Ok(())
     }

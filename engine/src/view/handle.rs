@@ -295,14 +295,21 @@ impl Rebuild {
                 return Some(Err(Error::ShutDown));
             }
             if self.version.dropped.load(Ordering::SeqCst) {
-                return Some(Err(Error::UnknownView { view: self.name.to_string(), version: number }));
+                return Some(Err(Error::UnknownView {
+                    view: self.name.to_string(),
+                    version: number,
+                }));
             }
             if let Some(e) = failure(&self.version) {
                 return Some(Err(e));
             }
             let served = self.entry.served.load(Ordering::Acquire);
             if served > number || self.version.outcome.load(Ordering::SeqCst) == view::SUPERSEDED {
-                return Some(Err(Error::Superseded { view: self.name.to_string(), version: number, served }));
+                return Some(Err(Error::Superseded {
+                    view: self.name.to_string(),
+                    version: number,
+                    served,
+                }));
             }
             None
         });

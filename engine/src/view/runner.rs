@@ -52,13 +52,44 @@ impl std::fmt::Display for Activity {
     }
 }
 
+/// A view partition behind its log and not moving for this long is reported.
+pub(crate) const STALL_WARN: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What the watchdog remembers between its looks at a partition.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
 pub(crate) struct Watch {
-    /// The next offset seen at the last look, and since when it has not moved while behind.
-    pub(crate) offset: u64,
-    pub(crate) since: Option<std::time::Instant>,
-    pub(crate) warned: bool,
+    /// The folded offset seen at the last look, and since when it has not moved while behind.
+    offset: u64,
+    since: Option<std::time::Instant>,
+    warned: bool,
+}
+
+impl Watch {
+    /// One look: the partition has folded up to `next` of a readable end `end`. Returns the new
+    /// memory and, once per stall, how long the partition has been behind without moving when
+    /// that reaches `STALL_WARN`.
+    pub(crate) fn look(
+        self,
+        next: u64,
+        end: u64,
+        stopped: bool,
+        now: std::time::Instant,
+    ) -> (Watch, Option<std::time::Duration>) {
+        if next >= end || stopped {
+            return (Watch { offset: next, since: None, warned: false }, None);
+        }
+        if next != self.offset {
+            // It moved since the last look: a stall, if any, starts now.
+            return (Watch { offset: next, since: Some(now), warned: false }, None);
+        }
+        let since = self.since.unwrap_or(now);
+        let stalled = now.duration_since(since);
+        let warn = stalled >= STALL_WARN && !self.warned;
+        (
+            Watch { offset: next, since: Some(since), warned: self.warned || warn },
+            warn.then_some(stalled),
+        )
+    }
 }
 
 /// One partition of one view version, on its shard.
@@ -315,5 +346,36 @@ pub(crate) async fn run(
 pub(crate) async fn final_checkpoint(log: &PartitionLog, vp: &ViewPartition) {
     if vp.since_checkpoint.get() > 0 && vp.error.borrow().is_none() {
         checkpoint(log, vp).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::{Watch, STALL_WARN};
+
+    #[test]
+    fn a_stall_is_reported_once_after_a_second_behind_without_progress() {
+        #[allow(clippy::disallowed_methods)] // A fixed origin; the test moves time by hand.
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let (w, warn) = Watch::default().look(10, 20, false, at(0));
+        assert_eq!(warn, None, "first sight: it may have just fallen behind");
+        let (w, warn) = w.look(10, 20, false, at(500));
+        assert_eq!(warn, None);
+        let (w, warn) = w.look(10, 25, false, at(1_000));
+        assert_eq!(warn, Some(STALL_WARN), "behind and not moving for a second");
+        let (w, warn) = w.look(10, 25, false, at(3_000));
+        assert_eq!(warn, None, "once per stall");
+        let (w, warn) = w.look(11, 25, false, at(3_250));
+        assert_eq!(warn, None, "it moved: a new stall would start over");
+        let (w, _) = w.look(11, 25, false, at(3_500));
+        assert_eq!(w.look(11, 25, false, at(4_500)).1, Some(Duration::from_millis(1_250)));
+        // Caught up (nothing to fold) or stopped is never a stall.
+        let (w, _) = Watch::default().look(30, 30, false, at(0));
+        assert_eq!(w.look(30, 30, false, at(5_000)).1, None);
+        let (w, _) = Watch::default().look(1, 30, true, at(0));
+        assert_eq!(w.look(1, 30, true, at(5_000)).1, None);
     }
 }

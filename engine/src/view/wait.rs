@@ -39,7 +39,11 @@ impl Notifier {
 
     /// Re-checks `check` after every notification until it gives a result or `timeout` passes
     /// (then `None`).
-    pub(crate) fn wait<T>(&self, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    pub(crate) fn wait<T>(
+        &self,
+        timeout: Duration,
+        mut check: impl FnMut() -> Option<T>,
+    ) -> Option<T> {
         // A timeout is wall time by nature; it decides nothing in a view's state.
         #[allow(clippy::disallowed_methods)]
         let deadline = std::time::Instant::now() + timeout;

@@ -86,9 +86,12 @@ pub struct Group {
 
 pub type Rows = BTreeMap<(Vec<u8>, i64), Group>;
 
+/// A partition's sessions of one key: (start, end, values), unordered.
+type Sessions = Vec<(i64, i64, Vec<f64>)>;
+
 /// The filter the property tests give views that have one.
 pub fn keeps(value: &[u8]) -> bool {
-    value.len() % 5 != 0
+    !value.len().is_multiple_of(5)
 }
 
 /// The key `KeyKind::TimeBucket` computes.
@@ -162,8 +165,7 @@ pub fn partition(spec: &Spec, records: &[Rec]) -> (Rows, Counts) {
     let mut counts = Counts::default();
     let mut max_t = i64::MIN;
     let mut fixed: Rows = BTreeMap::new();
-    // Per key, sessions as (start, end, values), unordered.
-    let mut sessions: BTreeMap<Vec<u8>, Vec<(i64, i64, Vec<f64>)>> = BTreeMap::new();
+    let mut sessions: BTreeMap<Vec<u8>, Sessions> = BTreeMap::new();
     for r in records {
         counts.consumed += 1;
         if r.ts < EVENT_TIME_MIN || r.ts > EVENT_TIME_MAX {
@@ -220,7 +222,7 @@ pub fn partition(spec: &Spec, records: &[Rec]) -> (Rows, Counts) {
             }
             let mut start = t;
             let mut values = Vec::new();
-            let mut taken: Vec<(i64, i64, Vec<f64>)> = Vec::new();
+            let mut taken: Sessions = Vec::new();
             for i in overlapping.into_iter().rev() {
                 taken.push(list.remove(i));
             }
@@ -292,7 +294,8 @@ pub fn merge(spec: &Spec, parts: Vec<Rows>) -> Rows {
     }
     for part in parts {
         for (slot, group) in part {
-            let entry = merged.entry(slot).or_insert_with(|| Group { end: group.end, values: Vec::new() });
+            let entry =
+                merged.entry(slot).or_insert_with(|| Group { end: group.end, values: Vec::new() });
             entry.values.extend(group.values);
         }
     }

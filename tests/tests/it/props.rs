@@ -114,7 +114,9 @@ fn value(val: Val) -> Vec<u8> {
     match val {
         Val::Number(v, g) => format!(r#"{{{}"v":{}}}"#, group(g), n(v)),
         Val::Decoy(v, g) => format!(r#"{{"unit":"v",{}"v":{}}}"#, group(g), n(v)),
-        Val::Nested(v, g) => format!(r#"{{"a":{{"v":99}},{}"v":{},"s":"\"v\":1"}}"#, group(g), n(v)),
+        Val::Nested(v, g) => {
+            format!(r#"{{"a":{{"v":99}},{}"v":{},"s":"\"v\":1"}}"#, group(g), n(v))
+        }
         Val::NoField(g) => format!(r#"{{{}"w":1}}"#, group(g)),
         Val::NotANumber(g) => format!(r#"{{{}"v":"12"}}"#, group(g)),
         Val::Garbage(g) => format!("not json {{{g}"),
@@ -311,7 +313,9 @@ fn check(view: &ViewHandle, spec: &Spec, log: &[Vec<Rec>], stage: &str) -> Resul
             late_updated: c.late_updated,
         };
         if got != *want {
-            return Err(format!("{stage}: partition {p} counters\n  engine {got:?}\n  model  {want:?}"));
+            return Err(format!(
+                "{stage}: partition {p} counters\n  engine {got:?}\n  model  {want:?}"
+            ));
         }
     }
     let want = model::merge(spec, parts.into_iter().map(|(rows, _)| rows).collect());
@@ -326,8 +330,12 @@ fn check(view: &ViewHandle, spec: &Spec, log: &[Vec<Rec>], stage: &str) -> Resul
     if keys_got != keys_want {
         return Err(format!(
             "{stage}: row keys differ\n  engine {:?}\n  model  {:?}",
-            got.iter().map(|(k, r)| (String::from_utf8_lossy(&k.0), k.1, r.window_end)).collect::<Vec<_>>(),
-            want.iter().map(|(k, g)| (String::from_utf8_lossy(&k.0), k.1, g.end)).collect::<Vec<_>>()
+            got.iter()
+                .map(|(k, r)| (String::from_utf8_lossy(&k.0), k.1, r.window_end))
+                .collect::<Vec<_>>(),
+            want.iter()
+                .map(|(k, g)| (String::from_utf8_lossy(&k.0), k.1, g.end))
+                .collect::<Vec<_>>()
         ));
     }
     for ((key, start), group) in &want {
@@ -335,7 +343,10 @@ fn check(view: &ViewHandle, spec: &Spec, log: &[Vec<Rec>], stage: &str) -> Resul
         let (value, registers) = model::result(spec.agg, &group.values);
         let key_text = String::from_utf8_lossy(key);
         if row.window_end != group.end {
-            return Err(format!("{stage}: {key_text}@{start}: end {} vs {}", row.window_end, group.end));
+            return Err(format!(
+                "{stage}: {key_text}@{start}: end {} vs {}",
+                row.window_end, group.end
+            ));
         }
         match registers {
             Some(registers) => {
@@ -343,7 +354,10 @@ fn check(view: &ViewHandle, spec: &Spec, log: &[Vec<Rec>], stage: &str) -> Resul
                     return Err(format!("{stage}: {key_text}@{start}: not an HLL state"));
                 };
                 if *got_registers != registers || (row.value - value).abs() > value.abs() * 1e-12 {
-                    return Err(format!("{stage}: {key_text}@{start}: HLL {} vs {value}", row.value));
+                    return Err(format!(
+                        "{stage}: {key_text}@{start}: HLL {} vs {value}",
+                        row.value
+                    ));
                 }
             }
             None if row.value.to_bits() != value.to_bits() => {
@@ -372,7 +386,9 @@ fn run_case(case: &Case) -> Result<(), String> {
         index += case.phases[0].len();
         let mut views = Vec::new();
         for (spec, name) in case.specs.iter().zip(&names) {
-            views.push(engine.create_view(name, def(spec, "a", case.checkpoint_every)).map_err(err)?);
+            views.push(
+                engine.create_view(name, def(spec, "a", case.checkpoint_every)).map_err(err)?,
+            );
         }
         let acks = produce(&engine, &case.phases[1], index);
         index += case.phases[1].len();
@@ -382,7 +398,8 @@ fn run_case(case: &Case) -> Result<(), String> {
             view.wait_for(&acks, WAIT).map_err(err)?;
             check(view, spec, &log, &format!("{name} live"))?;
             // Replay into version 2 and swap: the same rows, byte for byte the same state.
-            let rebuild = engine.rebuild_view(name, def(spec, "b", case.checkpoint_every)).map_err(err)?;
+            let rebuild =
+                engine.rebuild_view(name, def(spec, "b", case.checkpoint_every)).map_err(err)?;
             rebuild.wait_swapped(WAIT).map_err(err)?;
             check(view, spec, &log, &format!("{name} rebuilt"))?;
             let live = view.digests_of(1).map_err(err)?;
@@ -445,7 +462,10 @@ fn views_equal_the_reference_model() {
         let t = std::time::SystemTime::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_nanos() as u64);
         t ^ u64::from(std::process::id())
     });
-    eprintln!("views_equal_the_reference_model: KAPPA_PROPTEST_SEED={seed}, {} cases", config.cases);
+    eprintln!(
+        "views_equal_the_reference_model: KAPPA_PROPTEST_SEED={seed}, {} cases",
+        config.cases
+    );
     let mut bytes = [0u8; 32];
     bytes[..8].copy_from_slice(&seed.to_le_bytes());
     let rng = TestRng::from_seed(proptest::test_runner::RngAlgorithm::ChaCha, &bytes);

@@ -13,7 +13,12 @@ const WAIT: Duration = Duration::from_secs(60);
 
 fn engine(dir: &std::path::Path) -> Engine {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    Engine::builder().data_dir(dir).shards(cpus.min(2)).io_memory_bytes(4 << 20).build().expect("engine")
+    Engine::builder()
+        .data_dir(dir)
+        .shards(cpus.min(2))
+        .io_memory_bytes(4 << 20)
+        .build()
+        .expect("engine")
 }
 
 /// Sends `(key, timestamp, value)` records in one batch per call and waits until `view` folded them.
@@ -32,7 +37,9 @@ fn send(engine: &Engine, view: &ViewHandle, records: &[(&str, i64, &str)]) {
 
 fn summary(rows: &[Row]) -> Vec<(String, i64, i64, f64)> {
     rows.iter()
-        .map(|r| (String::from_utf8_lossy(&r.key).into_owned(), r.window_start, r.window_end, r.value))
+        .map(|r| {
+            (String::from_utf8_lossy(&r.key).into_owned(), r.window_start, r.window_end, r.value)
+        })
         .collect()
 }
 
@@ -118,17 +125,13 @@ fn sessions_of_a_computed_key_merge_across_partitions() {
     let view = engine.create_view("sessions", def).expect("view");
     // Twelve record keys spread over the four partitions; one bucket; events 5 ms apart, so
     // each partition sees pieces of one session with holes bigger than the gap.
-    let records: Vec<(String, i64)> = (0..60).map(|i| (format!("user-{}", i % 12), 1_000 + 5 * i)).collect();
+    let records: Vec<(String, i64)> =
+        (0..60).map(|i| (format!("user-{}", i % 12), 1_000 + 5 * i)).collect();
     let borrowed: Vec<(&str, i64, &str)> =
         records.iter().map(|(k, ts)| (k.as_str(), *ts, r#"{"bucket":"b1"}"#)).collect();
     send(&engine, &view, &borrowed);
-    let per_partition: Vec<u64> = view
-        .progress()
-        .expect("progress")
-        .partitions
-        .iter()
-        .map(|p| p.counters.applied)
-        .collect();
+    let per_partition: Vec<u64> =
+        view.progress().expect("progress").partitions.iter().map(|p| p.counters.applied).collect();
     assert!(per_partition.iter().filter(|n| **n > 0).count() > 1, "spread: {per_partition:?}");
     assert_eq!(summary(&view.rows().expect("rows")), vec![("b1".to_string(), 1_000, 1_305, 60.0)]);
     assert_eq!(view.get(b"b1", 1_000).expect("get").map(|r| r.value), Some(60.0));
@@ -144,9 +147,8 @@ fn a_late_record_touching_an_open_session_is_merged_in() {
     let temp = tempfile::tempdir().expect("tempdir");
     let engine = engine(temp.path());
     engine.create_topic("events", TopicConfig::new(1)).expect("topic");
-    let def = ViewDef::new("events")
-        .window(Window::Session { gap_ms: 10 })
-        .lateness(0, LatePolicy::Drop);
+    let def =
+        ViewDef::new("events").window(Window::Session { gap_ms: 10 }).lateness(0, LatePolicy::Drop);
     let view = engine.create_view("s", def).expect("view");
     // a: [100, 126) from 100, 108 and 116; b at 125 moves the watermark to 125.
     send(&engine, &view, &[("a", 100, "{}"), ("a", 108, "{}"), ("a", 116, "{}"), ("b", 125, "{}")]);
@@ -158,7 +160,8 @@ fn a_late_record_touching_an_open_session_is_merged_in() {
     // Bridging only closed sessions is late: c has [300, 310) and [315, 325), the watermark is 400.
     send(&engine, &view, &[("c", 300, "{}"), ("c", 315, "{}"), ("b", 400, "{}")]);
     send(&engine, &view, &[("c", 308, "{}")]);
-    let c: Vec<_> = summary(&view.rows().expect("rows")).into_iter().filter(|r| r.0 == "c").collect();
+    let c: Vec<_> =
+        summary(&view.rows().expect("rows")).into_iter().filter(|r| r.0 == "c").collect();
     assert_eq!(c, vec![("c".to_string(), 300, 310, 1.0), ("c".to_string(), 315, 325, 1.0)]);
     assert_eq!(view.progress().expect("progress").partitions[0].counters.late_dropped, 1);
 }
@@ -203,7 +206,11 @@ fn skipped_records_move_the_watermark() {
     let p = &view.progress().expect("progress").partitions[0];
     assert_eq!(p.watermark, 500, "the filtered record moved the watermark");
     send(&engine, &view, &[("a", 900, r#"{"w":1}"#)]);
-    assert_eq!(view.progress().expect("progress").partitions[0].watermark, 900, "so did one without a field");
+    assert_eq!(
+        view.progress().expect("progress").partitions[0].watermark,
+        900,
+        "so did one without a field"
+    );
     send(&engine, &view, &[("a", 105, r#"{"v":1}"#)]);
     let p = &view.progress().expect("progress").partitions[0];
     assert_eq!((p.counters.filtered, p.counters.no_field, p.counters.late_dropped), (1, 1, 1));
@@ -243,5 +250,8 @@ fn waiting_is_explicit_and_bounded() {
     assert_eq!(view.version(), rebuild.version());
     assert_eq!(view.rows().expect("rows").len(), 1);
     engine.shutdown().expect("shutdown");
-    assert!(matches!(view.wait_for(ack, WAIT), Err(Error::ShutDown) | Err(Error::UnknownView { .. })));
+    assert!(matches!(
+        view.wait_for(ack, WAIT),
+        Err(Error::ShutDown) | Err(Error::UnknownView { .. })
+    ));
 }
