@@ -34,6 +34,46 @@ fn documents(kind: &str) -> (Vec<String>, &'static str) {
     (docs, path)
 }
 
+/// The sonic-rs walk's time over the serde_json walk's, as the median (and range) of 41 paired
+/// rounds that alternate which goes first: on a noisy machine a ratio measured side by side means
+/// more than two criterion groups measured a minute apart.
+fn paired_ratio(kind: &str, docs: &[String], path: &JsonPath) {
+    let pass = |sonic: bool| {
+        #[allow(clippy::disallowed_methods)] // A benchmark measures wall time.
+        let started = std::time::Instant::now();
+        let mut sum = 0.0;
+        for _ in 0..20 {
+            for doc in docs {
+                let bytes = black_box(doc.as_bytes());
+                sum += if sonic {
+                    let mut de = sonic_rs::Deserializer::from_slice(bytes);
+                    path.number_from(&mut de).ok().and_then(Result::ok).unwrap_or(0.0)
+                } else {
+                    path.number(bytes).unwrap_or(0.0)
+                };
+            }
+        }
+        black_box(sum);
+        started.elapsed().as_secs_f64()
+    };
+    let mut ratios: Vec<f64> = (0..41)
+        .map(|round| {
+            if round % 2 == 0 {
+                let serde = pass(false);
+                pass(true) / serde
+            } else {
+                let sonic = pass(true);
+                sonic / pass(false)
+            }
+        })
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    eprintln!(
+        "json_{kind}: sonic-rs walk / serde_json walk = {:.2} (median of 41 paired rounds; {:.2}..{:.2})",
+        ratios[20], ratios[0], ratios[40]
+    );
+}
+
 fn bench(c: &mut Criterion) {
     for kind in ["flat_100B", "nested_200B", "flat_1KiB"] {
         let (docs, path) = documents(kind);
@@ -42,6 +82,7 @@ fn bench(c: &mut Criterion) {
         for doc in &docs {
             assert!(parsed.number(doc.as_bytes()).is_ok(), "{doc}");
         }
+        paired_ratio(kind, &docs, &parsed);
         let mut group = c.benchmark_group(format!("json_{kind}"));
         group.throughput(Throughput::Elements(RECORDS as u64));
         group.bench_function("JsonPath::number (serde_json walk)", |b| {

@@ -38,6 +38,7 @@ pub(crate) struct Inner {
     topics: RwLock<BTreeMap<String, Arc<TopicMeta>>>,
     threads: Mutex<Vec<glommio::ExecutorJoinHandle<()>>>,
     shut_down: AtomicBool,
+    monitor: Arc<crate::monitor::Monitor>,
 }
 
 /// The embedded engine. Dropping it shuts it down cleanly (flush, sync, close).
@@ -136,10 +137,12 @@ impl Engine {
             senders.push(sender);
             threads.push(handle);
         }
+        let monitor = crate::monitor::Monitor::start(senders.clone());
         let engine = Engine {
             inner: Arc::new(Inner {
                 config: config.clone(),
                 views: RwLock::new(BTreeMap::new()),
+                monitor,
                 senders,
                 topics: RwLock::new(BTreeMap::new()),
                 threads: Mutex::new(threads),
@@ -274,7 +277,11 @@ impl Engine {
     /// A metrics snapshot of every shard.
     pub fn metrics(&self) -> Result<Vec<ShardMetrics>, Error> {
         (0..self.shard_count())
-            .map(|shard| self.inner.call(shard, |reply| Request::Metrics { reply }))
+            .map(|shard| {
+                let mut m = self.inner.call(shard, |reply| Request::Metrics { reply })?;
+                m.late_probes = self.inner.monitor.late_probes(shard);
+                Ok(m)
+            })
             .collect()
     }
 
@@ -529,6 +536,7 @@ impl Engine {
         if self.inner.shut_down.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        self.inner.monitor.stop();
         // Threads waiting on a view wake up and see the engine is gone.
         for entry in
             self.inner.views.read().unwrap_or_else(std::sync::PoisonError::into_inner).values()

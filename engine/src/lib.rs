@@ -17,6 +17,7 @@ mod engine;
 mod error;
 mod meta;
 mod metrics;
+mod monitor;
 pub mod operator;
 mod producer;
 pub mod router;

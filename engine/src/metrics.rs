@@ -23,9 +23,10 @@ pub struct ShardMetrics {
     pub consumers: Vec<ConsumerMetrics>,
     /// Every view partition the shard runs.
     pub views: Vec<ViewMetrics>,
-    /// Times the shard's watchdog timer fired a second or more late: the shard thread was
-    /// blocked (a synchronous file write) or the executor slept with work queued.
-    pub late_wakeups: u64,
+    /// Times the engine's monitor waited a second or more for the shard to answer its probe:
+    /// the shard thread was blocked (a synchronous file write) or its executor slept through a
+    /// queued request.
+    pub late_probes: u64,
 }
 
 /// Where one view partition stands, with its records skipped by cause.

@@ -69,6 +69,10 @@ pub(crate) enum Request {
     Metrics {
         reply: Reply<ShardMetrics>,
     },
+    /// The monitor's probe: look for stalled view partitions, then answer.
+    Watch {
+        reply: Reply<()>,
+    },
     StartView {
         version: Arc<crate::view::Version>,
         partition: u32,
@@ -145,7 +149,6 @@ pub struct Shard {
     maintenance: TaskQueueHandle,
     request_queue: flume::Receiver<Request>,
     stopping: Cell<bool>,
-    late_wakeups: Cell<u64>,
 }
 
 impl Shard {
@@ -207,17 +210,13 @@ pub(crate) async fn run(
         maintenance,
         request_queue: requests,
         stopping: Cell::new(false),
-        late_wakeups: Cell::new(0),
     });
     let retention = glommio::spawn_local_into(retention_loop(shard.clone()), maintenance)
         .expect("the maintenance queue exists");
-    let watchdog =
-        glommio::spawn_local_into(watchdog(shard.clone()), live).expect("the live queue exists");
     let serve =
         glommio::spawn_local_into(serve(shard.clone()), live).expect("the live queue exists");
     serve.await;
     drop(retention);
-    drop(watchdog);
 }
 
 async fn serve(shard: Rc<Shard>) {
@@ -276,6 +275,10 @@ async fn serve(shard: Rc<Shard>) {
             }
             Request::Metrics { reply } => {
                 let _ = reply.send(Ok(metrics(&shard)));
+            }
+            Request::Watch { reply } => {
+                watch_views(&shard);
+                let _ = reply.send(Ok(()));
             }
             Request::StartView { version, partition, reply } => {
                 let _ = reply.send(start_view(&shard, version, partition));
@@ -471,55 +474,33 @@ async fn subscription(
     shard.subscriptions.borrow_mut().retain(|s| !Arc::ptr_eq(s, &state));
 }
 
-/// How often the watchdog looks at the shard's view partitions.
-const WATCHDOG_INTERVAL: Duration = Duration::from_millis(250);
-/// A shard timer this late is reported.
-const STALL_WARN: Duration = view_runner::STALL_WARN;
-
-/// Looks at every view partition four times a second: one that is behind its log's readable end
-/// and has not moved for a second is logged once per stall, with what its task waits on (and
-/// counted in its progress and metrics). Its own timer also reports a shard thread that was
-/// blocked or an executor that slept through queued work (the timer fires late). And because
-/// the executor arms its next timer before it parks, this timer bounds any missed wake-up of the
-/// executor (glommio 0.9 can park with a runnable queue after a preemption check; the only
-/// other timer on a shard, retention's, fires once a minute) to a quarter second.
-async fn watchdog(shard: Rc<Shard>) {
+/// One look at every view partition of the shard, asked for by the engine's monitor thread
+/// (`Request::Watch`, about twice a second): a partition that is behind its log's readable end
+/// and has not moved for a second is logged once per stall, with what its task waits on, and
+/// counted in its progress and metrics. The look runs in the request loop, so a shard that does
+/// not answer at all is what the monitor itself reports; no timer on the shard is needed.
+fn watch_views(shard: &Shard) {
     // Observability only: elapsed times are reported, never used to decide a view's state.
     #[allow(clippy::disallowed_methods)]
-    let mut last = std::time::Instant::now();
-    loop {
-        glommio::timer::sleep(WATCHDOG_INTERVAL).await;
-        if shard.stopping.get() {
-            return;
+    let now = std::time::Instant::now();
+    for ((view, version, partition), (vp, log)) in shard.views.borrow().iter() {
+        // What the partition published as folded: the reader's position, which is ahead of
+        // the state's next offset where a timestamp start skipped records.
+        let next = vp.version.folded[*partition as usize].load(Ordering::Relaxed);
+        let end = log.readable_end_offset();
+        let (watch, stalled) = vp.watch.get().look(next, end, vp.stopped.get(), now);
+        if let Some(stalled) = stalled {
+            vp.stalls.set(vp.stalls.get() + 1);
+            tracing::warn!(
+                shard = shard.id.0, view = %view, version, partition,
+                next_offset = next, readable_end = end,
+                queue = if vp.replaying.get() { "replay" } else { "live" },
+                waiting_on = %vp.activity.get(),
+                stalled_ms = stalled.as_millis() as u64,
+                "view partition behind its log has not moved"
+            );
         }
-        #[allow(clippy::disallowed_methods)]
-        let now = std::time::Instant::now();
-        let late = now.duration_since(last).saturating_sub(WATCHDOG_INTERVAL);
-        last = now;
-        if late >= STALL_WARN {
-            shard.late_wakeups.set(shard.late_wakeups.get() + 1);
-            tracing::warn!(shard = shard.id.0, late_ms = late.as_millis() as u64,
-                "shard timer fired late: the shard thread was blocked, or its executor slept with work queued");
-        }
-        for ((view, version, partition), (vp, log)) in shard.views.borrow().iter() {
-            // What the partition published as folded: the reader's position, which is ahead of
-            // the state's next offset where a timestamp start skipped records.
-            let next = vp.version.folded[*partition as usize].load(Ordering::Relaxed);
-            let end = log.readable_end_offset();
-            let (watch, stalled) = vp.watch.get().look(next, end, vp.stopped.get(), now);
-            if let Some(stalled) = stalled {
-                vp.stalls.set(vp.stalls.get() + 1);
-                tracing::warn!(
-                    shard = shard.id.0, view = %view, version, partition,
-                    next_offset = next, readable_end = end,
-                    queue = if vp.replaying.get() { "replay" } else { "live" },
-                    waiting_on = %vp.activity.get(),
-                    stalled_ms = stalled.as_millis() as u64,
-                    "view partition behind its log has not moved"
-                );
-            }
-            vp.watch.set(watch);
-        }
+        vp.watch.set(watch);
     }
 }
 
@@ -618,7 +599,7 @@ fn metrics(shard: &Shard) -> ShardMetrics {
                 }
             })
             .collect(),
-        late_wakeups: shard.late_wakeups.get(),
+        late_probes: 0,
     }
 }
 

@@ -66,7 +66,7 @@ pub struct PartitionProgress {
     pub error: Option<String>,
     /// What the partition's task is doing or waiting on right now.
     pub activity: Activity,
-    /// Times the shard's watchdog saw this partition behind and not moving for a second.
+    /// Times the stall check (`monitor.rs`) saw this partition behind and not moving for a second.
     pub stalls: u64,
 }
 

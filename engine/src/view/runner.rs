@@ -4,7 +4,7 @@
 //! the live queue preempts it), and when the reader reaches the readable end it records that offset
 //! and continues in the `live` queue. Records are folded straight out of the read buffers.
 //!
-//! Every await is labelled (`Activity`), so the shard's watchdog can say what a partition that
+//! Every await is labelled (`Activity`), so the stall check (`monitor.rs`, `shard::watch_views`) can say what a partition that
 //! stopped moving waits on: a disk read, a yield to other queues, the log's readable event, or a
 //! checkpoint's sync or write (issue 9's unexplained 58.6 s catch-up).
 
@@ -55,7 +55,7 @@ impl std::fmt::Display for Activity {
 /// A view partition behind its log and not moving for this long is reported.
 pub(crate) const STALL_WARN: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// What the watchdog remembers between its looks at a partition.
+/// What the stall check remembers between its looks at a partition.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
 pub(crate) struct Watch {
     /// The folded offset seen at the last look, and since when it has not moved while behind.

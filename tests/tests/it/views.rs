@@ -265,3 +265,33 @@ fn a_damaged_checkpoint_falls_back_to_an_older_one_or_a_replay() {
     wait_caught_up(&fresh, 1);
     assert_eq!(resumed.digests_of(1).expect("digests"), fresh.digests_of(1).expect("digests"));
 }
+
+/// A shard thread blocked for two seconds (here by a view's filter; in the field, by a synchronous
+/// checkpoint write, or an executor asleep with a request queued) is seen by the engine's monitor:
+/// its probe goes unanswered for a second, which is logged and counted in the shard's metrics.
+#[test]
+fn a_blocked_shard_is_reported_by_the_monitor() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let engine = Engine::builder().data_dir(temp.path()).shards(1).build().expect("engine");
+    engine.create_topic("events", TopicConfig::new(1)).expect("topic");
+    let blocking = ViewDef::new("events").filter(|r| {
+        if r.key() == Some(b"block") {
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        true
+    });
+    let view = engine.create_view("blocking", blocking).expect("view");
+    assert_eq!(engine.metrics().expect("metrics")[0].late_probes, 0);
+    let ack = engine
+        .producer()
+        .send("events", kappa_engine::ProducerRecord::new(b"x".to_vec()).key("block"))
+        .expect("send");
+    view.wait_for(ack, Duration::from_secs(60)).expect("folded after the block");
+    let metrics = engine.metrics().expect("metrics");
+    assert!(
+        metrics[0].late_probes >= 1,
+        "the monitor saw the blocked shard: {}",
+        metrics[0].late_probes
+    );
+    assert_eq!(metrics[0].views[0].counters.applied, 1);
+}
