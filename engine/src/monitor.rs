@@ -1,15 +1,14 @@
-//! The engine's monitor thread: it probes every shard about twice a second with a request
+//! The engine's monitor thread: it probes every shard twice a second with a request
 //! (`Request::Watch`) that makes the shard look for view partitions behind their log and not
 //! moving (logged with what they wait on), and it logs a shard that leaves a probe unanswered for
-//! a second: its thread is blocked (a synchronous file write on the shard thread, say) or its
-//! executor slept through a queued request (a missed wake-up; issue 9's unexplained 58.6 s
-//! catch-up, and a full-suite run here where a shard slept in `io_uring_enter` for twenty minutes
-//! with a request queued). Stalls cannot hide.
+//! a second: its thread is blocked (a synchronous checkpoint write on the shard thread, say) or
+//! its executor slept through a queued request. Stalls cannot hide.
 //!
-//! Why a thread outside the shards rather than a timer on each: a shard that is blocked or asleep
-//! cannot report itself, and a periodic timer on every executor adds wake-ups to exactly the
-//! scheduler path (glommio 0.9 parking after a preemption check) suspected of losing them. Each
-//! probe is also a fresh wake-up from another thread.
+//! Why a thread outside the shards: a shard that is blocked or asleep cannot report itself. This
+//! is how issue 9's unexplained 58.6 s catch-up was found: without the shards' heartbeat timer
+//! (`shard::heartbeat`), every run of the integration tests here had a shard leave a probe
+//! unanswered for 58.5-59.7 s, asleep with requests queued until retention's once-a-minute timer
+//! woke it; with the heartbeat, none did.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
