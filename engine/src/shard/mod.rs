@@ -33,6 +33,8 @@ use crate::router::ShardId;
 use crate::view::runner::{self as view_runner, ViewPartition};
 use crate::Error;
 
+mod views;
+
 /// A closure run on a shard (see `Engine::run_on_partition`).
 pub(crate) type ShardJob = Box<dyn FnOnce(Rc<Shard>) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
 
@@ -280,11 +282,11 @@ async fn serve(shard: Rc<Shard>) {
                 let _ = reply.send(Ok(metrics(&shard)));
             }
             Request::Watch { reply } => {
-                watch_views(&shard);
+                views::watch_views(&shard);
                 let _ = reply.send(Ok(()));
             }
             Request::StartView { version, partition, reply } => {
-                let _ = reply.send(start_view(&shard, version, partition));
+                let _ = reply.send(views::start_view(&shard, version, partition));
             }
             Request::QueryView { view, version, partition, query, reply } => {
                 let result = match shard.views.borrow().get(&(view.clone(), version, partition)) {
@@ -477,36 +479,6 @@ async fn subscription(
     shard.subscriptions.borrow_mut().retain(|s| !Arc::ptr_eq(s, &state));
 }
 
-/// One look at every view partition of the shard, asked for by the engine's monitor thread
-/// (`Request::Watch`, about twice a second): a partition that is behind its log's readable end
-/// and has not moved for a second is logged once per stall, with what its task waits on, and
-/// counted in its progress and metrics. The look runs in the request loop, so a shard that does
-/// not answer at all is what the monitor itself reports; no timer on the shard is needed.
-fn watch_views(shard: &Shard) {
-    // Observability only: elapsed times are reported, never used to decide a view's state.
-    #[allow(clippy::disallowed_methods)]
-    let now = std::time::Instant::now();
-    for ((view, version, partition), (vp, log)) in shard.views.borrow().iter() {
-        // What the partition published as folded: the reader's position, which is ahead of
-        // the state's next offset where a timestamp start skipped records.
-        let next = vp.version.folded[*partition as usize].load(Ordering::Relaxed);
-        let end = log.readable_end_offset();
-        let (watch, stalled) = vp.watch.get().look(next, end, vp.stopped.get(), now);
-        if let Some(stalled) = stalled {
-            vp.stalls.set(vp.stalls.get() + 1);
-            tracing::warn!(
-                shard = shard.id.0, view = %view, version, partition,
-                next_offset = next, readable_end = end,
-                queue = if vp.replaying.get() { "replay" } else { "live" },
-                waiting_on = %vp.activity.get(),
-                stalled_ms = stalled.as_millis() as u64,
-                "view partition behind its log has not moved"
-            );
-        }
-        vp.watch.set(watch);
-    }
-}
-
 /// A timer that bounds a missed wake-up of the shard's executor.
 ///
 /// Why: a full test run showed a shard asleep for 59.6 s with requests queued (issue 9's 58.6 s
@@ -620,27 +592,6 @@ fn metrics(shard: &Shard) -> ShardMetrics {
             .collect(),
         late_probes: 0,
     }
-}
-
-/// Starts one view partition from its newest checkpoint (or its start) in the replay queue.
-fn start_view(
-    shard: &Rc<Shard>,
-    version: Arc<crate::view::Version>,
-    partition: u32,
-) -> Result<(), Error> {
-    let key = (version.view.clone(), version.number, partition);
-    if shard.views.borrow().contains_key(&key) {
-        return Ok(());
-    }
-    let topic = version.def.topic.clone();
-    let log =
-        shard.log(&topic, partition).ok_or_else(|| Error::UnknownTopic { topic: topic.clone() })?;
-    let (state, seek) = view_runner::initial_state(&version, partition, &log);
-    let vp = Rc::new(ViewPartition::new(version, partition, state));
-    shard.views.borrow_mut().insert(key, (vp.clone(), log.clone()));
-    let task = view_runner::run(shard.clone(), log, vp, seek, false);
-    glommio::spawn_local_into(task, shard.replay).expect("the replay queue exists").detach();
-    Ok(())
 }
 
 async fn shutdown(shard: &Rc<Shard>) -> Result<(), Error> {
