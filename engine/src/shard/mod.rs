@@ -215,8 +215,8 @@ pub(crate) async fn run(
     });
     let retention = glommio::spawn_local_into(retention_loop(shard.clone()), maintenance)
         .expect("the maintenance queue exists");
-    let heartbeat = glommio::spawn_local_into(heartbeat(shard.clone()), maintenance)
-        .expect("the maintenance queue exists");
+    let heartbeat =
+        glommio::spawn_local_into(heartbeat(), maintenance).expect("the maintenance queue exists");
     let serve =
         glommio::spawn_local_into(serve(shard.clone()), live).expect("the live queue exists");
     serve.await;
@@ -486,8 +486,13 @@ async fn subscription(
 /// after a preemption check with work queued, and then requests from other threads do not wake it
 /// (their eventfd wake-up is lost), while a timer does. This timer fires ten times a second, so
 /// such a sleep lasts at most 100 ms; it costs one timer wake-up per 100 ms of an idle shard.
-async fn heartbeat(shard: Rc<Shard>) {
-    while !shard.stopping.get() {
+///
+/// It runs until the shard's executor ends (it is cancelled when `run` returns), through shutdown
+/// too: shutdown waits for file closes and syncs that complete from glommio's helper thread, the
+/// same cross-thread wake-up that can be missed (a property-test run hung in `shutdown` when the
+/// heartbeat stopped with the `stopping` flag).
+async fn heartbeat() {
+    loop {
         glommio::timer::sleep(HEARTBEAT_INTERVAL).await;
     }
 }
