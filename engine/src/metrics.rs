@@ -21,6 +21,27 @@ pub struct ShardMetrics {
     pub write_queue_len: usize,
     pub partitions: Vec<PartitionMetrics>,
     pub consumers: Vec<ConsumerMetrics>,
+    /// Every view partition the shard runs.
+    pub views: Vec<ViewMetrics>,
+    /// Times the engine's monitor waited a second or more for the shard to answer its probe:
+    /// the shard thread was blocked (a synchronous file write) or its executor slept through a
+    /// queued request.
+    pub late_probes: u64,
+}
+
+/// Where one view partition stands, with its records skipped by cause.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ViewMetrics {
+    pub view: String,
+    pub version: u32,
+    pub partition: u32,
+    pub next_offset: u64,
+    pub lag: u64,
+    pub live: bool,
+    pub counters: crate::view::Counters,
+    pub activity: crate::view::Activity,
+    /// Times the partition was seen behind and not moving for a second.
+    pub stalls: u64,
 }
 
 /// Offsets and size of one partition.
