@@ -5,6 +5,7 @@ use std::path::Path;
 
 use super::*;
 use crate::reader::Seek;
+use crate::Record;
 use crate::Retention;
 
 pub(crate) fn run<T>(future: impl std::future::Future<Output = T>) -> T {
