@@ -50,6 +50,11 @@ impl Error {
         Error::Io { op, path: path.into(), source: source.into() }
     }
 
+    /// True when a file or directory that was asked for does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    }
+
     /// True when the error means the disk holds damaged data (as opposed to bad input or I/O).
     pub fn is_corruption(&self) -> bool {
         matches!(self, Error::Corrupt { .. } | Error::CorruptIndex { .. } | Error::OffsetGap { .. })

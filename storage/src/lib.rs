@@ -126,6 +126,8 @@ pub struct LogConfig {
     pub tail_cache_buffers_max: usize,
     pub limits: Limits,
     pub retention: Retention,
+    /// Where the bytes go: the real device (the default) or a simulated disk in tests.
+    pub disk: io::Disk,
 }
 
 impl Default for LogConfig {
@@ -141,6 +143,7 @@ impl Default for LogConfig {
             tail_cache_buffers_max: 2,
             limits: Limits::default(),
             retention: Retention::default(),
+            disk: io::Disk::default(),
         }
     }
 }

@@ -2,6 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::io::{DirEntry, Disk};
+use crate::Error;
+
 /// Extension of segment files.
 pub const SEGMENT_EXTENSION: &str = "log";
 /// Extension of the sparse offset/time index written when a segment is sealed.
@@ -33,17 +36,21 @@ pub fn parse_base_offset(path: &Path, extension: &str) -> Option<u64> {
     stem.parse().ok()
 }
 
-/// The segment files of a partition dir, sorted by base offset.
-pub fn list_segments(partition_dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
-    let mut segments = Vec::new();
-    for entry in std::fs::read_dir(partition_dir)? {
-        let path = entry?.path();
-        if let Some(base) = parse_base_offset(&path, SEGMENT_EXTENSION) {
-            segments.push((base, path));
-        }
-    }
+/// The segment files among the entries of a partition dir, sorted by base offset.
+pub fn segments_in(partition_dir: &Path, entries: &[DirEntry]) -> Vec<(u64, PathBuf)> {
+    let mut segments: Vec<(u64, PathBuf)> = entries
+        .iter()
+        .filter(|e| !e.is_dir)
+        .map(|e| partition_dir.join(&e.name))
+        .filter_map(|path| Some((parse_base_offset(&path, SEGMENT_EXTENSION)?, path)))
+        .collect();
     segments.sort();
-    Ok(segments)
+    segments
+}
+
+/// The segment files of a partition dir, sorted by base offset (blocking; for tools).
+pub fn list_segments(partition_dir: &Path) -> Result<Vec<(u64, PathBuf)>, Error> {
+    Ok(segments_in(partition_dir, &Disk::Dma.list_dir_blocking(partition_dir)?))
 }
 
 /// Every partition dir under a data dir, as (topic, partition, path), sorted.

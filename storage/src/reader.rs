@@ -13,12 +13,11 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::rc::Rc;
 
-use glommio::io::{DmaFile, ReadResult};
 use glommio::Task;
 
 use crate::batch::{BatchRef, RecordRef};
 use crate::format::{self, FrameHeader};
-use crate::io::{self, BLOCK_SIZE};
+use crate::io::{File, ReadBytes, BLOCK_SIZE};
 use crate::log::{PartitionLog, Shared};
 use crate::Error;
 
@@ -49,7 +48,7 @@ impl<'a> ReadBatch<'a> {
     }
 }
 
-type ReadTask = Task<Result<ReadResult, std::io::Error>>;
+type ReadTask = Task<Result<ReadBytes, std::io::Error>>;
 
 /// A planned read of the frames in `[start, end)` (both frame boundaries).
 struct Planned {
@@ -67,7 +66,7 @@ enum Source {
 
 /// Bytes of a chunk, starting at the chunk's (block aligned) file position.
 enum Bytes {
-    Disk(ReadResult),
+    Disk(ReadBytes),
     /// A written buffer and the offset of the chunk's first byte in it.
     Memory(Rc<glommio::io::DmaBuffer>, usize, usize),
 }
@@ -93,7 +92,7 @@ struct Chunk {
 struct OpenSegment {
     base_offset: u64,
     path: PathBuf,
-    file: Rc<DmaFile>,
+    file: File,
     /// Position of the next frame to hand out.
     pos: u64,
     chunk: Option<Chunk>,
@@ -269,9 +268,9 @@ impl LogReader {
                 return Ok(false);
             }
         }
-        let file = match io::open_read(&path).await {
-            Ok(file) => Rc::new(file),
-            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+        let file = match self.shared.config.disk.open_read(&path).await {
+            Ok(file) => file,
+            Err(e) if e.is_not_found() => {
                 // Retention deleted it between the lookup and the open.
                 let st = self.shared.state.borrow();
                 return Err(Error::OffsetOutOfRange {
@@ -425,6 +424,6 @@ fn cached(shared: &Shared, segment_base: u64, start: u64, end: u64) -> Option<By
     Some(Bytes::Memory(hit.buf.clone(), from, hit.len))
 }
 
-async fn read_at(file: &DmaFile, pos: u64, size: usize) -> Result<ReadResult, std::io::Error> {
-    file.read_at_aligned(pos, size.next_multiple_of(BLOCK_SIZE)).await.map_err(Into::into)
+async fn read_at(file: &File, pos: u64, size: usize) -> Result<ReadBytes, std::io::Error> {
+    file.read_at(pos, size.next_multiple_of(BLOCK_SIZE)).await
 }

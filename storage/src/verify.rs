@@ -67,7 +67,7 @@ pub fn scan_data_dir(data_dir: &Path) -> Result<Vec<PartitionSummary>, Error> {
 
 /// Scans one partition dir: every segment, frame by frame.
 pub fn scan_partition(dir: &Path) -> Result<(Vec<SegmentSummary>, Vec<Problem>), Error> {
-    let listed = paths::list_segments(dir).map_err(|e| Error::io("list", dir, e))?;
+    let listed = paths::list_segments(dir)?;
     let mut segments = Vec::with_capacity(listed.len());
     let mut problems = Vec::new();
     let mut expected_base: Option<u64> = None;

@@ -33,7 +33,7 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use glommio::io::{DmaBuffer, DmaFile};
+use glommio::io::DmaBuffer;
 use glommio::Task;
 
 use crate::batch::BatchEncoder;
@@ -223,10 +223,6 @@ impl State {
         }
         Ok(())
     }
-}
-
-fn alloc_buffer(file: &DmaFile, size: usize) -> DmaBuffer {
-    file.alloc_dma_buffer(size)
 }
 
 impl PartitionLog {

@@ -6,20 +6,16 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use glommio::io::{DmaFile, ReadResult};
-
 use crate::batch::BatchEncoder;
 use crate::index::SegmentIndex;
-use crate::io::{self, BLOCK_SIZE};
+use crate::io::{File, ReadBytes, BLOCK_SIZE};
 use crate::paths;
 use crate::scan::{self, ChunkSource, Depth};
 use crate::sync::Event;
 use crate::{Error, LogConfig};
 
 use super::writer::writer_loop;
-use super::{
-    alloc_buffer, PartitionLog, Readable, RecoveryReport, Segment, Shared, State, WriteBuffer,
-};
+use super::{PartitionLog, Readable, RecoveryReport, Segment, Shared, State, WriteBuffer};
 
 impl PartitionLog {
     /// Opens (or creates) the log in `dir`, recovering the active segment's tail. Must run on a
@@ -29,16 +25,17 @@ impl PartitionLog {
         if config.segment_size_bytes_max > u64::from(u32::MAX) {
             return Err(Error::Config { field: "segment_size_bytes_max (at most 4 GiB)" });
         }
-        std::fs::create_dir_all(dir).map_err(|e| Error::io("create dir", dir, e))?;
-        io::prime_iopoll(dir).await?;
+        let disk = config.disk.clone();
+        disk.create_dir_all(dir).await?;
+        disk.prime(dir).await?;
 
-        let mut listed = paths::list_segments(dir).map_err(|e| Error::io("list", dir, e))?;
+        let mut listed = paths::segments_in(dir, &disk.list_dir(dir).await?);
         let mut report = RecoveryReport::default();
         if listed.is_empty() {
             let path = paths::segment_path(dir, 0);
-            let file = io::open_rw(&path).await?;
+            let file = disk.open_rw(&path).await?;
             file.close().await.map_err(|e| Error::io("close", &path, e))?;
-            io::sync_dir(dir)?;
+            disk.sync_dir(dir).await?;
             listed.push((0, path));
         }
         let mut segments: Vec<Segment> = Vec::with_capacity(listed.len());
@@ -65,15 +62,15 @@ impl PartitionLog {
         report.segment_count = segments.len();
 
         let active = segments.last().expect("at least one segment");
-        let file = Rc::new(io::open_rw(&active.path).await?);
+        let file = disk.open_rw(&active.path).await?;
         let size = active.index.size_bytes;
         let file_pos = size - size % BLOCK_SIZE as u64;
-        let mut buf = alloc_buffer(&file, config.write_buffer_size_bytes);
+        let mut buf = file.alloc_dma_buffer(config.write_buffer_size_bytes);
         let tail_len = (size - file_pos) as usize;
         if tail_len > 0 {
             // Reload the partial tail block: the next write rewrites it with more frames after.
             let block = file
-                .read_at_aligned(file_pos, BLOCK_SIZE)
+                .read_at(file_pos, BLOCK_SIZE)
                 .await
                 .map_err(|e| Error::io("read", &active.path, e))?;
             if block.len() < tail_len {
@@ -132,11 +129,14 @@ async fn load_sealed_index(
     path: &Path,
     config: &LogConfig,
 ) -> Result<(SegmentIndex, bool), Error> {
+    let disk = &config.disk;
     let index_path = paths::index_path(dir, base);
-    let file_len = std::fs::metadata(path).map_err(|e| Error::io("stat", path, e))?.len();
-    match std::fs::read(&index_path) {
+    let file = disk.open_read(path).await?;
+    let file_len = file.file_size().await.map_err(|e| Error::io("stat", path, e))?;
+    match disk.read_file(&index_path).await {
         Ok(bytes) => match SegmentIndex::decode(&index_path, &bytes) {
             Ok(index) if index.base_offset == base && index.size_bytes <= file_len => {
+                file.close().await.map_err(|e| Error::io("close", path, e))?;
                 return Ok((index, false));
             }
             Ok(_) => {
@@ -144,14 +144,13 @@ async fn load_sealed_index(
             }
             Err(e) => tracing::warn!(error = %e, "rebuilding a damaged index"),
         },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err(e) if e.is_not_found() => {
             tracing::info!(segment = %path.display(), "sealed segment has no index; rebuilding");
         }
-        Err(e) => return Err(Error::io("read", &index_path, e)),
+        Err(e) => return Err(e),
     }
-    let file = io::open_read(path).await?;
     let scan = scan_file(&file, file_len, path, base, config).await?;
-    let _ = file.close().await;
+    file.close().await.map_err(|e| Error::io("close", path, e))?;
     if let Some(stop) = scan.stop {
         // A sealed segment is immutable: damage inside it is corruption, never a torn tail.
         return Err(Error::Corrupt {
@@ -169,19 +168,19 @@ async fn load_sealed_index(
             },
         });
     }
-    io::write_file_atomic(&index_path, &scan.index.encode())?;
+    disk.write_file_atomic(&index_path, &scan.index.encode()).await?;
     Ok((scan.index, true))
 }
 
 /// Scans a whole segment file through DMA reads, checking every frame's checksum.
 async fn scan_file(
-    file: &DmaFile,
+    file: &File,
     len: u64,
     path: &Path,
     base: u64,
     config: &LogConfig,
 ) -> Result<scan::SegmentScan, Error> {
-    let source = DmaSource { file, len, path };
+    let source = FileSource { file, len, path };
     scan::scan_segment(
         &source,
         base,
@@ -199,7 +198,7 @@ async fn recover_active(
     config: &LogConfig,
     report: &mut RecoveryReport,
 ) -> Result<SegmentIndex, Error> {
-    let file = io::open_rw(path).await?;
+    let file = config.disk.open_rw(path).await?;
     let file_len = file.file_size().await.map_err(|e| Error::io("stat", path, e))?;
     let scan = scan_file(&file, file_len, path, base, config).await?;
     report.scanned_bytes = scan.index.size_bytes;
@@ -222,39 +221,24 @@ async fn recover_active(
     Ok(scan.index)
 }
 
-/// A `ChunkSource` over a glommio DMA file.
-pub(crate) struct DmaSource<'a> {
-    pub(crate) file: &'a DmaFile,
+/// A `ChunkSource` over a file of the seam.
+pub(crate) struct FileSource<'a> {
+    pub(crate) file: &'a File,
     pub(crate) len: u64,
     pub(crate) path: &'a Path,
 }
 
-/// A DMA read, sliced to start at the requested (16-aligned) position.
-pub struct DmaChunk(ReadResult);
+impl ChunkSource for FileSource<'_> {
+    /// A read sliced to start at the requested (16-aligned) position.
+    type Chunk = ReadBytes;
 
-impl std::ops::Deref for DmaChunk {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl ChunkSource for DmaSource<'_> {
-    type Chunk = DmaChunk;
-
-    async fn read_chunk(&self, pos: u64, len: usize) -> Result<DmaChunk, Error> {
+    async fn read_chunk(&self, pos: u64, len: usize) -> Result<ReadBytes, Error> {
         let aligned = pos - pos % BLOCK_SIZE as u64;
         let skip = (pos - aligned) as usize;
         let size = (skip + len).next_multiple_of(BLOCK_SIZE);
-        let read = self
-            .file
-            .read_at_aligned(aligned, size)
-            .await
-            .map_err(|e| Error::io("read", self.path, e))?;
-        let available = read.len().saturating_sub(skip);
-        let end = available.min(len);
-        let sliced = ReadResult::slice(&read, skip.min(read.len()), end).unwrap_or(read);
-        Ok(DmaChunk(sliced))
+        let read =
+            self.file.read_at(aligned, size).await.map_err(|e| Error::io("read", self.path, e))?;
+        Ok(read.slice(skip, len))
     }
 
     fn file_len(&self) -> u64 {

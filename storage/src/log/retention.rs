@@ -1,6 +1,5 @@
 //! Retention: deleting whole sealed segments past the configured size or age.
 
-use crate::io;
 use crate::paths;
 use crate::Error;
 
@@ -40,18 +39,18 @@ impl PartitionLog {
         let mut report = RetentionReport::default();
         for segment in &doomed {
             let index_path = paths::index_path(&self.shared.dir, segment.index.base_offset);
-            std::fs::remove_file(&segment.path)
-                .map_err(|e| Error::io("delete", &segment.path, e))?;
-            match std::fs::remove_file(&index_path) {
+            let disk = &self.shared.config.disk;
+            disk.remove_file(&segment.path).await?;
+            match disk.remove_file(&index_path).await {
                 Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io("delete", &index_path, e)),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
             }
             report.segments_deleted += 1;
             report.bytes_deleted += segment.index.size_bytes;
         }
         if !doomed.is_empty() {
-            io::sync_dir(&self.shared.dir)?;
+            self.shared.config.disk.sync_dir(&self.shared.dir).await?;
             tracing::info!(
                 dir = %self.shared.dir.display(),
                 segments = report.segments_deleted,

@@ -5,10 +5,11 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use glommio::io::{DmaBuffer, DmaFile};
+use glommio::io::DmaBuffer;
 use glommio::Task;
 
-use crate::io::{self, BLOCK_SIZE};
+use crate::io::{File, BLOCK_SIZE};
+use crate::Error;
 
 use super::{Readable, Shared, State, WriteBuffer, WriteItem};
 
@@ -31,7 +32,7 @@ pub(crate) struct CachedBuffer {
 }
 
 /// The writer task: all segment I/O for one partition, in order.
-pub(super) async fn writer_loop(shared: Rc<Shared>, first_file: Rc<DmaFile>) {
+pub(super) async fn writer_loop(shared: Rc<Shared>, first_file: File) {
     let mut file = first_file;
     let mut file_path = shared.state.borrow().active().path.clone();
     let mut segment_base = shared.state.borrow().active().index.base_offset;
@@ -83,8 +84,7 @@ pub(super) async fn writer_loop(shared: Rc<Shared>, first_file: Rc<DmaFile>) {
                     let buf = Rc::new(buf);
                     let cached = CachedBuffer { segment_base, file_pos, len, buf: buf.clone() };
                     let task = glommio::spawn_local(async move {
-                        let result = target.write_rc_at(buf, file_pos).await;
-                        (result.map_err(std::io::Error::from), padded)
+                        (target.write_rc_at(buf, file_pos).await, padded)
                     });
                     in_flight.push_back(InFlight {
                         task,
@@ -102,22 +102,18 @@ pub(super) async fn writer_loop(shared: Rc<Shared>, first_file: Rc<DmaFile>) {
                     while let Some(front) = in_flight.pop_front() {
                         complete(&shared, front, &file, &file_path).await?;
                     }
-                    file.fdatasync().await.map_err(|e| (file_path.clone(), e.into()))?;
+                    file.fdatasync().await.map_err(|e| (file_path.clone(), e))?;
                     mark_synced(&shared, submitted_seq);
-                    io::write_file_atomic(&sealed_index_path, &sealed_index.encode()).map_err(
-                        |e| (sealed_index_path.clone(), std::io::Error::other(e.to_string())),
-                    )?;
-                    let next = io::open_rw(&next_path)
+                    let disk = &shared.config.disk;
+                    disk.write_file_atomic(&sealed_index_path, &sealed_index.encode())
                         .await
-                        .map_err(|e| (next_path.clone(), std::io::Error::other(e.to_string())))?;
-                    io::sync_dir(&shared.dir)
-                        .map_err(|e| (shared.dir.clone(), std::io::Error::other(e.to_string())))?;
-                    let old = std::mem::replace(&mut file, Rc::new(next));
+                        .map_err(failure)?;
+                    let next = disk.open_rw(&next_path).await.map_err(failure)?;
+                    disk.sync_dir(&shared.dir).await.map_err(failure)?;
+                    let old = std::mem::replace(&mut file, next);
                     file_path = next_path;
                     segment_base = sealed_index.next_offset;
-                    if let Ok(old) = Rc::try_unwrap(old) {
-                        let _ = old.close().await;
-                    }
+                    let _ = old.close().await;
                     // The sealed segment is complete on disk: readers may read all of it.
                     advance_readable_to_segment(&shared, sealed_index.next_offset);
                 }
@@ -169,15 +165,13 @@ pub(super) async fn writer_loop(shared: Rc<Shared>, first_file: Rc<DmaFile>) {
     while let Some(front) = in_flight.pop_front() {
         let _ = front.task.await;
     }
-    if let Ok(file) = Rc::try_unwrap(file) {
-        let _ = file.close().await;
-    }
+    let _ = file.close().await;
 }
 
 async fn complete(
     shared: &Shared,
     front: InFlight,
-    file: &DmaFile,
+    file: &File,
     path: &Path,
 ) -> Result<(), (PathBuf, std::io::Error)> {
     let (result, expected) = front.task.await;
@@ -200,7 +194,7 @@ async fn complete(
                         ),
                     ))
                 }
-                Err(e) => return Err((path.to_path_buf(), e.into())),
+                Err(e) => return Err((path.to_path_buf(), e)),
             }
         }
         Err(e) => return Err((path.to_path_buf(), e)),
@@ -248,7 +242,7 @@ fn sync_wanted(st: &State) -> bool {
 /// not yet synced. The writer keeps issuing writes meanwhile: the sync covers every write that
 /// completed before it started, which is what it reports (`target`). One sync at a time, so all
 /// appenders that arrive during it share the next one (group commit).
-fn start_sync_if_wanted(shared: &Rc<Shared>, file: &Rc<DmaFile>, path: &Path) {
+fn start_sync_if_wanted(shared: &Rc<Shared>, file: &File, path: &Path) {
     let target = {
         let mut st = shared.state.borrow_mut();
         if !sync_wanted(&st) || st.failure.is_some() {
@@ -273,7 +267,7 @@ fn start_sync_if_wanted(shared: &Rc<Shared>, file: &Rc<DmaFile>, path: &Path) {
             Ok(()) => st.synced_seq = st.synced_seq.max(target),
             Err(e) => {
                 tracing::error!(path = %path.display(), error = %e, "fdatasync failed; the partition refuses writes");
-                st.failure = Some(Rc::new(e.into()));
+                st.failure = Some(Rc::new(e));
                 st.failure_path = path;
             }
         }
@@ -298,4 +292,12 @@ fn advance_readable_to_segment(shared: &Shared, next_base: u64) {
     }
     drop(st);
     shared.changed.notify();
+}
+
+/// A seam error as the writer's failure: the file it names and the underlying I/O error.
+fn failure(error: Error) -> (PathBuf, std::io::Error) {
+    match error {
+        Error::Io { path, source, .. } => (path, source),
+        other => (PathBuf::new(), std::io::Error::other(other.to_string())),
+    }
 }
