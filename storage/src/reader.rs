@@ -8,6 +8,11 @@
 //!
 //! Each frame's checksum is verified once, when the reader hands it out; a mismatch is a typed
 //! `Error::Corrupt` naming the file and byte position.
+//!
+//! A reader sees frames once they are written, so it may see records a power cut later takes back
+//! (see `Durability`); `synced_only` keeps it to the prefix an fdatasync covered. A reader that is
+//! not at its readable end never reports "caught up" (`None`): if retention deleted the segment
+//! under it, it gets `Error::OffsetOutOfRange` with the new start offset.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -111,6 +116,8 @@ pub struct LogReader {
     /// For timestamp seeks: skip records older than this until the first match.
     min_timestamp: Option<i64>,
     segment: Option<OpenSegment>,
+    /// Only frames an fdatasync covered are read.
+    synced_only: bool,
 }
 
 impl PartitionLog {
@@ -153,7 +160,7 @@ impl PartitionLog {
                 }
             }
         };
-        Ok(LogReader { shared, next_offset, min_timestamp, segment: None })
+        Ok(LogReader { shared, next_offset, min_timestamp, segment: None, synced_only: false })
     }
 }
 
@@ -163,6 +170,28 @@ impl LogReader {
         self.next_offset
     }
 
+    /// Keeps this reader to the synced prefix: it hands out only records that survive a power cut
+    /// (by default a reader sees records once they are written).
+    pub fn synced_only(mut self) -> Self {
+        self.synced_only = true;
+        self
+    }
+
+    /// Waits until this reader has something to read (written, or synced for `synced_only`).
+    pub async fn wait_readable(&self) -> Result<(), Error> {
+        self.shared.wait_readable(self.next_offset, self.synced_only).await
+    }
+
+    /// The error for a reader whose records retention deleted.
+    fn out_of_range(&self) -> Error {
+        let st = self.shared.state.borrow();
+        Error::OffsetOutOfRange {
+            requested: self.next_offset,
+            start: st.segments[0].index.base_offset,
+            end: st.segments.last().expect("active segment").index.next_offset,
+        }
+    }
+
     /// The next batch holding records at or after `next_offset`, or `None` when the reader has
     /// caught up with the readable end of the log (wait with `PartitionLog::wait_readable`).
     pub async fn next_batch(&mut self) -> Result<Option<ReadBatch<'_>>, Error> {
@@ -170,9 +199,11 @@ impl LogReader {
             if !self.ensure_segment().await? {
                 return Ok(None);
             }
-            let limit = {
-                let segment = self.segment.as_ref().expect("ensured");
-                self.shared.readable_limit(segment.base_offset).unwrap_or(0)
+            let base = self.segment.as_ref().expect("ensured").base_offset;
+            let Some(limit) = self.shared.readable_limit(base, self.synced_only) else {
+                // Retention deleted the segment under this reader.
+                self.segment = None;
+                return Err(self.out_of_range());
             };
             let segment = self.segment.as_mut().expect("ensured");
             if segment.pos >= limit {
@@ -190,7 +221,13 @@ impl LogReader {
                         self.segment = None;
                         continue;
                     }
-                    _ => return Ok(None),
+                    _ => {
+                        debug_assert!(
+                            self.next_offset >= self.shared.readable_end(self.synced_only),
+                            "a reader before its readable end reported caught up"
+                        );
+                        return Ok(None);
+                    }
                 }
             }
             let (header, frame_start) = load_frame(&self.shared, segment, limit).await?;
@@ -260,11 +297,11 @@ impl LogReader {
             )
         };
         let (base_offset, path, pos) = found;
-        if self.shared.readable_limit(base_offset).unwrap_or(0) == 0 && pos == 0 {
-            // The segment exists but no byte of it is written yet.
+        if self.shared.readable_limit(base_offset, self.synced_only) == Some(0) && pos == 0 {
+            // The segment exists but no byte of it is readable yet.
             let st = self.shared.state.borrow();
-            if st.readable.segment_base < base_offset || st.readable.next_offset <= self.next_offset
-            {
+            let readable = if self.synced_only { st.synced_readable } else { st.readable };
+            if readable.segment_base < base_offset || readable.next_offset <= self.next_offset {
                 return Ok(false);
             }
         }
@@ -272,12 +309,7 @@ impl LogReader {
             Ok(file) => file,
             Err(e) if e.is_not_found() => {
                 // Retention deleted it between the lookup and the open.
-                let st = self.shared.state.borrow();
-                return Err(Error::OffsetOutOfRange {
-                    requested: self.next_offset,
-                    start: st.segments[0].index.base_offset,
-                    end: st.segments.last().expect("active segment").index.next_offset,
-                });
+                return Err(self.out_of_range());
             }
             Err(e) => return Err(e),
         };

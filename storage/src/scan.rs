@@ -193,6 +193,119 @@ async fn finish<S: ChunkSource>(
     Ok(SegmentScan { index, stop, file_len, trailing_garbage, first_timestamp })
 }
 
+/// What follows the valid frames of an active segment. The rule is documented in `log::recovery`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tail {
+    /// Nothing but zeros (or nothing at all) after the last valid frame.
+    Clean,
+    /// A torn write: everything from `position` on may be cut. Valid frames found after the
+    /// damage lay within the window a power cut can tear, and go with it.
+    Torn {
+        position: u64,
+        defect: FrameDefect,
+        /// Bytes from `position` to the last non-zero byte.
+        dropped_bytes: u64,
+        /// Valid frames after the damage, and their offsets `[first, end)`.
+        dropped_frames: u64,
+        dropped_offsets: Option<(u64, u64)>,
+    },
+    /// Damage followed by a valid frame farther away than a power cut can explain.
+    Corrupt { position: u64, defect: FrameDefect, valid_at: u64, valid_offset: u64 },
+}
+
+/// The defect reported for a zero-filled hole followed by non-zero bytes.
+pub const HOLE: FrameDefect =
+    FrameDefect::BadHeader { reason: "zeros where a frame should start, non-zero bytes after" };
+
+/// Decides whether the damage a scan stopped at (or non-zero bytes after its last frame) is a
+/// torn tail or corruption: it searches every 16-byte aligned position after the damage for a
+/// valid frame (header and checksum). A valid frame ending more than `window_bytes` (plus the
+/// damaged frame's own length, when its header is readable) after the damage is corruption.
+pub async fn classify_tail<S: ChunkSource>(
+    source: &S,
+    scan: &SegmentScan,
+    window_bytes: u64,
+) -> Result<Tail, Error> {
+    let (position, defect) = match scan.stop {
+        Some(stop) => (stop.position, stop.defect),
+        None if scan.trailing_garbage => (scan.index.size_bytes, HOLE),
+        None => return Ok(Tail::Clean),
+    };
+    let file_len = source.file_len();
+    let header_size = format::FRAME_HEADER_SIZE as u64;
+    // A frame whose header survived may have been synced in part: the sync point can fall inside
+    // it, so the window reaches back to its start.
+    let mut window = window_bytes;
+    if position + header_size <= file_len {
+        let head = source.read_chunk(position, format::FRAME_HEADER_SIZE).await?;
+        if let Ok(header) = format::parse_header(&head) {
+            window += u64::from(header.frame_len).min(file_len - position);
+        }
+    }
+    let align = FRAME_ALIGN as u64;
+    let mut q = position + align;
+    let mut last_nonzero_end = position;
+    let mut dropped_frames = 0;
+    let mut dropped_offsets: Option<(u64, u64)> = None;
+    const CHUNK: usize = 1 << 20;
+    while q + header_size <= file_len {
+        let chunk = source.read_chunk(q, CHUNK).await?;
+        if let Some(last) = chunk.iter().rposition(|b| *b != 0) {
+            last_nonzero_end = last_nonzero_end.max(q + last as u64 + 1);
+        }
+        let mut rel = 0usize;
+        let mut resume = None;
+        while rel + format::FRAME_HEADER_SIZE <= chunk.len() {
+            let magic =
+                u32::from_le_bytes([chunk[rel], chunk[rel + 1], chunk[rel + 2], chunk[rel + 3]]);
+            if magic == format::FRAME_MAGIC {
+                if let Ok(header) = format::parse_header(&chunk[rel..]) {
+                    let at = q + rel as u64;
+                    let len = u64::from(header.frame_len);
+                    let valid = at + len <= file_len
+                        && if rel + len as usize <= chunk.len() {
+                            format::parse_frame(&chunk[rel..rel + len as usize]).is_ok()
+                        } else {
+                            let frame = source.read_chunk(at, len as usize).await?;
+                            frame.len() as u64 == len && format::parse_frame(&frame).is_ok()
+                        };
+                    if valid {
+                        if at + len - position > window {
+                            return Ok(Tail::Corrupt {
+                                position,
+                                defect,
+                                valid_at: at,
+                                valid_offset: header.base_offset,
+                            });
+                        }
+                        dropped_frames += 1;
+                        let (first, end) =
+                            dropped_offsets.unwrap_or((header.base_offset, header.next_offset()));
+                        dropped_offsets =
+                            Some((first.min(header.base_offset), end.max(header.next_offset())));
+                        last_nonzero_end = last_nonzero_end.max(at + len);
+                        resume = Some(at + len);
+                        break;
+                    }
+                }
+            }
+            rel += FRAME_ALIGN;
+        }
+        match resume {
+            Some(next) => q = next,
+            None if rel == 0 => break,
+            None => q += rel as u64,
+        }
+    }
+    Ok(Tail::Torn {
+        position,
+        defect,
+        dropped_bytes: last_nonzero_end.saturating_sub(position),
+        dropped_frames,
+        dropped_offsets,
+    })
+}
+
 /// A `ChunkSource` over `std::fs`, for tools that run without an executor.
 pub struct StdSource {
     file: std::fs::File,

@@ -29,8 +29,8 @@ impl PartitionLog {
     ) -> Result<AppendInfo, Error> {
         self.shared.state.borrow().encoder.check(records)?;
         self.reserve().await;
-        let ticket = self.append_now(records, producer, durability)?;
-        self.wait(ticket).await
+        let (info, seq_end) = self.append_buffered(records, producer, None)?;
+        self.wait(self.ticket(info, seq_end, durability)).await
     }
 
     /// Waits until the write queue has room for another batch (backpressure): a producer that
@@ -56,22 +56,32 @@ impl PartitionLog {
     /// buffer, in call order (so callers that append in order get offsets in order). Then
     /// `wait(ticket)` resolves when `durability` is reached. Use `reserve` first to respect the
     /// write queue bound.
+    ///
+    /// `append_time_ms` is the caller's wall clock now (storage reads none): the segment keeps
+    /// the newest one and age retention measures it. (`append` and `append_with`, for callers
+    /// without a clock, use the batch's newest record timestamp instead.)
     pub fn append_now(
         &self,
         records: &[Record<'_>],
         producer: ProducerInfo,
         durability: Durability,
+        append_time_ms: i64,
     ) -> Result<AppendTicket, Error> {
-        let (info, seq_end) = self.append_buffered(records, producer)?;
+        let (info, seq_end) = self.append_buffered(records, producer, Some(append_time_ms))?;
+        Ok(self.ticket(info, seq_end, durability))
+    }
+
+    fn ticket(&self, info: AppendInfo, seq_end: u64, durability: Durability) -> AppendTicket {
         if durability == Durability::Synced {
             let mut st = self.shared.state.borrow_mut();
             st.want_synced_seq = st.want_synced_seq.max(seq_end);
         }
         self.shared.changed.notify();
-        Ok(AppendTicket { info, seq_end, durability })
+        AppendTicket { info, seq_end, durability }
     }
 
-    /// Waits until the append behind `ticket` reached its durability.
+    /// Waits until the append behind `ticket` reached its durability. A fenced log acknowledges
+    /// nothing more, even appends whose write had completed.
     pub async fn wait(&self, ticket: AppendTicket) -> Result<AppendInfo, Error> {
         let shared = &self.shared;
         let seq_end = ticket.seq_end;
@@ -96,7 +106,8 @@ impl PartitionLog {
                     .await;
             }
         }
-        shared.state.borrow().failed("append")?;
+        let st = shared.state.borrow();
+        shared.failed(&st)?;
         Ok(ticket.info)
     }
 
@@ -105,10 +116,11 @@ impl PartitionLog {
         &self,
         records: &[Record<'_>],
         producer: ProducerInfo,
+        append_time_ms: Option<i64>,
     ) -> Result<(AppendInfo, u64), Error> {
         let config = &self.shared.config;
         let mut st = self.shared.state.borrow_mut();
-        st.check_usable()?;
+        self.shared.check_usable(&st)?;
         let st = &mut *st;
         let base_offset = st.active().index.next_offset;
         let header = *st.encoder.encode(base_offset, records, producer)?;
@@ -147,6 +159,8 @@ impl PartitionLog {
             header.max_timestamp,
             header.frame_len,
         );
+        let append_time = append_time_ms.unwrap_or(header.max_timestamp);
+        active.index.append_time_ms = active.index.append_time_ms.max(append_time);
         let segment_base = active.index.base_offset;
         let next_offset = active.index.next_offset;
         st.pending.push_back(PendingFrame {
@@ -190,7 +204,7 @@ impl PartitionLog {
         let shared = &self.shared;
         let target = {
             let mut st = shared.state.borrow_mut();
-            st.check_usable()?;
+            shared.check_usable(&st)?;
             st.want_synced_seq = st.want_synced_seq.max(st.appended_seq);
             st.appended_seq
         };
@@ -202,6 +216,7 @@ impl PartitionLog {
                 st.synced_seq >= target || st.failure.is_some()
             })
             .await;
-        shared.state.borrow().check_usable()
+        let st = shared.state.borrow();
+        shared.check_usable(&st)
     }
 }

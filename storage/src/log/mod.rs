@@ -18,7 +18,15 @@
 //! never be in flight at once (they could land in either order), so the writer waits for all
 //! in-flight writes before it issues one that starts below the end of an earlier one.
 //!
-//! Readers only see frames whose bytes are written (`readable`), never buffered ones.
+//! Readers only see frames whose bytes are written (`readable`), never buffered ones; readers
+//! kept to the synced prefix see only frames an fdatasync covered (`synced_readable`).
+//!
+//! The writer never lets more than `LogConfig::unsynced_bytes_max` written bytes go unsynced,
+//! whatever the durability appenders ask for: that bound is what lets recovery tell a torn tail
+//! from corruption (see `recovery`). A failed write or fdatasync **fences** the log: nothing more
+//! becomes readable or acknowledged, and every later call gets `Error::Fenced` until the log is
+//! reopened (after a failed fdatasync the kernel may have dropped the dirty pages, so nothing
+//! written since the last good sync can be vouched for).
 //!
 //! The code is split along those seams: `append` (the appender half), `writer` (the writer task and
 //! group commit), `recovery` (open, recovery, index loading) and `retention`.
@@ -105,6 +113,8 @@ pub struct SegmentInfo {
     pub next_offset: u64,
     pub size_bytes: u64,
     pub max_timestamp: i64,
+    /// The wall time of the newest append (`i64::MIN` when unknown): what age retention uses.
+    pub append_time_ms: i64,
     pub sealed: bool,
 }
 
@@ -128,6 +138,7 @@ enum WriteItem {
 }
 
 /// Written frames become readable in order; this remembers where each one ends.
+#[derive(Clone, Copy)]
 struct PendingFrame {
     seq_end: u64,
     next_offset: u64,
@@ -135,7 +146,7 @@ struct PendingFrame {
     position_end: u64,
 }
 
-/// The readable prefix of the log: every frame before this point is written.
+/// A readable prefix of the log: every frame before this point is written (or synced).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Readable {
     pub(crate) next_offset: u64,
@@ -148,12 +159,17 @@ pub(crate) struct State {
     encoder: BatchEncoder,
     buffer: WriteBuffer,
     queue: VecDeque<WriteItem>,
+    /// Appended frames not yet written, oldest first.
     pending: VecDeque<PendingFrame>,
+    /// Written frames not yet synced, oldest first (bounded by `unsynced_bytes_max`).
+    pending_sync: VecDeque<PendingFrame>,
     appended_seq: u64,
     written_seq: u64,
     synced_seq: u64,
-    /// The highest sequence an appender waiting on `synced` needs; fsyncs happen only for them.
+    /// The highest sequence an appender waiting on `synced` needs.
     want_synced_seq: u64,
+    /// The writer waits for a sync before it may submit more (the unsynced bound).
+    want_sync_now: bool,
     sync_in_flight: bool,
     fsync_count: u64,
     fsync_latency_ns: hdrhistogram::Histogram<u64>,
@@ -161,9 +177,17 @@ pub(crate) struct State {
     pub(crate) tail_cache: VecDeque<CachedBuffer>,
     free_buffers: Vec<DmaBuffer>,
     pub(crate) readable: Readable,
-    failure: Option<Rc<std::io::Error>>,
-    failure_path: PathBuf,
+    /// The prefix an fdatasync covered.
+    pub(crate) synced_readable: Readable,
+    failure: Option<Failure>,
     closing: bool,
+}
+
+/// The write or sync that fenced the log.
+struct Failure {
+    cause: &'static str,
+    path: PathBuf,
+    error: std::io::Error,
 }
 
 pub(crate) struct Shared {
@@ -203,22 +227,58 @@ impl State {
         }
     }
 
-    /// The writer's failure, if any, as an error for `op`. The original `io::Error` is kept once
-    /// (it is not `Clone`); every caller gets one with the same kind and message.
-    fn failed(&self, op: &'static str) -> Result<(), Error> {
-        match &self.failure {
-            Some(failure) => Err(Error::io(
-                op,
-                &self.failure_path,
-                std::io::Error::new(failure.kind(), failure.to_string()),
-            )),
+    /// Fences the log (the first failure wins; later ones are its consequences).
+    fn fence(&mut self, cause: &'static str, path: PathBuf, error: std::io::Error) {
+        if self.failure.is_none() {
+            tracing::error!(path = %path.display(), cause, %error,
+                "partition log fenced: read-only until reopened");
+            self.failure = Some(Failure { cause, path, error });
+        }
+    }
+
+    /// Moves the synced prefix up to `synced_seq`.
+    fn advance_synced(&mut self) {
+        while let Some(frame) = self.pending_sync.front() {
+            if frame.seq_end > self.synced_seq {
+                break;
+            }
+            self.synced_readable = frame.readable();
+            self.pending_sync.pop_front();
+        }
+    }
+}
+
+impl PendingFrame {
+    fn readable(&self) -> Readable {
+        Readable {
+            next_offset: self.next_offset,
+            segment_base: self.segment_base,
+            position_end: self.position_end,
+        }
+    }
+}
+
+impl Shared {
+    /// `Error::Fenced` if the log is fenced. The original `io::Error` is kept once (it is not
+    /// `Clone`); every caller gets one with the same OS error code, or kind and message.
+    fn failed(&self, st: &State) -> Result<(), Error> {
+        match &st.failure {
+            Some(failure) => Err(Error::Fenced {
+                dir: self.dir.clone(),
+                cause: failure.cause,
+                path: failure.path.clone(),
+                source: match failure.error.raw_os_error() {
+                    Some(code) => std::io::Error::from_raw_os_error(code),
+                    None => std::io::Error::new(failure.error.kind(), failure.error.to_string()),
+                },
+            }),
             None => Ok(()),
         }
     }
 
-    fn check_usable(&self) -> Result<(), Error> {
-        self.failed("an earlier write")?;
-        if self.closing {
+    fn check_usable(&self, st: &State) -> Result<(), Error> {
+        self.failed(st)?;
+        if st.closing {
             return Err(Error::Closed);
         }
         Ok(())
@@ -261,6 +321,16 @@ impl PartitionLog {
         self.shared.state.borrow().readable.next_offset
     }
 
+    /// The end of the synced prefix: records below it survive a power cut.
+    pub fn synced_end_offset(&self) -> u64 {
+        self.shared.state.borrow().synced_readable.next_offset
+    }
+
+    /// True once a failed write or fdatasync fenced the log (see the module doc).
+    pub fn is_fenced(&self) -> bool {
+        self.shared.state.borrow().failure.is_some()
+    }
+
     /// The first offset still in the log (retention moves it forward).
     pub fn start_offset(&self) -> u64 {
         self.shared.state.borrow().segments[0].index.base_offset
@@ -268,15 +338,7 @@ impl PartitionLog {
 
     /// Waits until records at or after `offset` are readable (a tail consumer's wake-up).
     pub async fn wait_readable(&self, offset: u64) -> Result<(), Error> {
-        let shared = &self.shared;
-        shared
-            .changed
-            .wait_until(|| {
-                let st = shared.state.borrow();
-                st.readable.next_offset > offset || st.failure.is_some() || st.closing
-            })
-            .await;
-        self.shared.state.borrow().check_usable()
+        self.shared.wait_readable(offset, false).await
     }
 
     /// The segments, oldest first.
@@ -292,6 +354,7 @@ impl PartitionLog {
                 next_offset: s.index.next_offset,
                 size_bytes: s.index.size_bytes,
                 max_timestamp: s.index.max_timestamp,
+                append_time_ms: s.index.append_time_ms,
                 sealed: i < last,
             })
             .collect()
@@ -313,8 +376,8 @@ impl PartitionLog {
         if let Some(writer) = writer {
             writer.await;
         }
-        self.shared.state.borrow().failed("close")?;
-        Ok(())
+        let st = self.shared.state.borrow();
+        self.shared.failed(&st)
     }
 
     pub(crate) fn shared(&self) -> &Rc<Shared> {
@@ -324,17 +387,46 @@ impl PartitionLog {
 
 impl Shared {
     /// How far a reader may read in the segment with `base`: its whole size when the writer has
-    /// moved past it, the readable end when it is the one being written, nothing beyond.
-    pub(crate) fn readable_limit(&self, base: u64) -> Option<u64> {
+    /// moved past it, the readable (or synced) end when it is the one being written, nothing
+    /// beyond. `None` when the segment is gone (retention deleted it).
+    pub(crate) fn readable_limit(&self, base: u64, synced_only: bool) -> Option<u64> {
         let st = self.state.borrow();
-        let readable = st.readable;
-        if base < readable.segment_base {
+        let readable = if synced_only { st.synced_readable } else { st.readable };
+        if base < st.segments[0].index.base_offset {
+            None
+        } else if base < readable.segment_base {
             st.segments.iter().find(|s| s.index.base_offset == base).map(|s| s.index.size_bytes)
         } else if base == readable.segment_base {
             Some(readable.position_end)
         } else {
             Some(0)
         }
+    }
+}
+
+impl Shared {
+    /// The readable (or synced) end offset.
+    pub(crate) fn readable_end(&self, synced_only: bool) -> u64 {
+        let st = self.state.borrow();
+        if synced_only {
+            st.synced_readable.next_offset
+        } else {
+            st.readable.next_offset
+        }
+    }
+
+    /// Waits until records at or after `offset` are readable (or synced), or the log is fenced
+    /// or closing (then the error says which).
+    pub(crate) async fn wait_readable(&self, offset: u64, synced_only: bool) -> Result<(), Error> {
+        self.changed
+            .wait_until(|| {
+                let st = self.state.borrow();
+                let end = if synced_only { st.synced_readable } else { st.readable }.next_offset;
+                end > offset || st.failure.is_some() || st.closing
+            })
+            .await;
+        let st = self.state.borrow();
+        self.check_usable(&st)
     }
 }
 

@@ -1,16 +1,38 @@
 //! Opening a partition log: listing segments, loading sealed indexes (rebuilding damaged ones by a
-//! checked scan) and scanning the active segment, whose torn tail is cut.
+//! checked scan) and scanning the active segment, whose torn tail is cut and whose corruption is
+//! refused.
+//!
+//! # Torn tail or corruption: the rule
+//!
+//! Only bytes that no completed fdatasync covered can be torn by a power cut, and the writer never
+//! lets more than `LogConfig::unsynced_bytes_max` of them exist (`writer::bound_unsynced`), plus
+//! the one write buffer that may be in flight past that bound. So after a power cut every hole,
+//! torn sector and stale block of a segment lies within `LogConfig::torn_tail_window_bytes` of the
+//! end of its written data. Recovery scans the active segment frame by frame (header, checksum,
+//! offset continuity). At the first bad frame (bad header, checksum mismatch, truncated frame, or
+//! a zero-filled hole with non-zero bytes after it) it searches every 16-byte aligned position
+//! after it for a valid frame (`scan::classify_tail`):
+//!
+//! * no valid frame after it, or valid frames only within the window (widened by the bad frame's
+//!   own length when its header is readable, since a sync point can fall inside a frame): a torn
+//!   tail. It is cut, the cut is synced, and what was dropped is logged and reported;
+//! * a valid frame ending farther than the window after it: corruption. `open` fails with
+//!   `Error::CorruptBeforeValid` naming the file and position, and nothing is truncated.
+//!   `kappa repair` cuts such a log explicitly, after a report of what it drops.
+//!
+//! A sealed segment was synced whole before the next one was created, so any damage in it is
+//! corruption. Zeros after the last frame are a clean end (preallocation puts them there).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::rc::Rc;
 
 use crate::batch::BatchEncoder;
 use crate::index::SegmentIndex;
-use crate::io::{File, ReadBytes, BLOCK_SIZE};
+use crate::io::{File, ReadBytes, BLOCK_SIZE, TEMP_EXTENSION};
 use crate::paths;
-use crate::scan::{self, ChunkSource, Depth};
+use crate::scan::{self, ChunkSource, Depth, Tail};
 use crate::sync::Event;
 use crate::{Error, LogConfig};
 
@@ -29,7 +51,9 @@ impl PartitionLog {
         disk.create_dir_all(dir).await?;
         disk.prime(dir).await?;
 
-        let mut listed = paths::segments_in(dir, &disk.list_dir(dir).await?);
+        let entries = disk.list_dir(dir).await?;
+        remove_temp_files(&config, dir, &entries).await?;
+        let mut listed = paths::segments_in(dir, &entries);
         let mut report = RecoveryReport::default();
         if listed.is_empty() {
             let path = paths::segment_path(dir, 0);
@@ -63,6 +87,7 @@ impl PartitionLog {
 
         let active = segments.last().expect("at least one segment");
         let file = disk.open_rw(&active.path).await?;
+        let file_len = file.file_size().await.map_err(|e| Error::io("stat", &active.path, e))?;
         let size = active.index.size_bytes;
         let file_pos = size - size % BLOCK_SIZE as u64;
         let mut buf = file.alloc_dma_buffer(config.write_buffer_size_bytes);
@@ -96,10 +121,12 @@ impl PartitionLog {
             buffer: WriteBuffer { buf, file_pos, len: tail_len },
             queue: VecDeque::new(),
             pending: VecDeque::new(),
+            pending_sync: VecDeque::new(),
             appended_seq: 0,
             written_seq: 0,
             synced_seq: 0,
             want_synced_seq: 0,
+            want_sync_now: false,
             sync_in_flight: false,
             fsync_count: 0,
             fsync_latency_ns: hdrhistogram::Histogram::new_with_bounds(1_000, 60_000_000_000, 2)
@@ -107,8 +134,9 @@ impl PartitionLog {
             tail_cache: VecDeque::new(),
             free_buffers: Vec::new(),
             readable,
+            // Recovery synced the active segment: everything recovered survives a power cut.
+            synced_readable: readable,
             failure: None,
-            failure_path: PathBuf::new(),
             closing: false,
         };
         let shared = Rc::new(Shared {
@@ -117,7 +145,7 @@ impl PartitionLog {
             state: RefCell::new(state),
             changed: Event::default(),
         });
-        let writer = glommio::spawn_local(writer_loop(shared.clone(), file));
+        let writer = glommio::spawn_local(writer_loop(shared.clone(), file, file_len));
         Ok(PartitionLog { shared, writer: RefCell::new(Some(writer)), recovery: report })
     }
 }
@@ -191,7 +219,8 @@ async fn scan_file(
     .await
 }
 
-/// Scans the active segment and truncates a torn or corrupt tail at the last valid frame.
+/// Scans the active segment; cuts a torn tail and refuses corruption (see the module doc), then
+/// syncs the segment so that everything recovered is durable before anyone reads it.
 async fn recover_active(
     path: &Path,
     base: u64,
@@ -200,25 +229,55 @@ async fn recover_active(
 ) -> Result<SegmentIndex, Error> {
     let file = config.disk.open_rw(path).await?;
     let file_len = file.file_size().await.map_err(|e| Error::io("stat", path, e))?;
+    let source = FileSource { file: &file, len: file_len, path };
     let scan = scan_file(&file, file_len, path, base, config).await?;
     report.scanned_bytes = scan.index.size_bytes;
-    let dropped = scan.dropped_bytes();
-    if dropped > 0 {
-        let valid = scan.index.size_bytes;
-        match scan.stop {
-            Some(stop) => tracing::warn!(
-                segment = %path.display(), position = stop.position, defect = %stop.defect,
-                dropped_bytes = dropped, "truncating torn tail of the active segment"),
-            None => tracing::warn!(
-                segment = %path.display(), position = valid, dropped_bytes = dropped,
-                "truncating garbage after the last frame of the active segment"),
+    match scan::classify_tail(&source, &scan, config.torn_tail_window_bytes()).await? {
+        Tail::Clean => {}
+        Tail::Corrupt { position, defect, valid_at, valid_offset } => {
+            let _ = file.close().await;
+            return Err(Error::CorruptBeforeValid {
+                path: path.to_path_buf(),
+                position,
+                defect,
+                valid_at,
+                valid_offset,
+            });
         }
-        file.truncate(valid).await.map_err(|e| Error::io("truncate", path, e))?;
-        file.fdatasync().await.map_err(|e| Error::io("fdatasync", path, e))?;
-        report.truncated_bytes = dropped;
+        Tail::Torn { position, defect, dropped_bytes, dropped_frames, dropped_offsets } => {
+            tracing::warn!(
+                segment = %path.display(), position, %defect, dropped_bytes, dropped_frames,
+                dropped_offsets = ?dropped_offsets,
+                "cutting the torn tail of the active segment (unsynced writes a crash interrupted)"
+            );
+            file.truncate(position).await.map_err(|e| Error::io("truncate", path, e))?;
+            report.truncated_bytes = dropped_bytes;
+        }
     }
+    file.fdatasync().await.map_err(|e| Error::io("fdatasync", path, e))?;
     file.close().await.map_err(|e| Error::io("close", path, e))?;
     Ok(scan.index)
+}
+
+/// Deletes temp files an interrupted `write_file_atomic` left in a partition dir (this log is
+/// their only writer, and it is not running yet).
+async fn remove_temp_files(
+    config: &LogConfig,
+    dir: &Path,
+    entries: &[crate::io::DirEntry],
+) -> Result<(), Error> {
+    let mut removed = false;
+    for entry in entries {
+        let path = dir.join(&entry.name);
+        if !entry.is_dir && path.extension().is_some_and(|e| e == TEMP_EXTENSION) {
+            config.disk.remove_file(&path).await?;
+            removed = true;
+        }
+    }
+    if removed {
+        config.disk.sync_dir(dir).await?;
+    }
+    Ok(())
 }
 
 /// A `ChunkSource` over a file of the seam.

@@ -292,7 +292,7 @@ fn retention_deletes_whole_sealed_segments_only() {
         fill(&log, 80, 25, Durability::Written).await;
         let before = log.segments();
         assert!(before.len() > 4, "{before:?}");
-        let report = log.apply_retention(0).await.expect("retention");
+        let report = log.apply_retention(0, u64::MAX).await.expect("retention");
         assert!(report.segments_deleted > 0);
         assert!(log.size_bytes() <= 150 * 1024 + 64 * 1024);
         let start = log.start_offset();
@@ -311,7 +311,7 @@ fn retention_deletes_whole_sealed_segments_only() {
         let log = PartitionLog::open(dir.path(), config).await.expect("open");
         // Event times run 1_000..3_000; at "now" 3_700 sealed segments whose newest record is
         // older than 2_700 go.
-        let report = log.apply_retention(3_700).await.expect("retention");
+        let report = log.apply_retention(3_700, u64::MAX).await.expect("retention");
         assert!(report.segments_deleted > 0);
         for segment in log.segments().iter().filter(|s| s.sealed) {
             assert!(segment.max_timestamp >= 2_700);
@@ -326,7 +326,7 @@ fn default_retention_keeps_everything() {
     run(async {
         let log = PartitionLog::open(dir.path(), small_config()).await.expect("open");
         fill(&log, 40, 25, Durability::Written).await;
-        let report = log.apply_retention(i64::MAX).await.expect("retention");
+        let report = log.apply_retention(i64::MAX, u64::MAX).await.expect("retention");
         assert_eq!(report.segments_deleted, 0);
         assert_eq!(log.start_offset(), 0);
         log.close().await.expect("close");
