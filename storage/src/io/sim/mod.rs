@@ -59,9 +59,13 @@ pub struct FaultOptions {
     pub dir_fsync_eio_probability: f64,
     /// A write stores only a prefix (whole sectors) and reports the shorter count.
     pub short_write_probability: f64,
-    /// An async operation sleeps up to `latency_max` first.
+    /// An async operation sleeps up to `latency_max` first (real time: replays of a seed may
+    /// interleave differently).
     pub latency_probability: f64,
     pub latency_max: Duration,
+    /// An async operation first yields to the other tasks of its executor one to four times:
+    /// completions interleave differently, and a seed still replays exactly.
+    pub yield_probability: f64,
     /// Bytes the disk holds: writes and preallocations past it fail with ENOSPC (a write that
     /// partly fits is first shortened, as a real device does).
     pub capacity_bytes: Option<u64>,
@@ -115,6 +119,8 @@ pub struct SimStats {
     /// Directory fsync calls.
     pub dir_fsyncs: u64,
     pub bytes_written: u64,
+    /// O_DIRECT writes that grew their file (io_uring punts those to a kernel worker thread).
+    pub extending_writes: u64,
 }
 
 /// A simulated disk. Clones share the disk. See the module doc.
@@ -240,11 +246,14 @@ impl SimDisk {
         self.lock().files()
     }
 
-    /// Sleeps if a latency fault fires (async operations only).
+    /// Sleeps or yields if a latency fault fires (async operations only).
     pub(crate) async fn latency(&self) {
-        let delay = self.lock().latency();
+        let (delay, yields) = self.lock().latency();
         if let Some(delay) = delay {
             glommio::timer::sleep(delay).await;
+        }
+        for _ in 0..yields {
+            futures_lite::future::yield_now().await;
         }
     }
 
@@ -276,7 +285,7 @@ impl Namespace for SimDisk {
     fn write_new(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
         let mut st = self.lock();
         let ino = st.create_new(path)?;
-        let written = st.write(ino, path, bytes, 0)?;
+        let written = st.write(ino, path, bytes, 0, false)?;
         if written < bytes.len() {
             // A buffered write retries a short count; a device that is full then says so.
             return Err(io::Error::from_raw_os_error(28));
@@ -312,7 +321,7 @@ impl SimFile {
     pub(crate) async fn write_at(&self, data: &[u8], pos: u64) -> io::Result<usize> {
         assert_direct("write", pos, data.len(), Some(data.as_ptr()), &self.path);
         self.disk.latency().await;
-        self.disk.lock().write(self.ino, &self.path, data, pos)
+        self.disk.lock().write(self.ino, &self.path, data, pos, true)
     }
 
     pub(crate) async fn read_at(&self, pos: u64, len: usize) -> io::Result<ReadBytes> {

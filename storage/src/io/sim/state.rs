@@ -208,18 +208,24 @@ impl SimState {
         scheduled || drawn
     }
 
-    pub(super) fn latency(&mut self) -> Option<Duration> {
+    /// A delay to sleep and a number of yields before an async operation.
+    pub(super) fn latency(&mut self) -> (Option<Duration>, u32) {
         if self.status != Status::Alive {
-            return None;
+            return (None, 0);
         }
+        let yields = if self.rng.chance(self.faults.yield_probability) {
+            1 + self.rng.below(4) as u32
+        } else {
+            0
+        };
         let max = self.faults.latency_max;
         let probability = self.faults.latency_probability;
         let nth = self.stats.ops;
         if !self.fault(FaultKind::Latency, probability, nth, Path::new("")) {
-            return None;
+            return (None, yields);
         }
         let micros = max.as_micros().max(1) as u64;
-        Some(Duration::from_micros(self.rng.below(micros) + 1))
+        (Some(Duration::from_micros(self.rng.below(micros) + 1)), yields)
     }
 
     fn node(&self, ino: u64) -> &Node {
@@ -436,13 +442,15 @@ impl SimState {
         self.records.push(FaultRecord { op: self.stats.ops, kind, path: path.to_path_buf() });
     }
 
-    /// Writes `data` at `pos`; may write a prefix (short write, full disk).
+    /// Writes `data` at `pos`; may write a prefix (short write, full disk). `direct`: an O_DIRECT
+    /// write (counted in `extending_writes` when it grows the file).
     pub(super) fn write(
         &mut self,
         ino: u64,
         path: &Path,
         data: &[u8],
         pos: u64,
+        direct: bool,
     ) -> io::Result<usize> {
         self.begin()?;
         let nth = self.stats.writes;
@@ -480,10 +488,12 @@ impl SimState {
         let data = data[..len as usize].to_vec();
         self.stats.bytes_written += len;
         let file = self.file_mut(ino);
+        let extends = pos + len > file.live.len() as u64;
         let op = FileOp::Write { pos, data };
         apply_file_op(&mut file.live, &op);
         file.allocated = file.allocated.max(file.live.len() as u64);
         file.push(op);
+        self.stats.extending_writes += u64::from(direct && extends);
         Ok(len as usize)
     }
 

@@ -16,12 +16,16 @@ pub(crate) fn run<T>(future: impl std::future::Future<Output = T>) -> T {
         .run(future)
 }
 
-fn small_config() -> LogConfig {
+mod guarantees;
+
+pub(super) fn small_config() -> LogConfig {
     LogConfig {
         segment_size_bytes_max: 64 * 1024,
         index_interval_bytes: 4096,
         write_buffer_size_bytes: 16 * 1024,
         read_buffer_size_bytes: 8 * 1024,
+        unsynced_bytes_max: 32 * 1024,
+        preallocate_bytes: 32 * 1024,
         ..LogConfig::default()
     }
 }
@@ -31,7 +35,7 @@ fn value_for(offset: u64, len: usize) -> Vec<u8> {
 }
 
 /// Appends `batches` batches of `per_batch` records whose values encode their offsets.
-async fn fill(log: &PartitionLog, batches: u64, per_batch: u64, durability: Durability) -> u64 {
+pub(super) async fn fill(log: &PartitionLog, batches: u64, per_batch: u64, durability: Durability) -> u64 {
     let mut last = 0;
     for _ in 0..batches {
         let base = log.end_offset();
@@ -52,7 +56,7 @@ async fn fill(log: &PartitionLog, batches: u64, per_batch: u64, durability: Dura
 }
 
 /// Reads everything from `seek` and checks every record's bytes; returns the offsets seen.
-async fn read_all(log: &PartitionLog, seek: Seek) -> Vec<u64> {
+pub(super) async fn read_all(log: &PartitionLog, seek: Seek) -> Vec<u64> {
     let mut reader = log.reader(seek).expect("reader");
     let mut seen = Vec::new();
     while let Some(batch) = reader.next_batch().await.expect("read") {
@@ -195,7 +199,7 @@ fn first_sealed_segment(dir: &Path) -> SegmentInfo {
     })
 }
 
-fn flip_byte(path: &Path, position: u64) {
+pub(super) fn flip_byte(path: &Path, position: u64) {
     use std::os::unix::fs::FileExt;
     let file = std::fs::OpenOptions::new().read(true).write(true).open(path).expect("open");
     let mut byte = [0u8];
