@@ -24,6 +24,7 @@ pub mod kafka;
 mod log;
 pub mod paths;
 mod reader;
+pub mod repair;
 pub mod scan;
 mod sync;
 pub mod verify;

@@ -5,7 +5,7 @@
 //! tools. A scan stops at the first frame that is not valid and reports where and why; whether
 //! that is a torn tail (truncate) or corruption (error) is the caller's decision.
 
-use std::ops::Deref;
+use std::ops::{ControlFlow, Deref};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -242,11 +242,44 @@ pub async fn classify_tail<S: ChunkSource>(
             window += u64::from(header.frame_len).min(file_len - position);
         }
     }
-    let align = FRAME_ALIGN as u64;
-    let mut q = position + align;
-    let mut last_nonzero_end = position;
     let mut dropped_frames = 0;
     let mut dropped_offsets: Option<(u64, u64)> = None;
+    let mut corrupt = None;
+    let last_nonzero_end = find_valid_frames(source, position, |at, header| {
+        if at + u64::from(header.frame_len) - position > window {
+            corrupt = Some((at, header.base_offset));
+            return ControlFlow::Break(());
+        }
+        dropped_frames += 1;
+        let (first, end) = dropped_offsets.unwrap_or((header.base_offset, header.next_offset()));
+        dropped_offsets = Some((first.min(header.base_offset), end.max(header.next_offset())));
+        ControlFlow::Continue(())
+    })
+    .await?;
+    if let Some((valid_at, valid_offset)) = corrupt {
+        return Ok(Tail::Corrupt { position, defect, valid_at, valid_offset });
+    }
+    Ok(Tail::Torn {
+        position,
+        defect,
+        dropped_bytes: last_nonzero_end.saturating_sub(position),
+        dropped_frames,
+        dropped_offsets,
+    })
+}
+
+/// Calls `visit` for every valid frame (header and checksum) that starts at a 16-byte aligned
+/// position after `position`, in file order, skipping each one's body; stops early when `visit`
+/// breaks. Returns the end of the last non-zero byte seen (at least `position`).
+pub async fn find_valid_frames<S: ChunkSource>(
+    source: &S,
+    position: u64,
+    mut visit: impl FnMut(u64, &FrameHeader) -> ControlFlow<()>,
+) -> Result<u64, Error> {
+    let file_len = source.file_len();
+    let header_size = format::FRAME_HEADER_SIZE as u64;
+    let mut q = position + FRAME_ALIGN as u64;
+    let mut last_nonzero_end = position;
     const CHUNK: usize = 1 << 20;
     while q + header_size <= file_len {
         let chunk = source.read_chunk(q, CHUNK).await?;
@@ -270,20 +303,10 @@ pub async fn classify_tail<S: ChunkSource>(
                             frame.len() as u64 == len && format::parse_frame(&frame).is_ok()
                         };
                     if valid {
-                        if at + len - position > window {
-                            return Ok(Tail::Corrupt {
-                                position,
-                                defect,
-                                valid_at: at,
-                                valid_offset: header.base_offset,
-                            });
-                        }
-                        dropped_frames += 1;
-                        let (first, end) =
-                            dropped_offsets.unwrap_or((header.base_offset, header.next_offset()));
-                        dropped_offsets =
-                            Some((first.min(header.base_offset), end.max(header.next_offset())));
                         last_nonzero_end = last_nonzero_end.max(at + len);
+                        if visit(at, &header).is_break() {
+                            return Ok(last_nonzero_end);
+                        }
                         resume = Some(at + len);
                         break;
                     }
@@ -297,13 +320,7 @@ pub async fn classify_tail<S: ChunkSource>(
             None => q += rel as u64,
         }
     }
-    Ok(Tail::Torn {
-        position,
-        defect,
-        dropped_bytes: last_nonzero_end.saturating_sub(position),
-        dropped_frames,
-        dropped_offsets,
-    })
+    Ok(last_nonzero_end)
 }
 
 /// A `ChunkSource` over `std::fs`, for tools that run without an executor.
@@ -335,6 +352,16 @@ impl ChunkSource for StdSource {
     fn file_len(&self) -> u64 {
         self.len
     }
+}
+
+/// `classify_tail` with `std::fs` (blocking).
+pub fn classify_tail_std(
+    path: &Path,
+    scan: &SegmentScan,
+    window_bytes: u64,
+) -> Result<Tail, Error> {
+    let source = StdSource::open(path)?;
+    futures_lite::future::block_on(classify_tail(&source, scan, window_bytes))
 }
 
 /// Scans a segment file with `std::fs` (blocking).

@@ -117,7 +117,10 @@ async fn read_and_check(seed: u64, log: &PartitionLog, phase: &str) -> (u64, u64
         }
     }
     if next != log.readable_end_offset() {
-        fail(seed, format!("{phase}: read up to {next}, readable end {}", log.readable_end_offset()));
+        fail(
+            seed,
+            format!("{phase}: read up to {next}, readable end {}", log.readable_end_offset()),
+        );
     }
     (start, next)
 }
@@ -307,7 +310,8 @@ async fn round(seed: u64, ops_estimate: u64) -> u64 {
         all.appended_end = all.appended_end.max(acked.appended_end);
     }
     // The last crash image: recover it and check everything acknowledged in either generation.
-    let last = Plan { faults: FaultOptions::default(), cut_after: None, cut_in_open: None, budget: 0 };
+    let last =
+        Plan { faults: FaultOptions::default(), cut_after: None, cut_in_open: None, budget: 0 };
     generation(seed, image, &mut rng, last, &all, "final check").await;
     all.synced.len() as u64
 }
@@ -358,4 +362,3 @@ fn synced_records_survive_power_cuts_and_nothing_corrupt_is_served() {
             assert!(synced > seeds.len() as u64, "the rounds acknowledged almost nothing");
         });
 }
-

@@ -107,6 +107,10 @@ impl Namespace for StdFs {
         std::fs::File::open(path)?.sync_all()
     }
 
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+        std::fs::OpenOptions::new().write(true).open(path)?.set_len(len)
+    }
+
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         std::fs::rename(from, to)
     }

@@ -107,6 +107,8 @@ pub(crate) trait Namespace {
     fn write_new(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
     /// fsyncs a file's data and size (not its directory entry).
     fn sync_file(&self, path: &Path) -> io::Result<()>;
+    /// Cuts (or zero-extends) a file to `len`. Not synced.
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()>;
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     fn remove(&self, path: &Path) -> io::Result<()>;
     /// fsyncs a directory: its entries (creates, renames, unlinks) become durable.
@@ -360,6 +362,18 @@ impl Disk {
             Disk::Sim(sim) => sim.remove(path),
         };
         result.map_err(|e| Error::io("delete", path, e))
+    }
+
+    /// Cuts a file to `len` and fsyncs it, so the new size is durable (offline repair).
+    pub fn truncate_file_blocking(&self, path: &Path, len: u64) -> Result<(), Error> {
+        fn cut<N: Namespace>(ns: &N, path: &Path, len: u64) -> Result<(), Error> {
+            ns.truncate(path, len).map_err(|e| Error::io("truncate", path, e))?;
+            ns.sync_file(path).map_err(|e| Error::io("fsync", path, e))
+        }
+        match self {
+            Disk::Dma => cut(&dma::StdFs, path, len),
+            Disk::Sim(sim) => cut(sim, path, len),
+        }
     }
 
     pub fn sync_dir_blocking(&self, dir: &Path) -> Result<(), Error> {

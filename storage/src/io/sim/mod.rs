@@ -300,6 +300,12 @@ impl Namespace for SimDisk {
         st.sync_commit(ino, upto)
     }
 
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+        let mut st = self.lock();
+        let ino = st.resolve_file(path)?;
+        st.set_len(ino, len)
+    }
+
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         self.lock().rename(from, to)
     }

@@ -44,7 +44,9 @@ fn a_flipped_byte_before_synced_records_is_corruption_and_nothing_is_cut() {
                 assert!(valid_at > position + config.torn_tail_window_bytes() / 2);
             }
             Err(other) => panic!("wrong error: {other}"),
-            Ok(log) => panic!("opened with end offset {}: damage taken for a torn tail", log.end_offset()),
+            Ok(log) => {
+                panic!("opened with end offset {}: damage taken for a torn tail", log.end_offset())
+            }
         }
     });
     let after = std::fs::read(&active.path).expect("read");

@@ -35,7 +35,12 @@ fn value_for(offset: u64, len: usize) -> Vec<u8> {
 }
 
 /// Appends `batches` batches of `per_batch` records whose values encode their offsets.
-pub(super) async fn fill(log: &PartitionLog, batches: u64, per_batch: u64, durability: Durability) -> u64 {
+pub(super) async fn fill(
+    log: &PartitionLog,
+    batches: u64,
+    per_batch: u64,
+    durability: Durability,
+) -> u64 {
     let mut last = 0;
     for _ in 0..batches {
         let base = log.end_offset();
