@@ -53,26 +53,29 @@ pub fn list_segments(partition_dir: &Path) -> Result<Vec<(u64, PathBuf)>, Error>
     Ok(segments_in(partition_dir, &Disk::Dma.list_dir_blocking(partition_dir)?))
 }
 
-/// Every partition dir under a data dir, as (topic, partition, path), sorted.
-pub fn list_partitions(data_dir: &Path) -> std::io::Result<Vec<(String, u32, PathBuf)>> {
+/// Every partition dir under a data dir, as (topic, partition, path), sorted (blocking; tools).
+pub fn list_partitions(data_dir: &Path) -> Result<Vec<(String, u32, PathBuf)>, Error> {
+    let disk = Disk::Dma;
     let mut partitions = Vec::new();
     let topics = data_dir.join("topics");
-    if !topics.exists() {
+    if disk.metadata_blocking(&topics)?.is_none() {
         return Ok(partitions);
     }
-    for topic in std::fs::read_dir(&topics)? {
-        let topic = topic?;
-        if !topic.file_type()?.is_dir() {
+    for topic in disk.list_dir_blocking(&topics)? {
+        if !topic.is_dir {
             continue;
         }
-        let name = topic.file_name().to_string_lossy().into_owned();
-        for partition in std::fs::read_dir(topic.path())? {
-            let partition = partition?;
-            let Ok(number) = partition.file_name().to_string_lossy().parse::<u32>() else {
+        let name = topic.name.to_string_lossy().into_owned();
+        for partition in disk.list_dir_blocking(&topics.join(&topic.name))? {
+            let Ok(number) = partition.name.to_string_lossy().parse::<u32>() else {
                 continue;
             };
-            if partition.file_type()?.is_dir() {
-                partitions.push((name.clone(), number, partition.path()));
+            if partition.is_dir {
+                partitions.push((
+                    name.clone(),
+                    number,
+                    topics.join(&topic.name).join(&partition.name),
+                ));
             }
         }
     }

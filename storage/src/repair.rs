@@ -42,8 +42,7 @@ pub struct Cut {
 /// Finds, per partition of `data_dir`, the first damage `open` would refuse; `window_bytes` is the
 /// torn-tail window of the logs (`LogConfig::torn_tail_window_bytes`). Changes nothing.
 pub fn plan(data_dir: &Path, window_bytes: u64) -> Result<Vec<Cut>, Error> {
-    let partitions =
-        paths::list_partitions(data_dir).map_err(|e| Error::io("list", data_dir, e))?;
+    let partitions = paths::list_partitions(data_dir)?;
     let mut cuts = Vec::new();
     for (topic, partition, dir) in partitions {
         if let Some(cut) = plan_partition(&topic, partition, &dir, window_bytes)? {

@@ -72,8 +72,7 @@ pub fn scan_data_dir_with(
             std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
         ));
     }
-    let partitions =
-        paths::list_partitions(data_dir).map_err(|e| Error::io("list", data_dir, e))?;
+    let partitions = paths::list_partitions(data_dir)?;
     partitions
         .into_iter()
         .map(|(topic, partition, dir)| {

@@ -20,14 +20,18 @@ thread_local! {
     static PRIMED_DEVICES: RefCell<BTreeSet<u64>> = const { RefCell::new(BTreeSet::new()) };
 }
 
+/// Runs blocking `std::fs` work on glommio's blocking thread pool, so the shard keeps running.
+pub(crate) async fn run_blocking<R: Send + 'static>(job: impl FnOnce() -> R + Send + 'static) -> R {
+    glommio::executor().spawn_blocking(job).await
+}
+
 /// glommio probes a device for io_poll support by reading the first DMA file opened on it, from
 /// each executor thread. If that file is empty the probe wrongly succeeds, and every later read on
 /// a disk without polling (virtio) fails with EOPNOTSUPP. So before the first DMA open on a device,
 /// this thread opens and reads a non-empty sentinel (written with `std::fs` on the blocking pool).
 pub async fn prime_iopoll(dir: &Path) -> Result<(), Error> {
     let owned = dir.to_path_buf();
-    let device = glommio::executor()
-        .spawn_blocking(move || std::fs::metadata(&owned).map(|m| m.dev()))
+    let device = run_blocking(move || std::fs::metadata(&owned).map(|m| m.dev()))
         .await
         .map_err(|e| Error::io("stat", dir, e))?;
     if PRIMED_DEVICES.with(|p| p.borrow().contains(&device)) {
@@ -35,17 +39,16 @@ pub async fn prime_iopoll(dir: &Path) -> Result<(), Error> {
     }
     let sentinel = dir.join(SENTINEL_FILE);
     let owned = sentinel.clone();
-    glommio::executor()
-        .spawn_blocking(move || {
-            let needs_write =
-                std::fs::metadata(&owned).map(|m| m.len() < BLOCK_SIZE as u64).unwrap_or(true);
-            if needs_write {
-                std::fs::write(&owned, [0xA5u8; BLOCK_SIZE])?;
-            }
-            Ok::<(), io::Error>(())
-        })
-        .await
-        .map_err(|e| Error::io("write", &sentinel, e))?;
+    run_blocking(move || {
+        let needs_write =
+            std::fs::metadata(&owned).map(|m| m.len() < BLOCK_SIZE as u64).unwrap_or(true);
+        if needs_write {
+            std::fs::write(&owned, [0xA5u8; BLOCK_SIZE])?;
+        }
+        Ok::<(), io::Error>(())
+    })
+    .await
+    .map_err(|e| Error::io("write", &sentinel, e))?;
     let file = DmaFile::open(&sentinel).await.map_err(|e| Error::io("open", &sentinel, e))?;
     file.read_at_aligned(0, BLOCK_SIZE).await.map_err(|e| Error::io("read", &sentinel, e))?;
     file.close().await.map_err(|e| Error::io("close", &sentinel, e))?;

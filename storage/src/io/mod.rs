@@ -198,12 +198,11 @@ macro_rules! namespace_op {
     ($disk:expr, |$ns:ident| $body:expr) => {
         match $disk {
             Disk::Dma => {
-                glommio::executor()
-                    .spawn_blocking(move || {
-                        let $ns = &dma::StdFs;
-                        $body
-                    })
-                    .await
+                dma::run_blocking(move || {
+                    let $ns = &dma::StdFs;
+                    $body
+                })
+                .await
             }
             Disk::Sim(sim) => {
                 sim.latency().await;
@@ -284,9 +283,7 @@ impl Disk {
         match self {
             Disk::Dma => {
                 let bytes = bytes.to_vec();
-                glommio::executor()
-                    .spawn_blocking(move || write_file_atomic_in(&dma::StdFs, &path, &bytes))
-                    .await
+                dma::run_blocking(move || write_file_atomic_in(&dma::StdFs, &path, &bytes)).await
             }
             Disk::Sim(sim) => {
                 sim.latency().await;
