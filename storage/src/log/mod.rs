@@ -82,6 +82,9 @@ pub struct LogStats {
     /// Bytes appended and written since the log was opened.
     pub appended_bytes: u64,
     pub written_bytes: u64,
+    /// The most bytes ever submitted for writing and not yet synced (at most
+    /// `LogConfig::unsynced_bytes_max`: the bound behind the torn-tail window).
+    pub unsynced_bytes_peak: u64,
 }
 
 /// What `open` found and repaired.
@@ -173,6 +176,7 @@ pub(crate) struct State {
     sync_in_flight: bool,
     fsync_count: u64,
     fsync_latency_ns: hdrhistogram::Histogram<u64>,
+    unsynced_bytes_peak: u64,
     /// Recently written buffers, oldest first.
     pub(crate) tail_cache: VecDeque<CachedBuffer>,
     free_buffers: Vec<DmaBuffer>,
@@ -308,6 +312,7 @@ impl PartitionLog {
             write_queue_len: st.queue.len(),
             appended_bytes: st.appended_seq,
             written_bytes: st.written_seq,
+            unsynced_bytes_peak: st.unsynced_bytes_peak,
         }
     }
 

@@ -129,6 +129,7 @@ impl PartitionLog {
             want_sync_now: false,
             sync_in_flight: false,
             fsync_count: 0,
+            unsynced_bytes_peak: 0,
             fsync_latency_ns: hdrhistogram::Histogram::new_with_bounds(1_000, 60_000_000_000, 2)
                 .expect("static histogram bounds are valid"),
             tail_cache: VecDeque::new(),

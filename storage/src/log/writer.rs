@@ -218,6 +218,7 @@ impl Writer {
                 }
                 if seq_end <= st.synced_seq + max {
                     st.want_sync_now = false;
+                    st.unsynced_bytes_peak = st.unsynced_bytes_peak.max(seq_end - st.synced_seq);
                     return Ok(());
                 }
             }

@@ -63,6 +63,9 @@ pub struct FaultOptions {
     /// interleave differently).
     pub latency_probability: f64,
     pub latency_max: Duration,
+    /// Every file fdatasync takes at least this long (a device slow to flush its cache), in real
+    /// time; it covers only the writes that completed before it started.
+    pub fsync_latency: Duration,
     /// An async operation first yields to the other tasks of its executor one to four times:
     /// completions interleave differently, and a seed still replays exactly.
     pub yield_probability: f64,
@@ -341,7 +344,13 @@ impl SimFile {
 
     /// Covers the writes that completed before it started, as the kernel's does.
     pub(crate) async fn fdatasync(&self) -> io::Result<()> {
-        let upto = self.disk.lock().sync_begin(self.ino, &self.path)?;
+        let (upto, slow) = {
+            let mut st = self.disk.lock();
+            (st.sync_begin(self.ino, &self.path)?, st.faults.fsync_latency)
+        };
+        if !slow.is_zero() {
+            glommio::timer::sleep(slow).await;
+        }
         self.disk.latency().await;
         self.disk.lock().sync_commit(self.ino, upto)
     }
