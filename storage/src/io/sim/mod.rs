@@ -64,8 +64,11 @@ pub struct FaultOptions {
     pub latency_probability: f64,
     pub latency_max: Duration,
     /// Every file fdatasync takes at least this long (a device slow to flush its cache), in real
-    /// time; it covers only the writes that completed before it started.
+    /// time; it covers only the writes that completed before it started, and an injected EIO is
+    /// reported at its end.
     pub fsync_latency: Duration,
+    /// Every O_DIRECT write takes at least this long before it lands, in real time.
+    pub write_latency: Duration,
     /// An async operation first yields to the other tasks of its executor one to four times:
     /// completions interleave differently, and a seed still replays exactly.
     pub yield_probability: f64,
@@ -299,8 +302,8 @@ impl Namespace for SimDisk {
     fn sync_file(&self, path: &Path) -> io::Result<()> {
         let mut st = self.lock();
         let ino = st.resolve_file(path)?;
-        let upto = st.sync_begin(ino, path)?;
-        st.sync_commit(ino, upto)
+        let pending = st.sync_begin(ino)?;
+        st.sync_commit(ino, path, pending)
     }
 
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
@@ -329,6 +332,10 @@ impl SimFile {
 
     pub(crate) async fn write_at(&self, data: &[u8], pos: u64) -> io::Result<usize> {
         assert_direct("write", pos, data.len(), Some(data.as_ptr()), &self.path);
+        let slow = self.disk.lock().faults.write_latency;
+        if !slow.is_zero() {
+            glommio::timer::sleep(slow).await;
+        }
         self.disk.latency().await;
         self.disk.lock().write(self.ino, &self.path, data, pos, true)
     }
@@ -344,15 +351,15 @@ impl SimFile {
 
     /// Covers the writes that completed before it started, as the kernel's does.
     pub(crate) async fn fdatasync(&self) -> io::Result<()> {
-        let (upto, slow) = {
+        let (pending, slow) = {
             let mut st = self.disk.lock();
-            (st.sync_begin(self.ino, &self.path)?, st.faults.fsync_latency)
+            (st.sync_begin(self.ino)?, st.faults.fsync_latency)
         };
         if !slow.is_zero() {
             glommio::timer::sleep(slow).await;
         }
         self.disk.latency().await;
-        self.disk.lock().sync_commit(self.ino, upto)
+        self.disk.lock().sync_commit(self.ino, &self.path, pending)
     }
 
     pub(crate) fn file_size(&self) -> io::Result<u64> {

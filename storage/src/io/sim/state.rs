@@ -47,6 +47,12 @@ pub(super) enum Status {
     Cut,
 }
 
+/// An fdatasync between its start and its end.
+pub(super) struct PendingSync {
+    upto: u64,
+    nth: u64,
+}
+
 /// A change to a file since its last sync.
 pub(super) enum FileOp {
     Write { pos: u64, data: Vec<u8> },
@@ -413,7 +419,8 @@ impl SimState {
         let Node::Dir(dir) = self.node_mut(ino) else {
             // fsync of a file opened like a directory: it syncs the file.
             let upto = self.sync_begin_counted(ino);
-            return self.sync_commit(ino, upto);
+            self.make_durable(ino, upto);
+            return Ok(());
         };
         dir.durable = dir.live.clone();
         dir.pending.clear();
@@ -525,31 +532,40 @@ impl SimState {
         file.next_seq
     }
 
-    /// The first half of an fdatasync: counts it, may fail it, and notes which changes it covers
-    /// (those made before it started).
-    pub(super) fn sync_begin(&mut self, ino: u64, path: &Path) -> io::Result<u64> {
+    /// The first half of an fdatasync: counts it and notes which changes it covers (those made
+    /// before it started).
+    pub(super) fn sync_begin(&mut self, ino: u64) -> io::Result<PendingSync> {
         self.begin()?;
         let nth = self.stats.fsyncs;
         self.stats.fsyncs += 1;
-        let upto = self.sync_begin_counted(ino);
-        let probability = self.faults.fsync_eio_probability;
-        if self.fault(FaultKind::FsyncEio, probability, nth, path) {
-            return Err(eio());
-        }
-        Ok(upto)
+        Ok(PendingSync { upto: self.sync_begin_counted(ino), nth })
     }
 
-    /// The second half: the covered changes become durable, unless the disk died meanwhile.
-    pub(super) fn sync_commit(&mut self, ino: u64, upto: u64) -> io::Result<()> {
+    /// The second half, when the flush ends: it may fail (as a real one reports its error at the
+    /// end), or the disk died meanwhile; otherwise the covered changes become durable.
+    pub(super) fn sync_commit(
+        &mut self,
+        ino: u64,
+        path: &Path,
+        pending: PendingSync,
+    ) -> io::Result<()> {
         if self.status != Status::Alive {
             return Err(eio());
         }
+        let probability = self.faults.fsync_eio_probability;
+        if self.fault(FaultKind::FsyncEio, probability, pending.nth, path) {
+            return Err(eio());
+        }
+        self.make_durable(ino, pending.upto);
+        Ok(())
+    }
+
+    fn make_durable(&mut self, ino: u64, upto: u64) {
         let file = self.file_mut(ino);
         let covered = file.pending.iter().take_while(|(seq, _)| *seq < upto).count();
         for (_, op) in file.pending.drain(..covered) {
             apply_file_op(&mut file.durable, &op);
         }
-        Ok(())
     }
 
     pub(super) fn file_size(&mut self, ino: u64) -> io::Result<u64> {

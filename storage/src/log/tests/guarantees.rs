@@ -158,6 +158,49 @@ fn a_failed_fdatasync_fences_the_partition_until_it_is_reopened() {
     });
 }
 
+/// A write that completes after the fence is not acknowledged and never becomes readable: the
+/// kernel may have dropped the pages the failed fdatasync was flushing, so nothing written since
+/// the last good sync can be vouched for.
+#[test]
+fn a_write_that_lands_after_a_failed_fdatasync_is_neither_readable_nor_acknowledged() {
+    let sim = SimDisk::with_faults(
+        29,
+        crate::io::FaultOptions {
+            fsync_latency: std::time::Duration::from_millis(5),
+            write_latency: std::time::Duration::from_millis(30),
+            ..crate::io::FaultOptions::default()
+        },
+    );
+    let config = LogConfig { write_in_flight_max: 1, ..sim_config(&sim) };
+    run(async {
+        let log = Rc::new(PartitionLog::open(&sim_dir(), config).await.expect("open"));
+        sim.fail_next(FaultKind::FsyncEio);
+        let first = [Record::new(0, None, b"synced, but its fdatasync fails")];
+        let ticket =
+            log.append_now(&first, ProducerInfo::default(), Durability::Synced, 0).expect("append");
+        // As soon as the first record is written (its sync starts now), append the second: its
+        // write is in flight while the sync fails, and lands after.
+        let second = {
+            let log = log.clone();
+            glommio::spawn_local(async move {
+                log.wait_readable(0).await.expect("the first record is written");
+                let second = [Record::new(0, None, b"written after the fence")];
+                let ticket = log
+                    .append_now(&second, ProducerInfo::default(), Durability::Written, 0)
+                    .expect("the log is not fenced yet");
+                log.wait(ticket).await
+            })
+        };
+        assert!(matches!(log.wait(ticket).await, Err(Error::Fenced { .. })));
+        let second = second.await;
+        assert!(matches!(second, Err(Error::Fenced { .. })), "acknowledged: {second:?}");
+        // Closing waits for the writer, so the late write has landed by now.
+        assert!(log.close().await.is_err());
+        assert_eq!(sim.stats().writes, 2, "the second write was issued before the fence");
+        assert_eq!(log.readable_end_offset(), 1, "the late write became readable");
+    });
+}
+
 /// A failed write fences the log the same way, and `written` appends behind it are refused even
 /// when their own write completes.
 #[test]
