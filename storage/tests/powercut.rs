@@ -82,6 +82,26 @@ struct Acked {
     appended_end: u64,
 }
 
+/// What the rounds exercised, printed at the end so a reader can see the test is not vacuous.
+#[derive(Default, Debug)]
+struct Coverage {
+    recoveries: u64,
+    torn_tails_cut: u64,
+    indexes_rebuilt: u64,
+    segments_seen: u64,
+    retention_deletes: u64,
+    cuts_during_recovery: u64,
+    fenced: u64,
+}
+
+thread_local! {
+    static COVERAGE: RefCell<Coverage> = RefCell::new(Coverage::default());
+}
+
+fn cover(f: impl FnOnce(&mut Coverage)) {
+    COVERAGE.with(|c| f(&mut c.borrow_mut()));
+}
+
 fn fail(seed: u64, what: String) -> ! {
     panic!(
         "power-cut round with seed {seed}: {what}\n  replay: KAPPA_POWERCUT_SEED={seed} \
@@ -179,8 +199,9 @@ async fn workload(seed: u64, log: Rc<PartitionLog>, rng: &mut Rng, budget: u64) 
             for _ in 0..4 {
                 futures_lite::future::yield_now().await;
                 let before = log.start_offset();
-                if log.apply_retention(0, floor).await.is_err() {
-                    return;
+                match log.apply_retention(0, floor).await {
+                    Ok(report) => cover(|c| c.retention_deletes += report.segments_deleted as u64),
+                    Err(_) => return,
                 }
                 let start = log.start_offset();
                 assert!(
@@ -224,6 +245,9 @@ async fn workload(seed: u64, log: Rc<PartitionLog>, rng: &mut Rng, budget: u64) 
         task.await;
     }
     retention.await;
+    if log.is_fenced() {
+        cover(|c| c.fenced += 1);
+    }
     let _ = log.close().await;
     reader.await;
     Rc::try_unwrap(acked).map_err(|_| ()).expect("tasks are done").into_inner()
@@ -259,10 +283,19 @@ async fn generation(
     let log = match PartitionLog::open(Path::new(DIR), config).await {
         Ok(log) => log,
         // The power went out while recovering: nothing new was acknowledged.
-        Err(_) if !disk.is_alive() => return (disk.power_cut(rng.next()), Acked::default()),
+        Err(_) if !disk.is_alive() => {
+            cover(|c| c.cuts_during_recovery += 1);
+            return (disk.power_cut(rng.next()), Acked::default());
+        }
         Err(e) => fail(seed, format!("{phase}: recovery refused the crash image: {e}")),
     };
     disk.set_faults(FaultOptions::default());
+    cover(|c| {
+        c.recoveries += 1;
+        c.torn_tails_cut += u64::from(log.recovery().truncated_bytes > 0);
+        c.indexes_rebuilt += log.recovery().indexes_rebuilt as u64;
+        c.segments_seen += log.recovery().segment_count as u64;
+    });
     let (start, end) = read_and_check(seed, &log, phase).await;
     if end != log.end_offset() {
         fail(seed, format!("{phase}: end offset {} but read to {end}", log.end_offset()));
@@ -356,8 +389,9 @@ fn synced_records_survive_power_cuts_and_nothing_corrupt_is_served() {
             }
             eprintln!(
                 "{} power-cut rounds ({ops} operations per workload): {synced} synced records \
-                 checked",
-                seeds.len()
+                 checked; {:?}",
+                seeds.len(),
+                COVERAGE.with(|c| std::mem::take(&mut *c.borrow_mut()))
             );
             assert!(synced > seeds.len() as u64, "the rounds acknowledged almost nothing");
         });
