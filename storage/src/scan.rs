@@ -111,9 +111,13 @@ pub async fn scan_segment<S: ChunkSource>(
                         }
                         break Step::NeedMore(frame_len);
                     }
-                    if let Err(defect) =
-                        check_frame(&header, &bytes[..frame_len], index.next_offset, depth)
-                    {
+                    if let Err(defect) = check_frame(
+                        &header,
+                        &bytes[..frame_len],
+                        position,
+                        index.next_offset,
+                        depth,
+                    ) {
                         break Step::Stop(Some(ScanStop { position, defect }));
                     }
                     first_timestamp.get_or_insert(header.first_timestamp);
@@ -156,10 +160,14 @@ enum Step {
 fn check_frame(
     header: &FrameHeader,
     frame: &[u8],
+    position: u64,
     expected_offset: u64,
     depth: Depth,
 ) -> Result<(), FrameDefect> {
     let (_, payload) = format::parse_frame(frame)?;
+    if u64::from(header.synced_before) > position {
+        return Err(FrameDefect::BadHeader { reason: "synced position past the frame itself" });
+    }
     if header.base_offset != expected_offset {
         return Err(FrameDefect::BadHeader {
             reason: "base offset does not follow the previous frame",
@@ -219,8 +227,9 @@ pub const HOLE: FrameDefect =
 
 /// Decides whether the damage a scan stopped at (or non-zero bytes after its last frame) is a
 /// torn tail or corruption: it searches every 16-byte aligned position after the damage for a
-/// valid frame (header and checksum). A valid frame ending more than `window_bytes` (plus the
-/// damaged frame's own length, when its header is readable) after the damage is corruption.
+/// valid frame (header and checksum). A valid frame whose `synced_before` lies past the damage, or
+/// that ends more than `window_bytes` (plus the damaged frame's own length, when its header is
+/// readable) after it, is corruption.
 pub async fn classify_tail<S: ChunkSource>(
     source: &S,
     scan: &SegmentScan,
@@ -246,7 +255,10 @@ pub async fn classify_tail<S: ChunkSource>(
     let mut dropped_offsets: Option<(u64, u64)> = None;
     let mut corrupt = None;
     let last_nonzero_end = find_valid_frames(source, position, |at, header| {
-        if at + u64::from(header.frame_len) - position > window {
+        // Damage below a valid frame's synced position was synced before that frame existed, and
+        // damage farther before a valid frame than the unsynced bound allows was synced too.
+        let synced_past_damage = u64::from(header.synced_before) > position;
+        if synced_past_damage || at + u64::from(header.frame_len) - position > window {
             corrupt = Some((at, header.base_offset));
             return ControlFlow::Break(());
         }
@@ -296,6 +308,7 @@ pub async fn find_valid_frames<S: ChunkSource>(
                     let at = q + rel as u64;
                     let len = u64::from(header.frame_len);
                     let valid = at + len <= file_len
+                        && u64::from(header.synced_before) <= at
                         && if rel + len as usize <= chunk.len() {
                             format::parse_frame(&chunk[rel..rel + len as usize]).is_ok()
                         } else {

@@ -123,12 +123,18 @@ impl PartitionLog {
         self.shared.check_usable(&st)?;
         let st = &mut *st;
         let base_offset = st.active().index.next_offset;
-        let header = *st.encoder.encode(base_offset, records, producer)?;
+        let synced_before = st.synced_position_in_active();
+        st.encoder.set_synced_before(synced_before);
+        let mut header = *st.encoder.encode(base_offset, records, producer)?;
         let frame_len = u64::from(header.frame_len);
 
         let active = &st.active().index;
         if !active.is_empty() && active.size_bytes + frame_len > config.segment_size_bytes_max {
             self.roll(st);
+            if synced_before != 0 {
+                // Nothing of the new segment is synced (once per roll: the payload is hashed again).
+                header = *st.encoder.restamp_synced_before(0);
+            }
         }
 
         let position = st.active().index.size_bytes;

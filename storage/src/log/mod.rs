@@ -240,6 +240,17 @@ impl State {
         }
     }
 
+    /// How much of the active segment an fdatasync covered: what a frame appended now carries as
+    /// `synced_before` (see `format`).
+    fn synced_position_in_active(&self) -> u32 {
+        let synced = self.synced_readable;
+        if synced.segment_base == self.active().index.base_offset {
+            synced.position_end as u32
+        } else {
+            0
+        }
+    }
+
     /// Moves the synced prefix up to `synced_seq`.
     fn advance_synced(&mut self) {
         while let Some(frame) = self.pending_sync.front() {

@@ -13,12 +13,19 @@
 //! a zero-filled hole with non-zero bytes after it) it searches every 16-byte aligned position
 //! after it for a valid frame (`scan::classify_tail`):
 //!
-//! * no valid frame after it, or valid frames only within the window (widened by the bad frame's
-//!   own length when its header is readable, since a sync point can fall inside a frame): a torn
-//!   tail. It is cut, the cut is synced, and what was dropped is logged and reported;
-//! * a valid frame ending farther than the window after it: corruption. `open` fails with
-//!   `Error::CorruptBeforeValid` naming the file and position, and nothing is truncated.
-//!   `kappa repair` cuts such a log explicitly, after a report of what it drops.
+//! * a valid frame whose `synced_before` (the synced prefix when it was appended, see `format`)
+//!   lies past the damage: corruption, exactly (those bytes were synced before that frame
+//!   existed). This catches damage anywhere in synced data, however small the log;
+//! * a valid frame ending farther than the window after it: corruption too (it would take more
+//!   unsynced bytes than the writer ever allows);
+//! * otherwise (no valid frame after it, or valid frames only within the window, widened by the
+//!   bad frame's own length when its header is readable, since a sync point can fall inside a
+//!   frame): a torn tail. It is cut, the cut is synced, and what was dropped is logged and
+//!   reported.
+//!
+//! On corruption `open` fails with `Error::CorruptBeforeValid` naming the file and position, and
+//! nothing is truncated; `kappa repair` cuts such a log explicitly, after a report of what it
+//! drops.
 //!
 //! A sealed segment was synced whole before the next one was created, so any damage in it is
 //! corruption. Zeros after the last frame are a clean end (preallocation puts them there).

@@ -41,7 +41,7 @@ fn a_flipped_byte_before_synced_records_is_corruption_and_nothing_is_cut() {
             Err(Error::CorruptBeforeValid { path, position, valid_at, .. }) => {
                 assert_eq!(path, active.path);
                 assert_eq!(position, 0, "the frame holding byte 300");
-                assert!(valid_at > position + config.torn_tail_window_bytes() / 2);
+                assert!(valid_at > position);
             }
             Err(other) => panic!("wrong error: {other}"),
             Ok(log) => {
@@ -52,6 +52,35 @@ fn a_flipped_byte_before_synced_records_is_corruption_and_nothing_is_cut() {
     let after = std::fs::read(&active.path).expect("read");
     assert_eq!(after.len(), before.len(), "nothing was truncated");
     assert_eq!(after.iter().zip(&before).filter(|(a, b)| a != b).count(), 1);
+}
+
+/// The same damage with the default unsynced bound (16 MiB, far larger than this whole log): the
+/// window alone cannot tell, but the frames after the damage say how much was synced when they
+/// were appended (`synced_before`), and that covers byte 300.
+#[test]
+fn damage_in_synced_bytes_is_corruption_whatever_the_window() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = LogConfig {
+        segment_size_bytes_max: 1 << 20,
+        unsynced_bytes_max: LogConfig::default().unsynced_bytes_max,
+        ..small_config()
+    };
+    let active = run(async {
+        let log = PartitionLog::open(dir.path(), config.clone()).await.expect("open");
+        fill(&log, 50, 10, Durability::Synced).await;
+        log.close().await.expect("close");
+        log.segments().last().expect("segment").clone()
+    });
+    assert!(active.size_bytes < config.torn_tail_window_bytes());
+    flip_byte(&active.path, 300);
+    run(async {
+        let result = PartitionLog::open(dir.path(), config.clone()).await;
+        assert!(
+            matches!(result, Err(Error::CorruptBeforeValid { position: 0, .. })),
+            "{:?}",
+            result.err()
+        );
+    });
 }
 
 /// A zeroed block (a lost write, a bad sector read back as zeros) in the synced middle of the
@@ -77,21 +106,27 @@ fn a_zeroed_block_before_synced_records_is_corruption() {
     });
 }
 
-/// The other side of the rule: damage within the window of the end is a torn tail and is cut,
-/// dropping the valid frames after it (they were never synced, or a power cut could not have
-/// left a hole before them).
+/// The other side of the rule: damage in bytes that were never synced when the frames after it
+/// were appended, within the window of the end, is a torn tail. It is cut, with the valid frames
+/// after it (never synced: a power cut could have left the same hole).
 #[test]
-fn damage_within_the_torn_tail_window_is_cut_with_what_follows_it() {
+fn damage_in_unsynced_bytes_near_the_end_is_a_torn_tail_and_is_cut() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = LogConfig { segment_size_bytes_max: 1 << 20, ..small_config() };
-    let active = run(async {
+    let (synced_end, active) = run(async {
         let log = PartitionLog::open(dir.path(), config.clone()).await.expect("open");
-        fill(&log, 60, 10, Durability::Synced).await;
+        fill(&log, 50, 10, Durability::Synced).await;
+        let synced_end = log.segments().last().expect("segment").size_bytes;
+        // 10 more batches, written but not synced (under half the unsynced bound, so no
+        // background sync either): their frames say the segment was synced up to `synced_end`.
+        fill(&log, 10, 10, Durability::Written).await;
+        assert_eq!(log.synced_end_offset(), 500);
         log.close().await.expect("close");
-        log.segments().last().expect("segment").clone()
+        (synced_end, log.segments().last().expect("segment").clone())
     });
-    // A hole one block before the end: the frames after it are well within the window.
-    let hole = (active.size_bytes - 5000) / 4096 * 4096;
+    // A hole in the unsynced part, with valid frames after it.
+    let hole = synced_end.next_multiple_of(4096) + 4096;
+    assert!(hole + 8192 < active.size_bytes, "{hole} {active:?}");
     {
         use std::os::unix::fs::FileExt;
         let file = std::fs::OpenOptions::new().write(true).open(&active.path).expect("open");
@@ -101,7 +136,7 @@ fn damage_within_the_torn_tail_window_is_cut_with_what_follows_it() {
         let log = PartitionLog::open(dir.path(), config.clone()).await.expect("torn tail");
         assert!(log.recovery().truncated_bytes > 0);
         let end = log.end_offset();
-        assert!(end < 600 && end > 500, "cut at the hole, not at 0: {end}");
+        assert!(end < 600 && end > 500, "cut at the hole, not before the synced end: {end}");
         assert_eq!(read_all(&log, Seek::Beginning).await, (0..end).collect::<Vec<_>>());
         // Appends continue at the cut, and a reopen is clean.
         fill(&log, 2, 10, Durability::Synced).await;
@@ -110,6 +145,29 @@ fn damage_within_the_torn_tail_window_is_cut_with_what_follows_it() {
         assert_eq!(log.recovery().truncated_bytes, 0);
         assert_eq!(read_all(&log, Seek::Beginning).await, (0..end + 20).collect::<Vec<_>>());
         log.close().await.expect("close");
+    });
+}
+
+/// The same hole in bytes that were synced is corruption, however near the end.
+#[test]
+fn damage_in_synced_bytes_near_the_end_is_corruption() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = LogConfig { segment_size_bytes_max: 1 << 20, ..small_config() };
+    let active = run(async {
+        let log = PartitionLog::open(dir.path(), config.clone()).await.expect("open");
+        fill(&log, 60, 10, Durability::Synced).await;
+        log.close().await.expect("close");
+        log.segments().last().expect("segment").clone()
+    });
+    let hole = (active.size_bytes - 5000) / 4096 * 4096;
+    {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new().write(true).open(&active.path).expect("open");
+        file.write_all_at(&[0u8; 4096], hole).expect("zero a block");
+    }
+    run(async {
+        let result = PartitionLog::open(dir.path(), config.clone()).await;
+        assert!(matches!(result, Err(Error::CorruptBeforeValid { .. })), "{:?}", result.err());
     });
 }
 
