@@ -14,8 +14,9 @@
 //! random floor, a live reader, deterministic yields that interleave completions, and in some
 //! rounds injected EIO on writes and syncs (which fence the log).
 //!
-//! `KAPPA_POWERCUT_ROUNDS` (default 300) sets the number of rounds, `KAPPA_POWERCUT_SEED` replays
-//! one. Every failure names its seed.
+//! `KAPPA_POWERCUT_ROUNDS` (default 300) sets the number of rounds and `KAPPA_POWERCUT_FIRST_SEED`
+//! (default 1) where their seeds start; `KAPPA_POWERCUT_SEED` replays one. Every failure names its
+//! seed.
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
@@ -367,7 +368,10 @@ fn seeds() -> Vec<u64> {
     let rounds: u64 = std::env::var("KAPPA_POWERCUT_ROUNDS")
         .map(|r| r.parse().expect("KAPPA_POWERCUT_ROUNDS is a number"))
         .unwrap_or(300);
-    (1..=rounds).collect()
+    let first: u64 = std::env::var("KAPPA_POWERCUT_FIRST_SEED")
+        .map(|r| r.parse().expect("KAPPA_POWERCUT_FIRST_SEED is a number"))
+        .unwrap_or(1);
+    (first..first + rounds).collect()
 }
 
 #[test]
