@@ -47,8 +47,9 @@ pub use reader::{LogReader, ReadBatch, Seek};
 ///
 /// `Written` data is on the device (perhaps in its volatile cache) and its file size and block
 /// allocation may not be durable yet: a SIGKILL keeps it, a power cut may tear or drop it. Only
-/// bytes never covered by a completed fdatasync can be lost, and the writer bounds how many those
-/// are (`LogConfig::unsynced_bytes_max`), which is what lets recovery tell a torn tail from
+/// bytes never covered by a completed fdatasync can be lost; every frame records how much of its
+/// segment was synced when it was appended, and the writer bounds how many bytes are unsynced
+/// (`LogConfig::unsynced_bytes_max`), which is what lets recovery tell a torn tail from
 /// corruption.
 ///
 /// Readers see frames once they are written, so by default they may see `Written` records that a
