@@ -39,11 +39,11 @@ pub use reader::{LogReader, ReadBatch, Seek};
 
 /// How far an append has to get before it is acknowledged, and so what it survives.
 ///
-/// | level     | acknowledged when                         | survives a process crash | survives a power cut |
-/// |-----------|-------------------------------------------|--------------------------|----------------------|
-/// | `None`    | the frame is in the write buffer          | no                       | no                   |
-/// | `Written` | the DMA write of the frame completed      | yes                      | no                   |
-/// | `Synced`  | an fdatasync covering the frame completed | yes                      | yes                  |
+/// | level     | acknowledged when                         | process crash | power cut |
+/// |-----------|-------------------------------------------|---------------|-----------|
+/// | `None`    | the frame is in the write buffer          | lost          | lost      |
+/// | `Written` | the DMA write of the frame completed      | survives      | lost      |
+/// | `Synced`  | an fdatasync covering the frame completed | survives      | survives  |
 ///
 /// `Written` data is on the device (perhaps in its volatile cache) and its file size and block
 /// allocation may not be durable yet: a SIGKILL keeps it, a power cut may tear or drop it. Only

@@ -132,7 +132,8 @@ impl PartitionLog {
         if !active.is_empty() && active.size_bytes + frame_len > config.segment_size_bytes_max {
             self.roll(st);
             if synced_before != 0 {
-                // Nothing of the new segment is synced (once per roll: the payload is hashed again).
+                // Nothing of the new segment is synced (once per roll: the payload is hashed
+                // again).
                 header = *st.encoder.restamp_synced_before(0);
             }
         }
