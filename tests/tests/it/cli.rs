@@ -120,15 +120,16 @@ fn flip(path: &std::path::Path, position: u64) {
 fn a_flipped_byte_in_the_active_segment_is_corruption_until_repaired() {
     let temp = tempfile::tempdir().expect("tempdir");
     let dir = temp.path().to_str().expect("utf-8");
-    // 24,000 records of 1 KiB: more than the default torn-tail window (about 17 MiB) after byte
-    // 4096, so no power cut can explain damage there.
+    // The shape: 20,000 records of 1,000 bytes (about 20.5 MiB), one segment. Every frame
+    // after the first says the first was synced before it was appended, so damage at byte 4096
+    // cannot be a torn write.
     let gen = [
         "gen",
         dir,
         "--topic",
         "t",
         "--records",
-        "24000",
+        "20000",
         "--value-size",
         "1000",
         "--durability",
@@ -155,8 +156,8 @@ fn a_flipped_byte_in_the_active_segment_is_corruption_until_repaired() {
     assert_eq!(cuts.len(), 1);
     assert_eq!(cuts[0].path, segment);
     assert_eq!(cuts[0].position, 0, "the frame holding byte 4096 starts at 0");
-    assert_eq!((cuts[0].first_dropped_offset, cuts[0].dropped_offsets_end), (0, 24000));
-    let data = 24_000 * 1_000;
+    assert_eq!((cuts[0].first_dropped_offset, cuts[0].dropped_offsets_end), (0, 20_000));
+    let data = 20_000 * 1_000;
     assert!(cuts[0].dropped_bytes > data && cuts[0].dropped_bytes < data * 11 / 10, "{cuts:?}");
 
     assert_eq!(kappa(&["repair", dir]), EXIT_OK);
