@@ -613,7 +613,7 @@ impl Engine {
         match std::fs::rename(&entry.dir, &doomed) {
             Ok(()) => {
                 if let Some(parent) = entry.dir.parent() {
-                    kappa_storage::io::sync_dir(parent)?;
+                    kappa_storage::io::Disk::Dma.sync_dir_blocking(parent)?;
                 }
                 let _ = std::fs::remove_dir_all(&doomed);
             }

@@ -54,7 +54,10 @@ impl Error {
     pub fn is_disk_full(&self) -> bool {
         let source = match self {
             Error::Io { source, .. } => source,
-            Error::Storage(kappa_storage::Error::Io { source, .. }) => source,
+            Error::Storage(e) => match e.io_source() {
+                Some(source) => source,
+                None => return false,
+            },
             _ => return false,
         };
         // ENOSPC, or its kind where the error was re-created from a stored failure.

@@ -178,7 +178,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
             row.value
         );
     }
-    let code = crate::verify::run(&data_dir, false)?;
+    let code = crate::verify::run(&data_dir, false, kappa_storage::verify::default_window_bytes())?;
     anyhow::ensure!(
         code == crate::cli::EXIT_OK,
         "verify found corruption in {}",

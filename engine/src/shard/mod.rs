@@ -404,7 +404,7 @@ fn append(
         })
         .collect();
     let bytes: u64 = borrowed.iter().map(|r| r.size_bytes() as u64).sum();
-    let ticket = match log.append_now(&borrowed, ProducerInfo::default(), durability) {
+    let ticket = match log.append_now(&borrowed, ProducerInfo::default(), durability, now_ms) {
         Ok(ticket) => ticket,
         Err(e) => {
             let _ = reply.send(Err(e.into()));
@@ -533,7 +533,8 @@ async fn retention_loop(shard: Rc<Shard>) {
             shard.partitions.borrow().values().flat_map(|p| p.values().cloned()).collect();
         let now_ms = shard.config.clock.now_ms();
         for log in logs {
-            if let Err(e) = log.apply_retention(now_ms).await {
+            // No floor yet: pinning what running views have not folded comes with the views.
+            if let Err(e) = log.apply_retention(now_ms, u64::MAX).await {
                 tracing::error!(shard = shard.id.0, dir = %log.dir().display(), error = %e, "retention failed");
             }
         }

@@ -58,6 +58,7 @@ fn synced_acks_survive_sigkill() {
             }
         });
         let mut lines = Vec::new();
+        #[allow(clippy::disallowed_methods)] // A test deadline, not engine time.
         let started = std::time::Instant::now();
         // Every fourth round kills at a random moment from the start instead (often during the
         // reopen's recovery, which must survive a crash too).

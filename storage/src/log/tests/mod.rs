@@ -5,6 +5,7 @@ use std::path::Path;
 
 use super::*;
 use crate::reader::Seek;
+use crate::Record;
 use crate::Retention;
 
 pub(crate) fn run<T>(future: impl std::future::Future<Output = T>) -> T {
@@ -15,12 +16,16 @@ pub(crate) fn run<T>(future: impl std::future::Future<Output = T>) -> T {
         .run(future)
 }
 
-fn small_config() -> LogConfig {
+mod guarantees;
+
+pub(super) fn small_config() -> LogConfig {
     LogConfig {
         segment_size_bytes_max: 64 * 1024,
         index_interval_bytes: 4096,
         write_buffer_size_bytes: 16 * 1024,
         read_buffer_size_bytes: 8 * 1024,
+        unsynced_bytes_max: 32 * 1024,
+        preallocate_bytes: 32 * 1024,
         ..LogConfig::default()
     }
 }
@@ -30,7 +35,12 @@ fn value_for(offset: u64, len: usize) -> Vec<u8> {
 }
 
 /// Appends `batches` batches of `per_batch` records whose values encode their offsets.
-async fn fill(log: &PartitionLog, batches: u64, per_batch: u64, durability: Durability) -> u64 {
+pub(super) async fn fill(
+    log: &PartitionLog,
+    batches: u64,
+    per_batch: u64,
+    durability: Durability,
+) -> u64 {
     let mut last = 0;
     for _ in 0..batches {
         let base = log.end_offset();
@@ -51,7 +61,7 @@ async fn fill(log: &PartitionLog, batches: u64, per_batch: u64, durability: Dura
 }
 
 /// Reads everything from `seek` and checks every record's bytes; returns the offsets seen.
-async fn read_all(log: &PartitionLog, seek: Seek) -> Vec<u64> {
+pub(super) async fn read_all(log: &PartitionLog, seek: Seek) -> Vec<u64> {
     let mut reader = log.reader(seek).expect("reader");
     let mut seen = Vec::new();
     while let Some(batch) = reader.next_batch().await.expect("read") {
@@ -194,7 +204,7 @@ fn first_sealed_segment(dir: &Path) -> SegmentInfo {
     })
 }
 
-fn flip_byte(path: &Path, position: u64) {
+pub(super) fn flip_byte(path: &Path, position: u64) {
     use std::os::unix::fs::FileExt;
     let file = std::fs::OpenOptions::new().read(true).write(true).open(path).expect("open");
     let mut byte = [0u8];
@@ -291,7 +301,7 @@ fn retention_deletes_whole_sealed_segments_only() {
         fill(&log, 80, 25, Durability::Written).await;
         let before = log.segments();
         assert!(before.len() > 4, "{before:?}");
-        let report = log.apply_retention(0).await.expect("retention");
+        let report = log.apply_retention(0, u64::MAX).await.expect("retention");
         assert!(report.segments_deleted > 0);
         assert!(log.size_bytes() <= 150 * 1024 + 64 * 1024);
         let start = log.start_offset();
@@ -310,7 +320,7 @@ fn retention_deletes_whole_sealed_segments_only() {
         let log = PartitionLog::open(dir.path(), config).await.expect("open");
         // Event times run 1_000..3_000; at "now" 3_700 sealed segments whose newest record is
         // older than 2_700 go.
-        let report = log.apply_retention(3_700).await.expect("retention");
+        let report = log.apply_retention(3_700, u64::MAX).await.expect("retention");
         assert!(report.segments_deleted > 0);
         for segment in log.segments().iter().filter(|s| s.sealed) {
             assert!(segment.max_timestamp >= 2_700);
@@ -325,7 +335,7 @@ fn default_retention_keeps_everything() {
     run(async {
         let log = PartitionLog::open(dir.path(), small_config()).await.expect("open");
         fill(&log, 40, 25, Durability::Written).await;
-        let report = log.apply_retention(i64::MAX).await.expect("retention");
+        let report = log.apply_retention(i64::MAX, u64::MAX).await.expect("retention");
         assert_eq!(report.segments_deleted, 0);
         assert_eq!(log.start_offset(), 0);
         log.close().await.expect("close");
