@@ -21,6 +21,7 @@ use crate::producer::Producer;
 use crate::router::{shard_for, ShardId};
 use crate::shard::{self, Request, ShardJob, SubscriptionState};
 use crate::view::{self, Query, Row, VersionProgress, ViewDef};
+use crate::watchdog;
 use crate::Error;
 
 /// A topic as the engine knows it: its definition and which shard owns each partition.
@@ -36,8 +37,9 @@ pub(crate) struct Inner {
     views: RwLock<BTreeMap<String, Arc<view::Entry>>>,
     senders: Vec<flume::Sender<Request>>,
     topics: RwLock<BTreeMap<String, Arc<TopicMeta>>>,
-    threads: Mutex<Vec<glommio::ExecutorJoinHandle<()>>>,
+    threads: Mutex<Vec<watchdog::ExecutorHandle<()>>>,
     shut_down: AtomicBool,
+    guard: watchdog::ShardGuard,
 }
 
 /// The embedded engine. Dropping it shuts it down cleanly (flush, sync, close).
@@ -115,6 +117,7 @@ impl Engine {
         let config = Arc::new(config);
         let mut senders = Vec::with_capacity(shard_count);
         let mut threads = Vec::with_capacity(shard_count);
+        let guard = watchdog::ShardGuard::start(shard_count, &config.watchdog, &data_dir)?;
         for index in 0..shard_count {
             let (sender, receiver) = flume::bounded(config.request_queue_max);
             let placement = match cpus.get(index % cpus.len().max(1)) {
@@ -123,12 +126,15 @@ impl Engine {
             };
             let shard_config = config.clone();
             let id = ShardId(index as u16);
-            let handle = LocalExecutorBuilder::new(placement)
-                .name(&format!("kappa-shard-{index}"))
-                .preempt_timer(config.preempt_timer())
-                .io_memory(config.io_memory_bytes)
-                .spawn(move || shard::run(id, shard_config, receiver))
-                .map_err(|e| Error::Start { shard: index as u16, reason: e.to_string() })?;
+            let handle = watchdog::spawn_executor(
+                format!("kappa-shard-{index}"),
+                LocalExecutorBuilder::new(placement)
+                    .preempt_timer(config.preempt_timer())
+                    .io_memory(config.io_memory_bytes),
+                guard.pulse(index),
+                move || shard::run(id, shard_config, receiver),
+            )
+            .map_err(|e| Error::Start { shard: index as u16, reason: e.to_string() })?;
             senders.push(sender);
             threads.push(handle);
         }
@@ -140,6 +146,7 @@ impl Engine {
                 topics: RwLock::new(BTreeMap::new()),
                 threads: Mutex::new(threads),
                 shut_down: AtomicBool::new(false),
+                guard,
             }),
         };
         for (name, topic) in meta::read_topics(&data_dir)? {
@@ -271,6 +278,7 @@ impl Engine {
     pub fn metrics(&self) -> Result<Vec<ShardMetrics>, Error> {
         (0..self.shard_count())
             .map(|shard| self.inner.call(shard, |reply| Request::Metrics { reply }))
+            .map(|m| m.map(|m| ShardMetrics { watchdog: self.inner.guard.metrics(m.shard), ..m }))
             .collect()
     }
 
@@ -534,6 +542,7 @@ impl Engine {
                 });
             }
         }
+        self.inner.guard.stop();
         first_error.map_or(Ok(()), Err)
     }
 }

@@ -22,6 +22,7 @@ mod producer;
 pub mod router;
 pub mod shard;
 pub mod view;
+pub mod watchdog;
 
 pub use clock::{Clock, FixedClock, SystemClock};
 pub use config::{EngineBuilder, EngineConfig, TopicConfig};
@@ -30,7 +31,8 @@ pub use engine::{Engine, ViewHandle};
 pub use error::Error;
 pub use kappa_storage as storage;
 pub use kappa_storage::{Durability, OwnedBatch, RecordRef, Seek};
-pub use metrics::{ConsumerMetrics, PartitionMetrics, ShardMetrics};
+pub use metrics::{ConsumerMetrics, PartitionMetrics, ShardMetrics, WatchdogMetrics};
 pub use producer::{Ack, BatchAck, PendingAck, Producer, ProducerBatch, ProducerRecord};
 pub use router::ShardId;
 pub use view::{Row, Start, VersionProgress, ViewDef};
+pub use watchdog::WatchdogConfig;

@@ -21,6 +21,21 @@ pub struct ShardMetrics {
     pub write_queue_len: usize,
     pub partitions: Vec<PartitionMetrics>,
     pub consumers: Vec<ConsumerMetrics>,
+    /// The shard's watchdog counters (see `crate::watchdog`).
+    pub watchdog: WatchdogMetrics,
+}
+
+/// What the watchdog saw of one shard since the engine started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WatchdogMetrics {
+    /// Beats of the shard's pulse so far: it grows while the shard's scheduler runs.
+    pub pulse_beats: u64,
+    /// Times the shard's pulse stood still for `WatchdogConfig::stall_after`.
+    pub stalls: u64,
+    /// Kick signals sent to the shard's thread.
+    pub kicks: u64,
+    /// The longest stall that ended, in milliseconds.
+    pub longest_stall_ms: u64,
 }
 
 /// Offsets and size of one partition.

@@ -541,6 +541,7 @@ fn metrics(shard: &Shard) -> ShardMetrics {
         write_queue_len,
         partitions,
         consumers,
+        watchdog: Default::default(), // filled in by `Engine::metrics`
     }
 }
 
