@@ -10,8 +10,8 @@
 //!
 //! ```sh
 //! cargo build --release -p kappa-tests --bin kappa-uring-stress
-//! target/release/kappa-uring-stress --dir /work/stress --seconds 120 --guard none   # stalls
-//! target/release/kappa-uring-stress --dir /work/stress --seconds 120 --guard pulse  # none
+//! target/release/kappa-uring-stress --dir target/stress --seconds 120 --guard none   # stalls
+//! target/release/kappa-uring-stress --dir target/stress --seconds 120 --guard pulse  # none
 //! target/release/kappa-uring-stress --modes park-race --cpu-hogs 0 --dd 0 --seconds 30
 //! ```
 //!
@@ -23,8 +23,12 @@
 //! reads, 16 in flight), and `park-race`: no I/O, one task that yields in a loop, and a "delay"
 //! signal whose handler sleeps `--delay-us` sent to the executor whenever it made progress; a
 //! delay that lands between glommio arming its preempt timer and checking it makes the executor
-//! park with the task runnable, so this mode shows the race on an idle machine (`--delay-us 0`
-//! sends none: with `--preempt-us 1` the preempt timer itself fires inside the window).
+//! park with the task runnable, so this mode shows the race on an idle machine. `--delay-us 0`
+//! sends none: with `--preempt-us 20` to `100` the preempt timer itself fires inside the window
+//! often enough (below about 5 us glommio hardly runs tasks at all).
+//!
+//! `idle` does nothing for the whole run (one timer), to price the pulse: compare the executor
+//! thread's `cpu_s` with `--guard none` and `--guard pulse`.
 //!
 //! Guards: `none`; `pulse` (the engine's: `kappa_engine::watchdog` pulse task every
 //! `--pulse-ms` plus the watchdog thread that kicks after `--kick-after-ms`); `kick` (the
@@ -68,6 +72,7 @@ enum Mode {
     Sync4k,
     Read,
     ParkRace,
+    Idle,
 }
 
 impl Mode {
@@ -78,9 +83,10 @@ impl Mode {
             "sync4k" => Mode::Sync4k,
             "read" => Mode::Read,
             "park-race" => Mode::ParkRace,
-            other => {
-                anyhow::bail!("unknown mode {other} (extend, prealloc, sync4k, read, park-race)")
-            }
+            "idle" => Mode::Idle,
+            other => anyhow::bail!(
+                "unknown mode {other} (extend, prealloc, sync4k, read, park-race, idle)"
+            ),
         })
     }
 }
@@ -275,6 +281,8 @@ fn signal_thread(tid: i64, signal: libc::c_int) {
 
 fn main() -> anyhow::Result<()> {
     let o = parse_options()?;
+    // The watchdog's warnings (stalls, with where the thread slept, and kicks) go to stderr.
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).init();
     std::fs::create_dir_all(&o.dir).with_context(|| format!("creating {}", o.dir.display()))?;
     let stop = Arc::new(AtomicBool::new(false));
     if o.modes.contains(&Mode::ParkRace) {
@@ -325,6 +333,7 @@ fn main() -> anyhow::Result<()> {
         let dir = o.dir.join(&progress.name);
         let stop_ex = stop.clone();
         let (file_mib, guard) = (o.file_mib, o.guard);
+        let idle_for = Duration::from_secs(o.seconds + 3); // alive when the summary reads its CPU time
         let builder = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
             .io_memory(16 << 20)
             .preempt_timer(Duration::from_micros(o.preempt_us));
@@ -340,7 +349,7 @@ fn main() -> anyhow::Result<()> {
                 let _ = ready_tx.send(());
                 glommio::spawn_local(async move { while wake_rx.recv_async().await.is_ok() {} })
                     .detach();
-                run_executor(mode, dir, file_mib, &p, &stop_ex).await
+                run_executor(mode, dir, file_mib, idle_for, &p, &stop_ex).await
             },
         )?;
         if ready_rx.recv_timeout(Duration::from_secs(10)).is_err() {
@@ -489,7 +498,7 @@ fn main() -> anyhow::Result<()> {
         let stranded_here = w.stalls.iter().filter(|s| s.1).count();
         println!(
             "{}: {} done, {} stalls >= {} ms ({} stranded in glommio), worst {:.2} s; \
-             watchdog: {} stalls, {} kicks, longest {} ms{}",
+             watchdog: {} stalls, {} kicks, longest {} ms; thread cpu_s={:.2}{}",
             p.name,
             p.done.load(Ordering::SeqCst),
             w.stalls.len(),
@@ -499,6 +508,7 @@ fn main() -> anyhow::Result<()> {
             p.pulse.stalls(),
             p.pulse.kicks(),
             p.pulse.longest_stall().as_millis(),
+            thread_cpu_seconds(p.tid.load(Ordering::SeqCst)),
             if p.mode == Mode::ParkRace {
                 format!("; {} delay signals", w.delays)
             } else {
@@ -548,6 +558,21 @@ fn main() -> anyhow::Result<()> {
     drop(watchdog);
     let _ = std::fs::remove_dir_all(&o.dir);
     Ok(())
+}
+
+/// User + system CPU time of thread `tid` of this process, in seconds.
+fn thread_cpu_seconds(tid: i64) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised name: state is the first, utime the 12th, stime the 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 =
+        fields.get(11..13).map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks as f64 / per_second
 }
 
 /// Requests of this executor the kernel has taken and not completed, less glommio's standing
@@ -629,9 +654,16 @@ async fn run_executor(
     mode: Mode,
     dir: PathBuf,
     file_mib: usize,
+    idle_for: Duration,
     p: &Arc<Progress>,
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
+    if mode == Mode::Idle {
+        // One timer for the whole run: unguarded, the executor sleeps until it fires; guarded,
+        // the pulse wakes it every interval (what `cpu_s` in the summary prices).
+        glommio::timer::sleep(idle_for).await;
+        return Ok(());
+    }
     if mode == Mode::ParkRace {
         while !stop.load(Ordering::SeqCst) {
             counted(p, YIELD, futures_lite::future::yield_now()).await;
@@ -650,7 +682,7 @@ async fn run_executor(
             Mode::Prealloc => write_file(p, &path, file_mib, true).await?,
             Mode::Sync4k => sync_4k(p, &path, 256).await?,
             Mode::Read => read_file(p, &path, file_mib).await?,
-            Mode::ParkRace => {}
+            Mode::ParkRace | Mode::Idle => {}
         }
     }
     Ok(())
