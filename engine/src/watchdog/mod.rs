@@ -217,7 +217,9 @@ fn watch(pulses: &[Arc<Pulse>], config: &WatchdogConfig, kick: bool, stopped: &m
                         pulse.stalls.fetch_add(1, Ordering::Relaxed);
                         // Where the thread sleeps says why: `io_cqring_wait` is glommio parked
                         // (or the kernel holding a completion), a file system function is a
-                        // blocking call on the executor, `0` is a task that does not yield.
+                        // blocking call on the executor, `0` is a thread that is not asleep: a
+                        // task that does not yield, or no CPU for it (the kick is then moot but
+                        // harmless, and reading wchan may fail, so it is sent regardless).
                         let wchan = std::fs::read_to_string(format!("/proc/self/task/{tid}/wchan"))
                             .unwrap_or_default();
                         tracing::warn!(

@@ -282,7 +282,11 @@ fn signal_thread(tid: i64, signal: libc::c_int) {
 fn main() -> anyhow::Result<()> {
     let o = parse_options()?;
     // The watchdog's warnings (stalls, with where the thread slept, and kicks) go to stderr.
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(false)
+        .init();
     std::fs::create_dir_all(&o.dir).with_context(|| format!("creating {}", o.dir.display()))?;
     let stop = Arc::new(AtomicBool::new(false));
     if o.modes.contains(&Mode::ParkRace) {

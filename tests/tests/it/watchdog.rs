@@ -239,7 +239,8 @@ fn uring_stress_the_guard_leaves_no_stranded_executor() {
             .output()
             .expect("run kappa-uring-stress");
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        eprintln!("--- guard {guard} ---\n{stdout}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        eprintln!("--- guard {guard} ---\n{stdout}{stderr}");
         stdout.lines().find(|l| l.starts_with("RESULT")).unwrap_or("no RESULT line").to_string()
     };
     let unguarded = run("none");
