@@ -13,6 +13,8 @@
 //! target/release/kappa-uring-stress --dir target/stress --seconds 120 --guard none   # stalls
 //! target/release/kappa-uring-stress --dir target/stress --seconds 120 --guard pulse  # none
 //! target/release/kappa-uring-stress --modes park-race --cpu-hogs 0 --dd 0 --seconds 30
+//! # the reported fingerprint in seconds on an idle machine: a 50 us preempt timer widens the race
+//! target/release/kappa-uring-stress --modes sync4k --cpu-hogs 0 --dd 0 --preempt-us 50 --seconds 10
 //! ```
 //!
 //! or through the gated test: `KAPPA_URING_STRESS=1 cargo test --release -p kappa-tests --test
@@ -40,30 +42,21 @@
 #![allow(clippy::disallowed_methods)] // a measuring binary: it reads the clock directly
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use glommio::io::DmaFile;
 use kappa_engine::watchdog::{Pulse, Watchdog};
 use kappa_engine::WatchdogConfig;
 
-const MIB: usize = 1 << 20;
+mod procfs;
+mod workload;
 
-const KINDS: [&str; 8] =
-    ["open", "fallocate", "write", "fdatasync", "close", "read", "write-1m", "yield"];
-const OPEN: usize = 0;
-const FALLOCATE: usize = 1;
-const WRITE: usize = 2;
-const FDATASYNC: usize = 3;
-const CLOSE: usize = 4;
-const READ: usize = 5;
-const WRITE_1M: usize = 6;
-const YIELD: usize = 7;
+use procfs::{dump, io_uring_fds, kernel_io_in_flight, thread_cpu_seconds};
+use workload::{run_executor, KINDS};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -222,23 +215,6 @@ impl Progress {
 fn gettid() -> i64 {
     // SAFETY: gettid has no preconditions.
     unsafe { libc::syscall(libc::SYS_gettid) }
-}
-
-fn io_uring_fds() -> Vec<i32> {
-    let mut fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
-        .map(|d| {
-            d.filter_map(|e| {
-                let e = e.ok()?;
-                let target = std::fs::read_link(e.path()).ok()?;
-                (target.to_string_lossy() == "anon_inode:[io_uring]")
-                    .then(|| e.file_name().to_string_lossy().parse().ok())
-                    .flatten()
-            })
-            .collect()
-        })
-        .unwrap_or_default();
-    fds.sort_unstable();
-    fds
 }
 
 /// The delay signal of `park-race`: its handler sleeps, as if the thread lost its CPU.
@@ -469,7 +445,7 @@ fn main() -> anyhow::Result<()> {
                         format!("{in_kernel} of its requests are in the kernel")
                     }
                 );
-                dump(p, &rings[&p.name]);
+                dump(p.tid.load(Ordering::SeqCst), &rings[&p.name]);
             }
             if o.guard == Guard::Wake
                 && stalled >= Duration::from_millis(o.kick_after_ms) * (w.wakes + 1)
@@ -561,212 +537,5 @@ fn main() -> anyhow::Result<()> {
     }
     drop(watchdog);
     let _ = std::fs::remove_dir_all(&o.dir);
-    Ok(())
-}
-
-/// User + system CPU time of thread `tid` of this process, in seconds.
-fn thread_cpu_seconds(tid: i64) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised name: state is the first, utime the 12th, stime the 13th.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: u64 =
-        fields.get(11..13).map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
-    // SAFETY: sysconf has no preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    ticks as f64 / per_second
-}
-
-/// Requests of this executor the kernel has taken and not completed, less glommio's standing
-/// ones: on the ring it sleeps on, the poll of the latency ring's fd and the throughput timer
-/// with its linked eventfd write; on the latency ring, the eventfd read and its timers.
-fn kernel_io_in_flight(rings: &[i32]) -> i64 {
-    let mut io = 0;
-    for fd in rings {
-        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
-        let field = |name: &str| -> i64 {
-            info.lines()
-                .find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse().unwrap_or(0)))
-                .unwrap_or(0)
-        };
-        let in_flight = field("SqHead:") - field("CqTail:");
-        let polls: Vec<&str> = info.lines().filter(|l| l.trim_start().starts_with("op=")).collect();
-        if polls.iter().any(|l| l.contains("op=22")) {
-            continue; // the latency ring: eventfd read and timers, never our I/O here
-        }
-        if polls.iter().any(|l| l.contains("op=6")) {
-            io += in_flight - 3; // the sleeping ring's standing requests
-        } else {
-            io += in_flight;
-        }
-    }
-    io
-}
-
-fn dump(p: &Progress, rings: &[i32]) {
-    for fd in rings {
-        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
-        let keep = ["SqHead", "SqTail", "CqHead", "CqTail", "SQEs", "CQEs", "PollList", "  op="];
-        let short: Vec<&str> = info
-            .lines()
-            .filter(|l| keep.iter().any(|k| l.trim_start().starts_with(k.trim_start())))
-            .collect();
-        println!("  ring fd {fd}: {}", short.join(" | "));
-    }
-    let tid = p.tid.load(Ordering::SeqCst);
-    let task = format!("/proc/self/task/{tid}");
-    let read = |f: &str| std::fs::read_to_string(format!("{task}/{f}")).unwrap_or_default();
-    let state: Vec<String> = read("status")
-        .lines()
-        .filter(|l| l.starts_with("State") || l.starts_with("SigPnd"))
-        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-        .collect();
-    println!("  thread {tid}: wchan={} {}", read("wchan"), state.join(" "));
-    println!("    {}", read("stack").trim_end().replace('\n', "\n    "));
-    // io-wq workers are threads of this process named iou-wrk-<tid of their submitter>.
-    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
-        for t in tasks.flatten() {
-            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-            if comm.trim() == format!("iou-wrk-{tid}") {
-                let stack = std::fs::read_to_string(t.path().join("stack")).unwrap_or_default();
-                println!(
-                    "  {} {}: {}",
-                    comm.trim(),
-                    t.file_name().to_string_lossy(),
-                    stack.lines().take(3).collect::<Vec<_>>().join(" <- ")
-                );
-            }
-        }
-    }
-}
-
-fn io(e: glommio::GlommioError<()>) -> std::io::Error {
-    e.into()
-}
-
-/// Counts one I/O of `kind` around `fut`.
-async fn counted<T>(p: &Progress, kind: usize, fut: impl std::future::Future<Output = T>) -> T {
-    p.start(kind);
-    let out = fut.await;
-    p.end(kind);
-    out
-}
-
-async fn run_executor(
-    mode: Mode,
-    dir: PathBuf,
-    file_mib: usize,
-    idle_for: Duration,
-    p: &Arc<Progress>,
-    stop: &AtomicBool,
-) -> anyhow::Result<()> {
-    if mode == Mode::Idle {
-        // One timer for the whole run: unguarded, the executor sleeps until it fires; guarded,
-        // the pulse wakes it every interval (what `cpu_s` in the summary prices).
-        glommio::timer::sleep(idle_for).await;
-        return Ok(());
-    }
-    if mode == Mode::ParkRace {
-        while !stop.load(Ordering::SeqCst) {
-            counted(p, YIELD, futures_lite::future::yield_now()).await;
-        }
-        return Ok(());
-    }
-    std::fs::create_dir_all(&dir)?;
-    kappa_storage::io::prime_iopoll(&dir).await?;
-    let path = dir.join("data.bin");
-    if mode == Mode::Read {
-        write_file(p, &path, file_mib, false).await?;
-    }
-    while !stop.load(Ordering::SeqCst) {
-        match mode {
-            Mode::Extend => write_file(p, &path, file_mib, false).await?,
-            Mode::Prealloc => write_file(p, &path, file_mib, true).await?,
-            Mode::Sync4k => sync_4k(p, &path, 256).await?,
-            Mode::Read => read_file(p, &path, file_mib).await?,
-            Mode::ParkRace | Mode::Idle => {}
-        }
-    }
-    Ok(())
-}
-
-async fn write_file(
-    p: &Arc<Progress>,
-    path: &Path,
-    mib: usize,
-    prealloc: bool,
-) -> anyhow::Result<()> {
-    // glommio's remove runs on its blocking pool: an unlink of a big file waits on the journal,
-    // which would block this executor thread (and the watchdog would rightly call it a stall).
-    let _ = glommio::io::remove(path).await;
-    let file = Rc::new(counted(p, OPEN, kappa_storage::io::open_rw(path)).await?);
-    if prealloc {
-        counted(p, FALLOCATE, file.pre_allocate((mib * MIB) as u64, false)).await.map_err(io)?;
-    }
-    let mut in_flight = std::collections::VecDeque::new();
-    for i in 0..mib {
-        let mut buf = file.alloc_dma_buffer(MIB);
-        buf.as_bytes_mut().fill(i as u8 | 1);
-        let (f, p2) = (file.clone(), p.clone());
-        p.start(WRITE_1M);
-        in_flight.push_back(glommio::spawn_local(async move {
-            let r = f.write_at(buf, (i * MIB) as u64).await;
-            p2.end(WRITE_1M);
-            r
-        }));
-        if in_flight.len() >= 8 {
-            if let Some(t) = in_flight.pop_front() {
-                t.await.map_err(io)?;
-            }
-        }
-    }
-    while let Some(t) = in_flight.pop_front() {
-        t.await.map_err(io)?;
-    }
-    counted(p, FDATASYNC, file.fdatasync()).await.map_err(io)?;
-    if let Ok(file) = Rc::try_unwrap(file) {
-        counted(p, CLOSE, file.close()).await.map_err(io)?;
-    }
-    Ok(())
-}
-
-async fn sync_4k(p: &Arc<Progress>, path: &Path, rounds: usize) -> anyhow::Result<()> {
-    let _ = glommio::io::remove(path).await;
-    let file = counted(p, OPEN, kappa_storage::io::open_rw(path)).await?;
-    for i in 0..rounds {
-        let mut buf = file.alloc_dma_buffer(4096);
-        buf.as_bytes_mut().fill(i as u8 | 1);
-        counted(p, WRITE, file.write_at(buf, (i * 4096) as u64)).await.map_err(io)?;
-        counted(p, FDATASYNC, file.fdatasync()).await.map_err(io)?;
-    }
-    counted(p, CLOSE, file.close()).await.map_err(io)?;
-    Ok(())
-}
-
-async fn read_file(p: &Arc<Progress>, path: &Path, mib: usize) -> anyhow::Result<()> {
-    let file = Rc::new(counted(p, OPEN, DmaFile::open(path)).await.map_err(io)?);
-    let mut in_flight = std::collections::VecDeque::new();
-    for i in 0..mib {
-        let (f, p2) = (file.clone(), p.clone());
-        p.start(READ);
-        in_flight.push_back(glommio::spawn_local(async move {
-            let r = f.read_at_aligned((i * MIB) as u64, MIB).await.map(|b| b.len());
-            p2.end(READ);
-            r
-        }));
-        if in_flight.len() >= 16 {
-            if let Some(t) = in_flight.pop_front() {
-                t.await.map_err(io)?;
-            }
-        }
-    }
-    while let Some(t) = in_flight.pop_front() {
-        t.await.map_err(io)?;
-    }
-    if let Ok(file) = Rc::try_unwrap(file) {
-        counted(p, CLOSE, file.close()).await.map_err(io)?;
-    }
     Ok(())
 }
