@@ -38,6 +38,9 @@ pub struct EngineConfig {
     pub clock: Arc<dyn Clock>,
     /// Fault injection for tests: every append on every shard first sleeps this long.
     pub append_delay: Option<Duration>,
+    /// Each shard's stall probe sleeps this long in a loop and records how late it wakes
+    /// (`ShardMetrics::executor_stall_ns`); `None` turns it off.
+    pub stall_probe_interval: Option<Duration>,
 }
 
 impl std::fmt::Debug for EngineConfig {
@@ -66,6 +69,7 @@ impl EngineConfig {
             log: LogConfig::default(),
             clock: Arc::new(SystemClock),
             append_delay: None,
+            stall_probe_interval: Some(Duration::from_millis(1)),
         }
     }
 
@@ -99,6 +103,12 @@ impl EngineConfig {
             return Err(Error::Config {
                 field: "io_memory_bytes",
                 reason: "glommio needs at least 512 KiB".into(),
+            });
+        }
+        if self.stall_probe_interval.is_some_and(|i| i < Duration::from_micros(100)) {
+            return Err(Error::Config {
+                field: "stall_probe_interval",
+                reason: "must be at least 100 µs (or None)".into(),
             });
         }
         self.log.validate()?;
@@ -153,6 +163,10 @@ impl EngineBuilder {
     }
     pub fn append_delay(mut self, delay: Duration) -> Self {
         self.config.append_delay = Some(delay);
+        self
+    }
+    pub fn stall_probe_interval(mut self, interval: Option<Duration>) -> Self {
+        self.config.stall_probe_interval = interval;
         self
     }
     pub fn config(mut self, config: EngineConfig) -> Self {

@@ -136,6 +136,8 @@ struct Counters {
     batches_appended: u64,
     appends_in_flight: u64,
     append_ack_latency_ns: hdrhistogram::Histogram<u64>,
+    /// How late the stall probe woke (`stall_probe`), in nanoseconds.
+    executor_stall_ns: hdrhistogram::Histogram<u64>,
 }
 
 /// The partitions a shard owns: topic -> partition -> log (looked up by `&str`, no allocation).
@@ -212,6 +214,8 @@ pub(crate) async fn run(
             appends_in_flight: 0,
             append_ack_latency_ns: hdrhistogram::Histogram::new_with_bounds(100, 60_000_000_000, 2)
                 .expect("static histogram bounds are valid"),
+            executor_stall_ns: hdrhistogram::Histogram::new_with_bounds(1_000, 60_000_000_000, 2)
+                .expect("static histogram bounds are valid"),
         }),
         live,
         replay,
@@ -223,11 +227,16 @@ pub(crate) async fn run(
         .expect("the maintenance queue exists");
     let heartbeat =
         glommio::spawn_local_into(heartbeat(), maintenance).expect("the maintenance queue exists");
+    let probe = shard.config.stall_probe_interval.map(|interval| {
+        glommio::spawn_local_into(stall_probe(shard.clone(), interval), live)
+            .expect("the live queue exists")
+    });
     let serve =
         glommio::spawn_local_into(serve(shard.clone()), live).expect("the live queue exists");
     serve.await;
     drop(retention);
     drop(heartbeat);
+    drop(probe);
 }
 
 async fn serve(shard: Rc<Shard>) {
@@ -522,6 +531,28 @@ async fn heartbeat() {
 /// See `heartbeat`.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 
+/// Measures executor stalls from inside the shard: a task in the live queue sleeps `interval`
+/// over and over and records how late it wakes. A wake-up is late when the thread was blocked
+/// (a syscall on the shard thread) or a task ran without yielding; either delays every live
+/// request by as much. The histogram is `ShardMetrics::executor_stall_ns`; the monitor thread
+/// (`monitor.rs`) sees only stalls of a second or more, this sees them all.
+///
+/// Why a timer in the live queue: that is where appends, tail delivery and queries run, so its
+/// lateness is the delay they meet. One timer per interval per shard (1 ms by default: about
+/// 1,000 cheap wake-ups a second) is the cost.
+async fn stall_probe(shard: Rc<Shard>, interval: Duration) {
+    while !shard.stopping.get() {
+        // Observability only: lateness is reported, never used to decide anything.
+        #[allow(clippy::disallowed_methods)]
+        let due = std::time::Instant::now() + interval;
+        glommio::timer::sleep(interval).await;
+        #[allow(clippy::disallowed_methods)]
+        let late = std::time::Instant::now().saturating_duration_since(due);
+        let mut counters = shard.counters.borrow_mut();
+        counters.executor_stall_ns.saturating_record(late.as_nanos() as u64);
+    }
+}
+
 /// Applies each partition's retention once a minute, in the maintenance queue.
 async fn retention_loop(shard: Rc<Shard>) {
     loop {
@@ -593,6 +624,7 @@ fn metrics(shard: &Shard) -> ShardMetrics {
         batches_appended: counters.batches_appended,
         appends_in_flight: counters.appends_in_flight,
         append_ack_latency_ns: counters.append_ack_latency_ns.clone(),
+        executor_stall_ns: counters.executor_stall_ns.clone(),
         fsync_count,
         fsync_latency_ns,
         request_queue_len: shard.request_queue.len(),
