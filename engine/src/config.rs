@@ -7,6 +7,7 @@ use std::time::Duration;
 use kappa_storage::{LogConfig, Retention, MIB};
 
 use crate::clock::{Clock, SystemClock};
+use crate::watchdog::WatchdogConfig;
 use crate::{Engine, Error};
 
 /// How an engine runs. Every queue and buffer has a bound here.
@@ -41,6 +42,9 @@ pub struct EngineConfig {
     /// Each shard's stall probe sleeps this long in a loop and records how late it wakes
     /// (`ShardMetrics::executor_stall_ns`); `None` turns it off.
     pub stall_probe_interval: Option<Duration>,
+    /// The shards' pulse and watchdog (`crate::watchdog`): bounds how long glommio can leave a
+    /// shard parked with runnable tasks, and warns about and kicks a shard that stops running.
+    pub watchdog: WatchdogConfig,
 }
 
 impl std::fmt::Debug for EngineConfig {
@@ -70,6 +74,7 @@ impl EngineConfig {
             clock: Arc::new(SystemClock),
             append_delay: None,
             stall_probe_interval: Some(Duration::from_millis(1)),
+            watchdog: WatchdogConfig::default(),
         }
     }
 
@@ -111,6 +116,7 @@ impl EngineConfig {
                 reason: "must be at least 100 µs (or None)".into(),
             });
         }
+        self.watchdog.validate()?;
         self.log.validate()?;
         Ok(())
     }
@@ -167,6 +173,10 @@ impl EngineBuilder {
     }
     pub fn stall_probe_interval(mut self, interval: Option<Duration>) -> Self {
         self.config.stall_probe_interval = interval;
+        self
+    }
+    pub fn watchdog(mut self, watchdog: WatchdogConfig) -> Self {
+        self.config.watchdog = watchdog;
         self
     }
     pub fn config(mut self, config: EngineConfig) -> Self {
