@@ -42,6 +42,9 @@ pub struct EngineConfig {
     /// Each shard's stall probe sleeps this long in a loop and records how late it wakes
     /// (`ShardMetrics::executor_stall_ns`); `None` turns it off.
     pub stall_probe_interval: Option<Duration>,
+    /// How often each shard applies its partitions' retention (`Engine::apply_retention` runs it
+    /// at once).
+    pub retention_interval: Duration,
     /// The shards' pulse and watchdog (`crate::watchdog`): bounds how long glommio can leave a
     /// shard parked with runnable tasks, and warns about and kicks a shard that stops running.
     pub watchdog: WatchdogConfig,
@@ -74,6 +77,7 @@ impl EngineConfig {
             clock: Arc::new(SystemClock),
             append_delay: None,
             stall_probe_interval: Some(Duration::from_millis(1)),
+            retention_interval: Duration::from_secs(60),
             watchdog: WatchdogConfig::default(),
         }
     }
@@ -114,6 +118,12 @@ impl EngineConfig {
             return Err(Error::Config {
                 field: "stall_probe_interval",
                 reason: "must be at least 100 µs (or None)".into(),
+            });
+        }
+        if self.retention_interval < Duration::from_millis(10) {
+            return Err(Error::Config {
+                field: "retention_interval",
+                reason: "must be at least 10 ms".into(),
             });
         }
         self.watchdog.validate()?;
@@ -173,6 +183,10 @@ impl EngineBuilder {
     }
     pub fn stall_probe_interval(mut self, interval: Option<Duration>) -> Self {
         self.config.stall_probe_interval = interval;
+        self
+    }
+    pub fn retention_interval(mut self, interval: Duration) -> Self {
+        self.config.retention_interval = interval;
         self
     }
     pub fn watchdog(mut self, watchdog: WatchdogConfig) -> Self {

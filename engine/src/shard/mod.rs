@@ -104,6 +104,11 @@ pub(crate) enum Request {
         version: u32,
         reply: Reply<()>,
     },
+    /// Applies every partition's retention now (under the views' floors); answers the number of
+    /// segments deleted.
+    Retention {
+        reply: Reply<u64>,
+    },
     Shutdown {
         reply: Reply<()>,
     },
@@ -317,7 +322,10 @@ async fn serve(shard: Rc<Shard>) {
                 let _ = reply.send(Ok(()));
             }
             Request::StartView { version, partition, reply } => {
-                let _ = reply.send(views::start_view(&shard, version, partition));
+                let _ = reply.send(views::start_view(&shard, version, partition).await);
+            }
+            Request::Retention { reply } => {
+                let _ = reply.send(apply_retention(&shard).await);
             }
             Request::QueryView { view, version, partition, query, reply } => {
                 let result = match shard.views.borrow().get(&(view.clone(), version, partition)) {
@@ -553,23 +561,43 @@ async fn stall_probe(shard: Rc<Shard>, interval: Duration) {
     }
 }
 
-/// Applies each partition's retention once a minute, in the maintenance queue.
+/// Applies each partition's retention every `EngineConfig::retention_interval`, in the
+/// maintenance queue.
 async fn retention_loop(shard: Rc<Shard>) {
     loop {
-        glommio::timer::sleep(Duration::from_secs(60)).await;
+        glommio::timer::sleep(shard.config.retention_interval).await;
         if shard.stopping.get() {
             return;
         }
-        let logs: Vec<Rc<PartitionLog>> =
-            shard.partitions.borrow().values().flat_map(|p| p.values().cloned()).collect();
-        let now_ms = shard.config.clock.now_ms();
-        for log in logs {
-            // No floor yet: pinning what running views have not folded comes with the views.
-            if let Err(e) = log.apply_retention(now_ms, u64::MAX).await {
+        let _ = apply_retention(&shard).await;
+    }
+}
+
+/// One retention pass over the shard's partitions, each under its views' floor
+/// (`views::retention_floor`). Unlinks and directory fsyncs run through the seam (the blocking
+/// pool). Returns the segments deleted; the first error, after trying every partition.
+async fn apply_retention(shard: &Rc<Shard>) -> Result<u64, Error> {
+    let logs: Vec<(Arc<str>, u32, Rc<PartitionLog>)> = shard
+        .partitions
+        .borrow()
+        .iter()
+        .flat_map(|(t, ps)| ps.iter().map(move |(p, l)| (t.clone(), *p, l.clone())))
+        .collect();
+    let now_ms = shard.config.clock.now_ms();
+    let mut deleted = 0;
+    let mut first_error = None;
+    for (topic, partition, log) in logs {
+        // The floor is read right before the pass: a view's folded offset only grows.
+        let floor = views::retention_floor(shard, &topic, partition);
+        match log.apply_retention(now_ms, floor).await {
+            Ok(report) => deleted += report.segments_deleted as u64,
+            Err(e) => {
                 tracing::error!(shard = shard.id.0, dir = %log.dir().display(), error = %e, "retention failed");
+                first_error.get_or_insert(Error::from(e));
             }
         }
     }
+    first_error.map_or(Ok(deleted), Err)
 }
 
 fn partition_metrics(topic: &str, partition: u32, log: &PartitionLog) -> PartitionMetrics {

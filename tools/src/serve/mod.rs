@@ -151,8 +151,8 @@ fn serve(settings: Settings) -> Result<i32, StartError> {
     let engine = kappa_engine::Engine::start(engine_config)
         .context("starting the engine (it needs io_uring and enough locked memory)")?;
     let opened = app::open_topics(&engine, &settings).and_then(|()| {
-        app::open_views(&engine, &settings, &store::ViewStore::new(&data_dir))
-            .map_err(StartError::Other)
+        let store = store::ViewStore::new(&data_dir, engine.config().log.disk.clone());
+        app::open_views(&engine, &settings, &store).map_err(StartError::Other)
     });
     if let Err(e) = opened {
         if let Err(shutdown) = engine.shutdown() {
