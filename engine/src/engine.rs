@@ -218,8 +218,8 @@ impl Engine {
             meta::finish_deletion(disk, data_dir, name)?;
         }
         // The marker first: until it goes, a crash undoes this create at the next start.
-        meta::mark_deleting(disk, data_dir, name)?;
-        let created = self.open_partitions(name, &config).and_then(|shards| {
+        let created = meta::mark_deleting(disk, data_dir, name).and_then(|()| {
+            let shards = self.open_partitions(name, &config)?;
             meta::write_topic(disk, data_dir, name, &config)?;
             meta::clear_marker(disk, data_dir, name)?;
             Ok(shards)
