@@ -200,8 +200,9 @@ fn retention_never_deletes_what_a_running_view_has_not_folded() {
     let n = 3_000;
     produce(&engine, "r", n, 100);
     let slow = count_view("r", "slow").filter(|_| {
-        // Slow on purpose: the view replays for seconds while retention runs.
-        std::thread::sleep(Duration::from_millis(1));
+        // Slow on purpose: the view replays for about 6 s while retention runs (the filter sleeps
+        // on the shard thread: a test of the floor, not of the shard's latency).
+        std::thread::sleep(Duration::from_millis(2));
         true
     });
     let view = engine.create_view("slow", slow).expect("view");
@@ -222,7 +223,9 @@ fn retention_never_deletes_what_a_running_view_has_not_folded() {
         moved_start |= start > 0;
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(behind_passes >= 2, "the view replayed too fast to test anything");
+    // A pass can take long (a directory fsync per deleted segment on a loaded disk); one that
+    // found the view behind is enough, as long as it deleted something.
+    assert!(behind_passes >= 1, "the view replayed too fast to test anything");
     assert!(moved_start, "retention deleted what the view had folded while it replayed");
     assert_eq!(count_of(&view), n, "the view folded every record");
     assert!(engine.apply_retention().expect("retention") > 0, "retention deletes once folded");

@@ -122,7 +122,9 @@ fn init_logging(settings: &Settings) {
 
 fn serve(settings: Settings) -> Result<i32, StartError> {
     let data_dir = &settings.config.data_dir;
-    std::fs::create_dir_all(data_dir)
+    // Through the seam: every directory it creates is made durable by an fsync of its parent.
+    kappa_engine::storage::io::Disk::Dma
+        .create_dir_all_blocking(data_dir)
         .with_context(|| format!("creating the data dir {}", data_dir.display()))?;
     let data_dir = std::fs::canonicalize(data_dir)
         .with_context(|| format!("resolving the data dir {}", data_dir.display()))?;
