@@ -22,6 +22,7 @@ mod recovery;
 mod replay;
 mod report;
 mod run;
+mod stall;
 mod stats;
 mod storage;
 mod tail;
@@ -59,6 +60,8 @@ enum Command {
     Replay(replay::Args),
     /// Records/s through the HTTP API (NDJSON batches of 1000) beside the embedded API's rate.
     Http(http::Args),
+    /// The longest executor stall of a shard under load with segment rolls and view checkpoints.
+    Stall(stall::Args),
     /// The child process of the recovery scenario.
     #[command(hide = true)]
     RecoveryWriter { dir: PathBuf, size_mib: u64 },
@@ -90,6 +93,7 @@ fn main() -> anyhow::Result<()> {
         Command::Recovery(args) => (args.common.json.clone(), recovery::scenario(args)),
         Command::Replay(args) => (args.common.json.clone(), replay::scenario(args)),
         Command::Http(args) => (args.common.json.clone(), http::scenario(args)),
+        Command::Stall(args) => (args.common.json.clone(), stall::scenario(args)),
     };
     let outcome = outcome?;
     outcome.print();
@@ -118,8 +122,10 @@ pub fn run_scenario(name: &str, argv: &[String]) -> anyhow::Result<report::Outco
         "recovery" => recovery::scenario(parse(argv)?),
         "replay" => replay::scenario(parse(argv)?),
         "http" => http::scenario(parse(argv)?),
+        "stall" => stall::scenario(parse(argv)?),
         other => anyhow::bail!(
-            "unknown scenario {other:?}: expected disk, storage, ingest, tail, replay, recovery, http"
+            "unknown scenario {other:?}: expected disk, storage, ingest, tail, replay, recovery, \
+             http, stall"
         ),
     }
 }

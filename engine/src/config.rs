@@ -39,6 +39,12 @@ pub struct EngineConfig {
     pub clock: Arc<dyn Clock>,
     /// Fault injection for tests: every append on every shard first sleeps this long.
     pub append_delay: Option<Duration>,
+    /// Each shard's stall probe sleeps this long in a loop and records how late it wakes
+    /// (`ShardMetrics::executor_stall_ns`); `None` turns it off.
+    pub stall_probe_interval: Option<Duration>,
+    /// How often each shard applies its partitions' retention (`Engine::apply_retention` runs it
+    /// at once).
+    pub retention_interval: Duration,
     /// The shards' pulse and watchdog (`crate::watchdog`): bounds how long glommio can leave a
     /// shard parked with runnable tasks, and warns about and kicks a shard that stops running.
     pub watchdog: WatchdogConfig,
@@ -70,6 +76,8 @@ impl EngineConfig {
             log: LogConfig::default(),
             clock: Arc::new(SystemClock),
             append_delay: None,
+            stall_probe_interval: Some(Duration::from_millis(1)),
+            retention_interval: Duration::from_secs(60),
             watchdog: WatchdogConfig::default(),
         }
     }
@@ -104,6 +112,18 @@ impl EngineConfig {
             return Err(Error::Config {
                 field: "io_memory_bytes",
                 reason: "glommio needs at least 512 KiB".into(),
+            });
+        }
+        if self.stall_probe_interval.is_some_and(|i| i < Duration::from_micros(100)) {
+            return Err(Error::Config {
+                field: "stall_probe_interval",
+                reason: "must be at least 100 µs (or None)".into(),
+            });
+        }
+        if self.retention_interval < Duration::from_millis(10) {
+            return Err(Error::Config {
+                field: "retention_interval",
+                reason: "must be at least 10 ms".into(),
             });
         }
         self.watchdog.validate()?;
@@ -159,6 +179,14 @@ impl EngineBuilder {
     }
     pub fn append_delay(mut self, delay: Duration) -> Self {
         self.config.append_delay = Some(delay);
+        self
+    }
+    pub fn stall_probe_interval(mut self, interval: Option<Duration>) -> Self {
+        self.config.stall_probe_interval = interval;
+        self
+    }
+    pub fn retention_interval(mut self, interval: Duration) -> Self {
+        self.config.retention_interval = interval;
         self
     }
     pub fn watchdog(mut self, watchdog: WatchdogConfig) -> Self {

@@ -3,6 +3,13 @@
 //! The handle is `Send + Sync + Clone`-able through `Arc`; its methods talk to shards through their
 //! bounded request channels. The topic registry (`RwLock<BTreeMap>`) is read when a producer routes
 //! a record: control-plane data read outside the shards, never touched on a shard's data path.
+//!
+//! Metadata changes (topics and views: create, delete, rebuild, serve, drop) are serialized by one
+//! lock (`Inner::meta_lock`), held from the check that a name is free to the registry insert, so
+//! concurrent creators of one topic see exactly one winner, and memory and disk agree. A topic
+//! enters the registry only after all its partitions are open and its definition is durable; a
+//! create that fails part way removes what it made (`meta`'s marker finishes it after a crash).
+//! Every file operation goes through the configured `Disk` (`EngineConfig::log.disk`).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -39,6 +46,8 @@ pub(crate) struct Inner {
     topics: RwLock<BTreeMap<String, Arc<TopicMeta>>>,
     threads: Mutex<Vec<watchdog::ExecutorHandle<()>>>,
     shut_down: AtomicBool,
+    /// Serializes topic and view metadata changes (see the module doc).
+    meta_lock: Mutex<()>,
     monitor: Arc<crate::monitor::Monitor>,
     guard: watchdog::ShardGuard,
 }
@@ -49,6 +58,15 @@ pub struct Engine {
 }
 
 impl Inner {
+    /// The storage seam every engine file operation goes through.
+    pub(crate) fn disk(&self) -> &kappa_storage::io::Disk {
+        &self.config.log.disk
+    }
+
+    fn lock_meta(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.meta_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     pub(crate) fn topic(&self, name: &str) -> Result<Arc<TopicMeta>, Error> {
         if self.shut_down.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
@@ -97,11 +115,8 @@ impl Engine {
     pub fn start(config: EngineConfig) -> Result<Engine, Error> {
         config.validate()?;
         let data_dir = config.data_dir.clone();
-        std::fs::create_dir_all(&data_dir).map_err(|e| Error::Io {
-            op: "create data dir",
-            path: data_dir.clone(),
-            source: e,
-        })?;
+        let disk = config.log.disk.clone();
+        disk.create_dir_all_blocking(&data_dir)?;
         // CPUs this process may run on (its affinity mask, not the machine's CPU count), unless the
         // configuration names them.
         let cpus: Vec<usize> = config.cpus.clone().unwrap_or_else(core_ids);
@@ -153,20 +168,14 @@ impl Engine {
                 topics: RwLock::new(BTreeMap::new()),
                 threads: Mutex::new(threads),
                 shut_down: AtomicBool::new(false),
+                meta_lock: Mutex::new(()),
                 guard,
             }),
         };
-        meta::finish_deletions(&data_dir)?;
+        meta::finish_deletions(&disk, &data_dir)?;
         // Leftovers of view deletions a crash interrupted (see `delete_view`).
-        let trash = data_dir.join(TRASH_DIR);
-        if trash.exists() {
-            std::fs::remove_dir_all(&trash).map_err(|e| Error::Io {
-                op: "remove",
-                path: trash.clone(),
-                source: e,
-            })?;
-        }
-        for (name, topic) in meta::read_topics(&data_dir)? {
+        disk.remove_dir_all_blocking(&data_dir.join(TRASH_DIR))?;
+        for (name, topic) in meta::read_topics(&disk, &data_dir)? {
             engine.open_topic(&name, topic)?;
         }
         Ok(engine)
@@ -186,23 +195,68 @@ impl Engine {
     }
 
     /// Creates a topic with `config.partitions` partitions; its definition persists in the data dir.
+    ///
+    /// Atomic: concurrent creators of one name see exactly one winner (the others get
+    /// `TopicExists` with the winner's partition count); the topic becomes visible only once every
+    /// partition is open and its definition is durable; a create that fails part way leaves
+    /// nothing behind (and a crash part way is undone at the next start).
     pub fn create_topic(&self, name: &str, config: TopicConfig) -> Result<(), Error> {
         meta::validate_topic_name(name)?;
         if config.partitions == 0 {
             return Err(Error::Config { field: "partitions", reason: "must be at least 1".into() });
         }
+        let _meta = self.inner.lock_meta();
         if let Ok(existing) = self.inner.topic(name) {
             return Err(Error::TopicExists {
                 topic: name.to_string(),
                 partitions: existing.config.partitions,
             });
         }
-        if meta::is_deleting(&self.inner.config.data_dir, name) {
+        let (disk, data_dir) = (self.inner.disk(), &self.inner.config.data_dir);
+        if meta::is_deleting(disk, data_dir, name)? {
             // A deletion of the same name failed half way: finish it before reusing the name.
-            meta::finish_deletion(&self.inner.config.data_dir, name)?;
+            meta::finish_deletion(disk, data_dir, name)?;
         }
-        meta::write_topic(&self.inner.config.data_dir, name, &config)?;
-        self.open_topic(name, config)
+        // The marker first: until it goes, a crash undoes this create at the next start.
+        let created = meta::mark_deleting(disk, data_dir, name).and_then(|()| {
+            let shards = self.open_partitions(name, &config)?;
+            meta::write_topic(disk, data_dir, name, &config)?;
+            meta::clear_marker(disk, data_dir, name)?;
+            Ok(shards)
+        });
+        match created {
+            Ok(shards) => {
+                self.register_topic(name, config, shards);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(topic = name, error = %e, "creating a topic failed; removing what it made");
+                self.close_partitions(name, config.partitions);
+                if let Err(cleanup) = meta::finish_deletion(disk, data_dir, name) {
+                    // The marker stays: the next start finishes the removal.
+                    tracing::error!(topic = name, error = %cleanup,
+                        "removing a failed topic create failed; the next start finishes it");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Closes (and forgets) partitions of a topic that is not in the registry: the cleanup of a
+    /// failed create. Partitions that never opened are skipped by their shards.
+    fn close_partitions(&self, name: &str, partitions: u32) {
+        let topic: Arc<str> = Arc::from(name);
+        for partition in 0..partitions {
+            let shard = usize::from(shard_for(name, partition, self.shard_count()).0);
+            let result = self.inner.call(shard, |reply| Request::Close {
+                topic: topic.clone(),
+                partition,
+                reply,
+            });
+            if let Err(e) = result {
+                tracing::warn!(topic = name, partition, error = %e, "closing a partition of a failed create failed");
+            }
+        }
     }
 
     /// Deletes a topic: its partitions are closed on their shards, then its files and definition
@@ -211,6 +265,7 @@ impl Engine {
     /// be used again. Producers and consumers of the topic get `UnknownTopic` (consumers following
     /// it see their stream end).
     pub fn delete_topic(&self, name: &str) -> Result<(), Error> {
+        let _meta = self.inner.lock_meta();
         let topic = self.inner.topic(name)?;
         let readers: Vec<String> = self
             .inner
@@ -224,8 +279,8 @@ impl Engine {
         if !readers.is_empty() {
             return Err(Error::TopicInUse { topic: name.to_string(), views: readers });
         }
-        let data_dir = &self.inner.config.data_dir;
-        meta::mark_deleting(data_dir, name)?;
+        let (disk, data_dir) = (self.inner.disk(), &self.inner.config.data_dir);
+        meta::mark_deleting(disk, data_dir, name)?;
         self.inner.topics.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(name);
         let mut first_error = None;
         for (partition, shard) in topic.shards.iter().enumerate() {
@@ -240,7 +295,7 @@ impl Engine {
                 first_error.get_or_insert(e);
             }
         }
-        meta::finish_deletion(data_dir, name)?;
+        meta::finish_deletion(disk, data_dir, name)?;
         tracing::info!(topic = name, partitions = topic.config.partitions, "topic deleted");
         match first_error {
             Some(Error::ShutDown) => Err(Error::ShutDown),
@@ -254,14 +309,27 @@ impl Engine {
             Ok(existing) => Ok(existing.config.partitions),
             Err(Error::UnknownTopic { .. }) => {
                 let partitions = config.partitions;
-                self.create_topic(name, config)?;
-                Ok(partitions)
+                match self.create_topic(name, config) {
+                    Ok(()) => Ok(partitions),
+                    // Another thread created it first: its count is the topic's.
+                    Err(Error::TopicExists { partitions, .. }) => Ok(partitions),
+                    Err(e) => Err(e),
+                }
             }
             Err(e) => Err(e),
         }
     }
 
+    /// Reopens a topic found in the data dir at start.
     fn open_topic(&self, name: &str, config: TopicConfig) -> Result<(), Error> {
+        let shards = self.open_partitions(name, &config)?;
+        self.register_topic(name, config, shards);
+        Ok(())
+    }
+
+    /// Opens every partition of a topic on its shard (creating its directory); returns the shard
+    /// of each partition. Waits for every shard's answer, so on an error none is still opening.
+    fn open_partitions(&self, name: &str, config: &TopicConfig) -> Result<Vec<usize>, Error> {
         let shard_count = self.shard_count();
         let topic: Arc<str> = Arc::from(name);
         let shards: Vec<usize> = (0..config.partitions)
@@ -282,16 +350,23 @@ impl Engine {
             )?;
             waiting.push(receiver);
         }
+        let mut first_error = None;
         for receiver in waiting {
-            receiver.recv().map_err(|_| Error::ShutDown)??;
+            let result = receiver.recv().map_err(|_| Error::ShutDown).and_then(|r| r);
+            if let Err(e) = result {
+                first_error.get_or_insert(e);
+            }
         }
-        let meta = Arc::new(TopicMeta { name: topic, config, shards });
+        first_error.map_or(Ok(shards), Err)
+    }
+
+    fn register_topic(&self, name: &str, config: TopicConfig, shards: Vec<usize>) {
+        let meta = Arc::new(TopicMeta { name: Arc::from(name), config, shards });
         self.inner
             .topics
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(name.to_string(), meta);
-        Ok(())
     }
 
     /// Every topic and its definition.
@@ -336,6 +411,17 @@ impl Engine {
             partition,
             reply,
         })
+    }
+
+    /// Applies retention on every shard now (it also runs every
+    /// `EngineConfig::retention_interval`); returns the segments deleted. Never deletes records a
+    /// running view version has not folded yet.
+    pub fn apply_retention(&self) -> Result<u64, Error> {
+        let mut deleted = 0;
+        for shard in 0..self.shard_count() {
+            deleted += self.inner.call(shard, |reply| Request::Retention { reply })?;
+        }
+        Ok(deleted)
     }
 
     /// A metrics snapshot of every shard.
@@ -386,6 +472,7 @@ impl Engine {
     pub fn create_view(&self, name: &str, def: ViewDef) -> Result<ViewHandle, Error> {
         meta::validate_topic_name(name)?;
         def.validate()?;
+        let _meta = self.inner.lock_meta();
         let topic = self.inner.topic(&def.topic)?;
         if self
             .inner
@@ -399,16 +486,13 @@ impl Engine {
                 reason: format!("view {name:?} is already open"),
             });
         }
+        let disk = self.inner.disk().clone();
         let dir = view::view_dir(&self.inner.config.data_dir, name);
-        let stored = view::read_meta(&dir)?;
-        if stored.is_none() && dir.exists() {
+        let stored = view::read_meta(&disk, &dir)?;
+        if stored.is_none() && disk.metadata_blocking(&dir)?.is_some() {
             // `meta.json` is written before any version starts, so a view dir without it is a
             // leftover (a checkpoint that landed after `delete_view`): never resume from it.
-            std::fs::remove_dir_all(&dir).map_err(|e| Error::Io {
-                op: "remove",
-                path: dir.clone(),
-                source: e,
-            })?;
+            disk.remove_dir_all_blocking(&dir)?;
         }
         let history = match stored {
             Some((stored_topic, _served, history)) => {
@@ -435,6 +519,7 @@ impl Engine {
             versions: std::sync::Mutex::new(BTreeMap::new()),
             history: std::sync::Mutex::new(history),
             dir,
+            disk,
             notifier: view::wait::Notifier::default(),
         });
         entry
@@ -448,7 +533,16 @@ impl Engine {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(name.to_string(), entry.clone());
-        self.start_version(name, &entry, number, def, topic.config.partitions)?;
+        if let Err(e) = self.start_version(name, &entry, number, def, topic.config.partitions) {
+            // Say, the log no longer holds the start (`ViewBeforeLogStart`): nothing stays open.
+            self.abandon_version(name, &entry, number);
+            self.inner
+                .views
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(name);
+            return Err(e);
+        }
         Ok(ViewHandle::new(self.inner.clone(), name.into(), entry))
     }
 
@@ -458,6 +552,7 @@ impl Engine {
     /// number (`Rebuild::version`) and `Rebuild::wait_swapped` to sleep until the swap.
     pub fn rebuild_view(&self, name: &str, def: ViewDef) -> Result<Rebuild, Error> {
         def.validate()?;
+        let _meta = self.inner.lock_meta();
         let entry = self.view_entry(name)?;
         if def.topic != entry.topic {
             return Err(Error::Config {
@@ -474,8 +569,39 @@ impl Engine {
             number
         };
         view::write_meta(&entry)?;
-        let version = self.start_version(name, &entry, number, def, topic.config.partitions)?;
-        Ok(Rebuild::new(self.inner.clone(), name.into(), entry, version))
+        match self.start_version(name, &entry, number, def, topic.config.partitions) {
+            Ok(version) => Ok(Rebuild::new(self.inner.clone(), name.into(), entry, version)),
+            Err(e) => {
+                self.abandon_version(name, &entry, number);
+                entry
+                    .history
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&number);
+                if let Err(meta) = view::write_meta(&entry) {
+                    tracing::warn!(view = name, error = %meta, "recording an abandoned rebuild failed");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Stops the partitions of a version that failed to start on some shard.
+    fn abandon_version(&self, name: &str, entry: &Arc<view::Entry>, number: u32) {
+        if let Some(version) =
+            entry.versions.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&number)
+        {
+            version.dropped.store(true, Ordering::SeqCst);
+        }
+        let view_name: Arc<str> = Arc::from(name);
+        for shard in 0..self.shard_count() {
+            let _ = self.inner.call(shard, |reply| Request::DropView {
+                view: view_name.clone(),
+                version: number,
+                reply,
+            });
+        }
+        entry.notifier.notify();
     }
 
     fn start_version(
@@ -530,6 +656,7 @@ impl Engine {
     /// forward): the switch is one atomic store, like a swap. The version must still be running,
     /// that is, not dropped.
     pub fn serve_view_version(&self, name: &str, version: u32) -> Result<(), Error> {
+        let _meta = self.inner.lock_meta();
         let entry = self.view_entry(name)?;
         if !entry
             .versions
@@ -554,6 +681,7 @@ impl Engine {
 
     /// Stops a version that is not served and deletes its checkpoints.
     pub fn drop_view_version(&self, name: &str, version: u32) -> Result<(), Error> {
+        let _meta = self.inner.lock_meta();
         let entry = self.view_entry(name)?;
         if entry.served.load(Ordering::Acquire) == version {
             return Err(Error::Config {
@@ -581,7 +709,10 @@ impl Engine {
         }
         entry.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&version);
         view::write_meta(&entry)?;
-        let _ = std::fs::remove_dir_all(&removed.dir);
+        // Not synced: checkpoints of a version no longer in the history are never resumed from.
+        if let Err(e) = entry.disk.remove_dir_all_blocking(&removed.dir) {
+            tracing::warn!(view = name, version, error = %e, "removing a dropped version's checkpoints failed");
+        }
         Ok(())
     }
 
@@ -589,6 +720,7 @@ impl Engine {
     /// directory is first moved to `DIR/trash` (one rename, so a crash never leaves half a view
     /// that a later view of the same name would resume from), then removed.
     pub fn delete_view(&self, name: &str) -> Result<(), Error> {
+        let _meta = self.inner.lock_meta();
         let entry = self
             .inner
             .views
@@ -611,22 +743,21 @@ impl Engine {
                 })?;
             }
         }
+        let disk = &entry.disk;
         let trash = self.inner.config.data_dir.join(TRASH_DIR);
-        std::fs::create_dir_all(&trash).map_err(|e| Error::Io {
-            op: "create dir",
-            path: trash.clone(),
-            source: e,
-        })?;
+        disk.create_dir_all_blocking(&trash)?;
         let doomed = trash.join(format!("view-{name}-{}", std::process::id()));
-        match std::fs::rename(&entry.dir, &doomed) {
+        match disk.rename_blocking(&entry.dir, &doomed) {
             Ok(()) => {
                 if let Some(parent) = entry.dir.parent() {
-                    kappa_storage::io::Disk::Dma.sync_dir_blocking(parent)?;
+                    disk.sync_dir_blocking(parent)?;
                 }
-                let _ = std::fs::remove_dir_all(&doomed);
+                if let Err(e) = disk.remove_dir_all_blocking(&doomed) {
+                    tracing::warn!(view = name, error = %e, "emptying the trash failed; the next start does");
+                }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::Io { op: "rename", path: entry.dir.clone(), source: e }),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.into()),
         }
         tracing::info!(view = name, "view deleted");
         Ok(())

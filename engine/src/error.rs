@@ -26,6 +26,12 @@ pub enum Error {
     Superseded { view: String, version: u32, served: u32 },
     #[error("view {view:?} version {version} partition {partition} stopped: {reason}")]
     ViewFailed { view: String, version: u32, partition: u32, reason: String },
+    #[error(
+        "view {view:?} version {version} partition {partition} needs offset {needed}, but the log \
+         starts at {log_start} (retention deleted the rest); start from Start::EarliestRetained \
+         to build it over the retained records only"
+    )]
+    ViewBeforeLogStart { view: String, version: u32, partition: u32, needed: u64, log_start: u64 },
     #[error("the engine is shut down")]
     ShutDown,
     #[error(

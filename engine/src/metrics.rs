@@ -12,6 +12,9 @@ pub struct ShardMetrics {
     pub appends_in_flight: u64,
     /// From the shard taking an append to its acknowledgement, in nanoseconds.
     pub append_ack_latency_ns: hdrhistogram::Histogram<u64>,
+    /// How late the shard's stall probe woke, in nanoseconds (`EngineConfig::stall_probe_interval`):
+    /// the time the executor could not run a ready live task (a blocked thread, a long task).
+    pub executor_stall_ns: hdrhistogram::Histogram<u64>,
     pub fsync_count: u64,
     /// fdatasync latency over all partitions of the shard, in nanoseconds.
     pub fsync_latency_ns: hdrhistogram::Histogram<u64>,

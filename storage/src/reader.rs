@@ -201,8 +201,14 @@ impl LogReader {
             }
             let base = self.segment.as_ref().expect("ensured").base_offset;
             let Some(limit) = self.shared.readable_limit(base, self.synced_only) else {
-                // Retention deleted the segment under this reader.
+                // Retention deleted the segment under this reader. A reader that had read all of
+                // it (its next offset is at or past the new start, as when a floor pinned exactly
+                // its position) lost nothing: it moves on to the segment holding its next offset.
                 self.segment = None;
+                let start = self.shared.state.borrow().segments[0].index.base_offset;
+                if self.next_offset >= start {
+                    continue;
+                }
                 return Err(self.out_of_range());
             };
             let segment = self.segment.as_mut().expect("ensured");

@@ -104,6 +104,11 @@ pub(crate) enum Request {
         version: u32,
         reply: Reply<()>,
     },
+    /// Applies every partition's retention now (under the views' floors); answers the number of
+    /// segments deleted.
+    Retention {
+        reply: Reply<u64>,
+    },
     Shutdown {
         reply: Reply<()>,
     },
@@ -136,6 +141,8 @@ struct Counters {
     batches_appended: u64,
     appends_in_flight: u64,
     append_ack_latency_ns: hdrhistogram::Histogram<u64>,
+    /// How late the stall probe woke (`stall_probe`), in nanoseconds.
+    executor_stall_ns: hdrhistogram::Histogram<u64>,
 }
 
 /// The partitions a shard owns: topic -> partition -> log (looked up by `&str`, no allocation).
@@ -212,6 +219,8 @@ pub(crate) async fn run(
             appends_in_flight: 0,
             append_ack_latency_ns: hdrhistogram::Histogram::new_with_bounds(100, 60_000_000_000, 2)
                 .expect("static histogram bounds are valid"),
+            executor_stall_ns: hdrhistogram::Histogram::new_with_bounds(1_000, 60_000_000_000, 2)
+                .expect("static histogram bounds are valid"),
         }),
         live,
         replay,
@@ -223,11 +232,16 @@ pub(crate) async fn run(
         .expect("the maintenance queue exists");
     let heartbeat =
         glommio::spawn_local_into(heartbeat(), maintenance).expect("the maintenance queue exists");
+    let probe = shard.config.stall_probe_interval.map(|interval| {
+        glommio::spawn_local_into(stall_probe(shard.clone(), interval), live)
+            .expect("the live queue exists")
+    });
     let serve =
         glommio::spawn_local_into(serve(shard.clone()), live).expect("the live queue exists");
     serve.await;
     drop(retention);
     drop(heartbeat);
+    drop(probe);
 }
 
 async fn serve(shard: Rc<Shard>) {
@@ -308,7 +322,10 @@ async fn serve(shard: Rc<Shard>) {
                 let _ = reply.send(Ok(()));
             }
             Request::StartView { version, partition, reply } => {
-                let _ = reply.send(views::start_view(&shard, version, partition));
+                let _ = reply.send(views::start_view(&shard, version, partition).await);
+            }
+            Request::Retention { reply } => {
+                let _ = reply.send(apply_retention(&shard).await);
             }
             Request::QueryView { view, version, partition, query, reply } => {
                 let result = match shard.views.borrow().get(&(view.clone(), version, partition)) {
@@ -522,23 +539,65 @@ async fn heartbeat() {
 /// See `heartbeat`.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Applies each partition's retention once a minute, in the maintenance queue.
+/// Measures executor stalls from inside the shard: a task in the live queue sleeps `interval`
+/// over and over and records how late it wakes. A wake-up is late when the thread was blocked
+/// (a syscall on the shard thread) or a task ran without yielding; either delays every live
+/// request by as much. The histogram is `ShardMetrics::executor_stall_ns`; the monitor thread
+/// (`monitor.rs`) sees only stalls of a second or more, this sees them all.
+///
+/// Why a timer in the live queue: that is where appends, tail delivery and queries run, so its
+/// lateness is the delay they meet. One timer per interval per shard (1 ms by default: about
+/// 1,000 cheap wake-ups a second) is the cost.
+async fn stall_probe(shard: Rc<Shard>, interval: Duration) {
+    while !shard.stopping.get() {
+        // Observability only: lateness is reported, never used to decide anything.
+        #[allow(clippy::disallowed_methods)]
+        let due = std::time::Instant::now() + interval;
+        glommio::timer::sleep(interval).await;
+        #[allow(clippy::disallowed_methods)]
+        let late = std::time::Instant::now().saturating_duration_since(due);
+        let mut counters = shard.counters.borrow_mut();
+        counters.executor_stall_ns.saturating_record(late.as_nanos() as u64);
+    }
+}
+
+/// Applies each partition's retention every `EngineConfig::retention_interval`, in the
+/// maintenance queue.
 async fn retention_loop(shard: Rc<Shard>) {
     loop {
-        glommio::timer::sleep(Duration::from_secs(60)).await;
+        glommio::timer::sleep(shard.config.retention_interval).await;
         if shard.stopping.get() {
             return;
         }
-        let logs: Vec<Rc<PartitionLog>> =
-            shard.partitions.borrow().values().flat_map(|p| p.values().cloned()).collect();
-        let now_ms = shard.config.clock.now_ms();
-        for log in logs {
-            // No floor yet: pinning what running views have not folded comes with the views.
-            if let Err(e) = log.apply_retention(now_ms, u64::MAX).await {
+        let _ = apply_retention(&shard).await;
+    }
+}
+
+/// One retention pass over the shard's partitions, each under its views' floor
+/// (`views::retention_floor`). Unlinks and directory fsyncs run through the seam (the blocking
+/// pool). Returns the segments deleted; the first error, after trying every partition.
+async fn apply_retention(shard: &Rc<Shard>) -> Result<u64, Error> {
+    let logs: Vec<(Arc<str>, u32, Rc<PartitionLog>)> = shard
+        .partitions
+        .borrow()
+        .iter()
+        .flat_map(|(t, ps)| ps.iter().map(move |(p, l)| (t.clone(), *p, l.clone())))
+        .collect();
+    let now_ms = shard.config.clock.now_ms();
+    let mut deleted = 0;
+    let mut first_error = None;
+    for (topic, partition, log) in logs {
+        // The floor is read right before the pass: a view's folded offset only grows.
+        let floor = views::retention_floor(shard, &topic, partition);
+        match log.apply_retention(now_ms, floor).await {
+            Ok(report) => deleted += report.segments_deleted as u64,
+            Err(e) => {
                 tracing::error!(shard = shard.id.0, dir = %log.dir().display(), error = %e, "retention failed");
+                first_error.get_or_insert(Error::from(e));
             }
         }
     }
+    first_error.map_or(Ok(deleted), Err)
 }
 
 fn partition_metrics(topic: &str, partition: u32, log: &PartitionLog) -> PartitionMetrics {
@@ -593,6 +652,7 @@ fn metrics(shard: &Shard) -> ShardMetrics {
         batches_appended: counters.batches_appended,
         appends_in_flight: counters.appends_in_flight,
         append_ack_latency_ns: counters.append_ack_latency_ns.clone(),
+        executor_stall_ns: counters.executor_stall_ns.clone(),
         fsync_count,
         fsync_latency_ns,
         request_queue_len: shard.request_queue.len(),

@@ -5,8 +5,11 @@ use crate::operator::{Aggregate, FilterFn, JsonPath, KeyBy, LatePolicy, MapFn, M
 /// Where a new view version starts reading its topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start {
-    /// Offset 0 (the first record still in the log).
+    /// Offset 0. Refused with `Error::ViewBeforeLogStart` once retention deleted offset 0: a view
+    /// over part of the history is asked for with `EarliestRetained`.
     Beginning,
+    /// The first record still in the log (the start offset after retention).
+    EarliestRetained,
     /// The first record at or after this event time (ms).
     Timestamp(i64),
     /// The newest checkpoint of another version of the same view whose state this definition can

@@ -293,7 +293,15 @@ impl Rebuild {
     pub fn wait_swapped(&self, timeout: Duration) -> Result<(), Error> {
         let number = self.version.number;
         let result = self.entry.notifier.wait(timeout, || {
-            if self.is_swapped() {
+            // A swap is acknowledged once its record in `meta.json` is durable: the outcome turns
+            // `SERVED` after that write (`Version::partition_caught_up`). A version served by
+            // request (`Engine::serve_view_version`, which records it before it returns) before
+            // it caught up counts at once.
+            let all_caught_up =
+                self.version.caught_up.load(Ordering::Acquire) >= self.version.partitions;
+            if self.version.outcome.load(Ordering::SeqCst) == view::SERVED
+                || (!all_caught_up && self.entry.served.load(Ordering::Acquire) == number)
+            {
                 return Some(Ok(()));
             }
             if self.engine.is_shut_down() {

@@ -23,6 +23,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
+use kappa_storage::io::Disk;
+
 use crate::operator::{AggState, Aggregate, Window};
 use crate::Error;
 pub use def::{Start, ViewDef};
@@ -68,6 +70,12 @@ pub struct PartitionProgress {
     pub activity: Activity,
     /// Times the stall check (`monitor.rs`) saw this partition behind and not moving for a second.
     pub stalls: u64,
+    /// The next offset of the newest checkpoint this partition wrote and synced (or resumed from):
+    /// what a restart resumes from at least.
+    pub checkpointed: Option<u64>,
+    /// The next offset of the checkpoint this partition resumed from at its start, if any: the
+    /// records before it were not replayed.
+    pub resumed_from: Option<u64>,
 }
 
 /// A version's progress over all partitions.
@@ -124,7 +132,13 @@ pub(crate) const SUPERSEDED: u8 = 2;
 
 impl Version {
     /// Called on a shard when one partition caught up; the last one flips the served version.
-    pub(crate) fn partition_caught_up(&self) {
+    ///
+    /// The flip is one atomic store (queries see the new version at once); recording it in
+    /// `meta.json` is a file write and two fsyncs, which run on glommio's blocking pool so the
+    /// shard keeps serving. `Rebuild::wait_swapped` returns only once that record is durable
+    /// (the outcome turns `SERVED` after the write), so a swap acknowledged to a caller survives
+    /// a power cut.
+    pub(crate) async fn partition_caught_up(self: &Arc<Self>) {
         let done = self.caught_up.fetch_add(1, Ordering::AcqRel) + 1;
         if done == self.partitions {
             // `fetch_max`, not load-then-store: two rebuilds finishing at once on two shards must
@@ -132,11 +146,15 @@ impl Version {
             let previous = self.entry.served.fetch_max(self.number, Ordering::AcqRel);
             if previous < self.number {
                 self.entry.swaps.fetch_add(1, Ordering::AcqRel);
-                self.outcome.store(SERVED, Ordering::SeqCst);
                 tracing::info!(view = %self.view, from = previous, to = self.number, "view version swapped");
-                if let Err(e) = write_meta(&self.entry) {
+                let entry = self.entry.clone();
+                // `write_meta` reads `served` under the history lock, so the last write always
+                // records the newest state, whichever thread writes first.
+                let written = glommio::executor().spawn_blocking(move || write_meta(&entry)).await;
+                if let Err(e) = written {
                     tracing::error!(view = %self.view, error = %e, "recording the served view version failed");
                 }
+                self.outcome.store(SERVED, Ordering::SeqCst);
             } else if previous == self.number {
                 self.outcome.store(SERVED, Ordering::SeqCst);
             } else {
@@ -177,6 +195,8 @@ pub(crate) struct Entry {
     /// Every version ever made, with its revision (persisted, so numbers are never reused).
     pub(crate) history: Mutex<BTreeMap<u32, String>>,
     pub(crate) dir: PathBuf,
+    /// The engine's storage seam (metadata and checkpoints go through it).
+    pub(crate) disk: Disk,
     /// Wakes threads in `ViewHandle::wait_for` and `Rebuild::wait_swapped`.
     pub(crate) notifier: wait::Notifier,
 }
@@ -204,8 +224,8 @@ pub struct StoredView {
 
 /// Reads a view's stored metadata from a data dir; `None` when there is no such view. Lets a
 /// process that re-creates its views at start (the appliance) resume the version that was served.
-pub fn stored_view(data_dir: &Path, name: &str) -> Result<Option<StoredView>, Error> {
-    Ok(read_meta(&view_dir(data_dir, name))?.map(|(topic, served, revisions)| StoredView {
+pub fn stored_view(disk: &Disk, data_dir: &Path, name: &str) -> Result<Option<StoredView>, Error> {
+    Ok(read_meta(disk, &view_dir(data_dir, name))?.map(|(topic, served, revisions)| StoredView {
         topic,
         served,
         revisions,
@@ -215,22 +235,23 @@ pub fn stored_view(data_dir: &Path, name: &str) -> Result<Option<StoredView>, Er
 /// A view's stored metadata: topic, served version, and the revision of every version.
 pub(crate) type Meta = (String, u32, BTreeMap<u32, String>);
 
-pub(crate) fn read_meta(dir: &Path) -> Result<Option<Meta>, Error> {
+pub(crate) fn read_meta(disk: &Disk, dir: &Path) -> Result<Option<Meta>, Error> {
     let path = dir.join("meta.json");
-    match std::fs::read(&path) {
+    match disk.read_file_blocking(&path) {
         Ok(bytes) => {
             let meta: MetaFile = serde_json::from_slice(&bytes)
                 .map_err(|e| Error::Meta { path: path.clone(), reason: e.to_string() })?;
             Ok(Some((meta.topic, meta.served, meta.versions)))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::Io { op: "read", path, source: e }),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 
 pub(crate) fn write_meta(entry: &Entry) -> Result<(), Error> {
     // The history lock is held through the write: the engine thread (create, rebuild, drop) and a
-    // shard (a swap) may write this file at the same time, and they share its temp file name.
+    // swap (on the blocking pool) may write this file at the same time; holding it, the one that
+    // renames last is the one that read `served` last. Blocking: never call it on a shard thread.
     let history = entry.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let meta = MetaFile {
         format: 1,
@@ -238,13 +259,9 @@ pub(crate) fn write_meta(entry: &Entry) -> Result<(), Error> {
         served: entry.served.load(Ordering::Acquire),
         versions: history.clone(),
     };
-    std::fs::create_dir_all(&entry.dir).map_err(|e| Error::Io {
-        op: "create dir",
-        path: entry.dir.clone(),
-        source: e,
-    })?;
+    entry.disk.create_dir_all_blocking(&entry.dir)?;
     let bytes = serde_json::to_vec_pretty(&meta).expect("view metadata serializes");
-    kappa_storage::io::write_file_atomic(&entry.dir.join("meta.json"), &bytes)?;
+    entry.disk.write_file_atomic_blocking(&entry.dir.join("meta.json"), &bytes)?;
     Ok(())
 }
 

@@ -333,7 +333,8 @@ struct CheckpointData {
 }
 
 /// A checkpoint file: 32-byte header (magic, format, payload length, xxh3 of the payload) and the
-/// rkyv archive of the state. Written atomically (temp, fsync, rename, fsync dir).
+/// rkyv archive of the state. Written atomically (temp, fsync, rename, fsync dir) on the real
+/// disk, blocking (tests and tools; shards use `encode_checkpoint` and the async seam).
 pub fn write_checkpoint(
     path: &Path,
     view: &str,
@@ -341,6 +342,22 @@ pub fn write_checkpoint(
     partition: u32,
     state: &PartitionState,
 ) -> Result<(), Error> {
+    let bytes = encode_checkpoint(path, view, version, partition, state)?;
+    if let Some(dir) = path.parent() {
+        kappa_storage::io::Disk::Dma.create_dir_all_blocking(dir)?;
+    }
+    kappa_storage::io::write_file_atomic(path, &bytes)?;
+    Ok(())
+}
+
+/// The bytes of a checkpoint file of `state` (see `write_checkpoint`); `path` names errors.
+pub fn encode_checkpoint(
+    path: &Path,
+    view: &str,
+    version: u32,
+    partition: u32,
+    state: &PartitionState,
+) -> Result<Vec<u8>, Error> {
     let data = CheckpointData {
         view: view.to_string(),
         version,
@@ -366,25 +383,22 @@ pub fn write_checkpoint(
     bytes.extend_from_slice(&xxh3_64(&payload).to_le_bytes());
     bytes.resize(CHECKPOINT_HEADER, 0);
     bytes.extend_from_slice(&payload);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::Io {
-            op: "create dir",
-            path: dir.to_path_buf(),
-            source: e,
-        })?;
-    }
-    kappa_storage::io::write_file_atomic(path, &bytes)?;
-    Ok(())
+    Ok(bytes)
 }
 
 /// Reads a checkpoint, verifying its checksum and archive; any damage is an error naming the file.
 pub fn read_checkpoint(path: &Path) -> Result<PartitionState, Error> {
-    let corrupt = |reason: String| Error::Meta { path: path.to_path_buf(), reason };
     let bytes = std::fs::read(path).map_err(|e| Error::Io {
         op: "read",
         path: path.to_path_buf(),
         source: e,
     })?;
+    decode_checkpoint(path, &bytes)
+}
+
+/// A checkpoint's state from its file's bytes; any damage is an error naming `path`.
+pub fn decode_checkpoint(path: &Path, bytes: &[u8]) -> Result<PartitionState, Error> {
+    let corrupt = |reason: String| Error::Meta { path: path.to_path_buf(), reason };
     if bytes.len() < CHECKPOINT_HEADER || bytes[0..4] != CHECKPOINT_MAGIC.to_le_bytes() {
         return Err(corrupt("not a checkpoint (bad magic)".into()));
     }

@@ -56,7 +56,7 @@ impl App {
         let producers = [Durability::None, Durability::Written, Durability::Synced]
             .map(|d| engine.producer().with_durability(d));
         App {
-            store: ViewStore::new(&data_dir),
+            store: ViewStore::new(&data_dir, engine.config().log.disk.clone()),
             engine,
             settings,
             data_dir,
@@ -231,7 +231,7 @@ pub fn open_views(engine: &Engine, settings: &Settings, store: &ViewStore) -> an
     let data_dir = &engine.config().data_dir;
     let mut served: BTreeMap<String, String> = BTreeMap::new();
     for (name, specs) in store.list()? {
-        let stored = kappa_engine::stored_view(data_dir, &name)?;
+        let stored = kappa_engine::stored_view(&engine.config().log.disk, data_dir, &name)?;
         let version = stored.as_ref().map(|s| s.served).filter(|v| specs.versions.contains_key(v));
         let Some((version, spec)) = version
             .and_then(|v| specs.versions.get(&v).map(|s| (v, s)))

@@ -121,7 +121,9 @@ fn init_logging(settings: &Settings) {
 
 fn serve(settings: Settings) -> Result<i32, StartError> {
     let data_dir = &settings.config.data_dir;
-    std::fs::create_dir_all(data_dir)
+    // Through the seam: every directory it creates is made durable by an fsync of its parent.
+    kappa_engine::storage::io::Disk::Dma
+        .create_dir_all_blocking(data_dir)
         .with_context(|| format!("creating the data dir {}", data_dir.display()))?;
     let data_dir = std::fs::canonicalize(data_dir)
         .with_context(|| format!("resolving the data dir {}", data_dir.display()))?;
@@ -150,8 +152,8 @@ fn serve(settings: Settings) -> Result<i32, StartError> {
     let engine = kappa_engine::Engine::start(engine_config)
         .context("starting the engine (it needs io_uring and enough locked memory)")?;
     let opened = app::open_topics(&engine, &settings).and_then(|()| {
-        app::open_views(&engine, &settings, &store::ViewStore::new(&data_dir))
-            .map_err(StartError::Other)
+        let store = store::ViewStore::new(&data_dir, engine.config().log.disk.clone());
+        app::open_views(&engine, &settings, &store).map_err(StartError::Other)
     });
     if let Err(e) = opened {
         if let Err(shutdown) = engine.shutdown() {
