@@ -249,14 +249,19 @@ fn a_panicking_custom_aggregate_fails_the_version_even_when_skipping() {
     engine.producer().send("events", ProducerRecord::new("x")).expect("the shard lives");
 }
 
-/// Runs `f` on a thread and returns its result, or fails the test if it takes longer than
-/// `HANG` (a hang detector: a call that waits on a dead shard forever).
+/// Runs `f` on a thread and returns its result; if it takes longer than `HANG` (a hang
+/// detector: a call that waits on a dead shard forever), says so and ends the test process,
+/// since unwinding would hang too (dropping the engine shuts it down, which would wait on the
+/// same dead shard).
 fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
     let (sender, receiver) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let _ = sender.send(f());
     });
-    receiver.recv_timeout(HANG).unwrap_or_else(|_| panic!("{what} did not return: it hangs"))
+    receiver.recv_timeout(HANG).unwrap_or_else(|_| {
+        eprintln!("{what} did not return within {HANG:?}: it hangs");
+        std::process::exit(101)
+    })
 }
 
 fn expect_died<T: std::fmt::Debug>(what: &str, result: Result<T, Error>, dead: u16) {
