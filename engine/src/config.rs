@@ -212,6 +212,13 @@ pub struct TopicConfig {
     /// recomputed from history).
     pub retention_bytes_max: Option<u64>,
     pub retention_ms_max: Option<i64>,
+    /// How many partitions keyed records are spread over: the partition count the topic was
+    /// created with. `Engine::add_partitions` sets it (once) and never changes it again, so a
+    /// key stays in the partition it always went to, and its records stay in order there. The
+    /// added partitions take unkeyed records (round robin over every partition) and records sent
+    /// to a chosen partition. `None`: every partition (the topic was never grown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_partitions: Option<u32>,
 }
 
 impl TopicConfig {
@@ -221,7 +228,13 @@ impl TopicConfig {
             segment_size_bytes_max: None,
             retention_bytes_max: None,
             retention_ms_max: None,
+            key_partitions: None,
         }
+    }
+
+    /// The partitions keyed records route over (see `key_partitions`).
+    pub fn key_partition_count(&self) -> u32 {
+        self.key_partitions.unwrap_or(self.partitions).clamp(1, self.partitions.max(1))
     }
 
     pub(crate) fn log_config(&self, base: &LogConfig) -> LogConfig {

@@ -13,6 +13,8 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -22,10 +24,12 @@ use kappa_storage::{PartitionLog, Seek};
 
 use crate::config::{EngineBuilder, EngineConfig, TopicConfig};
 use crate::consumer::Consumer;
+use crate::lock::DirLock;
 use crate::meta;
 use crate::metrics::{PartitionMetrics, ShardMetrics};
 use crate::producer::Producer;
 use crate::router::{shard_for, ShardId};
+use crate::shard::link::{self, Link};
 use crate::shard::{self, Request, ShardJob, SubscriptionState};
 use crate::view::{self, Rebuild, ViewDef, ViewHandle};
 use crate::watchdog;
@@ -42,19 +46,26 @@ pub(crate) struct TopicMeta {
 pub(crate) struct Inner {
     pub(crate) config: Arc<EngineConfig>,
     views: RwLock<BTreeMap<String, Arc<view::Entry>>>,
-    senders: Vec<flume::Sender<Request>>,
+    links: Vec<Link>,
     topics: RwLock<BTreeMap<String, Arc<TopicMeta>>>,
     threads: Mutex<Vec<watchdog::ExecutorHandle<()>>>,
     shut_down: AtomicBool,
     /// Serializes topic and view metadata changes (see the module doc).
     meta_lock: Mutex<()>,
-    monitor: Arc<crate::monitor::Monitor>,
-    guard: watchdog::ShardGuard,
+    pub(crate) monitor: Arc<crate::monitor::Monitor>,
+    pub(crate) guard: watchdog::ShardGuard,
+    /// `DIR/.lock`, released at the end of `shutdown`.
+    lock: Mutex<Option<DirLock>>,
+    /// What opening the data dir found and repaired.
+    open_report: Mutex<OpenReport>,
 }
 
 /// The embedded engine. Dropping it shuts it down cleanly (flush, sync, close).
 pub struct Engine {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
+    /// The engine `start` returned (dropping it shuts down), or a handle an async twin lent to
+    /// a helper thread (dropping it does nothing).
+    owner: bool,
 }
 
 impl Inner {
@@ -76,22 +87,36 @@ impl Inner {
     }
 
     pub(crate) fn send_blocking(&self, shard: usize, request: Request) -> Result<(), Error> {
-        self.senders[shard].send(request).map_err(|_| Error::ShutDown)
+        self.links[shard].send(request)
     }
 
     pub(crate) async fn send_async(&self, shard: usize, request: Request) -> Result<(), Error> {
-        self.senders[shard].send_async(request).await.map_err(|_| Error::ShutDown)
+        self.links[shard].send_async(request).await
     }
 
     pub(crate) fn try_send(&self, shard: usize, request: Request) -> Result<(), Error> {
-        self.senders[shard].try_send(request).map_err(|e| match e {
-            flume::TrySendError::Full(_) => Error::WouldBlock { shard: shard as u16 },
-            flume::TrySendError::Disconnected(_) => Error::ShutDown,
-        })
+        self.links[shard].try_send(request)
+    }
+
+    /// The way to a shard: its queue, and the waits that end when it dies.
+    pub(crate) fn link(&self, shard: usize) -> &Link {
+        &self.links[shard]
     }
 
     pub(crate) fn is_shut_down(&self) -> bool {
         self.shut_down.load(Ordering::Acquire)
+    }
+
+    /// `Error::ShardDied` for the first shard whose thread died, if one did.
+    pub(crate) fn dead_shard(&self) -> Option<Error> {
+        self.links.iter().find_map(|link| link.life.died())
+    }
+
+    /// Wakes every thread waiting on a view (a shard died: their waits must end).
+    pub(crate) fn wake_view_waiters(&self) {
+        for entry in self.views.read().unwrap_or_else(std::sync::PoisonError::into_inner).values() {
+            entry.notifier.notify();
+        }
     }
 
     /// Sends a request built around a reply channel and waits for the reply.
@@ -102,7 +127,18 @@ impl Inner {
     ) -> Result<T, Error> {
         let (reply, receiver) = flume::bounded(1);
         self.send_blocking(shard, make(reply))?;
-        receiver.recv().map_err(|_| Error::ShutDown)?
+        self.links[shard].recv(&receiver)
+    }
+
+    /// `call` for async code: waits for room and for the reply without blocking the thread.
+    pub(crate) async fn call_async<T>(
+        &self,
+        shard: usize,
+        make: impl FnOnce(shard::Reply<T>) -> Request,
+    ) -> Result<T, Error> {
+        let (reply, receiver) = flume::bounded(1);
+        self.send_async(shard, make(reply)).await?;
+        self.links[shard].recv_async(&receiver).await
     }
 }
 
@@ -117,6 +153,12 @@ impl Engine {
         let data_dir = config.data_dir.clone();
         let disk = config.log.disk.clone();
         disk.create_dir_all_blocking(&data_dir)?;
+        // One owner per data dir, before anything in it is read or written. A simulated disk
+        // lives in one process's memory: nothing else can open it, so there is nothing to lock.
+        let lock = match &disk {
+            kappa_storage::io::Disk::Dma => Some(DirLock::acquire(&data_dir)?),
+            kappa_storage::io::Disk::Sim(_) => None,
+        };
         // CPUs this process may run on (its affinity mask, not the machine's CPU count), unless the
         // configuration names them.
         let cpus: Vec<usize> = config.cpus.clone().unwrap_or_else(core_ids);
@@ -135,7 +177,7 @@ impl Engine {
             );
         }
         let config = Arc::new(config);
-        let mut senders = Vec::with_capacity(shard_count);
+        let mut links = Vec::with_capacity(shard_count);
         let mut threads = Vec::with_capacity(shard_count);
         let guard = watchdog::ShardGuard::start(shard_count, &config.watchdog, &data_dir)?;
         for index in 0..shard_count {
@@ -146,33 +188,43 @@ impl Engine {
             };
             let shard_config = config.clone();
             let id = ShardId(index as u16);
-            let handle = watchdog::spawn_executor(
+            let (life, alive) = link::new_life(index as u16);
+            let handle = watchdog::spawn_executor_reporting(
                 format!("kappa-shard-{index}"),
                 LocalExecutorBuilder::new(placement)
                     .preempt_timer(config.preempt_timer())
                     .io_memory(config.io_memory_bytes),
                 guard.pulse(index),
                 move || shard::run(id, shard_config, receiver),
+                move |panic| alive.exit(panic),
             )
             .map_err(|e| Error::Start { shard: index as u16, reason: e.to_string() })?;
-            senders.push(sender);
+            links.push(Link { sender, life });
             threads.push(handle);
         }
-        let monitor = crate::monitor::Monitor::start(senders.clone());
+        let monitor =
+            crate::monitor::Monitor::start(links.iter().map(|l| l.sender.clone()).collect());
         let engine = Engine {
+            owner: true,
             inner: Arc::new(Inner {
                 config: config.clone(),
                 views: RwLock::new(BTreeMap::new()),
                 monitor,
-                senders,
+                links,
                 topics: RwLock::new(BTreeMap::new()),
                 threads: Mutex::new(threads),
                 shut_down: AtomicBool::new(false),
                 meta_lock: Mutex::new(()),
                 guard,
+                lock: Mutex::new(lock),
+                open_report: Mutex::new(OpenReport::default()),
             }),
         };
-        meta::finish_deletions(&disk, &data_dir)?;
+        for link in &engine.inner.links {
+            link.life.set_engine(Arc::downgrade(&engine.inner));
+        }
+        let finished = meta::finish_deletions(&disk, &data_dir)?;
+        engine.inner.report().deletions_finished = finished;
         // Leftovers of view deletions a crash interrupted (see `delete_view`).
         disk.remove_dir_all_blocking(&data_dir.join(TRASH_DIR))?;
         for (name, topic) in meta::read_topics(&disk, &data_dir)? {
@@ -182,7 +234,7 @@ impl Engine {
     }
 
     pub fn shard_count(&self) -> usize {
-        self.inner.senders.len()
+        self.inner.links.len()
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -219,7 +271,7 @@ impl Engine {
         }
         // The marker first: until it goes, a crash undoes this create at the next start.
         let created = meta::mark_deleting(disk, data_dir, name).and_then(|()| {
-            let shards = self.open_partitions(name, &config)?;
+            let shards = self.open_partitions(&Arc::from(name), &config, 0)?;
             meta::write_topic(disk, data_dir, name, &config)?;
             meta::clear_marker(disk, data_dir, name)?;
             Ok(shards)
@@ -231,7 +283,7 @@ impl Engine {
             }
             Err(e) => {
                 tracing::warn!(topic = name, error = %e, "creating a topic failed; removing what it made");
-                self.close_partitions(name, config.partitions);
+                self.close_partitions(name, 0..config.partitions);
                 if let Err(cleanup) = meta::finish_deletion(disk, data_dir, name) {
                     // The marker stays: the next start finishes the removal.
                     tracing::error!(topic = name, error = %cleanup,
@@ -244,9 +296,9 @@ impl Engine {
 
     /// Closes (and forgets) partitions of a topic that is not in the registry: the cleanup of a
     /// failed create. Partitions that never opened are skipped by their shards.
-    fn close_partitions(&self, name: &str, partitions: u32) {
+    fn close_partitions(&self, name: &str, partitions: std::ops::Range<u32>) {
         let topic: Arc<str> = Arc::from(name);
-        for partition in 0..partitions {
+        for partition in partitions {
             let shard = usize::from(shard_for(name, partition, self.shard_count()).0);
             let result = self.inner.call(shard, |reply| Request::Close {
                 topic: topic.clone(),
@@ -303,6 +355,84 @@ impl Engine {
         }
     }
 
+    /// Grows a topic to `partitions` partitions. Keys do not move: keyed records keep routing
+    /// over the partitions the topic had before it first grew (`TopicConfig::key_partitions`),
+    /// so each key's records stay in one partition, in order, before and after. The new
+    /// partitions take unkeyed records (round robin over all partitions) and records sent to a
+    /// chosen partition. (Kafka instead rehashes keys over the new count, so a key's new records
+    /// land in another partition than its old ones; to spread keys over more partitions here,
+    /// re-key the topic into a new one by replay.) Refused while a view reads the topic: a view
+    /// version covers the partitions it started with. The new partitions exist on their shards
+    /// before the definition that names them is written and before producers can see them.
+    pub fn add_partitions(&self, name: &str, partitions: u32) -> Result<(), Error> {
+        let _meta = self.inner.lock_meta();
+        let meta = self.inner.topic(name)?;
+        let current = meta.config.partitions;
+        if partitions <= current {
+            return Err(Error::Config {
+                field: "partitions",
+                reason: format!(
+                    "topic {name:?} has {current} partitions; a topic only grows (asked for {partitions})"
+                ),
+            });
+        }
+        let readers: Vec<String> = self
+            .inner
+            .views
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|(_, entry)| entry.topic == name)
+            .map(|(view, _)| view.clone())
+            .collect();
+        if !readers.is_empty() {
+            return Err(Error::TopicInUse { topic: name.to_string(), views: readers });
+        }
+        let mut config = meta.config.clone();
+        config.key_partitions = Some(meta.config.key_partition_count());
+        config.partitions = partitions;
+        let (disk, data_dir) = (self.inner.disk(), &self.inner.config.data_dir);
+        let opened = self
+            .open_partitions(&meta.name, &config, current)
+            .and_then(|shards| meta::write_topic(disk, data_dir, name, &config).map(|()| shards));
+        let shards = match opened {
+            Ok(shards) => shards,
+            Err(e) => {
+                // The definition still names `current` partitions: close the new ones so a later
+                // attempt opens them afresh (their directories hold no record).
+                self.close_partitions(name, current..partitions);
+                return Err(e);
+            }
+        };
+        let grown = Arc::new(TopicMeta { name: meta.name.clone(), config, shards });
+        self.inner
+            .topics
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(name.to_string(), grown);
+        tracing::info!(topic = name, from = current, to = partitions, "topic grown");
+        Ok(())
+    }
+
+    /// Start and end offsets and size of every partition of a topic, in partition order (the
+    /// requests go to every shard at once).
+    pub fn topic_offsets(&self, topic: &str) -> Result<Vec<PartitionMetrics>, Error> {
+        let meta = self.inner.topic(topic)?;
+        let mut waiting = Vec::with_capacity(meta.shards.len());
+        for (partition, shard) in meta.shards.iter().enumerate() {
+            let (reply, receiver) = flume::bounded(1);
+            self.inner.send_blocking(
+                *shard,
+                Request::Offsets { topic: meta.name.clone(), partition: partition as u32, reply },
+            )?;
+            waiting.push((*shard, receiver));
+        }
+        waiting
+            .into_iter()
+            .map(|(shard, receiver)| self.inner.link(shard).recv(&receiver))
+            .collect()
+    }
+
     /// Creates the topic unless it exists (with any partition count); returns its partition count.
     pub fn ensure_topic(&self, name: &str, config: TopicConfig) -> Result<u32, Error> {
         match self.inner.topic(name) {
@@ -322,42 +452,9 @@ impl Engine {
 
     /// Reopens a topic found in the data dir at start.
     fn open_topic(&self, name: &str, config: TopicConfig) -> Result<(), Error> {
-        let shards = self.open_partitions(name, &config)?;
+        let shards = self.open_partitions(&Arc::from(name), &config, 0)?;
         self.register_topic(name, config, shards);
         Ok(())
-    }
-
-    /// Opens every partition of a topic on its shard (creating its directory); returns the shard
-    /// of each partition. Waits for every shard's answer, so on an error none is still opening.
-    fn open_partitions(&self, name: &str, config: &TopicConfig) -> Result<Vec<usize>, Error> {
-        let shard_count = self.shard_count();
-        let topic: Arc<str> = Arc::from(name);
-        let shards: Vec<usize> = (0..config.partitions)
-            .map(|p| usize::from(shard_for(name, p, shard_count).0))
-            .collect();
-        let log_config = config.log_config(&self.inner.config.log);
-        let mut waiting = Vec::new();
-        for (partition, shard) in shards.iter().enumerate() {
-            let (reply, receiver) = flume::bounded(1);
-            self.inner.send_blocking(
-                *shard,
-                Request::Open {
-                    topic: topic.clone(),
-                    partition: partition as u32,
-                    config: log_config.clone(),
-                    reply,
-                },
-            )?;
-            waiting.push(receiver);
-        }
-        let mut first_error = None;
-        for receiver in waiting {
-            let result = receiver.recv().map_err(|_| Error::ShutDown).and_then(|r| r);
-            if let Err(e) = result {
-                first_error.get_or_insert(e);
-            }
-        }
-        first_error.map_or(Ok(shards), Err)
     }
 
     fn register_topic(&self, name: &str, config: TopicConfig, shards: Vec<usize>) {
@@ -367,6 +464,55 @@ impl Engine {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(name.to_string(), meta);
+    }
+
+    /// Opens partitions `from..config.partitions` of a topic on their shards (in parallel across
+    /// shards), records what their recovery cut in the open report, and returns the shard of
+    /// every partition of the topic.
+    fn open_partitions(
+        &self,
+        topic: &Arc<str>,
+        config: &TopicConfig,
+        from: u32,
+    ) -> Result<Vec<usize>, Error> {
+        let shard_count = self.shard_count();
+        let shards: Vec<usize> = (0..config.partitions)
+            .map(|p| usize::from(shard_for(topic, p, shard_count).0))
+            .collect();
+        let log_config = config.log_config(&self.inner.config.log);
+        let mut waiting = Vec::new();
+        for partition in from..config.partitions {
+            let shard = shards[partition as usize];
+            let (reply, receiver) = flume::bounded(1);
+            self.inner.send_blocking(
+                shard,
+                Request::Open {
+                    topic: topic.clone(),
+                    partition,
+                    config: log_config.clone(),
+                    reply,
+                },
+            )?;
+            waiting.push((partition, shard, receiver));
+        }
+        let mut first_error = None;
+        for (partition, shard, receiver) in waiting {
+            match self.inner.link(shard).recv(&receiver) {
+                Ok(recovery) => self.inner.report().record(topic, partition, recovery),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(shards), Err)
+    }
+
+    /// What opening the data dir found and repaired: torn tails cut from partitions (file,
+    /// position, bytes and offsets dropped), sealed indexes rebuilt, topic deletions a crash
+    /// interrupted and this start finished. Recovery never cuts silently: this is the API side
+    /// of the warnings it logs.
+    pub fn open_report(&self) -> OpenReport {
+        self.inner.report().clone()
     }
 
     /// Every topic and its definition.
@@ -395,7 +541,7 @@ impl Engine {
             state: state_for_shard,
             reply,
         })?;
-        Ok(Consumer { receiver, state })
+        Ok(Consumer { receiver, state, link: self.inner.link(shard).clone() })
     }
 
     /// Start and end offsets and size of one partition.
@@ -456,14 +602,26 @@ impl Engine {
         let boxed: ShardJob = Box::new(move |shard: Rc<shard::Shard>| {
             Box::pin(async move {
                 let result = match shard.log(&name, partition) {
-                    Some(log) => Ok(job(log).await),
+                    // The job is user code: a panic in it fails this call, not the shard.
+                    Some(log) => {
+                        match futures_lite::FutureExt::catch_unwind(AssertUnwindSafe(job(log)))
+                            .await
+                        {
+                            Ok(value) => Ok(value),
+                            Err(panic) => Err(Error::JobPanicked {
+                                topic: name.to_string(),
+                                partition,
+                                message: crate::view::state::panic_message(&*panic),
+                            }),
+                        }
+                    }
                     None => Err(Error::UnknownTopic { topic: name.to_string() }),
                 };
                 let _ = reply.send(result);
             })
         });
         self.inner.send_blocking(shard, Request::Run(boxed))?;
-        receiver.recv().map_err(|_| Error::ShutDown)?
+        self.inner.link(shard).recv(&receiver)
     }
 
     /// Registers a view and starts maintaining it. If a version built from the same `revision`
@@ -494,8 +652,8 @@ impl Engine {
             // leftover (a checkpoint that landed after `delete_view`): never resume from it.
             disk.remove_dir_all_blocking(&dir)?;
         }
-        let history = match stored {
-            Some((stored_topic, _served, history)) => {
+        let (history, failed) = match stored {
+            Some(view::Meta { topic: stored_topic, revisions: history, failed, .. }) => {
                 if stored_topic != def.topic {
                     return Err(Error::Config {
                         field: "view",
@@ -505,9 +663,9 @@ impl Engine {
                         ),
                     });
                 }
-                history
+                (history, failed)
             }
-            None => BTreeMap::new(),
+            None => (BTreeMap::new(), BTreeMap::new()),
         };
         let resumed = history.iter().rev().find(|(_, r)| **r == def.revision).map(|(v, _)| *v);
         let number = resumed.unwrap_or_else(|| history.keys().next_back().map_or(1, |v| v + 1));
@@ -518,6 +676,7 @@ impl Engine {
             swaps: std::sync::atomic::AtomicU64::new(0),
             versions: std::sync::Mutex::new(BTreeMap::new()),
             history: std::sync::Mutex::new(history),
+            failed: std::sync::Mutex::new(failed),
             dir,
             disk,
             notifier: view::wait::Notifier::default(),
@@ -628,7 +787,15 @@ impl Engine {
             entry: entry.clone(),
             dir: entry.dir.join(number.to_string()),
             folded: (0..partitions).map(|_| std::sync::atomic::AtomicU64::new(0)).collect(),
-            failure: Mutex::new(None),
+            // A poison record failed this version before a restart: it stays failed.
+            failure: Mutex::new(
+                entry
+                    .failed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .get(&number)
+                    .cloned(),
+            ),
             outcome: std::sync::atomic::AtomicU8::new(outcome),
             dropped: AtomicBool::new(false),
         });
@@ -708,6 +875,7 @@ impl Engine {
             })?;
         }
         entry.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&version);
+        entry.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&version);
         view::write_meta(&entry)?;
         // Not synced: checkpoints of a version no longer in the history are never resumed from.
         if let Err(e) = entry.disk.remove_dir_all_blocking(&removed.dir) {
@@ -763,6 +931,11 @@ impl Engine {
         Ok(())
     }
 
+    /// A non-owning handle on the same engine, for a helper thread of an async twin.
+    pub(crate) fn lend(&self) -> Engine {
+        Engine { inner: self.inner.clone(), owner: false }
+    }
+
     /// The open views and the topic each reads.
     pub fn views(&self) -> BTreeMap<String, String> {
         let views = self.inner.views.read().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -778,7 +951,11 @@ impl Engine {
             .ok_or(Error::UnknownView { view: name.to_string(), version: served })
     }
 
-    fn check_partition(&self, topic: &str, partition: u32) -> Result<Arc<TopicMeta>, Error> {
+    pub(crate) fn check_partition(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Arc<TopicMeta>, Error> {
         let meta = self.inner.topic(topic)?;
         if partition >= meta.config.partitions {
             return Err(Error::UnknownPartition {
@@ -788,6 +965,14 @@ impl Engine {
             });
         }
         Ok(meta)
+    }
+
+    /// Fault injection for tests: makes shard `shard`'s request loop panic, which kills its
+    /// thread (a bug outside user code). Every later call that needs the shard fails with
+    /// `Error::ShardDied`.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_shard_panic(&self, shard: usize, message: &str) -> Result<(), Error> {
+        self.inner.send_blocking(shard, Request::Panic { message: message.to_string() })
     }
 
     /// Flushes, syncs and closes every partition, and stops the shards. Idempotent.
@@ -804,15 +989,22 @@ impl Engine {
         }
         let mut first_error = None;
         let mut waiting = Vec::new();
-        for sender in &self.inner.senders {
+        for link in &self.inner.links {
             let (reply, receiver) = flume::bounded(1);
-            if sender.send(Request::Shutdown { reply }).is_ok() {
-                waiting.push(receiver);
+            match link.send(Request::Shutdown { reply }) {
+                Ok(()) => waiting.push((link, receiver)),
+                Err(e @ Error::ShardDied { .. }) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(_) => {}
             }
         }
-        for receiver in waiting {
-            if let Ok(Err(e)) = receiver.recv() {
-                first_error.get_or_insert(e);
+        for (link, receiver) in waiting {
+            match link.recv(&receiver) {
+                Ok(()) | Err(Error::ShutDown) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
             }
         }
         let threads = std::mem::take(
@@ -820,19 +1012,26 @@ impl Engine {
         );
         for (index, handle) in threads.into_iter().enumerate() {
             if let Err(e) = handle.join() {
-                first_error.get_or_insert(Error::Start {
-                    shard: index as u16,
-                    reason: format!("shard thread failed: {e}"),
-                });
+                first_error.get_or_insert(self.inner.links[index].life.died().unwrap_or(
+                    Error::Start {
+                        shard: index as u16,
+                        reason: format!("shard thread failed: {e}"),
+                    },
+                ));
             }
         }
         self.inner.guard.stop();
+        // The data dir is free for the next owner once every file is closed.
+        drop(self.inner.lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take());
         first_error.map_or(Ok(()), Err)
     }
 }
 
 impl Drop for Engine {
     fn drop(&mut self) {
+        if !self.owner {
+            return;
+        }
         if let Err(e) = self.shutdown() {
             tracing::error!(error = %e, "engine shutdown failed");
         }
@@ -848,4 +1047,58 @@ fn core_ids() -> Vec<usize> {
         core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
     ids.sort_unstable();
     ids
+}
+
+impl Inner {
+    fn report(&self) -> std::sync::MutexGuard<'_, OpenReport> {
+        self.open_report.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// What opening the data dir found and repaired (`Engine::open_report`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// Partitions opened (at start, and by later topic creations).
+    pub partitions_opened: usize,
+    /// Torn tails cut from active segments: unsynced writes a crash or power cut interrupted.
+    pub truncations: Vec<Truncation>,
+    /// Sealed segments whose index was missing or damaged and was rebuilt by a scan.
+    pub indexes_rebuilt: usize,
+    /// Topic deletions a crash interrupted, finished by this start.
+    pub deletions_finished: Vec<String>,
+}
+
+/// One torn tail cut from a partition's active segment when it was opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Truncation {
+    pub topic: String,
+    pub partition: u32,
+    /// The segment file that was cut.
+    pub segment: PathBuf,
+    /// The file now ends here (the first damaged byte).
+    pub position: u64,
+    /// Bytes dropped (to the last non-zero byte of the file).
+    pub bytes: u64,
+    /// Whole valid frames found after the damage and dropped with it, and their offsets
+    /// `[first, end)`: records that were written but never synced nor acknowledged as synced.
+    pub frames: u64,
+    pub offsets: Option<(u64, u64)>,
+}
+
+impl OpenReport {
+    fn record(&mut self, topic: &str, partition: u32, recovery: kappa_storage::RecoveryReport) {
+        self.partitions_opened += 1;
+        self.indexes_rebuilt += recovery.indexes_rebuilt;
+        if let Some(cut) = recovery.tail_cut {
+            self.truncations.push(Truncation {
+                topic: topic.to_string(),
+                partition,
+                segment: cut.segment,
+                position: cut.position,
+                bytes: cut.dropped_bytes,
+                frames: cut.dropped_frames,
+                offsets: cut.dropped_offsets,
+            });
+        }
+    }
 }

@@ -47,6 +47,8 @@ pub struct ViewMetrics {
     pub activity: crate::view::Activity,
     /// Times the partition was seen behind and not moving for a second.
     pub stalls: u64,
+    /// Why the partition stopped (a poison record: its offset, step and panic message).
+    pub failure: Option<crate::view::Failure>,
 }
 
 /// What the watchdog saw of one shard since the engine started.

@@ -33,6 +33,7 @@ use crate::router::ShardId;
 use crate::view::runner::{self as view_runner, ViewPartition};
 use crate::Error;
 
+pub(crate) mod link;
 mod views;
 
 /// A closure run on a shard (see `Engine::run_on_partition`).
@@ -52,7 +53,7 @@ pub(crate) enum Request {
         topic: Arc<str>,
         partition: u32,
         config: LogConfig,
-        reply: Reply<()>,
+        reply: Reply<kappa_storage::RecoveryReport>,
     },
     Subscribe {
         topic: Arc<str>,
@@ -111,6 +112,12 @@ pub(crate) enum Request {
     },
     Shutdown {
         reply: Reply<()>,
+    },
+    /// Fault injection: the request loop panics, which kills the shard's thread (a bug outside
+    /// user code, as tests need one).
+    #[cfg(feature = "fault-injection")]
+    Panic {
+        message: String,
     },
 }
 
@@ -358,6 +365,8 @@ async fn serve(shard: Rc<Shard>) {
                 let _ = reply.send(result);
                 return;
             }
+            #[cfg(feature = "fault-injection")]
+            Request::Panic { message } => panic!("{message}"),
         }
     }
     // Every sender is gone without a Shutdown (the engine was dropped): close cleanly anyway.
@@ -466,20 +475,20 @@ async fn open_partition(
     topic: Arc<str>,
     partition: u32,
     config: LogConfig,
-) -> Result<(), Error> {
+) -> Result<kappa_storage::RecoveryReport, Error> {
     if shard.log(&topic, partition).is_some() {
-        return Ok(());
+        return Ok(kappa_storage::RecoveryReport::default());
     }
     let dir = kappa_storage::paths::partition_dir(&shard.config.data_dir, &topic, partition);
     let log = PartitionLog::open(&dir, config).await?;
-    let recovery = log.recovery();
+    let recovery = log.recovery().clone();
     tracing::debug!(
         shard = shard.id.0, topic = %topic, partition, end_offset = log.end_offset(),
         segments = recovery.segment_count, truncated_bytes = recovery.truncated_bytes,
         "partition opened"
     );
     shard.partitions.borrow_mut().entry(topic).or_default().insert(partition, Rc::new(log));
-    Ok(())
+    Ok(recovery)
 }
 
 /// Follows a partition for one consumer: reads zero-copy on the shard, sends each batch as one
@@ -675,6 +684,7 @@ fn metrics(shard: &Shard) -> ShardMetrics {
                     counters: st.counters,
                     activity: vp.activity.get(),
                     stalls: vp.stalls.get(),
+                    failure: vp.failure.borrow().clone(),
                 }
             })
             .collect(),

@@ -30,6 +30,15 @@ pub(super) async fn start_view(
     }
     let vp = Rc::new(ViewPartition::new(version, partition, state, resumed_from));
     shard.views.borrow_mut().insert(key, (vp.clone(), log.clone()));
+    if let Some(failure) = vp.failed_before() {
+        // A poison record failed this partition before a restart: hold it stopped (its
+        // progress shows why) rather than run the record again, until the version is rebuilt
+        // or dropped.
+        tracing::warn!(view = %vp.version.view, version = vp.version.number, partition,
+            offset = failure.offset, "view partition failed on a poison record before; not resumed");
+        vp.stop_failed(failure);
+        return Ok(());
+    }
     let task = view_runner::run(shard.clone(), log, vp, seek, false);
     glommio::spawn_local_into(task, shard.replay).expect("the replay queue exists").detach();
     Ok(())

@@ -18,6 +18,19 @@ pub enum Start {
     Checkpoint { version: u32 },
 }
 
+/// What a view does with a record on which its user code (a filter, key or map closure) panics.
+/// Like Kafka Streams' processing exception handlers: fail (the default) or skip and count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnError {
+    /// The version fails: its queries return `Error::Poisoned` naming partition, offset and the
+    /// panic message, and it stays failed across restarts until rebuilt or dropped.
+    #[default]
+    Fail,
+    /// The record is skipped and counted (`Counters::panicked`); its offset is consumed. A panic
+    /// inside a custom aggregate still fails the version: its state may be half updated.
+    Skip,
+}
+
 /// A view over one topic. Built with `ViewDef::new(topic).key_by(..).window(..).aggregate(..)`.
 ///
 /// Operators must be pure: no wall clock, no I/O, no randomness. Then a view is a function of the
@@ -40,6 +53,8 @@ pub struct ViewDef {
     /// A checkpoint every this many records consumed (a record count, not a timer: deterministic).
     pub checkpoint_every_records: u64,
     pub start: Start,
+    /// A record whose user code panics fails the version (default) or is skipped and counted.
+    pub on_error: OnError,
     /// A builder argument that could not be used (say, a bad JSON path), reported by `validate`.
     pub(crate) invalid: Option<(&'static str, String)>,
 }
@@ -58,6 +73,7 @@ impl ViewDef {
             late: LatePolicy::Drop,
             checkpoint_every_records: 1_000_000,
             start: Start::Beginning,
+            on_error: OnError::Fail,
             invalid: None,
         }
     }
@@ -111,6 +127,11 @@ impl ViewDef {
             }
             Err(e) => self.invalid = Some(("key_by_json", e.to_string())),
         }
+        self
+    }
+    /// What a panic in this view's filter, key or map closure does (`OnError::Fail` by default).
+    pub fn on_error(mut self, policy: OnError) -> Self {
+        self.on_error = policy;
         self
     }
     pub fn window(mut self, window: Window) -> Self {

@@ -17,8 +17,8 @@ use crate::Error;
 /// partition for that version, so it never sees a mix of versions.
 #[derive(Clone)]
 pub struct ViewHandle {
-    engine: Arc<Inner>,
-    name: Arc<str>,
+    pub(crate) engine: Arc<Inner>,
+    pub(crate) name: Arc<str>,
     entry: Arc<view::Entry>,
 }
 
@@ -47,7 +47,7 @@ impl ViewHandle {
         self.entry.swaps.load(Ordering::Acquire)
     }
 
-    fn version_def(&self, version: u32) -> Result<Arc<view::Version>, Error> {
+    pub(crate) fn version_def(&self, version: u32) -> Result<Arc<view::Version>, Error> {
         let versions =
             self.entry.versions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         versions
@@ -58,6 +58,10 @@ impl ViewHandle {
 
     fn query(&self, version: u32, query: Query) -> Result<Vec<Row>, Error> {
         let v = self.version_def(version)?;
+        if let Some(e) = failure(&v) {
+            // A failed version's rows are not what its definition computes: refuse them.
+            return Err(e);
+        }
         let topic = self.engine.topic(&v.def.topic)?;
         let mut parts = Vec::with_capacity(v.partitions as usize);
         for partition in 0..v.partitions {
@@ -85,14 +89,24 @@ impl ViewHandle {
         keep: impl Fn(&Row) -> bool,
     ) -> Result<Vec<Row>, Error> {
         let version = self.version();
-        let v = self.version_def(version)?;
-        let query = match v.def.window {
+        let query = self.key_query(version, key, narrow)?;
+        Ok(self.query(version, query)?.into_iter().filter(keep).collect())
+    }
+
+    /// What to ask the partitions for a key's rows: `narrow`, or for session windows all of the
+    /// key's sessions (see `key_rows`).
+    pub(crate) fn key_query(
+        &self,
+        version: u32,
+        key: &[u8],
+        narrow: Query,
+    ) -> Result<Query, Error> {
+        Ok(match self.version_def(version)?.def.window {
             Window::Session { .. } => {
                 Query::Windows { key: key.to_vec(), from_ms: i64::MIN, to_ms: i64::MAX }
             }
             _ => narrow,
-        };
-        Ok(self.query(version, query)?.into_iter().filter(keep).collect())
+        })
     }
 
     /// The row of `key` whose window starts at `window_start` (`operator::window::ALL_TIME` for
@@ -210,6 +224,9 @@ impl ViewHandle {
             if self.engine.is_shut_down() {
                 return Some(Err(Error::ShutDown));
             }
+            if let Some(dead) = self.engine.dead_shard() {
+                return Some(Err(dead));
+            }
             let served = self.version();
             let version = match self.version_def(served) {
                 Ok(version) => version,
@@ -242,13 +259,7 @@ impl ViewHandle {
 
 /// The first partition error of a version, as the error a waiter returns.
 fn failure(version: &view::Version) -> Option<Error> {
-    let failure = version.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    failure.as_ref().map(|(partition, reason)| Error::ViewFailed {
-        view: version.view.to_string(),
-        version: version.number,
-        partition: *partition,
-        reason: reason.clone(),
-    })
+    version.failure_error()
 }
 
 /// A view version being rebuilt (from `Engine::rebuild_view`).
@@ -306,6 +317,9 @@ impl Rebuild {
             }
             if self.engine.is_shut_down() {
                 return Some(Err(Error::ShutDown));
+            }
+            if let Some(dead) = self.engine.dead_shard() {
+                return Some(Err(dead));
             }
             if self.version.dropped.load(Ordering::SeqCst) {
                 return Some(Err(Error::UnknownView {

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use kappa_storage::{PartitionLog, Seek};
 
 use crate::shard::Shard;
-use crate::view::state::{self, PartitionState};
-use crate::view::{PartitionProgress, Version};
+use crate::view::state::{self, PartitionState, Poison};
+use crate::view::{Failure, PartitionProgress, Version};
 
 /// What a view partition's task is doing or waiting on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +100,7 @@ pub(crate) struct ViewPartition {
     pub(crate) caught_up_at: StdCell<Option<u64>>,
     pub(crate) stopped: StdCell<bool>,
     pub(crate) error: RefCell<Option<String>>,
+    pub(crate) failure: RefCell<Option<Failure>>,
     pub(crate) bytes_consumed: StdCell<u64>,
     pub(crate) activity: StdCell<Activity>,
     /// In the replay queue (true) or the live queue.
@@ -134,6 +135,7 @@ impl ViewPartition {
             caught_up_at: StdCell::new(None),
             stopped: StdCell::new(false),
             error: RefCell::new(None),
+            failure: RefCell::new(None),
             bytes_consumed: StdCell::new(0),
             activity: StdCell::new(Activity::Starting),
             replaying: StdCell::new(true),
@@ -167,6 +169,7 @@ impl ViewPartition {
             rate_records_s: rate,
             eta_s: if live || rate <= 0.0 { 0.0 } else { lag as f64 / rate },
             error: self.error.borrow().clone(),
+            failure: self.failure.borrow().clone(),
             activity: self.activity.get(),
             stalls: self.stalls.get(),
             checkpointed: self.checkpointed.get(),
@@ -176,9 +179,72 @@ impl ViewPartition {
 
     /// Records an error that stopped the partition, and tells waiters.
     fn fail(&self, reason: String) {
+        self.stop_failed(Failure {
+            partition: self.partition,
+            offset: None,
+            stage: None,
+            message: reason,
+        });
+    }
+
+    /// Marks the partition stopped by `failure` (its progress and metrics show it) and fails
+    /// the version (its queries and waiters get the error).
+    pub(crate) fn stop_failed(&self, failure: Failure) {
+        self.stopped.set(true);
         self.activity.set(Activity::Stopped);
-        self.version.partition_failed(self.partition, reason.clone());
-        *self.error.borrow_mut() = Some(reason);
+        *self.error.borrow_mut() = Some(failure_text(&failure));
+        *self.failure.borrow_mut() = Some(failure.clone());
+        self.version.partition_failed(failure);
+    }
+
+    /// A record on which user code panicked (`OnError::Fail`): the version fails, and the failure
+    /// is written to the view's `meta.json` (on glommio's blocking pool, never on this thread),
+    /// so a restart holds the partition stopped instead of running the record again.
+    async fn poisoned(&self, poison: Poison) {
+        tracing::error!(view = %self.version.view, version = self.version.number,
+            partition = self.partition, offset = poison.offset, stage = poison.stage,
+            message = %poison.message, "view user code panicked on a record; the version failed");
+        let failure = Failure {
+            partition: self.partition,
+            offset: Some(poison.offset),
+            stage: Some(poison.stage.to_string()),
+            message: poison.message,
+        };
+        self.stop_failed(failure.clone());
+        let entry = self.version.entry.clone();
+        let number = self.version.number;
+        let written = glommio::executor()
+            .spawn_blocking(move || {
+                entry
+                    .failed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .entry(number)
+                    .or_insert(failure);
+                crate::view::write_meta(&entry)
+            })
+            .await;
+        if let Err(e) = written {
+            tracing::error!(view = %self.version.view, version = number, error = %e,
+                "recording a view version's failure failed; a restart will run the record again");
+        }
+    }
+}
+
+/// A failure as one line (progress and metrics).
+pub(crate) fn failure_text(failure: &Failure) -> String {
+    match (failure.offset, &failure.stage) {
+        (Some(offset), Some(stage)) => {
+            format!("{stage} panicked at offset {offset}: {}", failure.message)
+        }
+        _ => failure.message.clone(),
+    }
+}
+
+impl ViewPartition {
+    /// Whether a persisted failure holds this partition stopped (a restart after a poison record).
+    pub(crate) fn failed_before(&self) -> Option<Failure> {
+        self.version.failure().filter(|f| f.partition == self.partition && f.offset.is_some())
     }
 }
 
@@ -352,14 +418,22 @@ pub(crate) async fn run(
         vp.activity.set(Activity::Reading);
         match reader.next_batch().await {
             Ok(Some(batch)) => {
-                let (n, next_offset) = {
+                let (n, next_offset, poison) = {
                     let mut st = vp.state.borrow_mut();
                     let before = st.counters.consumed;
+                    let mut poison = None;
                     for record in batch.records() {
-                        st.apply(&def, &record);
+                        if let Err(p) = st.apply(&def, &record) {
+                            poison = Some(p);
+                            break;
+                        }
                     }
-                    (st.counters.consumed - before, st.next_offset)
+                    (st.counters.consumed - before, st.next_offset, poison)
                 };
+                if let Some(poison) = poison {
+                    vp.poisoned(poison).await;
+                    return;
+                }
                 vp.version.partition_folded(vp.partition, next_offset);
                 vp.bytes_consumed.set(vp.bytes_consumed.get() + batch.batch.payload().len() as u64);
                 vp.since_checkpoint.set(vp.since_checkpoint.get() + n);

@@ -3,6 +3,7 @@
 mod cli;
 mod crash;
 mod deletion;
+mod embedded;
 mod engine;
 mod faults;
 mod model;

@@ -78,6 +78,8 @@ impl From<kappa_engine::Error> for ApiError {
             E::BadTopicName { .. } => (StatusCode::BAD_REQUEST, Some("name")),
             E::TopicInUse { .. } => (StatusCode::CONFLICT, Some("topic")),
             E::UnknownView { .. } => (StatusCode::NOT_FOUND, Some("view")),
+            // The view's code panicked on a record: its rows are not answerable until rebuilt.
+            E::Poisoned { .. } => (StatusCode::CONFLICT, Some("view")),
             E::ShutDown => (StatusCode::SERVICE_UNAVAILABLE, None),
             E::WouldBlock { .. } => (StatusCode::SERVICE_UNAVAILABLE, None),
             E::Config { field, .. } => (StatusCode::BAD_REQUEST, Some(*field)),
