@@ -257,6 +257,15 @@ impl Engine {
         if config.partitions == 0 {
             return Err(Error::Config { field: "partitions", reason: "must be at least 1".into() });
         }
+        if let Some(keyed) = config.key_partitions.filter(|k| *k == 0 || *k > config.partitions) {
+            return Err(Error::Config {
+                field: "key_partitions",
+                reason: format!(
+                    "{keyed} is not between 1 and the {} partitions",
+                    config.partitions
+                ),
+            });
+        }
         let _meta = self.inner.lock_meta();
         if let Ok(existing) = self.inner.topic(name) {
             return Err(Error::TopicExists {

@@ -91,6 +91,12 @@ impl Link {
         if self.life.is_gone() {
             return Err(self.life.error());
         }
+        // The common case, without a selector: there is room.
+        let request = match self.sender.try_send(request) {
+            Ok(()) => return Ok(()),
+            Err(flume::TrySendError::Disconnected(_)) => return Err(self.life.error()),
+            Err(flume::TrySendError::Full(request)) => request,
+        };
         flume::Selector::new()
             .send(&self.sender, request, |r| r.map_err(|_| self.life.error()))
             .recv(&self.life.gone, |_| Err(self.life.error()))

@@ -462,6 +462,12 @@ fn added_partitions_do_not_move_keys() {
     let keys: Vec<Vec<u8>> = (0..60).map(|i| format!("user-{i}").into_bytes()).collect();
     let before = {
         let engine = engine(temp.path(), 2);
+        let mut bad = TopicConfig::new(3);
+        bad.key_partitions = Some(4);
+        match engine.create_topic("t", bad) {
+            Err(Error::Config { field: "key_partitions", .. }) => {}
+            other => panic!("key_partitions past the partition count: {other:?}"),
+        }
         engine.create_topic("t", TopicConfig::new(3)).expect("topic");
         let producer = engine.producer();
         let before: Vec<u32> = keys
