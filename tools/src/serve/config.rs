@@ -766,6 +766,43 @@ mod tests {
     }
 
     #[test]
+    fn duplicates_and_out_of_range_values_name_their_key() {
+        let (key, line, ..) = error("[http]\nthreads = 1\nthreads = 2\n");
+        assert_eq!((key.as_str(), line), ("http.threads", 3));
+        let (key, ..) = error("[topics.a]\npartitions = 1\n[topics.a]\npartitions = 2\n");
+        assert_eq!(key, "topics.a");
+        let (key, ..) = error("[engine]\nio_memory_mib = 17592186044416\n");
+        assert_eq!(key, "engine.io_memory_mib", "2^44 MiB must not wrap to 0");
+        let (key, ..) = error("[engine]\ncpus = [999999]\n");
+        assert_eq!(key, "engine.cpus.0");
+        let (key, ..) = error("[http]\nthreads = 100000000\n");
+        assert_eq!(key, "http.threads");
+        let (key, ..) = error("[topics.t]\npartitions = 4097\n");
+        assert_eq!(key, "topics.t.partitions");
+        let (key, ..) = error("[topics.t]\npartitions = 1\nretention_bytes = 0\n");
+        assert_eq!(key, "topics.t.retention_bytes");
+        let (key, ..) = error("[http]\nmax_in_flight_body_bytes = 1024\n");
+        assert_eq!(key, "http.max_in_flight_body_bytes");
+    }
+
+    #[test]
+    fn a_token_file_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let file = std::env::temp_dir().join(format!("kappa-token-test-{}", std::process::id()));
+        std::fs::write(&file, "abcdefghijklmnopqrstuvwxyz\n").expect("token");
+        let text = format!("[http]\ntoken_file = \"{}\"\n", file.display());
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        let (key, _, _, message) = error(&text);
+        assert_eq!(key, "http.token_file", "{message}");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert!(check(&text).is_ok());
+        std::fs::write(&file, "short\n").expect("token");
+        let (key, ..) = error(&text);
+        assert_eq!(key, "http.token_file", "a short token in the file is blamed on the file");
+        let _ = std::fs::remove_file(&file);
+    }
+
+    #[test]
     fn flags_override_and_are_checked() {
         let overrides = Overrides {
             data_dir: Some("elsewhere".into()),
