@@ -661,8 +661,8 @@ impl Engine {
             // leftover (a checkpoint that landed after `delete_view`): never resume from it.
             disk.remove_dir_all_blocking(&dir)?;
         }
-        let (history, failed) = match stored {
-            Some(view::Meta { topic: stored_topic, revisions: history, failed, .. }) => {
+        let (history, failed, stored_served) = match stored {
+            Some(view::Meta { topic: stored_topic, served, revisions: history, failed }) => {
                 if stored_topic != def.topic {
                     return Err(Error::Config {
                         field: "view",
@@ -672,11 +672,15 @@ impl Engine {
                         ),
                     });
                 }
-                (history, failed)
+                (history, failed, Some(served))
             }
-            None => (BTreeMap::new(), BTreeMap::new()),
+            None => (BTreeMap::new(), BTreeMap::new(), None),
         };
-        let resumed = history.iter().rev().find(|(_, r)| **r == def.revision).map(|(v, _)| *v);
+        // The version that was served, when it has this revision (after a rollback, an older
+        // version may share its revision with a newer one); else the newest with it.
+        let resumed = stored_served
+            .filter(|v| history.get(v) == Some(&def.revision))
+            .or_else(|| history.iter().rev().find(|(_, r)| **r == def.revision).map(|(v, _)| *v));
         let number = resumed.unwrap_or_else(|| history.keys().next_back().map_or(1, |v| v + 1));
         let entry = Arc::new(view::Entry {
             topic: def.topic.clone(),
@@ -770,6 +774,61 @@ impl Engine {
             });
         }
         entry.notifier.notify();
+    }
+
+    /// Starts again a version of a view that is recorded on disk but not running (a rebuild
+    /// that was in progress, or a version rolled back from, when the process stopped): it
+    /// resumes from its own checkpoints under its own number, and swaps in when it catches up
+    /// if it is newer than the served version, as a rebuild does. `def` must carry the revision
+    /// recorded for that version.
+    pub fn resume_view_version(
+        &self,
+        name: &str,
+        version: u32,
+        def: ViewDef,
+    ) -> Result<Rebuild, Error> {
+        def.validate()?;
+        let entry = self.view_entry(name)?;
+        if def.topic != entry.topic {
+            return Err(Error::Config {
+                field: "view",
+                reason: format!("a version of {name:?} must read topic {:?}", entry.topic),
+            });
+        }
+        let recorded = entry
+            .history
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&version)
+            .cloned();
+        match recorded {
+            None => return Err(Error::UnknownView { view: name.to_string(), version }),
+            Some(revision) if revision != def.revision => {
+                return Err(Error::Config {
+                    field: "revision",
+                    reason: format!(
+                        "version {version} of {name:?} was built from revision {revision:?}, \
+                         not {:?}",
+                        def.revision
+                    ),
+                })
+            }
+            Some(_) => {}
+        }
+        if entry
+            .versions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains_key(&version)
+        {
+            return Err(Error::Config {
+                field: "version",
+                reason: format!("version {version} of {name:?} is already running"),
+            });
+        }
+        let topic = self.inner.topic(&def.topic)?;
+        let started = self.start_version(name, &entry, version, def, topic.config.partitions)?;
+        Ok(Rebuild::new(self.inner.clone(), name.into(), entry, started))
     }
 
     fn start_version(

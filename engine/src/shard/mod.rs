@@ -150,6 +150,11 @@ struct Counters {
     append_ack_latency_ns: hdrhistogram::Histogram<u64>,
     /// How late the stall probe woke (`stall_probe`), in nanoseconds.
     executor_stall_ns: hdrhistogram::Histogram<u64>,
+    /// Fsyncs of partition logs this shard has closed (a deleted topic, a moved partition): kept
+    /// so the shard's fsync counter and histogram never go backwards (Prometheus reads a
+    /// decreasing counter as a reset).
+    closed_fsync_count: u64,
+    closed_fsync_latency_ns: hdrhistogram::Histogram<u64>,
 }
 
 /// The partitions a shard owns: topic -> partition -> log (looked up by `&str`, no allocation).
@@ -228,6 +233,13 @@ pub(crate) async fn run(
                 .expect("static histogram bounds are valid"),
             executor_stall_ns: hdrhistogram::Histogram::new_with_bounds(1_000, 60_000_000_000, 2)
                 .expect("static histogram bounds are valid"),
+            closed_fsync_count: 0,
+            closed_fsync_latency_ns: hdrhistogram::Histogram::new_with_bounds(
+                1_000,
+                60_000_000_000,
+                2,
+            )
+            .expect("static histogram bounds are valid"),
         }),
         live,
         replay,
@@ -310,7 +322,14 @@ async fn serve(shard: Rc<Shard>) {
                 };
                 let result = match log {
                     // Tail subscriptions wake up on `closing` and end.
-                    Some(log) => log.close().await.map_err(Error::from),
+                    Some(log) => {
+                        let closed = log.close().await.map_err(Error::from);
+                        let stats = log.stats();
+                        let mut counters = shard.counters.borrow_mut();
+                        counters.closed_fsync_count += stats.fsync_count;
+                        let _ = counters.closed_fsync_latency_ns.add(&stats.fsync_latency_ns);
+                        closed
+                    }
                     None => Ok(()),
                 };
                 let _ = reply.send(result);
@@ -623,9 +642,9 @@ fn partition_metrics(topic: &str, partition: u32, log: &PartitionLog) -> Partiti
 
 fn metrics(shard: &Shard) -> ShardMetrics {
     let counters = shard.counters.borrow();
-    let mut fsync_latency_ns = hdrhistogram::Histogram::new_with_bounds(1_000, 60_000_000_000, 2)
-        .expect("static histogram bounds are valid");
-    let mut fsync_count = 0;
+    // Closed logs' fsyncs count too: the counter is monotonic for the life of the shard.
+    let mut fsync_latency_ns = counters.closed_fsync_latency_ns.clone();
+    let mut fsync_count = counters.closed_fsync_count;
     let mut write_queue_len = 0;
     let mut partitions = Vec::new();
     let owned = shard.partitions.borrow();

@@ -25,6 +25,10 @@ pub struct StoredSpecs {
     pub name: String,
     /// Version number -> its definition.
     pub versions: BTreeMap<u32, ViewSpec>,
+    /// Versions a rollback moved away from: not resumed at start (a newer version that is not
+    /// in here was a rebuild in progress, and is).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub rolled_back: std::collections::BTreeSet<u32>,
 }
 
 /// `DIR/serve/views`.
@@ -95,9 +99,22 @@ impl ViewStore {
             format: 1,
             name: name.to_string(),
             versions: BTreeMap::new(),
+            rolled_back: Default::default(),
         });
         specs.versions.insert(version, spec.clone());
         self.write(&specs)
+    }
+
+    /// Records a rollback to `served`: the versions above it are not resumed at start.
+    pub fn rolled_back_to(&self, name: &str, served: u32) -> anyhow::Result<()> {
+        if let Some(mut specs) = self.get(name)? {
+            let above: Vec<u32> = specs.versions.range(served + 1..).map(|(v, _)| *v).collect();
+            specs.rolled_back.extend(above);
+            // Serving one of them again (a roll forward) makes it resumable again.
+            specs.rolled_back.remove(&served);
+            self.write(&specs)?;
+        }
+        Ok(())
     }
 
     /// Forgets one version's spec.
@@ -105,6 +122,7 @@ impl ViewStore {
         let _lock = self.lock();
         if let Some(mut specs) = self.get(name)? {
             specs.versions.remove(&version);
+            specs.rolled_back.remove(&version);
             self.write(&specs)?;
         }
         Ok(())
