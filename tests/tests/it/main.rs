@@ -7,6 +7,7 @@ mod engine;
 mod faults;
 mod model;
 mod props;
+mod review_views;
 mod semantics;
 mod serve;
 mod tidy;
