@@ -84,16 +84,34 @@ impl std::str::FromStr for JsonPath {
 }
 
 impl JsonPath {
-    /// Parses `a.b.c`: keys separated by dots (a key holding a dot needs `from_segments`).
+    /// Parses `a.b.c`: keys separated by dots. `\.` is a dot inside a key and `\\` a
+    /// backslash (`from_segments` takes keys as they are).
     pub fn parse(path: &str) -> Result<JsonPath, PathError> {
         let bad = |reason| Err(PathError { path: path.to_string(), reason });
         if path.is_empty() {
             return bad("the path is empty");
         }
-        if path.split('.').any(str::is_empty) {
-            return bad("a segment is empty (two dots in a row, or a leading or trailing dot)");
+        let mut segments = Vec::new();
+        let mut current = String::new();
+        let mut chars = path.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some(escaped @ ('.' | '\\')) => current.push(escaped),
+                    _ => return bad("a backslash escapes only a dot or a backslash (\\. or \\\\)"),
+                },
+                '.' if current.is_empty() => {
+                    return bad("a segment is empty (two dots in a row, or a leading dot)")
+                }
+                '.' => segments.push(Box::from(std::mem::take(&mut current))),
+                c => current.push(c),
+            }
         }
-        Ok(JsonPath { text: path.to_string(), segments: path.split('.').map(Box::from).collect() })
+        if current.is_empty() {
+            return bad("a segment is empty (a trailing dot)");
+        }
+        segments.push(Box::from(current));
+        Ok(JsonPath { text: path.to_string(), segments })
     }
 
     /// A path from its segments, for keys that contain dots.
@@ -147,6 +165,24 @@ impl JsonPath {
     }
 }
 
+impl JsonPath {
+    /// The value at this path as a `serde_json::Value` (strings, numbers, booleans, null,
+    /// objects, arrays), for comparisons in filters declared as data. Allocates the value; the
+    /// fold path uses `number` and `key_into`.
+    pub fn value(&self, json: &[u8]) -> Result<serde_json::Value, Skip> {
+        let mut out = None;
+        let mut de = serde_json::Deserializer::from_slice(json);
+        let found = Level { path: &self.segments, leaf: Leaf::Value(&mut out) }
+            .deserialize(&mut de)
+            .map_err(|_| Skip::NotJson)?;
+        de.end().map_err(|_| Skip::NotJson)?;
+        match (found, out) {
+            (Found::Missing, _) | (_, None) => Err(Skip::NoField),
+            (_, Some(value)) => Ok(value),
+        }
+    }
+}
+
 /// `JsonPath::parse(path)?.number(json)` without keeping the path, for ad hoc use (a view's map
 /// closure should hold a parsed `JsonPath`, or use `ViewDef::map_json`). `None` for any skip, or
 /// a path deeper than 16 segments. No allocation.
@@ -197,6 +233,8 @@ impl Found {
 enum Leaf<'a> {
     Number,
     Key(&'a mut Vec<u8>),
+    /// The whole value, whatever its type.
+    Value(&'a mut Option<serde_json::Value>),
 }
 
 impl Leaf<'_> {
@@ -204,6 +242,7 @@ impl Leaf<'_> {
         match self {
             Leaf::Number => Leaf::Number,
             Leaf::Key(out) => Leaf::Key(out),
+            Leaf::Value(out) => Leaf::Value(out),
         }
     }
 }
@@ -217,7 +256,14 @@ struct Level<'p, 'a, S> {
 impl<'de, S: AsRef<str>> DeserializeSeed<'de> for Level<'_, '_, S> {
     type Value = Found;
     fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Found, D::Error> {
-        deserializer.deserialize_any(self)
+        match self.leaf {
+            // The end of the path, wanted whole: let serde_json build it.
+            Leaf::Value(out) if self.path.is_empty() => {
+                *out = Some(<serde_json::Value as serde::Deserialize>::deserialize(deserializer)?);
+                Ok(Found::Text)
+            }
+            leaf => deserializer.deserialize_any(Level { path: self.path, leaf }),
+        }
     }
 }
 
@@ -225,7 +271,7 @@ impl<S: AsRef<str>> Level<'_, '_, S> {
     fn scalar(self, text: impl FnOnce(&mut Vec<u8>)) -> Found {
         match (self.path.is_empty(), self.leaf) {
             (false, _) => Found::Missing,
-            (true, Leaf::Number) => Found::Other,
+            (true, Leaf::Number | Leaf::Value(_)) => Found::Other,
             (true, Leaf::Key(out)) => {
                 out.clear();
                 text(out);
@@ -237,7 +283,7 @@ impl<S: AsRef<str>> Level<'_, '_, S> {
     fn number(self, value: f64, text: impl FnOnce(&mut Vec<u8>)) -> Found {
         match (self.path.is_empty(), self.leaf) {
             (false, _) => Found::Missing,
-            (true, Leaf::Number) => Found::Value(value),
+            (true, Leaf::Number | Leaf::Value(_)) => Found::Value(value),
             (true, Leaf::Key(out)) => {
                 out.clear();
                 text(out);

@@ -12,3 +12,4 @@ mod semantics;
 mod serve;
 mod tidy;
 mod views;
+mod watchdog;

@@ -112,3 +112,32 @@ fn serde_json_through_the_same_walk_agrees() {
     assert_eq!(path.number_from(&mut de).expect("valid"), Ok(-1.25));
     assert_eq!(path.number(doc), Ok(-1.25));
 }
+
+#[test]
+fn escaped_dots_name_keys_that_hold_dots() {
+    let path = JsonPath::parse(r"a\.b.c\\d").expect("valid path");
+    assert_eq!(path.segments().collect::<Vec<_>>(), ["a.b", r"c\d"]);
+    assert_eq!(path.number(br#"{"a.b":{"c\\d":4}}"#), Ok(4.0));
+    // The unescaped path walks nested objects instead.
+    assert_eq!(number(r#"{"a":{"b":{"c":1}}}"#, r"a\.b.c"), Err(Skip::NoField));
+    for bad in [r"a\b", r"a\", r"\"] {
+        assert!(JsonPath::parse(bad).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn values_of_every_type_for_filters() {
+    let doc = br#"{"s":"x\"y","n":1.5,"b":true,"z":null,"o":{"k":[1,2]},"a":[{"v":"w"}]}"#;
+    let value = |p: &str| JsonPath::parse(p).expect("valid path").value(doc);
+    assert_eq!(value("s"), Ok(serde_json::json!("x\"y")));
+    assert_eq!(value("n"), Ok(serde_json::json!(1.5)));
+    assert_eq!(value("b"), Ok(serde_json::json!(true)));
+    assert_eq!(value("z"), Ok(serde_json::Value::Null));
+    assert_eq!(value("o"), Ok(serde_json::json!({"k": [1, 2]})));
+    assert_eq!(value("o.k.1"), Ok(serde_json::json!(2)));
+    assert_eq!(value("a.0.v"), Ok(serde_json::json!("w")));
+    assert_eq!(value("missing"), Err(Skip::NoField));
+    assert_eq!(value("s.deeper"), Err(Skip::NoField));
+    let broken = JsonPath::parse("s").expect("valid path").value(br#"{"s":"x"} trailing"#);
+    assert_eq!(broken, Err(Skip::NotJson));
+}
