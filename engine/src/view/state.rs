@@ -141,6 +141,14 @@ impl PartitionState {
                 None => false,
             },
             KeyBy::Derived(f) => f(record, &mut self.key),
+            KeyBy::Json(path) => match path.key_into(record.value(), &mut self.key) {
+                Ok(()) => true,
+                Err(Skip::NotJson) => {
+                    self.counters.not_json += 1;
+                    return;
+                }
+                Err(Skip::NoField | Skip::NotANumber) => false,
+            },
         };
         if !keyed {
             self.counters.no_key += 1;
