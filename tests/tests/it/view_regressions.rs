@@ -270,13 +270,30 @@ fn a_malformed_document_is_not_json_wherever_the_damage_is() {
 // ---------------------------------------------------------------------------------------------
 
 /// Runs the `#[ignore]`d test `name` of this binary in a child process (for scenarios that abort
-/// the process) and returns whether it passed, with its output.
+/// the process) and returns whether it passed, with its output. A child that has not finished
+/// after `CHILD_LIMIT` (a shard stuck after a panic) is killed and counts as failed.
 fn in_child(name: &str) -> (bool, String) {
-    let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+    const CHILD_LIMIT: Duration = Duration::from_secs(180);
+    let child = std::process::Command::new(std::env::current_exe().expect("test binary"))
         .args([name, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
         .env("KAPPA_REVIEW_CHILD", "1")
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("run the child");
+    let pid = child.id() as libc::pid_t;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(CHILD_LIMIT) {
+        Ok(out) => out.expect("the child's output"),
+        Err(_) => {
+            // SAFETY: kill(2) on the child this function started; no memory is involved.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            return (false, format!("{name} did not finish in {CHILD_LIMIT:?}; killed"));
+        }
+    };
     let text = format!(
         "{}\n{}",
         String::from_utf8_lossy(&out.stdout),
@@ -335,6 +352,20 @@ fn reversed_range_child() {
 // Waiting: lost wake-ups and panics
 // ---------------------------------------------------------------------------------------------
 
+/// Runs `wait` on a thread of its own and hands back its result. The waits given here have no
+/// deadline (`Duration::MAX`): a wait with one re-checks at its deadline and so would return the
+/// right answer late even when its wake-up was lost. `recv_timeout(WAIT)` on the receiver is the
+/// test's "never".
+fn spawn_waiter<T: Send + 'static>(
+    wait: impl FnOnce() -> T + Send + 'static,
+) -> std::sync::mpsc::Receiver<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(wait());
+    });
+    rx
+}
+
 /// Blocks the shard thread inside a view filter while `gate` is closed (so a version can be
 /// kept from folding anything, and no shard notifies the view's waiters).
 fn gated(gate: &'static AtomicBool, revision: &str) -> ViewDef {
@@ -366,14 +397,14 @@ fn wait_for_wakes_when_a_rollback_serves_a_version_that_folded() {
     engine.serve_view_version("c", v2.version()).expect("serve v2");
     let waiter = {
         let view = view.clone();
-        std::thread::spawn(move || view.wait_for(ack, WAIT))
+        spawn_waiter(move || view.wait_for(ack, Duration::MAX))
     };
     std::thread::sleep(Duration::from_millis(300));
     engine.serve_view_version("c", 1).expect("roll back to v1, which folded the ack");
-    let result = waiter.join().expect("waiter");
+    let result = waiter.recv_timeout(WAIT);
     GATE.store(true, Ordering::SeqCst);
-    // Nothing else wakes the waiter (the gate holds the only shard): a lost wake-up is a Timeout.
-    assert!(result.is_ok(), "woken by the rollback, not the timeout: {result:?}");
+    // Nothing else wakes the waiter (the gate holds the only shard).
+    assert!(matches!(result, Ok(Ok(()))), "woken by the rollback: {result:?}");
 }
 
 /// Found in review: the same for `Rebuild::wait_swapped`: a version served by request
@@ -391,14 +422,14 @@ fn wait_swapped_wakes_when_the_version_is_served_by_request() {
     let v2 = engine.rebuild_view("c", gated(&GATE, "2")).expect("rebuild");
     let waiter = {
         let v2 = v2.clone();
-        std::thread::spawn(move || v2.wait_swapped(WAIT))
+        spawn_waiter(move || v2.wait_swapped(Duration::MAX))
     };
     std::thread::sleep(Duration::from_millis(300));
     engine.serve_view_version("c", v2.version()).expect("serve v2 by request");
     assert!(v2.is_swapped());
-    let result = waiter.join().expect("waiter");
+    let result = waiter.recv_timeout(WAIT);
     GATE.store(true, Ordering::SeqCst);
-    assert!(result.is_ok(), "woken by the switch, not the timeout: {result:?}");
+    assert!(matches!(result, Ok(Ok(()))), "woken by the switch: {result:?}");
 }
 
 /// Found in review: `Engine::delete_view` empties the view's versions but neither marks them dropped nor
@@ -416,13 +447,15 @@ fn waiters_on_a_deleted_view_fail_promptly() {
     view.wait_for(ack, WAIT).expect("folded");
     let waiter = {
         let view = view.clone();
-        std::thread::spawn(move || view.wait_for(Offsets::new().at(0, 1_000), WAIT))
+        spawn_waiter(move || view.wait_for(Offsets::new().at(0, 1_000), Duration::MAX))
     };
     std::thread::sleep(Duration::from_millis(300));
     engine.delete_view("c").expect("delete");
-    let result = waiter.join().expect("waiter");
-    // A lost wake-up shows as a Timeout after WAIT.
-    assert!(matches!(result, Err(Error::UnknownView { .. })), "woken by the delete: {result:?}");
+    let result = waiter.recv_timeout(WAIT);
+    assert!(
+        matches!(result, Ok(Err(Error::UnknownView { .. }))),
+        "woken by the delete: {result:?}"
+    );
 }
 
 /// Found in review: `Notifier::wait` computes `Instant::now() + timeout` (engine/src/view/wait.rs:48),
