@@ -21,10 +21,14 @@
 //! Rules (docs/semantics.md): the document is validated in full, as `serde_json::Value` would
 //! judge it (syntax, trailing bytes, UTF-8, escapes including surrogate pairs, every number within
 //! the `f64` range), wherever the damage is, so whether a record is JSON does not depend on the
-//! path read; a malformed record is `NotJson`, never half-read. Why in full, at a cost of about
-//! a tenth more per record (`benches/json.rs`): two views reading two fields of one record must
-//! agree on whether it is JSON, and a document another consumer (or `serde_json::Value`) refuses
-//! must not be counted as good here. A key that appears twice counts at its last occurrence (as
+//! path read; a malformed record is `NotJson`, never half-read. Why in full: two views reading
+//! two fields of one record must agree on whether it is JSON, and a document another consumer
+//! (or `serde_json::Value`) refuses must not be counted as good here. The cost: skipped numbers
+//! are parsed and skipped strings checked in place (UTF-8), and a skipped string holding an
+//! escape is decoded into serde_json's scratch buffer (one allocation per record that has one;
+//! documents without escapes stay allocation-free, `tests/alloc.rs`). Its per-record time in
+//! `benches/json.rs` (the nested document has an escaped string) is still to be measured on a
+//! quiet machine. A key that appears twice counts at its last occurrence (as
 //! in `JSON.parse`); a path segment of digits indexes an array when the value there is an array
 //! and names a key when it is an object; numbers become the nearest `f64`; as a key, an integer
 //! keeps its digits (read from the document's text, so integers past 64 bits stay distinct).
@@ -135,7 +139,8 @@ impl JsonPath {
         self.segments.iter().map(|s| &**s)
     }
 
-    /// The number at this path in `json`. Allocation-free unless a key holds an escape.
+    /// The number at this path in `json`. Allocation-free unless a string or key holds an
+    /// escape.
     pub fn number(&self, json: &[u8]) -> Result<f64, Skip> {
         number_at(&self.segments, json)
     }
@@ -196,7 +201,7 @@ impl JsonPath {
 
 /// `JsonPath::parse(path)?.number(json)` without keeping the path, for ad hoc use (a view's map
 /// closure should hold a parsed `JsonPath`, or use `ViewDef::map_json`). `None` for any skip, or
-/// a path deeper than 16 segments. No allocation.
+/// a path deeper than 16 segments. No allocation unless a string or key holds an escape.
 pub fn json_number(json: &[u8], path: &str) -> Option<f64> {
     let mut segments = [""; 16];
     let mut depth = 0;
