@@ -694,6 +694,9 @@ impl Engine {
             disk,
             notifier: view::wait::Notifier::default(),
         });
+        if resumed.is_none() {
+            check_seed(&entry, &def)?;
+        }
         entry
             .history
             .lock()
@@ -732,6 +735,7 @@ impl Engine {
                 reason: format!("a rebuild must read topic {:?}", entry.topic),
             });
         }
+        check_seed(&entry, &def)?;
         let topic = self.inner.topic(&def.topic)?;
         let number = {
             let mut history =
@@ -872,6 +876,22 @@ impl Engine {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(number, version.clone());
+        // What `Start::Checkpoint` from this version checks once it no longer runs.
+        let shape: String = version
+            .def
+            .shape()
+            .iter()
+            .filter_map(|(field, text)| text.as_ref().map(|t| format!("{field}={t}\n")))
+            .collect();
+        std::fs::create_dir_all(&version.dir).map_err(|e| Error::Io {
+            op: "create dir",
+            path: version.dir.clone(),
+            source: e,
+        })?;
+        kappa_storage::io::write_file_atomic(
+            &version.dir.join(view::SHAPE_FILE),
+            shape.as_bytes(),
+        )?;
         let topic = self.inner.topic(&version.def.topic)?;
         for partition in 0..partitions {
             let shard = topic.shards[partition as usize];
@@ -910,6 +930,9 @@ impl Engine {
                 to = version,
                 "view version served by request"
             );
+            // `wait_for` re-checks against the version served now, `wait_swapped` sees its
+            // version served (or replaced): neither may sleep through the switch.
+            entry.notifier.notify();
         }
         view::write_meta(&entry)
     }
@@ -964,11 +987,15 @@ impl Engine {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(name)
             .ok_or(Error::UnknownView { view: name.to_string(), version: 0 })?;
-        let versions: Vec<u32> = std::mem::take(
+        let versions = std::mem::take(
             &mut *entry.versions.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
-        .into_keys()
-        .collect();
+        );
+        // Waiters fail now (`UnknownView`) instead of sleeping until their timeout.
+        for version in versions.values() {
+            version.dropped.store(true, Ordering::SeqCst);
+        }
+        entry.notifier.notify();
+        let versions: Vec<u32> = versions.into_keys().collect();
         let view_name: Arc<str> = Arc::from(name);
         for version in versions {
             for shard in 0..self.shard_count() {
@@ -1103,6 +1130,71 @@ impl Drop for Engine {
         if let Err(e) = self.shutdown() {
             tracing::error!(error = %e, "engine shutdown failed");
         }
+    }
+}
+
+/// Refuses a `Start::Checkpoint { version }` whose version's state this definition cannot
+/// continue exactly (another key, window or aggregate would read its groups wrongly), naming the
+/// field that differs; and one whose version is not running, whose definition is unknown.
+fn check_seed(entry: &view::Entry, def: &ViewDef) -> Result<(), Error> {
+    let crate::view::Start::Checkpoint { version } = def.start else { return Ok(()) };
+    let seed = entry
+        .versions
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&version)
+        .map(|v| v.def.clone());
+    let differs = match seed {
+        Some(seed) => def.cannot_continue(&seed),
+        None => {
+            // Not running: compare with the shape it recorded when it started.
+            let path = entry.dir.join(version.to_string()).join(view::SHAPE_FILE);
+            let recorded = match std::fs::read_to_string(&path) {
+                Ok(text) => text,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(Error::Config {
+                        field: "start",
+                        reason: format!(
+                            "Start::Checkpoint {{ version: {version} }}: version {version} is not \
+                             running and recorded no definition to check this one against"
+                        ),
+                    })
+                }
+                Err(e) => return Err(Error::Io { op: "read", path, source: e }),
+            };
+            def.shape().into_iter().find_map(|(field, text)| {
+                let theirs = recorded
+                    .lines()
+                    .find_map(|l| l.strip_prefix(field).and_then(|l| l.strip_prefix('=')));
+                match (text, theirs) {
+                    (Some(ours), Some(theirs)) if ours == theirs => None,
+                    (Some(ours), theirs) => Some((
+                        field,
+                        format!(
+                            "the {field} is {ours}, the checkpoint's {}",
+                            theirs.unwrap_or("?")
+                        ),
+                    )),
+                    (None, _) => Some((
+                        field,
+                        format!(
+                            "a closure or custom aggregate as {field} can only continue a running \
+                             version that shares it"
+                        ),
+                    )),
+                }
+            })
+        }
+    };
+    match differs {
+        Some((field, reason)) => Err(Error::Config {
+            field,
+            reason: format!(
+                "Start::Checkpoint {{ version: {version} }} cannot continue that version's state: \
+                 {reason}"
+            ),
+        }),
+        None => Ok(()),
     }
 }
 

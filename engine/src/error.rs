@@ -20,9 +20,7 @@ pub enum Error {
     UnknownView { view: String, version: u32 },
     #[error("view {view:?}: {waiting_for} not reached after {waited_ms} ms")]
     Timeout { view: String, waited_ms: u64, waiting_for: String },
-    #[error(
-        "view {view:?} version {version} will not be served: version {served} took over first"
-    )]
+    #[error("view {view:?} version {version} is not served: version {served} is served instead")]
     Superseded { view: String, version: u32, served: u32 },
     #[error("view {view:?} version {version} partition {partition} stopped: {reason}")]
     ViewFailed { view: String, version: u32, partition: u32, reason: String },

@@ -140,8 +140,9 @@ impl PartitionLog {
                 Seek::Timestamp(ts) => {
                     let segment = st.segments.iter().find(|s| s.index.max_timestamp >= ts);
                     match segment {
-                        // No record is that new yet: start at the end and wait for one.
-                        None => (end, None),
+                        // No record is that new yet: start at the end and wait for one, still
+                        // skipping older records appended meanwhile.
+                        None => (end, Some(ts)),
                         Some(s) => {
                             // Start at the indexed frame and skip older records.
                             let pos = s.index.position_for_timestamp(ts);

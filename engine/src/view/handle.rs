@@ -117,7 +117,7 @@ impl ViewHandle {
         Ok(rows.into_iter().next())
     }
 
-    /// Every row whose key is in `[from, to)`, in key then window order.
+    /// Every row whose key is in `[from, to)`, in key then window order (none when `from >= to`).
     pub fn range(&self, from: &[u8], to: &[u8]) -> Result<Vec<Row>, Error> {
         self.query(self.version(), Query::Range { from: from.to_vec(), to: to.to_vec() })
     }
@@ -291,16 +291,18 @@ impl Rebuild {
         ViewHandle::new(self.engine.clone(), self.name.clone(), self.entry.clone())
     }
 
-    /// Whether this version is served now (it was swapped in, or served by request).
+    /// Whether this version is served now (it was swapped in, or served by request, and no
+    /// other version was served since).
     pub fn is_swapped(&self) -> bool {
-        self.version.outcome.load(Ordering::SeqCst) == view::SERVED
-            || self.entry.served.load(Ordering::Acquire) == self.version.number
+        self.entry.served.load(Ordering::Acquire) == self.version.number
     }
 
     /// Sleeps until every partition of this version has caught up and queries switched to it,
-    /// woken by the shard that folds the last partition's catch-up. Fails when a newer version
-    /// was served first (`Error::Superseded`), a partition stopped on an error, the version was
-    /// dropped, the engine shut down, or `timeout` passed.
+    /// woken by the shard that folds the last partition's catch-up (or by
+    /// `Engine::serve_view_version` serving it). Fails when another version is served instead:
+    /// a newer one was served first, or this one was swapped in and then replaced (a rollback),
+    /// both `Error::Superseded`; when a partition stopped on an error, the version or the view
+    /// was dropped, the engine shut down, or `timeout` passed.
     pub fn wait_swapped(&self, timeout: Duration) -> Result<(), Error> {
         let number = self.version.number;
         let result = self.entry.notifier.wait(timeout, || {
@@ -331,7 +333,8 @@ impl Rebuild {
                 return Some(Err(e));
             }
             let served = self.entry.served.load(Ordering::Acquire);
-            if served > number || self.version.outcome.load(Ordering::SeqCst) == view::SUPERSEDED {
+            // `SERVED` while another version is served: swapped in, then replaced.
+            if served > number || self.version.outcome.load(Ordering::SeqCst) != view::BUILDING {
                 return Some(Err(Error::Superseded {
                     view: self.name.to_string(),
                     version: number,

@@ -141,6 +141,10 @@ pub(crate) struct Version {
     pub(crate) dropped: AtomicBool,
 }
 
+/// `DIR/views/NAME/VERSION/shape`: the version's key, window and aggregate as text, checked by
+/// a later `Start::Checkpoint` from it.
+pub(crate) const SHAPE_FILE: &str = "shape";
+
 pub(crate) const BUILDING: u8 = 0;
 pub(crate) const SERVED: u8 = 1;
 pub(crate) const SUPERSEDED: u8 = 2;
@@ -417,6 +421,9 @@ impl Query {
                 .and_then(|w| w.get(window_start))
                 .map(|c| vec![(key.clone(), *window_start, c.clone())])
                 .unwrap_or_default(),
+            // `BTreeMap::range` panics on a reversed range, which would take the shard (and the
+            // process) down; a reversed key range holds no key.
+            Query::Range { from, to } if from > to => Vec::new(),
             Query::Range { from, to } => state
                 .groups
                 .range::<[u8], _>((

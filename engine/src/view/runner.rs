@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use kappa_storage::{PartitionLog, Seek};
+use kappa_storage::{LogReader, PartitionLog, Seek};
 
 use crate::shard::Shard;
 use crate::view::state::{self, PartitionState, Poison};
@@ -401,14 +401,22 @@ pub(crate) async fn run(
     seek: Seek,
     live: bool,
 ) {
+    match log.reader(seek) {
+        Ok(reader) => fold(shard, log, vp, reader, live).await,
+        Err(e) => vp.fail(e.to_string()),
+    }
+}
+
+/// The loop of `run` over a reader. The live task takes over the replay task's reader, so what
+/// the reader still owes (a timestamp start that has not met its first record yet) carries over.
+async fn fold(
+    shard: Rc<Shard>,
+    log: Rc<PartitionLog>,
+    vp: Rc<ViewPartition>,
+    mut reader: LogReader,
+    live: bool,
+) {
     vp.replaying.set(!live);
-    let mut reader = match log.reader(seek) {
-        Ok(reader) => reader,
-        Err(e) => {
-            vp.fail(e.to_string());
-            return;
-        }
-    };
     let def = vp.version.def.clone();
     loop {
         if vp.stopped.get() {
@@ -455,8 +463,9 @@ pub(crate) async fn run(
                     tracing::info!(view = %vp.version.view, version = vp.version.number, partition = vp.partition,
                         offset, "view partition caught up; following the live tail");
                     vp.version.partition_caught_up().await;
-                    let task =
-                        run(shard.clone(), log.clone(), vp.clone(), Seek::Offset(offset), true);
+                    // The same reader, not a new one at `offset`: a timestamp start that has not
+                    // met a record at or after its time yet still skips older ones.
+                    let task = fold(shard.clone(), log.clone(), vp.clone(), reader, true);
                     glommio::spawn_local_into(task, shard.live_queue())
                         .expect("the live queue exists")
                         .detach();

@@ -188,6 +188,14 @@ impl PartitionState {
                     Err(message) => return self.user_panic(def, record, "key function", message),
                 }
             }
+            KeyBy::Json(path) => match path.key_into(record.value(), &mut self.key) {
+                Ok(()) => true,
+                Err(Skip::NotJson) => {
+                    self.counters.not_json += 1;
+                    return Ok(());
+                }
+                Err(Skip::NoField | Skip::NotANumber) => false,
+            },
         };
         if !keyed {
             self.counters.no_key += 1;

@@ -61,7 +61,7 @@ impl Notifier {
     }
 
     /// Re-checks `check` after every notification until it gives a result or `timeout` passes
-    /// (then `None`).
+    /// (then `None`). A timeout too large for an `Instant` (`Duration::MAX`) never passes.
     pub(crate) fn wait<T>(
         &self,
         timeout: Duration,
@@ -69,7 +69,7 @@ impl Notifier {
     ) -> Option<T> {
         // A timeout is wall time by nature; it decides nothing in a view's state.
         #[allow(clippy::disallowed_methods)]
-        let deadline = std::time::Instant::now() + timeout;
+        let deadline = std::time::Instant::now().checked_add(timeout);
         self.waiters.fetch_add(1, Ordering::SeqCst);
         let mut generation =
             self.generation.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -88,16 +88,22 @@ impl Notifier {
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 continue;
             }
-            #[allow(clippy::disallowed_methods)]
-            let now = std::time::Instant::now();
-            if now >= deadline {
-                break None;
-            }
-            generation = self
-                .changed
-                .wait_timeout(generation, deadline - now)
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .0;
+            generation = match deadline {
+                Some(deadline) => {
+                    #[allow(clippy::disallowed_methods)]
+                    let now = std::time::Instant::now();
+                    if now >= deadline {
+                        break None;
+                    }
+                    self.changed
+                        .wait_timeout(generation, deadline - now)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .0
+                }
+                None => {
+                    self.changed.wait(generation).unwrap_or_else(std::sync::PoisonError::into_inner)
+                }
+            };
         };
         drop(generation);
         self.waiters.fetch_sub(1, Ordering::SeqCst);

@@ -13,5 +13,6 @@ mod safety;
 mod semantics;
 mod serve;
 mod tidy;
+mod view_regressions;
 mod views;
 mod watchdog;
