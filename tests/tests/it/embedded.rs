@@ -143,7 +143,9 @@ fn a_panicking_view_closure_fails_its_version_only_and_stays_failed_after_restar
 
     // Reopen: the failure was recorded; the record is not run again.
     let engine = engine(temp.path(), 2);
-    let stored = kappa_engine::stored_view(&kappa_storage::io::Disk::Dma, temp.path(), "sums").expect("read").expect("stored");
+    let stored = kappa_engine::stored_view(&kappa_storage::io::Disk::Dma, temp.path(), "sums")
+        .expect("read")
+        .expect("stored");
     assert_eq!(stored.failed[&1].offset, Some(offset));
     let again = Arc::new(AtomicUsize::new(0));
     let sums = engine.create_view("sums", poisonous("1", again.clone())).expect("resume");
@@ -184,7 +186,9 @@ fn a_panicking_view_closure_fails_its_version_only_and_stays_failed_after_restar
     sums.wait_for(end, HANG).expect("fixed version folds everything");
     assert_eq!(sum(&sums).expect("rows"), f64::from(partitions * 21));
     engine.drop_view_version("sums", 1).expect("drop the failed version");
-    let stored = kappa_engine::stored_view(&kappa_storage::io::Disk::Dma, temp.path(), "sums").expect("read").expect("stored");
+    let stored = kappa_engine::stored_view(&kappa_storage::io::Disk::Dma, temp.path(), "sums")
+        .expect("read")
+        .expect("stored");
     assert!(stored.failed.is_empty(), "{stored:?}");
 }
 
