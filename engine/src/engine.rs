@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use glommio::{LocalExecutorBuilder, Placement};
@@ -36,6 +36,9 @@ pub(crate) struct Inner {
     views: RwLock<BTreeMap<String, Arc<view::Entry>>>,
     senders: Vec<flume::Sender<Request>>,
     topics: RwLock<BTreeMap<String, Arc<TopicMeta>>>,
+    /// Bumped after every change of `topics`, so per-shard caches (the Kafka front end's) know
+    /// when to drop their copies without reading the lock on every request.
+    topics_generation: AtomicU64,
     threads: Mutex<Vec<glommio::ExecutorJoinHandle<()>>>,
     shut_down: AtomicBool,
 }
@@ -52,6 +55,17 @@ impl Inner {
         }
         let topics = self.topics.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         topics.get(name).cloned().ok_or_else(|| Error::UnknownTopic { topic: name.to_string() })
+    }
+
+    /// Changes whenever a topic is created or deleted.
+    pub(crate) fn topics_generation(&self) -> u64 {
+        self.topics_generation.load(Ordering::Acquire)
+    }
+
+    /// Every topic (the Kafka front end's Metadata for all topics).
+    pub(crate) fn topic_list(&self) -> Vec<Arc<TopicMeta>> {
+        let topics = self.topics.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        topics.values().cloned().collect()
     }
 
     pub(crate) fn send_blocking(&self, shard: usize, request: Request) -> Result<(), Error> {
@@ -138,6 +152,7 @@ impl Engine {
                 views: RwLock::new(BTreeMap::new()),
                 senders,
                 topics: RwLock::new(BTreeMap::new()),
+                topics_generation: AtomicU64::new(0),
                 threads: Mutex::new(threads),
                 shut_down: AtomicBool::new(false),
             }),
@@ -156,6 +171,11 @@ impl Engine {
             engine.open_topic(&name, topic)?;
         }
         Ok(engine)
+    }
+
+    /// The shared state behind this handle (crate front ends such as `kafka` hold it).
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
     }
 
     pub fn shard_count(&self) -> usize {
@@ -213,6 +233,7 @@ impl Engine {
         let data_dir = &self.inner.config.data_dir;
         meta::mark_deleting(data_dir, name)?;
         self.inner.topics.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(name);
+        self.inner.topics_generation.fetch_add(1, Ordering::AcqRel);
         let mut first_error = None;
         for (partition, shard) in topic.shards.iter().enumerate() {
             let result = self.inner.call(*shard, |reply| Request::Close {
@@ -277,6 +298,7 @@ impl Engine {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(name.to_string(), meta);
+        self.inner.topics_generation.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
 

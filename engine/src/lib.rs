@@ -8,13 +8,15 @@
 //! `Consumer`s that follow a partition's live tail. Code that runs on a shard
 //! (`Engine::run_on_partition`) reads records zero-copy.
 //!
-//! Views, replay and the network front ends build on this (see `ARCHITECTURE.md`).
+//! Views, replay and the network front ends build on this (see `ARCHITECTURE.md`); `kafka` is the
+//! Kafka wire protocol front end (`KafkaServer`).
 
 mod clock;
 mod config;
 mod consumer;
 mod engine;
 mod error;
+pub mod kafka;
 mod meta;
 mod metrics;
 pub mod operator;
