@@ -6,16 +6,16 @@
 //! memory is spent. Pure-Rust decoders (flate2 with miniz_oxide, snap, lz4_flex, ruzstd) keep the
 //! build free of C libraries.
 
-use std::io::Read;
+use std::io::{Read, Write};
 
 /// The codec in bits 0-2 of a batch's attributes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Codec {
-    None,
-    Gzip,
-    Snappy,
-    Lz4,
-    Zstd,
+    None = 0,
+    Gzip = 1,
+    Snappy = 2,
+    Lz4 = 3,
+    Zstd = 4,
 }
 
 impl Codec {
@@ -134,6 +134,28 @@ fn snappy_block(block: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), Dec
     Ok(())
 }
 
+/// Compresses as producers do (the test client and the benchmark send compressed batches).
+pub(crate) fn compress(codec: Codec, input: &[u8]) -> Vec<u8> {
+    match codec {
+        Codec::None => input.to_vec(),
+        Codec::Gzip => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(input).expect("gzip");
+            e.finish().expect("gzip")
+        }
+        Codec::Snappy => snap::raw::Encoder::new().compress_vec(input).expect("snappy"),
+        Codec::Lz4 => {
+            let mut e = lz4_flex::frame::FrameEncoder::new(Vec::new());
+            e.write_all(input).expect("lz4");
+            e.finish().expect("lz4")
+        }
+        Codec::Zstd => ruzstd::encoding::compress_to_vec(
+            input,
+            ruzstd::encoding::CompressionLevel::Fastest,
+        ),
+    }
+}
+
 fn read_bounded(
     reader: impl Read,
     codec: Codec,
@@ -152,31 +174,8 @@ fn read_bounded(
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use std::io::Write;
-
-    /// Compresses as clients do (for tests).
-    pub(crate) fn compress(codec: Codec, input: &[u8]) -> Vec<u8> {
-        match codec {
-            Codec::None => input.to_vec(),
-            Codec::Gzip => {
-                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-                e.write_all(input).expect("gzip");
-                e.finish().expect("gzip")
-            }
-            Codec::Snappy => snap::raw::Encoder::new().compress_vec(input).expect("snappy"),
-            Codec::Lz4 => {
-                let mut e = lz4_flex::frame::FrameEncoder::new(Vec::new());
-                e.write_all(input).expect("lz4");
-                e.finish().expect("lz4")
-            }
-            Codec::Zstd => ruzstd::encoding::compress_to_vec(
-                input,
-                ruzstd::encoding::CompressionLevel::Fastest,
-            ),
-        }
-    }
 
     fn xerial(input: &[u8]) -> Vec<u8> {
         let mut out = XERIAL_MAGIC.to_vec();

@@ -35,6 +35,7 @@
 //! requests queued per connection, cached fetch readers per shard.
 
 mod admin;
+pub mod client;
 mod codec;
 mod compression;
 mod conn;

@@ -363,6 +363,18 @@ pub(crate) fn refuse_legacy(version: i16, correlation_id: i32, mut body: Bytes) 
         let len = usize::try_from(b.get_i16()).ok()?;
         (b.remaining() >= len).then(|| b.split_to(len))
     }
+    // The rest of request header v1: the client id (a nullable string).
+    if body.remaining() < 2 {
+        return None;
+    }
+    let client_id_len = body.get_i16();
+    if client_id_len > 0 {
+        let len = client_id_len as usize;
+        if body.remaining() < len {
+            return None;
+        }
+        body.advance(len);
+    }
     if body.remaining() < 10 {
         return None;
     }

@@ -5,6 +5,7 @@ mod crash;
 mod deletion;
 mod engine;
 mod faults;
+mod kafka;
 mod serve;
 mod tidy;
 mod views;

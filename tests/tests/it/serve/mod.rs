@@ -141,9 +141,12 @@ impl Server {
                     }
                 }
                 Err(e) => {
+                    let threads = thread_states(child.id());
                     let _ = child.kill();
                     let log = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-                    panic!("kappa serve did not print its addresses ({e}); stderr:\n{log}");
+                    panic!(
+                        "kappa serve did not print its addresses ({e}); threads:\n{threads}\nstderr:\n{log}"
+                    );
                 }
             }
         };
@@ -238,6 +241,19 @@ impl Drop for Server {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Each thread of a process and where it sleeps (for a start that hangs).
+fn thread_states(pid: u32) -> String {
+    let mut out = String::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return out };
+    for task in tasks.flatten() {
+        let read = |f: &str| std::fs::read_to_string(task.path().join(f)).unwrap_or_default();
+        let stack = read("stack");
+        let top: Vec<&str> = stack.lines().take(4).collect();
+        out.push_str(&format!("{} {} [{}]\n", read("comm").trim(), read("wchan"), top.join(" | ")));
+    }
+    out
 }
 
 /// Runs `kappa ARGS` to completion with `stdin`; returns (exit code, stdout, stderr).
