@@ -375,7 +375,12 @@ fn broker_configs(node: &Node) -> Vec<Entry> {
         ("group.min.session.timeout.ms", ms(k.group_session_timeout_min), SOURCE_STATIC_BROKER, TYPE_INT),
         ("message.max.bytes", engine.log.limits.batch_size_bytes_max.to_string(), SOURCE_STATIC_BROKER, TYPE_INT),
         ("num.partitions", k.default_partitions.to_string(), SOURCE_STATIC_BROKER, TYPE_INT),
-        ("offsets.topic.num.partitions", k.offsets_topic_partitions.to_string(), SOURCE_STATIC_BROKER, TYPE_INT),
+        (
+            "offsets.topic.num.partitions",
+            node.topic(super::OFFSETS_TOPIC).map_or(0, |m| m.config.partitions).to_string(),
+            SOURCE_STATIC_BROKER,
+            TYPE_INT,
+        ),
         ("socket.request.max.bytes", k.request_bytes_max.to_string(), SOURCE_STATIC_BROKER, TYPE_INT),
     ]
 }

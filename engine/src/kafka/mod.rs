@@ -92,8 +92,9 @@ pub struct KafkaConfig {
     pub idle_timeout: Duration,
     /// Requests read ahead of their responses per connection.
     pub in_flight_per_connection: usize,
-    /// Partitions of `__consumer_offsets` when it is created.
-    pub offsets_topic_partitions: u32,
+    /// Partitions of `__consumer_offsets` when it is created; `None`: one per shard (groups
+    /// spread over the shards, and a small data dir starts with few files).
+    pub offsets_topic_partitions: Option<u32>,
     /// How long the first member of an empty group waits for others before the first rebalance.
     pub group_initial_rebalance_delay: Duration,
     pub group_session_timeout_min: Duration,
@@ -122,7 +123,7 @@ impl KafkaConfig {
             fetch_wait_max: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(600),
             in_flight_per_connection: 16,
-            offsets_topic_partitions: 16,
+            offsets_topic_partitions: None,
             group_initial_rebalance_delay: Duration::from_secs(3),
             group_session_timeout_min: Duration::from_secs(6),
             group_session_timeout_max: Duration::from_secs(1800),
@@ -139,7 +140,7 @@ impl KafkaConfig {
         if self.default_partitions == 0 {
             return bad("default_partitions", "must be at least 1");
         }
-        if self.offsets_topic_partitions == 0 {
+        if self.offsets_topic_partitions == Some(0) {
             return bad("offsets_topic_partitions", "must be at least 1");
         }
         if self.connections_max == 0 || self.in_flight_per_connection == 0 {
@@ -222,7 +223,8 @@ impl KafkaServer {
         };
         let port = i32::from(config.advertised_port.unwrap_or(addr.port()));
 
-        let mut offsets = TopicConfig::new(config.offsets_topic_partitions);
+        let partitions = config.offsets_topic_partitions.unwrap_or(engine.shard_count() as u32);
+        let mut offsets = TopicConfig::new(partitions.max(1));
         offsets.segment_size_bytes_max = Some(64 << 20);
         engine.ensure_topic(OFFSETS_TOPIC, offsets)?;
         let data_dir = engine.config().data_dir.clone();

@@ -168,7 +168,8 @@ pub struct KafkaSection {
     pub max_fetch_bytes: usize,
     pub max_fetch_wait_ms: u64,
     pub idle_timeout_ms: u64,
-    pub offsets_topic_partitions: u32,
+    /// Partitions of `__consumer_offsets` when it is first created (default: one per shard).
+    pub offsets_topic_partitions: Option<u32>,
     pub group_initial_rebalance_delay_ms: u64,
     pub group_min_session_timeout_ms: u64,
     pub group_max_session_timeout_ms: u64,
@@ -189,7 +190,7 @@ impl Default for KafkaSection {
             max_fetch_bytes: 64 << 20,
             max_fetch_wait_ms: 30_000,
             idle_timeout_ms: 600_000,
-            offsets_topic_partitions: 16,
+            offsets_topic_partitions: None,
             group_initial_rebalance_delay_ms: 3_000,
             group_min_session_timeout_ms: 6_000,
             group_max_session_timeout_ms: 1_800_000,
@@ -480,7 +481,7 @@ pub fn parse(text: &str, file: &Path, overrides: &Overrides) -> Result<Settings,
     for (key, value) in [
         ("default_partitions", kafka.default_partitions as usize),
         ("max_connections", kafka.max_connections),
-        ("offsets_topic_partitions", kafka.offsets_topic_partitions as usize),
+        ("offsets_topic_partitions", kafka.offsets_topic_partitions.unwrap_or(1) as usize),
         ("buffer_mib_per_shard", kafka.buffer_mib_per_shard),
     ] {
         if value == 0 {
