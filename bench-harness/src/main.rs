@@ -16,6 +16,7 @@
 mod disk;
 mod http;
 mod ingest;
+mod kafka;
 mod limit;
 mod plot;
 mod recovery;
@@ -59,6 +60,9 @@ enum Command {
     Replay(replay::Args),
     /// Records/s through the HTTP API (NDJSON batches of 1000) beside the embedded API's rate.
     Http(http::Args),
+    /// The Kafka wire protocol over TCP loopback (produce acks=1/-1, fetch, latency) beside the
+    /// raw disk.
+    Kafka(kafka::Args),
     /// The child process of the recovery scenario.
     #[command(hide = true)]
     RecoveryWriter { dir: PathBuf, size_mib: u64 },
@@ -90,6 +94,7 @@ fn main() -> anyhow::Result<()> {
         Command::Recovery(args) => (args.common.json.clone(), recovery::scenario(args)),
         Command::Replay(args) => (args.common.json.clone(), replay::scenario(args)),
         Command::Http(args) => (args.common.json.clone(), http::scenario(args)),
+        Command::Kafka(args) => (args.common.json.clone(), kafka::scenario(args)),
     };
     let outcome = outcome?;
     outcome.print();
@@ -118,8 +123,9 @@ pub fn run_scenario(name: &str, argv: &[String]) -> anyhow::Result<report::Outco
         "recovery" => recovery::scenario(parse(argv)?),
         "replay" => replay::scenario(parse(argv)?),
         "http" => http::scenario(parse(argv)?),
+        "kafka" => kafka::scenario(parse(argv)?),
         other => anyhow::bail!(
-            "unknown scenario {other:?}: expected disk, storage, ingest, tail, replay, recovery, http"
+            "unknown scenario {other:?}: expected disk, storage, ingest, tail, replay, recovery, http, kafka"
         ),
     }
 }

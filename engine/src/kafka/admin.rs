@@ -7,7 +7,9 @@
 
 use std::rc::Rc;
 
-use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult,
@@ -16,9 +18,9 @@ use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
 use kafka_protocol::messages::{
-    BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
-    DeleteTopicsResponse, DescribeConfigsRequest, DescribeConfigsResponse, InitProducerIdRequest,
-    InitProducerIdResponse, MetadataRequest, MetadataResponse, ProducerId, TopicName,
+    BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+    DescribeConfigsRequest, DescribeConfigsResponse, InitProducerIdRequest, InitProducerIdResponse,
+    MetadataRequest, MetadataResponse, ProducerId, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -70,7 +72,11 @@ fn topic_error(name: &str, error_code: i16) -> MetadataResponseTopic {
         .with_error_code(error_code)
 }
 
-pub(crate) async fn metadata(node: Rc<Node>, version: i16, request: MetadataRequest) -> MetadataResponse {
+pub(crate) async fn metadata(
+    node: Rc<Node>,
+    version: i16,
+    request: MetadataRequest,
+) -> MetadataResponse {
     let broker = MetadataResponseBroker::default()
         .with_node_id(BrokerId(NODE_ID))
         .with_host(str(node.shared.host.clone()))
@@ -94,7 +100,8 @@ pub(crate) async fn metadata(node: Rc<Node>, version: i16, request: MetadataRequ
             node.shared.inner.topic_list().iter().map(|m| describe_topic(m, version)).collect();
         return response;
     };
-    let create = node.config().auto_create_topics && (version < 4 || request.allow_auto_topic_creation);
+    let create =
+        node.config().auto_create_topics && (version < 4 || request.allow_auto_topic_creation);
     for name in names {
         if let Some(meta) = node.topic(&name) {
             response.topics.push(describe_topic(&meta, version));
@@ -114,7 +121,8 @@ pub(crate) async fn metadata(node: Rc<Node>, version: i16, request: MetadataRequ
         let topic = name.clone();
         let created = node
             .control(move |engine| {
-                let _serial = shared.control_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let _serial =
+                    shared.control_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 match engine.ensure_topic(&topic, config) {
                     Ok(_) | Err(Error::TopicExists { .. }) => Ok(()),
                     Err(e) => Err(e.to_string()),
@@ -170,7 +178,11 @@ fn apply_config(config: &mut TopicConfig, name: &str, value: Option<&str>) -> Re
     Ok(())
 }
 
-pub(crate) async fn create_topics(node: Rc<Node>, version: i16, request: CreateTopicsRequest) -> CreateTopicsResponse {
+pub(crate) async fn create_topics(
+    node: Rc<Node>,
+    version: i16,
+    request: CreateTopicsRequest,
+) -> CreateTopicsResponse {
     let mut results = Vec::with_capacity(request.topics.len());
     for topic in request.topics {
         let name = topic.name.0.as_str().to_string();
@@ -190,7 +202,8 @@ pub(crate) async fn create_topics(node: Rc<Node>, version: i16, request: CreateT
             }
         };
         if !matches!(topic.replication_factor, -1 | 1) {
-            let message = format!("replication factor {}: kappa keeps one copy", topic.replication_factor);
+            let message =
+                format!("replication factor {}: kappa keeps one copy", topic.replication_factor);
             results.push(fail(result, code::INVALID_REPLICATION_FACTOR, message));
             continue;
         }
@@ -222,7 +235,10 @@ pub(crate) async fn create_topics(node: Rc<Node>, version: i16, request: CreateT
             let topic_name = name.clone();
             let created = node
                 .control(move |engine| {
-                    let _serial = shared.control_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let _serial = shared
+                        .control_lock
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
                     engine.create_topic(&topic_name, config)
                 })
                 .await;
@@ -254,7 +270,11 @@ pub(crate) async fn create_topics(node: Rc<Node>, version: i16, request: CreateT
     CreateTopicsResponse::default().with_topics(results)
 }
 
-pub(crate) async fn delete_topics(node: Rc<Node>, version: i16, request: DeleteTopicsRequest) -> DeleteTopicsResponse {
+pub(crate) async fn delete_topics(
+    node: Rc<Node>,
+    version: i16,
+    request: DeleteTopicsRequest,
+) -> DeleteTopicsResponse {
     let names: Vec<Option<TopicName>> = if version >= 6 {
         request.topics.into_iter().map(|t| t.name).collect()
     } else {
@@ -279,7 +299,10 @@ pub(crate) async fn delete_topics(node: Rc<Node>, version: i16, request: DeleteT
             let doomed = topic.clone();
             let deleted = node
                 .control(move |engine| {
-                    let _serial = shared.control_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let _serial = shared
+                        .control_lock
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
                     engine.delete_topic(&doomed)
                 })
                 .await;
@@ -289,7 +312,9 @@ pub(crate) async fn delete_topics(node: Rc<Node>, version: i16, request: DeleteT
                     (code::NONE, None)
                 }
                 Ok(Err(Error::UnknownTopic { .. })) => (code::UNKNOWN_TOPIC_OR_PARTITION, None),
-                Ok(Err(e @ Error::TopicInUse { .. })) => (code::POLICY_VIOLATION, Some(e.to_string())),
+                Ok(Err(e @ Error::TopicInUse { .. })) => {
+                    (code::POLICY_VIOLATION, Some(e.to_string()))
+                }
                 Ok(Err(e)) => (code::UNKNOWN_SERVER_ERROR, Some(e.to_string())),
                 Err(_) => (code::UNKNOWN_SERVER_ERROR, Some("the engine is shutting down".into())),
             }
@@ -368,12 +393,37 @@ fn broker_configs(node: &Node) -> Vec<Entry> {
     let engine = &node.shared.inner.config;
     let ms = |d: std::time::Duration| d.as_millis().to_string();
     vec![
-        ("auto.create.topics.enable", k.auto_create_topics.to_string(), SOURCE_STATIC_BROKER, TYPE_BOOLEAN),
+        (
+            "auto.create.topics.enable",
+            k.auto_create_topics.to_string(),
+            SOURCE_STATIC_BROKER,
+            TYPE_BOOLEAN,
+        ),
         ("connections.max.idle.ms", ms(k.idle_timeout), SOURCE_STATIC_BROKER, TYPE_LONG),
-        ("group.initial.rebalance.delay.ms", ms(k.group_initial_rebalance_delay), SOURCE_STATIC_BROKER, TYPE_INT),
-        ("group.max.session.timeout.ms", ms(k.group_session_timeout_max), SOURCE_STATIC_BROKER, TYPE_INT),
-        ("group.min.session.timeout.ms", ms(k.group_session_timeout_min), SOURCE_STATIC_BROKER, TYPE_INT),
-        ("message.max.bytes", engine.log.limits.batch_size_bytes_max.to_string(), SOURCE_STATIC_BROKER, TYPE_INT),
+        (
+            "group.initial.rebalance.delay.ms",
+            ms(k.group_initial_rebalance_delay),
+            SOURCE_STATIC_BROKER,
+            TYPE_INT,
+        ),
+        (
+            "group.max.session.timeout.ms",
+            ms(k.group_session_timeout_max),
+            SOURCE_STATIC_BROKER,
+            TYPE_INT,
+        ),
+        (
+            "group.min.session.timeout.ms",
+            ms(k.group_session_timeout_min),
+            SOURCE_STATIC_BROKER,
+            TYPE_INT,
+        ),
+        (
+            "message.max.bytes",
+            engine.log.limits.batch_size_bytes_max.to_string(),
+            SOURCE_STATIC_BROKER,
+            TYPE_INT,
+        ),
         ("num.partitions", k.default_partitions.to_string(), SOURCE_STATIC_BROKER, TYPE_INT),
         (
             "offsets.topic.num.partitions",
@@ -381,11 +431,20 @@ fn broker_configs(node: &Node) -> Vec<Entry> {
             SOURCE_STATIC_BROKER,
             TYPE_INT,
         ),
-        ("socket.request.max.bytes", k.request_bytes_max.to_string(), SOURCE_STATIC_BROKER, TYPE_INT),
+        (
+            "socket.request.max.bytes",
+            k.request_bytes_max.to_string(),
+            SOURCE_STATIC_BROKER,
+            TYPE_INT,
+        ),
     ]
 }
 
-pub(crate) async fn describe_configs(node: Rc<Node>, version: i16, request: DescribeConfigsRequest) -> DescribeConfigsResponse {
+pub(crate) async fn describe_configs(
+    node: Rc<Node>,
+    version: i16,
+    request: DescribeConfigsRequest,
+) -> DescribeConfigsResponse {
     let mut results = Vec::with_capacity(request.resources.len());
     for resource in request.resources {
         let mut result = DescribeConfigsResult::default()
@@ -396,7 +455,8 @@ pub(crate) async fn describe_configs(node: Rc<Node>, version: i16, request: Desc
                 Some(meta) => topic_configs(&node, &meta),
                 None => {
                     result.error_code = code::UNKNOWN_TOPIC_OR_PARTITION;
-                    result.error_message = Some(str(format!("unknown topic {:?}", resource.resource_name.as_str())));
+                    result.error_message =
+                        Some(str(format!("unknown topic {:?}", resource.resource_name.as_str())));
                     results.push(result);
                     continue;
                 }
@@ -430,14 +490,18 @@ pub(crate) async fn describe_configs(node: Rc<Node>, version: i16, request: Desc
     DescribeConfigsResponse::default().with_results(results)
 }
 
-pub(crate) async fn init_producer_id(node: Rc<Node>, _version: i16, request: InitProducerIdRequest) -> InitProducerIdResponse {
+pub(crate) async fn init_producer_id(
+    node: Rc<Node>,
+    _version: i16,
+    request: InitProducerIdRequest,
+) -> InitProducerIdResponse {
     let response = InitProducerIdResponse::default();
     if request.transactional_id.as_ref().is_some_and(|t| !t.0.is_empty()) {
         // Transactions are not served; idempotence (no transactional id) is.
         return response.with_error_code(code::INVALID_REQUEST);
     }
     let (id, epoch) = (request.producer_id.0, request.producer_epoch);
-    if id >= 0 && epoch >= 0 && epoch < i16::MAX - 1 {
+    if id >= 0 && (0..i16::MAX - 1).contains(&epoch) {
         // An epoch bump of a producer that lost track of its sequences (KIP-360).
         return response.with_producer_id(ProducerId(id)).with_producer_epoch(epoch + 1);
     }
@@ -451,7 +515,9 @@ pub(crate) async fn init_producer_id(node: Rc<Node>, _version: i16, request: Ini
         Ok(id) => response.with_producer_id(ProducerId(id)).with_producer_epoch(0),
         Err(e) => {
             tracing::error!(error = %e, "reserving producer ids failed");
-            response.with_error_code(code::COORDINATOR_NOT_AVAILABLE).with_producer_id(ProducerId(-1))
+            response
+                .with_error_code(code::COORDINATOR_NOT_AVAILABLE)
+                .with_producer_id(ProducerId(-1))
         }
     }
 }

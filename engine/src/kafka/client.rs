@@ -75,21 +75,30 @@ impl Client {
         let mut size = [0u8; 4];
         self.stream.read_exact(&mut size)?;
         let size = i32::from_be_bytes(size);
-        let size = usize::try_from(size).map_err(|_| ClientError::Decode(format!("size {size}")))?;
+        let size =
+            usize::try_from(size).map_err(|_| ClientError::Decode(format!("size {size}")))?;
         let mut body = vec![0u8; size];
         self.stream.read_exact(&mut body)?;
         Ok(Bytes::from(body))
     }
 
     /// Reads the response to the request `send` numbered `correlation`.
-    pub fn receive<R: Request>(&mut self, version: i16, correlation: i32) -> Result<R::Response, ClientError> {
+    pub fn receive<R: Request>(
+        &mut self,
+        version: i16,
+        correlation: i32,
+    ) -> Result<R::Response, ClientError> {
         let mut frame = self.read_frame()?;
         let header = ResponseHeader::decode(&mut frame, R::Response::header_version(version))
             .map_err(|e| ClientError::Decode(e.to_string()))?;
         if header.correlation_id != correlation {
-            return Err(ClientError::Correlation { expected: correlation, got: header.correlation_id });
+            return Err(ClientError::Correlation {
+                expected: correlation,
+                got: header.correlation_id,
+            });
         }
-        let response = R::Response::decode(&mut frame, version).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let response = R::Response::decode(&mut frame, version)
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
         if !frame.is_empty() {
             return Err(ClientError::Decode(format!("{} bytes after the response", frame.len())));
         }
@@ -97,7 +106,11 @@ impl Client {
     }
 
     /// `send` then `receive`.
-    pub fn call<R: Request>(&mut self, version: i16, request: &R) -> Result<R::Response, ClientError> {
+    pub fn call<R: Request>(
+        &mut self,
+        version: i16,
+        request: &R,
+    ) -> Result<R::Response, ClientError> {
         let correlation = self.send(version, request)?;
         self.receive::<R>(version, correlation)
     }
@@ -121,7 +134,11 @@ pub enum Compression {
 
 /// Encodes `records` as one RecordBatch v2 (base offset 0) as a producer sends it: compressed
 /// with `compression`, carrying `producer`'s id, epoch and base sequence.
-pub fn record_batch(records: &[Record<'_>], producer: ProducerInfo, compression: Compression) -> Vec<u8> {
+pub fn record_batch(
+    records: &[Record<'_>],
+    producer: ProducerInfo,
+    compression: Compression,
+) -> Vec<u8> {
     let mut plain = Vec::new();
     let mut directory = Vec::new();
     kappa_storage::kafka::encode_batch(0, records, producer, &mut plain, &mut directory);

@@ -149,10 +149,9 @@ pub(crate) fn compress(codec: Codec, input: &[u8]) -> Vec<u8> {
             e.write_all(input).expect("lz4");
             e.finish().expect("lz4")
         }
-        Codec::Zstd => ruzstd::encoding::compress_to_vec(
-            input,
-            ruzstd::encoding::CompressionLevel::Fastest,
-        ),
+        Codec::Zstd => {
+            ruzstd::encoding::compress_to_vec(input, ruzstd::encoding::CompressionLevel::Fastest)
+        }
     }
 }
 

@@ -294,7 +294,12 @@ pub(crate) async fn handle(node: &Rc<Node>, frame: Bytes, peer: &str) -> Result<
         }
         ApiKey::FindCoordinator => {
             let request: FindCoordinatorRequest = decode(&mut buf, version, api)?;
-            respond(api, version, correlation_id, group::api::find_coordinator(node, version, request))
+            respond(
+                api,
+                version,
+                correlation_id,
+                group::api::find_coordinator(node, version, request),
+            )
         }
         ApiKey::JoinGroup => {
             let request: JoinGroupRequest = decode(&mut buf, version, api)?;

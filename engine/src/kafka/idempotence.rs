@@ -262,8 +262,14 @@ mod tests {
         assert!(
             matches!(retry, Check::Duplicate(b) if b.base_offset == 100 && b.last_offset == 109)
         );
-        assert!(matches!(t.check(1, 0, 20, 1), Check::Refuse(code::OUT_OF_ORDER_SEQUENCE_NUMBER, _)));
-        assert!(matches!(t.check(1, 0, 5, 5), Check::Refuse(code::OUT_OF_ORDER_SEQUENCE_NUMBER, _)));
+        assert!(matches!(
+            t.check(1, 0, 20, 1),
+            Check::Refuse(code::OUT_OF_ORDER_SEQUENCE_NUMBER, _)
+        ));
+        assert!(matches!(
+            t.check(1, 0, 5, 5),
+            Check::Refuse(code::OUT_OF_ORDER_SEQUENCE_NUMBER, _)
+        ));
         assert_eq!(t.check(1, 1, 0, 1), Check::Append, "a bumped epoch restarts at 0");
         t.record(1, 1, 0, 1, 200);
         assert!(matches!(t.check(1, 0, 15, 1), Check::Refuse(code::INVALID_PRODUCER_EPOCH, _)));
@@ -271,10 +277,13 @@ mod tests {
         for i in 0..6 {
             t.record(2, 0, i, 1, 300 + i as u64);
         }
-        assert_eq!(t.check(2, 0, 0, 1), Check::Refuse(
-            code::OUT_OF_ORDER_SEQUENCE_NUMBER,
-            "the sequence does not follow the producer's last batch"
-        ));
+        assert_eq!(
+            t.check(2, 0, 0, 1),
+            Check::Refuse(
+                code::OUT_OF_ORDER_SEQUENCE_NUMBER,
+                "the sequence does not follow the producer's last batch"
+            )
+        );
         assert!(matches!(t.check(2, 0, 1, 1), Check::Duplicate(_)));
     }
 

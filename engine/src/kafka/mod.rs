@@ -207,8 +207,9 @@ impl KafkaServer {
         listener
             .set_nonblocking(true)
             .map_err(|source| KafkaError::Bind { addr: config.addr, source })?;
-        let addr =
-            listener.local_addr().map_err(|source| KafkaError::Bind { addr: config.addr, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| KafkaError::Bind { addr: config.addr, source })?;
         let host = match &config.advertised_host {
             Some(host) if !host.is_empty() => host.clone(),
             Some(_) => return Err(config_error("advertised_host", "must not be empty")),

@@ -85,6 +85,9 @@ struct TopicCache {
     topics: BTreeMap<String, Arc<TopicMeta>>,
 }
 
+/// (topic, partition) -> its append order and idempotent producer state.
+pub(crate) type SequenceMap = BTreeMap<(Arc<str>, u32), Rc<PartitionSeq>>;
+
 pub(crate) struct Node {
     pub(crate) index: usize,
     pub(crate) shard: Rc<Shard>,
@@ -92,7 +95,7 @@ pub(crate) struct Node {
     topics: RefCell<TopicCache>,
     pub(crate) readers: RefCell<ReaderCache>,
     /// Append order and idempotent producer state of the partitions this shard owns.
-    pub(crate) sequences: RefCell<BTreeMap<(Arc<str>, u32), Rc<PartitionSeq>>>,
+    pub(crate) sequences: RefCell<SequenceMap>,
     pub(crate) groups: Coordinator,
     /// Bytes of request frames and fetch responses held at once on this shard.
     pub(crate) budget: Rc<Budget>,
@@ -174,7 +177,11 @@ impl Node {
     }
 
     /// Runs `work` on `shard` and waits for its result.
-    pub(crate) async fn call<T, F, Fut>(self: &Rc<Self>, shard: usize, work: F) -> Result<T, Unavailable>
+    pub(crate) async fn call<T, F, Fut>(
+        self: &Rc<Self>,
+        shard: usize,
+        work: F,
+    ) -> Result<T, Unavailable>
     where
         F: FnOnce(Rc<Node>) -> Fut + Send + 'static,
         Fut: Future<Output = T> + 'static,
@@ -279,8 +286,8 @@ pub(crate) async fn run(
     // work here, and the load itself needs nothing from them.
     match glommio::spawn_local_into(job_loop, live) {
         Ok(task) => {
-                    task.detach();
-                }
+            task.detach();
+        }
         Err(e) => {
             let _ = ready.send(Err(format!("spawning the job loop: {e}")));
             return;
@@ -292,8 +299,8 @@ pub(crate) async fn run(
     }
     match glommio::spawn_local_into(group::reaper(node.clone()), live) {
         Ok(task) => {
-                    task.detach();
-                }
+            task.detach();
+        }
         Err(e) => {
             let _ = ready.send(Err(format!("spawning the group timer: {e}")));
             return;
@@ -339,8 +346,8 @@ async fn accept_loop(node: Rc<Node>, listener: TcpListener) {
         let task = conn::serve(node.clone(), stream, id, guard);
         match glommio::spawn_local_into(task, node.shard.live_queue()) {
             Ok(task) => {
-                    task.detach();
-                }
+                task.detach();
+            }
             Err(e) => tracing::error!(error = %e, "spawning a Kafka connection failed"),
         }
     }

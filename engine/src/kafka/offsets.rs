@@ -22,10 +22,17 @@ const MAX_TIMESTAMP: i64 = -3;
 /// (error, timestamp, offset) of one partition.
 type Found = (i16, i64, i64);
 
-pub(crate) async fn list_offsets(node: Rc<Node>, version: i16, request: ListOffsetsRequest) -> ListOffsetsResponse {
+/// One partition's lookup: (topic index, partition index) in the request, topic, partition, timestamp.
+type Lookup = ((usize, usize), Arc<str>, u32, i64);
+
+pub(crate) async fn list_offsets(
+    node: Rc<Node>,
+    version: i16,
+    request: ListOffsetsRequest,
+) -> ListOffsetsResponse {
     let mut topics = Vec::with_capacity(request.topics.len());
     // (topic index, partition index) -> work per shard.
-    let mut by_shard: BTreeMap<usize, Vec<((usize, usize), Arc<str>, u32, i64)>> = BTreeMap::new();
+    let mut by_shard: BTreeMap<usize, Vec<Lookup>> = BTreeMap::new();
     for (t, topic) in request.topics.into_iter().enumerate() {
         let meta = node.topic(topic.name.0.as_str());
         let mut response = ListOffsetsTopicResponse::default().with_name(topic.name.clone());
@@ -47,7 +54,12 @@ pub(crate) async fn list_offsets(node: Rc<Node>, version: i16, request: ListOffs
                     out.error_code = code::INVALID_REQUEST;
                 }
                 Some((name, index, shard)) => {
-                    by_shard.entry(shard).or_default().push(((t, p), name, index, partition.timestamp));
+                    by_shard.entry(shard).or_default().push((
+                        (t, p),
+                        name,
+                        index,
+                        partition.timestamp,
+                    ));
                 }
             }
             response.partitions.push(out);

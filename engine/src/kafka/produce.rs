@@ -43,7 +43,12 @@ struct PartResult {
 
 impl PartResult {
     fn error(error_code: i16, message: impl Into<String>) -> Self {
-        PartResult { error_code, base_offset: -1, log_start_offset: -1, message: Some(message.into()) }
+        PartResult {
+            error_code,
+            base_offset: -1,
+            log_start_offset: -1,
+            message: Some(message.into()),
+        }
     }
 }
 
@@ -116,8 +121,10 @@ pub(crate) async fn dispatch(
                 Ok(rx) => pending.push(PendingGroup::Remote(rx, slots_of)),
                 Err(_) => {
                     for slot in slots_of {
-                        results[slot] =
-                            Some(PartResult::error(code::UNKNOWN_SERVER_ERROR, "shard unavailable"));
+                        results[slot] = Some(PartResult::error(
+                            code::UNKNOWN_SERVER_ERROR,
+                            "shard unavailable",
+                        ));
                     }
                 }
             }
@@ -132,7 +139,9 @@ pub(crate) async fn dispatch(
                     Ok(done) => done,
                     Err(_) => slots_of
                         .into_iter()
-                        .map(|s| (s, PartResult::error(code::UNKNOWN_SERVER_ERROR, "shard stopped")))
+                        .map(|s| {
+                            (s, PartResult::error(code::UNKNOWN_SERVER_ERROR, "shard stopped"))
+                        })
                         .collect(),
                 },
             };
@@ -239,7 +248,12 @@ fn storage_error(e: &kappa_storage::Error) -> PartResult {
 }
 
 /// The append state of a partition this shard owns (new when the topic was re-created).
-fn partition_seq(node: &Node, topic: &Arc<str>, partition: u32, log: &Rc<PartitionLog>) -> Rc<PartitionSeq> {
+fn partition_seq(
+    node: &Node,
+    topic: &Arc<str>,
+    partition: u32,
+    log: &Rc<PartitionLog>,
+) -> Rc<PartitionSeq> {
     let mut sequences = node.sequences.borrow_mut();
     let key = (topic.clone(), partition);
     match sequences.get(&key) {

@@ -47,9 +47,13 @@ impl Batch<'_> {
 pub(crate) enum BatchError {
     #[error("record batch at byte {at}: {reason}")]
     Corrupt { at: usize, reason: &'static str },
-    #[error("record batch at byte {at} has magic {magic}: only RecordBatch v2 (magic 2) is accepted")]
+    #[error(
+        "record batch at byte {at} has magic {magic}: only RecordBatch v2 (magic 2) is accepted"
+    )]
     Magic { at: usize, magic: i8 },
-    #[error("record batch at byte {at}: {what} batches are not supported (kappa has no transactions)")]
+    #[error(
+        "record batch at byte {at}: {what} batches are not supported (kappa has no transactions)"
+    )]
     Unsupported { at: usize, what: &'static str },
     #[error("record {index} of the batch: {reason}")]
     Record { index: usize, reason: &'static str },
@@ -294,10 +298,13 @@ mod tests {
         let good = batch_bytes(&records, ProducerInfo::default());
         let mut crc = good.clone();
         crc[70] ^= 1;
-        assert_eq!(split(&crc).unwrap_err().code(), code::CORRUPT_MESSAGE);
+        assert_eq!(split(&crc).expect_err("a bad CRC").code(), code::CORRUPT_MESSAGE);
         let mut magic = good.clone();
         magic[16] = 1;
-        assert_eq!(split(&magic).unwrap_err().code(), code::UNSUPPORTED_FOR_MESSAGE_FORMAT);
+        assert_eq!(
+            split(&magic).expect_err("a bad magic").code(),
+            code::UNSUPPORTED_FOR_MESSAGE_FORMAT
+        );
         assert!(split(&good[..good.len() - 1]).is_err());
         assert!(split(&[]).is_err());
         // Every truncation and every single-byte change of a valid batch: an error or a valid

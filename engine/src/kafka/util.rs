@@ -151,7 +151,7 @@ mod tests {
     fn run<F: Future<Output = ()> + 'static>(f: impl FnOnce() -> F + Send + 'static) {
         glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
             .io_memory(1 << 20)
-            .spawn(move || f())
+            .spawn(f)
             .expect("executor")
             .join()
             .expect("join");

@@ -173,17 +173,23 @@ mod tests {
     #[test]
     fn batches_are_frames_of_their_own() {
         let batch = Bytes::from(vec![7u8; 4096]);
-        let frames = encode(12, 1, 0, 0, vec![TopicOut {
-            name: "t".into(),
-            partitions: vec![PartitionOut {
-                partition: 0,
-                error_code: 0,
-                high_watermark: 1,
-                last_stable_offset: 1,
-                log_start_offset: 0,
-                batches: vec![batch.clone()],
+        let frames = encode(
+            12,
+            1,
+            0,
+            0,
+            vec![TopicOut {
+                name: "t".into(),
+                partitions: vec![PartitionOut {
+                    partition: 0,
+                    error_code: 0,
+                    high_watermark: 1,
+                    last_stable_offset: 1,
+                    log_start_offset: 0,
+                    batches: vec![batch.clone()],
+                }],
             }],
-        }]);
+        );
         assert!(frames.iter().any(|f| f.as_ptr() == batch.as_ptr()), "the batch was copied");
     }
 }

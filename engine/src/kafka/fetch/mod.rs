@@ -40,16 +40,32 @@ struct Part {
     bytes: usize,
 }
 
-pub(crate) fn handle(node: Rc<Node>, version: i16, correlation_id: i32, request: FetchRequest) -> Reply {
+pub(crate) fn handle(
+    node: Rc<Node>,
+    version: i16,
+    correlation_id: i32,
+    request: FetchRequest,
+) -> Reply {
     Box::pin(fetch(node, version, correlation_id, request))
 }
 
-async fn fetch(node: Rc<Node>, version: i16, correlation_id: i32, request: FetchRequest) -> Outcome {
+async fn fetch(
+    node: Rc<Node>,
+    version: i16,
+    correlation_id: i32,
+    request: FetchRequest,
+) -> Outcome {
     let config = node.config();
     if version >= 7 && request.session_id != 0 {
         // We never create fetch sessions (we answer session id 0), so a client naming one is
         // confused; Kafka's answer makes it start over with a full fetch.
-        let frames = encode::encode(version, correlation_id, code::FETCH_SESSION_ID_NOT_FOUND, 0, Vec::new());
+        let frames = encode::encode(
+            version,
+            correlation_id,
+            code::FETCH_SESSION_ID_NOT_FOUND,
+            0,
+            Vec::new(),
+        );
         return Outcome::Send(Response { frames, hold: None });
     }
     let wait = std::time::Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0))
@@ -117,7 +133,12 @@ async fn fetch(node: Rc<Node>, version: i16, correlation_id: i32, request: Fetch
             None => drop(reservation),
         }
         let failed = parts.iter().any(|p| p.out.error_code != code::NONE);
-        if total >= min_bytes || total >= max_bytes || failed || util::now() >= deadline || node.is_closing() {
+        if total >= min_bytes
+            || total >= max_bytes
+            || failed
+            || util::now() >= deadline
+            || node.is_closing()
+        {
             break;
         }
         wait_for_data(&node, &parts, deadline).await;
@@ -131,7 +152,12 @@ async fn fetch(node: Rc<Node>, version: i16, correlation_id: i32, request: Fetch
 }
 
 /// One read over every readable partition, shard after shard; returns the bytes read.
-async fn read_pass(node: &Rc<Node>, parts: &mut [Part], mut budget: usize, mut empty: bool) -> usize {
+async fn read_pass(
+    node: &Rc<Node>,
+    parts: &mut [Part],
+    mut budget: usize,
+    mut empty: bool,
+) -> usize {
     let mut by_shard: BTreeMap<usize, Vec<ReadItem>> = BTreeMap::new();
     let mut order: Vec<usize> = Vec::new();
     for (slot, part) in parts.iter().enumerate() {
@@ -205,7 +231,9 @@ async fn wait_for_data(node: &Rc<Node>, parts: &[Part], deadline: Instant) {
         } else {
             let cancelled = cancelled.clone();
             let posted = node
-                .post(shard, move |n| async move { read::wait_any(&n, items, deadline, Some(cancelled)).await })
+                .post(shard, move |n| async move {
+                    read::wait_any(&n, items, deadline, Some(cancelled)).await
+                })
                 .await;
             match posted {
                 Ok(rx) => waits.push(Box::pin(async move {

@@ -44,7 +44,13 @@ impl ReaderCache {
         ReaderCache { max, entries: Vec::new() }
     }
 
-    fn take(&mut self, topic: &str, partition: u32, offset: u64, log: &Rc<PartitionLog>) -> Option<CachedReader> {
+    fn take(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        log: &Rc<PartitionLog>,
+    ) -> Option<CachedReader> {
         let now = util::now();
         self.entries.retain(|e| now.duration_since(e.used) < READER_IDLE);
         let at = self.entries.iter().position(|e| {
@@ -105,7 +111,12 @@ fn batch_end(batch: &[u8]) -> Option<u64> {
 /// batch of a partition is always taken while the response is still `empty`, and otherwise when
 /// it fits the budget, even past the partition's own limit (a batch larger than a consumer's
 /// `max.partition.fetch.bytes` must still reach it).
-pub(crate) async fn read(node: &Rc<Node>, items: Vec<ReadItem>, mut budget: usize, mut empty: bool) -> Vec<ReadOut> {
+pub(crate) async fn read(
+    node: &Rc<Node>,
+    items: Vec<ReadItem>,
+    mut budget: usize,
+    mut empty: bool,
+) -> Vec<ReadOut> {
     let mut out = Vec::with_capacity(items.len());
     for item in items {
         let mut result = ReadOut {
@@ -172,7 +183,9 @@ pub(crate) async fn read(node: &Rc<Node>, items: Vec<ReadItem>, mut budget: usiz
                     Err(e) => {
                         tracing::warn!(topic = %item.topic, partition = item.partition, error = %e, "Kafka fetch failed");
                         result.error_code = match e {
-                            kappa_storage::Error::OffsetOutOfRange { .. } => code::OFFSET_OUT_OF_RANGE,
+                            kappa_storage::Error::OffsetOutOfRange { .. } => {
+                                code::OFFSET_OUT_OF_RANGE
+                            }
                             _ => code::KAFKA_STORAGE_ERROR,
                         };
                         failed = true;

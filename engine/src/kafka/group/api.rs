@@ -33,6 +33,9 @@ use crate::kafka::codec::{code, NODE_ID};
 use crate::kafka::node::Node;
 use crate::kafka::util;
 
+/// A topic's partitions and their committed offsets, as OffsetFetch answers them.
+type TopicOffsets = (String, Vec<(i32, Option<Committed>)>);
+
 /// Kafka's `offset.metadata.max.bytes`.
 const METADATA_MAX: usize = 4096;
 
@@ -58,7 +61,11 @@ where
     node.call(shard, move |n| work(n, partition)).await.map_err(|_| code::COORDINATOR_NOT_AVAILABLE)
 }
 
-pub(crate) async fn find_coordinator(node: Rc<Node>, version: i16, request: FindCoordinatorRequest) -> FindCoordinatorResponse {
+pub(crate) async fn find_coordinator(
+    node: Rc<Node>,
+    version: i16,
+    request: FindCoordinatorRequest,
+) -> FindCoordinatorResponse {
     let host = s(node.shared.host.clone());
     let port = node.shared.port;
     // Key type 0 is a group; 1 (transactions) is not served.
@@ -85,15 +92,29 @@ pub(crate) async fn find_coordinator(node: Rc<Node>, version: i16, request: Find
         .with_port(port)
 }
 
-pub(crate) async fn join(node: Rc<Node>, version: i16, request: JoinGroupRequest, client: Client) -> JoinGroupResponse {
+pub(crate) async fn join(
+    node: Rc<Node>,
+    version: i16,
+    request: JoinGroupRequest,
+    client: Client,
+) -> JoinGroupResponse {
     let group = request.group_id.0.to_string();
     let member_id = request.member_id.to_string();
     let joined = if group.is_empty() {
-        Joined { error_code: code::INVALID_GROUP_ID, generation: -1, member_id, ..Joined::default() }
+        Joined {
+            error_code: code::INVALID_GROUP_ID,
+            generation: -1,
+            member_id,
+            ..Joined::default()
+        }
     } else {
-        let session = std::time::Duration::from_millis(u64::try_from(request.session_timeout_ms).unwrap_or(0));
+        let session = std::time::Duration::from_millis(
+            u64::try_from(request.session_timeout_ms).unwrap_or(0),
+        );
         let rebalance = if version >= 1 {
-            std::time::Duration::from_millis(u64::try_from(request.rebalance_timeout_ms).unwrap_or(0))
+            std::time::Duration::from_millis(
+                u64::try_from(request.rebalance_timeout_ms).unwrap_or(0),
+            )
         } else {
             session
         };
@@ -105,14 +126,18 @@ pub(crate) async fn join(node: Rc<Node>, version: i16, request: JoinGroupRequest
             session_timeout: session,
             rebalance_timeout: rebalance.max(session),
             protocol_type: request.protocol_type.to_string(),
-            protocols: request.protocols.into_iter().map(|p| (p.name.to_string(), p.metadata)).collect(),
+            protocols: request
+                .protocols
+                .into_iter()
+                .map(|p| (p.name.to_string(), p.metadata))
+                .collect(),
         };
         let id = group.clone();
         let outcome = on_coordinator(&node, &group, move |n, _| async move {
             let limits = Coordinator::limits(&n);
             let waiting = n.groups.with_group(&id, |g| g.join(join, &limits, util::now()));
             match waiting {
-                Err(joined) => joined,
+                Err(joined) => *joined,
                 Ok(rx) => rx.recv_async().await.unwrap_or(Joined {
                     error_code: code::COORDINATOR_NOT_AVAILABLE,
                     generation: -1,
@@ -121,7 +146,12 @@ pub(crate) async fn join(node: Rc<Node>, version: i16, request: JoinGroupRequest
             }
         })
         .await;
-        outcome.unwrap_or_else(|error_code| Joined { error_code, generation: -1, member_id, ..Joined::default() })
+        outcome.unwrap_or_else(|error_code| Joined {
+            error_code,
+            generation: -1,
+            member_id,
+            ..Joined::default()
+        })
     };
     let mut response = JoinGroupResponse::default()
         .with_error_code(joined.error_code)
@@ -138,7 +168,8 @@ pub(crate) async fn join(node: Rc<Node>, version: i16, request: JoinGroupRequest
         .members
         .into_iter()
         .map(|(id, instance, metadata)| {
-            let mut member = JoinGroupResponseMember::default().with_member_id(s(id)).with_metadata(metadata);
+            let mut member =
+                JoinGroupResponseMember::default().with_member_id(s(id)).with_metadata(metadata);
             if version >= 5 {
                 member.group_instance_id = instance.map(s);
             }
@@ -148,7 +179,11 @@ pub(crate) async fn join(node: Rc<Node>, version: i16, request: JoinGroupRequest
     response
 }
 
-pub(crate) async fn sync(node: Rc<Node>, version: i16, request: SyncGroupRequest) -> SyncGroupResponse {
+pub(crate) async fn sync(
+    node: Rc<Node>,
+    version: i16,
+    request: SyncGroupRequest,
+) -> SyncGroupResponse {
     let group = request.group_id.0.to_string();
     let member = request.member_id.to_string();
     let generation = request.generation_id;
@@ -180,7 +215,11 @@ pub(crate) async fn sync(node: Rc<Node>, version: i16, request: SyncGroupRequest
     response
 }
 
-pub(crate) async fn heartbeat(node: Rc<Node>, _version: i16, request: HeartbeatRequest) -> HeartbeatResponse {
+pub(crate) async fn heartbeat(
+    node: Rc<Node>,
+    _version: i16,
+    request: HeartbeatRequest,
+) -> HeartbeatResponse {
     let group = request.group_id.0.to_string();
     let member = request.member_id.to_string();
     let generation = request.generation_id;
@@ -195,10 +234,18 @@ pub(crate) async fn heartbeat(node: Rc<Node>, _version: i16, request: HeartbeatR
     HeartbeatResponse::default().with_error_code(error)
 }
 
-pub(crate) async fn leave(node: Rc<Node>, version: i16, request: LeaveGroupRequest) -> LeaveGroupResponse {
+pub(crate) async fn leave(
+    node: Rc<Node>,
+    version: i16,
+    request: LeaveGroupRequest,
+) -> LeaveGroupResponse {
     let group = request.group_id.0.to_string();
     let members: Vec<(String, Option<StrBytes>)> = if version >= 3 {
-        request.members.into_iter().map(|m| (m.member_id.to_string(), m.group_instance_id)).collect()
+        request
+            .members
+            .into_iter()
+            .map(|m| (m.member_id.to_string(), m.group_instance_id))
+            .collect()
     } else {
         vec![(request.member_id.to_string(), None)]
     };
@@ -207,7 +254,9 @@ pub(crate) async fn leave(node: Rc<Node>, version: i16, request: LeaveGroupReque
     let errors = on_coordinator(&node, &group, move |n, _| async move {
         ids.iter()
             .map(|m| {
-                n.groups.existing(&id, |g| g.leave(m, util::now())).unwrap_or(code::UNKNOWN_MEMBER_ID)
+                n.groups
+                    .existing(&id, |g| g.leave(m, util::now()))
+                    .unwrap_or(code::UNKNOWN_MEMBER_ID)
             })
             .collect::<Vec<i16>>()
     })
@@ -226,11 +275,16 @@ pub(crate) async fn leave(node: Rc<Node>, version: i16, request: LeaveGroupReque
                 })
                 .collect(),
         ),
-        Ok(errors) => LeaveGroupResponse::default().with_error_code(errors.first().copied().unwrap_or(code::NONE)),
+        Ok(errors) => LeaveGroupResponse::default()
+            .with_error_code(errors.first().copied().unwrap_or(code::NONE)),
     }
 }
 
-pub(crate) async fn offset_commit(node: Rc<Node>, _version: i16, request: OffsetCommitRequest) -> OffsetCommitResponse {
+pub(crate) async fn offset_commit(
+    node: Rc<Node>,
+    _version: i16,
+    request: OffsetCommitRequest,
+) -> OffsetCommitResponse {
     let group = request.group_id.0.to_string();
     let member = request.member_id.to_string();
     let generation = request.generation_id_or_member_epoch;
@@ -240,7 +294,9 @@ pub(crate) async fn offset_commit(node: Rc<Node>, _version: i16, request: Offset
     for topic in request.topics {
         let mut out = OffsetCommitResponseTopic::default().with_name(topic.name.clone());
         for p in topic.partitions {
-            out.partitions.push(OffsetCommitResponsePartition::default().with_partition_index(p.partition_index));
+            out.partitions.push(
+                OffsetCommitResponsePartition::default().with_partition_index(p.partition_index),
+            );
             wanted.push((
                 topic.name.0.to_string(),
                 p.partition_index,
@@ -262,14 +318,20 @@ pub(crate) async fn offset_commit(node: Rc<Node>, _version: i16, request: Offset
         let mut errors = vec![code::NONE; wanted.len()];
         let mut entries: Vec<(Key, Committed)> = Vec::new();
         let mut committed_slots = Vec::new();
-        for (slot, (topic, index, offset, leader_epoch, metadata)) in wanted.into_iter().enumerate() {
-            let known = n.topic(&topic).is_some_and(|m| u32::try_from(index).is_ok_and(|i| i < m.config.partitions));
+        for (slot, (topic, index, offset, leader_epoch, metadata)) in wanted.into_iter().enumerate()
+        {
+            let known = n
+                .topic(&topic)
+                .is_some_and(|m| u32::try_from(index).is_ok_and(|i| i < m.config.partitions));
             errors[slot] = if !known {
                 code::UNKNOWN_TOPIC_OR_PARTITION
             } else if metadata.len() > METADATA_MAX {
                 code::OFFSET_METADATA_TOO_LARGE
             } else {
-                entries.push(((id.clone(), topic, index as u32), Committed { offset, leader_epoch, metadata, commit_ms }));
+                entries.push((
+                    (id.clone(), topic, index as u32),
+                    Committed { offset, leader_epoch, metadata, commit_ms },
+                ));
                 committed_slots.push(slot);
                 code::NONE
             };
@@ -295,24 +357,30 @@ pub(crate) async fn offset_commit(node: Rc<Node>, _version: i16, request: Offset
     OffsetCommitResponse::default().with_topics(topics)
 }
 
-pub(crate) async fn offset_fetch(node: Rc<Node>, version: i16, request: OffsetFetchRequest) -> OffsetFetchResponse {
+pub(crate) async fn offset_fetch(
+    node: Rc<Node>,
+    version: i16,
+    request: OffsetFetchRequest,
+) -> OffsetFetchResponse {
     let group = request.group_id.0.to_string();
-    let wanted: Option<Vec<(String, Vec<i32>)>> = request
-        .topics
-        .map(|topics| topics.into_iter().map(|t| (t.name.0.to_string(), t.partition_indexes)).collect());
+    let wanted: Option<Vec<(String, Vec<i32>)>> = request.topics.map(|topics| {
+        topics.into_iter().map(|t| (t.name.0.to_string(), t.partition_indexes)).collect()
+    });
     let id = group.clone();
     let found = on_coordinator(&node, &group, move |n, _| async move {
         let offsets = n.groups.offsets.borrow();
         match wanted {
             None => {
                 let from = (id.clone(), String::new(), 0u32);
-                let mut all: Vec<(String, Vec<(i32, Option<Committed>)>)> = Vec::new();
+                let mut all: Vec<TopicOffsets> = Vec::new();
                 for ((g, topic, partition), c) in offsets.range(from..) {
                     if *g != id {
                         break;
                     }
                     match all.last_mut() {
-                        Some((t, parts)) if t == topic => parts.push((*partition as i32, Some(c.clone()))),
+                        Some((t, parts)) if t == topic => {
+                            parts.push((*partition as i32, Some(c.clone())))
+                        }
                         _ => all.push((topic.clone(), vec![(*partition as i32, Some(c.clone()))])),
                     }
                 }
@@ -324,9 +392,9 @@ pub(crate) async fn offset_fetch(node: Rc<Node>, version: i16, request: OffsetFe
                     let parts = partitions
                         .into_iter()
                         .map(|p| {
-                            let c = u32::try_from(p)
-                                .ok()
-                                .and_then(|pu| offsets.get(&(id.clone(), topic.clone(), pu)).cloned());
+                            let c = u32::try_from(p).ok().and_then(|pu| {
+                                offsets.get(&(id.clone(), topic.clone(), pu)).cloned()
+                            });
                             (p, c)
                         })
                         .collect();
@@ -347,21 +415,27 @@ pub(crate) async fn offset_fetch(node: Rc<Node>, version: i16, request: OffsetFe
             response.topics = found
                 .into_iter()
                 .map(|(topic, parts)| {
-                    OffsetFetchResponseTopic::default().with_name(TopicName(s(topic))).with_partitions(
-                        parts
-                            .into_iter()
-                            .map(|(p, c)| {
-                                let mut out = OffsetFetchResponsePartition::default()
-                                    .with_partition_index(p)
-                                    .with_committed_offset(c.as_ref().map_or(-1, |c| c.offset))
-                                    .with_metadata(Some(s(c.as_ref().map(|c| c.metadata.clone()).unwrap_or_default())));
-                                if version >= 5 {
-                                    out.committed_leader_epoch = c.as_ref().map_or(-1, |c| c.leader_epoch);
-                                }
-                                out
-                            })
-                            .collect(),
-                    )
+                    OffsetFetchResponseTopic::default()
+                        .with_name(TopicName(s(topic)))
+                        .with_partitions(
+                            parts
+                                .into_iter()
+                                .map(|(p, c)| {
+                                    let mut out = OffsetFetchResponsePartition::default()
+                                        .with_partition_index(p)
+                                        .with_committed_offset(c.as_ref().map_or(-1, |c| c.offset))
+                                        .with_metadata(Some(s(c
+                                            .as_ref()
+                                            .map(|c| c.metadata.clone())
+                                            .unwrap_or_default())));
+                                    if version >= 5 {
+                                        out.committed_leader_epoch =
+                                            c.as_ref().map_or(-1, |c| c.leader_epoch);
+                                    }
+                                    out
+                                })
+                                .collect(),
+                        )
                 })
                 .collect();
         }
@@ -369,7 +443,11 @@ pub(crate) async fn offset_fetch(node: Rc<Node>, version: i16, request: OffsetFe
     response
 }
 
-pub(crate) async fn describe(node: Rc<Node>, version: i16, request: DescribeGroupsRequest) -> DescribeGroupsResponse {
+pub(crate) async fn describe(
+    node: Rc<Node>,
+    version: i16,
+    request: DescribeGroupsRequest,
+) -> DescribeGroupsResponse {
     let mut groups = Vec::with_capacity(request.groups.len());
     for group_id in request.groups {
         let group = group_id.0.to_string();
@@ -378,7 +456,9 @@ pub(crate) async fn describe(node: Rc<Node>, version: i16, request: DescribeGrou
             let has_offsets = n.groups.group_ids().contains(&id);
             let groups = n.groups.groups.borrow();
             match groups.get(&id) {
-                None if has_offsets => ("Empty".to_string(), String::new(), String::new(), Vec::new()),
+                None if has_offsets => {
+                    ("Empty".to_string(), String::new(), String::new(), Vec::new())
+                }
                 None => ("Dead".to_string(), String::new(), String::new(), Vec::new()),
                 Some(g) => {
                     let protocol = g.protocol.clone().unwrap_or_default();
@@ -391,10 +471,22 @@ pub(crate) async fn describe(node: Rc<Node>, version: i16, request: DescribeGrou
                                 .iter()
                                 .find(|(name, _)| *name == protocol)
                                 .map_or_else(Bytes::new, |(_, md)| md.clone());
-                            (m.id.clone(), m.instance_id.clone(), m.client_id.clone(), m.client_host.clone(), metadata, m.assignment.clone())
+                            (
+                                m.id.clone(),
+                                m.instance_id.clone(),
+                                m.client_id.clone(),
+                                m.client_host.clone(),
+                                metadata,
+                                m.assignment.clone(),
+                            )
                         })
                         .collect::<Vec<_>>();
-                    (g.state.name().to_string(), g.protocol_type.clone().unwrap_or_default(), protocol, members)
+                    (
+                        g.state.name().to_string(),
+                        g.protocol_type.clone().unwrap_or_default(),
+                        protocol,
+                        members,
+                    )
                 }
             }
         })
@@ -428,7 +520,11 @@ pub(crate) async fn describe(node: Rc<Node>, version: i16, request: DescribeGrou
     DescribeGroupsResponse::default().with_groups(groups)
 }
 
-pub(crate) async fn list(node: Rc<Node>, version: i16, request: ListGroupsRequest) -> ListGroupsResponse {
+pub(crate) async fn list(
+    node: Rc<Node>,
+    version: i16,
+    request: ListGroupsRequest,
+) -> ListGroupsResponse {
     let states: Vec<String> = request.states_filter.iter().map(|s| s.to_string()).collect();
     let mut listed = Vec::new();
     let mut error = code::NONE;
@@ -439,9 +535,13 @@ pub(crate) async fn list(node: Rc<Node>, version: i16, request: ListGroupsReques
                 let groups = n.groups.groups.borrow();
                 ids.into_iter()
                     .map(|id| {
-                        let (state, protocol_type) = groups.get(&id).map_or(("Empty".to_string(), String::new()), |g| {
-                            (g.state.name().to_string(), g.protocol_type.clone().unwrap_or_default())
-                        });
+                        let (state, protocol_type) =
+                            groups.get(&id).map_or(("Empty".to_string(), String::new()), |g| {
+                                (
+                                    g.state.name().to_string(),
+                                    g.protocol_type.clone().unwrap_or_default(),
+                                )
+                            });
                         (id, state, protocol_type)
                     })
                     .collect::<Vec<_>>()
@@ -456,7 +556,9 @@ pub(crate) async fn list(node: Rc<Node>, version: i16, request: ListGroupsReques
         .into_iter()
         .filter(|(_, state, _)| states.is_empty() || states.contains(state))
         .map(|(id, state, protocol_type)| {
-            let mut group = ListedGroup::default().with_group_id(GroupId(s(id))).with_protocol_type(s(protocol_type));
+            let mut group = ListedGroup::default()
+                .with_group_id(GroupId(s(id)))
+                .with_protocol_type(s(protocol_type));
             if version >= 4 {
                 group.group_state = s(state);
             }

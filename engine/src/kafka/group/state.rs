@@ -158,16 +158,21 @@ impl Group {
         names
     }
 
-    pub(crate) fn join(&mut self, join: Join, limits: &Limits, now: Instant) -> Result<flume::Receiver<Joined>, Joined> {
+    pub(crate) fn join(
+        &mut self,
+        join: Join,
+        limits: &Limits,
+        now: Instant,
+    ) -> Result<flume::Receiver<Joined>, Box<Joined>> {
         if join.session_timeout < limits.session_min || join.session_timeout > limits.session_max {
-            return Err(joined_error(code::INVALID_SESSION_TIMEOUT, &join.member_id));
+            return Err(Box::new(joined_error(code::INVALID_SESSION_TIMEOUT, &join.member_id)));
         }
         if join.protocols.is_empty() || join.protocol_type.is_empty() {
-            return Err(joined_error(code::INCONSISTENT_GROUP_PROTOCOL, &join.member_id));
+            return Err(Box::new(joined_error(code::INCONSISTENT_GROUP_PROTOCOL, &join.member_id)));
         }
         let known = self.members.contains_key(&join.member_id);
         if !join.member_id.is_empty() && !known {
-            return Err(joined_error(code::UNKNOWN_MEMBER_ID, &join.member_id));
+            return Err(Box::new(joined_error(code::UNKNOWN_MEMBER_ID, &join.member_id)));
         }
         let others = self.members.len() - usize::from(known);
         if others > 0 {
@@ -176,7 +181,10 @@ impl Group {
             let common = join.protocols.iter().any(|(n, _)| candidates.contains(n))
                 || (known && self.members.len() == 1);
             if !type_matches || !common {
-                return Err(joined_error(code::INCONSISTENT_GROUP_PROTOCOL, &join.member_id));
+                return Err(Box::new(joined_error(
+                    code::INCONSISTENT_GROUP_PROTOCOL,
+                    &join.member_id,
+                )));
             }
         }
         let member_id = if known {
@@ -256,7 +264,7 @@ impl Group {
         self.initial_delay_until = None;
         self.generation += 1;
         if self.members.is_empty() {
-            self.to_empty();
+            self.become_empty();
             return;
         }
         // Each member votes for its most preferred candidate; most votes wins.
@@ -309,7 +317,7 @@ impl Group {
         }
     }
 
-    fn to_empty(&mut self) {
+    fn become_empty(&mut self) {
         self.state = State::Empty;
         self.protocol = None;
         self.protocol_type = None;
@@ -345,7 +353,8 @@ impl Group {
                 let (tx, rx) = flume::bounded(1);
                 member.sync = Some(tx);
                 if self.leader.as_deref() == Some(member_id) {
-                    let mut assignments: BTreeMap<String, Bytes> = assignments.into_iter().collect();
+                    let mut assignments: BTreeMap<String, Bytes> =
+                        assignments.into_iter().collect();
                     self.state = State::Stable;
                     self.rebalance_deadline = None;
                     for m in self.members.values_mut() {
@@ -476,7 +485,10 @@ mod tests {
             session_timeout: Duration::from_secs(10),
             rebalance_timeout: Duration::from_secs(30),
             protocol_type: "consumer".into(),
-            protocols: protocols.iter().map(|p| (p.to_string(), Bytes::from(p.to_string()))).collect(),
+            protocols: protocols
+                .iter()
+                .map(|p| (p.to_string(), Bytes::from(p.to_string())))
+                .collect(),
         }
     }
 
@@ -500,14 +512,18 @@ mod tests {
         let b = g.join(join("", &["roundrobin", "range"]), &LIMITS, now).expect("joins");
         assert!(b.try_recv().is_err(), "waits for A");
         assert_eq!(g.heartbeat(&a.member_id, 1, now), code::REBALANCE_IN_PROGRESS);
-        let a2 = g.join(join(&a.member_id, &["range", "roundrobin"]), &LIMITS, now).expect("rejoins");
+        let a2 =
+            g.join(join(&a.member_id, &["range", "roundrobin"]), &LIMITS, now).expect("rejoins");
         let (a2, b) = (answer(&a2), answer(&b));
         assert_eq!((a2.generation, b.generation), (2, 2));
         assert_eq!(a2.leader, a.member_id, "the leader stays");
         assert_eq!((a2.members.len(), b.members.len()), (2, 0));
         let sb = g.sync(&b.member_id, 2, Vec::new(), now).expect("waits");
         assert!(sb.try_recv().is_err(), "a follower waits for the leader");
-        let assignments = vec![(a.member_id.clone(), Bytes::from("p0")), (b.member_id.clone(), Bytes::from("p1"))];
+        let assignments = vec![
+            (a.member_id.clone(), Bytes::from("p0")),
+            (b.member_id.clone(), Bytes::from("p1")),
+        ];
         let sa = g.sync(&a.member_id, 2, assignments, now).expect("leader");
         assert_eq!(answer(&sa).assignment, Bytes::from("p0"));
         assert_eq!(answer(&sb).assignment, Bytes::from("p1"));
@@ -577,10 +593,16 @@ mod tests {
         let b = g.join(join("", &["range"]), &limits, now).expect("b");
         assert!(a.try_recv().is_err() && b.try_recv().is_err(), "still gathering");
         let mut other = join("", &["sticky"]);
-        assert_eq!(g.join(other.clone(), &limits, now).unwrap_err().error_code, code::INCONSISTENT_GROUP_PROTOCOL);
+        assert_eq!(
+            g.join(other.clone(), &limits, now).expect_err("a refused join").error_code,
+            code::INCONSISTENT_GROUP_PROTOCOL
+        );
         other.protocols = vec![("range".into(), Bytes::new())];
         other.session_timeout = Duration::from_millis(1);
-        assert_eq!(g.join(other, &limits, now).unwrap_err().error_code, code::INVALID_SESSION_TIMEOUT);
+        assert_eq!(
+            g.join(other, &limits, now).expect_err("a refused join").error_code,
+            code::INVALID_SESSION_TIMEOUT
+        );
         assert_eq!(g.next_deadline(), Some(now + Duration::from_secs(3)));
         g.tick(now + Duration::from_secs(3));
         let (a, b) = (answer(&a), answer(&b));

@@ -89,8 +89,10 @@ pub(crate) fn decode(key: &[u8], value: &[u8]) -> Option<(Key, Committed)> {
     let commit_ms = i64::from_be_bytes(v.array()?);
     let metadata_len = u32::from_be_bytes(v.array()?) as usize;
     let metadata = v.string(metadata_len)?;
-    (k.pos == key.len() && v.pos == value.len())
-        .then_some(((group, topic, partition), Committed { offset, leader_epoch, metadata, commit_ms }))
+    (k.pos == key.len() && v.pos == value.len()).then_some((
+        (group, topic, partition),
+        Committed { offset, leader_epoch, metadata, commit_ms },
+    ))
 }
 
 /// Replays the offsets partitions this shard owns into its coordinator.
@@ -109,22 +111,27 @@ pub(crate) async fn load_offsets(node: &Rc<Node>) -> Result<(), String> {
         };
         let mut reader = log.reader(Seek::Beginning).map_err(|e| e.to_string())?;
         while let Some(read) = reader.next_batch().await.map_err(|e| e.to_string())? {
-            let mut offsets = node.groups.offsets.borrow_mut();
-            for record in read.records() {
-                match record.key().and_then(|k| decode(k, record.value())) {
-                    Some((key, committed)) => {
-                        offsets.insert(key, committed);
-                        loaded += 1;
+            {
+                let mut offsets = node.groups.offsets.borrow_mut();
+                for record in read.records() {
+                    match record.key().and_then(|k| decode(k, record.value())) {
+                        Some((key, committed)) => {
+                            offsets.insert(key, committed);
+                            loaded += 1;
+                        }
+                        None => skipped += 1,
                     }
-                    None => skipped += 1,
                 }
             }
-            drop(offsets);
             glommio::yield_if_needed().await;
         }
     }
     if skipped > 0 {
-        tracing::warn!(shard = node.index, skipped, "records of {OFFSETS_TOPIC} not in the committed-offset format were skipped");
+        tracing::warn!(
+            shard = node.index,
+            skipped,
+            "records of {OFFSETS_TOPIC} not in the committed-offset format were skipped"
+        );
     }
     tracing::debug!(shard = node.index, loaded, "committed offsets reloaded");
     Ok(())
@@ -132,7 +139,11 @@ pub(crate) async fn load_offsets(node: &Rc<Node>) -> Result<(), String> {
 
 /// Appends `entries` to the offsets partition (`synced`), and makes them visible to OffsetFetch
 /// in commit order. The error is a Kafka error code for every entry.
-pub(crate) async fn commit(node: &Rc<Node>, partition: u32, entries: Vec<(Key, Committed)>) -> Result<(), i16> {
+pub(crate) async fn commit(
+    node: &Rc<Node>,
+    partition: u32,
+    entries: Vec<(Key, Committed)>,
+) -> Result<(), i16> {
     if entries.is_empty() {
         return Ok(());
     }
@@ -174,7 +185,8 @@ mod tests {
     #[test]
     fn records_round_trip_and_garbage_is_refused() {
         let key = ("group-é".to_string(), "topic".to_string(), 7);
-        let committed = Committed { offset: 42, leader_epoch: -1, metadata: "meta".into(), commit_ms: 5 };
+        let committed =
+            Committed { offset: 42, leader_epoch: -1, metadata: "meta".into(), commit_ms: 5 };
         let (k, v) = (encode_key(&key), encode_value(&committed));
         assert_eq!(decode(&k, &v), Some((key, committed)));
         for cut in 0..k.len() {

@@ -20,7 +20,8 @@ fn frame(api_key: i16, version: i16, body: &[u8]) -> Vec<u8> {
 
 fn still_serving(server: &Server) {
     let mut c = connect(server);
-    c.call::<ApiVersionsRequest>(3, &ApiVersionsRequest::default()).expect("the server still answers");
+    c.call::<ApiVersionsRequest>(3, &ApiVersionsRequest::default())
+        .expect("the server still answers");
 }
 
 #[test]

@@ -49,12 +49,22 @@ pub fn connect(server: &Server) -> Client {
 }
 
 /// Produces `batch` (one or more v2 batches) to one partition; returns (error, base offset).
-pub fn produce(client: &mut Client, version: i16, topic: &str, partition: i32, batch: Vec<u8>, acks: i16) -> (i16, i64) {
-    let request = ProduceRequest::default().with_acks(acks).with_timeout_ms(10_000).with_topic_data(vec![
-        TopicProduceData::default().with_name(name(topic)).with_partition_data(vec![
-            PartitionProduceData::default().with_index(partition).with_records(Some(Bytes::from(batch))),
-        ]),
-    ]);
+pub fn produce(
+    client: &mut Client,
+    version: i16,
+    topic: &str,
+    partition: i32,
+    batch: Vec<u8>,
+    acks: i16,
+) -> (i16, i64) {
+    let request = ProduceRequest::default()
+        .with_acks(acks)
+        .with_timeout_ms(10_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(name(topic))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(partition)
+                .with_records(Some(Bytes::from(batch)))])]);
     let response: ProduceResponse = client.call(version, &request).expect("produce");
     let p = &response.responses[0].partition_responses[0];
     (p.error_code, p.base_offset)
@@ -69,19 +79,43 @@ pub struct Fetched {
     pub records: Bytes,
 }
 
-pub fn fetch_request(topic: &str, partition: i32, offset: i64, max_wait_ms: i32, min_bytes: i32, partition_max: i32) -> FetchRequest {
+pub fn fetch_request(
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    max_wait_ms: i32,
+    min_bytes: i32,
+    partition_max: i32,
+) -> FetchRequest {
     FetchRequest::default()
         .with_max_wait_ms(max_wait_ms)
         .with_min_bytes(min_bytes)
         .with_max_bytes(64 << 20)
         .with_topics(vec![FetchTopic::default().with_topic(name(topic)).with_partitions(vec![
-            FetchPartition::default().with_partition(partition).with_fetch_offset(offset).with_partition_max_bytes(partition_max),
+            FetchPartition::default()
+                .with_partition(partition)
+                .with_fetch_offset(offset)
+                .with_partition_max_bytes(partition_max),
         ])])
 }
 
-pub fn fetch(client: &mut Client, version: i16, topic: &str, partition: i32, offset: i64, max_wait_ms: i32, min_bytes: i32, partition_max: i32) -> Fetched {
+// One argument per field of the request, so each test shows exactly what it asks for.
+#[allow(clippy::too_many_arguments)]
+pub fn fetch(
+    client: &mut Client,
+    version: i16,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    max_wait_ms: i32,
+    min_bytes: i32,
+    partition_max: i32,
+) -> Fetched {
     let response: FetchResponse = client
-        .call(version, &fetch_request(topic, partition, offset, max_wait_ms, min_bytes, partition_max))
+        .call(
+            version,
+            &fetch_request(topic, partition, offset, max_wait_ms, min_bytes, partition_max),
+        )
         .expect("fetch");
     let p = &response.responses[0].partitions[0];
     Fetched {
@@ -110,7 +144,10 @@ pub fn decode(records: &Bytes) -> Vec<Seen> {
                 r.timestamp,
                 r.key.map(|k| k.to_vec()),
                 r.value.map(|v| v.to_vec()),
-                r.headers.into_iter().map(|(k, v)| (k.to_string(), v.map(|v| v.to_vec()))).collect(),
+                r.headers
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.map(|v| v.to_vec())))
+                    .collect(),
             )
         })
         .collect()
@@ -141,11 +178,16 @@ pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
 }
 
 /// Metadata for `topics` (None: all) at `version`.
-pub fn metadata(client: &mut Client, version: i16, topics: Option<&[&str]>, auto_create: bool) -> kafka_protocol::messages::MetadataResponse {
+pub fn metadata(
+    client: &mut Client,
+    version: i16,
+    topics: Option<&[&str]>,
+    auto_create: bool,
+) -> kafka_protocol::messages::MetadataResponse {
     use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-    let mut request = MetadataRequest::default().with_topics(
-        topics.map(|t| t.iter().map(|n| MetadataRequestTopic::default().with_name(Some(name(n)))).collect()),
-    );
+    let mut request = MetadataRequest::default().with_topics(topics.map(|t| {
+        t.iter().map(|n| MetadataRequestTopic::default().with_name(Some(name(n)))).collect()
+    }));
     if version >= 4 {
         request.allow_auto_topic_creation = auto_create;
     }

@@ -54,15 +54,29 @@ fn api_versions_and_metadata_with_auto_creation() {
         assert_eq!(m.topics.len(), 1, "v{version}");
         assert_eq!(m.topics[0].error_code, 0, "v{version}");
         assert_eq!(m.topics[0].partitions.len(), 1, "v{version}");
-        assert_eq!(m.brokers[0].port, server.kafka.as_ref().expect("kafka").rsplit(':').next().expect("port").parse::<i32>().expect("port"));
+        assert_eq!(
+            m.brokers[0].port,
+            server
+                .kafka
+                .as_ref()
+                .expect("kafka")
+                .rsplit(':')
+                .next()
+                .expect("port")
+                .parse::<i32>()
+                .expect("port")
+        );
     }
     let refused = metadata(&mut c, 12, Some(&["not-created"]), false);
     assert_eq!(refused.topics[0].error_code, 3, "allow_auto_topic_creation = false");
     let invalid = metadata(&mut c, 12, Some(&["bad/name"]), true);
     assert_eq!(invalid.topics[0].error_code, 17);
     let all = metadata(&mut c, 1, None, true);
-    let names: Vec<(String, bool)> =
-        all.topics.iter().map(|t| (t.name.as_ref().expect("name").0.to_string(), t.is_internal)).collect();
+    let names: Vec<(String, bool)> = all
+        .topics
+        .iter()
+        .map(|t| (t.name.as_ref().expect("name").0.to_string(), t.is_internal))
+        .collect();
     assert!(names.contains(&("__consumer_offsets".to_string(), true)), "{names:?}");
     assert!(names.contains(&("auto-v12".to_string(), false)), "{names:?}");
     assert!(!names.iter().any(|(n, _)| n == "not-created"));
@@ -90,7 +104,11 @@ fn records(n: usize, tag: &str, base_ts: i64) -> Vec<(Vec<u8>, Vec<u8>, i64)> {
         .collect()
 }
 
-fn batch(rs: &[(Vec<u8>, Vec<u8>, i64)], producer: ProducerInfo, compression: Compression) -> Vec<u8> {
+fn batch(
+    rs: &[(Vec<u8>, Vec<u8>, i64)],
+    producer: ProducerInfo,
+    compression: Compression,
+) -> Vec<u8> {
     let headers = [Header { key: b"h", value: Some(b"v") }];
     let borrowed: Vec<Record<'_>> = rs
         .iter()
@@ -111,36 +129,66 @@ fn produce_and_fetch_every_codec_acks_and_version() {
     let server = Server::start(temp.path(), "[topics.t]\npartitions = 2\n", &[]);
     let mut c = connect(&server);
     let mut expected: Vec<Seen> = Vec::new();
-    let codecs = [Compression::None, Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd];
+    let codecs = [
+        Compression::None,
+        Compression::Gzip,
+        Compression::Snappy,
+        Compression::Lz4,
+        Compression::Zstd,
+    ];
     let mut next = 0i64;
     for (round, codec) in codecs.into_iter().enumerate() {
         for (acks, version) in [(1i16, 3i16), (-1, 7), (1, 9), (-1, 12)] {
             let rs = records(25, &format!("{codec:?}{acks}{version}"), 1_000_000 + next);
-            let (error, base) = produce(&mut c, version, "t", 1, batch(&rs, ProducerInfo::default(), codec), acks);
+            let (error, base) =
+                produce(&mut c, version, "t", 1, batch(&rs, ProducerInfo::default(), codec), acks);
             assert_eq!((error, base), (0, next), "{codec:?} acks={acks} v{version} round {round}");
             for (i, (k, v, ts)) in rs.iter().enumerate() {
-                let headers = if i % 2 == 0 { vec![("h".to_string(), Some(b"v".to_vec()))] } else { Vec::new() };
-                expected.push((next + i as i64, *ts, (i % 5 != 4).then(|| k.clone()), Some(v.clone()), headers));
+                let headers = if i % 2 == 0 {
+                    vec![("h".to_string(), Some(b"v".to_vec()))]
+                } else {
+                    Vec::new()
+                };
+                expected.push((
+                    next + i as i64,
+                    *ts,
+                    (i % 5 != 4).then(|| k.clone()),
+                    Some(v.clone()),
+                    headers,
+                ));
             }
             next += rs.len() as i64;
         }
     }
     // acks=0: no response; the next request's answer is the next frame.
     let rs = records(10, "acks0", 5_000_000);
-    let request = ProduceRequest::default().with_acks(0).with_timeout_ms(1000).with_topic_data(vec![
-        produce_request::TopicProduceData::default().with_name(name("t")).with_partition_data(vec![
-            produce_request::PartitionProduceData::default().with_index(1).with_records(Some(batch(&rs, ProducerInfo::default(), Compression::Lz4).into())),
-        ]),
-    ]);
+    let request =
+        ProduceRequest::default().with_acks(0).with_timeout_ms(1000).with_topic_data(vec![
+            produce_request::TopicProduceData::default().with_name(name("t")).with_partition_data(
+                vec![produce_request::PartitionProduceData::default().with_index(1).with_records(
+                    Some(batch(&rs, ProducerInfo::default(), Compression::Lz4).into()),
+                )],
+            ),
+        ]);
     c.send(9, &request).expect("acks=0");
-    let versions = c.call::<ApiVersionsRequest>(3, &ApiVersionsRequest::default()).expect("next answer");
+    let versions =
+        c.call::<ApiVersionsRequest>(3, &ApiVersionsRequest::default()).expect("next answer");
     assert!(!versions.api_keys.is_empty());
     for (i, (k, v, ts)) in rs.iter().enumerate() {
-        let headers = if i % 2 == 0 { vec![("h".to_string(), Some(b"v".to_vec()))] } else { Vec::new() };
-        expected.push((next + i as i64, *ts, (i % 5 != 4).then(|| k.clone()), Some(v.clone()), headers));
+        let headers =
+            if i % 2 == 0 { vec![("h".to_string(), Some(b"v".to_vec()))] } else { Vec::new() };
+        expected.push((
+            next + i as i64,
+            *ts,
+            (i % 5 != 4).then(|| k.clone()),
+            Some(v.clone()),
+            headers,
+        ));
     }
     next += rs.len() as i64;
-    assert!(eventually(Duration::from_secs(10), || fetch(&mut c, 12, "t", 1, 0, 0, 0, 1 << 20).high_watermark == next));
+    assert!(eventually(Duration::from_secs(10), || fetch(&mut c, 12, "t", 1, 0, 0, 0, 1 << 20)
+        .high_watermark
+        == next));
 
     // Fetched back at every version, from the start: every record, bytes intact.
     for version in [4i16, 7, 10, 11, 12] {
@@ -169,7 +217,10 @@ fn fetch_returns_whole_batches_and_at_least_one_over_the_limit() {
     let mut c = connect(&server);
     for b in 0..3 {
         let rs = records(10, "b", b * 100);
-        assert_eq!(produce(&mut c, 9, "t", 0, batch(&rs, ProducerInfo::default(), Compression::None), 1), (0, b * 10));
+        assert_eq!(
+            produce(&mut c, 9, "t", 0, batch(&rs, ProducerInfo::default(), Compression::None), 1),
+            (0, b * 10)
+        );
     }
     // From the middle of the second batch: that whole batch comes back first.
     let f = fetch(&mut c, 12, "t", 0, 15, 0, 1, 1 << 20);
@@ -201,13 +252,24 @@ fn long_polls_wait_for_records_or_max_wait() {
     // Nothing arrives: the answer comes after max_wait, empty.
     let started = Instant::now();
     let f = fetch(&mut c, 12, "t", 0, 0, 400, 1, 1 << 20);
-    assert!(started.elapsed() >= Duration::from_millis(400), "answered after {:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "answered after {:?}",
+        started.elapsed()
+    );
     assert_eq!((f.error_code, f.records.len()), (0, 0));
     // A record arrives on another connection mid-wait: the poll answers with it.
     let producer = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(300));
         let mut p = kappa_engine::kafka::client::Client::connect(addr.as_str()).expect("connect");
-        produce(&mut p, 9, "t", 1, batch(&records(3, "late", 7), ProducerInfo::default(), Compression::None), 1)
+        produce(
+            &mut p,
+            9,
+            "t",
+            1,
+            batch(&records(3, "late", 7), ProducerInfo::default(), Compression::None),
+            1,
+        )
     });
     let started = Instant::now();
     let f = fetch(&mut c, 12, "t", 1, 0, 20_000, 1, 1 << 20);
@@ -239,11 +301,12 @@ fn list_offsets_earliest_latest_by_timestamp_and_max() {
     produce(&mut c, 9, "t", 0, batch(&rs[..20], ProducerInfo::default(), Compression::None), 1);
     produce(&mut c, 9, "t", 0, batch(&rs[20..], ProducerInfo::default(), Compression::None), 1);
     let ask = |c: &mut kappa_engine::kafka::client::Client, version: i16, ts: i64| {
-        let request = ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(vec![
-            ListOffsetsTopic::default().with_name(name("t")).with_partitions(vec![
-                ListOffsetsPartition::default().with_partition_index(0).with_timestamp(ts),
-            ]),
-        ]);
+        let request =
+            ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(vec![
+                ListOffsetsTopic::default().with_name(name("t")).with_partitions(vec![
+                    ListOffsetsPartition::default().with_partition_index(0).with_timestamp(ts),
+                ]),
+            ]);
         let r: ListOffsetsResponse = c.call(version, &request).expect("list offsets");
         let p = &r.topics[0].partitions[0];
         (p.error_code, p.timestamp, p.offset)
@@ -253,7 +316,11 @@ fn list_offsets_earliest_latest_by_timestamp_and_max() {
         assert_eq!(ask(&mut c, version, -1), (0, -1, 30), "v{version} latest");
         assert_eq!(ask(&mut c, version, 1055), (0, 1060, 6), "v{version} by time");
         assert_eq!(ask(&mut c, version, 1000), (0, 1000, 0));
-        assert_eq!(ask(&mut c, version, 1250), (0, 99_999, 13), "v{version}: first at or after, in offset order");
+        assert_eq!(
+            ask(&mut c, version, 1250),
+            (0, 99_999, 13),
+            "v{version}: first at or after, in offset order"
+        );
         assert_eq!(ask(&mut c, version, 1_000_000), (0, -1, -1), "v{version}: none that late");
     }
     assert_eq!(ask(&mut c, 7, -3), (0, 99_999, 13), "max timestamp");
@@ -277,11 +344,13 @@ fn errors_clients_understand() {
     magic[16] = 1;
     assert_eq!(produce(&mut c, 9, "t", 0, magic, 1).0, 43, "magic 1");
     let big = vec![7u8; (1 << 20) + 1];
-    let too_large = record_batch(&[Record::new(0, None, &big)], ProducerInfo::default(), Compression::None);
+    let too_large =
+        record_batch(&[Record::new(0, None, &big)], ProducerInfo::default(), Compression::None);
     assert_eq!(produce(&mut c, 9, "t", 0, too_large, 1).0, 10, "MESSAGE_TOO_LARGE");
     // A compressed batch that expands past the limit is refused before it is expanded.
     let zeros = vec![0u8; 100 << 20];
-    let bomb = record_batch(&[Record::new(0, None, &zeros)], ProducerInfo::default(), Compression::Zstd);
+    let bomb =
+        record_batch(&[Record::new(0, None, &zeros)], ProducerInfo::default(), Compression::Zstd);
     assert!(bomb.len() < 1 << 20);
     assert_eq!(produce(&mut c, 9, "t", 0, bomb, 1).0, 10, "decompression bomb");
     // None of these appended anything.
@@ -324,14 +393,33 @@ fn create_describe_and_delete_topics() {
     let temp = tempfile::tempdir().expect("tempdir");
     let server = Server::start(temp.path(), "", &[]);
     let mut c = connect(&server);
-    let create = |c: &mut kappa_engine::kafka::client::Client, version: i16, topic: &str, partitions: i32, replication: i16, configs: &[(&str, &str)], validate_only: bool| {
+    let create = |c: &mut kappa_engine::kafka::client::Client,
+                  version: i16,
+                  topic: &str,
+                  partitions: i32,
+                  replication: i16,
+                  configs: &[(&str, &str)],
+                  validate_only: bool| {
         let t = CreatableTopic::default()
             .with_name(name(topic))
             .with_num_partitions(partitions)
             .with_replication_factor(replication)
-            .with_configs(configs.iter().map(|(k, v)| CreatableTopicConfig::default().with_name(s(k)).with_value(Some(s(v)))).collect());
+            .with_configs(
+                configs
+                    .iter()
+                    .map(|(k, v)| {
+                        CreatableTopicConfig::default().with_name(s(k)).with_value(Some(s(v)))
+                    })
+                    .collect(),
+            );
         let r: CreateTopicsResponse = c
-            .call(version, &CreateTopicsRequest::default().with_topics(vec![t]).with_timeout_ms(5000).with_validate_only(validate_only))
+            .call(
+                version,
+                &CreateTopicsRequest::default()
+                    .with_topics(vec![t])
+                    .with_timeout_ms(5000)
+                    .with_validate_only(validate_only),
+            )
             .expect("create");
         (r.topics[0].error_code, r.topics[0].num_partitions)
     };
@@ -347,20 +435,28 @@ fn create_describe_and_delete_topics() {
     assert_eq!(create(&mut c, 5, "dry", 2, 1, &[], true).0, 0);
     assert_eq!(server.get("/v1/topics/dry").status, 404, "validate_only creates nothing");
 
-    let describe = |c: &mut kappa_engine::kafka::client::Client, version: i16, kind: i8, resource: &str| {
+    let describe = |c: &mut kappa_engine::kafka::client::Client,
+                    version: i16,
+                    kind: i8,
+                    resource: &str| {
         let r: DescribeConfigsResponse = c
-            .call(version, &DescribeConfigsRequest::default().with_resources(vec![
-                DescribeConfigsResource::default()
-                    .with_resource_type(kind)
-                    .with_resource_name(s(resource))
-                    .with_configuration_keys(None),
-            ]))
+            .call(
+                version,
+                &DescribeConfigsRequest::default().with_resources(vec![
+                    DescribeConfigsResource::default()
+                        .with_resource_type(kind)
+                        .with_resource_name(s(resource))
+                        .with_configuration_keys(None),
+                ]),
+            )
             .expect("describe configs");
         let result = &r.results[0];
         let configs: std::collections::BTreeMap<String, String> = result
             .configs
             .iter()
-            .map(|e| (e.name.to_string(), e.value.as_ref().map(|v| v.to_string()).unwrap_or_default()))
+            .map(|e| {
+                (e.name.to_string(), e.value.as_ref().map(|v| v.to_string()).unwrap_or_default())
+            })
             .collect();
         (result.error_code, configs)
     };
@@ -395,7 +491,12 @@ fn create_describe_and_delete_topics() {
     assert_eq!(fetch(&mut c, 12, "made", 0, 0, 0, 0, 1 << 20).high_watermark, 0);
 }
 
-fn init_producer_id(c: &mut kappa_engine::kafka::client::Client, version: i16, id: i64, epoch: i16) -> (i16, i64, i16) {
+fn init_producer_id(
+    c: &mut kappa_engine::kafka::client::Client,
+    version: i16,
+    id: i64,
+    epoch: i16,
+) -> (i16, i64, i16) {
     let mut request = InitProducerIdRequest::default().with_transaction_timeout_ms(60_000);
     if version >= 3 {
         request.producer_id = ProducerId(id);
@@ -414,13 +515,21 @@ fn idempotent_producers_are_deduplicated_across_restarts() {
     let (error, pid, epoch) = init_producer_id(&mut c, 4, -1, -1);
     assert_eq!((error, epoch), (0, 0));
     let idem = |seq: i32, n: usize, epoch: i16| {
-        batch(&records(n, &format!("s{seq}"), 0), ProducerInfo { producer_id: pid, producer_epoch: epoch, base_sequence: seq }, Compression::Snappy)
+        batch(
+            &records(n, &format!("s{seq}"), 0),
+            ProducerInfo { producer_id: pid, producer_epoch: epoch, base_sequence: seq },
+            Compression::Snappy,
+        )
     };
     assert_eq!(produce(&mut c, 9, "t", 0, idem(0, 5, 0), -1), (0, 0));
     assert_eq!(produce(&mut c, 9, "t", 0, idem(0, 5, 0), -1), (0, 0), "a retry: same offsets");
     assert_eq!(produce(&mut c, 9, "t", 0, idem(5, 5, 0), -1), (0, 5));
     assert_eq!(produce(&mut c, 9, "t", 0, idem(20, 5, 0), -1).0, 45, "a gap");
-    assert_eq!(fetch(&mut c, 12, "t", 0, 0, 0, 0, 1 << 20).high_watermark, 10, "nothing appended twice");
+    assert_eq!(
+        fetch(&mut c, 12, "t", 0, 0, 0, 0, 1 << 20).high_watermark,
+        10,
+        "nothing appended twice"
+    );
     drop(c);
     assert!(server.stop().success());
 
@@ -439,7 +548,10 @@ fn idempotent_producers_are_deduplicated_across_restarts() {
     assert_eq!(produce(&mut c, 9, "t", 0, idem(15, 1, 0), -1).0, 47, "fenced epoch");
     // Transactions are not served.
     let r: InitProducerIdResponse = c
-        .call(4, &InitProducerIdRequest::default().with_transactional_id(Some(TransactionalId(s("tx")))))
+        .call(
+            4,
+            &InitProducerIdRequest::default().with_transactional_id(Some(TransactionalId(s("tx")))),
+        )
         .expect("init");
     assert_eq!(r.error_code, 42);
 }
@@ -447,7 +559,9 @@ fn idempotent_producers_are_deduplicated_across_restarts() {
 #[test]
 fn consumer_group_protocol_with_durable_offsets() {
     use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
-    use kafka_protocol::messages::offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic};
+    use kafka_protocol::messages::offset_commit_request::{
+        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
     use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
     use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
     let temp = tempfile::tempdir().expect("tempdir");
@@ -464,7 +578,11 @@ fn consumer_group_protocol_with_durable_offsets() {
             request.key = s("g");
         }
         let r: FindCoordinatorResponse = a.call(version, &request).expect("find coordinator");
-        let (error, port) = if version >= 4 { (r.coordinators[0].error_code, r.coordinators[0].port) } else { (r.error_code, r.port) };
+        let (error, port) = if version >= 4 {
+            (r.coordinators[0].error_code, r.coordinators[0].port)
+        } else {
+            (r.error_code, r.port)
+        };
         assert_eq!(error, 0);
         assert!(server.kafka.as_ref().expect("kafka").ends_with(&format!(":{port}")));
     }
@@ -475,7 +593,9 @@ fn consumer_group_protocol_with_durable_offsets() {
             .with_rebalance_timeout_ms(10_000)
             .with_member_id(s(member))
             .with_protocol_type(s("consumer"))
-            .with_protocols(vec![JoinGroupRequestProtocol::default().with_name(s("range")).with_metadata(bytes::Bytes::from_static(b"md"))]);
+            .with_protocols(vec![JoinGroupRequestProtocol::default()
+                .with_name(s("range"))
+                .with_metadata(bytes::Bytes::from_static(b"md"))]);
         c.send(5, &request).expect("join")
     };
     // A joins alone: generation 1, leader.
@@ -483,12 +603,24 @@ fn consumer_group_protocol_with_durable_offsets() {
     let ra: JoinGroupResponse = a.receive::<JoinGroupRequest>(5, ja).expect("joined");
     assert_eq!((ra.error_code, ra.generation_id, ra.members.len()), (0, 1, 1));
     let me_a = ra.member_id.to_string();
-    let sync = |c: &mut kappa_engine::kafka::client::Client, member: &str, generation: i32, assignments: Vec<(String, &'static [u8])>| {
+    let sync = |c: &mut kappa_engine::kafka::client::Client,
+                member: &str,
+                generation: i32,
+                assignments: Vec<(String, &'static [u8])>| {
         let request = SyncGroupRequest::default()
             .with_group_id(group.clone())
             .with_generation_id(generation)
             .with_member_id(s(member))
-            .with_assignments(assignments.into_iter().map(|(m, a)| SyncGroupRequestAssignment::default().with_member_id(s(&m)).with_assignment(bytes::Bytes::from_static(a))).collect());
+            .with_assignments(
+                assignments
+                    .into_iter()
+                    .map(|(m, a)| {
+                        SyncGroupRequestAssignment::default()
+                            .with_member_id(s(&m))
+                            .with_assignment(bytes::Bytes::from_static(a))
+                    })
+                    .collect(),
+            );
         c.send(3, &request).expect("sync")
     };
     let sa = sync(&mut a, &me_a, 1, vec![(me_a.clone(), b"all")]);
@@ -496,7 +628,13 @@ fn consumer_group_protocol_with_durable_offsets() {
     assert_eq!((r.error_code, &r.assignment[..]), (0, &b"all"[..]));
     let heartbeat = |c: &mut kappa_engine::kafka::client::Client, member: &str, generation: i32| {
         let r: HeartbeatResponse = c
-            .call(3, &HeartbeatRequest::default().with_group_id(group.clone()).with_generation_id(generation).with_member_id(s(member)))
+            .call(
+                3,
+                &HeartbeatRequest::default()
+                    .with_group_id(group.clone())
+                    .with_generation_id(generation)
+                    .with_member_id(s(member)),
+            )
             .expect("heartbeat");
         r.error_code
     };
@@ -517,14 +655,22 @@ fn consumer_group_protocol_with_durable_offsets() {
     assert_eq!(&b.receive::<SyncGroupRequest>(3, sb).expect("b").assignment[..], b"p1");
 
     // Commits: checked against membership, durable, and fetched back.
-    let commit = |c: &mut kappa_engine::kafka::client::Client, version: i16, member: &str, generation: i32, partition: i32, offset: i64| {
+    let commit = |c: &mut kappa_engine::kafka::client::Client,
+                  version: i16,
+                  member: &str,
+                  generation: i32,
+                  partition: i32,
+                  offset: i64| {
         let request = OffsetCommitRequest::default()
             .with_group_id(group.clone())
             .with_generation_id_or_member_epoch(generation)
             .with_member_id(s(member))
-            .with_topics(vec![OffsetCommitRequestTopic::default().with_name(name("t")).with_partitions(vec![
-                OffsetCommitRequestPartition::default().with_partition_index(partition).with_committed_offset(offset).with_committed_metadata(Some(s("meta"))),
-            ])]);
+            .with_topics(vec![OffsetCommitRequestTopic::default()
+                .with_name(name("t"))
+                .with_partitions(vec![OffsetCommitRequestPartition::default()
+                    .with_partition_index(partition)
+                    .with_committed_offset(offset)
+                    .with_committed_metadata(Some(s("meta")))])]);
         let r: OffsetCommitResponse = c.call(version, &request).expect("commit");
         r.topics[0].partitions[0].error_code
     };
@@ -534,12 +680,29 @@ fn consumer_group_protocol_with_durable_offsets() {
     assert_eq!(commit(&mut b, 7, "stranger", 2, 1, 8), 25, "UNKNOWN_MEMBER_ID");
     assert_eq!(commit(&mut b, 7, "", -1, 1, 8), 25, "a simple commit into a group with members");
     let fetch_offsets = |c: &mut kappa_engine::kafka::client::Client, version: i16, all: bool| {
-        let topics = (!all).then(|| vec![OffsetFetchRequestTopic::default().with_name(name("t")).with_partition_indexes(vec![0, 1])]);
-        let r: OffsetFetchResponse = c.call(version, &OffsetFetchRequest::default().with_group_id(group.clone()).with_topics(topics)).expect("offset fetch");
+        let topics = (!all).then(|| {
+            vec![OffsetFetchRequestTopic::default()
+                .with_name(name("t"))
+                .with_partition_indexes(vec![0, 1])]
+        });
+        let r: OffsetFetchResponse = c
+            .call(
+                version,
+                &OffsetFetchRequest::default().with_group_id(group.clone()).with_topics(topics),
+            )
+            .expect("offset fetch");
         let mut got: Vec<(i32, i64, String)> = r
             .topics
             .iter()
-            .flat_map(|t| t.partitions.iter().map(|p| (p.partition_index, p.committed_offset, p.metadata.as_ref().map(|m| m.to_string()).unwrap_or_default())))
+            .flat_map(|t| {
+                t.partitions.iter().map(|p| {
+                    (
+                        p.partition_index,
+                        p.committed_offset,
+                        p.metadata.as_ref().map(|m| m.to_string()).unwrap_or_default(),
+                    )
+                })
+            })
             .collect();
         got.sort();
         got
@@ -548,16 +711,33 @@ fn consumer_group_protocol_with_durable_offsets() {
     assert_eq!(fetch_offsets(&mut a, 1, false), expected);
     assert_eq!(fetch_offsets(&mut a, 7, true), expected);
 
-    let described: DescribeGroupsResponse = a.call(5, &DescribeGroupsRequest::default().with_groups(vec![group.clone(), GroupId(s("ghost"))])).expect("describe");
+    let described: DescribeGroupsResponse = a
+        .call(
+            5,
+            &DescribeGroupsRequest::default().with_groups(vec![group.clone(), GroupId(s("ghost"))]),
+        )
+        .expect("describe");
     assert_eq!(described.groups[0].group_state.to_string(), "Stable");
     assert_eq!(described.groups[0].members.len(), 2);
     assert_eq!(described.groups[1].group_state.to_string(), "Dead");
     let listed: ListGroupsResponse = a.call(4, &ListGroupsRequest::default()).expect("list");
-    assert_eq!(listed.groups.iter().map(|g| (g.group_id.0.to_string(), g.group_state.to_string())).collect::<Vec<_>>(), vec![("g".to_string(), "Stable".to_string())]);
+    assert_eq!(
+        listed
+            .groups
+            .iter()
+            .map(|g| (g.group_id.0.to_string(), g.group_state.to_string()))
+            .collect::<Vec<_>>(),
+        vec![("g".to_string(), "Stable".to_string())]
+    );
 
     // B leaves: A's next heartbeat learns of the rebalance.
     let left: LeaveGroupResponse = b
-        .call(4, &LeaveGroupRequest::default().with_group_id(group.clone()).with_members(vec![leave_group_request::MemberIdentity::default().with_member_id(s(&me_b))]))
+        .call(
+            4,
+            &LeaveGroupRequest::default().with_group_id(group.clone()).with_members(vec![
+                leave_group_request::MemberIdentity::default().with_member_id(s(&me_b)),
+            ]),
+        )
         .expect("leave");
     assert_eq!((left.error_code, left.members[0].error_code), (0, 0));
     assert_eq!(heartbeat(&mut a, &me_a, 2), 27);
