@@ -776,4 +776,3 @@ mod tests {
         assert!(!s.config.topics.is_empty() && !s.config.views.is_empty());
     }
 }
-

@@ -206,7 +206,12 @@ fn serve(settings: Settings) -> Result<i32, StartError> {
         Some(kafka) => println!(
             "kappa serve: Kafka listening on {} (clients: bootstrap.servers={}:{})",
             kafka.local_addr(),
-            app.settings.config.kafka.advertised_host.clone().unwrap_or_else(|| kafka.local_addr().ip().to_string()),
+            app.settings
+                .config
+                .kafka
+                .advertised_host
+                .clone()
+                .unwrap_or_else(|| kafka.local_addr().ip().to_string()),
             app.settings.config.kafka.advertised_port.unwrap_or(kafka.local_addr().port()),
         ),
         None => println!("kappa serve: Kafka listener off (kafka.enabled = false)"),
@@ -227,7 +232,10 @@ fn serve(settings: Settings) -> Result<i32, StartError> {
     if let Some(kafka) = kafka {
         kafka.stop();
     }
-    tracing::info!(drained, "HTTP and Kafka stopped; shutting the engine down (flush, sync, checkpoints)");
+    tracing::info!(
+        drained,
+        "HTTP and Kafka stopped; shutting the engine down (flush, sync, checkpoints)"
+    );
     let result = app.engine.shutdown();
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
