@@ -20,7 +20,8 @@ use crate::metrics::{PartitionMetrics, ShardMetrics};
 use crate::producer::Producer;
 use crate::router::{shard_for, ShardId};
 use crate::shard::{self, Request, ShardJob, SubscriptionState};
-use crate::view::{self, Query, Row, VersionProgress, ViewDef};
+use crate::view::{self, Rebuild, ViewDef, ViewHandle};
+use crate::watchdog;
 use crate::Error;
 
 /// A topic as the engine knows it: its definition and which shard owns each partition.
@@ -39,8 +40,10 @@ pub(crate) struct Inner {
     /// Bumped after every change of `topics`, so per-shard caches (the Kafka front end's) know
     /// when to drop their copies without reading the lock on every request.
     topics_generation: AtomicU64,
-    threads: Mutex<Vec<glommio::ExecutorJoinHandle<()>>>,
+    threads: Mutex<Vec<watchdog::ExecutorHandle<()>>>,
     shut_down: AtomicBool,
+    monitor: Arc<crate::monitor::Monitor>,
+    guard: watchdog::ShardGuard,
 }
 
 /// The embedded engine. Dropping it shuts it down cleanly (flush, sync, close).
@@ -83,8 +86,12 @@ impl Inner {
         })
     }
 
+    pub(crate) fn is_shut_down(&self) -> bool {
+        self.shut_down.load(Ordering::Acquire)
+    }
+
     /// Sends a request built around a reply channel and waits for the reply.
-    fn call<T>(
+    pub(crate) fn call<T>(
         &self,
         shard: usize,
         make: impl FnOnce(shard::Reply<T>) -> Request,
@@ -129,6 +136,7 @@ impl Engine {
         let config = Arc::new(config);
         let mut senders = Vec::with_capacity(shard_count);
         let mut threads = Vec::with_capacity(shard_count);
+        let guard = watchdog::ShardGuard::start(shard_count, &config.watchdog, &data_dir)?;
         for index in 0..shard_count {
             let (sender, receiver) = flume::bounded(config.request_queue_max);
             let placement = match cpus.get(index % cpus.len().max(1)) {
@@ -137,24 +145,30 @@ impl Engine {
             };
             let shard_config = config.clone();
             let id = ShardId(index as u16);
-            let handle = LocalExecutorBuilder::new(placement)
-                .name(&format!("kappa-shard-{index}"))
-                .preempt_timer(config.preempt_timer())
-                .io_memory(config.io_memory_bytes)
-                .spawn(move || shard::run(id, shard_config, receiver))
-                .map_err(|e| Error::Start { shard: index as u16, reason: e.to_string() })?;
+            let handle = watchdog::spawn_executor(
+                format!("kappa-shard-{index}"),
+                LocalExecutorBuilder::new(placement)
+                    .preempt_timer(config.preempt_timer())
+                    .io_memory(config.io_memory_bytes),
+                guard.pulse(index),
+                move || shard::run(id, shard_config, receiver),
+            )
+            .map_err(|e| Error::Start { shard: index as u16, reason: e.to_string() })?;
             senders.push(sender);
             threads.push(handle);
         }
+        let monitor = crate::monitor::Monitor::start(senders.clone());
         let engine = Engine {
             inner: Arc::new(Inner {
                 config: config.clone(),
                 views: RwLock::new(BTreeMap::new()),
+                monitor,
                 senders,
                 topics: RwLock::new(BTreeMap::new()),
                 topics_generation: AtomicU64::new(0),
                 threads: Mutex::new(threads),
                 shut_down: AtomicBool::new(false),
+                guard,
             }),
         };
         meta::finish_deletions(&data_dir)?;
@@ -349,7 +363,12 @@ impl Engine {
     /// A metrics snapshot of every shard.
     pub fn metrics(&self) -> Result<Vec<ShardMetrics>, Error> {
         (0..self.shard_count())
-            .map(|shard| self.inner.call(shard, |reply| Request::Metrics { reply }))
+            .map(|shard| {
+                let mut m = self.inner.call(shard, |reply| Request::Metrics { reply })?;
+                m.late_probes = self.inner.monitor.late_probes(shard);
+                m.watchdog = self.inner.guard.metrics(m.shard);
+                Ok(m)
+            })
             .collect()
     }
 
@@ -438,6 +457,7 @@ impl Engine {
             versions: std::sync::Mutex::new(BTreeMap::new()),
             history: std::sync::Mutex::new(history),
             dir,
+            notifier: view::wait::Notifier::default(),
         });
         entry
             .history
@@ -451,13 +471,14 @@ impl Engine {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(name.to_string(), entry.clone());
         self.start_version(name, &entry, number, def, topic.config.partitions)?;
-        Ok(ViewHandle { engine: self.inner.clone(), name: name.into(), entry })
+        Ok(ViewHandle::new(self.inner.clone(), name.into(), entry))
     }
 
     /// Builds version N+1 of a view from `def` (from `def.start`) in the shards' replay queues while
     /// the served version keeps answering queries; when every partition has caught up with the
-    /// live tail, queries switch to it atomically. Returns the new version number.
-    pub fn rebuild_view(&self, name: &str, def: ViewDef) -> Result<u32, Error> {
+    /// live tail, queries switch to it atomically. Returns a handle on the new version: its
+    /// number (`Rebuild::version`) and `Rebuild::wait_swapped` to sleep until the swap.
+    pub fn rebuild_view(&self, name: &str, def: ViewDef) -> Result<Rebuild, Error> {
         def.validate()?;
         let entry = self.view_entry(name)?;
         if def.topic != entry.topic {
@@ -475,8 +496,8 @@ impl Engine {
             number
         };
         view::write_meta(&entry)?;
-        self.start_version(name, &entry, number, def, topic.config.partitions)?;
-        Ok(number)
+        let version = self.start_version(name, &entry, number, def, topic.config.partitions)?;
+        Ok(Rebuild::new(self.inner.clone(), name.into(), entry, version))
     }
 
     fn start_version(
@@ -486,7 +507,14 @@ impl Engine {
         number: u32,
         def: ViewDef,
         partitions: u32,
-    ) -> Result<(), Error> {
+    ) -> Result<Arc<view::Version>, Error> {
+        // The version this call starts is served from the start when nothing else is (a new
+        // view, or one resumed from disk).
+        let outcome = if entry.served.load(Ordering::Acquire) == number {
+            view::SERVED
+        } else {
+            view::BUILDING
+        };
         let version = Arc::new(view::Version {
             view: Arc::from(name),
             number,
@@ -495,6 +523,10 @@ impl Engine {
             caught_up: std::sync::atomic::AtomicU32::new(0),
             entry: entry.clone(),
             dir: entry.dir.join(number.to_string()),
+            folded: (0..partitions).map(|_| std::sync::atomic::AtomicU64::new(0)).collect(),
+            failure: Mutex::new(None),
+            outcome: std::sync::atomic::AtomicU8::new(outcome),
+            dropped: AtomicBool::new(false),
         });
         entry
             .versions
@@ -507,13 +539,13 @@ impl Engine {
             let version = version.clone();
             self.inner.call(shard, |reply| Request::StartView { version, partition, reply })?;
         }
-        Ok(())
+        Ok(version)
     }
 
     /// A handle for queries on a view opened with `create_view`.
     pub fn view(&self, name: &str) -> Result<ViewHandle, Error> {
         let entry = self.view_entry(name)?;
-        Ok(ViewHandle { engine: self.inner.clone(), name: name.into(), entry })
+        Ok(ViewHandle::new(self.inner.clone(), name.into(), entry))
     }
 
     /// Serves another running version of a view again (a rollback after a rebuild, or a roll
@@ -559,6 +591,8 @@ impl Engine {
         let Some(removed) = removed else {
             return Err(Error::UnknownView { view: name.to_string(), version });
         };
+        removed.dropped.store(true, Ordering::SeqCst);
+        entry.notifier.notify();
         let view_name: Arc<str> = Arc::from(name);
         for shard in 0..self.shard_count() {
             self.inner.call(shard, |reply| Request::DropView {
@@ -609,7 +643,7 @@ impl Engine {
         match std::fs::rename(&entry.dir, &doomed) {
             Ok(()) => {
                 if let Some(parent) = entry.dir.parent() {
-                    kappa_storage::io::sync_dir(parent)?;
+                    kappa_storage::io::Disk::Dma.sync_dir_blocking(parent)?;
                 }
                 let _ = std::fs::remove_dir_all(&doomed);
             }
@@ -652,6 +686,13 @@ impl Engine {
         if self.inner.shut_down.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        self.inner.monitor.stop();
+        // Threads waiting on a view wake up and see the engine is gone.
+        for entry in
+            self.inner.views.read().unwrap_or_else(std::sync::PoisonError::into_inner).values()
+        {
+            entry.notifier.notify();
+        }
         let mut first_error = None;
         let mut waiting = Vec::new();
         for sender in &self.inner.senders {
@@ -676,6 +717,7 @@ impl Engine {
                 });
             }
         }
+        self.inner.guard.stop();
         first_error.map_or(Ok(()), Err)
     }
 }
@@ -697,137 +739,4 @@ fn core_ids() -> Vec<usize> {
         core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
     ids.sort_unstable();
     ids
-}
-
-/// Queries on one view (`Send + Clone`). Every query reads the served version once and asks every
-/// partition for that version, so it never sees a mix of versions.
-#[derive(Clone)]
-pub struct ViewHandle {
-    engine: Arc<Inner>,
-    name: Arc<str>,
-    entry: Arc<view::Entry>,
-}
-
-impl ViewHandle {
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The topic the view reads.
-    pub fn topic(&self) -> &str {
-        &self.entry.topic
-    }
-
-    /// The version queries are answered from.
-    pub fn version(&self) -> u32 {
-        self.entry.served.load(Ordering::Acquire)
-    }
-
-    /// How many times the served version switched in this process.
-    pub fn swaps(&self) -> u64 {
-        self.entry.swaps.load(Ordering::Acquire)
-    }
-
-    fn version_def(&self, version: u32) -> Result<Arc<view::Version>, Error> {
-        let versions =
-            self.entry.versions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        versions
-            .get(&version)
-            .cloned()
-            .ok_or(Error::UnknownView { view: self.name.to_string(), version })
-    }
-
-    fn query(&self, version: u32, query: Query) -> Result<Vec<Row>, Error> {
-        let v = self.version_def(version)?;
-        let topic = self.engine.topic(&v.def.topic)?;
-        let mut parts = Vec::with_capacity(v.partitions as usize);
-        for partition in 0..v.partitions {
-            let shard = topic.shards[partition as usize];
-            let q = query.clone();
-            let view = self.name.clone();
-            parts.push(self.engine.call(shard, |reply| Request::QueryView {
-                view,
-                version,
-                partition,
-                query: q,
-                reply,
-            })?);
-        }
-        Ok(view::merge_rows(&v.def.aggregate, parts))
-    }
-
-    /// The group of `key` in the window starting at `window_start` (`operator::window::ALL_TIME`
-    /// for views without windows).
-    pub fn get(&self, key: &[u8], window_start: i64) -> Result<Option<Row>, Error> {
-        let rows = self.query(self.version(), Query::Get { key: key.to_vec(), window_start })?;
-        Ok(rows.into_iter().next())
-    }
-
-    /// Every group whose key is in `[from, to)`, in key then window order.
-    pub fn range(&self, from: &[u8], to: &[u8]) -> Result<Vec<Row>, Error> {
-        self.query(self.version(), Query::Range { from: from.to_vec(), to: to.to_vec() })
-    }
-
-    /// The windows of `key` overlapping `[from_ms, to_ms)`.
-    pub fn windows(&self, key: &[u8], from_ms: i64, to_ms: i64) -> Result<Vec<Row>, Error> {
-        self.query(self.version(), Query::Windows { key: key.to_vec(), from_ms, to_ms })
-    }
-
-    /// Every row of the served version (small views, tests).
-    pub fn rows(&self) -> Result<Vec<Row>, Error> {
-        self.query(self.version(), Query::All)
-    }
-
-    /// Every row of a given version.
-    pub fn rows_of(&self, version: u32) -> Result<Vec<Row>, Error> {
-        self.query(version, Query::All)
-    }
-
-    /// Offsets, watermark, lag, rate and ETA of every partition of a version, and their digests.
-    pub fn progress_of(&self, version: u32) -> Result<(VersionProgress, Vec<u64>), Error> {
-        let v = self.version_def(version)?;
-        let topic = self.engine.topic(&v.def.topic)?;
-        let mut partitions = Vec::new();
-        let mut digests = Vec::new();
-        for partition in 0..v.partitions {
-            let shard = topic.shards[partition as usize];
-            let view = self.name.clone();
-            let (progress, digest) = self.engine.call(shard, |reply| Request::ViewProgress {
-                view,
-                version,
-                partition,
-                reply,
-            })?;
-            partitions.push(progress);
-            digests.push(digest);
-        }
-        let progress = VersionProgress {
-            version,
-            revision: v.def.revision.clone(),
-            served: self.version() == version,
-            partitions,
-        };
-        Ok((progress, digests))
-    }
-
-    /// Progress of the served version.
-    pub fn progress(&self) -> Result<VersionProgress, Error> {
-        Ok(self.progress_of(self.version())?.0)
-    }
-
-    /// Per-partition digests of a version's whole state: equal digests, equal bytes.
-    pub fn digests_of(&self, version: u32) -> Result<Vec<u64>, Error> {
-        Ok(self.progress_of(version)?.1)
-    }
-
-    /// The versions running in this process.
-    pub fn versions(&self) -> Vec<u32> {
-        self.entry
-            .versions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .keys()
-            .copied()
-            .collect()
-    }
 }

@@ -18,6 +18,14 @@ pub enum Error {
     BadTopicName { topic: String, reason: &'static str },
     #[error("unknown view {view:?} (version {version})")]
     UnknownView { view: String, version: u32 },
+    #[error("view {view:?}: {waiting_for} not reached after {waited_ms} ms")]
+    Timeout { view: String, waited_ms: u64, waiting_for: String },
+    #[error(
+        "view {view:?} version {version} will not be served: version {served} took over first"
+    )]
+    Superseded { view: String, version: u32, served: u32 },
+    #[error("view {view:?} version {version} partition {partition} stopped: {reason}")]
+    ViewFailed { view: String, version: u32, partition: u32, reason: String },
     #[error("the engine is shut down")]
     ShutDown,
     #[error(
@@ -46,7 +54,10 @@ impl Error {
     pub fn is_disk_full(&self) -> bool {
         let source = match self {
             Error::Io { source, .. } => source,
-            Error::Storage(kappa_storage::Error::Io { source, .. }) => source,
+            Error::Storage(e) => match e.io_source() {
+                Some(source) => source,
+                None => return false,
+            },
             _ => return false,
         };
         // ENOSPC, or its kind where the error was re-created from a stored failure.

@@ -123,15 +123,15 @@ pub fn finish_deletion(data_dir: &Path, name: &str) -> Result<(), Error> {
         .unwrap_or_else(|| data_dir.join("topics").join(name));
     ignore_missing(std::fs::remove_dir_all(&topic_dir)).map_err(io("remove", &topic_dir))?;
     if let Some(parent) = topic_dir.parent().filter(|p| p.exists()) {
-        kappa_storage::io::sync_dir(parent)?;
+        kappa_storage::io::Disk::Dma.sync_dir_blocking(parent)?;
     }
     let dir = topics_dir(data_dir);
     let definition = dir.join(format!("{name}.json"));
     ignore_missing(std::fs::remove_file(&definition)).map_err(io("remove", &definition))?;
-    kappa_storage::io::sync_dir(&dir)?;
+    kappa_storage::io::Disk::Dma.sync_dir_blocking(&dir)?;
     let marker = deleting_marker(data_dir, name);
     ignore_missing(std::fs::remove_file(&marker)).map_err(io("remove", &marker))?;
-    kappa_storage::io::sync_dir(&dir)?;
+    kappa_storage::io::Disk::Dma.sync_dir_blocking(&dir)?;
     Ok(())
 }
 

@@ -80,6 +80,7 @@ impl BatchEncoder {
                 record_count: 0,
                 first_timestamp: 0,
                 max_timestamp: 0,
+                synced_before: 0,
                 checksum: 0,
             },
             limits,
@@ -160,6 +161,23 @@ impl BatchEncoder {
         self.header.write(head, &rest[..payload_len]);
         self.frame = frame;
         Ok(&self.header)
+    }
+
+    /// The `synced_before` the next encoded frames carry (see `format`).
+    pub fn set_synced_before(&mut self, position: u32) {
+        self.header.synced_before = position;
+    }
+
+    /// Rewrites the last frame's `synced_before` (its header and checksum; the payload is
+    /// hashed again). For a frame that moved to a new segment after it was encoded.
+    pub fn restamp_synced_before(&mut self, position: u32) -> &FrameHeader {
+        self.header.synced_before = position;
+        let payload_len = self.header.payload_len as usize;
+        let (head, rest) = self.frame.split_at_mut(FRAME_HEADER_SIZE);
+        let head: &mut [u8; FRAME_HEADER_SIZE] =
+            head.try_into().expect("split_at_mut gives exactly FRAME_HEADER_SIZE bytes");
+        self.header.write(head, &rest[..payload_len]);
+        &self.header
     }
 
     /// The bytes of the last encoded frame.

@@ -20,6 +20,32 @@ pub enum Error {
     Encode { what: &'static str },
     #[error("corrupt frame in {} at byte {position}: {defect}", path.display())]
     Corrupt { path: PathBuf, position: u64, defect: FrameDefect },
+    #[error(
+        "corrupt frame in {} at byte {position}: {defect}; valid frames follow at byte {valid_at} \
+         (offset {valid_offset}), too far for a torn write: nothing was truncated \
+         (`kappa repair` cuts the log here)",
+        path.display()
+    )]
+    CorruptBeforeValid {
+        path: PathBuf,
+        position: u64,
+        defect: FrameDefect,
+        valid_at: u64,
+        valid_offset: u64,
+    },
+    #[error(
+        "partition log {} is read-only after a failed {cause} on {}: nothing more is \
+         acknowledged or readable until it is reopened",
+        dir.display(),
+        path.display()
+    )]
+    Fenced {
+        dir: PathBuf,
+        cause: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("corrupt index {}: {reason}", path.display())]
     CorruptIndex { path: PathBuf, reason: &'static str },
     #[error("offset gap in {}: expected offset {expected}, found {found}", path.display())]
@@ -50,8 +76,27 @@ impl Error {
         Error::Io { op, path: path.into(), source: source.into() }
     }
 
+    /// True when a file or directory that was asked for does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    }
+
     /// True when the error means the disk holds damaged data (as opposed to bad input or I/O).
     pub fn is_corruption(&self) -> bool {
-        matches!(self, Error::Corrupt { .. } | Error::CorruptIndex { .. } | Error::OffsetGap { .. })
+        matches!(
+            self,
+            Error::Corrupt { .. }
+                | Error::CorruptBeforeValid { .. }
+                | Error::CorruptIndex { .. }
+                | Error::OffsetGap { .. }
+        )
+    }
+
+    /// The I/O error underneath, if this is one (directly, or the failure that fenced a log).
+    pub fn io_source(&self) -> Option<&std::io::Error> {
+        match self {
+            Error::Io { source, .. } | Error::Fenced { source, .. } => Some(source),
+            _ => None,
+        }
     }
 }

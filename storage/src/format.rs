@@ -11,7 +11,7 @@
 //!       | magic  | ver  | flags| frame_len | payload_  |   magic = "KAPB" (0x4250_414b LE)
 //!       | u32    | u16  | u16  | u32       | len u32   |   ver   = FORMAT_VERSION
 //!       +--------+------+------+-----------+-----------+   flags = 0 (reserved)
-//!   16  | base_offset u64        | record_count u32 | reserved u32 (0) |
+//!   16  | base_offset u64        | record_count u32 | synced_before u32|
 //!   32  | first_timestamp i64    | max_timestamp i64                   |
 //!   48  | reserved u64 (0)       | checksum u64                        |
 //!   64  +------------------------------------------------------------ +
@@ -26,6 +26,11 @@
 //! so one 64-bit value covers every header field and the payload. It is verified once per frame when
 //! bytes come from disk; after that the archive is accessed without further validation.
 //!
+//! `synced_before` (version 2; a reserved zero in version 1): when the frame was appended, every
+//! byte of its segment before this position was covered by a completed fdatasync. Recovery uses
+//! it to tell corruption from a torn write exactly: damage below a valid frame's `synced_before`
+//! lies in bytes that were synced before that frame existed, which no power cut can tear.
+//!
 //! Why a header outside the archive: a scan must find frame boundaries, offsets and timestamps (for
 //! recovery, indexes and seeking) without touching the payload, and the checksum must be checked
 //! before any byte of the archive is trusted.
@@ -34,8 +39,11 @@ use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 /// "KAPB" read as a little-endian u32.
 pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"KAPB");
-/// Bumped on any incompatible change of the header or the archive layout.
-pub const FORMAT_VERSION: u16 = 1;
+/// Bumped on any incompatible change of the header or the archive layout. Version 2 added
+/// `synced_before`; version 1 frames (where it is a reserved zero) are still read.
+pub const FORMAT_VERSION: u16 = 2;
+/// The first version, still read.
+pub const FORMAT_VERSION_1: u16 = 1;
 /// The fixed header in front of every archive.
 pub const FRAME_HEADER_SIZE: usize = 64;
 /// Every frame starts and ends on this boundary, which is the alignment rkyv needs.
@@ -52,6 +60,9 @@ pub struct FrameHeader {
     pub record_count: u32,
     pub first_timestamp: i64,
     pub max_timestamp: i64,
+    /// Every byte of the segment before this position was synced when the frame was appended
+    /// (0 in version 1 frames, and whenever nothing of the segment was synced yet).
+    pub synced_before: u32,
     pub checksum: u64,
 }
 
@@ -70,7 +81,7 @@ impl FrameHeader {
         target[12..16].copy_from_slice(&self.payload_len.to_le_bytes());
         target[16..24].copy_from_slice(&self.base_offset.to_le_bytes());
         target[24..28].copy_from_slice(&self.record_count.to_le_bytes());
-        target[28..32].copy_from_slice(&0u32.to_le_bytes());
+        target[28..32].copy_from_slice(&self.synced_before.to_le_bytes());
         target[32..40].copy_from_slice(&self.first_timestamp.to_le_bytes());
         target[40..48].copy_from_slice(&self.max_timestamp.to_le_bytes());
         target[48..56].copy_from_slice(&0u64.to_le_bytes());
@@ -144,7 +155,7 @@ pub fn parse_header(bytes: &[u8]) -> Result<FrameHeader, FrameDefect> {
         return Err(FrameDefect::BadMagic { found: magic, all_zero });
     }
     let version = read_u16(bytes, 4);
-    if version != FORMAT_VERSION {
+    if version != FORMAT_VERSION && version != FORMAT_VERSION_1 {
         return Err(FrameDefect::UnknownVersion { found: version });
     }
     let header = FrameHeader {
@@ -155,9 +166,11 @@ pub fn parse_header(bytes: &[u8]) -> Result<FrameHeader, FrameDefect> {
         record_count: read_u32(bytes, 24),
         first_timestamp: read_u64(bytes, 32) as i64,
         max_timestamp: read_u64(bytes, 40) as i64,
+        synced_before: read_u32(bytes, 28),
         checksum: read_u64(bytes, 56),
     };
-    if read_u16(bytes, 6) != 0 || read_u32(bytes, 28) != 0 || read_u64(bytes, 48) != 0 {
+    let reserved_v1 = version == FORMAT_VERSION_1 && header.synced_before != 0;
+    if read_u16(bytes, 6) != 0 || reserved_v1 || read_u64(bytes, 48) != 0 {
         return Err(FrameDefect::BadHeader { reason: "reserved field is not zero" });
     }
     if !(header.frame_len as usize).is_multiple_of(FRAME_ALIGN) {

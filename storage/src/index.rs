@@ -11,11 +11,15 @@
 //! segment is sealed its index is written to `<base>.index`:
 //!
 //! ```text
-//!  0 magic "KAPI" u32 | 4 version u16 | 6 reserved u16 | 8 entry_count u32 | 12 reserved u32
+//!  0 magic "KAPI" u32 | 4 version u16 | 6 reserved u16 | 8 entry_count u32 | 12 interval u32
 //! 16 base_offset u64  | 24 next_offset u64 | 32 size_bytes u64 | 40 max_timestamp i64
-//! 48 reserved u64     | 56 checksum u64 = xxh3_64_with_seed(entries, xxh3_64(header[0..56]))
+//! 48 append_time i64  | 56 checksum u64 = xxh3_64_with_seed(entries, xxh3_64(header[0..56]))
 //! 64 entries, 16 bytes each: rel_offset u32 | position u32 | max_timestamp_before i64
 //! ```
+//!
+//! Version 2 added `append_time` (the wall time of the segment's newest append, as its caller
+//! gave it; `i64::MIN` when unknown) in what version 1 kept as a reserved zero. Version 1 files
+//! are still read, with the append time unknown.
 
 use std::path::Path;
 
@@ -24,7 +28,9 @@ use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 use crate::Error;
 
 const INDEX_MAGIC: u32 = u32::from_le_bytes(*b"KAPI");
-const INDEX_VERSION: u16 = 1;
+const INDEX_VERSION: u16 = 2;
+/// The first version, without the append time; still read.
+const INDEX_VERSION_1: u16 = 1;
 const INDEX_HEADER_SIZE: usize = 64;
 const INDEX_ENTRY_SIZE: usize = 16;
 
@@ -45,6 +51,9 @@ pub struct SegmentIndex {
     pub size_bytes: u64,
     /// The largest record timestamp in the segment (`i64::MIN` when empty).
     pub max_timestamp: i64,
+    /// The wall time (ms) of the newest append to the segment, as the appender gave it: what age
+    /// retention measures. `i64::MIN` when unknown (an index rebuilt by a scan, or version 1).
+    pub append_time_ms: i64,
     pub entries: Vec<IndexEntry>,
     interval_bytes: u32,
 }
@@ -56,6 +65,7 @@ impl SegmentIndex {
             next_offset: base_offset,
             size_bytes: 0,
             max_timestamp: i64::MIN,
+            append_time_ms: i64::MIN,
             entries: Vec::new(),
             interval_bytes,
         }
@@ -91,6 +101,16 @@ impl SegmentIndex {
         self.max_timestamp = self.max_timestamp.max(max_timestamp);
     }
 
+    /// The time age retention measures: the append time, or for segments whose append time is
+    /// unknown (indexes rebuilt by a scan, version 1 files) the newest record timestamp.
+    pub fn retention_time_ms(&self) -> i64 {
+        if self.append_time_ms == i64::MIN {
+            self.max_timestamp
+        } else {
+            self.append_time_ms
+        }
+    }
+
     /// The position of the frame holding `offset`, or of an earlier frame close to it.
     pub fn position_for_offset(&self, offset: u64) -> u64 {
         let rel = offset.saturating_sub(self.base_offset);
@@ -124,7 +144,7 @@ impl SegmentIndex {
         bytes.extend_from_slice(&self.next_offset.to_le_bytes());
         bytes.extend_from_slice(&self.size_bytes.to_le_bytes());
         bytes.extend_from_slice(&self.max_timestamp.to_le_bytes());
-        bytes.extend_from_slice(&0u64.to_le_bytes());
+        bytes.extend_from_slice(&self.append_time_ms.to_le_bytes());
         let checksum_at = bytes.len();
         bytes.extend_from_slice(&0u64.to_le_bytes());
         for entry in &self.entries {
@@ -154,7 +174,8 @@ impl SegmentIndex {
         if u32_at(0) != INDEX_MAGIC {
             return Err(corrupt("bad magic"));
         }
-        if u16::from_le_bytes([bytes[4], bytes[5]]) != INDEX_VERSION {
+        let version = u16::from_le_bytes([bytes[4], bytes[5]]);
+        if version != INDEX_VERSION && version != INDEX_VERSION_1 {
             return Err(corrupt("unknown index version"));
         }
         let count = u32_at(8) as usize;
@@ -169,6 +190,8 @@ impl SegmentIndex {
         index.next_offset = u64_at(24);
         index.size_bytes = u64_at(32);
         index.max_timestamp = u64_at(40) as i64;
+        index.append_time_ms =
+            if version == INDEX_VERSION_1 { i64::MIN } else { u64_at(48) as i64 };
         for i in 0..count {
             let at = INDEX_HEADER_SIZE + i * INDEX_ENTRY_SIZE;
             index.entries.push(IndexEntry {

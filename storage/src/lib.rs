@@ -7,8 +7,10 @@
 //! reads hand out `BatchRef`s that borrow the DMA read buffers, so replay never copies a record.
 //!
 //! This crate is the only code that does file I/O, and it knows nothing of shards or operators.
-//! Everything async here runs on a glommio executor; offline tools (`verify`, `inspect`) use
-//! plain `std::fs` so they work without one.
+//! Every file and directory operation goes through the seam in `io` (`Disk`, `File`): glommio DMA
+//! and the blocking pool in production, `io::SimDisk` in tests. Everything async here runs on a
+//! glommio executor; offline tools (`verify`, `inspect`, `repair`) use blocking calls so they work
+//! without one.
 //!
 //! Layout of a data dir (`paths`): `DIR/topics/<topic>/<partition>/<base_offset:020>.log` with a
 //! `<base_offset:020>.index` beside every sealed segment.
@@ -22,6 +24,7 @@ pub mod kafka;
 mod log;
 pub mod paths;
 mod reader;
+pub mod repair;
 pub mod scan;
 mod sync;
 pub mod verify;
@@ -34,14 +37,32 @@ pub use log::{
 };
 pub use reader::{LogReader, ReadBatch, Seek};
 
-/// How far an append has to get before it is acknowledged.
+/// How far an append has to get before it is acknowledged, and so what it survives.
+///
+/// | level     | acknowledged when                         | process crash | power cut |
+/// |-----------|-------------------------------------------|---------------|-----------|
+/// | `None`    | the frame is in the write buffer          | lost          | lost      |
+/// | `Written` | the DMA write of the frame completed      | survives      | lost      |
+/// | `Synced`  | an fdatasync covering the frame completed | survives      | survives  |
+///
+/// `Written` data is on the device (perhaps in its volatile cache) and its file size and block
+/// allocation may not be durable yet: a SIGKILL keeps it, a power cut may tear or drop it. Only
+/// bytes never covered by a completed fdatasync can be lost; every frame records how much of its
+/// segment was synced when it was appended, and the writer bounds how many bytes are unsynced
+/// (`LogConfig::unsynced_bytes_max`), which is what lets recovery tell a torn tail from
+/// corruption.
+///
+/// Readers see frames once they are written, so by default they may see `Written` records that a
+/// power cut later takes back; `LogReader::synced_only` keeps a reader to the synced prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Durability {
     /// Acknowledged once the frame is in the write buffer. Lost on a crash until written.
     None,
-    /// Acknowledged once the DMA write of the frame completed (on the device, maybe in its cache).
+    /// Acknowledged once the DMA write of the frame completed: survives a process crash, not a
+    /// power cut.
     Written,
-    /// Acknowledged after an fdatasync covering the frame. Concurrent appends share one fdatasync.
+    /// Acknowledged after an fdatasync covering the frame: survives a power cut. Concurrent
+    /// appends share one fdatasync (group commit).
     Synced,
 }
 
@@ -98,7 +119,8 @@ impl Default for Limits {
 pub struct Retention {
     /// Delete the oldest sealed segments while the partition is larger than this.
     pub size_bytes_max: Option<u64>,
-    /// Delete sealed segments whose newest record is older than this (event time, ms).
+    /// Delete sealed segments whose newest append is older than this (ms of the appenders' wall
+    /// clock, as given to `PartitionLog::append_now`; not the records' event times).
     pub age_ms_max: Option<i64>,
 }
 
@@ -124,8 +146,20 @@ pub struct LogConfig {
     /// Recently written buffers kept in memory per partition, so readers following the live tail
     /// get fresh frames without a disk read. 0 turns the cache off.
     pub tail_cache_buffers_max: usize,
+    /// Written-but-unsynced bytes the writer allows in the active segment. It starts a background
+    /// fdatasync when half of this is unsynced and stops submitting writes rather than pass it, so
+    /// even under `written` or `none` load a power cut can only tear the last
+    /// `torn_tail_window_bytes()` of the active segment; damage before that is corruption.
+    /// Smaller finds more corruption, larger syncs less often. At least two write buffers.
+    pub unsynced_bytes_max: u64,
+    /// The active segment is extended (fallocate) this far ahead of the writer, so appends do
+    /// not grow the file on every write (a file-extending O_DIRECT write is punted by io_uring to
+    /// a kernel worker thread). Recovery reads at most this much zero tail. 0 turns it off.
+    pub preallocate_bytes: u64,
     pub limits: Limits,
     pub retention: Retention,
+    /// Where the bytes go: the real device (the default) or a simulated disk in tests.
+    pub disk: io::Disk,
 }
 
 impl Default for LogConfig {
@@ -139,17 +173,27 @@ impl Default for LogConfig {
             read_buffer_size_bytes: MIB as usize,
             read_ahead_max: 16,
             tail_cache_buffers_max: 2,
+            unsynced_bytes_max: 16 * MIB,
+            preallocate_bytes: 8 * MIB,
             limits: Limits::default(),
             retention: Retention::default(),
+            disk: io::Disk::default(),
         }
     }
 }
 
 impl LogConfig {
+    /// How far before the last valid frame of an active segment damage can come from a power cut
+    /// (see `log::recovery`): the unsynced bound, plus the write buffer that may be in flight
+    /// beyond it, plus a block of rounding on either side.
+    pub fn torn_tail_window_bytes(&self) -> u64 {
+        self.unsynced_bytes_max + self.write_buffer_size_bytes as u64 + 2 * io::BLOCK_SIZE as u64
+    }
+
     /// Rejects configurations that cannot work, with the field that is wrong.
     pub fn validate(&self) -> Result<(), Error> {
         let block = io::BLOCK_SIZE as u64;
-        let checks: [(&'static str, bool); 7] = [
+        let checks: [(&'static str, bool); 9] = [
             ("read_ahead_max", self.read_ahead_max > 0),
             ("segment_size_bytes_max", self.segment_size_bytes_max >= block),
             (
@@ -165,6 +209,11 @@ impl LogConfig {
             ("write_in_flight_max", self.write_in_flight_max > 0),
             ("write_queue_max", self.write_queue_max > 0),
             ("index_interval_bytes", self.index_interval_bytes > 0),
+            (
+                "unsynced_bytes_max (at least two write buffers)",
+                self.unsynced_bytes_max >= 2 * self.write_buffer_size_bytes as u64,
+            ),
+            ("preallocate_bytes", self.preallocate_bytes.is_multiple_of(block)),
         ];
         for (field, ok) in checks {
             if !ok {

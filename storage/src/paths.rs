@@ -2,6 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::io::{DirEntry, Disk};
+use crate::Error;
+
 /// Extension of segment files.
 pub const SEGMENT_EXTENSION: &str = "log";
 /// Extension of the sparse offset/time index written when a segment is sealed.
@@ -33,39 +36,46 @@ pub fn parse_base_offset(path: &Path, extension: &str) -> Option<u64> {
     stem.parse().ok()
 }
 
-/// The segment files of a partition dir, sorted by base offset.
-pub fn list_segments(partition_dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
-    let mut segments = Vec::new();
-    for entry in std::fs::read_dir(partition_dir)? {
-        let path = entry?.path();
-        if let Some(base) = parse_base_offset(&path, SEGMENT_EXTENSION) {
-            segments.push((base, path));
-        }
-    }
+/// The segment files among the entries of a partition dir, sorted by base offset.
+pub fn segments_in(partition_dir: &Path, entries: &[DirEntry]) -> Vec<(u64, PathBuf)> {
+    let mut segments: Vec<(u64, PathBuf)> = entries
+        .iter()
+        .filter(|e| !e.is_dir)
+        .map(|e| partition_dir.join(&e.name))
+        .filter_map(|path| Some((parse_base_offset(&path, SEGMENT_EXTENSION)?, path)))
+        .collect();
     segments.sort();
-    Ok(segments)
+    segments
 }
 
-/// Every partition dir under a data dir, as (topic, partition, path), sorted.
-pub fn list_partitions(data_dir: &Path) -> std::io::Result<Vec<(String, u32, PathBuf)>> {
+/// The segment files of a partition dir, sorted by base offset (blocking; for tools).
+pub fn list_segments(partition_dir: &Path) -> Result<Vec<(u64, PathBuf)>, Error> {
+    Ok(segments_in(partition_dir, &Disk::Dma.list_dir_blocking(partition_dir)?))
+}
+
+/// Every partition dir under a data dir, as (topic, partition, path), sorted (blocking; tools).
+pub fn list_partitions(data_dir: &Path) -> Result<Vec<(String, u32, PathBuf)>, Error> {
+    let disk = Disk::Dma;
     let mut partitions = Vec::new();
     let topics = data_dir.join("topics");
-    if !topics.exists() {
+    if disk.metadata_blocking(&topics)?.is_none() {
         return Ok(partitions);
     }
-    for topic in std::fs::read_dir(&topics)? {
-        let topic = topic?;
-        if !topic.file_type()?.is_dir() {
+    for topic in disk.list_dir_blocking(&topics)? {
+        if !topic.is_dir {
             continue;
         }
-        let name = topic.file_name().to_string_lossy().into_owned();
-        for partition in std::fs::read_dir(topic.path())? {
-            let partition = partition?;
-            let Ok(number) = partition.file_name().to_string_lossy().parse::<u32>() else {
+        let name = topic.name.to_string_lossy().into_owned();
+        for partition in disk.list_dir_blocking(&topics.join(&topic.name))? {
+            let Ok(number) = partition.name.to_string_lossy().parse::<u32>() else {
                 continue;
             };
-            if partition.file_type()?.is_dir() {
-                partitions.push((name.clone(), number, partition.path()));
+            if partition.is_dir {
+                partitions.push((
+                    name.clone(),
+                    number,
+                    topics.join(&topic.name).join(&partition.name),
+                ));
             }
         }
     }

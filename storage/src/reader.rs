@@ -8,17 +8,21 @@
 //!
 //! Each frame's checksum is verified once, when the reader hands it out; a mismatch is a typed
 //! `Error::Corrupt` naming the file and byte position.
+//!
+//! A reader sees frames once they are written, so it may see records a power cut later takes back
+//! (see `Durability`); `synced_only` keeps it to the prefix an fdatasync covered. A reader that is
+//! not at its readable end never reports "caught up" (`None`): if retention deleted the segment
+//! under it, it gets `Error::OffsetOutOfRange` with the new start offset.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::rc::Rc;
 
-use glommio::io::{DmaFile, ReadResult};
 use glommio::Task;
 
 use crate::batch::{BatchRef, RecordRef};
 use crate::format::{self, FrameHeader};
-use crate::io::{self, BLOCK_SIZE};
+use crate::io::{File, ReadBytes, BLOCK_SIZE};
 use crate::log::{PartitionLog, Shared};
 use crate::Error;
 
@@ -49,7 +53,7 @@ impl<'a> ReadBatch<'a> {
     }
 }
 
-type ReadTask = Task<Result<ReadResult, std::io::Error>>;
+type ReadTask = Task<Result<ReadBytes, std::io::Error>>;
 
 /// A planned read of the frames in `[start, end)` (both frame boundaries).
 struct Planned {
@@ -67,7 +71,7 @@ enum Source {
 
 /// Bytes of a chunk, starting at the chunk's (block aligned) file position.
 enum Bytes {
-    Disk(ReadResult),
+    Disk(ReadBytes),
     /// A written buffer and the offset of the chunk's first byte in it.
     Memory(Rc<glommio::io::DmaBuffer>, usize, usize),
 }
@@ -93,7 +97,7 @@ struct Chunk {
 struct OpenSegment {
     base_offset: u64,
     path: PathBuf,
-    file: Rc<DmaFile>,
+    file: File,
     /// Position of the next frame to hand out.
     pos: u64,
     chunk: Option<Chunk>,
@@ -112,6 +116,8 @@ pub struct LogReader {
     /// For timestamp seeks: skip records older than this until the first match.
     min_timestamp: Option<i64>,
     segment: Option<OpenSegment>,
+    /// Only frames an fdatasync covered are read.
+    synced_only: bool,
 }
 
 impl PartitionLog {
@@ -154,7 +160,7 @@ impl PartitionLog {
                 }
             }
         };
-        Ok(LogReader { shared, next_offset, min_timestamp, segment: None })
+        Ok(LogReader { shared, next_offset, min_timestamp, segment: None, synced_only: false })
     }
 }
 
@@ -164,6 +170,28 @@ impl LogReader {
         self.next_offset
     }
 
+    /// Keeps this reader to the synced prefix: it hands out only records that survive a power cut
+    /// (by default a reader sees records once they are written).
+    pub fn synced_only(mut self) -> Self {
+        self.synced_only = true;
+        self
+    }
+
+    /// Waits until this reader has something to read (written, or synced for `synced_only`).
+    pub async fn wait_readable(&self) -> Result<(), Error> {
+        self.shared.wait_readable(self.next_offset, self.synced_only).await
+    }
+
+    /// The error for a reader whose records retention deleted.
+    fn out_of_range(&self) -> Error {
+        let st = self.shared.state.borrow();
+        Error::OffsetOutOfRange {
+            requested: self.next_offset,
+            start: st.segments[0].index.base_offset,
+            end: st.segments.last().expect("active segment").index.next_offset,
+        }
+    }
+
     /// The next batch holding records at or after `next_offset`, or `None` when the reader has
     /// caught up with the readable end of the log (wait with `PartitionLog::wait_readable`).
     pub async fn next_batch(&mut self) -> Result<Option<ReadBatch<'_>>, Error> {
@@ -171,9 +199,11 @@ impl LogReader {
             if !self.ensure_segment().await? {
                 return Ok(None);
             }
-            let limit = {
-                let segment = self.segment.as_ref().expect("ensured");
-                self.shared.readable_limit(segment.base_offset).unwrap_or(0)
+            let base = self.segment.as_ref().expect("ensured").base_offset;
+            let Some(limit) = self.shared.readable_limit(base, self.synced_only) else {
+                // Retention deleted the segment under this reader.
+                self.segment = None;
+                return Err(self.out_of_range());
             };
             let segment = self.segment.as_mut().expect("ensured");
             if segment.pos >= limit {
@@ -191,7 +221,13 @@ impl LogReader {
                         self.segment = None;
                         continue;
                     }
-                    _ => return Ok(None),
+                    _ => {
+                        debug_assert!(
+                            self.next_offset >= self.shared.readable_end(self.synced_only),
+                            "a reader before its readable end reported caught up"
+                        );
+                        return Ok(None);
+                    }
                 }
             }
             let (header, frame_start) = load_frame(&self.shared, segment, limit).await?;
@@ -261,24 +297,19 @@ impl LogReader {
             )
         };
         let (base_offset, path, pos) = found;
-        if self.shared.readable_limit(base_offset).unwrap_or(0) == 0 && pos == 0 {
-            // The segment exists but no byte of it is written yet.
+        if self.shared.readable_limit(base_offset, self.synced_only) == Some(0) && pos == 0 {
+            // The segment exists but no byte of it is readable yet.
             let st = self.shared.state.borrow();
-            if st.readable.segment_base < base_offset || st.readable.next_offset <= self.next_offset
-            {
+            let readable = if self.synced_only { st.synced_readable } else { st.readable };
+            if readable.segment_base < base_offset || readable.next_offset <= self.next_offset {
                 return Ok(false);
             }
         }
-        let file = match io::open_read(&path).await {
-            Ok(file) => Rc::new(file),
-            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+        let file = match self.shared.config.disk.open_read(&path).await {
+            Ok(file) => file,
+            Err(e) if e.is_not_found() => {
                 // Retention deleted it between the lookup and the open.
-                let st = self.shared.state.borrow();
-                return Err(Error::OffsetOutOfRange {
-                    requested: self.next_offset,
-                    start: st.segments[0].index.base_offset,
-                    end: st.segments.last().expect("active segment").index.next_offset,
-                });
+                return Err(self.out_of_range());
             }
             Err(e) => return Err(e),
         };
@@ -425,6 +456,6 @@ fn cached(shared: &Shared, segment_base: u64, start: u64, end: u64) -> Option<By
     Some(Bytes::Memory(hit.buf.clone(), from, hit.len))
 }
 
-async fn read_at(file: &DmaFile, pos: u64, size: usize) -> Result<ReadResult, std::io::Error> {
-    file.read_at_aligned(pos, size.next_multiple_of(BLOCK_SIZE)).await.map_err(Into::into)
+async fn read_at(file: &File, pos: u64, size: usize) -> Result<ReadBytes, std::io::Error> {
+    file.read_at(pos, size.next_multiple_of(BLOCK_SIZE)).await
 }

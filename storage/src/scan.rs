@@ -5,7 +5,7 @@
 //! tools. A scan stops at the first frame that is not valid and reports where and why; whether
 //! that is a torn tail (truncate) or corruption (error) is the caller's decision.
 
-use std::ops::Deref;
+use std::ops::{ControlFlow, Deref};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -111,9 +111,13 @@ pub async fn scan_segment<S: ChunkSource>(
                         }
                         break Step::NeedMore(frame_len);
                     }
-                    if let Err(defect) =
-                        check_frame(&header, &bytes[..frame_len], index.next_offset, depth)
-                    {
+                    if let Err(defect) = check_frame(
+                        &header,
+                        &bytes[..frame_len],
+                        position,
+                        index.next_offset,
+                        depth,
+                    ) {
                         break Step::Stop(Some(ScanStop { position, defect }));
                     }
                     first_timestamp.get_or_insert(header.first_timestamp);
@@ -156,10 +160,14 @@ enum Step {
 fn check_frame(
     header: &FrameHeader,
     frame: &[u8],
+    position: u64,
     expected_offset: u64,
     depth: Depth,
 ) -> Result<(), FrameDefect> {
     let (_, payload) = format::parse_frame(frame)?;
+    if u64::from(header.synced_before) > position {
+        return Err(FrameDefect::BadHeader { reason: "synced position past the frame itself" });
+    }
     if header.base_offset != expected_offset {
         return Err(FrameDefect::BadHeader {
             reason: "base offset does not follow the previous frame",
@@ -193,6 +201,141 @@ async fn finish<S: ChunkSource>(
     Ok(SegmentScan { index, stop, file_len, trailing_garbage, first_timestamp })
 }
 
+/// What follows the valid frames of an active segment. The rule is documented in `log::recovery`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tail {
+    /// Nothing but zeros (or nothing at all) after the last valid frame.
+    Clean,
+    /// A torn write: everything from `position` on may be cut. Valid frames found after the
+    /// damage lay within the window a power cut can tear, and go with it.
+    Torn {
+        position: u64,
+        defect: FrameDefect,
+        /// Bytes from `position` to the last non-zero byte.
+        dropped_bytes: u64,
+        /// Valid frames after the damage, and their offsets `[first, end)`.
+        dropped_frames: u64,
+        dropped_offsets: Option<(u64, u64)>,
+    },
+    /// Damage followed by a valid frame farther away than a power cut can explain.
+    Corrupt { position: u64, defect: FrameDefect, valid_at: u64, valid_offset: u64 },
+}
+
+/// The defect reported for a zero-filled hole followed by non-zero bytes.
+pub const HOLE: FrameDefect =
+    FrameDefect::BadHeader { reason: "zeros where a frame should start, non-zero bytes after" };
+
+/// Decides whether the damage a scan stopped at (or non-zero bytes after its last frame) is a
+/// torn tail or corruption: it searches every 16-byte aligned position after the damage for a
+/// valid frame (header and checksum). A valid frame whose `synced_before` lies past the damage, or
+/// that ends more than `window_bytes` (plus the damaged frame's own length, when its header is
+/// readable) after it, is corruption.
+pub async fn classify_tail<S: ChunkSource>(
+    source: &S,
+    scan: &SegmentScan,
+    window_bytes: u64,
+) -> Result<Tail, Error> {
+    let (position, defect) = match scan.stop {
+        Some(stop) => (stop.position, stop.defect),
+        None if scan.trailing_garbage => (scan.index.size_bytes, HOLE),
+        None => return Ok(Tail::Clean),
+    };
+    let file_len = source.file_len();
+    let header_size = format::FRAME_HEADER_SIZE as u64;
+    // A frame whose header survived may have been synced in part: the sync point can fall inside
+    // it, so the window reaches back to its start.
+    let mut window = window_bytes;
+    if position + header_size <= file_len {
+        let head = source.read_chunk(position, format::FRAME_HEADER_SIZE).await?;
+        if let Ok(header) = format::parse_header(&head) {
+            window += u64::from(header.frame_len).min(file_len - position);
+        }
+    }
+    let mut dropped_frames = 0;
+    let mut dropped_offsets: Option<(u64, u64)> = None;
+    let mut corrupt = None;
+    let last_nonzero_end = find_valid_frames(source, position, |at, header| {
+        // Damage below a valid frame's synced position was synced before that frame existed, and
+        // damage farther before a valid frame than the unsynced bound allows was synced too.
+        let synced_past_damage = u64::from(header.synced_before) > position;
+        if synced_past_damage || at + u64::from(header.frame_len) - position > window {
+            corrupt = Some((at, header.base_offset));
+            return ControlFlow::Break(());
+        }
+        dropped_frames += 1;
+        let (first, end) = dropped_offsets.unwrap_or((header.base_offset, header.next_offset()));
+        dropped_offsets = Some((first.min(header.base_offset), end.max(header.next_offset())));
+        ControlFlow::Continue(())
+    })
+    .await?;
+    if let Some((valid_at, valid_offset)) = corrupt {
+        return Ok(Tail::Corrupt { position, defect, valid_at, valid_offset });
+    }
+    Ok(Tail::Torn {
+        position,
+        defect,
+        dropped_bytes: last_nonzero_end.saturating_sub(position),
+        dropped_frames,
+        dropped_offsets,
+    })
+}
+
+/// Calls `visit` for every valid frame (header and checksum) that starts at a 16-byte aligned
+/// position after `position`, in file order, skipping each one's body; stops early when `visit`
+/// breaks. Returns the end of the last non-zero byte seen (at least `position`).
+pub async fn find_valid_frames<S: ChunkSource>(
+    source: &S,
+    position: u64,
+    mut visit: impl FnMut(u64, &FrameHeader) -> ControlFlow<()>,
+) -> Result<u64, Error> {
+    let file_len = source.file_len();
+    let header_size = format::FRAME_HEADER_SIZE as u64;
+    let mut q = position + FRAME_ALIGN as u64;
+    let mut last_nonzero_end = position;
+    const CHUNK: usize = 1 << 20;
+    while q + header_size <= file_len {
+        let chunk = source.read_chunk(q, CHUNK).await?;
+        if let Some(last) = chunk.iter().rposition(|b| *b != 0) {
+            last_nonzero_end = last_nonzero_end.max(q + last as u64 + 1);
+        }
+        let mut rel = 0usize;
+        let mut resume = None;
+        while rel + format::FRAME_HEADER_SIZE <= chunk.len() {
+            let magic =
+                u32::from_le_bytes([chunk[rel], chunk[rel + 1], chunk[rel + 2], chunk[rel + 3]]);
+            if magic == format::FRAME_MAGIC {
+                if let Ok(header) = format::parse_header(&chunk[rel..]) {
+                    let at = q + rel as u64;
+                    let len = u64::from(header.frame_len);
+                    let valid = at + len <= file_len
+                        && u64::from(header.synced_before) <= at
+                        && if rel + len as usize <= chunk.len() {
+                            format::parse_frame(&chunk[rel..rel + len as usize]).is_ok()
+                        } else {
+                            let frame = source.read_chunk(at, len as usize).await?;
+                            frame.len() as u64 == len && format::parse_frame(&frame).is_ok()
+                        };
+                    if valid {
+                        last_nonzero_end = last_nonzero_end.max(at + len);
+                        if visit(at, &header).is_break() {
+                            return Ok(last_nonzero_end);
+                        }
+                        resume = Some(at + len);
+                        break;
+                    }
+                }
+            }
+            rel += FRAME_ALIGN;
+        }
+        match resume {
+            Some(next) => q = next,
+            None if rel == 0 => break,
+            None => q += rel as u64,
+        }
+    }
+    Ok(last_nonzero_end)
+}
+
 /// A `ChunkSource` over `std::fs`, for tools that run without an executor.
 pub struct StdSource {
     file: std::fs::File,
@@ -222,6 +365,16 @@ impl ChunkSource for StdSource {
     fn file_len(&self) -> u64 {
         self.len
     }
+}
+
+/// `classify_tail` with `std::fs` (blocking).
+pub fn classify_tail_std(
+    path: &Path,
+    scan: &SegmentScan,
+    window_bytes: u64,
+) -> Result<Tail, Error> {
+    let source = StdSource::open(path)?;
+    futures_lite::future::block_on(classify_tail(&source, scan, window_bytes))
 }
 
 /// Scans a segment file with `std::fs` (blocking).

@@ -1,15 +1,19 @@
 //! Offline checks and summaries of a data dir, for `kappa verify` and `kappa inspect`.
 //!
-//! These run without an executor (plain `std::fs`) and never modify anything. `verify` reads every
+//! These run without an executor (blocking reads) and never modify anything. `verify` reads every
 //! frame of every segment and checks headers, checksums, offset continuity, archive structure and
-//! the Kafka CRC32C; it also checks each sealed segment's index file against the segment.
+//! the Kafka CRC32C; it also checks each sealed segment's index file against the segment. Damage
+//! in the active segment is classified by the same rule recovery applies (`scan::classify_tail`):
+//! a torn tail is recoverable (the next open cuts it), damage followed by valid frames farther
+//! than the torn-tail window is corruption.
 
 use std::path::{Path, PathBuf};
 
 use crate::index::SegmentIndex;
+use crate::io::Disk;
 use crate::paths;
-use crate::scan::{self, Depth};
-use crate::Error;
+use crate::scan::{self, Depth, Tail};
+use crate::{Error, LogConfig};
 
 /// One problem found by `verify`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +23,11 @@ pub struct Problem {
     pub what: String,
     /// A torn tail of the active segment: normal after a crash, cut off by the next open.
     pub recoverable: bool,
+}
+
+/// The torn-tail window `verify` assumes: the default log configuration's.
+pub fn default_window_bytes() -> u64 {
+    LogConfig::default().torn_tail_window_bytes()
 }
 
 /// What `inspect` and `verify` know about one segment.
@@ -45,8 +54,17 @@ pub struct PartitionSummary {
     pub problems: Vec<Problem>,
 }
 
-/// Scans every partition of a data dir.
+/// Scans every partition of a data dir (with the default torn-tail window).
 pub fn scan_data_dir(data_dir: &Path) -> Result<Vec<PartitionSummary>, Error> {
+    scan_data_dir_with(data_dir, default_window_bytes())
+}
+
+/// Scans every partition of a data dir; `window_bytes` is the torn-tail window of its logs
+/// (`LogConfig::torn_tail_window_bytes`).
+pub fn scan_data_dir_with(
+    data_dir: &Path,
+    window_bytes: u64,
+) -> Result<Vec<PartitionSummary>, Error> {
     if !data_dir.is_dir() {
         return Err(Error::io(
             "open data dir",
@@ -54,20 +72,22 @@ pub fn scan_data_dir(data_dir: &Path) -> Result<Vec<PartitionSummary>, Error> {
             std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
         ));
     }
-    let partitions =
-        paths::list_partitions(data_dir).map_err(|e| Error::io("list", data_dir, e))?;
+    let partitions = paths::list_partitions(data_dir)?;
     partitions
         .into_iter()
         .map(|(topic, partition, dir)| {
-            let (segments, problems) = scan_partition(&dir)?;
+            let (segments, problems) = scan_partition(&dir, window_bytes)?;
             Ok(PartitionSummary { topic, partition, segments, problems })
         })
         .collect()
 }
 
 /// Scans one partition dir: every segment, frame by frame.
-pub fn scan_partition(dir: &Path) -> Result<(Vec<SegmentSummary>, Vec<Problem>), Error> {
-    let listed = paths::list_segments(dir).map_err(|e| Error::io("list", dir, e))?;
+pub fn scan_partition(
+    dir: &Path,
+    window_bytes: u64,
+) -> Result<(Vec<SegmentSummary>, Vec<Problem>), Error> {
+    let listed = paths::list_segments(dir)?;
     let mut segments = Vec::with_capacity(listed.len());
     let mut problems = Vec::new();
     let mut expected_base: Option<u64> = None;
@@ -86,20 +106,47 @@ pub fn scan_partition(dir: &Path) -> Result<(Vec<SegmentSummary>, Vec<Problem>),
         }
         let scan = scan::scan_segment_std(&path, base, Depth::Deep)?;
         let index = &scan.index;
-        if let Some(stop) = scan.stop {
-            problems.push(Problem {
-                path: path.clone(),
-                position: stop.position,
-                what: stop.defect.to_string(),
-                recoverable: !sealed,
-            });
-        } else if scan.trailing_garbage {
-            problems.push(Problem {
-                path: path.clone(),
-                position: index.size_bytes,
-                what: "non-zero bytes after the last frame".to_string(),
-                recoverable: !sealed,
-            });
+        if sealed {
+            if let Some(stop) = scan.stop {
+                problems.push(Problem {
+                    path: path.clone(),
+                    position: stop.position,
+                    what: stop.defect.to_string(),
+                    recoverable: false,
+                });
+            } else if scan.trailing_garbage {
+                problems.push(Problem {
+                    path: path.clone(),
+                    position: index.size_bytes,
+                    what: "non-zero bytes after the last frame of a sealed segment".to_string(),
+                    recoverable: false,
+                });
+            }
+        } else {
+            match scan::classify_tail_std(&path, &scan, window_bytes)? {
+                Tail::Clean => {}
+                Tail::Torn { position, defect, dropped_bytes, dropped_frames, .. } => problems
+                    .push(Problem {
+                        path: path.clone(),
+                        position,
+                        what: format!(
+                            "{defect}: a torn tail ({dropped_bytes} bytes, {dropped_frames} \
+                             frames after the damage)"
+                        ),
+                        recoverable: true,
+                    }),
+                Tail::Corrupt { position, defect, valid_at, valid_offset } => {
+                    problems.push(Problem {
+                        path: path.clone(),
+                        position,
+                        what: format!(
+                            "{defect}; valid frames follow at byte {valid_at} (offset \
+                             {valid_offset}), too far for a torn write: corrupt"
+                        ),
+                        recoverable: false,
+                    })
+                }
+            }
         }
         if sealed {
             check_index(dir, base, index, &mut problems);
@@ -123,9 +170,9 @@ pub fn scan_partition(dir: &Path) -> Result<(Vec<SegmentSummary>, Vec<Problem>),
 
 fn check_index(dir: &Path, base: u64, scanned: &SegmentIndex, problems: &mut Vec<Problem>) {
     let index_path = paths::index_path(dir, base);
-    let bytes = match std::fs::read(&index_path) {
+    let bytes = match Disk::Dma.read_file_blocking(&index_path) {
         Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return, // Rebuilt on open.
+        Err(e) if e.is_not_found() => return, // Rebuilt on open.
         Err(e) => {
             problems.push(Problem {
                 path: index_path,

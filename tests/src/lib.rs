@@ -75,14 +75,14 @@ pub mod crash {
 
 /// The view and workload shared by the view tests and the `kappa-view-writer` child process.
 pub mod views {
-    use kappa_engine::operator::{json_number, Aggregate, LatePolicy, Window};
+    use kappa_engine::operator::{Aggregate, LatePolicy, Window};
     use kappa_engine::{Durability, Engine, ProducerBatch, ViewDef};
 
     /// Sum of `v` per key per 100 ms tumbling window, 50 ms lateness, late records dropped.
     pub fn sums(revision: &str) -> ViewDef {
         ViewDef::new("events")
             .revision(revision)
-            .map(|r| json_number(r.value(), "v"))
+            .map_json("v")
             .window(Window::Tumbling { size_ms: 100 })
             .aggregate(Aggregate::Sum)
             .lateness(50, LatePolicy::Drop)

@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use kappa_storage::Durability;
+use kappa_storage::{Durability, LogConfig, MIB};
 
 /// Exit code: success, or a clean data dir.
 pub const EXIT_OK: i32 = 0;
@@ -33,6 +33,19 @@ pub enum Command {
         /// Also count a torn tail of an active segment as corruption (normally it is cut on open).
         #[arg(long)]
         strict: bool,
+        #[command(flatten)]
+        window: WindowArgs,
+    },
+    /// Cut each corrupt partition at its first damage, dropping everything after it, after a
+    /// report of exactly what goes (exit 0 done or nothing to do; with --dry-run, 1 if a cut is
+    /// needed; 2 error).
+    Repair {
+        dir: PathBuf,
+        /// Report the cuts without making them.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        window: WindowArgs,
     },
     /// Show topics, partitions and segments with offsets, sizes and time ranges.
     Inspect {
@@ -55,6 +68,21 @@ pub enum Command {
     Produce(crate::admin::ProduceArgs),
     /// Print records of a topic of a running `kappa serve`, following it.
     Consume(crate::admin::ConsumeArgs),
+}
+
+/// The logs' unsynced bound, which sets how far from the end damage can be a torn tail.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WindowArgs {
+    /// `unsynced_bytes_max` of the logs, in MiB (the default configuration's unless told).
+    #[arg(long, default_value_t = LogConfig::default().unsynced_bytes_max / MIB)]
+    pub unsynced_mib: u64,
+}
+
+impl WindowArgs {
+    pub fn window_bytes(&self) -> u64 {
+        LogConfig { unsynced_bytes_max: self.unsynced_mib * MIB, ..LogConfig::default() }
+            .torn_tail_window_bytes()
+    }
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -101,7 +129,12 @@ where
         init_logging();
     }
     let result = match cli.command {
-        Command::Verify { dir, strict } => crate::verify::run(&dir, strict),
+        Command::Verify { dir, strict, window } => {
+            crate::verify::run(&dir, strict, window.window_bytes())
+        }
+        Command::Repair { dir, dry_run, window } => {
+            crate::repair::run(&dir, dry_run, window.window_bytes())
+        }
         Command::Inspect { dir, json } => crate::inspect::run(&dir, json).map(|()| EXIT_OK),
         Command::Gen(args) => crate::gen::run(&args).map(|()| EXIT_OK),
         Command::Demo(args) => crate::demo::run(&args).map(|()| EXIT_OK),

@@ -22,7 +22,7 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 
-use kappa_engine::operator::{json_number, Aggregate, LatePolicy, Window};
+use kappa_engine::operator::{Aggregate, LatePolicy, Window};
 use kappa_engine::{Durability, Engine, ProducerRecord, Seek, TopicConfig, ViewDef};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -178,7 +178,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
             row.value
         );
     }
-    let code = crate::verify::run(&data_dir, false)?;
+    let code = crate::verify::run(&data_dir, false, kappa_storage::verify::default_window_bytes())?;
     anyhow::ensure!(
         code == crate::cli::EXIT_OK,
         "verify found corruption in {}",
@@ -194,7 +194,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
 fn mean_per_10s() -> ViewDef {
     ViewDef::new(TOPIC)
         .revision("mean-10s")
-        .map(|r| json_number(r.value(), "temp_c"))
+        .map_json("temp_c")
         .window(Window::Tumbling { size_ms: 10_000 })
         .aggregate(Aggregate::Mean)
         .lateness(1_000, LatePolicy::Drop)
@@ -203,7 +203,7 @@ fn mean_per_10s() -> ViewDef {
 fn max_per_5s() -> ViewDef {
     ViewDef::new(TOPIC)
         .revision("max-5s")
-        .map(|r| json_number(r.value(), "temp_c"))
+        .map_json("temp_c")
         .window(Window::Tumbling { size_ms: 5_000 })
         .aggregate(Aggregate::Max)
         .lateness(1_000, LatePolicy::Drop)
@@ -241,7 +241,8 @@ fn run_view_phases(
     rebuilding.store(true, Ordering::Release);
     let old = view.version();
     let started = Instant::now();
-    let version = engine.rebuild_view(VIEW, max_per_5s())?;
+    let rebuild = engine.rebuild_view(VIEW, max_per_5s())?;
+    let version = rebuild.version();
     println!(
         "rebuilding `{VIEW}` as version {version} (max per 5 s) from offset 0 while ingest continues; version {} keeps serving",
         view.version()
@@ -256,7 +257,12 @@ fn run_view_phases(
     );
     let mut last_line = Instant::now() - Duration::from_secs(1);
     loop {
-        std::thread::sleep(Duration::from_millis(50));
+        // The wait is the progress bar's tick: it returns at once when the swap happens.
+        let swapped = match rebuild.wait_swapped(Duration::from_millis(50)) {
+            Ok(()) => true,
+            Err(kappa_engine::Error::Timeout { .. }) => false,
+            Err(e) => return Err(e).context("rebuilding the view"),
+        };
         let (progress, _) = view.progress_of(version)?;
         let done = progress.consumed();
         let total = done + progress.lag();
@@ -270,13 +276,11 @@ fn run_view_phases(
         bar.set_length(total);
         bar.set_position(done);
         bar.set_message(message.clone());
-        if !terminal
-            && (last_line.elapsed() >= Duration::from_millis(500) || view.version() == version)
-        {
+        if !terminal && (last_line.elapsed() >= Duration::from_millis(500) || swapped) {
             eprintln!("{:>5.1}%  {message}", fraction * 100.0);
             last_line = Instant::now();
         }
-        if view.version() == version {
+        if swapped {
             bar.finish();
             let offsets: Vec<String> = progress
                 .partitions

@@ -6,8 +6,8 @@ use anyhow::Context;
 
 use crate::cli::{EXIT_CORRUPT, EXIT_OK};
 
-pub fn run(dir: &Path, strict: bool) -> anyhow::Result<i32> {
-    let partitions = kappa_storage::verify::scan_data_dir(dir)
+pub fn run(dir: &Path, strict: bool, window_bytes: u64) -> anyhow::Result<i32> {
+    let partitions = kappa_storage::verify::scan_data_dir_with(dir, window_bytes)
         .with_context(|| format!("verifying data dir {}", dir.display()))?;
     let mut corrupt = 0usize;
     let mut notices = 0usize;
@@ -29,7 +29,7 @@ pub fn run(dir: &Path, strict: bool) -> anyhow::Result<i32> {
             } else {
                 notices += 1;
                 println!(
-                    "notice  {} at byte {}: {} (torn tail of the active segment; cut on next open)",
+                    "notice  {} at byte {}: {} (recoverable: the next open cuts it)",
                     problem.path.display(),
                     problem.position,
                     problem.what

@@ -344,7 +344,7 @@ async fn append_partition(node: &Rc<Node>, work: Work, durability: Durability) -
             producer_epoch: batch.producer_epoch,
             base_sequence: batch.base_sequence,
         };
-        let ticket = match log.append_now(&borrowed, producer, durability) {
+        let ticket = match log.append_now(&borrowed, producer, durability, now_ms) {
             Ok(ticket) => ticket,
             Err(e) => return Appended::Done(storage_error(&e)),
         };

@@ -1,6 +1,6 @@
 //! A view's definition: the pipeline over one topic, its event-time policy, and where a build starts.
 
-use crate::operator::{Aggregate, FilterFn, KeyBy, LatePolicy, MapFn, Window};
+use crate::operator::{Aggregate, FilterFn, JsonPath, KeyBy, LatePolicy, MapFn, MapOutput, Window};
 
 /// Where a new view version starts reading its topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,12 +30,15 @@ pub struct ViewDef {
     pub map: Option<MapFn>,
     pub window: Window,
     pub aggregate: Aggregate,
-    /// The watermark trails the largest event time seen in a partition by this much.
+    /// The watermark trails the largest event time of the records a partition consumed (every
+    /// one with an event time in range, used by this view or not) by this much.
     pub allowed_lateness_ms: i64,
     pub late: LatePolicy,
     /// A checkpoint every this many records consumed (a record count, not a timer: deterministic).
     pub checkpoint_every_records: u64,
     pub start: Start,
+    /// A builder argument that could not be used (say, a bad JSON path), reported by `validate`.
+    pub(crate) invalid: Option<(&'static str, String)>,
 }
 
 impl ViewDef {
@@ -52,6 +55,7 @@ impl ViewDef {
             late: LatePolicy::Drop,
             checkpoint_every_records: 1_000_000,
             start: Start::Beginning,
+            invalid: None,
         }
     }
     pub fn revision(mut self, revision: impl Into<String>) -> Self {
@@ -72,11 +76,38 @@ impl ViewDef {
         self.key = KeyBy::Derived(std::sync::Arc::new(f));
         self
     }
-    pub fn map(
+    /// The number each record contributes: the closure returns `Option<f64>` (`None` is counted
+    /// as "no field") or `Result<f64, Skip>` (counted by cause).
+    pub fn map<R: MapOutput>(
         mut self,
-        f: impl Fn(&kappa_storage::RecordRef<'_>) -> Option<f64> + Send + Sync + 'static,
+        f: impl Fn(&kappa_storage::RecordRef<'_>) -> R + Send + Sync + 'static,
     ) -> Self {
-        self.map = Some(std::sync::Arc::new(f));
+        self.map = Some(std::sync::Arc::new(move |r| f(r).into_value()));
+        self
+    }
+    /// Aggregates the number at a JSON path (`a.b.c`) in each record's value; records without it
+    /// are counted by cause (no field, not a number, not JSON).
+    pub fn map_json(mut self, path: &str) -> Self {
+        match JsonPath::parse(path) {
+            Ok(path) => {
+                let map: MapFn = std::sync::Arc::new(move |r| path.number(r.value()));
+                self.map = Some(map);
+            }
+            Err(e) => self.invalid = Some(("map_json", e.to_string())),
+        }
+        self
+    }
+    /// Groups by the value at a JSON path (`a.b.c`): a string's text, a number as printed, or
+    /// `true`/`false`; records without one are counted as "no key".
+    pub fn key_by_json(mut self, path: &str) -> Self {
+        match JsonPath::parse(path) {
+            Ok(path) => {
+                self.key = KeyBy::Derived(std::sync::Arc::new(move |r, key| {
+                    path.key_into(r.value(), key).is_ok()
+                }));
+            }
+            Err(e) => self.invalid = Some(("key_by_json", e.to_string())),
+        }
         self
     }
     pub fn window(mut self, window: Window) -> Self {
@@ -101,31 +132,52 @@ impl ViewDef {
         self
     }
 
-    /// Checks the definition as `Engine::create_view` and `rebuild_view` will.
+    /// Refuses, naming the field, every definition the engine cannot compute exactly.
     pub fn validate(&self) -> Result<(), crate::Error> {
-        let bad = |reason: &str| {
-            Err(crate::Error::Config { field: "view definition", reason: reason.to_string() })
+        let bad = |field: &'static str, reason: &str| {
+            Err(crate::Error::Config { field, reason: reason.to_string() })
         };
-        if let Err(reason) = self.window.validate() {
-            return bad(reason);
+        if let Some((field, reason)) = &self.invalid {
+            return bad(field, reason);
+        }
+        if let Err((field, reason)) = self.window.validate() {
+            return bad(field, &reason);
         }
         if self.aggregate.needs_value() && self.map.is_none() {
-            return bad("this aggregate needs a `map` giving the number to aggregate");
+            return bad("map", "this aggregate needs a `map` giving the number to aggregate");
         }
         if !self.aggregate.is_mergeable() && !matches!(self.key, crate::operator::KeyBy::RecordKey)
         {
-            return bad("a non-mergeable aggregate needs key_by(record key): a derived key spreads over partitions");
+            return bad(
+                "aggregate",
+                "a non-mergeable aggregate needs key_by(record key): a derived key spreads over \
+                 partitions, whose partial results it cannot merge",
+            );
         }
-        if self.allowed_lateness_ms < 0 {
-            return bad("allowed lateness must not be negative");
+        if !self.aggregate.is_mergeable() && matches!(self.window, Window::Session { .. }) {
+            return bad(
+                "aggregate",
+                "a non-mergeable aggregate cannot have session windows: sessions merge when an \
+                 event bridges them",
+            );
+        }
+        if !(0..=crate::operator::window::DURATION_MS_MAX).contains(&self.allowed_lateness_ms) {
+            return bad(
+                "allowed_lateness_ms",
+                &format!(
+                    "{} must be in 0..={} ms",
+                    self.allowed_lateness_ms,
+                    crate::operator::window::DURATION_MS_MAX
+                ),
+            );
         }
         if self.checkpoint_every_records == 0 {
-            return bad("checkpoint_every_records must be at least 1");
+            return bad("checkpoint_every_records", "must be at least 1");
         }
         if self.revision.is_empty()
             || !self.revision.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
         {
-            return bad("revision must be non-empty ASCII letters, digits, '.', '_' or '-'");
+            return bad("revision", "must be non-empty ASCII letters, digits, '.', '_' or '-'");
         }
         Ok(())
     }

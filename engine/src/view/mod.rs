@@ -8,20 +8,28 @@
 //! version has caught up, the engine's served version flips to it in one atomic store: a query reads
 //! the served version once and asks every partition for that version, so it never mixes versions,
 //! and the old version keeps running for rollback until it is dropped.
+//!
+//! What a view computes, record by record and query by query, is specified in `docs/semantics.md`;
+//! the tests compare the engine with a reference model written from that page.
 
 pub mod def;
+pub mod handle;
 pub(crate) mod runner;
 pub mod state;
+pub mod wait;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::operator::{AggState, Aggregate};
+use crate::operator::{AggState, Aggregate, Window};
 use crate::Error;
 pub use def::{Start, ViewDef};
+pub use handle::{Rebuild, ViewHandle};
+pub use runner::Activity;
 pub use state::{Cell, Counters, PartitionState};
+pub use wait::Offsets;
 
 /// One row of a view: a (key, window) group and its aggregate.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,6 +64,10 @@ pub struct PartitionProgress {
     /// Seconds to catch up at that rate (0 when live).
     pub eta_s: f64,
     pub error: Option<String>,
+    /// What the partition's task is doing or waiting on right now.
+    pub activity: Activity,
+    /// Times the stall check (`monitor.rs`) saw this partition behind and not moving for a second.
+    pub stalls: u64,
 }
 
 /// A version's progress over all partitions.
@@ -96,7 +108,19 @@ pub(crate) struct Version {
     /// Set when every partition caught up: the served version moves here (if it is a rebuild).
     pub(crate) entry: Arc<Entry>,
     pub(crate) dir: PathBuf,
+    /// Per partition, the next offset to fold (published by the shard after every batch).
+    pub(crate) folded: Box<[AtomicU64]>,
+    /// The first partition that stopped on an error, and the error.
+    pub(crate) failure: Mutex<Option<(u32, String)>>,
+    /// `BUILDING`, `SERVED` (every partition caught up and the served version moved here, or
+    /// it was served from the start) or `SUPERSEDED` (a newer version was served first).
+    pub(crate) outcome: AtomicU8,
+    pub(crate) dropped: AtomicBool,
 }
+
+pub(crate) const BUILDING: u8 = 0;
+pub(crate) const SERVED: u8 = 1;
+pub(crate) const SUPERSEDED: u8 = 2;
 
 impl Version {
     /// Called on a shard when one partition caught up; the last one flips the served version.
@@ -108,12 +132,35 @@ impl Version {
             let previous = self.entry.served.fetch_max(self.number, Ordering::AcqRel);
             if previous < self.number {
                 self.entry.swaps.fetch_add(1, Ordering::AcqRel);
+                self.outcome.store(SERVED, Ordering::SeqCst);
                 tracing::info!(view = %self.view, from = previous, to = self.number, "view version swapped");
                 if let Err(e) = write_meta(&self.entry) {
                     tracing::error!(view = %self.view, error = %e, "recording the served view version failed");
                 }
+            } else if previous == self.number {
+                self.outcome.store(SERVED, Ordering::SeqCst);
+            } else {
+                self.outcome.store(SUPERSEDED, Ordering::SeqCst);
+                tracing::info!(view = %self.view, version = self.number, served = previous,
+                    "view version caught up after a newer one was served; it is not swapped in");
             }
         }
+        self.entry.notifier.notify();
+    }
+
+    /// Publishes how far a partition folded and wakes whoever waits on it.
+    pub(crate) fn partition_folded(&self, partition: u32, next_offset: u64) {
+        self.folded[partition as usize].store(next_offset, Ordering::SeqCst);
+        self.entry.notifier.notify();
+    }
+
+    /// Records a partition's error (the first one is kept) and wakes waiters.
+    pub(crate) fn partition_failed(&self, partition: u32, reason: String) {
+        self.failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_or_insert((partition, reason));
+        self.entry.notifier.notify();
     }
 
     pub(crate) fn partition_dir(&self, partition: u32) -> PathBuf {
@@ -130,6 +177,8 @@ pub(crate) struct Entry {
     /// Every version ever made, with its revision (persisted, so numbers are never reused).
     pub(crate) history: Mutex<BTreeMap<u32, String>>,
     pub(crate) dir: PathBuf,
+    /// Wakes threads in `ViewHandle::wait_for` and `Rebuild::wait_swapped`.
+    pub(crate) notifier: wait::Notifier,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -199,9 +248,19 @@ pub(crate) fn write_meta(entry: &Entry) -> Result<(), Error> {
     Ok(())
 }
 
-/// Merges per-partition groups into rows: the same (key, window) from several partitions (a derived
-/// key spread over partitions) is merged, which every built-in aggregate supports.
-pub(crate) fn merge_rows(aggregate: &Aggregate, parts: Vec<Vec<(Vec<u8>, i64, Cell)>>) -> Vec<Row> {
+/// Merges per-partition groups into rows (docs/semantics.md, "Rows across partitions"). A key's
+/// groups from several partitions (a derived key spread over partitions) merge, which every
+/// mergeable aggregate supports: for fixed windows, the groups with the same window start; for
+/// sessions, every pair of sessions that overlap, so a key's sessions end up disjoint as if one
+/// partition had seen all its events. Partials merge in partition order, for fixed bits.
+pub(crate) fn merge_rows(
+    aggregate: &Aggregate,
+    window: Window,
+    parts: Vec<Vec<(Vec<u8>, i64, Cell)>>,
+) -> Vec<Row> {
+    if let Window::Session { .. } = window {
+        return merge_sessions(aggregate, parts);
+    }
     let mut merged: BTreeMap<(Vec<u8>, i64), Cell> = BTreeMap::new();
     for part in parts {
         for (key, start, cell) in part {
@@ -217,16 +276,50 @@ pub(crate) fn merge_rows(aggregate: &Aggregate, parts: Vec<Vec<(Vec<u8>, i64, Ce
             }
         }
     }
-    merged
-        .into_iter()
-        .map(|((key, window_start), cell)| Row {
-            key,
-            window_start,
-            window_end: cell.end_ms,
-            value: aggregate.result(&cell.agg),
-            state: cell.agg,
-        })
-        .collect()
+    merged.into_iter().map(|((key, start), cell)| row(aggregate, key, start, cell)).collect()
+}
+
+fn row(aggregate: &Aggregate, key: Vec<u8>, window_start: i64, cell: Cell) -> Row {
+    Row {
+        key,
+        window_start,
+        window_end: cell.end_ms,
+        value: aggregate.result(&cell.agg),
+        state: cell.agg,
+    }
+}
+
+/// Sessions of one key from several partitions, sorted by (start, partition), swept once: a
+/// session overlapping the one being built (starting before its end) merges into it.
+fn merge_sessions(aggregate: &Aggregate, parts: Vec<Vec<(Vec<u8>, i64, Cell)>>) -> Vec<Row> {
+    let mut by_key: BTreeMap<Vec<u8>, Vec<(i64, usize, Cell)>> = BTreeMap::new();
+    for (partition, part) in parts.into_iter().enumerate() {
+        for (key, start, cell) in part {
+            by_key.entry(key).or_default().push((start, partition, cell));
+        }
+    }
+    let mut rows = Vec::new();
+    for (key, mut sessions) in by_key {
+        sessions.sort_by_key(|(start, partition, _)| (*start, *partition));
+        let mut current: Option<(i64, Cell)> = None;
+        for (start, _, cell) in sessions {
+            match &mut current {
+                Some((_, open)) if start < open.end_ms => {
+                    aggregate.merge(&mut open.agg, &cell.agg);
+                    open.end_ms = open.end_ms.max(cell.end_ms);
+                }
+                _ => {
+                    if let Some((s, done)) = current.replace((start, cell)) {
+                        rows.push(row(aggregate, key.clone(), s, done));
+                    }
+                }
+            }
+        }
+        if let Some((s, done)) = current {
+            rows.push(row(aggregate, key, s, done));
+        }
+    }
+    rows
 }
 
 /// What a query asks of one partition.

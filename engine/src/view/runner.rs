@@ -3,6 +3,10 @@
 //! The same loop serves history and the live tail: it starts in the `replay` queue (low shares, so
 //! the live queue preempts it), and when the reader reaches the readable end it records that offset
 //! and continues in the `live` queue. Records are folded straight out of the read buffers.
+//!
+//! Every await is labelled (`Activity`), so the stall check (`monitor.rs`, `shard::watch_views`) can say what a partition that
+//! stopped moving waits on: a disk read, a yield to other queues, the log's readable event, or a
+//! checkpoint's sync or write (issue 9's unexplained 58.6 s catch-up).
 
 use std::cell::{Cell as StdCell, RefCell};
 use std::path::{Path, PathBuf};
@@ -15,6 +19,79 @@ use crate::shard::Shard;
 use crate::view::state::{self, PartitionState};
 use crate::view::{PartitionProgress, Version};
 
+/// What a view partition's task is doing or waiting on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activity {
+    /// Created; its task has not run yet.
+    Starting,
+    /// Awaiting the next batch from the reader (a DMA read, or the tail cache).
+    Reading,
+    /// Yielded to other task queues (runnable, waiting for its share of the CPU).
+    Yielding,
+    /// Caught up, sleeping until the log has more readable records.
+    WaitingReadable,
+    /// Waiting for the log's fdatasync before a checkpoint.
+    CheckpointSync,
+    /// Writing a checkpoint file (blocking the shard thread).
+    CheckpointWrite,
+    /// Stopped: dropped, failed or shut down.
+    Stopped,
+}
+
+impl std::fmt::Display for Activity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Activity::Starting => "starting (task not run yet)",
+            Activity::Reading => "reading (waiting for a disk read)",
+            Activity::Yielding => "yielding (runnable, waiting for CPU share)",
+            Activity::WaitingReadable => "waiting for readable records",
+            Activity::CheckpointSync => "checkpoint: waiting for the log's sync",
+            Activity::CheckpointWrite => "checkpoint: writing the file",
+            Activity::Stopped => "stopped",
+        })
+    }
+}
+
+/// A view partition behind its log and not moving for this long is reported.
+pub(crate) const STALL_WARN: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What the stall check remembers between its looks at a partition.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub(crate) struct Watch {
+    /// The folded offset seen at the last look, and since when it has not moved while behind.
+    offset: u64,
+    since: Option<std::time::Instant>,
+    warned: bool,
+}
+
+impl Watch {
+    /// One look: the partition has folded up to `next` of a readable end `end`. Returns the new
+    /// memory and, once per stall, how long the partition has been behind without moving when
+    /// that reaches `STALL_WARN`.
+    pub(crate) fn look(
+        self,
+        next: u64,
+        end: u64,
+        stopped: bool,
+        now: std::time::Instant,
+    ) -> (Watch, Option<std::time::Duration>) {
+        if next >= end || stopped {
+            return (Watch { offset: next, since: None, warned: false }, None);
+        }
+        if next != self.offset {
+            // It moved since the last look: a stall, if any, starts now.
+            return (Watch { offset: next, since: Some(now), warned: false }, None);
+        }
+        let since = self.since.unwrap_or(now);
+        let stalled = now.duration_since(since);
+        let warn = stalled >= STALL_WARN && !self.warned;
+        (
+            Watch { offset: next, since: Some(since), warned: self.warned || warn },
+            warn.then_some(stalled),
+        )
+    }
+}
+
 /// One partition of one view version, on its shard.
 pub(crate) struct ViewPartition {
     pub(crate) version: Arc<Version>,
@@ -24,6 +101,11 @@ pub(crate) struct ViewPartition {
     pub(crate) stopped: StdCell<bool>,
     pub(crate) error: RefCell<Option<String>>,
     pub(crate) bytes_consumed: StdCell<u64>,
+    pub(crate) activity: StdCell<Activity>,
+    /// In the replay queue (true) or the live queue.
+    pub(crate) replaying: StdCell<bool>,
+    pub(crate) watch: StdCell<Watch>,
+    pub(crate) stalls: StdCell<u64>,
     since_checkpoint: StdCell<u64>,
     consumed_at_start: u64,
     /// When this partition started on the shard: progress rates only, never a decision.
@@ -33,6 +115,7 @@ pub(crate) struct ViewPartition {
 impl ViewPartition {
     pub(crate) fn new(version: Arc<Version>, partition: u32, state: PartitionState) -> Self {
         let consumed_at_start = state.counters.consumed;
+        version.partition_folded(partition, state.next_offset);
         #[allow(clippy::disallowed_methods)] // Progress rates are observability, never decisions.
         let started = std::time::Instant::now();
         ViewPartition {
@@ -43,6 +126,10 @@ impl ViewPartition {
             stopped: StdCell::new(false),
             error: RefCell::new(None),
             bytes_consumed: StdCell::new(0),
+            activity: StdCell::new(Activity::Starting),
+            replaying: StdCell::new(true),
+            watch: StdCell::new(Watch::default()),
+            stalls: StdCell::new(0),
             since_checkpoint: StdCell::new(0),
             consumed_at_start,
             started,
@@ -69,7 +156,16 @@ impl ViewPartition {
             rate_records_s: rate,
             eta_s: if live || rate <= 0.0 { 0.0 } else { lag as f64 / rate },
             error: self.error.borrow().clone(),
+            activity: self.activity.get(),
+            stalls: self.stalls.get(),
         }
+    }
+
+    /// Records an error that stopped the partition, and tells waiters.
+    fn fail(&self, reason: String) {
+        self.activity.set(Activity::Stopped);
+        self.version.partition_failed(self.partition, reason.clone());
+        *self.error.borrow_mut() = Some(reason);
     }
 }
 
@@ -130,17 +226,30 @@ fn checkpoints(dir: &Path) -> Vec<PathBuf> {
 /// Writes a checkpoint of the partition after making sure the log holds (synced) everything it
 /// covers, then keeps only the newest two.
 async fn checkpoint(log: &PartitionLog, vp: &ViewPartition) {
+    let was = vp.activity.replace(Activity::CheckpointSync);
     // A checkpoint must never cover records a crash could still lose.
     if let Err(e) = log.sync().await {
         tracing::error!(error = %e, "sync before a view checkpoint failed");
+        vp.activity.set(was);
         return;
     }
+    vp.activity.set(Activity::CheckpointWrite);
     let dir = vp.version.partition_dir(vp.partition);
+    // Observability only: a write that blocks the shard thread this long is worth a warning.
+    #[allow(clippy::disallowed_methods)]
+    let started = std::time::Instant::now();
     let result = {
         let st = vp.state.borrow();
         let path = dir.join(format!("{:020}.ckpt", st.next_offset));
         state::write_checkpoint(&path, &vp.version.view, vp.version.number, vp.partition, &st)
     };
+    let blocked = started.elapsed();
+    if blocked >= CHECKPOINT_WRITE_WARN {
+        tracing::warn!(view = %vp.version.view, version = vp.version.number, partition = vp.partition,
+            blocked_ms = blocked.as_millis() as u64,
+            "a view checkpoint write blocked the shard thread (std::fs write and fsync)");
+    }
+    vp.activity.set(was);
     match result {
         Ok(()) => {
             vp.since_checkpoint.set(0);
@@ -153,6 +262,9 @@ async fn checkpoint(log: &PartitionLog, vp: &ViewPartition) {
     }
 }
 
+/// A checkpoint write that blocks the shard longer than this is logged.
+const CHECKPOINT_WRITE_WARN: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Folds the log into the partition from `seek`: in the replay queue until caught up, then (a new
 /// task) in the live queue for good.
 pub(crate) async fn run(
@@ -162,36 +274,45 @@ pub(crate) async fn run(
     seek: Seek,
     live: bool,
 ) {
+    vp.replaying.set(!live);
     let mut reader = match log.reader(seek) {
         Ok(reader) => reader,
         Err(e) => {
-            *vp.error.borrow_mut() = Some(e.to_string());
+            vp.fail(e.to_string());
             return;
         }
     };
     let def = vp.version.def.clone();
     loop {
         if vp.stopped.get() {
+            vp.activity.set(Activity::Stopped);
             return;
         }
+        vp.activity.set(Activity::Reading);
         match reader.next_batch().await {
             Ok(Some(batch)) => {
-                let n = {
+                let (n, next_offset) = {
                     let mut st = vp.state.borrow_mut();
                     let before = st.counters.consumed;
                     for record in batch.records() {
                         st.apply(&def, &record);
                     }
-                    st.counters.consumed - before
+                    (st.counters.consumed - before, st.next_offset)
                 };
+                vp.version.partition_folded(vp.partition, next_offset);
                 vp.bytes_consumed.set(vp.bytes_consumed.get() + batch.batch.payload().len() as u64);
                 vp.since_checkpoint.set(vp.since_checkpoint.get() + n);
                 if vp.since_checkpoint.get() >= def.checkpoint_every_records {
                     checkpoint(&log, &vp).await;
                 }
+                vp.activity.set(Activity::Yielding);
                 glommio::yield_if_needed().await;
             }
             Ok(None) => {
+                // Everything below the reader's position is folded, or was before a timestamp
+                // start and is not part of this version.
+                let next = reader.next_offset().max(vp.state.borrow().next_offset);
+                vp.version.partition_folded(vp.partition, next);
                 if !live {
                     // Caught up: from this exact offset on, the live queue follows the tail.
                     let offset = reader.next_offset();
@@ -206,13 +327,15 @@ pub(crate) async fn run(
                         .detach();
                     return;
                 }
+                vp.activity.set(Activity::WaitingReadable);
                 if log.wait_readable(reader.next_offset()).await.is_err() {
+                    vp.activity.set(Activity::Stopped);
                     return;
                 }
             }
             Err(e) => {
                 tracing::error!(view = %vp.version.view, partition = vp.partition, error = %e, "view partition stopped");
-                *vp.error.borrow_mut() = Some(e.to_string());
+                vp.fail(e.to_string());
                 return;
             }
         }
@@ -223,5 +346,36 @@ pub(crate) async fn run(
 pub(crate) async fn final_checkpoint(log: &PartitionLog, vp: &ViewPartition) {
     if vp.since_checkpoint.get() > 0 && vp.error.borrow().is_none() {
         checkpoint(log, vp).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::{Watch, STALL_WARN};
+
+    #[test]
+    fn a_stall_is_reported_once_after_a_second_behind_without_progress() {
+        #[allow(clippy::disallowed_methods)] // A fixed origin; the test moves time by hand.
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let (w, warn) = Watch::default().look(10, 20, false, at(0));
+        assert_eq!(warn, None, "first sight: it may have just fallen behind");
+        let (w, warn) = w.look(10, 20, false, at(500));
+        assert_eq!(warn, None);
+        let (w, warn) = w.look(10, 25, false, at(1_000));
+        assert_eq!(warn, Some(STALL_WARN), "behind and not moving for a second");
+        let (w, warn) = w.look(10, 25, false, at(3_000));
+        assert_eq!(warn, None, "once per stall");
+        let (w, warn) = w.look(11, 25, false, at(3_250));
+        assert_eq!(warn, None, "it moved: a new stall would start over");
+        let (w, _) = w.look(11, 25, false, at(3_500));
+        assert_eq!(w.look(11, 25, false, at(4_500)).1, Some(Duration::from_millis(1_250)));
+        // Caught up (nothing to fold) or stopped is never a stall.
+        let (w, _) = Watch::default().look(30, 30, false, at(0));
+        assert_eq!(w.look(30, 30, false, at(5_000)).1, None);
+        let (w, _) = Watch::default().look(1, 30, true, at(0));
+        assert_eq!(w.look(1, 30, true, at(5_000)).1, None);
     }
 }

@@ -6,6 +6,7 @@
 //! the one maintained live.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::path::Path;
 
 use kappa_storage::RecordRef;
@@ -13,7 +14,8 @@ use rkyv::rancor;
 use rkyv::util::AlignedVec;
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
-use crate::operator::{AggState, Aggregate, KeyBy, LatePolicy, Window};
+use crate::operator::window::{EVENT_TIME_MAX, EVENT_TIME_MIN};
+use crate::operator::{AggState, Aggregate, KeyBy, LatePolicy, Skip, Window};
 use crate::view::def::ViewDef;
 use crate::Error;
 
@@ -25,18 +27,58 @@ pub struct Cell {
     pub end_ms: i64,
 }
 
-/// Counters of what the pipeline did with the records it consumed.
+/// What the pipeline did with the records it consumed. Every consumed record is counted exactly
+/// once in `applied` or in one skip cause; late counts are (record, window) pairs among `applied`.
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 pub struct Counters {
     pub consumed: u64,
+    /// Records that reached the windows (kept by the filter, with a key and a value).
     pub applied: u64,
-    /// Dropped by the filter, or without a key or mapped value.
-    pub skipped: u64,
-    /// (record, window) pairs that arrived after the window closed, per policy.
+    /// Event time outside `[EVENT_TIME_MIN, EVENT_TIME_MAX]`; such records do not move the watermark.
+    pub time_out_of_range: u64,
+    /// Dropped by the view's filter.
+    pub filtered: u64,
+    /// No record key (or the key function gave none).
+    pub no_key: u64,
+    /// The map found no value (for JSON: no such field).
+    pub no_field: u64,
+    /// The map's field holds no number (a string, boolean, null, object or array).
+    pub not_a_number: u64,
+    /// The value is not well-formed JSON (`map_json`).
+    pub not_json: u64,
+    /// (record, window) pairs whose window was closed, left out (`LatePolicy::Drop`).
     pub late_dropped: u64,
+    /// (record, window) pairs whose window was closed, folded in anyway (`LatePolicy::Update`).
     pub late_updated: u64,
+}
+
+impl Counters {
+    /// Records skipped for any cause (everything consumed but not applied).
+    pub fn skipped(&self) -> u64 {
+        self.time_out_of_range
+            + self.filtered
+            + self.no_key
+            + self.no_field
+            + self.not_a_number
+            + self.not_json
+    }
+
+    fn all(&self) -> [u64; 10] {
+        [
+            self.consumed,
+            self.applied,
+            self.time_out_of_range,
+            self.filtered,
+            self.no_key,
+            self.no_field,
+            self.not_a_number,
+            self.not_json,
+            self.late_dropped,
+            self.late_updated,
+        ]
+    }
 }
 
 pub type Groups = BTreeMap<Vec<u8>, BTreeMap<i64, Cell>>;
@@ -63,18 +105,29 @@ impl PartitionState {
         }
     }
 
-    /// Largest event time seen minus the allowed lateness: windows ending at or before it are closed.
+    /// The largest in-range event time consumed minus the allowed lateness: windows ending at or
+    /// before it are closed.
     pub fn watermark(&self, allowed_lateness_ms: i64) -> i64 {
         self.max_event_time.saturating_sub(allowed_lateness_ms)
     }
 
-    /// Folds one record in. No allocation unless the record opens a new key.
+    /// Folds one record in (docs/semantics.md). No allocation unless the record opens a new
+    /// group (a new key, window or session).
     pub fn apply(&mut self, def: &ViewDef, record: &RecordRef<'_>) {
         self.next_offset = record.offset() + 1;
         self.counters.consumed += 1;
+        let ts = record.timestamp();
+        if !(EVENT_TIME_MIN..=EVENT_TIME_MAX).contains(&ts) {
+            self.counters.time_out_of_range += 1;
+            return;
+        }
+        // Event time moves with every record the partition holds, whether or not this view uses
+        // it: the watermark tracks the stream, not the view's selection of it.
+        self.max_event_time = self.max_event_time.max(ts);
+        let watermark = self.watermark(def.allowed_lateness_ms);
         if let Some(filter) = &def.filter {
             if !filter(record) {
-                self.counters.skipped += 1;
+                self.counters.filtered += 1;
                 return;
             }
         }
@@ -90,22 +143,23 @@ impl PartitionState {
             KeyBy::Derived(f) => f(record, &mut self.key),
         };
         if !keyed {
-            self.counters.skipped += 1;
+            self.counters.no_key += 1;
             return;
         }
         let value = match &def.map {
             Some(map) => match map(record) {
-                Some(v) => Some(v),
-                None => {
-                    self.counters.skipped += 1;
+                Ok(v) => Some(v),
+                Err(skip) => {
+                    match skip {
+                        Skip::NoField => self.counters.no_field += 1,
+                        Skip::NotANumber => self.counters.not_a_number += 1,
+                        Skip::NotJson => self.counters.not_json += 1,
+                    }
                     return;
                 }
             },
             None => None,
         };
-        let ts = record.timestamp();
-        let watermark = self.watermark(def.allowed_lateness_ms);
-        self.max_event_time = self.max_event_time.max(ts);
         self.counters.applied += 1;
         if !self.groups.contains_key(self.key.as_slice()) {
             self.groups.insert(self.key.clone(), BTreeMap::new());
@@ -114,16 +168,8 @@ impl PartitionState {
         let windows = self.groups.get_mut(self.key.as_slice()).expect("inserted above");
         match def.window {
             Window::Session { gap_ms } => {
-                if ts.saturating_add(gap_ms) <= watermark {
-                    match def.late {
-                        LatePolicy::Drop => {
-                            counters.late_dropped += 1;
-                            return;
-                        }
-                        LatePolicy::Update => counters.late_updated += 1,
-                    }
-                }
-                apply_session(windows, &def.aggregate, record, value, ts, gap_ms);
+                let session = Session { aggregate: &def.aggregate, record, value, ts, gap_ms };
+                session.apply(windows, counters, watermark, def.late);
             }
             window => window.assign(ts, |start, end| {
                 if end <= watermark {
@@ -141,6 +187,10 @@ impl PartitionState {
                 def.aggregate.update(&mut cell.agg, record, value);
             }),
         }
+        if windows.is_empty() {
+            // A new key whose only record was late and dropped: it has no group.
+            self.groups.remove(self.key.as_slice());
+        }
     }
 
     /// A digest of the whole state: equal digests mean equal groups, bits and offsets.
@@ -148,8 +198,7 @@ impl PartitionState {
         let mut h = Xxh3::new();
         h.update(&self.next_offset.to_le_bytes());
         h.update(&self.max_event_time.to_le_bytes());
-        let c = self.counters;
-        for n in [c.consumed, c.applied, c.skipped, c.late_dropped, c.late_updated] {
+        for n in self.counters.all() {
             h.update(&n.to_le_bytes());
         }
         for (key, windows) in &self.groups {
@@ -188,39 +237,85 @@ fn hash_agg(h: &mut Xxh3, agg: &AggState) {
     }
 }
 
-/// Merges the record into the key's sessions: a session is a run of events closer than `gap_ms`;
-/// the new event's session swallows every existing one it now touches. No allocation.
-fn apply_session(
-    sessions: &mut BTreeMap<i64, Cell>,
-    aggregate: &Aggregate,
-    record: &RecordRef<'_>,
+/// One record on its way into a key's sessions.
+struct Session<'a, 'r> {
+    aggregate: &'a Aggregate,
+    record: &'a RecordRef<'r>,
     value: Option<f64>,
     ts: i64,
     gap_ms: i64,
-) {
-    let mut start = ts;
-    let mut end = ts.saturating_add(gap_ms);
-    let mut agg = aggregate.init();
-    aggregate.update(&mut agg, record, value);
-    loop {
-        // The latest session starting at or before our end; sessions are disjoint and ordered, so
-        // if it does not reach our start, no earlier one does.
-        let hit =
-            sessions.range(..=end).next_back().filter(|(_, c)| c.end_ms >= start).map(|(s, _)| *s);
-        let Some(hit) = hit else { break };
-        let cell = sessions.remove(&hit).expect("the key was just found");
-        start = start.min(hit);
-        end = end.max(cell.end_ms);
-        // Merge order fixed (older state into the new one) for deterministic bits.
-        let mut merged = cell.agg;
-        aggregate.merge(&mut merged, &agg);
-        agg = merged;
+}
+
+impl Session<'_, '_> {
+    /// Merges the record into the key's sessions: the record's interval `[ts, ts + gap)` joins
+    /// every session it overlaps (half-open: touching is not overlapping), and they become one.
+    /// The record is late only when that merged session would end at or before the watermark,
+    /// so a record touching a session that is still open is always merged in. Sessions of a key
+    /// are disjoint, so the ones overlapping the record are a run ending at the last session that
+    /// starts before `ts + gap`. No allocation unless the record opens a new session.
+    fn apply(
+        self,
+        sessions: &mut BTreeMap<i64, Cell>,
+        counters: &mut Counters,
+        watermark: i64,
+        late: LatePolicy,
+    ) {
+        let Session { aggregate, record, value, ts, gap_ms } = self;
+        let end = ts + gap_ms;
+        let mut first = None;
+        let mut merged_end = end;
+        let mut touched = 0usize;
+        for (start, cell) in sessions.range(..end).rev() {
+            if cell.end_ms <= ts {
+                break;
+            }
+            first = Some(*start);
+            merged_end = merged_end.max(cell.end_ms);
+            touched += 1;
+        }
+        if merged_end <= watermark {
+            match late {
+                LatePolicy::Drop => {
+                    counters.late_dropped += 1;
+                    return;
+                }
+                LatePolicy::Update => counters.late_updated += 1,
+            }
+        }
+        let Some(first) = first else {
+            let mut agg = aggregate.init();
+            aggregate.update(&mut agg, record, value);
+            sessions.insert(ts, Cell { agg, end_ms: end });
+            return;
+        };
+        // Fold the later sessions into the earliest one, oldest first (a fixed order keeps the
+        // bits deterministic), then the record; in place, so extending a session allocates
+        // nothing.
+        for _ in 1..touched {
+            let next = sessions
+                .range((Bound::Excluded(first), Bound::Unbounded))
+                .next()
+                .map(|(s, _)| *s)
+                .expect("a touched session follows");
+            let later = sessions.remove(&next).expect("found above");
+            let cell = sessions.get_mut(&first).expect("found above");
+            aggregate.merge(&mut cell.agg, &later.agg);
+        }
+        let cell = sessions.get_mut(&first).expect("found above");
+        aggregate.update(&mut cell.agg, record, value);
+        cell.end_ms = merged_end;
+        if ts < first {
+            // The record starts the session earlier: its start is its key in the map.
+            let cell = sessions.remove(&first).expect("found above");
+            sessions.insert(ts, cell);
+        }
     }
-    sessions.insert(start, Cell { agg, end_ms: end });
 }
 
 const CHECKPOINT_MAGIC: u32 = u32::from_le_bytes(*b"KAPC");
-const CHECKPOINT_FORMAT: u16 = 1;
+/// Format 2: `Counters` counts skips by cause. A format-1 checkpoint is refused as unknown and
+/// the partition replays from an older checkpoint or the start.
+const CHECKPOINT_FORMAT: u16 = 2;
 const CHECKPOINT_HEADER: usize = 32;
 
 /// Groups as a checkpoint stores them: key, then (window start, cell) in order.

@@ -11,6 +11,7 @@ fn frame_with_payload(payload: &[u8]) -> Vec<u8> {
         record_count: 3,
         first_timestamp: 1_000,
         max_timestamp: 2_000,
+        synced_before: 0,
         checksum: 0,
     };
     let mut bytes = vec![0u8; header.frame_len as usize];
@@ -68,4 +69,37 @@ fn truncation_and_unknown_version_are_typed() {
     let mut newer = bytes.clone();
     newer[4] = 9;
     assert_eq!(parse_header(&newer), Err(FrameDefect::UnknownVersion { found: 9 }));
+}
+
+#[test]
+fn version_1_frames_still_read_and_version_2_carries_the_synced_position() {
+    let payload = b"a payload";
+    let mut header = FrameHeader {
+        version: FORMAT_VERSION_1,
+        frame_len: frame_len_for(payload.len()) as u32,
+        payload_len: payload.len() as u32,
+        base_offset: 7,
+        record_count: 1,
+        first_timestamp: 1,
+        max_timestamp: 1,
+        synced_before: 0,
+        checksum: 0,
+    };
+    let frame = |header: &mut FrameHeader| {
+        let mut bytes = vec![0u8; header.frame_len as usize];
+        let mut head = [0u8; FRAME_HEADER_SIZE];
+        header.write(&mut head, payload);
+        bytes[..FRAME_HEADER_SIZE].copy_from_slice(&head);
+        bytes[FRAME_HEADER_SIZE..FRAME_HEADER_SIZE + payload.len()].copy_from_slice(payload);
+        bytes
+    };
+    let v1 = frame(&mut header);
+    assert_eq!(parse_frame(&v1).expect("version 1 reads").0.synced_before, 0);
+    // In version 1 the field was reserved: a non-zero value there is damage.
+    header.synced_before = 4096;
+    let bad_v1 = frame(&mut header);
+    assert!(matches!(parse_header(&bad_v1), Err(FrameDefect::BadHeader { .. })));
+    header.version = FORMAT_VERSION;
+    let v2 = frame(&mut header);
+    assert_eq!(parse_frame(&v2).expect("version 2 reads").0.synced_before, 4096);
 }

@@ -56,3 +56,25 @@ fn file_round_trip_and_damage() {
     }
     assert!(SegmentIndex::decode(path, &bytes[..bytes.len() - 16]).is_err());
 }
+
+#[test]
+fn version_2_keeps_the_append_time_and_version_1_still_reads() {
+    let mut index = sample();
+    index.append_time_ms = 1_700_000_000_123;
+    let bytes = index.encode();
+    assert_eq!(u16::from_le_bytes([bytes[4], bytes[5]]), 2);
+    let decoded = SegmentIndex::decode(Path::new("x.index"), &bytes).expect("decodes");
+    assert_eq!(decoded.append_time_ms, 1_700_000_000_123);
+    assert_eq!(decoded.retention_time_ms(), 1_700_000_000_123);
+
+    // A version 1 file: version 1, a zero where the append time now sits, its own checksum.
+    let mut v1 = sample().encode();
+    v1[4..6].copy_from_slice(&1u16.to_le_bytes());
+    v1[48..56].copy_from_slice(&0u64.to_le_bytes());
+    let checksum = xxh3_64_with_seed(&v1[64..], xxh3_64(&v1[..56]));
+    v1[56..64].copy_from_slice(&checksum.to_le_bytes());
+    let old = SegmentIndex::decode(Path::new("old.index"), &v1).expect("version 1 decodes");
+    assert_eq!(old.append_time_ms, i64::MIN, "unknown");
+    assert_eq!(old.retention_time_ms(), old.max_timestamp, "falls back to the event time");
+    assert_eq!(old.entries, sample().entries);
+}

@@ -103,3 +103,108 @@ fn demo_runs_and_leaves_a_verifiable_data_dir() {
     assert!(!partitions.is_empty());
     assert!(partitions.iter().all(|p| p.segments.last().is_some_and(|s| s.next_offset > 0)));
 }
+
+fn flip(path: &std::path::Path, position: u64) {
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(path).expect("open");
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, position).expect("read");
+    file.write_all_at(&[byte[0] ^ 0x10], position).expect("write");
+}
+
+/// Regression (issue 8, defect 1, through the CLI): `kappa gen` of 20,000 `synced` records, one
+/// byte flipped at position 4096, then `kappa gen` into the same dir again: recovery took the
+/// damage for a torn tail, dropped every record and handed offsets 0.. out again, so a consumer
+/// that had read offset 5 would read a different record under it. Now the second `gen` fails
+/// and changes nothing, `verify` says corrupt (exit 1), and only an explicit `repair` cuts.
+#[test]
+fn a_flipped_byte_in_the_active_segment_is_corruption_until_repaired() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let dir = temp.path().to_str().expect("utf-8");
+    // The issue's shape: 20,000 records of 1,000 bytes (about 20.5 MiB), one segment. Every frame
+    // after the first says the first was synced before it was appended, so damage at byte 4096
+    // cannot be a torn write.
+    let gen = [
+        "gen",
+        dir,
+        "--topic",
+        "t",
+        "--records",
+        "20000",
+        "--value-size",
+        "1000",
+        "--durability",
+        "synced",
+    ];
+    assert_eq!(kappa(&gen), EXIT_OK);
+    let segment = temp.path().join("topics/t/0/00000000000000000000.log");
+    flip(&segment, 4096);
+    let damaged = std::fs::read(&segment).expect("read");
+
+    assert_eq!(kappa(&gen), EXIT_ERROR, "gen appended after a corrupt frame");
+    assert_eq!(std::fs::read(&segment).expect("read"), damaged, "the failed open changed the file");
+
+    assert_eq!(kappa(&["verify", dir]), EXIT_CORRUPT);
+    let partitions = kappa_storage::verify::scan_data_dir(temp.path()).expect("scan");
+    let problem = &partitions[0].problems[0];
+    assert!(!problem.recoverable, "{problem:?}");
+    assert!(problem.what.contains("corrupt"), "{problem:?}");
+
+    assert_eq!(kappa(&["repair", "--dry-run", dir]), EXIT_CORRUPT);
+    assert_eq!(std::fs::read(&segment).expect("read"), damaged, "a dry run changed the file");
+    let window = kappa_storage::verify::default_window_bytes();
+    let cuts = kappa_storage::repair::plan(temp.path(), window).expect("plan");
+    assert_eq!(cuts.len(), 1);
+    assert_eq!(cuts[0].path, segment);
+    assert_eq!(cuts[0].position, 0, "the frame holding byte 4096 starts at 0");
+    assert_eq!((cuts[0].first_dropped_offset, cuts[0].dropped_offsets_end), (0, 20_000));
+    let data = 20_000 * 1_000;
+    assert!(cuts[0].dropped_bytes > data && cuts[0].dropped_bytes < data * 11 / 10, "{cuts:?}");
+
+    assert_eq!(kappa(&["repair", dir]), EXIT_OK);
+    assert_eq!(kappa(&["verify", "--strict", dir]), EXIT_OK);
+    assert_eq!(kappa(&["repair", "--dry-run", dir]), EXIT_OK, "nothing left to repair");
+}
+
+/// A damaged sealed segment: `repair` cuts it at the damage and deletes every later segment, and
+/// reports the offsets and bytes that go.
+#[test]
+fn repair_cuts_a_damaged_sealed_segment_and_everything_after_it() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let dir = temp.path().to_str().expect("utf-8");
+    let gen = [
+        "gen",
+        dir,
+        "--topic",
+        "t",
+        "--records",
+        "6000",
+        "--value-size",
+        "300",
+        "--segment-mib",
+        "1",
+        "--batch",
+        "50",
+    ];
+    assert_eq!(kappa(&gen), EXIT_OK);
+    let partition = temp.path().join("topics/t/0");
+    let segments = kappa_storage::paths::list_segments(&partition).expect("list");
+    assert!(segments.len() >= 3, "{segments:?}");
+    flip(&segments[1].1, 500_000);
+    assert_eq!(kappa(&["verify", dir]), EXIT_CORRUPT);
+    let window = kappa_storage::verify::default_window_bytes();
+    let cuts = kappa_storage::repair::plan(temp.path(), window).expect("plan");
+    let cut = &cuts[0];
+    assert_eq!(cut.path, segments[1].1);
+    assert!(cut.position <= 500_000 && cut.position + 20_000 > 500_000, "{cut:?}");
+    assert!(cut.first_dropped_offset > segments[1].0);
+    assert_eq!(cut.dropped_offsets_end, 6000);
+    assert!(cut.deleted_files.contains(&segments[2].1));
+    assert_eq!(kappa(&["repair", dir]), EXIT_OK);
+    assert_eq!(kappa(&["verify", "--strict", dir]), EXIT_OK);
+    let partitions = kappa_storage::verify::scan_data_dir(temp.path()).expect("scan");
+    let end = partitions[0].segments.last().expect("segment").next_offset;
+    assert_eq!(end, cut.first_dropped_offset);
+    // The repaired log opens and takes appends at the cut.
+    assert_eq!(kappa(&gen), EXIT_OK);
+    assert_eq!(kappa(&["verify", "--strict", dir]), EXIT_OK);
+}

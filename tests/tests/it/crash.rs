@@ -46,10 +46,33 @@ fn synced_acks_survive_sigkill() {
             .spawn()
             .expect("spawn crash writer");
         let stdout = child.stdout.take().expect("stdout");
+        // Lines are forwarded as they arrive, so the kill can wait for the writer to have started
+        // acknowledging: on a loaded machine a fixed delay after spawn can end before the child's
+        // first append (then the round tests nothing and the total can stay too small).
+        let (line_tx, line_rx) = std::sync::mpsc::channel::<String>();
         let reader = std::thread::spawn(move || {
-            BufReader::new(stdout).lines().map_while(Result::ok).collect::<Vec<String>>()
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line_tx.send(line).is_err() {
+                    break;
+                }
+            }
         });
-        let delay_ms = 20 + rng.next() % 300;
+        let mut lines = Vec::new();
+        #[allow(clippy::disallowed_methods)] // A test deadline, not engine time.
+        let started = std::time::Instant::now();
+        // Every fourth round kills at a random moment from the start instead (often during the
+        // reopen's recovery, which must survive a crash too).
+        let early = round % 4 == 3;
+        while !early && !lines.iter().any(|l: &String| Ack::parse(l).is_some()) {
+            match line_rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) => lines.push(line),
+                Err(e) => panic!(
+                    "round {round}: the writer acknowledged nothing within {:?} ({e}; seed {seed})",
+                    started.elapsed()
+                ),
+            }
+        }
+        let delay_ms = rng.next() % 300;
         std::thread::sleep(Duration::from_millis(delay_ms));
         // SAFETY: plain libc call on a pid we own; SIGKILL cannot be caught.
         unsafe {
@@ -57,7 +80,8 @@ fn synced_acks_survive_sigkill() {
         }
         let status = child.wait().expect("wait");
         assert!(!status.success(), "the child was killed, round {round} (seed {seed})");
-        let lines = reader.join().expect("reader thread");
+        reader.join().expect("reader thread");
+        lines.extend(line_rx.try_iter());
         let mut new_acks = 0;
         for line in &lines {
             if let Some(ack) = Ack::parse(line) {
@@ -79,7 +103,7 @@ fn synced_acks_survive_sigkill() {
             temp.path().to_str().expect("utf-8"),
         ]);
         assert_eq!(code, 0, "kappa verify after round {round} (seed {seed})");
-        eprintln!("round {round}: killed after {delay_ms} ms, {new_acks} new acks, {checked} records checked");
+        eprintln!("round {round}: killed {delay_ms} ms after {}, {new_acks} new acks, {checked} records checked", if early { "the start" } else { "the first ack" });
     }
     assert!(
         acked.len() > 100,

@@ -135,7 +135,7 @@ impl App {
     pub fn rebuild_view(&self, name: &str, spec: &ViewSpec) -> ApiResult<u32> {
         let def = spec.to_def().map_err(|e| ApiError::bad(&e.key, e.message))?;
         // Record the spec before the version starts, under the number the engine will use.
-        let version = self.engine.rebuild_view(name, def)?;
+        let version = self.engine.rebuild_view(name, def)?.version();
         self.store.put(name, version, spec)?;
         Ok(version)
     }
@@ -273,7 +273,7 @@ pub fn open_views(engine: &Engine, settings: &Settings, store: &ViewStore) -> an
         match served.get(name) {
             Some(revision) if *revision == spec.revision() => {}
             Some(_) => {
-                let version = engine.rebuild_view(name, def)?;
+                let version = engine.rebuild_view(name, def)?.version();
                 store.put(name, version, spec)?;
                 tracing::info!(view = %name, version, "view definition changed in the config file; rebuilding");
             }

@@ -17,7 +17,6 @@
 pub mod app;
 pub mod config;
 pub mod error;
-pub mod fieldpath;
 pub mod metrics;
 pub mod routes;
 pub mod server;

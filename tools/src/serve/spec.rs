@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use kappa_engine::operator::{Aggregate, LatePolicy, Window};
 use kappa_engine::{Start, ViewDef};
 
-use super::fieldpath::FieldPath;
+use kappa_engine::operator::JsonPath;
 
 /// A view definition as an operator writes it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -136,8 +136,8 @@ fn err<T>(key: &str, message: impl Into<String>) -> Result<T, SpecError> {
     Err(SpecError { key: key.to_string(), message: message.into() })
 }
 
-fn path(key: &str, text: &str) -> Result<FieldPath, SpecError> {
-    FieldPath::parse(text).map_err(|message| SpecError { key: key.to_string(), message })
+fn path(key: &str, text: &str) -> Result<JsonPath, SpecError> {
+    JsonPath::parse(text).map_err(|e| SpecError { key: key.to_string(), message: e.to_string() })
 }
 
 /// How a filter compares the field's value.
@@ -234,11 +234,11 @@ impl ViewSpec {
         if let Some(filter) = &self.filter {
             let field = path("filter.field", &filter.field)?;
             let comparison = filter.comparison()?;
-            def = def.filter(move |r| comparison.passes(field.value(r.value())));
+            def = def.filter(move |r| comparison.passes(field.value(r.value()).ok()));
         }
         if let Some(key) = &self.key_field {
             let field = path("key_field", key)?;
-            def = def.key_by(move |r, out| field.key_into(r.value(), out));
+            def = def.key_by(move |r, out| field.key_into(r.value(), out).is_ok());
         }
         let aggregate = match self.aggregate {
             AggregateKind::Count => Aggregate::Count,

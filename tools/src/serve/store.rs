@@ -94,7 +94,7 @@ impl ViewStore {
     /// Forgets a view.
     pub fn remove(&self, name: &str) -> anyhow::Result<()> {
         match std::fs::remove_file(self.path(name)) {
-            Ok(()) => Ok(kappa_engine::storage::io::sync_dir(&self.dir)?),
+            Ok(()) => Ok(kappa_engine::storage::io::Disk::Dma.sync_dir_blocking(&self.dir)?),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e).with_context(|| format!("removing {}", self.path(name).display())),
         }

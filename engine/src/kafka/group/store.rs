@@ -158,7 +158,8 @@ pub(crate) async fn commit(
         .map(|(k, v)| Record::new(now_ms, Some(k.as_slice()), v.as_slice()))
         .collect();
     log.reserve().await;
-    let ticket = match log.append_now(&records, ProducerInfo::default(), Durability::Synced) {
+    let ticket = match log.append_now(&records, ProducerInfo::default(), Durability::Synced, now_ms)
+    {
         Ok(ticket) => ticket,
         Err(e) => {
             tracing::error!(error = %e, "appending committed offsets failed");

@@ -152,7 +152,8 @@ fn sessions_match_the_reference_model() {
     let def = def(Window::Session { gap_ms: gap }, Aggregate::Count);
     let mut state = PartitionState::new(0);
     feed(&mut state, &def, &records);
-    // Reference: per key, sorted event times split where the next is more than `gap` later.
+    // Reference: per key, sorted event times split where the next is `gap` or more later (the
+    // intervals [t, t + gap) of events exactly `gap` apart touch but do not overlap).
     let mut per_key: BTreeMap<Vec<u8>, Vec<i64>> = BTreeMap::new();
     for (ts, key, _) in &records {
         per_key.entry(key.as_bytes().to_vec()).or_default().push(*ts);
@@ -162,7 +163,7 @@ fn sessions_match_the_reference_model() {
         let mut sessions: Vec<(i64, i64, u64)> = Vec::new();
         for t in times {
             match sessions.last_mut() {
-                Some(last) if t - (last.1 - gap) <= gap => {
+                Some(last) if t < last.1 => {
                     last.1 = t + gap;
                     last.2 += 1;
                 }

@@ -86,7 +86,7 @@ pub fn progress_json(p: &VersionProgress) -> Value {
             "eta_s": number(q.eta_s),
             "consumed": q.counters.consumed,
             "applied": q.counters.applied,
-            "skipped": q.counters.skipped,
+            "skipped": q.counters.skipped(),
             "late_dropped": q.counters.late_dropped,
             "late_updated": q.counters.late_updated,
             "error": q.error,

@@ -1,0 +1,90 @@
+//! Proof that folding a record into a view allocates nothing once its groups exist: a counting
+//! global allocator runs under `PartitionState::apply` for every window kind, with a JSON map
+//! (`map_json`) and a JSON key (`key_by_json`), including hopping windows past 64 per record and
+//! sessions that a record extends. New keys, windows and sessions may allocate (they are new
+//! state); the second pass over the same records opens none, so it must allocate exactly zero.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use kappa_engine::operator::{Aggregate, LatePolicy, Window};
+use kappa_engine::view::PartitionState;
+use kappa_engine::ViewDef;
+use kappa_storage::{BatchEncoder, BatchRef, Limits, ProducerInfo, Record};
+use rkyv::util::AlignedVec;
+
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: forwards to the system allocator unchanged; only counts calls on this thread.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations() -> u64 {
+    ALLOCATIONS.with(Cell::get)
+}
+
+#[test]
+fn folding_allocates_nothing_per_record() {
+    let values: Vec<String> = (0..1000)
+        .map(|i| format!(r#"{{"unit":"v","g":"g{}","nested":{{"v":1}},"v":{}.5}}"#, i % 10, i % 97))
+        .collect();
+    let keys: Vec<String> = (0..1000).map(|i| format!("key-{}", i % 10)).collect();
+    let records: Vec<Record<'_>> = (0..1000)
+        .map(|i| Record::new(10_000 + i as i64 * 3, Some(keys[i].as_bytes()), values[i].as_bytes()))
+        .collect();
+    let mut encoder = BatchEncoder::new(Limits::default());
+    encoder.encode(0, &records, ProducerInfo::default()).expect("encodes");
+    let mut frame = AlignedVec::<16>::new();
+    frame.extend_from_slice(encoder.frame());
+    let batch = BatchRef::from_frame(&frame).expect("valid");
+    let windows = [
+        Window::None,
+        Window::Tumbling { size_ms: 100 },
+        Window::Hopping { size_ms: 6450, hop_ms: 100 },
+        Window::Session { gap_ms: 50 },
+    ];
+    for window in windows {
+        for json_key in [false, true] {
+            let mut def = ViewDef::new("t")
+                .map_json("v")
+                .window(window)
+                .aggregate(Aggregate::Mean)
+                .lateness(1 << 40, LatePolicy::Update);
+            if json_key {
+                def = def.key_by_json("g");
+            }
+            let mut state = PartitionState::new(0);
+            for record in batch.records() {
+                state.apply(&def, &record);
+            }
+            let before = allocations();
+            for record in batch.records() {
+                state.apply(&def, &record);
+            }
+            let allocated = allocations() - before;
+            assert_eq!(allocated, 0, "{window:?} (json key: {json_key}): {allocated} allocations");
+            assert_eq!(state.counters.applied, 2000, "{window:?}");
+        }
+    }
+}

@@ -1,0 +1,450 @@
+//! `PartitionLog`: the append path, the writer task, recovery, sealing and retention.
+//!
+//! Appends are split in two halves so that many producers share I/O:
+//!
+//! * the **appender** (any task calling `append`) assigns offsets, encodes the frame and copies it
+//!   into the current DMA write buffer, all synchronously under one `RefCell` borrow; a full buffer
+//!   goes to the writer's queue. Then it waits for the durability it asked for.
+//! * the **writer task** (one per partition) owns all segment I/O, in queue order: it writes full
+//!   buffers with up to `write_in_flight_max` writes in flight, writes the partial tail buffer when
+//!   the queue runs dry, and runs one fdatasync for every appender waiting on `synced` at that moment
+//!   (group commit). It also seals segments (fsync, write the index, create the next file).
+//!
+//! Positions are tracked as a byte **sequence** over the whole log's lifetime in this process
+//! (`appended_seq`, `submitted_seq`, `written_seq`, `synced_seq`), so a wait does not care which
+//! segment its bytes landed in.
+//!
+//! A partial write covers the tail block that later writes rewrite; two writes of one block must
+//! never be in flight at once (they could land in either order), so the writer waits for all
+//! in-flight writes before it issues one that starts below the end of an earlier one.
+//!
+//! Readers only see frames whose bytes are written (`readable`), never buffered ones; readers
+//! kept to the synced prefix see only frames an fdatasync covered (`synced_readable`).
+//!
+//! The writer never lets more than `LogConfig::unsynced_bytes_max` written bytes go unsynced,
+//! whatever the durability appenders ask for: that bound is what lets recovery tell a torn tail
+//! from corruption (see `recovery`). A failed write or fdatasync **fences** the log: nothing more
+//! becomes readable or acknowledged, and every later call gets `Error::Fenced` until the log is
+//! reopened (after a failed fdatasync the kernel may have dropped the dirty pages, so nothing
+//! written since the last good sync can be vouched for).
+//!
+//! The code is split along those seams: `append` (the appender half), `writer` (the writer task and
+//! group commit), `recovery` (open, recovery, index loading) and `retention`.
+
+mod append;
+mod recovery;
+mod retention;
+mod writer;
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use glommio::io::DmaBuffer;
+use glommio::Task;
+
+use crate::batch::BatchEncoder;
+use crate::index::SegmentIndex;
+use crate::sync::Event;
+use crate::{Durability, Error, LogConfig};
+
+pub(crate) use writer::CachedBuffer;
+
+/// What an append returns once its durability is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    /// Offset of the first record of the batch.
+    pub base_offset: u64,
+    /// Offset of the last record of the batch.
+    pub last_offset: u64,
+    /// Bytes the batch's frame occupies on disk.
+    pub frame_len: u32,
+}
+
+/// An append that has its offsets and waits for its durability (`PartitionLog::wait`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "an append is acknowledged only after `wait`"]
+pub struct AppendTicket {
+    pub info: AppendInfo,
+    seq_end: u64,
+    durability: Durability,
+}
+
+/// I/O counters of one log.
+#[derive(Debug, Clone)]
+pub struct LogStats {
+    pub fsync_count: u64,
+    /// fdatasync latency in nanoseconds.
+    pub fsync_latency_ns: hdrhistogram::Histogram<u64>,
+    /// Full buffers waiting for the writer.
+    pub write_queue_len: usize,
+    /// Bytes appended and written since the log was opened.
+    pub appended_bytes: u64,
+    pub written_bytes: u64,
+    /// The most bytes ever submitted for writing and not yet synced (at most
+    /// `LogConfig::unsynced_bytes_max`: the bound behind the torn-tail window).
+    pub unsynced_bytes_peak: u64,
+}
+
+/// What `open` found and repaired.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub segment_count: usize,
+    /// Sealed segments whose index file was missing or damaged and was rebuilt by a scan.
+    pub indexes_rebuilt: usize,
+    /// Bytes cut from the active segment's torn tail.
+    pub truncated_bytes: u64,
+    /// Bytes of the active segment scanned.
+    pub scanned_bytes: u64,
+}
+
+/// What `apply_retention` deleted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    pub segments_deleted: usize,
+    pub bytes_deleted: u64,
+    /// The first offset still in the log.
+    pub start_offset: u64,
+}
+
+/// A summary of one segment, for tools and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentInfo {
+    pub path: PathBuf,
+    pub base_offset: u64,
+    pub next_offset: u64,
+    pub size_bytes: u64,
+    pub max_timestamp: i64,
+    /// The wall time of the newest append (`i64::MIN` when unknown): what age retention uses.
+    pub append_time_ms: i64,
+    pub sealed: bool,
+}
+
+pub(crate) struct Segment {
+    pub(crate) path: PathBuf,
+    pub(crate) index: SegmentIndex,
+}
+
+/// A DMA buffer being filled, and where it goes in its segment file.
+struct WriteBuffer {
+    buf: DmaBuffer,
+    file_pos: u64,
+    len: usize,
+}
+
+enum WriteItem {
+    /// Bytes `[0, len)` of `buf` go to `file_pos` (rounded up to a block, zero-padded).
+    Data { buf: WriteBuffer, seq_end: u64 },
+    /// Seal the current segment and continue in a new one.
+    Roll { sealed_index: SegmentIndex, sealed_index_path: PathBuf, next_path: PathBuf },
+}
+
+/// Written frames become readable in order; this remembers where each one ends.
+#[derive(Clone, Copy)]
+struct PendingFrame {
+    seq_end: u64,
+    next_offset: u64,
+    segment_base: u64,
+    position_end: u64,
+}
+
+/// A readable prefix of the log: every frame before this point is written (or synced).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Readable {
+    pub(crate) next_offset: u64,
+    pub(crate) segment_base: u64,
+    pub(crate) position_end: u64,
+}
+
+pub(crate) struct State {
+    pub(crate) segments: Vec<Segment>,
+    encoder: BatchEncoder,
+    buffer: WriteBuffer,
+    queue: VecDeque<WriteItem>,
+    /// Appended frames not yet written, oldest first.
+    pending: VecDeque<PendingFrame>,
+    /// Written frames not yet synced, oldest first (bounded by `unsynced_bytes_max`).
+    pending_sync: VecDeque<PendingFrame>,
+    appended_seq: u64,
+    written_seq: u64,
+    synced_seq: u64,
+    /// The highest sequence an appender waiting on `synced` needs.
+    want_synced_seq: u64,
+    /// The writer waits for a sync before it may submit more (the unsynced bound).
+    want_sync_now: bool,
+    sync_in_flight: bool,
+    fsync_count: u64,
+    fsync_latency_ns: hdrhistogram::Histogram<u64>,
+    unsynced_bytes_peak: u64,
+    /// Recently written buffers, oldest first.
+    pub(crate) tail_cache: VecDeque<CachedBuffer>,
+    free_buffers: Vec<DmaBuffer>,
+    pub(crate) readable: Readable,
+    /// The prefix an fdatasync covered.
+    pub(crate) synced_readable: Readable,
+    failure: Option<Failure>,
+    closing: bool,
+}
+
+/// The write or sync that fenced the log.
+struct Failure {
+    cause: &'static str,
+    path: PathBuf,
+    error: std::io::Error,
+}
+
+pub(crate) struct Shared {
+    pub(crate) dir: PathBuf,
+    pub(crate) config: LogConfig,
+    pub(crate) state: RefCell<State>,
+    pub(crate) changed: Event,
+}
+
+/// One partition's durable log. `!Send`: it lives on the glommio executor that opened it.
+pub struct PartitionLog {
+    shared: Rc<Shared>,
+    writer: RefCell<Option<Task<()>>>,
+    recovery: RecoveryReport,
+}
+
+impl State {
+    fn active(&self) -> &Segment {
+        self.segments.last().expect("a log always has an active segment")
+    }
+    fn active_mut(&mut self) -> &mut Segment {
+        self.segments.last_mut().expect("a log always has an active segment")
+    }
+    /// A write buffer from the pool, or a new one. Recycling matters: a fresh 1 MiB allocation
+    /// outside glommio's registered pool is an mmap, page faults and a munmap per buffer.
+    fn take_buffer(&mut self, size: usize) -> DmaBuffer {
+        self.free_buffers.pop().unwrap_or_else(|| glommio::allocate_dma_buffer(size))
+    }
+
+    /// Returns a written buffer to the pool when nobody else holds it and it is whole (partial
+    /// writes trim theirs, and a trimmed `DmaBuffer` cannot grow back).
+    fn recycle(&mut self, buf: Rc<DmaBuffer>, size: usize, pool_max: usize) {
+        if let Ok(buf) = Rc::try_unwrap(buf) {
+            if buf.len() == size && self.free_buffers.len() < pool_max {
+                self.free_buffers.push(buf);
+            }
+        }
+    }
+
+    /// Fences the log (the first failure wins; later ones are its consequences).
+    fn fence(&mut self, cause: &'static str, path: PathBuf, error: std::io::Error) {
+        if self.failure.is_none() {
+            tracing::error!(path = %path.display(), cause, %error,
+                "partition log fenced: read-only until reopened");
+            self.failure = Some(Failure { cause, path, error });
+        }
+    }
+
+    /// How much of the active segment an fdatasync covered: what a frame appended now carries as
+    /// `synced_before` (see `format`).
+    fn synced_position_in_active(&self) -> u32 {
+        let synced = self.synced_readable;
+        if synced.segment_base == self.active().index.base_offset {
+            synced.position_end as u32
+        } else {
+            0
+        }
+    }
+
+    /// Moves the synced prefix up to `synced_seq`.
+    fn advance_synced(&mut self) {
+        while let Some(frame) = self.pending_sync.front() {
+            if frame.seq_end > self.synced_seq {
+                break;
+            }
+            self.synced_readable = frame.readable();
+            self.pending_sync.pop_front();
+        }
+    }
+}
+
+impl PendingFrame {
+    fn readable(&self) -> Readable {
+        Readable {
+            next_offset: self.next_offset,
+            segment_base: self.segment_base,
+            position_end: self.position_end,
+        }
+    }
+}
+
+impl Shared {
+    /// `Error::Fenced` if the log is fenced. The original `io::Error` is kept once (it is not
+    /// `Clone`); every caller gets one with the same OS error code, or kind and message.
+    fn failed(&self, st: &State) -> Result<(), Error> {
+        match &st.failure {
+            Some(failure) => Err(Error::Fenced {
+                dir: self.dir.clone(),
+                cause: failure.cause,
+                path: failure.path.clone(),
+                source: match failure.error.raw_os_error() {
+                    Some(code) => std::io::Error::from_raw_os_error(code),
+                    None => std::io::Error::new(failure.error.kind(), failure.error.to_string()),
+                },
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn check_usable(&self, st: &State) -> Result<(), Error> {
+        self.failed(st)?;
+        if st.closing {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+}
+
+impl PartitionLog {
+    /// What recovery found when this log was opened.
+    pub fn recovery(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.shared.config
+    }
+
+    /// Counters of this log's I/O, for metrics.
+    pub fn stats(&self) -> LogStats {
+        let st = self.shared.state.borrow();
+        LogStats {
+            fsync_count: st.fsync_count,
+            fsync_latency_ns: st.fsync_latency_ns.clone(),
+            write_queue_len: st.queue.len(),
+            appended_bytes: st.appended_seq,
+            written_bytes: st.written_seq,
+            unsynced_bytes_peak: st.unsynced_bytes_peak,
+        }
+    }
+
+    /// The offset the next appended record will get.
+    pub fn end_offset(&self) -> u64 {
+        self.shared.state.borrow().active().index.next_offset
+    }
+
+    /// The first offset readers can see the end of: records below it are written.
+    pub fn readable_end_offset(&self) -> u64 {
+        self.shared.state.borrow().readable.next_offset
+    }
+
+    /// The end of the synced prefix: records below it survive a power cut.
+    pub fn synced_end_offset(&self) -> u64 {
+        self.shared.state.borrow().synced_readable.next_offset
+    }
+
+    /// True once a failed write or fdatasync fenced the log (see the module doc).
+    pub fn is_fenced(&self) -> bool {
+        self.shared.state.borrow().failure.is_some()
+    }
+
+    /// The first offset still in the log (retention moves it forward).
+    pub fn start_offset(&self) -> u64 {
+        self.shared.state.borrow().segments[0].index.base_offset
+    }
+
+    /// Waits until records at or after `offset` are readable (a tail consumer's wake-up).
+    pub async fn wait_readable(&self, offset: u64) -> Result<(), Error> {
+        self.shared.wait_readable(offset, false).await
+    }
+
+    /// The segments, oldest first.
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        let st = self.shared.state.borrow();
+        let last = st.segments.len() - 1;
+        st.segments
+            .iter()
+            .enumerate()
+            .map(|(i, s)| SegmentInfo {
+                path: s.path.clone(),
+                base_offset: s.index.base_offset,
+                next_offset: s.index.next_offset,
+                size_bytes: s.index.size_bytes,
+                max_timestamp: s.index.max_timestamp,
+                append_time_ms: s.index.append_time_ms,
+                sealed: i < last,
+            })
+            .collect()
+    }
+
+    /// Total bytes of all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.shared.state.borrow().segments.iter().map(|s| s.index.size_bytes).sum()
+    }
+
+    /// Flushes and syncs everything, stops the writer and closes the files.
+    pub async fn close(&self) -> Result<(), Error> {
+        {
+            let mut st = self.shared.state.borrow_mut();
+            st.closing = true;
+        }
+        self.shared.changed.notify();
+        let writer = self.writer.borrow_mut().take();
+        if let Some(writer) = writer {
+            writer.await;
+        }
+        let st = self.shared.state.borrow();
+        self.shared.failed(&st)
+    }
+
+    pub(crate) fn shared(&self) -> &Rc<Shared> {
+        &self.shared
+    }
+}
+
+impl Shared {
+    /// How far a reader may read in the segment with `base`: its whole size when the writer has
+    /// moved past it, the readable (or synced) end when it is the one being written, nothing
+    /// beyond. `None` when the segment is gone (retention deleted it).
+    pub(crate) fn readable_limit(&self, base: u64, synced_only: bool) -> Option<u64> {
+        let st = self.state.borrow();
+        let readable = if synced_only { st.synced_readable } else { st.readable };
+        if base < st.segments[0].index.base_offset {
+            None
+        } else if base < readable.segment_base {
+            st.segments.iter().find(|s| s.index.base_offset == base).map(|s| s.index.size_bytes)
+        } else if base == readable.segment_base {
+            Some(readable.position_end)
+        } else {
+            Some(0)
+        }
+    }
+}
+
+impl Shared {
+    /// The readable (or synced) end offset.
+    pub(crate) fn readable_end(&self, synced_only: bool) -> u64 {
+        let st = self.state.borrow();
+        if synced_only {
+            st.synced_readable.next_offset
+        } else {
+            st.readable.next_offset
+        }
+    }
+
+    /// Waits until records at or after `offset` are readable (or synced), or the log is fenced
+    /// or closing (then the error says which).
+    pub(crate) async fn wait_readable(&self, offset: u64, synced_only: bool) -> Result<(), Error> {
+        self.changed
+            .wait_until(|| {
+                let st = self.state.borrow();
+                let end = if synced_only { st.synced_readable } else { st.readable }.next_offset;
+                end > offset || st.failure.is_some() || st.closing
+            })
+            .await;
+        let st = self.state.borrow();
+        self.check_usable(&st)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,314 @@
+//! Opening a partition log: listing segments, loading sealed indexes (rebuilding damaged ones by a
+//! checked scan) and scanning the active segment, whose torn tail is cut and whose corruption is
+//! refused.
+//!
+//! # Torn tail or corruption: the rule
+//!
+//! Only bytes that no completed fdatasync covered can be torn by a power cut, and the writer never
+//! lets more than `LogConfig::unsynced_bytes_max` of them exist (`writer::bound_unsynced`), plus
+//! the one write buffer that may be in flight past that bound. So after a power cut every hole,
+//! torn sector and stale block of a segment lies within `LogConfig::torn_tail_window_bytes` of the
+//! end of its written data. Recovery scans the active segment frame by frame (header, checksum,
+//! offset continuity). At the first bad frame (bad header, checksum mismatch, truncated frame, or
+//! a zero-filled hole with non-zero bytes after it) it searches every 16-byte aligned position
+//! after it for a valid frame (`scan::classify_tail`):
+//!
+//! * a valid frame whose `synced_before` (the synced prefix when it was appended, see `format`)
+//!   lies past the damage: corruption, exactly (those bytes were synced before that frame
+//!   existed). This catches damage anywhere in synced data, however small the log;
+//! * a valid frame ending farther than the window after it: corruption too (it would take more
+//!   unsynced bytes than the writer ever allows);
+//! * otherwise (no valid frame after it, or valid frames only within the window, widened by the
+//!   bad frame's own length when its header is readable, since a sync point can fall inside a
+//!   frame): a torn tail. It is cut, the cut is synced, and what was dropped is logged and
+//!   reported.
+//!
+//! On corruption `open` fails with `Error::CorruptBeforeValid` naming the file and position, and
+//! nothing is truncated; `kappa repair` cuts such a log explicitly, after a report of what it
+//! drops.
+//!
+//! A sealed segment was synced whole before the next one was created, so any damage in it is
+//! corruption. Zeros after the last frame are a clean end (preallocation puts them there).
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::path::Path;
+use std::rc::Rc;
+
+use crate::batch::BatchEncoder;
+use crate::index::SegmentIndex;
+use crate::io::{File, ReadBytes, BLOCK_SIZE, TEMP_EXTENSION};
+use crate::paths;
+use crate::scan::{self, ChunkSource, Depth, Tail};
+use crate::sync::Event;
+use crate::{Error, LogConfig};
+
+use super::writer::writer_loop;
+use super::{PartitionLog, Readable, RecoveryReport, Segment, Shared, State, WriteBuffer};
+
+impl PartitionLog {
+    /// Opens (or creates) the log in `dir`, recovering the active segment's tail. Must run on a
+    /// glommio executor; the writer task is spawned on the current task queue.
+    pub async fn open(dir: &Path, config: LogConfig) -> Result<PartitionLog, Error> {
+        config.validate()?;
+        if config.segment_size_bytes_max > u64::from(u32::MAX) {
+            return Err(Error::Config { field: "segment_size_bytes_max (at most 4 GiB)" });
+        }
+        let disk = config.disk.clone();
+        disk.create_dir_all(dir).await?;
+        disk.prime(dir).await?;
+
+        let entries = disk.list_dir(dir).await?;
+        remove_temp_files(&config, dir, &entries).await?;
+        let mut listed = paths::segments_in(dir, &entries);
+        let mut report = RecoveryReport::default();
+        if listed.is_empty() {
+            let path = paths::segment_path(dir, 0);
+            let file = disk.open_rw(&path).await?;
+            file.close().await.map_err(|e| Error::io("close", &path, e))?;
+            disk.sync_dir(dir).await?;
+            listed.push((0, path));
+        }
+        let mut segments: Vec<Segment> = Vec::with_capacity(listed.len());
+        let last = listed.len() - 1;
+        for (i, (base, path)) in listed.into_iter().enumerate() {
+            if let Some(previous) = segments.last() {
+                if previous.index.next_offset != base {
+                    return Err(Error::OffsetGap {
+                        path,
+                        expected: previous.index.next_offset,
+                        found: base,
+                    });
+                }
+            }
+            if i < last {
+                let (index, rebuilt) = load_sealed_index(dir, base, &path, &config).await?;
+                report.indexes_rebuilt += usize::from(rebuilt);
+                segments.push(Segment { path, index });
+            } else {
+                let index = recover_active(&path, base, &config, &mut report).await?;
+                segments.push(Segment { path, index });
+            }
+        }
+        report.segment_count = segments.len();
+
+        let active = segments.last().expect("at least one segment");
+        let file = disk.open_rw(&active.path).await?;
+        let file_len = file.file_size().await.map_err(|e| Error::io("stat", &active.path, e))?;
+        let size = active.index.size_bytes;
+        let file_pos = size - size % BLOCK_SIZE as u64;
+        let mut buf = file.alloc_dma_buffer(config.write_buffer_size_bytes);
+        let tail_len = (size - file_pos) as usize;
+        if tail_len > 0 {
+            // Reload the partial tail block: the next write rewrites it with more frames after.
+            let block = file
+                .read_at(file_pos, BLOCK_SIZE)
+                .await
+                .map_err(|e| Error::io("read", &active.path, e))?;
+            if block.len() < tail_len {
+                return Err(Error::Corrupt {
+                    path: active.path.clone(),
+                    position: file_pos,
+                    defect: crate::format::FrameDefect::Truncated {
+                        available: block.len(),
+                        needed: tail_len,
+                    },
+                });
+            }
+            buf.as_bytes_mut()[..tail_len].copy_from_slice(&block[..tail_len]);
+        }
+        let readable = Readable {
+            next_offset: active.index.next_offset,
+            segment_base: active.index.base_offset,
+            position_end: size,
+        };
+        let state = State {
+            segments,
+            encoder: BatchEncoder::new(config.limits),
+            buffer: WriteBuffer { buf, file_pos, len: tail_len },
+            queue: VecDeque::new(),
+            pending: VecDeque::new(),
+            pending_sync: VecDeque::new(),
+            appended_seq: 0,
+            written_seq: 0,
+            synced_seq: 0,
+            want_synced_seq: 0,
+            want_sync_now: false,
+            sync_in_flight: false,
+            fsync_count: 0,
+            unsynced_bytes_peak: 0,
+            fsync_latency_ns: hdrhistogram::Histogram::new_with_bounds(1_000, 60_000_000_000, 2)
+                .expect("static histogram bounds are valid"),
+            tail_cache: VecDeque::new(),
+            free_buffers: Vec::new(),
+            readable,
+            // Recovery synced the active segment: everything recovered survives a power cut.
+            synced_readable: readable,
+            failure: None,
+            closing: false,
+        };
+        let shared = Rc::new(Shared {
+            dir: dir.to_path_buf(),
+            config,
+            state: RefCell::new(state),
+            changed: Event::default(),
+        });
+        let writer = glommio::spawn_local(writer_loop(shared.clone(), file, file_len));
+        Ok(PartitionLog { shared, writer: RefCell::new(Some(writer)), recovery: report })
+    }
+}
+
+/// Loads a sealed segment's index, rebuilding it by a checked scan when it is missing or damaged.
+async fn load_sealed_index(
+    dir: &Path,
+    base: u64,
+    path: &Path,
+    config: &LogConfig,
+) -> Result<(SegmentIndex, bool), Error> {
+    let disk = &config.disk;
+    let index_path = paths::index_path(dir, base);
+    let file = disk.open_read(path).await?;
+    let file_len = file.file_size().await.map_err(|e| Error::io("stat", path, e))?;
+    match disk.read_file(&index_path).await {
+        Ok(bytes) => match SegmentIndex::decode(&index_path, &bytes) {
+            Ok(index) if index.base_offset == base && index.size_bytes <= file_len => {
+                file.close().await.map_err(|e| Error::io("close", path, e))?;
+                return Ok((index, false));
+            }
+            Ok(_) => {
+                tracing::warn!(index = %index_path.display(), "index disagrees with its segment; rebuilding")
+            }
+            Err(e) => tracing::warn!(error = %e, "rebuilding a damaged index"),
+        },
+        Err(e) if e.is_not_found() => {
+            tracing::info!(segment = %path.display(), "sealed segment has no index; rebuilding");
+        }
+        Err(e) => return Err(e),
+    }
+    let scan = scan_file(&file, file_len, path, base, config).await?;
+    file.close().await.map_err(|e| Error::io("close", path, e))?;
+    if let Some(stop) = scan.stop {
+        // A sealed segment is immutable: damage inside it is corruption, never a torn tail.
+        return Err(Error::Corrupt {
+            path: path.to_path_buf(),
+            position: stop.position,
+            defect: stop.defect,
+        });
+    }
+    if scan.trailing_garbage {
+        return Err(Error::Corrupt {
+            path: path.to_path_buf(),
+            position: scan.index.size_bytes,
+            defect: crate::format::FrameDefect::BadHeader {
+                reason: "non-zero bytes after the last frame of a sealed segment",
+            },
+        });
+    }
+    disk.write_file_atomic(&index_path, &scan.index.encode()).await?;
+    Ok((scan.index, true))
+}
+
+/// Scans a whole segment file through DMA reads, checking every frame's checksum.
+async fn scan_file(
+    file: &File,
+    len: u64,
+    path: &Path,
+    base: u64,
+    config: &LogConfig,
+) -> Result<scan::SegmentScan, Error> {
+    let source = FileSource { file, len, path };
+    scan::scan_segment(
+        &source,
+        base,
+        config.index_interval_bytes,
+        config.read_buffer_size_bytes,
+        Depth::Checksum,
+    )
+    .await
+}
+
+/// Scans the active segment; cuts a torn tail and refuses corruption (see the module doc), then
+/// syncs the segment so that everything recovered is durable before anyone reads it.
+async fn recover_active(
+    path: &Path,
+    base: u64,
+    config: &LogConfig,
+    report: &mut RecoveryReport,
+) -> Result<SegmentIndex, Error> {
+    let file = config.disk.open_rw(path).await?;
+    let file_len = file.file_size().await.map_err(|e| Error::io("stat", path, e))?;
+    let source = FileSource { file: &file, len: file_len, path };
+    let scan = scan_file(&file, file_len, path, base, config).await?;
+    report.scanned_bytes = scan.index.size_bytes;
+    match scan::classify_tail(&source, &scan, config.torn_tail_window_bytes()).await? {
+        Tail::Clean => {}
+        Tail::Corrupt { position, defect, valid_at, valid_offset } => {
+            let _ = file.close().await;
+            return Err(Error::CorruptBeforeValid {
+                path: path.to_path_buf(),
+                position,
+                defect,
+                valid_at,
+                valid_offset,
+            });
+        }
+        Tail::Torn { position, defect, dropped_bytes, dropped_frames, dropped_offsets } => {
+            tracing::warn!(
+                segment = %path.display(), position, %defect, dropped_bytes, dropped_frames,
+                dropped_offsets = ?dropped_offsets,
+                "cutting the torn tail of the active segment (unsynced writes a crash interrupted)"
+            );
+            file.truncate(position).await.map_err(|e| Error::io("truncate", path, e))?;
+            report.truncated_bytes = dropped_bytes;
+        }
+    }
+    file.fdatasync().await.map_err(|e| Error::io("fdatasync", path, e))?;
+    file.close().await.map_err(|e| Error::io("close", path, e))?;
+    Ok(scan.index)
+}
+
+/// Deletes temp files an interrupted `write_file_atomic` left in a partition dir (this log is
+/// their only writer, and it is not running yet).
+async fn remove_temp_files(
+    config: &LogConfig,
+    dir: &Path,
+    entries: &[crate::io::DirEntry],
+) -> Result<(), Error> {
+    let mut removed = false;
+    for entry in entries {
+        let path = dir.join(&entry.name);
+        if !entry.is_dir && path.extension().is_some_and(|e| e == TEMP_EXTENSION) {
+            config.disk.remove_file(&path).await?;
+            removed = true;
+        }
+    }
+    if removed {
+        config.disk.sync_dir(dir).await?;
+    }
+    Ok(())
+}
+
+/// A `ChunkSource` over a file of the seam.
+pub(crate) struct FileSource<'a> {
+    pub(crate) file: &'a File,
+    pub(crate) len: u64,
+    pub(crate) path: &'a Path,
+}
+
+impl ChunkSource for FileSource<'_> {
+    /// A read sliced to start at the requested (16-aligned) position.
+    type Chunk = ReadBytes;
+
+    async fn read_chunk(&self, pos: u64, len: usize) -> Result<ReadBytes, Error> {
+        let aligned = pos - pos % BLOCK_SIZE as u64;
+        let skip = (pos - aligned) as usize;
+        let size = (skip + len).next_multiple_of(BLOCK_SIZE);
+        let read =
+            self.file.read_at(aligned, size).await.map_err(|e| Error::io("read", self.path, e))?;
+        Ok(read.slice(skip, len))
+    }
+
+    fn file_len(&self) -> u64 {
+        self.len
+    }
+}

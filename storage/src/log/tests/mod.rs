@@ -1,0 +1,415 @@
+//! The partition log on a real glommio executor: append, read, durability, rolls, recovery,
+//! corruption and retention.
+
+use std::path::Path;
+
+use super::*;
+use crate::reader::Seek;
+use crate::Record;
+use crate::Retention;
+
+pub(crate) fn run<T>(future: impl std::future::Future<Output = T>) -> T {
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(4 << 20)
+        .make()
+        .expect("executor")
+        .run(future)
+}
+
+mod guarantees;
+
+pub(super) fn small_config() -> LogConfig {
+    LogConfig {
+        segment_size_bytes_max: 64 * 1024,
+        index_interval_bytes: 4096,
+        write_buffer_size_bytes: 16 * 1024,
+        read_buffer_size_bytes: 8 * 1024,
+        unsynced_bytes_max: 32 * 1024,
+        preallocate_bytes: 32 * 1024,
+        ..LogConfig::default()
+    }
+}
+
+fn value_for(offset: u64, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (offset as usize * 31 + i) as u8).collect()
+}
+
+/// Appends `batches` batches of `per_batch` records whose values encode their offsets.
+pub(super) async fn fill(
+    log: &PartitionLog,
+    batches: u64,
+    per_batch: u64,
+    durability: Durability,
+) -> u64 {
+    let mut last = 0;
+    for _ in 0..batches {
+        let base = log.end_offset();
+        let values: Vec<Vec<u8>> =
+            (0..per_batch).map(|i| value_for(base + i, 100 + (i as usize % 50))).collect();
+        let keys: Vec<String> = (0..per_batch).map(|i| format!("key-{}", (base + i) % 7)).collect();
+        let records: Vec<Record<'_>> = values
+            .iter()
+            .zip(&keys)
+            .enumerate()
+            .map(|(i, (v, k))| Record::new(1_000 + (base + i as u64) as i64, Some(k.as_bytes()), v))
+            .collect();
+        let info = log.append(&records, durability).await.expect("append");
+        assert_eq!(info.base_offset, base);
+        last = info.last_offset;
+    }
+    last
+}
+
+/// Reads everything from `seek` and checks every record's bytes; returns the offsets seen.
+pub(super) async fn read_all(log: &PartitionLog, seek: Seek) -> Vec<u64> {
+    let mut reader = log.reader(seek).expect("reader");
+    let mut seen = Vec::new();
+    while let Some(batch) = reader.next_batch().await.expect("read") {
+        for record in batch.records() {
+            let offset = record.offset();
+            assert_eq!(
+                record.value(),
+                &value_for(offset, record.value().len())[..],
+                "bytes of {offset}"
+            );
+            assert_eq!(record.key(), Some(format!("key-{}", offset % 7).as_bytes()));
+            assert_eq!(record.timestamp(), 1_000 + offset as i64);
+            seen.push(offset);
+        }
+    }
+    seen
+}
+
+#[test]
+fn append_read_reopen_across_rolls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    run(async {
+        let log = PartitionLog::open(dir.path(), small_config()).await.expect("open");
+        let last = fill(&log, 40, 25, Durability::Written).await;
+        assert_eq!(last, 999);
+        assert!(log.segments().len() >= 3, "segments rolled: {}", log.segments().len());
+        assert_eq!(read_all(&log, Seek::Beginning).await, (0..1000).collect::<Vec<_>>());
+        assert_eq!(read_all(&log, Seek::Offset(537)).await, (537..1000).collect::<Vec<_>>());
+        assert!(read_all(&log, Seek::End).await.is_empty());
+        log.close().await.expect("close");
+
+        let log = PartitionLog::open(dir.path(), small_config()).await.expect("reopen");
+        assert_eq!(log.recovery().truncated_bytes, 0);
+        assert_eq!(log.end_offset(), 1000);
+        assert_eq!(read_all(&log, Seek::Offset(999)).await, vec![999]);
+        fill(&log, 4, 25, Durability::Synced).await;
+        assert_eq!(read_all(&log, Seek::Beginning).await, (0..1100).collect::<Vec<_>>());
+        log.close().await.expect("close");
+    });
+    // Every sealed segment has its index file.
+    let segments = crate::paths::list_segments(dir.path()).expect("list");
+    for (base, _) in &segments[..segments.len() - 1] {
+        assert!(crate::paths::index_path(dir.path(), *base).exists());
+    }
+}
+
+#[test]
+fn seek_by_timestamp_finds_the_first_newer_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    run(async {
+        let log = PartitionLog::open(dir.path(), small_config()).await.expect("open");
+        fill(&log, 40, 25, Durability::None).await;
+        log.sync().await.expect("sync");
+        assert_eq!(
+            read_all(&log, Seek::Timestamp(1_000 + 700)).await,
+            (700..1000).collect::<Vec<_>>()
+        );
+        assert_eq!(read_all(&log, Seek::Timestamp(0)).await, (0..1000).collect::<Vec<_>>());
+        assert!(read_all(&log, Seek::Timestamp(1_000_000)).await.is_empty());
+        log.close().await.expect("close");
+    });
+}
+
+#[test]
+fn concurrent_synced_appends_share_fsyncs_and_all_land() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    run(async {
+        let log = Rc::new(PartitionLog::open(dir.path(), small_config()).await.expect("open"));
+        let mut tasks = Vec::new();
+        for producer in 0..8u8 {
+            let log = log.clone();
+            tasks.push(glommio::spawn_local(async move {
+                let mut offsets = Vec::new();
+                for i in 0..50u32 {
+                    let value = [producer, (i % 256) as u8];
+                    let info = log
+                        .append(&[Record::new(i64::from(i), None, &value)], Durability::Synced)
+                        .await
+                        .expect("append");
+                    offsets.push(info.base_offset);
+                }
+                offsets
+            }));
+        }
+        let mut all = Vec::new();
+        for task in tasks {
+            let offsets = task.await;
+            assert!(offsets.windows(2).all(|w| w[0] < w[1]), "per-producer order");
+            all.extend(offsets);
+        }
+        all.sort_unstable();
+        assert_eq!(all, (0..400).collect::<Vec<_>>());
+        let mut reader = log.reader(Seek::Beginning).expect("reader");
+        let mut next_per_producer = [0u8; 8];
+        while let Some(batch) = reader.next_batch().await.expect("read") {
+            for record in batch.records() {
+                let v = record.value();
+                assert_eq!(v[1], next_per_producer[v[0] as usize]);
+                next_per_producer[v[0] as usize] += 1;
+            }
+        }
+        assert_eq!(next_per_producer, [50u8; 8]);
+        log.close().await.expect("close");
+    });
+}
+
+#[test]
+fn tail_reader_wakes_on_new_records() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    run(async {
+        let log = Rc::new(PartitionLog::open(dir.path(), small_config()).await.expect("open"));
+        let tail = {
+            let log = log.clone();
+            glommio::spawn_local(async move {
+                let mut reader = log.reader(Seek::End).expect("reader");
+                let mut seen = Vec::new();
+                while seen.len() < 300 {
+                    log.wait_readable(reader.next_offset()).await.expect("wait");
+                    while let Some(batch) = reader.next_batch().await.expect("read") {
+                        seen.extend(batch.records().map(|r| r.offset()));
+                    }
+                }
+                seen
+            })
+        };
+        fill(&log, 30, 10, Durability::None).await;
+        let seen = tail.await;
+        assert_eq!(seen, (0..300).collect::<Vec<_>>());
+        log.close().await.expect("close");
+    });
+}
+
+/// Fills a log in `dir` past a few segment rolls, closes it, and returns its first (sealed) segment.
+fn first_sealed_segment(dir: &Path) -> SegmentInfo {
+    run(async {
+        let log = PartitionLog::open(dir, small_config()).await.expect("open");
+        fill(&log, 20, 25, Durability::Written).await;
+        log.close().await.expect("close");
+        log.segments()[0].clone()
+    })
+}
+
+pub(super) fn flip_byte(path: &Path, position: u64) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(path).expect("open");
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, position).expect("read");
+    byte[0] ^= 0x04;
+    file.write_all_at(&byte, position).expect("write");
+}
+
+#[test]
+fn torn_tail_is_truncated_and_appends_continue() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = LogConfig { segment_size_bytes_max: 1 << 20, ..small_config() };
+    let active = run(async {
+        let log = PartitionLog::open(dir.path(), config.clone()).await.expect("open");
+        fill(&log, 10, 10, Durability::Synced).await;
+        log.close().await.expect("close");
+        log.segments().last().expect("segment").clone()
+    });
+    // Tear the last frame: keep only part of it, as a crash mid-write would.
+    let file = std::fs::OpenOptions::new().write(true).open(&active.path).expect("open");
+    let torn_len = active.size_bytes - 40;
+    file.set_len(torn_len).expect("truncate");
+    drop(file);
+    run(async {
+        let log = PartitionLog::open(dir.path(), config.clone()).await.expect("reopen after tear");
+        assert_eq!(log.end_offset(), 90, "the torn batch of 10 is gone");
+        assert!(log.recovery().truncated_bytes > 0);
+        fill(&log, 2, 10, Durability::Synced).await;
+        assert_eq!(read_all(&log, Seek::Beginning).await, (0..110).collect::<Vec<_>>());
+        log.close().await.expect("close");
+    });
+    // Garbage after the last frame (a write that landed out of order) is cut too.
+    let active = crate::paths::list_segments(dir.path()).expect("list").pop().expect("segment").1;
+    let len = std::fs::metadata(&active).expect("stat").len();
+    {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new().write(true).open(&active).expect("open");
+        file.write_all_at(&[0xEE; 100], len.next_multiple_of(4096) + 8192).expect("write");
+    }
+    run(async {
+        let log =
+            PartitionLog::open(dir.path(), config.clone()).await.expect("reopen after garbage");
+        assert!(log.recovery().truncated_bytes > 0);
+        assert_eq!(read_all(&log, Seek::Beginning).await, (0..110).collect::<Vec<_>>());
+        log.close().await.expect("close");
+    });
+}
+
+#[test]
+fn flipped_bit_in_a_sealed_segment_is_an_error_with_its_position() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sealed = first_sealed_segment(dir.path());
+    assert!(sealed.size_bytes > 5000);
+    flip_byte(&sealed.path, 5000);
+    run(async {
+        // Open trusts the sealed segment's index; the damage shows when the bytes are read.
+        let log = PartitionLog::open(dir.path(), small_config()).await.expect("open");
+        let mut reader = log.reader(Seek::Beginning).expect("reader");
+        let error = loop {
+            match reader.next_batch().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("corruption was not reported"),
+                Err(e) => break e,
+            }
+        };
+        match &error {
+            Error::Corrupt { path, position, .. } => {
+                assert_eq!(path, &sealed.path);
+                assert!(*position <= 5000, "frame position {position} holds byte 5000");
+            }
+            other => panic!("wrong error: {other}"),
+        }
+        log.close().await.expect("close");
+    });
+    // Without its index, opening rescans the sealed segment and refuses it.
+    std::fs::remove_file(crate::paths::index_path(dir.path(), sealed.base_offset))
+        .expect("rm index");
+    run(async {
+        match PartitionLog::open(dir.path(), small_config()).await {
+            Err(Error::Corrupt { path, .. }) => assert_eq!(path, sealed.path),
+            Err(other) => panic!("wrong error: {other}"),
+            Ok(_) => panic!("a corrupt sealed segment was accepted"),
+        }
+    });
+}
+
+#[test]
+fn retention_deletes_whole_sealed_segments_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    run(async {
+        let mut config = small_config();
+        config.retention = Retention { size_bytes_max: Some(150 * 1024), age_ms_max: None };
+        let log = PartitionLog::open(dir.path(), config).await.expect("open");
+        fill(&log, 80, 25, Durability::Written).await;
+        let before = log.segments();
+        assert!(before.len() > 4, "{before:?}");
+        let report = log.apply_retention(0, u64::MAX).await.expect("retention");
+        assert!(report.segments_deleted > 0);
+        assert!(log.size_bytes() <= 150 * 1024 + 64 * 1024);
+        let start = log.start_offset();
+        assert_eq!(start, report.start_offset);
+        assert_eq!(start, before[report.segments_deleted].base_offset);
+        assert!(matches!(log.reader(Seek::Offset(0)), Err(Error::OffsetOutOfRange { .. })));
+        assert_eq!(read_all(&log, Seek::Beginning).await, (start..2000).collect::<Vec<_>>());
+        log.close().await.expect("close");
+        let reopened = PartitionLog::open(dir.path(), small_config()).await.expect("reopen");
+        assert_eq!(reopened.start_offset(), start);
+        reopened.close().await.expect("close");
+    });
+    run(async {
+        let mut config = small_config();
+        config.retention = Retention { size_bytes_max: None, age_ms_max: Some(1_000) };
+        let log = PartitionLog::open(dir.path(), config).await.expect("open");
+        // Event times run 1_000..3_000; at "now" 3_700 sealed segments whose newest record is
+        // older than 2_700 go.
+        let report = log.apply_retention(3_700, u64::MAX).await.expect("retention");
+        assert!(report.segments_deleted > 0);
+        for segment in log.segments().iter().filter(|s| s.sealed) {
+            assert!(segment.max_timestamp >= 2_700);
+        }
+        log.close().await.expect("close");
+    });
+}
+
+#[test]
+fn default_retention_keeps_everything() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    run(async {
+        let log = PartitionLog::open(dir.path(), small_config()).await.expect("open");
+        fill(&log, 40, 25, Durability::Written).await;
+        let report = log.apply_retention(i64::MAX, u64::MAX).await.expect("retention");
+        assert_eq!(report.segments_deleted, 0);
+        assert_eq!(log.start_offset(), 0);
+        log.close().await.expect("close");
+    });
+}
+
+#[test]
+fn bad_input_leaves_the_log_intact() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    run(async {
+        let mut config = small_config();
+        config.limits.record_size_bytes_max = 1000;
+        let log = PartitionLog::open(dir.path(), config.clone()).await.expect("open");
+        fill(&log, 2, 10, Durability::Synced).await;
+        assert!(matches!(log.append(&[], Durability::Synced).await, Err(Error::EmptyBatch)));
+        let big = vec![1u8; 1001];
+        let result = log.append(&[Record::new(0, None, &big)], Durability::Synced).await;
+        assert!(matches!(result, Err(Error::RecordTooLarge { .. })));
+        assert_eq!(log.end_offset(), 20);
+        fill(&log, 1, 10, Durability::Synced).await;
+        log.close().await.expect("close");
+        let log = PartitionLog::open(dir.path(), config).await.expect("reopen");
+        assert_eq!(read_all(&log, Seek::Beginning).await, (0..30).collect::<Vec<_>>());
+        log.close().await.expect("close");
+        assert!(matches!(
+            PartitionLog::open(
+                dir.path(),
+                LogConfig { write_buffer_size_bytes: 1000, ..LogConfig::default() }
+            )
+            .await,
+            Err(Error::Config { field: "write_buffer_size_bytes" })
+        ));
+    });
+}
+
+#[test]
+fn unknown_format_version_is_reported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sealed = first_sealed_segment(dir.path());
+    // Byte 4 of the first frame is the low byte of the version.
+    flip_byte(&sealed.path, 4);
+    std::fs::remove_file(crate::paths::index_path(dir.path(), 0)).expect("rm index");
+    run(async {
+        match PartitionLog::open(dir.path(), small_config()).await {
+            Err(Error::Corrupt {
+                position: 0,
+                defect: crate::format::FrameDefect::UnknownVersion { .. },
+                ..
+            }) => {}
+            Err(other) => panic!("wrong error: {other}"),
+            Ok(_) => panic!("accepted a frame of an unknown version"),
+        }
+    });
+}
+
+#[test]
+fn truncated_sealed_segment_is_a_typed_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sealed = first_sealed_segment(dir.path());
+    // Cut the sealed segment in the middle of a frame.
+    let file = std::fs::OpenOptions::new().write(true).open(&sealed.path).expect("open");
+    file.set_len(sealed.size_bytes - 100).expect("truncate");
+    drop(file);
+    run(async {
+        match PartitionLog::open(dir.path(), small_config()).await {
+            Err(Error::Corrupt {
+                path,
+                defect: crate::format::FrameDefect::Truncated { .. },
+                ..
+            }) => {
+                assert_eq!(path, sealed.path);
+            }
+            Err(other) => panic!("wrong error: {other}"),
+            Ok(_) => panic!("a truncated sealed segment was accepted"),
+        }
+    });
+}

@@ -1,0 +1,428 @@
+//! The writer task of one partition: all segment I/O in queue order, write-behind with a bound on
+//! writes in flight, group commit (one fdatasync for every `synced` waiter), the unsynced bound,
+//! preallocation ahead of the writes, and segment rolls.
+//!
+//! Every I/O here goes through the seam (`io::File`, `io::Disk`): DMA writes and fdatasync on
+//! io_uring, the index write and the directory fsync of a roll on glommio's blocking pool, so a
+//! roll never stalls the shard.
+
+use std::collections::VecDeque;
+use std::io;
+use std::path::PathBuf;
+use std::rc::Rc;
+
+use glommio::io::DmaBuffer;
+use glommio::Task;
+
+use crate::index::SegmentIndex;
+use crate::io::{File, BLOCK_SIZE};
+use crate::Error;
+
+use super::{Readable, Shared, State, WriteBuffer, WriteItem};
+
+struct InFlight {
+    task: Task<(io::Result<usize>, usize)>,
+    seq_end: u64,
+    end_pos: u64,
+    /// What the write carries, kept for the tail cache once it completes.
+    cached: CachedBuffer,
+}
+
+/// A buffer whose write completed: its bytes `[0, len)` are what the segment holds at `file_pos`.
+/// Readers near the tail read from here instead of the disk (see `LogConfig::tail_cache_buffers_max`).
+#[derive(Clone)]
+pub(crate) struct CachedBuffer {
+    pub(crate) segment_base: u64,
+    pub(crate) file_pos: u64,
+    pub(crate) len: usize,
+    pub(crate) buf: Rc<DmaBuffer>,
+}
+
+/// Why the writer stopped: the operation, the file, the error. It fences the log.
+type Failed = (&'static str, PathBuf, io::Error);
+
+/// The writer's own state; the shared state is in `Shared`.
+struct Writer {
+    shared: Rc<Shared>,
+    file: File,
+    path: PathBuf,
+    segment_base: u64,
+    /// The active file's size on disk: frames, then zeros reserved by `pre_allocate`.
+    allocated: u64,
+    in_flight: VecDeque<InFlight>,
+    submitted_seq: u64,
+}
+
+/// The writer task: all segment I/O for one partition, in order. `file_len` is the active
+/// segment's size on disk (its preallocated zeros included).
+pub(super) async fn writer_loop(shared: Rc<Shared>, file: File, file_len: u64) {
+    let (path, segment_base) = {
+        let st = shared.state.borrow();
+        (st.active().path.clone(), st.active().index.base_offset)
+    };
+    let mut writer = Writer {
+        shared: shared.clone(),
+        file,
+        path,
+        segment_base,
+        allocated: file_len,
+        in_flight: VecDeque::new(),
+        submitted_seq: 0,
+    };
+    if let Err((cause, path, error)) = writer.run().await {
+        shared.state.borrow_mut().fence(cause, path, error);
+        shared.changed.notify();
+    }
+    // Writes still in flight finish, but nothing they carry becomes readable or acknowledged.
+    while let Some(front) = writer.in_flight.pop_front() {
+        let _ = front.task.await;
+    }
+    let _ = writer.file.close().await;
+}
+
+/// The failure a fenced log reports to the writer, which then stops (the fence already holds the
+/// first failure, so this one is not recorded).
+fn fenced(path: &std::path::Path) -> Failed {
+    ("write", path.to_path_buf(), io::Error::other("the log is fenced"))
+}
+
+/// A seam error as the writer's failure: the file it names and the underlying I/O error.
+fn failure(cause: &'static str) -> impl Fn(Error) -> Failed {
+    move |error| match error {
+        Error::Io { path, source, .. } => (cause, path, source),
+        other => (cause, PathBuf::new(), io::Error::other(other.to_string())),
+    }
+}
+
+impl Writer {
+    async fn run(&mut self) -> Result<(), Failed> {
+        let shared = self.shared.clone();
+        loop {
+            if shared.state.borrow().failure.is_some() {
+                return Ok(()); // A sync task fenced the log.
+            }
+            start_sync_if_wanted(&shared, &self.file, &self.path);
+            let item = self.next_item();
+            shared.changed.notify();
+            match item {
+                Some(WriteItem::Data { buf, seq_end }) => self.write(buf, seq_end).await?,
+                Some(WriteItem::Roll { sealed_index, sealed_index_path, next_path }) => {
+                    self.roll(sealed_index, sealed_index_path, next_path).await?;
+                }
+                None => {
+                    if let Some(front) = self.in_flight.pop_front() {
+                        self.complete(front).await?;
+                        continue;
+                    }
+                    if shared.state.borrow().closing {
+                        // Everything is written; one last fsync covers it, then stop.
+                        shared.state.borrow_mut().want_synced_seq = u64::MAX;
+                        start_sync_if_wanted(&shared, &self.file, &self.path);
+                        shared
+                            .changed
+                            .wait_until(|| {
+                                let st = shared.state.borrow();
+                                !st.sync_in_flight || st.failure.is_some()
+                            })
+                            .await;
+                        let st = shared.state.borrow();
+                        if st.synced_seq >= st.written_seq || st.failure.is_some() {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                    let submitted = self.submitted_seq;
+                    shared
+                        .changed
+                        .wait_until(|| {
+                            let st = shared.state.borrow();
+                            !st.queue.is_empty()
+                                || st.appended_seq > submitted
+                                || st.closing
+                                || st.failure.is_some()
+                                || sync_wanted(&st, shared.config.unsynced_bytes_max)
+                        })
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// The next item: queued full buffers first. The partial tail buffer goes only when no write
+    /// is in flight (group commit): at low load every append is written at once, and at high load
+    /// the tail waits one write latency and grows meanwhile, so partial writes (which rewrite their
+    /// first block and so cannot overlap the write before them) stay rare and full buffers stream
+    /// with `write_in_flight_max` writes in flight.
+    fn next_item(&mut self) -> Option<WriteItem> {
+        let mut st = self.shared.state.borrow_mut();
+        match st.queue.pop_front() {
+            Some(item) => Some(item),
+            None if st.appended_seq > self.submitted_seq && self.in_flight.is_empty() => {
+                let tail_pos = st.buffer.file_pos + st.buffer.len as u64;
+                let block_pos = tail_pos - tail_pos % BLOCK_SIZE as u64;
+                let mut fresh = st.take_buffer(self.shared.config.write_buffer_size_bytes);
+                let carry = (tail_pos - block_pos) as usize;
+                let from = (block_pos - st.buffer.file_pos) as usize;
+                fresh.as_bytes_mut()[..carry]
+                    .copy_from_slice(&st.buffer.buf.as_bytes()[from..from + carry]);
+                let partial = std::mem::replace(
+                    &mut st.buffer,
+                    WriteBuffer { buf: fresh, file_pos: block_pos, len: carry },
+                );
+                Some(WriteItem::Data { buf: partial, seq_end: st.appended_seq })
+            }
+            None => None,
+        }
+    }
+
+    async fn write(&mut self, buf: WriteBuffer, seq_end: u64) -> Result<(), Failed> {
+        self.bound_unsynced(seq_end).await?;
+        let needs_barrier = self.in_flight.iter().any(|f| f.end_pos > buf.file_pos);
+        if needs_barrier {
+            while let Some(front) = self.in_flight.pop_front() {
+                self.complete(front).await?;
+            }
+        }
+        let WriteBuffer { mut buf, file_pos, len } = buf;
+        let padded = len.next_multiple_of(BLOCK_SIZE);
+        buf.as_bytes_mut()[len..padded].fill(0);
+        buf.trim_to_size(padded);
+        let end_pos = file_pos + padded as u64;
+        self.preallocate(end_pos).await;
+        let target = self.file.clone();
+        let buf = Rc::new(buf);
+        let cached =
+            CachedBuffer { segment_base: self.segment_base, file_pos, len, buf: buf.clone() };
+        let task =
+            glommio::spawn_local(async move { (target.write_rc_at(buf, file_pos).await, padded) });
+        self.in_flight.push_back(InFlight { task, cached, seq_end, end_pos });
+        self.submitted_seq = seq_end;
+        while self.in_flight.len() >= self.shared.config.write_in_flight_max {
+            let front = self.in_flight.pop_front().expect("non-empty");
+            self.complete(front).await?;
+        }
+        Ok(())
+    }
+
+    /// Holds back a write that would leave more than `unsynced_bytes_max` written but unsynced:
+    /// completes the writes in flight, then waits for an fdatasync covering them. So a power cut
+    /// can tear at most the last `LogConfig::torn_tail_window_bytes` of the active segment.
+    async fn bound_unsynced(&mut self, seq_end: u64) -> Result<(), Failed> {
+        let shared = self.shared.clone();
+        let max = shared.config.unsynced_bytes_max;
+        loop {
+            {
+                let mut st = shared.state.borrow_mut();
+                if st.failure.is_some() {
+                    return Err(fenced(&self.path));
+                }
+                if seq_end <= st.synced_seq + max {
+                    st.want_sync_now = false;
+                    st.unsynced_bytes_peak = st.unsynced_bytes_peak.max(seq_end - st.synced_seq);
+                    return Ok(());
+                }
+            }
+            if let Some(front) = self.in_flight.pop_front() {
+                self.complete(front).await?;
+                continue;
+            }
+            shared.state.borrow_mut().want_sync_now = true;
+            start_sync_if_wanted(&shared, &self.file, &self.path);
+            shared
+                .changed
+                .wait_until(|| {
+                    let st = shared.state.borrow();
+                    !st.sync_in_flight || st.failure.is_some()
+                })
+                .await;
+        }
+    }
+
+    /// Extends the active file with zeros ahead of a write that would pass its end, so appends
+    /// do not grow the file one write at a time. A failure here costs only the optimisation (the
+    /// write itself reports a full disk), so it is logged and preallocation stops for the segment.
+    async fn preallocate(&mut self, end_pos: u64) {
+        let config = &self.shared.config;
+        if config.preallocate_bytes == 0 || end_pos <= self.allocated {
+            return;
+        }
+        let segment_end = config.segment_size_bytes_max.next_multiple_of(BLOCK_SIZE as u64);
+        let target = (end_pos + config.preallocate_bytes).min(segment_end.max(end_pos));
+        match self.file.pre_allocate(target, false).await {
+            Ok(()) => self.allocated = target,
+            Err(error) => {
+                tracing::warn!(path = %self.path.display(), %error,
+                    "preallocation failed; the segment grows write by write");
+                self.allocated = u64::MAX;
+            }
+        }
+    }
+
+    /// Seals the current segment and continues in the next: every write done, the zeros reserved
+    /// past the frames cut, an fdatasync, the index written atomically, the next file created and
+    /// its directory entry made durable.
+    async fn roll(
+        &mut self,
+        sealed_index: SegmentIndex,
+        sealed_index_path: PathBuf,
+        next_path: PathBuf,
+    ) -> Result<(), Failed> {
+        while let Some(front) = self.in_flight.pop_front() {
+            self.complete(front).await?;
+        }
+        let size = sealed_index.size_bytes;
+        if self.allocated != size {
+            self.file.truncate(size).await.map_err(|e| ("truncate", self.path.clone(), e))?;
+        }
+        self.file.fdatasync().await.map_err(|e| ("fdatasync", self.path.clone(), e))?;
+        {
+            let mut st = self.shared.state.borrow_mut();
+            st.fsync_count += 1;
+            st.synced_seq = st.synced_seq.max(self.submitted_seq);
+            st.advance_synced();
+        }
+        self.shared.changed.notify();
+        let disk = &self.shared.config.disk;
+        disk.write_file_atomic(&sealed_index_path, &sealed_index.encode())
+            .await
+            .map_err(failure("index write"))?;
+        let next = disk.open_rw(&next_path).await.map_err(failure("segment create"))?;
+        disk.sync_dir(&self.shared.dir).await.map_err(failure("fsync dir"))?;
+        let old = std::mem::replace(&mut self.file, next);
+        self.path = next_path;
+        self.segment_base = sealed_index.next_offset;
+        self.allocated = 0;
+        let _ = old.close().await;
+        // The sealed segment is complete on disk: readers may read all of it.
+        advance_readable_to_segment(&self.shared, sealed_index.next_offset);
+        Ok(())
+    }
+
+    async fn complete(&mut self, front: InFlight) -> Result<(), Failed> {
+        let (result, expected) = front.task.await;
+        match result {
+            Ok(n) if n >= expected => {}
+            Ok(n) => {
+                // A short write (the device filled up mid-write, say): write the rest once more,
+                // so the caller sees the real reason (ENOSPC) rather than a bare short count.
+                let rest = expected - n;
+                let mut buf = self.file.alloc_dma_buffer(rest);
+                buf.as_bytes_mut().copy_from_slice(&front.cached.buf.as_bytes()[n..expected]);
+                match self.file.write_at(buf, front.cached.file_pos + n as u64).await {
+                    Ok(m) if m >= rest => {}
+                    Ok(m) => {
+                        return Err((
+                            "write",
+                            self.path.clone(),
+                            io::Error::new(
+                                io::ErrorKind::WriteZero,
+                                format!("short write: {} of {expected} bytes", n + m),
+                            ),
+                        ))
+                    }
+                    Err(e) => return Err(("write", self.path.clone(), e)),
+                }
+            }
+            Err(e) => return Err(("write", self.path.clone(), e)),
+        }
+        let shared = &self.shared;
+        let mut st = shared.state.borrow_mut();
+        if st.failure.is_some() {
+            return Err(fenced(&self.path));
+        }
+        st.written_seq = st.written_seq.max(front.seq_end);
+        let written = st.written_seq;
+        let size = shared.config.write_buffer_size_bytes;
+        let pool_max = shared.config.write_queue_max + shared.config.write_in_flight_max;
+        let cached = front.cached;
+        if shared.config.tail_cache_buffers_max > 0 {
+            // A later write of the same block (a partial write's successor) supersedes this one;
+            // the superseded buffer was partial, hence trimmed, hence not worth recycling.
+            st.tail_cache.retain(|c| {
+                !(c.segment_base == cached.segment_base && c.file_pos == cached.file_pos)
+            });
+            st.tail_cache.push_back(cached);
+            while st.tail_cache.len() > shared.config.tail_cache_buffers_max {
+                let evicted = st.tail_cache.pop_front().expect("longer than its bound");
+                st.recycle(evicted.buf, size, pool_max);
+            }
+        } else {
+            st.recycle(cached.buf, size, pool_max);
+        }
+        while let Some(frame) = st.pending.front().copied() {
+            if frame.seq_end > written {
+                break;
+            }
+            st.readable = frame.readable();
+            st.pending.pop_front();
+            st.pending_sync.push_back(frame);
+        }
+        drop(st);
+        shared.changed.notify();
+        Ok(())
+    }
+}
+
+/// Whether an fdatasync should start now: one is not running, something written is unsynced, and
+/// an appender waits for `synced`, or the writer waits on the unsynced bound, or half the bound
+/// is used (a background sync, so the bound rarely stalls a writer).
+fn sync_wanted(st: &State, unsynced_bytes_max: u64) -> bool {
+    !st.sync_in_flight
+        && st.synced_seq < st.written_seq
+        && (st.want_synced_seq > st.synced_seq
+            || st.want_sync_now
+            || st.written_seq - st.synced_seq >= unsynced_bytes_max / 2)
+}
+
+/// Starts an fdatasync in its own task when one is wanted (`sync_wanted`). The writer keeps
+/// issuing writes meanwhile: the sync covers every write that completed before it started, which
+/// is what it reports (`target`). One sync at a time, so all appenders that arrive during it share
+/// the next one (group commit). A failed sync fences the log.
+fn start_sync_if_wanted(shared: &Rc<Shared>, file: &File, path: &std::path::Path) {
+    let target = {
+        let mut st = shared.state.borrow_mut();
+        if st.failure.is_some() || !sync_wanted(&st, shared.config.unsynced_bytes_max) {
+            return;
+        }
+        st.sync_in_flight = true;
+        st.written_seq
+    };
+    let shared = shared.clone();
+    let file = file.clone();
+    let path = path.to_path_buf();
+    glommio::spawn_local(async move {
+        // Observability only: the latency is recorded, never used to decide anything.
+        #[allow(clippy::disallowed_methods)]
+        let started = std::time::Instant::now();
+        let result = file.fdatasync().await;
+        let mut st = shared.state.borrow_mut();
+        st.sync_in_flight = false;
+        st.fsync_count += 1;
+        st.fsync_latency_ns.saturating_record(started.elapsed().as_nanos() as u64);
+        match result {
+            Ok(()) if st.failure.is_none() => {
+                st.synced_seq = st.synced_seq.max(target);
+                st.advance_synced();
+            }
+            Ok(()) => {}
+            Err(e) => st.fence("fdatasync", path, e),
+        }
+        drop(st);
+        shared.changed.notify();
+    })
+    .detach();
+}
+
+/// After a roll, the next segment is readable from its start even before its first write.
+fn advance_readable_to_segment(shared: &Shared, next_base: u64) {
+    let mut st = shared.state.borrow_mut();
+    let start = Readable { next_offset: next_base, segment_base: next_base, position_end: 0 };
+    if st.readable.segment_base < next_base && st.readable.next_offset >= next_base {
+        st.readable = start;
+    }
+    if st.synced_readable.segment_base < next_base && st.synced_readable.next_offset >= next_base {
+        st.synced_readable = start;
+    }
+    drop(st);
+    shared.changed.notify();
+}

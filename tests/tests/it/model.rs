@@ -1,0 +1,360 @@
+//! The reference model of `docs/semantics.md`: what a view must hold, computed in plain Rust over
+//! the records of each partition in offset order. It is written from the page, not from the
+//! engine: no engine operator, window, state or JSON code is used (values are read with
+//! serde_json, windows enumerated by brute force in `i128`, sessions kept as a plain `Vec`, the
+//! HyperLogLog re-implemented from the page's formula). The property tests (`props.rs`) compare
+//! its rows and counters with the engine's.
+
+use std::collections::BTreeMap;
+
+/// The event-time range of section 1 (restated here on purpose, not imported).
+pub const EVENT_TIME_MIN: i64 = -(1 << 62);
+pub const EVENT_TIME_MAX: i64 = 1 << 62;
+
+/// One record of a partition, as read back from the log.
+#[derive(Debug, Clone)]
+pub struct Rec {
+    pub ts: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Win {
+    None,
+    Tumbling(i64),
+    Hopping(i64, i64),
+    Session(i64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Agg {
+    Count,
+    Sum,
+    Min,
+    Max,
+    Mean,
+    Distinct,
+}
+
+/// How the view keys records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// The record key.
+    Record,
+    /// The JSON field `g` (`key_by_json("g")`).
+    JsonG,
+    /// `t<event time div 1000>`, a key computed from the record (`key_by` closure).
+    TimeBucket,
+}
+
+/// A view definition, in the model's terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spec {
+    pub window: Win,
+    pub agg: Agg,
+    pub key: KeyKind,
+    /// `map_json("v")` (always for aggregates other than count).
+    pub map_v: bool,
+    /// The filter `value.len() % 5 != 0`.
+    pub filter: bool,
+    pub lateness: i64,
+    pub drop_late: bool,
+}
+
+/// The counters of section 1.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub consumed: u64,
+    pub applied: u64,
+    pub time_out_of_range: u64,
+    pub filtered: u64,
+    pub no_key: u64,
+    pub no_field: u64,
+    pub not_a_number: u64,
+    pub not_json: u64,
+    pub late_dropped: u64,
+    pub late_updated: u64,
+}
+
+/// A row: (key, start) -> end and the values folded, in fold order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Group {
+    pub end: i64,
+    pub values: Vec<f64>,
+}
+
+pub type Rows = BTreeMap<(Vec<u8>, i64), Group>;
+
+/// A partition's sessions of one key: (start, end, values), unordered.
+type Sessions = Vec<(i64, i64, Vec<f64>)>;
+
+/// The filter the property tests give views that have one.
+pub fn keeps(value: &[u8]) -> bool {
+    !value.len().is_multiple_of(5)
+}
+
+/// The key `KeyKind::TimeBucket` computes.
+pub fn time_bucket(ts: i64) -> Vec<u8> {
+    format!("t{}", ts.div_euclid(1000)).into_bytes()
+}
+
+enum Value {
+    Number(f64),
+    NoField,
+    NotANumber,
+    NotJson,
+}
+
+fn field(doc: &[u8], name: &str) -> Value {
+    let Ok(parsed) = serde_json::from_slice::<serde_json::Value>(doc) else {
+        return Value::NotJson;
+    };
+    match parsed.get(name) {
+        None => Value::NoField,
+        Some(serde_json::Value::Number(n)) => Value::Number(n.as_f64().unwrap_or(f64::NAN)),
+        Some(_) => Value::NotANumber,
+    }
+}
+
+/// Section 7: a key from a JSON field.
+fn json_key(doc: &[u8], name: &str) -> Option<Vec<u8>> {
+    let parsed = serde_json::from_slice::<serde_json::Value>(doc).ok()?;
+    match parsed.get(name)? {
+        serde_json::Value::String(s) => Some(s.as_bytes().to_vec()),
+        serde_json::Value::Bool(b) => Some(b.to_string().into_bytes()),
+        serde_json::Value::Number(n) => Some(
+            if let Some(u) = n.as_u64() {
+                u.to_string()
+            } else if let Some(i) = n.as_i64() {
+                i.to_string()
+            } else {
+                n.as_f64()?.to_string()
+            }
+            .into_bytes(),
+        ),
+        _ => None,
+    }
+}
+
+/// Section 2: every fixed window holding `t`, by brute force over candidate `k`s.
+fn windows(window: Win, t: i64) -> Vec<(i64, i64)> {
+    let t = i128::from(t);
+    let floor = |a: i128, b: i128| a.div_euclid(b);
+    match window {
+        Win::None => vec![(i64::MIN, i64::MAX)],
+        Win::Tumbling(size) => {
+            let size = i128::from(size);
+            let start = floor(t, size) * size;
+            vec![(start as i64, (start + size) as i64)]
+        }
+        Win::Hopping(size, hop) => {
+            let (size, hop) = (i128::from(size), i128::from(hop));
+            (floor(t - size, hop) - 1..=floor(t, hop) + 1)
+                .map(|k| (k * hop, k * hop + size))
+                .filter(|(s, e)| *s <= t && t < *e)
+                .map(|(s, e)| (s as i64, e as i64))
+                .collect()
+        }
+        Win::Session(_) => unreachable!("sessions are not fixed windows"),
+    }
+}
+
+/// One partition's view: its rows and counters.
+pub fn partition(spec: &Spec, records: &[Rec]) -> (Rows, Counts) {
+    let mut counts = Counts::default();
+    let mut max_t = i64::MIN;
+    let mut fixed: Rows = BTreeMap::new();
+    let mut sessions: BTreeMap<Vec<u8>, Sessions> = BTreeMap::new();
+    for r in records {
+        counts.consumed += 1;
+        if r.ts < EVENT_TIME_MIN || r.ts > EVENT_TIME_MAX {
+            counts.time_out_of_range += 1;
+            continue;
+        }
+        max_t = max_t.max(r.ts);
+        let watermark = max_t.saturating_sub(spec.lateness);
+        if spec.filter && !keeps(&r.value) {
+            counts.filtered += 1;
+            continue;
+        }
+        let key = match spec.key {
+            KeyKind::Record => r.key.clone(),
+            KeyKind::JsonG => json_key(&r.value, "g"),
+            KeyKind::TimeBucket => Some(time_bucket(r.ts)),
+        };
+        let Some(key) = key else {
+            counts.no_key += 1;
+            continue;
+        };
+        let value = if spec.map_v {
+            match field(&r.value, "v") {
+                Value::Number(v) => v,
+                Value::NoField => {
+                    counts.no_field += 1;
+                    continue;
+                }
+                Value::NotANumber => {
+                    counts.not_a_number += 1;
+                    continue;
+                }
+                Value::NotJson => {
+                    counts.not_json += 1;
+                    continue;
+                }
+            }
+        } else {
+            0.0
+        };
+        counts.applied += 1;
+        if let Win::Session(gap) = spec.window {
+            let list = sessions.entry(key).or_default();
+            let (t, t_end) = (r.ts, r.ts + gap);
+            let overlapping: Vec<usize> =
+                (0..list.len()).filter(|i| list[*i].0 < t_end && list[*i].1 > t).collect();
+            let merged_end = overlapping.iter().map(|i| list[*i].1).fold(t_end, i64::max);
+            if merged_end <= watermark {
+                if spec.drop_late {
+                    counts.late_dropped += 1;
+                    continue;
+                }
+                counts.late_updated += 1;
+            }
+            let mut start = t;
+            let mut values = Vec::new();
+            let mut taken: Sessions = Vec::new();
+            for i in overlapping.into_iter().rev() {
+                taken.push(list.remove(i));
+            }
+            taken.sort_by_key(|s| s.0);
+            for (s, _, v) in taken {
+                start = start.min(s);
+                values.extend(v);
+            }
+            values.push(value);
+            list.push((start, merged_end, values));
+        } else {
+            for (start, end) in windows(spec.window, r.ts) {
+                if end <= watermark {
+                    if spec.drop_late {
+                        counts.late_dropped += 1;
+                        continue;
+                    }
+                    counts.late_updated += 1;
+                }
+                fixed
+                    .entry((key.clone(), start))
+                    .or_insert_with(|| Group { end, values: Vec::new() })
+                    .values
+                    .push(value);
+            }
+        }
+    }
+    if matches!(spec.window, Win::Session(_)) {
+        for (key, list) in sessions {
+            for (start, end, values) in list {
+                fixed.insert((key.clone(), start), Group { end, values });
+            }
+        }
+    }
+    (fixed, counts)
+}
+
+/// Section 5: partitions' rows merged (same fixed window; overlapping sessions of a key).
+pub fn merge(spec: &Spec, parts: Vec<Rows>) -> Rows {
+    let mut merged: Rows = BTreeMap::new();
+    if let Win::Session(_) = spec.window {
+        let mut by_key: BTreeMap<Vec<u8>, Vec<(i64, Group)>> = BTreeMap::new();
+        for part in parts {
+            for ((key, start), group) in part {
+                by_key.entry(key).or_default().push((start, group));
+            }
+        }
+        for (key, mut list) in by_key {
+            list.sort_by_key(|(start, _)| *start);
+            let mut current: Option<(i64, Group)> = None;
+            for (start, group) in list {
+                match &mut current {
+                    Some((_, open)) if start < open.end => {
+                        open.end = open.end.max(group.end);
+                        open.values.extend(group.values);
+                    }
+                    _ => {
+                        if let Some((s, done)) = current.replace((start, group)) {
+                            merged.insert((key.clone(), s), done);
+                        }
+                    }
+                }
+            }
+            if let Some((s, done)) = current {
+                merged.insert((key, s), done);
+            }
+        }
+        return merged;
+    }
+    for part in parts {
+        for (slot, group) in part {
+            let entry =
+                merged.entry(slot).or_insert_with(|| Group { end: group.end, values: Vec::new() });
+            entry.values.extend(group.values);
+        }
+    }
+    merged
+}
+
+/// Section 4: the aggregate's result over a row's values, and HyperLogLog registers for distinct.
+pub fn result(agg: Agg, values: &[f64]) -> (f64, Option<Vec<u8>>) {
+    match agg {
+        Agg::Count => (values.len() as f64, None),
+        Agg::Sum => (values.iter().sum(), None),
+        Agg::Min => (values.iter().copied().fold(f64::INFINITY, f64::min), None),
+        Agg::Max => (values.iter().copied().fold(f64::NEG_INFINITY, f64::max), None),
+        Agg::Mean => (values.iter().sum::<f64>() / values.len() as f64, None),
+        Agg::Distinct => {
+            let mut registers = vec![0u8; 1024];
+            for v in values {
+                let h = xxhash_rust::xxh3::xxh3_64(&v.to_bits().to_le_bytes());
+                let index = (h >> 54) as usize;
+                let rank = ((h << 10) | (1 << 9)).leading_zeros() as u8 + 1;
+                registers[index] = registers[index].max(rank);
+            }
+            let m = 1024f64;
+            let sum: f64 = registers.iter().map(|r| 2f64.powi(-i32::from(*r))).sum();
+            let estimate = 0.7213 / (1.0 + 1.079 / m) * m * m / sum;
+            let zeros = registers.iter().filter(|r| **r == 0).count();
+            let estimate = if estimate <= 2.5 * m && zeros > 0 {
+                m * (m / zeros as f64).ln()
+            } else {
+                estimate
+            };
+            (estimate, Some(registers))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_model_itself_on_a_hand_checked_case() {
+        // Sessions with gap 10: 100 and 110 are exactly a gap apart (two sessions); 105 bridges.
+        let spec = Spec {
+            window: Win::Session(10),
+            agg: Agg::Count,
+            key: KeyKind::Record,
+            map_v: false,
+            filter: false,
+            lateness: 1_000,
+            drop_late: true,
+        };
+        let rec = |ts| Rec { ts, key: Some(b"a".to_vec()), value: b"{}".to_vec() };
+        let (rows, counts) = partition(&spec, &[rec(100), rec(110)]);
+        assert_eq!(rows.len(), 2);
+        let (rows, _) = partition(&spec, &[rec(100), rec(110), rec(105)]);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[&(b"a".to_vec(), 100)].end, 120);
+        assert_eq!(counts.applied, 2);
+        assert_eq!(windows(Win::Hopping(10, 4), -1), vec![(-8, 2), (-4, 6)]);
+    }
+}

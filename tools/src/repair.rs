@@ -1,0 +1,49 @@
+//! `kappa repair DIR [--dry-run]`: cut each corrupt partition at its first damage, after a report
+//! of exactly what goes (file, byte, offsets, bytes, files deleted).
+
+use std::path::Path;
+
+use anyhow::Context;
+
+use crate::cli::{EXIT_CORRUPT, EXIT_OK};
+
+/// Exit codes: 0 when nothing needed a cut or the cuts were made; with `--dry-run`, 1 when a cut
+/// would be made (so scripts can ask "is this log corrupt?").
+pub fn run(dir: &Path, dry_run: bool, window_bytes: u64) -> anyhow::Result<i32> {
+    let cuts = kappa_storage::repair::plan(dir, window_bytes)
+        .with_context(|| format!("scanning data dir {}", dir.display()))?;
+    if cuts.is_empty() {
+        println!("nothing to repair under {}", dir.display());
+        return Ok(EXIT_OK);
+    }
+    let verb = if dry_run { "would drop" } else { "drops" };
+    for cut in &cuts {
+        println!(
+            "{}/{}: {} at byte {}: {}",
+            cut.topic,
+            cut.partition,
+            cut.path.display(),
+            cut.position,
+            cut.reason
+        );
+        println!(
+            "  {verb} offsets {}..{} ({} records), {} bytes; the partition ends at offset {}",
+            cut.first_dropped_offset,
+            cut.dropped_offsets_end,
+            cut.dropped_offsets_end - cut.first_dropped_offset,
+            cut.dropped_bytes,
+            cut.first_dropped_offset
+        );
+        for file in &cut.deleted_files {
+            println!("  {} {}", if dry_run { "would delete" } else { "deletes" }, file.display());
+        }
+    }
+    if dry_run {
+        println!("dry run: nothing changed ({} partitions need a cut)", cuts.len());
+        return Ok(EXIT_CORRUPT);
+    }
+    kappa_storage::repair::apply(&cuts)
+        .with_context(|| format!("repairing data dir {}", dir.display()))?;
+    println!("repaired {} partitions", cuts.len());
+    Ok(EXIT_OK)
+}
