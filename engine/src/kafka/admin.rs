@@ -2,8 +2,8 @@
 //! DescribeConfigs, InitProducerId.
 //!
 //! Creating and deleting topics wait on every shard (the engine opens or closes partitions
-//! there), so they run on glommio's blocking pool (`Node::control`), serialized by one lock, and
-//! never on the shard thread.
+//! there, this one included, on their blocking pools), so they run on the Kafka control thread
+//! (`Node::control`), serialized by one lock, never on a shard thread nor its blocking pool.
 
 use std::rc::Rc;
 

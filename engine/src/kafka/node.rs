@@ -33,7 +33,7 @@ pub(crate) type Job = Box<dyn FnOnce(Rc<Node>) -> LocalFuture<'static, ()> + Sen
 pub(crate) struct Shared {
     pub(crate) config: KafkaConfig,
     pub(crate) inner: Arc<Inner>,
-    /// For control-plane calls (create, delete topics) on glommio's blocking pool only: the
+    /// For control-plane calls (create, delete topics) on the control thread only: the
     /// application holds the engine, so an upgrade here is never the last reference.
     pub(crate) engine: Weak<Engine>,
     pub(crate) peers: Vec<flume::Sender<Job>>,
@@ -42,9 +42,17 @@ pub(crate) struct Shared {
     pub(crate) port: i32,
     pub(crate) cluster_id: String,
     pub(crate) producer_ids: Mutex<IdAllocator>,
-    /// Serializes topic creation and deletion (taken on the blocking pool only).
+    /// Serializes topic creation and deletion (taken on the control thread only).
     pub(crate) control_lock: Mutex<()>,
+    /// The control thread's queue (bounded: a shard waits for room).
+    control: flume::Sender<ControlJob>,
 }
+
+/// Blocking control-plane work for the control thread.
+type ControlJob = Box<dyn FnOnce() + Send>;
+
+/// Jobs queued for the control thread at most; more wait on their shard (backpressure).
+const CONTROL_QUEUE: usize = 16;
 
 pub(crate) struct SharedParts {
     pub(crate) config: KafkaConfig,
@@ -59,6 +67,20 @@ pub(crate) struct SharedParts {
 
 impl Shared {
     pub(crate) fn new(parts: SharedParts) -> Self {
+        // Not glommio's blocking pool: a shard's pool has one thread, and creating a topic makes
+        // the shards do namespace work on their pools (storage's `io`), this shard's included, so
+        // an engine call from the pool would wait for itself. The thread ends when `Shared` goes.
+        let (control, jobs) = flume::bounded::<ControlJob>(CONTROL_QUEUE);
+        let spawned =
+            std::thread::Builder::new().name("kappa-kafka-control".into()).spawn(move || {
+                while let Ok(job) = jobs.recv() {
+                    job();
+                }
+            });
+        if let Err(e) = spawned {
+            // `control` then answers Unavailable (its queue has no receiver).
+            tracing::error!(error = %e, "starting the Kafka control thread failed");
+        }
         Shared {
             config: parts.config,
             inner: parts.inner,
@@ -70,6 +92,7 @@ impl Shared {
             cluster_id: parts.cluster_id,
             producer_ids: Mutex::new(parts.producer_ids),
             control_lock: Mutex::new(()),
+            control,
         }
     }
 }
@@ -194,17 +217,19 @@ impl Node {
         rx.recv_async().await.map_err(|_| Unavailable)
     }
 
-    /// Runs blocking control-plane work with the engine on glommio's blocking pool (never on
-    /// the shard thread: engine calls wait on shards, this one included).
+    /// Runs blocking control-plane work with the engine on the control thread (never on a shard
+    /// thread nor its blocking pool: engine calls wait on shards, this one included).
     pub(crate) async fn control<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Engine) -> T + Send + 'static,
     ) -> Result<T, Unavailable> {
         let engine = self.shared.engine.clone();
-        glommio::executor()
-            .spawn_blocking(move || engine.upgrade().map(|engine| work(&engine)))
-            .await
-            .ok_or(Unavailable)
+        let (done, result) = flume::bounded(1);
+        let job: ControlJob = Box::new(move || {
+            let _ = done.send(engine.upgrade().map(|engine| work(&engine)));
+        });
+        self.shared.control.send_async(job).await.map_err(|_| Unavailable)?;
+        result.recv_async().await.map_err(|_| Unavailable)?.ok_or(Unavailable)
     }
 
     /// Drops the cached readers and producer state of a deleted topic's partitions.
