@@ -23,6 +23,7 @@ mod recovery;
 mod replay;
 mod report;
 mod run;
+mod stall;
 mod stats;
 mod storage;
 mod tail;
@@ -63,6 +64,8 @@ enum Command {
     /// The Kafka wire protocol over TCP loopback (produce acks=1/-1, fetch, latency) beside the
     /// raw disk.
     Kafka(kafka::Args),
+    /// The longest executor stall of a shard under load with segment rolls and view checkpoints.
+    Stall(stall::Args),
     /// The child process of the recovery scenario.
     #[command(hide = true)]
     RecoveryWriter { dir: PathBuf, size_mib: u64 },
@@ -95,6 +98,7 @@ fn main() -> anyhow::Result<()> {
         Command::Replay(args) => (args.common.json.clone(), replay::scenario(args)),
         Command::Http(args) => (args.common.json.clone(), http::scenario(args)),
         Command::Kafka(args) => (args.common.json.clone(), kafka::scenario(args)),
+        Command::Stall(args) => (args.common.json.clone(), stall::scenario(args)),
     };
     let outcome = outcome?;
     outcome.print();
@@ -124,8 +128,10 @@ pub fn run_scenario(name: &str, argv: &[String]) -> anyhow::Result<report::Outco
         "replay" => replay::scenario(parse(argv)?),
         "http" => http::scenario(parse(argv)?),
         "kafka" => kafka::scenario(parse(argv)?),
+        "stall" => stall::scenario(parse(argv)?),
         other => anyhow::bail!(
-            "unknown scenario {other:?}: expected disk, storage, ingest, tail, replay, recovery, http, kafka"
+            "unknown scenario {other:?}: expected disk, storage, ingest, tail, replay, recovery, \
+             http, kafka, stall"
         ),
     }
 }

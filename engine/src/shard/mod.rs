@@ -33,6 +33,7 @@ use crate::router::ShardId;
 use crate::view::runner::{self as view_runner, ViewPartition};
 use crate::Error;
 
+pub(crate) mod link;
 mod views;
 
 /// A closure run on a shard (see `Engine::run_on_partition`).
@@ -52,7 +53,7 @@ pub(crate) enum Request {
         topic: Arc<str>,
         partition: u32,
         config: LogConfig,
-        reply: Reply<()>,
+        reply: Reply<kappa_storage::RecoveryReport>,
     },
     Subscribe {
         topic: Arc<str>,
@@ -104,8 +105,19 @@ pub(crate) enum Request {
         version: u32,
         reply: Reply<()>,
     },
+    /// Applies every partition's retention now (under the views' floors); answers the number of
+    /// segments deleted.
+    Retention {
+        reply: Reply<u64>,
+    },
     Shutdown {
         reply: Reply<()>,
+    },
+    /// Fault injection: the request loop panics, which kills the shard's thread (a bug outside
+    /// user code, as tests need one).
+    #[cfg(feature = "fault-injection")]
+    Panic {
+        message: String,
     },
 }
 
@@ -136,6 +148,13 @@ struct Counters {
     batches_appended: u64,
     appends_in_flight: u64,
     append_ack_latency_ns: hdrhistogram::Histogram<u64>,
+    /// How late the stall probe woke (`stall_probe`), in nanoseconds.
+    executor_stall_ns: hdrhistogram::Histogram<u64>,
+    /// Fsyncs of partition logs this shard has closed (a deleted topic, a moved partition): kept
+    /// so the shard's fsync counter and histogram never go backwards (Prometheus reads a
+    /// decreasing counter as a reset).
+    closed_fsync_count: u64,
+    closed_fsync_latency_ns: hdrhistogram::Histogram<u64>,
 }
 
 /// The partitions a shard owns: topic -> partition -> log (looked up by `&str`, no allocation).
@@ -212,6 +231,15 @@ pub(crate) async fn run(
             appends_in_flight: 0,
             append_ack_latency_ns: hdrhistogram::Histogram::new_with_bounds(100, 60_000_000_000, 2)
                 .expect("static histogram bounds are valid"),
+            executor_stall_ns: hdrhistogram::Histogram::new_with_bounds(1_000, 60_000_000_000, 2)
+                .expect("static histogram bounds are valid"),
+            closed_fsync_count: 0,
+            closed_fsync_latency_ns: hdrhistogram::Histogram::new_with_bounds(
+                1_000,
+                60_000_000_000,
+                2,
+            )
+            .expect("static histogram bounds are valid"),
         }),
         live,
         replay,
@@ -223,11 +251,16 @@ pub(crate) async fn run(
         .expect("the maintenance queue exists");
     let heartbeat =
         glommio::spawn_local_into(heartbeat(), maintenance).expect("the maintenance queue exists");
+    let probe = shard.config.stall_probe_interval.map(|interval| {
+        glommio::spawn_local_into(stall_probe(shard.clone(), interval), live)
+            .expect("the live queue exists")
+    });
     let serve =
         glommio::spawn_local_into(serve(shard.clone()), live).expect("the live queue exists");
     serve.await;
     drop(retention);
     drop(heartbeat);
+    drop(probe);
 }
 
 async fn serve(shard: Rc<Shard>) {
@@ -289,7 +322,14 @@ async fn serve(shard: Rc<Shard>) {
                 };
                 let result = match log {
                     // Tail subscriptions wake up on `closing` and end.
-                    Some(log) => log.close().await.map_err(Error::from),
+                    Some(log) => {
+                        let closed = log.close().await.map_err(Error::from);
+                        let stats = log.stats();
+                        let mut counters = shard.counters.borrow_mut();
+                        counters.closed_fsync_count += stats.fsync_count;
+                        let _ = counters.closed_fsync_latency_ns.add(&stats.fsync_latency_ns);
+                        closed
+                    }
                     None => Ok(()),
                 };
                 let _ = reply.send(result);
@@ -308,7 +348,10 @@ async fn serve(shard: Rc<Shard>) {
                 let _ = reply.send(Ok(()));
             }
             Request::StartView { version, partition, reply } => {
-                let _ = reply.send(views::start_view(&shard, version, partition));
+                let _ = reply.send(views::start_view(&shard, version, partition).await);
+            }
+            Request::Retention { reply } => {
+                let _ = reply.send(apply_retention(&shard).await);
             }
             Request::QueryView { view, version, partition, query, reply } => {
                 let result = match shard.views.borrow().get(&(view.clone(), version, partition)) {
@@ -341,6 +384,8 @@ async fn serve(shard: Rc<Shard>) {
                 let _ = reply.send(result);
                 return;
             }
+            #[cfg(feature = "fault-injection")]
+            Request::Panic { message } => panic!("{message}"),
         }
     }
     // Every sender is gone without a Shutdown (the engine was dropped): close cleanly anyway.
@@ -449,20 +494,20 @@ async fn open_partition(
     topic: Arc<str>,
     partition: u32,
     config: LogConfig,
-) -> Result<(), Error> {
+) -> Result<kappa_storage::RecoveryReport, Error> {
     if shard.log(&topic, partition).is_some() {
-        return Ok(());
+        return Ok(kappa_storage::RecoveryReport::default());
     }
     let dir = kappa_storage::paths::partition_dir(&shard.config.data_dir, &topic, partition);
     let log = PartitionLog::open(&dir, config).await?;
-    let recovery = log.recovery();
+    let recovery = log.recovery().clone();
     tracing::debug!(
         shard = shard.id.0, topic = %topic, partition, end_offset = log.end_offset(),
         segments = recovery.segment_count, truncated_bytes = recovery.truncated_bytes,
         "partition opened"
     );
     shard.partitions.borrow_mut().entry(topic).or_default().insert(partition, Rc::new(log));
-    Ok(())
+    Ok(recovery)
 }
 
 /// Follows a partition for one consumer: reads zero-copy on the shard, sends each batch as one
@@ -522,23 +567,65 @@ async fn heartbeat() {
 /// See `heartbeat`.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Applies each partition's retention once a minute, in the maintenance queue.
+/// Measures executor stalls from inside the shard: a task in the live queue sleeps `interval`
+/// over and over and records how late it wakes. A wake-up is late when the thread was blocked
+/// (a syscall on the shard thread) or a task ran without yielding; either delays every live
+/// request by as much. The histogram is `ShardMetrics::executor_stall_ns`; the monitor thread
+/// (`monitor.rs`) sees only stalls of a second or more, this sees them all.
+///
+/// Why a timer in the live queue: that is where appends, tail delivery and queries run, so its
+/// lateness is the delay they meet. One timer per interval per shard (1 ms by default: about
+/// 1,000 cheap wake-ups a second) is the cost.
+async fn stall_probe(shard: Rc<Shard>, interval: Duration) {
+    while !shard.stopping.get() {
+        // Observability only: lateness is reported, never used to decide anything.
+        #[allow(clippy::disallowed_methods)]
+        let due = std::time::Instant::now() + interval;
+        glommio::timer::sleep(interval).await;
+        #[allow(clippy::disallowed_methods)]
+        let late = std::time::Instant::now().saturating_duration_since(due);
+        let mut counters = shard.counters.borrow_mut();
+        counters.executor_stall_ns.saturating_record(late.as_nanos() as u64);
+    }
+}
+
+/// Applies each partition's retention every `EngineConfig::retention_interval`, in the
+/// maintenance queue.
 async fn retention_loop(shard: Rc<Shard>) {
     loop {
-        glommio::timer::sleep(Duration::from_secs(60)).await;
+        glommio::timer::sleep(shard.config.retention_interval).await;
         if shard.stopping.get() {
             return;
         }
-        let logs: Vec<Rc<PartitionLog>> =
-            shard.partitions.borrow().values().flat_map(|p| p.values().cloned()).collect();
-        let now_ms = shard.config.clock.now_ms();
-        for log in logs {
-            // No floor yet: pinning what running views have not folded comes with the views.
-            if let Err(e) = log.apply_retention(now_ms, u64::MAX).await {
+        let _ = apply_retention(&shard).await;
+    }
+}
+
+/// One retention pass over the shard's partitions, each under its views' floor
+/// (`views::retention_floor`). Unlinks and directory fsyncs run through the seam (the blocking
+/// pool). Returns the segments deleted; the first error, after trying every partition.
+async fn apply_retention(shard: &Rc<Shard>) -> Result<u64, Error> {
+    let logs: Vec<(Arc<str>, u32, Rc<PartitionLog>)> = shard
+        .partitions
+        .borrow()
+        .iter()
+        .flat_map(|(t, ps)| ps.iter().map(move |(p, l)| (t.clone(), *p, l.clone())))
+        .collect();
+    let now_ms = shard.config.clock.now_ms();
+    let mut deleted = 0;
+    let mut first_error = None;
+    for (topic, partition, log) in logs {
+        // The floor is read right before the pass: a view's folded offset only grows.
+        let floor = views::retention_floor(shard, &topic, partition);
+        match log.apply_retention(now_ms, floor).await {
+            Ok(report) => deleted += report.segments_deleted as u64,
+            Err(e) => {
                 tracing::error!(shard = shard.id.0, dir = %log.dir().display(), error = %e, "retention failed");
+                first_error.get_or_insert(Error::from(e));
             }
         }
     }
+    first_error.map_or(Ok(deleted), Err)
 }
 
 fn partition_metrics(topic: &str, partition: u32, log: &PartitionLog) -> PartitionMetrics {
@@ -555,9 +642,9 @@ fn partition_metrics(topic: &str, partition: u32, log: &PartitionLog) -> Partiti
 
 fn metrics(shard: &Shard) -> ShardMetrics {
     let counters = shard.counters.borrow();
-    let mut fsync_latency_ns = hdrhistogram::Histogram::new_with_bounds(1_000, 60_000_000_000, 2)
-        .expect("static histogram bounds are valid");
-    let mut fsync_count = 0;
+    // Closed logs' fsyncs count too: the counter is monotonic for the life of the shard.
+    let mut fsync_latency_ns = counters.closed_fsync_latency_ns.clone();
+    let mut fsync_count = counters.closed_fsync_count;
     let mut write_queue_len = 0;
     let mut partitions = Vec::new();
     let owned = shard.partitions.borrow();
@@ -593,6 +680,7 @@ fn metrics(shard: &Shard) -> ShardMetrics {
         batches_appended: counters.batches_appended,
         appends_in_flight: counters.appends_in_flight,
         append_ack_latency_ns: counters.append_ack_latency_ns.clone(),
+        executor_stall_ns: counters.executor_stall_ns.clone(),
         fsync_count,
         fsync_latency_ns,
         request_queue_len: shard.request_queue.len(),
@@ -615,6 +703,7 @@ fn metrics(shard: &Shard) -> ShardMetrics {
                     counters: st.counters,
                     activity: vp.activity.get(),
                     stalls: vp.stalls.get(),
+                    failure: vp.failure.borrow().clone(),
                 }
             })
             .collect(),

@@ -222,6 +222,25 @@ impl ViewSpec {
         }
     }
 
+    /// The first field that makes a view partition's state mean something else under `other`
+    /// (what it reads, how it groups, windows and folds), or `None` when `other` may continue
+    /// this definition's state (`start_from_version`).
+    pub fn state_differs(&self, other: &ViewSpec) -> Option<&'static str> {
+        [
+            ("topic", self.topic == other.topic),
+            ("filter", self.filter == other.filter),
+            ("key_field", self.key_field == other.key_field),
+            ("value_field", self.value_field == other.value_field),
+            ("aggregate", self.aggregate == other.aggregate),
+            ("window", self.window == other.window),
+            ("lateness_ms", self.lateness_ms == other.lateness_ms),
+            ("late", self.late == other.late),
+        ]
+        .into_iter()
+        .find(|(_, same)| !same)
+        .map(|(field, _)| field)
+    }
+
     /// Checks the definition and builds the engine's `ViewDef` from it.
     pub fn to_def(&self) -> Result<ViewDef, SpecError> {
         if let Some(r) = &self.revision {
