@@ -16,6 +16,7 @@
 mod disk;
 mod http;
 mod ingest;
+mod kafka;
 mod limit;
 mod plot;
 mod recovery;
@@ -60,6 +61,9 @@ enum Command {
     Replay(replay::Args),
     /// Records/s through the HTTP API (NDJSON batches of 1000) beside the embedded API's rate.
     Http(http::Args),
+    /// The Kafka wire protocol over TCP loopback (produce acks=1/-1, fetch, latency) beside the
+    /// raw disk.
+    Kafka(kafka::Args),
     /// The longest executor stall of a shard under load with segment rolls and view checkpoints.
     Stall(stall::Args),
     /// The child process of the recovery scenario.
@@ -93,6 +97,7 @@ fn main() -> anyhow::Result<()> {
         Command::Recovery(args) => (args.common.json.clone(), recovery::scenario(args)),
         Command::Replay(args) => (args.common.json.clone(), replay::scenario(args)),
         Command::Http(args) => (args.common.json.clone(), http::scenario(args)),
+        Command::Kafka(args) => (args.common.json.clone(), kafka::scenario(args)),
         Command::Stall(args) => (args.common.json.clone(), stall::scenario(args)),
     };
     let outcome = outcome?;
@@ -122,10 +127,11 @@ pub fn run_scenario(name: &str, argv: &[String]) -> anyhow::Result<report::Outco
         "recovery" => recovery::scenario(parse(argv)?),
         "replay" => replay::scenario(parse(argv)?),
         "http" => http::scenario(parse(argv)?),
+        "kafka" => kafka::scenario(parse(argv)?),
         "stall" => stall::scenario(parse(argv)?),
         other => anyhow::bail!(
             "unknown scenario {other:?}: expected disk, storage, ingest, tail, replay, recovery, \
-             http, stall"
+             http, kafka, stall"
         ),
     }
 }

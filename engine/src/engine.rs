@@ -16,7 +16,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use glommio::{LocalExecutorBuilder, Placement};
@@ -48,6 +48,9 @@ pub(crate) struct Inner {
     views: RwLock<BTreeMap<String, Arc<view::Entry>>>,
     links: Vec<Link>,
     topics: RwLock<BTreeMap<String, Arc<TopicMeta>>>,
+    /// Bumped after every change of `topics`, so per-shard caches (the Kafka front end's) know
+    /// when to drop their copies without reading the lock on every request.
+    topics_generation: AtomicU64,
     threads: Mutex<Vec<watchdog::ExecutorHandle<()>>>,
     shut_down: AtomicBool,
     /// Serializes topic and view metadata changes (see the module doc).
@@ -84,6 +87,17 @@ impl Inner {
         }
         let topics = self.topics.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         topics.get(name).cloned().ok_or_else(|| Error::UnknownTopic { topic: name.to_string() })
+    }
+
+    /// Changes whenever a topic is created or deleted.
+    pub(crate) fn topics_generation(&self) -> u64 {
+        self.topics_generation.load(Ordering::Acquire)
+    }
+
+    /// Every topic (the Kafka front end's Metadata for all topics).
+    pub(crate) fn topic_list(&self) -> Vec<Arc<TopicMeta>> {
+        let topics = self.topics.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        topics.values().cloned().collect()
     }
 
     pub(crate) fn send_blocking(&self, shard: usize, request: Request) -> Result<(), Error> {
@@ -212,6 +226,7 @@ impl Engine {
                 monitor,
                 links,
                 topics: RwLock::new(BTreeMap::new()),
+                topics_generation: AtomicU64::new(0),
                 threads: Mutex::new(threads),
                 shut_down: AtomicBool::new(false),
                 meta_lock: Mutex::new(()),
@@ -231,6 +246,11 @@ impl Engine {
             engine.open_topic(&name, topic)?;
         }
         Ok(engine)
+    }
+
+    /// The shared state behind this handle (crate front ends such as `kafka` hold it).
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
     }
 
     pub fn shard_count(&self) -> usize {
@@ -343,6 +363,7 @@ impl Engine {
         let (disk, data_dir) = (self.inner.disk(), &self.inner.config.data_dir);
         meta::mark_deleting(disk, data_dir, name)?;
         self.inner.topics.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(name);
+        self.inner.topics_generation.fetch_add(1, Ordering::AcqRel);
         let mut first_error = None;
         for (partition, shard) in topic.shards.iter().enumerate() {
             let result = self.inner.call(*shard, |reply| Request::Close {
@@ -419,6 +440,7 @@ impl Engine {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(name.to_string(), grown);
+        self.inner.topics_generation.fetch_add(1, Ordering::AcqRel);
         tracing::info!(topic = name, from = current, to = partitions, "topic grown");
         Ok(())
     }
@@ -473,6 +495,7 @@ impl Engine {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(name.to_string(), meta);
+        self.inner.topics_generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Opens partitions `from..config.partitions` of a topic on their shards (in parallel across

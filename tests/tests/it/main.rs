@@ -6,6 +6,7 @@ mod deletion;
 mod embedded;
 mod engine;
 mod faults;
+mod kafka;
 mod model;
 mod powercut;
 mod props;
