@@ -33,7 +33,10 @@ pub use error::Error;
 pub use kappa_storage as storage;
 pub use kappa_storage::{Durability, OwnedBatch, RecordRef, Seek};
 pub use metrics::{ConsumerMetrics, PartitionMetrics, ShardMetrics, ViewMetrics, WatchdogMetrics};
-pub use producer::{Ack, BatchAck, PendingAck, Producer, ProducerBatch, ProducerRecord};
+pub use producer::{
+    Ack, BatchAck, PendingAck, PendingAcks, Producer, ProducerBatch, ProducerRecord,
+    DEFAULT_BATCH_SIZE,
+};
 pub use router::ShardId;
 pub use view::{
     stored_view, Offsets, Rebuild, Row, Start, StoredView, VersionProgress, ViewDef, ViewHandle,

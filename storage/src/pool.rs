@@ -167,9 +167,10 @@ pub(crate) fn take(size: usize) -> DmaBuffer {
     })
 }
 
-/// Gives back a buffer `take` handed out; `size` is what was asked for. Kept for reuse when it
-/// lives in `io_memory` and the pool has room, else released.
-pub(crate) fn give(mut buf: DmaBuffer, size: usize) {
+/// Gives back a buffer `take` handed out. Kept for reuse when it lives in `io_memory` and the
+/// pool has room, else released.
+pub(crate) fn give(mut buf: DmaBuffer) {
+    let size = buf.capacity();
     with(|pool| {
         update(pool, |s| {
             s.in_use = s.in_use.saturating_sub(1);
@@ -178,10 +179,7 @@ pub(crate) fn give(mut buf: DmaBuffer, size: usize) {
         buf.restore_len();
         let config = pool.config.get();
         let stats = pool.stats.get();
-        if buf.len() == size
-            && buf.is_io_memory()
-            && stats.free_bytes as usize + size <= config.free_bytes_max
-        {
+        if buf.is_io_memory() && stats.free_bytes as usize + size <= config.free_bytes_max {
             pool.free.borrow_mut().entry(size).or_default().push(buf);
             update(pool, |s| {
                 s.free += 1;
@@ -193,9 +191,10 @@ pub(crate) fn give(mut buf: DmaBuffer, size: usize) {
 
 /// `give` for a buffer that readers may still share: when one does, the log lets go of it and
 /// the last reader's drop returns its memory to glommio.
-pub(crate) fn give_rc(buf: Rc<DmaBuffer>, size: usize) {
+pub(crate) fn give_rc(buf: Rc<DmaBuffer>) {
+    let size = buf.capacity();
     match Rc::try_unwrap(buf) {
-        Ok(buf) => give(buf, size),
+        Ok(buf) => give(buf),
         Err(_) => with(|pool| {
             update(pool, |s| {
                 s.in_use = s.in_use.saturating_sub(1);
@@ -261,13 +260,13 @@ mod tests {
             configure(PoolConfig { free_bytes_max: 1 << 20, tail_cache_bytes_max: 0 });
             let a = take(256 << 10);
             assert_eq!(stats().in_use, 1);
-            give(a, 256 << 10);
+            give(a);
             let mut b = take(256 << 10);
             let s = stats();
             assert_eq!((s.takes, s.reuses, s.allocations, s.in_use), (2, 1, 1, 1));
             // A trimmed buffer (a partial write) comes back whole.
             b.trim_to_size(4096);
-            give(b, 256 << 10);
+            give(b);
             assert_eq!(take(256 << 10).len(), 256 << 10);
         });
     }
@@ -281,7 +280,7 @@ mod tests {
             let misses = stats().io_memory_misses;
             assert!(misses >= 4, "{:?}", stats());
             for buf in held {
-                give(buf, 1 << 20);
+                give(buf);
             }
             // Only buffers inside io_memory were kept.
             assert_eq!(stats().free, 8 - misses);

@@ -141,12 +141,13 @@ impl PartitionLog {
         let position = st.active().index.size_bytes;
         let mut frame = st.encoder.frame();
         while !frame.is_empty() {
-            let capacity = config.write_buffer_size_bytes;
-            let space = capacity - st.buffer.len;
-            let n = space.min(frame.len());
+            let max = config.write_buffer_size_bytes;
+            let busy = st.appended_seq > st.written_seq || !st.queue.is_empty();
             let at = st.buffer.len;
             // Field access: `frame` still borrows the encoder.
-            let buf = st.buffer.materialize(&mut st.carry, capacity);
+            let buf = st.buffer.materialize(&mut st.carry, frame.len(), busy, max);
+            let capacity = buf.capacity();
+            let n = (capacity - at).min(frame.len());
             buf.as_bytes_mut()[at..at + n].copy_from_slice(&frame[..n]);
             st.buffer.len += n;
             st.appended_seq += n as u64;
@@ -193,7 +194,7 @@ impl PartitionLog {
         if tail.buf.is_some() && tail.len > 0 {
             st.queue.push_back(WriteItem::Data { buf: tail.filled(), seq_end: st.appended_seq });
         } else if let Some(buf) = tail.buf {
-            crate::pool::give(buf, st.buffer_size);
+            crate::pool::give(buf);
         }
         let sealed = st.active();
         let item = WriteItem::Roll {

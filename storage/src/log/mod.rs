@@ -174,8 +174,6 @@ pub(crate) struct State {
     buffer: WriteBuffer,
     /// The partial block of an idle `buffer` (see `WriteBuffer`).
     carry: Vec<u8>,
-    /// `LogConfig::write_buffer_size_bytes`: the size of every buffer this log takes.
-    buffer_size: usize,
     queue: VecDeque<WriteItem>,
     /// Appended frames not yet written, oldest first.
     pending: VecDeque<PendingFrame>,
@@ -232,13 +230,13 @@ impl State {
     }
     /// Lets go of a written buffer: back to the shard's pool (see `crate::pool`).
     fn recycle(&mut self, buf: Rc<DmaBuffer>) {
-        crate::pool::give_rc(buf, self.buffer_size);
+        crate::pool::give_rc(buf);
     }
 
     /// Empties the tail cache (an idle partition keeps no buffer for readers).
     fn release_tail_cache(&mut self) {
         while let Some(cached) = self.tail_cache.pop_front() {
-            crate::pool::tail_cache_release(self.buffer_size);
+            crate::pool::tail_cache_release(cached.buf.capacity());
             self.recycle(cached.buf);
         }
     }
@@ -278,19 +276,15 @@ impl State {
 impl Drop for State {
     /// Every buffer the log still holds goes back to the shard's pool.
     fn drop(&mut self) {
-        let size = self.buffer_size;
         if let Some(buf) = self.buffer.buf.take() {
-            crate::pool::give(buf, size);
+            crate::pool::give(buf);
         }
         for item in self.queue.drain(..) {
             if let WriteItem::Data { buf, .. } = item {
-                crate::pool::give(buf.buf, size);
+                crate::pool::give(buf.buf);
             }
         }
-        while let Some(cached) = self.tail_cache.pop_front() {
-            crate::pool::tail_cache_release(size);
-            crate::pool::give_rc(cached.buf, size);
-        }
+        self.release_tail_cache();
     }
 }
 
@@ -302,9 +296,23 @@ impl WriteBuffer {
     }
 
     /// The buffer to copy appended bytes into: taken from the pool when the partition was idle,
-    /// with the carried partial block put back in front.
-    fn materialize(&mut self, carry: &mut Vec<u8>, size: usize) -> &mut DmaBuffer {
+    /// with the carried partial block put back in front. An idle partition's first append gets a
+    /// buffer sized to what it appends (at least `MIN_BUFFER`), a busy one (bytes not yet
+    /// written) a whole `write_buffer_size_bytes`: a burst of small appends to thousands of
+    /// partitions does not take a megabyte each, and a streaming partition still writes large.
+    fn materialize(
+        &mut self,
+        carry: &mut Vec<u8>,
+        need: usize,
+        busy: bool,
+        max: usize,
+    ) -> &mut DmaBuffer {
         self.buf.get_or_insert_with(|| {
+            let size = if busy {
+                max
+            } else {
+                (carry.len() + need).next_power_of_two().clamp(MIN_BUFFER.min(max), max)
+            };
             let mut buf = crate::pool::take(size);
             buf.as_bytes_mut()[..carry.len()].copy_from_slice(carry);
             carry.clear();
@@ -312,6 +320,9 @@ impl WriteBuffer {
         })
     }
 }
+
+/// The smallest write buffer an idle partition takes (a power of two, a multiple of a block).
+const MIN_BUFFER: usize = 64 * 1024;
 
 impl PendingFrame {
     fn readable(&self) -> Readable {

@@ -129,7 +129,6 @@ impl PartitionLog {
             encoder: BatchEncoder::new(config.limits),
             buffer: WriteBuffer { buf: None, file_pos, len: tail_len },
             carry,
-            buffer_size: config.write_buffer_size_bytes,
             queue: VecDeque::new(),
             pending: VecDeque::new(),
             pending_sync: VecDeque::new(),

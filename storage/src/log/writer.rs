@@ -76,7 +76,7 @@ pub(super) async fn writer_loop(shared: Rc<Shared>, file: File, file_len: u64) {
     // Writes still in flight finish, but nothing they carry becomes readable or acknowledged.
     while let Some(front) = writer.in_flight.pop_front() {
         let _ = front.task.await;
-        crate::pool::give_rc(front.cached.buf, shared.config.write_buffer_size_bytes);
+        crate::pool::give_rc(front.cached.buf);
     }
     let _ = writer.file.close().await;
 }
@@ -355,8 +355,8 @@ impl Writer {
         }
         st.written_seq = st.written_seq.max(front.seq_end);
         let written = st.written_seq;
-        let size = st.buffer_size;
         let cached = front.cached;
+        let size = cached.buf.capacity();
         // A later write of the same block (a partial write's successor) supersedes this one.
         let mut superseded = Vec::new();
         st.tail_cache.retain(|c| {
@@ -367,7 +367,7 @@ impl Writer {
             keep
         });
         for buf in superseded {
-            crate::pool::tail_cache_release(size);
+            crate::pool::tail_cache_release(buf.capacity());
             st.recycle(buf);
         }
         // The shard's tail caches share one bound (`crate::pool`): at it, this log evicts its own
@@ -376,7 +376,7 @@ impl Writer {
         if shared.config.tail_cache_buffers_max > 0 {
             if st.tail_cache.len() >= shared.config.tail_cache_buffers_max {
                 if let Some(evicted) = st.tail_cache.pop_front() {
-                    crate::pool::tail_cache_release(size);
+                    crate::pool::tail_cache_release(evicted.buf.capacity());
                     st.recycle(evicted.buf);
                 }
             }

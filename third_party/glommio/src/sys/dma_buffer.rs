@@ -132,6 +132,11 @@ impl DmaBuffer {
         self.size = self.capacity - self.trim;
     }
 
+    /// kappa patch (KAPPA-PATCH.md): the length at allocation (what `restore_len` restores).
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// kappa patch (KAPPA-PATCH.md): true when the buffer came from the executor's `io_memory`
     /// (the pool glommio registers with io_uring), false when that pool had no room and glommio
     /// fell back to an ordinary allocation (an mmap, page faults and an munmap per buffer).
