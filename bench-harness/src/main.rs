@@ -6,7 +6,7 @@
 //! page cache, and the data size is stated in the report.
 //!
 //! `kappa-bench run --out DIR` runs the scenarios (`disk`, `storage`, `ingest`, `tail`, `replay`,
-//! `recovery`), each in a child process of its own (`run`), and writes `results.json`, `report.md`
+//! `recovery`, `partitions`), each in a child process of its own (`run`), and writes `results.json`, `report.md`
 //! and SVG plots (`plot`); `kappa-bench compare A B` diffs two runs. Each scenario also runs alone
 //! in this process (`kappa-bench storage --json FILE`).
 
@@ -17,6 +17,7 @@ mod disk;
 mod http;
 mod ingest;
 mod limit;
+mod partitions;
 mod plot;
 mod recovery;
 mod replay;
@@ -57,6 +58,9 @@ enum Command {
     Recovery(recovery::Args),
     /// Rebuild a view from offset 0 on one shard, paired with raw-device reads.
     Replay(replay::Args),
+    /// Random keys over many partitions against pre-grouped records; RSS, descriptors, open and
+    /// reopen time for 1 to 10,000 partitions.
+    Partitions(partitions::Args),
     /// Records/s through the HTTP API (NDJSON batches of 1000) beside the embedded API's rate.
     Http(http::Args),
     /// The child process of the recovery scenario.
@@ -90,6 +94,7 @@ fn main() -> anyhow::Result<()> {
         Command::Recovery(args) => (args.common.json.clone(), recovery::scenario(args)),
         Command::Replay(args) => (args.common.json.clone(), replay::scenario(args)),
         Command::Http(args) => (args.common.json.clone(), http::scenario(args)),
+        Command::Partitions(args) => (args.common.json.clone(), partitions::scenario(args)),
     };
     let outcome = outcome?;
     outcome.print();
@@ -118,8 +123,10 @@ pub fn run_scenario(name: &str, argv: &[String]) -> anyhow::Result<report::Outco
         "recovery" => recovery::scenario(parse(argv)?),
         "replay" => replay::scenario(parse(argv)?),
         "http" => http::scenario(parse(argv)?),
+        "partitions" => partitions::scenario(parse(argv)?),
         other => anyhow::bail!(
-            "unknown scenario {other:?}: expected disk, storage, ingest, tail, replay, recovery, http"
+            "unknown scenario {other:?}: expected disk, storage, ingest, tail, replay, recovery, \
+             http, partitions"
         ),
     }
 }

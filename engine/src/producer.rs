@@ -662,8 +662,9 @@ impl Producer {
         Ok(acks)
     }
 
-    /// Queues a packed batch and returns pending acknowledgements; blocks only while a shard's
-    /// request queue is full.
+    /// Queues a packed batch and returns pending acknowledgements (one request and one stored
+    /// batch per partition, not accumulated: `submit_each` accumulates); blocks only while a
+    /// shard's request queue is full.
     pub fn send_packed_nowait(
         &self,
         topic: &str,
@@ -705,8 +706,8 @@ impl Producer {
         Ok((meta, parts))
     }
 
-    /// Queues a batch and returns at once with pending acknowledgements (one per partition);
-    /// blocks only while a shard's request queue is full.
+    /// Queues a batch and returns at once with pending acknowledgements (one per partition, not
+    /// accumulated: `submit_each` accumulates); blocks only while a shard's request queue is full.
     pub fn send_batch_nowait(
         &self,
         topic: &str,

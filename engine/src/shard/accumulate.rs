@@ -63,7 +63,7 @@ struct Pending {
 
 impl Pending {
     /// Records `[first, last]` of part `part` are durable (or failed).
-    fn settle(&self, part: usize, result: Result<(u64, u64), &Error>) {
+    fn settle(&self, part: usize, result: Result<(u64, u64), (&Error, &std::path::Path)>) {
         match result {
             Ok((first, last)) => {
                 let mut acks = self.acks.borrow_mut();
@@ -75,10 +75,10 @@ impl Pending {
                 ack.base_offset = ack.base_offset.min(first);
                 ack.last_offset = ack.last_offset.max(last);
             }
-            Err(e) => {
+            Err((e, dir)) => {
                 let mut error = self.error.borrow_mut();
                 if error.is_none() {
-                    *error = Some(copy_error(e));
+                    *error = Some(copy_error(e, dir));
                 }
             }
         }
@@ -302,8 +302,9 @@ async fn flush(shard: &Rc<Shard>, key: &Key, cause: Cause) {
         // The partition closed (topic deleted): fail its waiters.
         if let Some(staged) = take(shard, key) {
             let error = Error::UnknownTopic { topic: key.0.to_string() };
+            let dir = kappa_storage::paths::partition_dir(&shard.config.data_dir, &key.0, key.1);
             for slice in staged.slices {
-                slice.pending.settle(slice.part, Err(&error));
+                slice.pending.settle(slice.part, Err((&error, &dir)));
             }
         }
         return;
@@ -325,6 +326,7 @@ async fn flush(shard: &Rc<Shard>, key: &Key, cause: Cause) {
     }
     let Staged { batch, slices, durability, .. } = staged;
     let durability = durability.unwrap_or(Durability::Written);
+    let dir = log.dir().to_path_buf();
     super::append(
         shard,
         log,
@@ -342,7 +344,7 @@ async fn flush(shard: &Rc<Shard>, key: &Key, cause: Cause) {
                             ack.base_offset + u64::from(slice.end) - 1,
                         )),
                     ),
-                    Err(e) => slice.pending.settle(slice.part, Err(e)),
+                    Err(e) => slice.pending.settle(slice.part, Err((e, &dir))),
                 }
             }
         }),
@@ -356,15 +358,15 @@ fn take(shard: &Rc<Shard>, key: &Key) -> Option<Staged> {
     Some(staged)
 }
 
-/// The engine's error for every waiter of a failed batch (errors are not `Clone`: storage
-/// errors are carried as their message, with the fence or disk-full cause kept by kind).
-fn copy_error(e: &Error) -> Error {
+/// The engine's error for every waiter of a failed batch of the partition in `dir` (errors are
+/// not `Clone`: the message is kept, and whether the disk is full, as the error kind).
+fn copy_error(e: &Error, dir: &std::path::Path) -> Error {
     match e {
         Error::UnknownTopic { topic } => Error::UnknownTopic { topic: topic.clone() },
         Error::ShutDown => Error::ShutDown,
         other => Error::Io {
             op: "append",
-            path: std::path::PathBuf::new(),
+            path: dir.to_path_buf(),
             source: std::io::Error::new(
                 if other.is_disk_full() {
                     std::io::ErrorKind::StorageFull

@@ -142,10 +142,10 @@ impl PartitionLog {
         let mut frame = st.encoder.frame();
         while !frame.is_empty() {
             let max = config.write_buffer_size_bytes;
-            let busy = st.appended_seq > st.written_seq || !st.queue.is_empty();
+            let streaming = st.streaming;
             let at = st.buffer.len;
             // Field access: `frame` still borrows the encoder.
-            let buf = st.buffer.materialize(&mut st.carry, frame.len(), busy, max);
+            let buf = st.buffer.materialize(&mut st.carry, frame.len(), streaming, max);
             let capacity = buf.capacity();
             let n = (capacity - at).min(frame.len());
             buf.as_bytes_mut()[at..at + n].copy_from_slice(&frame[..n]);
@@ -153,6 +153,8 @@ impl PartitionLog {
             st.appended_seq += n as u64;
             frame = &frame[n..];
             if st.buffer.len == capacity {
+                // Appends outran the writer and filled a buffer: whole buffers from now on.
+                st.streaming = true;
                 let next_pos = st.buffer.file_pos + capacity as u64;
                 // The next buffer is taken when the next byte comes.
                 let fresh = WriteBuffer { buf: None, file_pos: next_pos, len: 0 };

@@ -174,6 +174,9 @@ pub(crate) struct State {
     buffer: WriteBuffer,
     /// The partial block of an idle `buffer` (see `WriteBuffer`).
     carry: Vec<u8>,
+    /// Appends filled a whole buffer since the writer last had to write a partial one: take whole
+    /// buffers (see `WriteBuffer::materialize`).
+    streaming: bool,
     queue: VecDeque<WriteItem>,
     /// Appended frames not yet written, oldest first.
     pending: VecDeque<PendingFrame>,
@@ -296,19 +299,19 @@ impl WriteBuffer {
     }
 
     /// The buffer to copy appended bytes into: taken from the pool when the partition was idle,
-    /// with the carried partial block put back in front. An idle partition's first append gets a
-    /// buffer sized to what it appends (at least `MIN_BUFFER`), a busy one (bytes not yet
-    /// written) a whole `write_buffer_size_bytes`: a burst of small appends to thousands of
-    /// partitions does not take a megabyte each, and a streaming partition still writes large.
+    /// with the carried partial block put back in front. While appends fill whole buffers
+    /// (`streaming`) the buffer is a whole `write_buffer_size_bytes`, so a busy partition writes
+    /// large; otherwise it is sized to what is appended (at least `MIN_BUFFER`), so a burst of
+    /// small appends to thousands of partitions does not take a megabyte each.
     fn materialize(
         &mut self,
         carry: &mut Vec<u8>,
         need: usize,
-        busy: bool,
+        streaming: bool,
         max: usize,
     ) -> &mut DmaBuffer {
         self.buf.get_or_insert_with(|| {
-            let size = if busy {
+            let size = if streaming {
                 max
             } else {
                 (carry.len() + need).next_power_of_two().clamp(MIN_BUFFER.min(max), max)

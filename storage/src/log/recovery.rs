@@ -129,6 +129,7 @@ impl PartitionLog {
             encoder: BatchEncoder::new(config.limits),
             buffer: WriteBuffer { buf: None, file_pos, len: tail_len },
             carry,
+            streaming: false,
             queue: VecDeque::new(),
             pending: VecDeque::new(),
             pending_sync: VecDeque::new(),

@@ -189,6 +189,8 @@ impl Writer {
                     &mut st.buffer,
                     WriteBuffer { buf: None, file_pos: block_pos, len: carry },
                 );
+                // The writer caught up with the appenders: size the next buffer to need.
+                st.streaming = false;
                 let bytes = partial.buf.as_ref().expect("checked above").as_bytes();
                 st.carry.clear();
                 st.carry.extend_from_slice(&bytes[from..from + carry]);

@@ -253,3 +253,20 @@ fn io_memory_exhaustion_is_counted() {
         engine.metrics().expect("metrics").iter().map(|m| m.buffer_pool.io_memory_misses).sum();
     assert!(misses > 0, "1 MiB write buffers cannot come from 512 KiB of io_memory");
 }
+
+/// A record a lingering producer left staged is appended before a later plain append to the same
+/// partition: arrival order at the shard is offset order.
+#[test]
+fn staged_records_come_before_a_later_plain_append() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = engine_with(dir.path(), |_| {});
+    engine.create_topic("t", TopicConfig::new(1)).expect("topic");
+    let lingering = engine.producer().with_linger(Duration::from_secs(600));
+    let staged = lingering.submit("t", ProducerRecord::new(b"first".to_vec())).expect("submit");
+    let plain = engine.producer().send("t", ProducerRecord::new(b"second".to_vec())).expect("send");
+    assert_eq!(plain.offset, 1, "the staged record went first");
+    assert_eq!(staged.wait().expect("acked")[0].offset, 0);
+    let stored = read_partition(&engine, "t", 0);
+    assert_eq!(stored[&0], b"first".to_vec());
+    assert_eq!(stored[&1], b"second".to_vec());
+}
