@@ -6,7 +6,7 @@
 //! page cache, and the data size is stated in the report.
 //!
 //! `kappa-bench run --out DIR` runs the scenarios (`disk`, `storage`, `ingest`, `tail`, `replay`,
-//! `recovery`), each in a child process of its own (`run`), and writes `results.json`, `report.md`
+//! `recovery`, `partitions`), each in a child process of its own (`run`), and writes `results.json`, `report.md`
 //! and SVG plots (`plot`); `kappa-bench compare A B` diffs two runs. Each scenario also runs alone
 //! in this process (`kappa-bench storage --json FILE`).
 
@@ -18,6 +18,7 @@ mod http;
 mod ingest;
 mod kafka;
 mod limit;
+mod partitions;
 mod plot;
 mod recovery;
 mod replay;
@@ -59,6 +60,9 @@ enum Command {
     Recovery(recovery::Args),
     /// Rebuild a view from offset 0 on one shard, paired with raw-device reads.
     Replay(replay::Args),
+    /// Random keys over many partitions against pre-grouped records; RSS, descriptors, open and
+    /// reopen time for 1 to 10,000 partitions.
+    Partitions(partitions::Args),
     /// Records/s through the HTTP API (NDJSON batches of 1000) beside the embedded API's rate.
     Http(http::Args),
     /// The Kafka wire protocol over TCP loopback (produce acks=1/-1, fetch, latency) beside the
@@ -99,6 +103,7 @@ fn main() -> anyhow::Result<()> {
         Command::Http(args) => (args.common.json.clone(), http::scenario(args)),
         Command::Kafka(args) => (args.common.json.clone(), kafka::scenario(args)),
         Command::Stall(args) => (args.common.json.clone(), stall::scenario(args)),
+        Command::Partitions(args) => (args.common.json.clone(), partitions::scenario(args)),
     };
     let outcome = outcome?;
     outcome.print();
@@ -129,9 +134,10 @@ pub fn run_scenario(name: &str, argv: &[String]) -> anyhow::Result<report::Outco
         "http" => http::scenario(parse(argv)?),
         "kafka" => kafka::scenario(parse(argv)?),
         "stall" => stall::scenario(parse(argv)?),
+        "partitions" => partitions::scenario(parse(argv)?),
         other => anyhow::bail!(
             "unknown scenario {other:?}: expected disk, storage, ingest, tail, replay, recovery, \
-             http, kafka, stall"
+             http, kafka, stall, partitions"
         ),
     }
 }

@@ -173,6 +173,7 @@ impl Engine {
             kappa_storage::io::Disk::Dma => Some(DirLock::acquire(&data_dir)?),
             kappa_storage::io::Disk::Sim(_) => None,
         };
+        raise_open_files_limit();
         // CPUs this process may run on (its affinity mask, not the machine's CPU count), unless the
         // configuration names them.
         let cpus: Vec<usize> = config.cpus.clone().unwrap_or_else(core_ids);
@@ -1282,6 +1283,26 @@ impl OpenReport {
                 frames: cut.dropped_frames,
                 offsets: cut.dropped_offsets,
             });
+        }
+    }
+}
+
+/// Raises this process's soft limit on open files to its hard limit. Every partition keeps its
+/// active segment open (one descriptor each), so 10,000 partitions need more than the usual soft
+/// limit of 1,024; the hard limit is what the administrator allows, and raising the soft limit up
+/// to it needs no privilege. Failing to raise it is not an error: opening too many partitions
+/// then fails with a typed "Too many open files" naming the file.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed by pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= limit.rlim_max
+        {
+            return;
+        }
+        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+            tracing::debug!(from = limit.rlim_cur, to = limit.rlim_max, "raised RLIMIT_NOFILE");
         }
     }
 }

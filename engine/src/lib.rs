@@ -38,7 +38,10 @@ pub use kappa_storage as storage;
 pub use kappa_storage::{Durability, OwnedBatch, RecordRef, Seek};
 pub use lock::DirLock;
 pub use metrics::{ConsumerMetrics, PartitionMetrics, ShardMetrics, ViewMetrics, WatchdogMetrics};
-pub use producer::{Ack, BatchAck, PendingAck, Producer, ProducerBatch, ProducerRecord};
+pub use producer::{
+    Ack, BatchAck, PendingAck, PendingAcks, Producer, ProducerBatch, ProducerRecord,
+    DEFAULT_BATCH_SIZE,
+};
 pub use router::ShardId;
 pub use view::{
     stored_view, Failure, Offsets, OnError, Poison, Rebuild, Row, Start, StoredView,

@@ -1,5 +1,6 @@
 //! The integration test binary: cross-crate scenarios, crash and fault tests.
 
+mod batching;
 mod cli;
 mod crash;
 mod deletion;
