@@ -270,8 +270,9 @@ impl PendingAck {
 
 /// Every record's acknowledgement of a `submit*` call, still on its way.
 pub struct PendingAcks {
-    /// One reply per shard request: one `BatchAck` per partition part.
-    replies: Vec<flume::Receiver<Result<Vec<BatchAck>, Error>>>,
+    /// One reply per shard request (with the link to that shard, so a dead shard answers
+    /// `ShardDied` instead of leaving the wait hanging): one `BatchAck` per partition part.
+    replies: Vec<(Link, flume::Receiver<Result<Vec<BatchAck>, Error>>)>,
     /// Per record: its partition and its rank among the batch's records for that partition.
     records: Vec<(u32, u32)>,
 }
@@ -281,8 +282,8 @@ impl PendingAcks {
     /// order the records were given.
     pub fn wait(self) -> Result<Vec<Ack>, Error> {
         let mut parts = Vec::new();
-        for reply in &self.replies {
-            parts.extend(reply.recv().map_err(|_| Error::ShutDown)??);
+        for (link, reply) in &self.replies {
+            parts.extend(link.recv(reply)?);
         }
         Ok(self.resolve(parts))
     }
@@ -290,8 +291,8 @@ impl PendingAcks {
     /// `wait` for async code.
     pub async fn wait_async(self) -> Result<Vec<Ack>, Error> {
         let mut parts = Vec::new();
-        for reply in &self.replies {
-            parts.extend(reply.recv_async().await.map_err(|_| Error::ShutDown)??);
+        for (link, reply) in &self.replies {
+            parts.extend(link.recv_async(reply).await?);
         }
         Ok(self.resolve(parts))
     }
@@ -495,7 +496,7 @@ impl Producer {
                 reply,
             };
             requests.push((shard, Request::Stage(stage)));
-            replies.push(receiver);
+            replies.push((self.inner.link(shard).clone(), receiver));
         }
         Ok((requests, PendingAcks { replies, records }))
     }
