@@ -268,11 +268,14 @@ impl PendingAck {
     }
 }
 
+/// A shard's answer to one `Stage` request: one `BatchAck` per partition part.
+type StageReply = flume::Receiver<Result<Vec<BatchAck>, Error>>;
+
 /// Every record's acknowledgement of a `submit*` call, still on its way.
 pub struct PendingAcks {
     /// One reply per shard request (with the link to that shard, so a dead shard answers
     /// `ShardDied` instead of leaving the wait hanging): one `BatchAck` per partition part.
-    replies: Vec<(Link, flume::Receiver<Result<Vec<BatchAck>, Error>>)>,
+    replies: Vec<(Link, StageReply)>,
     /// Per record: its partition and its rank among the batch's records for that partition.
     records: Vec<(u32, u32)>,
 }
