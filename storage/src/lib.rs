@@ -28,6 +28,7 @@ mod reader;
 pub mod repair;
 pub mod scan;
 mod sync;
+pub use sync::Event;
 pub mod verify;
 
 pub use batch::{BatchEncoder, BatchRef, OwnedBatch, RecordRef};

@@ -5,53 +5,18 @@
 //! sends a `Send` closure to another shard's job queue and awaits its reply on a flume channel
 //! (flume wakes a parked glommio executor from any thread).
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
-use std::task::{Poll, Waker};
+use std::task::Poll;
 use std::time::Instant;
 
 /// A future on the current executor (not `Send`).
 pub(crate) type LocalFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 
-/// "Something changed": waiters re-check their own condition after every `notify`. Check and
-/// registration happen in one poll, so no wake-up is lost.
-#[derive(Default)]
-pub(crate) struct Event {
-    wakers: RefCell<Vec<Waker>>,
-    notified: Cell<u64>,
-}
-
-impl Event {
-    pub(crate) fn notify(&self) {
-        self.notified.set(self.notified.get().wrapping_add(1));
-        let wakers = std::mem::take(&mut *self.wakers.borrow_mut());
-        for waker in wakers {
-            waker.wake();
-        }
-    }
-
-    /// Resolves once `condition` holds, checked now and after every `notify`.
-    pub(crate) async fn wait_until(&self, mut condition: impl FnMut() -> bool) {
-        poll_fn(|cx| {
-            if condition() {
-                return Poll::Ready(());
-            }
-            let mut wakers = self.wakers.borrow_mut();
-            if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
-                wakers.push(cx.waker().clone());
-            }
-            Poll::Pending
-        })
-        .await
-    }
-
-    /// Resolves at the next `notify` after this call.
-    pub(crate) async fn next(&self) {
-        let seen = self.notified.get();
-        self.wait_until(|| self.notified.get() != seen).await
-    }
-}
+/// "Something changed" (waiters re-check their own condition after every `notify`): the log's
+/// executor-local event.
+pub(crate) use kappa_storage::Event;
 
 /// Bytes a shard holds in memory for Kafka at once (request frames, fetch responses). A holder
 /// reserves before it allocates, may shrink its reservation to what it really used, and gives it
