@@ -249,6 +249,20 @@ fn a_token_is_required_off_loopback() {
             .status,
         401
     );
+    // A 401 sent before the body arrived closes the connection, and says so: a client that
+    // pooled the connection would otherwise fail its next request ("peer disconnected").
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let mut raw = std::net::TcpStream::connect(&addr).expect("connect");
+    raw.write_all(
+        b"POST /v1/topics/sensors/records HTTP/1.1\r\nhost: x\r\n\
+          content-type: application/x-ndjson\r\ncontent-length: 14\r\n\r\n",
+    )
+    .expect("write");
+    raw.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    let mut reply = String::new();
+    let _ = raw.read_to_string(&mut reply);
+    let head = reply.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 401") && head.contains("connection: close"), "{reply}");
     server.token = Some("wrong-token-of-the-same-len".into());
     assert_eq!(server.get("/v1/topics").status, 401);
     server.token = None;

@@ -21,6 +21,7 @@
 pub mod records;
 pub mod status;
 pub mod topics;
+mod unread;
 pub mod views;
 
 use std::sync::Arc;
@@ -69,6 +70,7 @@ pub fn router(app: Arc<App>) -> Router {
         .fallback(not_found)
         .layer(axum::middleware::from_fn(json_errors))
         .layer(axum::middleware::from_fn_with_state(app.clone(), observe))
+        .layer(axum::middleware::from_fn(unread::close_if_unread))
         .with_state(app)
 }
 
