@@ -197,9 +197,12 @@ impl ViewPartition {
         self.version.partition_failed(failure);
     }
 
-    /// A record on which user code panicked (`OnError::Fail`): the version fails, and the failure
-    /// is written to the view's `meta.json` (on glommio's blocking pool, never on this thread),
-    /// so a restart holds the partition stopped instead of running the record again.
+    /// A record on which user code panicked (`OnError::Fail`): the failure is written to the
+    /// view's `meta.json` (on glommio's blocking pool, never on this thread), so a restart holds
+    /// the partition stopped instead of running the record again, and only then does the version
+    /// fail. That order is the guarantee: a caller who saw `Error::Poisoned` may shut down at once
+    /// (or lose power) and the record still never runs again. This partition folds nothing
+    /// meanwhile; its task is the one waiting.
     async fn poisoned(&self, poison: Poison) {
         tracing::error!(view = %self.version.view, version = self.version.number,
             partition = self.partition, offset = poison.offset, stage = poison.stage,
@@ -210,9 +213,9 @@ impl ViewPartition {
             stage: Some(poison.stage.to_string()),
             message: poison.message,
         };
-        self.stop_failed(failure.clone());
         let entry = self.version.entry.clone();
         let number = self.version.number;
+        let recorded = failure.clone();
         let written = glommio::executor()
             .spawn_blocking(move || {
                 entry
@@ -220,10 +223,11 @@ impl ViewPartition {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .entry(number)
-                    .or_insert(failure);
+                    .or_insert(recorded);
                 crate::view::write_meta(&entry)
             })
             .await;
+        self.stop_failed(failure);
         if let Err(e) = written {
             tracing::error!(view = %self.version.view, version = number, error = %e,
                 "recording a view version's failure failed; a restart will run the record again");

@@ -104,6 +104,12 @@ fn a_panicking_view_closure_fails_its_version_only_and_stays_failed_after_restar
         let end = counts.log_end().expect("log end");
 
         expect_poisoned(sums.wait_for(end.clone(), HANG), poisoned, offset);
+        // The failure is durable before anyone can see it: a shutdown (or a power cut) right
+        // after `Poisoned` still keeps the record from running again.
+        let stored = kappa_engine::stored_view(&kappa_storage::io::Disk::Dma, temp.path(), "sums")
+            .expect("read")
+            .expect("stored");
+        assert_eq!(stored.failed.get(&1).and_then(|f| f.offset), Some(offset), "{stored:?}");
         expect_poisoned(sums.rows(), poisoned, offset);
         expect_poisoned(sums.get(b"key-0", 0), poisoned, offset);
         assert_eq!(calls.load(Ordering::SeqCst), 1);

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use kappa_engine::operator::{Aggregate, Window};
 use kappa_engine::{Durability, Engine, ProducerRecord, Seek, TopicConfig, ViewDef, ViewHandle};
-use kappa_storage::io::{Disk, SimDisk};
+use kappa_storage::io::{Disk, FaultOptions, SimDisk};
 use kappa_storage::LogConfig;
 
 const DATA: &str = "/data";
@@ -316,4 +316,47 @@ fn acknowledged_view_metadata_survives_a_power_cut() {
             "seed {seed}: the acknowledged rebuild (version 2) was not recorded: {stored:?}"
         );
     }
+}
+
+/// A poison record's failure is durable before anyone sees `Error::Poisoned`: a power cut right
+/// after it still holds the version failed, so a restart does not run the record again. The
+/// metadata fsync is slowed, so a failure reported before its write finished is lost by the cut.
+#[test]
+fn a_poison_failure_is_durable_before_it_is_reported() {
+    let disk = SimDisk::new(7);
+    let engine = engine(&disk);
+    engine.create_topic("p", TopicConfig::new(1)).expect("topic");
+    let def = ViewDef::new("p")
+        .map(|r: &kappa_engine::RecordRef<'_>| {
+            assert!(r.value() != b"poison", "boom: a poison record");
+            Some(1.0)
+        })
+        .aggregate(Aggregate::Sum);
+    let view = engine.create_view("v", def).expect("view");
+    disk.set_faults(FaultOptions {
+        fsync_latency: Duration::from_millis(300),
+        ..Default::default()
+    });
+    let producer = engine.producer().with_durability(Durability::Synced);
+    producer.send("p", ProducerRecord::new("fine").key("k")).expect("send");
+    producer.send("p", ProducerRecord::new("poison").key("k")).expect("send");
+    let end = view.log_end().expect("log end");
+    match view.wait_for(end, Duration::from_secs(60)) {
+        Err(kappa_engine::Error::Poisoned { offset: 1, .. }) => {}
+        other => {
+            panic!("expected the poison failure at offset 1, got {other:?}: {:?}", view.progress())
+        }
+    }
+    let image = disk.power_cut(7);
+    let _ = engine.shutdown();
+    drop(engine);
+    let stored = kappa_engine::stored_view(&Disk::Sim(image), Path::new(DATA), "v")
+        .expect("the view's metadata reads")
+        .expect("the view is stored");
+    let failure = stored.failed.get(&1);
+    assert_eq!(
+        failure.and_then(|f| f.offset),
+        Some(1),
+        "the reported failure was lost: {stored:?}"
+    );
 }

@@ -65,7 +65,8 @@ pub struct FaultOptions {
     pub latency_max: Duration,
     /// Every file fdatasync takes at least this long (a device slow to flush its cache), in real
     /// time; it covers only the writes that completed before it started, and an injected EIO is
-    /// reported at its end.
+    /// reported at its end. A namespace file fsync (metadata written with `write_file_atomic`)
+    /// sleeps its thread as long.
     pub fsync_latency: Duration,
     /// Every O_DIRECT write takes at least this long before it lands, in real time.
     pub write_latency: Duration,
@@ -300,6 +301,12 @@ impl Namespace for SimDisk {
     }
 
     fn sync_file(&self, path: &Path) -> io::Result<()> {
+        // A namespace fsync blocks its thread (glommio's blocking pool on the real path), so
+        // `fsync_latency` sleeps it here, outside the lock.
+        let slow = self.lock().faults.fsync_latency;
+        if !slow.is_zero() {
+            std::thread::sleep(slow);
+        }
         let mut st = self.lock();
         let ino = st.resolve_file(path)?;
         let pending = st.sync_begin(ino)?;
