@@ -20,16 +20,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-#[cfg(loom)]
-use loom::sync::{
-    atomic::{AtomicUsize, Ordering},
-    Condvar, Mutex,
-};
-#[cfg(not(loom))]
-use std::sync::{
-    atomic::{AtomicUsize, Ordering},
-    Condvar, Mutex,
-};
+use crate::sync::atomic::{AtomicUsize, Ordering};
+use crate::sync::{Condvar, Mutex};
 
 use crate::producer::{Ack, BatchAck};
 
