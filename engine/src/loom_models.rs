@@ -34,7 +34,10 @@ use crate::{Engine, Error, Offsets};
 /// fewer than an unbounded search of three threads.
 fn model(preemptions: usize, f: impl Fn() + Sync + Send + 'static) {
     let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = Some(preemptions);
+    // `LOOM_MAX_PREEMPTIONS` (read by `Builder::new`) overrides the bound for a deeper search.
+    if builder.preemption_bound.is_none() {
+        builder.preemption_bound = Some(preemptions);
+    }
     builder.check(f);
 }
 
@@ -116,11 +119,15 @@ fn catch_up(version: Arc<Version>) -> loom::thread::JoinHandle<()> {
 
 /// A query racing the swap reads the served version once and finds it registered and whole:
 /// the old version, or the new one with every partition caught up, never a half-built one.
+/// Then `wait_swapped` returns only once the swap is recorded in `meta.json` (what makes an
+/// acknowledged swap survive a restart).
 #[test]
 fn a_query_during_a_swap_sees_the_old_or_the_whole_new_version() {
     model(3, || {
         let fixture = Fixture::new(Vec::new());
-        let shard = catch_up(fixture.version(2));
+        let rebuild = fixture.rebuild();
+        let version_2 = fixture.version(2);
+        let shard = catch_up(version_2.clone());
         let handle = fixture.handle();
         let served = handle.version();
         let version = handle.version_def(served).expect("the served version is registered");
@@ -129,6 +136,19 @@ fn a_query_during_a_swap_sees_the_old_or_the_whole_new_version() {
             version.caught_up.load(Ordering::Acquire) >= version.partitions,
             "a query saw version {served} served before all its partitions caught up"
         );
+        rebuild.wait_swapped(Duration::MAX).expect("swapped");
+        // The outcome turns `SERVED` after the swap's record is written (loom sees the atomic;
+        // the simulated disk's own lock is invisible to it, so the file check below is only
+        // what that outcome implies).
+        assert_eq!(
+            version_2.outcome.load(Ordering::SeqCst),
+            view::SERVED,
+            "wait_swapped returned before the swap was recorded"
+        );
+        let recorded = view::read_meta(&fixture.entry.disk, &fixture.entry.dir)
+            .expect("meta.json reads")
+            .map(|meta| meta.served);
+        assert_eq!(recorded, Some(2), "wait_swapped returned before the swap was recorded");
         shard.join().expect("shard");
         assert_eq!(handle.version(), 2, "the rebuild was swapped in");
     });
