@@ -883,7 +883,9 @@ impl Engine {
             caught_up: crate::sync::atomic::AtomicU32::new(0),
             entry: entry.clone(),
             dir: entry.dir.join(number.to_string()),
-            folded: (0..partitions).map(|_| crate::sync::atomic::AtomicU64::new(0)).collect(),
+            folded: (0..partitions)
+                .map(|_| crossbeam_utils::CachePadded::new(crate::sync::atomic::AtomicU64::new(0)))
+                .collect(),
             // A poison record failed this version before a restart: it stays failed.
             failure: crate::sync::Mutex::new(
                 entry

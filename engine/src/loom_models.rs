@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crossbeam_utils::CachePadded;
 use kappa_storage::io::{Disk, SimDisk};
 
 use crate::config::{EngineConfig, TopicConfig};
@@ -74,7 +75,7 @@ impl Fixture {
                 caught_up: AtomicU32::new(u32::from(caught_up)),
                 entry: entry.clone(),
                 dir: entry.dir.join(number.to_string()),
-                folded: Box::new([AtomicU64::new(0)]),
+                folded: Box::new([CachePadded::new(AtomicU64::new(0))]),
                 failure: Mutex::new(None),
                 outcome: AtomicU8::new(if caught_up { view::SERVED } else { view::BUILDING }),
                 dropped: AtomicBool::new(false),

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use crate::sync::Mutex;
 
+use crossbeam_utils::CachePadded;
 use kappa_storage::io::Disk;
 
 use crate::operator::{AggState, Aggregate, Window};
@@ -133,8 +134,10 @@ pub(crate) struct Version {
     /// Set when every partition caught up: the served version moves here (if it is a rebuild).
     pub(crate) entry: Arc<Entry>,
     pub(crate) dir: PathBuf,
-    /// Per partition, the next offset to fold (published by the shard after every batch).
-    pub(crate) folded: Box<[AtomicU64]>,
+    /// Per partition, the next offset to fold (published by the shard after every batch). One
+    /// cache line each: partitions of one version live on different shards, which store here
+    /// after every batch.
+    pub(crate) folded: Box<[CachePadded<AtomicU64>]>,
     /// The first partition that stopped on an error, and the error.
     pub(crate) failure: Mutex<Option<Failure>>,
     /// `BUILDING`, `SERVED` (every partition caught up and the served version moved here, or
