@@ -789,11 +789,13 @@ impl Engine {
 
     /// Stops the partitions of a version that failed to start on some shard.
     fn abandon_version(&self, name: &str, entry: &Arc<view::Entry>, number: u32) {
-        if let Some(version) =
-            entry.versions.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&number)
-        {
+        // Marked dropped under the versions lock, as `drop_view_version` does: a swap (which
+        // takes it) never serves it.
+        let mut versions = entry.versions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(version) = versions.remove(&number) {
             version.dropped.store(true, Ordering::SeqCst);
         }
+        drop(versions);
         let view_name: Arc<str> = Arc::from(name);
         for shard in 0..self.shard_count() {
             let _ = self.inner.call(shard, |reply| Request::DropView {
