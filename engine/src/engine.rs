@@ -16,7 +16,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 
 use glommio::{LocalExecutorBuilder, Placement};
@@ -31,6 +31,7 @@ use crate::producer::Producer;
 use crate::router::{shard_for, ShardId};
 use crate::shard::link::{self, Link};
 use crate::shard::{self, Request, ShardJob, SubscriptionState};
+use crate::sync::atomic::{AtomicBool, Ordering};
 use crate::view::{self, Rebuild, ViewDef, ViewHandle};
 use crate::watchdog;
 use crate::Error;
@@ -45,7 +46,7 @@ pub(crate) struct TopicMeta {
 
 pub(crate) struct Inner {
     pub(crate) config: Arc<EngineConfig>,
-    views: RwLock<BTreeMap<String, Arc<view::Entry>>>,
+    views: crate::sync::RwLock<BTreeMap<String, Arc<view::Entry>>>,
     links: Vec<Link>,
     topics: RwLock<BTreeMap<String, Arc<TopicMeta>>>,
     /// Bumped after every change of `topics`, so per-shard caches (the Kafka front end's) know
@@ -54,7 +55,7 @@ pub(crate) struct Inner {
     threads: Mutex<Vec<watchdog::ExecutorHandle<()>>>,
     shut_down: AtomicBool,
     /// Serializes topic and view metadata changes (see the module doc).
-    meta_lock: Mutex<()>,
+    meta_lock: crate::sync::Mutex<()>,
     pub(crate) monitor: Arc<crate::monitor::Monitor>,
     pub(crate) guard: watchdog::ShardGuard,
     /// `DIR/.lock`, released at the end of `shutdown`.
@@ -77,7 +78,7 @@ impl Inner {
         &self.config.log.disk
     }
 
-    fn lock_meta(&self) -> std::sync::MutexGuard<'_, ()> {
+    fn lock_meta(&self) -> crate::sync::MutexGuard<'_, ()> {
         self.meta_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
@@ -223,14 +224,14 @@ impl Engine {
             owner: true,
             inner: Arc::new(Inner {
                 config: config.clone(),
-                views: RwLock::new(BTreeMap::new()),
+                views: crate::sync::RwLock::new(BTreeMap::new()),
                 monitor,
                 links,
                 topics: RwLock::new(BTreeMap::new()),
                 topics_generation: AtomicU64::new(0),
                 threads: Mutex::new(threads),
                 shut_down: AtomicBool::new(false),
-                meta_lock: Mutex::new(()),
+                meta_lock: crate::sync::Mutex::new(()),
                 guard,
                 lock: Mutex::new(lock),
                 open_report: Mutex::new(OpenReport::default()),
@@ -709,11 +710,11 @@ impl Engine {
         let entry = Arc::new(view::Entry {
             topic: def.topic.clone(),
             // The version this call creates or resumes is the one served.
-            served: std::sync::atomic::AtomicU32::new(number),
-            swaps: std::sync::atomic::AtomicU64::new(0),
-            versions: std::sync::Mutex::new(BTreeMap::new()),
-            history: std::sync::Mutex::new(history),
-            failed: std::sync::Mutex::new(failed),
+            served: crate::sync::atomic::AtomicU32::new(number),
+            swaps: crate::sync::atomic::AtomicU64::new(0),
+            versions: crate::sync::Mutex::new(BTreeMap::new()),
+            history: crate::sync::Mutex::new(history),
+            failed: crate::sync::Mutex::new(failed),
             dir,
             disk,
             notifier: view::wait::Notifier::default(),
@@ -788,11 +789,13 @@ impl Engine {
 
     /// Stops the partitions of a version that failed to start on some shard.
     fn abandon_version(&self, name: &str, entry: &Arc<view::Entry>, number: u32) {
-        if let Some(version) =
-            entry.versions.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&number)
-        {
+        // Marked dropped under the versions lock, as `drop_view_version` does: a swap (which
+        // takes it) never serves it.
+        let mut versions = entry.versions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(version) = versions.remove(&number) {
             version.dropped.store(true, Ordering::SeqCst);
         }
+        drop(versions);
         let view_name: Arc<str> = Arc::from(name);
         for shard in 0..self.shard_count() {
             let _ = self.inner.call(shard, |reply| Request::DropView {
@@ -879,12 +882,14 @@ impl Engine {
             number,
             def: Arc::new(def),
             partitions,
-            caught_up: std::sync::atomic::AtomicU32::new(0),
+            caught_up: crate::sync::atomic::AtomicU32::new(0),
             entry: entry.clone(),
             dir: entry.dir.join(number.to_string()),
-            folded: (0..partitions).map(|_| std::sync::atomic::AtomicU64::new(0)).collect(),
+            folded: (0..partitions)
+                .map(|_| crossbeam_utils::CachePadded::new(crate::sync::atomic::AtomicU64::new(0)))
+                .collect(),
             // A poison record failed this version before a restart: it stays failed.
-            failure: Mutex::new(
+            failure: crate::sync::Mutex::new(
                 entry
                     .failed
                     .lock()
@@ -892,7 +897,7 @@ impl Engine {
                     .get(&number)
                     .cloned(),
             ),
-            outcome: std::sync::atomic::AtomicU8::new(outcome),
+            outcome: crate::sync::atomic::AtomicU8::new(outcome),
             dropped: AtomicBool::new(false),
         });
         entry
@@ -965,21 +970,24 @@ impl Engine {
     pub fn drop_view_version(&self, name: &str, version: u32) -> Result<(), Error> {
         let _meta = self.inner.lock_meta();
         let entry = self.view_entry(name)?;
-        if entry.served.load(Ordering::Acquire) == version {
-            return Err(Error::Config {
-                field: "version",
-                reason: format!("version {version} is served; it cannot be dropped"),
-            });
-        }
-        let removed = entry
-            .versions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&version);
-        let Some(removed) = removed else {
-            return Err(Error::UnknownView { view: name.to_string(), version });
+        // Check and removal under the versions lock, which a rebuild's swap holds to move
+        // `served` (`Version::partition_caught_up`): the swap either comes first (this drop is
+        // refused) or sees the version dropped and leaves `served` alone.
+        let removed = {
+            let mut versions =
+                entry.versions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if entry.served.load(Ordering::Acquire) == version {
+                return Err(Error::Config {
+                    field: "version",
+                    reason: format!("version {version} is served; it cannot be dropped"),
+                });
+            }
+            let Some(removed) = versions.remove(&version) else {
+                return Err(Error::UnknownView { view: name.to_string(), version });
+            };
+            removed.dropped.store(true, Ordering::SeqCst);
+            removed
         };
-        removed.dropped.store(true, Ordering::SeqCst);
         entry.notifier.notify();
         let view_name: Arc<str> = Arc::from(name);
         for shard in 0..self.shard_count() {
@@ -1053,6 +1061,41 @@ impl Engine {
     /// A non-owning handle on the same engine, for a helper thread of an async twin.
     pub(crate) fn lend(&self) -> Engine {
         Engine { inner: self.inner.clone(), owner: false }
+    }
+
+    /// For the loom models (`crate::loom_models`): an engine without shard threads, data dir
+    /// lock, monitor thread or watchdog, over the links, topics and views a model supplies. The
+    /// engine's own code that needs no running shard (view waits, `shutdown`, the checks and
+    /// registry changes of `drop_view_version` with no shards) runs on it unchanged.
+    #[cfg(all(test, loom))]
+    pub(crate) fn for_loom(
+        config: EngineConfig,
+        links: Vec<Link>,
+        topics: Vec<TopicMeta>,
+        views: Vec<(String, Arc<view::Entry>)>,
+    ) -> Engine {
+        let guard = watchdog::ShardGuard::start(0, &config.watchdog, &config.data_dir)
+            .expect("a disabled watchdog starts no thread");
+        let inner = Arc::new(Inner {
+            config: Arc::new(config),
+            views: crate::sync::RwLock::new(views.into_iter().collect()),
+            links,
+            topics: RwLock::new(
+                topics.into_iter().map(|t| (t.name.to_string(), Arc::new(t))).collect(),
+            ),
+            topics_generation: AtomicU64::new(0),
+            threads: Mutex::new(Vec::new()),
+            shut_down: AtomicBool::new(false),
+            meta_lock: crate::sync::Mutex::new(()),
+            monitor: crate::monitor::Monitor::idle(),
+            guard,
+            lock: Mutex::new(None),
+            open_report: Mutex::new(OpenReport::default()),
+        });
+        for link in &inner.links {
+            link.life.set_engine(Arc::downgrade(&inner));
+        }
+        Engine { inner, owner: false }
     }
 
     /// The open views and the topic each reads.

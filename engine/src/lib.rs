@@ -19,6 +19,8 @@ mod engine;
 mod error;
 pub mod kafka;
 pub mod lock;
+#[cfg(all(test, loom))]
+mod loom_models;
 mod meta;
 mod metrics;
 mod monitor;
@@ -26,6 +28,7 @@ pub mod operator;
 mod producer;
 pub mod router;
 pub mod shard;
+mod sync;
 pub mod view;
 pub mod watchdog;
 

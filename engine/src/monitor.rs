@@ -48,6 +48,17 @@ impl Monitor {
         monitor
     }
 
+    /// A monitor without a thread (the loom models' engine has no shards to probe).
+    #[cfg(all(test, loom))]
+    pub(crate) fn idle() -> Arc<Monitor> {
+        Arc::new(Monitor {
+            late: Vec::new(),
+            stop: Mutex::new(false),
+            wake: Condvar::new(),
+            thread: Mutex::new(None),
+        })
+    }
+
     /// Probes a shard left unanswered for a second or more.
     pub(crate) fn late_probes(&self, shard: usize) -> u64 {
         self.late.get(shard).map_or(0, |n| n.load(Ordering::Relaxed))

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crossbeam_utils::CachePadded;
 use glommio::{Latency, Shares, TaskQueueHandle};
 use kappa_storage::{
     Durability, Header, LogConfig, OwnedBatch, PartitionLog, ProducerInfo, Record, Seek,
@@ -127,13 +128,15 @@ pub(crate) enum Request {
     },
 }
 
-/// What a consumer and its shard share: the consumer's position and the end it last saw.
+/// What a consumer and its shard share: the consumer's position and the end it last saw. Each
+/// counter has its own cache line: the consumer's thread stores `position` per batch while the
+/// shard stores `end_offset`.
 #[derive(Debug)]
 pub struct SubscriptionState {
     pub(crate) topic: Arc<str>,
     pub(crate) partition: u32,
-    pub(crate) position: AtomicU64,
-    pub(crate) end_offset: AtomicU64,
+    pub(crate) position: CachePadded<AtomicU64>,
+    pub(crate) end_offset: CachePadded<AtomicU64>,
 }
 
 impl SubscriptionState {
@@ -141,8 +144,8 @@ impl SubscriptionState {
         SubscriptionState {
             topic,
             partition,
-            position: AtomicU64::new(position),
-            end_offset: AtomicU64::new(position),
+            position: CachePadded::new(AtomicU64::new(position)),
+            end_offset: CachePadded::new(AtomicU64::new(position)),
         }
     }
 }

@@ -311,11 +311,17 @@ impl Rebuild {
             // request (`Engine::serve_view_version`, which records it before it returns) before
             // it caught up counts at once. Either way only while it is still the one served: after
             // a rollback the swap is `Superseded` below.
+            //
+            // The outcome is read before `served`: a `SERVED` outcome was stored after its swap,
+            // so `served` read after it is the swap's or newer. Read the other way round, a weak
+            // memory order lets `served` be older than the outcome, and a swap just made looks
+            // superseded (found by the loom model
+            // `a_swap_racing_a_drop_never_serves_a_dropped_version`).
+            let outcome = self.version.outcome.load(Ordering::SeqCst);
+            let served = self.entry.served.load(Ordering::Acquire);
             let all_caught_up =
                 self.version.caught_up.load(Ordering::Acquire) >= self.version.partitions;
-            if self.is_swapped()
-                && (self.version.outcome.load(Ordering::SeqCst) == view::SERVED || !all_caught_up)
-            {
+            if served == number && (outcome == view::SERVED || !all_caught_up) {
                 return Some(Ok(()));
             }
             if self.engine.is_shut_down() {
@@ -333,9 +339,8 @@ impl Rebuild {
             if let Some(e) = failure(&self.version) {
                 return Some(Err(e));
             }
-            let served = self.entry.served.load(Ordering::Acquire);
             // `SERVED` while another version is served: swapped in, then replaced.
-            if served > number || self.version.outcome.load(Ordering::SeqCst) != view::BUILDING {
+            if served > number || outcome != view::BUILDING {
                 return Some(Err(Error::Superseded {
                     view: self.name.to_string(),
                     version: number,

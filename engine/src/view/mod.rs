@@ -20,9 +20,12 @@ pub mod wait;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use crate::sync::Mutex;
+
+use crossbeam_utils::CachePadded;
 use kappa_storage::io::Disk;
 
 use crate::operator::{AggState, Aggregate, Window};
@@ -131,8 +134,10 @@ pub(crate) struct Version {
     /// Set when every partition caught up: the served version moves here (if it is a rebuild).
     pub(crate) entry: Arc<Entry>,
     pub(crate) dir: PathBuf,
-    /// Per partition, the next offset to fold (published by the shard after every batch).
-    pub(crate) folded: Box<[AtomicU64]>,
+    /// Per partition, the next offset to fold (published by the shard after every batch). One
+    /// cache line each: partitions of one version live on different shards, which store here
+    /// after every batch.
+    pub(crate) folded: Box<[CachePadded<AtomicU64>]>,
     /// The first partition that stopped on an error, and the error.
     pub(crate) failure: Mutex<Option<Failure>>,
     /// `BUILDING`, `SERVED` (every partition caught up and the served version moved here, or
@@ -161,15 +166,36 @@ impl Version {
         let done = self.caught_up.fetch_add(1, Ordering::AcqRel) + 1;
         if done == self.partitions {
             // `fetch_max`, not load-then-store: two rebuilds finishing at once on two shards must
-            // not let the older one overwrite the newer one.
-            let previous = self.entry.served.fetch_max(self.number, Ordering::AcqRel);
+            // not let the older one overwrite the newer one. Under the versions lock, which
+            // `Engine::drop_view_version` holds from its check that a version is not served to
+            // its removal: a version dropped before it caught up is never served (every query
+            // would fail on a version that is gone), and a drop after the swap is refused. The
+            // loom model `a_swap_racing_a_drop_never_serves_a_dropped_version` found that race.
+            // The lock's other holders are user threads looking a version up: a short wait, once
+            // per rebuild.
+            let previous = {
+                let _versions =
+                    self.entry.versions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                (!self.dropped.load(Ordering::SeqCst))
+                    .then(|| self.entry.served.fetch_max(self.number, Ordering::AcqRel))
+            };
+            let Some(previous) = previous else {
+                // Dropped while it caught up: its waiters see `dropped`.
+                self.entry.notifier.notify();
+                return;
+            };
             if previous < self.number {
                 self.entry.swaps.fetch_add(1, Ordering::AcqRel);
                 tracing::info!(view = %self.view, from = previous, to = self.number, "view version swapped");
                 let entry = self.entry.clone();
                 // `write_meta` reads `served` under the history lock, so the last write always
                 // records the newest state, whichever thread writes first.
+                #[cfg(not(loom))]
                 let written = glommio::executor().spawn_blocking(move || write_meta(&entry)).await;
+                // A loom model runs this on a model thread without an executor: the same write,
+                // made directly.
+                #[cfg(loom)]
+                let written = write_meta(&entry);
                 if let Err(e) = written {
                     tracing::error!(view = %self.view, error = %e, "recording the served view version failed");
                 }

@@ -20,16 +20,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-#[cfg(loom)]
-use loom::sync::{
-    atomic::{AtomicUsize, Ordering},
-    Condvar, Mutex,
-};
-#[cfg(not(loom))]
-use std::sync::{
-    atomic::{AtomicUsize, Ordering},
-    Condvar, Mutex,
-};
+use crossbeam_utils::CachePadded;
+
+use crate::sync::atomic::{AtomicUsize, Ordering};
+use crate::sync::{Condvar, Mutex};
 
 use crate::producer::{Ack, BatchAck};
 
@@ -37,7 +31,9 @@ use crate::producer::{Ack, BatchAck};
 pub(crate) struct Notifier {
     generation: Mutex<u64>,
     changed: Condvar,
-    waiters: AtomicUsize,
+    /// Its own cache line: every shard folding a batch of the view does a read-modify-write
+    /// here, which should not evict what queries read beside it (the served version).
+    waiters: CachePadded<AtomicUsize>,
 }
 
 impl Default for Notifier {
@@ -45,7 +41,7 @@ impl Default for Notifier {
         Notifier {
             generation: Mutex::new(0),
             changed: Condvar::new(),
-            waiters: AtomicUsize::new(0),
+            waiters: CachePadded::new(AtomicUsize::new(0)),
         }
     }
 }
@@ -231,6 +227,18 @@ mod tests {
         let offsets = Offsets::from(&acks);
         assert_eq!(offsets.iter().collect::<Vec<_>>(), vec![(0, 8), (1, 20)]);
         assert_eq!(Offsets::from(Ack { partition: 2, offset: 0 }), Offsets::new().at(2, 1));
+    }
+
+    /// Every shard folding the view writes `waiters`; queries and waiters read what sits beside
+    /// it. It has a cache line of its own.
+    #[test]
+    fn the_waiter_count_has_a_cache_line_of_its_own() {
+        let notifier = Notifier::default();
+        let line = |address: usize| address / 64;
+        let waiters = &*notifier.waiters as *const AtomicUsize as usize;
+        assert_eq!(waiters % 64, 0, "the waiter count starts a cache line");
+        assert_ne!(line(waiters), line(&notifier.generation as *const _ as usize));
+        assert_ne!(line(waiters), line(&notifier.changed as *const _ as usize));
     }
 
     #[test]

@@ -1,0 +1,228 @@
+//! loom models of the engine's cross-thread structures (`cfg(loom)`, run by `.ci/run`): the
+//! served view version's swap against queries and a concurrent drop, a shard's death and the
+//! engine's shutdown against the threads waiting on views. The notifier under all of them has
+//! its own models in `view/wait.rs`.
+//!
+//! Every model drives the production code: `Version::partition_caught_up` (the last partition of
+//! a rebuild catching up and the swap), `ViewHandle::{version, version_def, wait_for}`,
+//! `Rebuild::wait_swapped`, `Engine::drop_view_version`, `Engine::shutdown` and
+//! `link::Alive::exit` (a shard thread's end). Their atomics, mutexes and condvar are loom's here
+//! (`crate::sync`), so loom explores every interleaving and the values a weak memory order
+//! allows; a waiter that is never woken is a deadlock loom reports. The engine under them has no
+//! shard threads (`Engine::for_loom`): what needs a running shard (queries' per-partition
+//! answers, flume channels, which park the OS thread) is outside these models.
+//!
+//! Run: `RUSTFLAGS="--cfg loom -C target-cpu=x86-64-v3" CARGO_TARGET_DIR=target/loom \
+//! cargo test -p kappa-engine --lib loom_models`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_utils::CachePadded;
+use kappa_storage::io::{Disk, SimDisk};
+
+use crate::config::{EngineConfig, TopicConfig};
+use crate::engine::TopicMeta;
+use crate::shard::link::{self, Link};
+use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use crate::sync::Mutex;
+use crate::view::{self, Entry, Rebuild, Version, ViewDef, ViewHandle};
+use crate::{Engine, Error, Offsets};
+
+/// Explores `f` with at most `preemptions` preemptions per execution: enough for the
+/// interleavings these bugs need (a check, a publish, a registration, a notify), and minutes
+/// fewer than an unbounded search of three threads.
+fn model(preemptions: usize, f: impl Fn() + Sync + Send + 'static) {
+    let mut builder = loom::model::Builder::new();
+    // `LOOM_MAX_PREEMPTIONS` (read by `Builder::new`) overrides the bound for a deeper search.
+    if builder.preemption_bound.is_none() {
+        builder.preemption_bound = Some(preemptions);
+    }
+    builder.check(f);
+}
+
+/// A view `v` over topic `t` (one partition): version 1 served and caught up, version 2 a
+/// rebuild still replaying. Metadata goes to a simulated disk (no files, no fsync cost).
+struct Fixture {
+    engine: Engine,
+    entry: Arc<Entry>,
+}
+
+impl Fixture {
+    fn new(links: Vec<Link>) -> Fixture {
+        let disk = Disk::Sim(SimDisk::new(7));
+        let mut config = EngineConfig::new("/loom");
+        config.log.disk = disk.clone();
+        config.watchdog.enabled = false;
+        let entry = Arc::new(Entry {
+            topic: "t".to_string(),
+            served: AtomicU32::new(1),
+            swaps: AtomicU64::new(0),
+            versions: Mutex::new(BTreeMap::new()),
+            history: Mutex::new(BTreeMap::from([(1, "r1".to_string()), (2, "r2".to_string())])),
+            failed: Mutex::new(BTreeMap::new()),
+            dir: "/loom/views/v".into(),
+            disk,
+            notifier: view::wait::Notifier::default(),
+        });
+        for (number, caught_up) in [(1, true), (2, false)] {
+            let version = Arc::new(Version {
+                view: Arc::from("v"),
+                number,
+                def: Arc::new(ViewDef::new("t")),
+                partitions: 1,
+                caught_up: AtomicU32::new(u32::from(caught_up)),
+                entry: entry.clone(),
+                dir: entry.dir.join(number.to_string()),
+                folded: Box::new([CachePadded::new(AtomicU64::new(0))]),
+                failure: Mutex::new(None),
+                outcome: AtomicU8::new(if caught_up { view::SERVED } else { view::BUILDING }),
+                dropped: AtomicBool::new(false),
+            });
+            entry.versions.lock().expect("versions").insert(number, version);
+        }
+        let topic =
+            TopicMeta { name: Arc::from("t"), config: TopicConfig::new(1), shards: vec![0] };
+        let engine =
+            Engine::for_loom(config, links, vec![topic], vec![("v".into(), entry.clone())]);
+        Fixture { engine, entry }
+    }
+
+    fn handle(&self) -> ViewHandle {
+        ViewHandle::new(self.engine.inner.clone(), Arc::from("v"), self.entry.clone())
+    }
+
+    fn version(&self, number: u32) -> Arc<Version> {
+        self.entry.versions.lock().expect("versions")[&number].clone()
+    }
+
+    fn rebuild(&self) -> Rebuild {
+        Rebuild::new(self.engine.inner.clone(), Arc::from("v"), self.entry.clone(), self.version(2))
+    }
+}
+
+impl Drop for Fixture {
+    /// Versions and their entry point at each other (as in the engine, until a version is
+    /// dropped): break the cycle so each execution frees what it made.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        self.entry.versions.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+    }
+}
+
+/// The shard's side of a swap: the last partition of version 2 catches up.
+fn catch_up(version: Arc<Version>) -> loom::thread::JoinHandle<()> {
+    loom::thread::spawn(move || loom::future::block_on(version.partition_caught_up()))
+}
+
+/// A query racing the swap reads the served version once and finds it registered and whole:
+/// the old version, or the new one with every partition caught up, never a half-built one.
+/// Then `wait_swapped` returns only once the swap is recorded in `meta.json` (what makes an
+/// acknowledged swap survive a restart).
+#[test]
+fn a_query_during_a_swap_sees_the_old_or_the_whole_new_version() {
+    model(3, || {
+        let fixture = Fixture::new(Vec::new());
+        let rebuild = fixture.rebuild();
+        let version_2 = fixture.version(2);
+        let shard = catch_up(version_2.clone());
+        let handle = fixture.handle();
+        let served = handle.version();
+        let version = handle.version_def(served).expect("the served version is registered");
+        assert_eq!(version.number, served);
+        assert!(
+            version.caught_up.load(Ordering::Acquire) >= version.partitions,
+            "a query saw version {served} served before all its partitions caught up"
+        );
+        rebuild.wait_swapped(Duration::MAX).expect("swapped");
+        // The outcome turns `SERVED` after the swap's record is written (loom sees the atomic;
+        // the simulated disk's own lock is invisible to it, so the file check below is only
+        // what that outcome implies).
+        assert_eq!(
+            version_2.outcome.load(Ordering::SeqCst),
+            view::SERVED,
+            "wait_swapped returned before the swap was recorded"
+        );
+        let recorded = view::read_meta(&fixture.entry.disk, &fixture.entry.dir)
+            .expect("meta.json reads")
+            .map(|meta| meta.served);
+        assert_eq!(recorded, Some(2), "wait_swapped returned before the swap was recorded");
+        shard.join().expect("shard");
+        assert_eq!(handle.version(), 2, "the rebuild was swapped in");
+    });
+}
+
+/// A rebuild finishing while the user drops it: either the drop wins (the swap never serves the
+/// dropped version) or the swap does (the drop is refused). Afterwards the served version is
+/// registered, and `wait_swapped` ends either way.
+#[test]
+fn a_swap_racing_a_drop_never_serves_a_dropped_version() {
+    model(2, || {
+        let fixture = Fixture::new(Vec::new());
+        let rebuild = fixture.rebuild();
+        let shard = catch_up(fixture.version(2));
+        let dropper = {
+            let engine = fixture.engine.lend();
+            loom::thread::spawn(move || engine.drop_view_version("v", 2))
+        };
+        let waited = rebuild.wait_swapped(Duration::MAX);
+        shard.join().expect("shard");
+        let dropped = dropper.join().expect("dropper");
+        let handle = fixture.handle();
+        let served = handle.version();
+        assert!(
+            handle.version_def(served).is_ok(),
+            "version {served} is served but was dropped (drop: {dropped:?}, wait: {waited:?})"
+        );
+        match (&dropped, &waited) {
+            (Ok(()), Err(Error::UnknownView { version: 2, .. })) => assert_eq!(served, 1),
+            (Err(Error::Config { field: "version", .. }), Ok(())) => assert_eq!(served, 2),
+            other => panic!("drop and wait disagree: {other:?}"),
+        }
+    });
+}
+
+/// A shard thread that dies (`Alive::exit` with its panic message) wakes every thread waiting on
+/// a view, and each returns `ShardDied`.
+#[test]
+fn a_dying_shard_wakes_every_view_waiter() {
+    model(2, || {
+        let (life, alive) = link::new_life(0);
+        let (sender, _requests) = flume::bounded(1);
+        let fixture = Fixture::new(vec![Link { sender, life }]);
+        let swap_waiter = {
+            let rebuild = fixture.rebuild();
+            loom::thread::spawn(move || rebuild.wait_swapped(Duration::MAX))
+        };
+        let shard = loom::thread::spawn(move || alive.exit(Some("boom".to_string())));
+        let waited = fixture.handle().wait_for(Offsets::new().at(0, 1), Duration::MAX);
+        assert!(matches!(waited, Err(Error::ShardDied { shard: 0, .. })), "{waited:?}");
+        let waited = swap_waiter.join().expect("waiter");
+        assert!(matches!(waited, Err(Error::ShardDied { shard: 0, .. })), "{waited:?}");
+        shard.join().expect("shard");
+    });
+}
+
+/// `Engine::shutdown` wakes every thread waiting on a view, and each returns `ShutDown`.
+#[test]
+fn shutdown_wakes_every_view_waiter() {
+    model(2, || {
+        let fixture = Fixture::new(Vec::new());
+        let swap_waiter = {
+            let rebuild = fixture.rebuild();
+            loom::thread::spawn(move || rebuild.wait_swapped(Duration::MAX))
+        };
+        let stopper = {
+            let engine = fixture.engine.lend();
+            loom::thread::spawn(move || engine.shutdown())
+        };
+        let waited = fixture.handle().wait_for(Offsets::new().at(0, 1), Duration::MAX);
+        assert!(matches!(waited, Err(Error::ShutDown)), "{waited:?}");
+        let waited = swap_waiter.join().expect("waiter");
+        assert!(matches!(waited, Err(Error::ShutDown)), "{waited:?}");
+        stopper.join().expect("stopper").expect("shutdown");
+    });
+}
