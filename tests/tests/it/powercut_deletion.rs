@@ -132,54 +132,74 @@ fn a_deleted_topic_stays_deleted_through_a_power_cut() {
     }
 }
 
-/// The power fails after `cut` more disk operations, somewhere inside `delete_topic` (every
-/// operation of it in turn, until the deletion completes before the cut), on several seeds each.
-/// Catches a deleted directory fsync that orders the steps: the definition's removal made
-/// durable before the marker's (else the topic comes back with its files gone).
+/// Counts of what the cut rounds found.
+#[derive(Default)]
+struct Tally {
+    whole: u64,
+    gone: u64,
+}
+
+/// One round: the power fails after `cut` more disk operations, somewhere inside `delete_topic`;
+/// then the topic must be whole or gone. Returns whether the deletion returned before the cut.
+fn cut_round(cut: u64, seed: u64, tally: &mut Tally) -> bool {
+    let disk = SimDisk::new(seed);
+    let engine = engine(&disk);
+    engine.create_topic("p", TopicConfig::new(PARTITIONS)).expect("topic");
+    produce(&engine, "p");
+    let before = read_all(&engine, "p", seed);
+    let ops = disk.stats().ops;
+    disk.set_faults(FaultOptions { freeze_after_ops: Some(ops + cut), ..Default::default() });
+    let deleted = engine.delete_topic("p").is_ok();
+    let image = disk.power_cut(seed);
+    let _ = engine.shutdown();
+    drop(engine);
+
+    let engine = restart(&image, seed);
+    if engine.topics().contains_key("p") {
+        assert!(!deleted, "seed {seed}, cut {cut}: a deletion that returned came back");
+        assert_eq!(
+            read_all(&engine, "p", seed),
+            before,
+            "seed {seed}, cut {cut}: the topic came back, but not whole"
+        );
+        tally.whole += 1;
+    } else {
+        assert_topic_gone(&engine, &image, seed, &format!("cut {cut}"));
+        tally.gone += 1;
+    }
+    engine.shutdown().expect("shutdown");
+    deleted
+}
+
+/// A power cut at every disk operation of `delete_topic` in turn (a few seeds each), until the
+/// deletion completes before the cut. Then many seeds at its last step, the fsync that makes
+/// the marker's removal durable: a crash image that keeps that removal but reverts the
+/// definition's would bring the topic back without its files, unless the definition's removal
+/// was made durable first. Catches a deleted directory fsync after the definition's removal in
+/// `meta::finish_deletion`.
 #[test]
 fn a_topic_deletion_cut_at_any_point_leaves_it_whole_or_gone() {
-    let mut whole = 0;
-    let mut gone = 0;
-    for cut in 0u64.. {
-        assert!(cut < 500, "delete_topic never completed before the cut");
-        let mut completed = 0;
-        let seeds = 6u64;
-        for seed in 0..seeds {
-            let seed = seed * 1_000 + cut;
-            let disk = SimDisk::new(seed);
-            let engine = engine(&disk);
-            engine.create_topic("p", TopicConfig::new(PARTITIONS)).expect("topic");
-            produce(&engine, "p");
-            let before = read_all(&engine, "p", seed);
-            let ops = disk.stats().ops;
-            disk.set_faults(FaultOptions { freeze_after_ops: Some(ops + cut), ..Default::default() });
-            let deleted = engine.delete_topic("p").is_ok();
-            completed += u64::from(deleted);
-            let image = disk.power_cut(seed);
-            let _ = engine.shutdown();
-            drop(engine);
-
-            let engine = restart(&image, seed);
-            if engine.topics().contains_key("p") {
-                assert!(!deleted, "seed {seed}, cut {cut}: a deletion that returned came back");
-                assert_eq!(
-                    read_all(&engine, "p", seed),
-                    before,
-                    "seed {seed}, cut {cut}: the topic came back, but not whole"
-                );
-                whole += 1;
-            } else {
-                assert_topic_gone(&engine, &image, seed, &format!("cut {cut}"));
-                gone += 1;
-            }
-            engine.shutdown().expect("shutdown");
-        }
-        if completed == seeds {
+    let mut tally = Tally::default();
+    let seeds_per_cut = 2u64;
+    let mut steps = None;
+    for cut in 0u64..500 {
+        let completed =
+            (0..seeds_per_cut).filter(|s| cut_round(cut, s * 1_000 + cut, &mut tally)).count();
+        if completed as u64 == seeds_per_cut {
+            steps = Some(cut);
             break;
         }
     }
-    println!("topic deletions cut at every step: {whole} came back whole, {gone} were gone");
-    assert!(whole > 0 && gone > 0, "the cuts missed one side of the deletion");
+    let steps = steps.expect("delete_topic never completed before the cut");
+    for seed in 0..40 {
+        cut_round(steps - 1, 100_000 + seed, &mut tally);
+    }
+    println!(
+        "topic deletion ({steps} disk operations) cut at every step: {} came back whole, {} \
+         were gone",
+        tally.whole, tally.gone
+    );
+    assert!(tally.whole > 0 && tally.gone > 0, "the cuts missed one side of the deletion");
 }
 
 fn view_def() -> ViewDef {
