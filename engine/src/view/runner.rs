@@ -32,7 +32,8 @@ pub enum Activity {
     WaitingReadable,
     /// Waiting for the log's fdatasync before a checkpoint.
     CheckpointSync,
-    /// Writing a checkpoint file (on glommio's blocking pool; the shard keeps running).
+    /// Taking a checkpoint: copying the state in steps, then encoding and writing the file (on
+    /// glommio's blocking pool; the shard keeps running).
     CheckpointWrite,
     /// Stopped: dropped, failed or shut down.
     Stopped,
@@ -46,7 +47,7 @@ impl std::fmt::Display for Activity {
             Activity::Yielding => "yielding (runnable, waiting for CPU share)",
             Activity::WaitingReadable => "waiting for readable records",
             Activity::CheckpointSync => "checkpoint: waiting for the log's sync",
-            Activity::CheckpointWrite => "checkpoint: writing the file",
+            Activity::CheckpointWrite => "checkpoint: copying, encoding or writing the file",
             Activity::Stopped => "stopped",
         })
     }

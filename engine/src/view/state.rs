@@ -430,7 +430,7 @@ struct CheckpointData {
 
 /// A checkpoint file: 32-byte header (magic, format, payload length, xxh3 of the payload) and the
 /// rkyv archive of the state. Written atomically (temp, fsync, rename, fsync dir) on the real
-/// disk, blocking (tests and tools; shards use `encode_checkpoint` and the async seam).
+/// disk, blocking (tests and tools; shards use `Snapshot` and the async seam).
 pub fn write_checkpoint(
     path: &Path,
     view: &str,
@@ -518,14 +518,15 @@ impl Snapshot {
             Some(key) => Bound::Excluded(key.as_slice()),
             None => Bound::Unbounded,
         };
-        let mut copied = 0;
-        for (key, windows) in state.groups.range::<[u8], _>((from, Bound::Unbounded)) {
+        let groups = state.groups.range::<[u8], _>((from, Bound::Unbounded));
+        for (copied, (key, windows)) in groups.enumerate() {
             if copied == max_groups {
                 self.after = self.data.groups.last().map(|(k, _)| k.clone());
                 return false;
             }
-            self.data.groups.push((key.clone(), windows.iter().map(|(s, c)| (*s, c.clone())).collect()));
-            copied += 1;
+            self.data
+                .groups
+                .push((key.clone(), windows.iter().map(|(s, c)| (*s, c.clone())).collect()));
         }
         self.done = true;
         true

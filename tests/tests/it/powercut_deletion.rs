@@ -65,7 +65,8 @@ fn read_all(engine: &Engine, topic: &str, seed: u64) -> Vec<Vec<Vec<u8>>> {
     (0..partitions)
         .map(|partition| {
             let end = engine.partition_offsets(topic, partition).expect("offsets").end_offset;
-            let mut consumer = engine.consumer(topic, partition, Seek::Beginning).expect("consumer");
+            let mut consumer =
+                engine.consumer(topic, partition, Seek::Beginning).expect("consumer");
             let mut values = Vec::new();
             while consumer.position() < end {
                 let batch = consumer
