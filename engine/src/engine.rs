@@ -345,7 +345,9 @@ impl Engine {
     /// Deletes a topic: its partitions are closed on their shards, then its files and definition
     /// are removed. Refused while an open view reads it. A durable marker is written first, so a
     /// crash during the deletion finishes it at the next start; once this returns, the name may
-    /// be used again. Producers and consumers of the topic get `UnknownTopic` (consumers following
+    /// be used again, and the deletion is durable: a power cut brings back neither the topic nor
+    /// any of its files, and leaves nothing to finish (each removal is followed by an fsync of
+    /// its directory, the definition's before the marker's). Producers and consumers of the topic get `UnknownTopic` (consumers following
     /// it see their stream end).
     pub fn delete_topic(&self, name: &str) -> Result<(), Error> {
         let _meta = self.inner.lock_meta();
@@ -1009,7 +1011,9 @@ impl Engine {
 
     /// Stops every version of a view and deletes its checkpoints and metadata. The view's
     /// directory is first moved to `DIR/trash` (one rename, so a crash never leaves half a view
-    /// that a later view of the same name would resume from), then removed.
+    /// that a later view of the same name would resume from), then removed. Once this returns
+    /// the deletion is durable (the rename is followed by an fsync of `DIR/views`): a power cut
+    /// never brings the view, its metadata or its checkpoints back.
     pub fn delete_view(&self, name: &str) -> Result<(), Error> {
         let _meta = self.inner.lock_meta();
         let entry = self

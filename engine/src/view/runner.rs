@@ -32,7 +32,8 @@ pub enum Activity {
     WaitingReadable,
     /// Waiting for the log's fdatasync before a checkpoint.
     CheckpointSync,
-    /// Writing a checkpoint file (on glommio's blocking pool; the shard keeps running).
+    /// Taking a checkpoint: copying the state in steps, then encoding and writing the file (on
+    /// glommio's blocking pool; the shard keeps running).
     CheckpointWrite,
     /// Stopped: dropped, failed or shut down.
     Stopped,
@@ -46,7 +47,7 @@ impl std::fmt::Display for Activity {
             Activity::Yielding => "yielding (runnable, waiting for CPU share)",
             Activity::WaitingReadable => "waiting for readable records",
             Activity::CheckpointSync => "checkpoint: waiting for the log's sync",
-            Activity::CheckpointWrite => "checkpoint: writing the file",
+            Activity::CheckpointWrite => "checkpoint: copying, encoding or writing the file",
             Activity::Stopped => "stopped",
         })
     }
@@ -260,7 +261,8 @@ impl ViewPartition {
 /// a checkpoint seed without a checkpoint) once retention deleted offset 0, a checkpoint older
 /// than the log start with no newer one, or a `Timestamp` whose first record is the first one
 /// retained (deleted records may have qualified). `Start::EarliestRetained` asks for the first
-/// retained record instead. File reads go through the seam (the blocking pool on the real disk).
+/// retained record instead. File reads go through the seam (the blocking pool on the real disk);
+/// checkpoints are decoded on the blocking pool.
 pub(crate) async fn initial_state(
     version: &Version,
     partition: u32,
@@ -281,7 +283,13 @@ pub(crate) async fn initial_state(
     let mut needed = 0;
     for path in own.into_iter().rev().chain(seeded.into_iter().rev()) {
         let read = match disk.read_file(&path).await {
-            Ok(bytes) => state::decode_checkpoint(&path, &bytes),
+            // Validating and decoding a large checkpoint takes a while: not on the shard.
+            Ok(bytes) => {
+                let path = path.clone();
+                glommio::executor()
+                    .spawn_blocking(move || state::decode_checkpoint(&path, &bytes))
+                    .await
+            }
             Err(e) => Err(e.into()),
         };
         match read {
@@ -348,11 +356,17 @@ async fn checkpoints(disk: &kappa_storage::io::Disk, dir: &Path) -> Vec<PathBuf>
     files
 }
 
+/// Groups a checkpoint's snapshot copies per step; the task yields to the shard between steps.
+/// A step of this many small groups takes well under a millisecond.
+const SNAPSHOT_STEP_GROUPS: usize = 2048;
+
 /// Writes a checkpoint of the partition after making sure the log holds (synced) everything it
-/// covers, then keeps only the newest two. The state is encoded on the shard (a copy of it is
-/// what the file holds); the file work (create the directory, temp file, fsync, rename, fsync the
-/// directory, unlink old ones) goes through the seam, on glommio's blocking pool on the real disk,
-/// so the shard keeps serving while the disk works.
+/// covers, then keeps only the newest two. Nothing here holds the shard for long: the state is
+/// copied a step at a time with a yield between steps (`state::Snapshot`); the copy is encoded
+/// on glommio's blocking pool; the file work (create the directory, temp file, fsync, rename,
+/// fsync the directory, unlink old ones) goes through the seam, on the blocking pool on the real
+/// disk. The copy is a consistent cut at one offset: this task is the partition's only writer and
+/// does not fold while it checkpoints, which `Snapshot::covers` checks after every yield.
 async fn checkpoint(log: &PartitionLog, vp: &ViewPartition) {
     let was = vp.activity.replace(Activity::CheckpointSync);
     // A checkpoint must never cover records a crash could still lose.
@@ -364,12 +378,33 @@ async fn checkpoint(log: &PartitionLog, vp: &ViewPartition) {
     vp.activity.set(Activity::CheckpointWrite);
     let dir = vp.version.partition_dir(vp.partition);
     let disk = &vp.version.entry.disk;
-    let (path, offset, encoded) = {
-        let st = vp.state.borrow();
-        let path = dir.join(format!("{:020}.ckpt", st.next_offset));
-        let encoded =
-            state::encode_checkpoint(&path, &vp.version.view, vp.version.number, vp.partition, &st);
-        (path, st.next_offset, encoded)
+    let mut snapshot = state::Snapshot::begin(
+        &vp.version.view,
+        vp.version.number,
+        vp.partition,
+        &vp.state.borrow(),
+    );
+    loop {
+        {
+            let st = vp.state.borrow();
+            if !snapshot.covers(&st) {
+                // Unreachable while this task is the only writer; a torn copy is never written.
+                tracing::error!(view = %vp.version.view, partition = vp.partition,
+                    "the view state changed during its checkpoint; checkpoint skipped");
+                vp.activity.set(was);
+                return;
+            }
+            if snapshot.copy_more(&st, SNAPSHOT_STEP_GROUPS) {
+                break;
+            }
+        }
+        glommio::yield_if_needed().await;
+    }
+    let offset = snapshot.next_offset();
+    let path = dir.join(format!("{offset:020}.ckpt"));
+    let encoded = {
+        let path = path.clone();
+        glommio::executor().spawn_blocking(move || snapshot.encode(&path)).await
     };
     let result = match encoded {
         Ok(bytes) => match disk.create_dir_all(&dir).await {

@@ -430,7 +430,7 @@ struct CheckpointData {
 
 /// A checkpoint file: 32-byte header (magic, format, payload length, xxh3 of the payload) and the
 /// rkyv archive of the state. Written atomically (temp, fsync, rename, fsync dir) on the real
-/// disk, blocking (tests and tools; shards use `encode_checkpoint` and the async seam).
+/// disk, blocking (tests and tools; shards use `Snapshot` and the async seam).
 pub fn write_checkpoint(
     path: &Path,
     view: &str,
@@ -454,32 +454,102 @@ pub fn encode_checkpoint(
     partition: u32,
     state: &PartitionState,
 ) -> Result<Vec<u8>, Error> {
-    let data = CheckpointData {
-        view: view.to_string(),
-        version,
-        partition,
-        next_offset: state.next_offset,
-        max_event_time: state.max_event_time,
-        counters: state.counters,
-        groups: state
-            .groups
-            .iter()
-            .map(|(k, w)| (k.clone(), w.iter().map(|(s, c)| (*s, c.clone())).collect()))
-            .collect(),
-    };
-    let payload = rkyv::to_bytes::<rancor::Error>(&data).map_err(|e| Error::Meta {
-        path: path.to_path_buf(),
-        reason: format!("encoding checkpoint: {e}"),
-    })?;
-    let mut bytes = Vec::with_capacity(CHECKPOINT_HEADER + payload.len());
-    bytes.extend_from_slice(&CHECKPOINT_MAGIC.to_le_bytes());
-    bytes.extend_from_slice(&CHECKPOINT_FORMAT.to_le_bytes());
-    bytes.extend_from_slice(&[0u8; 2]);
-    bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    bytes.extend_from_slice(&xxh3_64(&payload).to_le_bytes());
-    bytes.resize(CHECKPOINT_HEADER, 0);
-    bytes.extend_from_slice(&payload);
-    Ok(bytes)
+    let mut snapshot = Snapshot::begin(view, version, partition, state);
+    while !snapshot.copy_more(state, usize::MAX) {}
+    snapshot.encode(path)
+}
+
+/// A copy of a partition's state taken a few groups at a time, then encoded as a checkpoint
+/// file elsewhere (`encode`).
+///
+/// Why: a checkpoint of a large view (hundreds of thousands of groups) is a copy and an rkyv
+/// archive of tens of MB, a fraction of a second of CPU. Done in one go on the shard, that
+/// held its executor, and every partition and request of the shard, for as long
+/// (`kappa-bench stall`). The shard copies a chunk of groups per step and yields between steps
+/// (`copy_more`); the encoding needs no access to the live state and runs on another thread.
+///
+/// The copy is a consistent cut at `next_offset` only while nothing folds into the state between
+/// the steps: the caller (the partition's own fold task, which is the only writer) checks that
+/// `next_offset` has not moved (`covers`) after every yield, and drops the snapshot if it has.
+pub struct Snapshot {
+    data: CheckpointData,
+    /// The last key copied; the next step starts after it.
+    after: Option<Vec<u8>>,
+    done: bool,
+}
+
+impl Snapshot {
+    /// Starts a snapshot of `state` (its offsets and counters now, its groups by `copy_more`).
+    pub fn begin(view: &str, version: u32, partition: u32, state: &PartitionState) -> Snapshot {
+        Snapshot {
+            data: CheckpointData {
+                view: view.to_string(),
+                version,
+                partition,
+                next_offset: state.next_offset,
+                max_event_time: state.max_event_time,
+                counters: state.counters,
+                groups: Vec::with_capacity(state.groups.len()),
+            },
+            after: None,
+            done: false,
+        }
+    }
+
+    /// The offset the snapshot is a cut at: everything before it is folded in.
+    pub fn next_offset(&self) -> u64 {
+        self.data.next_offset
+    }
+
+    /// Whether `state` is still the state this snapshot started from (nothing folded since).
+    pub fn covers(&self, state: &PartitionState) -> bool {
+        state.next_offset == self.data.next_offset
+            && state.counters == self.data.counters
+            && state.max_event_time == self.data.max_event_time
+    }
+
+    /// Copies up to `max_groups` more keys (with all their windows); true once every group is
+    /// copied. `state` must be the state `begin` saw (see `covers`).
+    pub fn copy_more(&mut self, state: &PartitionState, max_groups: usize) -> bool {
+        if self.done {
+            return true;
+        }
+        let from = match &self.after {
+            Some(key) => Bound::Excluded(key.as_slice()),
+            None => Bound::Unbounded,
+        };
+        let groups = state.groups.range::<[u8], _>((from, Bound::Unbounded));
+        for (copied, (key, windows)) in groups.enumerate() {
+            if copied == max_groups {
+                self.after = self.data.groups.last().map(|(k, _)| k.clone());
+                return false;
+            }
+            self.data
+                .groups
+                .push((key.clone(), windows.iter().map(|(s, c)| (*s, c.clone())).collect()));
+        }
+        self.done = true;
+        true
+    }
+
+    /// The bytes of the checkpoint file (`path` names errors). Needs no access to the state: a
+    /// thread other than the shard's runs it.
+    pub fn encode(self, path: &Path) -> Result<Vec<u8>, Error> {
+        debug_assert!(self.done, "a checkpoint of a partial snapshot");
+        let payload = rkyv::to_bytes::<rancor::Error>(&self.data).map_err(|e| Error::Meta {
+            path: path.to_path_buf(),
+            reason: format!("encoding checkpoint: {e}"),
+        })?;
+        let mut bytes = Vec::with_capacity(CHECKPOINT_HEADER + payload.len());
+        bytes.extend_from_slice(&CHECKPOINT_MAGIC.to_le_bytes());
+        bytes.extend_from_slice(&CHECKPOINT_FORMAT.to_le_bytes());
+        bytes.extend_from_slice(&[0u8; 2]);
+        bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&xxh3_64(&payload).to_le_bytes());
+        bytes.resize(CHECKPOINT_HEADER, 0);
+        bytes.extend_from_slice(&payload);
+        Ok(bytes)
+    }
 }
 
 /// Reads a checkpoint, verifying its checksum and archive; any damage is an error naming the file.

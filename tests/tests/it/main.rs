@@ -10,6 +10,7 @@ mod faults;
 mod kafka;
 mod model;
 mod powercut;
+mod powercut_deletion;
 mod props;
 mod safety;
 mod semantics;

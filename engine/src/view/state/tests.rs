@@ -304,3 +304,32 @@ fn custom_aggregates_fold_and_merge_like_the_reference() {
     let (merged, folded) = (aggregate.result(&a), aggregate.result(&whole));
     assert!((merged - folded).abs() <= folded.abs() * 1e-12, "{merged} vs {folded}");
 }
+
+/// A snapshot copied a few groups at a time encodes to exactly the bytes of one taken in one go
+/// (the checkpoint format does not depend on the step), and `covers` sees any fold in between.
+#[test]
+fn a_snapshot_in_steps_is_the_checkpoint_of_one_cut() {
+    let records = workload(2_000, 11);
+    let def = def(Window::Hopping { size_ms: 60, hop_ms: 20 }, Aggregate::Sum);
+    let mut state = PartitionState::new(0);
+    feed(&mut state, &def, &records[..1_500]);
+    assert!(state.groups.len() > 3, "a few groups at least");
+    let path = std::path::Path::new("/x.ckpt");
+    let whole = encode_checkpoint(path, "v", 1, 0, &state).expect("encode");
+    for step in [1, 2, 3, state.groups.len(), state.groups.len() + 1] {
+        let mut snapshot = Snapshot::begin("v", 1, 0, &state);
+        let mut steps = 1;
+        while !snapshot.copy_more(&state, step) {
+            assert!(snapshot.covers(&state));
+            steps += 1;
+        }
+        assert!(steps >= state.groups.len() / step, "step {step}: copied in {steps} steps");
+        assert_eq!(snapshot.next_offset(), state.next_offset);
+        assert_eq!(snapshot.encode(path).expect("encode"), whole, "step {step}");
+    }
+    let back = decode_checkpoint(path, &whole).expect("decode");
+    assert_eq!(back.digest(), state.digest());
+    let snapshot = Snapshot::begin("v", 1, 0, &state);
+    feed(&mut state, &def, &records[1_500..]);
+    assert!(!snapshot.covers(&state), "a fold after the cut is seen");
+}
