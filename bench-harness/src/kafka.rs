@@ -62,9 +62,10 @@ pub struct Args {
     /// Seconds of the latency run at 50% load.
     #[arg(long, default_value_t = 20.0)]
     latency_seconds: f64,
-    /// Records confluent-kafka produces and consumes (the Python data point).
-    #[arg(long, default_value_t = 200_000)]
-    python_records: u64,
+    /// Records confluent-kafka produces and consumes (the Python data point; default 200000,
+    /// 5000 with --quick).
+    #[arg(long)]
+    python_records: Option<u64>,
     /// Only the latency run, at this many batches/s (no throughput rounds, no limits, no Python):
     /// for investigating the latency path.
     #[arg(long)]
@@ -291,7 +292,8 @@ fn latency(
     let requests: Vec<Bytes> = (0..total)
         .map(|i| {
             let request = produce_request(topic, 1, &batch(i as i64));
-            encode_request(PRODUCE_VERSION, &request, i as i32 + 1, "kappa-bench").map(|b| b.freeze())
+            encode_request(PRODUCE_VERSION, &request, i as i32 + 1, "kappa-bench")
+                .map(|b| b.freeze())
         })
         .collect::<Result<_, _>>()?;
     let origin = Instant::now() + Duration::from_millis(200);
@@ -531,7 +533,8 @@ fn latency_phase(
     engine.create_topic("kafka-latency", TopicConfig::new(1))?;
     let run = latency(addr, "kafka-latency", offered, seconds)?;
     engine.delete_topic("kafka-latency")?;
-    let raw = raw_batch_write_latency(dir, batch(0).len(), (run.consumed.len() as usize).clamp(20, 200))?;
+    let raw =
+        raw_batch_write_latency(dir, batch(0).len(), (run.consumed.len() as usize).clamp(20, 200))?;
     let us = |h: &hdrhistogram::Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     let histogram = run.consumed;
     let latency = Latency {
@@ -564,9 +567,10 @@ fn latency_phase(
 pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
     let quick = args.common.quick;
     let (size_mib, pairs, latency_seconds, python_records) = if quick {
-        (64, 2, 2.0, 5_000)
+        (64, 2, 2.0, args.python_records.unwrap_or(5_000))
     } else {
-        (args.size_mib, args.pairs.max(1), args.latency_seconds, args.python_records)
+        let python_records = args.python_records.unwrap_or(200_000);
+        (args.size_mib, args.pairs.max(1), args.latency_seconds, python_records)
     };
     let temp = args.common.scratch("kafka")?;
     let machine = Machine::probe(temp.path());
@@ -592,7 +596,8 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
     );
 
     if let Some(offered) = args.latency_only_batches_s {
-        let (latency, _) = latency_phase(&engine, temp.path(), addr, offered, f64::NAN, latency_seconds)?;
+        let (latency, _) =
+            latency_phase(&engine, temp.path(), addr, offered, f64::NAN, latency_seconds)?;
         kafka.stop();
         let engine =
             Arc::try_unwrap(engine).map_err(|_| anyhow::anyhow!("the engine is still shared"))?;
@@ -669,7 +674,8 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
     // Latency at half the acks=1 rate.
     let max_batches_s = acks_one.engine.median * 1e6 / (BATCH * (VALUE_BYTES + KEY_BYTES)) as f64;
     let offered = max_batches_s * 0.5;
-    let (latency, histogram) = latency_phase(&engine, temp.path(), addr, offered, 0.5, latency_seconds)?;
+    let (latency, histogram) =
+        latency_phase(&engine, temp.path(), addr, offered, 0.5, latency_seconds)?;
     engine.create_topic("kafka-python-bench", TopicConfig::new(1))?;
     let python = python_rates(addr, python_records);
     eprintln!("  confluent-kafka (Python): {python}");
@@ -765,8 +771,16 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
     }
     if let Some(l) = &report.latency {
         f.push(
-            Figure::one_run("kafka", "raw write of one batch p99 (queue depth 1)", l.raw_batch_write_p99_us, "us")
-                .statistic("the floor under produce->consume: acks=1 visibility waits for this write".to_string()),
+            Figure::one_run(
+                "kafka",
+                "raw write of one batch p99 (queue depth 1)",
+                l.raw_batch_write_p99_us,
+                "us",
+            )
+            .statistic(
+                "the floor under produce->consume: acks=1 visibility waits for this write"
+                    .to_string(),
+            ),
         );
     }
     outcome.latencies.push(LatencyCurve::of("kafka produce->consume at 50%", &histogram));
