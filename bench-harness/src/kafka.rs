@@ -4,8 +4,9 @@
 //! One engine runs as `kappa serve` would (its default shards and CPUs) with the Kafka listener;
 //! the client is our own (`kappa_engine::kafka::client`, on `kafka-protocol`), so a client
 //! library is not the bottleneck. Records are 1 KiB values with 16-byte keys, in batches of 1000
-//! (one Produce request each, pre-encoded once), sent by 2 connections with 4 requests in flight
-//! each. Each round runs a raw write and read (the limits, `limit`), then the embedded API
+//! (one Produce request each, encoded once per connection: a send only sets the correlation id),
+//! sent by 2 connections with 5 requests in flight each (librdkafka's default
+//! `max.in.flight`). Each round runs a raw write and read (the limits, `limit`), then the embedded API
 //! appending the same records at `written`, produce acks=1, a fetch of that history from offset 0
 //! (one consumer, 16 MiB per fetch), the embedded consumer reading the same history, the embedded
 //! API at `synced`, and produce acks=-1. Each Kafka run is divided by the raw run of its round
@@ -15,8 +16,12 @@
 //! Then produce-to-consume latency at 50% of the acks=1 rate: batches sent on a fixed schedule
 //! (open loop; the intended send time is the start of each sample, so a stall counts against
 //! every batch behind it), acks=1, a consumer long-polling (min_bytes 1) on another connection;
-//! p99 over batches, target < 2 ms. Finally confluent-kafka's produce and consume rates from
-//! Python, a real-client data point (skipped with a note when it is not installed).
+//! p99 over batches, target < 2 ms. Beside it, where the time goes (the request written by the
+//! client, its acknowledgement) and the floor: one batch's bytes written raw with O_DIRECT at
+//! queue depth 1 (acks=1 visibility waits for the batch's write; on a disk that takes longer than
+//! 2 ms the target cannot be met). `--latency-only-batches-s N` runs only this phase, at N
+//! batches/s. Finally confluent-kafka's produce and consume rates from Python, a real-client data
+//! point (skipped with a note when it is not installed).
 //!
 //! Rates count key + value bytes (as `storage` does). Timed from the first request sent to the
 //! last response received.
@@ -33,7 +38,7 @@ use kafka_protocol::messages::{
     FetchRequest, FetchResponse, ProduceRequest, ProduceResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
-use kappa_engine::kafka::client::{record_batch, Client, Compression};
+use kappa_engine::kafka::client::{encode_request, record_batch, Client, Compression};
 use kappa_engine::kafka::{KafkaConfig, KafkaServer};
 use kappa_engine::storage::{ProducerInfo, Record, MIB};
 use kappa_engine::{Durability, Engine, ProducerBatch, Seek, TopicConfig};
@@ -57,16 +62,22 @@ pub struct Args {
     /// Seconds of the latency run at 50% load.
     #[arg(long, default_value_t = 20.0)]
     latency_seconds: f64,
-    /// Records confluent-kafka produces and consumes (the Python data point).
-    #[arg(long, default_value_t = 200_000)]
-    python_records: u64,
+    /// Records confluent-kafka produces and consumes (the Python data point; default 200000,
+    /// 5000 with --quick).
+    #[arg(long)]
+    python_records: Option<u64>,
+    /// Only the latency run, at this many batches/s (no throughput rounds, no limits, no Python):
+    /// for investigating the latency path.
+    #[arg(long)]
+    latency_only_batches_s: Option<f64>,
 }
 
 const VALUE_BYTES: usize = 1024;
 const KEY_BYTES: usize = 16;
 const BATCH: usize = 1000;
 const CONNECTIONS: usize = 2;
-const IN_FLIGHT: usize = 4;
+/// Requests in flight per connection, as librdkafka's default `max.in.flight` (5).
+const IN_FLIGHT: usize = 5;
 const PRODUCE_VERSION: i16 = 9;
 const FETCH_VERSION: i16 = 12;
 const FETCH_PARTITION_BYTES: i32 = 16 << 20;
@@ -119,6 +130,15 @@ struct Latency {
     p99_us: f64,
     p999_us: f64,
     max_us: f64,
+    /// From the intended send time to the request's last byte written by the client.
+    sent_p50_us: f64,
+    sent_p99_us: f64,
+    /// From the intended send time to the Produce response (acks=1).
+    acked_p50_us: f64,
+    acked_p99_us: f64,
+    /// The floor: one batch's bytes written raw with O_DIRECT at queue depth 1, right after.
+    raw_batch_write_p50_us: f64,
+    raw_batch_write_p99_us: f64,
 }
 
 fn mb_s(bytes: u64, elapsed: Duration) -> f64 {
@@ -178,13 +198,15 @@ fn produce(
             let (payload, next, topic) = (payload.clone(), next.clone(), topic.to_string());
             std::thread::spawn(move || -> anyhow::Result<()> {
                 let mut client = Client::connect(addr)?;
+                // Encoded once; each send only sets the correlation id in place.
                 let request = produce_request(&topic, acks, &payload);
+                let mut frame = encode_request(PRODUCE_VERSION, &request, 0, "kappa-bench")?;
                 let mut pending = std::collections::VecDeque::new();
                 loop {
                     while pending.len() < IN_FLIGHT
                         && next.fetch_add(1, Ordering::Relaxed) < batches
                     {
-                        pending.push_back(client.send(PRODUCE_VERSION, &request)?);
+                        pending.push_back(client.send_encoded(&mut frame)?);
                     }
                     let Some(correlation) = pending.pop_front() else { return Ok(()) };
                     check_produce(
@@ -246,6 +268,16 @@ fn fetch_history(addr: std::net::SocketAddr, topic: &str, records: u64) -> anyho
     Ok(mb_s(read * (VALUE_BYTES + KEY_BYTES) as u64, started.elapsed()))
 }
 
+/// What the latency run measured: per batch, from its intended send time to the consumer's
+/// receipt (the figure), and the stages before it (where a slow figure comes from).
+struct LatencyRun {
+    consumed: hdrhistogram::Histogram<u64>,
+    /// Due time to the end of the request's write on the producer's socket.
+    sent: hdrhistogram::Histogram<u64>,
+    /// Due time to the Produce response's arrival.
+    acked: hdrhistogram::Histogram<u64>,
+}
+
 /// Open-loop produce at `batches_s` for `seconds`, a long-polling consumer; latency per batch
 /// from its intended send time to its arrival at the consumer.
 fn latency(
@@ -253,13 +285,20 @@ fn latency(
     topic: &str,
     batches_s: f64,
     seconds: f64,
-) -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+) -> anyhow::Result<LatencyRun> {
     let total = (batches_s * seconds).max(1.0) as u64;
     let interval = Duration::from_secs_f64(1.0 / batches_s);
-    // Batches are encoded before the clock starts: the schedule measures the broker.
-    let batches: Vec<Bytes> = (0..total).map(|i| batch(i as i64)).collect();
+    // Requests are encoded before the clock starts: the schedule measures the broker.
+    let requests: Vec<Bytes> = (0..total)
+        .map(|i| {
+            let request = produce_request(topic, 1, &batch(i as i64));
+            encode_request(PRODUCE_VERSION, &request, i as i32 + 1, "kappa-bench")
+                .map(|b| b.freeze())
+        })
+        .collect::<Result<_, _>>()?;
     let origin = Instant::now() + Duration::from_millis(200);
-    let deadline = origin + interval * u32::try_from(total)? + Duration::from_secs(60);
+    let due = move |i: u64| origin + interval.mul_f64(i as f64);
+    let deadline = due(total) + Duration::from_secs(60);
     let consumer_topic = topic.to_string();
     let consumer = std::thread::spawn(move || -> anyhow::Result<hdrhistogram::Histogram<u64>> {
         let mut client = Client::connect(addr)?;
@@ -277,34 +316,40 @@ fn latency(
             anyhow::ensure!(p.error_code == 0, "fetch failed with error {}", p.error_code);
             let (_, next, stamps) = batches_in(p.records.as_deref().unwrap_or(&[]))?;
             for stamp in stamps {
-                let due = origin + interval * u32::try_from(stamp)?;
-                h.saturating_record(arrived.saturating_duration_since(due).as_nanos() as u64);
+                let stamp = u64::try_from(stamp)?;
+                h.saturating_record(arrived.saturating_duration_since(due(stamp)).as_nanos() as u64);
                 seen += 1;
             }
             offset = offset.max(next);
         }
         Ok(h)
     });
-    let mut producer = Client::connect(addr)?;
+    let producer = Client::connect(addr)?;
     // Acknowledgements are read on another thread so sends keep their schedule.
     let ack_stream = producer.stream().try_clone()?;
-    let acks = std::thread::spawn(move || -> anyhow::Result<()> {
+    let acks = std::thread::spawn(move || -> anyhow::Result<hdrhistogram::Histogram<u64>> {
         let mut reader = AckReader { stream: ack_stream };
-        for _ in 0..total {
+        let mut h = crate::new_histogram();
+        for i in 0..total {
             reader.next()?;
+            h.saturating_record(Instant::now().saturating_duration_since(due(i)).as_nanos() as u64);
         }
-        Ok(())
+        Ok(h)
     });
-    for (i, payload) in batches.iter().enumerate() {
-        let due = origin + interval * u32::try_from(i)?;
+    let mut sent = crate::new_histogram();
+    let mut stream = producer.stream();
+    for (i, request) in requests.iter().enumerate() {
+        let due = due(i as u64);
         let now = Instant::now();
         if due > now {
             std::thread::sleep(due - now);
         }
-        producer.send(PRODUCE_VERSION, &produce_request(topic, 1, payload))?;
+        std::io::Write::write_all(&mut stream, request)?;
+        sent.saturating_record(Instant::now().saturating_duration_since(due).as_nanos() as u64);
     }
-    acks.join().map_err(|_| anyhow::anyhow!("the ack reader panicked"))??;
-    consumer.join().map_err(|_| anyhow::anyhow!("the consumer panicked"))?
+    let acked = acks.join().map_err(|_| anyhow::anyhow!("the ack reader panicked"))??;
+    let consumed = consumer.join().map_err(|_| anyhow::anyhow!("the consumer panicked"))??;
+    Ok(LatencyRun { consumed, sent, acked })
 }
 
 /// The embedded API's side of a pair: the same records (1000 keyed 1 KiB records per packed
@@ -444,18 +489,91 @@ fn python_rates(addr: std::net::SocketAddr, records: u64) -> serde_json::Value {
     }
 }
 
+/// The floor under the latency figure: one batch's bytes (rounded up to 4 KiB) written with
+/// O_DIRECT at queue depth 1, `samples` times one after another, as acks=1 visibility needs one
+/// write of the batch to complete before a consumer may see it.
+fn raw_batch_write_latency(
+    dir: &std::path::Path,
+    bytes: usize,
+    samples: usize,
+) -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+    let path = dir.join("batch-write-latency.bin");
+    let len = bytes.next_multiple_of(4096);
+    crate::on_executor("bench-raw-latency", 64 << 20, move || async move {
+        let file = std::rc::Rc::new(kappa_storage::io::open_rw(&path).await?);
+        let mut latency = crate::new_histogram();
+        for i in 0..samples {
+            let mut buf = file.alloc_dma_buffer(len);
+            buf.as_bytes_mut().fill(i as u8 | 1);
+            let started = Instant::now();
+            file.write_at(buf, (i * len) as u64)
+                .await
+                .map_err(std::io::Error::from)
+                .context("write")?;
+            latency.saturating_record(started.elapsed().as_nanos() as u64);
+        }
+        if let Ok(file) = std::rc::Rc::try_unwrap(file) {
+            let _ = file.close().await;
+        }
+        std::fs::remove_file(&path)?;
+        Ok(latency)
+    })
+}
+
+/// The latency run on a fresh topic at `offered` batches/s; its summary and the histogram of the
+/// figure (produce to consume).
+fn latency_phase(
+    engine: &Arc<Engine>,
+    dir: &std::path::Path,
+    addr: std::net::SocketAddr,
+    offered: f64,
+    fraction: f64,
+    seconds: f64,
+) -> anyhow::Result<(Latency, hdrhistogram::Histogram<u64>)> {
+    engine.create_topic("kafka-latency", TopicConfig::new(1))?;
+    let run = latency(addr, "kafka-latency", offered, seconds)?;
+    engine.delete_topic("kafka-latency")?;
+    let raw =
+        raw_batch_write_latency(dir, batch(0).len(), (run.consumed.len() as usize).clamp(20, 200))?;
+    let us = |h: &hdrhistogram::Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let histogram = run.consumed;
+    let latency = Latency {
+        offered_batches_s: offered,
+        offered_fraction_of_acks_one_max: fraction,
+        samples: histogram.len(),
+        p50_us: us(&histogram, 0.5),
+        p99_us: us(&histogram, 0.99),
+        p999_us: us(&histogram, 0.999),
+        max_us: histogram.max() as f64 / 1000.0,
+        sent_p50_us: us(&run.sent, 0.5),
+        sent_p99_us: us(&run.sent, 0.99),
+        acked_p50_us: us(&run.acked, 0.5),
+        acked_p99_us: us(&run.acked, 0.99),
+        raw_batch_write_p50_us: us(&raw, 0.5),
+        raw_batch_write_p99_us: us(&raw, 0.99),
+    };
+    eprintln!(
+        "  produce-to-consume at {offered:.0} batches/s: p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us ({} batches); request written p50 {:.0} p99 {:.0} us, acked p50 {:.0} p99 {:.0} us",
+        latency.p50_us, latency.p99_us, latency.p999_us, latency.samples,
+        latency.sent_p50_us, latency.sent_p99_us, latency.acked_p50_us, latency.acked_p99_us,
+    );
+    eprintln!(
+        "  floor: one batch written raw (O_DIRECT, queue depth 1) p50 {:.0} us, p99 {:.0} us",
+        latency.raw_batch_write_p50_us, latency.raw_batch_write_p99_us
+    );
+    Ok((latency, histogram))
+}
+
 pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
     let quick = args.common.quick;
     let (size_mib, pairs, latency_seconds, python_records) = if quick {
-        (64, 2, 2.0, 5_000)
+        (64, 2, 2.0, args.python_records.unwrap_or(5_000))
     } else {
-        (args.size_mib, args.pairs.max(1), args.latency_seconds, args.python_records)
+        let python_records = args.python_records.unwrap_or(200_000);
+        (args.size_mib, args.pairs.max(1), args.latency_seconds, python_records)
     };
     let temp = args.common.scratch("kafka")?;
     let machine = Machine::probe(temp.path());
-    let (sweep_size, repeats) = crate::limit::sweep_plan(quick);
-    let sweep = crate::limit::sweep_blocking(temp.path(), sweep_size, quick, repeats, true)?;
-    let (write_shape, read_shape) = (sweep.best_write, sweep.best_read);
 
     // The engine as `kappa serve` starts it (default shards and CPUs), with its Kafka listener.
     let overrides = kappa_tools::serve::config::Overrides {
@@ -477,6 +595,20 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
         "kafka: {shards} shard(s), {size_mib} MiB per phase ({batches} batches of {BATCH} x 1 KiB), {pairs} round(s), listener {addr}"
     );
 
+    if let Some(offered) = args.latency_only_batches_s {
+        let (latency, _) =
+            latency_phase(&engine, temp.path(), addr, offered, f64::NAN, latency_seconds)?;
+        kafka.stop();
+        let engine =
+            Arc::try_unwrap(engine).map_err(|_| anyhow::anyhow!("the engine is still shared"))?;
+        engine.shutdown()?;
+        let value = serde_json::json!({ "scenario": "kafka", "latency_only": latency });
+        return Ok(Outcome::new("kafka", value));
+    }
+
+    let (sweep_size, repeats) = crate::limit::sweep_plan(quick);
+    let sweep = crate::limit::sweep_blocking(temp.path(), sweep_size, quick, repeats, true)?;
+    let (write_shape, read_shape) = (sweep.best_write, sweep.best_read);
     let mut rounds = Vec::new();
     for round in 0..pairs {
         let (raw_writes, raw_reads) = crate::limit::raw_runs_blocking(
@@ -542,23 +674,8 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
     // Latency at half the acks=1 rate.
     let max_batches_s = acks_one.engine.median * 1e6 / (BATCH * (VALUE_BYTES + KEY_BYTES)) as f64;
     let offered = max_batches_s * 0.5;
-    engine.create_topic("kafka-latency", TopicConfig::new(1))?;
-    let histogram = latency(addr, "kafka-latency", offered, latency_seconds)?;
-    let us = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
-    let latency = Latency {
-        offered_batches_s: offered,
-        offered_fraction_of_acks_one_max: 0.5,
-        samples: histogram.len(),
-        p50_us: us(0.5),
-        p99_us: us(0.99),
-        p999_us: us(0.999),
-        max_us: histogram.max() as f64 / 1000.0,
-    };
-    eprintln!(
-        "  produce-to-consume at 50% ({offered:.0} batches/s): p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us ({} batches)",
-        latency.p50_us, latency.p99_us, latency.p999_us, latency.samples
-    );
-
+    let (latency, histogram) =
+        latency_phase(&engine, temp.path(), addr, offered, 0.5, latency_seconds)?;
     engine.create_topic("kafka-python-bench", TopicConfig::new(1))?;
     let python = python_rates(addr, python_records);
     eprintln!("  confluent-kafka (Python): {python}");
@@ -650,6 +767,20 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
             Figure::one_run("kafka", "produce->consume p99 at 50% of acks=1 max", l.p99_us, "us")
                 .statistic(format!("p99 of {} batches", l.samples))
                 .less_than(2000.0),
+        );
+    }
+    if let Some(l) = &report.latency {
+        f.push(
+            Figure::one_run(
+                "kafka",
+                "raw write of one batch p99 (queue depth 1)",
+                l.raw_batch_write_p99_us,
+                "us",
+            )
+            .statistic(
+                "the floor under produce->consume: acks=1 visibility waits for this write"
+                    .to_string(),
+            ),
         );
     }
     outcome.latencies.push(LatencyCurve::of("kafka produce->consume at 50%", &histogram));

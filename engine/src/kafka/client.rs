@@ -35,6 +35,38 @@ pub struct Client {
     stream: TcpStream,
     next_correlation: i32,
     client_id: String,
+    /// Response frames are read into this and split off; the allocation is reused once the
+    /// caller drops the previous response (large fetches would otherwise fault in fresh pages
+    /// for every response).
+    read_buf: BytesMut,
+}
+
+/// The offset of the correlation id in a request frame (after the size, API key and version).
+const CORRELATION_AT: usize = 8;
+
+fn encode_error(e: impl std::fmt::Display) -> ClientError {
+    ClientError::Encode(e.to_string())
+}
+
+/// Encodes a whole request frame (size prefix included) in one exactly sized buffer.
+pub fn encode_request<R: Request>(
+    version: i16,
+    request: &R,
+    correlation: i32,
+    client_id: &str,
+) -> Result<BytesMut, ClientError> {
+    let header = RequestHeader::default()
+        .with_request_api_key(R::KEY)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation)
+        .with_client_id(Some(StrBytes::from_string(client_id.to_string())));
+    let size = header.compute_size(R::header_version(version)).map_err(encode_error)?
+        + request.compute_size(version).map_err(encode_error)?;
+    let mut buf = BytesMut::with_capacity(4 + size);
+    buf.put_i32(i32::try_from(size).map_err(|_| ClientError::Encode(format!("size {size}")))?);
+    header.encode(&mut buf, R::header_version(version)).map_err(encode_error)?;
+    request.encode(&mut buf, version).map_err(encode_error)?;
+    Ok(buf)
 }
 
 impl Client {
@@ -42,7 +74,12 @@ impl Client {
         let stream = TcpStream::connect(addr)?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(Duration::from_secs(120)))?;
-        Ok(Client { stream, next_correlation: 1, client_id: "kappa-client".into() })
+        Ok(Client {
+            stream,
+            next_correlation: 1,
+            client_id: "kappa-client".into(),
+            read_buf: BytesMut::new(),
+        })
     }
 
     pub fn stream(&self) -> &TcpStream {
@@ -51,22 +88,21 @@ impl Client {
 
     /// Sends a request; returns its correlation id for `receive`.
     pub fn send<R: Request>(&mut self, version: i16, request: &R) -> Result<i32, ClientError> {
+        let mut frame = encode_request(version, request, 0, &self.client_id)?;
+        self.send_encoded(&mut frame)
+    }
+
+    /// Sends a frame made by `encode_request` (any correlation id: this sets the next one in
+    /// place), so a caller can send the same request many times without encoding it again.
+    /// Returns its correlation id for `receive`.
+    pub fn send_encoded(&mut self, frame: &mut [u8]) -> Result<i32, ClientError> {
         let correlation = self.next_correlation;
         self.next_correlation = self.next_correlation.wrapping_add(1);
-        let header = RequestHeader::default()
-            .with_request_api_key(R::KEY)
-            .with_request_api_version(version)
-            .with_correlation_id(correlation)
-            .with_client_id(Some(StrBytes::from_string(self.client_id.clone())));
-        let mut buf = BytesMut::with_capacity(64);
-        buf.put_i32(0);
-        header
-            .encode(&mut buf, R::header_version(version))
-            .map_err(|e| ClientError::Encode(e.to_string()))?;
-        request.encode(&mut buf, version).map_err(|e| ClientError::Encode(e.to_string()))?;
-        let size = (buf.len() - 4) as i32;
-        buf[0..4].copy_from_slice(&size.to_be_bytes());
-        self.stream.write_all(&buf)?;
+        let at = frame
+            .get_mut(CORRELATION_AT..CORRELATION_AT + 4)
+            .ok_or_else(|| ClientError::Encode("a frame shorter than a request header".into()))?;
+        at.copy_from_slice(&correlation.to_be_bytes());
+        self.stream.write_all(frame)?;
         Ok(correlation)
     }
 
@@ -77,9 +113,11 @@ impl Client {
         let size = i32::from_be_bytes(size);
         let size =
             usize::try_from(size).map_err(|_| ClientError::Decode(format!("size {size}")))?;
-        let mut body = vec![0u8; size];
-        self.stream.read_exact(&mut body)?;
-        Ok(Bytes::from(body))
+        // Reclaims the allocation of earlier frames once they are dropped.
+        self.read_buf.reserve(size);
+        self.read_buf.resize(size, 0);
+        self.stream.read_exact(&mut self.read_buf[..])?;
+        Ok(self.read_buf.split().freeze())
     }
 
     /// Reads the response to the request `send` numbered `correlation`.

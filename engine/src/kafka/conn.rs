@@ -181,11 +181,14 @@ async fn read_loop(
             return format!("frame size {size} outside 8..={max}");
         }
         let hold = node.budget.reserve(size).await;
-        let mut body = vec![0u8; size];
-        if let Err(e) = reader.read_exact(&mut body).await {
+        let mut buffer = node.buffers.take(size);
+        buffer.resize(size, 0);
+        if let Err(e) = reader.read_exact(&mut buffer[..]).await {
             return format!("reading a request: {e}");
         }
-        let reply = match handle(node, Bytes::from(body), peer).await {
+        let body = buffer.split().freeze();
+        node.buffers.keep(buffer, size);
+        let reply = match handle(node, body, peer).await {
             Ok(reply) => reply,
             Err(reason) => {
                 tracing::warn!(shard = node.index, reason, "closing a Kafka connection");

@@ -21,10 +21,16 @@ use glommio::net::TcpListener;
 use super::fetch::ReaderCache;
 use super::group::Coordinator;
 use super::idempotence::{IdAllocator, PartitionSeq};
-use super::util::{Budget, Event, LocalFuture};
+use super::util::{Budget, BufferPool, Event, LocalFuture};
 use super::{conn, group, KafkaConfig, OFFSETS_TOPIC};
 use crate::engine::{Engine, Inner, TopicMeta};
 use crate::shard::Shard;
+
+/// Buffers a shard keeps for reuse (request frames, fetched batches), and the largest frame or
+/// batch whose buffer is kept (a 1000-record batch of 1 KiB records is about 1 MiB): at most
+/// about 32 MiB per shard, outside the budget, whatever the connection count.
+const KEPT_BUFFERS: usize = 16;
+const KEPT_BUFFER_BYTES: usize = 2 << 20;
 
 /// Work sent to a shard's Kafka node.
 pub(crate) type Job = Box<dyn FnOnce(Rc<Node>) -> LocalFuture<'static, ()> + Send>;
@@ -122,6 +128,8 @@ pub(crate) struct Node {
     pub(crate) groups: Coordinator,
     /// Bytes of request frames and fetch responses held at once on this shard.
     pub(crate) budget: Rc<Budget>,
+    /// Buffers for request frames and fetched batches, reused once their bytes are dropped.
+    pub(crate) buffers: BufferPool,
     closing: Cell<bool>,
     pub(crate) closed: Event,
     open_connections: Cell<usize>,
@@ -289,6 +297,7 @@ pub(crate) async fn run(
                 ^ u64::from(std::process::id()),
         ),
         budget: Budget::new(shared.config.buffered_bytes_per_shard),
+        buffers: BufferPool::new(KEPT_BUFFERS, KEPT_BUFFER_BYTES),
         closing: Cell::new(false),
         closed: Event::default(),
         open_connections: Cell::new(0),

@@ -76,6 +76,44 @@ impl Drop for Held {
     }
 }
 
+/// Byte buffers a shard reuses for request frames and fetched batches. Frames and batches are
+/// split off these buffers as `Bytes`; once every such `Bytes` is dropped (a produce drops its
+/// frame when its append is done, a fetch its batches when the response is written) the
+/// allocation goes to the next frame or batch. Fresh allocations of a megabyte or more come from
+/// `mmap` or a trimmed heap, so without reuse every large request or fetched batch would fault
+/// in (and zero) fresh pages. At most `max_buffers` buffers, each for items of at most
+/// `max_bytes`, are kept: bounded memory whatever the connection count.
+pub(crate) struct BufferPool {
+    kept: std::cell::RefCell<Vec<bytes::BytesMut>>,
+    max_buffers: usize,
+    max_bytes: usize,
+}
+
+impl BufferPool {
+    pub(crate) fn new(max_buffers: usize, max_bytes: usize) -> Self {
+        BufferPool { kept: std::cell::RefCell::new(Vec::new()), max_buffers, max_bytes }
+    }
+
+    /// An empty buffer with room for `size` bytes: a kept one whose earlier bytes are all
+    /// dropped (its allocation reused), else a new one.
+    pub(crate) fn take(&self, size: usize) -> bytes::BytesMut {
+        let mut kept = self.kept.borrow_mut();
+        match kept.iter_mut().position(|b| b.try_reclaim(size)) {
+            Some(at) => kept.swap_remove(at),
+            None => bytes::BytesMut::with_capacity(size),
+        }
+    }
+
+    /// Takes back a buffer an item of `size` bytes was split from (`BytesMut::split`); it is
+    /// kept while there is room and the item was not larger than `max_bytes`.
+    pub(crate) fn keep(&self, buffer: bytes::BytesMut, size: usize) {
+        let mut kept = self.kept.borrow_mut();
+        if size <= self.max_bytes && kept.len() < self.max_buffers {
+            kept.push(buffer);
+        }
+    }
+}
+
 /// Monotonic time for protocol deadlines only (long polls, group sessions, rebalances): they
 /// decide when to answer, never what is stored, so they need no `Clock`.
 #[allow(clippy::disallowed_methods)]
@@ -142,6 +180,35 @@ mod tests {
             assert_eq!(first(vec![slow, fast]).await, Some(2));
             assert_eq!(first::<u32>(Vec::new()).await, None);
         });
+    }
+
+    #[test]
+    fn the_buffer_pool_reuses_an_allocation_once_its_bytes_are_dropped() {
+        let pool = BufferPool::new(2, 1 << 20);
+        let fill = |pool: &BufferPool, size: usize| {
+            let mut buffer = pool.take(size);
+            buffer.resize(size, 7);
+            let item = buffer.split().freeze();
+            pool.keep(buffer, size);
+            item
+        };
+        let first = fill(&pool, 1000);
+        let first_at = first.as_ptr();
+        // Still referenced: the next item gets memory of its own.
+        let second = fill(&pool, 1000);
+        assert_ne!(second.as_ptr(), first_at);
+        drop(first);
+        // Dropped: its allocation is handed out again (no fresh pages).
+        let third = fill(&pool, 1000);
+        assert_eq!(third.as_ptr(), first_at);
+        assert_eq!(&third[..], &[7u8; 1000][..]);
+        // Bounded: at most 2 buffers, and none for items over the limit.
+        drop((second, third));
+        let big = fill(&pool, 2 << 20);
+        let big_at = big.as_ptr();
+        drop(big);
+        assert_ne!(fill(&pool, 2 << 20).as_ptr(), big_at, "an item over max_bytes is not kept");
+        assert!(pool.kept.borrow().len() <= 2);
     }
 
     #[test]

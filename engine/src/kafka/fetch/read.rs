@@ -177,8 +177,16 @@ pub(crate) async fn read(
             let batch = match entry.pending.take() {
                 Some(batch) => batch,
                 None => match entry.reader.next_batch().await {
-                    // The one copy: out of the read buffer into the response.
-                    Ok(Some(read)) => Bytes::copy_from_slice(read.batch.kafka_bytes()),
+                    // The one copy: out of the read buffer into the response, in a buffer
+                    // the shard reuses once an earlier response is written (`Node::buffers`).
+                    Ok(Some(read)) => {
+                        let bytes = read.batch.kafka_bytes();
+                        let mut buffer = node.buffers.take(bytes.len());
+                        buffer.extend_from_slice(bytes);
+                        let batch = buffer.split().freeze();
+                        node.buffers.keep(buffer, bytes.len());
+                        batch
+                    }
                     Ok(None) => break,
                     Err(e) => {
                         tracing::warn!(topic = %item.topic, partition = item.partition, error = %e, "Kafka fetch failed");

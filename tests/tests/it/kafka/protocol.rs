@@ -287,6 +287,63 @@ fn long_polls_wait_for_records_or_max_wait() {
     assert_eq!(f.records.len(), 0);
 }
 
+/// A long poll is woken by the produce, not by its `max_wait_ms`: on two shards, whichever one
+/// accepted the consumer's connection, one of the two partitions is owned by the other shard (its
+/// wait runs there and its wake-up crosses shards) and the other by the same one.
+#[test]
+fn long_polls_wake_on_records_of_local_and_remote_partitions() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let server =
+        Server::start(temp.path(), "[engine]\nshards = 2\n[topics.t]\npartitions = 2\n", &[]);
+    let addr = server.kafka.clone().expect("kafka");
+    let mut c = connect(&server);
+    let max_wait = Duration::from_secs(20);
+    let mut offsets = [0i64, 0i64];
+    for partition in [0usize, 1] {
+        let request = FetchRequest::default()
+            .with_max_wait_ms(max_wait.as_millis() as i32)
+            .with_min_bytes(1)
+            .with_max_bytes(1 << 20)
+            .with_topics(vec![FetchTopic::default().with_topic(name("t")).with_partitions(
+                (0..2)
+                    .map(|p| {
+                        FetchPartition::default()
+                            .with_partition(p as i32)
+                            .with_fetch_offset(offsets[p])
+                            .with_partition_max_bytes(1 << 20)
+                    })
+                    .collect(),
+            )]);
+        let correlation = c.send(12, &request).expect("send the fetch");
+        // The fetch is parked on the server before the record exists (the produce comes later on
+        // another connection); the poll must answer when the record arrives.
+        std::thread::sleep(Duration::from_millis(300));
+        let mut p = kappa_engine::kafka::client::Client::connect(addr.as_str()).expect("connect");
+        let tag = format!("wake{partition}");
+        let records = batch(&records(3, &tag, 7), ProducerInfo::default(), Compression::None);
+        let produced_at = Instant::now();
+        assert_eq!(produce(&mut p, 9, "t", partition as i32, records, 1), (0, 0));
+        let response: FetchResponse = c.receive::<FetchRequest>(12, correlation).expect("fetch");
+        let waited = produced_at.elapsed();
+        let parts = &response.responses[0].partitions;
+        let got = &parts[partition];
+        assert_eq!(got.error_code, 0);
+        let seen = decode(&got.records.clone().unwrap_or_default());
+        assert_eq!(seen.len(), 3, "partition {partition}: the produced records");
+        assert!(
+            parts[1 - partition].records.as_ref().is_none_or(|r| r.is_empty()),
+            "nothing in the other partition"
+        );
+        // Generous: well under max_wait (a poll that slept its whole wait would take 20 s).
+        assert!(
+            waited < max_wait / 4,
+            "partition {partition}: the long poll answered {waited:?} after the produce \
+             (max_wait {max_wait:?}): it was not woken by the record"
+        );
+        offsets[partition] = 3;
+    }
+}
+
 #[test]
 fn list_offsets_earliest_latest_by_timestamp_and_max() {
     let temp = tempfile::tempdir().expect("tempdir");
