@@ -35,7 +35,7 @@ pub use kafka::{Header, ProducerInfo, Record};
 pub use log::{
     AppendInfo, AppendTicket, LogStats, PartitionLog, RecoveryReport, RetentionReport, SegmentInfo,
 };
-pub use reader::{LogReader, ReadBatch, Seek};
+pub use reader::{LogReader, ReadAhead, ReadBatch, SealedSegment, Seek, SegmentReader};
 
 /// How far an append has to get before it is acknowledged, and so what it survives.
 ///
