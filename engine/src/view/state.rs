@@ -220,13 +220,18 @@ fn hash_agg(h: &mut Xxh3, agg: &AggState) {
             h.update(&[0]);
             h.update(&n.to_le_bytes());
         }
-        AggState::Sum(v) | AggState::Min(v) | AggState::Max(v) => {
+        AggState::Min(v) | AggState::Max(v) => {
             h.update(&[1]);
             h.update(&v.to_bits().to_le_bytes());
         }
+        AggState::Sum(sum) => {
+            // The canonical bytes: the same value, however its partial sums were merged.
+            h.update(&[4]);
+            sum.write_canonical(|bytes| h.update(bytes));
+        }
         AggState::Mean { sum, count } => {
             h.update(&[2]);
-            h.update(&sum.to_bits().to_le_bytes());
+            sum.write_canonical(|bytes| h.update(bytes));
             h.update(&count.to_le_bytes());
         }
         AggState::Hll(bytes) | AggState::Custom(bytes) => {
@@ -313,9 +318,10 @@ impl Session<'_, '_> {
 }
 
 const CHECKPOINT_MAGIC: u32 = u32::from_le_bytes(*b"KAPC");
-/// Format 2: `Counters` counts skips by cause. A format-1 checkpoint is refused as unknown and
+/// Format 2: `Counters` counts skips by cause. Format 3: `Sum` and `Mean` keep an exact sum
+/// (`ExactSum`), `Min`/`Max` order zeros by sign. An older checkpoint is refused as unknown and
 /// the partition replays from an older checkpoint or the start.
-const CHECKPOINT_FORMAT: u16 = 2;
+const CHECKPOINT_FORMAT: u16 = 3;
 const CHECKPOINT_HEADER: usize = 32;
 
 /// Groups as a checkpoint stores them: key, then (window start, cell) in order.

@@ -56,7 +56,26 @@ pub enum Val {
     NotANumber(u8),
     /// Not JSON.
     Garbage(u8),
+    /// A number whose sum `f64` addition would get wrong or that sits at an edge of the format
+    /// (`WILD`): the exact sum must hold.
+    Wild(u8, u8),
 }
+
+/// Numbers for `Val::Wild`: cancellation, many bits, subnormals, the largest finite, zeros.
+const WILD: [&str; 12] = [
+    "0.1",
+    "1e16",
+    "-1e16",
+    "1e-300",
+    "-1e-300",
+    "5e-324",
+    "1.7976931348623157e308",
+    "-1.7976931348623157e308",
+    "3.141592653589793",
+    "2.5e-10",
+    "-0.0",
+    "0.30000000000000004",
+];
 
 #[derive(Debug, Clone, Copy)]
 pub struct Gen {
@@ -120,6 +139,9 @@ fn value(val: Val) -> Vec<u8> {
         Val::NoField(g) => format!(r#"{{{}"w":1}}"#, group(g)),
         Val::NotANumber(g) => format!(r#"{{{}"v":"12"}}"#, group(g)),
         Val::Garbage(g) => format!("not json {{{g}"),
+        Val::Wild(i, g) => {
+            format!(r#"{{{}"v":{}}}"#, group(g), WILD[usize::from(i) % WILD.len()])
+        }
     }
     .into_bytes()
 }
@@ -139,6 +161,7 @@ fn gen_strategy() -> impl Strategy<Value = Gen> {
         1 => any::<u8>().prop_map(Val::NoField),
         1 => any::<u8>().prop_map(Val::NotANumber),
         1 => any::<u8>().prop_map(Val::Garbage),
+        2 => (any::<u8>(), any::<u8>()).prop_map(|(i, g)| Val::Wild(i, g)),
     ];
     let key = prop_oneof![9 => (0u8..6).prop_map(Some), 1 => Just(None)];
     (key, ts, val).prop_map(|(key, ts, val)| Gen { key, ts, val })

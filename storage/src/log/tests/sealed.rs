@@ -33,7 +33,7 @@ fn on_another_executor<T: Send + 'static>(
 ) -> T {
     glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .io_memory(4 << 20)
-        .spawn(move || f())
+        .spawn(f)
         .expect("executor")
         .join()
         .expect("the other executor")
