@@ -150,18 +150,26 @@ impl Common {
     }
 }
 
-/// Runs `work` on a fresh, unpinned glommio executor with `io_memory` bytes of DMA memory.
+/// Runs `work` on a fresh, unpinned glommio executor with `io_memory` bytes of DMA memory, guarded
+/// as the engine's shards are (`kappa_engine::watchdog`: a pulse, and a watchdog thread that warns
+/// about and kicks an executor that stops running its scheduler). glommio can otherwise park an
+/// executor with runnable tasks until an unrelated event; the guard also gives the raw side of a
+/// ratio the same timer wake-ups as the engine side.
 pub fn on_executor<T, F, Fut>(name: &str, io_memory: usize, work: F) -> anyhow::Result<T>
 where
     T: Send + 'static,
     F: FnOnce() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = anyhow::Result<T>> + 'static,
 {
-    let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .name(name)
+    use kappa_engine::watchdog::{spawn_executor, Pulse, Watchdog};
+    let config = kappa_engine::WatchdogConfig::default();
+    let pulse = Pulse::new(name, config.pulse_interval);
+    let _watchdog = Watchdog::start(name, vec![pulse.clone()], config)
+        .map_err(|e| anyhow::anyhow!("starting the watchdog of executor {name}: {e}"))?;
+    let builder = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .io_memory(io_memory)
-        .preempt_timer(std::time::Duration::from_millis(1))
-        .spawn(work)
+        .preempt_timer(std::time::Duration::from_millis(1));
+    let handle = spawn_executor(name.to_string(), builder, Some(pulse), work)
         .map_err(|e| anyhow::anyhow!("starting the glommio executor: {e}"))?;
     handle.join().map_err(|e| anyhow::anyhow!("executor {name} failed: {e}"))?
 }

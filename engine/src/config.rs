@@ -7,6 +7,7 @@ use std::time::Duration;
 use kappa_storage::{LogConfig, Retention, MIB};
 
 use crate::clock::{Clock, SystemClock};
+use crate::watchdog::WatchdogConfig;
 use crate::{Engine, Error};
 
 /// How an engine runs. Every queue and buffer has a bound here.
@@ -38,6 +39,9 @@ pub struct EngineConfig {
     pub clock: Arc<dyn Clock>,
     /// Fault injection for tests: every append on every shard first sleeps this long.
     pub append_delay: Option<Duration>,
+    /// The shards' pulse and watchdog (`crate::watchdog`): bounds how long glommio can leave a
+    /// shard parked with runnable tasks, and warns about and kicks a shard that stops running.
+    pub watchdog: WatchdogConfig,
 }
 
 impl std::fmt::Debug for EngineConfig {
@@ -66,6 +70,7 @@ impl EngineConfig {
             log: LogConfig::default(),
             clock: Arc::new(SystemClock),
             append_delay: None,
+            watchdog: WatchdogConfig::default(),
         }
     }
 
@@ -101,6 +106,7 @@ impl EngineConfig {
                 reason: "glommio needs at least 512 KiB".into(),
             });
         }
+        self.watchdog.validate()?;
         self.log.validate()?;
         Ok(())
     }
@@ -153,6 +159,10 @@ impl EngineBuilder {
     }
     pub fn append_delay(mut self, delay: Duration) -> Self {
         self.config.append_delay = Some(delay);
+        self
+    }
+    pub fn watchdog(mut self, watchdog: WatchdogConfig) -> Self {
+        self.config.watchdog = watchdog;
         self
     }
     pub fn config(mut self, config: EngineConfig) -> Self {

@@ -21,6 +21,7 @@ use crate::producer::Producer;
 use crate::router::{shard_for, ShardId};
 use crate::shard::{self, Request, ShardJob, SubscriptionState};
 use crate::view::{self, Rebuild, ViewDef, ViewHandle};
+use crate::watchdog;
 use crate::Error;
 
 /// A topic as the engine knows it: its definition and which shard owns each partition.
@@ -36,9 +37,10 @@ pub(crate) struct Inner {
     views: RwLock<BTreeMap<String, Arc<view::Entry>>>,
     senders: Vec<flume::Sender<Request>>,
     topics: RwLock<BTreeMap<String, Arc<TopicMeta>>>,
-    threads: Mutex<Vec<glommio::ExecutorJoinHandle<()>>>,
+    threads: Mutex<Vec<watchdog::ExecutorHandle<()>>>,
     shut_down: AtomicBool,
     monitor: Arc<crate::monitor::Monitor>,
+    guard: watchdog::ShardGuard,
 }
 
 /// The embedded engine. Dropping it shuts it down cleanly (flush, sync, close).
@@ -120,6 +122,7 @@ impl Engine {
         let config = Arc::new(config);
         let mut senders = Vec::with_capacity(shard_count);
         let mut threads = Vec::with_capacity(shard_count);
+        let guard = watchdog::ShardGuard::start(shard_count, &config.watchdog, &data_dir)?;
         for index in 0..shard_count {
             let (sender, receiver) = flume::bounded(config.request_queue_max);
             let placement = match cpus.get(index % cpus.len().max(1)) {
@@ -128,12 +131,15 @@ impl Engine {
             };
             let shard_config = config.clone();
             let id = ShardId(index as u16);
-            let handle = LocalExecutorBuilder::new(placement)
-                .name(&format!("kappa-shard-{index}"))
-                .preempt_timer(config.preempt_timer())
-                .io_memory(config.io_memory_bytes)
-                .spawn(move || shard::run(id, shard_config, receiver))
-                .map_err(|e| Error::Start { shard: index as u16, reason: e.to_string() })?;
+            let handle = watchdog::spawn_executor(
+                format!("kappa-shard-{index}"),
+                LocalExecutorBuilder::new(placement)
+                    .preempt_timer(config.preempt_timer())
+                    .io_memory(config.io_memory_bytes),
+                guard.pulse(index),
+                move || shard::run(id, shard_config, receiver),
+            )
+            .map_err(|e| Error::Start { shard: index as u16, reason: e.to_string() })?;
             senders.push(sender);
             threads.push(handle);
         }
@@ -147,6 +153,7 @@ impl Engine {
                 topics: RwLock::new(BTreeMap::new()),
                 threads: Mutex::new(threads),
                 shut_down: AtomicBool::new(false),
+                guard,
             }),
         };
         meta::finish_deletions(&data_dir)?;
@@ -337,6 +344,7 @@ impl Engine {
             .map(|shard| {
                 let mut m = self.inner.call(shard, |reply| Request::Metrics { reply })?;
                 m.late_probes = self.inner.monitor.late_probes(shard);
+                m.watchdog = self.inner.guard.metrics(m.shard);
                 Ok(m)
             })
             .collect()
@@ -687,6 +695,7 @@ impl Engine {
                 });
             }
         }
+        self.inner.guard.stop();
         first_error.map_or(Ok(()), Err)
     }
 }

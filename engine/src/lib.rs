@@ -23,6 +23,7 @@ mod producer;
 pub mod router;
 pub mod shard;
 pub mod view;
+pub mod watchdog;
 
 pub use clock::{Clock, FixedClock, SystemClock};
 pub use config::{EngineBuilder, EngineConfig, TopicConfig};
@@ -31,9 +32,10 @@ pub use engine::Engine;
 pub use error::Error;
 pub use kappa_storage as storage;
 pub use kappa_storage::{Durability, OwnedBatch, RecordRef, Seek};
-pub use metrics::{ConsumerMetrics, PartitionMetrics, ShardMetrics, ViewMetrics};
+pub use metrics::{ConsumerMetrics, PartitionMetrics, ShardMetrics, ViewMetrics, WatchdogMetrics};
 pub use producer::{Ack, BatchAck, PendingAck, Producer, ProducerBatch, ProducerRecord};
 pub use router::ShardId;
 pub use view::{
     stored_view, Offsets, Rebuild, Row, Start, StoredView, VersionProgress, ViewDef, ViewHandle,
 };
+pub use watchdog::WatchdogConfig;

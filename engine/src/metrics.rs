@@ -27,6 +27,8 @@ pub struct ShardMetrics {
     /// the shard thread was blocked (a synchronous file write) or its executor slept through a
     /// queued request.
     pub late_probes: u64,
+    /// The shard's watchdog counters (see `crate::watchdog`).
+    pub watchdog: WatchdogMetrics,
 }
 
 /// Where one view partition stands, with its records skipped by cause.
@@ -42,6 +44,19 @@ pub struct ViewMetrics {
     pub activity: crate::view::Activity,
     /// Times the partition was seen behind and not moving for a second.
     pub stalls: u64,
+}
+
+/// What the watchdog saw of one shard since the engine started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WatchdogMetrics {
+    /// Beats of the shard's pulse so far: it grows while the shard's scheduler runs.
+    pub pulse_beats: u64,
+    /// Times the shard's pulse stood still for `WatchdogConfig::stall_after`.
+    pub stalls: u64,
+    /// Kick signals sent to the shard's thread.
+    pub kicks: u64,
+    /// The longest stall that ended, in milliseconds.
+    pub longest_stall_ms: u64,
 }
 
 /// Offsets and size of one partition.

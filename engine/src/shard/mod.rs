@@ -619,6 +619,7 @@ fn metrics(shard: &Shard) -> ShardMetrics {
             })
             .collect(),
         late_probes: 0,
+        watchdog: Default::default(), // filled in by `Engine::metrics`
     }
 }
 

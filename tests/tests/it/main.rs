@@ -11,3 +11,4 @@ mod semantics;
 mod serve;
 mod tidy;
 mod views;
+mod watchdog;
