@@ -92,6 +92,10 @@ pub struct PartitionState {
     pub max_event_time: i64,
     pub counters: Counters,
     key: Vec<u8>,
+    /// Only in a partial state that a replay range task folds (`range.rs`): per window end, the
+    /// (record, window) pairs folded in that the range's own watermark did not close. Whether
+    /// they were late depends on the event times before the range, known when it is merged.
+    undecided: Option<BTreeMap<i64, u64>>,
 }
 
 impl PartitionState {
@@ -102,6 +106,7 @@ impl PartitionState {
             max_event_time: i64::MIN,
             counters: Counters::default(),
             key: Vec::new(),
+            undecided: None,
         }
     }
 
@@ -165,6 +170,7 @@ impl PartitionState {
             self.groups.insert(self.key.clone(), BTreeMap::new());
         }
         let counters = &mut self.counters;
+        let undecided = &mut self.undecided;
         let windows = self.groups.get_mut(self.key.as_slice()).expect("inserted above");
         match def.window {
             Window::Session { gap_ms } => {
@@ -180,6 +186,8 @@ impl PartitionState {
                         }
                         LatePolicy::Update => counters.late_updated += 1,
                     }
+                } else if let Some(undecided) = undecided {
+                    *undecided.entry(end).or_insert(0) += 1;
                 }
                 let cell = windows
                     .entry(start)
@@ -424,3 +432,6 @@ pub fn read_checkpoint(path: &Path) -> Result<PartitionState, Error> {
 
 #[cfg(test)]
 mod tests;
+
+mod range;
+pub use range::{splittable, MergeError, RangeFold};
