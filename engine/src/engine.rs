@@ -123,8 +123,12 @@ impl Engine {
         let mut senders = Vec::with_capacity(shard_count);
         let mut threads = Vec::with_capacity(shard_count);
         let guard = watchdog::ShardGuard::start(shard_count, &config.watchdog, &data_dir)?;
-        for index in 0..shard_count {
-            let (sender, receiver) = flume::bounded(config.request_queue_max);
+        let channels: Vec<_> =
+            (0..shard_count).map(|_| flume::bounded(config.request_queue_max)).collect();
+        let peers: Vec<flume::WeakSender<Request>> =
+            channels.iter().map(|(sender, _)| sender.downgrade()).collect();
+        for (index, (sender, receiver)) in channels.into_iter().enumerate() {
+            let peers = peers.clone();
             let placement = match cpus.get(index % cpus.len().max(1)) {
                 Some(cpu) => Placement::Fixed(*cpu),
                 None => Placement::Unbound,
@@ -137,7 +141,7 @@ impl Engine {
                     .preempt_timer(config.preempt_timer())
                     .io_memory(config.io_memory_bytes),
                 guard.pulse(index),
-                move || shard::run(id, shard_config, receiver),
+                move || shard::run(id, shard_config, receiver, peers),
             )
             .map_err(|e| Error::Start { shard: index as u16, reason: e.to_string() })?;
             senders.push(sender);

@@ -26,13 +26,15 @@ pub mod view;
 pub mod watchdog;
 
 pub use clock::{Clock, FixedClock, SystemClock};
-pub use config::{EngineBuilder, EngineConfig, TopicConfig};
+pub use config::{EngineBuilder, EngineConfig, ReplayConfig, TopicConfig};
 pub use consumer::Consumer;
 pub use engine::Engine;
 pub use error::Error;
 pub use kappa_storage as storage;
 pub use kappa_storage::{Durability, OwnedBatch, RecordRef, Seek};
-pub use metrics::{ConsumerMetrics, PartitionMetrics, ShardMetrics, ViewMetrics, WatchdogMetrics};
+pub use metrics::{
+    ConsumerMetrics, PartitionMetrics, ReplayMetrics, ShardMetrics, ViewMetrics, WatchdogMetrics,
+};
 pub use producer::{Ack, BatchAck, PendingAck, Producer, ProducerBatch, ProducerRecord};
 pub use router::ShardId;
 pub use view::{

@@ -33,7 +33,10 @@ use crate::router::ShardId;
 use crate::view::runner::{self as view_runner, ViewPartition};
 use crate::Error;
 
+pub(crate) mod replay;
 mod views;
+
+use replay::ReplayControl;
 
 /// A closure run on a shard (see `Engine::run_on_partition`).
 pub(crate) type ShardJob = Box<dyn FnOnce(Rc<Shard>) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
@@ -157,6 +160,11 @@ pub struct Shard {
     maintenance: TaskQueueHandle,
     request_queue: flume::Receiver<Request>,
     stopping: Cell<bool>,
+    /// Every shard's request channel, this one's included, in shard order; weak, so the engine
+    /// dropping its senders still ends the request loops. Range tasks of a rebuild go there.
+    peers: Vec<flume::WeakSender<Request>>,
+    /// The live-latency controller: how much of this shard replay may take.
+    replay_control: Rc<ReplayControl>,
 }
 
 impl Shard {
@@ -181,6 +189,35 @@ impl Shard {
     pub fn maintenance_queue(&self) -> TaskQueueHandle {
         self.maintenance
     }
+
+    pub(crate) fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// The number of shards of the engine.
+    pub(crate) fn shard_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    pub(crate) fn replay_control(&self) -> &Rc<ReplayControl> {
+        &self.replay_control
+    }
+
+    /// Runs `job` on shard `target` (this one included): it gets that shard's `Rc<Shard>`.
+    /// Waits while the target's request channel is full (backpressure).
+    pub(crate) async fn run_on(self: &Rc<Self>, target: usize, job: ShardJob) -> Result<(), Error> {
+        if target == usize::from(self.id.0) {
+            glommio::spawn_local_into(job(self.clone()), self.live)
+                .expect("the live queue exists")
+                .detach();
+            return Ok(());
+        }
+        let sender = self.peers.get(target).and_then(flume::WeakSender::upgrade);
+        match sender {
+            Some(sender) => sender.send_async(Request::Run(job)).await.map_err(|_| Error::ShutDown),
+            None => Err(Error::ShutDown),
+        }
+    }
 }
 
 /// The body of a shard's executor thread: creates the task queues, serves requests until
@@ -189,14 +226,21 @@ pub(crate) async fn run(
     id: ShardId,
     config: Arc<EngineConfig>,
     requests: flume::Receiver<Request>,
+    peers: Vec<flume::WeakSender<Request>>,
 ) {
     let executor = glommio::executor();
+    let replay_control = Rc::new(ReplayControl::new(config.replay, config.live_latency_budget));
     let live = executor.create_task_queue(
         Shares::Static(1000),
         Latency::Matters(config.live_latency_budget),
         "live",
     );
-    let replay = executor.create_task_queue(Shares::Static(100), Latency::NotImportant, "replay");
+    // Replay's shares move with the live-latency controller (`replay.rs`).
+    let replay = executor.create_task_queue(
+        Shares::Dynamic(replay_control.shares()),
+        Latency::NotImportant,
+        "replay",
+    );
     let maintenance =
         executor.create_task_queue(Shares::Static(50), Latency::NotImportant, "maintenance");
     let shard = Rc::new(Shard {
@@ -218,7 +262,15 @@ pub(crate) async fn run(
         maintenance,
         request_queue: requests,
         stopping: Cell::new(false),
+        peers,
+        replay_control,
     });
+    let control = {
+        let stopping = shard.clone();
+        let control =
+            replay::control_loop(shard.replay_control.clone(), move || stopping.stopping.get());
+        glommio::spawn_local_into(control, live).expect("the live queue exists")
+    };
     let retention = glommio::spawn_local_into(retention_loop(shard.clone()), maintenance)
         .expect("the maintenance queue exists");
     let heartbeat =
@@ -228,6 +280,7 @@ pub(crate) async fn run(
     serve.await;
     drop(retention);
     drop(heartbeat);
+    drop(control);
 }
 
 async fn serve(shard: Rc<Shard>) {
@@ -429,7 +482,9 @@ fn append(
         {
             let mut counters = shard.counters.borrow_mut();
             counters.appends_in_flight -= 1;
-            counters.append_ack_latency_ns.saturating_record(started.elapsed().as_nanos() as u64);
+            let ns = started.elapsed().as_nanos() as u64;
+            counters.append_ack_latency_ns.saturating_record(ns);
+            shard.replay_control.record_live(ns);
         }
         let ack = result
             .map(|info| BatchAck {
@@ -593,6 +648,7 @@ fn metrics(shard: &Shard) -> ShardMetrics {
         batches_appended: counters.batches_appended,
         appends_in_flight: counters.appends_in_flight,
         append_ack_latency_ns: counters.append_ack_latency_ns.clone(),
+        replay: shard.replay_control.metrics(),
         fsync_count,
         fsync_latency_ns,
         request_queue_len: shard.request_queue.len(),

@@ -34,6 +34,8 @@ pub enum Activity {
     CheckpointSync,
     /// Writing a checkpoint file (blocking the shard thread).
     CheckpointWrite,
+    /// Waiting for the next range task (on this or another shard) to merge (`split.rs`).
+    ReplayTasks,
     /// Stopped: dropped, failed or shut down.
     Stopped,
 }
@@ -47,6 +49,7 @@ impl std::fmt::Display for Activity {
             Activity::WaitingReadable => "waiting for readable records",
             Activity::CheckpointSync => "checkpoint: waiting for the log's sync",
             Activity::CheckpointWrite => "checkpoint: writing the file",
+            Activity::ReplayTasks => "waiting for a range task to merge",
             Activity::Stopped => "stopped",
         })
     }
@@ -106,6 +109,8 @@ pub(crate) struct ViewPartition {
     pub(crate) replaying: StdCell<bool>,
     pub(crate) watch: StdCell<Watch>,
     pub(crate) stalls: StdCell<u64>,
+    /// Range tasks of this partition's replay not merged yet (`split.rs`).
+    pub(crate) replay_tasks: StdCell<usize>,
     since_checkpoint: StdCell<u64>,
     consumed_at_start: u64,
     /// When this partition started on the shard: progress rates only, never a decision.
@@ -130,6 +135,7 @@ impl ViewPartition {
             replaying: StdCell::new(true),
             watch: StdCell::new(Watch::default()),
             stalls: StdCell::new(0),
+            replay_tasks: StdCell::new(0),
             since_checkpoint: StdCell::new(0),
             consumed_at_start,
             started,
@@ -158,7 +164,16 @@ impl ViewPartition {
             error: self.error.borrow().clone(),
             activity: self.activity.get(),
             stalls: self.stalls.get(),
+            replay_tasks: self.replay_tasks.get(),
         }
+    }
+
+    pub(crate) fn add_since_checkpoint(&self, records: u64) {
+        self.since_checkpoint.set(self.since_checkpoint.get() + records);
+    }
+
+    pub(crate) fn checkpoint_due(&self) -> bool {
+        self.since_checkpoint.get() >= self.version.def.checkpoint_every_records
     }
 
     /// Records an error that stopped the partition, and tells waiters.
@@ -225,7 +240,7 @@ fn checkpoints(dir: &Path) -> Vec<PathBuf> {
 
 /// Writes a checkpoint of the partition after making sure the log holds (synced) everything it
 /// covers, then keeps only the newest two.
-async fn checkpoint(log: &PartitionLog, vp: &ViewPartition) {
+pub(crate) async fn checkpoint(log: &PartitionLog, vp: &ViewPartition) {
     let was = vp.activity.replace(Activity::CheckpointSync);
     // A checkpoint must never cover records a crash could still lose.
     if let Err(e) = log.sync().await {
@@ -275,7 +290,19 @@ pub(crate) async fn run(
     live: bool,
 ) {
     vp.replaying.set(!live);
-    let mut reader = match log.reader(seek) {
+    let mut seek = seek;
+    if !live {
+        // Sealed history first, as range tasks over every shard, where the view allows it.
+        if let Some(next) = crate::view::split::replay_ranges(&shard, &log, &vp, seek).await {
+            seek = next;
+        }
+    }
+    let control = shard.replay_control().clone();
+    // Whole-partition replay counts as replay work for the controller, and reads at its pace.
+    let active = (!live).then(|| control.active());
+    let reader =
+        log.reader(seek).map(|r| if live { r } else { r.with_read_ahead(control.read_ahead()) });
+    let mut reader = match reader {
         Ok(reader) => reader,
         Err(e) => {
             vp.fail(e.to_string());
@@ -300,6 +327,9 @@ pub(crate) async fn run(
                     (st.counters.consumed - before, st.next_offset)
                 };
                 vp.version.partition_folded(vp.partition, next_offset);
+                if !live {
+                    control.folded(n);
+                }
                 vp.bytes_consumed.set(vp.bytes_consumed.get() + batch.batch.payload().len() as u64);
                 vp.since_checkpoint.set(vp.since_checkpoint.get() + n);
                 if vp.since_checkpoint.get() >= def.checkpoint_every_records {
@@ -320,6 +350,7 @@ pub(crate) async fn run(
                     tracing::info!(view = %vp.version.view, version = vp.version.number, partition = vp.partition,
                         offset, "view partition caught up; following the live tail");
                     vp.version.partition_caught_up();
+                    drop(active);
                     let task =
                         run(shard.clone(), log.clone(), vp.clone(), Seek::Offset(offset), true);
                     glommio::spawn_local_into(task, shard.live_queue())

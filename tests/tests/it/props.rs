@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use kappa_engine::operator::{Aggregate, LatePolicy, Window};
 use kappa_engine::{
-    BatchAck, Durability, Engine, ProducerBatch, Seek, TopicConfig, ViewDef, ViewHandle,
+    BatchAck, Durability, Engine, ProducerBatch, ReplayConfig, Seek, TopicConfig, ViewDef,
+    ViewHandle,
 };
 use kappa_storage::LogConfig;
 use proptest::prelude::*;
@@ -89,6 +90,9 @@ pub struct Case {
     pub partitions: u32,
     pub shards: [usize; 2],
     pub checkpoint_every: u64,
+    /// The smallest replay range task: splits of the sealed history over the shards at random
+    /// points (1<<30: never split, whole partitions).
+    pub task_records_min: u64,
     pub specs: Vec<Spec>,
     /// Produced before the views exist, while they run, and after a restart.
     pub phases: [Vec<Gen>; 3],
@@ -208,15 +212,12 @@ fn case_strategy() -> impl Strategy<Value = Case> {
         1u32..=4,
         [0usize..4, 0usize..4],
         prop_oneof![Just(1u64), Just(7), Just(40), Just(1_000_000)],
+        prop_oneof![Just(1u64), Just(3), Just(11), Just(40), Just(1 << 30)],
         proptest::collection::vec(spec_strategy(), 1..=3),
         [phase(), phase(), phase()],
     )
-        .prop_map(|(partitions, shards, checkpoint_every, specs, phases)| Case {
-            partitions,
-            shards,
-            checkpoint_every,
-            specs,
-            phases,
+        .prop_map(|(partitions, shards, checkpoint_every, task_records_min, specs, phases)| {
+            Case { partitions, shards, checkpoint_every, task_records_min, specs, phases }
         })
 }
 
@@ -226,12 +227,15 @@ fn shard_count(pick: usize) -> usize {
     1 + pick % cpus
 }
 
-fn engine(dir: &std::path::Path, shards: usize) -> Engine {
+fn engine(dir: &std::path::Path, shards: usize, task_records_min: u64) -> Engine {
+    // Segments of one block: the history is mostly sealed, so rebuilds and fresh views split
+    // it into range tasks over the shards.
     Engine::builder()
         .data_dir(dir)
         .shards(shards)
         .io_memory_bytes(4 << 20)
-        .log_config(LogConfig { segment_size_bytes_max: 64 * 1024, ..LogConfig::default() })
+        .log_config(LogConfig { segment_size_bytes_max: 4096, ..LogConfig::default() })
+        .replay(ReplayConfig { task_records_min, tasks_per_shard: 3, ..ReplayConfig::default() })
         .build()
         .expect("engine")
 }
@@ -402,7 +406,7 @@ fn run_case(case: &Case) -> Result<(), String> {
     let mut index = 0;
     let names: Vec<String> = (0..case.specs.len()).map(|i| format!("v{i}")).collect();
     {
-        let engine = engine(temp.path(), shard_count(case.shards[0]));
+        let engine = engine(temp.path(), shard_count(case.shards[0]), case.task_records_min);
         engine.create_topic(TOPIC, TopicConfig::new(case.partitions)).map_err(err)?;
         // History first: the views replay it, then follow the tail.
         produce(&engine, &case.phases[0], index);
@@ -434,7 +438,7 @@ fn run_case(case: &Case) -> Result<(), String> {
         engine.shutdown().map_err(err)?;
     }
     // Restart, maybe with another shard count: resume version 2 from its checkpoints, then more.
-    let engine = engine(temp.path(), shard_count(case.shards[1]));
+    let engine = engine(temp.path(), shard_count(case.shards[1]), case.task_records_min);
     let mut views = Vec::new();
     for (spec, name) in case.specs.iter().zip(&names) {
         let view = engine.create_view(name, def(spec, "b", case.checkpoint_every)).map_err(err)?;
