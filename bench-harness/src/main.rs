@@ -18,6 +18,7 @@ mod http;
 mod ingest;
 mod limit;
 mod plot;
+mod rebuild;
 mod recovery;
 mod replay;
 mod report;
@@ -57,6 +58,12 @@ enum Command {
     Recovery(recovery::Args),
     /// Rebuild a view from offset 0 on one shard, paired with raw-device reads.
     Replay(replay::Args),
+    /// One partition's history rebuilt with 1..N shards (range tasks on every shard), on the data
+    /// dir and on tmpfs.
+    Scaling(rebuild::ScalingArgs),
+    /// Live append latency without and with a rebuild, and the rebuild's rate with and without
+    /// live load.
+    Mixed(rebuild::MixedArgs),
     /// Records/s through the HTTP API (NDJSON batches of 1000) beside the embedded API's rate.
     Http(http::Args),
     /// The child process of the recovery scenario.
@@ -90,6 +97,8 @@ fn main() -> anyhow::Result<()> {
         Command::Recovery(args) => (args.common.json.clone(), recovery::scenario(args)),
         Command::Replay(args) => (args.common.json.clone(), replay::scenario(args)),
         Command::Http(args) => (args.common.json.clone(), http::scenario(args)),
+        Command::Scaling(args) => (args.common.json.clone(), rebuild::scaling(args)),
+        Command::Mixed(args) => (args.common.json.clone(), rebuild::mixed(args)),
     };
     let outcome = outcome?;
     outcome.print();
@@ -118,8 +127,11 @@ pub fn run_scenario(name: &str, argv: &[String]) -> anyhow::Result<report::Outco
         "recovery" => recovery::scenario(parse(argv)?),
         "replay" => replay::scenario(parse(argv)?),
         "http" => http::scenario(parse(argv)?),
+        "scaling" => rebuild::scaling(parse(argv)?),
+        "mixed" => rebuild::mixed(parse(argv)?),
         other => anyhow::bail!(
-            "unknown scenario {other:?}: expected disk, storage, ingest, tail, replay, recovery, http"
+            "unknown scenario {other:?}: expected disk, storage, ingest, tail, replay, recovery, \
+             http, scaling, mixed"
         ),
     }
 }
