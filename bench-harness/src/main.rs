@@ -23,6 +23,7 @@ mod recovery;
 mod replay;
 mod report;
 mod run;
+mod stall;
 mod stats;
 mod storage;
 mod tail;
@@ -66,6 +67,8 @@ enum Command {
     Mixed(rebuild::MixedArgs),
     /// Records/s through the HTTP API (NDJSON batches of 1000) beside the embedded API's rate.
     Http(http::Args),
+    /// The longest executor stall of a shard under load with segment rolls and view checkpoints.
+    Stall(stall::Args),
     /// The child process of the recovery scenario.
     #[command(hide = true)]
     RecoveryWriter { dir: PathBuf, size_mib: u64 },
@@ -99,6 +102,7 @@ fn main() -> anyhow::Result<()> {
         Command::Http(args) => (args.common.json.clone(), http::scenario(args)),
         Command::Scaling(args) => (args.common.json.clone(), rebuild::scaling(args)),
         Command::Mixed(args) => (args.common.json.clone(), rebuild::mixed(args)),
+        Command::Stall(args) => (args.common.json.clone(), stall::scenario(args)),
     };
     let outcome = outcome?;
     outcome.print();
@@ -129,9 +133,10 @@ pub fn run_scenario(name: &str, argv: &[String]) -> anyhow::Result<report::Outco
         "http" => http::scenario(parse(argv)?),
         "scaling" => rebuild::scaling(parse(argv)?),
         "mixed" => rebuild::mixed(parse(argv)?),
+        "stall" => stall::scenario(parse(argv)?),
         other => anyhow::bail!(
             "unknown scenario {other:?}: expected disk, storage, ingest, tail, replay, recovery, \
-             http, scaling, mixed"
+             http, scaling, mixed, stall"
         ),
     }
 }

@@ -39,6 +39,12 @@ pub struct EngineConfig {
     pub clock: Arc<dyn Clock>,
     /// Fault injection for tests: every append on every shard first sleeps this long.
     pub append_delay: Option<Duration>,
+    /// Each shard's stall probe sleeps this long in a loop and records how late it wakes
+    /// (`ShardMetrics::executor_stall_ns`); `None` turns it off.
+    pub stall_probe_interval: Option<Duration>,
+    /// How often each shard applies its partitions' retention (`Engine::apply_retention` runs it
+    /// at once).
+    pub retention_interval: Duration,
     /// The shards' pulse and watchdog (`crate::watchdog`): bounds how long glommio can leave a
     /// shard parked with runnable tasks, and warns about and kicks a shard that stops running.
     pub watchdog: WatchdogConfig,
@@ -108,6 +114,8 @@ impl EngineConfig {
             log: LogConfig::default(),
             clock: Arc::new(SystemClock),
             append_delay: None,
+            stall_probe_interval: Some(Duration::from_millis(1)),
+            retention_interval: Duration::from_secs(60),
             watchdog: WatchdogConfig::default(),
             replay: ReplayConfig::default(),
         }
@@ -156,6 +164,18 @@ impl EngineConfig {
             if value == 0 {
                 return Err(Error::Config { field, reason: "must be at least 1".into() });
             }
+        }
+        if self.stall_probe_interval.is_some_and(|i| i < Duration::from_micros(100)) {
+            return Err(Error::Config {
+                field: "stall_probe_interval",
+                reason: "must be at least 100 µs (or None)".into(),
+            });
+        }
+        if self.retention_interval < Duration::from_millis(10) {
+            return Err(Error::Config {
+                field: "retention_interval",
+                reason: "must be at least 10 ms".into(),
+            });
         }
         self.watchdog.validate()?;
         self.log.validate()?;
@@ -216,6 +236,14 @@ impl EngineBuilder {
         self.config.replay = replay;
         self
     }
+    pub fn stall_probe_interval(mut self, interval: Option<Duration>) -> Self {
+        self.config.stall_probe_interval = interval;
+        self
+    }
+    pub fn retention_interval(mut self, interval: Duration) -> Self {
+        self.config.retention_interval = interval;
+        self
+    }
     pub fn watchdog(mut self, watchdog: WatchdogConfig) -> Self {
         self.config.watchdog = watchdog;
         self
@@ -239,6 +267,13 @@ pub struct TopicConfig {
     /// recomputed from history).
     pub retention_bytes_max: Option<u64>,
     pub retention_ms_max: Option<i64>,
+    /// How many partitions keyed records are spread over: the partition count the topic was
+    /// created with. `Engine::add_partitions` sets it (once) and never changes it again, so a
+    /// key stays in the partition it always went to, and its records stay in order there. The
+    /// added partitions take unkeyed records (round robin over every partition) and records sent
+    /// to a chosen partition. `None`: every partition (the topic was never grown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_partitions: Option<u32>,
 }
 
 impl TopicConfig {
@@ -248,7 +283,13 @@ impl TopicConfig {
             segment_size_bytes_max: None,
             retention_bytes_max: None,
             retention_ms_max: None,
+            key_partitions: None,
         }
+    }
+
+    /// The partitions keyed records route over (see `key_partitions`).
+    pub fn key_partition_count(&self) -> u32 {
+        self.key_partitions.unwrap_or(self.partitions).clamp(1, self.partitions.max(1))
     }
 
     pub(crate) fn log_config(&self, base: &LogConfig) -> LogConfig {

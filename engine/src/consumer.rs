@@ -12,12 +12,15 @@ use std::time::Duration;
 
 use kappa_storage::OwnedBatch;
 
+use crate::shard::link::Link;
 use crate::shard::SubscriptionState;
 use crate::Error;
 
 pub struct Consumer {
     pub(crate) receiver: flume::Receiver<Result<OwnedBatch, Error>>,
     pub(crate) state: Arc<SubscriptionState>,
+    /// The owning shard: a wait ends with `ShardDied` if it dies.
+    pub(crate) link: Link,
 }
 
 impl Consumer {
@@ -38,29 +41,26 @@ impl Consumer {
         self.state.end_offset.load(Ordering::Relaxed).saturating_sub(self.position())
     }
 
-    /// Blocks until the next batch arrives. `Err(ShutDown)` once the engine stopped.
+    /// Blocks until the next batch arrives. `Err(ShutDown)` once the engine stopped,
+    /// `Err(ShardDied)` if the partition's shard died.
     pub fn next_batch(&mut self) -> Result<OwnedBatch, Error> {
-        let batch = self.receiver.recv().map_err(|_| Error::ShutDown)??;
+        let batch = self.link.recv(&self.receiver)?;
         self.advance(&batch);
         Ok(batch)
     }
 
     /// Like `next_batch`, but gives up after `timeout` with `Ok(None)`.
     pub fn next_batch_timeout(&mut self, timeout: Duration) -> Result<Option<OwnedBatch>, Error> {
-        match self.receiver.recv_timeout(timeout) {
-            Ok(batch) => {
-                let batch = batch?;
-                self.advance(&batch);
-                Ok(Some(batch))
-            }
-            Err(flume::RecvTimeoutError::Timeout) => Ok(None),
-            Err(flume::RecvTimeoutError::Disconnected) => Err(Error::ShutDown),
+        let batch = self.link.recv_timeout(&self.receiver, timeout)?;
+        if let Some(batch) = &batch {
+            self.advance(batch);
         }
+        Ok(batch)
     }
 
     /// `next_batch` for async code.
     pub async fn next_batch_async(&mut self) -> Result<OwnedBatch, Error> {
-        let batch = self.receiver.recv_async().await.map_err(|_| Error::ShutDown)??;
+        let batch = self.link.recv_async(&self.receiver).await?;
         self.advance(&batch);
         Ok(batch)
     }

@@ -3,9 +3,18 @@
 //! The handle is `Send + Sync + Clone`-able through `Arc`; its methods talk to shards through their
 //! bounded request channels. The topic registry (`RwLock<BTreeMap>`) is read when a producer routes
 //! a record: control-plane data read outside the shards, never touched on a shard's data path.
+//!
+//! Metadata changes (topics and views: create, delete, rebuild, serve, drop) are serialized by one
+//! lock (`Inner::meta_lock`), held from the check that a name is free to the registry insert, so
+//! concurrent creators of one topic see exactly one winner, and memory and disk agree. A topic
+//! enters the registry only after all its partitions are open and its definition is durable; a
+//! create that fails part way removes what it made (`meta`'s marker finishes it after a crash).
+//! Every file operation goes through the configured `Disk` (`EngineConfig::log.disk`).
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -15,10 +24,12 @@ use kappa_storage::{PartitionLog, Seek};
 
 use crate::config::{EngineBuilder, EngineConfig, TopicConfig};
 use crate::consumer::Consumer;
+use crate::lock::DirLock;
 use crate::meta;
 use crate::metrics::{PartitionMetrics, ShardMetrics};
 use crate::producer::Producer;
 use crate::router::{shard_for, ShardId};
+use crate::shard::link::{self, Link};
 use crate::shard::{self, Request, ShardJob, SubscriptionState};
 use crate::view::{self, Rebuild, ViewDef, ViewHandle};
 use crate::watchdog;
@@ -35,20 +46,38 @@ pub(crate) struct TopicMeta {
 pub(crate) struct Inner {
     pub(crate) config: Arc<EngineConfig>,
     views: RwLock<BTreeMap<String, Arc<view::Entry>>>,
-    senders: Vec<flume::Sender<Request>>,
+    links: Vec<Link>,
     topics: RwLock<BTreeMap<String, Arc<TopicMeta>>>,
     threads: Mutex<Vec<watchdog::ExecutorHandle<()>>>,
     shut_down: AtomicBool,
-    monitor: Arc<crate::monitor::Monitor>,
-    guard: watchdog::ShardGuard,
+    /// Serializes topic and view metadata changes (see the module doc).
+    meta_lock: Mutex<()>,
+    pub(crate) monitor: Arc<crate::monitor::Monitor>,
+    pub(crate) guard: watchdog::ShardGuard,
+    /// `DIR/.lock`, released at the end of `shutdown`.
+    lock: Mutex<Option<DirLock>>,
+    /// What opening the data dir found and repaired.
+    open_report: Mutex<OpenReport>,
 }
 
 /// The embedded engine. Dropping it shuts it down cleanly (flush, sync, close).
 pub struct Engine {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
+    /// The engine `start` returned (dropping it shuts down), or a handle an async twin lent to
+    /// a helper thread (dropping it does nothing).
+    owner: bool,
 }
 
 impl Inner {
+    /// The storage seam every engine file operation goes through.
+    pub(crate) fn disk(&self) -> &kappa_storage::io::Disk {
+        &self.config.log.disk
+    }
+
+    fn lock_meta(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.meta_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     pub(crate) fn topic(&self, name: &str) -> Result<Arc<TopicMeta>, Error> {
         if self.shut_down.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
@@ -58,22 +87,36 @@ impl Inner {
     }
 
     pub(crate) fn send_blocking(&self, shard: usize, request: Request) -> Result<(), Error> {
-        self.senders[shard].send(request).map_err(|_| Error::ShutDown)
+        self.links[shard].send(request)
     }
 
     pub(crate) async fn send_async(&self, shard: usize, request: Request) -> Result<(), Error> {
-        self.senders[shard].send_async(request).await.map_err(|_| Error::ShutDown)
+        self.links[shard].send_async(request).await
     }
 
     pub(crate) fn try_send(&self, shard: usize, request: Request) -> Result<(), Error> {
-        self.senders[shard].try_send(request).map_err(|e| match e {
-            flume::TrySendError::Full(_) => Error::WouldBlock { shard: shard as u16 },
-            flume::TrySendError::Disconnected(_) => Error::ShutDown,
-        })
+        self.links[shard].try_send(request)
+    }
+
+    /// The way to a shard: its queue, and the waits that end when it dies.
+    pub(crate) fn link(&self, shard: usize) -> &Link {
+        &self.links[shard]
     }
 
     pub(crate) fn is_shut_down(&self) -> bool {
         self.shut_down.load(Ordering::Acquire)
+    }
+
+    /// `Error::ShardDied` for the first shard whose thread died, if one did.
+    pub(crate) fn dead_shard(&self) -> Option<Error> {
+        self.links.iter().find_map(|link| link.life.died())
+    }
+
+    /// Wakes every thread waiting on a view (a shard died: their waits must end).
+    pub(crate) fn wake_view_waiters(&self) {
+        for entry in self.views.read().unwrap_or_else(std::sync::PoisonError::into_inner).values() {
+            entry.notifier.notify();
+        }
     }
 
     /// Sends a request built around a reply channel and waits for the reply.
@@ -84,7 +127,18 @@ impl Inner {
     ) -> Result<T, Error> {
         let (reply, receiver) = flume::bounded(1);
         self.send_blocking(shard, make(reply))?;
-        receiver.recv().map_err(|_| Error::ShutDown)?
+        self.links[shard].recv(&receiver)
+    }
+
+    /// `call` for async code: waits for room and for the reply without blocking the thread.
+    pub(crate) async fn call_async<T>(
+        &self,
+        shard: usize,
+        make: impl FnOnce(shard::Reply<T>) -> Request,
+    ) -> Result<T, Error> {
+        let (reply, receiver) = flume::bounded(1);
+        self.send_async(shard, make(reply)).await?;
+        self.links[shard].recv_async(&receiver).await
     }
 }
 
@@ -97,11 +151,14 @@ impl Engine {
     pub fn start(config: EngineConfig) -> Result<Engine, Error> {
         config.validate()?;
         let data_dir = config.data_dir.clone();
-        std::fs::create_dir_all(&data_dir).map_err(|e| Error::Io {
-            op: "create data dir",
-            path: data_dir.clone(),
-            source: e,
-        })?;
+        let disk = config.log.disk.clone();
+        disk.create_dir_all_blocking(&data_dir)?;
+        // One owner per data dir, before anything in it is read or written. A simulated disk
+        // lives in one process's memory: nothing else can open it, so there is nothing to lock.
+        let lock = match &disk {
+            kappa_storage::io::Disk::Dma => Some(DirLock::acquire(&data_dir)?),
+            kappa_storage::io::Disk::Sim(_) => None,
+        };
         // CPUs this process may run on (its affinity mask, not the machine's CPU count), unless the
         // configuration names them.
         let cpus: Vec<usize> = config.cpus.clone().unwrap_or_else(core_ids);
@@ -120,13 +177,21 @@ impl Engine {
             );
         }
         let config = Arc::new(config);
-        let mut senders = Vec::with_capacity(shard_count);
+        let mut links = Vec::with_capacity(shard_count);
         let mut threads = Vec::with_capacity(shard_count);
         let guard = watchdog::ShardGuard::start(shard_count, &config.watchdog, &data_dir)?;
         let channels: Vec<_> =
             (0..shard_count).map(|_| flume::bounded(config.request_queue_max)).collect();
-        let peers: Vec<flume::WeakSender<Request>> =
-            channels.iter().map(|(sender, _)| sender.downgrade()).collect();
+        let mut lives: Vec<_> =
+            (0..shard_count).map(|index| Some(link::new_life(index as u16))).collect();
+        let peers: Vec<shard::Peer> = channels
+            .iter()
+            .zip(&lives)
+            .map(|((sender, _), life)| shard::Peer {
+                sender: sender.downgrade(),
+                life: life.as_ref().expect("made above").0.clone(),
+            })
+            .collect();
         for (index, (sender, receiver)) in channels.into_iter().enumerate() {
             let peers = peers.clone();
             let placement = match cpus.get(index % cpus.len().max(1)) {
@@ -135,49 +200,53 @@ impl Engine {
             };
             let shard_config = config.clone();
             let id = ShardId(index as u16);
-            let handle = watchdog::spawn_executor(
+            let (life, alive) = lives[index].take().expect("each shard takes its own");
+            let handle = watchdog::spawn_executor_reporting(
                 format!("kappa-shard-{index}"),
                 LocalExecutorBuilder::new(placement)
                     .preempt_timer(config.preempt_timer())
                     .io_memory(config.io_memory_bytes),
                 guard.pulse(index),
                 move || shard::run(id, shard_config, receiver, peers),
+                move |panic| alive.exit(panic),
             )
             .map_err(|e| Error::Start { shard: index as u16, reason: e.to_string() })?;
-            senders.push(sender);
+            links.push(Link { sender, life });
             threads.push(handle);
         }
-        let monitor = crate::monitor::Monitor::start(senders.clone());
+        let monitor =
+            crate::monitor::Monitor::start(links.iter().map(|l| l.sender.clone()).collect());
         let engine = Engine {
+            owner: true,
             inner: Arc::new(Inner {
                 config: config.clone(),
                 views: RwLock::new(BTreeMap::new()),
                 monitor,
-                senders,
+                links,
                 topics: RwLock::new(BTreeMap::new()),
                 threads: Mutex::new(threads),
                 shut_down: AtomicBool::new(false),
+                meta_lock: Mutex::new(()),
                 guard,
+                lock: Mutex::new(lock),
+                open_report: Mutex::new(OpenReport::default()),
             }),
         };
-        meta::finish_deletions(&data_dir)?;
-        // Leftovers of view deletions a crash interrupted (see `delete_view`).
-        let trash = data_dir.join(TRASH_DIR);
-        if trash.exists() {
-            std::fs::remove_dir_all(&trash).map_err(|e| Error::Io {
-                op: "remove",
-                path: trash.clone(),
-                source: e,
-            })?;
+        for link in &engine.inner.links {
+            link.life.set_engine(Arc::downgrade(&engine.inner));
         }
-        for (name, topic) in meta::read_topics(&data_dir)? {
+        let finished = meta::finish_deletions(&disk, &data_dir)?;
+        engine.inner.report().deletions_finished = finished;
+        // Leftovers of view deletions a crash interrupted (see `delete_view`).
+        disk.remove_dir_all_blocking(&data_dir.join(TRASH_DIR))?;
+        for (name, topic) in meta::read_topics(&disk, &data_dir)? {
             engine.open_topic(&name, topic)?;
         }
         Ok(engine)
     }
 
     pub fn shard_count(&self) -> usize {
-        self.inner.senders.len()
+        self.inner.links.len()
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -190,23 +259,77 @@ impl Engine {
     }
 
     /// Creates a topic with `config.partitions` partitions; its definition persists in the data dir.
+    ///
+    /// Atomic: concurrent creators of one name see exactly one winner (the others get
+    /// `TopicExists` with the winner's partition count); the topic becomes visible only once every
+    /// partition is open and its definition is durable; a create that fails part way leaves
+    /// nothing behind (and a crash part way is undone at the next start).
     pub fn create_topic(&self, name: &str, config: TopicConfig) -> Result<(), Error> {
         meta::validate_topic_name(name)?;
         if config.partitions == 0 {
             return Err(Error::Config { field: "partitions", reason: "must be at least 1".into() });
         }
+        if let Some(keyed) = config.key_partitions.filter(|k| *k == 0 || *k > config.partitions) {
+            return Err(Error::Config {
+                field: "key_partitions",
+                reason: format!(
+                    "{keyed} is not between 1 and the {} partitions",
+                    config.partitions
+                ),
+            });
+        }
+        let _meta = self.inner.lock_meta();
         if let Ok(existing) = self.inner.topic(name) {
             return Err(Error::TopicExists {
                 topic: name.to_string(),
                 partitions: existing.config.partitions,
             });
         }
-        if meta::is_deleting(&self.inner.config.data_dir, name) {
+        let (disk, data_dir) = (self.inner.disk(), &self.inner.config.data_dir);
+        if meta::is_deleting(disk, data_dir, name)? {
             // A deletion of the same name failed half way: finish it before reusing the name.
-            meta::finish_deletion(&self.inner.config.data_dir, name)?;
+            meta::finish_deletion(disk, data_dir, name)?;
         }
-        meta::write_topic(&self.inner.config.data_dir, name, &config)?;
-        self.open_topic(name, config)
+        // The marker first: until it goes, a crash undoes this create at the next start.
+        let created = meta::mark_deleting(disk, data_dir, name).and_then(|()| {
+            let shards = self.open_partitions(&Arc::from(name), &config, 0)?;
+            meta::write_topic(disk, data_dir, name, &config)?;
+            meta::clear_marker(disk, data_dir, name)?;
+            Ok(shards)
+        });
+        match created {
+            Ok(shards) => {
+                self.register_topic(name, config, shards);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(topic = name, error = %e, "creating a topic failed; removing what it made");
+                self.close_partitions(name, 0..config.partitions);
+                if let Err(cleanup) = meta::finish_deletion(disk, data_dir, name) {
+                    // The marker stays: the next start finishes the removal.
+                    tracing::error!(topic = name, error = %cleanup,
+                        "removing a failed topic create failed; the next start finishes it");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Closes (and forgets) partitions of a topic that is not in the registry: the cleanup of a
+    /// failed create. Partitions that never opened are skipped by their shards.
+    fn close_partitions(&self, name: &str, partitions: std::ops::Range<u32>) {
+        let topic: Arc<str> = Arc::from(name);
+        for partition in partitions {
+            let shard = usize::from(shard_for(name, partition, self.shard_count()).0);
+            let result = self.inner.call(shard, |reply| Request::Close {
+                topic: topic.clone(),
+                partition,
+                reply,
+            });
+            if let Err(e) = result {
+                tracing::warn!(topic = name, partition, error = %e, "closing a partition of a failed create failed");
+            }
+        }
     }
 
     /// Deletes a topic: its partitions are closed on their shards, then its files and definition
@@ -215,6 +338,7 @@ impl Engine {
     /// be used again. Producers and consumers of the topic get `UnknownTopic` (consumers following
     /// it see their stream end).
     pub fn delete_topic(&self, name: &str) -> Result<(), Error> {
+        let _meta = self.inner.lock_meta();
         let topic = self.inner.topic(name)?;
         let readers: Vec<String> = self
             .inner
@@ -228,8 +352,8 @@ impl Engine {
         if !readers.is_empty() {
             return Err(Error::TopicInUse { topic: name.to_string(), views: readers });
         }
-        let data_dir = &self.inner.config.data_dir;
-        meta::mark_deleting(data_dir, name)?;
+        let (disk, data_dir) = (self.inner.disk(), &self.inner.config.data_dir);
+        meta::mark_deleting(disk, data_dir, name)?;
         self.inner.topics.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(name);
         let mut first_error = None;
         for (partition, shard) in topic.shards.iter().enumerate() {
@@ -244,12 +368,90 @@ impl Engine {
                 first_error.get_or_insert(e);
             }
         }
-        meta::finish_deletion(data_dir, name)?;
+        meta::finish_deletion(disk, data_dir, name)?;
         tracing::info!(topic = name, partitions = topic.config.partitions, "topic deleted");
         match first_error {
             Some(Error::ShutDown) => Err(Error::ShutDown),
             _ => Ok(()),
         }
+    }
+
+    /// Grows a topic to `partitions` partitions. Keys do not move: keyed records keep routing
+    /// over the partitions the topic had before it first grew (`TopicConfig::key_partitions`),
+    /// so each key's records stay in one partition, in order, before and after. The new
+    /// partitions take unkeyed records (round robin over all partitions) and records sent to a
+    /// chosen partition. (Kafka instead rehashes keys over the new count, so a key's new records
+    /// land in another partition than its old ones; to spread keys over more partitions here,
+    /// re-key the topic into a new one by replay.) Refused while a view reads the topic: a view
+    /// version covers the partitions it started with. The new partitions exist on their shards
+    /// before the definition that names them is written and before producers can see them.
+    pub fn add_partitions(&self, name: &str, partitions: u32) -> Result<(), Error> {
+        let _meta = self.inner.lock_meta();
+        let meta = self.inner.topic(name)?;
+        let current = meta.config.partitions;
+        if partitions <= current {
+            return Err(Error::Config {
+                field: "partitions",
+                reason: format!(
+                    "topic {name:?} has {current} partitions; a topic only grows (asked for {partitions})"
+                ),
+            });
+        }
+        let readers: Vec<String> = self
+            .inner
+            .views
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|(_, entry)| entry.topic == name)
+            .map(|(view, _)| view.clone())
+            .collect();
+        if !readers.is_empty() {
+            return Err(Error::TopicInUse { topic: name.to_string(), views: readers });
+        }
+        let mut config = meta.config.clone();
+        config.key_partitions = Some(meta.config.key_partition_count());
+        config.partitions = partitions;
+        let (disk, data_dir) = (self.inner.disk(), &self.inner.config.data_dir);
+        let opened = self
+            .open_partitions(&meta.name, &config, current)
+            .and_then(|shards| meta::write_topic(disk, data_dir, name, &config).map(|()| shards));
+        let shards = match opened {
+            Ok(shards) => shards,
+            Err(e) => {
+                // The definition still names `current` partitions: close the new ones so a later
+                // attempt opens them afresh (their directories hold no record).
+                self.close_partitions(name, current..partitions);
+                return Err(e);
+            }
+        };
+        let grown = Arc::new(TopicMeta { name: meta.name.clone(), config, shards });
+        self.inner
+            .topics
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(name.to_string(), grown);
+        tracing::info!(topic = name, from = current, to = partitions, "topic grown");
+        Ok(())
+    }
+
+    /// Start and end offsets and size of every partition of a topic, in partition order (the
+    /// requests go to every shard at once).
+    pub fn topic_offsets(&self, topic: &str) -> Result<Vec<PartitionMetrics>, Error> {
+        let meta = self.inner.topic(topic)?;
+        let mut waiting = Vec::with_capacity(meta.shards.len());
+        for (partition, shard) in meta.shards.iter().enumerate() {
+            let (reply, receiver) = flume::bounded(1);
+            self.inner.send_blocking(
+                *shard,
+                Request::Offsets { topic: meta.name.clone(), partition: partition as u32, reply },
+            )?;
+            waiting.push((*shard, receiver));
+        }
+        waiting
+            .into_iter()
+            .map(|(shard, receiver)| self.inner.link(shard).recv(&receiver))
+            .collect()
     }
 
     /// Creates the topic unless it exists (with any partition count); returns its partition count.
@@ -258,44 +460,80 @@ impl Engine {
             Ok(existing) => Ok(existing.config.partitions),
             Err(Error::UnknownTopic { .. }) => {
                 let partitions = config.partitions;
-                self.create_topic(name, config)?;
-                Ok(partitions)
+                match self.create_topic(name, config) {
+                    Ok(()) => Ok(partitions),
+                    // Another thread created it first: its count is the topic's.
+                    Err(Error::TopicExists { partitions, .. }) => Ok(partitions),
+                    Err(e) => Err(e),
+                }
             }
             Err(e) => Err(e),
         }
     }
 
+    /// Reopens a topic found in the data dir at start.
     fn open_topic(&self, name: &str, config: TopicConfig) -> Result<(), Error> {
-        let shard_count = self.shard_count();
-        let topic: Arc<str> = Arc::from(name);
-        let shards: Vec<usize> = (0..config.partitions)
-            .map(|p| usize::from(shard_for(name, p, shard_count).0))
-            .collect();
-        let log_config = config.log_config(&self.inner.config.log);
-        let mut waiting = Vec::new();
-        for (partition, shard) in shards.iter().enumerate() {
-            let (reply, receiver) = flume::bounded(1);
-            self.inner.send_blocking(
-                *shard,
-                Request::Open {
-                    topic: topic.clone(),
-                    partition: partition as u32,
-                    config: log_config.clone(),
-                    reply,
-                },
-            )?;
-            waiting.push(receiver);
-        }
-        for receiver in waiting {
-            receiver.recv().map_err(|_| Error::ShutDown)??;
-        }
-        let meta = Arc::new(TopicMeta { name: topic, config, shards });
+        let shards = self.open_partitions(&Arc::from(name), &config, 0)?;
+        self.register_topic(name, config, shards);
+        Ok(())
+    }
+
+    fn register_topic(&self, name: &str, config: TopicConfig, shards: Vec<usize>) {
+        let meta = Arc::new(TopicMeta { name: Arc::from(name), config, shards });
         self.inner
             .topics
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(name.to_string(), meta);
-        Ok(())
+    }
+
+    /// Opens partitions `from..config.partitions` of a topic on their shards (in parallel across
+    /// shards), records what their recovery cut in the open report, and returns the shard of
+    /// every partition of the topic.
+    fn open_partitions(
+        &self,
+        topic: &Arc<str>,
+        config: &TopicConfig,
+        from: u32,
+    ) -> Result<Vec<usize>, Error> {
+        let shard_count = self.shard_count();
+        let shards: Vec<usize> = (0..config.partitions)
+            .map(|p| usize::from(shard_for(topic, p, shard_count).0))
+            .collect();
+        let log_config = config.log_config(&self.inner.config.log);
+        let mut waiting = Vec::new();
+        for partition in from..config.partitions {
+            let shard = shards[partition as usize];
+            let (reply, receiver) = flume::bounded(1);
+            self.inner.send_blocking(
+                shard,
+                Request::Open {
+                    topic: topic.clone(),
+                    partition,
+                    config: log_config.clone(),
+                    reply,
+                },
+            )?;
+            waiting.push((partition, shard, receiver));
+        }
+        let mut first_error = None;
+        for (partition, shard, receiver) in waiting {
+            match self.inner.link(shard).recv(&receiver) {
+                Ok(recovery) => self.inner.report().record(topic, partition, recovery),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(shards), Err)
+    }
+
+    /// What opening the data dir found and repaired: torn tails cut from partitions (file,
+    /// position, bytes and offsets dropped), sealed indexes rebuilt, topic deletions a crash
+    /// interrupted and this start finished. Recovery never cuts silently: this is the API side
+    /// of the warnings it logs.
+    pub fn open_report(&self) -> OpenReport {
+        self.inner.report().clone()
     }
 
     /// Every topic and its definition.
@@ -324,7 +562,7 @@ impl Engine {
             state: state_for_shard,
             reply,
         })?;
-        Ok(Consumer { receiver, state })
+        Ok(Consumer { receiver, state, link: self.inner.link(shard).clone() })
     }
 
     /// Start and end offsets and size of one partition.
@@ -340,6 +578,17 @@ impl Engine {
             partition,
             reply,
         })
+    }
+
+    /// Applies retention on every shard now (it also runs every
+    /// `EngineConfig::retention_interval`); returns the segments deleted. Never deletes records a
+    /// running view version has not folded yet.
+    pub fn apply_retention(&self) -> Result<u64, Error> {
+        let mut deleted = 0;
+        for shard in 0..self.shard_count() {
+            deleted += self.inner.call(shard, |reply| Request::Retention { reply })?;
+        }
+        Ok(deleted)
     }
 
     /// A metrics snapshot of every shard.
@@ -374,14 +623,26 @@ impl Engine {
         let boxed: ShardJob = Box::new(move |shard: Rc<shard::Shard>| {
             Box::pin(async move {
                 let result = match shard.log(&name, partition) {
-                    Some(log) => Ok(job(log).await),
+                    // The job is user code: a panic in it fails this call, not the shard.
+                    Some(log) => {
+                        match futures_lite::FutureExt::catch_unwind(AssertUnwindSafe(job(log)))
+                            .await
+                        {
+                            Ok(value) => Ok(value),
+                            Err(panic) => Err(Error::JobPanicked {
+                                topic: name.to_string(),
+                                partition,
+                                message: crate::view::state::panic_message(&*panic),
+                            }),
+                        }
+                    }
                     None => Err(Error::UnknownTopic { topic: name.to_string() }),
                 };
                 let _ = reply.send(result);
             })
         });
         self.inner.send_blocking(shard, Request::Run(boxed))?;
-        receiver.recv().map_err(|_| Error::ShutDown)?
+        self.inner.link(shard).recv(&receiver)
     }
 
     /// Registers a view and starts maintaining it. If a version built from the same `revision`
@@ -390,6 +651,7 @@ impl Engine {
     pub fn create_view(&self, name: &str, def: ViewDef) -> Result<ViewHandle, Error> {
         meta::validate_topic_name(name)?;
         def.validate()?;
+        let _meta = self.inner.lock_meta();
         let topic = self.inner.topic(&def.topic)?;
         if self
             .inner
@@ -403,19 +665,16 @@ impl Engine {
                 reason: format!("view {name:?} is already open"),
             });
         }
+        let disk = self.inner.disk().clone();
         let dir = view::view_dir(&self.inner.config.data_dir, name);
-        let stored = view::read_meta(&dir)?;
-        if stored.is_none() && dir.exists() {
+        let stored = view::read_meta(&disk, &dir)?;
+        if stored.is_none() && disk.metadata_blocking(&dir)?.is_some() {
             // `meta.json` is written before any version starts, so a view dir without it is a
             // leftover (a checkpoint that landed after `delete_view`): never resume from it.
-            std::fs::remove_dir_all(&dir).map_err(|e| Error::Io {
-                op: "remove",
-                path: dir.clone(),
-                source: e,
-            })?;
+            disk.remove_dir_all_blocking(&dir)?;
         }
-        let history = match stored {
-            Some((stored_topic, _served, history)) => {
+        let (history, failed, stored_served) = match stored {
+            Some(view::Meta { topic: stored_topic, served, revisions: history, failed }) => {
                 if stored_topic != def.topic {
                     return Err(Error::Config {
                         field: "view",
@@ -425,11 +684,15 @@ impl Engine {
                         ),
                     });
                 }
-                history
+                (history, failed, Some(served))
             }
-            None => BTreeMap::new(),
+            None => (BTreeMap::new(), BTreeMap::new(), None),
         };
-        let resumed = history.iter().rev().find(|(_, r)| **r == def.revision).map(|(v, _)| *v);
+        // The version that was served, when it has this revision (after a rollback, an older
+        // version may share its revision with a newer one); else the newest with it.
+        let resumed = stored_served
+            .filter(|v| history.get(v) == Some(&def.revision))
+            .or_else(|| history.iter().rev().find(|(_, r)| **r == def.revision).map(|(v, _)| *v));
         let number = resumed.unwrap_or_else(|| history.keys().next_back().map_or(1, |v| v + 1));
         let entry = Arc::new(view::Entry {
             topic: def.topic.clone(),
@@ -438,9 +701,14 @@ impl Engine {
             swaps: std::sync::atomic::AtomicU64::new(0),
             versions: std::sync::Mutex::new(BTreeMap::new()),
             history: std::sync::Mutex::new(history),
+            failed: std::sync::Mutex::new(failed),
             dir,
+            disk,
             notifier: view::wait::Notifier::default(),
         });
+        if resumed.is_none() {
+            check_seed(&entry, &def)?;
+        }
         entry
             .history
             .lock()
@@ -452,7 +720,16 @@ impl Engine {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(name.to_string(), entry.clone());
-        self.start_version(name, &entry, number, def, topic.config.partitions)?;
+        if let Err(e) = self.start_version(name, &entry, number, def, topic.config.partitions) {
+            // Say, the log no longer holds the start (`ViewBeforeLogStart`): nothing stays open.
+            self.abandon_version(name, &entry, number);
+            self.inner
+                .views
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(name);
+            return Err(e);
+        }
         Ok(ViewHandle::new(self.inner.clone(), name.into(), entry))
     }
 
@@ -462,6 +739,7 @@ impl Engine {
     /// number (`Rebuild::version`) and `Rebuild::wait_swapped` to sleep until the swap.
     pub fn rebuild_view(&self, name: &str, def: ViewDef) -> Result<Rebuild, Error> {
         def.validate()?;
+        let _meta = self.inner.lock_meta();
         let entry = self.view_entry(name)?;
         if def.topic != entry.topic {
             return Err(Error::Config {
@@ -469,6 +747,7 @@ impl Engine {
                 reason: format!("a rebuild must read topic {:?}", entry.topic),
             });
         }
+        check_seed(&entry, &def)?;
         let topic = self.inner.topic(&def.topic)?;
         let number = {
             let mut history =
@@ -478,8 +757,94 @@ impl Engine {
             number
         };
         view::write_meta(&entry)?;
-        let version = self.start_version(name, &entry, number, def, topic.config.partitions)?;
-        Ok(Rebuild::new(self.inner.clone(), name.into(), entry, version))
+        match self.start_version(name, &entry, number, def, topic.config.partitions) {
+            Ok(version) => Ok(Rebuild::new(self.inner.clone(), name.into(), entry, version)),
+            Err(e) => {
+                self.abandon_version(name, &entry, number);
+                entry
+                    .history
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&number);
+                if let Err(meta) = view::write_meta(&entry) {
+                    tracing::warn!(view = name, error = %meta, "recording an abandoned rebuild failed");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Stops the partitions of a version that failed to start on some shard.
+    fn abandon_version(&self, name: &str, entry: &Arc<view::Entry>, number: u32) {
+        if let Some(version) =
+            entry.versions.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&number)
+        {
+            version.dropped.store(true, Ordering::SeqCst);
+        }
+        let view_name: Arc<str> = Arc::from(name);
+        for shard in 0..self.shard_count() {
+            let _ = self.inner.call(shard, |reply| Request::DropView {
+                view: view_name.clone(),
+                version: number,
+                reply,
+            });
+        }
+        entry.notifier.notify();
+    }
+
+    /// Starts again a version of a view that is recorded on disk but not running (a rebuild
+    /// that was in progress, or a version rolled back from, when the process stopped): it
+    /// resumes from its own checkpoints under its own number, and swaps in when it catches up
+    /// if it is newer than the served version, as a rebuild does. `def` must carry the revision
+    /// recorded for that version.
+    pub fn resume_view_version(
+        &self,
+        name: &str,
+        version: u32,
+        def: ViewDef,
+    ) -> Result<Rebuild, Error> {
+        def.validate()?;
+        let entry = self.view_entry(name)?;
+        if def.topic != entry.topic {
+            return Err(Error::Config {
+                field: "view",
+                reason: format!("a version of {name:?} must read topic {:?}", entry.topic),
+            });
+        }
+        let recorded = entry
+            .history
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&version)
+            .cloned();
+        match recorded {
+            None => return Err(Error::UnknownView { view: name.to_string(), version }),
+            Some(revision) if revision != def.revision => {
+                return Err(Error::Config {
+                    field: "revision",
+                    reason: format!(
+                        "version {version} of {name:?} was built from revision {revision:?}, \
+                         not {:?}",
+                        def.revision
+                    ),
+                })
+            }
+            Some(_) => {}
+        }
+        if entry
+            .versions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains_key(&version)
+        {
+            return Err(Error::Config {
+                field: "version",
+                reason: format!("version {version} of {name:?} is already running"),
+            });
+        }
+        let topic = self.inner.topic(&def.topic)?;
+        let started = self.start_version(name, &entry, version, def, topic.config.partitions)?;
+        Ok(Rebuild::new(self.inner.clone(), name.into(), entry, started))
     }
 
     fn start_version(
@@ -506,7 +871,15 @@ impl Engine {
             entry: entry.clone(),
             dir: entry.dir.join(number.to_string()),
             folded: (0..partitions).map(|_| std::sync::atomic::AtomicU64::new(0)).collect(),
-            failure: Mutex::new(None),
+            // A poison record failed this version before a restart: it stays failed.
+            failure: Mutex::new(
+                entry
+                    .failed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .get(&number)
+                    .cloned(),
+            ),
             outcome: std::sync::atomic::AtomicU8::new(outcome),
             dropped: AtomicBool::new(false),
         });
@@ -515,6 +888,22 @@ impl Engine {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(number, version.clone());
+        // What `Start::Checkpoint` from this version checks once it no longer runs.
+        let shape: String = version
+            .def
+            .shape()
+            .iter()
+            .filter_map(|(field, text)| text.as_ref().map(|t| format!("{field}={t}\n")))
+            .collect();
+        std::fs::create_dir_all(&version.dir).map_err(|e| Error::Io {
+            op: "create dir",
+            path: version.dir.clone(),
+            source: e,
+        })?;
+        kappa_storage::io::write_file_atomic(
+            &version.dir.join(view::SHAPE_FILE),
+            shape.as_bytes(),
+        )?;
         let topic = self.inner.topic(&version.def.topic)?;
         for partition in 0..partitions {
             let shard = topic.shards[partition as usize];
@@ -534,6 +923,7 @@ impl Engine {
     /// forward): the switch is one atomic store, like a swap. The version must still be running,
     /// that is, not dropped.
     pub fn serve_view_version(&self, name: &str, version: u32) -> Result<(), Error> {
+        let _meta = self.inner.lock_meta();
         let entry = self.view_entry(name)?;
         if !entry
             .versions
@@ -552,12 +942,16 @@ impl Engine {
                 to = version,
                 "view version served by request"
             );
+            // `wait_for` re-checks against the version served now, `wait_swapped` sees its
+            // version served (or replaced): neither may sleep through the switch.
+            entry.notifier.notify();
         }
         view::write_meta(&entry)
     }
 
     /// Stops a version that is not served and deletes its checkpoints.
     pub fn drop_view_version(&self, name: &str, version: u32) -> Result<(), Error> {
+        let _meta = self.inner.lock_meta();
         let entry = self.view_entry(name)?;
         if entry.served.load(Ordering::Acquire) == version {
             return Err(Error::Config {
@@ -584,8 +978,12 @@ impl Engine {
             })?;
         }
         entry.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&version);
+        entry.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&version);
         view::write_meta(&entry)?;
-        let _ = std::fs::remove_dir_all(&removed.dir);
+        // Not synced: checkpoints of a version no longer in the history are never resumed from.
+        if let Err(e) = entry.disk.remove_dir_all_blocking(&removed.dir) {
+            tracing::warn!(view = name, version, error = %e, "removing a dropped version's checkpoints failed");
+        }
         Ok(())
     }
 
@@ -593,6 +991,7 @@ impl Engine {
     /// directory is first moved to `DIR/trash` (one rename, so a crash never leaves half a view
     /// that a later view of the same name would resume from), then removed.
     pub fn delete_view(&self, name: &str) -> Result<(), Error> {
+        let _meta = self.inner.lock_meta();
         let entry = self
             .inner
             .views
@@ -600,11 +999,15 @@ impl Engine {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(name)
             .ok_or(Error::UnknownView { view: name.to_string(), version: 0 })?;
-        let versions: Vec<u32> = std::mem::take(
+        let versions = std::mem::take(
             &mut *entry.versions.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
-        .into_keys()
-        .collect();
+        );
+        // Waiters fail now (`UnknownView`) instead of sleeping until their timeout.
+        for version in versions.values() {
+            version.dropped.store(true, Ordering::SeqCst);
+        }
+        entry.notifier.notify();
+        let versions: Vec<u32> = versions.into_keys().collect();
         let view_name: Arc<str> = Arc::from(name);
         for version in versions {
             for shard in 0..self.shard_count() {
@@ -615,25 +1018,29 @@ impl Engine {
                 })?;
             }
         }
+        let disk = &entry.disk;
         let trash = self.inner.config.data_dir.join(TRASH_DIR);
-        std::fs::create_dir_all(&trash).map_err(|e| Error::Io {
-            op: "create dir",
-            path: trash.clone(),
-            source: e,
-        })?;
+        disk.create_dir_all_blocking(&trash)?;
         let doomed = trash.join(format!("view-{name}-{}", std::process::id()));
-        match std::fs::rename(&entry.dir, &doomed) {
+        match disk.rename_blocking(&entry.dir, &doomed) {
             Ok(()) => {
                 if let Some(parent) = entry.dir.parent() {
-                    kappa_storage::io::Disk::Dma.sync_dir_blocking(parent)?;
+                    disk.sync_dir_blocking(parent)?;
                 }
-                let _ = std::fs::remove_dir_all(&doomed);
+                if let Err(e) = disk.remove_dir_all_blocking(&doomed) {
+                    tracing::warn!(view = name, error = %e, "emptying the trash failed; the next start does");
+                }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::Io { op: "rename", path: entry.dir.clone(), source: e }),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.into()),
         }
         tracing::info!(view = name, "view deleted");
         Ok(())
+    }
+
+    /// A non-owning handle on the same engine, for a helper thread of an async twin.
+    pub(crate) fn lend(&self) -> Engine {
+        Engine { inner: self.inner.clone(), owner: false }
     }
 
     /// The open views and the topic each reads.
@@ -651,7 +1058,11 @@ impl Engine {
             .ok_or(Error::UnknownView { view: name.to_string(), version: served })
     }
 
-    fn check_partition(&self, topic: &str, partition: u32) -> Result<Arc<TopicMeta>, Error> {
+    pub(crate) fn check_partition(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Arc<TopicMeta>, Error> {
         let meta = self.inner.topic(topic)?;
         if partition >= meta.config.partitions {
             return Err(Error::UnknownPartition {
@@ -661,6 +1072,14 @@ impl Engine {
             });
         }
         Ok(meta)
+    }
+
+    /// Fault injection for tests: makes shard `shard`'s request loop panic, which kills its
+    /// thread (a bug outside user code). Every later call that needs the shard fails with
+    /// `Error::ShardDied`.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_shard_panic(&self, shard: usize, message: &str) -> Result<(), Error> {
+        self.inner.send_blocking(shard, Request::Panic { message: message.to_string() })
     }
 
     /// Flushes, syncs and closes every partition, and stops the shards. Idempotent.
@@ -677,15 +1096,22 @@ impl Engine {
         }
         let mut first_error = None;
         let mut waiting = Vec::new();
-        for sender in &self.inner.senders {
+        for link in &self.inner.links {
             let (reply, receiver) = flume::bounded(1);
-            if sender.send(Request::Shutdown { reply }).is_ok() {
-                waiting.push(receiver);
+            match link.send(Request::Shutdown { reply }) {
+                Ok(()) => waiting.push((link, receiver)),
+                Err(e @ Error::ShardDied { .. }) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(_) => {}
             }
         }
-        for receiver in waiting {
-            if let Ok(Err(e)) = receiver.recv() {
-                first_error.get_or_insert(e);
+        for (link, receiver) in waiting {
+            match link.recv(&receiver) {
+                Ok(()) | Err(Error::ShutDown) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
             }
         }
         let threads = std::mem::take(
@@ -693,22 +1119,94 @@ impl Engine {
         );
         for (index, handle) in threads.into_iter().enumerate() {
             if let Err(e) = handle.join() {
-                first_error.get_or_insert(Error::Start {
-                    shard: index as u16,
-                    reason: format!("shard thread failed: {e}"),
-                });
+                first_error.get_or_insert(self.inner.links[index].life.died().unwrap_or(
+                    Error::Start {
+                        shard: index as u16,
+                        reason: format!("shard thread failed: {e}"),
+                    },
+                ));
             }
         }
         self.inner.guard.stop();
+        // The data dir is free for the next owner once every file is closed.
+        drop(self.inner.lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take());
         first_error.map_or(Ok(()), Err)
     }
 }
 
 impl Drop for Engine {
     fn drop(&mut self) {
+        if !self.owner {
+            return;
+        }
         if let Err(e) = self.shutdown() {
             tracing::error!(error = %e, "engine shutdown failed");
         }
+    }
+}
+
+/// Refuses a `Start::Checkpoint { version }` whose version's state this definition cannot
+/// continue exactly (another key, window or aggregate would read its groups wrongly), naming the
+/// field that differs; and one whose version is not running, whose definition is unknown.
+fn check_seed(entry: &view::Entry, def: &ViewDef) -> Result<(), Error> {
+    let crate::view::Start::Checkpoint { version } = def.start else { return Ok(()) };
+    let seed = entry
+        .versions
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&version)
+        .map(|v| v.def.clone());
+    let differs = match seed {
+        Some(seed) => def.cannot_continue(&seed),
+        None => {
+            // Not running: compare with the shape it recorded when it started.
+            let path = entry.dir.join(version.to_string()).join(view::SHAPE_FILE);
+            let recorded = match std::fs::read_to_string(&path) {
+                Ok(text) => text,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(Error::Config {
+                        field: "start",
+                        reason: format!(
+                            "Start::Checkpoint {{ version: {version} }}: version {version} is not \
+                             running and recorded no definition to check this one against"
+                        ),
+                    })
+                }
+                Err(e) => return Err(Error::Io { op: "read", path, source: e }),
+            };
+            def.shape().into_iter().find_map(|(field, text)| {
+                let theirs = recorded
+                    .lines()
+                    .find_map(|l| l.strip_prefix(field).and_then(|l| l.strip_prefix('=')));
+                match (text, theirs) {
+                    (Some(ours), Some(theirs)) if ours == theirs => None,
+                    (Some(ours), theirs) => Some((
+                        field,
+                        format!(
+                            "the {field} is {ours}, the checkpoint's {}",
+                            theirs.unwrap_or("?")
+                        ),
+                    )),
+                    (None, _) => Some((
+                        field,
+                        format!(
+                            "a closure or custom aggregate as {field} can only continue a running \
+                             version that shares it"
+                        ),
+                    )),
+                }
+            })
+        }
+    };
+    match differs {
+        Some((field, reason)) => Err(Error::Config {
+            field,
+            reason: format!(
+                "Start::Checkpoint {{ version: {version} }} cannot continue that version's state: \
+                 {reason}"
+            ),
+        }),
+        None => Ok(()),
     }
 }
 
@@ -721,4 +1219,58 @@ fn core_ids() -> Vec<usize> {
         core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
     ids.sort_unstable();
     ids
+}
+
+impl Inner {
+    fn report(&self) -> std::sync::MutexGuard<'_, OpenReport> {
+        self.open_report.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// What opening the data dir found and repaired (`Engine::open_report`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// Partitions opened (at start, and by later topic creations).
+    pub partitions_opened: usize,
+    /// Torn tails cut from active segments: unsynced writes a crash or power cut interrupted.
+    pub truncations: Vec<Truncation>,
+    /// Sealed segments whose index was missing or damaged and was rebuilt by a scan.
+    pub indexes_rebuilt: usize,
+    /// Topic deletions a crash interrupted, finished by this start.
+    pub deletions_finished: Vec<String>,
+}
+
+/// One torn tail cut from a partition's active segment when it was opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Truncation {
+    pub topic: String,
+    pub partition: u32,
+    /// The segment file that was cut.
+    pub segment: PathBuf,
+    /// The file now ends here (the first damaged byte).
+    pub position: u64,
+    /// Bytes dropped (to the last non-zero byte of the file).
+    pub bytes: u64,
+    /// Whole valid frames found after the damage and dropped with it, and their offsets
+    /// `[first, end)`: records that were written but never synced nor acknowledged as synced.
+    pub frames: u64,
+    pub offsets: Option<(u64, u64)>,
+}
+
+impl OpenReport {
+    fn record(&mut self, topic: &str, partition: u32, recovery: kappa_storage::RecoveryReport) {
+        self.partitions_opened += 1;
+        self.indexes_rebuilt += recovery.indexes_rebuilt;
+        if let Some(cut) = recovery.tail_cut {
+            self.truncations.push(Truncation {
+                topic: topic.to_string(),
+                partition,
+                segment: cut.segment,
+                position: cut.position,
+                bytes: cut.dropped_bytes,
+                frames: cut.dropped_frames,
+                offsets: cut.dropped_offsets,
+            });
+        }
+    }
 }

@@ -20,14 +20,47 @@ pub enum Error {
     UnknownView { view: String, version: u32 },
     #[error("view {view:?}: {waiting_for} not reached after {waited_ms} ms")]
     Timeout { view: String, waited_ms: u64, waiting_for: String },
-    #[error(
-        "view {view:?} version {version} will not be served: version {served} took over first"
-    )]
+    #[error("view {view:?} version {version} is not served: version {served} is served instead")]
     Superseded { view: String, version: u32, served: u32 },
     #[error("view {view:?} version {version} partition {partition} stopped: {reason}")]
     ViewFailed { view: String, version: u32, partition: u32, reason: String },
+    #[error(
+        "view {view:?} version {version} partition {partition} needs offset {needed}, but the log \
+         starts at {log_start} (retention deleted the rest); start from Start::EarliestRetained \
+         to build it over the retained records only"
+    )]
+    ViewBeforeLogStart { view: String, version: u32, partition: u32, needed: u64, log_start: u64 },
+    /// User code of a view (a filter, key or map closure, or a custom aggregate) panicked on the
+    /// record at `offset`: the version is failed (and stays failed across restarts) until it is
+    /// rebuilt with a fixed definition or dropped. `OnError::Skip` counts such records instead.
+    #[error(
+        "view {view:?} version {version} failed: its {stage} panicked on partition {partition} \
+         offset {offset}: {message} (rebuild the view with a fixed definition, or drop the version)"
+    )]
+    Poisoned {
+        view: String,
+        version: u32,
+        partition: u32,
+        offset: u64,
+        stage: String,
+        message: String,
+    },
     #[error("the engine is shut down")]
     ShutDown,
+    /// A shard's thread died (a panic outside user code): every call that needs it fails with
+    /// this, promptly, until the engine is restarted.
+    #[error("shard {shard} died: {message} (restart the engine)")]
+    ShardDied { shard: u16, message: String },
+    /// Another engine or tool owns the data dir (`DIR/.lock`).
+    #[error(
+        "data dir {} is in use by {}: one engine or writing tool at a time",
+        dir.display(),
+        pid.map_or_else(|| "another owner".to_string(), |pid| format!("process {pid}"))
+    )]
+    Locked { dir: PathBuf, pid: Option<u32> },
+    /// A job given to `Engine::run_on_partition` panicked; the shard carries on.
+    #[error("a job on topic {topic:?} partition {partition} panicked: {message}")]
+    JobPanicked { topic: String, partition: u32, message: String },
     #[error(
         "shard {shard} is busy: its request queue is full (try again, or use a blocking send)"
     )]
@@ -50,6 +83,20 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether trying the same call again can succeed without anything else changing first:
+    /// a full request queue (`WouldBlock`), a wait that ran out of time (`Timeout`), a data dir
+    /// whose owner may exit (`Locked`), and interrupted or would-block I/O. Everything else needs
+    /// a change first: bad input, unknown names, a shut down engine, a dead shard (restart), a
+    /// poisoned view (rebuild), a fenced log or a full disk (reopen once fixed), corruption.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            Error::WouldBlock { .. } | Error::Timeout { .. } | Error::Locked { .. } => true,
+            Error::Io { source, .. } => is_transient(source),
+            Error::Storage(kappa_storage::Error::Io { source, .. }) => is_transient(source),
+            _ => false,
+        }
+    }
+
     /// True when the disk (or the file system quota) is full.
     pub fn is_disk_full(&self) -> bool {
         let source = match self {
@@ -63,4 +110,13 @@ impl Error {
         // ENOSPC, or its kind where the error was re-created from a stored failure.
         source.raw_os_error() == Some(28) || source.kind() == std::io::ErrorKind::StorageFull
     }
+}
+
+fn is_transient(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::Interrupted
+            | std::io::ErrorKind::WouldBlock
+            | std::io::ErrorKind::TimedOut
+    )
 }

@@ -10,11 +10,13 @@
 //!
 //! Views, replay and the network front ends build on this (see `ARCHITECTURE.md`).
 
+mod asynch;
 mod clock;
 mod config;
 mod consumer;
 mod engine;
 mod error;
+pub mod lock;
 mod meta;
 mod metrics;
 mod monitor;
@@ -28,16 +30,18 @@ pub mod watchdog;
 pub use clock::{Clock, FixedClock, SystemClock};
 pub use config::{EngineBuilder, EngineConfig, ReplayConfig, TopicConfig};
 pub use consumer::Consumer;
-pub use engine::Engine;
+pub use engine::{Engine, OpenReport, Truncation};
 pub use error::Error;
 pub use kappa_storage as storage;
 pub use kappa_storage::{Durability, OwnedBatch, RecordRef, Seek};
+pub use lock::DirLock;
 pub use metrics::{
     ConsumerMetrics, PartitionMetrics, ReplayMetrics, ShardMetrics, ViewMetrics, WatchdogMetrics,
 };
 pub use producer::{Ack, BatchAck, PendingAck, Producer, ProducerBatch, ProducerRecord};
 pub use router::ShardId;
 pub use view::{
-    stored_view, Offsets, Rebuild, Row, Start, StoredView, VersionProgress, ViewDef, ViewHandle,
+    stored_view, Failure, Offsets, OnError, Poison, Rebuild, Row, Start, StoredView,
+    VersionProgress, ViewDef, ViewHandle,
 };
 pub use watchdog::WatchdogConfig;

@@ -4,12 +4,20 @@
 //! not stored: partitions are assigned to shards by hash at every start, so reopening with a
 //! different shard count moves ownership and nothing else (each partition's files are its own).
 //!
-//! Deleting a topic first writes a durable marker (`<name>.deleting`); from then on the deletion
+//! A durable marker (`<name>.deleting`) says a topic is not whole: it is being deleted, or being
+//! created. Deleting a topic writes it first; creating one writes it before the first partition
+//! file and removes it only after the definition is durable. While it is there, the deletion
 //! completes, if need be at the next start (`finish_deletions`), so a crash never leaves a topic
 //! half there, nor orphan partition files that a later topic of the same name would adopt.
+//!
+//! Every file operation goes through the engine's `Disk` (the storage seam), so the simulated
+//! disk cuts the power under metadata too. These functions block: they run on the engine's
+//! control thread (the caller of `Engine::create_topic` and friends), never on a shard.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+use kappa_storage::io::Disk;
 
 use crate::config::TopicConfig;
 use crate::Error;
@@ -43,38 +51,34 @@ pub fn validate_topic_name(name: &str) -> Result<(), Error> {
     Ok(())
 }
 
-pub fn write_topic(data_dir: &Path, name: &str, config: &TopicConfig) -> Result<(), Error> {
+pub fn write_topic(
+    disk: &Disk,
+    data_dir: &Path,
+    name: &str,
+    config: &TopicConfig,
+) -> Result<(), Error> {
     let dir = topics_dir(data_dir);
-    std::fs::create_dir_all(&dir).map_err(|e| Error::Io {
-        op: "create dir",
-        path: dir.clone(),
-        source: e,
-    })?;
+    disk.create_dir_all_blocking(&dir)?;
     let file = TopicFile { format: TOPIC_FORMAT, name: name.to_string(), config: config.clone() };
     let bytes = serde_json::to_vec_pretty(&file).expect("a topic definition serializes");
-    kappa_storage::io::write_file_atomic(&dir.join(format!("{name}.json")), &bytes)?;
+    disk.write_file_atomic_blocking(&dir.join(format!("{name}.json")), &bytes)?;
     Ok(())
 }
 
-pub fn read_topics(data_dir: &Path) -> Result<BTreeMap<String, TopicConfig>, Error> {
+pub fn read_topics(disk: &Disk, data_dir: &Path) -> Result<BTreeMap<String, TopicConfig>, Error> {
     let dir = topics_dir(data_dir);
     let mut topics = BTreeMap::new();
-    let entries = match std::fs::read_dir(&dir) {
+    let entries = match disk.list_dir_blocking(&dir) {
         Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(topics),
-        Err(e) => return Err(Error::Io { op: "list", path: dir, source: e }),
+        Err(e) if e.is_not_found() => return Ok(topics),
+        Err(e) => return Err(e.into()),
     };
     for entry in entries {
-        let path =
-            entry.map_err(|e| Error::Io { op: "list", path: dir.clone(), source: e })?.path();
-        if path.extension().and_then(|e| e.to_str()) != Some("json") {
+        let path = dir.join(&entry.name);
+        if entry.is_dir || path.extension().and_then(|e| e.to_str()) != Some("json") {
             continue;
         }
-        let bytes = std::fs::read(&path).map_err(|e| Error::Io {
-            op: "read",
-            path: path.clone(),
-            source: e,
-        })?;
+        let bytes = disk.read_file_blocking(&path)?;
         let file: TopicFile = serde_json::from_slice(&bytes)
             .map_err(|e| Error::Meta { path: path.clone(), reason: e.to_string() })?;
         if file.format != TOPIC_FORMAT {
@@ -99,60 +103,73 @@ fn deleting_marker(data_dir: &Path, name: &str) -> PathBuf {
     topics_dir(data_dir).join(format!("{name}.{DELETING_EXTENSION}"))
 }
 
-/// Records durably that `name` is being deleted: after this the deletion always completes.
-pub fn mark_deleting(data_dir: &Path, name: &str) -> Result<(), Error> {
-    kappa_storage::io::write_file_atomic(&deleting_marker(data_dir, name), b"")?;
+/// Records durably that `name` is not whole (being deleted or created): from now on, unless
+/// `clear_marker` removes the marker, the deletion of whatever exists of it completes.
+pub fn mark_deleting(disk: &Disk, data_dir: &Path, name: &str) -> Result<(), Error> {
+    disk.create_dir_all_blocking(&topics_dir(data_dir))?;
+    disk.write_file_atomic_blocking(&deleting_marker(data_dir, name), b"")?;
+    Ok(())
+}
+
+/// Removes the marker of a topic whose creation completed (its definition is durable), and makes
+/// that durable: the topic is whole.
+pub fn clear_marker(disk: &Disk, data_dir: &Path, name: &str) -> Result<(), Error> {
+    disk.remove_file_blocking(&deleting_marker(data_dir, name))?;
+    disk.sync_dir_blocking(&topics_dir(data_dir))?;
     Ok(())
 }
 
 /// Removes a topic's partition files, then its definition, then its deletion marker, each step
 /// made durable before the next. Idempotent: a crash anywhere leaves the marker, and this runs
 /// again at the next start.
-pub fn finish_deletion(data_dir: &Path, name: &str) -> Result<(), Error> {
-    let io = |op: &'static str, path: &Path| {
-        let path = path.to_path_buf();
-        move |e: std::io::Error| Error::Io { op, path, source: e }
-    };
-    let ignore_missing = |r: std::io::Result<()>| match r {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+pub fn finish_deletion(disk: &Disk, data_dir: &Path, name: &str) -> Result<(), Error> {
+    let ignore_missing = |r: Result<(), kappa_storage::Error>| match r {
+        Err(e) if e.is_not_found() => Ok(()),
         other => other,
     };
     let topic_dir = kappa_storage::paths::partition_dir(data_dir, name, 0)
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| data_dir.join("topics").join(name));
-    ignore_missing(std::fs::remove_dir_all(&topic_dir)).map_err(io("remove", &topic_dir))?;
-    if let Some(parent) = topic_dir.parent().filter(|p| p.exists()) {
-        kappa_storage::io::Disk::Dma.sync_dir_blocking(parent)?;
+    disk.remove_dir_all_blocking(&topic_dir)?;
+    if let Some(parent) = topic_dir.parent() {
+        if disk.metadata_blocking(parent)?.is_some() {
+            disk.sync_dir_blocking(parent)?;
+        }
     }
     let dir = topics_dir(data_dir);
     let definition = dir.join(format!("{name}.json"));
-    ignore_missing(std::fs::remove_file(&definition)).map_err(io("remove", &definition))?;
-    kappa_storage::io::Disk::Dma.sync_dir_blocking(&dir)?;
+    ignore_missing(disk.remove_file_blocking(&definition))?;
+    disk.sync_dir_blocking(&dir)?;
     let marker = deleting_marker(data_dir, name);
-    ignore_missing(std::fs::remove_file(&marker)).map_err(io("remove", &marker))?;
-    kappa_storage::io::Disk::Dma.sync_dir_blocking(&dir)?;
+    ignore_missing(disk.remove_file_blocking(&marker))?;
+    disk.sync_dir_blocking(&dir)?;
     Ok(())
 }
 
-/// True while a deletion of `name` has been started and not finished.
-pub fn is_deleting(data_dir: &Path, name: &str) -> bool {
-    deleting_marker(data_dir, name).exists()
+/// True while a deletion (or a creation) of `name` has been started and not finished.
+pub fn is_deleting(disk: &Disk, data_dir: &Path, name: &str) -> Result<bool, Error> {
+    Ok(disk.metadata_blocking(&deleting_marker(data_dir, name))?.is_some())
 }
 
-/// Completes every deletion a crash interrupted; returns the names of those topics.
-pub fn finish_deletions(data_dir: &Path) -> Result<Vec<String>, Error> {
+/// Completes every deletion (or undoes every creation) a crash interrupted; returns the names of
+/// those topics. Also removes temp files a crash left behind in the metadata directory.
+pub fn finish_deletions(disk: &Disk, data_dir: &Path) -> Result<Vec<String>, Error> {
     let dir = topics_dir(data_dir);
-    let entries = match std::fs::read_dir(&dir) {
+    let entries = match disk.list_dir_blocking(&dir) {
         Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::Io { op: "list", path: dir, source: e }),
+        Err(e) if e.is_not_found() => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
     };
     let mut names = Vec::new();
     for entry in entries {
-        let path =
-            entry.map_err(|e| Error::Io { op: "list", path: dir.clone(), source: e })?.path();
-        if path.extension().and_then(|e| e.to_str()) != Some(DELETING_EXTENSION) {
+        let path = dir.join(&entry.name);
+        let extension = path.extension().and_then(|e| e.to_str());
+        if extension == Some(kappa_storage::io::TEMP_EXTENSION) && !entry.is_dir {
+            let _ = disk.remove_file_blocking(&path);
+            continue;
+        }
+        if extension != Some(DELETING_EXTENSION) {
             continue;
         }
         let Some(name) = path.file_stem().and_then(|s| s.to_str()) else { continue };
@@ -163,8 +180,8 @@ pub fn finish_deletions(data_dir: &Path) -> Result<Vec<String>, Error> {
     }
     names.sort();
     for name in &names {
-        tracing::info!(topic = %name, "finishing a topic deletion interrupted by a crash");
-        finish_deletion(data_dir, name)?;
+        tracing::info!(topic = %name, "finishing a topic deletion (or creation) a crash interrupted");
+        finish_deletion(disk, data_dir, name)?;
     }
     Ok(names)
 }

@@ -16,6 +16,9 @@ pub struct ShardMetrics {
     pub append_ack_latency_ns: hdrhistogram::Histogram<u64>,
     /// Replay on this shard and the live-latency controller that paces it.
     pub replay: ReplayMetrics,
+    /// How late the shard's stall probe woke, in nanoseconds (`EngineConfig::stall_probe_interval`):
+    /// the time the executor could not run a ready live task (a blocked thread, a long task).
+    pub executor_stall_ns: hdrhistogram::Histogram<u64>,
     pub fsync_count: u64,
     /// fdatasync latency over all partitions of the shard, in nanoseconds.
     pub fsync_latency_ns: hdrhistogram::Histogram<u64>,
@@ -48,6 +51,8 @@ pub struct ViewMetrics {
     pub activity: crate::view::Activity,
     /// Times the partition was seen behind and not moving for a second.
     pub stalls: u64,
+    /// Why the partition stopped (a poison record: its offset, step and panic message).
+    pub failure: Option<crate::view::Failure>,
 }
 
 /// What the watchdog saw of one shard since the engine started.

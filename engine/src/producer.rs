@@ -13,6 +13,7 @@ use kappa_storage::Durability;
 
 use crate::engine::{Inner, TopicMeta};
 use crate::router::partition_for_key;
+use crate::shard::link::Link;
 use crate::shard::Request;
 use crate::Error;
 
@@ -209,15 +210,17 @@ pub struct BatchAck {
 /// An acknowledgement still on its way (from `try_send`).
 pub struct PendingAck {
     receiver: flume::Receiver<Result<BatchAck, Error>>,
+    /// The shard, so a wait ends (`ShardDied`) if it dies.
+    link: Link,
 }
 
 impl PendingAck {
     /// Blocks until the durability is reached.
     pub fn wait(self) -> Result<BatchAck, Error> {
-        self.receiver.recv().map_err(|_| Error::ShutDown)?
+        self.link.recv(&self.receiver)
     }
     pub async fn wait_async(self) -> Result<BatchAck, Error> {
-        self.receiver.recv_async().await.map_err(|_| Error::ShutDown)?
+        self.link.recv_async(&self.receiver).await
     }
 }
 
@@ -258,7 +261,7 @@ impl Producer {
         let (partition, shard, request, receiver) = self.request(topic, vec![record])?;
         self.inner.send_blocking(shard, request)?;
         let _ = partition;
-        let ack = receiver.recv().map_err(|_| Error::ShutDown)??;
+        let ack = self.inner.link(shard).recv(&receiver)?;
         Ok(Ack { partition: ack.partition, offset: ack.base_offset })
     }
 
@@ -266,7 +269,7 @@ impl Producer {
     pub async fn send_async(&self, topic: &str, record: ProducerRecord) -> Result<Ack, Error> {
         let (_, shard, request, receiver) = self.request(topic, vec![record])?;
         self.inner.send_async(shard, request).await?;
-        let ack = receiver.recv_async().await.map_err(|_| Error::ShutDown)??;
+        let ack = self.inner.link(shard).recv_async(&receiver).await?;
         Ok(Ack { partition: ack.partition, offset: ack.base_offset })
     }
 
@@ -294,7 +297,7 @@ impl Producer {
         let mut pending = Vec::new();
         for (shard, request, receiver) in self.split(topic, records)? {
             self.inner.send_async(shard, request).await?;
-            pending.push(PendingAck { receiver });
+            pending.push(PendingAck { receiver, link: self.inner.link(shard).clone() });
         }
         let mut acks = Vec::with_capacity(pending.len());
         for p in pending {
@@ -321,7 +324,7 @@ impl Producer {
         for (partition, part) in parts {
             let (shard, request, receiver) = self.append(&meta, partition, Payload::Batch(part));
             self.inner.send_async(shard, request).await?;
-            pending.push(PendingAck { receiver });
+            pending.push(PendingAck { receiver, link: self.inner.link(shard).clone() });
         }
         let mut acks = Vec::with_capacity(pending.len());
         for p in pending {
@@ -342,7 +345,7 @@ impl Producer {
         for (partition, part) in parts {
             let (shard, request, receiver) = self.append(&meta, partition, Payload::Batch(part));
             self.inner.send_blocking(shard, request)?;
-            pending.push(PendingAck { receiver });
+            pending.push(PendingAck { receiver, link: self.inner.link(shard).clone() });
         }
         Ok(pending)
     }
@@ -357,7 +360,9 @@ impl Producer {
         let meta = self.inner.topic(topic)?;
         let unkeyed = self.round_robin.fetch_add(1, Ordering::Relaxed) % meta.config.partitions;
         let partition_of = |i: usize| {
-            batch.key(i).map_or(unkeyed, |k| partition_for_key(k, meta.config.partitions))
+            batch
+                .key(i)
+                .map_or(unkeyed, |k| partition_for_key(k, meta.config.key_partition_count()))
         };
         let first = if batch.is_empty() { unkeyed } else { partition_of(0) };
         let parts: Vec<(u32, ProducerBatch)> = if (1..batch.len()).all(|i| partition_of(i) == first)
@@ -401,7 +406,7 @@ impl Producer {
     ) -> Result<PendingAck, Error> {
         let (_, shard, request, receiver) = self.request(topic, records)?;
         self.inner.try_send(shard, request)?;
-        Ok(PendingAck { receiver })
+        Ok(PendingAck { receiver, link: self.inner.link(shard).clone() })
     }
 
     fn submit_batch(
@@ -416,7 +421,7 @@ impl Producer {
                 Mode::Block => self.inner.send_blocking(shard, request)?,
                 Mode::Try => self.inner.try_send(shard, request)?,
             }
-            pending.push(PendingAck { receiver });
+            pending.push(PendingAck { receiver, link: self.inner.link(shard).clone() });
         }
         Ok(pending)
     }
@@ -434,7 +439,7 @@ impl Producer {
         let mut groups: BTreeMap<u32, Vec<ProducerRecord>> = BTreeMap::new();
         for record in records {
             let partition = match &record.key {
-                Some(key) => partition_for_key(key, meta.config.partitions),
+                Some(key) => partition_for_key(key, meta.config.key_partition_count()),
                 None => unkeyed,
             };
             groups.entry(partition).or_default().push(record);
@@ -454,7 +459,7 @@ impl Producer {
     ) -> Result<(u32, usize, Request, flume::Receiver<Result<BatchAck, Error>>), Error> {
         let meta = self.inner.topic(topic)?;
         let partition = match records.first().and_then(|r| r.key.as_ref()) {
-            Some(key) => partition_for_key(key, meta.config.partitions),
+            Some(key) => partition_for_key(key, meta.config.key_partition_count()),
             None => self.round_robin.fetch_add(1, Ordering::Relaxed) % meta.config.partitions,
         };
         let (shard, request, receiver) = self.append(&meta, partition, Payload::Records(records));

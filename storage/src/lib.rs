@@ -34,6 +34,7 @@ pub use error::Error;
 pub use kafka::{Header, ProducerInfo, Record};
 pub use log::{
     AppendInfo, AppendTicket, LogStats, PartitionLog, RecoveryReport, RetentionReport, SegmentInfo,
+    TailCut,
 };
 pub use reader::{LogReader, ReadAhead, ReadBatch, SealedSegment, Seek, SegmentReader};
 

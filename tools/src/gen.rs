@@ -15,6 +15,10 @@ pub fn run(args: &GenArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.partitions > 0, "--partitions must be at least 1");
     anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
     anyhow::ensure!(args.segment_mib > 0, "--segment-mib must be at least 1");
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating data dir {}", args.dir.display()))?;
+    // One writer per data dir: refused (naming the holder's pid) while an engine runs on it.
+    let _owner = kappa_engine::DirLock::acquire(&args.dir)?;
     let args = args.clone();
     let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .name("kappa-gen")

@@ -10,6 +10,13 @@ use crate::cli::{EXIT_CORRUPT, EXIT_OK};
 /// Exit codes: 0 when nothing needed a cut or the cuts were made; with `--dry-run`, 1 when a cut
 /// would be made (so scripts can ask "is this log corrupt?").
 pub fn run(dir: &Path, dry_run: bool, window_bytes: u64) -> anyhow::Result<i32> {
+    // A cut while an engine writes would race it: take the data dir (a dry run only reads).
+    let _owner = if dry_run {
+        None
+    } else {
+        anyhow::ensure!(dir.is_dir(), "data dir {} does not exist", dir.display());
+        Some(kappa_engine::DirLock::acquire(dir)?)
+    };
     let cuts = kappa_storage::repair::plan(dir, window_bytes)
         .with_context(|| format!("scanning data dir {}", dir.display()))?;
     if cuts.is_empty() {

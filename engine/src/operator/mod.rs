@@ -56,8 +56,11 @@ impl MapOutput for f64 {
 pub enum KeyBy {
     /// The record's key (records without one are skipped).
     RecordKey,
-    /// A key derived from the record (for example a JSON field).
+    /// A key derived from the record by a closure.
     Derived(KeyFn),
+    /// The value at a JSON path (`ViewDef::key_by_json`): a record whose value is not well-formed
+    /// JSON counts as `not_json`, one without a usable value there as `no_key`.
+    Json(JsonPath),
 }
 
 /// What happens to a record whose window (or session) is already closed: its end is at or below

@@ -33,9 +33,11 @@ use crate::router::ShardId;
 use crate::view::runner::{self as view_runner, ViewPartition};
 use crate::Error;
 
+pub(crate) mod link;
 pub(crate) mod replay;
 mod views;
 
+use link::Link;
 use replay::ReplayControl;
 
 /// A closure run on a shard (see `Engine::run_on_partition`).
@@ -55,7 +57,7 @@ pub(crate) enum Request {
         topic: Arc<str>,
         partition: u32,
         config: LogConfig,
-        reply: Reply<()>,
+        reply: Reply<kappa_storage::RecoveryReport>,
     },
     Subscribe {
         topic: Arc<str>,
@@ -107,8 +109,19 @@ pub(crate) enum Request {
         version: u32,
         reply: Reply<()>,
     },
+    /// Applies every partition's retention now (under the views' floors); answers the number of
+    /// segments deleted.
+    Retention {
+        reply: Reply<u64>,
+    },
     Shutdown {
         reply: Reply<()>,
+    },
+    /// Fault injection: the request loop panics, which kills the shard's thread (a bug outside
+    /// user code, as tests need one).
+    #[cfg(feature = "fault-injection")]
+    Panic {
+        message: String,
     },
 }
 
@@ -139,6 +152,13 @@ struct Counters {
     batches_appended: u64,
     appends_in_flight: u64,
     append_ack_latency_ns: hdrhistogram::Histogram<u64>,
+    /// How late the stall probe woke (`stall_probe`), in nanoseconds.
+    executor_stall_ns: hdrhistogram::Histogram<u64>,
+    /// Fsyncs of partition logs this shard has closed (a deleted topic, a moved partition): kept
+    /// so the shard's fsync counter and histogram never go backwards (Prometheus reads a
+    /// decreasing counter as a reset).
+    closed_fsync_count: u64,
+    closed_fsync_latency_ns: hdrhistogram::Histogram<u64>,
 }
 
 /// The partitions a shard owns: topic -> partition -> log (looked up by `&str`, no allocation).
@@ -160,11 +180,20 @@ pub struct Shard {
     maintenance: TaskQueueHandle,
     request_queue: flume::Receiver<Request>,
     stopping: Cell<bool>,
-    /// Every shard's request channel, this one's included, in shard order; weak, so the engine
-    /// dropping its senders still ends the request loops. Range tasks of a rebuild go there.
-    peers: Vec<flume::WeakSender<Request>>,
+    /// Every shard's request channel and life, this one's included, in shard order. Range tasks
+    /// of a rebuild go there.
+    peers: Vec<Peer>,
     /// The live-latency controller: how much of this shard replay may take.
     replay_control: Rc<ReplayControl>,
+}
+
+/// How a shard reaches another one: its request channel, weak so that the engine dropping its
+/// senders still ends the request loops, and its life, so that a send or a wait ends when that
+/// shard dies (`link.rs`).
+#[derive(Clone)]
+pub(crate) struct Peer {
+    pub(crate) sender: flume::WeakSender<Request>,
+    pub(crate) life: Arc<link::Life>,
 }
 
 impl Shard {
@@ -212,10 +241,38 @@ impl Shard {
                 .detach();
             return Ok(());
         }
-        let sender = self.peers.get(target).and_then(flume::WeakSender::upgrade);
-        match sender {
-            Some(sender) => sender.send_async(Request::Run(job)).await.map_err(|_| Error::ShutDown),
-            None => Err(Error::ShutDown),
+        let Some(peer) = self.peers.get(target) else {
+            return Err(Error::ShutDown);
+        };
+        match peer.sender.upgrade() {
+            // A dead peer's queue is never drained (its executor is leaked, `link.rs`): the send
+            // also ends when the peer's thread does.
+            Some(sender) => {
+                Link { sender, life: peer.life.clone() }.send_async(Request::Run(job)).await
+            }
+            None => Err(peer.life.error()),
+        }
+    }
+
+    /// Waits for what a job run on shard `target` sends back through `receiver`; `None` once the
+    /// job's sender is dropped or the target's thread ended without sending (a dead shard never
+    /// drops what its tasks hold, so the channel alone would wait forever).
+    pub(crate) async fn recv_from<T>(
+        &self,
+        target: usize,
+        receiver: &flume::Receiver<T>,
+    ) -> Option<T> {
+        let Some(peer) = self.peers.get(target) else {
+            return receiver.recv_async().await.ok();
+        };
+        let item = async { receiver.recv_async().await.ok() };
+        let gone = async {
+            peer.life.gone().await;
+            None
+        };
+        match futures_lite::future::or(item, gone).await {
+            Some(item) => Some(item),
+            None => receiver.try_recv().ok(),
         }
     }
 }
@@ -226,7 +283,7 @@ pub(crate) async fn run(
     id: ShardId,
     config: Arc<EngineConfig>,
     requests: flume::Receiver<Request>,
-    peers: Vec<flume::WeakSender<Request>>,
+    peers: Vec<Peer>,
 ) {
     let executor = glommio::executor();
     let replay_control = Rc::new(ReplayControl::new(config.replay, config.live_latency_budget));
@@ -256,6 +313,15 @@ pub(crate) async fn run(
             appends_in_flight: 0,
             append_ack_latency_ns: hdrhistogram::Histogram::new_with_bounds(100, 60_000_000_000, 2)
                 .expect("static histogram bounds are valid"),
+            executor_stall_ns: hdrhistogram::Histogram::new_with_bounds(1_000, 60_000_000_000, 2)
+                .expect("static histogram bounds are valid"),
+            closed_fsync_count: 0,
+            closed_fsync_latency_ns: hdrhistogram::Histogram::new_with_bounds(
+                1_000,
+                60_000_000_000,
+                2,
+            )
+            .expect("static histogram bounds are valid"),
         }),
         live,
         replay,
@@ -275,12 +341,17 @@ pub(crate) async fn run(
         .expect("the maintenance queue exists");
     let heartbeat =
         glommio::spawn_local_into(heartbeat(), maintenance).expect("the maintenance queue exists");
+    let probe = shard.config.stall_probe_interval.map(|interval| {
+        glommio::spawn_local_into(stall_probe(shard.clone(), interval), live)
+            .expect("the live queue exists")
+    });
     let serve =
         glommio::spawn_local_into(serve(shard.clone()), live).expect("the live queue exists");
     serve.await;
     drop(retention);
     drop(heartbeat);
     drop(control);
+    drop(probe);
 }
 
 async fn serve(shard: Rc<Shard>) {
@@ -342,7 +413,14 @@ async fn serve(shard: Rc<Shard>) {
                 };
                 let result = match log {
                     // Tail subscriptions wake up on `closing` and end.
-                    Some(log) => log.close().await.map_err(Error::from),
+                    Some(log) => {
+                        let closed = log.close().await.map_err(Error::from);
+                        let stats = log.stats();
+                        let mut counters = shard.counters.borrow_mut();
+                        counters.closed_fsync_count += stats.fsync_count;
+                        let _ = counters.closed_fsync_latency_ns.add(&stats.fsync_latency_ns);
+                        closed
+                    }
                     None => Ok(()),
                 };
                 let _ = reply.send(result);
@@ -361,7 +439,10 @@ async fn serve(shard: Rc<Shard>) {
                 let _ = reply.send(Ok(()));
             }
             Request::StartView { version, partition, reply } => {
-                let _ = reply.send(views::start_view(&shard, version, partition));
+                let _ = reply.send(views::start_view(&shard, version, partition).await);
+            }
+            Request::Retention { reply } => {
+                let _ = reply.send(apply_retention(&shard).await);
             }
             Request::QueryView { view, version, partition, query, reply } => {
                 let result = match shard.views.borrow().get(&(view.clone(), version, partition)) {
@@ -394,6 +475,8 @@ async fn serve(shard: Rc<Shard>) {
                 let _ = reply.send(result);
                 return;
             }
+            #[cfg(feature = "fault-injection")]
+            Request::Panic { message } => panic!("{message}"),
         }
     }
     // Every sender is gone without a Shutdown (the engine was dropped): close cleanly anyway.
@@ -504,20 +587,20 @@ async fn open_partition(
     topic: Arc<str>,
     partition: u32,
     config: LogConfig,
-) -> Result<(), Error> {
+) -> Result<kappa_storage::RecoveryReport, Error> {
     if shard.log(&topic, partition).is_some() {
-        return Ok(());
+        return Ok(kappa_storage::RecoveryReport::default());
     }
     let dir = kappa_storage::paths::partition_dir(&shard.config.data_dir, &topic, partition);
     let log = PartitionLog::open(&dir, config).await?;
-    let recovery = log.recovery();
+    let recovery = log.recovery().clone();
     tracing::debug!(
         shard = shard.id.0, topic = %topic, partition, end_offset = log.end_offset(),
         segments = recovery.segment_count, truncated_bytes = recovery.truncated_bytes,
         "partition opened"
     );
     shard.partitions.borrow_mut().entry(topic).or_default().insert(partition, Rc::new(log));
-    Ok(())
+    Ok(recovery)
 }
 
 /// Follows a partition for one consumer: reads zero-copy on the shard, sends each batch as one
@@ -577,23 +660,65 @@ async fn heartbeat() {
 /// See `heartbeat`.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Applies each partition's retention once a minute, in the maintenance queue.
+/// Measures executor stalls from inside the shard: a task in the live queue sleeps `interval`
+/// over and over and records how late it wakes. A wake-up is late when the thread was blocked
+/// (a syscall on the shard thread) or a task ran without yielding; either delays every live
+/// request by as much. The histogram is `ShardMetrics::executor_stall_ns`; the monitor thread
+/// (`monitor.rs`) sees only stalls of a second or more, this sees them all.
+///
+/// Why a timer in the live queue: that is where appends, tail delivery and queries run, so its
+/// lateness is the delay they meet. One timer per interval per shard (1 ms by default: about
+/// 1,000 cheap wake-ups a second) is the cost.
+async fn stall_probe(shard: Rc<Shard>, interval: Duration) {
+    while !shard.stopping.get() {
+        // Observability only: lateness is reported, never used to decide anything.
+        #[allow(clippy::disallowed_methods)]
+        let due = std::time::Instant::now() + interval;
+        glommio::timer::sleep(interval).await;
+        #[allow(clippy::disallowed_methods)]
+        let late = std::time::Instant::now().saturating_duration_since(due);
+        let mut counters = shard.counters.borrow_mut();
+        counters.executor_stall_ns.saturating_record(late.as_nanos() as u64);
+    }
+}
+
+/// Applies each partition's retention every `EngineConfig::retention_interval`, in the
+/// maintenance queue.
 async fn retention_loop(shard: Rc<Shard>) {
     loop {
-        glommio::timer::sleep(Duration::from_secs(60)).await;
+        glommio::timer::sleep(shard.config.retention_interval).await;
         if shard.stopping.get() {
             return;
         }
-        let logs: Vec<Rc<PartitionLog>> =
-            shard.partitions.borrow().values().flat_map(|p| p.values().cloned()).collect();
-        let now_ms = shard.config.clock.now_ms();
-        for log in logs {
-            // No floor yet: pinning what running views have not folded comes with the views.
-            if let Err(e) = log.apply_retention(now_ms, u64::MAX).await {
+        let _ = apply_retention(&shard).await;
+    }
+}
+
+/// One retention pass over the shard's partitions, each under its views' floor
+/// (`views::retention_floor`). Unlinks and directory fsyncs run through the seam (the blocking
+/// pool). Returns the segments deleted; the first error, after trying every partition.
+async fn apply_retention(shard: &Rc<Shard>) -> Result<u64, Error> {
+    let logs: Vec<(Arc<str>, u32, Rc<PartitionLog>)> = shard
+        .partitions
+        .borrow()
+        .iter()
+        .flat_map(|(t, ps)| ps.iter().map(move |(p, l)| (t.clone(), *p, l.clone())))
+        .collect();
+    let now_ms = shard.config.clock.now_ms();
+    let mut deleted = 0;
+    let mut first_error = None;
+    for (topic, partition, log) in logs {
+        // The floor is read right before the pass: a view's folded offset only grows.
+        let floor = views::retention_floor(shard, &topic, partition);
+        match log.apply_retention(now_ms, floor).await {
+            Ok(report) => deleted += report.segments_deleted as u64,
+            Err(e) => {
                 tracing::error!(shard = shard.id.0, dir = %log.dir().display(), error = %e, "retention failed");
+                first_error.get_or_insert(Error::from(e));
             }
         }
     }
+    first_error.map_or(Ok(deleted), Err)
 }
 
 fn partition_metrics(topic: &str, partition: u32, log: &PartitionLog) -> PartitionMetrics {
@@ -610,9 +735,9 @@ fn partition_metrics(topic: &str, partition: u32, log: &PartitionLog) -> Partiti
 
 fn metrics(shard: &Shard) -> ShardMetrics {
     let counters = shard.counters.borrow();
-    let mut fsync_latency_ns = hdrhistogram::Histogram::new_with_bounds(1_000, 60_000_000_000, 2)
-        .expect("static histogram bounds are valid");
-    let mut fsync_count = 0;
+    // Closed logs' fsyncs count too: the counter is monotonic for the life of the shard.
+    let mut fsync_latency_ns = counters.closed_fsync_latency_ns.clone();
+    let mut fsync_count = counters.closed_fsync_count;
     let mut write_queue_len = 0;
     let mut partitions = Vec::new();
     let owned = shard.partitions.borrow();
@@ -649,6 +774,7 @@ fn metrics(shard: &Shard) -> ShardMetrics {
         appends_in_flight: counters.appends_in_flight,
         append_ack_latency_ns: counters.append_ack_latency_ns.clone(),
         replay: shard.replay_control.metrics(),
+        executor_stall_ns: counters.executor_stall_ns.clone(),
         fsync_count,
         fsync_latency_ns,
         request_queue_len: shard.request_queue.len(),
@@ -671,6 +797,7 @@ fn metrics(shard: &Shard) -> ShardMetrics {
                     counters: st.counters,
                     activity: vp.activity.get(),
                     stalls: vp.stalls.get(),
+                    failure: vp.failure.borrow().clone(),
                 }
             })
             .collect(),

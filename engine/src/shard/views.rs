@@ -11,7 +11,8 @@ use crate::view::runner::{self as view_runner, ViewPartition};
 use crate::Error;
 
 /// Starts one view partition from its newest checkpoint (or its start) in the replay queue.
-pub(super) fn start_view(
+/// Reading the checkpoints awaits the seam (the blocking pool), never blocks the shard.
+pub(super) async fn start_view(
     shard: &Rc<Shard>,
     version: Arc<crate::view::Version>,
     partition: u32,
@@ -23,9 +24,21 @@ pub(super) fn start_view(
     let topic = version.def.topic.clone();
     let log =
         shard.log(&topic, partition).ok_or_else(|| Error::UnknownTopic { topic: topic.clone() })?;
-    let (state, seek) = view_runner::initial_state(&version, partition, &log);
-    let vp = Rc::new(ViewPartition::new(version, partition, state));
+    let (state, seek, resumed_from) = view_runner::initial_state(&version, partition, &log).await?;
+    if shard.views.borrow().contains_key(&key) {
+        return Ok(());
+    }
+    let vp = Rc::new(ViewPartition::new(version, partition, state, resumed_from));
     shard.views.borrow_mut().insert(key, (vp.clone(), log.clone()));
+    if let Some(failure) = vp.failed_before() {
+        // A poison record failed this partition before a restart: hold it stopped (its
+        // progress shows why) rather than run the record again, until the version is rebuilt
+        // or dropped.
+        tracing::warn!(view = %vp.version.view, version = vp.version.number, partition,
+            offset = failure.offset, "view partition failed on a poison record before; not resumed");
+        vp.stop_failed(failure);
+        return Ok(());
+    }
     let task = view_runner::run(shard.clone(), log, vp, seek, false);
     glommio::spawn_local_into(task, shard.replay).expect("the replay queue exists").detach();
     Ok(())
@@ -59,4 +72,27 @@ pub(super) fn watch_views(shard: &Shard) {
         }
         vp.watch.set(watch);
     }
+}
+
+/// The retention floor of one partition: the lowest offset a running view version on this shard
+/// has not folded yet (`u64::MAX` when none reads it). Retention never deletes a segment holding
+/// an offset at or after it, so a view never loses records it still has to fold. Stopped and
+/// failed view partitions do not pin the log.
+pub(super) fn retention_floor(shard: &Shard, topic: &str, partition: u32) -> u64 {
+    shard
+        .views
+        .borrow()
+        .iter()
+        .filter(|((_, _, p), (vp, _))| {
+            *p == partition
+                && &*vp.version.def.topic == topic
+                && !vp.stopped.get()
+                && vp.error.borrow().is_none()
+        })
+        .map(|((_, _, p), (vp, _))| {
+            let folded = vp.version.folded[*p as usize].load(Ordering::Relaxed);
+            folded.min(vp.state.borrow().next_offset)
+        })
+        .min()
+        .unwrap_or(u64::MAX)
 }

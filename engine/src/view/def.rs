@@ -5,14 +5,33 @@ use crate::operator::{Aggregate, FilterFn, JsonPath, KeyBy, LatePolicy, MapFn, M
 /// Where a new view version starts reading its topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start {
-    /// Offset 0 (the first record still in the log).
+    /// Offset 0. Refused with `Error::ViewBeforeLogStart` once retention deleted offset 0: a view
+    /// over part of the history is asked for with `EarliestRetained`.
     Beginning,
+    /// The first record still in the log (the start offset after retention).
+    EarliestRetained,
     /// The first record at or after this event time (ms).
     Timestamp(i64),
     /// The newest checkpoint of another version of the same view whose state this definition can
     /// continue (same key, window and aggregate; say, a changed filter that applies from now on),
     /// then the log after it. Falls back to the beginning where that version has no checkpoint.
+    /// That version must be running, and its key, window and aggregate must be this
+    /// definition's (a `key_by` closure or custom aggregate the same `Arc`, as in a
+    /// `ViewDef::clone`); otherwise the build is refused with an error naming the field.
     Checkpoint { version: u32 },
+}
+
+/// What a view does with a record on which its user code (a filter, key or map closure) panics.
+/// Like Kafka Streams' processing exception handlers: fail (the default) or skip and count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnError {
+    /// The version fails: its queries return `Error::Poisoned` naming partition, offset and the
+    /// panic message, and it stays failed across restarts until rebuilt or dropped.
+    #[default]
+    Fail,
+    /// The record is skipped and counted (`Counters::panicked`); its offset is consumed. A panic
+    /// inside a custom aggregate still fails the version: its state may be half updated.
+    Skip,
 }
 
 /// A view over one topic. Built with `ViewDef::new(topic).key_by(..).window(..).aggregate(..)`.
@@ -37,6 +56,8 @@ pub struct ViewDef {
     /// A checkpoint every this many records consumed (a record count, not a timer: deterministic).
     pub checkpoint_every_records: u64,
     pub start: Start,
+    /// A record whose user code panics fails the version (default) or is skipped and counted.
+    pub on_error: OnError,
     /// A builder argument that could not be used (say, a bad JSON path), reported by `validate`.
     pub(crate) invalid: Option<(&'static str, String)>,
 }
@@ -55,6 +76,7 @@ impl ViewDef {
             late: LatePolicy::Drop,
             checkpoint_every_records: 1_000_000,
             start: Start::Beginning,
+            on_error: OnError::Fail,
             invalid: None,
         }
     }
@@ -97,17 +119,19 @@ impl ViewDef {
         }
         self
     }
-    /// Groups by the value at a JSON path (`a.b.c`): a string's text, a number as printed, or
-    /// `true`/`false`; records without one are counted as "no key".
+    /// Groups by the value at a JSON path (`a.b.c`): a string's text, a number as
+    /// `JsonPath::key_into` writes it, or `true`/`false`; records without one are counted as "no
+    /// key", records that are not well-formed JSON as "not JSON".
     pub fn key_by_json(mut self, path: &str) -> Self {
         match JsonPath::parse(path) {
-            Ok(path) => {
-                self.key = KeyBy::Derived(std::sync::Arc::new(move |r, key| {
-                    path.key_into(r.value(), key).is_ok()
-                }));
-            }
+            Ok(path) => self.key = KeyBy::Json(path),
             Err(e) => self.invalid = Some(("key_by_json", e.to_string())),
         }
+        self
+    }
+    /// What a panic in this view's filter, key or map closure does (`OnError::Fail` by default).
+    pub fn on_error(mut self, policy: OnError) -> Self {
+        self.on_error = policy;
         self
     }
     pub fn window(mut self, window: Window) -> Self {
@@ -130,6 +154,56 @@ impl ViewDef {
     pub fn start(mut self, start: Start) -> Self {
         self.start = start;
         self
+    }
+
+    /// Why a state built by `seed` cannot be continued by this definition (`Start::Checkpoint`):
+    /// the first of key, window and aggregate that differs, as (field, reason).
+    pub(crate) fn cannot_continue(&self, seed: &ViewDef) -> Option<(&'static str, String)> {
+        let same_key = match (&self.key, &seed.key) {
+            (KeyBy::RecordKey, KeyBy::RecordKey) => true,
+            (KeyBy::Json(a), KeyBy::Json(b)) => a == b,
+            (KeyBy::Derived(a), KeyBy::Derived(b)) => std::sync::Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        if !same_key {
+            return Some(("key", "the key differs (a key_by closure must be the same Arc)".into()));
+        }
+        if self.window != seed.window {
+            return Some((
+                "window",
+                format!("the window is {:?}, the checkpoint's {:?}", self.window, seed.window),
+            ));
+        }
+        let same_aggregate = match (&self.aggregate, &seed.aggregate) {
+            (Aggregate::Custom(a), Aggregate::Custom(b)) => std::sync::Arc::ptr_eq(a, b),
+            (a, b) => std::mem::discriminant(a) == std::mem::discriminant(b),
+        };
+        if !same_aggregate {
+            return Some((
+                "aggregate",
+                format!(
+                    "the aggregate is {:?}, the checkpoint's {:?} (a custom one must be the same Arc)",
+                    self.aggregate, seed.aggregate
+                ),
+            ));
+        }
+        None
+    }
+
+    /// Key, window and aggregate as text, as (field, text), for `Start::Checkpoint` from a
+    /// version that is not running (`DIR/views/NAME/VERSION/shape`). `None` for a closure or a
+    /// custom aggregate, which no text identifies.
+    pub(crate) fn shape(&self) -> [(&'static str, Option<String>); 3] {
+        let key = match &self.key {
+            KeyBy::RecordKey => Some("record key".to_string()),
+            KeyBy::Json(path) => Some(format!("json {:?}", path.segments().collect::<Vec<_>>())),
+            KeyBy::Derived(_) => None,
+        };
+        let aggregate = match &self.aggregate {
+            Aggregate::Custom(_) => None,
+            a => Some(format!("{a:?}")),
+        };
+        [("key", key), ("window", Some(format!("{:?}", self.window))), ("aggregate", aggregate)]
     }
 
     /// Refuses, naming the field, every definition the engine cannot compute exactly.

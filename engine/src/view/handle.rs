@@ -17,8 +17,8 @@ use crate::Error;
 /// partition for that version, so it never sees a mix of versions.
 #[derive(Clone)]
 pub struct ViewHandle {
-    engine: Arc<Inner>,
-    name: Arc<str>,
+    pub(crate) engine: Arc<Inner>,
+    pub(crate) name: Arc<str>,
     entry: Arc<view::Entry>,
 }
 
@@ -47,7 +47,7 @@ impl ViewHandle {
         self.entry.swaps.load(Ordering::Acquire)
     }
 
-    fn version_def(&self, version: u32) -> Result<Arc<view::Version>, Error> {
+    pub(crate) fn version_def(&self, version: u32) -> Result<Arc<view::Version>, Error> {
         let versions =
             self.entry.versions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         versions
@@ -58,6 +58,10 @@ impl ViewHandle {
 
     fn query(&self, version: u32, query: Query) -> Result<Vec<Row>, Error> {
         let v = self.version_def(version)?;
+        if let Some(e) = failure(&v) {
+            // A failed version's rows are not what its definition computes: refuse them.
+            return Err(e);
+        }
         let topic = self.engine.topic(&v.def.topic)?;
         let mut parts = Vec::with_capacity(v.partitions as usize);
         for partition in 0..v.partitions {
@@ -85,14 +89,24 @@ impl ViewHandle {
         keep: impl Fn(&Row) -> bool,
     ) -> Result<Vec<Row>, Error> {
         let version = self.version();
-        let v = self.version_def(version)?;
-        let query = match v.def.window {
+        let query = self.key_query(version, key, narrow)?;
+        Ok(self.query(version, query)?.into_iter().filter(keep).collect())
+    }
+
+    /// What to ask the partitions for a key's rows: `narrow`, or for session windows all of the
+    /// key's sessions (see `key_rows`).
+    pub(crate) fn key_query(
+        &self,
+        version: u32,
+        key: &[u8],
+        narrow: Query,
+    ) -> Result<Query, Error> {
+        Ok(match self.version_def(version)?.def.window {
             Window::Session { .. } => {
                 Query::Windows { key: key.to_vec(), from_ms: i64::MIN, to_ms: i64::MAX }
             }
             _ => narrow,
-        };
-        Ok(self.query(version, query)?.into_iter().filter(keep).collect())
+        })
     }
 
     /// The row of `key` whose window starts at `window_start` (`operator::window::ALL_TIME` for
@@ -103,7 +117,7 @@ impl ViewHandle {
         Ok(rows.into_iter().next())
     }
 
-    /// Every row whose key is in `[from, to)`, in key then window order.
+    /// Every row whose key is in `[from, to)`, in key then window order (none when `from >= to`).
     pub fn range(&self, from: &[u8], to: &[u8]) -> Result<Vec<Row>, Error> {
         self.query(self.version(), Query::Range { from: from.to_vec(), to: to.to_vec() })
     }
@@ -210,6 +224,9 @@ impl ViewHandle {
             if self.engine.is_shut_down() {
                 return Some(Err(Error::ShutDown));
             }
+            if let Some(dead) = self.engine.dead_shard() {
+                return Some(Err(dead));
+            }
             let served = self.version();
             let version = match self.version_def(served) {
                 Ok(version) => version,
@@ -242,13 +259,7 @@ impl ViewHandle {
 
 /// The first partition error of a version, as the error a waiter returns.
 fn failure(version: &view::Version) -> Option<Error> {
-    let failure = version.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    failure.as_ref().map(|(partition, reason)| Error::ViewFailed {
-        view: version.view.to_string(),
-        version: version.number,
-        partition: *partition,
-        reason: reason.clone(),
-    })
+    version.failure_error()
 }
 
 /// A view version being rebuilt (from `Engine::rebuild_view`).
@@ -280,24 +291,37 @@ impl Rebuild {
         ViewHandle::new(self.engine.clone(), self.name.clone(), self.entry.clone())
     }
 
-    /// Whether this version is served now (it was swapped in, or served by request).
+    /// Whether this version is served now (it was swapped in, or served by request, and no
+    /// other version was served since).
     pub fn is_swapped(&self) -> bool {
-        self.version.outcome.load(Ordering::SeqCst) == view::SERVED
-            || self.entry.served.load(Ordering::Acquire) == self.version.number
+        self.entry.served.load(Ordering::Acquire) == self.version.number
     }
 
     /// Sleeps until every partition of this version has caught up and queries switched to it,
-    /// woken by the shard that folds the last partition's catch-up. Fails when a newer version
-    /// was served first (`Error::Superseded`), a partition stopped on an error, the version was
-    /// dropped, the engine shut down, or `timeout` passed.
+    /// woken by the shard that folds the last partition's catch-up (or by
+    /// `Engine::serve_view_version` serving it). Fails when another version is served instead:
+    /// a newer one was served first, or this one was swapped in and then replaced (a rollback),
+    /// both `Error::Superseded`; when a partition stopped on an error, the version or the view
+    /// was dropped, the engine shut down, or `timeout` passed.
     pub fn wait_swapped(&self, timeout: Duration) -> Result<(), Error> {
         let number = self.version.number;
         let result = self.entry.notifier.wait(timeout, || {
-            if self.is_swapped() {
+            // A swap is acknowledged once its record in `meta.json` is durable: the outcome turns
+            // `SERVED` after that write (`Version::partition_caught_up`). A version served by
+            // request (`Engine::serve_view_version`, which records it before it returns) before
+            // it caught up counts at once.
+            let all_caught_up =
+                self.version.caught_up.load(Ordering::Acquire) >= self.version.partitions;
+            if self.version.outcome.load(Ordering::SeqCst) == view::SERVED
+                || (!all_caught_up && self.entry.served.load(Ordering::Acquire) == number)
+            {
                 return Some(Ok(()));
             }
             if self.engine.is_shut_down() {
                 return Some(Err(Error::ShutDown));
+            }
+            if let Some(dead) = self.engine.dead_shard() {
+                return Some(Err(dead));
             }
             if self.version.dropped.load(Ordering::SeqCst) {
                 return Some(Err(Error::UnknownView {
@@ -309,7 +333,8 @@ impl Rebuild {
                 return Some(Err(e));
             }
             let served = self.entry.served.load(Ordering::Acquire);
-            if served > number || self.version.outcome.load(Ordering::SeqCst) == view::SUPERSEDED {
+            // `SERVED` while another version is served: swapped in, then replaced.
+            if served > number || self.version.outcome.load(Ordering::SeqCst) != view::BUILDING {
                 return Some(Err(Error::Superseded {
                     view: self.name.to_string(),
                     version: number,

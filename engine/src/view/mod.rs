@@ -24,12 +24,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
+use kappa_storage::io::Disk;
+
 use crate::operator::{AggState, Aggregate, Window};
 use crate::Error;
-pub use def::{Start, ViewDef};
+pub use def::{OnError, Start, ViewDef};
 pub use handle::{Rebuild, ViewHandle};
 pub use runner::Activity;
-pub use state::{Cell, Counters, PartitionState};
+pub use state::{Cell, Counters, PartitionState, Poison};
 pub use wait::Offsets;
 
 /// One row of a view: a (key, window) group and its aggregate.
@@ -65,12 +67,33 @@ pub struct PartitionProgress {
     /// Seconds to catch up at that rate (0 when live).
     pub eta_s: f64,
     pub error: Option<String>,
+    /// Set when this partition stopped on a record its user code panicked on.
+    pub failure: Option<Failure>,
     /// What the partition's task is doing or waiting on right now.
     pub activity: Activity,
     /// Times the stall check (`monitor.rs`) saw this partition behind and not moving for a second.
     pub stalls: u64,
     /// Range tasks of its replay (on any shard) not merged yet: the replay's concurrency.
     pub replay_tasks: usize,
+    /// The next offset of the newest checkpoint this partition wrote and synced (or resumed from):
+    /// what a restart resumes from at least.
+    pub checkpointed: Option<u64>,
+    /// The next offset of the checkpoint this partition resumed from at its start, if any: the
+    /// records before it were not replayed.
+    pub resumed_from: Option<u64>,
+}
+
+/// Why a view version stopped: the partition, and for a poison record (user code panicked) its
+/// offset, the step that panicked and the panic message. Poison failures are kept in the view's
+/// `meta.json`, so a restart does not run the record again.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Failure {
+    pub partition: u32,
+    /// The record's offset; `None` when the partition stopped on something else (a read error).
+    pub offset: Option<u64>,
+    /// `filter`, `key function`, `map` or `custom aggregate`; `None` for other errors.
+    pub stage: Option<String>,
+    pub message: String,
 }
 
 /// A version's progress over all partitions.
@@ -118,12 +141,16 @@ pub(crate) struct Version {
     /// Per partition, the next offset to fold (published by the shard after every batch).
     pub(crate) folded: Box<[AtomicU64]>,
     /// The first partition that stopped on an error, and the error.
-    pub(crate) failure: Mutex<Option<(u32, String)>>,
+    pub(crate) failure: Mutex<Option<Failure>>,
     /// `BUILDING`, `SERVED` (every partition caught up and the served version moved here, or
     /// it was served from the start) or `SUPERSEDED` (a newer version was served first).
     pub(crate) outcome: AtomicU8,
     pub(crate) dropped: AtomicBool,
 }
+
+/// `DIR/views/NAME/VERSION/shape`: the version's key, window and aggregate as text, checked by
+/// a later `Start::Checkpoint` from it.
+pub(crate) const SHAPE_FILE: &str = "shape";
 
 pub(crate) const BUILDING: u8 = 0;
 pub(crate) const SERVED: u8 = 1;
@@ -131,7 +158,13 @@ pub(crate) const SUPERSEDED: u8 = 2;
 
 impl Version {
     /// Called on a shard when one partition caught up; the last one flips the served version.
-    pub(crate) fn partition_caught_up(&self) {
+    ///
+    /// The flip is one atomic store (queries see the new version at once); recording it in
+    /// `meta.json` is a file write and two fsyncs, which run on glommio's blocking pool so the
+    /// shard keeps serving. `Rebuild::wait_swapped` returns only once that record is durable
+    /// (the outcome turns `SERVED` after the write), so a swap acknowledged to a caller survives
+    /// a power cut.
+    pub(crate) async fn partition_caught_up(self: &Arc<Self>) {
         let done = self.caught_up.fetch_add(1, Ordering::AcqRel) + 1;
         if done == self.partitions {
             // `fetch_max`, not load-then-store: two rebuilds finishing at once on two shards must
@@ -139,11 +172,15 @@ impl Version {
             let previous = self.entry.served.fetch_max(self.number, Ordering::AcqRel);
             if previous < self.number {
                 self.entry.swaps.fetch_add(1, Ordering::AcqRel);
-                self.outcome.store(SERVED, Ordering::SeqCst);
                 tracing::info!(view = %self.view, from = previous, to = self.number, "view version swapped");
-                if let Err(e) = write_meta(&self.entry) {
+                let entry = self.entry.clone();
+                // `write_meta` reads `served` under the history lock, so the last write always
+                // records the newest state, whichever thread writes first.
+                let written = glommio::executor().spawn_blocking(move || write_meta(&entry)).await;
+                if let Err(e) = written {
                     tracing::error!(view = %self.view, error = %e, "recording the served view version failed");
                 }
+                self.outcome.store(SERVED, Ordering::SeqCst);
             } else if previous == self.number {
                 self.outcome.store(SERVED, Ordering::SeqCst);
             } else {
@@ -162,12 +199,37 @@ impl Version {
     }
 
     /// Records a partition's error (the first one is kept) and wakes waiters.
-    pub(crate) fn partition_failed(&self, partition: u32, reason: String) {
+    pub(crate) fn partition_failed(&self, failure: Failure) {
         self.failure
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get_or_insert((partition, reason));
+            .get_or_insert(failure);
         self.entry.notifier.notify();
+    }
+
+    /// The version's failure (the first partition's), if any.
+    pub(crate) fn failure(&self) -> Option<Failure> {
+        self.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// The failure as the error a query or waiter returns.
+    pub(crate) fn failure_error(&self) -> Option<Error> {
+        self.failure().map(|f| match (f.offset, f.stage) {
+            (Some(offset), Some(stage)) => Error::Poisoned {
+                view: self.view.to_string(),
+                version: self.number,
+                partition: f.partition,
+                offset,
+                stage,
+                message: f.message,
+            },
+            _ => Error::ViewFailed {
+                view: self.view.to_string(),
+                version: self.number,
+                partition: f.partition,
+                reason: f.message,
+            },
+        })
     }
 
     pub(crate) fn partition_dir(&self, partition: u32) -> PathBuf {
@@ -183,7 +245,12 @@ pub(crate) struct Entry {
     pub(crate) versions: Mutex<BTreeMap<u32, Arc<Version>>>,
     /// Every version ever made, with its revision (persisted, so numbers are never reused).
     pub(crate) history: Mutex<BTreeMap<u32, String>>,
+    /// Versions failed by a poison record (persisted: a restart keeps them failed). Written
+    /// under the `history` lock, like the rest of `meta.json`.
+    pub(crate) failed: Mutex<BTreeMap<u32, Failure>>,
     pub(crate) dir: PathBuf,
+    /// The engine's storage seam (metadata and checkpoints go through it).
+    pub(crate) disk: Disk,
     /// Wakes threads in `ViewHandle::wait_for` and `Rebuild::wait_swapped`.
     pub(crate) notifier: wait::Notifier,
 }
@@ -194,6 +261,8 @@ struct MetaFile {
     topic: String,
     served: u32,
     versions: BTreeMap<u32, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    failed: BTreeMap<u32, Failure>,
 }
 
 pub(crate) fn view_dir(data_dir: &Path, name: &str) -> PathBuf {
@@ -207,51 +276,63 @@ pub struct StoredView {
     pub topic: String,
     pub served: u32,
     pub revisions: BTreeMap<u32, String>,
+    /// Versions a poison record failed.
+    pub failed: BTreeMap<u32, Failure>,
 }
 
 /// Reads a view's stored metadata from a data dir; `None` when there is no such view. Lets a
 /// process that re-creates its views at start (the appliance) resume the version that was served.
-pub fn stored_view(data_dir: &Path, name: &str) -> Result<Option<StoredView>, Error> {
-    Ok(read_meta(&view_dir(data_dir, name))?.map(|(topic, served, revisions)| StoredView {
-        topic,
-        served,
-        revisions,
+pub fn stored_view(disk: &Disk, data_dir: &Path, name: &str) -> Result<Option<StoredView>, Error> {
+    Ok(read_meta(disk, &view_dir(data_dir, name))?.map(|meta| StoredView {
+        topic: meta.topic,
+        served: meta.served,
+        revisions: meta.revisions,
+        failed: meta.failed,
     }))
 }
 
-/// A view's stored metadata: topic, served version, and the revision of every version.
-pub(crate) type Meta = (String, u32, BTreeMap<u32, String>);
+/// A view's stored metadata: topic, served version, the revision of every version, and the
+/// versions a poison record failed.
+pub(crate) struct Meta {
+    pub(crate) topic: String,
+    pub(crate) served: u32,
+    pub(crate) revisions: BTreeMap<u32, String>,
+    pub(crate) failed: BTreeMap<u32, Failure>,
+}
 
-pub(crate) fn read_meta(dir: &Path) -> Result<Option<Meta>, Error> {
+pub(crate) fn read_meta(disk: &Disk, dir: &Path) -> Result<Option<Meta>, Error> {
     let path = dir.join("meta.json");
-    match std::fs::read(&path) {
+    match disk.read_file_blocking(&path) {
         Ok(bytes) => {
             let meta: MetaFile = serde_json::from_slice(&bytes)
                 .map_err(|e| Error::Meta { path: path.clone(), reason: e.to_string() })?;
-            Ok(Some((meta.topic, meta.served, meta.versions)))
+            Ok(Some(Meta {
+                topic: meta.topic,
+                served: meta.served,
+                revisions: meta.versions,
+                failed: meta.failed,
+            }))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::Io { op: "read", path, source: e }),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 
 pub(crate) fn write_meta(entry: &Entry) -> Result<(), Error> {
     // The history lock is held through the write: the engine thread (create, rebuild, drop) and a
-    // shard (a swap) may write this file at the same time, and they share its temp file name.
+    // swap (on the blocking pool) may write this file at the same time; holding it, the one that
+    // renames last is the one that read `served` last. Blocking: never call it on a shard thread.
     let history = entry.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let meta = MetaFile {
         format: 1,
         topic: entry.topic.clone(),
         served: entry.served.load(Ordering::Acquire),
         versions: history.clone(),
+        failed: entry.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
     };
-    std::fs::create_dir_all(&entry.dir).map_err(|e| Error::Io {
-        op: "create dir",
-        path: entry.dir.clone(),
-        source: e,
-    })?;
+    entry.disk.create_dir_all_blocking(&entry.dir)?;
     let bytes = serde_json::to_vec_pretty(&meta).expect("view metadata serializes");
-    kappa_storage::io::write_file_atomic(&entry.dir.join("meta.json"), &bytes)?;
+    entry.disk.write_file_atomic_blocking(&entry.dir.join("meta.json"), &bytes)?;
     Ok(())
 }
 
@@ -347,6 +428,9 @@ impl Query {
                 .and_then(|w| w.get(window_start))
                 .map(|c| vec![(key.clone(), *window_start, c.clone())])
                 .unwrap_or_default(),
+            // `BTreeMap::range` panics on a reversed range, which would take the shard (and the
+            // process) down; a reversed key range holds no key.
+            Query::Range { from, to } if from > to => Vec::new(),
             Query::Range { from, to } => state
                 .groups
                 .range::<[u8], _>((

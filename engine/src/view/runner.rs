@@ -13,11 +13,11 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use kappa_storage::{PartitionLog, Seek};
+use kappa_storage::{LogReader, PartitionLog, Seek};
 
 use crate::shard::Shard;
-use crate::view::state::{self, PartitionState};
-use crate::view::{PartitionProgress, Version};
+use crate::view::state::{self, PartitionState, Poison};
+use crate::view::{Failure, PartitionProgress, Version};
 
 /// What a view partition's task is doing or waiting on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +32,7 @@ pub enum Activity {
     WaitingReadable,
     /// Waiting for the log's fdatasync before a checkpoint.
     CheckpointSync,
-    /// Writing a checkpoint file (blocking the shard thread).
+    /// Writing a checkpoint file (on glommio's blocking pool; the shard keeps running).
     CheckpointWrite,
     /// Waiting for the next range task (on this or another shard) to merge (`split.rs`).
     ReplayTasks,
@@ -103,6 +103,7 @@ pub(crate) struct ViewPartition {
     pub(crate) caught_up_at: StdCell<Option<u64>>,
     pub(crate) stopped: StdCell<bool>,
     pub(crate) error: RefCell<Option<String>>,
+    pub(crate) failure: RefCell<Option<Failure>>,
     pub(crate) bytes_consumed: StdCell<u64>,
     pub(crate) activity: StdCell<Activity>,
     /// In the replay queue (true) or the live queue.
@@ -112,13 +113,22 @@ pub(crate) struct ViewPartition {
     /// Range tasks of this partition's replay not merged yet (`split.rs`).
     pub(crate) replay_tasks: StdCell<usize>,
     since_checkpoint: StdCell<u64>,
+    /// The next offset of the newest checkpoint written and synced (durable) by this partition.
+    pub(crate) checkpointed: StdCell<Option<u64>>,
+    /// The next offset of the checkpoint this partition resumed from, if any.
+    pub(crate) resumed_from: Option<u64>,
     consumed_at_start: u64,
     /// When this partition started on the shard: progress rates only, never a decision.
     started: std::time::Instant,
 }
 
 impl ViewPartition {
-    pub(crate) fn new(version: Arc<Version>, partition: u32, state: PartitionState) -> Self {
+    pub(crate) fn new(
+        version: Arc<Version>,
+        partition: u32,
+        state: PartitionState,
+        resumed_from: Option<u64>,
+    ) -> Self {
         let consumed_at_start = state.counters.consumed;
         version.partition_folded(partition, state.next_offset);
         #[allow(clippy::disallowed_methods)] // Progress rates are observability, never decisions.
@@ -130,6 +140,7 @@ impl ViewPartition {
             caught_up_at: StdCell::new(None),
             stopped: StdCell::new(false),
             error: RefCell::new(None),
+            failure: RefCell::new(None),
             bytes_consumed: StdCell::new(0),
             activity: StdCell::new(Activity::Starting),
             replaying: StdCell::new(true),
@@ -137,6 +148,8 @@ impl ViewPartition {
             stalls: StdCell::new(0),
             replay_tasks: StdCell::new(0),
             since_checkpoint: StdCell::new(0),
+            checkpointed: StdCell::new(resumed_from),
+            resumed_from,
             consumed_at_start,
             started,
         }
@@ -162,9 +175,12 @@ impl ViewPartition {
             rate_records_s: rate,
             eta_s: if live || rate <= 0.0 { 0.0 } else { lag as f64 / rate },
             error: self.error.borrow().clone(),
+            failure: self.failure.borrow().clone(),
             activity: self.activity.get(),
             stalls: self.stalls.get(),
             replay_tasks: self.replay_tasks.get(),
+            checkpointed: self.checkpointed.get(),
+            resumed_from: self.resumed_from,
         }
     }
 
@@ -178,37 +194,120 @@ impl ViewPartition {
 
     /// Records an error that stopped the partition, and tells waiters.
     fn fail(&self, reason: String) {
+        self.stop_failed(Failure {
+            partition: self.partition,
+            offset: None,
+            stage: None,
+            message: reason,
+        });
+    }
+
+    /// Marks the partition stopped by `failure` (its progress and metrics show it) and fails
+    /// the version (its queries and waiters get the error).
+    pub(crate) fn stop_failed(&self, failure: Failure) {
+        self.stopped.set(true);
         self.activity.set(Activity::Stopped);
-        self.version.partition_failed(self.partition, reason.clone());
-        *self.error.borrow_mut() = Some(reason);
+        *self.error.borrow_mut() = Some(failure_text(&failure));
+        *self.failure.borrow_mut() = Some(failure.clone());
+        self.version.partition_failed(failure);
+    }
+
+    /// A record on which user code panicked (`OnError::Fail`): the version fails, and the failure
+    /// is written to the view's `meta.json` (on glommio's blocking pool, never on this thread),
+    /// so a restart holds the partition stopped instead of running the record again.
+    pub(crate) async fn poisoned(&self, poison: Poison) {
+        tracing::error!(view = %self.version.view, version = self.version.number,
+            partition = self.partition, offset = poison.offset, stage = poison.stage,
+            message = %poison.message, "view user code panicked on a record; the version failed");
+        let failure = Failure {
+            partition: self.partition,
+            offset: Some(poison.offset),
+            stage: Some(poison.stage.to_string()),
+            message: poison.message,
+        };
+        self.stop_failed(failure.clone());
+        let entry = self.version.entry.clone();
+        let number = self.version.number;
+        let written = glommio::executor()
+            .spawn_blocking(move || {
+                entry
+                    .failed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .entry(number)
+                    .or_insert(failure);
+                crate::view::write_meta(&entry)
+            })
+            .await;
+        if let Err(e) = written {
+            tracing::error!(view = %self.version.view, version = number, error = %e,
+                "recording a view version's failure failed; a restart will run the record again");
+        }
     }
 }
 
-/// The newest valid checkpoint of a partition that the log still covers, or a fresh state.
-pub(crate) fn initial_state(
+/// A failure as one line (progress and metrics).
+pub(crate) fn failure_text(failure: &Failure) -> String {
+    match (failure.offset, &failure.stage) {
+        (Some(offset), Some(stage)) => {
+            format!("{stage} panicked at offset {offset}: {}", failure.message)
+        }
+        _ => failure.message.clone(),
+    }
+}
+
+impl ViewPartition {
+    /// Whether a persisted failure holds this partition stopped (a restart after a poison record).
+    pub(crate) fn failed_before(&self) -> Option<Failure> {
+        self.version.failure().filter(|f| f.partition == self.partition && f.offset.is_some())
+    }
+}
+
+/// Where a view partition starts: its state, where its reader starts, and the checkpoint offset
+/// it resumed from. The newest valid checkpoint the log still covers, or a fresh state at the
+/// definition's start.
+///
+/// A start the log cannot serve exactly is refused (`Error::ViewBeforeLogStart`): `Beginning` (or
+/// a checkpoint seed without a checkpoint) once retention deleted offset 0, a checkpoint older
+/// than the log start with no newer one, or a `Timestamp` whose first record is the first one
+/// retained (deleted records may have qualified). `Start::EarliestRetained` asks for the first
+/// retained record instead. File reads go through the seam (the blocking pool on the real disk).
+pub(crate) async fn initial_state(
     version: &Version,
     partition: u32,
     log: &PartitionLog,
-) -> (PartitionState, Seek) {
+) -> Result<(PartitionState, Seek, Option<u64>), crate::Error> {
+    let disk = &version.entry.disk;
     // Our own checkpoints first (a restart); then, for a fresh version seeded from another one,
     // that version's.
-    let own = checkpoints(&version.partition_dir(partition));
+    let own = checkpoints(disk, &version.partition_dir(partition)).await;
     let seeded = match version.def.start {
         crate::view::Start::Checkpoint { version: seed } if own.is_empty() => {
-            checkpoints(&version.entry.dir.join(seed.to_string()).join(partition.to_string()))
+            checkpoints(disk, &version.entry.dir.join(seed.to_string()).join(partition.to_string()))
+                .await
         }
         _ => Vec::new(),
     };
+    let log_start = log.start_offset();
+    let mut needed = 0;
     for path in own.into_iter().rev().chain(seeded.into_iter().rev()) {
-        match state::read_checkpoint(&path) {
+        let read = match disk.read_file(&path).await {
+            Ok(bytes) => state::decode_checkpoint(&path, &bytes),
+            Err(e) => Err(e.into()),
+        };
+        match read {
             Ok(state)
-                if state.next_offset <= log.end_offset()
-                    && state.next_offset >= log.start_offset() =>
+                if state.next_offset <= log.end_offset() && state.next_offset >= log_start =>
             {
                 tracing::info!(view = %version.view, version = version.number, partition,
                     next_offset = state.next_offset, "view partition resumed from checkpoint");
-                let seek = Seek::Offset(state.next_offset);
-                return (state, seek);
+                let offset = state.next_offset;
+                return Ok((state, Seek::Offset(offset), Some(offset)));
+            }
+            Ok(state) if state.next_offset < log_start => {
+                needed = needed.max(state.next_offset);
+                tracing::warn!(checkpoint = %path.display(), next_offset = state.next_offset,
+                    log_start, "checkpoint is older than the log start; ignoring it")
             }
             Ok(state) => {
                 tracing::warn!(checkpoint = %path.display(), next_offset = state.next_offset,
@@ -217,29 +316,54 @@ pub(crate) fn initial_state(
             Err(e) => tracing::warn!(error = %e, "damaged checkpoint; trying an older one"),
         }
     }
-    let seek = match version.def.start {
-        crate::view::Start::Beginning | crate::view::Start::Checkpoint { .. } => Seek::Beginning,
-        crate::view::Start::Timestamp(ts) => Seek::Timestamp(ts),
+    let before_start = |needed: u64| crate::Error::ViewBeforeLogStart {
+        view: version.view.to_string(),
+        version: version.number,
+        partition,
+        needed,
+        log_start,
     };
-    (PartitionState::new(log.start_offset()), seek)
+    let seek = match version.def.start {
+        crate::view::Start::EarliestRetained => Seek::Beginning,
+        crate::view::Start::Beginning | crate::view::Start::Checkpoint { .. } => {
+            if log_start > 0 {
+                return Err(before_start(needed));
+            }
+            Seek::Beginning
+        }
+        crate::view::Start::Timestamp(ts) => {
+            if log_start > 0 && log.reader(Seek::Timestamp(ts))?.next_offset() <= log_start {
+                return Err(before_start(needed));
+            }
+            Seek::Timestamp(ts)
+        }
+    };
+    Ok((PartitionState::new(log_start), seek, None))
 }
 
 /// Checkpoint files of a partition, oldest first (names are zero-padded offsets).
-fn checkpoints(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("ckpt"))
-                .collect()
-        })
-        .unwrap_or_default();
+async fn checkpoints(disk: &kappa_storage::io::Disk, dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = match disk.list_dir(dir).await {
+        Ok(entries) => entries
+            .into_iter()
+            .map(|e| dir.join(e.name))
+            .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("ckpt"))
+            .collect(),
+        Err(e) if e.is_not_found() => Vec::new(),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "listing view checkpoints failed");
+            Vec::new()
+        }
+    };
     files.sort();
     files
 }
 
 /// Writes a checkpoint of the partition after making sure the log holds (synced) everything it
-/// covers, then keeps only the newest two.
+/// covers, then keeps only the newest two. The state is encoded on the shard (a copy of it is
+/// what the file holds); the file work (create the directory, temp file, fsync, rename, fsync the
+/// directory, unlink old ones) goes through the seam, on glommio's blocking pool on the real disk,
+/// so the shard keeps serving while the disk works.
 pub(crate) async fn checkpoint(log: &PartitionLog, vp: &ViewPartition) {
     let was = vp.activity.replace(Activity::CheckpointSync);
     // A checkpoint must never cover records a crash could still lose.
@@ -250,35 +374,38 @@ pub(crate) async fn checkpoint(log: &PartitionLog, vp: &ViewPartition) {
     }
     vp.activity.set(Activity::CheckpointWrite);
     let dir = vp.version.partition_dir(vp.partition);
-    // Observability only: a write that blocks the shard thread this long is worth a warning.
-    #[allow(clippy::disallowed_methods)]
-    let started = std::time::Instant::now();
-    let result = {
+    let disk = &vp.version.entry.disk;
+    let (path, offset, encoded) = {
         let st = vp.state.borrow();
         let path = dir.join(format!("{:020}.ckpt", st.next_offset));
-        state::write_checkpoint(&path, &vp.version.view, vp.version.number, vp.partition, &st)
+        let encoded =
+            state::encode_checkpoint(&path, &vp.version.view, vp.version.number, vp.partition, &st);
+        (path, st.next_offset, encoded)
     };
-    let blocked = started.elapsed();
-    if blocked >= CHECKPOINT_WRITE_WARN {
-        tracing::warn!(view = %vp.version.view, version = vp.version.number, partition = vp.partition,
-            blocked_ms = blocked.as_millis() as u64,
-            "a view checkpoint write blocked the shard thread (std::fs write and fsync)");
-    }
+    let result = match encoded {
+        Ok(bytes) => match disk.create_dir_all(&dir).await {
+            Ok(()) => disk.write_file_atomic_owned(&path, bytes).await.map_err(Into::into),
+            Err(e) => Err(e.into()),
+        },
+        Err(e) => Err(e),
+    };
     vp.activity.set(was);
     match result {
         Ok(()) => {
             vp.since_checkpoint.set(0);
-            let files = checkpoints(&dir);
+            vp.checkpointed.set(Some(offset));
+            let files = checkpoints(disk, &dir).await;
             for old in files.iter().take(files.len().saturating_sub(2)) {
-                let _ = std::fs::remove_file(old);
+                // Not synced: an old checkpoint that comes back after a power cut is still valid.
+                let _ = disk.remove_file(old).await;
             }
         }
-        Err(e) => tracing::error!(error = %e, "view checkpoint failed"),
+        Err(e) => {
+            let e: crate::Error = e;
+            tracing::error!(error = %e, "view checkpoint failed")
+        }
     }
 }
-
-/// A checkpoint write that blocks the shard longer than this is logged.
-const CHECKPOINT_WRITE_WARN: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Folds the log into the partition from `seek`: in the replay queue until caught up, then (a new
 /// task) in the live queue for good.
@@ -289,26 +416,39 @@ pub(crate) async fn run(
     seek: Seek,
     live: bool,
 ) {
-    vp.replaying.set(!live);
     let mut seek = seek;
     if !live {
         // Sealed history first, as range tasks over every shard, where the view allows it.
         if let Some(next) = crate::view::split::replay_ranges(&shard, &log, &vp, seek).await {
             seek = next;
         }
+        if vp.stopped.get() {
+            // A range task's poison record failed the version, or the view was dropped.
+            return;
+        }
     }
+    let control = shard.replay_control();
+    let reader =
+        log.reader(seek).map(|r| if live { r } else { r.with_read_ahead(control.read_ahead()) });
+    match reader {
+        Ok(reader) => fold(shard, log, vp, reader, live).await,
+        Err(e) => vp.fail(e.to_string()),
+    }
+}
+
+/// The loop of `run` over a reader. The live task takes over the replay task's reader, so what
+/// the reader still owes (a timestamp start that has not met its first record yet) carries over.
+async fn fold(
+    shard: Rc<Shard>,
+    log: Rc<PartitionLog>,
+    vp: Rc<ViewPartition>,
+    mut reader: LogReader,
+    live: bool,
+) {
+    vp.replaying.set(!live);
     let control = shard.replay_control().clone();
     // Whole-partition replay counts as replay work for the controller, and reads at its pace.
     let active = (!live).then(|| control.active());
-    let reader =
-        log.reader(seek).map(|r| if live { r } else { r.with_read_ahead(control.read_ahead()) });
-    let mut reader = match reader {
-        Ok(reader) => reader,
-        Err(e) => {
-            vp.fail(e.to_string());
-            return;
-        }
-    };
     let def = vp.version.def.clone();
     loop {
         if vp.stopped.get() {
@@ -318,14 +458,22 @@ pub(crate) async fn run(
         vp.activity.set(Activity::Reading);
         match reader.next_batch().await {
             Ok(Some(batch)) => {
-                let (n, next_offset) = {
+                let (n, next_offset, poison) = {
                     let mut st = vp.state.borrow_mut();
                     let before = st.counters.consumed;
+                    let mut poison = None;
                     for record in batch.records() {
-                        st.apply(&def, &record);
+                        if let Err(p) = st.apply(&def, &record) {
+                            poison = Some(p);
+                            break;
+                        }
                     }
-                    (st.counters.consumed - before, st.next_offset)
+                    (st.counters.consumed - before, st.next_offset, poison)
                 };
+                if let Some(poison) = poison {
+                    vp.poisoned(poison).await;
+                    return;
+                }
                 vp.version.partition_folded(vp.partition, next_offset);
                 if !live {
                     control.folded(n);
@@ -349,10 +497,18 @@ pub(crate) async fn run(
                     vp.caught_up_at.set(Some(offset));
                     tracing::info!(view = %vp.version.view, version = vp.version.number, partition = vp.partition,
                         offset, "view partition caught up; following the live tail");
-                    vp.version.partition_caught_up();
+                    vp.version.partition_caught_up().await;
                     drop(active);
-                    let task =
-                        run(shard.clone(), log.clone(), vp.clone(), Seek::Offset(offset), true);
+                    // The same reader, not a new one at `offset`: a timestamp start that has not
+                    // met a record at or after its time yet still skips older ones. It reads at
+                    // the log's read-ahead again, no longer the replay controller's.
+                    let task = fold(
+                        shard.clone(),
+                        log.clone(),
+                        vp.clone(),
+                        reader.with_log_read_ahead(),
+                        true,
+                    );
                     glommio::spawn_local_into(task, shard.live_queue())
                         .expect("the live queue exists")
                         .detach();

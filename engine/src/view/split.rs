@@ -25,7 +25,7 @@ use kappa_storage::{PartitionLog, ReadAhead, SealedSegment, Seek, SegmentReader}
 use crate::config::ReplayConfig;
 use crate::shard::{Shard, ShardJob};
 use crate::view::runner::{self, Activity, ViewPartition};
-use crate::view::state::{self, RangeFold};
+use crate::view::state::{self, Poison, RangeFold};
 use crate::view::Version;
 
 /// One range task: records `[from, to)`, read as pieces of sealed segments (by index into the
@@ -81,8 +81,24 @@ pub(crate) fn plan(
 }
 
 /// What a range task sends back: the partial state and the archive bytes it read, or why it
-/// failed.
-type RangeResult = Result<(RangeFold, u64), String>;
+/// stopped.
+type RangeResult = Result<(RangeFold, u64), RangeError>;
+
+/// Why a range task stopped before the end of its range.
+enum RangeError {
+    /// User code panicked on a record under `OnError::Fail`: the state folded up to and
+    /// including that record (as a serial fold leaves it) and the poison. The owner merges it and
+    /// fails the version, exactly as a serial fold reaching that record would.
+    Poison(Box<(RangeFold, u64, Poison)>),
+    /// Anything else (a read error, cancelled): the owner replays the rest on its own shard.
+    Other(String),
+}
+
+impl From<String> for RangeError {
+    fn from(reason: String) -> Self {
+        RangeError::Other(reason)
+    }
+}
 
 /// Folds one range on the shard it runs on, in its replay queue, within the controller's
 /// concurrency.
@@ -108,28 +124,37 @@ async fn fold_range(
             .map_err(|e| format!("opening {} for [{a}, {b}): {e}", path.display()))?;
         loop {
             if cancel.load(Ordering::Relaxed) {
-                return Err("cancelled".into());
+                return Err(RangeError::Other("cancelled".into()));
             }
             let batch = match reader.next_batch().await {
                 Ok(Some(batch)) => batch,
                 Ok(None) => break,
-                Err(e) => return Err(format!("reading {}: {e}", path.display())),
+                Err(e) => return Err(format!("reading {}: {e}", path.display()).into()),
             };
             let before = fold.state.counters.consumed;
+            let mut poison = None;
             for record in batch.records() {
-                fold.state.apply(def, &record);
+                // Under `OnError::Skip` a panicking filter, key or map is counted (`panicked`)
+                // inside `apply`, as in a serial fold; only a poison stops the range.
+                if let Err(p) = fold.state.apply(def, &record) {
+                    poison = Some(p);
+                    break;
+                }
             }
             bytes += batch.batch.payload().len() as u64;
             control.folded(fold.state.counters.consumed - before);
+            if let Some(poison) = poison {
+                return Err(RangeError::Poison(Box::new((fold, bytes, poison))));
+            }
             glommio::yield_if_needed().await;
         }
     }
     if fold.next_offset() != to {
-        return Err(format!(
+        return Err(RangeError::Other(format!(
             "range [{from}, {to}) of topic {} folded only up to {}",
             version.def.topic,
             fold.next_offset()
-        ));
+        )));
     }
     Ok((fold, bytes))
 }
@@ -186,22 +211,30 @@ pub(crate) async fn replay_ranges(
         });
         let target = (owner + 1 + i) % shards;
         if shard.run_on(target, job).await.is_err() {
-            break; // Shutting down: the ranges sent so far still merge, the rest replay here.
+            // Shutting down, or that shard died: the ranges sent so far still merge, the rest
+            // replay here.
+            break;
         }
-        results.push(rx);
+        results.push((target, rx));
     }
     vp.replay_tasks.set(results.len());
     let _active = shard.replay_control().active();
-    for rx in results {
+    for (target, rx) in results {
         if vp.stopped.get() {
             break;
         }
         vp.activity.set(Activity::ReplayTasks);
-        let result = rx.recv_async().await.unwrap_or_else(|_| Err("the task was dropped".into()));
+        let result = shard.recv_from(target, &rx).await.unwrap_or_else(|| {
+            Err(RangeError::Other(format!("shard {target} ended before the task did")))
+        });
         vp.replay_tasks.set(vp.replay_tasks.get().saturating_sub(1));
-        let (fold, bytes) = match result {
-            Ok(done) => done,
-            Err(reason) => {
+        let (fold, bytes, poison) = match result {
+            Ok((fold, bytes)) => (fold, bytes, None),
+            Err(RangeError::Poison(poisoned)) => {
+                let (fold, bytes, poison) = *poisoned;
+                (fold, bytes, Some(poison))
+            }
+            Err(RangeError::Other(reason)) => {
                 tracing::warn!(view = %vp.version.view, partition = vp.partition, %reason,
                     "a range task failed; the partition replays the rest on its own shard");
                 break;
@@ -217,6 +250,16 @@ pub(crate) async fn replay_ranges(
             }
             (st.counters.consumed - before, st.next_offset)
         };
+        if let Some(poison) = poison {
+            // Every range before this one merged without a poison, so this is the first record
+            // of the partition a serial fold would fail on: the version fails there, with the
+            // partition and the record's offset, and the other tasks are cancelled.
+            vp.bytes_consumed.set(vp.bytes_consumed.get() + bytes);
+            cancel.store(true, Ordering::Relaxed);
+            vp.replay_tasks.set(0);
+            vp.poisoned(poison).await;
+            return None;
+        }
         vp.version.partition_folded(vp.partition, next);
         vp.bytes_consumed.set(vp.bytes_consumed.get() + bytes);
         vp.add_since_checkpoint(n);

@@ -16,7 +16,7 @@ use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 use crate::operator::window::{EVENT_TIME_MAX, EVENT_TIME_MIN};
 use crate::operator::{AggState, Aggregate, KeyBy, LatePolicy, Skip, Window};
-use crate::view::def::ViewDef;
+use crate::view::def::{OnError, ViewDef};
 use crate::Error;
 
 /// One (key, window) group.
@@ -52,6 +52,8 @@ pub struct Counters {
     pub late_dropped: u64,
     /// (record, window) pairs whose window was closed, folded in anyway (`LatePolicy::Update`).
     pub late_updated: u64,
+    /// Records whose filter, key or map closure panicked, skipped under `OnError::Skip`.
+    pub panicked: u64,
 }
 
 impl Counters {
@@ -63,9 +65,10 @@ impl Counters {
             + self.no_field
             + self.not_a_number
             + self.not_json
+            + self.panicked
     }
 
-    fn all(&self) -> [u64; 10] {
+    fn all(&self) -> [u64; 11] {
         [
             self.consumed,
             self.applied,
@@ -77,11 +80,37 @@ impl Counters {
             self.not_json,
             self.late_dropped,
             self.late_updated,
+            self.panicked,
         ]
     }
 }
 
 pub type Groups = BTreeMap<Vec<u8>, BTreeMap<i64, Cell>>;
+
+/// A record on which a view's user code panicked: where, in which step, and the panic message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Poison {
+    pub offset: u64,
+    /// `filter`, `key function`, `map` or `custom aggregate`.
+    pub stage: &'static str,
+    pub message: String,
+}
+
+/// Runs user code, turning a panic into its message. `AssertUnwindSafe`: the callers pass
+/// closures that only read the record, or (a custom aggregate) whose state is discarded with the
+/// failed version.
+fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| panic_message(&*p))
+}
+
+/// The text of a panic payload (`&str` or `String`, as `panic!` makes them).
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with a non-text payload".to_string())
+}
 
 /// One partition of one view version.
 #[derive(Debug, Clone, PartialEq)]
@@ -118,22 +147,34 @@ impl PartitionState {
 
     /// Folds one record in (docs/semantics.md). No allocation unless the record opens a new
     /// group (a new key, window or session).
-    pub fn apply(&mut self, def: &ViewDef, record: &RecordRef<'_>) {
+    ///
+    /// User code (the filter, key and map closures, a custom aggregate) runs under
+    /// `catch_unwind`, each call at the smallest scope that leaves the state whole: the closures
+    /// only read the record (the key closure writes a scratch buffer cleared before each use), so
+    /// a panic there leaves the groups untouched and `OnError::Skip` can count the record and go
+    /// on. A panic inside the aggregate may leave a group half updated, so it is always an
+    /// `Err(Poison)`, whatever the policy. On `Err` the record is consumed (`next_offset` is past
+    /// it) and the caller fails the version.
+    pub fn apply(&mut self, def: &ViewDef, record: &RecordRef<'_>) -> Result<(), Poison> {
         self.next_offset = record.offset() + 1;
         self.counters.consumed += 1;
         let ts = record.timestamp();
         if !(EVENT_TIME_MIN..=EVENT_TIME_MAX).contains(&ts) {
             self.counters.time_out_of_range += 1;
-            return;
+            return Ok(());
         }
         // Event time moves with every record the partition holds, whether or not this view uses
         // it: the watermark tracks the stream, not the view's selection of it.
         self.max_event_time = self.max_event_time.max(ts);
         let watermark = self.watermark(def.allowed_lateness_ms);
         if let Some(filter) = &def.filter {
-            if !filter(record) {
-                self.counters.filtered += 1;
-                return;
+            match guarded(|| filter(record)) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.counters.filtered += 1;
+                    return Ok(());
+                }
+                Err(message) => return self.user_panic(def, record, "filter", message),
             }
         }
         self.key.clear();
@@ -145,26 +186,80 @@ impl PartitionState {
                 }
                 None => false,
             },
-            KeyBy::Derived(f) => f(record, &mut self.key),
+            KeyBy::Derived(f) => {
+                let key = &mut self.key;
+                match guarded(|| f(record, key)) {
+                    Ok(keyed) => keyed,
+                    Err(message) => return self.user_panic(def, record, "key function", message),
+                }
+            }
+            KeyBy::Json(path) => match path.key_into(record.value(), &mut self.key) {
+                Ok(()) => true,
+                Err(Skip::NotJson) => {
+                    self.counters.not_json += 1;
+                    return Ok(());
+                }
+                Err(Skip::NoField | Skip::NotANumber) => false,
+            },
         };
         if !keyed {
             self.counters.no_key += 1;
-            return;
+            return Ok(());
         }
         let value = match &def.map {
-            Some(map) => match map(record) {
-                Ok(v) => Some(v),
-                Err(skip) => {
+            Some(map) => match guarded(|| map(record)) {
+                Ok(Ok(v)) => Some(v),
+                Ok(Err(skip)) => {
                     match skip {
                         Skip::NoField => self.counters.no_field += 1,
                         Skip::NotANumber => self.counters.not_a_number += 1,
                         Skip::NotJson => self.counters.not_json += 1,
                     }
-                    return;
+                    return Ok(());
                 }
+                Err(message) => return self.user_panic(def, record, "map", message),
             },
             None => None,
         };
+        if let Aggregate::Custom(_) = def.aggregate {
+            // Only a custom aggregate runs user code here; the built-ins do not panic.
+            guarded(|| self.fold(def, record, value, ts, watermark)).map_err(|message| Poison {
+                offset: record.offset(),
+                stage: "custom aggregate",
+                message,
+            })
+        } else {
+            self.fold(def, record, value, ts, watermark);
+            Ok(())
+        }
+    }
+
+    /// A panic in a filter, key or map closure: skip and count the record, or fail.
+    fn user_panic(
+        &mut self,
+        def: &ViewDef,
+        record: &RecordRef<'_>,
+        stage: &'static str,
+        message: String,
+    ) -> Result<(), Poison> {
+        match def.on_error {
+            OnError::Skip => {
+                self.counters.panicked += 1;
+                Ok(())
+            }
+            OnError::Fail => Err(Poison { offset: record.offset(), stage, message }),
+        }
+    }
+
+    /// Folds a record that passed the filter, has a key and a value into its group(s).
+    fn fold(
+        &mut self,
+        def: &ViewDef,
+        record: &RecordRef<'_>,
+        value: Option<f64>,
+        ts: i64,
+        watermark: i64,
+    ) {
         self.counters.applied += 1;
         if !self.groups.contains_key(self.key.as_slice()) {
             self.groups.insert(self.key.clone(), BTreeMap::new());
@@ -326,10 +421,11 @@ impl Session<'_, '_> {
 }
 
 const CHECKPOINT_MAGIC: u32 = u32::from_le_bytes(*b"KAPC");
-/// Format 2: `Counters` counts skips by cause. Format 3: `Sum` and `Mean` keep an exact sum
-/// (`ExactSum`), `Min`/`Max` order zeros by sign. An older checkpoint is refused as unknown and
-/// the partition replays from an older checkpoint or the start.
-const CHECKPOINT_FORMAT: u16 = 3;
+/// Format 2: `Counters` counts skips by cause. Format 3: records whose user code panicked
+/// (`panicked`). Format 4: `Sum` and `Mean` keep an exact sum (`ExactSum`), `Min`/`Max` order
+/// zeros by sign. An older checkpoint is refused as unknown and the partition replays from an
+/// older checkpoint or the start.
+const CHECKPOINT_FORMAT: u16 = 4;
 const CHECKPOINT_HEADER: usize = 32;
 
 /// Groups as a checkpoint stores them: key, then (window start, cell) in order.
@@ -347,7 +443,8 @@ struct CheckpointData {
 }
 
 /// A checkpoint file: 32-byte header (magic, format, payload length, xxh3 of the payload) and the
-/// rkyv archive of the state. Written atomically (temp, fsync, rename, fsync dir).
+/// rkyv archive of the state. Written atomically (temp, fsync, rename, fsync dir) on the real
+/// disk, blocking (tests and tools; shards use `encode_checkpoint` and the async seam).
 pub fn write_checkpoint(
     path: &Path,
     view: &str,
@@ -355,6 +452,22 @@ pub fn write_checkpoint(
     partition: u32,
     state: &PartitionState,
 ) -> Result<(), Error> {
+    let bytes = encode_checkpoint(path, view, version, partition, state)?;
+    if let Some(dir) = path.parent() {
+        kappa_storage::io::Disk::Dma.create_dir_all_blocking(dir)?;
+    }
+    kappa_storage::io::write_file_atomic(path, &bytes)?;
+    Ok(())
+}
+
+/// The bytes of a checkpoint file of `state` (see `write_checkpoint`); `path` names errors.
+pub fn encode_checkpoint(
+    path: &Path,
+    view: &str,
+    version: u32,
+    partition: u32,
+    state: &PartitionState,
+) -> Result<Vec<u8>, Error> {
     let data = CheckpointData {
         view: view.to_string(),
         version,
@@ -380,25 +493,22 @@ pub fn write_checkpoint(
     bytes.extend_from_slice(&xxh3_64(&payload).to_le_bytes());
     bytes.resize(CHECKPOINT_HEADER, 0);
     bytes.extend_from_slice(&payload);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::Io {
-            op: "create dir",
-            path: dir.to_path_buf(),
-            source: e,
-        })?;
-    }
-    kappa_storage::io::write_file_atomic(path, &bytes)?;
-    Ok(())
+    Ok(bytes)
 }
 
 /// Reads a checkpoint, verifying its checksum and archive; any damage is an error naming the file.
 pub fn read_checkpoint(path: &Path) -> Result<PartitionState, Error> {
-    let corrupt = |reason: String| Error::Meta { path: path.to_path_buf(), reason };
     let bytes = std::fs::read(path).map_err(|e| Error::Io {
         op: "read",
         path: path.to_path_buf(),
         source: e,
     })?;
+    decode_checkpoint(path, &bytes)
+}
+
+/// A checkpoint's state from its file's bytes; any damage is an error naming `path`.
+pub fn decode_checkpoint(path: &Path, bytes: &[u8]) -> Result<PartitionState, Error> {
+    let corrupt = |reason: String| Error::Meta { path: path.to_path_buf(), reason };
     if bytes.len() < CHECKPOINT_HEADER || bytes[0..4] != CHECKPOINT_MAGIC.to_le_bytes() {
         return Err(corrupt("not a checkpoint (bad magic)".into()));
     }

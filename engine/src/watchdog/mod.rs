@@ -35,6 +35,7 @@ mod kick;
 mod pulse;
 
 pub use kick::{gettid, install_kick_handler, kick_signal, kick_thread};
+pub(crate) use pulse::spawn_executor_reporting;
 pub use pulse::{spawn_executor, Attached, ExecutorError, ExecutorHandle, Pulse, Registered};
 
 use std::sync::atomic::Ordering;

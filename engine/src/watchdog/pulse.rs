@@ -206,13 +206,55 @@ where
     F: Future<Output = T> + 'static,
     T: Send + 'static,
 {
+    spawn_executor_reporting(thread_name, builder, pulse, fut_gen, |_| {})
+}
+
+/// `spawn_executor`, and `on_exit` runs on the thread as it ends: with `None` after the future
+/// finished, with the panic message when the executor panicked. A panicking executor is caught
+/// (so the message can be told before the thread ends) and then leaked, not dropped: its tasks
+/// were interrupted at unknown points, and their destructors could panic again and abort the
+/// process. The thread still ends with an error that `join` returns.
+pub(crate) fn spawn_executor_reporting<G, F, T>(
+    thread_name: String,
+    builder: glommio::LocalExecutorBuilder,
+    pulse: Option<Arc<Pulse>>,
+    fut_gen: G,
+    on_exit: impl FnOnce(Option<String>) + Send + 'static,
+) -> std::io::Result<ExecutorHandle<T>>
+where
+    G: FnOnce() -> F + Send + 'static,
+    F: Future<Output = T> + 'static,
+    T: Send + 'static,
+{
     let thread = std::thread::Builder::new().name(thread_name).spawn(move || {
-        let executor = builder.make().map_err(|e| format!("building the executor: {e}"))?;
-        let _registered = pulse.as_ref().map(|p| p.register_thread());
-        Ok(executor.run(async move {
-            let _beating = pulse.as_ref().map(|p| p.start_beating(None));
-            fut_gen().await
-        }))
+        let executor = match builder.make() {
+            Ok(executor) => executor,
+            Err(e) => {
+                let message = format!("building the executor: {e}");
+                on_exit(Some(message.clone()));
+                return Err(message);
+            }
+        };
+        let registered = pulse.as_ref().map(|p| p.register_thread());
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            executor.run(async move {
+                let _beating = pulse.as_ref().map(|p| p.start_beating(None));
+                fut_gen().await
+            })
+        }));
+        drop(registered);
+        match run {
+            Ok(output) => {
+                on_exit(None);
+                Ok(output)
+            }
+            Err(panic) => {
+                let message = crate::view::state::panic_message(&*panic);
+                on_exit(Some(message.clone()));
+                std::mem::forget(executor);
+                Err(format!("executor thread panicked: {message}"))
+            }
+        }
     })?;
     Ok(ExecutorHandle { thread })
 }

@@ -111,6 +111,8 @@ pub(crate) trait Namespace {
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()>;
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Removes an empty directory.
+    fn remove_dir(&self, path: &Path) -> io::Result<()>;
     /// fsyncs a directory: its entries (creates, renames, unlinks) become durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
 }
@@ -155,6 +157,33 @@ pub(crate) fn create_dir_all_in<N: Namespace>(ns: &N, dir: &Path) -> Result<(), 
         ns.sync_dir(parent).map_err(|e| Error::io("fsync dir", parent, e))?;
     }
     Ok(())
+}
+
+/// Removes `dir` and everything under it (files, then the directories holding them, deepest
+/// first). Nothing at `dir` is not an error. Not durable: the caller fsyncs `dir`'s parent.
+pub(crate) fn remove_dir_all_in<N: Namespace>(ns: &N, dir: &Path) -> Result<(), Error> {
+    let entries = match ns.list(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("list", dir, e)),
+    };
+    for entry in entries {
+        let path = dir.join(&entry.name);
+        if entry.is_dir {
+            remove_dir_all_in(ns, &path)?;
+        } else {
+            match ns.remove(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(Error::io("delete", &path, e))
+                }
+                _ => {}
+            }
+        }
+    }
+    match ns.remove_dir(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::io("delete dir", dir, e)),
+        _ => Ok(()),
+    }
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -292,6 +321,12 @@ impl Disk {
         }
     }
 
+    /// `write_file_atomic` with owned bytes: no copy for the blocking pool (view checkpoints).
+    pub async fn write_file_atomic_owned(&self, path: &Path, bytes: Vec<u8>) -> Result<(), Error> {
+        let path = path.to_path_buf();
+        namespace_op!(self, |ns| write_file_atomic_in(ns, &path, &bytes))
+    }
+
     pub async fn rename(&self, from: &Path, to: &Path) -> Result<(), Error> {
         let (from, to) = (from.to_path_buf(), to.to_path_buf());
         namespace_op!(self, |ns| ns.rename(&from, &to).map_err(|e| Error::io("rename", &from, e)))
@@ -301,6 +336,12 @@ impl Disk {
     pub async fn remove_file(&self, path: &Path) -> Result<(), Error> {
         let path = path.to_path_buf();
         namespace_op!(self, |ns| ns.remove(&path).map_err(|e| Error::io("delete", &path, e)))
+    }
+
+    /// Removes a directory tree (see `remove_dir_all_in`); not durable until the parent is synced.
+    pub async fn remove_dir_all(&self, dir: &Path) -> Result<(), Error> {
+        let dir = dir.to_path_buf();
+        namespace_op!(self, |ns| remove_dir_all_in(ns, &dir))
     }
 
     /// fsyncs a directory so that creates, renames and deletes in it are durable.
@@ -370,6 +411,13 @@ impl Disk {
         match self {
             Disk::Dma => cut(&dma::StdFs, path, len),
             Disk::Sim(sim) => cut(sim, path, len),
+        }
+    }
+
+    pub fn remove_dir_all_blocking(&self, dir: &Path) -> Result<(), Error> {
+        match self {
+            Disk::Dma => remove_dir_all_in(&dma::StdFs, dir),
+            Disk::Sim(sim) => remove_dir_all_in(sim, dir),
         }
     }
 

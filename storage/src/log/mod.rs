@@ -97,6 +97,22 @@ pub struct RecoveryReport {
     pub truncated_bytes: u64,
     /// Bytes of the active segment scanned.
     pub scanned_bytes: u64,
+    /// The torn tail cut from the active segment, if one was: the API side of the warning
+    /// recovery logs.
+    pub tail_cut: Option<TailCut>,
+}
+
+/// A torn tail recovery cut from the active segment (`RecoveryReport::tail_cut`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TailCut {
+    pub segment: PathBuf,
+    /// The first damaged byte: the segment now ends here.
+    pub position: u64,
+    /// Bytes from `position` to the last non-zero byte.
+    pub dropped_bytes: u64,
+    /// Valid frames after the damage that went with it, and their offsets `[first, end)`.
+    pub dropped_frames: u64,
+    pub dropped_offsets: Option<(u64, u64)>,
 }
 
 /// What `apply_retention` deleted.

@@ -260,6 +260,13 @@ async fn recover_active(
             );
             file.truncate(position).await.map_err(|e| Error::io("truncate", path, e))?;
             report.truncated_bytes = dropped_bytes;
+            report.tail_cut = Some(super::TailCut {
+                segment: path.to_path_buf(),
+                position,
+                dropped_bytes,
+                dropped_frames,
+                dropped_offsets,
+            });
         }
     }
     file.fdatasync().await.map_err(|e| Error::io("fdatasync", path, e))?;

@@ -125,8 +125,9 @@ impl PartitionLog {
                 Seek::Timestamp(ts) => {
                     let segment = st.segments.iter().find(|s| s.index.max_timestamp >= ts);
                     match segment {
-                        // No record is that new yet: start at the end and wait for one.
-                        None => (end, None),
+                        // No record is that new yet: start at the end and wait for one, still
+                        // skipping older records appended meanwhile.
+                        None => (end, Some(ts)),
                         Some(s) => {
                             // Start at the indexed frame and skip older records.
                             let pos = s.index.position_for_timestamp(ts);
@@ -176,6 +177,13 @@ impl LogReader {
         self
     }
 
+    /// Bounds this reader's reads in flight by the log's `read_ahead_max` again (a view's reader
+    /// handed from replay, paced by the controller, to the live tail).
+    pub fn with_log_read_ahead(mut self) -> Self {
+        self.read_ahead = None;
+        self
+    }
+
     /// Waits until this reader has something to read (written, or synced for `synced_only`).
     pub async fn wait_readable(&self) -> Result<(), Error> {
         self.shared.wait_readable(self.next_offset, self.synced_only).await
@@ -200,8 +208,14 @@ impl LogReader {
             }
             let base = self.segment.as_ref().expect("ensured").base_offset;
             let Some(limit) = self.shared.readable_limit(base, self.synced_only) else {
-                // Retention deleted the segment under this reader.
+                // Retention deleted the segment under this reader. A reader that had read all of
+                // it (its next offset is at or past the new start, as when a floor pinned exactly
+                // its position) lost nothing: it moves on to the segment holding its next offset.
                 self.segment = None;
+                let start = self.shared.state.borrow().segments[0].index.base_offset;
+                if self.next_offset >= start {
+                    continue;
+                }
                 return Err(self.out_of_range());
             };
             let segment = self.segment.as_mut().expect("ensured");

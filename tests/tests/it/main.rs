@@ -3,12 +3,17 @@
 mod cli;
 mod crash;
 mod deletion;
+mod embedded;
 mod engine;
 mod faults;
 mod model;
+mod powercut;
 mod props;
+mod safety;
 mod semantics;
 mod serve;
+mod split_poison;
 mod tidy;
+mod view_regressions;
 mod views;
 mod watchdog;

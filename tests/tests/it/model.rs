@@ -117,24 +117,31 @@ fn field(doc: &[u8], name: &str) -> Value {
     }
 }
 
-/// Section 7: a key from a JSON field.
-fn json_key(doc: &[u8], name: &str) -> Option<Vec<u8>> {
-    let parsed = serde_json::from_slice::<serde_json::Value>(doc).ok()?;
-    match parsed.get(name)? {
-        serde_json::Value::String(s) => Some(s.as_bytes().to_vec()),
-        serde_json::Value::Bool(b) => Some(b.to_string().into_bytes()),
-        serde_json::Value::Number(n) => Some(
+/// Section 7: a key from a JSON field; `Err(())` when the document is not JSON, `Ok(None)` when
+/// it has no key there.
+fn json_key(doc: &[u8], name: &str) -> Result<Option<Vec<u8>>, ()> {
+    let parsed = serde_json::from_slice::<serde_json::Value>(doc).map_err(|_| ())?;
+    Ok(match parsed.get(name) {
+        Some(serde_json::Value::String(s)) => Some(s.as_bytes().to_vec()),
+        Some(serde_json::Value::Bool(b)) => Some(b.to_string().into_bytes()),
+        Some(serde_json::Value::Number(n)) => Some(
             if let Some(u) = n.as_u64() {
                 u.to_string()
             } else if let Some(i) = n.as_i64() {
                 i.to_string()
             } else {
-                n.as_f64()?.to_string()
+                // Shortest digits; exponent notation outside [1e-6, 1e21).
+                let f = n.as_f64().expect("a finite number");
+                if f != 0.0 && (f.abs() < 1e-6 || f.abs() >= 1e21) {
+                    format!("{f:e}")
+                } else {
+                    f.to_string()
+                }
             }
             .into_bytes(),
         ),
         _ => None,
-    }
+    })
 }
 
 /// Section 2: every fixed window holding `t`, by brute force over candidate `k`s.
@@ -180,7 +187,13 @@ pub fn partition(spec: &Spec, records: &[Rec]) -> (Rows, Counts) {
         }
         let key = match spec.key {
             KeyKind::Record => r.key.clone(),
-            KeyKind::JsonG => json_key(&r.value, "g"),
+            KeyKind::JsonG => match json_key(&r.value, "g") {
+                Ok(key) => key,
+                Err(()) => {
+                    counts.not_json += 1;
+                    continue;
+                }
+            },
             KeyKind::TimeBucket => Some(time_bucket(r.ts)),
         };
         let Some(key) = key else {

@@ -1,7 +1,11 @@
 //! `kappa consume TOPIC`: prints records, one per line, from every partition (or one).
 //!
-//! One thread per partition long-polls the server (`wait_ms`), so new records appear as soon as
-//! they are written; without `--count` it follows forever. Where it starts: the end (new records
+//! A few worker threads (at most `WORKERS`, each one connection) share the partitions: a worker
+//! reads each of its partitions without waiting, and when none had anything it long-polls one of
+//! them (`wait_ms`, rotating), so an idle consumer sleeps in the server instead of polling, a
+//! record in the polled partition appears at once and one in another within about a second, and
+//! a topic with more partitions than the server's connection limit can still be read. Without
+//! `--count` it follows forever. Where it starts: the end (new records
 //! only) by default, `--from-beginning`, `--offset N` (every partition), or `--since TIME` (an
 //! RFC 3339 time, epoch milliseconds, or a duration ago such as `10m`).
 
@@ -63,8 +67,81 @@ fn value_bytes(record: &Value, text: &str, b64: &str) -> Option<Vec<u8>> {
     record[b64].as_str().and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
 }
 
+/// Threads (and so connections) one consumer uses at most.
+const WORKERS: usize = 4;
+/// How long a long poll waits for a record.
+const WAIT_MS: &str = "1000";
+
+/// One worker: reads `partitions` in turn, long-polling one of them when a round found nothing.
+fn follow(
+    client: &Client,
+    topic: &str,
+    partitions: Vec<u32>,
+    start: (&'static str, String),
+    stop: &AtomicBool,
+    tx: &std::sync::mpsc::SyncSender<anyhow::Result<(u32, Value)>>,
+) {
+    let mut positions: Vec<(&str, String)> = vec![start; partitions.len()];
+    let mut polled = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        let mut found = false;
+        for i in 0..partitions.len() {
+            // The partition long-polled below is not read twice in a round.
+            if i == polled && partitions.len() > 1 && !found {
+                continue;
+            }
+            match read(client, topic, partitions[i], &mut positions[i], "0", tx) {
+                Some(got) => found |= got,
+                None => return,
+            }
+        }
+        if !found {
+            let i = polled;
+            if read(client, topic, partitions[i], &mut positions[i], WAIT_MS, tx).is_none() {
+                return;
+            }
+            polled = (polled + 1) % partitions.len();
+        }
+    }
+}
+
+/// One read from `position`; sends the answer on. `Some(true)` when it held records, `None`
+/// when the consumer is done (the receiver left, or an error that was passed on).
+fn read(
+    client: &Client,
+    topic: &str,
+    partition: u32,
+    position: &mut (&str, String),
+    wait_ms: &str,
+    tx: &std::sync::mpsc::SyncSender<anyhow::Result<(u32, Value)>>,
+) -> Option<bool> {
+    let path = format!("/v1/topics/{topic}/partitions/{partition}/records");
+    let query = [position.clone(), ("wait_ms", wait_ms.into()), ("max_records", "1000".into())];
+    let mut answer = client.get_query(&path, &query);
+    // A server at its connection or memory limit answers 503: wait and try again.
+    let mut retries = 0;
+    while answer.as_ref().is_err_and(|e| e.to_string().contains(" 503 ")) && retries < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        retries += 1;
+        answer = client.get_query(&path, &query);
+    }
+    let answer = match answer {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = tx.send(Err(e));
+            return None;
+        }
+    };
+    let got = answer["records"].as_array().is_some_and(|r| !r.is_empty());
+    if let Some(next) = answer["next_offset"].as_u64() {
+        *position = ("offset", next.to_string());
+    }
+    tx.send(Ok((partition, answer))).ok()?;
+    Some(got)
+}
+
 pub fn run(args: ConsumeArgs) -> anyhow::Result<()> {
-    let client = Arc::new(Client::new(&args.conn));
+    let client = Client::new(&args.conn);
     let topic = client.get(&format!("/v1/topics/{}", args.topic))?;
     let partitions =
         topic["partitions"].as_u64().context("the topic has no partition count")? as u32;
@@ -79,7 +156,7 @@ pub fn run(args: ConsumeArgs) -> anyhow::Result<()> {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
-    let start: (&str, String) = if args.from_beginning {
+    let start: (&'static str, String) = if args.from_beginning {
         ("from", "beginning".into())
     } else if let Some(o) = args.offset {
         ("offset", o.to_string())
@@ -90,26 +167,17 @@ pub fn run(args: ConsumeArgs) -> anyhow::Result<()> {
     };
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = std::sync::mpsc::sync_channel::<anyhow::Result<(u32, Value)>>(4);
-    for partition in chosen {
-        let (client, tx, stop, start, topic) =
-            (client.clone(), tx.clone(), stop.clone(), start.clone(), args.topic.clone());
-        std::thread::spawn(move || {
-            let path = format!("/v1/topics/{topic}/partitions/{partition}/records");
-            let mut position = start;
-            while !stop.load(Ordering::Relaxed) {
-                let query =
-                    [position.clone(), ("wait_ms", "1000".into()), ("max_records", "1000".into())];
-                let answer = client.get_query(&path, &query);
-                let failed = answer.is_err();
-                let next = answer.as_ref().ok().and_then(|a| a["next_offset"].as_u64());
-                if tx.send(answer.map(|a| (partition, a))).is_err() || failed {
-                    return;
-                }
-                if let Some(next) = next {
-                    position = ("offset", next.to_string());
-                }
-            }
-        });
+    let workers = chosen.len().clamp(1, WORKERS);
+    for worker in 0..workers {
+        let mine: Vec<u32> = chosen.iter().copied().skip(worker).step_by(workers).collect();
+        let (client, tx, stop, start, topic) = (
+            Arc::new(Client::new(&args.conn)),
+            tx.clone(),
+            stop.clone(),
+            start.clone(),
+            args.topic.clone(),
+        );
+        std::thread::spawn(move || follow(&client, &topic, mine, start, &stop, &tx));
     }
     drop(tx);
     let mut out = std::io::stdout().lock();

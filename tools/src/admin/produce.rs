@@ -1,8 +1,11 @@
 //! `kappa produce TOPIC`: one record per line of stdin, sent in NDJSON batches.
 //!
 //! A reader thread takes lines as they come; the sender posts whatever has arrived (up to
-//! `--batch` lines) as one request, so an interactive line goes out at once and a piped file goes
-//! out in large batches. With `--key-sep`, a line is split at the first separator into key and
+//! `--batch` lines and `--batch-bytes` of NDJSON) as one request, so an interactive line goes out
+//! at once and a piped file goes out in large batches. The byte bound keeps a request under the
+//! server's limits (the body limit, and the storage's 16 MiB of records per partition in one
+//! request) whatever the line length; a line alone over them is refused by the server with the
+//! limit it broke. With `--key-sep`, a line is split at the first separator into key and
 //! value. Every batch is acknowledged before the next is sent, so the order of lines is kept
 //! within each partition.
 
@@ -23,12 +26,16 @@ pub struct ProduceArgs {
     /// Lines per request, at most.
     #[arg(long, default_value_t = 1000)]
     pub batch: usize,
+    /// NDJSON bytes per request, at most (a single longer line goes alone).
+    #[arg(long, default_value_t = 4 << 20)]
+    pub batch_bytes: usize,
     #[command(flatten)]
     pub conn: Conn,
 }
 
 pub fn run(args: ProduceArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
+    anyhow::ensure!(args.batch_bytes > 0, "--batch-bytes must be at least 1");
     if let Some(sep) = &args.key_sep {
         anyhow::ensure!(!sep.is_empty(), "--key-sep must not be empty");
     }
@@ -49,35 +56,47 @@ pub fn run(args: ProduceArgs) -> anyhow::Result<()> {
     let path = format!("/v1/topics/{}/records", args.topic);
     let (mut records, mut batches) = (0u64, 0u64);
     let mut ranges: std::collections::BTreeMap<u64, (u64, u64)> = Default::default();
+    let encode = |line: &str, body: &mut Vec<u8>| -> anyhow::Result<()> {
+        let record = match args.key_sep.as_deref().and_then(|sep| line.split_once(sep)) {
+            Some((key, value)) => serde_json::json!({ "key": key, "value": value }),
+            None => serde_json::json!({ "value": line }),
+        };
+        serde_json::to_writer(&mut *body, &record)?;
+        body.push(b'\n');
+        Ok(())
+    };
+    // A line that did not fit the previous request starts the next one.
+    let mut carried: Option<Vec<u8>> = None;
     let mut done = false;
-    while !done {
+    while !done || carried.is_some() {
         // Wait for one line, then take whatever else is already there.
-        let mut lines = Vec::new();
-        match lines_rx.recv() {
-            Ok(line) => lines.push(line?),
-            Err(_) => break,
+        let mut body = carried.take().unwrap_or_default();
+        let mut count = usize::from(!body.is_empty());
+        if count == 0 {
+            match lines_rx.recv() {
+                Ok(line) => encode(&line?, &mut body)?,
+                Err(_) => break,
+            }
+            count = 1;
         }
-        while lines.len() < args.batch {
+        while count < args.batch && !done {
             match lines_rx.recv_timeout(Duration::from_millis(2)) {
-                Ok(line) => lines.push(line?),
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                    done = true;
-                    break;
+                Ok(line) => {
+                    let mut one = Vec::new();
+                    encode(&line?, &mut one)?;
+                    if body.len() + one.len() > args.batch_bytes {
+                        carried = Some(one);
+                        break;
+                    }
+                    body.extend_from_slice(&one);
+                    count += 1;
                 }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => done = true,
             }
         }
-        let mut body = Vec::with_capacity(lines.iter().map(|l| l.len() + 24).sum());
-        for line in &lines {
-            let record = match args.key_sep.as_deref().and_then(|sep| line.split_once(sep)) {
-                Some((key, value)) => serde_json::json!({ "key": key, "value": value }),
-                None => serde_json::json!({ "value": line }),
-            };
-            serde_json::to_writer(&mut body, &record)?;
-            body.push(b'\n');
-        }
         let answer = client.post_raw(&path, &query, "application/x-ndjson", &body)?;
-        records += lines.len() as u64;
+        records += count as u64;
         batches += 1;
         if args.conn.json {
             println!("{answer}");

@@ -40,6 +40,8 @@ pub struct App {
     /// while it waits, so past this many a read answers at once instead (never starving
     /// queries and control requests of threads).
     pub long_polls: Arc<tokio::sync::Semaphore>,
+    /// Request body bytes held at once, in KiB (`http.max_in_flight_body_bytes`).
+    pub body_budget: Arc<tokio::sync::Semaphore>,
     pub started: Instant,
 }
 
@@ -55,8 +57,9 @@ impl App {
     ) -> App {
         let producers = [Durability::None, Durability::Written, Durability::Synced]
             .map(|d| engine.producer().with_durability(d));
+        let budget = super::routes::budget_units(settings.config.http.max_in_flight_body_bytes);
         App {
-            store: ViewStore::new(&data_dir),
+            store: ViewStore::new(&data_dir, engine.config().log.disk.clone()),
             engine,
             settings,
             data_dir,
@@ -67,6 +70,7 @@ impl App {
             http: HttpMetrics::new(),
             open_connections: Arc::new(AtomicI64::new(0)),
             long_polls: Arc::new(tokio::sync::Semaphore::new(BLOCKING_THREADS / 2)),
+            body_budget: Arc::new(tokio::sync::Semaphore::new(budget as usize)),
             #[allow(clippy::disallowed_methods)] // Uptime for the status page only.
             started: Instant::now(),
         }
@@ -121,8 +125,44 @@ impl App {
     }
 
     /// Starts a rebuild of a view with a new definition; returns the new version at once.
+    ///
+    /// Refused (400): a revision that already names another definition of this view (the
+    /// engine resumes a view by revision, so after a restart it could resume the wrong one),
+    /// and `start_from_version` of a version whose state means something else (another key,
+    /// field, aggregate, window, filter or lateness: the new version would continue numbers it
+    /// cannot interpret).
     pub fn rebuild_view(&self, name: &str, spec: &ViewSpec) -> ApiResult<u32> {
         let def = spec.to_def().map_err(|e| ApiError::bad(&e.key, e.message))?;
+        let stored = self.store.get(name)?.map(|s| s.versions).unwrap_or_default();
+        let revision = spec.revision();
+        if let Some((v, _)) =
+            stored.iter().find(|(_, other)| other.revision() == revision && *other != spec)
+        {
+            return Err(ApiError::bad(
+                "revision",
+                format!(
+                    "revision {revision:?} already names version {v} of {name:?}, with another \
+                     definition: give this definition its own revision"
+                ),
+            ));
+        }
+        if let Some(from) = spec.start_from_version {
+            let Some(base) = stored.get(&from) else {
+                return Err(ApiError::bad(
+                    "start_from_version",
+                    format!("{name:?} has no version {from} with a stored definition"),
+                ));
+            };
+            if let Some(field) = base.state_differs(spec) {
+                return Err(ApiError::bad(
+                    "start_from_version",
+                    format!(
+                        "version {from} has another `{field}`: its state cannot be continued \
+                         by this definition (rebuild from the log instead)"
+                    ),
+                ));
+            }
+        }
         // Record the spec before the version starts, under the number the engine will use.
         let version = self.engine.rebuild_view(name, def)?.version();
         self.store.put(name, version, spec)?;
@@ -171,7 +211,8 @@ pub fn engine_config(settings: &Settings, data_dir: PathBuf) -> (EngineConfig, V
     config.shards = engine.shards;
     config.live_latency_budget = Settings::millis(engine.live_latency_budget_ms);
     if let Some(mib) = engine.io_memory_mib {
-        config.io_memory_bytes = mib << 20;
+        // Checked when the config was read (at most 64 GiB): this cannot wrap.
+        config.io_memory_bytes = mib.saturating_mul(1 << 20);
     }
     if let Some(ms) = settings.config.debug.append_delay_ms {
         config.append_delay = Some(Settings::millis(ms));
@@ -225,13 +266,48 @@ pub fn open_topics(engine: &Engine, settings: &Settings) -> Result<(), StartErro
     Ok(())
 }
 
+/// Versions newer than the served one were rebuilds in progress when the process stopped (or
+/// caught up and were rolled back from: those are marked in the store and stay stopped, as
+/// before a restart they only kept running). A rebuild resumes under its own number from its
+/// own checkpoints, and swaps in when it catches up, as it would have.
+fn resume_newer(
+    engine: &Engine,
+    name: &str,
+    served: u32,
+    specs: &super::store::StoredSpecs,
+    stored: Option<&kappa_engine::StoredView>,
+) -> Vec<String> {
+    let mut resumed_revisions = Vec::new();
+    for (&version, spec) in specs.versions.range(served + 1..) {
+        if specs.rolled_back.contains(&version) {
+            continue;
+        }
+        if !stored.is_some_and(|s| s.revisions.contains_key(&version)) {
+            continue; // Dropped, or never started.
+        }
+        let resumed = spec.to_def().map_err(|e| e.to_string()).and_then(|def| {
+            engine.resume_view_version(name, version, def).map_err(|e| e.to_string())
+        });
+        match resumed {
+            Ok(_) => {
+                tracing::info!(view = %name, version, "view rebuild resumed");
+                resumed_revisions.push(spec.revision());
+            }
+            Err(e) => tracing::error!(view = %name, version, error = %e,
+                "a view rebuild in progress could not be resumed; it is stopped"),
+        }
+    }
+    resumed_revisions
+}
+
 /// Re-creates every stored view at the version it served, then the config file's views: created
 /// when new, rebuilt in the background when their definition changed.
 pub fn open_views(engine: &Engine, settings: &Settings, store: &ViewStore) -> anyhow::Result<()> {
     let data_dir = &engine.config().data_dir;
-    let mut served: BTreeMap<String, String> = BTreeMap::new();
+    // The revisions running per view: the served one first, then resumed rebuilds.
+    let mut served: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (name, specs) in store.list()? {
-        let stored = kappa_engine::stored_view(data_dir, &name)?;
+        let stored = kappa_engine::stored_view(&engine.config().log.disk, data_dir, &name)?;
         let version = stored.as_ref().map(|s| s.served).filter(|v| specs.versions.contains_key(v));
         let Some((version, spec)) = version
             .and_then(|v| specs.versions.get(&v).map(|s| (v, s)))
@@ -252,7 +328,15 @@ pub fn open_views(engine: &Engine, settings: &Settings, store: &ViewStore) -> an
                     store.put(&name, handle.version(), spec)?;
                 }
                 tracing::info!(view = %name, version = handle.version(), "view resumed");
-                served.insert(name.clone(), spec.revision());
+                let mut running = vec![spec.revision()];
+                running.extend(resume_newer(
+                    engine,
+                    &name,
+                    handle.version(),
+                    &specs,
+                    stored.as_ref(),
+                ));
+                served.insert(name.clone(), running);
             }
             Err(e) => tracing::error!(view = %name, error = %e, "stored view could not be opened"),
         }
@@ -260,7 +344,8 @@ pub fn open_views(engine: &Engine, settings: &Settings, store: &ViewStore) -> an
     for (name, spec) in &settings.config.views {
         let def = spec.to_def().map_err(|e| anyhow::anyhow!("view {name:?}: {e}"))?;
         match served.get(name) {
-            Some(revision) if *revision == spec.revision() => {}
+            // Served, or a rebuild to it resumed above.
+            Some(running) if running.contains(&spec.revision()) => {}
             Some(_) => {
                 let version = engine.rebuild_view(name, def)?.version();
                 store.put(name, version, spec)?;

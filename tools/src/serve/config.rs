@@ -65,6 +65,9 @@ pub struct EngineSection {
     pub default_durability: DurabilityKind,
     /// Pinned DMA memory per shard, in MiB.
     pub io_memory_mib: Option<usize>,
+    /// On SIGTERM, after HTTP drained, the engine gets this long to flush, sync and checkpoint;
+    /// past it the process exits 1 (every acknowledged record is already written or synced).
+    pub shutdown_timeout_ms: u64,
 }
 
 impl Default for EngineSection {
@@ -75,6 +78,7 @@ impl Default for EngineSection {
             live_latency_budget_ms: 5,
             default_durability: DurabilityKind::Written,
             io_memory_mib: None,
+            shutdown_timeout_ms: 30_000,
         }
     }
 }
@@ -112,6 +116,9 @@ pub struct HttpSection {
     /// Reads the token from this file instead (first line).
     pub token_file: Option<PathBuf>,
     pub max_body_bytes: usize,
+    /// Request body bytes all requests together may hold at once; past it a request gets 503
+    /// with `Retry-After` (bounded memory whatever clients send). At least `max_body_bytes`.
+    pub max_in_flight_body_bytes: usize,
     pub max_batch_records: usize,
     pub max_read_records: usize,
     pub max_connections: usize,
@@ -136,6 +143,7 @@ impl Default for HttpSection {
             token: None,
             token_file: None,
             max_body_bytes: 64 << 20,
+            max_in_flight_body_bytes: 128 << 20,
             max_batch_records: 100_000,
             max_read_records: 10_000,
             max_connections: 256,
@@ -252,6 +260,11 @@ pub enum ConfigError {
         flag: &'static str,
         message: String,
     },
+    /// An environment variable (`KAPPA_TOKEN`).
+    Env {
+        var: &'static str,
+        message: String,
+    },
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -267,6 +280,9 @@ impl std::fmt::Display for ConfigError {
                 path.display()
             ),
             ConfigError::Flag { flag, message } => write!(f, "flag {flag}: {message}"),
+            ConfigError::Env { var, message } => {
+                write!(f, "environment variable {var}: {message}")
+            }
             ConfigError::Read { path, source } => {
                 write!(f, "cannot read {}: {source}", path.display())
             }
@@ -309,8 +325,12 @@ pub fn parse(text: &str, file: &Path, overrides: &Overrides) -> Result<Settings,
     let mut config: Config = toml::from_str(text).map_err(|e| {
         let offset = e.span().map_or(0, |s| s.start);
         let (line, column) = line_column(text, offset);
-        let mut key = spans.key_at(offset);
         let message = e.message().trim().to_string();
+        let mut key = spans.key_at(offset);
+        if key.is_empty() {
+            // A duplicate key or a syntax error leaves no span tree: name the key from the text.
+            key = key_in_text(text, offset, &message);
+        }
         // "missing field `x`" is reported on the table that lacks it: name the field too.
         if let Some(field) =
             message.strip_prefix("missing field `").and_then(|r| r.split('`').next())
@@ -356,8 +376,41 @@ pub fn parse(text: &str, file: &Path, overrides: &Overrides) -> Result<Settings,
     if config.engine.live_latency_budget_ms == 0 {
         return Err(at(&["engine", "live_latency_budget_ms"], "must be at least 1".into()));
     }
-    if config.engine.io_memory_mib.is_some_and(|m| m == 0) {
-        return Err(at(&["engine", "io_memory_mib"], "must be at least 1".into()));
+    if let Some(mib) = config.engine.io_memory_mib {
+        if mib == 0 || mib > IO_MEMORY_MIB_MAX || mib.checked_mul(1 << 20).is_none() {
+            return Err(at(
+                &["engine", "io_memory_mib"],
+                format!(
+                    "must be between 1 and {IO_MEMORY_MIB_MAX} (MiB of pinned memory per shard)"
+                ),
+            ));
+        }
+    }
+    if config.engine.shutdown_timeout_ms == 0 {
+        return Err(at(&["engine", "shutdown_timeout_ms"], "must be at least 1 ms".into()));
+    }
+    if config.engine.shards.is_some_and(|n| n > SHARDS_MAX) {
+        return Err(at(&["engine", "shards"], format!("must be at most {SHARDS_MAX}")));
+    }
+    if let Some(cpus) = &config.engine.cpus {
+        // The shards are pinned to these: each must be one this process may run on (a CPU that
+        // does not exist fails the engine's start after the data dir is opened).
+        let mut usable: Vec<usize> =
+            core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
+        usable.sort_unstable();
+        for (i, cpu) in cpus.iter().enumerate() {
+            let index = i.to_string();
+            let key = ["engine", "cpus", index.as_str()];
+            if cpus[..i].contains(cpu) {
+                return Err(at(&key, format!("CPU {cpu} is listed twice")));
+            }
+            if !usable.is_empty() && !usable.contains(cpu) {
+                return Err(at(
+                    &key,
+                    format!("CPU {cpu} is not one this process may run on (usable: {usable:?})"),
+                ));
+            }
+        }
     }
 
     // HTTP.
@@ -373,6 +426,15 @@ pub fn parse(text: &str, file: &Path, overrides: &Overrides) -> Result<Settings,
             return Err(at(&["http", key], "must be at least 1".into()));
         }
     }
+    if http.threads > HTTP_THREADS_MAX {
+        return Err(at(&["http", "threads"], format!("must be at most {HTTP_THREADS_MAX}")));
+    }
+    if http.max_in_flight_body_bytes < http.max_body_bytes {
+        return Err(at(
+            &["http", "max_in_flight_body_bytes"],
+            format!("must be at least http.max_body_bytes ({})", http.max_body_bytes),
+        ));
+    }
     for (key, value) in [
         ("header_timeout_ms", http.header_timeout_ms),
         ("body_timeout_ms", http.body_timeout_ms),
@@ -384,23 +446,34 @@ pub fn parse(text: &str, file: &Path, overrides: &Overrides) -> Result<Settings,
             return Err(at(&["http", key], "must be at least 1 ms".into()));
         }
     }
+    // Each source of the token is named in its errors: the key, the file's key, or the variable.
+    let short = |t: &str| t.len() < 16;
+    const SHORT: &str = "must be at least 16 characters";
     let token = match (&http.token, &http.token_file) {
         (Some(_), Some(_)) => {
             return Err(at(&["http", "token_file"], "give token or token_file, not both".into()))
         }
-        (Some(t), None) => Some(t.clone()),
+        (Some(t), None) => {
+            if short(t) {
+                return Err(at(&["http", "token"], SHORT.into()));
+            }
+            Some(t.clone())
+        }
         (None, Some(file)) => {
-            let text = std::fs::read_to_string(file)
-                .map_err(|e| at(&["http", "token_file"], format!("{}: {e}", file.display())))?;
-            Some(text.lines().next().unwrap_or("").trim().to_string())
+            let key = ["http", "token_file"];
+            let token = read_token_file(file).map_err(|m| at(&key, m))?;
+            if short(&token) {
+                return Err(at(&key, format!("the token in {} {SHORT}", file.display())));
+            }
+            Some(token)
         }
-        (None, None) => std::env::var("KAPPA_TOKEN").ok().filter(|t| !t.is_empty()),
+        (None, None) => match std::env::var("KAPPA_TOKEN").ok().filter(|t| !t.is_empty()) {
+            Some(t) if short(&t) => {
+                return Err(ConfigError::Env { var: "KAPPA_TOKEN", message: SHORT.into() })
+            }
+            t => t,
+        },
     };
-    if let Some(t) = &token {
-        if t.len() < 16 {
-            return Err(at(&["http", "token"], "must be at least 16 characters".into()));
-        }
-    }
     if !http_addr.ip().is_loopback() && token.is_none() {
         let message = format!(
             "{http_addr} is not a loopback address: set http.token (or http.token_file, or \
@@ -427,13 +500,22 @@ pub fn parse(text: &str, file: &Path, overrides: &Overrides) -> Result<Settings,
         if let Err(e) = validate_name(name) {
             return Err(at(&["topics", name], e));
         }
-        if topic.partitions == 0 {
-            return Err(at(&["topics", name, "partitions"], "must be at least 1".into()));
+        if topic.partitions == 0 || topic.partitions > PARTITIONS_MAX {
+            return Err(at(
+                &["topics", name, "partitions"],
+                format!("must be between 1 and {PARTITIONS_MAX}"),
+            ));
+        }
+        if topic.retention_bytes == Some(0) {
+            return Err(at(&["topics", name, "retention_bytes"], "must be at least 1".into()));
         }
         positive(&["topics", name, "retention_ms"], topic.retention_ms)?;
         if topic.segment_bytes.is_some_and(|s| s < 1 << 20) {
             return Err(at(&["topics", name, "segment_bytes"], "must be at least 1 MiB".into()));
         }
+    }
+    if config.topic_defaults.retention_bytes == Some(0) {
+        return Err(at(&["topic_defaults", "retention_bytes"], "must be at least 1".into()));
     }
     if config.topic_defaults.segment_bytes.is_some_and(|s| s < 1 << 20) {
         return Err(at(&["topic_defaults", "segment_bytes"], "must be at least 1 MiB".into()));
@@ -467,6 +549,59 @@ pub fn parse(text: &str, file: &Path, overrides: &Overrides) -> Result<Settings,
         file: file.to_path_buf(),
         text: text.to_string(),
     })
+}
+
+/// The most pinned DMA memory per shard (64 GiB): more is a typo, and `<< 20` must not wrap.
+const IO_MEMORY_MIB_MAX: usize = 64 << 10;
+/// Shards and HTTP threads are threads each: a bound that catches typos.
+const SHARDS_MAX: usize = 1024;
+const HTTP_THREADS_MAX: usize = 1024;
+/// The HTTP API's bound on a topic's partitions, for topics of the file too.
+const PARTITIONS_MAX: u32 = super::routes::topics::PARTITIONS_MAX;
+
+/// The first line of a token file, which only its owner may read or write (like ssh's keys).
+fn read_token_file(file: &Path) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{} has mode {mode:04o}: a token file must not be accessible by group or others \
+             (chmod 600)",
+            file.display()
+        ));
+    }
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    Ok(text.lines().next().unwrap_or("").trim().to_string())
+}
+
+/// The dotted key at `offset` read from the text itself, for errors that leave no span tree
+/// (a duplicate key, a syntax error): a table header names itself, a `key = value` line its key
+/// (or the one the message names in backquotes) under the last header above it.
+fn key_in_text(text: &str, offset: usize, message: &str) -> String {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+    let line = text[line_start..line_end].trim();
+    let header = |l: &str| {
+        let l = l.trim();
+        l.starts_with('[').then(|| {
+            l.trim_start_matches('[').split(']').next().unwrap_or("").trim().replace(['"', ' '], "")
+        })
+    };
+    if let Some(table) = header(line) {
+        return table;
+    }
+    let table = text[..line_start].lines().rev().find_map(header).unwrap_or_default();
+    let named = message.split('`').nth(1).filter(|k| !k.is_empty());
+    let name = named.map(str::to_string).unwrap_or_else(|| {
+        line.split('=').next().unwrap_or("").trim().trim_matches('"').to_string()
+    });
+    match (table.is_empty(), name.is_empty()) {
+        (_, true) => table,
+        (true, false) => name,
+        (false, false) => format!("{table}.{name}"),
+    }
 }
 
 /// Topic and view names become directory names: the engine's rule, checked before it starts.
@@ -628,6 +763,43 @@ mod tests {
         assert_eq!(key, "http.addr", "a public address needs a token");
         let (_, line, ..) = error("[http\n");
         assert_eq!(line, 1, "a syntax error has a position too");
+    }
+
+    #[test]
+    fn duplicates_and_out_of_range_values_name_their_key() {
+        let (key, line, ..) = error("[http]\nthreads = 1\nthreads = 2\n");
+        assert_eq!((key.as_str(), line), ("http.threads", 3));
+        let (key, ..) = error("[topics.a]\npartitions = 1\n[topics.a]\npartitions = 2\n");
+        assert_eq!(key, "topics.a");
+        let (key, ..) = error("[engine]\nio_memory_mib = 17592186044416\n");
+        assert_eq!(key, "engine.io_memory_mib", "2^44 MiB must not wrap to 0");
+        let (key, ..) = error("[engine]\ncpus = [999999]\n");
+        assert_eq!(key, "engine.cpus.0");
+        let (key, ..) = error("[http]\nthreads = 100000000\n");
+        assert_eq!(key, "http.threads");
+        let (key, ..) = error("[topics.t]\npartitions = 4097\n");
+        assert_eq!(key, "topics.t.partitions");
+        let (key, ..) = error("[topics.t]\npartitions = 1\nretention_bytes = 0\n");
+        assert_eq!(key, "topics.t.retention_bytes");
+        let (key, ..) = error("[http]\nmax_in_flight_body_bytes = 1024\n");
+        assert_eq!(key, "http.max_in_flight_body_bytes");
+    }
+
+    #[test]
+    fn a_token_file_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let file = std::env::temp_dir().join(format!("kappa-token-test-{}", std::process::id()));
+        std::fs::write(&file, "abcdefghijklmnopqrstuvwxyz\n").expect("token");
+        let text = format!("[http]\ntoken_file = \"{}\"\n", file.display());
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        let (key, _, _, message) = error(&text);
+        assert_eq!(key, "http.token_file", "{message}");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert!(check(&text).is_ok());
+        std::fs::write(&file, "short\n").expect("token");
+        let (key, ..) = error(&text);
+        assert_eq!(key, "http.token_file", "a short token in the file is blamed on the file");
+        let _ = std::fs::remove_file(&file);
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub struct ApiError {
     pub field: Option<String>,
     /// Where in a batch: `("line", 3)` for NDJSON, `("index", 2)` for a JSON array.
     pub position: Option<(&'static str, u64)>,
+    /// Seconds for a `Retry-After` header (a refusal for load, not for the input).
+    pub retry_after_s: Option<u64>,
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -28,6 +30,7 @@ impl ApiError {
             message: message.into(),
             field: field.map(str::to_string),
             position: None,
+            retry_after_s: None,
         }
     }
     pub fn bad(field: &str, message: impl Into<String>) -> Self {
@@ -41,6 +44,10 @@ impl ApiError {
     }
     pub fn unavailable(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, None, message)
+    }
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after_s = Some(seconds);
+        self
     }
     pub fn at(mut self, what: &'static str, n: u64) -> Self {
         self.position = Some((what, n));
@@ -60,7 +67,11 @@ impl IntoResponse for ApiError {
         if let Some((what, n)) = self.position {
             body[what] = n.into();
         }
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(s) = self.retry_after_s {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, s.into());
+        }
+        response
     }
 }
 
@@ -78,6 +89,8 @@ impl From<kappa_engine::Error> for ApiError {
             E::BadTopicName { .. } => (StatusCode::BAD_REQUEST, Some("name")),
             E::TopicInUse { .. } => (StatusCode::CONFLICT, Some("topic")),
             E::UnknownView { .. } => (StatusCode::NOT_FOUND, Some("view")),
+            // The view's code panicked on a record: its rows are not answerable until rebuilt.
+            E::Poisoned { .. } => (StatusCode::CONFLICT, Some("view")),
             E::ShutDown => (StatusCode::SERVICE_UNAVAILABLE, None),
             E::WouldBlock { .. } => (StatusCode::SERVICE_UNAVAILABLE, None),
             E::Config { field, .. } => (StatusCode::BAD_REQUEST, Some(*field)),

@@ -14,7 +14,6 @@
 pub mod app;
 pub mod config;
 pub mod error;
-pub mod fieldpath;
 pub mod metrics;
 pub mod routes;
 pub mod server;
@@ -122,7 +121,9 @@ fn init_logging(settings: &Settings) {
 
 fn serve(settings: Settings) -> Result<i32, StartError> {
     let data_dir = &settings.config.data_dir;
-    std::fs::create_dir_all(data_dir)
+    // Through the seam: every directory it creates is made durable by an fsync of its parent.
+    kappa_engine::storage::io::Disk::Dma
+        .create_dir_all_blocking(data_dir)
         .with_context(|| format!("creating the data dir {}", data_dir.display()))?;
     let data_dir = std::fs::canonicalize(data_dir)
         .with_context(|| format!("resolving the data dir {}", data_dir.display()))?;
@@ -140,7 +141,10 @@ fn serve(settings: Settings) -> Result<i32, StartError> {
         .context("starting the HTTP runtime")?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    runtime.block_on(install_signal_handlers(stop_tx)).context("installing signal handlers")?;
+    let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    runtime
+        .block_on(install_signal_handlers(stop_tx, started.clone()))
+        .context("installing signal handlers")?;
 
     // Bind before starting the engine: a taken port is reported before any data is opened.
     let listener = std::net::TcpListener::bind(settings.http_addr)
@@ -151,8 +155,8 @@ fn serve(settings: Settings) -> Result<i32, StartError> {
     let engine = kappa_engine::Engine::start(engine_config)
         .context("starting the engine (it needs io_uring and enough locked memory)")?;
     let opened = app::open_topics(&engine, &settings).and_then(|()| {
-        app::open_views(&engine, &settings, &store::ViewStore::new(&data_dir))
-            .map_err(StartError::Other)
+        let store = store::ViewStore::new(&data_dir, engine.config().log.disk.clone());
+        app::open_views(&engine, &settings, &store).map_err(StartError::Other)
     });
     if let Err(e) = opened {
         if let Err(shutdown) = engine.shutdown() {
@@ -177,6 +181,7 @@ fn serve(settings: Settings) -> Result<i32, StartError> {
         tokio::net::TcpListener::from_std(listener).context("registering the HTTP listener")?
     };
     app.ready.store(true, Ordering::Release);
+    started.store(true, Ordering::Release);
     println!("kappa serve: listening on http://{http_addr} (JSON API under /v1, /metrics, status page at /)");
     println!(
         "kappa serve: data in {}, {} shard(s); Kafka listener not served yet (configured {kafka_addr})",
@@ -196,28 +201,72 @@ fn serve(settings: Settings) -> Result<i32, StartError> {
     app.ready.store(false, Ordering::Release);
     notify_systemd(&[sd_notify::NotifyState::Stopping]);
     tracing::info!(drained, "HTTP stopped; shutting the engine down (flush, sync, checkpoints)");
-    let result = app.engine.shutdown();
-    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    // Bounded: a shard that does not answer (stuck in the kernel, or dead) must not keep the
+    // process alive. Every acknowledged record is already written or synced as its client
+    // asked, so exiting without the engine's flush loses nothing acknowledged; views resume
+    // from their last checkpoints. (Naming the shard that did not answer needs the engine's
+    // dead-shard reporting.)
+    let limit = Settings::millis(app.settings.config.engine.shutdown_timeout_ms);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let shutting = app.clone();
+    let spawned = std::thread::Builder::new().name("kappa-shutdown".into()).spawn(move || {
+        let _ = done_tx.send(shutting.engine.shutdown());
+    });
+    let result = match spawned {
+        Ok(_) => done_rx.recv_timeout(limit),
+        Err(e) => Ok(Err(kappa_engine::Error::Io {
+            op: "spawn",
+            path: PathBuf::from("kappa-shutdown"),
+            source: e,
+        })),
+    };
     match result {
-        Ok(()) => {
-            tracing::info!("kappa serve stopped cleanly");
-            println!("kappa serve: stopped");
-            Ok(0)
+        Ok(result) => {
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            match result {
+                Ok(()) => {
+                    tracing::info!("kappa serve stopped cleanly");
+                    println!("kappa serve: stopped");
+                    Ok(0)
+                }
+                Err(e) => Err(StartError::Other(anyhow::Error::new(e).context("engine shutdown"))),
+            }
         }
-        Err(e) => Err(StartError::Other(anyhow::Error::new(e).context("engine shutdown"))),
+        Err(_) => {
+            runtime.shutdown_background();
+            // The engine's threads may never finish: dropping it would wait for them.
+            std::mem::forget(app);
+            Err(StartError::Other(anyhow::anyhow!(
+                "the engine did not shut down within engine.shutdown_timeout_ms ({} ms): a \
+                 shard did not answer; exiting without its flush (every acknowledged record \
+                 was already written or synced as asked; views resume from their last \
+                 checkpoints)",
+                limit.as_millis()
+            )))
+        }
     }
 }
 
-/// SIGTERM or SIGINT starts a clean shutdown; a second one exits at once.
-async fn install_signal_handlers(stop: watch::Sender<bool>) -> std::io::Result<()> {
+/// SIGTERM or SIGINT starts a clean shutdown; a second one exits at once. One that comes while
+/// the appliance is still starting (`started` false) exits at once too: nothing has been
+/// acknowledged yet, and a start that hangs (a shard that died) must not make it unstoppable.
+async fn install_signal_handlers(
+    stop: watch::Sender<bool>,
+    started: Arc<std::sync::atomic::AtomicBool>,
+) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     tokio::spawn(async move {
-        let first = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
+        let (first, code) = tokio::select! {
+            _ = term.recv() => ("SIGTERM", 128 + libc_signal::TERM),
+            _ = int.recv() => ("SIGINT", 128 + libc_signal::INT),
         };
+        if !started.load(Ordering::Acquire) {
+            tracing::warn!(signal = first, "signal while starting: exiting now");
+            eprintln!("kappa serve: {first} while starting, exiting at once");
+            std::process::exit(code);
+        }
         tracing::info!(
             signal = first,
             "shutting down: draining requests (a second signal exits at once)"

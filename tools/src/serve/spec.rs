@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use kappa_engine::operator::{Aggregate, LatePolicy, Window};
 use kappa_engine::{Start, ViewDef};
 
-use super::fieldpath::FieldPath;
+use kappa_engine::operator::JsonPath;
 
 /// A view definition as an operator writes it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -136,8 +136,8 @@ fn err<T>(key: &str, message: impl Into<String>) -> Result<T, SpecError> {
     Err(SpecError { key: key.to_string(), message: message.into() })
 }
 
-fn path(key: &str, text: &str) -> Result<FieldPath, SpecError> {
-    FieldPath::parse(text).map_err(|message| SpecError { key: key.to_string(), message })
+fn path(key: &str, text: &str) -> Result<JsonPath, SpecError> {
+    JsonPath::parse(text).map_err(|e| SpecError { key: key.to_string(), message: e.to_string() })
 }
 
 /// How a filter compares the field's value.
@@ -222,6 +222,25 @@ impl ViewSpec {
         }
     }
 
+    /// The first field that makes a view partition's state mean something else under `other`
+    /// (what it reads, how it groups, windows and folds), or `None` when `other` may continue
+    /// this definition's state (`start_from_version`).
+    pub fn state_differs(&self, other: &ViewSpec) -> Option<&'static str> {
+        [
+            ("topic", self.topic == other.topic),
+            ("filter", self.filter == other.filter),
+            ("key_field", self.key_field == other.key_field),
+            ("value_field", self.value_field == other.value_field),
+            ("aggregate", self.aggregate == other.aggregate),
+            ("window", self.window == other.window),
+            ("lateness_ms", self.lateness_ms == other.lateness_ms),
+            ("late", self.late == other.late),
+        ]
+        .into_iter()
+        .find(|(_, same)| !same)
+        .map(|(field, _)| field)
+    }
+
     /// Checks the definition and builds the engine's `ViewDef` from it.
     pub fn to_def(&self) -> Result<ViewDef, SpecError> {
         if let Some(r) = &self.revision {
@@ -234,11 +253,11 @@ impl ViewSpec {
         if let Some(filter) = &self.filter {
             let field = path("filter.field", &filter.field)?;
             let comparison = filter.comparison()?;
-            def = def.filter(move |r| comparison.passes(field.value(r.value())));
+            def = def.filter(move |r| comparison.passes(field.value(r.value()).ok()));
         }
         if let Some(key) = &self.key_field {
             let field = path("key_field", key)?;
-            def = def.key_by(move |r, out| field.key_into(r.value(), out));
+            def = def.key_by(move |r, out| field.key_into(r.value(), out).is_ok());
         }
         let aggregate = match self.aggregate {
             AggregateKind::Count => Aggregate::Count,

@@ -94,6 +94,58 @@ fn keys_from_fields() {
 }
 
 #[test]
+fn integer_keys_keep_their_digits_and_other_numbers_are_shortest() {
+    for (doc, want) in [
+        (r#"{"k":18446744073709551616}"#, "18446744073709551616"),
+        (r#"{"k":18446744073709551617}"#, "18446744073709551617"),
+        (r#"{"k":-99999999999999999999999}"#, "-99999999999999999999999"),
+        (r#"{"k": 7 }"#, "7"),
+        (r#"{"k":-0}"#, "-0"),
+        (r#"{"k":[1,{"k":2}]}"#, ""),
+        (r#"{"k":12.0}"#, "12"),
+        (r#"{"k":1e2}"#, "100"),
+        (r#"{"k":1e20}"#, "100000000000000000000"),
+        (r#"{"k":1e21}"#, "1e21"),
+        (r#"{"k":-1.5e300}"#, "-1.5e300"),
+        (r#"{"k":0.000001}"#, "0.000001"),
+        (r#"{"k":1e-7}"#, "1e-7"),
+        (r#"{"k":0.0}"#, "0"),
+    ] {
+        let got = key(doc, "k");
+        if want.is_empty() {
+            assert_eq!(got, Err(Skip::NotANumber), "{doc}");
+        } else {
+            assert_eq!(got, Ok(want.to_string()), "{doc}");
+        }
+    }
+    assert_eq!(key(r#"{"k":"\u00e9"}"#, "k"), Ok("é".to_string()), "an escaped string key");
+    assert_eq!(key(r#"{"k":1e400}"#, "k"), Err(Skip::NotJson), "out of the f64 range");
+}
+
+#[test]
+fn damage_anywhere_makes_the_document_not_json() {
+    let damaged: [&[u8]; 8] = [
+        b"{\"s\":\"\xff\xfe\",\"v\":1}",
+        b"{\"\xff\":1,\"v\":1}",
+        br#"{"s":"\ud800","v":1}"#,
+        br#"{"s":"\udc00x","v":1}"#,
+        br#"{"big":1e400,"v":1}"#,
+        br#"{"a":[{"b":-1e309}],"v":1}"#,
+        br#"{"v":1,"after":"\ud800"}"#,
+        br#"{"v":1,"after":[1e999]}"#,
+    ];
+    let path = JsonPath::parse("v").expect("path");
+    for doc in damaged {
+        assert!(serde_json::from_slice::<serde_json::Value>(doc).is_err(), "{doc:?}");
+        assert_eq!(path.number(doc), Err(Skip::NotJson), "{doc:?}");
+        assert_eq!(path.key_into(doc, &mut Vec::new()), Err(Skip::NotJson), "{doc:?}");
+    }
+    let fine = br#"{"s":"\ud83d\ude00 \u00e9","n":1e-400,"m":1.7976931348623157e308,"v":1}"#;
+    assert!(serde_json::from_slice::<serde_json::Value>(fine).is_ok());
+    assert_eq!(path.number(fine), Ok(1.0), "a surrogate pair, an underflow to 0, f64::MAX");
+}
+
+#[test]
 fn bad_paths_are_refused() {
     for bad in ["", ".", "a.", ".a", "a..b"] {
         assert!(JsonPath::parse(bad).is_err(), "{bad:?}");
@@ -111,4 +163,33 @@ fn serde_json_through_the_same_walk_agrees() {
     let mut de = serde_json::Deserializer::from_slice(doc);
     assert_eq!(path.number_from(&mut de).expect("valid"), Ok(-1.25));
     assert_eq!(path.number(doc), Ok(-1.25));
+}
+
+#[test]
+fn escaped_dots_name_keys_that_hold_dots() {
+    let path = JsonPath::parse(r"a\.b.c\\d").expect("valid path");
+    assert_eq!(path.segments().collect::<Vec<_>>(), ["a.b", r"c\d"]);
+    assert_eq!(path.number(br#"{"a.b":{"c\\d":4}}"#), Ok(4.0));
+    // The unescaped path walks nested objects instead.
+    assert_eq!(number(r#"{"a":{"b":{"c":1}}}"#, r"a\.b.c"), Err(Skip::NoField));
+    for bad in [r"a\b", r"a\", r"\"] {
+        assert!(JsonPath::parse(bad).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn values_of_every_type_for_filters() {
+    let doc = br#"{"s":"x\"y","n":1.5,"b":true,"z":null,"o":{"k":[1,2]},"a":[{"v":"w"}]}"#;
+    let value = |p: &str| JsonPath::parse(p).expect("valid path").value(doc);
+    assert_eq!(value("s"), Ok(serde_json::json!("x\"y")));
+    assert_eq!(value("n"), Ok(serde_json::json!(1.5)));
+    assert_eq!(value("b"), Ok(serde_json::json!(true)));
+    assert_eq!(value("z"), Ok(serde_json::Value::Null));
+    assert_eq!(value("o"), Ok(serde_json::json!({"k": [1, 2]})));
+    assert_eq!(value("o.k.1"), Ok(serde_json::json!(2)));
+    assert_eq!(value("a.0.v"), Ok(serde_json::json!("w")));
+    assert_eq!(value("missing"), Err(Skip::NoField));
+    assert_eq!(value("s.deeper"), Err(Skip::NoField));
+    let broken = JsonPath::parse("s").expect("valid path").value(br#"{"s":"x"} trailing"#);
+    assert_eq!(broken, Err(Skip::NotJson));
 }

@@ -131,6 +131,7 @@ impl PartitionState {
             not_json,
             late_dropped,
             late_updated,
+            panicked,
         } = part.counters;
         let c = &mut self.counters;
         c.consumed += consumed;
@@ -143,6 +144,7 @@ impl PartitionState {
         c.not_json += not_json;
         c.late_dropped += late_dropped;
         c.late_updated += late_updated;
+        c.panicked += panicked;
         self.next_offset = part.next_offset;
         Ok(())
     }

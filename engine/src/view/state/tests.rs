@@ -43,7 +43,7 @@ fn feed(state: &mut PartitionState, def: &ViewDef, records: &[(i64, String, f64)
     frame.extend_from_slice(encoder.frame());
     let view = BatchRef::from_frame(&frame).expect("valid");
     for record in view.records() {
-        state.apply(def, &record);
+        state.apply(def, &record).expect("no user code panics here");
     }
 }
 

@@ -407,6 +407,22 @@ impl SimState {
         Ok(())
     }
 
+    /// Removes an empty directory (`ENOTEMPTY` otherwise, `ENOTDIR` for a file).
+    pub(super) fn remove_dir(&mut self, path: &Path) -> io::Result<()> {
+        self.begin()?;
+        let (dir, name) = self.resolve_parent(path)?;
+        let ino = self.resolve(path)?.ok_or_else(|| not_found("no such directory"))?;
+        match self.node(ino) {
+            Node::Dir(d) if !d.live.is_empty() => return Err(io::Error::from_raw_os_error(39)),
+            Node::Dir(_) => {}
+            Node::File(_) => return Err(io::Error::from_raw_os_error(20)),
+        }
+        let dir = self.dir_mut(dir);
+        dir.live.remove(&name);
+        dir.pending.push(DirOp::Unlink(name));
+        Ok(())
+    }
+
     pub(super) fn sync_dir(&mut self, path: &Path) -> io::Result<()> {
         self.begin()?;
         let ino = self.resolve(path)?.ok_or_else(|| not_found("no such directory"))?;

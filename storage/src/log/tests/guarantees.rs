@@ -308,6 +308,33 @@ fn retention_under_a_reader_is_offset_out_of_range_not_caught_up() {
     });
 }
 
+/// A reader that read all of its segment, when retention deletes that segment under a floor at
+/// exactly the reader's next offset (what a view pins), moves on to the next segment: it lost
+/// nothing, so `OffsetOutOfRange` would be a lie (an engine test saw a view fail with "offset 100
+/// is out of range: the log holds offsets 100..3000").
+#[test]
+fn a_reader_at_the_end_of_a_deleted_segment_moves_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = small_config();
+    config.retention = Retention { size_bytes_max: Some(1), age_ms_max: None };
+    run(async {
+        let log = PartitionLog::open(dir.path(), config).await.expect("open");
+        fill(&log, 80, 25, Durability::Written).await;
+        let first_end = log.segments()[0].next_offset;
+        let mut reader = log.reader(Seek::Beginning).expect("reader");
+        while reader.next_offset() < first_end {
+            reader.next_batch().await.expect("read").expect("a batch");
+        }
+        assert_eq!(reader.next_offset(), first_end, "frames end on the segment boundary");
+        let report = log.apply_retention(0, first_end).await.expect("retention");
+        assert_eq!(report.segments_deleted, 1);
+        assert_eq!(log.start_offset(), first_end);
+        let next = reader.next_batch().await.expect("no OffsetOutOfRange").expect("a batch");
+        assert_eq!(next.first_offset, first_end);
+        log.close().await.expect("close");
+    });
+}
+
 /// Retention never deletes a segment holding an offset at or after the caller's floor.
 #[test]
 fn retention_keeps_everything_from_the_floor() {

@@ -127,6 +127,28 @@ fn seek_by_timestamp_finds_the_first_newer_record() {
 }
 
 #[test]
+fn a_timestamp_seek_past_every_record_still_skips_older_records_appended_later() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    run(async {
+        let log = PartitionLog::open(dir.path(), small_config()).await.expect("open");
+        fill(&log, 2, 10, Durability::Written).await;
+        // Offsets 0..20 hold times 1_000..1_020; nothing is at or after 1_030 yet.
+        let mut reader = log.reader(Seek::Timestamp(1_030)).expect("reader");
+        assert!(reader.next_batch().await.expect("read").is_none());
+        // Times 1_020..1_030 (older than the seek), then 1_030..1_040 in a later batch.
+        fill(&log, 1, 10, Durability::Written).await;
+        assert!(reader.next_batch().await.expect("read").is_none(), "older records are skipped");
+        fill(&log, 1, 10, Durability::Written).await;
+        let mut seen = Vec::new();
+        while let Some(batch) = reader.next_batch().await.expect("read") {
+            seen.extend(batch.records().map(|r| r.offset()));
+        }
+        assert_eq!(seen, (30..40).collect::<Vec<_>>(), "from the first record at or after 1_030");
+        log.close().await.expect("close");
+    });
+}
+
+#[test]
 fn concurrent_synced_appends_share_fsyncs_and_all_land() {
     let dir = tempfile::tempdir().expect("tempdir");
     run(async {

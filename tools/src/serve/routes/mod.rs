@@ -59,6 +59,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/views/{view}/versions/{version}", axum::routing::delete(views::drop_version))
         .route("/v1/views/{view}/versions/{version}/progress", get(views::progress))
         .route("/v1/views/{view}/versions/{version}/progress/stream", get(views::progress_stream))
+        .layer(axum::middleware::from_fn(content_type))
         .layer(axum::middleware::from_fn_with_state(app.clone(), deadline))
         .layer(axum::middleware::from_fn_with_state(app.clone(), auth));
     Router::new()
@@ -66,8 +67,100 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/ready", get(ready))
         .merge(api)
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(json_errors))
         .layer(axum::middleware::from_fn_with_state(app.clone(), observe))
         .with_state(app)
+}
+
+/// Media types a POST may carry: JSON everywhere, NDJSON too for records. Anything else (above
+/// all `text/plain`, `application/x-www-form-urlencoded` and `multipart/form-data`, which a web
+/// page may send cross-site without a CORS preflight) is refused with 415, so another site in
+/// the operator's browser cannot change state; the server never grants a preflight.
+const NDJSON_TYPES: [&str; 3] = ["application/x-ndjson", "application/ndjson", "application/jsonl"];
+
+async fn content_type(request: Request, next: Next) -> Response {
+    if request.method() != axum::http::Method::POST {
+        return next.run(request).await;
+    }
+    let given = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let essence = given.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let records = request.uri().path().ends_with("/records");
+    if essence == "application/json" || (records && NDJSON_TYPES.contains(&essence.as_str())) {
+        return next.run(request).await;
+    }
+    let allowed =
+        if records { "application/x-ndjson or application/json" } else { "application/json" };
+    ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        Some("content-type"),
+        format!("content-type {given:?}: send {allowed}"),
+    )
+    .into_response()
+}
+
+/// Every error answer is JSON naming a field, including the ones axum writes itself (405 for a
+/// method a route lacks, 400 for a path segment that does not decode, ...): their text is kept
+/// as the message, and the field is the one it names in backquotes (`topic`), or `method`.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/json"));
+    if is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_string();
+    let field = if status == StatusCode::METHOD_NOT_ALLOWED {
+        "method".to_string()
+    } else {
+        text.split('`').nth(1).filter(|f| !f.is_empty()).unwrap_or("request").to_string()
+    };
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    let body = json!({ "error": message, "field": field, "status": status.as_u16() });
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts
+        .headers
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    Response::from_parts(parts, Body::from(body.to_string()))
+}
+
+/// Without a token, only loopback names may reach the API: a page on another site whose name
+/// re-resolves to 127.0.0.1 (DNS rebinding) sends its own name as `Host` and is refused, so it
+/// cannot read or change anything. `localhost`, loopback addresses and the bound address pass.
+fn host_allowed(host: &str, bound: std::net::SocketAddr) -> bool {
+    let name = match host.strip_prefix('[') {
+        // `[::1]:9680`
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                name
+            } else {
+                host
+            }
+        }),
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    if name == "localhost" || name.ends_with(".localhost") {
+        return true;
+    }
+    name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback() || ip == bound.ip())
 }
 
 async fn not_found(request: Request) -> ApiError {
@@ -101,7 +194,23 @@ fn same_token(given: &[u8], expected: &[u8]) -> bool {
 /// With a token configured, every route here needs `Authorization: Bearer <token>`, except the
 /// status page's HTML shell (it holds no data; its script asks for the token).
 async fn auth(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
-    let Some(token) = &app.settings.token else { return next.run(request).await };
+    let Some(token) = &app.settings.token else {
+        let host = request.headers().get(header::HOST).map(|h| h.to_str().unwrap_or("?"));
+        if let Some(host) = host {
+            if !host_allowed(host, app.settings.http_addr) {
+                return ApiError::new(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    Some("host"),
+                    format!(
+                        "Host {host:?} is not a loopback name: without http.token this server \
+                         answers only localhost and loopback addresses"
+                    ),
+                )
+                .into_response();
+            }
+        }
+        return next.run(request).await;
+    };
     if request.uri().path() == "/" {
         return next.run(request).await;
     }
@@ -148,11 +257,22 @@ async fn observe(State(app): State<Arc<App>>, request: Request, next: Next) -> R
         .get::<MatchedPath>()
         .map_or("unmatched", MatchedPath::as_str)
         .to_string();
-    let method = request.method().to_string();
+    // A fixed set of labels: a made-up method must not create a series (any client can send
+    // one, before auth).
+    let method: &'static str = match request.method().as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "OPTIONS" => "OPTIONS",
+        _ => "other",
+    };
     #[allow(clippy::disallowed_methods)] // Request latency is observability, never a decision.
     let started = std::time::Instant::now();
     let response = next.run(request).await;
-    app.http.observe(&route, &method, response.status().as_u16(), started.elapsed());
+    app.http.observe(&route, method, response.status().as_u16(), started.elapsed());
     response
 }
 
@@ -165,13 +285,47 @@ async fn drain(body: Body) {
     while let Some(Ok(_)) = body.frame().await {}
 }
 
-/// Reads a request body within the size limit and the body deadline; both refusals name `body`.
+/// A request body, and its share of the in-flight body budget (`http.max_in_flight_body_bytes`),
+/// held until the handler is done with the bytes.
+pub struct ReadBody {
+    pub bytes: Bytes,
+    _budget: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl std::ops::Deref for ReadBody {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// The budget counts KiB (a semaphore takes at most u32::MAX permits at once).
+pub fn budget_units(bytes: usize) -> u32 {
+    u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
+}
+
+fn budget_full(app: &App) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        Some("body"),
+        format!(
+            "the server holds {} bytes of request bodies, its limit \
+             (http.max_in_flight_body_bytes): retry later",
+            app.settings.config.http.max_in_flight_body_bytes
+        ),
+    )
+    .retry_after(1)
+}
+
+/// Reads a request body within the size limit, the body deadline and the global budget of
+/// in-flight body bytes (so memory is bounded whatever clients send: past the budget a request
+/// gets 503 with `Retry-After`). Refusals name `body`.
 pub async fn read_body(
     app: &App,
     headers: &HeaderMap,
     body: Body,
     limit: usize,
-) -> ApiResult<Bytes> {
+) -> ApiResult<ReadBody> {
     let too_large =
         || ApiError::too_large("body", format!("the body is larger than {limit} bytes"));
     if let Some(length) = headers.get(header::CONTENT_LENGTH) {
@@ -190,18 +344,45 @@ pub async fn read_body(
             return Err(too_large());
         }
     }
-    let deadline = Duration::from_millis(app.settings.config.http.body_timeout_ms);
-    match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
-        Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(e)) => {
-            let limited = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            if limited {
-                Err(too_large())
-            } else {
-                Err(ApiError::bad("body", format!("reading the body failed: {e}")))
+    let length: Option<usize> = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|l| l.to_str().ok())
+        .and_then(|l| l.parse().ok());
+    // A declared length takes its share before a byte is read; a chunked body takes it as it
+    // arrives.
+    let mut budget = app
+        .body_budget
+        .clone()
+        .try_acquire_many_owned(budget_units(length.unwrap_or(0)))
+        .map_err(|_| budget_full(app))?;
+    let collect = async {
+        use http_body_util::BodyExt;
+        let mut body = body;
+        let mut bytes = Vec::with_capacity(length.unwrap_or(0));
+        while let Some(frame) = body.frame().await {
+            let frame = frame
+                .map_err(|e| ApiError::bad("body", format!("reading the body failed: {e}")))?;
+            let Ok(data) = frame.into_data() else { continue };
+            if bytes.len() + data.len() > limit {
+                return Err(too_large());
             }
+            let units = budget_units(bytes.len() + data.len());
+            if units > budget.num_permits() as u32 {
+                let more = app
+                    .body_budget
+                    .clone()
+                    .try_acquire_many_owned(units - budget.num_permits() as u32)
+                    .map_err(|_| budget_full(app))?;
+                budget.merge(more);
+            }
+            bytes.extend_from_slice(&data);
         }
+        Ok(Bytes::from(bytes))
+    };
+    let deadline = Duration::from_millis(app.settings.config.http.body_timeout_ms);
+    match tokio::time::timeout(deadline, collect).await {
+        Ok(Ok(bytes)) => Ok(ReadBody { bytes, _budget: budget }),
+        Ok(Err(e)) => Err(e),
         Err(_) => Err(ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
             Some("body"),

@@ -23,6 +23,8 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::Json;
 use base64::Engine as _;
+use kappa_engine::operator::window::{EVENT_TIME_MAX, EVENT_TIME_MIN};
+use kappa_engine::storage::Limits;
 use kappa_engine::{ProducerBatch, Seek};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -67,6 +69,19 @@ fn b64(field: &str, text: &str) -> ApiResult<Vec<u8>> {
 }
 
 fn check(record: InRecord<'_>) -> ApiResult<Parsed<'_>> {
+    // Views fold only event times inside the engine's range (docs/semantics.md): a record
+    // outside it would be acknowledged and then ignored by every view, so it is refused here.
+    if let Some(t) = record.timestamp {
+        if !(EVENT_TIME_MIN..=EVENT_TIME_MAX).contains(&t) {
+            return Err(ApiError::bad(
+                "timestamp",
+                format!(
+                    "timestamp {t} is outside the event-time range {EVENT_TIME_MIN}..={EVENT_TIME_MAX} \
+                     (ms, ±2^62)"
+                ),
+            ));
+        }
+    }
     let key = match (record.key, record.key_b64) {
         (Some(_), Some(_)) => {
             return Err(ApiError::bad("key_b64", "give key or key_b64, not both"))
@@ -137,6 +152,7 @@ fn parse_batch(
     body: &[u8],
     ndjson: bool,
     max_records: usize,
+    fit: &mut Fit,
 ) -> ApiResult<(ProducerBatch, Vec<Option<Vec<u8>>>)> {
     let mut batch = ProducerBatch::with_capacity(1024, body.len());
     let mut keys = Vec::new();
@@ -152,6 +168,10 @@ fn parse_batch(
             .iter()
             .map(|(k, v)| (k.as_ref(), v.as_ref().map(|v| v.as_bytes())))
             .collect();
+        let size = record.key.as_ref().map_or(0, |k| k.len())
+            + record.value.len()
+            + headers.iter().map(|(k, v)| k.len() + v.map_or(0, <[u8]>::len)).sum::<usize>();
+        fit.add(record.key.as_deref(), size as u64)?;
         batch.push_with_headers(record.key.as_deref(), &record.value, record.timestamp, &headers);
         keys.push(record.key.map(Cow::into_owned));
         Ok(())
@@ -178,13 +198,69 @@ fn parse_batch(
             serde_json::from_slice(body).map_err(|e| explain::<Vec<InRecord<'_>>>(body, e))?
         };
         for (i, record) in records.into_iter().enumerate() {
-            push(check(record).map_err(|e| e.at("index", i as u64))?, i)?;
+            let at = |e: ApiError| e.at("index", i as u64);
+            push(check(record).map_err(at)?, i).map_err(at)?;
         }
     }
     if keys.is_empty() {
         return Err(ApiError::bad("records", "the body holds no records"));
     }
+    fit.check_parts()?;
     Ok((batch, keys))
+}
+
+/// The storage limits every part of a batch must meet, checked before anything is sent: the
+/// producer splits a batch into one append per partition, and each shard checks only its own
+/// part, so without this a refused batch could be partly written (all or nothing instead).
+struct Fit {
+    limits: Limits,
+    partitions: u32,
+    /// Bytes of keyed records per partition, and of unkeyed ones (they all go to one partition,
+    /// chosen round-robin at send time, so they count against every partition).
+    keyed: BTreeMap<u32, u64>,
+    unkeyed: u64,
+}
+
+impl Fit {
+    fn new(limits: Limits, partitions: u32) -> Fit {
+        Fit { limits, partitions: partitions.max(1), keyed: BTreeMap::new(), unkeyed: 0 }
+    }
+
+    fn add(&mut self, key: Option<&[u8]>, size: u64) -> ApiResult<()> {
+        let max = u64::from(self.limits.record_size_bytes_max);
+        if size > max {
+            return Err(ApiError::too_large(
+                "value",
+                format!(
+                    "the record holds {size} bytes (key, value and headers); a record holds at \
+                     most {max}"
+                ),
+            ));
+        }
+        match key {
+            Some(k) => {
+                let p = kappa_engine::router::partition_for_key(k, self.partitions);
+                *self.keyed.entry(p).or_default() += size;
+            }
+            None => self.unkeyed += size,
+        }
+        Ok(())
+    }
+
+    fn check_parts(&self) -> ApiResult<()> {
+        let max = u64::from(self.limits.batch_size_bytes_max);
+        let largest = self.keyed.values().copied().max().unwrap_or(0) + self.unkeyed;
+        if largest > max {
+            return Err(ApiError::too_large(
+                "records",
+                format!(
+                    "the records for one partition hold {largest} bytes; one request may carry \
+                     at most {max} bytes per partition (split the batch)"
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 pub async fn post(
@@ -208,9 +284,6 @@ pub async fn post(
         true
     } else if content_type.starts_with("application/json") {
         false
-    } else if content_type.is_empty() {
-        // Sniff: a JSON array starts with `[`; anything else is one record per line.
-        body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[')
     } else {
         return Err(ApiError::new(
             axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -219,14 +292,22 @@ pub async fn post(
         ));
     };
     let max_records = http.max_batch_records;
+    let partitions = app.engine.topics().get(&topic).map(|t| t.partitions).ok_or_else(|| {
+        ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            Some("topic"),
+            format!("no topic {topic:?}"),
+        )
+    })?;
+    let mut fit = Fit::new(app.engine.config().log.limits, partitions);
     // Parsing a large body is CPU work: keep it off the HTTP threads.
     let (batch, keys) = if body.len() > 256 * 1024 {
-        let body = body.clone();
-        tokio::task::spawn_blocking(move || parse_batch(&body, ndjson, max_records))
+        let bytes = body.bytes.clone();
+        tokio::task::spawn_blocking(move || parse_batch(&bytes, ndjson, max_records, &mut fit))
             .await
             .map_err(|e| ApiError::internal(e.to_string()))??
     } else {
-        parse_batch(&body, ndjson, max_records)?
+        parse_batch(&body, ndjson, max_records, &mut fit)?
     };
     let count = keys.len();
     let acks = app.producer(durability).send_packed_async(&topic, batch).await?;
@@ -345,9 +426,20 @@ pub async fn get(
         (None, None, None) => Seek::Beginning,
         _ => return Err(ApiError::bad("offset", "give one of offset, timestamp or from")),
     };
-    // Waiting holds a blocking thread: past the long-poll limit, answer at once instead.
-    let permit = if wait_ms > 0 { app.long_polls.clone().try_acquire_owned().ok() } else { None };
-    let wait = if permit.is_some() { Duration::from_millis(wait_ms) } else { Duration::ZERO };
+    // Waiting holds a blocking thread, so at most `long_polls` reads wait on a shard at once.
+    // Past that, a read waits here (asleep, holding no thread) for a permit, up to its own
+    // `wait_ms`; if none comes it answers what is there: either way it takes about `wait_ms`,
+    // so a client that polls again at once never spins.
+    let (permit, wait) = if wait_ms > 0 {
+        let wait = Duration::from_millis(wait_ms);
+        let waiting = tokio::time::Instant::now();
+        match tokio::time::timeout(wait, app.long_polls.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => (Some(permit), wait.saturating_sub(waiting.elapsed())),
+            _ => (None, Duration::ZERO),
+        }
+    } else {
+        (None, Duration::ZERO)
+    };
     let read = app.blocking(move |app| {
         let _permit = permit;
         let read = app.engine.run_on_partition(&topic, partition, move |log| async move {

@@ -15,7 +15,7 @@ use crate::serve::app::App;
 use crate::serve::error::{json_body, ApiError, ApiResult};
 
 /// Partitions per topic, at most (each is a directory and a writer on a shard).
-const PARTITIONS_MAX: u32 = 4096;
+pub const PARTITIONS_MAX: u32 = 4096;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

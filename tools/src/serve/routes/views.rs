@@ -412,6 +412,7 @@ pub async fn serve_version(
             ));
         }
         app.engine.serve_view_version(&view, request.version)?;
+        app.store.rolled_back_to(&view, request.version)?;
         tracing::info!(view = %view, from = previous, to = request.version, "view version served over HTTP");
         Ok(Json(json!({ "view": view, "served_version": request.version, "previous": previous })))
     })

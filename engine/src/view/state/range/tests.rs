@@ -1,7 +1,8 @@
 //! Split-and-merge against a serial fold: random histories (out-of-order and far-late event
 //! times, times out of range, missing and malformed values, numbers whose `f64` sum depends on
 //! order), random windows, lateness and late policies, every built-in aggregate, random cut
-//! points. The merged state must equal the serial one: groups, bits, counters, digest.
+//! points, a filter that panics on some records (skipped under `OnError::Skip`). The merged
+//! state must equal the serial one: groups, bits, counters, digest.
 
 use kappa_storage::{BatchEncoder, BatchRef, Limits, ProducerInfo, Record};
 use proptest::prelude::*;
@@ -9,7 +10,7 @@ use rkyv::util::AlignedVec;
 
 use super::*;
 use crate::operator::{Aggregate, LatePolicy, Window};
-use crate::view::def::ViewDef;
+use crate::view::def::{OnError, ViewDef};
 
 const VALUES: [&str; 10] = [
     r#"{"v":1}"#,
@@ -95,7 +96,7 @@ fn fold(state: &mut PartitionState, def: &ViewDef, history: &History, from: usiz
     frame.extend_from_slice(encoder.frame());
     let batch = BatchRef::from_frame(&frame).expect("valid");
     for record in batch.records() {
-        state.apply(def, &record);
+        state.apply(def, &record).expect("no user code panics here");
     }
 }
 
@@ -120,13 +121,21 @@ proptest! {
         drop in any::<bool>(),
         cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..8),
         prefix in any::<prop::sample::Index>(),
+        panics in proptest::bool::weighted(0.25),
     ) {
         let late = if drop { LatePolicy::Drop } else { LatePolicy::Update };
-        let def = ViewDef::new("t")
+        let mut def = ViewDef::new("t")
             .map_json("v")
             .window(window)
             .aggregate(aggregate)
             .lateness(lateness, late);
+        if panics {
+            // User code that panics on some records, skipped and counted (`panicked`) in a range
+            // exactly as in a serial fold.
+            def = def
+                .filter(|r| if r.value() == b"not json" { panic!("a poison record") } else { true })
+                .on_error(OnError::Skip);
+        }
         let n = history.len();
         let mut serial = PartitionState::new(0);
         fold(&mut serial, &def, &history, 0, n);
