@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use kappa_engine::operator::Aggregate;
 use kappa_engine::{
-    Engine, Error, OnError, ProducerRecord, RecordRef, ReplayConfig, TopicConfig, ViewDef,
+    Engine, Error, OnError, ProducerBatch, RecordRef, ReplayConfig, TopicConfig, ViewDef,
 };
 use kappa_storage::LogConfig;
 
@@ -41,16 +41,19 @@ fn poisonous(on_error: OnError) -> ViewDef {
         .on_error(on_error)
 }
 
-/// One partition, `RECORDS` records, the one at `POISON_AT` poison.
+/// One partition, `RECORDS` records in batches of 50, the one at `POISON_AT` poison.
 fn produce(engine: &Engine) {
     let producer = engine.producer();
+    let mut batch = ProducerBatch::new();
     for i in 0..RECORDS {
         let value = if i == POISON_AT { "poison".to_string() } else { format!("{}", i % 97) };
-        let ack = producer
-            .send("events", ProducerRecord::new(value).key(format!("k{}", i % 13)))
-            .expect("send");
-        assert_eq!(ack.offset, i);
+        let key = format!("k{}", i % 13);
+        batch.push(Some(key.as_bytes()), value.as_bytes(), Some(10_000 + i as i64));
+        if batch.len() == 50 {
+            producer.send_packed("events", std::mem::take(&mut batch)).expect("send");
+        }
     }
+    assert!(batch.is_empty());
 }
 
 fn tasks_done(engine: &Engine) -> u64 {
