@@ -309,11 +309,12 @@ impl Rebuild {
             // A swap is acknowledged once its record in `meta.json` is durable: the outcome turns
             // `SERVED` after that write (`Version::partition_caught_up`). A version served by
             // request (`Engine::serve_view_version`, which records it before it returns) before
-            // it caught up counts at once.
+            // it caught up counts at once. Either way only while it is still the one served: after
+            // a rollback the swap is `Superseded` below.
             let all_caught_up =
                 self.version.caught_up.load(Ordering::Acquire) >= self.version.partitions;
-            if self.version.outcome.load(Ordering::SeqCst) == view::SERVED
-                || (!all_caught_up && self.entry.served.load(Ordering::Acquire) == number)
+            if self.is_swapped()
+                && (self.version.outcome.load(Ordering::SeqCst) == view::SERVED || !all_caught_up)
             {
                 return Some(Ok(()));
             }
