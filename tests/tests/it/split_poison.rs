@@ -86,13 +86,20 @@ fn a_split_replay_fails_on_a_poison_record_where_a_serial_fold_does() {
         assert_eq!(p.next_offset, POISON_AT + 1, "{p:?}");
     }
     assert!(tasks_done(&engine) > before, "the split view replayed as range tasks");
-    engine.shutdown().expect("shutdown");
     // Recorded as a serial fold's failure is: the stored view names the record, so a restart
-    // does not run it again.
-    let stored = kappa_engine::stored_view(&kappa_storage::io::Disk::Dma, temp.path(), "split")
-        .expect("read")
-        .expect("stored");
-    assert_eq!(stored.failed[&1].offset, Some(POISON_AT));
+    // does not run it again. The record is written on the blocking pool after the version
+    // failed; wait for it (without a deadline: a lost write hangs the test, not passes it).
+    loop {
+        let stored = kappa_engine::stored_view(&kappa_storage::io::Disk::Dma, temp.path(), "split")
+            .expect("read")
+            .expect("stored");
+        if let Some(failure) = stored.failed.get(&1) {
+            assert_eq!((failure.partition, failure.offset), (0, Some(POISON_AT)));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    engine.shutdown().expect("shutdown");
 }
 
 #[test]
