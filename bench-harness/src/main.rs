@@ -6,7 +6,7 @@
 //! page cache, and the data size is stated in the report.
 //!
 //! `kappa-bench run --out DIR` runs the scenarios (`disk`, `storage`, `ingest`, `tail`, `replay`,
-//! `recovery`), each in a child process of its own (`run`), and writes `results.json`, `report.md`
+//! `recovery`, `partitions`), each in a child process of its own (`run`), and writes `results.json`, `report.md`
 //! and SVG plots (`plot`); `kappa-bench compare A B` diffs two runs. Each scenario also runs alone
 //! in this process (`kappa-bench storage --json FILE`).
 
@@ -16,7 +16,9 @@
 mod disk;
 mod http;
 mod ingest;
+mod kafka;
 mod limit;
+mod partitions;
 mod plot;
 mod rebuild;
 mod recovery;
@@ -65,8 +67,14 @@ enum Command {
     /// Live append latency without and with a rebuild, and the rebuild's rate with and without
     /// live load.
     Mixed(rebuild::MixedArgs),
+    /// Random keys over many partitions against pre-grouped records; RSS, descriptors, open and
+    /// reopen time for 1 to 10,000 partitions.
+    Partitions(partitions::Args),
     /// Records/s through the HTTP API (NDJSON batches of 1000) beside the embedded API's rate.
     Http(http::Args),
+    /// The Kafka wire protocol over TCP loopback (produce acks=1/-1, fetch, latency) beside the
+    /// raw disk.
+    Kafka(kafka::Args),
     /// The longest executor stall of a shard under load with segment rolls and view checkpoints.
     Stall(stall::Args),
     /// The child process of the recovery scenario.
@@ -102,7 +110,9 @@ fn main() -> anyhow::Result<()> {
         Command::Http(args) => (args.common.json.clone(), http::scenario(args)),
         Command::Scaling(args) => (args.common.json.clone(), rebuild::scaling(args)),
         Command::Mixed(args) => (args.common.json.clone(), rebuild::mixed(args)),
+        Command::Kafka(args) => (args.common.json.clone(), kafka::scenario(args)),
         Command::Stall(args) => (args.common.json.clone(), stall::scenario(args)),
+        Command::Partitions(args) => (args.common.json.clone(), partitions::scenario(args)),
     };
     let outcome = outcome?;
     outcome.print();
@@ -133,10 +143,12 @@ pub fn run_scenario(name: &str, argv: &[String]) -> anyhow::Result<report::Outco
         "http" => http::scenario(parse(argv)?),
         "scaling" => rebuild::scaling(parse(argv)?),
         "mixed" => rebuild::mixed(parse(argv)?),
+        "kafka" => kafka::scenario(parse(argv)?),
         "stall" => stall::scenario(parse(argv)?),
+        "partitions" => partitions::scenario(parse(argv)?),
         other => anyhow::bail!(
             "unknown scenario {other:?}: expected disk, storage, ingest, tail, replay, recovery, \
-             http, scaling, mixed, stall"
+             http, kafka, scaling, mixed, stall, partitions"
         ),
     }
 }

@@ -25,7 +25,7 @@ pub struct RunArgs {
     #[arg(long)]
     quick: bool,
     /// Scenarios to run, comma separated.
-    #[arg(long, value_delimiter = ',', default_values_t = ["disk".to_string(), "storage".into(), "ingest".into(), "tail".into(), "replay".into(), "recovery".into()])]
+    #[arg(long, value_delimiter = ',', default_values_t = ["disk".to_string(), "storage".into(), "ingest".into(), "tail".into(), "replay".into(), "recovery".into(), "partitions".into()])]
     scenarios: Vec<String>,
     /// Where results.json, report.md and the SVG plots go.
     #[arg(long)]

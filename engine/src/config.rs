@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kappa_storage::{LogConfig, Retention, MIB};
+use kappa_storage::{LogConfig, PoolConfig, Retention, MIB};
 
 use crate::clock::{Clock, SystemClock};
 use crate::watchdog::WatchdogConfig;
@@ -36,6 +36,14 @@ pub struct EngineConfig {
     pub io_memory_bytes: usize,
     /// Segment, buffer and retention defaults for partition logs.
     pub log: LogConfig,
+    /// Each shard's pool of DMA write buffers (shared by its partitions; an idle partition holds
+    /// none) and the bound on what all tail caches of a shard keep.
+    pub write_buffer_pool: PoolConfig,
+    /// Bytes of records a shard's accumulator holds at most (`Producer::with_linger`); past it,
+    /// the oldest staged batches are appended before more are staged.
+    pub staged_bytes_max: usize,
+    /// Partitions a shard opens at once (recovery of thousands of partitions runs in parallel).
+    pub open_concurrency: usize,
     pub clock: Arc<dyn Clock>,
     /// Fault injection for tests: every append on every shard first sleeps this long.
     pub append_delay: Option<Duration>,
@@ -112,6 +120,9 @@ impl EngineConfig {
             consumer_buffer_batches_max: 16,
             io_memory_bytes: 64 * MIB as usize,
             log: LogConfig::default(),
+            write_buffer_pool: PoolConfig::default(),
+            staged_bytes_max: 32 * MIB as usize,
+            open_concurrency: 64,
             clock: Arc::new(SystemClock),
             append_delay: None,
             stall_probe_interval: Some(Duration::from_millis(1)),
@@ -132,6 +143,8 @@ impl EngineConfig {
             ("request_queue_max", self.request_queue_max),
             ("appends_in_flight_max", self.appends_in_flight_max),
             ("consumer_buffer_batches_max", self.consumer_buffer_batches_max),
+            ("staged_bytes_max", self.staged_bytes_max),
+            ("open_concurrency", self.open_concurrency),
         ];
         for (field, value) in positive {
             if value == 0 {

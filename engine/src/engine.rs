@@ -16,7 +16,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use glommio::{LocalExecutorBuilder, Placement};
@@ -48,6 +48,9 @@ pub(crate) struct Inner {
     views: RwLock<BTreeMap<String, Arc<view::Entry>>>,
     links: Vec<Link>,
     topics: RwLock<BTreeMap<String, Arc<TopicMeta>>>,
+    /// Bumped after every change of `topics`, so per-shard caches (the Kafka front end's) know
+    /// when to drop their copies without reading the lock on every request.
+    topics_generation: AtomicU64,
     threads: Mutex<Vec<watchdog::ExecutorHandle<()>>>,
     shut_down: AtomicBool,
     /// Serializes topic and view metadata changes (see the module doc).
@@ -84,6 +87,17 @@ impl Inner {
         }
         let topics = self.topics.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         topics.get(name).cloned().ok_or_else(|| Error::UnknownTopic { topic: name.to_string() })
+    }
+
+    /// Changes whenever a topic is created or deleted.
+    pub(crate) fn topics_generation(&self) -> u64 {
+        self.topics_generation.load(Ordering::Acquire)
+    }
+
+    /// Every topic (the Kafka front end's Metadata for all topics).
+    pub(crate) fn topic_list(&self) -> Vec<Arc<TopicMeta>> {
+        let topics = self.topics.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        topics.values().cloned().collect()
     }
 
     pub(crate) fn send_blocking(&self, shard: usize, request: Request) -> Result<(), Error> {
@@ -159,6 +173,7 @@ impl Engine {
             kappa_storage::io::Disk::Dma => Some(DirLock::acquire(&data_dir)?),
             kappa_storage::io::Disk::Sim(_) => None,
         };
+        raise_open_files_limit();
         // CPUs this process may run on (its affinity mask, not the machine's CPU count), unless the
         // configuration names them.
         let cpus: Vec<usize> = config.cpus.clone().unwrap_or_else(core_ids);
@@ -224,6 +239,7 @@ impl Engine {
                 monitor,
                 links,
                 topics: RwLock::new(BTreeMap::new()),
+                topics_generation: AtomicU64::new(0),
                 threads: Mutex::new(threads),
                 shut_down: AtomicBool::new(false),
                 meta_lock: Mutex::new(()),
@@ -243,6 +259,11 @@ impl Engine {
             engine.open_topic(&name, topic)?;
         }
         Ok(engine)
+    }
+
+    /// The shared state behind this handle (crate front ends such as `kafka` hold it).
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
     }
 
     pub fn shard_count(&self) -> usize {
@@ -355,6 +376,7 @@ impl Engine {
         let (disk, data_dir) = (self.inner.disk(), &self.inner.config.data_dir);
         meta::mark_deleting(disk, data_dir, name)?;
         self.inner.topics.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(name);
+        self.inner.topics_generation.fetch_add(1, Ordering::AcqRel);
         let mut first_error = None;
         for (partition, shard) in topic.shards.iter().enumerate() {
             let result = self.inner.call(*shard, |reply| Request::Close {
@@ -431,6 +453,7 @@ impl Engine {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(name.to_string(), grown);
+        self.inner.topics_generation.fetch_add(1, Ordering::AcqRel);
         tracing::info!(topic = name, from = current, to = partitions, "topic grown");
         Ok(())
     }
@@ -485,6 +508,7 @@ impl Engine {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(name.to_string(), meta);
+        self.inner.topics_generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Opens partitions `from..config.partitions` of a topic on their shards (in parallel across
@@ -1271,6 +1295,26 @@ impl OpenReport {
                 frames: cut.dropped_frames,
                 offsets: cut.dropped_offsets,
             });
+        }
+    }
+}
+
+/// Raises this process's soft limit on open files to its hard limit. Every partition keeps its
+/// active segment open (one descriptor each), so 10,000 partitions need more than the usual soft
+/// limit of 1,024; the hard limit is what the administrator allows, and raising the soft limit up
+/// to it needs no privilege. Failing to raise it is not an error: opening too many partitions
+/// then fails with a typed "Too many open files" naming the file.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed by pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= limit.rlim_max
+        {
+            return;
+        }
+        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+            tracing::debug!(from = limit.rlim_cur, to = limit.rlim_max, "raised RLIMIT_NOFILE");
         }
     }
 }

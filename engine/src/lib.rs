@@ -8,7 +8,8 @@
 //! `Consumer`s that follow a partition's live tail. Code that runs on a shard
 //! (`Engine::run_on_partition`) reads records zero-copy.
 //!
-//! Views, replay and the network front ends build on this (see `ARCHITECTURE.md`).
+//! Views, replay and the network front ends build on this (see `ARCHITECTURE.md`); `kafka` is the
+//! Kafka wire protocol front end (`KafkaServer`).
 
 mod asynch;
 mod clock;
@@ -16,6 +17,7 @@ mod config;
 mod consumer;
 mod engine;
 mod error;
+pub mod kafka;
 pub mod lock;
 mod meta;
 mod metrics;
@@ -38,7 +40,10 @@ pub use lock::DirLock;
 pub use metrics::{
     ConsumerMetrics, PartitionMetrics, ReplayMetrics, ShardMetrics, ViewMetrics, WatchdogMetrics,
 };
-pub use producer::{Ack, BatchAck, PendingAck, Producer, ProducerBatch, ProducerRecord};
+pub use producer::{
+    Ack, BatchAck, PendingAck, PendingAcks, Producer, ProducerBatch, ProducerRecord,
+    DEFAULT_BATCH_SIZE,
+};
 pub use router::ShardId;
 pub use view::{
     stored_view, Failure, Offsets, OnError, Poison, Rebuild, Row, Start, StoredView,

@@ -30,6 +30,14 @@ pub struct ShardMetrics {
     pub consumers: Vec<ConsumerMetrics>,
     /// Every view partition the shard runs.
     pub views: Vec<ViewMetrics>,
+    /// The shard's pool of DMA write buffers: buffers in use and idle, reuses, allocations, and
+    /// `io_memory_misses` (buffers glommio had to allocate outside the registered DMA pool).
+    pub buffer_pool: kappa_storage::PoolStats,
+    /// Bytes and partitions of records waiting in the accumulator (`Producer::with_linger`).
+    pub staged_bytes: u64,
+    pub staged_partitions: u64,
+    /// Staged batches appended, by cause.
+    pub stage_flushes: crate::shard::FlushCounts,
     /// Times the engine's monitor waited a second or more for the shard to answer its probe:
     /// the shard thread was blocked (a synchronous file write) or its executor slept through a
     /// queued request.

@@ -2,19 +2,27 @@
 //!
 //! A record with a key goes to the partition its key hashes to; a record or batch without one goes
 //! to the next partition in this producer's round robin (a whole batch to one partition, so it stays
-//! one frame). Requests for one shard travel through one FIFO channel and the shard assigns offsets
-//! in arrival order, so one producer's records keep their order within a partition.
+//! one frame); `send_to` names the partition. Requests for one shard travel through one FIFO
+//! channel and the shard assigns offsets in arrival order, so one producer's records keep their
+//! order within a partition.
+//!
+//! Batching for the user: a batch whose records route to several partitions travels as one
+//! request per shard, and the shard's accumulator (`shard::accumulate`) packs records of many
+//! requests into one stored batch per partition. `with_linger` lets records wait up to that long
+//! for more (Kafka's `linger.ms`), `with_batch_size` caps a stored batch's bytes (`batch.size`).
+//! `send_each` and `submit*` deliver every record's own offset.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use kappa_storage::Durability;
 
 use crate::engine::{Inner, TopicMeta};
 use crate::router::partition_for_key;
 use crate::shard::link::Link;
-use crate::shard::Request;
+use crate::shard::{Request, Stage};
 use crate::Error;
 
 /// A record as a producer owns it before it reaches a shard.
@@ -126,6 +134,42 @@ impl ProducerBatch {
         self.entries.is_empty()
     }
 
+    /// Key, value and header bytes of all records.
+    pub(crate) fn data_len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Key, value and header bytes of record `index`.
+    pub(crate) fn size_of(&self, index: usize) -> usize {
+        let entry = &self.entries[index];
+        let (start, count) = entry.headers;
+        let headers: u32 = self.headers[start as usize..(start + count) as usize]
+            .iter()
+            .map(|h| h.key.1 + h.value.map_or(0, |v| v.1))
+            .sum();
+        (entry.key.map_or(0, |k| k.1) + entry.value.1 + headers) as usize
+    }
+
+    /// Copies record `index` of `src` to the end of this batch (no allocation past growth).
+    pub(crate) fn push_from(&mut self, src: &ProducerBatch, index: usize) {
+        let entry = src.entries[index];
+        let key = entry.key.map(|k| self.put(src.slice(k)));
+        let value = self.put(src.slice(entry.value));
+        let (start, count) = entry.headers;
+        let first = self.headers.len() as u32;
+        for h in &src.headers[start as usize..(start + count) as usize] {
+            let key = self.put(src.slice(h.key));
+            let value = h.value.map(|v| self.put(src.slice(v)));
+            self.headers.push(HeaderEntry { key, value });
+        }
+        self.entries.push(BatchEntry {
+            key,
+            value,
+            timestamp: entry.timestamp,
+            headers: (first, count),
+        });
+    }
+
     fn slice(&self, (start, len): (u32, u32)) -> &[u8] {
         &self.data[start as usize..(start + len) as usize]
     }
@@ -224,13 +268,70 @@ impl PendingAck {
     }
 }
 
+/// A shard's answer to one `Stage` request: one `BatchAck` per partition part.
+type StageReply = flume::Receiver<Result<Vec<BatchAck>, Error>>;
+
+/// Every record's acknowledgement of a `submit*` call, still on its way.
+pub struct PendingAcks {
+    /// One reply per shard request (with the link to that shard, so a dead shard answers
+    /// `ShardDied` instead of leaving the wait hanging): one `BatchAck` per partition part.
+    replies: Vec<(Link, StageReply)>,
+    /// Per record: its partition and its rank among the batch's records for that partition.
+    records: Vec<(u32, u32)>,
+}
+
+impl PendingAcks {
+    /// Blocks until every record reached the producer's durability; one `Ack` per record, in the
+    /// order the records were given.
+    pub fn wait(self) -> Result<Vec<Ack>, Error> {
+        let mut parts = Vec::new();
+        for (link, reply) in &self.replies {
+            parts.extend(link.recv(reply)?);
+        }
+        Ok(self.resolve(parts))
+    }
+
+    /// `wait` for async code.
+    pub async fn wait_async(self) -> Result<Vec<Ack>, Error> {
+        let mut parts = Vec::new();
+        for (link, reply) in &self.replies {
+            parts.extend(link.recv_async(reply).await?);
+        }
+        Ok(self.resolve(parts))
+    }
+
+    /// Records in the request.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// A partition's records are contiguous in its log (see `shard::accumulate`), so a record's
+    /// offset is its partition's base offset plus its rank.
+    fn resolve(&self, parts: Vec<BatchAck>) -> Vec<Ack> {
+        let base: BTreeMap<u32, u64> = parts.iter().map(|a| (a.partition, a.base_offset)).collect();
+        self.records
+            .iter()
+            .map(|&(partition, rank)| Ack { partition, offset: base[&partition] + u64::from(rank) })
+            .collect()
+    }
+}
+
 /// Sends records into the engine.
 #[derive(Clone)]
 pub struct Producer {
     inner: Arc<Inner>,
     durability: Durability,
     round_robin: Arc<AtomicU32>,
+    linger: Duration,
+    batch_size: usize,
 }
+
+/// The default `batch_size`: about a thousand records of 100 bytes per stored batch.
+pub const DEFAULT_BATCH_SIZE: usize = 128 * 1024;
 
 enum Mode {
     Block,
@@ -243,7 +344,219 @@ impl Producer {
             inner,
             durability: Durability::Written,
             round_robin: Arc::new(AtomicU32::new(0)),
+            linger: Duration::ZERO,
+            batch_size: DEFAULT_BATCH_SIZE,
         }
+    }
+
+    /// The same producer letting records wait up to `linger` on their shard for more records of
+    /// their partition (Kafka's `linger.ms`): fewer, larger stored batches, each record
+    /// acknowledged up to `linger` later. Zero (the default) appends a request's records as soon
+    /// as the shard has them, still one stored batch per partition per request.
+    pub fn with_linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
+    }
+
+    /// The same producer with stored batches of at most about `bytes` of keys, values and headers
+    /// (Kafka's `batch.size`; a larger record is a batch of its own). Default `DEFAULT_BATCH_SIZE`.
+    pub fn with_batch_size(mut self, bytes: usize) -> Self {
+        self.batch_size = bytes.max(1);
+        self
+    }
+
+    pub fn linger(&self) -> Duration {
+        self.linger
+    }
+
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    /// Sends one record to partition `partition` and blocks until it reached the durability.
+    pub fn send_to(
+        &self,
+        topic: &str,
+        partition: u32,
+        record: ProducerRecord,
+    ) -> Result<Ack, Error> {
+        let mut batch = ProducerBatch::with_capacity(1, record.value.len());
+        push_record(&mut batch, &record);
+        let acks = self.submit_routed(topic, batch, Some(partition), Mode::Block)?.wait()?;
+        Ok(acks[0])
+    }
+
+    /// `send_to` for async code.
+    pub async fn send_to_async(
+        &self,
+        topic: &str,
+        partition: u32,
+        record: ProducerRecord,
+    ) -> Result<Ack, Error> {
+        let mut batch = ProducerBatch::with_capacity(1, record.value.len());
+        push_record(&mut batch, &record);
+        let pending = self.submit_routed_async(topic, batch, Some(partition)).await?;
+        Ok(pending.wait_async().await?[0])
+    }
+
+    /// Sends a packed batch, every record to `partition`, and waits; one `Ack` per record.
+    pub fn send_packed_to(
+        &self,
+        topic: &str,
+        partition: u32,
+        batch: ProducerBatch,
+    ) -> Result<Vec<Ack>, Error> {
+        self.submit_routed(topic, batch, Some(partition), Mode::Block)?.wait()
+    }
+
+    /// Sends a packed batch (records routed by key) and blocks until every record reached the
+    /// durability: one `Ack` per record, in batch order. Records of many partitions travel as one
+    /// request per shard and are accumulated per partition there.
+    pub fn send_each(&self, topic: &str, batch: ProducerBatch) -> Result<Vec<Ack>, Error> {
+        self.submit_routed(topic, batch, None, Mode::Block)?.wait()
+    }
+
+    /// `send_each` for async code.
+    pub async fn send_each_async(
+        &self,
+        topic: &str,
+        batch: ProducerBatch,
+    ) -> Result<Vec<Ack>, Error> {
+        self.submit_routed_async(topic, batch, None).await?.wait_async().await
+    }
+
+    /// Queues a packed batch and returns at once with its pending per-record acknowledgements;
+    /// blocks only while a shard's request queue is full (backpressure).
+    pub fn submit_each(&self, topic: &str, batch: ProducerBatch) -> Result<PendingAcks, Error> {
+        self.submit_routed(topic, batch, None, Mode::Block)
+    }
+
+    /// `submit_each` that never waits: `Error::WouldBlock` when a shard's request queue is full
+    /// (a batch over several shards may then be partly queued).
+    pub fn try_submit_each(&self, topic: &str, batch: ProducerBatch) -> Result<PendingAcks, Error> {
+        self.submit_routed(topic, batch, None, Mode::Try)
+    }
+
+    /// Queues one record (routed by key) and returns its pending acknowledgement: with a linger,
+    /// many `submit`s share a stored batch.
+    pub fn submit(&self, topic: &str, record: ProducerRecord) -> Result<PendingAcks, Error> {
+        let mut batch = ProducerBatch::with_capacity(1, record.value.len());
+        push_record(&mut batch, &record);
+        self.submit_routed(topic, batch, None, Mode::Block)
+    }
+
+    /// Routes every record (by `partition`, else by key, else to one round-robin partition),
+    /// groups them per shard and sends one `Stage` request per shard.
+    fn plan(
+        &self,
+        topic: &str,
+        batch: ProducerBatch,
+        partition: Option<u32>,
+    ) -> Result<(Vec<(usize, Request)>, PendingAcks), Error> {
+        let meta = self.inner.topic(topic)?;
+        let partitions = meta.config.partitions;
+        if let Some(p) = partition {
+            if p >= partitions {
+                return Err(Error::UnknownPartition {
+                    topic: topic.to_string(),
+                    partition: p,
+                    partitions,
+                });
+            }
+        }
+        let unkeyed = match partition {
+            Some(p) => p,
+            None => self.round_robin.fetch_add(1, Ordering::Relaxed) % partitions,
+        };
+        let mut groups: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+        let mut records = Vec::with_capacity(batch.len());
+        for i in 0..batch.len() {
+            let p = match (partition, batch.key(i)) {
+                (Some(p), _) => p,
+                (None, Some(key)) => partition_for_key(key, partitions),
+                (None, None) => unkeyed,
+            };
+            let group = groups.entry(p).or_default();
+            records.push((p, group.len() as u32));
+            group.push(i as u32);
+        }
+        let mut by_shard: BTreeMap<usize, Vec<(u32, Vec<u32>)>> = BTreeMap::new();
+        for (p, indexes) in groups {
+            by_shard.entry(meta.shards[p as usize]).or_default().push((p, indexes));
+        }
+        let batch = Arc::new(batch);
+        let mut requests = Vec::with_capacity(by_shard.len());
+        let mut replies = Vec::with_capacity(by_shard.len());
+        for (shard, parts) in by_shard {
+            let (reply, receiver) = flume::bounded(1);
+            let stage = Stage {
+                topic: meta.name.clone(),
+                batch: batch.clone(),
+                parts,
+                durability: self.durability,
+                linger: self.linger,
+                batch_size: self.batch_size,
+                reply,
+            };
+            requests.push((shard, Request::Stage(stage)));
+            replies.push((self.inner.link(shard).clone(), receiver));
+        }
+        Ok((requests, PendingAcks { replies, records }))
+    }
+
+    fn submit_routed(
+        &self,
+        topic: &str,
+        batch: ProducerBatch,
+        partition: Option<u32>,
+        mode: Mode,
+    ) -> Result<PendingAcks, Error> {
+        let (requests, pending) = self.plan(topic, batch, partition)?;
+        for (shard, request) in requests {
+            match mode {
+                Mode::Block => self.inner.send_blocking(shard, request)?,
+                Mode::Try => self.inner.try_send(shard, request)?,
+            }
+        }
+        Ok(pending)
+    }
+
+    async fn submit_routed_async(
+        &self,
+        topic: &str,
+        batch: ProducerBatch,
+        partition: Option<u32>,
+    ) -> Result<PendingAcks, Error> {
+        let (requests, pending) = self.plan(topic, batch, partition)?;
+        for (shard, request) in requests {
+            self.inner.send_async(shard, request).await?;
+        }
+        Ok(pending)
+    }
+
+    /// Per-partition acknowledgements of a staged send, sorted by partition.
+    fn batch_acks(acks: Vec<Ack>) -> Vec<BatchAck> {
+        let mut by_partition: BTreeMap<u32, BatchAck> = BTreeMap::new();
+        for ack in acks {
+            let entry = by_partition.entry(ack.partition).or_insert(BatchAck {
+                partition: ack.partition,
+                base_offset: ack.offset,
+                last_offset: ack.offset,
+            });
+            entry.base_offset = entry.base_offset.min(ack.offset);
+            entry.last_offset = entry.last_offset.max(ack.offset);
+        }
+        by_partition.into_values().collect()
+    }
+
+    /// True when a batch should go through the accumulator: a linger is set, or its records
+    /// route to more than one partition.
+    fn stages(&self, batch: &ProducerBatch, partitions: u32) -> bool {
+        if !self.linger.is_zero() {
+            return true;
+        }
+        let first = batch.key(0).map(|k| partition_for_key(k, partitions));
+        (1..batch.len()).any(|i| batch.key(i).map(|k| partition_for_key(k, partitions)) != first)
     }
 
     /// The same producer acknowledging at another durability.
@@ -258,6 +571,9 @@ impl Producer {
 
     /// Sends one record and blocks until it reached this producer's durability.
     pub fn send(&self, topic: &str, record: ProducerRecord) -> Result<Ack, Error> {
+        if !self.linger.is_zero() {
+            return Ok(self.submit(topic, record)?.wait()?[0]);
+        }
         let (partition, shard, request, receiver) = self.request(topic, vec![record])?;
         self.inner.send_blocking(shard, request)?;
         let _ = partition;
@@ -267,6 +583,12 @@ impl Producer {
 
     /// `send` for async code: waits without blocking the thread.
     pub async fn send_async(&self, topic: &str, record: ProducerRecord) -> Result<Ack, Error> {
+        if !self.linger.is_zero() {
+            let mut batch = ProducerBatch::with_capacity(1, record.value.len());
+            push_record(&mut batch, &record);
+            let pending = self.submit_routed_async(topic, batch, None).await?;
+            return Ok(pending.wait_async().await?[0]);
+        }
         let (_, shard, request, receiver) = self.request(topic, vec![record])?;
         self.inner.send_async(shard, request).await?;
         let ack = self.inner.link(shard).recv_async(&receiver).await?;
@@ -284,6 +606,9 @@ impl Producer {
         topic: &str,
         records: Vec<ProducerRecord>,
     ) -> Result<Vec<BatchAck>, Error> {
+        if records.len() > 1 || !self.linger.is_zero() {
+            return self.send_packed(topic, pack(&records));
+        }
         let pending = self.submit_batch(topic, records, Mode::Block)?;
         pending.into_iter().map(PendingAck::wait).collect()
     }
@@ -294,6 +619,9 @@ impl Producer {
         topic: &str,
         records: Vec<ProducerRecord>,
     ) -> Result<Vec<BatchAck>, Error> {
+        if records.len() > 1 || !self.linger.is_zero() {
+            return self.send_packed_async(topic, pack(&records)).await;
+        }
         let mut pending = Vec::new();
         for (shard, request, receiver) in self.split(topic, records)? {
             self.inner.send_async(shard, request).await?;
@@ -309,6 +637,10 @@ impl Producer {
     /// Sends a packed batch (one stored batch per partition its records route to) and blocks until
     /// every part is acknowledged.
     pub fn send_packed(&self, topic: &str, batch: ProducerBatch) -> Result<Vec<BatchAck>, Error> {
+        let meta = self.inner.topic(topic)?;
+        if self.stages(&batch, meta.config.partitions) {
+            return Ok(Self::batch_acks(self.send_each(topic, batch)?));
+        }
         self.send_packed_nowait(topic, batch)?.into_iter().map(PendingAck::wait).collect()
     }
 
@@ -319,6 +651,10 @@ impl Producer {
         topic: &str,
         batch: ProducerBatch,
     ) -> Result<Vec<BatchAck>, Error> {
+        let meta = self.inner.topic(topic)?;
+        if self.stages(&batch, meta.config.partitions) {
+            return Ok(Self::batch_acks(self.send_each_async(topic, batch).await?));
+        }
         let (meta, parts) = self.split_packed(topic, batch)?;
         let mut pending = Vec::with_capacity(parts.len());
         for (partition, part) in parts {
@@ -333,8 +669,9 @@ impl Producer {
         Ok(acks)
     }
 
-    /// Queues a packed batch and returns pending acknowledgements; blocks only while a shard's
-    /// request queue is full.
+    /// Queues a packed batch and returns pending acknowledgements (one request and one stored
+    /// batch per partition, not accumulated: `submit_each` accumulates); blocks only while a
+    /// shard's request queue is full.
     pub fn send_packed_nowait(
         &self,
         topic: &str,
@@ -378,8 +715,8 @@ impl Producer {
         Ok((meta, parts))
     }
 
-    /// Queues a batch and returns at once with pending acknowledgements (one per partition);
-    /// blocks only while a shard's request queue is full.
+    /// Queues a batch and returns at once with pending acknowledgements (one per partition, not
+    /// accumulated: `submit_each` accumulates); blocks only while a shard's request queue is full.
     pub fn send_batch_nowait(
         &self,
         topic: &str,
@@ -483,4 +820,21 @@ impl Producer {
         };
         (meta.shards[partition as usize], request, receiver)
     }
+}
+
+/// A record into a packed batch.
+fn push_record(batch: &mut ProducerBatch, record: &ProducerRecord) {
+    let headers: Vec<(&str, Option<&[u8]>)> =
+        record.headers.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect();
+    batch.push_with_headers(record.key.as_deref(), &record.value, record.timestamp, &headers);
+}
+
+/// Records into one packed batch.
+fn pack(records: &[ProducerRecord]) -> ProducerBatch {
+    let bytes = records.iter().map(|r| r.value.len() + r.key.as_ref().map_or(0, Vec::len)).sum();
+    let mut batch = ProducerBatch::with_capacity(records.len(), bytes);
+    for record in records {
+        push_record(&mut batch, record);
+    }
+    batch
 }

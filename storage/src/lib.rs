@@ -23,10 +23,12 @@ pub mod io;
 pub mod kafka;
 mod log;
 pub mod paths;
+pub mod pool;
 mod reader;
 pub mod repair;
 pub mod scan;
 mod sync;
+pub use sync::Event;
 pub mod verify;
 
 pub use batch::{BatchEncoder, BatchRef, OwnedBatch, RecordRef};
@@ -36,6 +38,7 @@ pub use log::{
     AppendInfo, AppendTicket, LogStats, PartitionLog, RecoveryReport, RetentionReport, SegmentInfo,
     TailCut,
 };
+pub use pool::{PoolConfig, PoolStats};
 pub use reader::{LogReader, ReadAhead, ReadBatch, SealedSegment, Seek, SegmentReader};
 
 /// How far an append has to get before it is acknowledged, and so what it survives.
@@ -147,6 +150,9 @@ pub struct LogConfig {
     /// Recently written buffers kept in memory per partition, so readers following the live tail
     /// get fresh frames without a disk read. 0 turns the cache off.
     pub tail_cache_buffers_max: usize,
+    /// A partition whose writer has had nothing to do this long gives its tail cache back to the
+    /// shard's buffer pool, so idle partitions hold no write buffer (zero keeps the cache).
+    pub tail_cache_idle_release: std::time::Duration,
     /// Written-but-unsynced bytes the writer allows in the active segment. It starts a background
     /// fdatasync when half of this is unsynced and stops submitting writes rather than pass it, so
     /// even under `written` or `none` load a power cut can only tear the last
@@ -174,6 +180,7 @@ impl Default for LogConfig {
             read_buffer_size_bytes: MIB as usize,
             read_ahead_max: 16,
             tail_cache_buffers_max: 2,
+            tail_cache_idle_release: std::time::Duration::from_secs(1),
             unsynced_bytes_max: 16 * MIB,
             preallocate_bytes: 8 * MIB,
             limits: Limits::default(),

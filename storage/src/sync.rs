@@ -6,18 +6,21 @@
 //! correct on a single thread: no lost wake-ups, because the check and the registration happen in
 //! the same poll with no await between them.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::task::{Poll, Waker};
 
+/// Public because the engine's executor-local code (the Kafka front end) waits the same way.
 #[derive(Default)]
-pub(crate) struct Event {
+pub struct Event {
     wakers: RefCell<Vec<Waker>>,
+    notified: Cell<u64>,
 }
 
 impl Event {
     /// Wakes every waiter; each re-checks its own condition.
-    pub(crate) fn notify(&self) {
+    pub fn notify(&self) {
+        self.notified.set(self.notified.get().wrapping_add(1));
         let wakers = std::mem::take(&mut *self.wakers.borrow_mut());
         for waker in wakers {
             waker.wake();
@@ -25,7 +28,7 @@ impl Event {
     }
 
     /// Resolves once `condition` returns true, checked now and after every `notify`.
-    pub(crate) async fn wait_until(&self, mut condition: impl FnMut() -> bool) {
+    pub async fn wait_until(&self, mut condition: impl FnMut() -> bool) {
         poll_fn(|cx| {
             if condition() {
                 return Poll::Ready(());
@@ -37,5 +40,11 @@ impl Event {
             Poll::Pending
         })
         .await
+    }
+
+    /// Resolves at the next `notify` after this call.
+    pub async fn next(&self) {
+        let seen = self.notified.get();
+        self.wait_until(|| self.notified.get() != seen).await
     }
 }

@@ -33,12 +33,16 @@ use crate::router::ShardId;
 use crate::view::runner::{self as view_runner, ViewPartition};
 use crate::Error;
 
+mod accumulate;
 pub(crate) mod link;
 pub(crate) mod replay;
 mod views;
 
 use link::Link;
 use replay::ReplayControl;
+
+pub use accumulate::FlushCounts;
+pub(crate) use accumulate::Stage;
 
 /// A closure run on a shard (see `Engine::run_on_partition`).
 pub(crate) type ShardJob = Box<dyn FnOnce(Rc<Shard>) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
@@ -53,6 +57,8 @@ pub(crate) enum Request {
         durability: Durability,
         reply: Reply<BatchAck>,
     },
+    /// Records for partitions of this shard, accumulated per partition (`accumulate`).
+    Stage(Stage),
     Open {
         topic: Arc<str>,
         partition: u32,
@@ -185,6 +191,12 @@ pub struct Shard {
     peers: Vec<Peer>,
     /// The live-latency controller: how much of this shard replay may take.
     replay_control: Rc<ReplayControl>,
+    /// Staged batches per partition (`accumulate`).
+    staging: RefCell<accumulate::Staging>,
+    /// Appends waiting for their durability (`EngineConfig::appends_in_flight_max`).
+    append_permits: Rc<glommio::sync::Semaphore>,
+    /// Partition opens running now (they run in parallel, `EngineConfig::open_concurrency`).
+    opens: Rc<glommio::sync::Semaphore>,
 }
 
 /// How a shard reaches another one: its request channel, weak so that the engine dropping its
@@ -254,6 +266,15 @@ impl Shard {
         }
     }
 
+    /// Returns once shard `index`'s thread has ended (never, for an index with no shard). A range
+    /// task folding for another shard stops when that shard dies: nobody will merge its result.
+    pub(crate) async fn peer_gone(&self, index: usize) {
+        match self.peers.get(index) {
+            Some(peer) => peer.life.gone().await,
+            None => std::future::pending().await,
+        }
+    }
+
     /// Waits for what a job run on shard `target` sends back through `receiver`; `None` once the
     /// job's sender is dropped or the target's thread ended without sending (a dead shard never
     /// drops what its tasks hold, so the channel alone would wait forever).
@@ -300,9 +321,10 @@ pub(crate) async fn run(
     );
     let maintenance =
         executor.create_task_queue(Shares::Static(50), Latency::NotImportant, "maintenance");
+    kappa_storage::pool::configure(config.write_buffer_pool);
     let shard = Rc::new(Shard {
         id,
-        config,
+        config: config.clone(),
         partitions: RefCell::new(BTreeMap::new()),
         views: RefCell::new(BTreeMap::new()),
         subscriptions: RefCell::new(Vec::new()),
@@ -330,6 +352,9 @@ pub(crate) async fn run(
         stopping: Cell::new(false),
         peers,
         replay_control,
+        staging: RefCell::new(accumulate::Staging::default()),
+        append_permits: Rc::new(glommio::sync::Semaphore::new(config.appends_in_flight_max as u64)),
+        opens: Rc::new(glommio::sync::Semaphore::new(config.open_concurrency as u64)),
     });
     let control = {
         let stopping = shard.clone();
@@ -355,8 +380,6 @@ pub(crate) async fn run(
 }
 
 async fn serve(shard: Rc<Shard>) {
-    let in_flight =
-        Rc::new(glommio::sync::Semaphore::new(shard.config.appends_in_flight_max as u64));
     while let Ok(request) = shard.request_queue.recv_async().await {
         match request {
             Request::Append { topic, partition, payload, durability, reply } => {
@@ -367,13 +390,37 @@ async fn serve(shard: Rc<Shard>) {
                 if let Some(delay) = shard.config.append_delay {
                     glommio::timer::sleep(delay).await;
                 }
+                accumulate::flush_before_append(&shard, &topic, partition).await;
                 log.reserve().await;
-                let Ok(permit) = in_flight.acquire_static_permit(1).await else { break };
-                append(&shard, log, partition, payload, durability, reply, permit);
+                let Ok(permit) = shard.append_permits.clone().acquire_static_permit(1).await else {
+                    break;
+                };
+                let done = Box::new(move |result| {
+                    let _ = reply.send(result);
+                });
+                append(&shard, log, partition, payload, durability, permit, done);
+            }
+            Request::Stage(stage) => {
+                if let Some(delay) = shard.config.append_delay {
+                    glommio::timer::sleep(delay).await;
+                }
+                accumulate::stage(&shard, stage).await;
             }
             Request::Open { topic, partition, config, reply } => {
-                let result = open_partition(&shard, topic, partition, config).await;
-                let _ = reply.send(result);
+                // Opens run in parallel (a reopen of thousands of partitions is mostly waiting
+                // for small reads and fsyncs), at most `open_concurrency` at once.
+                let Ok(permit) = shard.opens.clone().acquire_static_permit(1).await else {
+                    break;
+                };
+                let task_shard = shard.clone();
+                let task = async move {
+                    let result = open_partition(&task_shard, topic, partition, config).await;
+                    let _ = reply.send(result);
+                    drop(permit);
+                };
+                glommio::spawn_local_into(task, shard.live)
+                    .expect("the live queue exists")
+                    .detach();
             }
             Request::Subscribe { topic, partition, seek, sink, state, reply } => {
                 let Some(log) = shard.log(&topic, partition) else {
@@ -418,7 +465,10 @@ async fn serve(shard: Rc<Shard>) {
                         let stats = log.stats();
                         let mut counters = shard.counters.borrow_mut();
                         counters.closed_fsync_count += stats.fsync_count;
-                        let _ = counters.closed_fsync_latency_ns.add(&stats.fsync_latency_ns);
+                        // A log that never synced has no histogram (created at its first fsync).
+                        if let Some(latency) = &stats.fsync_latency_ns {
+                            let _ = counters.closed_fsync_latency_ns.add(latency);
+                        }
                         closed
                     }
                     None => Ok(()),
@@ -483,6 +533,9 @@ async fn serve(shard: Rc<Shard>) {
     let _ = shutdown(&shard).await;
 }
 
+/// What to do with an append's acknowledgement once its durability is reached.
+pub(crate) type AppendDone = Box<dyn FnOnce(Result<BatchAck, Error>)>;
+
 /// Assigns offsets now (arrival order), then waits for durability in its own task.
 fn append(
     shard: &Rc<Shard>,
@@ -490,8 +543,8 @@ fn append(
     partition: u32,
     payload: Payload,
     durability: Durability,
-    reply: Reply<BatchAck>,
     permit: glommio::sync::StaticPermit,
+    done: AppendDone,
 ) {
     #[allow(clippy::disallowed_methods)] // Ack latency is observability, never a decision.
     let started = std::time::Instant::now();
@@ -543,7 +596,7 @@ fn append(
     let ticket = match log.append_now(&borrowed, ProducerInfo::default(), durability, now_ms) {
         Ok(ticket) => ticket,
         Err(e) => {
-            let _ = reply.send(Err(e.into()));
+            done(Err(e.into()));
             return;
         }
     };
@@ -576,7 +629,7 @@ fn append(
                 last_offset: info.last_offset,
             })
             .map_err(Error::from);
-        let _ = reply.send(ack);
+        done(ack);
         drop(permit);
     };
     glommio::spawn_local_into(task, live).expect("the live queue exists").detach();
@@ -747,7 +800,9 @@ fn metrics(shard: &Shard) -> ShardMetrics {
         let stats = log.stats();
         fsync_count += stats.fsync_count;
         write_queue_len += stats.write_queue_len;
-        let _ = fsync_latency_ns.add(&stats.fsync_latency_ns);
+        if let Some(latency) = &stats.fsync_latency_ns {
+            let _ = fsync_latency_ns.add(latency);
+        }
         partitions.push(partition_metrics(topic, *partition, log));
     }
     let consumers = shard
@@ -801,12 +856,19 @@ fn metrics(shard: &Shard) -> ShardMetrics {
                 }
             })
             .collect(),
+        buffer_pool: kappa_storage::pool::stats(),
+        staged_bytes: shard.staging.borrow().staged_bytes() as u64,
+        staged_partitions: shard.staging.borrow().staged_partitions() as u64,
+        stage_flushes: shard.staging.borrow().flushes,
         late_probes: 0,
         watchdog: Default::default(), // filled in by `Engine::metrics`
     }
 }
 
 async fn shutdown(shard: &Rc<Shard>) -> Result<(), Error> {
+    // Opens still running finish first; staged records are appended (their senders wait).
+    let _ = shard.opens.acquire(shard.config.open_concurrency as u64).await;
+    accumulate::flush_all(shard).await;
     shard.stopping.set(true);
     let views: Vec<_> = std::mem::take(&mut *shard.views.borrow_mut()).into_values().collect();
     for (vp, log) in views {

@@ -203,8 +203,16 @@ pub(crate) async fn replay_ranges(
             Box::pin(async move {
                 let queue = shard.replay_queue();
                 let task = async move {
-                    let result = fold_range(shard, version, pieces, from, to, cancel).await;
-                    let _ = tx.send_async(result).await;
+                    // The owner merges the result; once it died nobody will (its executor is
+                    // leaked, so the channel never disconnects): stop folding then.
+                    let owner_gone = async {
+                        shard.peer_gone(owner).await;
+                        Err(RangeError::Other(format!("shard {owner} ended")))
+                    };
+                    let fold = fold_range(shard.clone(), version, pieces, from, to, cancel);
+                    let result = futures_lite::future::or(fold, owner_gone).await;
+                    // Never waits: the channel holds the one result.
+                    let _ = tx.try_send(result);
                 };
                 glommio::spawn_local_into(task, queue).expect("the replay queue exists").detach();
             })

@@ -141,22 +141,26 @@ impl PartitionLog {
         let position = st.active().index.size_bytes;
         let mut frame = st.encoder.frame();
         while !frame.is_empty() {
-            let capacity = config.write_buffer_size_bytes;
-            let space = capacity - st.buffer.len;
-            let n = space.min(frame.len());
+            let max = config.write_buffer_size_bytes;
+            let streaming = st.streaming;
             let at = st.buffer.len;
-            st.buffer.buf.as_bytes_mut()[at..at + n].copy_from_slice(&frame[..n]);
+            // Field access: `frame` still borrows the encoder.
+            let buf = st.buffer.materialize(&mut st.carry, frame.len(), streaming, max);
+            let capacity = buf.capacity();
+            let n = (capacity - at).min(frame.len());
+            buf.as_bytes_mut()[at..at + n].copy_from_slice(&frame[..n]);
             st.buffer.len += n;
             st.appended_seq += n as u64;
             frame = &frame[n..];
             if st.buffer.len == capacity {
+                // Appends outran the writer and filled a buffer: whole buffers from now on.
+                st.streaming = true;
                 let next_pos = st.buffer.file_pos + capacity as u64;
-                // Field access, not `take_buffer`: `frame` still borrows the encoder.
-                let buf =
-                    st.free_buffers.pop().unwrap_or_else(|| glommio::allocate_dma_buffer(capacity));
-                let fresh = WriteBuffer { buf, file_pos: next_pos, len: 0 };
+                // The next buffer is taken when the next byte comes.
+                let fresh = WriteBuffer { buf: None, file_pos: next_pos, len: 0 };
                 let full = std::mem::replace(&mut st.buffer, fresh);
-                st.queue.push_back(WriteItem::Data { buf: full, seq_end: st.appended_seq });
+                st.queue
+                    .push_back(WriteItem::Data { buf: full.filled(), seq_end: st.appended_seq });
             }
         }
         let active = st.active_mut();
@@ -184,13 +188,15 @@ impl PartitionLog {
     /// Seals the active segment and starts the next one (the I/O happens in the writer).
     fn roll(&self, st: &mut State) {
         let next_base = st.active().index.next_offset;
-        if st.buffer.len > 0 {
-            let buf = st.take_buffer(self.shared.config.write_buffer_size_bytes);
-            let fresh = WriteBuffer { buf, file_pos: 0, len: 0 };
-            let tail = std::mem::replace(&mut st.buffer, fresh);
-            st.queue.push_back(WriteItem::Data { buf: tail, seq_end: st.appended_seq });
-        } else {
-            st.buffer.file_pos = 0;
+        // A buffer holding appended bytes goes to the writer; a carried block alone (an idle
+        // buffer) was written already.
+        let fresh = WriteBuffer { buf: None, file_pos: 0, len: 0 };
+        let tail = std::mem::replace(&mut st.buffer, fresh);
+        st.carry.clear();
+        if tail.buf.is_some() && tail.len > 0 {
+            st.queue.push_back(WriteItem::Data { buf: tail.filled(), seq_end: st.appended_seq });
+        } else if let Some(buf) = tail.buf {
+            crate::pool::give(buf);
         }
         let sealed = st.active();
         let item = WriteItem::Roll {

@@ -75,8 +75,9 @@ pub struct AppendTicket {
 #[derive(Debug, Clone)]
 pub struct LogStats {
     pub fsync_count: u64,
-    /// fdatasync latency in nanoseconds.
-    pub fsync_latency_ns: hdrhistogram::Histogram<u64>,
+    /// fdatasync latency in nanoseconds; `None` until the first fdatasync (a histogram is about
+    /// 21 KiB, too much for every idle partition).
+    pub fsync_latency_ns: Option<hdrhistogram::Histogram<u64>>,
     /// Full buffers waiting for the writer.
     pub write_queue_len: usize,
     /// Bytes appended and written since the log was opened.
@@ -142,8 +143,18 @@ pub(crate) struct Segment {
     pub(crate) index: SegmentIndex,
 }
 
-/// A DMA buffer being filled, and where it goes in its segment file.
+/// The buffer being filled, and where it goes in its segment file. `buf` is taken from the
+/// shard's pool (`crate::pool`) only when bytes are appended: while it is `None` (an idle
+/// partition), bytes `[0, len)` are the partial block the next write rewrites, kept in
+/// `State::carry` (less than a block), so an idle partition holds no DMA buffer.
 struct WriteBuffer {
+    buf: Option<DmaBuffer>,
+    file_pos: u64,
+    len: usize,
+}
+
+/// A filled buffer on its way to the writer: bytes `[0, len)` go to `file_pos`.
+struct Filled {
     buf: DmaBuffer,
     file_pos: u64,
     len: usize,
@@ -151,7 +162,7 @@ struct WriteBuffer {
 
 enum WriteItem {
     /// Bytes `[0, len)` of `buf` go to `file_pos` (rounded up to a block, zero-padded).
-    Data { buf: WriteBuffer, seq_end: u64 },
+    Data { buf: Filled, seq_end: u64 },
     /// Seal the current segment and continue in a new one.
     Roll { sealed_index: SegmentIndex, sealed_index_path: PathBuf, next_path: PathBuf },
 }
@@ -177,6 +188,11 @@ pub(crate) struct State {
     pub(crate) segments: Vec<Segment>,
     encoder: BatchEncoder,
     buffer: WriteBuffer,
+    /// The partial block of an idle `buffer` (see `WriteBuffer`).
+    carry: Vec<u8>,
+    /// Appends filled a whole buffer since the writer last had to write a partial one: take whole
+    /// buffers (see `WriteBuffer::materialize`).
+    streaming: bool,
     queue: VecDeque<WriteItem>,
     /// Appended frames not yet written, oldest first.
     pending: VecDeque<PendingFrame>,
@@ -191,11 +207,11 @@ pub(crate) struct State {
     want_sync_now: bool,
     sync_in_flight: bool,
     fsync_count: u64,
-    fsync_latency_ns: hdrhistogram::Histogram<u64>,
+    /// Created at the first fdatasync (see `LogStats::fsync_latency_ns`).
+    fsync_latency_ns: Option<Box<hdrhistogram::Histogram<u64>>>,
     unsynced_bytes_peak: u64,
     /// Recently written buffers, oldest first.
     pub(crate) tail_cache: VecDeque<CachedBuffer>,
-    free_buffers: Vec<DmaBuffer>,
     pub(crate) readable: Readable,
     /// The prefix an fdatasync covered.
     pub(crate) synced_readable: Readable,
@@ -231,19 +247,16 @@ impl State {
     fn active_mut(&mut self) -> &mut Segment {
         self.segments.last_mut().expect("a log always has an active segment")
     }
-    /// A write buffer from the pool, or a new one. Recycling matters: a fresh 1 MiB allocation
-    /// outside glommio's registered pool is an mmap, page faults and a munmap per buffer.
-    fn take_buffer(&mut self, size: usize) -> DmaBuffer {
-        self.free_buffers.pop().unwrap_or_else(|| glommio::allocate_dma_buffer(size))
+    /// Lets go of a written buffer: back to the shard's pool (see `crate::pool`).
+    fn recycle(&mut self, buf: Rc<DmaBuffer>) {
+        crate::pool::give_rc(buf);
     }
 
-    /// Returns a written buffer to the pool when nobody else holds it and it is whole (partial
-    /// writes trim theirs, and a trimmed `DmaBuffer` cannot grow back).
-    fn recycle(&mut self, buf: Rc<DmaBuffer>, size: usize, pool_max: usize) {
-        if let Ok(buf) = Rc::try_unwrap(buf) {
-            if buf.len() == size && self.free_buffers.len() < pool_max {
-                self.free_buffers.push(buf);
-            }
+    /// Empties the tail cache (an idle partition keeps no buffer for readers).
+    fn release_tail_cache(&mut self) {
+        while let Some(cached) = self.tail_cache.pop_front() {
+            crate::pool::tail_cache_release(cached.buf.capacity());
+            self.recycle(cached.buf);
         }
     }
 
@@ -278,6 +291,57 @@ impl State {
         }
     }
 }
+
+impl Drop for State {
+    /// Every buffer the log still holds goes back to the shard's pool.
+    fn drop(&mut self) {
+        if let Some(buf) = self.buffer.buf.take() {
+            crate::pool::give(buf);
+        }
+        for item in self.queue.drain(..) {
+            if let WriteItem::Data { buf, .. } = item {
+                crate::pool::give(buf.buf);
+            }
+        }
+        self.release_tail_cache();
+    }
+}
+
+impl WriteBuffer {
+    /// The buffer as a queue item (only called on a buffer bytes were appended to).
+    fn filled(self) -> Filled {
+        let buf = self.buf.expect("appended bytes materialized the buffer");
+        Filled { buf, file_pos: self.file_pos, len: self.len }
+    }
+
+    /// The buffer to copy appended bytes into: taken from the pool when the partition was idle,
+    /// with the carried partial block put back in front. While appends fill whole buffers
+    /// (`streaming`) the buffer is a whole `write_buffer_size_bytes`, so a busy partition writes
+    /// large; otherwise it is sized to what is appended (at least `MIN_BUFFER`), so a burst of
+    /// small appends to thousands of partitions does not take a megabyte each.
+    fn materialize(
+        &mut self,
+        carry: &mut Vec<u8>,
+        need: usize,
+        streaming: bool,
+        max: usize,
+    ) -> &mut DmaBuffer {
+        self.buf.get_or_insert_with(|| {
+            let size = if streaming {
+                max
+            } else {
+                (carry.len() + need).next_power_of_two().clamp(MIN_BUFFER.min(max), max)
+            };
+            let mut buf = crate::pool::take(size);
+            buf.as_bytes_mut()[..carry.len()].copy_from_slice(carry);
+            carry.clear();
+            buf
+        })
+    }
+}
+
+/// The smallest write buffer an idle partition takes (a power of two, a multiple of a block).
+const MIN_BUFFER: usize = 64 * 1024;
 
 impl PendingFrame {
     fn readable(&self) -> Readable {
@@ -335,7 +399,7 @@ impl PartitionLog {
         let st = self.shared.state.borrow();
         LogStats {
             fsync_count: st.fsync_count,
-            fsync_latency_ns: st.fsync_latency_ns.clone(),
+            fsync_latency_ns: st.fsync_latency_ns.as_deref().cloned(),
             write_queue_len: st.queue.len(),
             appended_bytes: st.appended_seq,
             written_bytes: st.written_seq,

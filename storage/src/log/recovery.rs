@@ -97,7 +97,9 @@ impl PartitionLog {
         let file_len = file.file_size().await.map_err(|e| Error::io("stat", &active.path, e))?;
         let size = active.index.size_bytes;
         let file_pos = size - size % BLOCK_SIZE as u64;
-        let mut buf = file.alloc_dma_buffer(config.write_buffer_size_bytes);
+        // No write buffer yet (an idle partition holds none): the partial tail block is carried
+        // until the first append takes a buffer from the shard's pool.
+        let mut carry = Vec::new();
         let tail_len = (size - file_pos) as usize;
         if tail_len > 0 {
             // Reload the partial tail block: the next write rewrites it with more frames after.
@@ -115,7 +117,7 @@ impl PartitionLog {
                     },
                 });
             }
-            buf.as_bytes_mut()[..tail_len].copy_from_slice(&block[..tail_len]);
+            carry.extend_from_slice(&block[..tail_len]);
         }
         let readable = Readable {
             next_offset: active.index.next_offset,
@@ -125,7 +127,9 @@ impl PartitionLog {
         let state = State {
             segments,
             encoder: BatchEncoder::new(config.limits),
-            buffer: WriteBuffer { buf, file_pos, len: tail_len },
+            buffer: WriteBuffer { buf: None, file_pos, len: tail_len },
+            carry,
+            streaming: false,
             queue: VecDeque::new(),
             pending: VecDeque::new(),
             pending_sync: VecDeque::new(),
@@ -137,10 +141,8 @@ impl PartitionLog {
             sync_in_flight: false,
             fsync_count: 0,
             unsynced_bytes_peak: 0,
-            fsync_latency_ns: hdrhistogram::Histogram::new_with_bounds(1_000, 60_000_000_000, 2)
-                .expect("static histogram bounds are valid"),
+            fsync_latency_ns: None,
             tail_cache: VecDeque::new(),
-            free_buffers: Vec::new(),
             readable,
             // Recovery synced the active segment: everything recovered survives a power cut.
             synced_readable: readable,

@@ -18,7 +18,7 @@ use crate::index::SegmentIndex;
 use crate::io::{File, BLOCK_SIZE};
 use crate::Error;
 
-use super::{Readable, Shared, State, WriteBuffer, WriteItem};
+use super::{Filled, Readable, Shared, State, WriteBuffer, WriteItem};
 
 struct InFlight {
     task: Task<(io::Result<usize>, usize)>,
@@ -76,6 +76,7 @@ pub(super) async fn writer_loop(shared: Rc<Shared>, file: File, file_len: u64) {
     // Writes still in flight finish, but nothing they carry becomes readable or acknowledged.
     while let Some(front) = writer.in_flight.pop_front() {
         let _ = front.task.await;
+        crate::pool::give_rc(front.cached.buf);
     }
     let _ = writer.file.close().await;
 }
@@ -132,17 +133,34 @@ impl Writer {
                         continue;
                     }
                     let submitted = self.submitted_seq;
-                    shared
-                        .changed
-                        .wait_until(|| {
-                            let st = shared.state.borrow();
-                            !st.queue.is_empty()
-                                || st.appended_seq > submitted
-                                || st.closing
-                                || st.failure.is_some()
-                                || sync_wanted(&st, shared.config.unsynced_bytes_max)
-                        })
+                    let work = shared.changed.wait_until(|| {
+                        let st = shared.state.borrow();
+                        !st.queue.is_empty()
+                            || st.appended_seq > submitted
+                            || st.closing
+                            || st.failure.is_some()
+                            || sync_wanted(&st, shared.config.unsynced_bytes_max)
+                    });
+                    let idle_release = shared.config.tail_cache_idle_release;
+                    if shared.state.borrow().tail_cache.is_empty() || idle_release.is_zero() {
+                        work.await;
+                    } else {
+                        // An idle partition gives its cached buffers back to the shard's pool.
+                        let woken = futures_lite::future::or(
+                            async {
+                                work.await;
+                                true
+                            },
+                            async {
+                                glommio::timer::sleep(idle_release).await;
+                                false
+                            },
+                        )
                         .await;
+                        if !woken {
+                            shared.state.borrow_mut().release_tail_cache();
+                        }
+                    }
                 }
             }
         }
@@ -157,25 +175,32 @@ impl Writer {
         let mut st = self.shared.state.borrow_mut();
         match st.queue.pop_front() {
             Some(item) => Some(item),
-            None if st.appended_seq > self.submitted_seq && self.in_flight.is_empty() => {
+            None if st.appended_seq > self.submitted_seq
+                && self.in_flight.is_empty()
+                && st.buffer.buf.is_some() =>
+            {
+                // The partial buffer goes; its last partial block stays behind as the carry
+                // (less than a block), and the next append takes a buffer from the pool.
                 let tail_pos = st.buffer.file_pos + st.buffer.len as u64;
                 let block_pos = tail_pos - tail_pos % BLOCK_SIZE as u64;
-                let mut fresh = st.take_buffer(self.shared.config.write_buffer_size_bytes);
                 let carry = (tail_pos - block_pos) as usize;
                 let from = (block_pos - st.buffer.file_pos) as usize;
-                fresh.as_bytes_mut()[..carry]
-                    .copy_from_slice(&st.buffer.buf.as_bytes()[from..from + carry]);
                 let partial = std::mem::replace(
                     &mut st.buffer,
-                    WriteBuffer { buf: fresh, file_pos: block_pos, len: carry },
+                    WriteBuffer { buf: None, file_pos: block_pos, len: carry },
                 );
-                Some(WriteItem::Data { buf: partial, seq_end: st.appended_seq })
+                // The writer caught up with the appenders: size the next buffer to need.
+                st.streaming = false;
+                let bytes = partial.buf.as_ref().expect("checked above").as_bytes();
+                st.carry.clear();
+                st.carry.extend_from_slice(&bytes[from..from + carry]);
+                Some(WriteItem::Data { buf: partial.filled(), seq_end: st.appended_seq })
             }
             None => None,
         }
     }
 
-    async fn write(&mut self, buf: WriteBuffer, seq_end: u64) -> Result<(), Failed> {
+    async fn write(&mut self, buf: Filled, seq_end: u64) -> Result<(), Failed> {
         self.bound_unsynced(seq_end).await?;
         let needs_barrier = self.in_flight.iter().any(|f| f.end_pos > buf.file_pos);
         if needs_barrier {
@@ -183,7 +208,7 @@ impl Writer {
                 self.complete(front).await?;
             }
         }
-        let WriteBuffer { mut buf, file_pos, len } = buf;
+        let Filled { mut buf, file_pos, len } = buf;
         let padded = len.next_multiple_of(BLOCK_SIZE);
         buf.as_bytes_mut()[len..padded].fill(0);
         buf.trim_to_size(padded);
@@ -332,22 +357,37 @@ impl Writer {
         }
         st.written_seq = st.written_seq.max(front.seq_end);
         let written = st.written_seq;
-        let size = shared.config.write_buffer_size_bytes;
-        let pool_max = shared.config.write_queue_max + shared.config.write_in_flight_max;
         let cached = front.cached;
-        if shared.config.tail_cache_buffers_max > 0 {
-            // A later write of the same block (a partial write's successor) supersedes this one;
-            // the superseded buffer was partial, hence trimmed, hence not worth recycling.
-            st.tail_cache.retain(|c| {
-                !(c.segment_base == cached.segment_base && c.file_pos == cached.file_pos)
-            });
-            st.tail_cache.push_back(cached);
-            while st.tail_cache.len() > shared.config.tail_cache_buffers_max {
-                let evicted = st.tail_cache.pop_front().expect("longer than its bound");
-                st.recycle(evicted.buf, size, pool_max);
+        let size = cached.buf.capacity();
+        // A later write of the same block (a partial write's successor) supersedes this one.
+        let mut superseded = Vec::new();
+        st.tail_cache.retain(|c| {
+            let keep = !(c.segment_base == cached.segment_base && c.file_pos == cached.file_pos);
+            if !keep {
+                superseded.push(c.buf.clone());
             }
+            keep
+        });
+        for buf in superseded {
+            crate::pool::tail_cache_release(buf.capacity());
+            st.recycle(buf);
+        }
+        // The shard's tail caches share one bound (`crate::pool`): at it, this log evicts its own
+        // oldest buffer or caches nothing.
+        let mut admitted = false;
+        if shared.config.tail_cache_buffers_max > 0 {
+            if st.tail_cache.len() >= shared.config.tail_cache_buffers_max {
+                if let Some(evicted) = st.tail_cache.pop_front() {
+                    crate::pool::tail_cache_release(evicted.buf.capacity());
+                    st.recycle(evicted.buf);
+                }
+            }
+            admitted = crate::pool::tail_cache_admit(size);
+        }
+        if admitted {
+            st.tail_cache.push_back(cached);
         } else {
-            st.recycle(cached.buf, size, pool_max);
+            st.recycle(cached.buf);
         }
         while let Some(frame) = st.pending.front().copied() {
             if frame.seq_end > written {
@@ -398,7 +438,14 @@ fn start_sync_if_wanted(shared: &Rc<Shared>, file: &File, path: &std::path::Path
         let mut st = shared.state.borrow_mut();
         st.sync_in_flight = false;
         st.fsync_count += 1;
-        st.fsync_latency_ns.saturating_record(started.elapsed().as_nanos() as u64);
+        st.fsync_latency_ns
+            .get_or_insert_with(|| {
+                Box::new(
+                    hdrhistogram::Histogram::new_with_bounds(1_000, 60_000_000_000, 2)
+                        .expect("static histogram bounds are valid"),
+                )
+            })
+            .saturating_record(started.elapsed().as_nanos() as u64);
         match result {
             Ok(()) if st.failure.is_none() => {
                 st.synced_seq = st.synced_seq.max(target);

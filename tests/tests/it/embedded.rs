@@ -309,9 +309,19 @@ fn every_call_on_a_dead_shard_returns_shard_died() {
     let pending_wait = std::thread::spawn(move || {
         waiter.wait_for(kappa_engine::Offsets::new().at(dead, 1_000), Duration::from_secs(3_600))
     });
+    // A record staged on the dead shard's accumulator (a long linger keeps it there): its ack
+    // must fail with ShardDied, not wait on a reply the leaked executor never sends.
+    let mut staged = kappa_engine::ProducerBatch::with_capacity(1, 8);
+    staged.push(Some(&key_for(dead, partitions)), b"staged", None);
+    let staged = producer
+        .clone()
+        .with_linger(Duration::from_secs(3_600))
+        .submit_each("events", staged)
+        .expect("staged");
     std::thread::sleep(Duration::from_millis(200));
 
     engine.inject_shard_panic(0, "injected shard bug").expect("inject");
+    expect_died("a staged record's ack", within("a staged ack", move || staged.wait()), 0);
 
     let consumer_result = within("a pending consumer", move || pending_consumer.join());
     expect_died("pending consumer", consumer_result.expect("thread"), 0);

@@ -1,11 +1,13 @@
 //! The integration test binary: cross-crate scenarios, crash and fault tests.
 
+mod batching;
 mod cli;
 mod crash;
 mod deletion;
 mod embedded;
 mod engine;
 mod faults;
+mod kafka;
 mod model;
 mod powercut;
 mod props;

@@ -83,6 +83,10 @@ impl Serve {
         if !extra.contains(&"--http-addr") {
             args.extend(["--http-addr".to_string(), "127.0.0.1:0".to_string()]);
         }
+        // The Kafka listener defaults to 9092: tests run in parallel, so each takes a free port.
+        if !extra.contains(&"--kafka-addr") {
+            args.extend(["--kafka-addr".to_string(), "127.0.0.1:0".to_string()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut child = Command::new(kappa_bin())
             .args(&args)
@@ -620,7 +624,17 @@ fn a_shard_that_dies_at_start_fails_the_start() {
     let config_arg = config.display().to_string();
     let data = temp.path().join("data").display().to_string();
     let mut child = Command::new(kappa_bin())
-        .args(["serve", "--config", &config_arg, "--data-dir", &data, "--http-addr", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--config",
+            &config_arg,
+            "--data-dir",
+            &data,
+            "--http-addr",
+            "127.0.0.1:0",
+            "--kafka-addr",
+            "127.0.0.1:0",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -993,7 +1007,17 @@ fn check_config_refuses_what_serve_cannot_start_with() {
     let data = temp.path().join("data");
     let data_arg = data.display().to_string();
     let (code, _, stderr) = kappa(
-        &["serve", "--config", &config, "--data-dir", &data_arg, "--http-addr", "127.0.0.1:0"],
+        &[
+            "serve",
+            "--config",
+            &config,
+            "--data-dir",
+            &data_arg,
+            "--http-addr",
+            "127.0.0.1:0",
+            "--kafka-addr",
+            "127.0.0.1:0",
+        ],
         b"",
         &[],
         Duration::from_secs(60),

@@ -22,7 +22,8 @@ use super::spec::ViewSpec;
 use super::store::ViewStore;
 
 pub struct App {
-    pub engine: Engine,
+    /// Shared with the Kafka listener, which holds a weak reference for topic creation.
+    pub engine: Arc<Engine>,
     pub settings: Settings,
     pub store: ViewStore,
     /// The absolute data dir.
@@ -51,6 +52,16 @@ pub const BLOCKING_THREADS: usize = 64;
 impl App {
     pub fn new(
         engine: Engine,
+        settings: Settings,
+        data_dir: PathBuf,
+        stop: watch::Receiver<bool>,
+    ) -> App {
+        App::with_engine(Arc::new(engine), settings, data_dir, stop)
+    }
+
+    /// `new` over an engine already shared (with the Kafka listener).
+    pub fn with_engine(
+        engine: Arc<Engine>,
         settings: Settings,
         data_dir: PathBuf,
         stop: watch::Receiver<bool>,

@@ -21,7 +21,7 @@ use super::spec::ViewSpec;
 
 /// Where the HTTP API listens unless told otherwise.
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:9680";
-/// Where the Kafka listener will listen (it is not served yet).
+/// Where the Kafka wire protocol listener listens unless told otherwise.
 pub const DEFAULT_KAFKA_ADDR: &str = "127.0.0.1:9092";
 
 #[derive(Debug, Clone, Deserialize)]
@@ -159,13 +159,50 @@ impl Default for HttpSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaSection {
-    /// Recorded for the Kafka wire protocol listener, which is not served yet.
+    /// Serve the Kafka wire protocol (producers, consumers, consumer groups).
+    pub enabled: bool,
     pub addr: String,
+    /// The host clients are told to connect to; needed when `addr` is a wildcard.
+    pub advertised_host: Option<String>,
+    pub advertised_port: Option<u16>,
+    /// Create a topic when a Kafka client first asks for it (Kafka's default).
+    pub auto_create_topics: bool,
+    /// Partitions of topics created by Kafka clients without a count.
+    pub default_partitions: u32,
+    pub max_connections: usize,
+    pub max_request_bytes: usize,
+    /// Request frames and fetch responses held in memory per shard, MiB.
+    pub buffer_mib_per_shard: usize,
+    pub max_fetch_bytes: usize,
+    pub max_fetch_wait_ms: u64,
+    pub idle_timeout_ms: u64,
+    /// Partitions of `__consumer_offsets` when it is first created (default: one per shard).
+    pub offsets_topic_partitions: Option<u32>,
+    pub group_initial_rebalance_delay_ms: u64,
+    pub group_min_session_timeout_ms: u64,
+    pub group_max_session_timeout_ms: u64,
 }
 
 impl Default for KafkaSection {
     fn default() -> Self {
-        KafkaSection { addr: DEFAULT_KAFKA_ADDR.to_string() }
+        KafkaSection {
+            enabled: true,
+            addr: DEFAULT_KAFKA_ADDR.to_string(),
+            advertised_host: None,
+            advertised_port: None,
+            auto_create_topics: true,
+            default_partitions: 1,
+            max_connections: 1024,
+            max_request_bytes: 100 << 20,
+            buffer_mib_per_shard: 256,
+            max_fetch_bytes: 64 << 20,
+            max_fetch_wait_ms: 30_000,
+            idle_timeout_ms: 600_000,
+            offsets_topic_partitions: None,
+            group_initial_rebalance_delay_ms: 3_000,
+            group_min_session_timeout_ms: 6_000,
+            group_max_session_timeout_ms: 1_800_000,
+        }
     }
 }
 
@@ -241,6 +278,33 @@ impl Settings {
         let span = Spans::parse(&self.text).locate(key);
         let (line, column) = line_column(&self.text, span.start);
         ConfigError::File { path: self.file.clone(), key: key.join("."), line, column, message }
+    }
+}
+
+impl Settings {
+    /// The Kafka listener's configuration (`kafka_addr` is the flag or the file's address).
+    pub fn kafka_config(&self) -> kappa_engine::kafka::KafkaConfig {
+        let k = &self.config.kafka;
+        let mut c = kappa_engine::kafka::KafkaConfig::new(self.kafka_addr);
+        c.advertised_host = k.advertised_host.clone();
+        c.advertised_port = k.advertised_port;
+        c.auto_create_topics = k.auto_create_topics;
+        c.default_partitions = k.default_partitions;
+        let defaults = &self.config.topic_defaults;
+        c.topic_template.retention_ms_max = defaults.retention_ms;
+        c.topic_template.retention_bytes_max = defaults.retention_bytes;
+        c.topic_template.segment_size_bytes_max = defaults.segment_bytes;
+        c.connections_max = k.max_connections;
+        c.request_bytes_max = k.max_request_bytes;
+        c.buffered_bytes_per_shard = k.buffer_mib_per_shard << 20;
+        c.fetch_bytes_max = k.max_fetch_bytes;
+        c.fetch_wait_max = Duration::from_millis(k.max_fetch_wait_ms);
+        c.idle_timeout = Duration::from_millis(k.idle_timeout_ms);
+        c.offsets_topic_partitions = k.offsets_topic_partitions;
+        c.group_initial_rebalance_delay = Duration::from_millis(k.group_initial_rebalance_delay_ms);
+        c.group_session_timeout_min = Duration::from_millis(k.group_min_session_timeout_ms);
+        c.group_session_timeout_max = Duration::from_millis(k.group_max_session_timeout_ms);
+        c
     }
 }
 
@@ -482,6 +546,55 @@ pub fn parse(text: &str, file: &Path, overrides: &Overrides) -> Result<Settings,
         return Err(match overrides.http_addr {
             Some(_) => ConfigError::Flag { flag: "--http-addr", message },
             None => at(&["http", "addr"], message),
+        });
+    }
+
+    // Kafka.
+    let kafka = &config.kafka;
+    for (key, value) in [
+        ("default_partitions", kafka.default_partitions as usize),
+        ("max_connections", kafka.max_connections),
+        ("offsets_topic_partitions", kafka.offsets_topic_partitions.unwrap_or(1) as usize),
+        ("buffer_mib_per_shard", kafka.buffer_mib_per_shard),
+    ] {
+        if value == 0 {
+            return Err(at(&["kafka", key], "must be at least 1".into()));
+        }
+    }
+    if kafka.max_request_bytes < 1024 {
+        return Err(at(&["kafka", "max_request_bytes"], "must be at least 1024".into()));
+    }
+    if kafka.max_fetch_bytes < 1024 {
+        return Err(at(&["kafka", "max_fetch_bytes"], "must be at least 1024".into()));
+    }
+    let buffer = kafka.buffer_mib_per_shard << 20;
+    if buffer < kafka.max_request_bytes || buffer < kafka.max_fetch_bytes {
+        return Err(at(
+            &["kafka", "buffer_mib_per_shard"],
+            "must hold at least one max_request_bytes request and one max_fetch_bytes response"
+                .into(),
+        ));
+    }
+    if kafka.group_min_session_timeout_ms > kafka.group_max_session_timeout_ms {
+        return Err(at(
+            &["kafka", "group_min_session_timeout_ms"],
+            "must not exceed group_max_session_timeout_ms".into(),
+        ));
+    }
+    if kafka.idle_timeout_ms == 0 {
+        return Err(at(&["kafka", "idle_timeout_ms"], "must be at least 1 ms".into()));
+    }
+    if kafka.advertised_host.as_ref().is_some_and(|h| h.trim().is_empty()) {
+        return Err(at(&["kafka", "advertised_host"], "must not be empty".into()));
+    }
+    if kafka.enabled && kafka_addr.ip().is_unspecified() && kafka.advertised_host.is_none() {
+        let message = format!(
+            "{kafka_addr} listens on every interface: set kafka.advertised_host to the name or \
+             address Kafka clients should connect to"
+        );
+        return Err(match overrides.kafka_addr {
+            Some(_) => ConfigError::Flag { flag: "--kafka-addr", message },
+            None => at(&["kafka", "addr"], message),
         });
     }
 
@@ -761,6 +874,12 @@ mod tests {
         assert_eq!(key, "engine.default_durability");
         let (key, ..) = error("[http]\naddr = \"0.0.0.0:80\"\n");
         assert_eq!(key, "http.addr", "a public address needs a token");
+        let (key, ..) = error("[kafka]\naddr = \"0.0.0.0:9092\"\n");
+        assert_eq!(key, "kafka.addr", "a wildcard Kafka address needs an advertised host");
+        let (key, ..) = error("[kafka]\nmax_request_bytes = 10\n");
+        assert_eq!(key, "kafka.max_request_bytes");
+        check("[kafka]\naddr = \"0.0.0.0:9092\"\nadvertised_host = \"kappa.local\"\n")
+            .expect("a wildcard with an advertised host");
         let (_, line, ..) = error("[http\n");
         assert_eq!(line, 1, "a syntax error has a position too");
     }

@@ -2,14 +2,17 @@
 //!
 //! Start-up: read and check the config (any error: exit 2, data dir untouched), bind the HTTP
 //! listener, start the engine (shards pinned to their CPUs), create or resume the config's topics
-//! and views and every view created over HTTP, then serve. The HTTP API runs on a small tokio
-//! runtime outside the shards (its threads pinned to the CPUs the shards leave free), bridged to
-//! the engine's embedded API. It prints where it listens and tells systemd when it is ready.
+//! and views and every view created over HTTP, start the Kafka listener on the shards, then
+//! serve. The HTTP API runs on a small tokio runtime outside the shards (its threads pinned to the
+//! CPUs the shards leave free), bridged to the engine's embedded API; the Kafka wire protocol is
+//! served by the shards themselves (`kappa_engine::kafka`). It prints where it listens and tells
+//! systemd when it is ready.
 //!
-//! Shutdown (SIGTERM or SIGINT): `/ready` turns 503, the listener closes, in-flight requests get
-//! `http.shutdown_timeout_ms` to finish (streams and long polls end at once), then the engine
-//! shuts down (flush, sync, view checkpoints) and the process exits 0. A second signal exits at
-//! once: every acknowledged record is already written (or synced, as asked).
+//! Shutdown (SIGTERM or SIGINT): `/ready` turns 503, the listeners close, in-flight HTTP requests
+//! get `http.shutdown_timeout_ms` to finish (streams and long polls end at once), Kafka
+//! connections are closed (clients retry elsewhere or reconnect), then the engine shuts down
+//! (flush, sync, view checkpoints) and the process exits 0. A second signal exits at once: every
+//! acknowledged record is already written (or synced, as asked).
 
 pub mod app;
 pub mod config;
@@ -55,7 +58,7 @@ pub struct ServeArgs {
     /// Overrides `http.addr` (port 0 picks a free port; the address is printed).
     #[arg(long)]
     pub http_addr: Option<String>,
-    /// Overrides `kafka.addr` (recorded; the Kafka listener is not served yet).
+    /// Overrides `kafka.addr` (port 0 picks a free port; the address is printed).
     #[arg(long)]
     pub kafka_addr: Option<String>,
     /// Log lines on stderr as text or JSON (overrides `log.format`).
@@ -83,9 +86,14 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<i32> {
     };
     if args.check_config {
         println!(
-            "config OK: data in {}, HTTP on {}, {} topic(s), {} view(s)",
+            "config OK: data in {}, HTTP on {}, Kafka {}, {} topic(s), {} view(s)",
             settings.config.data_dir.display(),
             settings.http_addr,
+            if settings.config.kafka.enabled {
+                format!("on {}", settings.kafka_addr)
+            } else {
+                "off".to_string()
+            },
             settings.config.topics.len(),
             settings.config.views.len()
         );
@@ -171,10 +179,26 @@ fn serve(settings: Settings) -> Result<i32, StartError> {
         write_timeout: Settings::millis(settings.config.http.write_timeout_ms),
         drain_timeout: Settings::millis(settings.config.http.shutdown_timeout_ms),
     };
-    let kafka_addr = settings.kafka_addr;
     let mut settings = settings;
     settings.http_addr = http_addr; // The bound address (port 0 picks one).
-    let app = Arc::new(App::new(engine, settings, data_dir.clone(), stop_rx.clone()));
+    let kafka_config = settings.config.kafka.enabled.then(|| settings.kafka_config());
+    let engine = Arc::new(engine);
+    let kafka = match kafka_config {
+        None => None,
+        Some(config) => match kappa_engine::kafka::KafkaServer::start(&engine, config) {
+            Ok(server) => Some(server),
+            Err(e) => {
+                if let Err(shutdown) = engine.shutdown() {
+                    tracing::error!(error = %shutdown, "engine shutdown after a failed start");
+                }
+                return Err(StartError::Other(anyhow::Error::new(e)));
+            }
+        },
+    };
+    if let Some(kafka) = &kafka {
+        settings.kafka_addr = kafka.local_addr(); // The bound address (port 0 picks one).
+    }
+    let app = Arc::new(App::with_engine(engine, settings, data_dir.clone(), stop_rx.clone()));
     let router = routes::router(app.clone());
     let listener = {
         let _guard = runtime.enter();
@@ -183,11 +207,21 @@ fn serve(settings: Settings) -> Result<i32, StartError> {
     app.ready.store(true, Ordering::Release);
     started.store(true, Ordering::Release);
     println!("kappa serve: listening on http://{http_addr} (JSON API under /v1, /metrics, status page at /)");
-    println!(
-        "kappa serve: data in {}, {} shard(s); Kafka listener not served yet (configured {kafka_addr})",
-        data_dir.display(),
-        app.engine.shard_count()
-    );
+    match &kafka {
+        Some(kafka) => println!(
+            "kappa serve: Kafka listening on {} (clients: bootstrap.servers={}:{})",
+            kafka.local_addr(),
+            app.settings
+                .config
+                .kafka
+                .advertised_host
+                .clone()
+                .unwrap_or_else(|| kafka.local_addr().ip().to_string()),
+            app.settings.config.kafka.advertised_port.unwrap_or(kafka.local_addr().port()),
+        ),
+        None => println!("kappa serve: Kafka listener off (kafka.enabled = false)"),
+    }
+    println!("kappa serve: data in {}, {} shard(s)", data_dir.display(), app.engine.shard_count());
     tracing::info!(http = %http_addr, data_dir = %data_dir.display(), shards = app.engine.shard_count(), "kappa serve ready");
     notify_systemd(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("serving")]);
 
@@ -200,7 +234,13 @@ fn serve(settings: Settings) -> Result<i32, StartError> {
     ));
     app.ready.store(false, Ordering::Release);
     notify_systemd(&[sd_notify::NotifyState::Stopping]);
-    tracing::info!(drained, "HTTP stopped; shutting the engine down (flush, sync, checkpoints)");
+    if let Some(kafka) = kafka {
+        kafka.stop();
+    }
+    tracing::info!(
+        drained,
+        "HTTP and Kafka stopped; shutting the engine down (flush, sync, checkpoints)"
+    );
     // Bounded: a shard that does not answer (stuck in the kernel, or dead) must not keep the
     // process alive. Every acknowledged record is already written or synced as its client
     // asked, so exiting without the engine's flush loses nothing acknowledged; views resume

@@ -436,3 +436,54 @@ fn truncated_sealed_segment_is_a_typed_error() {
         }
     });
 }
+
+/// Write buffers come from the shard's pool: a reopened partition holds none, one that went idle
+/// gives its tail cache back, and many partitions share a few buffers instead of one each.
+#[test]
+fn idle_partitions_hold_no_write_buffer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = LogConfig {
+        tail_cache_idle_release: std::time::Duration::from_millis(20),
+        ..small_config()
+    };
+    let partitions = 40;
+    run(async {
+        let mut logs = Vec::new();
+        for p in 0..partitions {
+            let log = PartitionLog::open(&dir.path().join(p.to_string()), config.clone())
+                .await
+                .expect("open");
+            logs.push(log);
+        }
+        assert_eq!(crate::pool::stats().in_use, 0, "freshly opened logs hold no buffer");
+        for log in &logs {
+            fill(log, 3, 10, Durability::Written).await;
+        }
+        // Written, hence idle: at most the tail caches hold buffers, then they go back too.
+        glommio::timer::sleep(std::time::Duration::from_millis(200)).await;
+        let stats = crate::pool::stats();
+        assert_eq!(stats.in_use, 0, "idle logs gave every buffer back: {stats:?}");
+        assert!(stats.reuses > 0, "buffers were reused: {stats:?}");
+        assert!(stats.allocations < partitions as u64, "fewer buffers than partitions: {stats:?}");
+        for log in &logs {
+            log.close().await.expect("close");
+        }
+    });
+    // Reopened (the partial tail block carried, not a buffer): still none, and appends go on.
+    run(async {
+        let mut logs = Vec::new();
+        for p in 0..partitions {
+            let log = PartitionLog::open(&dir.path().join(p.to_string()), config.clone())
+                .await
+                .expect("reopen");
+            logs.push(log);
+        }
+        assert_eq!(crate::pool::stats().in_use, 0, "reopened logs hold no buffer");
+        for log in &logs {
+            let last = fill(log, 1, 5, Durability::Synced).await;
+            assert_eq!(last, 34);
+            assert_eq!(read_all(log, Seek::Beginning).await, (0..35).collect::<Vec<u64>>());
+            log.close().await.expect("close");
+        }
+    });
+}

@@ -33,6 +33,8 @@ pub struct Server {
     pub child: Child,
     /// `http://127.0.0.1:PORT`.
     pub base: String,
+    /// `127.0.0.1:PORT` of the Kafka listener (`None` when it is off).
+    pub kafka: Option<String>,
     pub data_dir: PathBuf,
     pub config: PathBuf,
     pub stderr: PathBuf,
@@ -96,6 +98,10 @@ impl Server {
         if !extra.contains(&"--http-addr") {
             args.extend(["--http-addr".to_string(), "127.0.0.1:0".to_string()]);
         }
+        // Tests run in parallel: never the default Kafka port.
+        if !extra.contains(&"--kafka-addr") {
+            args.extend(["--kafka-addr".to_string(), "127.0.0.1:0".to_string()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut child = Command::new(kappa_bin())
             .args(&args)
@@ -116,26 +122,39 @@ impl Server {
                 }
             }
         });
-        let base = loop {
+        let mut base = None;
+        let kafka = loop {
             match rx.recv_timeout(Duration::from_secs(60)) {
                 Ok(line) => {
                     if let Some(rest) = line.split("listening on http://").nth(1) {
                         let addr = rest.split_whitespace().next().expect("an address");
                         // A wildcard bind is reached over loopback.
                         let addr = addr.replace("0.0.0.0", "127.0.0.1");
-                        break format!("http://{addr}");
+                        base = Some(format!("http://{addr}"));
+                    }
+                    if let Some(rest) = line.split("Kafka listening on ").nth(1) {
+                        let addr = rest.split_whitespace().next().expect("an address");
+                        break Some(addr.replace("0.0.0.0", "127.0.0.1"));
+                    }
+                    if line.contains("Kafka listener off") {
+                        break None;
                     }
                 }
                 Err(e) => {
+                    let threads = thread_states(child.id());
                     let _ = child.kill();
                     let log = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-                    panic!("kappa serve did not print its address ({e}); stderr:\n{log}");
+                    panic!(
+                        "kappa serve did not print its addresses ({e}); threads:\n{threads}\nstderr:\n{log}"
+                    );
                 }
             }
         };
+        let base = base.expect("the HTTP address is printed before the Kafka one");
         Server {
             child,
             base,
+            kafka,
             data_dir,
             config: config.to_path_buf(),
             stderr: stderr_path,
@@ -222,6 +241,19 @@ impl Drop for Server {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Each thread of a process and where it sleeps (for a start that hangs).
+fn thread_states(pid: u32) -> String {
+    let mut out = String::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return out };
+    for task in tasks.flatten() {
+        let read = |f: &str| std::fs::read_to_string(task.path().join(f)).unwrap_or_default();
+        let stack = read("stack");
+        let top: Vec<&str> = stack.lines().take(4).collect();
+        out.push_str(&format!("{} {} [{}]\n", read("comm").trim(), read("wchan"), top.join(" | ")));
+    }
+    out
 }
 
 /// Runs `kappa ARGS` to completion with `stdin`; returns (exit code, stdout, stderr).

@@ -87,6 +87,8 @@ pub struct DmaBuffer {
     // Invariant: trim + size are at most one byte past the original allocation.
     trim: usize,
     size: usize,
+    // kappa patch (KAPPA-PATCH.md): the length at allocation, so a trimmed buffer can be reused.
+    capacity: usize,
 }
 
 impl DmaBuffer {
@@ -95,6 +97,7 @@ impl DmaBuffer {
             storage: BufferStorage::Sys(SysAlloc::new(size)?),
             size,
             trim: 0,
+            capacity: size,
         })
     }
 
@@ -103,6 +106,7 @@ impl DmaBuffer {
             storage,
             size,
             trim: 0,
+            capacity: size,
         }
     }
 
@@ -120,6 +124,24 @@ impl DmaBuffer {
     pub fn trim_to_size(&mut self, newsize: usize) {
         assert!(newsize <= self.size);
         self.size = newsize;
+    }
+
+    /// kappa patch (KAPPA-PATCH.md): undoes `trim_to_size`, so a pool can reuse a buffer that a
+    /// partial write trimmed. The bytes past the trimmed length are whatever they were.
+    pub fn restore_len(&mut self) {
+        self.size = self.capacity - self.trim;
+    }
+
+    /// kappa patch (KAPPA-PATCH.md): the length at allocation (what `restore_len` restores).
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// kappa patch (KAPPA-PATCH.md): true when the buffer came from the executor's `io_memory`
+    /// (the pool glommio registers with io_uring), false when that pool had no room and glommio
+    /// fell back to an ordinary allocation (an mmap, page faults and an munmap per buffer).
+    pub fn is_io_memory(&self) -> bool {
+        matches!(self.storage, BufferStorage::Uring(_))
     }
 
     /// Returns a representation of the current addressable contents of this

@@ -1,0 +1,665 @@
+//! The `kafka` scenario: the Kafka wire protocol over TCP loopback, beside the raw disk and the
+//! embedded API in the same run.
+//!
+//! One engine runs as `kappa serve` would (its default shards and CPUs) with the Kafka listener;
+//! the client is our own (`kappa_engine::kafka::client`, on `kafka-protocol`), so a client
+//! library is not the bottleneck. Records are 1 KiB values with 16-byte keys, in batches of 1000
+//! (one Produce request each, pre-encoded once), sent by 2 connections with 4 requests in flight
+//! each. Each round runs a raw write and read (the limits, `limit`), then the embedded API
+//! appending the same records at `written`, produce acks=1, a fetch of that history from offset 0
+//! (one consumer, 16 MiB per fetch), the embedded consumer reading the same history, the embedded
+//! API at `synced`, and produce acks=-1. Each Kafka run is divided by the raw run of its round
+//! (`stats::Pairs`; targets: acks=-1 >= 0.6x raw write, acks=1 >= 0.7x, fetch >= 0.7x raw read)
+//! and by the embedded run of its round (the protocol's cost, no target).
+//!
+//! Then produce-to-consume latency at 50% of the acks=1 rate: batches sent on a fixed schedule
+//! (open loop; the intended send time is the start of each sample, so a stall counts against
+//! every batch behind it), acks=1, a consumer long-polling (min_bytes 1) on another connection;
+//! p99 over batches, target < 2 ms. Finally confluent-kafka's produce and consume rates from
+//! Python, a real-client data point (skipped with a note when it is not installed).
+//!
+//! Rates count key + value bytes (as `storage` does). Timed from the first request sent to the
+//! last response received.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    FetchRequest, FetchResponse, ProduceRequest, ProduceResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use kappa_engine::kafka::client::{record_batch, Client, Compression};
+use kappa_engine::kafka::{KafkaConfig, KafkaServer};
+use kappa_engine::storage::{ProducerInfo, Record, MIB};
+use kappa_engine::{Durability, Engine, ProducerBatch, Seek, TopicConfig};
+use serde::Serialize;
+
+use crate::limit::{RawWrite, Shape, Sweep};
+use crate::report::{Figure, LatencyCurve, Noise, Outcome};
+use crate::stats::{PairedRatio, Pairs};
+use crate::Machine;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub common: crate::Common,
+    /// Bytes per phase and round, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    size_mib: u64,
+    /// Rounds of (raw, engine) pairs.
+    #[arg(long, default_value_t = crate::run::PAIRS_MIN)]
+    pairs: usize,
+    /// Seconds of the latency run at 50% load.
+    #[arg(long, default_value_t = 20.0)]
+    latency_seconds: f64,
+    /// Records confluent-kafka produces and consumes (the Python data point).
+    #[arg(long, default_value_t = 200_000)]
+    python_records: u64,
+}
+
+const VALUE_BYTES: usize = 1024;
+const KEY_BYTES: usize = 16;
+const BATCH: usize = 1000;
+const CONNECTIONS: usize = 2;
+const IN_FLIGHT: usize = 4;
+const PRODUCE_VERSION: i16 = 9;
+const FETCH_VERSION: i16 = 12;
+const FETCH_PARTITION_BYTES: i32 = 16 << 20;
+
+#[derive(Debug, Serialize)]
+struct Report {
+    scenario: &'static str,
+    machine: Machine,
+    shards: usize,
+    size_bytes_per_run: u64,
+    record_value_bytes: usize,
+    record_key_bytes: usize,
+    batch_records: usize,
+    connections: usize,
+    in_flight_per_connection: usize,
+    sweep: Sweep,
+    write_shape: Shape,
+    read_shape: Shape,
+    rounds: Vec<Round>,
+    produce_acks_all: PairedRatio,
+    produce_acks_one: PairedRatio,
+    fetch_history: PairedRatio,
+    /// The same Kafka runs divided by the embedded API's run of their round.
+    produce_acks_all_vs_embedded: PairedRatio,
+    produce_acks_one_vs_embedded: PairedRatio,
+    fetch_vs_embedded: PairedRatio,
+    latency: Option<Latency>,
+    python: serde_json::Value,
+    notes: &'static str,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+struct Round {
+    raw_write: RawWrite,
+    raw_read_mb_s: f64,
+    embedded_written_mb_s: f64,
+    produce_acks_one_mb_s: f64,
+    fetch_mb_s: f64,
+    embedded_read_mb_s: f64,
+    embedded_synced_mb_s: f64,
+    produce_acks_all_mb_s: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Latency {
+    offered_batches_s: f64,
+    offered_fraction_of_acks_one_max: f64,
+    samples: u64,
+    p50_us: f64,
+    p99_us: f64,
+    p999_us: f64,
+    max_us: f64,
+}
+
+fn mb_s(bytes: u64, elapsed: Duration) -> f64 {
+    bytes as f64 / 1e6 / elapsed.as_secs_f64().max(1e-9)
+}
+
+/// One Produce request for `topic`/0 carrying `batch`.
+fn produce_request(topic: &str, acks: i16, batch: &Bytes) -> ProduceRequest {
+    ProduceRequest::default().with_acks(acks).with_timeout_ms(30_000).with_topic_data(vec![
+        TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(batch.clone()))]),
+    ])
+}
+
+/// A batch of 1000 records of 1 KiB whose base timestamp is `stamp` (the latency run numbers
+/// its batches that way).
+fn batch(stamp: i64) -> Bytes {
+    let value = vec![0x5au8; VALUE_BYTES];
+    let keys: Vec<[u8; KEY_BYTES]> = (0..BATCH)
+        .map(|i| {
+            let mut k = [b'k'; KEY_BYTES];
+            k[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            k
+        })
+        .collect();
+    let records: Vec<Record<'_>> =
+        keys.iter().map(|k| Record::new(stamp, Some(k.as_slice()), &value)).collect();
+    Bytes::from(record_batch(&records, ProducerInfo::default(), Compression::None))
+}
+
+fn check_produce(response: &ProduceResponse) -> anyhow::Result<()> {
+    let p = response
+        .responses
+        .first()
+        .and_then(|t| t.partition_responses.first())
+        .context("an empty produce response")?;
+    anyhow::ensure!(p.error_code == 0, "produce failed with error {}", p.error_code);
+    Ok(())
+}
+
+/// Produces `batches` batches into `topic` over `CONNECTIONS` connections with `IN_FLIGHT`
+/// requests each; MB/s of key+value bytes to the last acknowledgement.
+fn produce(
+    addr: std::net::SocketAddr,
+    topic: &str,
+    acks: i16,
+    batches: u64,
+) -> anyhow::Result<f64> {
+    let payload = batch(0);
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let handles: Vec<_> = (0..CONNECTIONS)
+        .map(|_| {
+            let (payload, next, topic) = (payload.clone(), next.clone(), topic.to_string());
+            std::thread::spawn(move || -> anyhow::Result<()> {
+                let mut client = Client::connect(addr)?;
+                let request = produce_request(&topic, acks, &payload);
+                let mut pending = std::collections::VecDeque::new();
+                loop {
+                    while pending.len() < IN_FLIGHT
+                        && next.fetch_add(1, Ordering::Relaxed) < batches
+                    {
+                        pending.push_back(client.send(PRODUCE_VERSION, &request)?);
+                    }
+                    let Some(correlation) = pending.pop_front() else { return Ok(()) };
+                    check_produce(
+                        &client.receive::<ProduceRequest>(PRODUCE_VERSION, correlation)?,
+                    )?;
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().map_err(|_| anyhow::anyhow!("a producer thread panicked"))??;
+    }
+    Ok(mb_s(batches * (BATCH * (VALUE_BYTES + KEY_BYTES)) as u64, started.elapsed()))
+}
+
+fn fetch_request(topic: &str, offset: i64, max_wait_ms: i32) -> FetchRequest {
+    FetchRequest::default()
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(1)
+        .with_max_bytes(64 << 20)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(offset)
+                .with_partition_max_bytes(FETCH_PARTITION_BYTES)])])
+}
+
+/// (records, next offset, base timestamps) of fetched batches, from their v2 headers.
+fn batches_in(records: &[u8]) -> anyhow::Result<(u64, i64, Vec<i64>)> {
+    let (mut count, mut next, mut stamps, mut at) = (0u64, -1i64, Vec::new(), 0usize);
+    while at + 61 <= records.len() {
+        let base = i64::from_be_bytes(records[at..at + 8].try_into()?);
+        let length = i32::from_be_bytes(records[at + 8..at + 12].try_into()?) as usize;
+        let delta = i32::from_be_bytes(records[at + 23..at + 27].try_into()?);
+        stamps.push(i64::from_be_bytes(records[at + 27..at + 35].try_into()?));
+        count += u64::try_from(i32::from_be_bytes(records[at + 57..at + 61].try_into()?))?;
+        next = base + i64::from(delta) + 1;
+        at += 12 + length;
+    }
+    Ok((count, next, stamps))
+}
+
+/// Fetches `topic`/0 from offset 0 until `records` are read; MB/s of key+value bytes.
+fn fetch_history(addr: std::net::SocketAddr, topic: &str, records: u64) -> anyhow::Result<f64> {
+    let mut client = Client::connect(addr)?;
+    let started = Instant::now();
+    let (mut offset, mut read) = (0i64, 0u64);
+    while read < records {
+        let response: FetchResponse =
+            client.call(FETCH_VERSION, &fetch_request(topic, offset, 500))?;
+        let p = &response.responses[0].partitions[0];
+        anyhow::ensure!(p.error_code == 0, "fetch failed with error {}", p.error_code);
+        let (count, next, _) = batches_in(p.records.as_deref().unwrap_or(&[]))?;
+        anyhow::ensure!(count > 0, "a fetch at offset {offset} of {records} returned nothing");
+        read += count;
+        offset = next;
+    }
+    Ok(mb_s(read * (VALUE_BYTES + KEY_BYTES) as u64, started.elapsed()))
+}
+
+/// Open-loop produce at `batches_s` for `seconds`, a long-polling consumer; latency per batch
+/// from its intended send time to its arrival at the consumer.
+fn latency(
+    addr: std::net::SocketAddr,
+    topic: &str,
+    batches_s: f64,
+    seconds: f64,
+) -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+    let total = (batches_s * seconds).max(1.0) as u64;
+    let interval = Duration::from_secs_f64(1.0 / batches_s);
+    // Batches are encoded before the clock starts: the schedule measures the broker.
+    let batches: Vec<Bytes> = (0..total).map(|i| batch(i as i64)).collect();
+    let origin = Instant::now() + Duration::from_millis(200);
+    let deadline = origin + interval * u32::try_from(total)? + Duration::from_secs(60);
+    let consumer_topic = topic.to_string();
+    let consumer = std::thread::spawn(move || -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+        let mut client = Client::connect(addr)?;
+        let mut h = crate::new_histogram();
+        let (mut offset, mut seen) = (0i64, 0u64);
+        while seen < total {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the consumer saw {seen} of {total} batches"
+            );
+            let response: FetchResponse =
+                client.call(FETCH_VERSION, &fetch_request(&consumer_topic, offset, 500))?;
+            let arrived = Instant::now();
+            let p = &response.responses[0].partitions[0];
+            anyhow::ensure!(p.error_code == 0, "fetch failed with error {}", p.error_code);
+            let (_, next, stamps) = batches_in(p.records.as_deref().unwrap_or(&[]))?;
+            for stamp in stamps {
+                let due = origin + interval * u32::try_from(stamp)?;
+                h.saturating_record(arrived.saturating_duration_since(due).as_nanos() as u64);
+                seen += 1;
+            }
+            offset = offset.max(next);
+        }
+        Ok(h)
+    });
+    let mut producer = Client::connect(addr)?;
+    // Acknowledgements are read on another thread so sends keep their schedule.
+    let ack_stream = producer.stream().try_clone()?;
+    let acks = std::thread::spawn(move || -> anyhow::Result<()> {
+        let mut reader = AckReader { stream: ack_stream };
+        for _ in 0..total {
+            reader.next()?;
+        }
+        Ok(())
+    });
+    for (i, payload) in batches.iter().enumerate() {
+        let due = origin + interval * u32::try_from(i)?;
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        producer.send(PRODUCE_VERSION, &produce_request(topic, 1, payload))?;
+    }
+    acks.join().map_err(|_| anyhow::anyhow!("the ack reader panicked"))??;
+    consumer.join().map_err(|_| anyhow::anyhow!("the consumer panicked"))?
+}
+
+/// The embedded API's side of a pair: the same records (1000 keyed 1 KiB records per packed
+/// batch) appended by `CONNECTIONS` producer threads with `IN_FLIGHT` batches pending each, at
+/// `durability`; MB/s of key+value bytes to the last acknowledgement.
+fn embedded_produce(
+    engine: &Arc<Engine>,
+    topic: &str,
+    durability: Durability,
+    batches: u64,
+) -> anyhow::Result<f64> {
+    let value = vec![0x5au8; VALUE_BYTES];
+    let mut packed = ProducerBatch::with_capacity(BATCH, BATCH * (VALUE_BYTES + KEY_BYTES));
+    for i in 0..BATCH {
+        let mut k = [b'k'; KEY_BYTES];
+        k[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        packed.push(Some(&k), &value, Some(0));
+    }
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let handles: Vec<_> = (0..CONNECTIONS)
+        .map(|_| {
+            let producer = engine.producer().with_durability(durability);
+            let (packed, next, topic) = (packed.clone(), next.clone(), topic.to_string());
+            std::thread::spawn(move || -> anyhow::Result<()> {
+                let mut pending = std::collections::VecDeque::new();
+                loop {
+                    while pending.len() < IN_FLIGHT
+                        && next.fetch_add(1, Ordering::Relaxed) < batches
+                    {
+                        pending.push_back(producer.send_packed_nowait(&topic, packed.clone())?);
+                    }
+                    let Some(acks) = pending.pop_front() else { return Ok(()) };
+                    for ack in acks {
+                        ack.wait()?;
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().map_err(|_| anyhow::anyhow!("a producer thread panicked"))??;
+    }
+    Ok(mb_s(batches * (BATCH * (VALUE_BYTES + KEY_BYTES)) as u64, started.elapsed()))
+}
+
+/// The embedded consumer reading `topic`/0 from the beginning until `records` are read; MB/s of
+/// key+value bytes (it touches each record's key and value, as a fetch's client would decode them).
+fn embedded_read(engine: &Arc<Engine>, topic: &str, records: u64) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let mut consumer = engine.consumer(topic, 0, Seek::Beginning)?;
+    let (mut read, mut bytes) = (0u64, 0u64);
+    while read < records {
+        let batch = consumer
+            .next_batch_timeout(Duration::from_secs(30))?
+            .with_context(|| format!("the embedded consumer stalled at {read} of {records}"))?;
+        for r in batch.records() {
+            bytes += (r.key().map_or(0, <[u8]>::len) + r.value().len()) as u64;
+            read += 1;
+        }
+    }
+    Ok(mb_s(bytes, started.elapsed()))
+}
+
+/// Reads Produce responses off a cloned stream (the sender's correlation ids are not needed:
+/// the broker answers in order).
+struct AckReader {
+    stream: std::net::TcpStream,
+}
+
+impl AckReader {
+    fn next(&mut self) -> anyhow::Result<()> {
+        use std::io::Read;
+        let mut size = [0u8; 4];
+        self.stream.read_exact(&mut size)?;
+        let mut body = vec![0u8; usize::try_from(i32::from_be_bytes(size))?];
+        self.stream.read_exact(&mut body)?;
+        let mut body = Bytes::from(body);
+        use kafka_protocol::protocol::{Decodable, HeaderVersion};
+        kafka_protocol::messages::ResponseHeader::decode(
+            &mut body,
+            ProduceResponse::header_version(PRODUCE_VERSION),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let response = ProduceResponse::decode(&mut body, PRODUCE_VERSION)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        check_produce(&response)
+    }
+}
+
+const PYTHON: &str = r#"
+import json, sys, time
+from confluent_kafka import Producer, Consumer, TopicPartition
+bs, topic, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+value = b"x" * 1024
+p = Producer({"bootstrap.servers": bs, "acks": "1", "linger.ms": 5, "batch.num.messages": 1000,
+              "batch.size": 2000000, "queue.buffering.max.messages": 1000000})
+start = time.time()
+for i in range(n):
+    while True:
+        try:
+            p.produce(topic, key=b"%016d" % i, value=value)
+            break
+        except BufferError:
+            p.poll(0.01)
+p.flush(120)
+produce_s = time.time() - start
+c = Consumer({"bootstrap.servers": bs, "group.id": "bench", "enable.auto.commit": False,
+              "fetch.max.bytes": 52428800})
+# assign, not subscribe: no group join in the timed span; timed from assign to the last record.
+got, start = 0, time.time()
+c.assign([TopicPartition(topic, 0, 0)])
+while got < n and time.time() - start < 300:
+    msgs = c.consume(10000, 1.0)
+    got += sum(1 for m in msgs if not m.error())
+consume_s = time.time() - start
+c.close()
+print(json.dumps({"records": n, "produce_records_s": n / produce_s, "consume_records_s": got / consume_s, "consumed": got}))
+"#;
+
+fn python_rates(addr: std::net::SocketAddr, records: u64) -> serde_json::Value {
+    let output = std::process::Command::new("python3")
+        .args(["-c", PYTHON, &addr.to_string(), "kafka-python-bench", &records.to_string()])
+        .output();
+    match output {
+        Ok(out) if out.status.success() => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            text.lines()
+                .rev()
+                .find_map(|l| serde_json::from_str(l).ok())
+                .unwrap_or_else(|| serde_json::json!({ "error": format!("no JSON in {text}") }))
+        }
+        Ok(out) => serde_json::json!({
+            "error": format!("python3 failed: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""))
+        }),
+        Err(e) => serde_json::json!({ "error": format!("python3: {e}") }),
+    }
+}
+
+pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
+    let quick = args.common.quick;
+    let (size_mib, pairs, latency_seconds, python_records) = if quick {
+        (64, 2, 2.0, 5_000)
+    } else {
+        (args.size_mib, args.pairs.max(1), args.latency_seconds, args.python_records)
+    };
+    let temp = args.common.scratch("kafka")?;
+    let machine = Machine::probe(temp.path());
+    let (sweep_size, repeats) = crate::limit::sweep_plan(quick);
+    let sweep = crate::limit::sweep_blocking(temp.path(), sweep_size, quick, repeats, true)?;
+    let (write_shape, read_shape) = (sweep.best_write, sweep.best_read);
+
+    // The engine as `kappa serve` starts it (default shards and CPUs), with its Kafka listener.
+    let overrides = kappa_tools::serve::config::Overrides {
+        data_dir: Some(temp.path().join("engine")),
+        ..Default::default()
+    };
+    let settings =
+        kappa_tools::serve::config::parse("", std::path::Path::new("<bench>"), &overrides)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (engine_config, _) =
+        kappa_tools::serve::app::engine_config(&settings, temp.path().join("engine"));
+    let engine = Arc::new(Engine::start(engine_config).context("starting the engine")?);
+    let shards = engine.shard_count();
+    let kafka = KafkaServer::start(&engine, KafkaConfig::new("127.0.0.1:0".parse()?))?;
+    let addr = kafka.local_addr();
+    let batches = (size_mib * MIB).div_ceil((BATCH * (VALUE_BYTES + KEY_BYTES)) as u64);
+    let records = batches * BATCH as u64;
+    eprintln!(
+        "kafka: {shards} shard(s), {size_mib} MiB per phase ({batches} batches of {BATCH} x 1 KiB), {pairs} round(s), listener {addr}"
+    );
+
+    let mut rounds = Vec::new();
+    for round in 0..pairs {
+        let (raw_writes, raw_reads) = crate::limit::raw_runs_blocking(
+            temp.path(),
+            size_mib * MIB,
+            1,
+            write_shape,
+            Some(read_shape),
+        )?;
+        let raw_write = *raw_writes.first().context("no raw write")?;
+        let raw_read_mb_s = *raw_reads.first().context("no raw read")?;
+        let topics = ["embedded-written", "acks-one", "embedded-synced", "acks-all"]
+            .map(|t| format!("{t}-{round}"));
+        for t in &topics {
+            engine.create_topic(t, TopicConfig::new(1))?;
+        }
+        let [written, one, synced, all] = &topics;
+        let embedded_written_mb_s =
+            embedded_produce(&engine, written, Durability::Written, batches)?;
+        let produce_acks_one_mb_s = produce(addr, one, 1, batches)?;
+        let fetch_mb_s = fetch_history(addr, one, records)?;
+        let embedded_read_mb_s = embedded_read(&engine, one, records)?;
+        let embedded_synced_mb_s = embedded_produce(&engine, synced, Durability::Synced, batches)?;
+        let produce_acks_all_mb_s = produce(addr, all, -1, batches)?;
+        for t in &topics {
+            engine.delete_topic(t)?;
+        }
+        let r = Round {
+            raw_write,
+            raw_read_mb_s,
+            embedded_written_mb_s,
+            produce_acks_one_mb_s,
+            fetch_mb_s,
+            embedded_read_mb_s,
+            embedded_synced_mb_s,
+            produce_acks_all_mb_s,
+        };
+        eprintln!(
+            "  round {}: raw write {:.0}, read {:.0}; acks=1 {:.0} (embedded written {:.0}), acks=-1 {:.0} (embedded synced {:.0}), fetch {:.0} (embedded consumer {:.0}) MB/s",
+            round + 1,
+            r.raw_write.mb_s,
+            r.raw_read_mb_s,
+            r.produce_acks_one_mb_s,
+            r.embedded_written_mb_s,
+            r.produce_acks_all_mb_s,
+            r.embedded_synced_mb_s,
+            r.fetch_mb_s,
+            r.embedded_read_mb_s
+        );
+        rounds.push(r);
+    }
+    let mut pairs: [Pairs; 6] = Default::default();
+    for r in &rounds {
+        pairs[0].push(r.raw_write.mb_s, r.produce_acks_all_mb_s);
+        pairs[1].push(r.raw_write.mb_s, r.produce_acks_one_mb_s);
+        pairs[2].push(r.raw_read_mb_s, r.fetch_mb_s);
+        pairs[3].push(r.embedded_synced_mb_s, r.produce_acks_all_mb_s);
+        pairs[4].push(r.embedded_written_mb_s, r.produce_acks_one_mb_s);
+        pairs[5].push(r.embedded_read_mb_s, r.fetch_mb_s);
+    }
+    let [acks_all, acks_one, fetched, all_vs, one_vs, fetch_vs] = pairs.map(|p| p.summary());
+
+    // Latency at half the acks=1 rate.
+    let max_batches_s = acks_one.engine.median * 1e6 / (BATCH * (VALUE_BYTES + KEY_BYTES)) as f64;
+    let offered = max_batches_s * 0.5;
+    engine.create_topic("kafka-latency", TopicConfig::new(1))?;
+    let histogram = latency(addr, "kafka-latency", offered, latency_seconds)?;
+    let us = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+    let latency = Latency {
+        offered_batches_s: offered,
+        offered_fraction_of_acks_one_max: 0.5,
+        samples: histogram.len(),
+        p50_us: us(0.5),
+        p99_us: us(0.99),
+        p999_us: us(0.999),
+        max_us: histogram.max() as f64 / 1000.0,
+    };
+    eprintln!(
+        "  produce-to-consume at 50% ({offered:.0} batches/s): p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us ({} batches)",
+        latency.p50_us, latency.p99_us, latency.p999_us, latency.samples
+    );
+
+    engine.create_topic("kafka-python-bench", TopicConfig::new(1))?;
+    let python = python_rates(addr, python_records);
+    eprintln!("  confluent-kafka (Python): {python}");
+    kafka.stop();
+    let engine =
+        Arc::try_unwrap(engine).map_err(|_| anyhow::anyhow!("the engine is still shared"))?;
+    engine.shutdown()?;
+
+    let report = Report {
+        scenario: "kafka",
+        machine,
+        shards,
+        size_bytes_per_run: size_mib * MIB,
+        record_value_bytes: VALUE_BYTES,
+        record_key_bytes: KEY_BYTES,
+        batch_records: BATCH,
+        connections: CONNECTIONS,
+        in_flight_per_connection: IN_FLIGHT,
+        write_shape,
+        read_shape,
+        sweep,
+        rounds: rounds.clone(),
+        produce_acks_all: acks_all,
+        produce_acks_one: acks_one,
+        fetch_history: fetched,
+        produce_acks_all_vs_embedded: all_vs,
+        produce_acks_one_vs_embedded: one_vs,
+        fetch_vs_embedded: fetch_vs,
+        latency: Some(latency),
+        python: python.clone(),
+        notes: "Client and broker share the machine (TCP loopback); the client is kappa's own on \
+                kafka-protocol, Produce v9 and Fetch v12. Each round: raw write, raw read, \
+                embedded append written, Kafka acks=1, Kafka fetch of that topic, embedded \
+                consumer of it, embedded append synced, Kafka acks=-1. MB = 10^6 bytes of \
+                key+value. Latency: per 1000-record batch, from its intended send time (open \
+                loop) to the consumer's receipt, acks=1.",
+    };
+    let mut outcome = Outcome::new("kafka", serde_json::to_value(&report)?);
+    let raw_writes: Vec<f64> = rounds.iter().map(|r| r.raw_write.mb_s).collect();
+    let raw_reads: Vec<f64> = rounds.iter().map(|r| r.raw_read_mb_s).collect();
+    outcome.noise = Some(Noise::of(&raw_writes, &raw_reads));
+    let write_limit = format!("raw write {}", write_shape.label());
+    let read_limit = format!("raw read {}", read_shape.label());
+    // Against the embedded API: the cost of the protocol, no target.
+    let beside = |name: &str, limit: &str, paired: &PairedRatio| {
+        let mut f = Figure::paired("kafka", name, "MB/s", limit, paired, 0.0);
+        f.target = None;
+        f.verdict = None;
+        f
+    };
+    let f = &mut outcome.figures;
+    f.push(Figure::paired(
+        "kafka",
+        "produce acks=-1 (1 KiB, batch 1000)",
+        "MB/s",
+        &write_limit,
+        &report.produce_acks_all,
+        0.6,
+    ));
+    f.push(Figure::paired(
+        "kafka",
+        "produce acks=1 (1 KiB, batch 1000)",
+        "MB/s",
+        &write_limit,
+        &report.produce_acks_one,
+        0.7,
+    ));
+    f.push(Figure::paired(
+        "kafka",
+        "fetch of history",
+        "MB/s",
+        &read_limit,
+        &report.fetch_history,
+        0.7,
+    ));
+    f.push(beside(
+        "produce acks=-1 / embedded synced",
+        "embedded synced",
+        &report.produce_acks_all_vs_embedded,
+    ));
+    f.push(beside(
+        "produce acks=1 / embedded written",
+        "embedded written",
+        &report.produce_acks_one_vs_embedded,
+    ));
+    f.push(beside("fetch / embedded consumer", "embedded consumer", &report.fetch_vs_embedded));
+    if let Some(l) = &report.latency {
+        f.push(
+            Figure::one_run("kafka", "produce->consume p99 at 50% of acks=1 max", l.p99_us, "us")
+                .statistic(format!("p99 of {} batches", l.samples))
+                .less_than(2000.0),
+        );
+    }
+    outcome.latencies.push(LatencyCurve::of("kafka produce->consume at 50%", &histogram));
+    for (key, name) in [
+        ("produce_records_s", "confluent-kafka produce (Python)"),
+        ("consume_records_s", "confluent-kafka consume (Python)"),
+    ] {
+        if let Some(rate) = python.get(key).and_then(serde_json::Value::as_f64) {
+            f.push(Figure::one_run("kafka", name, rate, "rec/s"));
+        }
+    }
+    Ok(outcome)
+}

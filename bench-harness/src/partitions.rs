@@ -1,0 +1,352 @@
+//! The `partitions` scenario: what many partitions cost, and ingest with keys spread over them.
+//!
+//! (a) Random keys against pre-grouped records: N records of 100 B with random keys over P
+//! partitions, sent in batches of 1000 mixed-key records through the accumulator
+//! (`Producer::with_linger`, `send`-ing batches with `submit_each`), paired with the same records
+//! grouped by partition by hand (one batch per partition, `send_packed_nowait`), which is the best
+//! the engine does with these records. Both sides run on one engine, alternating, timed from the
+//! first send to the last acknowledgement (`written`); the figure is the median of the per-pair
+//! ratios. Targets: at least 0.8 at 1,000 partitions, 0.7 at 4,000.
+//!
+//! (b) Costs for 1, 100, 1,000 and 10,000 partitions: time to create the topic (open every
+//! partition), then 10 records of 100 B in each partition, a clean shutdown, and the reopen time,
+//! RSS and open file descriptors after the reopen. RSS per partition is (RSS after the reopen -
+//! RSS before the topic was created) / P, conservative: it includes what the first engine left in
+//! the allocator. Targets: at most 64 KiB per idle partition after reopen; 10,000 partitions
+//! within 2 GiB of RSS and reopened in under 5 s.
+
+use std::time::{Duration, Instant};
+
+use kappa_engine::{Durability, Engine, EngineConfig, PendingAck, PendingAcks, ProducerBatch};
+use kappa_engine::{TopicConfig, DEFAULT_BATCH_SIZE};
+use serde::Serialize;
+
+use crate::report::{Figure, Outcome};
+use crate::stats::Pairs;
+use crate::{Machine, Spread};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub common: crate::Common,
+    /// Records per run of (a).
+    #[arg(long, default_value_t = 1_000_000)]
+    records: u64,
+    /// Paired runs per partition count of (a).
+    #[arg(long, default_value_t = 5)]
+    pairs: usize,
+    /// The accumulator's linger on the random-key side, in ms.
+    #[arg(long, default_value_t = 100)]
+    linger_ms: u64,
+}
+
+const VALUE: usize = 100;
+const BATCH: u64 = 1000;
+
+#[derive(Debug, Serialize)]
+struct RatioRun {
+    partitions: u32,
+    grouped_records_s: Vec<f64>,
+    random_records_s: Vec<f64>,
+    ratios: Vec<f64>,
+    ratio: Spread,
+    /// Stored batches the random side's last run appended, and records per stored batch.
+    random_stored_batches: u64,
+    random_records_per_batch: f64,
+    target: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Cost {
+    partitions: u32,
+    open_s: f64,
+    reopen_s: f64,
+    rss_before_mib: f64,
+    rss_after_reopen_mib: f64,
+    rss_per_partition_kib: f64,
+    open_fds: usize,
+    fd_soft_limit: u64,
+    io_memory_misses: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    scenario: &'static str,
+    machine: Machine,
+    shards: usize,
+    records: u64,
+    value_bytes: usize,
+    batch_records: u64,
+    linger_ms: u64,
+    batch_size: usize,
+    ratios: Vec<RatioRun>,
+    costs: Vec<Cost>,
+    notes: &'static str,
+}
+
+/// A deterministic pseudo-random key per record (xorshift64*).
+fn key(i: u64) -> [u8; 8] {
+    let mut x = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes()
+}
+
+fn engine(dir: &std::path::Path) -> anyhow::Result<Engine> {
+    let mut config = EngineConfig::new(dir);
+    // Preallocation reserves real blocks per active segment (8 MiB by default): 10,000
+    // partitions would reserve 80 GB for a few MiB of records each. A partition here receives
+    // about 100 KiB, so 256 KiB ahead is enough to keep appends from extending the file.
+    config.log.preallocate_bytes = 256 * 1024;
+    Engine::builder()
+        .config(config)
+        .build()
+        .map_err(|e| anyhow::anyhow!("starting the engine: {e}"))
+}
+
+/// Records/s of the random-key side: batches of 1000 mixed keys through the accumulator.
+fn random_run(engine: &Engine, topic: &str, records: u64, linger: Duration) -> anyhow::Result<f64> {
+    let producer = engine.producer().with_durability(Durability::Written).with_linger(linger);
+    let value = vec![b'v'; VALUE];
+    let started = Instant::now();
+    let mut pending: Vec<PendingAcks> = Vec::new();
+    let mut i = 0;
+    while i < records {
+        let n = BATCH.min(records - i);
+        let mut batch = ProducerBatch::with_capacity(n as usize, n as usize * (VALUE + 8));
+        for r in i..i + n {
+            batch.push(Some(&key(r)), &value, None);
+        }
+        pending.push(producer.submit_each(topic, batch)?);
+        i += n;
+    }
+    for p in pending {
+        p.wait()?;
+    }
+    Ok(records as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Records/s of the same records grouped by partition by hand: one batch per partition.
+fn grouped_run(engine: &Engine, topic: &str, partitions: u32, records: u64) -> anyhow::Result<f64> {
+    let producer = engine.producer().with_durability(Durability::Written);
+    let value = vec![b'v'; VALUE];
+    let mut groups: Vec<ProducerBatch> = (0..partitions).map(|_| ProducerBatch::new()).collect();
+    for r in 0..records {
+        let k = key(r);
+        let p = kappa_engine::router::partition_for_key(&k, partitions);
+        groups[p as usize].push(Some(&k), &value, None);
+    }
+    let started = Instant::now();
+    let mut pending: Vec<PendingAck> = Vec::new();
+    for batch in groups.into_iter().filter(|b| !b.is_empty()) {
+        pending.extend(producer.send_packed_nowait(topic, batch)?);
+    }
+    for p in pending {
+        p.wait()?;
+    }
+    Ok(records as f64 / started.elapsed().as_secs_f64())
+}
+
+fn stored_batches(engine: &Engine) -> anyhow::Result<(u64, u64)> {
+    let m = engine.metrics()?;
+    Ok((m.iter().map(|m| m.batches_appended).sum(), m.iter().map(|m| m.records_appended).sum()))
+}
+
+fn ratio_runs(
+    args: &Args,
+    partitions: u32,
+    records: u64,
+    pairs: usize,
+    target: f64,
+) -> anyhow::Result<RatioRun> {
+    let scratch = args.common.scratch("partitions")?;
+    let engine = engine(scratch.path())?;
+    engine.create_topic("grouped", TopicConfig::new(partitions))?;
+    engine.create_topic("random", TopicConfig::new(partitions))?;
+    let linger = Duration::from_millis(args.linger_ms);
+    let (mut grouped, mut random) = (Vec::new(), Vec::new());
+    let mut last = (0, 0);
+    for pair in 0..pairs {
+        let g = grouped_run(&engine, "grouped", partitions, records)?;
+        let before = stored_batches(&engine)?;
+        let r = random_run(&engine, "random", records, linger)?;
+        let after = stored_batches(&engine)?;
+        last = (after.0 - before.0, after.1 - before.1);
+        eprintln!(
+            "partitions: {partitions} partitions, pair {}: grouped {g:.0} rec/s, random keys \
+             {r:.0} rec/s, ratio {:.2} ({} stored batches, {:.0} records each)",
+            pair + 1,
+            r / g,
+            last.0,
+            last.1 as f64 / last.0.max(1) as f64
+        );
+        grouped.push(g);
+        random.push(r);
+    }
+    engine.shutdown()?;
+    let ratios: Vec<f64> = random.iter().zip(&grouped).map(|(r, g)| r / g).collect();
+    Ok(RatioRun {
+        partitions,
+        ratio: Spread::of(&ratios),
+        ratios,
+        grouped_records_s: grouped,
+        random_records_s: random,
+        random_stored_batches: last.0,
+        random_records_per_batch: last.1 as f64 / last.0.max(1) as f64,
+        target,
+    })
+}
+
+/// This process's resident set in bytes (`VmRSS`).
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|r| r.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+fn fd_soft_limit() -> u64 {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn cost(args: &Args, partitions: u32) -> anyhow::Result<Cost> {
+    let scratch = args.common.scratch("partitions-cost")?;
+    let rss_before = rss_bytes();
+    let engine = engine(scratch.path())?;
+    let started = Instant::now();
+    engine.create_topic("t", TopicConfig::new(partitions))?;
+    let open_s = started.elapsed().as_secs_f64();
+    let producer = engine.producer();
+    let value = vec![b'v'; VALUE];
+    let mut pending = Vec::new();
+    for p in 0..partitions {
+        let mut batch = ProducerBatch::new();
+        for _ in 0..10 {
+            batch.push(None, &value, None);
+        }
+        pending.extend(producer.send_packed_nowait("t", batch)?);
+        let _ = p;
+    }
+    for p in pending {
+        p.wait()?;
+    }
+    engine.shutdown()?;
+    drop(engine);
+    let started = Instant::now();
+    let engine = self::engine(scratch.path())?;
+    let reopen_s = started.elapsed().as_secs_f64();
+    let rss_after = rss_bytes();
+    let fds = open_fds();
+    let misses = engine.metrics()?.iter().map(|m| m.buffer_pool.io_memory_misses).sum();
+    let total: u64 = (0..partitions.min(100))
+        .map(|p| engine.partition_offsets("t", p).map(|o| o.end_offset).unwrap_or(0))
+        .sum();
+    anyhow::ensure!(total == 10 * u64::from(partitions.min(100)), "records lost across reopen");
+    engine.shutdown()?;
+    let cost = Cost {
+        partitions,
+        open_s,
+        reopen_s,
+        rss_before_mib: rss_before as f64 / (1 << 20) as f64,
+        rss_after_reopen_mib: rss_after as f64 / (1 << 20) as f64,
+        rss_per_partition_kib: rss_after.saturating_sub(rss_before) as f64
+            / 1024.0
+            / f64::from(partitions),
+        open_fds: fds,
+        fd_soft_limit: fd_soft_limit(),
+        io_memory_misses: misses,
+    };
+    eprintln!(
+        "partitions: {partitions} partitions: open {:.2} s, reopen {:.2} s, RSS {:.0} MiB \
+         ({:.1} KiB per partition), {} fds",
+        cost.open_s, cost.reopen_s, cost.rss_after_reopen_mib, cost.rss_per_partition_kib, fds
+    );
+    Ok(cost)
+}
+
+pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
+    let quick = args.common.quick;
+    let data_dir = args.common.data_dir.clone().unwrap_or_else(|| ".".into());
+    let machine = Machine::probe(&data_dir);
+    let (records, pairs) = if quick { (20_000, 2) } else { (args.records, args.pairs.max(1)) };
+    let ratio_counts: &[(u32, f64)] =
+        if quick { &[(100, 0.8), (400, 0.7)] } else { &[(1000, 0.8), (4000, 0.7)] };
+    let cost_counts: &[u32] = if quick { &[1, 100] } else { &[1, 100, 1000, 10_000] };
+    let mut ratios = Vec::new();
+    for &(partitions, target) in ratio_counts {
+        ratios.push(ratio_runs(&args, partitions, records, pairs, target)?);
+    }
+    let mut costs = Vec::new();
+    for &partitions in cost_counts {
+        costs.push(cost(&args, partitions)?);
+    }
+    let shards = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let report = Report {
+        scenario: "partitions",
+        machine,
+        shards,
+        records,
+        value_bytes: VALUE,
+        batch_records: BATCH,
+        linger_ms: args.linger_ms,
+        batch_size: DEFAULT_BATCH_SIZE,
+        ratios,
+        costs,
+        notes: "(a) random keys in batches of 1000 through the accumulator, paired with the same \
+                records grouped by partition by hand, one engine, alternating, `written`; (b) a \
+                fresh engine per count: create, 10 records per partition, shutdown, reopen. RSS \
+                per partition = (RSS after reopen - RSS before create) / P.",
+    };
+    let mut outcome = Outcome::new("partitions", serde_json::to_value(&report)?);
+    for run in &report.ratios {
+        let mut p = Pairs::default();
+        for (g, r) in run.grouped_records_s.iter().zip(&run.random_records_s) {
+            p.push(*g, *r);
+        }
+        outcome.figures.push(Figure::paired(
+            "partitions",
+            &format!("random keys over {} partitions, records/s", run.partitions),
+            "rec/s",
+            "pre-grouped by partition",
+            &p.summary(),
+            run.target,
+        ));
+    }
+    for c in &report.costs {
+        let name = |what: &str| format!("{what}, {} partitions", c.partitions);
+        outcome.figures.push(Figure::one_run("partitions", &name("open"), c.open_s, "s"));
+        outcome.figures.push(Figure::one_run("partitions", &name("reopen"), c.reopen_s, "s"));
+        outcome.figures.push(Figure::one_run(
+            "partitions",
+            &name("RSS after reopen"),
+            c.rss_after_reopen_mib,
+            "MiB",
+        ));
+        outcome.figures.push(Figure::one_run(
+            "partitions",
+            &name("RSS per idle partition after reopen"),
+            c.rss_per_partition_kib,
+            "KiB",
+        ));
+        outcome.figures.push(Figure::one_run(
+            "partitions",
+            &name("open file descriptors"),
+            c.open_fds as f64,
+            "fds",
+        ));
+    }
+    Ok(outcome)
+}

@@ -1,0 +1,339 @@
+//! One Kafka client connection: framing, request dispatch, responses in request order.
+//!
+//! A reader task reads size-prefixed frames (refusing any larger than `request_bytes_max`, and
+//! reserving the frame's bytes from the shard's budget before allocating them), decodes the
+//! header, and turns each request into a `Reply` future; a writer task awaits the replies in
+//! order and writes them. As in Kafka, requests of one connection are answered one at a time in
+//! order (a long-poll Fetch or a JoinGroup delays what follows it). Produce is the exception that
+//! keeps pipelining cheap: the reader starts its appends at once (offsets are assigned in arrival
+//! order), and only the acknowledgement waits its turn. At most `in_flight_per_connection`
+//! replies are queued; past that the reader stops reading (backpressure on the client).
+//!
+//! A request the protocol cannot answer (unknown API, unsupported version of anything but
+//! ApiVersions, a frame that does not decode) closes the connection, as Kafka does.
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::FutureExt;
+use glommio::net::TcpStream;
+use kafka_protocol::messages::{
+    ApiKey, CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest,
+    DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest, HeartbeatRequest,
+    InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest,
+    ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetFetchRequest, ProduceRequest,
+    RequestHeader, SyncGroupRequest,
+};
+use kafka_protocol::protocol::{Decodable, Encodable};
+
+use super::codec::{self, code, encode_response, EncodeError};
+use super::node::{ConnectionGuard, Node};
+use super::util::{Event, Held, LocalFuture};
+use super::{admin, fetch, group, offsets, produce};
+
+/// Frames to write for one response, and the budget they hold until written.
+pub(crate) struct Response {
+    pub(crate) frames: Vec<Bytes>,
+    pub(crate) hold: Option<Held>,
+}
+
+/// What the writer does with one request's reply.
+pub(crate) enum Outcome {
+    Send(Response),
+    /// acks=0 Produce: no response at all.
+    Nothing,
+    Close(String),
+}
+
+impl Outcome {
+    pub(crate) fn encoded(frame: Result<Bytes, EncodeError>) -> Outcome {
+        match frame {
+            Ok(frame) => Outcome::Send(Response { frames: vec![frame], hold: None }),
+            Err(e) => Outcome::Close(e.to_string()),
+        }
+    }
+}
+
+/// The pending reply of one request.
+pub(crate) type Reply = LocalFuture<'static, Outcome>;
+
+/// Shared by a connection's reader and writer: set when either side is done.
+#[derive(Default)]
+struct Ending {
+    done: Cell<bool>,
+    event: Event,
+}
+
+impl Ending {
+    fn end(&self) {
+        self.done.set(true);
+        self.event.notify();
+    }
+    async fn wait(&self) {
+        self.event.wait_until(|| self.done.get()).await
+    }
+}
+
+/// Serves one connection until the client leaves, a protocol error, or the node closes.
+pub(crate) async fn serve(node: Rc<Node>, stream: TcpStream, id: u64, guard: ConnectionGuard) {
+    let _guard = guard;
+    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_read_timeout(Some(node.config().idle_timeout));
+    let _ = stream.set_write_timeout(Some(node.config().idle_timeout));
+    tracing::debug!(shard = node.index, connection = id, %peer, "Kafka client connected");
+    let (reader, writer) = futures_lite::io::split(stream);
+    let (tx, rx) = glommio::channels::local_channel::new_bounded::<Reply>(
+        node.config().in_flight_per_connection,
+    );
+    let ending = Rc::new(Ending::default());
+    let writer_task = glommio::spawn_local(write_loop(node.clone(), writer, rx, ending.clone()));
+    let host = format!("/{}", peer.rsplit_once(':').map_or(peer.as_str(), |(ip, _)| ip));
+    let reason = async { read_loop(&node, reader, tx, &host).await }
+        .or(async {
+            ending.wait().await;
+            "the writer stopped".to_string()
+        })
+        .or(async {
+            node.until_closing().await;
+            "the listener is closing".to_string()
+        })
+        .await;
+    writer_task.await;
+    ending.end();
+    tracing::debug!(shard = node.index, connection = id, %peer, reason, "Kafka client disconnected");
+}
+
+async fn write_loop(
+    node: Rc<Node>,
+    mut writer: futures_lite::io::WriteHalf<TcpStream>,
+    rx: glommio::channels::local_channel::LocalReceiver<Reply>,
+    ending: Rc<Ending>,
+) {
+    loop {
+        let next = async { rx.recv().await }
+            .or(async {
+                node.until_closing().await;
+                None
+            })
+            .await;
+        let Some(reply) = next else { break };
+        let outcome = async { Some(reply.await) }
+            .or(async {
+                node.until_closing().await;
+                None
+            })
+            .await;
+        match outcome {
+            None => break,
+            Some(Outcome::Nothing) => {}
+            Some(Outcome::Close(reason)) => {
+                tracing::warn!(shard = node.index, reason, "closing a Kafka connection");
+                break;
+            }
+            Some(Outcome::Send(Response { frames, hold })) => {
+                let mut failed = false;
+                for frame in &frames {
+                    if writer.write_all(frame).await.is_err() {
+                        failed = true;
+                        break;
+                    }
+                }
+                // The response's bytes leave the budget once written.
+                drop(frames);
+                drop(hold);
+                if failed {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = writer.close().await;
+    ending.end();
+}
+
+/// Reads frames and queues their replies; returns why it stopped.
+async fn read_loop(
+    node: &Rc<Node>,
+    mut reader: futures_lite::io::ReadHalf<TcpStream>,
+    tx: glommio::channels::local_channel::LocalSender<Reply>,
+    peer: &str,
+) -> String {
+    loop {
+        let mut size = [0u8; 4];
+        if let Err(e) = reader.read_exact(&mut size).await {
+            return format!("reading: {e}");
+        }
+        let size = i32::from_be_bytes(size);
+        let max = node.config().request_bytes_max;
+        let Ok(size) = usize::try_from(size) else {
+            return format!("negative frame size {size}");
+        };
+        if size < 8 || size > max {
+            tracing::warn!(
+                shard = node.index,
+                size,
+                max,
+                "refusing a Kafka request frame of {size} bytes (request_bytes_max {max})"
+            );
+            return format!("frame size {size} outside 8..={max}");
+        }
+        let hold = node.budget.reserve(size).await;
+        let mut body = vec![0u8; size];
+        if let Err(e) = reader.read_exact(&mut body).await {
+            return format!("reading a request: {e}");
+        }
+        let reply = match handle(node, Bytes::from(body), peer).await {
+            Ok(reply) => reply,
+            Err(reason) => {
+                tracing::warn!(shard = node.index, reason, "closing a Kafka connection");
+                return reason;
+            }
+        };
+        // The request's bytes stay reserved until its reply is done.
+        let reply: Reply = Box::pin(async move {
+            let outcome = reply.await;
+            drop(hold);
+            outcome
+        });
+        if tx.send(reply).await.is_err() {
+            return "the writer stopped".into();
+        }
+    }
+}
+
+/// A reply future for a handler whose response is a `kafka-protocol` message.
+fn respond<R, F>(api: ApiKey, version: i16, correlation_id: i32, work: F) -> Reply
+where
+    R: Encodable + 'static,
+    F: std::future::Future<Output = R> + 'static,
+{
+    Box::pin(async move {
+        let response = work.await;
+        Outcome::encoded(encode_response(api, version, correlation_id, &response))
+    })
+}
+
+fn decode<T: Decodable>(buf: &mut Bytes, version: i16, api: ApiKey) -> Result<T, String> {
+    T::decode(buf, version).map_err(|e| format!("malformed {api:?} v{version} request: {e}"))
+}
+
+/// Decodes one request frame and starts its handling.
+pub(crate) async fn handle(node: &Rc<Node>, frame: Bytes, peer: &str) -> Result<Reply, String> {
+    let api_key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let Some((min, max)) = codec::supported(api_key) else {
+        return Err(format!("unsupported API key {api_key}"));
+    };
+    let api = ApiKey::try_from(api_key).map_err(|_| format!("unknown API key {api_key}"))?;
+    if !(min..=max).contains(&version) {
+        if api == ApiKey::ApiVersions {
+            // The client learns our versions from a v0 answer and retries with one of them.
+            let body = codec::api_versions(code::UNSUPPORTED_VERSION);
+            return Ok(Box::pin(async move {
+                Outcome::encoded(encode_response(api, 0, correlation_id, &body))
+            }));
+        }
+        return Err(format!("{api:?} v{version} is not supported (versions {min}-{max})"));
+    }
+    if api == ApiKey::Produce && version < 3 {
+        return match produce::refuse_legacy(version, correlation_id, frame.slice(8..)) {
+            Some(response) => Ok(Box::pin(async move {
+                Outcome::Send(Response { frames: vec![response], hold: None })
+            })),
+            None => Err(format!("malformed Produce v{version} request")),
+        };
+    }
+    let mut buf = frame;
+    let header = RequestHeader::decode(&mut buf, api.request_header_version(version))
+        .map_err(|e| format!("malformed {api:?} v{version} request header: {e}"))?;
+    let client = group::api::Client {
+        id: header.client_id.map(|c| c.to_string()).unwrap_or_default(),
+        host: peer.to_string(),
+    };
+    let node = node.clone();
+    let reply = match api {
+        ApiKey::ApiVersions => {
+            let body = codec::api_versions(code::NONE);
+            respond(api, version, correlation_id, async move { body })
+        }
+        ApiKey::Produce => {
+            let request: ProduceRequest = decode(&mut buf, version, api)?;
+            return Ok(produce::dispatch(&node, version, correlation_id, request).await);
+        }
+        ApiKey::Fetch => {
+            let request: FetchRequest = decode(&mut buf, version, api)?;
+            fetch::handle(node, version, correlation_id, request)
+        }
+        ApiKey::ListOffsets => {
+            let request: ListOffsetsRequest = decode(&mut buf, version, api)?;
+            respond(api, version, correlation_id, offsets::list_offsets(node, version, request))
+        }
+        ApiKey::Metadata => {
+            let request: MetadataRequest = decode(&mut buf, version, api)?;
+            respond(api, version, correlation_id, admin::metadata(node, version, request))
+        }
+        ApiKey::CreateTopics => {
+            let request: CreateTopicsRequest = decode(&mut buf, version, api)?;
+            respond(api, version, correlation_id, admin::create_topics(node, version, request))
+        }
+        ApiKey::DeleteTopics => {
+            let request: DeleteTopicsRequest = decode(&mut buf, version, api)?;
+            respond(api, version, correlation_id, admin::delete_topics(node, version, request))
+        }
+        ApiKey::DescribeConfigs => {
+            let request: DescribeConfigsRequest = decode(&mut buf, version, api)?;
+            respond(api, version, correlation_id, admin::describe_configs(node, version, request))
+        }
+        ApiKey::InitProducerId => {
+            let request: InitProducerIdRequest = decode(&mut buf, version, api)?;
+            respond(api, version, correlation_id, admin::init_producer_id(node, version, request))
+        }
+        ApiKey::FindCoordinator => {
+            let request: FindCoordinatorRequest = decode(&mut buf, version, api)?;
+            respond(
+                api,
+                version,
+                correlation_id,
+                group::api::find_coordinator(node, version, request),
+            )
+        }
+        ApiKey::JoinGroup => {
+            let request: JoinGroupRequest = decode(&mut buf, version, api)?;
+            respond(api, version, correlation_id, group::api::join(node, version, request, client))
+        }
+        ApiKey::SyncGroup => {
+            let request: SyncGroupRequest = decode(&mut buf, version, api)?;
+            respond(api, version, correlation_id, group::api::sync(node, version, request))
+        }
+        ApiKey::Heartbeat => {
+            let request: HeartbeatRequest = decode(&mut buf, version, api)?;
+            respond(api, version, correlation_id, group::api::heartbeat(node, version, request))
+        }
+        ApiKey::LeaveGroup => {
+            let request: LeaveGroupRequest = decode(&mut buf, version, api)?;
+            respond(api, version, correlation_id, group::api::leave(node, version, request))
+        }
+        ApiKey::OffsetCommit => {
+            let request: OffsetCommitRequest = decode(&mut buf, version, api)?;
+            respond(api, version, correlation_id, group::api::offset_commit(node, version, request))
+        }
+        ApiKey::OffsetFetch => {
+            let request: OffsetFetchRequest = decode(&mut buf, version, api)?;
+            respond(api, version, correlation_id, group::api::offset_fetch(node, version, request))
+        }
+        ApiKey::DescribeGroups => {
+            let request: DescribeGroupsRequest = decode(&mut buf, version, api)?;
+            respond(api, version, correlation_id, group::api::describe(node, version, request))
+        }
+        ApiKey::ListGroups => {
+            let request: ListGroupsRequest = decode(&mut buf, version, api)?;
+            respond(api, version, correlation_id, group::api::list(node, version, request))
+        }
+        other => return Err(format!("{other:?} is not served")),
+    };
+    Ok(reply)
+}

@@ -1,0 +1,272 @@
+//! The producer that batches for the user (issue 14): keyed batches over many partitions are
+//! accumulated per partition on the shards, every record learns its own offset, `send_to` picks
+//! the partition, the accumulator's memory is bounded; and what a partition costs: an idle one
+//! holds no write buffer, and an exhausted registered DMA pool is counted.
+
+// Waiting for idle partitions to give their buffers back needs a deadline.
+#![allow(clippy::disallowed_methods)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use kappa_engine::{Durability, Engine, Error, ProducerBatch, ProducerRecord, Seek, TopicConfig};
+use kappa_storage::LogConfig;
+
+fn engine_with(
+    dir: &std::path::Path,
+    configure: impl FnOnce(&mut kappa_engine::EngineConfig),
+) -> Engine {
+    let mut config = kappa_engine::EngineConfig::new(dir);
+    config.shards = Some(2);
+    config.log = LogConfig { segment_size_bytes_max: 1 << 20, ..LogConfig::default() };
+    configure(&mut config);
+    Engine::builder().config(config).build().expect("engine starts")
+}
+
+fn stored_batches(engine: &Engine) -> (u64, u64) {
+    let metrics = engine.metrics().expect("metrics");
+    (
+        metrics.iter().map(|m| m.batches_appended).sum(),
+        metrics.iter().map(|m| m.records_appended).sum(),
+    )
+}
+
+/// A deterministic pseudo-random key per record (xorshift), spread over every partition.
+fn key(i: u64) -> Vec<u8> {
+    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    format!("k{x:016x}").into_bytes()
+}
+
+fn value(i: u64) -> Vec<u8> {
+    format!("record-{i:08}-{}", "v".repeat((i % 50) as usize)).into_bytes()
+}
+
+/// Reads a partition from the beginning: offset -> value.
+fn read_partition(engine: &Engine, topic: &str, partition: u32) -> BTreeMap<u64, Vec<u8>> {
+    let end = engine.partition_offsets(topic, partition).expect("offsets").end_offset;
+    let mut consumer = engine.consumer(topic, partition, Seek::Beginning).expect("consumer");
+    let mut out = BTreeMap::new();
+    while consumer.position() < end {
+        let batch = consumer
+            .next_batch_timeout(Duration::from_secs(10))
+            .expect("read")
+            .expect("batch in time");
+        for record in batch.records() {
+            out.insert(record.offset(), record.value().to_vec());
+        }
+    }
+    out
+}
+
+/// Random keys over 200 partitions in 20 batches of 500: without the accumulator every batch
+/// became about 184 stored batches (one per partition it touched), 3,700 in all; with a linger
+/// longer than the sending, each partition's records of all 20 batches share a stored batch.
+#[test]
+fn keyed_batches_over_many_partitions_are_accumulated() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = engine_with(dir.path(), |_| {});
+    let partitions = 200;
+    engine.create_topic("t", TopicConfig::new(partitions)).expect("topic");
+    let producer = engine.producer().with_linger(Duration::from_secs(2)).with_batch_size(1 << 20);
+    let mut pending = Vec::new();
+    for b in 0..20u64 {
+        let mut batch = ProducerBatch::new();
+        for i in b * 500..(b + 1) * 500 {
+            batch.push(Some(&key(i)), &value(i), None);
+        }
+        pending.push(producer.submit_each("t", batch).expect("submit"));
+    }
+    for p in pending {
+        assert_eq!(p.wait().expect("acks").len(), 500);
+    }
+    let (batches, records) = stored_batches(&engine);
+    assert_eq!(records, 10_000);
+    assert!(
+        batches <= 2 * u64::from(partitions),
+        "{batches} stored batches for {records} records over {partitions} partitions: not accumulated"
+    );
+    let flushes: u64 =
+        engine.metrics().expect("metrics").iter().map(|m| m.stage_flushes.linger).sum();
+    assert!(flushes > 0, "linger flushed the staged batches");
+}
+
+/// Every record's `Ack` names the offset where a reader finds exactly that record, and one
+/// producer's records get increasing offsets per partition, dense from 0.
+#[test]
+fn offsets_delivered_per_record_are_right_and_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = engine_with(dir.path(), |_| {});
+    let partitions = 37;
+    engine.create_topic("t", TopicConfig::new(partitions)).expect("topic");
+    // Small batches and a linger: records of one request are cut over several stored batches,
+    // and records of several requests share one.
+    let producer = engine
+        .producer()
+        .with_linger(Duration::from_millis(20))
+        .with_batch_size(700)
+        .with_durability(Durability::Synced);
+    let mut sent: Vec<(u64, kappa_engine::Ack)> = Vec::new();
+    let mut i = 0u64;
+    for round in 0..30u64 {
+        let mut batch = ProducerBatch::new();
+        let n = 1 + round * 7 % 90;
+        let first = i;
+        for _ in 0..n {
+            batch.push(Some(&key(i)), &value(i), None);
+            i += 1;
+        }
+        let acks = producer.send_each("t", batch).expect("send_each");
+        assert_eq!(acks.len() as u64, n);
+        sent.extend((first..i).zip(acks));
+    }
+    // Single records through the accumulator, and to a chosen partition.
+    for _ in 0..20 {
+        let ack = producer.send("t", ProducerRecord::new(value(i)).key(key(i))).expect("send");
+        sent.push((i, ack));
+        i += 1;
+    }
+    for _ in 0..10 {
+        let ack = producer.send_to("t", 5, ProducerRecord::new(value(i)).key(key(i))).expect("to");
+        assert_eq!(ack.partition, 5);
+        sent.push((i, ack));
+        i += 1;
+    }
+    let mut per_partition: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    for (_, ack) in &sent {
+        per_partition.entry(ack.partition).or_default().push(ack.offset);
+    }
+    for (partition, offsets) in &per_partition {
+        let expected: Vec<u64> = (0..offsets.len() as u64).collect();
+        assert_eq!(offsets, &expected, "partition {partition}: offsets in send order");
+    }
+    for partition in 0..partitions {
+        let stored = read_partition(&engine, "t", partition);
+        let mine: Vec<_> = sent.iter().filter(|(_, a)| a.partition == partition).collect();
+        assert_eq!(stored.len(), mine.len(), "partition {partition}");
+        for (record, ack) in mine {
+            assert_eq!(stored[&ack.offset], value(*record), "record {record} at {ack:?}");
+        }
+    }
+    let err = producer.send_to("t", partitions, ProducerRecord::new(b"x".to_vec()));
+    assert!(
+        matches!(err, Err(Error::UnknownPartition { partition, .. }) if partition == partitions)
+    );
+}
+
+/// The accumulator's bytes per shard are bounded: past `staged_bytes_max`, the oldest staged
+/// batches are appended at once instead of waiting out their (here very long) linger.
+#[test]
+fn staged_bytes_are_bounded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = engine_with(dir.path(), |c| c.staged_bytes_max = 64 * 1024);
+    engine.create_topic("t", TopicConfig::new(64)).expect("topic");
+    let producer = engine.producer().with_linger(Duration::from_secs(600));
+    let mut pending = Vec::new();
+    for b in 0..40u64 {
+        let mut batch = ProducerBatch::new();
+        for i in b * 100..(b + 1) * 100 {
+            batch.push(Some(&key(i)), &[7u8; 200], None);
+        }
+        pending.push(producer.submit_each("t", batch).expect("submit"));
+    }
+    let metrics = engine.metrics().expect("metrics");
+    for m in &metrics {
+        assert!(
+            m.staged_bytes <= 64 * 1024 + 100 * 200,
+            "shard {}: {} staged",
+            m.shard,
+            m.staged_bytes
+        );
+    }
+    let memory: u64 = metrics.iter().map(|m| m.stage_flushes.memory).sum();
+    assert!(memory > 0, "the bound flushed staged batches");
+    // What is still staged is appended at shutdown; every record is acknowledged.
+    engine.shutdown().expect("shutdown");
+    for p in pending {
+        assert_eq!(p.wait().expect("acked").len(), 100);
+    }
+}
+
+/// An idle partition holds no write buffer: a burst over 300 partitions takes small buffers
+/// that come back once the partitions are idle, and after a reopen the shards' pools lend none.
+#[test]
+fn idle_partitions_hold_no_write_buffer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let partitions = 300;
+    {
+        let engine = engine_with(dir.path(), |_| {});
+        engine.create_topic("t", TopicConfig::new(partitions)).expect("topic");
+        let producer = engine.producer();
+        let mut batch = ProducerBatch::new();
+        for i in 0..3_000 {
+            batch.push(Some(&key(i)), &value(i), None);
+        }
+        producer.send_each("t", batch).expect("send");
+        // A burst of small appends to 300 partitions takes small buffers (not 1 MiB each),
+        // and once the partitions are idle their tail caches give every buffer back.
+        for m in engine.metrics().expect("metrics") {
+            let pool = m.buffer_pool;
+            assert!(pool.in_use_bytes <= pool.in_use * 64 * 1024, "shard {}: {pool:?}", m.shard);
+            assert_eq!(pool.io_memory_misses, 0, "shard {}: {pool:?}", m.shard);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let pools: Vec<_> =
+                engine.metrics().expect("metrics").iter().map(|m| m.buffer_pool).collect();
+            if pools.iter().all(|p| p.in_use == 0) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "idle partitions keep buffers: {pools:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let engine = engine_with(dir.path(), |_| {});
+    for m in engine.metrics().expect("metrics") {
+        assert_eq!(m.buffer_pool.in_use, 0, "shard {} lends buffers to idle partitions", m.shard);
+        assert_eq!(m.buffer_pool.allocations, 0, "shard {}: {:?}", m.shard, m.buffer_pool);
+    }
+    let total: u64 = (0..partitions)
+        .map(|p| engine.partition_offsets("t", p).expect("offsets").end_offset)
+        .sum();
+    assert_eq!(total, 3_000);
+}
+
+/// A registered DMA pool too small for the write buffers: every buffer glommio places outside it
+/// is counted, not silent.
+#[test]
+fn io_memory_exhaustion_is_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = engine_with(dir.path(), |c| c.io_memory_bytes = 512 * 1024);
+    engine.create_topic("t", TopicConfig::new(4)).expect("topic");
+    let producer = engine.producer();
+    for p in 0..4 {
+        // A 600 KB record needs a 1 MiB buffer, more than all of io_memory.
+        producer.send_to("t", p, ProducerRecord::new(vec![1u8; 600_000])).expect("send");
+    }
+    let misses: u64 =
+        engine.metrics().expect("metrics").iter().map(|m| m.buffer_pool.io_memory_misses).sum();
+    assert!(misses > 0, "1 MiB write buffers cannot come from 512 KiB of io_memory");
+}
+
+/// A record a lingering producer left staged is appended before a later plain append to the same
+/// partition: arrival order at the shard is offset order.
+#[test]
+fn staged_records_come_before_a_later_plain_append() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = engine_with(dir.path(), |_| {});
+    engine.create_topic("t", TopicConfig::new(1)).expect("topic");
+    let lingering = engine.producer().with_linger(Duration::from_secs(600));
+    let staged = lingering.submit("t", ProducerRecord::new(b"first".to_vec())).expect("submit");
+    let plain = engine.producer().send("t", ProducerRecord::new(b"second".to_vec())).expect("send");
+    assert_eq!(plain.offset, 1, "the staged record went first");
+    assert_eq!(staged.wait().expect("acked")[0].offset, 0);
+    let stored = read_partition(&engine, "t", 0);
+    assert_eq!(stored[&0], b"first".to_vec());
+    assert_eq!(stored[&1], b"second".to_vec());
+}

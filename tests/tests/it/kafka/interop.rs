@@ -1,0 +1,260 @@
+//! Records cross between the Kafka wire protocol and the rest of kappa, byte for byte: produced
+//! through Kafka, they feed views and are read over HTTP and by embedded consumers; produced over
+//! HTTP or by embedded producers, Kafka consumers fetch them unchanged. The in-process test runs
+//! three shards, so requests reach partitions and groups owned by other shards.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::{FetchRequest, FetchResponse};
+use kappa_engine::kafka::client::{record_batch, Client, Compression};
+use kappa_engine::kafka::{KafkaConfig, KafkaServer};
+use kappa_engine::storage::{Header, ProducerInfo, Record};
+use kappa_engine::{Engine, ProducerBatch, Seek, TopicConfig};
+use serde_json::json;
+
+use super::*;
+use crate::serve::{Server, SENSORS};
+
+/// Record `i`: key `k{i%5}`, a JSON value the `sums` view reads, a header, event time `i*37`.
+fn value(i: u64) -> Vec<u8> {
+    format!(
+        "{{\"m\":{{\"id\":\"s{}\",\"v\":{}}},\"pad\":\"{}\"}}",
+        i % 7,
+        i % 100,
+        "x".repeat((i % 13) as usize)
+    )
+    .into_bytes()
+}
+
+/// (key, value, timestamp) of a record sent.
+type Row = (Vec<u8>, Vec<u8>, i64);
+/// (timestamp, key, value) of a record sent.
+type Stamped = (i64, Vec<u8>, Vec<u8>);
+
+#[test]
+fn kafka_records_feed_views_and_http_and_http_records_reach_kafka() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(temp.path(), &format!("[engine]\nshards = 3\n{SENSORS}"), &[]);
+    let mut c = connect(&server);
+    let n = 600u64;
+    let mut sent: BTreeMap<(i32, i64), Row> = BTreeMap::new();
+    for chunk in 0..(n / 50) {
+        let partition = (chunk % 3) as i32;
+        let rows: Vec<(Vec<u8>, Vec<u8>, i64)> = (chunk * 50..chunk * 50 + 50)
+            .map(|i| (format!("k{}", i % 5).into_bytes(), value(i), (i * 37) as i64))
+            .collect();
+        let headers = [Header { key: b"src", value: Some(b"kafka") }];
+        let records: Vec<Record<'_>> = rows
+            .iter()
+            .map(|(k, v, ts)| Record { timestamp: *ts, key: Some(k), value: v, headers: &headers })
+            .collect();
+        let codec = [Compression::None, Compression::Gzip, Compression::Zstd][(chunk % 3) as usize];
+        let (error, base) = produce(
+            &mut c,
+            9,
+            "sensors",
+            partition,
+            record_batch(&records, ProducerInfo::default(), codec),
+            -1,
+        );
+        assert_eq!(error, 0);
+        for (i, row) in rows.into_iter().enumerate() {
+            sent.insert((partition, base + i as i64), row);
+        }
+    }
+    // Over HTTP: every record with its key, value, time and header.
+    for ((p, o), (k, v, ts)) in sent.iter().step_by(7) {
+        let got = server
+            .get(&format!("/v1/topics/sensors/partitions/{p}/records?offset={o}&max_records=1"));
+        let r = &got.body["records"][0];
+        assert_eq!(r["offset"], json!(o));
+        assert_eq!(r["key"].as_str().map(str::as_bytes), Some(k.as_slice()));
+        assert_eq!(r["value"].as_str().map(str::as_bytes), Some(v.as_slice()));
+        assert_eq!(r["timestamp"], json!(ts));
+        assert_eq!(r["headers"]["src"], json!("kafka"));
+    }
+    // The view folds them: sums per id and 1 s window against a reference.
+    let mut reference: BTreeMap<(String, i64), f64> = BTreeMap::new();
+    for i in 0..n {
+        *reference.entry((format!("s{}", i % 7), (i * 37 / 1000 * 1000) as i64)).or_default() +=
+            (i % 100) as f64;
+    }
+    assert!(
+        eventually(Duration::from_secs(60), || server.get("/v1/views/sums").body["versions"][0]
+            ["consumed"]
+            == json!(n)),
+        "the view never consumed the Kafka records"
+    );
+    for id in 0..7 {
+        let rows = server.get(&format!("/v1/views/sums/get?key=s{id}")).body["rows"].clone();
+        let have: Vec<(i64, f64)> = rows
+            .as_array()
+            .expect("rows")
+            .iter()
+            .map(|r| {
+                (r["window_start"].as_i64().expect("start"), r["value"].as_f64().expect("value"))
+            })
+            .collect();
+        let want: Vec<(i64, f64)> = reference
+            .iter()
+            .filter(|((k, _), _)| *k == format!("s{id}"))
+            .map(|((_, w), v)| (*w, *v))
+            .collect();
+        assert_eq!(have, want, "s{id}");
+    }
+
+    // Posted over HTTP (text and binary), fetched through Kafka: the same bytes.
+    let binary: Vec<u8> = (0..=255u8).rev().collect();
+    let posted = server.post_json(
+        "/v1/topics/sensors/records?durability=written&per_record=true",
+        &json!([
+            { "key": "http-1", "value": "plain text", "timestamp": 123, "headers": { "a": "b" } },
+            { "key_b64": base64::engine::general_purpose::STANDARD.encode([0u8, 1, 2]), "value_b64": base64::engine::general_purpose::STANDARD.encode(&binary), "timestamp": 456 },
+        ]),
+    );
+    assert_eq!(posted.status, 200, "{posted:?}");
+    let places: Vec<(i32, i64)> = posted.body["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .map(|r| (r["partition"].as_i64().expect("p") as i32, r["offset"].as_i64().expect("o")))
+        .collect();
+    let expected = [
+        (
+            Some(b"http-1".to_vec()),
+            b"plain text".to_vec(),
+            123,
+            vec![("a".to_string(), Some(b"b".to_vec()))],
+        ),
+        (Some(vec![0u8, 1, 2]), binary.clone(), 456, Vec::new()),
+    ];
+    for ((partition, offset), (key, value, ts, headers)) in places.into_iter().zip(expected) {
+        let f = fetch(&mut c, 12, "sensors", partition, offset, 0, 1, 1 << 20);
+        let got = decode(&f.records).into_iter().find(|r| r.0 == offset).expect("the record");
+        assert_eq!(got, (offset, ts, key, Some(value), headers));
+    }
+}
+
+/// A Fetch of every partition of `topic` from `offsets` in one request (several shards).
+fn fetch_all(c: &mut Client, topic: &str, offsets: &[i64]) -> Vec<Vec<Seen>> {
+    let request =
+        FetchRequest::default().with_max_wait_ms(0).with_max_bytes(64 << 20).with_topics(vec![
+            FetchTopic::default().with_topic(name(topic)).with_partitions(
+                offsets
+                    .iter()
+                    .enumerate()
+                    .map(|(p, o)| {
+                        FetchPartition::default()
+                            .with_partition(p as i32)
+                            .with_fetch_offset(*o)
+                            .with_partition_max_bytes(1 << 20)
+                    })
+                    .collect(),
+            ),
+        ]);
+    let response: FetchResponse = c.call(11, &request).expect("fetch");
+    response.responses[0]
+        .partitions
+        .iter()
+        .map(|p| {
+            assert_eq!(p.error_code, 0);
+            decode(&p.records.clone().unwrap_or_default())
+        })
+        .collect()
+}
+
+#[test]
+fn embedded_consumers_and_producers_meet_kafka_clients_byte_for_byte() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let engine = Arc::new(
+        Engine::builder()
+            .data_dir(temp.path())
+            .shards(3)
+            .io_memory_bytes(4 << 20)
+            .build()
+            .expect("engine"),
+    );
+    engine.create_topic("mixed", TopicConfig::new(6)).expect("topic");
+    let mut config = KafkaConfig::new("127.0.0.1:0".parse().expect("addr"));
+    config.group_initial_rebalance_delay = Duration::ZERO;
+    let kafka = KafkaServer::start(&engine, config).expect("kafka");
+    let shards: std::collections::BTreeSet<u16> =
+        (0..6).map(|p| engine.shard_of("mixed", p).0).collect();
+    assert!(shards.len() > 1, "the partitions span shards");
+    let mut c = Client::connect(kafka.local_addr()).expect("connect");
+
+    // Kafka -> embedded consumer.
+    let mut sent: Vec<Vec<Stamped>> = vec![Vec::new(); 6];
+    for p in 0..6i32 {
+        let rows: Vec<(i64, Vec<u8>, Vec<u8>)> = (0..40)
+            .map(|i| {
+                (
+                    1000 + i,
+                    format!("k{p}-{i}").into_bytes(),
+                    (0..(i * 11 % 97)).map(|b| (b as u8) ^ (p as u8)).collect(),
+                )
+            })
+            .collect();
+        let records: Vec<Record<'_>> =
+            rows.iter().map(|(ts, k, v)| Record::new(*ts, Some(k), v)).collect();
+        let (error, base) = produce(
+            &mut c,
+            9,
+            "mixed",
+            p,
+            record_batch(&records, ProducerInfo::default(), Compression::Snappy),
+            1,
+        );
+        assert_eq!((error, base), (0, 0));
+        sent[p as usize] = rows;
+    }
+    for p in 0..6u32 {
+        let mut consumer = engine.consumer("mixed", p, Seek::Beginning).expect("consumer");
+        let mut got = Vec::new();
+        while got.len() < 40 {
+            let batch = consumer
+                .next_batch_timeout(Duration::from_secs(30))
+                .expect("consumer")
+                .expect("a batch within 30 s");
+            got.extend(
+                batch
+                    .records()
+                    .map(|r| (r.timestamp(), r.key().expect("key").to_vec(), r.value().to_vec())),
+            );
+        }
+        assert_eq!(got, sent[p as usize], "partition {p}");
+    }
+
+    // Embedded producer -> one Kafka fetch across every partition (and so every shard).
+    let producer = engine.producer();
+    let mut batch = ProducerBatch::new();
+    for i in 0..120u32 {
+        batch.push(
+            Some(format!("emb-{i}").as_bytes()),
+            &i.to_be_bytes(),
+            Some(5000 + i64::from(i)),
+        );
+    }
+    let acks = producer.send_packed("mixed", batch).expect("send");
+    let fetched = fetch_all(&mut c, "mixed", &[40; 6]);
+    let mut total = 0;
+    for ack in acks {
+        let records = &fetched[ack.partition as usize];
+        let count = (ack.last_offset - ack.base_offset + 1) as usize;
+        assert_eq!(records.len(), count, "partition {}", ack.partition);
+        for r in records {
+            let i = u32::from_be_bytes(r.3.as_deref().expect("value").try_into().expect("4 bytes"));
+            assert_eq!(r.2.as_deref(), Some(format!("emb-{i}").as_bytes()));
+            assert_eq!(r.1, 5000 + i64::from(i));
+        }
+        total += count;
+    }
+    assert_eq!(total, 120);
+    drop(c);
+    kafka.stop();
+    engine.shutdown().expect("shutdown");
+}
