@@ -113,6 +113,9 @@ pub(crate) struct ViewPartition {
     /// Range tasks of this partition's replay not merged yet (`split.rs`).
     pub(crate) replay_tasks: StdCell<usize>,
     since_checkpoint: StdCell<u64>,
+    /// One permit: held by the checkpoint being written beside the fold
+    /// (`checkpoint_in_background`); the final checkpoint at shutdown waits for it.
+    checkpoint_slot: Rc<glommio::sync::Semaphore>,
     /// The next offset of the newest checkpoint written and synced (durable) by this partition.
     pub(crate) checkpointed: StdCell<Option<u64>>,
     /// The next offset of the checkpoint this partition resumed from, if any.
@@ -148,6 +151,7 @@ impl ViewPartition {
             stalls: StdCell::new(0),
             replay_tasks: StdCell::new(0),
             since_checkpoint: StdCell::new(0),
+            checkpoint_slot: Rc::new(glommio::sync::Semaphore::new(1)),
             checkpointed: StdCell::new(resumed_from),
             resumed_from,
             consumed_at_start,
@@ -359,6 +363,83 @@ async fn checkpoints(disk: &kappa_storage::io::Disk, dir: &Path) -> Vec<PathBuf>
     files
 }
 
+/// Starts a checkpoint of the partition's state as it is now and returns at once; the fold goes
+/// on while the log syncs and the file is written (a task in the maintenance queue), as
+/// `checkpoint` does it. One at a time per partition: while one is being written a due
+/// checkpoint is skipped, and the first due batch after it ends takes the next one.
+///
+/// Why: a fold that waited for each checkpoint (the log's fdatasync, then the file's fsyncs, all
+/// on one blocking-pool thread shared with every other partition of the shard) folded at most
+/// `checkpoint_every_records` per checkpoint latency, whatever the CPU. On a busy disk that is
+/// below what a producer appends without waiting for syncs, and a rebuild chasing the live tail
+/// never caught up (`views::a_rebuild_catches_up_with_a_flat_out_producer_when_checkpoints_are_slow`).
+pub(crate) fn checkpoint_in_background(shard: &Shard, log: &Rc<PartitionLog>, vp: &Rc<ViewPartition>) {
+    let Ok(permit) = vp.checkpoint_slot.try_acquire_static_permit(1) else {
+        return;
+    };
+    let dir = vp.version.partition_dir(vp.partition);
+    let (path, offset, encoded) = {
+        let st = vp.state.borrow();
+        let path = dir.join(format!("{:020}.ckpt", st.next_offset));
+        let encoded =
+            state::encode_checkpoint(&path, &vp.version.view, vp.version.number, vp.partition, &st);
+        (path, st.next_offset, encoded)
+    };
+    let bytes = match encoded {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            tracing::error!(error = %e, "view checkpoint failed");
+            return;
+        }
+    };
+    // Taken now: a failed or skipped write gives them back, so the next one comes as soon.
+    let since = vp.since_checkpoint.replace(0);
+    let (log, weak, disk) = (log.clone(), Rc::downgrade(vp), vp.version.entry.disk.clone());
+    let task = async move {
+        let _permit = permit;
+        // A partition dropped or stopped meanwhile writes nothing (its directory may be gone).
+        let live = || weak.upgrade().filter(|vp| !vp.stopped.get());
+        let result = match log.sync().await {
+            // A checkpoint must never cover records a crash could still lose.
+            Err(e) => Err(format!("sync before a view checkpoint failed: {e}")),
+            Ok(()) if live().is_none() => Err(String::new()),
+            Ok(()) => write_checkpoint(&disk, &dir, &path, bytes).await.map_err(|e| e.to_string()),
+        };
+        let Some(vp) = weak.upgrade() else { return };
+        match result {
+            Ok(()) => vp.checkpointed.set(Some(offset)),
+            Err(reason) => {
+                if !reason.is_empty() {
+                    tracing::error!(view = %vp.version.view, partition = vp.partition, %reason,
+                        "view checkpoint failed");
+                }
+                vp.since_checkpoint.set(vp.since_checkpoint.get() + since);
+            }
+        }
+    };
+    glommio::spawn_local_into(task, shard.maintenance_queue())
+        .expect("the maintenance queue exists")
+        .detach();
+}
+
+/// The file work of a checkpoint: the directory, the file (temp, fsync, rename, directory
+/// fsync), then all but the newest two removed.
+async fn write_checkpoint(
+    disk: &kappa_storage::io::Disk,
+    dir: &Path,
+    path: &Path,
+    bytes: Vec<u8>,
+) -> Result<(), crate::Error> {
+    disk.create_dir_all(dir).await?;
+    disk.write_file_atomic_owned(path, bytes).await?;
+    let files = checkpoints(disk, dir).await;
+    for old in files.iter().take(files.len().saturating_sub(2)) {
+        // Not synced: an old checkpoint that comes back after a power cut is still valid.
+        let _ = disk.remove_file(old).await;
+    }
+    Ok(())
+}
+
 /// Writes a checkpoint of the partition after making sure the log holds (synced) everything it
 /// covers, then keeps only the newest two. The state is encoded on the shard (a copy of it is
 /// what the file holds); the file work (create the directory, temp file, fsync, rename, fsync the
@@ -383,10 +464,7 @@ pub(crate) async fn checkpoint(log: &PartitionLog, vp: &ViewPartition) {
         (path, st.next_offset, encoded)
     };
     let result = match encoded {
-        Ok(bytes) => match disk.create_dir_all(&dir).await {
-            Ok(()) => disk.write_file_atomic_owned(&path, bytes).await.map_err(Into::into),
-            Err(e) => Err(e.into()),
-        },
+        Ok(bytes) => write_checkpoint(disk, &dir, &path, bytes).await,
         Err(e) => Err(e),
     };
     vp.activity.set(was);
@@ -394,16 +472,8 @@ pub(crate) async fn checkpoint(log: &PartitionLog, vp: &ViewPartition) {
         Ok(()) => {
             vp.since_checkpoint.set(0);
             vp.checkpointed.set(Some(offset));
-            let files = checkpoints(disk, &dir).await;
-            for old in files.iter().take(files.len().saturating_sub(2)) {
-                // Not synced: an old checkpoint that comes back after a power cut is still valid.
-                let _ = disk.remove_file(old).await;
-            }
         }
-        Err(e) => {
-            let e: crate::Error = e;
-            tracing::error!(error = %e, "view checkpoint failed")
-        }
+        Err(e) => tracing::error!(error = %e, "view checkpoint failed"),
     }
 }
 
@@ -481,7 +551,7 @@ async fn fold(
                 vp.bytes_consumed.set(vp.bytes_consumed.get() + batch.batch.payload().len() as u64);
                 vp.since_checkpoint.set(vp.since_checkpoint.get() + n);
                 if vp.since_checkpoint.get() >= def.checkpoint_every_records {
-                    checkpoint(&log, &vp).await;
+                    checkpoint_in_background(&shard, &log, &vp);
                 }
                 vp.activity.set(Activity::Yielding);
                 glommio::yield_if_needed().await;
@@ -531,6 +601,9 @@ async fn fold(
 
 /// Takes a final checkpoint when the shard shuts down cleanly.
 pub(crate) async fn final_checkpoint(log: &PartitionLog, vp: &ViewPartition) {
+    // The one being written finishes first (two writers would race on the files); the permit is
+    // kept, so none starts after this one.
+    let _ = vp.checkpoint_slot.acquire(1).await;
     if vp.since_checkpoint.get() > 0 && vp.error.borrow().is_none() {
         checkpoint(log, vp).await;
     }

@@ -272,7 +272,7 @@ pub(crate) async fn replay_ranges(
         vp.bytes_consumed.set(vp.bytes_consumed.get() + bytes);
         vp.add_since_checkpoint(n);
         if vp.checkpoint_due() {
-            runner::checkpoint(log, vp).await;
+            runner::checkpoint_in_background(shard, log, vp);
         }
     }
     cancel.store(true, Ordering::Relaxed);

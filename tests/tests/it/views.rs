@@ -302,12 +302,41 @@ fn a_blocked_shard_is_reported_by_the_monitor() {
 /// tail changes the count or the digest), and range tasks ran on every shard.
 #[test]
 fn a_rebuild_split_over_every_shard_under_ingest_counts_each_record_once() {
+    split_rebuild_under_ingest(LogConfig { segment_size_bytes_max: 16 * 1024, ..LogConfig::default() });
+}
+
+/// Regression: the rebuild above sometimes never swapped within 120 s on a loaded machine. A
+/// partition's fold waited for every checkpoint (the log's fdatasync, then the file's fsyncs)
+/// before folding on, so with checkpoints every 500 records a slow disk capped the catch-up
+/// below the producer's rate and the rebuild chased the tail for ever. Here every fdatasync
+/// takes a second (a simulated disk: a fold that waits for its checkpoints folds at most 500
+/// records a second, less than the producer appends), the producer runs flat out without
+/// waiting for syncs, and the rebuild must still catch up and swap: checkpoints are written
+/// beside the fold, never in front of it.
+#[test]
+fn a_rebuild_catches_up_with_a_flat_out_producer_when_checkpoints_are_slow() {
+    let disk = kappa_storage::io::SimDisk::with_faults(
+        7,
+        kappa_storage::io::FaultOptions {
+            fsync_latency: Duration::from_secs(1),
+            ..Default::default()
+        },
+    );
+    split_rebuild_under_ingest(LogConfig {
+        // Larger segments: each sealed segment is synced once, and the producer must not wait.
+        segment_size_bytes_max: 256 * 1024,
+        disk: kappa_storage::io::Disk::Sim(disk),
+        ..LogConfig::default()
+    });
+}
+
+fn split_rebuild_under_ingest(log: LogConfig) {
     let temp = tempfile::tempdir().expect("tempdir");
     // Two shards even on one CPU (they share it): the split needs somewhere to go.
     let engine = Engine::builder()
         .data_dir(temp.path())
         .shards(2)
-        .log_config(LogConfig { segment_size_bytes_max: 16 * 1024, ..LogConfig::default() })
+        .log_config(log)
         .replay(ReplayConfig { task_records_min: 300, tasks_per_shard: 3, ..Default::default() })
         .build()
         .expect("engine");
@@ -329,6 +358,29 @@ fn a_rebuild_split_over_every_shard_under_ingest_counts_each_record_once() {
             produced
         });
         let rebuild = engine.rebuild_view("sums", sums("b")).expect("rebuild");
+        // What the rebuild's partitions do, once a second (shown when the test fails).
+        let watched = view.clone();
+        let watch_stop = &stop;
+        scope.spawn(move || {
+            while !watch_stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_secs(1));
+                if let Ok((p, _)) = watched.progress_of(2) {
+                    for p in &p.partitions {
+                        eprintln!(
+                            "v2 p{}: next {} end {} lag {} live {} {:.0} rec/s; {}; tasks {}",
+                            p.partition,
+                            p.next_offset,
+                            p.end_offset,
+                            p.lag,
+                            p.live,
+                            p.rate_records_s,
+                            p.activity,
+                            p.replay_tasks
+                        );
+                    }
+                }
+            }
+        });
         let swapped = rebuild.wait_swapped(Duration::from_secs(120));
         stop.store(true, Ordering::Relaxed);
         swapped.expect("swapped");
