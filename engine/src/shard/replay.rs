@@ -12,6 +12,12 @@
 //! shard has replay work and its replay rate over the last second is below
 //! `ReplayConfig::min_records_per_s`, the level is not lowered.
 //!
+//! Replay always catches up, however fast the producers: a fold chasing the live tail that has
+//! not gained on it over a second (`Chase`) marks the shard behind, and the level climbs for the
+//! next second whatever the live latency; one that still does not gain at the full level goes on
+//! in the live queue, on an equal footing with the live versions, which keep up by definition.
+//! Live latency then pays for a finite catch-up; the alternative is a rebuild that never ends.
+//!
 //! Everything here is `Rc`/`Cell`: it lives on the shard and is touched only by its tasks.
 
 use std::cell::{Cell, RefCell};
@@ -106,6 +112,11 @@ pub(crate) struct ReplayControl {
     metrics: Cell<Option<ReplayMetrics>>,
     ticks_over: Cell<u64>,
     ticks_replaying: Cell<u64>,
+    /// Ticks so far: the clock of `Chase`.
+    ticks: Cell<u64>,
+    /// Until this tick a replay on the shard is behind the live tail (`mark_behind`): the level
+    /// climbs as for a starving replay.
+    behind_until: Cell<u64>,
 }
 
 /// Live latencies of the last second, one histogram per tick.
@@ -144,6 +155,8 @@ impl ReplayControl {
             metrics: Cell::new(None),
             ticks_over: Cell::new(0),
             ticks_replaying: Cell::new(0),
+            ticks: Cell::new(0),
+            behind_until: Cell::new(0),
         };
         control.metrics.set(Some(control.snapshot(0, 0, 0.0)));
         control
@@ -157,6 +170,22 @@ impl ReplayControl {
     /// The read-ahead every replay reader on this shard uses (the controller moves it).
     pub(crate) fn read_ahead(&self) -> ReadAhead {
         self.read_ahead.clone()
+    }
+
+    /// Controller ticks so far (`TICK` apart).
+    pub(crate) fn ticks(&self) -> u64 {
+        self.ticks.get()
+    }
+
+    /// The level now: 1.0 is everything the ceilings allow.
+    pub(crate) fn level(&self) -> f64 {
+        self.level.get()
+    }
+
+    /// A replay on this shard did not gain on the live tail over the last second: for the next
+    /// second the level climbs as for a starving replay.
+    pub(crate) fn mark_behind(&self) {
+        self.behind_until.set(self.ticks.get() + CHASE_TICKS);
     }
 
     /// One live latency sample (an append's acknowledgement).
@@ -245,7 +274,9 @@ impl ReplayControl {
             }
         }
         let level = self.level.get();
-        let starving = replaying && rate < self.config.min_records_per_s as f64;
+        self.ticks.set(self.ticks.get() + 1);
+        let behind = self.ticks.get() <= self.behind_until.get();
+        let starving = replaying && (rate < self.config.min_records_per_s as f64 || behind);
         let level = if over && !starving {
             (level / 2.0).max(FLOOR)
         } else if samples < SAMPLES_MIN || p99 < self.budget_ns / 4 * 3 || starving {
@@ -304,6 +335,50 @@ pub(crate) struct TaskSlot(Rc<ReplayControl>);
 impl Drop for TaskSlot {
     fn drop(&mut self) {
         self.0.release_slot();
+    }
+}
+
+/// Ticks between two judgements of a chase: a second.
+pub(crate) const CHASE_TICKS: u64 = SLOTS as u64;
+
+/// Whether a replay gains on the live tail: its lag (records between it and the readable end),
+/// judged once a second of controller ticks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Chase {
+    tick: u64,
+    lag: u64,
+}
+
+/// A chase's judgement (`Chase::look`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ChaseStep {
+    /// The lag shrank over the last second: the replay will catch up.
+    Gaining,
+    /// It did not, below the full level: raise the level (`ReplayControl::mark_behind`).
+    Behind,
+    /// It did not at the full level: replay's share cannot catch up; go on in the live queue.
+    Promote,
+}
+
+impl Chase {
+    pub(crate) fn new(tick: u64, lag: u64) -> Chase {
+        Chase { tick, lag }
+    }
+
+    /// One look after a folded batch; a judgement at most once per `CHASE_TICKS`.
+    pub(crate) fn look(&mut self, tick: u64, lag: u64, full_level: bool) -> Option<ChaseStep> {
+        if tick < self.tick + CHASE_TICKS {
+            return None;
+        }
+        let gaining = lag < self.lag;
+        *self = Chase { tick, lag };
+        Some(if gaining {
+            ChaseStep::Gaining
+        } else if full_level {
+            ChaseStep::Promote
+        } else {
+            ChaseStep::Behind
+        })
     }
 }
 

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use kappa_storage::{LogReader, PartitionLog, Seek};
 
+use crate::shard::replay::{Chase, ChaseStep};
 use crate::shard::Shard;
 use crate::view::state::{self, PartitionState, Poison};
 use crate::view::{Failure, PartitionProgress, Version};
@@ -373,7 +374,11 @@ async fn checkpoints(disk: &kappa_storage::io::Disk, dir: &Path) -> Vec<PathBuf>
 /// `checkpoint_every_records` per checkpoint latency, whatever the CPU. On a busy disk that is
 /// below what a producer appends without waiting for syncs, and a rebuild chasing the live tail
 /// never caught up (`views::a_rebuild_catches_up_with_a_flat_out_producer_when_checkpoints_are_slow`).
-pub(crate) fn checkpoint_in_background(shard: &Shard, log: &Rc<PartitionLog>, vp: &Rc<ViewPartition>) {
+pub(crate) fn checkpoint_in_background(
+    shard: &Shard,
+    log: &Rc<PartitionLog>,
+    vp: &Rc<ViewPartition>,
+) {
     let Ok(permit) = vp.checkpoint_slot.try_acquire_static_permit(1) else {
         return;
     };
@@ -501,9 +506,23 @@ pub(crate) async fn run(
     let reader =
         log.reader(seek).map(|r| if live { r } else { r.with_read_ahead(control.read_ahead()) });
     match reader {
-        Ok(reader) => fold(shard, log, vp, reader, live).await,
+        Ok(reader) => {
+            fold(shard, log, vp, reader, if live { Mode::Live } else { Mode::Replay }).await
+        }
         Err(e) => vp.fail(e.to_string()),
     }
+}
+
+/// Where a fold runs and what it counts as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Not caught up, in the replay queue at the controller's pace.
+    Replay,
+    /// Not caught up, in the live queue: a replay that did not gain on the tail at the
+    /// controller's full level (`shard::replay::Chase`).
+    Chase,
+    /// Caught up: following the tail in the live queue.
+    Live,
 }
 
 /// The loop of `run` over a reader. The live task takes over the replay task's reader, so what
@@ -513,12 +532,14 @@ async fn fold(
     log: Rc<PartitionLog>,
     vp: Rc<ViewPartition>,
     mut reader: LogReader,
-    live: bool,
+    mut mode: Mode,
 ) {
-    vp.replaying.set(!live);
+    vp.replaying.set(mode == Mode::Replay);
     let control = shard.replay_control().clone();
     // Whole-partition replay counts as replay work for the controller, and reads at its pace.
-    let active = (!live).then(|| control.active());
+    let active = (mode == Mode::Replay).then(|| control.active());
+    let lag = |reader: &LogReader| log.readable_end_offset().saturating_sub(reader.next_offset());
+    let mut chase = Chase::new(control.ticks(), lag(&reader));
     let def = vp.version.def.clone();
     loop {
         if vp.stopped.get() {
@@ -545,13 +566,37 @@ async fn fold(
                     return;
                 }
                 vp.version.partition_folded(vp.partition, next_offset);
-                if !live {
+                if mode == Mode::Replay {
                     control.folded(n);
                 }
                 vp.bytes_consumed.set(vp.bytes_consumed.get() + batch.batch.payload().len() as u64);
                 vp.since_checkpoint.set(vp.since_checkpoint.get() + n);
                 if vp.since_checkpoint.get() >= def.checkpoint_every_records {
                     checkpoint_in_background(&shard, &log, &vp);
+                }
+                if mode == Mode::Replay {
+                    match chase.look(control.ticks(), lag(&reader), control.level() >= 1.0) {
+                        Some(ChaseStep::Behind) => control.mark_behind(),
+                        Some(ChaseStep::Promote) => {
+                            tracing::warn!(view = %vp.version.view, version = vp.version.number,
+                                partition = vp.partition, lag = lag(&reader),
+                                "view partition does not gain on the live tail at replay's full \
+                                 share; it catches up in the live queue");
+                            drop(active);
+                            let task = fold(
+                                shard.clone(),
+                                log.clone(),
+                                vp.clone(),
+                                reader.with_log_read_ahead(),
+                                Mode::Chase,
+                            );
+                            glommio::spawn_local_into(task, shard.live_queue())
+                                .expect("the live queue exists")
+                                .detach();
+                            return;
+                        }
+                        Some(ChaseStep::Gaining) | None => {}
+                    }
                 }
                 vp.activity.set(Activity::Yielding);
                 glommio::yield_if_needed().await;
@@ -561,13 +606,15 @@ async fn fold(
                 // start and is not part of this version.
                 let next = reader.next_offset().max(vp.state.borrow().next_offset);
                 vp.version.partition_folded(vp.partition, next);
-                if !live {
+                if mode != Mode::Live {
                     // Caught up: from this exact offset on, the live queue follows the tail.
                     let offset = reader.next_offset();
                     vp.caught_up_at.set(Some(offset));
                     tracing::info!(view = %vp.version.view, version = vp.version.number, partition = vp.partition,
                         offset, "view partition caught up; following the live tail");
                     vp.version.partition_caught_up().await;
+                }
+                if mode == Mode::Replay {
                     drop(active);
                     // The same reader, not a new one at `offset`: a timestamp start that has not
                     // met a record at or after its time yet still skips older ones. It reads at
@@ -577,13 +624,14 @@ async fn fold(
                         log.clone(),
                         vp.clone(),
                         reader.with_log_read_ahead(),
-                        true,
+                        Mode::Live,
                     );
                     glommio::spawn_local_into(task, shard.live_queue())
                         .expect("the live queue exists")
                         .detach();
                     return;
                 }
+                mode = Mode::Live;
                 vp.activity.set(Activity::WaitingReadable);
                 if log.wait_readable(reader.next_offset()).await.is_err() {
                     vp.activity.set(Activity::Stopped);

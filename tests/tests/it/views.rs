@@ -302,7 +302,10 @@ fn a_blocked_shard_is_reported_by_the_monitor() {
 /// tail changes the count or the digest), and range tasks ran on every shard.
 #[test]
 fn a_rebuild_split_over_every_shard_under_ingest_counts_each_record_once() {
-    split_rebuild_under_ingest(LogConfig { segment_size_bytes_max: 16 * 1024, ..LogConfig::default() });
+    split_rebuild_under_ingest(LogConfig {
+        segment_size_bytes_max: 16 * 1024,
+        ..LogConfig::default()
+    });
 }
 
 /// Regression: the rebuild above sometimes never swapped within 120 s on a loaded machine. A

@@ -102,3 +102,45 @@ fn a_lowered_concurrency_waits_for_running_tasks() {
         .join()
         .expect("test body");
 }
+
+#[test]
+fn a_chase_is_judged_once_a_second_and_promoted_only_at_the_full_level() {
+    let mut chase = Chase::new(0, 1_000);
+    assert_eq!(chase.look(CHASE_TICKS - 1, 5_000, true), None, "not a second yet");
+    assert_eq!(chase.look(CHASE_TICKS, 900, true), Some(ChaseStep::Gaining));
+    assert_eq!(chase.look(2 * CHASE_TICKS - 1, 9_000, true), None);
+    assert_eq!(chase.look(2 * CHASE_TICKS, 900, false), Some(ChaseStep::Behind), "no gain");
+    assert_eq!(chase.look(3 * CHASE_TICKS, 950, true), Some(ChaseStep::Promote));
+    assert_eq!(chase.look(4 * CHASE_TICKS, 0, true), Some(ChaseStep::Gaining));
+}
+
+#[test]
+fn a_replay_behind_the_tail_climbs_even_over_budget() {
+    on_executor(|| {
+        let control = Rc::new(ReplayControl::new(config(), Duration::from_millis(5)));
+        let _active = control.active();
+        for _ in 0..12 {
+            live(&control, 100, 9_000);
+            control.folded(100_000);
+            control.tick();
+        }
+        assert_eq!(control.metrics().level, FLOOR);
+        // Over budget still, but the replay does not gain on the tail: the level climbs for a
+        // second after each mark, and stops climbing when the marks stop.
+        let mut levels = Vec::new();
+        for _ in 0..3 {
+            control.mark_behind();
+            for _ in 0..CHASE_TICKS {
+                live(&control, 100, 9_000);
+                control.folded(100_000);
+                control.tick();
+            }
+            levels.push(control.level());
+        }
+        assert_eq!(levels, [FLOOR + STEP * CHASE_TICKS as f64, 1.0, 1.0]);
+        live(&control, 100, 9_000);
+        control.folded(100_000);
+        control.tick();
+        assert!(control.level() < levels[2], "over budget and no mark: halved again");
+    });
+}
