@@ -20,6 +20,7 @@ mod kafka;
 mod limit;
 mod partitions;
 mod plot;
+mod rebuild;
 mod recovery;
 mod replay;
 mod report;
@@ -60,6 +61,12 @@ enum Command {
     Recovery(recovery::Args),
     /// Rebuild a view from offset 0 on one shard, paired with raw-device reads.
     Replay(replay::Args),
+    /// One partition's history rebuilt with 1..N shards (range tasks on every shard), on the data
+    /// dir and on tmpfs.
+    Scaling(rebuild::ScalingArgs),
+    /// Live append latency without and with a rebuild, and the rebuild's rate with and without
+    /// live load.
+    Mixed(rebuild::MixedArgs),
     /// Random keys over many partitions against pre-grouped records; RSS, descriptors, open and
     /// reopen time for 1 to 10,000 partitions.
     Partitions(partitions::Args),
@@ -101,6 +108,8 @@ fn main() -> anyhow::Result<()> {
         Command::Recovery(args) => (args.common.json.clone(), recovery::scenario(args)),
         Command::Replay(args) => (args.common.json.clone(), replay::scenario(args)),
         Command::Http(args) => (args.common.json.clone(), http::scenario(args)),
+        Command::Scaling(args) => (args.common.json.clone(), rebuild::scaling(args)),
+        Command::Mixed(args) => (args.common.json.clone(), rebuild::mixed(args)),
         Command::Kafka(args) => (args.common.json.clone(), kafka::scenario(args)),
         Command::Stall(args) => (args.common.json.clone(), stall::scenario(args)),
         Command::Partitions(args) => (args.common.json.clone(), partitions::scenario(args)),
@@ -132,12 +141,14 @@ pub fn run_scenario(name: &str, argv: &[String]) -> anyhow::Result<report::Outco
         "recovery" => recovery::scenario(parse(argv)?),
         "replay" => replay::scenario(parse(argv)?),
         "http" => http::scenario(parse(argv)?),
+        "scaling" => rebuild::scaling(parse(argv)?),
+        "mixed" => rebuild::mixed(parse(argv)?),
         "kafka" => kafka::scenario(parse(argv)?),
         "stall" => stall::scenario(parse(argv)?),
         "partitions" => partitions::scenario(parse(argv)?),
         other => anyhow::bail!(
             "unknown scenario {other:?}: expected disk, storage, ingest, tail, replay, recovery, \
-             http, kafka, stall, partitions"
+             http, kafka, scaling, mixed, stall, partitions"
         ),
     }
 }

@@ -56,6 +56,44 @@ pub struct EngineConfig {
     /// The shards' pulse and watchdog (`crate::watchdog`): bounds how long glommio can leave a
     /// shard parked with runnable tasks, and warns about and kicks a shard that stops running.
     pub watchdog: WatchdogConfig,
+    /// How a rebuild spreads over the shards and how the live-latency controller paces it.
+    pub replay: ReplayConfig,
+}
+
+/// Replay as tasks on any shard, and the controller that keeps live latency inside its budget
+/// (`shard::replay`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayConfig {
+    /// Split a mergeable view's history into range tasks spread over every shard (else each
+    /// partition replays whole on its own shard).
+    pub split: bool,
+    /// The smallest range task, in records: below twice this a partition replays whole.
+    pub task_records_min: u64,
+    /// Range tasks per partition rebuild and shard (so a slow shard does not hold up the merge).
+    pub tasks_per_shard: usize,
+    /// The most range tasks one shard folds at once (the controller's ceiling).
+    pub concurrency_max: usize,
+    /// The most disk reads in flight per replay reader (the controller's ceiling).
+    pub read_ahead_max: usize,
+    /// The replay task queue's most shares (the live queue has 1000).
+    pub shares_max: usize,
+    /// Replay on a shard that has replay work is never slowed below this rate (records per
+    /// second): the controller stops decreasing, so replay does not starve.
+    pub min_records_per_s: u64,
+}
+
+impl Default for ReplayConfig {
+    fn default() -> Self {
+        ReplayConfig {
+            split: true,
+            task_records_min: 64 * 1024,
+            tasks_per_shard: 2,
+            concurrency_max: 2,
+            read_ahead_max: 8,
+            shares_max: 1000,
+            min_records_per_s: 20_000,
+        }
+    }
 }
 
 impl std::fmt::Debug for EngineConfig {
@@ -90,6 +128,7 @@ impl EngineConfig {
             stall_probe_interval: Some(Duration::from_millis(1)),
             retention_interval: Duration::from_secs(60),
             watchdog: WatchdogConfig::default(),
+            replay: ReplayConfig::default(),
         }
     }
 
@@ -126,6 +165,18 @@ impl EngineConfig {
                 field: "io_memory_bytes",
                 reason: "glommio needs at least 512 KiB".into(),
             });
+        }
+        let replay = [
+            ("replay.task_records_min", self.replay.task_records_min as usize),
+            ("replay.tasks_per_shard", self.replay.tasks_per_shard),
+            ("replay.concurrency_max", self.replay.concurrency_max),
+            ("replay.read_ahead_max", self.replay.read_ahead_max),
+            ("replay.shares_max", self.replay.shares_max),
+        ];
+        for (field, value) in replay {
+            if value == 0 {
+                return Err(Error::Config { field, reason: "must be at least 1".into() });
+            }
         }
         if self.stall_probe_interval.is_some_and(|i| i < Duration::from_micros(100)) {
             return Err(Error::Config {
@@ -192,6 +243,10 @@ impl EngineBuilder {
     }
     pub fn append_delay(mut self, delay: Duration) -> Self {
         self.config.append_delay = Some(delay);
+        self
+    }
+    pub fn replay(mut self, replay: ReplayConfig) -> Self {
+        self.config.replay = replay;
         self
     }
     pub fn stall_probe_interval(mut self, interval: Option<Duration>) -> Self {

@@ -196,22 +196,34 @@ impl Engine {
         let mut links = Vec::with_capacity(shard_count);
         let mut threads = Vec::with_capacity(shard_count);
         let guard = watchdog::ShardGuard::start(shard_count, &config.watchdog, &data_dir)?;
-        for index in 0..shard_count {
-            let (sender, receiver) = flume::bounded(config.request_queue_max);
+        let channels: Vec<_> =
+            (0..shard_count).map(|_| flume::bounded(config.request_queue_max)).collect();
+        let mut lives: Vec<_> =
+            (0..shard_count).map(|index| Some(link::new_life(index as u16))).collect();
+        let peers: Vec<shard::Peer> = channels
+            .iter()
+            .zip(&lives)
+            .map(|((sender, _), life)| shard::Peer {
+                sender: sender.downgrade(),
+                life: life.as_ref().expect("made above").0.clone(),
+            })
+            .collect();
+        for (index, (sender, receiver)) in channels.into_iter().enumerate() {
+            let peers = peers.clone();
             let placement = match cpus.get(index % cpus.len().max(1)) {
                 Some(cpu) => Placement::Fixed(*cpu),
                 None => Placement::Unbound,
             };
             let shard_config = config.clone();
             let id = ShardId(index as u16);
-            let (life, alive) = link::new_life(index as u16);
+            let (life, alive) = lives[index].take().expect("each shard takes its own");
             let handle = watchdog::spawn_executor_reporting(
                 format!("kappa-shard-{index}"),
                 LocalExecutorBuilder::new(placement)
                     .preempt_timer(config.preempt_timer())
                     .io_memory(config.io_memory_bytes),
                 guard.pulse(index),
-                move || shard::run(id, shard_config, receiver),
+                move || shard::run(id, shard_config, receiver, peers),
                 move |panic| alive.exit(panic),
             )
             .map_err(|e| Error::Start { shard: index as u16, reason: e.to_string() })?;

@@ -33,14 +33,16 @@ pub mod view;
 pub mod watchdog;
 
 pub use clock::{Clock, FixedClock, SystemClock};
-pub use config::{EngineBuilder, EngineConfig, TopicConfig};
+pub use config::{EngineBuilder, EngineConfig, ReplayConfig, TopicConfig};
 pub use consumer::Consumer;
 pub use engine::{Engine, OpenReport, Truncation};
 pub use error::Error;
 pub use kappa_storage as storage;
 pub use kappa_storage::{Durability, OwnedBatch, RecordRef, Seek};
 pub use lock::DirLock;
-pub use metrics::{ConsumerMetrics, PartitionMetrics, ShardMetrics, ViewMetrics, WatchdogMetrics};
+pub use metrics::{
+    ConsumerMetrics, PartitionMetrics, ReplayMetrics, ShardMetrics, ViewMetrics, WatchdogMetrics,
+};
 pub use producer::{
     Ack, BatchAck, PendingAck, PendingAcks, Producer, ProducerBatch, ProducerRecord,
     DEFAULT_BATCH_SIZE,

@@ -1,5 +1,7 @@
 //! Per-shard metrics, taken on the shard and handed out as owned snapshots.
 
+pub use crate::shard::replay::ReplayMetrics;
+
 /// A snapshot of one shard's counters and histograms.
 #[derive(Debug, Clone)]
 pub struct ShardMetrics {
@@ -12,6 +14,8 @@ pub struct ShardMetrics {
     pub appends_in_flight: u64,
     /// From the shard taking an append to its acknowledgement, in nanoseconds.
     pub append_ack_latency_ns: hdrhistogram::Histogram<u64>,
+    /// Replay on this shard and the live-latency controller that paces it.
+    pub replay: ReplayMetrics,
     /// How late the shard's stall probe woke, in nanoseconds (`EngineConfig::stall_probe_interval`):
     /// the time the executor could not run a ready live task (a blocked thread, a long task).
     pub executor_stall_ns: hdrhistogram::Histogram<u64>,

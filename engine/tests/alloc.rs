@@ -1,7 +1,7 @@
 //! Proof that folding a record into a view allocates nothing once its groups exist: a counting
 //! global allocator runs under `PartitionState::apply` for every window kind, with a JSON map
 //! (`map_json`) and a JSON key (`key_by_json`), including hopping windows past 64 per record and
-//! sessions that a record extends. New keys, windows and sessions may allocate (they are new
+//! sessions that a record extends, and exact sums in both their inline and wide forms. New keys, windows and sessions may allocate (they are new
 //! state); the second pass over the same records opens none, so it must allocate exactly zero.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -64,12 +64,20 @@ fn folding_allocates_nothing_per_record() {
         Window::Hopping { size_ms: 6450, hop_ms: 100 },
         Window::Session { gap_ms: 50 },
     ];
+    // Mean over values the exact sum holds inline, and Sum over tiny values that move each
+    // group's exact sum to its wide form on the first pass (one allocation per group, once).
+    let cases = [(Aggregate::Mean, false), (Aggregate::Sum, true)];
     for window in windows {
-        for json_key in [false, true] {
-            let mut def = ViewDef::new("t")
-                .map_json("v")
+        for (json_key, (aggregate, tiny)) in [false, true].into_iter().zip(cases.iter().cycle()) {
+            let def = ViewDef::new("t").map_json("v");
+            let def = if *tiny {
+                def.map(|r| kappa_engine::operator::json_number(r.value(), "v").map(|v| v * 1e-20))
+            } else {
+                def
+            };
+            let mut def = def
                 .window(window)
-                .aggregate(Aggregate::Mean)
+                .aggregate(aggregate.clone())
                 .lateness(1 << 40, LatePolicy::Update);
             if json_key {
                 def = def.key_by_json("g");
@@ -83,7 +91,10 @@ fn folding_allocates_nothing_per_record() {
                 assert!(state.apply(&def, &record).is_ok());
             }
             let allocated = allocations() - before;
-            assert_eq!(allocated, 0, "{window:?} (json key: {json_key}): {allocated} allocations");
+            assert_eq!(
+                allocated, 0,
+                "{window:?} {aggregate:?} (json key: {json_key}): {allocated} allocations"
+            );
             assert_eq!(state.counters.applied, 2000, "{window:?}");
         }
     }

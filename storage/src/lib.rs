@@ -39,7 +39,7 @@ pub use log::{
     TailCut,
 };
 pub use pool::{PoolConfig, PoolStats};
-pub use reader::{LogReader, ReadBatch, Seek};
+pub use reader::{LogReader, ReadAhead, ReadBatch, SealedSegment, Seek, SegmentReader};
 
 /// How far an append has to get before it is acknowledged, and so what it survives.
 ///

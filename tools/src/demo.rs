@@ -267,11 +267,27 @@ fn run_view_phases(
         let done = progress.consumed();
         let total = done + progress.lag();
         let fraction = if total == 0 { 1.0 } else { done as f64 / total as f64 };
+        // The live-latency controller's view: live p99 over the last second beside the budget,
+        // and how much of each shard replay may take.
+        let shards = engine.metrics()?;
+        let live_p99_us = shards.iter().map(|m| m.replay.live_p99_us).max().unwrap_or(0);
+        let budget_us = shards.first().map_or(0, |m| m.replay.budget_us);
+        let levels: Vec<String> = shards.iter().map(|m| format!("{:.2}", m.replay.level)).collect();
+        // Per shard: range tasks folding now / the controller's concurrency.
+        let concurrency: Vec<String> = shards
+            .iter()
+            .map(|m| format!("{}/{}", m.replay.tasks_running, m.replay.concurrency))
+            .collect();
         let message = format!(
-            "{done} records replayed, {:.2} M records/s, lag {}, ETA {:.1} s",
+            "{done} records replayed, {:.2} M records/s, lag {}, ETA {:.1} s, {} range tasks \
+             left, replay concurrency {} per shard, live p99 {live_p99_us} us (budget \
+             {budget_us} us), replay level {}",
             progress.rate_records_s() / 1e6,
             progress.lag(),
-            progress.eta_s()
+            progress.eta_s(),
+            progress.replay_tasks(),
+            concurrency.join(" "),
+            levels.join("/")
         );
         bar.set_length(total);
         bar.set_position(done);

@@ -1,10 +1,16 @@
-//! Aggregates and their state. Every built-in aggregate can merge partial results (that is what
-//! lets queries combine partitions and, later, replay split one partition across cores).
+//! Aggregates and their state. Every built-in aggregate merges partial results exactly and in
+//! any order: merging the states of any split of a record sequence gives the state of the whole
+//! sequence, bit for bit. That is what lets queries combine partitions and replay split one
+//! partition's history across cores. Counts add; `Min`/`Max` take a total order on numbers (NaN
+//! ignored, `-0.0` below `+0.0`); `Sum` and `Mean` keep an exact sum (`ExactSum`) rounded once
+//! when read; HyperLogLog registers take their maximum.
 
 use std::sync::Arc;
 
 use kappa_storage::RecordRef;
 use xxhash_rust::xxh3::xxh3_64;
+
+use crate::operator::exact::ExactSum;
 
 /// HyperLogLog precision: 2^10 registers, about 3% standard error, 1 KiB per (key, window).
 const HLL_BITS: u32 = 10;
@@ -59,10 +65,14 @@ impl std::fmt::Debug for Aggregate {
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum AggState {
     Count(u64),
-    Sum(f64),
+    /// The exact sum; its result is rounded once to the nearest `f64`.
+    Sum(ExactSum),
     Min(f64),
     Max(f64),
-    Mean { sum: f64, count: u64 },
+    Mean {
+        sum: ExactSum,
+        count: u64,
+    },
     Hll(Vec<u8>),
     Custom(Vec<u8>),
 }
@@ -85,10 +95,10 @@ impl Aggregate {
     pub fn init(&self) -> AggState {
         match self {
             Aggregate::Count => AggState::Count(0),
-            Aggregate::Sum => AggState::Sum(0.0),
+            Aggregate::Sum => AggState::Sum(ExactSum::new()),
             Aggregate::Min => AggState::Min(f64::INFINITY),
             Aggregate::Max => AggState::Max(f64::NEG_INFINITY),
-            Aggregate::Mean => AggState::Mean { sum: 0.0, count: 0 },
+            Aggregate::Mean => AggState::Mean { sum: ExactSum::new(), count: 0 },
             Aggregate::DistinctCount => AggState::Hll(vec![0; HLL_REGISTERS]),
             Aggregate::Custom(c) => AggState::Custom(c.init()),
         }
@@ -98,11 +108,11 @@ impl Aggregate {
         let v = value.unwrap_or(0.0);
         match (self, state) {
             (Aggregate::Count, AggState::Count(n)) => *n += 1,
-            (Aggregate::Sum, AggState::Sum(s)) => *s += v,
-            (Aggregate::Min, AggState::Min(m)) => *m = m.min(v),
-            (Aggregate::Max, AggState::Max(m)) => *m = m.max(v),
+            (Aggregate::Sum, AggState::Sum(s)) => s.add(v),
+            (Aggregate::Min, AggState::Min(m)) => *m = min(*m, v),
+            (Aggregate::Max, AggState::Max(m)) => *m = max(*m, v),
             (Aggregate::Mean, AggState::Mean { sum, count }) => {
-                *sum += v;
+                sum.add(v);
                 *count += 1;
             }
             (Aggregate::DistinctCount, AggState::Hll(registers)) => {
@@ -119,11 +129,11 @@ impl Aggregate {
     pub fn merge(&self, into: &mut AggState, other: &AggState) {
         match (self, into, other) {
             (_, AggState::Count(a), AggState::Count(b)) => *a += b,
-            (_, AggState::Sum(a), AggState::Sum(b)) => *a += b,
-            (_, AggState::Min(a), AggState::Min(b)) => *a = a.min(*b),
-            (_, AggState::Max(a), AggState::Max(b)) => *a = a.max(*b),
+            (_, AggState::Sum(a), AggState::Sum(b)) => a.merge(b),
+            (_, AggState::Min(a), AggState::Min(b)) => *a = min(*a, *b),
+            (_, AggState::Max(a), AggState::Max(b)) => *a = max(*a, *b),
             (_, AggState::Mean { sum, count }, AggState::Mean { sum: s, count: c }) => {
-                *sum += s;
+                sum.merge(s);
                 *count += c;
             }
             (_, AggState::Hll(a), AggState::Hll(b)) => {
@@ -139,18 +149,39 @@ impl Aggregate {
     pub fn result(&self, state: &AggState) -> f64 {
         match (self, state) {
             (_, AggState::Count(n)) => *n as f64,
-            (_, AggState::Sum(s)) | (_, AggState::Min(s)) | (_, AggState::Max(s)) => *s,
+            (_, AggState::Sum(s)) => s.value(),
+            (_, AggState::Min(m)) | (_, AggState::Max(m)) => *m,
             (_, AggState::Mean { sum, count }) => {
                 if *count == 0 {
                     0.0
                 } else {
-                    sum / *count as f64
+                    sum.value() / *count as f64
                 }
             }
             (_, AggState::Hll(registers)) => hll_estimate(registers),
             (Aggregate::Custom(c), AggState::Custom(s)) => c.result(s),
             (_, AggState::Custom(_)) => f64::NAN,
         }
+    }
+}
+
+/// The smaller of two numbers in a total order: NaN never wins, `-0.0` is below `+0.0`. So the
+/// minimum of a set is the same whatever the order of comparisons (`f64::min` leaves the sign of
+/// a zero tie to the argument order).
+fn min(m: f64, v: f64) -> f64 {
+    if v < m || (v == m && v.is_sign_negative() && m.is_sign_positive()) {
+        v
+    } else {
+        m
+    }
+}
+
+/// The larger of two numbers in the same total order as `min`.
+fn max(m: f64, v: f64) -> f64 {
+    if v > m || (v == m && v.is_sign_positive() && m.is_sign_negative()) {
+        v
+    } else {
+        m
     }
 }
 

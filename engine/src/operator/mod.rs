@@ -7,6 +7,7 @@
 //! in `docs/semantics.md`; every such record is counted by cause, never dropped silently.
 
 pub mod aggregate;
+pub mod exact;
 pub mod json;
 pub mod window;
 
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use kappa_storage::RecordRef;
 
 pub use aggregate::{AggState, Aggregate, CustomAggregate};
+pub use exact::ExactSum;
 pub use json::{json_number, JsonPath, PathError, Skip};
 pub use window::Window;
 

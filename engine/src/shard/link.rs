@@ -76,6 +76,11 @@ impl Life {
     fn is_gone(&self) -> bool {
         self.gone.is_disconnected()
     }
+
+    /// Returns once the shard's thread has ended (at once if it has).
+    pub(crate) async fn gone(&self) {
+        let _ = self.gone.recv_async().await;
+    }
 }
 
 /// One shard's request queue and life: sends and waits that end when the shard does.

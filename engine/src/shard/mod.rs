@@ -36,7 +36,11 @@ use crate::Error;
 
 mod accumulate;
 pub(crate) mod link;
+pub(crate) mod replay;
 mod views;
+
+use link::Link;
+use replay::ReplayControl;
 
 pub use accumulate::FlushCounts;
 pub(crate) use accumulate::Stage;
@@ -185,12 +189,26 @@ pub struct Shard {
     maintenance: TaskQueueHandle,
     request_queue: flume::Receiver<Request>,
     stopping: Cell<bool>,
+    /// Every shard's request channel and life, this one's included, in shard order. Range tasks
+    /// of a rebuild go there.
+    peers: Vec<Peer>,
+    /// The live-latency controller: how much of this shard replay may take.
+    replay_control: Rc<ReplayControl>,
     /// Staged batches per partition (`accumulate`).
     staging: RefCell<accumulate::Staging>,
     /// Appends waiting for their durability (`EngineConfig::appends_in_flight_max`).
     append_permits: Rc<glommio::sync::Semaphore>,
     /// Partition opens running now (they run in parallel, `EngineConfig::open_concurrency`).
     opens: Rc<glommio::sync::Semaphore>,
+}
+
+/// How a shard reaches another one: its request channel, weak so that the engine dropping its
+/// senders still ends the request loops, and its life, so that a send or a wait ends when that
+/// shard dies (`link.rs`).
+#[derive(Clone)]
+pub(crate) struct Peer {
+    pub(crate) sender: flume::WeakSender<Request>,
+    pub(crate) life: Arc<link::Life>,
 }
 
 impl Shard {
@@ -215,6 +233,72 @@ impl Shard {
     pub fn maintenance_queue(&self) -> TaskQueueHandle {
         self.maintenance
     }
+
+    pub(crate) fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// The number of shards of the engine.
+    pub(crate) fn shard_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    pub(crate) fn replay_control(&self) -> &Rc<ReplayControl> {
+        &self.replay_control
+    }
+
+    /// Runs `job` on shard `target` (this one included): it gets that shard's `Rc<Shard>`.
+    /// Waits while the target's request channel is full (backpressure).
+    pub(crate) async fn run_on(self: &Rc<Self>, target: usize, job: ShardJob) -> Result<(), Error> {
+        if target == usize::from(self.id.0) {
+            glommio::spawn_local_into(job(self.clone()), self.live)
+                .expect("the live queue exists")
+                .detach();
+            return Ok(());
+        }
+        let Some(peer) = self.peers.get(target) else {
+            return Err(Error::ShutDown);
+        };
+        match peer.sender.upgrade() {
+            // A dead peer's queue is never drained (its executor is leaked, `link.rs`): the send
+            // also ends when the peer's thread does.
+            Some(sender) => {
+                Link { sender, life: peer.life.clone() }.send_async(Request::Run(job)).await
+            }
+            None => Err(peer.life.error()),
+        }
+    }
+
+    /// Returns once shard `index`'s thread has ended (never, for an index with no shard). A range
+    /// task folding for another shard stops when that shard dies: nobody will merge its result.
+    pub(crate) async fn peer_gone(&self, index: usize) {
+        match self.peers.get(index) {
+            Some(peer) => peer.life.gone().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Waits for what a job run on shard `target` sends back through `receiver`; `None` once the
+    /// job's sender is dropped or the target's thread ended without sending (a dead shard never
+    /// drops what its tasks hold, so the channel alone would wait forever).
+    pub(crate) async fn recv_from<T>(
+        &self,
+        target: usize,
+        receiver: &flume::Receiver<T>,
+    ) -> Option<T> {
+        let Some(peer) = self.peers.get(target) else {
+            return receiver.recv_async().await.ok();
+        };
+        let item = async { receiver.recv_async().await.ok() };
+        let gone = async {
+            peer.life.gone().await;
+            None
+        };
+        match futures_lite::future::or(item, gone).await {
+            Some(item) => Some(item),
+            None => receiver.try_recv().ok(),
+        }
+    }
 }
 
 /// The body of a shard's executor thread: creates the task queues, serves requests until
@@ -223,14 +307,21 @@ pub(crate) async fn run(
     id: ShardId,
     config: Arc<EngineConfig>,
     requests: flume::Receiver<Request>,
+    peers: Vec<Peer>,
 ) {
     let executor = glommio::executor();
+    let replay_control = Rc::new(ReplayControl::new(config.replay, config.live_latency_budget));
     let live = executor.create_task_queue(
         Shares::Static(1000),
         Latency::Matters(config.live_latency_budget),
         "live",
     );
-    let replay = executor.create_task_queue(Shares::Static(100), Latency::NotImportant, "replay");
+    // Replay's shares move with the live-latency controller (`replay.rs`).
+    let replay = executor.create_task_queue(
+        Shares::Dynamic(replay_control.shares()),
+        Latency::NotImportant,
+        "replay",
+    );
     let maintenance =
         executor.create_task_queue(Shares::Static(50), Latency::NotImportant, "maintenance");
     kappa_storage::pool::configure(config.write_buffer_pool);
@@ -262,10 +353,18 @@ pub(crate) async fn run(
         maintenance,
         request_queue: requests,
         stopping: Cell::new(false),
+        peers,
+        replay_control,
         staging: RefCell::new(accumulate::Staging::default()),
         append_permits: Rc::new(glommio::sync::Semaphore::new(config.appends_in_flight_max as u64)),
         opens: Rc::new(glommio::sync::Semaphore::new(config.open_concurrency as u64)),
     });
+    let control = {
+        let stopping = shard.clone();
+        let control =
+            replay::control_loop(shard.replay_control.clone(), move || stopping.stopping.get());
+        glommio::spawn_local_into(control, live).expect("the live queue exists")
+    };
     let retention = glommio::spawn_local_into(retention_loop(shard.clone()), maintenance)
         .expect("the maintenance queue exists");
     let heartbeat =
@@ -279,6 +378,7 @@ pub(crate) async fn run(
     serve.await;
     drop(retention);
     drop(heartbeat);
+    drop(control);
     drop(probe);
 }
 
@@ -521,7 +621,9 @@ fn append(
         {
             let mut counters = shard.counters.borrow_mut();
             counters.appends_in_flight -= 1;
-            counters.append_ack_latency_ns.saturating_record(started.elapsed().as_nanos() as u64);
+            let ns = started.elapsed().as_nanos() as u64;
+            counters.append_ack_latency_ns.saturating_record(ns);
+            shard.replay_control.record_live(ns);
         }
         let ack = result
             .map(|info| BatchAck {
@@ -729,6 +831,7 @@ fn metrics(shard: &Shard) -> ShardMetrics {
         batches_appended: counters.batches_appended,
         appends_in_flight: counters.appends_in_flight,
         append_ack_latency_ns: counters.append_ack_latency_ns.clone(),
+        replay: shard.replay_control.metrics(),
         executor_stall_ns: counters.executor_stall_ns.clone(),
         fsync_count,
         fsync_latency_ns,

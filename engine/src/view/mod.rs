@@ -15,6 +15,7 @@
 pub mod def;
 pub mod handle;
 pub(crate) mod runner;
+pub(crate) mod split;
 pub mod state;
 pub mod wait;
 
@@ -75,6 +76,8 @@ pub struct PartitionProgress {
     pub activity: Activity,
     /// Times the stall check (`monitor.rs`) saw this partition behind and not moving for a second.
     pub stalls: u64,
+    /// Range tasks of its replay (on any shard) not merged yet: the replay's concurrency.
+    pub replay_tasks: usize,
     /// The next offset of the newest checkpoint this partition wrote and synced (or resumed from):
     /// what a restart resumes from at least.
     pub checkpointed: Option<u64>,
@@ -117,6 +120,10 @@ impl VersionProgress {
     }
     pub fn rate_records_s(&self) -> f64 {
         self.partitions.iter().map(|p| p.rate_records_s).sum()
+    }
+    /// Range tasks not merged yet over all partitions.
+    pub fn replay_tasks(&self) -> usize {
+        self.partitions.iter().map(|p| p.replay_tasks).sum()
     }
     pub fn eta_s(&self) -> f64 {
         self.partitions.iter().map(|p| p.eta_s).fold(0.0, f64::max)

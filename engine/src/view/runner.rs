@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use kappa_storage::{LogReader, PartitionLog, Seek};
 
+use crate::shard::replay::{Chase, ChaseStep};
 use crate::shard::Shard;
 use crate::view::state::{self, PartitionState, Poison};
 use crate::view::{Failure, PartitionProgress, Version};
@@ -35,6 +36,8 @@ pub enum Activity {
     /// Taking a checkpoint: copying the state in steps, then encoding and writing the file (on
     /// glommio's blocking pool; the shard keeps running).
     CheckpointWrite,
+    /// Waiting for the next range task (on this or another shard) to merge (`split.rs`).
+    ReplayTasks,
     /// Stopped: dropped, failed or shut down.
     Stopped,
 }
@@ -48,6 +51,7 @@ impl std::fmt::Display for Activity {
             Activity::WaitingReadable => "waiting for readable records",
             Activity::CheckpointSync => "checkpoint: waiting for the log's sync",
             Activity::CheckpointWrite => "checkpoint: copying, encoding or writing the file",
+            Activity::ReplayTasks => "waiting for a range task to merge",
             Activity::Stopped => "stopped",
         })
     }
@@ -108,7 +112,12 @@ pub(crate) struct ViewPartition {
     pub(crate) replaying: StdCell<bool>,
     pub(crate) watch: StdCell<Watch>,
     pub(crate) stalls: StdCell<u64>,
+    /// Range tasks of this partition's replay not merged yet (`split.rs`).
+    pub(crate) replay_tasks: StdCell<usize>,
     since_checkpoint: StdCell<u64>,
+    /// One permit: held by the checkpoint being written beside the fold
+    /// (`checkpoint_in_background`); the final checkpoint at shutdown waits for it.
+    checkpoint_slot: Rc<glommio::sync::Semaphore>,
     /// The next offset of the newest checkpoint written and synced (durable) by this partition.
     pub(crate) checkpointed: StdCell<Option<u64>>,
     /// The next offset of the checkpoint this partition resumed from, if any.
@@ -142,7 +151,9 @@ impl ViewPartition {
             replaying: StdCell::new(true),
             watch: StdCell::new(Watch::default()),
             stalls: StdCell::new(0),
+            replay_tasks: StdCell::new(0),
             since_checkpoint: StdCell::new(0),
+            checkpoint_slot: Rc::new(glommio::sync::Semaphore::new(1)),
             checkpointed: StdCell::new(resumed_from),
             resumed_from,
             consumed_at_start,
@@ -173,9 +184,18 @@ impl ViewPartition {
             failure: self.failure.borrow().clone(),
             activity: self.activity.get(),
             stalls: self.stalls.get(),
+            replay_tasks: self.replay_tasks.get(),
             checkpointed: self.checkpointed.get(),
             resumed_from: self.resumed_from,
         }
+    }
+
+    pub(crate) fn add_since_checkpoint(&self, records: u64) {
+        self.since_checkpoint.set(self.since_checkpoint.get() + records);
+    }
+
+    pub(crate) fn checkpoint_due(&self) -> bool {
+        self.since_checkpoint.get() >= self.version.def.checkpoint_every_records
     }
 
     /// Records an error that stopped the partition, and tells waiters.
@@ -204,7 +224,7 @@ impl ViewPartition {
     /// fail. That order is the guarantee: a caller who saw `Error::Poisoned` may shut down at once
     /// (or lose power) and the record still never runs again. This partition folds nothing
     /// meanwhile; its task is the one waiting.
-    async fn poisoned(&self, poison: Poison) {
+    pub(crate) async fn poisoned(&self, poison: Poison) {
         tracing::error!(view = %self.version.view, version = self.version.number,
             partition = self.partition, offset = poison.offset, stage = poison.stage,
             message = %poison.message, "view user code panicked on a record; the version failed");
@@ -360,24 +380,80 @@ async fn checkpoints(disk: &kappa_storage::io::Disk, dir: &Path) -> Vec<PathBuf>
 /// A step of this many small groups takes well under a millisecond.
 const SNAPSHOT_STEP_GROUPS: usize = 2048;
 
-/// Writes a checkpoint of the partition after making sure the log holds (synced) everything it
-/// covers, then keeps only the newest two. Nothing here holds the shard for long: the state is
-/// copied a step at a time with a yield between steps (`state::Snapshot`); the copy is encoded
-/// on glommio's blocking pool; the file work (create the directory, temp file, fsync, rename,
-/// fsync the directory, unlink old ones) goes through the seam, on the blocking pool on the real
-/// disk. The copy is a consistent cut at one offset: this task is the partition's only writer and
-/// does not fold while it checkpoints, which `Snapshot::covers` checks after every yield.
-async fn checkpoint(log: &PartitionLog, vp: &ViewPartition) {
-    let was = vp.activity.replace(Activity::CheckpointSync);
-    // A checkpoint must never cover records a crash could still lose.
-    if let Err(e) = log.sync().await {
-        tracing::error!(error = %e, "sync before a view checkpoint failed");
-        vp.activity.set(was);
+/// Starts a checkpoint of the partition's state as it is now: copies it (in steps, yielding, see
+/// `take_snapshot`) and returns; the fold goes on while the log syncs, the copy is encoded on the
+/// blocking pool and the file is written (a task in the maintenance queue), as `checkpoint` does
+/// it. One at a time per partition: while one is being written a due
+/// checkpoint is skipped, and the first due batch after it ends takes the next one.
+///
+/// Why: a fold that waited for each checkpoint (the log's fdatasync, then the file's fsyncs, all
+/// on one blocking-pool thread shared with every other partition of the shard) folded at most
+/// `checkpoint_every_records` per checkpoint latency, whatever the CPU. On a busy disk that is
+/// below what a producer appends without waiting for syncs, and a rebuild chasing the live tail
+/// never caught up (`views::a_rebuild_catches_up_with_a_flat_out_producer_when_checkpoints_are_slow`).
+pub(crate) async fn checkpoint_in_background(
+    shard: &Shard,
+    log: &Rc<PartitionLog>,
+    vp: &Rc<ViewPartition>,
+) {
+    let Ok(permit) = vp.checkpoint_slot.try_acquire_static_permit(1) else {
         return;
-    }
-    vp.activity.set(Activity::CheckpointWrite);
+    };
+    // The copy is the only part the fold waits for: a cut at one offset, taken a step at a time
+    // (the caller is the partition's only writer and does not fold meanwhile).
+    let Some(snapshot) = take_snapshot(vp).await else {
+        return;
+    };
     let dir = vp.version.partition_dir(vp.partition);
-    let disk = &vp.version.entry.disk;
+    let offset = snapshot.next_offset();
+    let path = dir.join(format!("{offset:020}.ckpt"));
+    // Taken now: a failed or skipped write gives them back, so the next one comes as soon.
+    let since = vp.since_checkpoint.replace(0);
+    let (log, weak, disk) = (log.clone(), Rc::downgrade(vp), vp.version.entry.disk.clone());
+    let task = async move {
+        let _permit = permit;
+        // A partition dropped or stopped meanwhile writes nothing (its directory may be gone).
+        let live = || weak.upgrade().filter(|vp| !vp.stopped.get());
+        let result = match log.sync().await {
+            // A checkpoint must never cover records a crash could still lose.
+            Err(e) => Err(format!("sync before a view checkpoint failed: {e}")),
+            Ok(()) if live().is_none() => Err(String::new()),
+            Ok(()) => {
+                let encoded = {
+                    let path = path.clone();
+                    glommio::executor().spawn_blocking(move || snapshot.encode(&path)).await
+                };
+                match encoded {
+                    Ok(bytes) => {
+                        write_checkpoint(&disk, &dir, &path, bytes).await.map_err(|e| e.to_string())
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        };
+        let Some(vp) = weak.upgrade() else { return };
+        match result {
+            Ok(()) => vp.checkpointed.set(Some(offset)),
+            Err(reason) => {
+                if !reason.is_empty() {
+                    tracing::error!(view = %vp.version.view, partition = vp.partition, %reason,
+                        "view checkpoint failed");
+                }
+                vp.since_checkpoint.set(vp.since_checkpoint.get() + since);
+            }
+        }
+    };
+    glommio::spawn_local_into(task, shard.maintenance_queue())
+        .expect("the maintenance queue exists")
+        .detach();
+}
+
+/// Copies the partition's state a step at a time, with a yield between steps, so no checkpoint
+/// holds the shard for long. The copy is a consistent cut at one offset: the caller is the
+/// partition's only writer and does not fold while it copies, which `Snapshot::covers` checks
+/// after every yield (`None`, and nothing written, if the state moved anyway).
+async fn take_snapshot(vp: &ViewPartition) -> Option<state::Snapshot> {
+    let was = vp.activity.replace(Activity::CheckpointWrite);
     let mut snapshot = state::Snapshot::begin(
         &vp.version.view,
         vp.version.number,
@@ -388,11 +464,10 @@ async fn checkpoint(log: &PartitionLog, vp: &ViewPartition) {
         {
             let st = vp.state.borrow();
             if !snapshot.covers(&st) {
-                // Unreachable while this task is the only writer; a torn copy is never written.
                 tracing::error!(view = %vp.version.view, partition = vp.partition,
                     "the view state changed during its checkpoint; checkpoint skipped");
                 vp.activity.set(was);
-                return;
+                return None;
             }
             if snapshot.copy_more(&st, SNAPSHOT_STEP_GROUPS) {
                 break;
@@ -400,6 +475,50 @@ async fn checkpoint(log: &PartitionLog, vp: &ViewPartition) {
         }
         glommio::yield_if_needed().await;
     }
+    vp.activity.set(was);
+    Some(snapshot)
+}
+
+/// The file work of a checkpoint: the directory, the file (temp, fsync, rename, directory
+/// fsync), then all but the newest two removed.
+async fn write_checkpoint(
+    disk: &kappa_storage::io::Disk,
+    dir: &Path,
+    path: &Path,
+    bytes: Vec<u8>,
+) -> Result<(), crate::Error> {
+    disk.create_dir_all(dir).await?;
+    disk.write_file_atomic_owned(path, bytes).await?;
+    let files = checkpoints(disk, dir).await;
+    for old in files.iter().take(files.len().saturating_sub(2)) {
+        // Not synced: an old checkpoint that comes back after a power cut is still valid.
+        let _ = disk.remove_file(old).await;
+    }
+    Ok(())
+}
+
+/// Writes a checkpoint of the partition after making sure the log holds (synced) everything it
+/// covers, then keeps only the newest two. Nothing here holds the shard for long: the state is
+/// copied a step at a time with a yield between steps (`state::Snapshot`); the copy is encoded
+/// on glommio's blocking pool; the file work (create the directory, temp file, fsync, rename,
+/// fsync the directory, unlink old ones) goes through the seam, on the blocking pool on the real
+/// disk. The copy is a consistent cut at one offset: this task is the partition's only writer and
+/// does not fold while it checkpoints, which `Snapshot::covers` checks after every yield.
+pub(crate) async fn checkpoint(log: &PartitionLog, vp: &ViewPartition) {
+    let was = vp.activity.replace(Activity::CheckpointSync);
+    // A checkpoint must never cover records a crash could still lose.
+    if let Err(e) = log.sync().await {
+        tracing::error!(error = %e, "sync before a view checkpoint failed");
+        vp.activity.set(was);
+        return;
+    }
+    vp.activity.set(Activity::CheckpointWrite);
+    let dir = vp.version.partition_dir(vp.partition);
+    let disk = &vp.version.entry.disk;
+    let Some(snapshot) = take_snapshot(vp).await else {
+        vp.activity.set(was);
+        return;
+    };
     let offset = snapshot.next_offset();
     let path = dir.join(format!("{offset:020}.ckpt"));
     let encoded = {
@@ -407,10 +526,7 @@ async fn checkpoint(log: &PartitionLog, vp: &ViewPartition) {
         glommio::executor().spawn_blocking(move || snapshot.encode(&path)).await
     };
     let result = match encoded {
-        Ok(bytes) => match disk.create_dir_all(&dir).await {
-            Ok(()) => disk.write_file_atomic_owned(&path, bytes).await.map_err(Into::into),
-            Err(e) => Err(e.into()),
-        },
+        Ok(bytes) => write_checkpoint(disk, &dir, &path, bytes).await,
         Err(e) => Err(e),
     };
     vp.activity.set(was);
@@ -418,16 +534,8 @@ async fn checkpoint(log: &PartitionLog, vp: &ViewPartition) {
         Ok(()) => {
             vp.since_checkpoint.set(0);
             vp.checkpointed.set(Some(offset));
-            let files = checkpoints(disk, &dir).await;
-            for old in files.iter().take(files.len().saturating_sub(2)) {
-                // Not synced: an old checkpoint that comes back after a power cut is still valid.
-                let _ = disk.remove_file(old).await;
-            }
         }
-        Err(e) => {
-            let e: crate::Error = e;
-            tracing::error!(error = %e, "view checkpoint failed")
-        }
+        Err(e) => tracing::error!(error = %e, "view checkpoint failed"),
     }
 }
 
@@ -440,10 +548,38 @@ pub(crate) async fn run(
     seek: Seek,
     live: bool,
 ) {
-    match log.reader(seek) {
-        Ok(reader) => fold(shard, log, vp, reader, live).await,
+    let mut seek = seek;
+    if !live {
+        // Sealed history first, as range tasks over every shard, where the view allows it.
+        if let Some(next) = crate::view::split::replay_ranges(&shard, &log, &vp, seek).await {
+            seek = next;
+        }
+        if vp.stopped.get() {
+            // A range task's poison record failed the version, or the view was dropped.
+            return;
+        }
+    }
+    let control = shard.replay_control();
+    let reader =
+        log.reader(seek).map(|r| if live { r } else { r.with_read_ahead(control.read_ahead()) });
+    match reader {
+        Ok(reader) => {
+            fold(shard, log, vp, reader, if live { Mode::Live } else { Mode::Replay }).await
+        }
         Err(e) => vp.fail(e.to_string()),
     }
+}
+
+/// Where a fold runs and what it counts as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Not caught up, in the replay queue at the controller's pace.
+    Replay,
+    /// Not caught up, in the live queue: a replay that did not gain on the tail at the
+    /// controller's full level (`shard::replay::Chase`).
+    Chase,
+    /// Caught up: following the tail in the live queue.
+    Live,
 }
 
 /// The loop of `run` over a reader. The live task takes over the replay task's reader, so what
@@ -453,9 +589,14 @@ async fn fold(
     log: Rc<PartitionLog>,
     vp: Rc<ViewPartition>,
     mut reader: LogReader,
-    live: bool,
+    mut mode: Mode,
 ) {
-    vp.replaying.set(!live);
+    vp.replaying.set(mode == Mode::Replay);
+    let control = shard.replay_control().clone();
+    // Whole-partition replay counts as replay work for the controller, and reads at its pace.
+    let active = (mode == Mode::Replay).then(|| control.active());
+    let lag = |reader: &LogReader| log.readable_end_offset().saturating_sub(reader.next_offset());
+    let mut chase = Chase::new(control.ticks(), lag(&reader));
     let def = vp.version.def.clone();
     loop {
         if vp.stopped.get() {
@@ -482,10 +623,37 @@ async fn fold(
                     return;
                 }
                 vp.version.partition_folded(vp.partition, next_offset);
+                if mode == Mode::Replay {
+                    control.folded(n);
+                }
                 vp.bytes_consumed.set(vp.bytes_consumed.get() + batch.batch.payload().len() as u64);
                 vp.since_checkpoint.set(vp.since_checkpoint.get() + n);
                 if vp.since_checkpoint.get() >= def.checkpoint_every_records {
-                    checkpoint(&log, &vp).await;
+                    checkpoint_in_background(&shard, &log, &vp).await;
+                }
+                if mode == Mode::Replay {
+                    match chase.look(control.ticks(), lag(&reader), control.level() >= 1.0) {
+                        Some(ChaseStep::Behind) => control.mark_behind(),
+                        Some(ChaseStep::Promote) => {
+                            tracing::warn!(view = %vp.version.view, version = vp.version.number,
+                                partition = vp.partition, lag = lag(&reader),
+                                "view partition does not gain on the live tail at replay's full \
+                                 share; it catches up in the live queue");
+                            drop(active);
+                            let task = fold(
+                                shard.clone(),
+                                log.clone(),
+                                vp.clone(),
+                                reader.with_log_read_ahead(),
+                                Mode::Chase,
+                            );
+                            glommio::spawn_local_into(task, shard.live_queue())
+                                .expect("the live queue exists")
+                                .detach();
+                            return;
+                        }
+                        Some(ChaseStep::Gaining) | None => {}
+                    }
                 }
                 vp.activity.set(Activity::Yielding);
                 glommio::yield_if_needed().await;
@@ -495,21 +663,32 @@ async fn fold(
                 // start and is not part of this version.
                 let next = reader.next_offset().max(vp.state.borrow().next_offset);
                 vp.version.partition_folded(vp.partition, next);
-                if !live {
+                if mode != Mode::Live {
                     // Caught up: from this exact offset on, the live queue follows the tail.
                     let offset = reader.next_offset();
                     vp.caught_up_at.set(Some(offset));
                     tracing::info!(view = %vp.version.view, version = vp.version.number, partition = vp.partition,
                         offset, "view partition caught up; following the live tail");
                     vp.version.partition_caught_up().await;
+                }
+                if mode == Mode::Replay {
+                    drop(active);
                     // The same reader, not a new one at `offset`: a timestamp start that has not
-                    // met a record at or after its time yet still skips older ones.
-                    let task = fold(shard.clone(), log.clone(), vp.clone(), reader, true);
+                    // met a record at or after its time yet still skips older ones. It reads at
+                    // the log's read-ahead again, no longer the replay controller's.
+                    let task = fold(
+                        shard.clone(),
+                        log.clone(),
+                        vp.clone(),
+                        reader.with_log_read_ahead(),
+                        Mode::Live,
+                    );
                     glommio::spawn_local_into(task, shard.live_queue())
                         .expect("the live queue exists")
                         .detach();
                     return;
                 }
+                mode = Mode::Live;
                 vp.activity.set(Activity::WaitingReadable);
                 if log.wait_readable(reader.next_offset()).await.is_err() {
                     vp.activity.set(Activity::Stopped);
@@ -527,6 +706,9 @@ async fn fold(
 
 /// Takes a final checkpoint when the shard shuts down cleanly.
 pub(crate) async fn final_checkpoint(log: &PartitionLog, vp: &ViewPartition) {
+    // The one being written finishes first (two writers would race on the files); the permit is
+    // kept, so none starts after this one.
+    let _ = vp.checkpoint_slot.acquire(1).await;
     if vp.since_checkpoint.get() > 0 && vp.error.borrow().is_none() {
         checkpoint(log, vp).await;
     }

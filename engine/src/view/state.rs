@@ -121,6 +121,10 @@ pub struct PartitionState {
     pub max_event_time: i64,
     pub counters: Counters,
     key: Vec<u8>,
+    /// Only in a partial state that a replay range task folds (`range.rs`): per window end, the
+    /// (record, window) pairs folded in that the range's own watermark did not close. Whether
+    /// they were late depends on the event times before the range, known when it is merged.
+    undecided: Option<BTreeMap<i64, u64>>,
 }
 
 impl PartitionState {
@@ -131,6 +135,7 @@ impl PartitionState {
             max_event_time: i64::MIN,
             counters: Counters::default(),
             key: Vec::new(),
+            undecided: None,
         }
     }
 
@@ -260,6 +265,7 @@ impl PartitionState {
             self.groups.insert(self.key.clone(), BTreeMap::new());
         }
         let counters = &mut self.counters;
+        let undecided = &mut self.undecided;
         let windows = self.groups.get_mut(self.key.as_slice()).expect("inserted above");
         match def.window {
             Window::Session { gap_ms } => {
@@ -275,6 +281,8 @@ impl PartitionState {
                         }
                         LatePolicy::Update => counters.late_updated += 1,
                     }
+                } else if let Some(undecided) = undecided {
+                    *undecided.entry(end).or_insert(0) += 1;
                 }
                 let cell = windows
                     .entry(start)
@@ -315,13 +323,18 @@ fn hash_agg(h: &mut Xxh3, agg: &AggState) {
             h.update(&[0]);
             h.update(&n.to_le_bytes());
         }
-        AggState::Sum(v) | AggState::Min(v) | AggState::Max(v) => {
+        AggState::Min(v) | AggState::Max(v) => {
             h.update(&[1]);
             h.update(&v.to_bits().to_le_bytes());
         }
+        AggState::Sum(sum) => {
+            // The canonical bytes: the same value, however its partial sums were merged.
+            h.update(&[4]);
+            sum.write_canonical(|bytes| h.update(bytes));
+        }
         AggState::Mean { sum, count } => {
             h.update(&[2]);
-            h.update(&sum.to_bits().to_le_bytes());
+            sum.write_canonical(|bytes| h.update(bytes));
             h.update(&count.to_le_bytes());
         }
         AggState::Hll(bytes) | AggState::Custom(bytes) => {
@@ -408,10 +421,11 @@ impl Session<'_, '_> {
 }
 
 const CHECKPOINT_MAGIC: u32 = u32::from_le_bytes(*b"KAPC");
-/// Format 2: `Counters` counts skips by cause. Format 3: and records whose user code panicked
-/// (`panicked`). An older checkpoint is refused as unknown and the partition replays from an
+/// Format 2: `Counters` counts skips by cause. Format 3: records whose user code panicked
+/// (`panicked`). Format 4: `Sum` and `Mean` keep an exact sum (`ExactSum`), `Min`/`Max` order
+/// zeros by sign. An older checkpoint is refused as unknown and the partition replays from an
 /// older checkpoint or the start.
-const CHECKPOINT_FORMAT: u16 = 3;
+const CHECKPOINT_FORMAT: u16 = 4;
 const CHECKPOINT_HEADER: usize = 32;
 
 /// Groups as a checkpoint stores them: key, then (window start, cell) in order.
@@ -598,3 +612,6 @@ pub fn decode_checkpoint(path: &Path, bytes: &[u8]) -> Result<PartitionState, Er
 
 #[cfg(test)]
 mod tests;
+
+mod range;
+pub use range::{splittable, MergeError, RangeFold};

@@ -15,6 +15,7 @@ mod props;
 mod safety;
 mod semantics;
 mod serve;
+mod split_poison;
 mod tidy;
 mod view_regressions;
 mod views;

@@ -319,10 +319,27 @@ pub fn merge(spec: &Spec, parts: Vec<Rows>) -> Rows {
 pub fn result(agg: Agg, values: &[f64]) -> (f64, Option<Vec<u8>>) {
     match agg {
         Agg::Count => (values.len() as f64, None),
-        Agg::Sum => (values.iter().sum(), None),
-        Agg::Min => (values.iter().copied().fold(f64::INFINITY, f64::min), None),
-        Agg::Max => (values.iter().copied().fold(f64::NEG_INFINITY, f64::max), None),
-        Agg::Mean => (values.iter().sum::<f64>() / values.len() as f64, None),
+        Agg::Sum => (exact_sum(values), None),
+        // A total order on numbers: NaN never counts, -0.0 is below +0.0.
+        Agg::Min => (
+            values
+                .iter()
+                .copied()
+                .filter(|v| !v.is_nan())
+                .min_by(f64::total_cmp)
+                .unwrap_or(f64::INFINITY),
+            None,
+        ),
+        Agg::Max => (
+            values
+                .iter()
+                .copied()
+                .filter(|v| !v.is_nan())
+                .max_by(f64::total_cmp)
+                .unwrap_or(f64::NEG_INFINITY),
+            None,
+        ),
+        Agg::Mean => (exact_sum(values) / values.len() as f64, None),
         Agg::Distinct => {
             let mut registers = vec![0u8; 1024];
             for v in values {
@@ -343,6 +360,147 @@ pub fn result(agg: Agg, values: &[f64]) -> (f64, Option<Vec<u8>>) {
             (estimate, Some(registers))
         }
     }
+}
+
+/// Section 4: the exact sum of the values, rounded once to the nearest `f64` (ties to even): NaN
+/// if a NaN or both infinities were added, else an infinity that was added, else the rounded
+/// finite sum (`+0.0` when it is exactly zero).
+///
+/// Computed without the engine's code and by another route: every finite `f64` is an integer
+/// number of 2^-1074 units, summed here in plain big integers (positive and negative parts
+/// apart); the result `N / 2^1074` is written out in decimal (`N * 5^1074` with the point 1074
+/// digits from the right) and handed to Rust's float parser, which rounds correctly.
+pub fn exact_sum(values: &[f64]) -> f64 {
+    let (mut nan, mut pos_inf, mut neg_inf) = (false, false, false);
+    let mut positive: Vec<u32> = Vec::new();
+    let mut negative: Vec<u32> = Vec::new();
+    for v in values {
+        if v.is_nan() {
+            nan = true;
+        } else if *v == f64::INFINITY {
+            pos_inf = true;
+        } else if *v == f64::NEG_INFINITY {
+            neg_inf = true;
+        } else {
+            let bits = v.to_bits();
+            let exponent = (bits >> 52) & 0x7ff;
+            let fraction = bits & ((1 << 52) - 1);
+            let (mantissa, shift) =
+                if exponent == 0 { (fraction, 0) } else { (fraction | (1 << 52), exponent - 1) };
+            let target = if bits >> 63 == 1 { &mut negative } else { &mut positive };
+            big_add_shifted(target, mantissa, shift as usize);
+        }
+    }
+    if nan || (pos_inf && neg_inf) {
+        return f64::NAN;
+    }
+    if pos_inf {
+        return f64::INFINITY;
+    }
+    if neg_inf {
+        return f64::NEG_INFINITY;
+    }
+    let (sign, magnitude) = match big_cmp(&positive, &negative) {
+        std::cmp::Ordering::Less => ("-", big_sub(&negative, &positive)),
+        _ => ("", big_sub(&positive, &negative)),
+    };
+    let mut scaled = magnitude;
+    for _ in 0..1074 {
+        big_mul_small(&mut scaled, 5);
+    }
+    let digits = big_decimal(&scaled);
+    let (int, frac) = if digits.len() > 1074 {
+        (digits[..digits.len() - 1074].to_string(), digits[digits.len() - 1074..].to_string())
+    } else {
+        ("0".to_string(), format!("{digits:0>1074}"))
+    };
+    let text = format!("{sign}{int}.{frac}");
+    let parsed: f64 = text.parse().expect("a decimal number");
+    parsed + 0.0 // An exact zero is +0.0.
+}
+
+/// `a += m << shift` over little-endian base-2^32 digits.
+fn big_add_shifted(a: &mut Vec<u32>, m: u64, shift: usize) {
+    let (word, bit) = (shift / 32, shift % 32);
+    let wide = u128::from(m) << bit;
+    let mut carry = 0u128;
+    let mut i = word;
+    let mut rest = wide;
+    while rest != 0 || carry != 0 {
+        if a.len() <= i {
+            a.resize(i + 1, 0);
+        }
+        let sum = u128::from(a[i]) + (rest & 0xffff_ffff) + carry;
+        a[i] = sum as u32;
+        carry = sum >> 32;
+        rest >>= 32;
+        i += 1;
+    }
+}
+
+fn big_trim(a: &mut Vec<u32>) {
+    while a.last() == Some(&0) {
+        a.pop();
+    }
+}
+
+fn big_cmp(a: &[u32], b: &[u32]) -> std::cmp::Ordering {
+    let (mut a, mut b) = (a.to_vec(), b.to_vec());
+    big_trim(&mut a);
+    big_trim(&mut b);
+    a.len().cmp(&b.len()).then_with(|| a.iter().rev().cmp(b.iter().rev()))
+}
+
+/// `a - b` for `a >= b`.
+fn big_sub(a: &[u32], b: &[u32]) -> Vec<u32> {
+    let mut out = Vec::with_capacity(a.len());
+    let mut borrow = 0i64;
+    for (i, digit) in a.iter().enumerate() {
+        let mut d = i64::from(*digit) - i64::from(b.get(i).copied().unwrap_or(0)) - borrow;
+        borrow = 0;
+        if d < 0 {
+            d += 1 << 32;
+            borrow = 1;
+        }
+        out.push(d as u32);
+    }
+    assert_eq!(borrow, 0, "a >= b");
+    big_trim(&mut out);
+    out
+}
+
+fn big_mul_small(a: &mut Vec<u32>, m: u32) {
+    let mut carry = 0u64;
+    for digit in a.iter_mut() {
+        let p = u64::from(*digit) * u64::from(m) + carry;
+        *digit = p as u32;
+        carry = p >> 32;
+    }
+    if carry != 0 {
+        a.push(carry as u32);
+    }
+}
+
+/// Decimal digits of a big integer ("0" for zero).
+fn big_decimal(a: &[u32]) -> String {
+    let mut n = a.to_vec();
+    big_trim(&mut n);
+    let mut chunks = Vec::new();
+    while !n.is_empty() {
+        let mut rem = 0u64;
+        for digit in n.iter_mut().rev() {
+            let cur = (rem << 32) | u64::from(*digit);
+            *digit = (cur / 1_000_000_000) as u32;
+            rem = cur % 1_000_000_000;
+        }
+        big_trim(&mut n);
+        chunks.push(rem);
+    }
+    let mut out = chunks.pop().map_or_else(|| "0".to_string(), |c| c.to_string());
+    for c in chunks.iter().rev() {
+        out.push_str(&format!("{c:09}"));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -369,5 +527,20 @@ mod tests {
         assert_eq!(rows[&(b"a".to_vec(), 100)].end, 120);
         assert_eq!(counts.applied, 2);
         assert_eq!(windows(Win::Hopping(10, 4), -1), vec![(-8, 2), (-4, 6)]);
+    }
+
+    #[test]
+    fn the_exact_sum_on_hand_checked_cases() {
+        assert_eq!(exact_sum(&[]), 0.0);
+        assert_eq!(exact_sum(&[1e16, 1.0, -1e16]), 1.0, "f64 addition would give 0");
+        assert_eq!(exact_sum(&[0.1, 0.2]), 0.30000000000000004);
+        assert_eq!(exact_sum(&[0.1, 0.2, -0.3]), 2.7755575615628914e-17);
+        assert_eq!(exact_sum(&[5e-324, 5e-324]), 1e-323);
+        assert_eq!(exact_sum(&[f64::MAX, f64::MAX]), f64::INFINITY);
+        assert_eq!(exact_sum(&[f64::MAX, f64::MAX, -f64::MAX]), f64::MAX);
+        assert_eq!(exact_sum(&[9007199254740992.0, 1.0]), 9007199254740992.0, "ties to even");
+        assert_eq!(exact_sum(&[-2.5, 1.25]), -1.25);
+        assert_eq!(exact_sum(&[-0.0]).to_bits(), 0.0f64.to_bits());
+        assert!(exact_sum(&[f64::INFINITY, f64::NEG_INFINITY]).is_nan());
     }
 }

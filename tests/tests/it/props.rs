@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use kappa_engine::operator::{Aggregate, LatePolicy, Window};
 use kappa_engine::{
-    BatchAck, Durability, Engine, ProducerBatch, Seek, TopicConfig, ViewDef, ViewHandle,
+    BatchAck, Durability, Engine, ProducerBatch, ReplayConfig, Seek, TopicConfig, ViewDef,
+    ViewHandle,
 };
 use kappa_storage::LogConfig;
 use proptest::prelude::*;
@@ -56,7 +57,26 @@ pub enum Val {
     NotANumber(u8),
     /// Not JSON.
     Garbage(u8),
+    /// A number whose sum `f64` addition would get wrong or that sits at an edge of the format
+    /// (`WILD`): the exact sum must hold.
+    Wild(u8, u8),
 }
+
+/// Numbers for `Val::Wild`: cancellation, many bits, subnormals, the largest finite, zeros.
+const WILD: [&str; 12] = [
+    "0.1",
+    "1e16",
+    "-1e16",
+    "1e-300",
+    "-1e-300",
+    "5e-324",
+    "1.7976931348623157e308",
+    "-1.7976931348623157e308",
+    "3.141592653589793",
+    "2.5e-10",
+    "-0.0",
+    "0.30000000000000004",
+];
 
 #[derive(Debug, Clone, Copy)]
 pub struct Gen {
@@ -70,6 +90,9 @@ pub struct Case {
     pub partitions: u32,
     pub shards: [usize; 2],
     pub checkpoint_every: u64,
+    /// The smallest replay range task: splits of the sealed history over the shards at random
+    /// points (1<<30: never split, whole partitions).
+    pub task_records_min: u64,
     pub specs: Vec<Spec>,
     /// Produced before the views exist, while they run, and after a restart.
     pub phases: [Vec<Gen>; 3],
@@ -120,6 +143,9 @@ fn value(val: Val) -> Vec<u8> {
         Val::NoField(g) => format!(r#"{{{}"w":1}}"#, group(g)),
         Val::NotANumber(g) => format!(r#"{{{}"v":"12"}}"#, group(g)),
         Val::Garbage(g) => format!("not json {{{g}"),
+        Val::Wild(i, g) => {
+            format!(r#"{{{}"v":{}}}"#, group(g), WILD[usize::from(i) % WILD.len()])
+        }
     }
     .into_bytes()
 }
@@ -139,6 +165,7 @@ fn gen_strategy() -> impl Strategy<Value = Gen> {
         1 => any::<u8>().prop_map(Val::NoField),
         1 => any::<u8>().prop_map(Val::NotANumber),
         1 => any::<u8>().prop_map(Val::Garbage),
+        2 => (any::<u8>(), any::<u8>()).prop_map(|(i, g)| Val::Wild(i, g)),
     ];
     let key = prop_oneof![9 => (0u8..6).prop_map(Some), 1 => Just(None)];
     (key, ts, val).prop_map(|(key, ts, val)| Gen { key, ts, val })
@@ -185,15 +212,12 @@ fn case_strategy() -> impl Strategy<Value = Case> {
         1u32..=4,
         [0usize..4, 0usize..4],
         prop_oneof![Just(1u64), Just(7), Just(40), Just(1_000_000)],
+        prop_oneof![Just(1u64), Just(3), Just(11), Just(40), Just(1 << 30)],
         proptest::collection::vec(spec_strategy(), 1..=3),
         [phase(), phase(), phase()],
     )
-        .prop_map(|(partitions, shards, checkpoint_every, specs, phases)| Case {
-            partitions,
-            shards,
-            checkpoint_every,
-            specs,
-            phases,
+        .prop_map(|(partitions, shards, checkpoint_every, task_records_min, specs, phases)| {
+            Case { partitions, shards, checkpoint_every, task_records_min, specs, phases }
         })
 }
 
@@ -203,12 +227,15 @@ fn shard_count(pick: usize) -> usize {
     1 + pick % cpus
 }
 
-fn engine(dir: &std::path::Path, shards: usize) -> Engine {
+fn engine(dir: &std::path::Path, shards: usize, task_records_min: u64) -> Engine {
+    // Segments of one block: the history is mostly sealed, so rebuilds and fresh views split
+    // it into range tasks over the shards.
     Engine::builder()
         .data_dir(dir)
         .shards(shards)
         .io_memory_bytes(4 << 20)
-        .log_config(LogConfig { segment_size_bytes_max: 64 * 1024, ..LogConfig::default() })
+        .log_config(LogConfig { segment_size_bytes_max: 4096, ..LogConfig::default() })
+        .replay(ReplayConfig { task_records_min, tasks_per_shard: 3, ..ReplayConfig::default() })
         .build()
         .expect("engine")
 }
@@ -379,7 +406,7 @@ fn run_case(case: &Case) -> Result<(), String> {
     let mut index = 0;
     let names: Vec<String> = (0..case.specs.len()).map(|i| format!("v{i}")).collect();
     {
-        let engine = engine(temp.path(), shard_count(case.shards[0]));
+        let engine = engine(temp.path(), shard_count(case.shards[0]), case.task_records_min);
         engine.create_topic(TOPIC, TopicConfig::new(case.partitions)).map_err(err)?;
         // History first: the views replay it, then follow the tail.
         produce(&engine, &case.phases[0], index);
@@ -411,7 +438,7 @@ fn run_case(case: &Case) -> Result<(), String> {
         engine.shutdown().map_err(err)?;
     }
     // Restart, maybe with another shard count: resume version 2 from its checkpoints, then more.
-    let engine = engine(temp.path(), shard_count(case.shards[1]));
+    let engine = engine(temp.path(), shard_count(case.shards[1]), case.task_records_min);
     let mut views = Vec::new();
     for (spec, name) in case.specs.iter().zip(&names) {
         let view = engine.create_view(name, def(spec, "b", case.checkpoint_every)).map_err(err)?;

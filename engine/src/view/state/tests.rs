@@ -82,10 +82,11 @@ fn reference(records: &[(i64, String, f64)], window: Window) -> BTreeMap<(Vec<u8
 fn expected(aggregate: &Aggregate, values: &[f64]) -> f64 {
     match aggregate {
         Aggregate::Count => values.len() as f64,
-        Aggregate::Sum => values.iter().fold(0.0, |a, v| a + v),
+        // The exact sum rounded once (docs/semantics.md), by an independent algorithm.
+        Aggregate::Sum => crate::operator::exact::tests::fsum(values),
         Aggregate::Min => values.iter().copied().fold(f64::INFINITY, f64::min),
         Aggregate::Max => values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-        Aggregate::Mean => values.iter().fold(0.0, |a, v| a + v) / values.len() as f64,
+        Aggregate::Mean => crate::operator::exact::tests::fsum(values) / values.len() as f64,
         Aggregate::DistinctCount => {
             values.iter().map(|v| v.to_bits()).collect::<BTreeSet<_>>().len() as f64
         }

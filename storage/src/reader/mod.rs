@@ -1,10 +1,11 @@
-//! `LogReader`: sequential, zero-copy reads of a partition from any starting point.
+//! `LogReader`: sequential, zero-copy reads of a partition from any starting point, and
+//! `SegmentReader`: reads of one sealed segment from any executor (`sealed`).
 //!
 //! A reader walks segments with large DMA reads and keeps up to `read_ahead_max` of them in flight
-//! while the caller processes the current one. Read ranges are planned from the segment's sparse
-//! index, whose entries sit at frame starts, so every range starts and ends on a frame boundary:
-//! a frame never spans two buffers, every `BatchRef` borrows one DMA buffer directly, and no bytes
-//! are stitched or copied.
+//! while the caller processes the current one (`cursor`: the planning and loading code both
+//! readers share). Read ranges are planned from the segment's sparse index, whose entries sit at
+//! frame starts, so every range starts and ends on a frame boundary: a frame never spans two
+//! buffers, every `BatchRef` borrows one DMA buffer directly, and no bytes are stitched or copied.
 //!
 //! Each frame's checksum is verified once, when the reader hands it out; a mismatch is a typed
 //! `Error::Corrupt` naming the file and byte position.
@@ -14,17 +15,18 @@
 //! not at its readable end never reports "caught up" (`None`): if retention deleted the segment
 //! under it, it gets `Error::OffsetOutOfRange` with the new start offset.
 
-use std::collections::VecDeque;
-use std::path::PathBuf;
+mod cursor;
+mod sealed;
+
 use std::rc::Rc;
 
-use glommio::Task;
-
 use crate::batch::{BatchRef, RecordRef};
-use crate::format::{self, FrameHeader};
-use crate::io::{File, ReadBytes, BLOCK_SIZE};
 use crate::log::{PartitionLog, Shared};
 use crate::Error;
+
+pub use cursor::ReadAhead;
+use cursor::{boundary_in, Bytes, Layout, SegmentCursor};
+pub use sealed::{SealedSegment, SegmentReader};
 
 /// Where a reader starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,73 +41,54 @@ pub enum Seek {
     End,
 }
 
-/// A batch handed out by a reader, and the first offset in it the reader was asked for.
+/// A batch handed out by a reader, and the records in it the reader was asked for.
 pub struct ReadBatch<'a> {
     pub batch: BatchRef<'a>,
     /// Records before this offset were before the seek point.
     pub first_offset: u64,
+    /// Records at or after this offset are past the reader's end (a `SegmentReader`'s range);
+    /// the batch's own end for a `LogReader`.
+    pub end_offset: u64,
 }
 
 impl<'a> ReadBatch<'a> {
-    /// The records at or after the seek point.
+    /// The records at or after the seek point and before the reader's end.
     pub fn records(&self) -> impl Iterator<Item = RecordRef<'a>> + 'a {
-        self.batch.records_from(self.first_offset)
+        let end = self.end_offset;
+        self.batch.records_from(self.first_offset).take_while(move |r| r.offset() < end)
     }
 }
 
-type ReadTask = Task<Result<ReadBytes, std::io::Error>>;
-
-/// A planned read of the frames in `[start, end)` (both frame boundaries).
-struct Planned {
-    start: u64,
-    end: u64,
-    source: Source,
-}
-
-/// Where a planned range comes from: a DMA read in flight, or a recently written buffer still in
-/// the log's tail cache (no I/O at all for a reader following the live tail).
-enum Source {
-    Disk(ReadTask),
-    Memory(Bytes),
-}
-
-/// Bytes of a chunk, starting at the chunk's (block aligned) file position.
-enum Bytes {
-    Disk(ReadBytes),
-    /// A written buffer and the offset of the chunk's first byte in it.
-    Memory(Rc<glommio::io::DmaBuffer>, usize, usize),
-}
-
-impl std::ops::Deref for Bytes {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            Bytes::Disk(read) => read,
-            Bytes::Memory(buf, start, end) => &buf.as_bytes()[*start..*end],
-        }
-    }
-}
-
-struct Chunk {
-    /// File position of `bytes[0]` (block aligned, at or below the first frame).
-    pos: u64,
-    /// End of the last whole frame in this chunk.
-    end: u64,
-    bytes: Bytes,
-}
-
-struct OpenSegment {
+/// The log's live state as a cursor's layout: the segment's index in the log, the tail cache,
+/// and the configured (or the reader's own) read-ahead.
+struct LogLayout<'a> {
+    shared: &'a Shared,
     base_offset: u64,
-    path: PathBuf,
-    file: File,
-    /// Position of the next frame to hand out.
-    pos: u64,
-    chunk: Option<Chunk>,
-    ahead: VecDeque<Planned>,
-    /// The end of the last planned range.
-    planned_end: u64,
-    /// The frame handed out last: its start inside `chunk` and its header.
-    current: Option<(usize, FrameHeader)>,
+    read_ahead: Option<&'a ReadAhead>,
+}
+
+impl Layout for LogLayout<'_> {
+    fn boundary(&self, start: u64, limit: u64) -> u64 {
+        let st = self.shared.state.borrow();
+        let index = st.segments.iter().find(|s| s.index.base_offset == self.base_offset);
+        let entries = index.map_or(&[][..], |s| &s.index.entries[..]);
+        boundary_in(entries, start, self.shared.config.read_buffer_size_bytes as u64, limit)
+    }
+
+    fn cached(&self, start: u64, end: u64) -> Option<Bytes> {
+        let st = self.shared.state.borrow();
+        let hit = st.tail_cache.iter().rev().find(|c| {
+            c.segment_base == self.base_offset
+                && c.file_pos <= start
+                && end <= c.file_pos + c.len as u64
+        })?;
+        let from = (start - hit.file_pos) as usize;
+        Some(Bytes::Memory(hit.buf.clone(), from, hit.len))
+    }
+
+    fn read_ahead_max(&self) -> usize {
+        self.read_ahead.map_or(self.shared.config.read_ahead_max, ReadAhead::get)
+    }
 }
 
 /// Reads one partition forward from a seek point. `!Send`, like the log it reads.
@@ -115,9 +98,11 @@ pub struct LogReader {
     next_offset: u64,
     /// For timestamp seeks: skip records older than this until the first match.
     min_timestamp: Option<i64>,
-    segment: Option<OpenSegment>,
+    segment: Option<SegmentCursor>,
     /// Only frames an fdatasync covered are read.
     synced_only: bool,
+    /// Reads in flight, when someone other than the log's configuration decides.
+    read_ahead: Option<ReadAhead>,
 }
 
 impl PartitionLog {
@@ -161,7 +146,14 @@ impl PartitionLog {
                 }
             }
         };
-        Ok(LogReader { shared, next_offset, min_timestamp, segment: None, synced_only: false })
+        Ok(LogReader {
+            shared,
+            next_offset,
+            min_timestamp,
+            segment: None,
+            synced_only: false,
+            read_ahead: None,
+        })
     }
 }
 
@@ -175,6 +167,20 @@ impl LogReader {
     /// (by default a reader sees records once they are written).
     pub fn synced_only(mut self) -> Self {
         self.synced_only = true;
+        self
+    }
+
+    /// Bounds this reader's reads in flight by `read_ahead` (which its owner may move while the
+    /// reader runs) instead of the log's `read_ahead_max`.
+    pub fn with_read_ahead(mut self, read_ahead: ReadAhead) -> Self {
+        self.read_ahead = Some(read_ahead);
+        self
+    }
+
+    /// Bounds this reader's reads in flight by the log's `read_ahead_max` again (a view's reader
+    /// handed from replay, paced by the controller, to the live tail).
+    pub fn with_log_read_ahead(mut self) -> Self {
+        self.read_ahead = None;
         self
     }
 
@@ -237,15 +243,12 @@ impl LogReader {
                     }
                 }
             }
-            let (header, frame_start) = load_frame(&self.shared, segment, limit).await?;
-            let chunk = segment.chunk.as_ref().expect("load_frame leaves a chunk");
-            let frame = &chunk.bytes[frame_start..frame_start + header.frame_len as usize];
-            let position = segment.pos;
-            if let Err(defect) = format::parse_frame(frame) {
-                return Err(Error::Corrupt { path: segment.path.clone(), position, defect });
-            }
-            segment.pos += u64::from(header.frame_len);
-            segment.current = Some((frame_start, header));
+            let layout = LogLayout {
+                shared: &self.shared,
+                base_offset: segment.base_offset,
+                read_ahead: self.read_ahead.as_ref(),
+            };
+            let header = segment.next_frame(&layout, limit).await?;
             if header.next_offset() <= self.next_offset {
                 continue;
             }
@@ -260,16 +263,7 @@ impl LogReader {
         // The borrow of the chunk is taken again here, outside the loop, so the returned batch can
         // borrow `self` (the loop above needs `self` mutably).
         let segment = self.segment.as_ref().expect("a frame was loaded");
-        let chunk = segment.chunk.as_ref().expect("a frame was loaded");
-        let (start, header) = segment.current.expect("a frame was loaded");
-        let frame_pos = chunk.pos + start as u64;
-        let payload_start = start + format::FRAME_HEADER_SIZE;
-        let payload = &chunk.bytes[payload_start..payload_start + header.payload_len as usize];
-        let batch = BatchRef::from_verified(header, payload).map_err(|defect| Error::Corrupt {
-            path: segment.path.clone(),
-            position: frame_pos,
-            defect,
-        })?;
+        let batch = segment.current_batch()?;
         let mut first_offset = self.next_offset.max(batch.base_offset());
         if let Some(min_ts) = self.min_timestamp.take() {
             // The first record at or after the timestamp; the rest of the log follows in offset
@@ -280,7 +274,8 @@ impl LogReader {
                 .map_or(batch.next_offset(), |r| r.offset());
         }
         self.next_offset = batch.next_offset();
-        Ok(Some(ReadBatch { batch, first_offset }))
+        let end_offset = batch.next_offset();
+        Ok(Some(ReadBatch { batch, first_offset, end_offset }))
     }
 
     /// Opens the segment holding `next_offset`; false when there is nothing to read yet.
@@ -320,149 +315,7 @@ impl LogReader {
             }
             Err(e) => return Err(e),
         };
-        self.segment = Some(OpenSegment {
-            base_offset,
-            path,
-            file,
-            pos,
-            chunk: None,
-            ahead: VecDeque::new(),
-            planned_end: pos,
-            current: None,
-        });
+        self.segment = Some(SegmentCursor::new(base_offset, path, file, pos));
         Ok(true)
     }
-}
-
-/// Makes sure the current chunk holds the whole frame at `segment.pos`; returns its header and its
-/// start inside the chunk. Keeps the read-ahead queue full.
-async fn load_frame(
-    shared: &Shared,
-    segment: &mut OpenSegment,
-    limit: u64,
-) -> Result<(FrameHeader, usize), Error> {
-    let covered =
-        segment.chunk.as_ref().is_some_and(|c| segment.pos >= c.pos && segment.pos < c.end);
-    if !covered {
-        segment.chunk = None;
-        if segment.ahead.front().is_some_and(|p| p.start != segment.pos) {
-            // A plan from elsewhere (cannot happen while reading forward); start over from here.
-            segment.ahead.clear();
-            segment.planned_end = segment.pos;
-        }
-        if segment.planned_end < segment.pos {
-            segment.planned_end = segment.pos;
-        }
-        plan_reads(shared, segment, limit);
-        let planned = segment.ahead.pop_front().ok_or_else(|| Error::Corrupt {
-            path: segment.path.clone(),
-            position: segment.pos,
-            defect: format::FrameDefect::Truncated {
-                available: 0,
-                needed: format::FRAME_HEADER_SIZE,
-            },
-        })?;
-        let bytes = match planned.source {
-            Source::Disk(task) => {
-                Bytes::Disk(task.await.map_err(|e| Error::io("read", &segment.path, e))?)
-            }
-            Source::Memory(bytes) => bytes,
-        };
-        let pos = planned.start - planned.start % BLOCK_SIZE as u64;
-        if pos + (bytes.len() as u64) < planned.end {
-            return Err(Error::Corrupt {
-                path: segment.path.clone(),
-                position: pos + bytes.len() as u64,
-                defect: format::FrameDefect::Truncated {
-                    available: bytes.len(),
-                    needed: (planned.end - pos) as usize,
-                },
-            });
-        }
-        segment.chunk = Some(Chunk { pos, end: planned.end, bytes });
-        if plan_reads(shared, segment, limit) > 0 {
-            // The reads just planned are tasks that have not run yet: let them run and let the
-            // reactor submit them now, or a caller that never waits (all data already here) would
-            // drain the read-ahead before the next reads reach the device.
-            glommio::executor().yield_task_queue_now().await;
-        }
-    }
-    let chunk = segment.chunk.as_ref().expect("loaded above");
-    let start = (segment.pos - chunk.pos) as usize;
-    let valid = (chunk.end - chunk.pos) as usize;
-    let header = format::parse_header(&chunk.bytes[start..valid]).map_err(|defect| {
-        Error::Corrupt { path: segment.path.clone(), position: segment.pos, defect }
-    })?;
-    if start + header.frame_len as usize > valid {
-        // The index says a frame starts at `chunk.end`, the header says this one runs past it.
-        return Err(Error::Corrupt {
-            path: segment.path.clone(),
-            position: segment.pos,
-            defect: format::FrameDefect::BadHeader {
-                reason: "frame runs past the next indexed frame",
-            },
-        });
-    }
-    Ok((header, start))
-}
-
-/// Starts reads until `read_ahead_max` are in flight or the readable end is planned. Ranges end at
-/// indexed frame starts, about `read_buffer_size_bytes` apart.
-fn plan_reads(shared: &Shared, segment: &mut OpenSegment, limit: u64) -> usize {
-    let size = shared.config.read_buffer_size_bytes as u64;
-    let mut planned = 0;
-    while segment.ahead.len() < shared.config.read_ahead_max && segment.planned_end < limit {
-        let start = segment.planned_end;
-        let end = {
-            let st = shared.state.borrow();
-            let index = st
-                .segments
-                .iter()
-                .find(|s| s.index.base_offset == segment.base_offset)
-                .map(|s| &s.index);
-            let entries = index.map_or(&[][..], |i| &i.entries[..]);
-            let after = entries.partition_point(|e| u64::from(e.position) <= start);
-            let within =
-                entries[after..].partition_point(|e| u64::from(e.position) <= start + size);
-            // The last frame start in (start + size/2, start + size]; failing that, the first one
-            // past start + size: a range somewhat longer than `size` beats one much shorter (two
-            // 600 KiB frames would otherwise make every read half a buffer, halving the bytes in
-            // flight).
-            let last_within = (within > 0).then(|| u64::from(entries[after + within - 1].position));
-            let boundary = match last_within {
-                Some(b) if b >= start + size / 2 => b,
-                _ => entries.get(after + within).map_or(limit, |e| u64::from(e.position)),
-            };
-            boundary.min(limit)
-        };
-        let aligned = start - start % BLOCK_SIZE as u64;
-        let source = match cached(shared, segment.base_offset, aligned, end) {
-            Some(bytes) => Source::Memory(bytes),
-            None => {
-                let len = (end - aligned).next_multiple_of(BLOCK_SIZE as u64) as usize;
-                let file = segment.file.clone();
-                planned += 1;
-                Source::Disk(glommio::spawn_local(
-                    async move { read_at(&file, aligned, len).await },
-                ))
-            }
-        };
-        segment.ahead.push_back(Planned { start, end, source });
-        segment.planned_end = end;
-    }
-    planned
-}
-
-/// The bytes `[start, end)` of a segment from the log's tail cache, if a written buffer holds them.
-fn cached(shared: &Shared, segment_base: u64, start: u64, end: u64) -> Option<Bytes> {
-    let st = shared.state.borrow();
-    let hit = st.tail_cache.iter().rev().find(|c| {
-        c.segment_base == segment_base && c.file_pos <= start && end <= c.file_pos + c.len as u64
-    })?;
-    let from = (start - hit.file_pos) as usize;
-    Some(Bytes::Memory(hit.buf.clone(), from, hit.len))
-}
-
-async fn read_at(file: &File, pos: u64, size: usize) -> Result<ReadBytes, std::io::Error> {
-    file.read_at(pos, size.next_multiple_of(BLOCK_SIZE)).await
 }

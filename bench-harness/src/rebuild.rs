@@ -1,0 +1,426 @@
+//! The `scaling` and `mixed` scenarios: a rebuild spread over every shard as range tasks, and the
+//! live tail's latency while it runs (issue 10).
+//!
+//! `scaling`: one partition's history (`--size-mib`, 100-byte JSON records, 10,000 keys) is
+//! written once, then rebuilt by a new view from offset 0 with 1, 2, ... up to the CPUs online
+//! shards (the data dir reopened each time: the partition's owner moves, its sealed segments are
+//! read by every shard), `--pairs` times each, on the data dir and on a tmpfs dir (`/dev/shm`:
+//! CPU-bound). The limit is the one-shard rate of the same run: the speed-up at N shards is
+//! paired with it, round by round.
+//!
+//! `mixed`: a producer at a fixed rate (`--live-rate` records/s, `written` durability, batches
+//! of 100) over one partition per shard, measuring each batch's append-to-ack latency; a phase
+//! without rebuild, then a rebuild of the realistic view over the history, repeated; and the
+//! same rebuild with no live load. Live p50/p99/p99.9 with and without the rebuild, against
+//! the budget; rebuild rate with and without live load.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use kappa_engine::operator::{Aggregate, Window};
+use kappa_engine::{Durability, Engine, ProducerBatch, TopicConfig, ViewDef};
+use kappa_storage::{LogConfig, MIB};
+use serde::Serialize;
+
+use crate::report::{Figure, Outcome, Series};
+use crate::stats::Pairs;
+use crate::{Machine, Spread};
+
+#[derive(Debug, clap::Args)]
+pub struct ScalingArgs {
+    #[command(flatten)]
+    pub common: crate::Common,
+    /// History size in MiB (key + value bytes).
+    #[arg(long, default_value_t = 1024)]
+    size_mib: u64,
+    /// Rebuilds per shard count.
+    #[arg(long, default_value_t = 3)]
+    pairs: usize,
+    /// Also on a tmpfs data dir (CPU-bound), if /dev/shm exists.
+    #[arg(long, default_value_t = true)]
+    tmpfs: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MixedArgs {
+    #[command(flatten)]
+    pub common: crate::Common,
+    /// History size in MiB (key + value bytes).
+    #[arg(long, default_value_t = 2048)]
+    size_mib: u64,
+    /// The live producer's rate, records/s.
+    #[arg(long, default_value_t = 50_000)]
+    live_rate: u64,
+    /// Rounds (each: live alone, live with a rebuild, a rebuild alone).
+    #[arg(long, default_value_t = 3)]
+    pairs: usize,
+    /// Shards; default: one per CPU online less one left to the client threads (at least 1).
+    #[arg(long)]
+    shards: Option<usize>,
+}
+
+const KEYS: u64 = 10_000;
+const BATCH: usize = 1000;
+
+/// The realistic definition: a JSON field summed per JSON user key, per minute, with the
+/// default checkpoints.
+fn realistic(name: &str) -> ViewDef {
+    ViewDef::new("history")
+        .revision(name)
+        .key_by_json("user")
+        .map_json("amount")
+        .window(Window::Tumbling { size_ms: 60_000 })
+        .aggregate(Aggregate::Sum)
+}
+
+fn log_config() -> LogConfig {
+    // Sealed segments are what range tasks read: 64 MiB keeps most of the history sealed.
+    LogConfig { segment_size_bytes_max: 64 * MIB, ..LogConfig::default() }
+}
+
+fn engine(dir: &std::path::Path, shards: usize) -> anyhow::Result<Engine> {
+    Ok(Engine::builder().data_dir(dir).shards(shards).log_config(log_config()).build()?)
+}
+
+fn record(i: u64, value: &mut Vec<u8>) -> [u8; 8] {
+    value.clear();
+    use std::io::Write;
+    let _ = write!(
+        value,
+        r#"{{"user":"u{}","amount":{}.{:02},"pad":"xxxxxxxxxxxxxxxx"}}"#,
+        i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % KEYS,
+        i % 1000,
+        i % 100
+    );
+    i.to_le_bytes()
+}
+
+/// Writes `records` records to partition `partition` of "history".
+fn write_history(engine: &Engine, partitions: u32, records: u64) -> anyhow::Result<()> {
+    let producer = engine.producer().with_durability(Durability::None);
+    let mut value = Vec::new();
+    let mut pending = std::collections::VecDeque::new();
+    let mut written = 0u64;
+    while written < records {
+        let n = (records - written).min(BATCH as u64);
+        let mut batch = ProducerBatch::with_capacity(n as usize, n as usize * 96);
+        for i in written..written + n {
+            let key = record(i, &mut value);
+            let _ = partitions;
+            batch.push(Some(&key), &value, Some(1_700_000_000_000 + i as i64));
+        }
+        pending.push_back(producer.send_packed_nowait("history", batch)?);
+        if pending.len() > 16 {
+            for ack in pending.pop_front().context("no batch pending")? {
+                ack.wait()?;
+            }
+        }
+        written += n;
+    }
+    for acks in pending {
+        for ack in acks {
+            ack.wait()?;
+        }
+    }
+    Ok(())
+}
+
+/// Builds a new view from offset 0 and times it until it has caught up with `records`.
+fn rebuild_once(engine: &Engine, name: &str, records: u64) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let view = engine.create_view(name, realistic(name))?;
+    loop {
+        std::thread::sleep(Duration::from_millis(20));
+        let progress = view.progress()?;
+        if progress.caught_up() && progress.consumed() >= records {
+            break;
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(900), "rebuild took 15 minutes");
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    engine.delete_view(name)?;
+    Ok(records as f64 / seconds)
+}
+
+#[derive(Debug, Serialize)]
+struct ScalingKind {
+    kind: &'static str,
+    dir: std::path::PathBuf,
+    /// Shard count -> records/s (median, min, max).
+    records_per_s_by_shards: std::collections::BTreeMap<usize, Spread>,
+    /// Shard count -> speed-up over one shard, paired per round.
+    speedup_by_shards: std::collections::BTreeMap<usize, Spread>,
+}
+
+pub fn scaling(args: ScalingArgs) -> anyhow::Result<Outcome> {
+    let quick = args.common.quick;
+    let (size_mib, pairs) = if quick { (16, 1) } else { (args.size_mib, args.pairs.max(1)) };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let temp = args.common.scratch("scaling")?;
+    let machine = Machine::probe(temp.path());
+    let mut dirs = vec![("disk", temp.path().to_path_buf(), None)];
+    let shm = std::path::Path::new("/dev/shm");
+    let tmpfs = if args.tmpfs && shm.is_dir() {
+        Some(tempfile::Builder::new().prefix("kappa-bench-scaling-").tempdir_in(shm)?)
+    } else {
+        None
+    };
+    if let Some(t) = &tmpfs {
+        dirs.push(("tmpfs", t.path().to_path_buf(), None::<()>));
+    }
+    let records = size_mib * MIB / 96;
+    let mut kinds = Vec::new();
+    let mut outcome_figures = Vec::new();
+    let mut scaling_series = Vec::new();
+    for (kind, dir, _) in dirs {
+        {
+            let engine = engine(&dir, 1)?;
+            engine.create_topic("history", TopicConfig::new(1))?;
+            write_history(&engine, 1, records)?;
+            engine.shutdown()?;
+        }
+        let mut rates: std::collections::BTreeMap<usize, Vec<f64>> = Default::default();
+        let mut round_base = Vec::new();
+        for round in 0..pairs {
+            for shards in 1..=cpus {
+                let engine = engine(&dir, shards)?;
+                let rate = rebuild_once(&engine, &format!("r{round}s{shards}"), records)?;
+                engine.shutdown()?;
+                eprintln!(
+                    "  {kind}: {shards} shards, round {}: {:.2} M records/s",
+                    round + 1,
+                    rate / 1e6
+                );
+                if shards == 1 {
+                    round_base.push(rate);
+                }
+                rates.entry(shards).or_default().push(rate);
+            }
+        }
+        let mut by = std::collections::BTreeMap::new();
+        let mut speedup = std::collections::BTreeMap::new();
+        for (shards, r) in &rates {
+            by.insert(*shards, Spread::of(r));
+            let mut p = Pairs::default();
+            for (base, rate) in round_base.iter().zip(r) {
+                p.push(*base, *rate);
+            }
+            let s = p.summary();
+            speedup.insert(
+                *shards,
+                Spread {
+                    median: s.ratio_median,
+                    min: s.ratio_min,
+                    max: s.ratio_max,
+                    runs: s.pairs,
+                },
+            );
+            if *shards > 1 {
+                let target = 0.8 * *shards as f64;
+                outcome_figures.push(
+                    Figure::median(
+                        "scaling",
+                        &format!("{kind}: speed-up at {shards} shards over one"),
+                        &speedup[shards],
+                        "x",
+                    )
+                    .at_least(target),
+                );
+            }
+        }
+        scaling_series.push(Series {
+            name: format!("{kind} (median)"),
+            x_label: "shards".into(),
+            y_label: "M records/s".into(),
+            points: by.iter().map(|(s, r)| (*s as f64, r.median / 1e6)).collect(),
+        });
+        kinds.push(ScalingKind {
+            kind,
+            dir,
+            records_per_s_by_shards: by,
+            speedup_by_shards: speedup,
+        });
+    }
+    let json = serde_json::json!({
+        "scenario": "scaling",
+        "machine": machine,
+        "records": records,
+        "view": "JSON field `amount` summed per JSON key `user` (10,000 keys), 1-minute tumbling windows, default checkpoints",
+        "records_per_s_by_shards": kinds.iter().map(|k| (k.kind, &k.records_per_s_by_shards)).collect::<std::collections::BTreeMap<_, _>>(),
+        "kinds": kinds,
+        "notes": "One partition; the data dir is reopened with N shards, the view rebuilt from offset 0 \
+                  until caught up. Speed-up is paired per round with the one-shard rebuild of the \
+                  same round; target 0.8 x N when CPU-bound (tmpfs). Other processes share the CPUs.",
+    });
+    let mut outcome = Outcome::new("scaling", json);
+    outcome.figures = outcome_figures;
+    outcome.scaling = scaling_series;
+    Ok(outcome)
+}
+
+/// Latencies of one live phase.
+#[derive(Debug, Clone, Serialize)]
+struct LivePhase {
+    p50_us: f64,
+    p99_us: f64,
+    p999_us: f64,
+    batches: u64,
+}
+
+fn live_load(
+    engine: &Engine,
+    rate: u64,
+    stop: &AtomicBool,
+    partitions: u32,
+) -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+    let producer = engine.producer().with_durability(Durability::Written);
+    let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let per_batch = 100u64;
+    let interval = Duration::from_secs_f64(per_batch as f64 / rate as f64);
+    let started = Instant::now();
+    let mut value = Vec::new();
+    let mut i = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let due = started + interval * (i / per_batch) as u32;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let mut batch = ProducerBatch::with_capacity(per_batch as usize, per_batch as usize * 96);
+        for j in i..i + per_batch {
+            let key = record(j, &mut value);
+            batch.push(Some(&key), &value, None);
+        }
+        let _ = partitions;
+        // Latency from the intended send time (no coordinated omission).
+        producer.send_packed("live", batch)?;
+        h.saturating_record(due.elapsed().as_micros() as u64);
+        i += per_batch;
+    }
+    Ok(h)
+}
+
+fn phase(h: &hdrhistogram::Histogram<u64>) -> LivePhase {
+    LivePhase {
+        p50_us: h.value_at_quantile(0.5) as f64,
+        p99_us: h.value_at_quantile(0.99) as f64,
+        p999_us: h.value_at_quantile(0.999) as f64,
+        batches: h.len(),
+    }
+}
+
+pub fn mixed(args: MixedArgs) -> anyhow::Result<Outcome> {
+    let quick = args.common.quick;
+    let (size_mib, pairs) = if quick { (16, 1) } else { (args.size_mib, args.pairs.max(1)) };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let shards = args.shards.unwrap_or(cpus.saturating_sub(1).max(1));
+    let temp = args.common.scratch("mixed")?;
+    let machine = Machine::probe(temp.path());
+    let records = size_mib * MIB / 96;
+    // Shards on the first CPUs; the last CPU (when there are two or more) left to the clients.
+    let engine = Engine::builder()
+        .data_dir(temp.path())
+        .shards(shards)
+        .cpus((0..shards.min(cpus)).collect())
+        .log_config(log_config())
+        .build()?;
+    let budget = engine.config().live_latency_budget;
+    engine.create_topic("history", TopicConfig::new(1))?;
+    engine.create_topic("live", TopicConfig::new(shards as u32))?;
+    write_history(&engine, 1, records)?;
+    let phase_s = if quick { 2.0 } else { 10.0 };
+    let mut without = Vec::new();
+    let mut with = Vec::new();
+    let mut rate_with = Vec::new();
+    let mut rate_alone = Vec::new();
+    for round in 0..pairs {
+        // Live alone.
+        let stop = AtomicBool::new(false);
+        let h = std::thread::scope(|s| {
+            let live = s.spawn(|| live_load(&engine, args.live_rate, &stop, shards as u32));
+            std::thread::sleep(Duration::from_secs_f64(phase_s));
+            stop.store(true, Ordering::Relaxed);
+            live.join().map_err(|_| anyhow::anyhow!("live thread panicked"))?
+        })?;
+        without.push(phase(&h));
+        // Live with a rebuild.
+        let stop = AtomicBool::new(false);
+        let (h, rate) = std::thread::scope(|s| -> anyhow::Result<_> {
+            let live = s.spawn(|| live_load(&engine, args.live_rate, &stop, shards as u32));
+            let rate = rebuild_once(&engine, &format!("with{round}"), records);
+            stop.store(true, Ordering::Relaxed);
+            let h = live.join().map_err(|_| anyhow::anyhow!("live thread panicked"))??;
+            Ok((h, rate?))
+        })?;
+        with.push(phase(&h));
+        rate_with.push(rate);
+        // The rebuild alone.
+        rate_alone.push(rebuild_once(&engine, &format!("alone{round}"), records)?);
+        eprintln!(
+            "  round {}: live p99 {:.0} us without, {:.0} us with the rebuild (budget {} us); rebuild {:.2} M/s with, {:.2} M/s alone",
+            round + 1,
+            without.last().map_or(0.0, |p| p.p99_us),
+            with.last().map_or(0.0, |p| p.p99_us),
+            budget.as_micros(),
+            rate / 1e6,
+            rate_alone.last().copied().unwrap_or(0.0) / 1e6,
+        );
+    }
+    let metrics = engine.metrics()?;
+    engine.shutdown()?;
+    let spread = |v: &[LivePhase], f: fn(&LivePhase) -> f64| {
+        Spread::of(&v.iter().map(f).collect::<Vec<_>>())
+    };
+    let p99_without = spread(&without, |p| p.p99_us);
+    let p99_with = spread(&with, |p| p.p99_us);
+    let p999_with = spread(&with, |p| p.p999_us);
+    let alone = Spread::of(&rate_alone);
+    let with_rate = Spread::of(&rate_with);
+    let json = serde_json::json!({
+        "scenario": "mixed",
+        "machine": machine,
+        "shards": shards,
+        "records": records,
+        "live_rate": args.live_rate,
+        "live_p50_us_without": spread(&without, |p| p.p50_us).median,
+        "live_p99_us_without": p99_without.median,
+        "live_p999_us_without": spread(&without, |p| p.p999_us).median,
+        "live_p50_us_with": spread(&with, |p| p.p50_us).median,
+        "live_p99_us_with": p99_with.median,
+        "live_p999_us_with": p999_with.median,
+        "budget_us": budget.as_micros() as u64,
+        "rebuild_records_per_s_alone": alone.median,
+        "rebuild_records_per_s_with": with_rate.median,
+        "without": without,
+        "with": with,
+        "rebuild_alone": alone,
+        "rebuild_with": with_rate,
+        "replay_controller": metrics.iter().map(|m| serde_json::json!({
+            "shard": m.shard, "level": m.replay.level, "budget_burn": m.replay.budget_burn(),
+            "tasks_done": m.replay.tasks_done, "records": m.replay.records,
+        })).collect::<Vec<_>>(),
+        "notes": "Live: one producer thread, batches of 100 records at `written` durability, \
+                  latency from each batch's intended send time to its ack (no coordinated \
+                  omission). The realistic view: JSON field per JSON key (10,000), 1-minute windows, \
+                  default checkpoints. Medians over rounds; other processes share the CPUs.",
+    });
+    let mut outcome = Outcome::new("mixed", json);
+    let budget_us = budget.as_micros() as f64;
+    outcome.figures.push(Figure::median("mixed", "live p99 without rebuild", &p99_without, "us"));
+    outcome.figures.push(
+        Figure::median("mixed", "live p99 during the rebuild", &p99_with, "us")
+            .less_than(budget_us.min(1.5 * p99_without.median)),
+    );
+    outcome.figures.push(Figure::median(
+        "mixed",
+        "live p99.9 during the rebuild",
+        &p999_with,
+        "us",
+    ));
+    outcome.figures.push(Figure::median("mixed", "rebuild records/s alone", &alone, "rec/s"));
+    outcome.figures.push(
+        Figure::median("mixed", "rebuild records/s with live load", &with_rate, "rec/s")
+            .at_least(0.7 * alone.median),
+    );
+    Ok(outcome)
+}

@@ -1,0 +1,397 @@
+//! The live-latency controller of one shard: how much of the shard replay may take.
+//!
+//! Why: replay and the live tail share each shard's CPU and its one io_uring. Left alone, replay
+//! makes the thread 100% busy and queues its read-ahead in front of live writes (issue 10 saw
+//! the live p99 go from 1.1 ms to 9.6 ms). The shard measures live latency (an append, from the
+//! shard taking it to its acknowledgement) in a sliding window of one second, and every tick an
+//! AIMD controller moves one level in `[FLOOR, 1]`: halved when the window's p99 is over the
+//! budget, raised by a step when it is under three quarters of it (or too few appends to judge).
+//! The level scales three knobs from their ceilings in `ReplayConfig`: the replay task queue's
+//! shares (glommio dynamic shares; the live queue has 1000), the range tasks the shard folds at
+//! once, and the disk reads each replay reader keeps in flight. Replay never starves: while the
+//! shard has replay work and its replay rate over the last second is below
+//! `ReplayConfig::min_records_per_s`, the level is not lowered.
+//!
+//! Replay always catches up, however fast the producers: a fold chasing the live tail that has
+//! not gained on it over a second (`Chase`) marks the shard behind, and the level climbs for the
+//! next second whatever the live latency; one that still does not gain at the full level goes on
+//! in the live queue, on an equal footing with the live versions, which keep up by definition.
+//! Live latency then pays for a finite catch-up; the alternative is a rebuild that never ends.
+//!
+//! Everything here is `Rc`/`Cell`: it lives on the shard and is touched only by its tasks.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::Duration;
+
+use glommio::SharesManager;
+use kappa_storage::ReadAhead;
+
+use crate::config::ReplayConfig;
+
+/// How often the controller looks and the window moves.
+pub(crate) const TICK: Duration = Duration::from_millis(100);
+/// Slots of the sliding window (one per tick): one second.
+const SLOTS: usize = 10;
+/// Below this many appends in the window there is no signal: replay may grow.
+const SAMPLES_MIN: u64 = 20;
+/// The lowest level (a fraction of every ceiling; each knob stays at least 1).
+const FLOOR: f64 = 1.0 / 64.0;
+/// The additive step per tick under budget.
+const STEP: f64 = 1.0 / 16.0;
+
+/// The replay queue's shares, read by glommio at each adjustment period.
+#[derive(Debug)]
+pub(crate) struct DynamicShares(Cell<usize>);
+
+impl SharesManager for DynamicShares {
+    fn shares(&self) -> usize {
+        self.0.get()
+    }
+    fn adjustment_period(&self) -> Duration {
+        TICK
+    }
+}
+
+/// What the controller decided and saw, for metrics and progress.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReplayMetrics {
+    /// The controller's level in (0, 1]: the fraction of the ceilings replay gets.
+    pub level: f64,
+    pub shares: usize,
+    /// Range tasks this shard may fold at once.
+    pub concurrency: usize,
+    /// Disk reads in flight per replay reader.
+    pub read_ahead: usize,
+    /// Range tasks folding on this shard now, and finished so far.
+    pub tasks_running: usize,
+    pub tasks_done: u64,
+    /// Records folded by replay on this shard (range tasks and whole-partition replay).
+    pub records: u64,
+    /// Replay records per second over the last second.
+    pub records_per_s: f64,
+    /// Live latency p99 over the last second, its sample count, and the budget.
+    pub live_p99_us: u64,
+    pub live_samples: u64,
+    pub budget_us: u64,
+    /// Ticks with replay work whose window p99 was over the budget, and all ticks with replay
+    /// work: their ratio is the budget burn.
+    pub ticks_over_budget: u64,
+    pub ticks_replaying: u64,
+}
+
+impl ReplayMetrics {
+    /// The share of replaying time the live p99 spent over its budget.
+    pub fn budget_burn(&self) -> f64 {
+        if self.ticks_replaying == 0 {
+            0.0
+        } else {
+            self.ticks_over_budget as f64 / self.ticks_replaying as f64
+        }
+    }
+}
+
+pub(crate) struct ReplayControl {
+    config: ReplayConfig,
+    budget_ns: u64,
+    level: Cell<f64>,
+    shares: Rc<DynamicShares>,
+    read_ahead: ReadAhead,
+    permits: glommio::sync::Semaphore,
+    concurrency: Cell<usize>,
+    /// Permits to keep (not hand back) as tasks finish: a lowered concurrency.
+    owed: Cell<usize>,
+    window: RefCell<LiveWindow>,
+    /// Range tasks and whole-partition replays active on the shard.
+    replaying: Cell<usize>,
+    tasks_running: Cell<usize>,
+    tasks_done: Cell<u64>,
+    records: Cell<u64>,
+    /// `records` at each of the last `SLOTS` ticks, for the rate over one second.
+    records_at: RefCell<[u64; SLOTS]>,
+    metrics: Cell<Option<ReplayMetrics>>,
+    ticks_over: Cell<u64>,
+    ticks_replaying: Cell<u64>,
+    /// Ticks so far: the clock of `Chase`.
+    ticks: Cell<u64>,
+    /// Until this tick a replay on the shard is behind the live tail (`mark_behind`): the level
+    /// climbs as for a starving replay.
+    behind_until: Cell<u64>,
+}
+
+/// Live latencies of the last second, one histogram per tick.
+struct LiveWindow {
+    slots: Vec<hdrhistogram::Histogram<u64>>,
+    current: usize,
+    merged: hdrhistogram::Histogram<u64>,
+}
+
+fn histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1_000, 60_000_000_000, 2)
+        .expect("static histogram bounds are valid")
+}
+
+impl ReplayControl {
+    pub(crate) fn new(config: ReplayConfig, budget: Duration) -> ReplayControl {
+        let control = ReplayControl {
+            config,
+            budget_ns: budget.as_nanos() as u64,
+            level: Cell::new(1.0),
+            shares: Rc::new(DynamicShares(Cell::new(config.shares_max))),
+            read_ahead: ReadAhead::new(config.read_ahead_max),
+            permits: glommio::sync::Semaphore::new(config.concurrency_max as u64),
+            concurrency: Cell::new(config.concurrency_max),
+            owed: Cell::new(0),
+            window: RefCell::new(LiveWindow {
+                slots: (0..SLOTS).map(|_| histogram()).collect(),
+                current: 0,
+                merged: histogram(),
+            }),
+            replaying: Cell::new(0),
+            tasks_running: Cell::new(0),
+            tasks_done: Cell::new(0),
+            records: Cell::new(0),
+            records_at: RefCell::new([0; SLOTS]),
+            metrics: Cell::new(None),
+            ticks_over: Cell::new(0),
+            ticks_replaying: Cell::new(0),
+            ticks: Cell::new(0),
+            behind_until: Cell::new(0),
+        };
+        control.metrics.set(Some(control.snapshot(0, 0, 0.0)));
+        control
+    }
+
+    /// The shares manager of the replay task queue.
+    pub(crate) fn shares(&self) -> Rc<DynamicShares> {
+        self.shares.clone()
+    }
+
+    /// The read-ahead every replay reader on this shard uses (the controller moves it).
+    pub(crate) fn read_ahead(&self) -> ReadAhead {
+        self.read_ahead.clone()
+    }
+
+    /// Controller ticks so far (`TICK` apart).
+    pub(crate) fn ticks(&self) -> u64 {
+        self.ticks.get()
+    }
+
+    /// The level now: 1.0 is everything the ceilings allow.
+    pub(crate) fn level(&self) -> f64 {
+        self.level.get()
+    }
+
+    /// A replay on this shard did not gain on the live tail over the last second: for the next
+    /// second the level climbs as for a starving replay.
+    pub(crate) fn mark_behind(&self) {
+        self.behind_until.set(self.ticks.get() + CHASE_TICKS);
+    }
+
+    /// One live latency sample (an append's acknowledgement).
+    pub(crate) fn record_live(&self, ns: u64) {
+        let mut w = self.window.borrow_mut();
+        let current = w.current;
+        w.slots[current].saturating_record(ns);
+    }
+
+    /// Records folded by replay on this shard.
+    pub(crate) fn folded(&self, records: u64) {
+        self.records.set(self.records.get() + records);
+    }
+
+    /// Marks replay work active on the shard until the guard drops.
+    pub(crate) fn active(self: &Rc<Self>) -> Active {
+        self.replaying.set(self.replaying.get() + 1);
+        Active(self.clone())
+    }
+
+    /// Waits for one of the shard's range task slots (the controller's concurrency).
+    pub(crate) async fn task_slot(self: &Rc<Self>) -> TaskSlot {
+        // The semaphore is never closed, so acquiring cannot fail.
+        let _ = self.permits.acquire(1).await;
+        self.tasks_running.set(self.tasks_running.get() + 1);
+        TaskSlot(self.clone())
+    }
+
+    fn release_slot(&self) {
+        self.tasks_running.set(self.tasks_running.get() - 1);
+        self.tasks_done.set(self.tasks_done.get() + 1);
+        if self.owed.get() > 0 {
+            self.owed.set(self.owed.get() - 1);
+        } else {
+            self.permits.signal(1);
+        }
+    }
+
+    fn set_concurrency(&self, target: usize) {
+        let now = self.concurrency.get();
+        if target > now {
+            let mut more = target - now;
+            let forgiven = more.min(self.owed.get());
+            self.owed.set(self.owed.get() - forgiven);
+            more -= forgiven;
+            self.permits.signal(more as u64);
+        } else {
+            for _ in target..now {
+                // A free permit is taken back now; one held by a running task when it finishes.
+                if !matches!(self.permits.try_acquire(1), Ok(true)) {
+                    self.owed.set(self.owed.get() + 1);
+                }
+            }
+        }
+        self.concurrency.set(target);
+    }
+
+    /// One controller step: read the window, move the level, set the knobs, move the window.
+    pub(crate) fn tick(&self) {
+        let (p99, samples) = {
+            let mut w = self.window.borrow_mut();
+            let LiveWindow { slots, current, merged } = &mut *w;
+            merged.reset();
+            for slot in slots.iter() {
+                let _ = merged.add(slot);
+            }
+            let out = (merged.value_at_quantile(0.99), merged.len());
+            *current = (*current + 1) % SLOTS;
+            slots[*current].reset();
+            out
+        };
+        let records = self.records.get();
+        let rate = {
+            let mut at = self.records_at.borrow_mut();
+            let oldest = at[0];
+            at.rotate_left(1);
+            at[SLOTS - 1] = records;
+            (records - oldest) as f64 / (TICK.as_secs_f64() * SLOTS as f64)
+        };
+        let replaying = self.replaying.get() > 0;
+        let over = samples >= SAMPLES_MIN && p99 > self.budget_ns;
+        if replaying {
+            self.ticks_replaying.set(self.ticks_replaying.get() + 1);
+            if over {
+                self.ticks_over.set(self.ticks_over.get() + 1);
+            }
+        }
+        let level = self.level.get();
+        self.ticks.set(self.ticks.get() + 1);
+        let behind = self.ticks.get() <= self.behind_until.get();
+        let starving = replaying && (rate < self.config.min_records_per_s as f64 || behind);
+        let level = if over && !starving {
+            (level / 2.0).max(FLOOR)
+        } else if samples < SAMPLES_MIN || p99 < self.budget_ns / 4 * 3 || starving {
+            (level + STEP).min(1.0)
+        } else {
+            level
+        };
+        self.level.set(level);
+        let scaled = |max: usize| ((max as f64 * level).round() as usize).clamp(1, max);
+        self.shares.0.set(scaled(self.config.shares_max));
+        self.read_ahead.set(scaled(self.config.read_ahead_max));
+        self.set_concurrency(scaled(self.config.concurrency_max));
+        self.metrics.set(Some(self.snapshot(p99, samples, rate)));
+    }
+
+    fn snapshot(&self, p99: u64, samples: u64, rate: f64) -> ReplayMetrics {
+        ReplayMetrics {
+            level: self.level.get(),
+            shares: self.shares.0.get(),
+            concurrency: self.concurrency.get(),
+            read_ahead: self.read_ahead.get(),
+            tasks_running: self.tasks_running.get(),
+            tasks_done: self.tasks_done.get(),
+            records: self.records.get(),
+            records_per_s: rate,
+            live_p99_us: p99 / 1_000,
+            live_samples: samples,
+            budget_us: self.budget_ns / 1_000,
+            ticks_over_budget: self.ticks_over.get(),
+            ticks_replaying: self.ticks_replaying.get(),
+        }
+    }
+
+    /// The last tick's figures, with the current task and record counts.
+    pub(crate) fn metrics(&self) -> ReplayMetrics {
+        let mut m = self.metrics.get().expect("set at creation");
+        m.tasks_running = self.tasks_running.get();
+        m.tasks_done = self.tasks_done.get();
+        m.records = self.records.get();
+        m
+    }
+}
+
+/// Replay work active on a shard (see `ReplayControl::active`).
+pub(crate) struct Active(Rc<ReplayControl>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.replaying.set(self.0.replaying.get() - 1);
+    }
+}
+
+/// A range task's slot; handed back (or kept, if the concurrency was lowered) on drop.
+pub(crate) struct TaskSlot(Rc<ReplayControl>);
+
+impl Drop for TaskSlot {
+    fn drop(&mut self) {
+        self.0.release_slot();
+    }
+}
+
+/// Ticks between two judgements of a chase: a second.
+pub(crate) const CHASE_TICKS: u64 = SLOTS as u64;
+
+/// Whether a replay gains on the live tail: its lag (records between it and the readable end),
+/// judged once a second of controller ticks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Chase {
+    tick: u64,
+    lag: u64,
+}
+
+/// A chase's judgement (`Chase::look`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ChaseStep {
+    /// The lag shrank over the last second: the replay will catch up.
+    Gaining,
+    /// It did not, below the full level: raise the level (`ReplayControl::mark_behind`).
+    Behind,
+    /// It did not at the full level: replay's share cannot catch up; go on in the live queue.
+    Promote,
+}
+
+impl Chase {
+    pub(crate) fn new(tick: u64, lag: u64) -> Chase {
+        Chase { tick, lag }
+    }
+
+    /// One look after a folded batch; a judgement at most once per `CHASE_TICKS`.
+    pub(crate) fn look(&mut self, tick: u64, lag: u64, full_level: bool) -> Option<ChaseStep> {
+        if tick < self.tick + CHASE_TICKS {
+            return None;
+        }
+        let gaining = lag < self.lag;
+        *self = Chase { tick, lag };
+        Some(if gaining {
+            ChaseStep::Gaining
+        } else if full_level {
+            ChaseStep::Promote
+        } else {
+            ChaseStep::Behind
+        })
+    }
+}
+
+/// Runs the controller every tick until the shard stops.
+pub(crate) async fn control_loop(control: Rc<ReplayControl>, stopping: impl Fn() -> bool) {
+    loop {
+        glommio::timer::sleep(TICK).await;
+        if stopping() {
+            return;
+        }
+        control.tick();
+    }
+}
+
+#[cfg(test)]
+mod tests;
