@@ -234,11 +234,19 @@ fn a_deleted_view_stays_deleted_through_a_power_cut() {
         produce(&engine, "p");
         let view = engine.create_view("v", view_def()).expect("view");
         wait_caught_up(&view, seed);
-        let progress = view.progress().expect("progress");
-        assert!(
-            progress.partitions.iter().all(|p| p.checkpointed.is_some()),
-            "seed {seed}: the view wrote no checkpoint to delete"
-        );
+        // Checkpoints are written in the background while the fold goes on: wait for them.
+        let mut looks = 0;
+        while !view
+            .progress()
+            .expect("progress")
+            .partitions
+            .iter()
+            .all(|p| p.checkpointed.is_some())
+        {
+            looks += 1;
+            assert!(looks < 4_000, "seed {seed}: the view wrote no checkpoint to delete");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         drop(view);
         engine.delete_view("v").expect("delete view");
         let image = disk.power_cut(seed);
