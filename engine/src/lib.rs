@@ -39,7 +39,7 @@ pub use kappa_storage::{Durability, OwnedBatch, RecordRef, Seek};
 pub use lock::DirLock;
 pub use metrics::{ConsumerMetrics, PartitionMetrics, ShardMetrics, ViewMetrics, WatchdogMetrics};
 pub use producer::{
-    Ack, BatchAck, PendingAck, PendingAcks, Producer, ProducerBatch, ProducerRecord,
+    Ack, BatchAck, PendingAck, PendingAcks, Producer, ProducerBatch, ProducerRecord, Stamped,
     DEFAULT_BATCH_SIZE,
 };
 pub use router::ShardId;

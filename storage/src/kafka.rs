@@ -269,14 +269,12 @@ pub(crate) fn write_varint(out: &mut [u8], value: i64) -> usize {
     n + 1
 }
 
+#[inline]
 pub(crate) fn varint_len(value: i64) -> usize {
-    let mut zz = ((value << 1) ^ (value >> 63)) as u64;
-    let mut n = 1;
-    while zz >= 0x80 {
-        zz >>= 7;
-        n += 1;
-    }
-    n
+    let zz = ((value << 1) ^ (value >> 63)) as u64;
+    // 7 bits per byte: the significant bits (at least one), rounded up to sevens.
+    let bits = 64 - (zz | 1).leading_zeros() as usize;
+    bits.div_ceil(7)
 }
 
 fn put_varint<S: Sink>(buf: &mut S, value: i64) {
