@@ -178,39 +178,10 @@ impl ProducerBatch {
         self.entries[index].key.map(|r| self.slice(r))
     }
 
-    /// Visits every record as borrowed parts: (timestamp, key, value, headers).
-    pub(crate) fn for_each<'a>(
-        &'a self,
-        mut visit: impl FnMut(
-            Option<i64>,
-            Option<&'a [u8]>,
-            &'a [u8],
-            &mut dyn Iterator<Item = (&'a [u8], Option<&'a [u8]>)>,
-        ),
-    ) {
-        for entry in &self.entries {
-            let (start, count) = entry.headers;
-            let mut headers = self.headers[start as usize..(start + count) as usize]
-                .iter()
-                .map(|h| (self.slice(h.key), h.value.map(|v| self.slice(v))));
-            visit(
-                entry.timestamp,
-                entry.key.map(|k| self.slice(k)),
-                self.slice(entry.value),
-                &mut headers,
-            );
-        }
-    }
-
     /// The records as the log's encoder reads them (`PartitionLog::append_records`), with
     /// `now_ms` for those without a timestamp: what a shard appends, copied once.
     pub fn records_at(&self, now_ms: i64) -> Stamped<'_, ProducerBatch> {
         Stamped { records: self, now_ms }
-    }
-
-    /// Header count over all records.
-    pub(crate) fn header_count(&self) -> usize {
-        self.headers.len()
     }
 
     /// The records at `indexes`, copied into a batch of their own.

@@ -22,9 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use glommio::{Latency, Shares, TaskQueueHandle};
-use kappa_storage::{
-    Durability, Header, LogConfig, OwnedBatch, PartitionLog, ProducerInfo, Record, Seek,
-};
+use kappa_storage::{Durability, LogConfig, OwnedBatch, PartitionLog, ProducerInfo, Seek};
 
 use crate::config::EngineConfig;
 use crate::metrics::{ConsumerMetrics, PartitionMetrics, ShardMetrics, ViewMetrics};

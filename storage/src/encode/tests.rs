@@ -71,7 +71,10 @@ fn the_payload_is_rkyvs_serialization_and_the_kafka_bytes_the_simple_encoders() 
             assert_eq!(parsed.0, header);
             assert_eq!(header.synced_before, 4096);
             assert_eq!(header.first_timestamp, records[0].timestamp);
-            assert_eq!(header.max_timestamp, records.iter().map(|r| r.timestamp).max().unwrap());
+            assert_eq!(
+                header.max_timestamp,
+                records.iter().map(|r| r.timestamp).max().expect("records")
+            );
 
             // Reference: the simple encoder (a Vec, patched afterwards) and rkyv itself.
             let mut kafka_ref = Vec::new();
@@ -100,7 +103,7 @@ fn the_crc_is_crc32c_of_the_whole_batch() {
     let batch = BatchRef::from_frame(&frame).expect("valid");
     let kafka = batch.kafka_bytes();
     assert!(kafka.len() > 4 * CRC_CHUNK);
-    let stored = u32::from_be_bytes(kafka[17..21].try_into().unwrap());
+    let stored = u32::from_be_bytes(kafka[17..21].try_into().expect("4 bytes"));
     assert_eq!(stored, crc32c::crc32c(&kafka[CRC_START..]), "CRC32C over bytes 21..");
     let mut bytes = kafka;
     let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut bytes).expect("decodes");
