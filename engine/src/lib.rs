@@ -44,7 +44,7 @@ pub use metrics::{
     ConsumerMetrics, PartitionMetrics, ReplayMetrics, ShardMetrics, ViewMetrics, WatchdogMetrics,
 };
 pub use producer::{
-    Ack, BatchAck, PendingAck, PendingAcks, Producer, ProducerBatch, ProducerRecord,
+    Ack, BatchAck, PendingAck, PendingAcks, Producer, ProducerBatch, ProducerRecord, Stamped,
     DEFAULT_BATCH_SIZE,
 };
 pub use router::ShardId;

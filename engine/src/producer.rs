@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kappa_storage::Durability;
+use kappa_storage::{Durability, Header, Records};
 
 use crate::engine::{Inner, TopicMeta};
 use crate::router::partition_for_key;
@@ -178,33 +178,10 @@ impl ProducerBatch {
         self.entries[index].key.map(|r| self.slice(r))
     }
 
-    /// Visits every record as borrowed parts: (timestamp, key, value, headers).
-    pub(crate) fn for_each<'a>(
-        &'a self,
-        mut visit: impl FnMut(
-            Option<i64>,
-            Option<&'a [u8]>,
-            &'a [u8],
-            &mut dyn Iterator<Item = (&'a [u8], Option<&'a [u8]>)>,
-        ),
-    ) {
-        for entry in &self.entries {
-            let (start, count) = entry.headers;
-            let mut headers = self.headers[start as usize..(start + count) as usize]
-                .iter()
-                .map(|h| (self.slice(h.key), h.value.map(|v| self.slice(v))));
-            visit(
-                entry.timestamp,
-                entry.key.map(|k| self.slice(k)),
-                self.slice(entry.value),
-                &mut headers,
-            );
-        }
-    }
-
-    /// Header count over all records.
-    pub(crate) fn header_count(&self) -> usize {
-        self.headers.len()
+    /// The records as the log's encoder reads them (`PartitionLog::append_records`), with
+    /// `now_ms` for those without a timestamp: what a shard appends, copied once.
+    pub fn records_at(&self, now_ms: i64) -> Stamped<'_, ProducerBatch> {
+        Stamped { records: self, now_ms }
     }
 
     /// The records at `indexes`, copied into a batch of their own.
@@ -226,6 +203,51 @@ impl ProducerBatch {
             out.push_with_headers(self.key(i), self.slice(entry.value), entry.timestamp, &headers);
         }
         out
+    }
+}
+
+/// A payload as the log's encoder reads it (`kappa_storage::Records`), in place: a record without
+/// a timestamp gets `now_ms`, the append time. Nothing is built per record between the producer's
+/// bytes and the log's write buffer (`ProducerBatch::records_at`).
+pub struct Stamped<'a, T: ?Sized> {
+    pub(crate) records: &'a T,
+    pub(crate) now_ms: i64,
+}
+
+impl Records for Stamped<'_, ProducerBatch> {
+    fn count(&self) -> usize {
+        self.records.entries.len()
+    }
+    #[inline]
+    fn record(&self, index: usize) -> (i64, Option<&[u8]>, &[u8], usize) {
+        let batch = self.records;
+        let entry = &batch.entries[index];
+        (
+            entry.timestamp.unwrap_or(self.now_ms),
+            entry.key.map(|k| batch.slice(k)),
+            batch.slice(entry.value),
+            entry.headers.1 as usize,
+        )
+    }
+    fn header(&self, index: usize, header: usize) -> Header<'_> {
+        let batch = self.records;
+        let h = &batch.headers[batch.entries[index].headers.0 as usize + header];
+        Header { key: batch.slice(h.key), value: h.value.map(|v| batch.slice(v)) }
+    }
+}
+
+impl Records for Stamped<'_, [ProducerRecord]> {
+    fn count(&self) -> usize {
+        self.records.len()
+    }
+    #[inline]
+    fn record(&self, index: usize) -> (i64, Option<&[u8]>, &[u8], usize) {
+        let r = &self.records[index];
+        (r.timestamp.unwrap_or(self.now_ms), r.key.as_deref(), &r.value, r.headers.len())
+    }
+    fn header(&self, index: usize, header: usize) -> Header<'_> {
+        let (key, value) = &self.records[index].headers[header];
+        Header { key: key.as_bytes(), value: value.as_deref() }
     }
 }
 

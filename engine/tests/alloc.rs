@@ -99,3 +99,70 @@ fn folding_allocates_nothing_per_record() {
         }
     }
 }
+
+/// The shard's append hand-off reads a `ProducerBatch` in place (`ProducerBatch::records_at`)
+/// and the log encodes it straight into its write buffers: once warm, appending allocates
+/// nothing per record and nothing per append (only the sparse index's occasional growth). The
+/// writer task runs between appends, outside the count.
+#[test]
+fn appending_a_producer_batch_allocates_nothing_per_record() {
+    use kappa_engine::ProducerBatch;
+    use kappa_storage::{Durability, LogConfig, PartitionLog};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut batch = ProducerBatch::new();
+    for i in 0..500u32 {
+        let value = vec![i as u8; 1024];
+        if i % 50 == 0 {
+            batch.push_with_headers(Some(&i.to_le_bytes()), &value, None, &[("h", Some(b"v"))]);
+        } else {
+            batch.push(Some(&i.to_le_bytes()), &value, Some(i64::from(i)));
+        }
+    }
+    let config = LogConfig { segment_size_bytes_max: 1 << 30, ..LogConfig::default() };
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(32 << 20)
+        .make()
+        .expect("executor")
+        .run(async move {
+            let log = PartitionLog::open(dir.path(), config).await.expect("open");
+            let producer = ProducerInfo::default();
+            for _ in 0..50 {
+                log.reserve().await;
+                let ticket = log
+                    .append_records(&batch.records_at(7), producer, Durability::None, 7)
+                    .expect("append");
+                let _ = log.wait(ticket).await.expect("wait");
+            }
+            let appends = 400u64;
+            let mut counted = 0u64;
+            for _ in 0..appends {
+                log.reserve().await;
+                let before = allocations();
+                let ticket = log
+                    .append_records(&batch.records_at(7), producer, Durability::None, 7)
+                    .expect("append");
+                counted += allocations() - before;
+                let _ = log.wait(ticket).await.expect("wait");
+                glommio::yield_if_needed().await;
+            }
+            eprintln!(
+                "append: {counted} allocations in {appends} appends of {} records",
+                batch.len()
+            );
+            assert!(counted <= 16, "{counted} allocations in {appends} appends");
+
+            // What was appended reads back: a record with headers, one without a timestamp.
+            let mut reader = log.reader(kappa_storage::Seek::Beginning).expect("reader");
+            let read = reader.next_batch().await.expect("read").expect("a batch");
+            let mut records = read.records();
+            let first = records.next().expect("a record");
+            assert_eq!(first.timestamp(), 7, "no timestamp: the append time");
+            assert_eq!(first.headers().count(), 1);
+            let second = records.next().expect("record 1");
+            assert_eq!(second.timestamp(), 1);
+            assert_eq!(second.value(), &[1u8; 1024][..]);
+            drop(records);
+            log.close().await.expect("close");
+        });
+}

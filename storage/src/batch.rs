@@ -8,10 +8,11 @@
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
-use crate::format::{
-    self, FrameDefect, FrameHeader, FORMAT_VERSION, FRAME_ALIGN, FRAME_HEADER_SIZE,
+use crate::encode::{self, FrameLayout, Scratch, SliceOut};
+use crate::format::{self, FrameDefect, FrameHeader, FRAME_ALIGN};
+use crate::kafka::{
+    self, ArchivedRecordEntry, HeaderIter, ProducerInfo, Record, RecordEntry, Records,
 };
-use crate::kafka::{self, ArchivedRecordEntry, HeaderIter, ProducerInfo, Record, RecordEntry};
 use crate::{Error, Limits};
 
 /// The payload of a frame.
@@ -23,102 +24,30 @@ pub struct BatchArchive {
     pub directory: Vec<RecordEntry>,
 }
 
-/// The Kafka bytes of a batch, already written into the output buffer (right after the frame
-/// header) by `kafka::encode_batch`. Archiving it only records where they are: the bytes are
-/// written once, in place, instead of being copied from a scratch `Vec` by the serializer.
-struct InPlaceBytes {
-    pos: usize,
-    len: usize,
-}
-
-impl rkyv::Archive for InPlaceBytes {
-    type Archived = rkyv::vec::ArchivedVec<u8>;
-    type Resolver = rkyv::vec::VecResolver;
-
-    fn resolve(&self, resolver: Self::Resolver, out: rkyv::Place<Self::Archived>) {
-        rkyv::vec::ArchivedVec::resolve_from_len(self.len, resolver, out);
-    }
-}
-
-impl<S: rkyv::rancor::Fallible + ?Sized> rkyv::Serialize<S> for InPlaceBytes {
-    fn serialize(&self, _: &mut S) -> Result<Self::Resolver, S::Error> {
-        Ok(rkyv::vec::VecResolver::from_pos(self.pos))
-    }
-}
-
-/// What the encoder serializes: the same archived layout as `BatchArchive` (a test checks the bytes
-/// are identical), with the Kafka bytes in place.
-#[derive(rkyv::Archive, rkyv::Serialize)]
-struct BatchArchiveInPlace {
-    kafka: InPlaceBytes,
-    directory: Vec<RecordEntry>,
-}
-
-const _: () = assert!(
-    std::mem::size_of::<ArchivedBatchArchiveInPlace>()
-        == std::mem::size_of::<ArchivedBatchArchive>()
-);
-
-/// Builds frames. Owns its scratch buffers, so steady-state encoding reuses memory.
+/// Builds frames into a buffer of its own (for tests, tools and benches; the log encodes straight
+/// into its write buffers). Owns its scratch buffers, so steady-state encoding reuses memory.
 pub struct BatchEncoder {
-    directory: Vec<RecordEntry>,
+    scratch: Scratch,
     frame: AlignedVec<FRAME_ALIGN>,
-    header: FrameHeader,
+    header: Option<FrameHeader>,
+    synced_before: u32,
     limits: Limits,
 }
 
 impl BatchEncoder {
     pub fn new(limits: Limits) -> Self {
         BatchEncoder {
-            directory: Vec::new(),
+            scratch: Scratch::default(),
             frame: AlignedVec::new(),
-            header: FrameHeader {
-                version: FORMAT_VERSION,
-                frame_len: 0,
-                payload_len: 0,
-                base_offset: 0,
-                record_count: 0,
-                first_timestamp: 0,
-                max_timestamp: 0,
-                synced_before: 0,
-                checksum: 0,
-            },
+            header: None,
+            synced_before: 0,
             limits,
         }
     }
 
     /// Checks `records` against the limits without encoding anything.
     pub fn check(&self, records: &[Record<'_>]) -> Result<(), Error> {
-        if records.is_empty() {
-            return Err(Error::EmptyBatch);
-        }
-        if records.len() > self.limits.batch_record_count_max as usize {
-            return Err(Error::BatchTooLarge {
-                size_bytes: records.len() as u64,
-                size_bytes_max: u64::from(self.limits.batch_record_count_max),
-                what: "records",
-            });
-        }
-        let mut total = 0u64;
-        for (index, record) in records.iter().enumerate() {
-            let size = record.size_bytes() as u64;
-            if size > u64::from(self.limits.record_size_bytes_max) {
-                return Err(Error::RecordTooLarge {
-                    index,
-                    size_bytes: size,
-                    size_bytes_max: u64::from(self.limits.record_size_bytes_max),
-                });
-            }
-            total += size;
-        }
-        if total > u64::from(self.limits.batch_size_bytes_max) {
-            return Err(Error::BatchTooLarge {
-                size_bytes: total,
-                size_bytes_max: u64::from(self.limits.batch_size_bytes_max),
-                what: "bytes",
-            });
-        }
-        Ok(())
+        kafka::plan_batch(records, &self.limits).map(|_| ())
     }
 
     /// Encodes one frame for `records` with offsets starting at `base_offset`. The frame stays in
@@ -129,55 +58,37 @@ impl BatchEncoder {
         records: &[Record<'_>],
         producer: ProducerInfo,
     ) -> Result<&FrameHeader, Error> {
-        self.check(records)?;
-        let mut frame = std::mem::take(&mut self.frame);
-        frame.clear();
-        frame.extend_from_slice(&[0u8; FRAME_HEADER_SIZE]);
-        let kafka_len =
-            kafka::encode_batch(base_offset, records, producer, &mut frame, &mut self.directory);
-        let archive = BatchArchiveInPlace {
-            kafka: InPlaceBytes { pos: FRAME_HEADER_SIZE, len: kafka_len },
-            directory: std::mem::take(&mut self.directory),
-        };
-        let serialized = rkyv::api::high::to_bytes_in::<_, rancor::Error>(&archive, frame);
-        self.directory = archive.directory;
-        let mut frame =
-            serialized.map_err(|_| Error::Encode { what: "rkyv archive of a batch" })?;
-        let payload_len = frame.len() - FRAME_HEADER_SIZE;
-        let frame_len = format::frame_len_for(payload_len);
-        frame.resize(frame_len, 0);
+        self.encode_records(base_offset, records, producer)
+    }
 
-        let first_timestamp = records[0].timestamp;
-        let max_timestamp = records.iter().map(|r| r.timestamp).max().unwrap_or(first_timestamp);
-        self.header.frame_len = frame_len as u32;
-        self.header.payload_len = payload_len as u32;
-        self.header.base_offset = base_offset;
-        self.header.record_count = records.len() as u32;
-        self.header.first_timestamp = first_timestamp;
-        self.header.max_timestamp = max_timestamp;
-        let (head, rest) = frame.split_at_mut(FRAME_HEADER_SIZE);
-        let head: &mut [u8; FRAME_HEADER_SIZE] =
-            head.try_into().expect("split_at_mut gives exactly FRAME_HEADER_SIZE bytes");
-        self.header.write(head, &rest[..payload_len]);
-        self.frame = frame;
-        Ok(&self.header)
+    /// `encode` for records in any layout.
+    pub fn encode_records<R: Records + ?Sized>(
+        &mut self,
+        base_offset: u64,
+        records: &R,
+        producer: ProducerInfo,
+    ) -> Result<&FrameHeader, Error> {
+        let plan = kafka::plan_batch(records, &self.limits)?;
+        let frame_len = FrameLayout::of(&plan).frame_len;
+        self.frame.clear();
+        self.frame.resize(frame_len, 0);
+        let mut out = SliceOut { buf: &mut self.frame[..], len: 0 };
+        let header = encode::encode_frame(
+            &mut out,
+            &mut self.scratch,
+            records,
+            &plan,
+            base_offset,
+            producer,
+            self.synced_before,
+        );
+        debug_assert_eq!(out.len, frame_len);
+        Ok(self.header.insert(header))
     }
 
     /// The `synced_before` the next encoded frames carry (see `format`).
     pub fn set_synced_before(&mut self, position: u32) {
-        self.header.synced_before = position;
-    }
-
-    /// Rewrites the last frame's `synced_before` (its header and checksum; the payload is
-    /// hashed again). For a frame that moved to a new segment after it was encoded.
-    pub fn restamp_synced_before(&mut self, position: u32) -> &FrameHeader {
-        self.header.synced_before = position;
-        let payload_len = self.header.payload_len as usize;
-        let (head, rest) = self.frame.split_at_mut(FRAME_HEADER_SIZE);
-        let head: &mut [u8; FRAME_HEADER_SIZE] =
-            head.try_into().expect("split_at_mut gives exactly FRAME_HEADER_SIZE bytes");
-        self.header.write(head, &rest[..payload_len]);
-        &self.header
+        self.synced_before = position;
     }
 
     /// The bytes of the last encoded frame.

@@ -74,6 +74,14 @@ impl FrameHeader {
 
     /// Writes the header, with the checksum computed over it and `payload`.
     pub fn write(&mut self, target: &mut [u8; FRAME_HEADER_SIZE], payload: &[u8]) {
+        self.write_fields(target);
+        self.checksum = frame_checksum(&target[0..56], payload);
+        target[56..64].copy_from_slice(&self.checksum.to_le_bytes());
+    }
+
+    /// Writes every field but the checksum (bytes 56..64 are left as they are): for an encoder
+    /// that hashes the payload after writing it (`checksum_seed`, then `xxh3` with that seed).
+    pub(crate) fn write_fields(&self, target: &mut [u8; FRAME_HEADER_SIZE]) {
         target[0..4].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
         target[4..6].copy_from_slice(&self.version.to_le_bytes());
         target[6..8].copy_from_slice(&0u16.to_le_bytes());
@@ -85,13 +93,17 @@ impl FrameHeader {
         target[32..40].copy_from_slice(&self.first_timestamp.to_le_bytes());
         target[40..48].copy_from_slice(&self.max_timestamp.to_le_bytes());
         target[48..56].copy_from_slice(&0u64.to_le_bytes());
-        self.checksum = frame_checksum(&target[0..56], payload);
-        target[56..64].copy_from_slice(&self.checksum.to_le_bytes());
     }
 }
 
 fn frame_checksum(header_56: &[u8], payload: &[u8]) -> u64 {
-    xxh3_64_with_seed(payload, xxh3_64(header_56))
+    xxh3_64_with_seed(payload, checksum_seed(header_56))
+}
+
+/// The seed the payload is hashed with: the hash of the header's first 56 bytes, so the frame's
+/// checksum is `xxh3_64_with_seed(payload, checksum_seed(header[0..56]))`.
+pub(crate) fn checksum_seed(header_56: &[u8]) -> u64 {
+    xxh3_64(header_56)
 }
 
 /// What is wrong with the bytes at a frame position. The caller adds the file and position.

@@ -22,6 +22,8 @@
 //! ```
 //! Fixed fields are big-endian; varints are zigzag-encoded as in protobuf.
 
+use crate::{Error, Limits};
+
 /// Size of the fixed RecordBatch v2 header.
 pub const BATCH_HEADER_SIZE: usize = 61;
 /// Where the CRC32C coverage starts (the attributes field).
@@ -95,14 +97,184 @@ pub struct RecordEntry {
     pub headers_len: u32,
 }
 
-pub(crate) fn varint_len(value: i64) -> usize {
+/// Records as the frame encoder reads them, by index: a slice of `Record`s, or a caller's own
+/// packed layout read in place (the engine's producer batches), so nothing is built per record
+/// between the producer's bytes and the write buffer. The encoder reads every record twice: once
+/// for its sizes (`plan_batch`), once for its bytes.
+pub trait Records {
+    /// Number of records.
+    fn count(&self) -> usize;
+    /// Record `index`: its timestamp (ms), key, value and number of headers.
+    fn record(&self, index: usize) -> (i64, Option<&[u8]>, &[u8], usize);
+    /// Header `header` of record `index`.
+    fn header(&self, index: usize, header: usize) -> Header<'_>;
+}
+
+impl Records for [Record<'_>] {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    #[inline]
+    fn record(&self, index: usize) -> (i64, Option<&[u8]>, &[u8], usize) {
+        let r = &self[index];
+        (r.timestamp, r.key, r.value, r.headers.len())
+    }
+    #[inline]
+    fn header(&self, index: usize, header: usize) -> Header<'_> {
+        self[index].headers[header]
+    }
+}
+
+/// A batch's sizes and timestamps, known before a byte is written: the log decides on a segment
+/// roll from them, and the encoder writes the lengths up front instead of patching them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchPlan {
+    pub record_count: u32,
+    /// Bytes of the RecordBatch v2 encoding.
+    pub kafka_len: usize,
+    /// Key, value and header bytes of all records (what the size limits count).
+    pub record_bytes: u64,
+    pub first_timestamp: i64,
+    pub max_timestamp: i64,
+}
+
+/// The largest batch encoding: positions inside a batch are `u32`, lengths `i32`.
+const KAFKA_LEN_MAX: usize = i32::MAX as usize / 2;
+
+/// Checks `records` against `limits` and computes the batch's sizes, without writing anything:
+/// an append that fails here has changed nothing.
+pub fn plan_batch<R: Records + ?Sized>(records: &R, limits: &Limits) -> Result<BatchPlan, Error> {
+    let count = records.count();
+    if count == 0 {
+        return Err(Error::EmptyBatch);
+    }
+    if count > limits.batch_record_count_max as usize {
+        return Err(Error::BatchTooLarge {
+            size_bytes: count as u64,
+            size_bytes_max: u64::from(limits.batch_record_count_max),
+            what: "records",
+        });
+    }
+    let record_max = u64::from(limits.record_size_bytes_max);
+    let first_timestamp = records.record(0).0;
+    let mut max_timestamp = first_timestamp;
+    let mut record_bytes = 0u64;
+    let mut kafka_len = BATCH_HEADER_SIZE;
+    for index in 0..count {
+        let (timestamp, key, value, _) = records.record(index);
+        max_timestamp = max_timestamp.max(timestamp);
+        let sizes = record_sizes(records, index, first_timestamp);
+        let size = (key.map_or(0, <[u8]>::len) + value.len()) as u64 + sizes.header_bytes;
+        if size > record_max {
+            return Err(Error::RecordTooLarge {
+                index,
+                size_bytes: size,
+                size_bytes_max: record_max,
+            });
+        }
+        record_bytes += size;
+        kafka_len += varint_len(sizes.body_len as i64) + sizes.body_len;
+    }
+    if record_bytes > u64::from(limits.batch_size_bytes_max) || kafka_len > KAFKA_LEN_MAX {
+        return Err(Error::BatchTooLarge {
+            size_bytes: record_bytes,
+            size_bytes_max: u64::from(limits.batch_size_bytes_max),
+            what: "bytes",
+        });
+    }
+    Ok(BatchPlan {
+        record_count: count as u32,
+        kafka_len,
+        record_bytes,
+        first_timestamp,
+        max_timestamp,
+    })
+}
+
+/// The encoded sizes of one record.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RecordSizes {
+    /// The record's bytes after its length varint.
+    pub(crate) body_len: usize,
+    /// Encoded headers, without their count.
+    pub(crate) headers_len: usize,
+    /// Key and value bytes of the headers (what the size limit counts).
+    pub(crate) header_bytes: u64,
+}
+
+#[inline]
+pub(crate) fn record_sizes<R: Records + ?Sized>(
+    records: &R,
+    index: usize,
+    first_timestamp: i64,
+) -> RecordSizes {
+    let (timestamp, key, value, header_count) = records.record(index);
+    let mut headers_len = 0usize;
+    let mut header_bytes = 0u64;
+    for h in 0..header_count {
+        let header = records.header(index, h);
+        let value_len = header.value.map(<[u8]>::len);
+        header_bytes += (header.key.len() + value_len.unwrap_or(0)) as u64;
+        headers_len += varint_len(header.key.len() as i64)
+            + header.key.len()
+            + varint_len(len_field(value_len))
+            + value_len.unwrap_or(0);
+    }
+    let key_len = key.map(<[u8]>::len);
+    let body_len = 1
+        + varint_len(timestamp.wrapping_sub(first_timestamp))
+        + varint_len(index as i64)
+        + varint_len(len_field(key_len))
+        + key_len.unwrap_or(0)
+        + varint_len(value.len() as i64)
+        + value.len()
+        + varint_len(header_count as i64)
+        + headers_len;
+    RecordSizes { body_len, headers_len, header_bytes }
+}
+
+/// The fixed RecordBatch v2 header of a planned batch, with a zero CRC (the encoder fills it in).
+pub(crate) fn batch_header(
+    base_offset: u64,
+    plan: &BatchPlan,
+    producer: ProducerInfo,
+) -> [u8; BATCH_HEADER_SIZE] {
+    let mut header = [0u8; BATCH_HEADER_SIZE];
+    header[0..8].copy_from_slice(&(base_offset as i64).to_be_bytes());
+    header[8..12].copy_from_slice(&((plan.kafka_len - 12) as i32).to_be_bytes());
+    header[12..16].copy_from_slice(&(-1i32).to_be_bytes()); // partitionLeaderEpoch: no leader.
+    header[16] = MAGIC_V2;
+    // 17..21: the CRC. 21..23: attributes 0 (uncompressed, create time).
+    header[23..27].copy_from_slice(&(plan.record_count as i32 - 1).to_be_bytes());
+    header[27..35].copy_from_slice(&plan.first_timestamp.to_be_bytes());
+    header[35..43].copy_from_slice(&plan.max_timestamp.to_be_bytes());
+    header[43..51].copy_from_slice(&producer.producer_id.to_be_bytes());
+    header[51..53].copy_from_slice(&producer.producer_epoch.to_be_bytes());
+    header[53..57].copy_from_slice(&producer.base_sequence.to_be_bytes());
+    header[57..61].copy_from_slice(&(plan.record_count as i32).to_be_bytes());
+    header
+}
+
+/// Writes the zigzag varint of `value` into `out` (at least 10 bytes), returning its length.
+#[inline]
+pub(crate) fn write_varint(out: &mut [u8], value: i64) -> usize {
     let mut zz = ((value << 1) ^ (value >> 63)) as u64;
-    let mut n = 1;
+    let mut n = 0;
     while zz >= 0x80 {
+        out[n] = (zz as u8) | 0x80;
         zz >>= 7;
         n += 1;
     }
-    n
+    out[n] = zz as u8;
+    n + 1
+}
+
+#[inline]
+pub(crate) fn varint_len(value: i64) -> usize {
+    let zz = ((value << 1) ^ (value >> 63)) as u64;
+    // 7 bits per byte: the significant bits (at least one), rounded up to sevens.
+    let bits = 64 - (zz | 1).leading_zeros() as usize;
+    bits.div_ceil(7)
 }
 
 fn put_varint<S: Sink>(buf: &mut S, value: i64) {
@@ -137,7 +309,7 @@ pub(crate) fn get_varint(bytes: &[u8], pos: &mut usize) -> Option<i64> {
     Some(((result >> 1) as i64) ^ -((result & 1) as i64))
 }
 
-fn len_field(len: Option<usize>) -> i64 {
+pub(crate) fn len_field(len: Option<usize>) -> i64 {
     len.map_or(-1, |l| l as i64)
 }
 

@@ -16,6 +16,7 @@
 //! `<base_offset:020>.index` beside every sealed segment.
 
 pub mod batch;
+mod encode;
 mod error;
 pub mod format;
 pub mod index;
@@ -33,7 +34,7 @@ pub mod verify;
 
 pub use batch::{BatchEncoder, BatchRef, OwnedBatch, RecordRef};
 pub use error::Error;
-pub use kafka::{Header, ProducerInfo, Record};
+pub use kafka::{BatchPlan, Header, ProducerInfo, Record, Records};
 pub use log::{
     AppendInfo, AppendTicket, LogStats, PartitionLog, RecoveryReport, RetentionReport, SegmentInfo,
     TailCut,

@@ -23,13 +23,11 @@ use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
 use glommio::{Latency, Shares, TaskQueueHandle};
-use kappa_storage::{
-    Durability, Header, LogConfig, OwnedBatch, PartitionLog, ProducerInfo, Record, Seek,
-};
+use kappa_storage::{Durability, LogConfig, OwnedBatch, PartitionLog, ProducerInfo, Seek};
 
 use crate::config::EngineConfig;
 use crate::metrics::{ConsumerMetrics, PartitionMetrics, ShardMetrics, ViewMetrics};
-use crate::producer::{BatchAck, Payload};
+use crate::producer::{BatchAck, Payload, Stamped};
 use crate::router::ShardId;
 use crate::view::runner::{self as view_runner, ViewPartition};
 use crate::Error;
@@ -552,51 +550,36 @@ fn append(
     #[allow(clippy::disallowed_methods)] // Ack latency is observability, never a decision.
     let started = std::time::Instant::now();
     let now_ms = shard.config.clock.now_ms();
-    // Borrowed views of the payload: the records' bytes are copied once, into the frame.
-    let mut headers: Vec<Header<'_>> = Vec::new();
-    // (timestamp, key, value, headers start, headers end) per record.
-    type Span<'a> = (i64, Option<&'a [u8]>, &'a [u8], usize, usize);
-    let mut spans: Vec<Span<'_>> = Vec::new();
-    match &payload {
-        Payload::Records(records) => {
-            spans.reserve(records.len());
-            for r in records {
-                let start = headers.len();
-                headers.extend(
-                    r.headers
-                        .iter()
-                        .map(|(k, v)| Header { key: k.as_bytes(), value: v.as_deref() }),
-                );
-                spans.push((
-                    r.timestamp.unwrap_or(now_ms),
-                    r.key.as_deref(),
-                    &r.value,
-                    start,
-                    headers.len(),
-                ));
-            }
-        }
-        Payload::Batch(batch) => {
-            spans.reserve(batch.len());
-            headers.reserve(batch.header_count());
-            batch.for_each(|timestamp, key, value, record_headers| {
-                let start = headers.len();
-                headers.extend(record_headers.map(|(key, value)| Header { key, value }));
-                spans.push((timestamp.unwrap_or(now_ms), key, value, start, headers.len()));
-            });
-        }
-    }
-    let borrowed: Vec<Record<'_>> = spans
-        .iter()
-        .map(|&(timestamp, key, value, start, end)| Record {
-            timestamp,
-            key,
-            value,
-            headers: &headers[start..end],
-        })
-        .collect();
-    let bytes: u64 = borrowed.iter().map(|r| r.size_bytes() as u64).sum();
-    let ticket = match log.append_now(&borrowed, ProducerInfo::default(), durability, now_ms) {
+    // The payload is read in place: its bytes are copied once, into the log's write buffer.
+    let producer = ProducerInfo::default();
+    let (appended, records, bytes) = match &payload {
+        Payload::Records(records) => (
+            log.append_records(
+                &Stamped { records: &records[..], now_ms },
+                producer,
+                durability,
+                now_ms,
+            ),
+            records.len() as u64,
+            records
+                .iter()
+                .map(|r| {
+                    r.key.as_ref().map_or(0, Vec::len)
+                        + r.value.len()
+                        + r.headers
+                            .iter()
+                            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+                            .sum::<usize>()
+                })
+                .sum::<usize>() as u64,
+        ),
+        Payload::Batch(batch) => (
+            log.append_records(&Stamped { records: batch, now_ms }, producer, durability, now_ms),
+            batch.len() as u64,
+            batch.data_len() as u64,
+        ),
+    };
+    let ticket = match appended {
         Ok(ticket) => ticket,
         Err(e) => {
             done(Err(e.into()));
@@ -605,14 +588,11 @@ fn append(
     };
     {
         let mut counters = shard.counters.borrow_mut();
-        counters.records_appended += borrowed.len() as u64;
+        counters.records_appended += records;
         counters.bytes_appended += bytes;
         counters.batches_appended += 1;
         counters.appends_in_flight += 1;
     }
-    drop(borrowed);
-    drop(spans);
-    drop(headers);
     drop(payload);
     let live = shard.live;
     let shard = shard.clone();

@@ -1,8 +1,10 @@
-//! The appender half of `PartitionLog`: offsets, encoding and the copy into the write buffer,
-//! synchronously in call order, then the wait for the asked durability.
+//! The appender half of `PartitionLog`: offsets, and the frame encoded straight into the write
+//! buffers (`crate::encode`, one copy of the records' bytes), synchronously in call order; then
+//! the wait for the asked durability.
 
+use crate::encode::{self, FrameLayout, Out};
 use crate::index::SegmentIndex;
-use crate::kafka::{ProducerInfo, Record};
+use crate::kafka::{self, BatchPlan, ProducerInfo, Record, Records};
 use crate::paths;
 use crate::{Durability, Error};
 
@@ -27,9 +29,9 @@ impl PartitionLog {
         producer: ProducerInfo,
         durability: Durability,
     ) -> Result<AppendInfo, Error> {
-        self.shared.state.borrow().encoder.check(records)?;
+        let plan = kafka::plan_batch(records, &self.shared.config.limits)?;
         self.reserve().await;
-        let (info, seq_end) = self.append_buffered(records, producer, None)?;
+        let (info, seq_end) = self.append_buffered(records, &plan, producer, None)?;
         self.wait(self.ticket(info, seq_end, durability)).await
     }
 
@@ -67,7 +69,21 @@ impl PartitionLog {
         durability: Durability,
         append_time_ms: i64,
     ) -> Result<AppendTicket, Error> {
-        let (info, seq_end) = self.append_buffered(records, producer, Some(append_time_ms))?;
+        self.append_records(records, producer, durability, append_time_ms)
+    }
+
+    /// `append_now` for records in any layout (`Records`): the engine hands its producer batches
+    /// over as they are, and their bytes are copied once, into the write buffer.
+    pub fn append_records<R: Records + ?Sized>(
+        &self,
+        records: &R,
+        producer: ProducerInfo,
+        durability: Durability,
+        append_time_ms: i64,
+    ) -> Result<AppendTicket, Error> {
+        let plan = kafka::plan_batch(records, &self.shared.config.limits)?;
+        let (info, seq_end) =
+            self.append_buffered(records, &plan, producer, Some(append_time_ms))?;
         Ok(self.ticket(info, seq_end, durability))
     }
 
@@ -111,10 +127,13 @@ impl PartitionLog {
         Ok(ticket.info)
     }
 
-    /// The synchronous half of an append: offsets, encoding, copy into the write buffer.
-    fn append_buffered(
+    /// The synchronous half of an append: offsets, and the frame encoded into the write buffers.
+    /// `plan` is `kafka::plan_batch` of `records` (nothing can fail after it: an append either
+    /// changes nothing or appends the whole frame).
+    fn append_buffered<R: Records + ?Sized>(
         &self,
-        records: &[Record<'_>],
+        records: &R,
+        plan: &BatchPlan,
         producer: ProducerInfo,
         append_time_ms: Option<i64>,
     ) -> Result<(AppendInfo, u64), Error> {
@@ -122,47 +141,36 @@ impl PartitionLog {
         let mut st = self.shared.state.borrow_mut();
         self.shared.check_usable(&st)?;
         let st = &mut *st;
-        let base_offset = st.active().index.next_offset;
-        let synced_before = st.synced_position_in_active();
-        st.encoder.set_synced_before(synced_before);
-        let mut header = *st.encoder.encode(base_offset, records, producer)?;
-        let frame_len = u64::from(header.frame_len);
-
+        let frame_len = FrameLayout::of(plan).frame_len as u64;
         let active = &st.active().index;
         if !active.is_empty() && active.size_bytes + frame_len > config.segment_size_bytes_max {
             self.roll(st);
-            if synced_before != 0 {
-                // Nothing of the new segment is synced (once per roll: the payload is hashed
-                // again).
-                header = *st.encoder.restamp_synced_before(0);
-            }
         }
-
+        let base_offset = st.active().index.next_offset;
+        let synced_before = st.synced_position_in_active();
         let position = st.active().index.size_bytes;
-        let mut frame = st.encoder.frame();
-        while !frame.is_empty() {
-            let max = config.write_buffer_size_bytes;
-            let streaming = st.streaming;
-            let at = st.buffer.len;
-            // Field access: `frame` still borrows the encoder.
-            let buf = st.buffer.materialize(&mut st.carry, frame.len(), streaming, max);
-            let capacity = buf.capacity();
-            let n = (capacity - at).min(frame.len());
-            buf.as_bytes_mut()[at..at + n].copy_from_slice(&frame[..n]);
-            st.buffer.len += n;
-            st.appended_seq += n as u64;
-            frame = &frame[n..];
-            if st.buffer.len == capacity {
-                // Appends outran the writer and filled a buffer: whole buffers from now on.
-                st.streaming = true;
-                let next_pos = st.buffer.file_pos + capacity as u64;
-                // The next buffer is taken when the next byte comes.
-                let fresh = WriteBuffer { buf: None, file_pos: next_pos, len: 0 };
-                let full = std::mem::replace(&mut st.buffer, fresh);
-                st.queue
-                    .push_back(WriteItem::Data { buf: full.filled(), seq_end: st.appended_seq });
-            }
-        }
+
+        let mut scratch = std::mem::take(&mut st.scratch);
+        let mut out = ChainOut {
+            counted: st.buffer.len,
+            first_item: st.queue.len(),
+            frame_start: st.buffer.len,
+            max: config.write_buffer_size_bytes,
+            st,
+        };
+        let header = encode::encode_frame(
+            &mut out,
+            &mut scratch,
+            records,
+            plan,
+            base_offset,
+            producer,
+            synced_before,
+        );
+        out.finish();
+        st.scratch = scratch;
+        debug_assert_eq!(u64::from(header.frame_len), frame_len);
+
         let active = st.active_mut();
         active.index.push_frame(
             base_offset,
@@ -231,5 +239,69 @@ impl PartitionLog {
             .await;
         let st = shared.state.borrow();
         shared.check_usable(&st)
+    }
+}
+
+/// The log's write buffers as the encoder's `Out`: the current buffer (taken from the shard's
+/// pool when bytes come), and when it is full, on to the writer's queue and a fresh one. A frame
+/// may span several buffers; until the append returns, the writer cannot run (the append is
+/// synchronous), so the frame's first bytes can still be patched in buffers already queued.
+struct ChainOut<'s> {
+    st: &'s mut State,
+    /// Bytes of the current buffer that `appended_seq` already counts.
+    counted: usize,
+    /// The queue index of the first buffer this frame filled (if it fills any).
+    first_item: usize,
+    /// Where the frame starts in its first buffer.
+    frame_start: usize,
+    max: usize,
+}
+
+impl ChainOut<'_> {
+    /// Counts the bytes of the current buffer in `appended_seq`.
+    fn finish(&mut self) {
+        self.st.appended_seq += (self.st.buffer.len - self.counted) as u64;
+        self.counted = self.st.buffer.len;
+    }
+}
+
+impl Out for ChainOut<'_> {
+    #[inline]
+    fn current(&mut self, need: usize) -> (&mut [u8], &mut usize) {
+        let st = &mut *self.st;
+        if st.buffer.buf.is_none() {
+            st.buffer.materialize(&mut st.carry, need, st.streaming, self.max);
+        }
+        let WriteBuffer { buf, len, .. } = &mut st.buffer;
+        let buf = buf.as_mut().expect("materialized above");
+        debug_assert_eq!(buf.len(), buf.capacity());
+        (buf.as_bytes_mut(), len)
+    }
+
+    fn next(&mut self) {
+        self.finish();
+        let st = &mut *self.st;
+        // Appends outran the writer and filled a buffer: whole buffers from now on.
+        st.streaming = true;
+        let next_pos = st.buffer.file_pos + st.buffer.len as u64;
+        // The next buffer is taken when the next byte comes.
+        let fresh = WriteBuffer { buf: None, file_pos: next_pos, len: 0 };
+        let full = std::mem::replace(&mut st.buffer, fresh);
+        st.queue.push_back(WriteItem::Data { buf: full.filled(), seq_end: st.appended_seq });
+        self.counted = 0;
+    }
+
+    fn frame_parts(&mut self, visit: &mut dyn FnMut(&mut [u8])) {
+        let st = &mut *self.st;
+        let mut from = self.frame_start;
+        for item in st.queue.range_mut(self.first_item..) {
+            if let WriteItem::Data { buf, .. } = item {
+                visit(&mut buf.buf.as_bytes_mut()[from..buf.len]);
+                from = 0;
+            }
+        }
+        if let Some(buf) = st.buffer.buf.as_mut() {
+            visit(&mut buf.as_bytes_mut()[from..st.buffer.len]);
+        }
     }
 }

@@ -44,7 +44,6 @@ use std::rc::Rc;
 use glommio::io::DmaBuffer;
 use glommio::Task;
 
-use crate::batch::BatchEncoder;
 use crate::index::SegmentIndex;
 use crate::sync::Event;
 use crate::{Durability, Error, LogConfig};
@@ -186,7 +185,8 @@ pub(crate) struct Readable {
 
 pub(crate) struct State {
     pub(crate) segments: Vec<Segment>,
-    encoder: BatchEncoder,
+    /// The encoder's reused memory (see `crate::encode`).
+    scratch: crate::encode::Scratch,
     buffer: WriteBuffer,
     /// The partial block of an idle `buffer` (see `WriteBuffer`).
     carry: Vec<u8>,

@@ -35,7 +35,6 @@ use std::collections::VecDeque;
 use std::path::Path;
 use std::rc::Rc;
 
-use crate::batch::BatchEncoder;
 use crate::index::SegmentIndex;
 use crate::io::{File, ReadBytes, BLOCK_SIZE, TEMP_EXTENSION};
 use crate::paths;
@@ -126,7 +125,7 @@ impl PartitionLog {
         };
         let state = State {
             segments,
-            encoder: BatchEncoder::new(config.limits),
+            scratch: Default::default(),
             buffer: WriteBuffer { buf: None, file_pos, len: tail_len },
             carry,
             streaming: false,
