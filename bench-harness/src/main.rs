@@ -80,6 +80,9 @@ enum Command {
     /// The child process of the recovery scenario.
     #[command(hide = true)]
     RecoveryWriter { dir: PathBuf, size_mib: u64 },
+    /// A child process of the partitions scenario's cost part (`create` or `reopen`).
+    #[command(hide = true)]
+    PartitionsCost { dir: PathBuf, partitions: u32, phase: String },
     /// One scenario as a child process of `run`: its outcome goes to `--outcome` as JSON.
     #[command(hide = true)]
     Scenario {
@@ -101,6 +104,9 @@ fn main() -> anyhow::Result<()> {
         Command::Scenario { outcome, name, args } => return run::child(&outcome, &name, &args),
         Command::Compare(args) => return report::compare(args),
         Command::RecoveryWriter { dir, size_mib } => return recovery::writer(&dir, size_mib),
+        Command::PartitionsCost { dir, partitions, phase } => {
+            return partitions::cost_child(&dir, partitions, &phase)
+        }
         Command::Disk(args) => (args.common.json.clone(), disk::scenario(args)),
         Command::Storage(args) => (args.common.json.clone(), storage::scenario(args)),
         Command::Ingest(args) => (args.common.json.clone(), ingest::scenario(args)),

@@ -44,6 +44,10 @@ pub struct EngineConfig {
     pub staged_bytes_max: usize,
     /// Partitions a shard opens at once (recovery of thousands of partitions runs in parallel).
     pub open_concurrency: usize,
+    /// Threads of each shard's blocking pool (glommio's `spawn_blocking`: directory listings,
+    /// creates, renames, directory fsyncs, index files). One thread would serialize the
+    /// namespace work of thousands of parallel partition opens.
+    pub blocking_threads: usize,
     pub clock: Arc<dyn Clock>,
     /// Fault injection for tests: every append on every shard first sleeps this long.
     pub append_delay: Option<Duration>,
@@ -123,6 +127,7 @@ impl EngineConfig {
             write_buffer_pool: PoolConfig::default(),
             staged_bytes_max: 32 * MIB as usize,
             open_concurrency: 64,
+            blocking_threads: 4,
             clock: Arc::new(SystemClock),
             append_delay: None,
             stall_probe_interval: Some(Duration::from_millis(1)),
@@ -145,6 +150,7 @@ impl EngineConfig {
             ("consumer_buffer_batches_max", self.consumer_buffer_batches_max),
             ("staged_bytes_max", self.staged_bytes_max),
             ("open_concurrency", self.open_concurrency),
+            ("blocking_threads", self.blocking_threads),
         ];
         for (field, value) in positive {
             if value == 0 {

@@ -113,6 +113,10 @@ impl Inner {
         self.links[shard].try_send(request)
     }
 
+    pub(crate) fn shard_count(&self) -> usize {
+        self.links.len()
+    }
+
     /// The way to a shard: its queue, and the waits that end when it dies.
     pub(crate) fn link(&self, shard: usize) -> &Link {
         &self.links[shard]
@@ -220,6 +224,9 @@ impl Engine {
             let handle = watchdog::spawn_executor_reporting(
                 format!("kappa-shard-{index}"),
                 LocalExecutorBuilder::new(placement)
+                    .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(
+                        config.blocking_threads,
+                    ))
                     .preempt_timer(config.preempt_timer())
                     .io_memory(config.io_memory_bytes),
                 guard.pulse(index),

@@ -298,7 +298,8 @@ pub struct PendingAcks {
     /// One reply per shard request (with the link to that shard, so a dead shard answers
     /// `ShardDied` instead of leaving the wait hanging): one `BatchAck` per partition part.
     replies: Vec<(Link, StageReply)>,
-    /// Per record: its partition and its rank among the batch's records for that partition.
+    /// Per record: its part (numbered across the replies, in order) and its rank among the
+    /// batch's records for that part's partition.
     records: Vec<(u32, u32)>,
 }
 
@@ -334,10 +335,12 @@ impl PendingAcks {
     /// A partition's records are contiguous in its log (see `shard::accumulate`), so a record's
     /// offset is its partition's base offset plus its rank.
     fn resolve(&self, parts: Vec<BatchAck>) -> Vec<Ack> {
-        let base: BTreeMap<u32, u64> = parts.iter().map(|a| (a.partition, a.base_offset)).collect();
         self.records
             .iter()
-            .map(|&(partition, rank)| Ack { partition, offset: base[&partition] + u64::from(rank) })
+            .map(|&(part, rank)| {
+                let ack = &parts[part as usize];
+                Ack { partition: ack.partition, offset: ack.base_offset + u64::from(rank) }
+            })
             .collect()
     }
 }
@@ -490,38 +493,62 @@ impl Producer {
             Some(p) => p,
             None => self.round_robin.fetch_add(1, Ordering::Relaxed) % partitions,
         };
-        let mut groups: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-        let mut records = Vec::with_capacity(batch.len());
+        let key_partitions = meta.config.key_partition_count();
+        // (shard, partition, index) per record, sorted: the records of a shard are contiguous,
+        // and within it those of a partition, in batch order. No allocation per partition.
+        let mut routed: Vec<(u32, u32, u32)> = Vec::with_capacity(batch.len());
         for i in 0..batch.len() {
             let p = match (partition, batch.key(i)) {
                 (Some(p), _) => p,
-                (None, Some(key)) => partition_for_key(key, partitions),
+                (None, Some(key)) => partition_for_key(key, key_partitions),
                 (None, None) => unkeyed,
             };
-            let group = groups.entry(p).or_default();
-            records.push((p, group.len() as u32));
-            group.push(i as u32);
+            routed.push((meta.shards[p as usize] as u32, p, i as u32));
         }
-        let mut by_shard: BTreeMap<usize, Vec<(u32, Vec<u32>)>> = BTreeMap::new();
-        for (p, indexes) in groups {
-            by_shard.entry(meta.shards[p as usize]).or_default().push((p, indexes));
-        }
+        routed.sort_unstable();
+        // Per record: its part (numbered over all shards' parts, in reply order) and its rank.
+        let mut records = vec![(0u32, 0u32); batch.len()];
         let batch = Arc::new(batch);
-        let mut requests = Vec::with_capacity(by_shard.len());
-        let mut replies = Vec::with_capacity(by_shard.len());
-        for (shard, parts) in by_shard {
+        let mut requests = Vec::new();
+        let mut replies = Vec::new();
+        let mut part_number = 0u32;
+        let mut rest = &routed[..];
+        while let Some(&(shard, _, _)) = rest.first() {
+            let count = rest.iter().take_while(|r| r.0 == shard).count();
+            let (mine, later) = rest.split_at(count);
+            rest = later;
+            let mut indexes = Vec::with_capacity(mine.len());
+            // (partition, end in `indexes`) per part.
+            let mut parts: Vec<(u32, u32)> = Vec::new();
+            let mut part_start = 0u32;
+            for &(_, p, i) in mine {
+                if parts.last().map(|last| last.0) != Some(p) {
+                    if !parts.is_empty() {
+                        part_number += 1;
+                    }
+                    part_start = indexes.len() as u32;
+                    parts.push((p, part_start));
+                }
+                records[i as usize] = (part_number, indexes.len() as u32 - part_start);
+                indexes.push(i);
+                if let Some(last) = parts.last_mut() {
+                    last.1 = indexes.len() as u32;
+                }
+            }
+            part_number += 1;
             let (reply, receiver) = flume::bounded(1);
             let stage = Stage {
                 topic: meta.name.clone(),
                 batch: batch.clone(),
+                indexes,
                 parts,
                 durability: self.durability,
                 linger: self.linger,
                 batch_size: self.batch_size,
                 reply,
             };
-            requests.push((shard, Request::Stage(stage)));
-            replies.push((self.inner.link(shard).clone(), receiver));
+            requests.push((shard as usize, Request::Stage(stage)));
+            replies.push((self.inner.link(shard as usize).clone(), receiver));
         }
         Ok((requests, PendingAcks { replies, records }))
     }
@@ -579,6 +606,26 @@ impl Producer {
         }
         let first = batch.key(0).map(|k| partition_for_key(k, partitions));
         (1..batch.len()).any(|i| batch.key(i).map(|k| partition_for_key(k, partitions)) != first)
+    }
+
+    /// Appends every record staged on the shards now, without waiting for its linger (Kafka's
+    /// `producer.flush()`): records this thread submitted before the call are staged by then (a
+    /// shard serves its requests in order). Returns once they are appended; their
+    /// acknowledgements follow at their durability through the pending acks already held. The
+    /// end of a bulk load calls it instead of waiting out the linger.
+    pub fn flush(&self) -> Result<(), Error> {
+        for shard in 0..self.inner.shard_count() {
+            self.inner.call(shard, |reply| Request::Flush { reply })?;
+        }
+        Ok(())
+    }
+
+    /// `flush` for async code.
+    pub async fn flush_async(&self) -> Result<(), Error> {
+        for shard in 0..self.inner.shard_count() {
+            self.inner.call_async(shard, |reply| Request::Flush { reply }).await?;
+        }
+        Ok(())
     }
 
     /// The same producer acknowledging at another durability.
@@ -660,7 +707,7 @@ impl Producer {
     /// every part is acknowledged.
     pub fn send_packed(&self, topic: &str, batch: ProducerBatch) -> Result<Vec<BatchAck>, Error> {
         let meta = self.inner.topic(topic)?;
-        if self.stages(&batch, meta.config.partitions) {
+        if self.stages(&batch, meta.config.key_partition_count()) {
             return Ok(Self::batch_acks(self.send_each(topic, batch)?));
         }
         self.send_packed_nowait(topic, batch)?.into_iter().map(PendingAck::wait).collect()
@@ -674,7 +721,7 @@ impl Producer {
         batch: ProducerBatch,
     ) -> Result<Vec<BatchAck>, Error> {
         let meta = self.inner.topic(topic)?;
-        if self.stages(&batch, meta.config.partitions) {
+        if self.stages(&batch, meta.config.key_partition_count()) {
             return Ok(Self::batch_acks(self.send_each_async(topic, batch).await?));
         }
         let (meta, parts) = self.split_packed(topic, batch)?;

@@ -43,8 +43,12 @@ pub(crate) struct Stage {
     pub(crate) topic: Arc<str>,
     /// All records of the producer's batch; `parts` says which go where.
     pub(crate) batch: Arc<ProducerBatch>,
-    /// (partition, indexes into `batch` in order) for the partitions of this shard.
-    pub(crate) parts: Vec<(u32, Vec<u32>)>,
+    /// Indexes into `batch` of this shard's records, grouped by partition, in batch order within
+    /// a partition.
+    pub(crate) indexes: Vec<u32>,
+    /// (partition, end of its group in `indexes`) per partition of this shard; a group starts
+    /// where the previous one ended.
+    pub(crate) parts: Vec<(u32, u32)>,
     pub(crate) durability: Durability,
     pub(crate) linger: Duration,
     pub(crate) batch_size: usize,
@@ -162,15 +166,15 @@ enum Cause {
 
 /// Stages a request's records; flushes what fills up, and at the end what must not linger.
 pub(crate) async fn stage(shard: &Rc<Shard>, stage: Stage) {
-    let Stage { topic, batch, parts, durability, linger, batch_size, reply } = stage;
+    let Stage { topic, batch, indexes: all_indexes, parts, durability, linger, batch_size, reply } =
+        stage;
     for (partition, _) in &parts {
         if shard.log(&topic, *partition).is_none() {
             let _ = reply.send(Err(Error::UnknownTopic { topic: topic.to_string() }));
             return;
         }
     }
-    let incoming =
-        parts.iter().flat_map(|(_, idx)| idx.iter()).map(|&i| batch.size_of(i as usize)).sum();
+    let incoming = all_indexes.iter().map(|&i| batch.size_of(i as usize)).sum();
     make_room(shard, incoming).await;
     let pending = Rc::new(Pending {
         acks: RefCell::new(vec![None; parts.len()]),
@@ -182,28 +186,30 @@ pub(crate) async fn stage(shard: &Rc<Shard>, stage: Stage) {
     let limits = shard.config.log.limits;
     let batch_size = batch_size.clamp(1, limits.batch_size_bytes_max as usize);
     let count_max = limits.batch_record_count_max as usize;
-    for (part, (partition, indexes)) in parts.iter().enumerate() {
-        let key: Key = (topic.clone(), *partition);
+    let mut part_start = 0;
+    for (part, &(partition, part_end)) in parts.iter().enumerate() {
+        let indexes = &all_indexes[part_start as usize..part_end as usize];
+        part_start = part_end;
+        let key: Key = (topic.clone(), partition);
         let mut i = 0;
         while i < indexes.len() {
             // Stage as many records as fit, synchronously; then flush a full batch (an await).
             let full = {
                 let mut staging = shard.staging.borrow_mut();
                 let staging = &mut *staging;
-                let fresh = !staging.staged.contains_key(&key);
+                let next_generation = staging.generations + 1;
+                let mut fresh = false;
+                let staged = staging.staged.entry(key.clone()).or_insert_with(|| {
+                    fresh = true;
+                    Staged { generation: next_generation, ..Staged::default() }
+                });
                 if fresh {
-                    staging.generations += 1;
-                    let generation = staging.generations;
-                    staging.order.push_back((key.clone(), generation));
+                    staging.generations = next_generation;
+                    staging.order.push_back((key.clone(), next_generation));
                     if !linger.is_zero() {
-                        spawn_linger_timer(shard, key.clone(), generation, linger);
+                        spawn_linger_timer(shard, key.clone(), next_generation, linger);
                     }
                 }
-                let generation = staging.generations;
-                let staged = staging
-                    .staged
-                    .entry(key.clone())
-                    .or_insert_with(|| Staged { generation, ..Staged::default() });
                 let start = staged.batch.len() as u32;
                 let mut full = false;
                 while i < indexes.len() {
@@ -231,6 +237,10 @@ pub(crate) async fn stage(shard: &Rc<Shard>, stage: Stage) {
             if full {
                 flush(shard, &key, Cause::Full).await;
             }
+        }
+        // A request spans up to thousands of partitions: let the writers and acks run.
+        if part % 64 == 63 {
+            glommio::yield_if_needed().await;
         }
     }
     if linger.is_zero() {

@@ -58,6 +58,10 @@ pub(crate) enum Request {
     },
     /// Records for partitions of this shard, accumulated per partition (`accumulate`).
     Stage(Stage),
+    /// Appends every staged batch now (`Producer::flush`); answered once they are appended.
+    Flush {
+        reply: Reply<()>,
+    },
     Open {
         topic: Arc<str>,
         partition: u32,
@@ -406,6 +410,10 @@ async fn serve(shard: Rc<Shard>) {
                     glommio::timer::sleep(delay).await;
                 }
                 accumulate::stage(&shard, stage).await;
+            }
+            Request::Flush { reply } => {
+                accumulate::flush_all(&shard).await;
+                let _ = reply.send(Ok(()));
             }
             Request::Open { topic, partition, config, reply } => {
                 // Opens run in parallel (a reopen of thousands of partitions is mostly waiting

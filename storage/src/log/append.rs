@@ -215,6 +215,7 @@ impl PartitionLog {
         st.queue.push_back(item);
         let next_path = paths::segment_path(&self.shared.dir, next_base);
         st.segments.push(Segment {
+            entries_loaded: true,
             path: next_path,
             index: SegmentIndex::new(next_base, self.shared.config.index_interval_bytes),
         });

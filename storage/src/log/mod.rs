@@ -48,6 +48,7 @@ use crate::index::SegmentIndex;
 use crate::sync::Event;
 use crate::{Durability, Error, LogConfig};
 
+pub(crate) use recovery::load_entries;
 pub(crate) use writer::CachedBuffer;
 
 /// What an append returns once its durability is reached.
@@ -85,6 +86,9 @@ pub struct LogStats {
     /// The most bytes ever submitted for writing and not yet synced (at most
     /// `LogConfig::unsynced_bytes_max`: the bound behind the torn-tail window).
     pub unsynced_bytes_peak: u64,
+    /// Sealed segments whose index entries were loaded on a reader's first use since the log
+    /// was opened (open keeps only their summaries).
+    pub index_loads: u64,
 }
 
 /// What `open` found and repaired.
@@ -139,7 +143,14 @@ pub struct SegmentInfo {
 
 pub(crate) struct Segment {
     pub(crate) path: PathBuf,
+    /// For a sealed segment opened from disk, only the summary (offsets, size, times) until a
+    /// reader needs its entries (`entries_loaded`): an idle partition's history costs a few
+    /// dozen bytes per segment, not its sparse index (up to 64 KiB per 256 MiB segment).
     pub(crate) index: SegmentIndex,
+    /// False while `index.entries` is empty because it was not loaded yet (see
+    /// `recovery::load_entries`); the active segment's and those sealed since open are always
+    /// loaded.
+    pub(crate) entries_loaded: bool,
 }
 
 /// The buffer being filled, and where it goes in its segment file. `buf` is taken from the
@@ -207,6 +218,8 @@ pub(crate) struct State {
     want_sync_now: bool,
     sync_in_flight: bool,
     fsync_count: u64,
+    /// Sealed segments whose index entries a reader loaded since open.
+    index_loads: u64,
     /// Created at the first fdatasync (see `LogStats::fsync_latency_ns`).
     fsync_latency_ns: Option<Box<hdrhistogram::Histogram<u64>>>,
     unsynced_bytes_peak: u64,
@@ -404,6 +417,7 @@ impl PartitionLog {
             appended_bytes: st.appended_seq,
             written_bytes: st.written_seq,
             unsynced_bytes_peak: st.unsynced_bytes_peak,
+            index_loads: st.index_loads,
         }
     }
 

@@ -81,12 +81,15 @@ impl PartitionLog {
                 }
             }
             if i < last {
-                let (index, rebuilt) = load_sealed_index(dir, base, &path, &config).await?;
+                // The index is checked (rebuilt when damaged) now, but only its summary is
+                // kept: a reader loads the entries when it first needs them (`load_entries`).
+                let (mut index, rebuilt) = load_sealed_index(dir, base, &path, &config).await?;
                 report.indexes_rebuilt += usize::from(rebuilt);
-                segments.push(Segment { path, index });
+                index.entries = Vec::new();
+                segments.push(Segment { path, index, entries_loaded: false });
             } else {
                 let index = recover_active(&path, base, &config, &mut report).await?;
-                segments.push(Segment { path, index });
+                segments.push(Segment { path, index, entries_loaded: true });
             }
         }
         report.segment_count = segments.len();
@@ -139,6 +142,7 @@ impl PartitionLog {
             want_sync_now: false,
             sync_in_flight: false,
             fsync_count: 0,
+            index_loads: 0,
             unsynced_bytes_peak: 0,
             fsync_latency_ns: None,
             tail_cache: VecDeque::new(),
@@ -157,6 +161,52 @@ impl PartitionLog {
         let writer = glommio::spawn_local(writer_loop(shared.clone(), file, file_len));
         Ok(PartitionLog { shared, writer: RefCell::new(Some(writer)), recovery: report })
     }
+}
+
+/// Loads the entries of the sealed segment with base `base` if open kept only its summary: the
+/// index file is read and checked again (rebuilt by a checked scan if it is missing or damaged
+/// now), and must agree with the summary open checked. A segment retention deleted meanwhile is
+/// left to the caller (it finds the segment gone).
+pub(crate) async fn load_entries(shared: &Shared, base: u64) -> Result<(), Error> {
+    let (path, next_offset, size_bytes) = {
+        let st = shared.state.borrow();
+        match st.segments.iter().find(|s| s.index.base_offset == base) {
+            Some(s) if !s.entries_loaded => {
+                (s.path.clone(), s.index.next_offset, s.index.size_bytes)
+            }
+            _ => return Ok(()),
+        }
+    };
+    let index = match load_sealed_index(&shared.dir, base, &path, &shared.config).await {
+        Ok((index, _rebuilt)) => index,
+        // Retention deleted the segment meanwhile: the caller finds it gone.
+        Err(e)
+            if e.is_not_found()
+                && !shared.state.borrow().segments.iter().any(|s| s.path == path) =>
+        {
+            return Ok(())
+        }
+        Err(e) => return Err(e),
+    };
+    if index.next_offset != next_offset || index.size_bytes != size_bytes {
+        return Err(Error::Corrupt {
+            path,
+            position: index.size_bytes.min(size_bytes),
+            defect: crate::format::FrameDefect::BadHeader {
+                reason: "a sealed segment changed since the log was opened",
+            },
+        });
+    }
+    let mut st = shared.state.borrow_mut();
+    let st = &mut *st;
+    if let Some(segment) = st.segments.iter_mut().find(|s| s.index.base_offset == base) {
+        if !segment.entries_loaded {
+            segment.index.entries = index.entries;
+            segment.entries_loaded = true;
+            st.index_loads += 1;
+        }
+    }
+    Ok(())
 }
 
 /// Loads a sealed segment's index, rebuilding it by a checked scan when it is missing or damaged.

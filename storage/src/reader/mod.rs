@@ -128,6 +128,9 @@ impl PartitionLog {
                         // No record is that new yet: start at the end and wait for one, still
                         // skipping older records appended meanwhile.
                         None => (end, Some(ts)),
+                        // The sparse index is not loaded: start at the segment's first record
+                        // and skip older ones (the skip makes the result the same).
+                        Some(s) if !s.entries_loaded => (s.index.base_offset, Some(ts)),
                         Some(s) => {
                             // Start at the indexed frame and skip older records.
                             let pos = s.index.position_for_timestamp(ts);
@@ -282,6 +285,21 @@ impl LogReader {
     async fn ensure_segment(&mut self) -> Result<bool, Error> {
         if self.segment.is_some() {
             return Ok(true);
+        }
+        // A sealed segment opened from disk has only its summary until a reader needs its
+        // sparse index: load it first (see `recovery::load_entries`).
+        // Loaded before the lookup below, which runs without an await in between.
+        loop {
+            let unloaded = {
+                let st = self.shared.state.borrow();
+                let i = st.segments.partition_point(|s| s.index.base_offset <= self.next_offset);
+                let segment = &st.segments[i.saturating_sub(1)];
+                (!segment.entries_loaded).then_some(segment.index.base_offset)
+            };
+            match unloaded {
+                Some(base) => crate::log::load_entries(&self.shared, base).await?,
+                None => break,
+            }
         }
         let found = {
             let st = self.shared.state.borrow();

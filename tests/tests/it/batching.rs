@@ -270,3 +270,52 @@ fn staged_records_come_before_a_later_plain_append() {
     assert_eq!(stored[&0], b"first".to_vec());
     assert_eq!(stored[&1], b"second".to_vec());
 }
+
+/// `Producer::flush` appends what lingers now (Kafka's `flush()`): with a linger of a minute,
+/// the records are readable and acknowledged at once after it.
+#[test]
+fn flush_appends_what_lingers_without_waiting_for_the_linger() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = engine_with(dir.path(), |_| {});
+    engine.create_topic("t", TopicConfig::new(50)).expect("topic");
+    let producer = engine.producer().with_linger(Duration::from_secs(60));
+    let mut batch = ProducerBatch::new();
+    for i in 0..500 {
+        batch.push(Some(&key(i)), &value(i), None);
+    }
+    let pending = producer.submit_each("t", batch).expect("submit");
+    producer.flush().expect("flush");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let readable = || -> u64 {
+        engine.topic_offsets("t").expect("offsets").iter().map(|o| o.readable_end_offset).sum()
+    };
+    while readable() < 500 {
+        assert!(std::time::Instant::now() < deadline, "flushed records are not readable");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let acks = pending.wait().expect("acks");
+    assert_eq!(acks.len(), 500);
+}
+
+/// Keys keep their partition when a topic grows, through the accumulator as through a plain
+/// send: both route over the partition count before the first growth.
+#[test]
+fn keys_route_the_same_through_the_accumulator_after_the_topic_grew() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = engine_with(dir.path(), |_| {});
+    engine.create_topic("t", TopicConfig::new(4)).expect("topic");
+    engine.add_partitions("t", 8).expect("grow");
+    let plain = engine.producer();
+    let staged = engine.producer().with_linger(Duration::from_millis(1));
+    let mut batch = ProducerBatch::new();
+    for i in 0..200 {
+        batch.push(Some(&key(i)), &value(i), None);
+    }
+    let acks = staged.send_each("t", batch).expect("send_each");
+    for (i, ack) in acks.iter().enumerate() {
+        let i = i as u64;
+        let direct = plain.send("t", ProducerRecord::new(value(i)).key(key(i))).expect("send");
+        assert!(ack.partition < 4, "record {i} went to new partition {}", ack.partition);
+        assert_eq!(ack.partition, direct.partition, "record {i}");
+    }
+}

@@ -528,3 +528,89 @@ fn frames_spanning_write_buffers_read_back_recover_and_verify() {
     assert!(problems.is_empty(), "verify found {problems:?}");
     assert_eq!(segments.last().expect("segments").next_offset, end);
 }
+
+/// The sealed segments of a reopened log: (entries loaded, entry count) per segment.
+fn loaded(log: &PartitionLog) -> Vec<(bool, usize)> {
+    let st = log.shared.state.borrow();
+    let sealed = st.segments.len() - 1;
+    st.segments[..sealed].iter().map(|s| (s.entries_loaded, s.index.entries.len())).collect()
+}
+
+/// A reopened log keeps only the summaries of its sealed segments' indexes; a reader loads a
+/// segment's sparse index when it first reads there, and reads through it.
+#[test]
+fn sealed_indexes_load_lazily_and_reads_go_through_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    run(async {
+        let log = PartitionLog::open(dir.path(), small_config()).await.expect("open");
+        fill(&log, 80, 25, Durability::Written).await;
+        log.close().await.expect("close");
+    });
+    let segments = crate::paths::list_segments(dir.path()).expect("list");
+    assert!(segments.len() >= 4, "segments rolled: {}", segments.len());
+    let (second_base, _) = segments[1];
+    let on_disk = SegmentIndex::decode(
+        &crate::paths::index_path(dir.path(), second_base),
+        &std::fs::read(crate::paths::index_path(dir.path(), second_base)).expect("read index"),
+    )
+    .expect("decode");
+    assert!(on_disk.entries.len() > 2, "a sparse index worth loading: {}", on_disk.entries.len());
+    run(async {
+        let log = PartitionLog::open(dir.path(), small_config()).await.expect("reopen");
+        assert!(
+            loaded(&log).iter().all(|&(l, n)| !l && n == 0),
+            "open keeps only summaries: {:?}",
+            loaded(&log)
+        );
+        assert_eq!(log.stats().index_loads, 0);
+        // An offset past the second segment's third indexed frame.
+        let target = second_base + u64::from(on_disk.entries[2].rel_offset) + 1;
+        assert_eq!(read_all(&log, Seek::Offset(target)).await, (target..2000).collect::<Vec<_>>());
+        let state = loaded(&log);
+        assert_eq!(state[0], (false, 0), "the first segment was not read: {state:?}");
+        assert_eq!(state[1], (true, on_disk.entries.len()), "the second one's index: {state:?}");
+        assert!(log.stats().index_loads >= 1);
+        // The reader started at the indexed frame before the target, not at the segment start.
+        let mut reader = log.reader(Seek::Offset(target)).expect("reader");
+        let first = reader.next_batch().await.expect("read").expect("a batch");
+        assert!(
+            first.batch.base_offset() >= second_base + u64::from(on_disk.entries[2].rel_offset),
+            "read from the indexed position: batch at {}",
+            first.batch.base_offset()
+        );
+        drop(reader);
+        // A timestamp seek into a segment whose index is not loaded is still exact.
+        let log2_ts = 1_000 + second_base as i64 - 3;
+        let expected: Vec<u64> = (second_base - 3..2000).collect();
+        assert_eq!(read_all(&log, Seek::Timestamp(log2_ts)).await, expected);
+        assert_eq!(read_all(&log, Seek::Beginning).await, (0..2000).collect::<Vec<_>>());
+        assert!(loaded(&log).iter().all(|&(l, n)| l && n > 0), "all loaded: {:?}", loaded(&log));
+        log.close().await.expect("close");
+    });
+}
+
+/// The lazy load checks the index again: an index damaged after open is rebuilt by a checked
+/// scan when a reader first needs it, and the reads stay exact.
+#[test]
+fn an_index_damaged_after_open_is_rebuilt_when_first_loaded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sealed = first_sealed_segment(dir.path());
+    let index_path = crate::paths::index_path(dir.path(), sealed.base_offset);
+    let original = std::fs::read(&index_path).expect("read index");
+    run(async {
+        let log = PartitionLog::open(dir.path(), small_config()).await.expect("open");
+        assert_eq!(log.recovery().indexes_rebuilt, 0);
+        flip_byte(&index_path, 70);
+        assert_eq!(read_all(&log, Seek::Offset(30)).await, (30..500).collect::<Vec<_>>());
+        assert_eq!(log.stats().index_loads, 1);
+        log.close().await.expect("close");
+    });
+    let rebuilt = std::fs::read(&index_path).expect("read index");
+    let rebuilt = SegmentIndex::decode(&index_path, &rebuilt).expect("the rebuilt index is whole");
+    let original = SegmentIndex::decode(&index_path, &original).expect("the original index");
+    assert_eq!(rebuilt.entries, original.entries);
+    assert_eq!(
+        (rebuilt.next_offset, rebuilt.size_bytes),
+        (original.next_offset, original.size_bytes)
+    );
+}
