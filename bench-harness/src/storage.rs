@@ -157,7 +157,7 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
         "MB/s",
         &write_limit,
         &report.append_synced,
-        0.6,
+        0.7,
     ));
     f.push(Figure::paired("storage", "scan", "MB/s", &read_limit, &report.scan, 0.8));
     Ok(outcome)

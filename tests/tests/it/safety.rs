@@ -228,9 +228,16 @@ fn retention_never_deletes_what_a_running_view_has_not_folded() {
     assert!(behind_passes >= 1, "the view replayed too fast to test anything");
     assert!(moved_start, "retention deleted what the view had folded while it replayed");
     assert_eq!(count_of(&view), n, "the view folded every record");
-    assert!(engine.apply_retention().expect("retention") > 0, "retention deletes once folded");
-    let start = engine.partition_offsets("r", 0).expect("offsets").start_offset;
-    assert!(start > 0);
+    // Once folded, retention deletes down to its size limit (32 KiB of 300 KiB; the pass that
+    // does it may be the loop's last one, so the count of this one may be 0).
+    engine.apply_retention().expect("retention");
+    let offsets = engine.partition_offsets("r", 0).expect("offsets");
+    let start = offsets.start_offset;
+    assert!(
+        offsets.end_offset - start < n / 2,
+        "retention deletes once folded: {start}..{} retained",
+        offsets.end_offset
+    );
 
     match engine.create_view("late", count_view("r", "late")) {
         Err(Error::ViewBeforeLogStart { needed: 0, log_start, .. }) => assert_eq!(log_start, start),
