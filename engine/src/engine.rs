@@ -933,15 +933,10 @@ impl Engine {
             .iter()
             .filter_map(|(field, text)| text.as_ref().map(|t| format!("{field}={t}\n")))
             .collect();
-        std::fs::create_dir_all(&version.dir).map_err(|e| Error::Io {
-            op: "create dir",
-            path: version.dir.clone(),
-            source: e,
-        })?;
-        kappa_storage::io::write_file_atomic(
-            &version.dir.join(view::SHAPE_FILE),
-            shape.as_bytes(),
-        )?;
+        // Through the view's disk (the seam): on a simulated disk these files live there too.
+        let disk = &version.entry.disk;
+        disk.create_dir_all_blocking(&version.dir)?;
+        disk.write_file_atomic_blocking(&version.dir.join(view::SHAPE_FILE), shape.as_bytes())?;
         let topic = self.inner.topic(&version.def.topic)?;
         for partition in 0..partitions {
             let shard = topic.shards[partition as usize];
@@ -1239,9 +1234,9 @@ fn check_seed(entry: &view::Entry, def: &ViewDef) -> Result<(), Error> {
         None => {
             // Not running: compare with the shape it recorded when it started.
             let path = entry.dir.join(version.to_string()).join(view::SHAPE_FILE);
-            let recorded = match std::fs::read_to_string(&path) {
-                Ok(text) => text,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let recorded = match entry.disk.read_file_blocking(&path) {
+                Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+                Err(e) if e.is_not_found() => {
                     return Err(Error::Config {
                         field: "start",
                         reason: format!(
@@ -1250,7 +1245,7 @@ fn check_seed(entry: &view::Entry, def: &ViewDef) -> Result<(), Error> {
                         ),
                     })
                 }
-                Err(e) => return Err(Error::Io { op: "read", path, source: e }),
+                Err(e) => return Err(e.into()),
             };
             def.shape().into_iter().find_map(|(field, text)| {
                 let theirs = recorded

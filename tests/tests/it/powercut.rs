@@ -272,6 +272,10 @@ fn an_acknowledged_view_swap_survives_a_power_cut() {
         let engine = engine_restart(&image, seed);
         engine.shutdown().expect("shutdown");
     }
+    // Every file went through the seam: nothing of the simulated data dir is on the real disk
+    // (a version's `shape` file once was, which fails for a user who cannot write `/data`).
+    let real = Path::new(DATA).join("views/v");
+    assert!(!real.exists(), "a simulated engine wrote {} on the real disk", real.display());
 }
 
 /// A view creation and a rebuild, once acknowledged, are recorded through a power cut right
