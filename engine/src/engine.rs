@@ -1016,9 +1016,17 @@ impl Engine {
         entry.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&version);
         entry.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&version);
         view::write_meta(&entry)?;
-        // Not synced: checkpoints of a version no longer in the history are never resumed from.
-        if let Err(e) = entry.disk.remove_dir_all_blocking(&removed.dir) {
-            tracing::warn!(view = name, version, error = %e, "removing a dropped version's checkpoints failed");
+        // Synced: a later rebuild may take this version's number again, and it must not resume
+        // from checkpoints a power cut brought back.
+        match entry.disk.remove_dir_all_blocking(&removed.dir) {
+            Ok(()) => {
+                if let Some(parent) = removed.dir.parent() {
+                    entry.disk.sync_dir_blocking(parent)?;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(view = name, version, error = %e, "removing a dropped version's checkpoints failed");
+            }
         }
         Ok(())
     }

@@ -518,16 +518,33 @@ async fn serve(shard: Rc<Shard>) {
                 let _ = reply.send(result);
             }
             Request::DropView { view, version, reply } => {
-                let mut views = shard.views.borrow_mut();
-                let doomed: Vec<_> =
-                    views.keys().filter(|(v, n, _)| *v == view && *n == version).cloned().collect();
-                for key in doomed {
-                    if let Some((vp, _)) = views.remove(&key) {
-                        vp.stopped.set(true);
-                        vp.activity.set(view_runner::Activity::Stopped);
+                let mut dropped = Vec::new();
+                {
+                    let mut views = shard.views.borrow_mut();
+                    let doomed: Vec<_> = views
+                        .keys()
+                        .filter(|(v, n, _)| *v == view && *n == version)
+                        .cloned()
+                        .collect();
+                    for key in doomed {
+                        if let Some((vp, _)) = views.remove(&key) {
+                            vp.stopped.set(true);
+                            vp.activity.set(view_runner::Activity::Stopped);
+                            dropped.push(vp);
+                        }
                     }
                 }
-                let _ = reply.send(Ok(()));
+                // A checkpoint being written in the background finishes before the reply, and
+                // none starts after it (the slot's unit is taken for good): the caller removes
+                // the version's directory next, and a late checkpoint would bring it back, for
+                // a later version of the same number to resume from.
+                glommio::spawn_local(async move {
+                    for vp in dropped {
+                        let _ = vp.checkpoint_slot.acquire(1).await;
+                    }
+                    let _ = reply.send(Ok(()));
+                })
+                .detach();
             }
             Request::Shutdown { reply } => {
                 let result = shutdown(&shard).await;

@@ -117,7 +117,7 @@ pub(crate) struct ViewPartition {
     since_checkpoint: StdCell<u64>,
     /// One permit: held by the checkpoint being written beside the fold
     /// (`checkpoint_in_background`); the final checkpoint at shutdown waits for it.
-    checkpoint_slot: Rc<glommio::sync::Semaphore>,
+    pub(crate) checkpoint_slot: Rc<glommio::sync::Semaphore>,
     /// The next offset of the newest checkpoint written and synced (durable) by this partition.
     pub(crate) checkpointed: StdCell<Option<u64>>,
     /// The next offset of the checkpoint this partition resumed from, if any.

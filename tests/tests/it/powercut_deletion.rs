@@ -272,3 +272,62 @@ fn a_deleted_view_stays_deleted_through_a_power_cut() {
         engine.shutdown().expect("shutdown");
     }
 }
+
+/// A view deleted while a checkpoint is being written beside its fold stays deleted: the
+/// deletion waits for the checkpoint in flight and none starts after it. A late checkpoint
+/// recreated the version's directory after `delete_view` returned, for the next view of that
+/// name (version 1 again) to resume from. A large state keeps each checkpoint's encoding long
+/// enough for the deletion to land inside one.
+#[test]
+fn a_view_deleted_during_a_checkpoint_stays_deleted() {
+    const KEYS: u64 = 20_000;
+    for seed in 1..=6u64 {
+        let disk = SimDisk::new(seed);
+        let engine = engine(&disk);
+        engine.create_topic("big", TopicConfig::new(1)).expect("topic");
+        let producer = engine.producer().with_durability(Durability::Written);
+        let batch = |chunk: u64| -> Vec<ProducerRecord> {
+            (chunk * 1_000..chunk * 1_000 + 1_000)
+                .map(|s| ProducerRecord::new("v").key(format!("key-{}", s % KEYS)))
+                .collect()
+        };
+        for chunk in 0..KEYS / 1_000 {
+            producer.send_batch("big", batch(chunk)).expect("send");
+        }
+        let def = ViewDef::new("big")
+            .revision("count")
+            .window(Window::None)
+            .aggregate(Aggregate::Count)
+            .checkpoint_every(500);
+        let view = engine.create_view("v", def).expect("view");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (stop, producer) = (stop.clone(), producer.clone());
+            std::thread::spawn(move || {
+                let mut chunk = KEYS / 1_000;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if producer.send_batch("big", batch(chunk)).is_err() {
+                        return;
+                    }
+                    chunk += 1;
+                }
+            })
+        };
+        let mut looks = 0;
+        while view.progress().expect("progress").partitions[0].checkpointed.is_none() {
+            looks += 1;
+            assert!(looks < 6_000, "seed {seed}: no checkpoint was written");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(seed * 7));
+        drop(view);
+        engine.delete_view("v").expect("delete view");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().expect("writer");
+        // Anything still in flight had time to land.
+        std::thread::sleep(Duration::from_millis(300));
+        let left = files_under(&disk, "/data/views/v");
+        assert!(left.is_empty(), "seed {seed}: a checkpoint landed after the deletion: {left:?}");
+        engine.shutdown().expect("shutdown");
+    }
+}
