@@ -129,7 +129,15 @@ impl DmaFile {
     ) -> io::Result<DmaFile> {
         let file = GlommioFile::open_at(dir, path, flags, mode).await?;
         let (major, minor) = (file.dev_major as usize, file.dev_minor as usize);
-        let buf = statfs(path).unwrap();
+        // KAPPA-PATCH: fstatfs on the open descriptor, not statfs on the path: the path can be
+        // gone by now (its directory removed concurrently), and `statfs(path).unwrap()` then
+        // panicked the whole executor. An error is returned instead.
+        let buf = {
+            use std::os::fd::{AsRawFd, BorrowedFd};
+            // SAFETY: `file` owns the descriptor and outlives this borrow.
+            let fd = unsafe { BorrowedFd::borrow_raw(file.as_raw_fd()) };
+            fstatfs(fd).map_err(io::Error::from)?
+        };
         let fstype = buf.filesystem_type();
         let max_sectors_size = sysfs::BlockDevice::max_sectors_size(major, minor);
         let max_segment_size = sysfs::BlockDevice::max_segment_size(major, minor);
