@@ -640,16 +640,7 @@ async fn fold(
                                 "view partition does not gain on the live tail at replay's full \
                                  share; it catches up in the live queue");
                             drop(active);
-                            let task = fold(
-                                shard.clone(),
-                                log.clone(),
-                                vp.clone(),
-                                reader.with_log_read_ahead(),
-                                Mode::Chase,
-                            );
-                            glommio::spawn_local_into(task, shard.live_queue())
-                                .expect("the live queue exists")
-                                .detach();
+                            in_live_queue(&shard, &log, &vp, reader, Mode::Chase);
                             return;
                         }
                         Some(ChaseStep::Gaining) | None => {}
@@ -674,18 +665,8 @@ async fn fold(
                 if mode == Mode::Replay {
                     drop(active);
                     // The same reader, not a new one at `offset`: a timestamp start that has not
-                    // met a record at or after its time yet still skips older ones. It reads at
-                    // the log's read-ahead again, no longer the replay controller's.
-                    let task = fold(
-                        shard.clone(),
-                        log.clone(),
-                        vp.clone(),
-                        reader.with_log_read_ahead(),
-                        Mode::Live,
-                    );
-                    glommio::spawn_local_into(task, shard.live_queue())
-                        .expect("the live queue exists")
-                        .detach();
+                    // met a record at or after its time yet still skips older ones.
+                    in_live_queue(&shard, &log, &vp, reader, Mode::Live);
                     return;
                 }
                 mode = Mode::Live;
@@ -702,6 +683,19 @@ async fn fold(
             }
         }
     }
+}
+
+/// Continues a fold with `reader` as a new task in the live queue, at the log's read-ahead (no
+/// longer the replay controller's).
+fn in_live_queue(
+    shard: &Rc<Shard>,
+    log: &Rc<PartitionLog>,
+    vp: &Rc<ViewPartition>,
+    reader: LogReader,
+    mode: Mode,
+) {
+    let task = fold(shard.clone(), log.clone(), vp.clone(), reader.with_log_read_ahead(), mode);
+    glommio::spawn_local_into(task, shard.live_queue()).expect("the live queue exists").detach();
 }
 
 /// Takes a final checkpoint when the shard shuts down cleanly.
