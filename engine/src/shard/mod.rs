@@ -107,11 +107,14 @@ pub(crate) enum Request {
         query: crate::view::Query,
         reply: Reply<Vec<(Vec<u8>, i64, crate::view::Cell)>>,
     },
+    /// A partition's progress, and with `digest` its state's digest: hashing the whole state
+    /// holds the shard for as long as the state is large, so only digest callers ask for it.
     ViewProgress {
         view: Arc<str>,
         version: u32,
         partition: u32,
-        reply: Reply<(crate::view::PartitionProgress, u64)>,
+        digest: bool,
+        reply: Reply<(crate::view::PartitionProgress, Option<u64>)>,
     },
     DropView {
         view: Arc<str>,
@@ -510,9 +513,11 @@ async fn serve(shard: Rc<Shard>) {
                 };
                 let _ = reply.send(result);
             }
-            Request::ViewProgress { view, version, partition, reply } => {
+            Request::ViewProgress { view, version, partition, digest, reply } => {
                 let result = match shard.views.borrow().get(&(view.clone(), version, partition)) {
-                    Some((vp, log)) => Ok((vp.progress(log), vp.state.borrow().digest())),
+                    Some((vp, log)) => {
+                        Ok((vp.progress(log), digest.then(|| vp.state.borrow().digest())))
+                    }
                     None => Err(Error::UnknownView { view: view.to_string(), version }),
                 };
                 let _ = reply.send(result);

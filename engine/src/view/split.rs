@@ -133,12 +133,16 @@ async fn fold_range(
             };
             let before = fold.state.counters.consumed;
             let mut poison = None;
-            for record in batch.records() {
+            for (i, record) in batch.records().enumerate() {
                 // Under `OnError::Skip` a panicking filter, key or map is counted (`panicked`)
                 // inside `apply`, as in a serial fold; only a poison stops the range.
                 if let Err(p) = fold.state.apply(def, &record) {
                     poison = Some(p);
                     break;
+                }
+                // As the whole-partition fold: never hold the shard for a whole batch.
+                if (i + 1) % runner::FOLD_STEP == 0 {
+                    glommio::yield_if_needed().await;
                 }
             }
             bytes += batch.batch.payload().len() as u64;
