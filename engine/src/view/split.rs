@@ -26,6 +26,9 @@ use crate::config::ReplayConfig;
 use crate::shard::{Shard, ShardJob};
 use crate::view::runner::{self, Activity, ViewPartition};
 use crate::view::state::{self, Poison, RangeFold};
+
+/// Keys merged between two preemption checks when a range task's state merges.
+const MERGE_STEP: usize = 1024;
 use crate::view::Version;
 
 /// One range task: records `[from, to)`, read as pieces of sealed segments (by index into the
@@ -252,14 +255,26 @@ pub(crate) async fn replay_ranges(
                 break;
             }
         };
-        let (n, next) = {
-            let mut st = vp.state.borrow_mut();
-            let before = st.counters.consumed;
-            if let Err(e) = st.merge_range(&def, fold) {
+        // A range's state can hold hundreds of thousands of groups: it merges `MERGE_STEP`
+        // keys at a time, with a preemption check between steps, so the live queue never
+        // waits for a whole merge. This task is the state's only writer, and no checkpoint
+        // copy is in flight (the fold waits for its copy), so nothing sees it half merged but
+        // queries of this version, which is not served before it catches up.
+        let mut pending = match vp.state.borrow().begin_merge(&def, fold) {
+            Ok(pending) => pending,
+            Err(e) => {
                 tracing::error!(view = %vp.version.view, partition = vp.partition, error = %e,
                     "a range task's state does not merge; replaying the rest whole");
                 break;
             }
+        };
+        while !vp.state.borrow_mut().merge_step(&def, &mut pending, MERGE_STEP) {
+            glommio::yield_if_needed().await;
+        }
+        let (n, next) = {
+            let mut st = vp.state.borrow_mut();
+            let before = st.counters.consumed;
+            st.finish_merge(pending);
             (st.counters.consumed - before, st.next_offset)
         };
         if let Some(poison) = poison {

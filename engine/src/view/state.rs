@@ -614,4 +614,4 @@ pub fn decode_checkpoint(path: &Path, bytes: &[u8]) -> Result<PartitionState, Er
 mod tests;
 
 mod range;
-pub use range::{splittable, MergeError, RangeFold};
+pub use range::{splittable, MergeError, PendingMerge, RangeFold};
