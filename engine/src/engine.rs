@@ -586,7 +586,7 @@ impl Engine {
         let meta = self.check_partition(topic, partition)?;
         let shard = meta.shards[partition as usize];
         let (sink, receiver) = flume::bounded(self.inner.config.consumer_buffer_batches_max);
-        let state = Arc::new(SubscriptionState::new(meta.name.clone(), partition, 0));
+        let state = Arc::new(SubscriptionState::new(meta.name.clone(), partition));
         let state_for_shard = state.clone();
         self.inner.call(shard, |reply| Request::Subscribe {
             topic: meta.name.clone(),
