@@ -154,7 +154,7 @@ impl Engine {
         let meta = self.check_partition(topic, partition)?;
         let shard = meta.shards[partition as usize];
         let (sink, receiver) = flume::bounded(self.inner.config.consumer_buffer_batches_max);
-        let state = std::sync::Arc::new(SubscriptionState::new(meta.name.clone(), partition, 0));
+        let state = std::sync::Arc::new(SubscriptionState::new(meta.name.clone(), partition));
         let state_for_shard = state.clone();
         let topic = meta.name.clone();
         self.inner
