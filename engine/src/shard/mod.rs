@@ -385,7 +385,13 @@ pub(crate) async fn run(
 }
 
 async fn serve(shard: Rc<Shard>) {
-    while let Ok(request) = shard.request_queue.recv_async().await {
+    loop {
+        // Every queued request is served: staged batches whose linger ran out meanwhile go now.
+        if shard.request_queue.is_empty() && accumulate::has_expired(&shard) {
+            accumulate::flush_expired(&shard).await;
+            continue;
+        }
+        let Ok(request) = shard.request_queue.recv_async().await else { break };
         match request {
             Request::Append { topic, partition, payload, durability, reply } => {
                 let Some(log) = shard.log(&topic, partition) else {
@@ -464,6 +470,7 @@ async fn serve(shard: Rc<Shard>) {
                     let log = partitions.get_mut(&*topic).and_then(|p| p.remove(&partition));
                     if partitions.get(&*topic).is_some_and(BTreeMap::is_empty) {
                         partitions.remove(&*topic);
+                        shard.staging.borrow_mut().forget(&topic);
                     }
                     log
                 };
