@@ -409,7 +409,7 @@ async fn serve(shard: Rc<Shard>) {
                 let done = Box::new(move |result| {
                     let _ = reply.send(result);
                 });
-                append(&shard, log, partition, payload, durability, permit, done);
+                drop(append(&shard, log, partition, payload, durability, permit, done));
             }
             Request::Stage(stage) => {
                 if let Some(delay) = shard.config.append_delay {
@@ -569,7 +569,8 @@ async fn serve(shard: Rc<Shard>) {
 /// What to do with an append's acknowledgement once its durability is reached.
 pub(crate) type AppendDone = Box<dyn FnOnce(Result<BatchAck, Error>)>;
 
-/// Assigns offsets now (arrival order), then waits for durability in its own task.
+/// Assigns offsets now (arrival order), then waits for durability in its own task. Returns the
+/// payload, whose bytes the log has copied (the accumulator reuses its buffers).
 fn append(
     shard: &Rc<Shard>,
     log: Rc<PartitionLog>,
@@ -578,7 +579,7 @@ fn append(
     durability: Durability,
     permit: glommio::sync::StaticPermit,
     done: AppendDone,
-) {
+) -> Payload {
     #[allow(clippy::disallowed_methods)] // Ack latency is observability, never a decision.
     let started = std::time::Instant::now();
     let now_ms = shard.config.clock.now_ms();
@@ -615,7 +616,7 @@ fn append(
         Ok(ticket) => ticket,
         Err(e) => {
             done(Err(e.into()));
-            return;
+            return payload;
         }
     };
     {
@@ -625,7 +626,6 @@ fn append(
         counters.batches_appended += 1;
         counters.appends_in_flight += 1;
     }
-    drop(payload);
     let live = shard.live;
     let shard = shard.clone();
     let task = async move {
@@ -648,6 +648,7 @@ fn append(
         drop(permit);
     };
     glommio::spawn_local_into(task, live).expect("the live queue exists").detach();
+    payload
 }
 
 async fn open_partition(

@@ -14,7 +14,7 @@ fn small_log_in_a_big_segment(dir: &Path, config: &LogConfig) -> SegmentInfo {
 }
 
 fn config() -> LogConfig {
-    LogConfig { preallocate_bytes: 8 << 20, ..small_config() }
+    LogConfig { preallocate_bytes: 8 << 20, segment_size_bytes_max: 64 << 20, ..small_config() }
 }
 
 /// Reopening a partition reads its frames, not the megabytes of preallocated zeros after them:
