@@ -153,6 +153,8 @@ pub(crate) struct Staging {
     /// it doubled, and a flushed one gave them back to the allocator, which returned pages to
     /// the kernel only to fault them in again (a sixth of the staging shards' time at 4,000
     /// partitions went to page faults, zeroing and reallocation).
+    // Boxed: a spare moves into a slot (which holds a `Box`) without a new allocation.
+    #[allow(clippy::vec_box)]
     spare: Vec<Box<Staged>>,
     spare_slices: Vec<Vec<Slice>>,
     pub(crate) flushes: FlushCounts,
