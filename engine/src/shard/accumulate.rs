@@ -4,8 +4,9 @@
 //! one acknowledgement) per partition it touched; with random keys over 1,000 partitions that is
 //! 1.6 records per frame, and ingest collapsed to a few percent of the pre-grouped rate. Like
 //! Kafka's producer (`linger.ms`, `batch.size`), records now wait in a per-partition staged batch
-//! until it holds `batch_size` bytes or its first record has waited `linger`; a request with
-//! `linger` zero is flushed when the shard finished staging it.
+//! until it holds `batch_size` bytes or its first record has waited `linger` (and the shard has
+//! staged the requests queued by then: `flush_expired`); a request with `linger` zero is flushed
+//! when the shard finished staging it.
 //!
 //! The accumulator lives on the shard (not in the producer), so it needs no lock and producers on
 //! any number of threads share it; a producer sends one request per shard, whatever the number of
