@@ -150,6 +150,13 @@ impl ProducerBatch {
         (entry.key.map_or(0, |k| k.1) + entry.value.1 + headers) as usize
     }
 
+    /// Empties the batch, keeping its buffers (the accumulator reuses them).
+    pub(crate) fn clear(&mut self) {
+        self.data.clear();
+        self.entries.clear();
+        self.headers.clear();
+    }
+
     /// Copies record `index` of `src` to the end of this batch (no allocation past growth).
     pub(crate) fn push_from(&mut self, src: &ProducerBatch, index: usize) {
         let entry = src.entries[index];

@@ -27,6 +27,13 @@ pub trait ChunkSource {
         len: usize,
     ) -> impl std::future::Future<Output = Result<Self::Chunk, Error>>;
     fn file_len(&self) -> u64;
+    /// Every byte at or after this position reads as zero: it lies in a hole or an unwritten
+    /// (preallocated) extent, as the file system reports them (`SEEK_DATA`). Scans read no
+    /// further, and conclude exactly what reading those zeros would have. The default, the
+    /// file's length, reads everything.
+    fn data_end(&self) -> u64 {
+        self.file_len()
+    }
 }
 
 /// Why a scan stopped before the end of the file.
@@ -81,12 +88,20 @@ pub async fn scan_segment<S: ChunkSource>(
     depth: Depth,
 ) -> Result<SegmentScan, Error> {
     let file_len = source.file_len();
+    // Past the data, the file reads as zeros (an active segment's preallocated tail, 8 MiB by
+    // default): a chunk read stops there, and a frame cannot start there (an all-zero header
+    // is a clean end, as parsing those zeros would find).
+    let data_end = source.data_end().min(file_len);
+    let read_len = |pos: u64| {
+        let left = data_end.saturating_sub(pos).next_multiple_of(BLOCK_SIZE as u64);
+        chunk_size.min(left as usize).max(BLOCK_SIZE)
+    };
     let mut index = SegmentIndex::new(base_offset, index_interval_bytes);
     let mut first_timestamp = None;
     let mut pos = 0u64;
-    let mut want = chunk_size.max(BLOCK_SIZE);
+    let mut want = read_len(pos);
     let stop = loop {
-        if pos >= file_len {
+        if pos >= file_len || pos >= data_end {
             break None;
         }
         let chunk = source.read_chunk(pos, want).await?;
@@ -139,11 +154,11 @@ pub async fn scan_segment<S: ChunkSource>(
         pos += rel as u64;
         match step {
             Step::Consumed if eof => break None,
-            Step::Consumed => want = chunk_size.max(BLOCK_SIZE),
+            Step::Consumed => want = read_len(pos),
             // The next frame does not fit in this chunk: read again from its start, at least the
-            // whole frame.
+            // whole frame (zeros past the data included, as a frame torn there holds them).
             Step::NeedMore(frame_len) => {
-                want = chunk_size.max(frame_len.next_multiple_of(BLOCK_SIZE));
+                want = read_len(pos).max(frame_len.next_multiple_of(BLOCK_SIZE));
             }
             Step::Stop(stop) => break stop,
         }
@@ -190,8 +205,10 @@ async fn finish<S: ChunkSource>(
 ) -> Result<SegmentScan, Error> {
     let mut trailing_garbage = false;
     let mut pos = index.size_bytes;
-    while pos < file_len && !trailing_garbage {
-        let chunk = source.read_chunk(pos, 1 << 20).await?;
+    // Bytes past the data read as zeros: they cannot be garbage.
+    let data_end = source.data_end().min(file_len);
+    while pos < data_end && !trailing_garbage {
+        let chunk = source.read_chunk(pos, (1 << 20).min((data_end - pos) as usize)).await?;
         if chunk.is_empty() {
             break;
         }
@@ -293,8 +310,12 @@ pub async fn find_valid_frames<S: ChunkSource>(
     let mut q = position + FRAME_ALIGN as u64;
     let mut last_nonzero_end = position;
     const CHUNK: usize = 1 << 20;
-    while q + header_size <= file_len {
-        let chunk = source.read_chunk(q, CHUNK).await?;
+    // Past the data the file reads as zeros: no frame starts there and no byte is non-zero. A
+    // chunk still reaches a header's length past it, for a header that starts just before.
+    let data_end = source.data_end().min(file_len);
+    while q + header_size <= file_len && q < data_end {
+        let want = CHUNK.min((data_end - q + header_size) as usize);
+        let chunk = source.read_chunk(q, want).await?;
         if let Some(last) = chunk.iter().rposition(|b| *b != 0) {
             last_nonzero_end = last_nonzero_end.max(q + last as u64 + 1);
         }

@@ -441,7 +441,13 @@ pub(crate) async fn run(
 }
 
 async fn serve(shard: Rc<Shard>) {
-    while let Ok(request) = shard.request_queue.recv_async().await {
+    loop {
+        // Every queued request is served: staged batches whose linger ran out meanwhile go now.
+        if shard.request_queue.is_empty() && accumulate::has_expired(&shard) {
+            accumulate::flush_expired(&shard).await;
+            continue;
+        }
+        let Ok(request) = shard.request_queue.recv_async().await else { break };
         match request {
             Request::Append { topic, partition, payload, durability, reply } => {
                 let Some(log) = shard.log(&topic, partition) else {
@@ -459,7 +465,7 @@ async fn serve(shard: Rc<Shard>) {
                 let done = Box::new(move |result| {
                     let _ = reply.send(result);
                 });
-                append(&shard, log, partition, payload, durability, permit, done);
+                drop(append(&shard, log, partition, payload, durability, permit, done));
             }
             Request::Stage(stage) => {
                 if let Some(delay) = shard.config.append_delay {
@@ -520,6 +526,7 @@ async fn serve(shard: Rc<Shard>) {
                     let log = partitions.get_mut(&*topic).and_then(|p| p.remove(&partition));
                     if partitions.get(&*topic).is_some_and(BTreeMap::is_empty) {
                         partitions.remove(&*topic);
+                        shard.staging.borrow_mut().forget(&topic);
                     }
                     log
                 };
@@ -620,7 +627,8 @@ async fn serve(shard: Rc<Shard>) {
 /// What to do with an append's acknowledgement once its durability is reached.
 pub(crate) type AppendDone = Box<dyn FnOnce(Result<BatchAck, Error>)>;
 
-/// Assigns offsets now (arrival order), then waits for durability in its own task.
+/// Assigns offsets now (arrival order), then waits for durability in its own task. Returns the
+/// payload, whose bytes the log has copied (the accumulator reuses its buffers).
 fn append(
     shard: &Rc<Shard>,
     log: Rc<PartitionLog>,
@@ -629,7 +637,7 @@ fn append(
     durability: Durability,
     permit: glommio::sync::StaticPermit,
     done: AppendDone,
-) {
+) -> Payload {
     #[allow(clippy::disallowed_methods)] // Ack latency is observability, never a decision.
     let started = std::time::Instant::now();
     let now_ms = shard.config.clock.now_ms();
@@ -666,7 +674,7 @@ fn append(
         Ok(ticket) => ticket,
         Err(e) => {
             done(Err(e.into()));
-            return;
+            return payload;
         }
     };
     {
@@ -676,7 +684,6 @@ fn append(
         counters.batches_appended += 1;
         counters.appends_in_flight += 1;
     }
-    drop(payload);
     let live = shard.live;
     let shard = shard.clone();
     let task = async move {
@@ -699,6 +706,7 @@ fn append(
         drop(permit);
     };
     glommio::spawn_local_into(task, live).expect("the live queue exists").detach();
+    payload
 }
 
 async fn open_partition(

@@ -34,6 +34,11 @@ pub async fn prime_iopoll(dir: &Path) -> Result<(), Error> {
     let device = run_blocking(move || std::fs::metadata(&owned).map(|m| m.dev()))
         .await
         .map_err(|e| Error::io("stat", dir, e))?;
+    prime_device(dir, device).await
+}
+
+/// `prime_iopoll` for a directory whose device the caller knows (from a `stat` it made anyway).
+pub(crate) async fn prime_device(dir: &Path, device: u64) -> Result<(), Error> {
     if PRIMED_DEVICES.with(|p| p.borrow().contains(&device)) {
         return Ok(());
     }
@@ -54,6 +59,37 @@ pub async fn prime_iopoll(dir: &Path) -> Result<(), Error> {
     file.close().await.map_err(|e| Error::io("close", &sentinel, e))?;
     PRIMED_DEVICES.with(|p| p.borrow_mut().insert(device));
     Ok(())
+}
+
+/// The end of the last data range of the file behind `fd` (at most `len`): every byte after it
+/// reads as zero (a hole, or an unwritten extent that preallocation reserved). Runs on the blocking
+/// pool (`SEEK_DATA` and `SEEK_HOLE` may read the extent tree) over a duplicate of the descriptor,
+/// so the job never touches a descriptor number the shard may have closed and reused. A file
+/// system without these reports the whole file as data, and the answer is `len`.
+pub(crate) async fn data_end(fd: std::os::fd::RawFd, len: u64) -> io::Result<u64> {
+    use nix::unistd::{close, dup, lseek, Whence};
+    let fd = dup(fd)?;
+    run_blocking(move || {
+        let mut end = 0u64;
+        let result = loop {
+            if end >= len {
+                break Ok(len);
+            }
+            let data = match lseek(fd, end as i64, Whence::SeekData) {
+                Ok(data) => data as u64,
+                // No data at or after `end`.
+                Err(nix::errno::Errno::ENXIO) => break Ok(end),
+                Err(e) => break Err(io::Error::from(e)),
+            };
+            match lseek(fd, data as i64, Whence::SeekHole) {
+                Ok(hole) => end = hole as u64,
+                Err(e) => break Err(io::Error::from(e)),
+            }
+        };
+        let _ = close(fd);
+        result.map(|end| end.min(len))
+    })
+    .await
 }
 
 /// Opens a DMA file for reading and writing, creating it if needed.

@@ -294,6 +294,31 @@ impl Disk {
         namespace_op!(self, |ns| create_dir_all_in(ns, &dir))
     }
 
+    /// What opening a partition does first, in one trip to the blocking pool instead of three
+    /// (a reopen of 10,000 partitions made 30,000): `create_dir_all`, `prime` and `list_dir` of
+    /// `dir`. The simulated disk runs the three as before.
+    pub async fn prepare_dir(&self, dir: &Path) -> Result<Vec<DirEntry>, Error> {
+        match self {
+            Disk::Dma => {
+                use std::os::unix::fs::MetadataExt;
+                let owned = dir.to_path_buf();
+                let (device, entries) = dma::run_blocking(move || {
+                    create_dir_all_in(&dma::StdFs, &owned)?;
+                    let meta =
+                        std::fs::metadata(&owned).map_err(|e| Error::io("stat", &owned, e))?;
+                    Ok::<_, Error>((meta.dev(), list_in(&dma::StdFs, &owned)?))
+                })
+                .await?;
+                dma::prime_device(dir, device).await?;
+                Ok(entries)
+            }
+            Disk::Sim(_) => {
+                self.create_dir_all(dir).await?;
+                self.list_dir(dir).await
+            }
+        }
+    }
+
     /// The entries of a directory, sorted by name.
     pub async fn list_dir(&self, dir: &Path) -> Result<Vec<DirEntry>, Error> {
         let dir = dir.to_path_buf();
@@ -522,6 +547,19 @@ impl File {
         match self {
             File::Dma(file) => file.pre_allocate(size, keep_size).await.map_err(io::Error::from),
             File::Sim(file) => file.pre_allocate(size, keep_size).await,
+        }
+    }
+
+    /// Where the file's data ends, given its length: every byte from there to `len` reads as
+    /// zero (a hole or an unwritten, preallocated extent; see `ChunkSource::data_end`). The
+    /// simulated disk keeps no extents and answers `len`.
+    pub async fn data_end(&self, len: u64) -> io::Result<u64> {
+        match self {
+            File::Dma(file) => {
+                use std::os::fd::AsRawFd;
+                dma::data_end(file.as_raw_fd(), len).await
+            }
+            File::Sim(_) => Ok(len),
         }
     }
 

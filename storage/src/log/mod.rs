@@ -101,6 +101,9 @@ pub struct RecoveryReport {
     pub truncated_bytes: u64,
     /// Bytes of the active segment scanned.
     pub scanned_bytes: u64,
+    /// Bytes recovery read from the active segment: its frames, not the preallocated zeros past
+    /// them (the file system reports those as unwritten, `File::data_end`).
+    pub read_bytes: u64,
     /// The torn tail cut from the active segment, if one was: the API side of the warning
     /// recovery logs.
     pub tail_cut: Option<TailCut>,

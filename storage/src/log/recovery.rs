@@ -30,7 +30,7 @@
 //! A sealed segment was synced whole before the next one was created, so any damage in it is
 //! corruption. Zeros after the last frame are a clean end (preallocation puts them there).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::path::Path;
 use std::rc::Rc;
@@ -54,10 +54,7 @@ impl PartitionLog {
             return Err(Error::Config { field: "segment_size_bytes_max (at most 4 GiB)" });
         }
         let disk = config.disk.clone();
-        disk.create_dir_all(dir).await?;
-        disk.prime(dir).await?;
-
-        let entries = disk.list_dir(dir).await?;
+        let entries = disk.prepare_dir(dir).await?;
         remove_temp_files(&config, dir, &entries).await?;
         let mut listed = paths::segments_in(dir, &entries);
         let mut report = RecoveryReport::default();
@@ -69,6 +66,8 @@ impl PartitionLog {
             listed.push((0, path));
         }
         let mut segments: Vec<Segment> = Vec::with_capacity(listed.len());
+        // The active segment's file, left open by its recovery, and its size on disk.
+        let mut active_file = None;
         let last = listed.len() - 1;
         for (i, (base, path)) in listed.into_iter().enumerate() {
             if let Some(previous) = segments.last() {
@@ -88,15 +87,16 @@ impl PartitionLog {
                 index.entries = Vec::new();
                 segments.push(Segment { path, index, entries_loaded: false });
             } else {
-                let index = recover_active(&path, base, &config, &mut report).await?;
+                let (index, file, file_len) =
+                    recover_active(&path, base, &config, &mut report).await?;
+                active_file = Some((file, file_len));
                 segments.push(Segment { path, index, entries_loaded: true });
             }
         }
         report.segment_count = segments.len();
 
         let active = segments.last().expect("at least one segment");
-        let file = disk.open_rw(&active.path).await?;
-        let file_len = file.file_size().await.map_err(|e| Error::io("stat", &active.path, e))?;
+        let (file, file_len) = active_file.expect("the last segment is the active one");
         let size = active.index.size_bytes;
         let file_pos = size - size % BLOCK_SIZE as u64;
         // No write buffer yet (an idle partition holds none): the partial tail block is carried
@@ -236,7 +236,9 @@ async fn load_sealed_index(
         }
         Err(e) => return Err(e),
     }
-    let scan = scan_file(&file, file_len, path, base, config).await?;
+    let read = Cell::new(0);
+    let source = FileSource::new(&file, file_len, path, &read).await?;
+    let scan = scan_file(&source, base, config).await?;
     file.close().await.map_err(|e| Error::io("close", path, e))?;
     if let Some(stop) = scan.stop {
         // A sealed segment is immutable: damage inside it is corruption, never a torn tail.
@@ -261,15 +263,12 @@ async fn load_sealed_index(
 
 /// Scans a whole segment file through DMA reads, checking every frame's checksum.
 async fn scan_file(
-    file: &File,
-    len: u64,
-    path: &Path,
+    source: &FileSource<'_>,
     base: u64,
     config: &LogConfig,
 ) -> Result<scan::SegmentScan, Error> {
-    let source = FileSource { file, len, path };
     scan::scan_segment(
-        &source,
+        source,
         base,
         config.index_interval_bytes,
         config.read_buffer_size_bytes,
@@ -279,19 +278,23 @@ async fn scan_file(
 }
 
 /// Scans the active segment; cuts a torn tail and refuses corruption (see the module doc), then
-/// syncs the segment so that everything recovered is durable before anyone reads it.
+/// syncs the segment so that everything recovered is durable before anyone reads it. Returns the
+/// index, the file (still open: the writer takes it) and its size on disk.
 async fn recover_active(
     path: &Path,
     base: u64,
     config: &LogConfig,
     report: &mut RecoveryReport,
-) -> Result<SegmentIndex, Error> {
+) -> Result<(SegmentIndex, File, u64), Error> {
     let file = config.disk.open_rw(path).await?;
-    let file_len = file.file_size().await.map_err(|e| Error::io("stat", path, e))?;
-    let source = FileSource { file: &file, len: file_len, path };
-    let scan = scan_file(&file, file_len, path, base, config).await?;
+    let mut file_len = file.file_size().await.map_err(|e| Error::io("stat", path, e))?;
+    let read = Cell::new(0);
+    let source = FileSource::new(&file, file_len, path, &read).await?;
+    let scan = scan_file(&source, base, config).await?;
     report.scanned_bytes = scan.index.size_bytes;
-    match scan::classify_tail(&source, &scan, config.torn_tail_window_bytes()).await? {
+    let tail = scan::classify_tail(&source, &scan, config.torn_tail_window_bytes()).await;
+    report.read_bytes = read.get();
+    match tail? {
         Tail::Clean => {}
         Tail::Corrupt { position, defect, valid_at, valid_offset } => {
             let _ = file.close().await;
@@ -310,6 +313,7 @@ async fn recover_active(
                 "cutting the torn tail of the active segment (unsynced writes a crash interrupted)"
             );
             file.truncate(position).await.map_err(|e| Error::io("truncate", path, e))?;
+            file_len = position;
             report.truncated_bytes = dropped_bytes;
             report.tail_cut = Some(super::TailCut {
                 segment: path.to_path_buf(),
@@ -321,8 +325,7 @@ async fn recover_active(
         }
     }
     file.fdatasync().await.map_err(|e| Error::io("fdatasync", path, e))?;
-    file.close().await.map_err(|e| Error::io("close", path, e))?;
-    Ok(scan.index)
+    Ok((scan.index, file, file_len))
 }
 
 /// Deletes temp files an interrupted `write_file_atomic` left in a partition dir (this log is
@@ -350,7 +353,24 @@ async fn remove_temp_files(
 pub(crate) struct FileSource<'a> {
     pub(crate) file: &'a File,
     pub(crate) len: u64,
+    /// Where the file's data ends (`File::data_end`): zeros from there to `len`.
+    pub(crate) data_end: u64,
     pub(crate) path: &'a Path,
+    /// Bytes read through this source.
+    pub(crate) read: &'a Cell<u64>,
+}
+
+impl<'a> FileSource<'a> {
+    /// A source over `file` of size `len`, asking the file system where its data ends.
+    pub(crate) async fn new(
+        file: &'a File,
+        len: u64,
+        path: &'a Path,
+        read: &'a Cell<u64>,
+    ) -> Result<FileSource<'a>, Error> {
+        let data_end = file.data_end(len).await.map_err(|e| Error::io("seek data", path, e))?;
+        Ok(FileSource { file, len, data_end, path, read })
+    }
 }
 
 impl ChunkSource for FileSource<'_> {
@@ -363,10 +383,15 @@ impl ChunkSource for FileSource<'_> {
         let size = (skip + len).next_multiple_of(BLOCK_SIZE);
         let read =
             self.file.read_at(aligned, size).await.map_err(|e| Error::io("read", self.path, e))?;
+        self.read.set(self.read.get() + read.len() as u64);
         Ok(read.slice(skip, len))
     }
 
     fn file_len(&self) -> u64 {
         self.len
+    }
+
+    fn data_end(&self) -> u64 {
+        self.data_end
     }
 }

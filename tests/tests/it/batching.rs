@@ -93,6 +93,45 @@ fn keyed_batches_over_many_partitions_are_accumulated() {
     assert!(flushes > 0, "linger flushed the staged batches");
 }
 
+/// A shard that falls behind stages the records already queued for it before a linger cuts a
+/// batch. Here every request sleeps 5 ms on the shard before it is staged (a shard busy with
+/// other work), five times the 1 ms linger, and 100 requests of 100 random keys over 10
+/// partitions still make about two stored batches per partition. Before, each linger cut its
+/// batch while the next requests waited in the queue: about 1,000 stored batches of 10 records,
+/// the spiral that took random keys over 1,000 partitions to 27 records per stored batch.
+#[test]
+fn a_shard_behind_stages_queued_records_before_a_linger_cuts_a_batch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = engine_with(dir.path(), |config| {
+        config.shards = Some(1);
+        config.append_delay = Some(Duration::from_millis(5));
+    });
+    let partitions = 10u64;
+    engine.create_topic("t", TopicConfig::new(partitions as u32)).expect("topic");
+    let producer = engine.producer().with_linger(Duration::from_millis(1)).with_batch_size(1 << 20);
+    let mut pending = Vec::new();
+    for b in 0..100u64 {
+        let mut batch = ProducerBatch::new();
+        for i in b * 100..(b + 1) * 100 {
+            batch.push(Some(&key(i)), &value(i), None);
+        }
+        pending.push(producer.submit_each("t", batch).expect("submit"));
+    }
+    for p in pending {
+        assert_eq!(p.wait().expect("acks").len(), 100);
+    }
+    let (batches, records) = stored_batches(&engine);
+    assert_eq!(records, 10_000);
+    assert!(
+        batches <= 4 * partitions,
+        "{batches} stored batches for {records} records over {partitions} partitions: lingers \
+         cut batches while their records waited in the queue"
+    );
+    let linger: u64 =
+        engine.metrics().expect("metrics").iter().map(|m| m.stage_flushes.linger).sum();
+    assert!(linger > 0, "the last batches still go at their linger, without a flush");
+}
+
 /// Every record's `Ack` names the offset where a reader finds exactly that record, and one
 /// producer's records get increasing offsets per partition, dense from 0.
 #[test]

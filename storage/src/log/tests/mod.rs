@@ -17,6 +17,7 @@ pub(crate) fn run<T>(future: impl std::future::Future<Output = T>) -> T {
 }
 
 mod guarantees;
+mod holes;
 mod sealed;
 
 pub(super) fn small_config() -> LogConfig {
