@@ -340,6 +340,7 @@ async fn flush(shard: &Rc<Shard>, key: &Key, cause: Cause) {
     super::append(
         shard,
         log,
+        &key.0,
         key.1,
         Payload::Batch(batch),
         durability,
