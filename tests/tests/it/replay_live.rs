@@ -75,6 +75,15 @@ fn burn_time(work: u64) -> Duration {
     start.elapsed() / 100
 }
 
+/// Sets its flag when dropped: a scope's helper threads stop when the test body panics too.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Polls `check` every 10 ms until it holds, or panics with `what` after `limit`.
 fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
     #[allow(clippy::disallowed_methods)] // A test's deadline, not a decision of the engine.
@@ -105,8 +114,10 @@ fn tail_delivery_latency_is_measured_and_reported() {
 
     let stop = AtomicBool::new(false);
     std::thread::scope(|scope| {
-        // A producer and the consumer at the tail, one record at a time, until the checks pass.
+        // A producer and the consumer at the tail, one record at a time, until the checks pass
+        // (or fail: the guard stops it either way, so a failing check fails, not hangs).
         let stop = &stop;
+        let _stop_on_exit = StopOnDrop(stop);
         let engine = &engine;
         scope.spawn(move || {
             let producer = engine.producer();
@@ -128,7 +139,6 @@ fn tail_delivery_latency_is_measured_and_reported() {
             let p = view.progress().expect("progress");
             p.partitions[0].shard_replay.tail_samples > 0 && p.live_p99_us() > 0
         });
-        stop.store(true, Ordering::Relaxed);
     });
     let m = &engine.metrics().expect("metrics")[0];
     assert!(m.replay.live_p99_us >= m.replay.tail_p99_us, "{:?}", m.replay);
@@ -177,15 +187,12 @@ fn a_rebuild_behind_the_tail_chases_it_in_the_live_queue_and_stays_exact() {
                 }
             });
         }
+        let stop_on_exit = StopOnDrop(&stop);
         let rebuild = engine.rebuild_view("counts", slow_count("slow", WORK)).expect("rebuild");
-        let chased = || engine.metrics().expect("metrics")[0].replay.chases;
-        let saw = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            eventually("a chase", Duration::from_secs(60), || chased() >= 1)
-        }));
-        stop.store(true, Ordering::Relaxed);
-        if let Err(panic) = saw {
-            std::panic::resume_unwind(panic);
-        }
+        eventually("a chase", Duration::from_secs(60), || {
+            engine.metrics().expect("metrics")[0].replay.chases >= 1
+        });
+        drop(stop_on_exit);
         rebuild.wait_swapped(Duration::from_secs(300)).expect("the chase catches up and swaps");
     });
     let produced = next.load(Ordering::Relaxed);
