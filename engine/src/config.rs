@@ -79,7 +79,8 @@ pub struct ReplayConfig {
     pub tasks_per_shard: usize,
     /// The most range tasks one shard folds at once (the controller's ceiling).
     pub concurrency_max: usize,
-    /// The most disk reads in flight per replay reader (the controller's ceiling).
+    /// The most disk reads all replay readers of a shard keep in flight together (the
+    /// controller's ceiling; one while a live write is in flight: `kappa_storage::ReadAhead`).
     pub read_ahead_max: usize,
     /// The replay task queue's most shares (the live queue has 1000).
     pub shares_max: usize,

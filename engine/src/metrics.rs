@@ -14,6 +14,9 @@ pub struct ShardMetrics {
     pub appends_in_flight: u64,
     /// From the shard taking an append to its acknowledgement, in nanoseconds.
     pub append_ack_latency_ns: hdrhistogram::Histogram<u64>,
+    /// From the shard taking an append to a consumer at the tail (one that has caught up once)
+    /// being handed its records, in nanoseconds (`shard::tail`).
+    pub tail_delivery_latency_ns: hdrhistogram::Histogram<u64>,
     /// Replay on this shard and the live-latency controller that paces it.
     pub replay: ReplayMetrics,
     /// How late the shard's stall probe woke, in nanoseconds (`EngineConfig::stall_probe_interval`):

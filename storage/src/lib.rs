@@ -40,7 +40,10 @@ pub use log::{
     TailCut,
 };
 pub use pool::{PoolConfig, PoolStats};
-pub use reader::{LogReader, ReadAhead, ReadBatch, SealedSegment, Seek, SegmentReader};
+pub use reader::{
+    writes_pending, LogReader, ReadAhead, ReadBatch, ReadBudgetStats, SealedSegment, Seek,
+    SegmentReader,
+};
 
 /// How far an append has to get before it is acknowledged, and so what it survives.
 ///

@@ -271,6 +271,8 @@ fn run_view_phases(
         // and how much of each shard replay may take.
         let shards = engine.metrics()?;
         let live_p99_us = shards.iter().map(|m| m.replay.live_p99_us).max().unwrap_or(0);
+        let append_p99_us = shards.iter().map(|m| m.replay.append_p99_us).max().unwrap_or(0);
+        let tail_p99_us = shards.iter().map(|m| m.replay.tail_p99_us).max().unwrap_or(0);
         let budget_us = shards.first().map_or(0, |m| m.replay.budget_us);
         let levels: Vec<String> = shards.iter().map(|m| format!("{:.2}", m.replay.level)).collect();
         // Per shard: range tasks folding now / the controller's concurrency.
@@ -280,8 +282,8 @@ fn run_view_phases(
             .collect();
         let message = format!(
             "{done} records replayed, {:.2} M records/s, lag {}, ETA {:.1} s, {} range tasks \
-             left, replay concurrency {} per shard, live p99 {live_p99_us} us (budget \
-             {budget_us} us), replay level {}",
+             left, replay concurrency {} per shard, live p99 {live_p99_us} us (append \
+             {append_p99_us}, tail {tail_p99_us}; budget {budget_us} us), replay level {}",
             progress.rate_records_s() / 1e6,
             progress.lag(),
             progress.eta_s(),

@@ -494,6 +494,7 @@ async fn flush(shard: &Rc<Shard>, topic: &Arc<str>, partition: u32, cause: Cause
     let payload = super::append(
         shard,
         log,
+        topic,
         partition,
         Payload::Batch(batch),
         durability,

@@ -35,6 +35,7 @@ use crate::Error;
 mod accumulate;
 pub(crate) mod link;
 pub(crate) mod replay;
+mod tail;
 mod views;
 
 use link::Link;
@@ -214,6 +215,8 @@ struct Counters {
     batches_appended: u64,
     appends_in_flight: u64,
     append_ack_latency_ns: hdrhistogram::Histogram<u64>,
+    /// From the shard taking an append to a consumer at the tail being handed its records.
+    tail_delivery_latency_ns: hdrhistogram::Histogram<u64>,
     /// How late the stall probe woke (`stall_probe`), in nanoseconds.
     executor_stall_ns: hdrhistogram::Histogram<u64>,
     /// Fsyncs of partition logs this shard has closed (a deleted topic, a moved partition): kept
@@ -229,6 +232,9 @@ type Partitions = BTreeMap<Arc<str>, BTreeMap<u32, Rc<PartitionLog>>>;
 /// The view partitions a shard runs: (view, version, partition) -> partition state and its log.
 type Views = BTreeMap<(Arc<str>, u32, u32), (Rc<ViewPartition>, Rc<PartitionLog>)>;
 
+/// The recent appends of each partition a consumer follows (`tail`), for tail-delivery latency.
+type TailMarks = BTreeMap<Arc<str>, BTreeMap<u32, Rc<RefCell<tail::TailMarks>>>>;
+
 /// The state of one shard, shared by its tasks (`Rc`, never `Send`).
 pub struct Shard {
     id: ShardId,
@@ -236,6 +242,7 @@ pub struct Shard {
     partitions: RefCell<Partitions>,
     views: RefCell<Views>,
     subscriptions: RefCell<Vec<Arc<SubscriptionState>>>,
+    tail_marks: RefCell<TailMarks>,
     counters: RefCell<Counters>,
     live: TaskQueueHandle,
     replay: TaskQueueHandle,
@@ -389,6 +396,7 @@ pub(crate) async fn run(
         partitions: RefCell::new(BTreeMap::new()),
         views: RefCell::new(BTreeMap::new()),
         subscriptions: RefCell::new(Vec::new()),
+        tail_marks: RefCell::new(BTreeMap::new()),
         counters: RefCell::new(Counters {
             records_appended: 0,
             bytes_appended: 0,
@@ -396,6 +404,12 @@ pub(crate) async fn run(
             appends_in_flight: 0,
             append_ack_latency_ns: hdrhistogram::Histogram::new_with_bounds(100, 60_000_000_000, 2)
                 .expect("static histogram bounds are valid"),
+            tail_delivery_latency_ns: hdrhistogram::Histogram::new_with_bounds(
+                100,
+                60_000_000_000,
+                2,
+            )
+            .expect("static histogram bounds are valid"),
             executor_stall_ns: hdrhistogram::Histogram::new_with_bounds(1_000, 60_000_000_000, 2)
                 .expect("static histogram bounds are valid"),
             closed_fsync_count: 0,
@@ -465,7 +479,7 @@ async fn serve(shard: Rc<Shard>) {
                 let done = Box::new(move |result| {
                     let _ = reply.send(result);
                 });
-                drop(append(&shard, log, partition, payload, durability, permit, done));
+                drop(append(&shard, log, &topic, partition, payload, durability, permit, done));
             }
             Request::Stage(stage) => {
                 if let Some(delay) = shard.config.append_delay {
@@ -505,7 +519,15 @@ async fn serve(shard: Rc<Shard>) {
                     Ok(reader) => {
                         state.start(reader.next_offset(), log.readable_end_offset());
                         shard.subscriptions.borrow_mut().push(state.clone());
-                        let task = subscription(shard.clone(), log, reader, sink, state);
+                        let marks = shard
+                            .tail_marks
+                            .borrow_mut()
+                            .entry(topic.clone())
+                            .or_default()
+                            .entry(partition)
+                            .or_default()
+                            .clone();
+                        let task = subscription(shard.clone(), log, reader, sink, state, marks);
                         glommio::spawn_local_into(task, shard.live)
                             .expect("the live queue exists")
                             .detach();
@@ -576,7 +598,8 @@ async fn serve(shard: Rc<Shard>) {
             Request::ViewProgress { view, version, partition, digest, reply } => {
                 let result = match shard.views.borrow().get(&(view.clone(), version, partition)) {
                     Some((vp, log)) => {
-                        Ok((vp.progress(log), digest.then(|| vp.state.borrow().digest())))
+                        let progress = vp.progress(log, shard.replay_control.metrics());
+                        Ok((progress, digest.then(|| vp.state.borrow().digest())))
                     }
                     None => Err(Error::UnknownView { view: view.to_string(), version }),
                 };
@@ -629,9 +652,11 @@ pub(crate) type AppendDone = Box<dyn FnOnce(Result<BatchAck, Error>)>;
 
 /// Assigns offsets now (arrival order), then waits for durability in its own task. Returns the
 /// payload, whose bytes the log has copied (the accumulator reuses its buffers).
+#[allow(clippy::too_many_arguments)] // One call's worth of context, used once each.
 fn append(
     shard: &Rc<Shard>,
     log: Rc<PartitionLog>,
+    topic: &str,
     partition: u32,
     payload: Payload,
     durability: Durability,
@@ -677,6 +702,11 @@ fn append(
             return payload;
         }
     };
+    // A followed partition remembers when the shard took this append (`tail`).
+    if let Some(marks) = shard.tail_marks.borrow().get(topic).and_then(|t| t.get(&partition)) {
+        let info = ticket.info;
+        marks.borrow_mut().push(info.base_offset, info.last_offset + 1, started);
+    }
     {
         let mut counters = shard.counters.borrow_mut();
         counters.records_appended += records;
@@ -731,29 +761,41 @@ async fn open_partition(
 }
 
 /// Follows a partition for one consumer: reads zero-copy on the shard, sends each batch as one
-/// owned copy, and sleeps on the log's readable event when caught up (woken, not polled).
+/// owned copy, and sleeps on the log's readable event when caught up (woken, not polled). Once it
+/// has caught up, each batch handed to the consumer is a tail-delivery latency sample (`tail`).
 async fn subscription(
     shard: Rc<Shard>,
     log: Rc<PartitionLog>,
     mut reader: kappa_storage::LogReader,
     sink: flume::Sender<Result<OwnedBatch, Error>>,
     state: Arc<SubscriptionState>,
+    marks: Rc<RefCell<tail::TailMarks>>,
 ) {
+    let mut at_tail = false;
     loop {
         let next = match reader.next_batch().await {
-            Ok(Some(read)) => Some(Ok(OwnedBatch::copy_of(&read.batch, read.first_offset))),
+            Ok(Some(read)) => {
+                Some((Ok(OwnedBatch::copy_of(&read.batch, read.first_offset)), read.first_offset))
+            }
             Ok(None) => None,
-            Err(e) => Some(Err(Error::from(e))),
+            Err(e) => Some((Err(Error::from(e)), 0)),
         };
         state.publish_end(log.readable_end_offset());
         match next {
-            Some(item) => {
+            Some((item, first_offset)) => {
                 let failed = item.is_err();
                 if sink.send_async(item).await.is_err() || failed {
                     break;
                 }
+                if let Some(taken) = marks.borrow().taken_at(first_offset).filter(|_| at_tail) {
+                    let ns = taken.elapsed().as_nanos() as u64;
+                    let mut counters = shard.counters.borrow_mut();
+                    counters.tail_delivery_latency_ns.saturating_record(ns);
+                    shard.replay_control.record_tail(ns);
+                }
             }
             None => {
+                at_tail = true;
                 if shard.stopping.get() || log.wait_readable(reader.next_offset()).await.is_err() {
                     break;
                 }
@@ -764,6 +806,18 @@ async fn subscription(
         }
     }
     shard.subscriptions.borrow_mut().retain(|s| !Arc::ptr_eq(s, &state));
+    // The last follower of the partition takes its marks away (the map holds the other count).
+    if Rc::strong_count(&marks) == 2 {
+        let mut all = shard.tail_marks.borrow_mut();
+        if let Some(topic) = all.get_mut(&*state.topic) {
+            if topic.get(&state.partition).is_some_and(|m| Rc::ptr_eq(m, &marks)) {
+                topic.remove(&state.partition);
+            }
+            if topic.is_empty() {
+                all.remove(&*state.topic);
+            }
+        }
+    }
 }
 
 /// A timer that bounds a missed wake-up of the shard's executor.
@@ -887,6 +941,7 @@ fn metrics(shard: &Shard) -> ShardMetrics {
         batches_appended: counters.batches_appended,
         appends_in_flight: counters.appends_in_flight,
         append_ack_latency_ns: counters.append_ack_latency_ns.clone(),
+        tail_delivery_latency_ns: counters.tail_delivery_latency_ns.clone(),
         replay: shard.replay_control.metrics(),
         executor_stall_ns: counters.executor_stall_ns.clone(),
         fsync_count,

@@ -2,13 +2,17 @@
 //!
 //! Why: replay and the live tail share each shard's CPU and its one io_uring. Left alone, replay
 //! makes the thread 100% busy and queues its read-ahead in front of live writes (issue 10 saw
-//! the live p99 go from 1.1 ms to 9.6 ms). The shard measures live latency (an append, from the
-//! shard taking it to its acknowledgement) in a sliding window of one second, and every tick an
-//! AIMD controller moves one level in `[FLOOR, 1]`: halved when the window's p99 is over the
-//! budget, raised by a step when it is under three quarters of it (or too few appends to judge).
+//! the live p99 go from 1.1 ms to 9.6 ms). The shard measures live latency in two sliding windows
+//! of one second: appends (from the shard taking one to its acknowledgement) and tail deliveries
+//! (from the shard taking an append to a consumer at the tail being handed its records,
+//! `shard::tail`). Every tick an AIMD controller moves one level in `[FLOOR, 1]`: halved when
+//! either window's p99 is over the budget, raised by a step when every window it can judge is
+//! under three quarters of it (a window with fewer than `SAMPLES_MIN` samples has no say).
 //! The level scales three knobs from their ceilings in `ReplayConfig`: the replay task queue's
 //! shares (glommio dynamic shares; the live queue has 1000), the range tasks the shard folds at
-//! once, and the disk reads each replay reader keeps in flight. Replay never starves: while the
+//! once, and the depth of the shard's replay read budget: the disk reads all its replay readers
+//! keep in flight together, one while a live write is in flight (`kappa_storage::ReadAhead`: live
+//! writes stay ahead of replay reads in the shared io_uring). Replay never starves: while the
 //! shard has replay work and its replay rate over the last second is below
 //! `ReplayConfig::min_records_per_s`, the level is not lowered.
 //!
@@ -61,8 +65,12 @@ pub struct ReplayMetrics {
     pub shares: usize,
     /// Range tasks this shard may fold at once.
     pub concurrency: usize,
-    /// Disk reads in flight per replay reader.
+    /// Disk reads all replay readers of the shard may keep in flight together (the budget's
+    /// depth; one while a live write is in flight).
     pub read_ahead: usize,
+    /// The replay read budget's counters: reads in flight now and at most, reads started while a
+    /// live write was in flight, waits for room.
+    pub read_budget: kappa_storage::ReadBudgetStats,
     /// Range tasks folding on this shard now, and finished so far.
     pub tasks_running: usize,
     pub tasks_done: u64,
@@ -70,10 +78,21 @@ pub struct ReplayMetrics {
     pub records: u64,
     /// Replay records per second over the last second.
     pub records_per_s: f64,
-    /// Live latency p99 over the last second, its sample count, and the budget.
+    /// Live latency p99 over the last second: the larger of the append and tail-delivery p99s
+    /// (what the controller holds to the budget), their samples together, and the budget.
     pub live_p99_us: u64,
     pub live_samples: u64,
     pub budget_us: u64,
+    /// Append latency (shard taking an append to its acknowledgement) over the last second.
+    pub append_p99_us: u64,
+    pub append_samples: u64,
+    /// Tail-delivery latency (shard taking an append to a consumer at the tail being handed its
+    /// records) over the last second.
+    pub tail_p99_us: u64,
+    pub tail_samples: u64,
+    /// Folds that did not gain on the live tail at replay's full level and went on in the live
+    /// queue (`Chase`).
+    pub chases: u64,
     /// Ticks with replay work whose window p99 was over the budget, and all ticks with replay
     /// work: their ratio is the budget burn.
     pub ticks_over_budget: u64,
@@ -101,7 +120,10 @@ pub(crate) struct ReplayControl {
     concurrency: Cell<usize>,
     /// Permits to keep (not hand back) as tasks finish: a lowered concurrency.
     owed: Cell<usize>,
-    window: RefCell<LiveWindow>,
+    /// Append latencies and tail-delivery latencies of the last second.
+    append: RefCell<LiveWindow>,
+    tail: RefCell<LiveWindow>,
+    chases: Cell<u64>,
     /// Range tasks and whole-partition replays active on the shard.
     replaying: Cell<usize>,
     tasks_running: Cell<usize>,
@@ -119,11 +141,40 @@ pub(crate) struct ReplayControl {
     behind_until: Cell<u64>,
 }
 
-/// Live latencies of the last second, one histogram per tick.
-struct LiveWindow {
+/// Live latencies of the last second, one histogram per tick: a sample stays in the window for
+/// `SLOTS` ticks, then its slot is reset.
+pub(crate) struct LiveWindow {
     slots: Vec<hdrhistogram::Histogram<u64>>,
     current: usize,
     merged: hdrhistogram::Histogram<u64>,
+}
+
+impl LiveWindow {
+    pub(crate) fn new() -> LiveWindow {
+        LiveWindow {
+            slots: (0..SLOTS).map(|_| histogram()).collect(),
+            current: 0,
+            merged: histogram(),
+        }
+    }
+
+    pub(crate) fn record(&mut self, ns: u64) {
+        self.slots[self.current].saturating_record(ns);
+    }
+
+    /// The p99 and sample count of the last `SLOTS` ticks (this one included); then the window
+    /// moves one tick, dropping the oldest tick's samples.
+    pub(crate) fn advance(&mut self) -> (u64, u64) {
+        let LiveWindow { slots, current, merged } = self;
+        merged.reset();
+        for slot in slots.iter() {
+            let _ = merged.add(slot);
+        }
+        let out = (merged.value_at_quantile(0.99), merged.len());
+        *current = (*current + 1) % SLOTS;
+        slots[*current].reset();
+        out
+    }
 }
 
 fn histogram() -> hdrhistogram::Histogram<u64> {
@@ -142,11 +193,9 @@ impl ReplayControl {
             permits: glommio::sync::Semaphore::new(config.concurrency_max as u64),
             concurrency: Cell::new(config.concurrency_max),
             owed: Cell::new(0),
-            window: RefCell::new(LiveWindow {
-                slots: (0..SLOTS).map(|_| histogram()).collect(),
-                current: 0,
-                merged: histogram(),
-            }),
+            append: RefCell::new(LiveWindow::new()),
+            tail: RefCell::new(LiveWindow::new()),
+            chases: Cell::new(0),
             replaying: Cell::new(0),
             tasks_running: Cell::new(0),
             tasks_done: Cell::new(0),
@@ -158,7 +207,7 @@ impl ReplayControl {
             ticks: Cell::new(0),
             behind_until: Cell::new(0),
         };
-        control.metrics.set(Some(control.snapshot(0, 0, 0.0)));
+        control.metrics.set(Some(control.snapshot((0, 0), (0, 0), 0.0)));
         control
     }
 
@@ -167,7 +216,7 @@ impl ReplayControl {
         self.shares.clone()
     }
 
-    /// The read-ahead every replay reader on this shard uses (the controller moves it).
+    /// The read budget every replay reader on this shard shares (the controller moves its depth).
     pub(crate) fn read_ahead(&self) -> ReadAhead {
         self.read_ahead.clone()
     }
@@ -188,11 +237,20 @@ impl ReplayControl {
         self.behind_until.set(self.ticks.get() + CHASE_TICKS);
     }
 
-    /// One live latency sample (an append's acknowledgement).
+    /// One append latency sample (from the shard taking the append to its acknowledgement).
     pub(crate) fn record_live(&self, ns: u64) {
-        let mut w = self.window.borrow_mut();
-        let current = w.current;
-        w.slots[current].saturating_record(ns);
+        self.append.borrow_mut().record(ns);
+    }
+
+    /// One tail-delivery latency sample (from the shard taking an append to a consumer at the
+    /// tail being handed its records).
+    pub(crate) fn record_tail(&self, ns: u64) {
+        self.tail.borrow_mut().record(ns);
+    }
+
+    /// A fold went on in the live queue (`ChaseStep::Promote`).
+    pub(crate) fn chased(&self) {
+        self.chases.set(self.chases.get() + 1);
     }
 
     /// Records folded by replay on this shard.
@@ -245,18 +303,15 @@ impl ReplayControl {
 
     /// One controller step: read the window, move the level, set the knobs, move the window.
     pub(crate) fn tick(&self) {
-        let (p99, samples) = {
-            let mut w = self.window.borrow_mut();
-            let LiveWindow { slots, current, merged } = &mut *w;
-            merged.reset();
-            for slot in slots.iter() {
-                let _ = merged.add(slot);
-            }
-            let out = (merged.value_at_quantile(0.99), merged.len());
-            *current = (*current + 1) % SLOTS;
-            slots[*current].reset();
-            out
-        };
+        let append = self.append.borrow_mut().advance();
+        let tail = self.tail.borrow_mut().advance();
+        // The live p99 the controller judges: the worse of the windows with enough samples to
+        // say anything (a tail nobody follows, or a second without appends, has no say).
+        let judged = [append, tail]
+            .into_iter()
+            .filter(|(_, samples)| *samples >= SAMPLES_MIN)
+            .map(|(p99, _)| p99)
+            .max();
         let records = self.records.get();
         let rate = {
             let mut at = self.records_at.borrow_mut();
@@ -266,7 +321,7 @@ impl ReplayControl {
             (records - oldest) as f64 / (TICK.as_secs_f64() * SLOTS as f64)
         };
         let replaying = self.replaying.get() > 0;
-        let over = samples >= SAMPLES_MIN && p99 > self.budget_ns;
+        let over = judged.is_some_and(|p99| p99 > self.budget_ns);
         if replaying {
             self.ticks_replaying.set(self.ticks_replaying.get() + 1);
             if over {
@@ -279,7 +334,7 @@ impl ReplayControl {
         let starving = replaying && (rate < self.config.min_records_per_s as f64 || behind);
         let level = if over && !starving {
             (level / 2.0).max(FLOOR)
-        } else if samples < SAMPLES_MIN || p99 < self.budget_ns / 4 * 3 || starving {
+        } else if judged.is_none_or(|p99| p99 < self.budget_ns / 4 * 3) || starving {
             (level + STEP).min(1.0)
         } else {
             level
@@ -289,22 +344,29 @@ impl ReplayControl {
         self.shares.0.set(scaled(self.config.shares_max));
         self.read_ahead.set(scaled(self.config.read_ahead_max));
         self.set_concurrency(scaled(self.config.concurrency_max));
-        self.metrics.set(Some(self.snapshot(p99, samples, rate)));
+        self.metrics.set(Some(self.snapshot(append, tail, rate)));
     }
 
-    fn snapshot(&self, p99: u64, samples: u64, rate: f64) -> ReplayMetrics {
+    /// `append` and `tail`: each window's (p99, samples).
+    fn snapshot(&self, append: (u64, u64), tail: (u64, u64), rate: f64) -> ReplayMetrics {
         ReplayMetrics {
             level: self.level.get(),
             shares: self.shares.0.get(),
             concurrency: self.concurrency.get(),
             read_ahead: self.read_ahead.get(),
+            read_budget: self.read_ahead.stats(),
             tasks_running: self.tasks_running.get(),
             tasks_done: self.tasks_done.get(),
             records: self.records.get(),
             records_per_s: rate,
-            live_p99_us: p99 / 1_000,
-            live_samples: samples,
+            live_p99_us: append.0.max(tail.0) / 1_000,
+            live_samples: append.1 + tail.1,
             budget_us: self.budget_ns / 1_000,
+            append_p99_us: append.0 / 1_000,
+            append_samples: append.1,
+            tail_p99_us: tail.0 / 1_000,
+            tail_samples: tail.1,
+            chases: self.chases.get(),
             ticks_over_budget: self.ticks_over.get(),
             ticks_replaying: self.ticks_replaying.get(),
         }
@@ -316,6 +378,8 @@ impl ReplayControl {
         m.tasks_running = self.tasks_running.get();
         m.tasks_done = self.tasks_done.get();
         m.records = self.records.get();
+        m.chases = self.chases.get();
+        m.read_budget = self.read_ahead.stats();
         m
     }
 }

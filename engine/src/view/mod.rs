@@ -84,6 +84,9 @@ pub struct PartitionProgress {
     /// The next offset of the checkpoint this partition resumed from at its start, if any: the
     /// records before it were not replayed.
     pub resumed_from: Option<u64>,
+    /// The owning shard's replay controller when the partition answered: its live p99 (append
+    /// and tail delivery) beside the budget, the budget burn, replay concurrency and rate.
+    pub shard_replay: crate::metrics::ReplayMetrics,
 }
 
 /// Why a view version stopped: the partition, and for a poison record (user code panicked) its
@@ -124,6 +127,11 @@ impl VersionProgress {
     /// Range tasks not merged yet over all partitions.
     pub fn replay_tasks(&self) -> usize {
         self.partitions.iter().map(|p| p.replay_tasks).sum()
+    }
+    /// The worst live p99 (append or tail delivery, microseconds) of the shards that own the
+    /// version's partitions, over the last second.
+    pub fn live_p99_us(&self) -> u64 {
+        self.partitions.iter().map(|p| p.shard_replay.live_p99_us).max().unwrap_or(0)
     }
     pub fn eta_s(&self) -> f64 {
         self.partitions.iter().map(|p| p.eta_s).fold(0.0, f64::max)

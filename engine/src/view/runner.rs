@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use kappa_storage::{LogReader, PartitionLog, Seek};
 
-use crate::shard::replay::{Chase, ChaseStep};
+use crate::shard::replay::{Chase, ChaseStep, ReplayMetrics};
 use crate::shard::Shard;
 use crate::view::state::{self, PartitionState, Poison};
 use crate::view::{Failure, PartitionProgress, Version};
@@ -161,7 +161,8 @@ impl ViewPartition {
         }
     }
 
-    pub(crate) fn progress(&self, log: &PartitionLog) -> PartitionProgress {
+    /// `replay`: the owning shard's controller figures (live p99 beside the budget, burn).
+    pub(crate) fn progress(&self, log: &PartitionLog, replay: ReplayMetrics) -> PartitionProgress {
         let st = self.state.borrow();
         let end_offset = log.readable_end_offset();
         let lag = end_offset.saturating_sub(st.next_offset);
@@ -187,6 +188,7 @@ impl ViewPartition {
             replay_tasks: self.replay_tasks.get(),
             checkpointed: self.checkpointed.get(),
             resumed_from: self.resumed_from,
+            shard_replay: replay,
         }
     }
 
@@ -671,6 +673,7 @@ async fn fold(
                                 partition = vp.partition, lag = lag(&reader),
                                 "view partition does not gain on the live tail at replay's full \
                                  share; it catches up in the live queue");
+                            control.chased();
                             drop(active);
                             in_live_queue(&shard, &log, &vp, reader, Mode::Chase);
                             return;

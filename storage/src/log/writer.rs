@@ -218,8 +218,14 @@ impl Writer {
         let buf = Rc::new(buf);
         let cached =
             CachedBuffer { segment_base: self.segment_base, file_pos, len, buf: buf.clone() };
-        let task =
-            glommio::spawn_local(async move { (target.write_rc_at(buf, file_pos).await, padded) });
+        // Replay reads on this executor hold back while the write is in flight
+        // (`reader::budget`, rule 2).
+        let pending = crate::reader::WritePending::new();
+        let task = glommio::spawn_local(async move {
+            let written = target.write_rc_at(buf, file_pos).await;
+            drop(pending);
+            (written, padded)
+        });
         self.in_flight.push_back(InFlight { task, cached, seq_end, end_pos });
         self.submitted_seq = seq_end;
         while self.in_flight.len() >= self.shared.config.write_in_flight_max {

@@ -9,9 +9,9 @@
 //! What differs between readers is behind `Layout`: where the index comes from (the log's live
 //! state for `LogReader`, an immutable snapshot for `SegmentReader`), whether recently written
 //! buffers can stand in for a read (the log's tail cache), and how many reads may be in flight
-//! (the log's configuration, or a bound a controller moves while the read runs).
+//! (the log's configuration, or a budget shared with other readers that a controller moves while
+//! they run: `budget`).
 
-use std::cell::Cell;
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -24,27 +24,9 @@ use crate::index::IndexEntry;
 use crate::io::{File, ReadBytes, BLOCK_SIZE};
 use crate::Error;
 
+pub use super::budget::ReadAhead;
+
 type ReadTask = Task<Result<ReadBytes, std::io::Error>>;
-
-/// How many reads one reader keeps in flight, shared with whoever sets it: a fixed number, or a
-/// bound a controller moves while the reader runs (replay reads share an executor's one io_uring
-/// with live writes, so their depth is what decides how long a live write waits behind them).
-/// At least one read is always allowed. `!Send`: it belongs to one executor.
-#[derive(Debug, Clone)]
-pub struct ReadAhead(Rc<Cell<usize>>);
-
-impl ReadAhead {
-    pub fn new(depth: usize) -> ReadAhead {
-        ReadAhead(Rc::new(Cell::new(depth.max(1))))
-    }
-    /// Takes effect at the reader's next planning step; reads already in flight finish.
-    pub fn set(&self, depth: usize) {
-        self.0.set(depth.max(1));
-    }
-    pub fn get(&self) -> usize {
-        self.0.get()
-    }
-}
 
 /// What a cursor needs to know about the segment it reads, beyond its file.
 pub(crate) trait Layout {
@@ -55,7 +37,12 @@ pub(crate) trait Layout {
     fn cached(&self, _start: u64, _end: u64) -> Option<Bytes> {
         None
     }
+    /// Reads planned ahead by this reader (memory for their buffers).
     fn read_ahead_max(&self) -> usize;
+    /// The budget its disk reads share with other readers, if any (`budget`).
+    fn budget(&self) -> Option<&ReadAhead> {
+        None
+    }
 }
 
 /// The last frame start in `(start + size/2, start + size]`; failing that, the first one past
@@ -193,6 +180,13 @@ impl SegmentCursor {
                 self.planned_end = self.pos;
             }
             self.plan_reads(layout, limit);
+            while self.ahead.is_empty() && self.planned_end < limit {
+                // The shared budget has no room for the read this reader needs: sleep until a
+                // read completes or the writes drain (`budget`, rule 3), then plan again.
+                let Some(budget) = layout.budget() else { break };
+                budget.room().await;
+                self.plan_reads(layout, limit);
+            }
             let planned = self.ahead.pop_front().ok_or_else(|| Error::Corrupt {
                 path: self.path.clone(),
                 position: self.pos,
@@ -256,11 +250,19 @@ impl SegmentCursor {
             let source = match layout.cached(aligned, end) {
                 Some(bytes) => Source::Memory(bytes),
                 None => {
+                    // A budgeted read holds its place in the budget until it completes.
+                    let in_flight = match layout.budget().map(ReadAhead::try_start) {
+                        Some(None) => break,
+                        Some(Some(in_flight)) => Some(in_flight),
+                        None => None,
+                    };
                     let len = (end - aligned).next_multiple_of(BLOCK_SIZE as u64) as usize;
                     let file = self.file.clone();
                     planned += 1;
                     Source::Disk(glommio::spawn_local(async move {
-                        file.read_at(aligned, len.next_multiple_of(BLOCK_SIZE)).await
+                        let read = file.read_at(aligned, len.next_multiple_of(BLOCK_SIZE)).await;
+                        drop(in_flight);
+                        read
                     }))
                 }
             };

@@ -15,6 +15,7 @@
 //! not at its readable end never reports "caught up" (`None`): if retention deleted the segment
 //! under it, it gets `Error::OffsetOutOfRange` with the new start offset.
 
+mod budget;
 mod cursor;
 mod sealed;
 
@@ -24,6 +25,8 @@ use crate::batch::{BatchRef, RecordRef};
 use crate::log::{PartitionLog, Shared};
 use crate::Error;
 
+pub(crate) use budget::WritePending;
+pub use budget::{writes_pending, ReadBudgetStats};
 pub use cursor::ReadAhead;
 use cursor::{boundary_in, Bytes, Layout, SegmentCursor};
 pub use sealed::{SealedSegment, SegmentReader};
@@ -88,6 +91,10 @@ impl Layout for LogLayout<'_> {
 
     fn read_ahead_max(&self) -> usize {
         self.read_ahead.map_or(self.shared.config.read_ahead_max, ReadAhead::get)
+    }
+
+    fn budget(&self) -> Option<&ReadAhead> {
+        self.read_ahead
     }
 }
 
@@ -174,7 +181,9 @@ impl LogReader {
     }
 
     /// Bounds this reader's reads in flight by `read_ahead` (which its owner may move while the
-    /// reader runs) instead of the log's `read_ahead_max`.
+    /// reader runs) instead of the log's `read_ahead_max`: a budget it shares with every other
+    /// reader given the same one, which keeps this executor's log writes ahead of their reads
+    /// (`budget`).
     pub fn with_read_ahead(mut self, read_ahead: ReadAhead) -> Self {
         self.read_ahead = Some(read_ahead);
         self

@@ -79,6 +79,9 @@ impl Layout for SealedLayout<'_> {
     fn read_ahead_max(&self) -> usize {
         self.read_ahead.get()
     }
+    fn budget(&self) -> Option<&ReadAhead> {
+        Some(self.read_ahead)
+    }
 }
 
 /// Reads the records `[from, to)` of one sealed segment, on the executor that opened it.

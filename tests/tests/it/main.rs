@@ -12,6 +12,7 @@ mod model;
 mod powercut;
 mod powercut_deletion;
 mod props;
+mod replay_live;
 mod safety;
 mod semantics;
 mod serve;

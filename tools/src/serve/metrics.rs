@@ -378,6 +378,14 @@ impl prometheus_client::collector::Collector for Snapshot {
             "from the shard taking an append to its acknowledgement (live latency)",
             &acks,
         )?;
+        let tails: Vec<(Labels, &hdrhistogram::Histogram<u64>)> =
+            self.shards.iter().map(|s| (shard(s), &s.tail_delivery_latency_ns)).collect();
+        histogram(
+            &mut e,
+            "shard_tail_delivery_latency_seconds",
+            "from the shard taking an append to a consumer at the tail being handed its records",
+            &tails,
+        )?;
         let fsyncs: Vec<(Labels, &hdrhistogram::Histogram<u64>)> =
             self.shards.iter().map(|s| (shard(s), &s.fsync_latency_ns)).collect();
         histogram(&mut e, "shard_fsync_latency_seconds", "fdatasync latency", &fsyncs)?;

@@ -1,5 +1,6 @@
-//! The controller's decisions on made-up windows: it halves over budget, climbs back under it,
-//! never lowers a starving replay, and a lowered concurrency takes effect as tasks finish.
+//! The controller's decisions on made-up windows: it halves over budget (append or tail
+//! delivery), climbs back under it, never lowers a starving replay, and a lowered concurrency
+//! takes effect as tasks finish; the window holds a sample for exactly one second of ticks.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -29,6 +30,64 @@ fn live(control: &ReplayControl, n: usize, us: u64) {
     for _ in 0..n {
         control.record_live(us * 1_000);
     }
+}
+
+/// Fills the current tick's tail-delivery window slot with `n` samples of `us` microseconds.
+fn tail(control: &ReplayControl, n: usize, us: u64) {
+    for _ in 0..n {
+        control.record_tail(us * 1_000);
+    }
+}
+
+#[test]
+fn the_window_holds_a_sample_for_one_second_of_ticks() {
+    let mut window = LiveWindow::new();
+    for _ in 0..100 {
+        window.record(9_000_000);
+    }
+    for tick in 0..SLOTS {
+        // The slow samples, and one fast sample per tick since.
+        let (p99, samples) = window.advance();
+        assert_eq!(samples, 100 + tick as u64, "tick {tick}: still inside the second");
+        assert!((8_900_000..=9_100_000).contains(&p99), "tick {tick}: {p99}");
+        window.record(1_000_000);
+    }
+    // A second later the slow samples' slot came round and was reset; the fast ones stay.
+    let (p99, samples) = window.advance();
+    assert_eq!(samples, SLOTS as u64, "the slow samples left the window");
+    assert!(p99 <= 1_010_000, "{p99}");
+    for _ in 0..SLOTS {
+        window.advance();
+    }
+    assert_eq!(window.advance(), (0, 0), "a second without samples: empty");
+}
+
+#[test]
+fn a_slow_tail_lowers_the_level_even_when_appends_are_fast() {
+    on_executor(|| {
+        let control = Rc::new(ReplayControl::new(config(), Duration::from_millis(5)));
+        let _active = control.active();
+        live(&control, 100, 500);
+        tail(&control, 100, 9_000);
+        control.folded(100_000);
+        control.tick();
+        let m = control.metrics();
+        assert_eq!(m.level, 0.5, "tail delivery over budget halves: {m:?}");
+        assert!(m.append_p99_us <= 510 && m.tail_p99_us >= 8_900, "{m:?}");
+        assert_eq!(m.live_p99_us, m.tail_p99_us, "live p99 is the worse of the two");
+        assert_eq!((m.append_samples, m.tail_samples, m.live_samples), (100, 100, 200));
+        assert_eq!(m.ticks_over_budget, 1);
+        // Too few tail samples in the window to judge: they have no say, fast appends do.
+        let control = Rc::new(ReplayControl::new(config(), Duration::from_millis(5)));
+        let _active = control.active();
+        live(&control, 100, 500);
+        tail(&control, SAMPLES_MIN as usize - 1, 9_000);
+        control.folded(100_000);
+        control.tick();
+        let m = control.metrics();
+        assert_eq!(m.level, 1.0, "{m:?}");
+        assert!(m.tail_p99_us >= 8_900, "still reported: {m:?}");
+    });
 }
 
 #[test]

@@ -16,6 +16,7 @@ pub(crate) fn run<T>(future: impl std::future::Future<Output = T>) -> T {
         .run(future)
 }
 
+mod budget;
 mod guarantees;
 mod holes;
 mod sealed;
