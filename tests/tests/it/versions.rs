@@ -231,7 +231,7 @@ fn a_poison_failure_that_could_not_be_recorded_says_so() {
     producer.send("p", ProducerRecord::new("fine").key("k")).expect("send");
     producer.send("p", ProducerRecord::new("poison").key("k")).expect("send");
     let end = view.log_end().expect("log end");
-    match view.wait_for(end, WAIT) {
+    match view.wait_for(end.clone(), WAIT) {
         Err(Error::PoisonNotPersisted { offset: 1, partition: 0, source, .. }) => {
             let io = match &*source {
                 Error::Storage(e) => e.io_source().map(std::io::Error::raw_os_error),
