@@ -736,21 +736,12 @@ impl Engine {
         let resumed = stored_served
             .filter(|v| history.get(v) == Some(&def.revision))
             .or_else(|| history.iter().rev().find(|(_, r)| **r == def.revision).map(|(v, _)| *v));
-        let number = match resumed {
-            Some(number) => number,
-            // A new version: a number no version of this name ever had (see
-            // `meta::next_view_version`), recorded before anything of the version exists.
-            None => meta::next_view_version(
-                &disk,
-                &self.inner.config.data_dir,
-                name,
-                history.keys().next_back().copied(),
-            )?,
-        };
+        let known = history.keys().next_back().copied();
         let entry = Arc::new(view::Entry {
             topic: def.topic.clone(),
-            // The version this call creates or resumes is the one served.
-            served: crate::sync::atomic::AtomicU32::new(number),
+            // The version this call creates or resumes is the one served (a new one's number is
+            // set below, once taken).
+            served: crate::sync::atomic::AtomicU32::new(resumed.unwrap_or(0)),
             swaps: crate::sync::atomic::AtomicU64::new(0),
             versions: crate::sync::Mutex::new(BTreeMap::new()),
             history: crate::sync::Mutex::new(history),
@@ -759,9 +750,19 @@ impl Engine {
             disk,
             notifier: view::wait::Notifier::default(),
         });
-        if resumed.is_none() {
-            check_seed(&entry, &def)?;
-        }
+        let number = match resumed {
+            Some(number) => number,
+            None => {
+                // Checked first: a refused definition takes no number.
+                check_seed(&entry, &def)?;
+                // A number no version of this name ever had (see `meta::next_view_version`),
+                // recorded before anything of the version exists.
+                let number =
+                    meta::next_view_version(&entry.disk, &self.inner.config.data_dir, name, known)?;
+                entry.served.store(number, Ordering::Release);
+                number
+            }
+        };
         entry
             .history
             .lock()
