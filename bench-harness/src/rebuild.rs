@@ -268,36 +268,62 @@ struct LivePhase {
     batches: u64,
 }
 
+/// The live producer, open loop: a batch of 100 records is sent at each intended time without
+/// waiting for earlier ones (as a producer with requests in flight does), and a second thread
+/// records each batch's latency from its intended send time to its last acknowledgement. A
+/// closed loop (one send at a time) would measure its own backlog instead: one slow round trip
+/// would delay every later send. Sends in flight are bounded (`IN_FLIGHT`); past it the sender
+/// waits, and the wait counts in the latency, so coordinated omission stays out either way.
 fn live_load(
     engine: &Engine,
     rate: u64,
     stop: &AtomicBool,
     partitions: u32,
 ) -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+    const IN_FLIGHT: usize = 64;
     let producer = engine.producer().with_durability(Durability::Written);
-    let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let per_batch = 100u64;
     let interval = Duration::from_secs_f64(per_batch as f64 / rate as f64);
-    let started = Instant::now();
-    let mut value = Vec::new();
-    let mut i = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        let due = started + interval * (i / per_batch) as u32;
-        if let Some(wait) = due.checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
-        }
-        let mut batch = ProducerBatch::with_capacity(per_batch as usize, per_batch as usize * 96);
-        for j in i..i + per_batch {
-            let key = record(j, &mut value);
-            batch.push(Some(&key), &value, None);
-        }
-        let _ = partitions;
-        // Latency from the intended send time (no coordinated omission).
-        producer.send_packed("live", batch)?;
-        h.saturating_record(due.elapsed().as_micros() as u64);
-        i += per_batch;
-    }
-    Ok(h)
+    let (sent, acked) =
+        std::sync::mpsc::sync_channel::<(Instant, Vec<kappa_engine::PendingAck>)>(IN_FLIGHT);
+    std::thread::scope(|s| {
+        let collector = s.spawn(move || -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+            let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            for (due, acks) in acked {
+                for ack in acks {
+                    ack.wait()?;
+                }
+                h.saturating_record(due.elapsed().as_micros() as u64);
+            }
+            Ok(h)
+        });
+        let started = Instant::now();
+        let mut value = Vec::new();
+        let mut i = 0u64;
+        let sending = (|| -> anyhow::Result<()> {
+            while !stop.load(Ordering::Relaxed) {
+                let due = started + interval * (i / per_batch) as u32;
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                let mut batch =
+                    ProducerBatch::with_capacity(per_batch as usize, per_batch as usize * 96);
+                for j in i..i + per_batch {
+                    let key = record(j, &mut value);
+                    batch.push(Some(&key), &value, None);
+                }
+                let _ = partitions;
+                let acks = producer.send_packed_nowait("live", batch)?;
+                sent.send((due, acks)).map_err(|_| anyhow::anyhow!("the collector stopped"))?;
+                i += per_batch;
+            }
+            Ok(())
+        })();
+        drop(sent);
+        let h = collector.join().map_err(|_| anyhow::anyhow!("collector panicked"))??;
+        sending?;
+        Ok(h)
+    })
 }
 
 fn phase(h: &hdrhistogram::Histogram<u64>) -> LivePhase {

@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use kappa_engine::operator::{Aggregate, Window};
-use kappa_engine::{Durability, Engine, ProducerBatch, ShardMetrics, TopicConfig, ViewDef};
+use kappa_engine::{
+    BlockingPool, Durability, Engine, ProducerBatch, ShardMetrics, TopicConfig, ViewDef,
+};
 use kappa_storage::MIB;
 use serde::Serialize;
 
@@ -45,6 +47,18 @@ pub struct Args {
     /// Segment size in MiB (a roll each time this much is appended).
     #[arg(long, default_value_t = 4)]
     segment_mib: u64,
+    /// Where the shard's blocking pool runs (checkpoint encoding, namespace work): unbound (the
+    /// engine's default), other CPUs, or the shard's own CPU (glommio's default).
+    #[arg(long, value_enum, default_value_t = Pool::Unbound)]
+    blocking_pool: Pool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum Pool {
+    Others,
+    Unbound,
+    Shard,
 }
 
 const VALUE_BYTES: usize = 200;
@@ -55,6 +69,7 @@ struct Report {
     scenario: &'static str,
     machine: Machine,
     shard_cpu: Option<usize>,
+    blocking_pool: Pool,
     offered_records_s: u64,
     sent_records_s: f64,
     measured_seconds: f64,
@@ -100,7 +115,12 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
     let mut builder = Engine::builder()
         .data_dir(&data_dir)
         .shards(1)
-        .stall_probe_interval(Some(Duration::from_millis(1)));
+        .stall_probe_interval(Some(Duration::from_millis(1)))
+        .blocking_pool(match args.blocking_pool {
+            Pool::Others => BlockingPool::OtherCpus,
+            Pool::Unbound => BlockingPool::Unbound,
+            Pool::Shard => BlockingPool::ShardCpu,
+        });
     if let Some(cpu) = shard_cpu {
         builder = builder.cpus(vec![cpu]);
     }
@@ -176,6 +196,7 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
         scenario: "stall",
         machine,
         shard_cpu,
+        blocking_pool: args.blocking_pool,
         offered_records_s: rate,
         sent_records_s: sent as f64 / elapsed.as_secs_f64(),
         measured_seconds,
@@ -195,7 +216,8 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
     };
     eprintln!(
         "stall: {:.0} records/s for {measured_seconds:.1} s, {} rolls, {} checkpoints of {} keys: \
-         executor stall p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us, max {:.0} us ({} probes)",
+         executor stall p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us, max {:.0} us ({} probes; \
+         blocking pool: {:?})",
         report.sent_records_s,
         report.segment_rolls,
         report.view_checkpoints,
@@ -205,6 +227,7 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
         report.stall_p999_us,
         report.stall_max_us,
         report.probe_wakeups,
+        report.blocking_pool,
     );
     let mut outcome = Outcome::new("stall", serde_json::to_value(&report)?);
     let name = |what: &str| format!("executor stall {what} (rolls + checkpoints under load)");

@@ -154,7 +154,7 @@ impl Engine {
         let meta = self.check_partition(topic, partition)?;
         let shard = meta.shards[partition as usize];
         let (sink, receiver) = flume::bounded(self.inner.config.consumer_buffer_batches_max);
-        let state = std::sync::Arc::new(SubscriptionState::new(meta.name.clone(), partition, 0));
+        let state = std::sync::Arc::new(SubscriptionState::new(meta.name.clone(), partition));
         let state_for_shard = state.clone();
         let topic = meta.name.clone();
         self.inner
@@ -234,40 +234,39 @@ impl ViewHandle {
     }
 
     /// `progress_of` for async code.
-    pub async fn progress_of_async(
-        &self,
-        version: u32,
-    ) -> Result<(VersionProgress, Vec<u64>), Error> {
+    pub async fn progress_of_async(&self, version: u32) -> Result<VersionProgress, Error> {
         let v = self.version_def(version)?;
         let topic = self.engine.topic(&v.def.topic)?;
         let mut waiting = Vec::with_capacity(v.partitions as usize);
         for partition in 0..v.partitions {
             let shard = topic.shards[partition as usize];
             let (reply, receiver) = flume::bounded(1);
-            let request =
-                Request::ViewProgress { view: self.name.clone(), version, partition, reply };
+            let request = Request::ViewProgress {
+                view: self.name.clone(),
+                version,
+                partition,
+                digest: false,
+                reply,
+            };
             self.engine.send_async(shard, request).await?;
             waiting.push((shard, receiver));
         }
         let mut partitions = Vec::with_capacity(waiting.len());
-        let mut digests = Vec::with_capacity(waiting.len());
         for (shard, receiver) in waiting {
-            let (progress, digest) = self.engine.link(shard).recv_async(&receiver).await?;
+            let (progress, _) = self.engine.link(shard).recv_async(&receiver).await?;
             partitions.push(progress);
-            digests.push(digest);
         }
-        let progress = VersionProgress {
+        Ok(VersionProgress {
             version,
             revision: v.def.revision.clone(),
             served: self.version() == version,
             partitions,
-        };
-        Ok((progress, digests))
+        })
     }
 
     /// `progress` for async code.
     pub async fn progress_async(&self) -> Result<VersionProgress, Error> {
-        Ok(self.progress_of_async(self.version()).await?.0)
+        self.progress_of_async(self.version()).await
     }
 
     /// `log_end` for async code.

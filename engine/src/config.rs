@@ -48,6 +48,8 @@ pub struct EngineConfig {
     /// creates, renames, directory fsyncs, index files). One thread would serialize the
     /// namespace work of thousands of parallel partition opens.
     pub blocking_threads: usize,
+    /// Where those threads run (`BlockingPool::Unbound` unless told).
+    pub blocking_pool: BlockingPool,
     pub clock: Arc<dyn Clock>,
     /// Fault injection for tests: every append on every shard first sleeps this long.
     pub append_delay: Option<Duration>,
@@ -128,6 +130,7 @@ impl EngineConfig {
             staged_bytes_max: 32 * MIB as usize,
             open_concurrency: 64,
             blocking_threads: 4,
+            blocking_pool: BlockingPool::Unbound,
             clock: Arc::new(SystemClock),
             append_delay: None,
             stall_probe_interval: Some(Duration::from_millis(1)),
@@ -202,6 +205,22 @@ impl EngineConfig {
     }
 }
 
+/// Where a shard's blocking-pool threads run. Their work (a checkpoint's encoding, directory
+/// fsyncs, renames, index files) is CPU and kernel time; on the shard's own CPU it competes
+/// with the shard. `kappa-bench stall --blocking-pool` measures the three (ARCHITECTURE.md,
+/// Stalls: no difference beyond the noise of a loaded 2-CPU machine).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockingPool {
+    /// Not pinned (the default): the threads keep the affinity of the thread that started the
+    /// engine, and the scheduler places them.
+    Unbound,
+    /// On CPUs that run no shard if this process has any, else on every CPU but the shard's own,
+    /// else (one CPU) unbound.
+    OtherCpus,
+    /// On the shard's own CPU (glommio's default placement).
+    ShardCpu,
+}
+
 /// Starts an engine: `Engine::builder().data_dir(..).shards(..).build()`.
 pub struct EngineBuilder {
     config: EngineConfig,
@@ -221,6 +240,10 @@ impl EngineBuilder {
     }
     pub fn cpus(mut self, cpus: Vec<usize>) -> Self {
         self.config.cpus = Some(cpus);
+        self
+    }
+    pub fn blocking_pool(mut self, pool: BlockingPool) -> Self {
+        self.config.blocking_pool = pool;
         self
     }
     pub fn live_latency_budget(mut self, budget: Duration) -> Self {

@@ -5,8 +5,12 @@
 //! stop reading for it, never buffer without bound. When the consumer has caught up, the shard's
 //! reader sleeps on the log's readable event, so a new record reaches the consumer as soon as it
 //! is written (woken, not polled on a timer).
+//!
+//! A waiting consumer is woken by a batch, or by its shard's end (`Link::recv`): a batch the
+//! shard sent before it died is still delivered, then `ShardDied`. The loom model
+//! `a_consumer_gets_what_its_shard_sent_before_dying` (`crate::loom_models`) runs `next_batch`
+//! against a shard that sends and dies.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,12 +37,12 @@ impl Consumer {
 
     /// The offset of the next record this consumer will see.
     pub fn position(&self) -> u64 {
-        self.state.position.load(Ordering::Relaxed)
+        self.state.position()
     }
 
     /// Records between this consumer's position and the end of the partition it last heard of.
     pub fn lag(&self) -> u64 {
-        self.state.end_offset.load(Ordering::Relaxed).saturating_sub(self.position())
+        self.state.lag()
     }
 
     /// Blocks until the next batch arrives. `Err(ShutDown)` once the engine stopped,
@@ -66,6 +70,6 @@ impl Consumer {
     }
 
     fn advance(&self, batch: &OwnedBatch) {
-        self.state.position.store(batch.next_offset(), Ordering::Relaxed);
+        self.state.advance(batch.next_offset());
     }
 }

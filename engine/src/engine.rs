@@ -214,19 +214,24 @@ impl Engine {
             .collect();
         for (index, (sender, receiver)) in channels.into_iter().enumerate() {
             let peers = peers.clone();
-            let placement = match cpus.get(index % cpus.len().max(1)) {
-                Some(cpu) => Placement::Fixed(*cpu),
+            let shard_cpu = cpus.get(index % cpus.len().max(1)).copied();
+            let placement = match shard_cpu {
+                Some(cpu) => Placement::Fixed(cpu),
                 None => Placement::Unbound,
             };
+            let pool = blocking_pool_placement(
+                config.blocking_pool,
+                config.blocking_threads,
+                shard_cpu,
+                &cpus[..shard_count.min(cpus.len())],
+            );
             let shard_config = config.clone();
             let id = ShardId(index as u16);
             let (life, alive) = lives[index].take().expect("each shard takes its own");
             let handle = watchdog::spawn_executor_reporting(
                 format!("kappa-shard-{index}"),
                 LocalExecutorBuilder::new(placement)
-                    .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(
-                        config.blocking_threads,
-                    ))
+                    .blocking_thread_pool_placement(pool)
                     .preempt_timer(config.preempt_timer())
                     .io_memory(config.io_memory_bytes),
                 guard.pulse(index),
@@ -595,7 +600,7 @@ impl Engine {
         let meta = self.check_partition(topic, partition)?;
         let shard = meta.shards[partition as usize];
         let (sink, receiver) = flume::bounded(self.inner.config.consumer_buffer_batches_max);
-        let state = Arc::new(SubscriptionState::new(meta.name.clone(), partition, 0));
+        let state = Arc::new(SubscriptionState::new(meta.name.clone(), partition));
         let state_for_shard = state.clone();
         self.inner.call(shard, |reply| Request::Subscribe {
             topic: meta.name.clone(),
@@ -1320,6 +1325,55 @@ fn check_seed(entry: &view::Entry, def: &ViewDef) -> Result<(), Error> {
 const TRASH_DIR: &str = "trash";
 
 /// The CPUs this process may run on, from its affinity mask.
+/// Where the blocking pool of the shard on `shard_cpu` runs (`BlockingPool`), given the CPUs
+/// that run shards. Works on any core count: with one CPU, or a topology glommio cannot read,
+/// the pool is unbound. glommio builds the pool before it pins the executor's thread, so an
+/// unbound pool keeps the affinity of the thread that started the engine.
+fn blocking_pool_placement(
+    pool: crate::config::BlockingPool,
+    threads: usize,
+    shard_cpu: Option<usize>,
+    shard_cpus: &[usize],
+) -> glommio::PoolPlacement {
+    let unbound = glommio::PoolPlacement::Unbound(threads);
+    let (Some(chosen), Ok(online)) =
+        (pool_cpus(pool, shard_cpu, shard_cpus, &core_ids()), glommio::CpuSet::online())
+    else {
+        return unbound;
+    };
+    let set = online.filter(|location| chosen.contains(&location.cpu));
+    if set.is_empty() {
+        return unbound;
+    }
+    glommio::PoolPlacement::Fenced(threads, set)
+}
+
+/// The CPUs a shard's blocking pool is fenced to, out of those this process may run on
+/// (`allowed`); `None`: unbound.
+fn pool_cpus(
+    pool: crate::config::BlockingPool,
+    shard_cpu: Option<usize>,
+    shard_cpus: &[usize],
+    allowed: &[usize],
+) -> Option<Vec<usize>> {
+    use crate::config::BlockingPool;
+    let cpu = shard_cpu?;
+    let chosen: Vec<usize> = match pool {
+        BlockingPool::Unbound => return None,
+        BlockingPool::ShardCpu => vec![cpu],
+        BlockingPool::OtherCpus => {
+            let free: Vec<usize> =
+                allowed.iter().copied().filter(|c| !shard_cpus.contains(c)).collect();
+            if free.is_empty() {
+                allowed.iter().copied().filter(|c| *c != cpu).collect()
+            } else {
+                free
+            }
+        }
+    };
+    (!chosen.is_empty()).then_some(chosen)
+}
+
 fn core_ids() -> Vec<usize> {
     let mut ids: Vec<usize> =
         core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
@@ -1398,5 +1452,25 @@ fn raise_open_files_limit() {
         if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
             tracing::debug!(from = limit.rlim_cur, to = limit.rlim_max, "raised RLIMIT_NOFILE");
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::pool_cpus;
+    use crate::config::BlockingPool;
+
+    /// The blocking pool's CPUs on any core count: CPUs without a shard first, else any but
+    /// the shard's own, else unbound (one CPU, or a shard with no CPU).
+    #[test]
+    fn the_blocking_pool_goes_to_other_cpus_when_there_are_any() {
+        let others = BlockingPool::OtherCpus;
+        assert_eq!(pool_cpus(others, Some(1), &[1], &[0, 1]), Some(vec![0]));
+        assert_eq!(pool_cpus(others, Some(0), &[0, 1], &[0, 1]), Some(vec![1]));
+        assert_eq!(pool_cpus(others, Some(2), &[1, 2], &[0, 1, 2, 3]), Some(vec![0, 3]));
+        assert_eq!(pool_cpus(others, Some(0), &[0], &[0]), None);
+        assert_eq!(pool_cpus(others, None, &[], &[0, 1]), None);
+        assert_eq!(pool_cpus(BlockingPool::ShardCpu, Some(3), &[3], &[0, 3]), Some(vec![3]));
+        assert_eq!(pool_cpus(BlockingPool::Unbound, Some(3), &[3], &[0, 3]), None);
     }
 }

@@ -33,7 +33,7 @@ pub mod view;
 pub mod watchdog;
 
 pub use clock::{Clock, FixedClock, SystemClock};
-pub use config::{EngineBuilder, EngineConfig, ReplayConfig, TopicConfig};
+pub use config::{BlockingPool, EngineBuilder, EngineConfig, ReplayConfig, TopicConfig};
 pub use consumer::Consumer;
 pub use engine::{Engine, OpenReport, Truncation};
 pub use error::Error;

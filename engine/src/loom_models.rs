@@ -1,12 +1,15 @@
 //! loom models of the engine's cross-thread structures (`cfg(loom)`, run by `.ci/run`): the
 //! served view version's swap against queries and a concurrent drop, a shard's death and the
-//! engine's shutdown against the threads waiting on views. The notifier under all of them has
-//! its own models in `view/wait.rs`.
+//! engine's shutdown against the threads waiting on views, a consumer waiting on a shard that
+//! sends and dies (with the `SubscriptionState` gauges it shares with the shard), and the
+//! cancellation of a rebuild's range tasks. The notifier under the view waits has its own models
+//! in `view/wait.rs`.
 //!
 //! Every model drives the production code: `Version::partition_caught_up` (the last partition of
 //! a rebuild catching up and the swap), `ViewHandle::{version, version_def, wait_for}`,
-//! `Rebuild::wait_swapped`, `Engine::drop_view_version`, `Engine::shutdown` and
-//! `link::Alive::exit` (a shard thread's end). Their atomics, mutexes and condvar are loom's here
+//! `Rebuild::wait_swapped`, `Engine::drop_view_version`, `Engine::shutdown`,
+//! `link::Alive::exit` (a shard thread's end), `Consumer::next_batch` (`Link::recv`, whose
+//! flume selector is polled under loom), `SubscriptionState` and `split::RangeCancel`. Their atomics, mutexes and condvar are loom's here
 //! (`crate::sync`), so loom explores every interleaving and the values a weak memory order
 //! allows; a waiter that is never woken is a deadlock loom reports. The engine under them has no
 //! shard threads (`Engine::for_loom`): what needs a running shard (queries' per-partition
@@ -23,10 +26,13 @@ use crossbeam_utils::CachePadded;
 use kappa_storage::io::{Disk, SimDisk};
 
 use crate::config::{EngineConfig, TopicConfig};
+use crate::consumer::Consumer;
 use crate::engine::TopicMeta;
 use crate::shard::link::{self, Link};
+use crate::shard::SubscriptionState;
 use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use crate::sync::Mutex;
+use crate::view::split::{CancelOnDrop, RangeCancel};
 use crate::view::{self, Entry, Rebuild, Version, ViewDef, ViewHandle};
 use crate::{Engine, Error, Offsets};
 
@@ -225,5 +231,133 @@ fn shutdown_wakes_every_view_waiter() {
         let waited = swap_waiter.join().expect("waiter");
         assert!(matches!(waited, Err(Error::ShutDown)), "{waited:?}");
         stopper.join().expect("stopper").expect("shutdown");
+    });
+}
+
+/// A batch of `count` records from `base`, as a consumer receives it.
+fn owned_batch(base: u64, count: usize) -> kappa_storage::OwnedBatch {
+    use kappa_storage::{BatchEncoder, BatchRef, Limits, ProducerInfo, Record};
+    let records: Vec<Record<'_>> = (0..count).map(|_| Record::new(0, None, b"v")).collect();
+    let mut encoder = BatchEncoder::new(Limits::default());
+    encoder.encode(base, &records, ProducerInfo::default()).expect("encodes");
+    let mut frame = rkyv::util::AlignedVec::<16>::new();
+    frame.extend_from_slice(encoder.frame());
+    let batch = BatchRef::from_frame(&frame).expect("valid");
+    kappa_storage::OwnedBatch::copy_of(&batch, base)
+}
+
+/// A consumer waiting for its next batch while its shard sends one and dies: it receives the
+/// batch (a death never loses what was sent before it), then `ShardDied` with the shard's
+/// message (not `ShutDown`, and never a hang). Meanwhile the shard reads the consumer's metrics
+/// as the consumer moves: its lag never wraps, its position is one the consumer had.
+#[test]
+fn a_consumer_gets_what_its_shard_sent_before_dying() {
+    model(3, || {
+        let (life, alive) = link::new_life(0);
+        let (sender, _requests) = flume::bounded(1);
+        let (sink, receiver) = flume::bounded(2);
+        let state = Arc::new(SubscriptionState::new(Arc::from("t"), 0));
+        // The subscribe request: the shard starts the subscription at offset 5 with 9
+        // readable, then replies (here the thread spawn orders it).
+        state.start(5, 9);
+        let mut consumer = Consumer { receiver, state: state.clone(), link: Link { sender, life } };
+        assert_eq!((consumer.position(), consumer.lag()), (5, 4));
+        let shard = loom::thread::spawn(move || {
+            // The subscription task: a record more is readable now; publish the end, send
+            // records 5..7; then the thread dies (its executor is leaked, so the sink stays
+            // connected: it is returned).
+            state.publish_end(10);
+            sink.try_send(Ok(owned_batch(5, 2))).expect("room");
+            let metrics = state.metrics();
+            assert!([5, 7].contains(&metrics.position) && metrics.end_offset == 10, "{metrics:?}");
+            assert_eq!(metrics.lag, metrics.end_offset - metrics.position);
+            alive.exit(Some("boom".to_string()));
+            sink
+        });
+        let batch = consumer.next_batch().expect("the batch sent before the shard died");
+        assert_eq!((batch.first_offset(), batch.next_offset()), (5, 7));
+        assert_eq!(consumer.position(), 7);
+        // 3 (the end published before the batch was sent; flume orders it, which loom does not
+        // see) or 2 (the end at the start): never a wrapped lag.
+        assert!([2, 3].contains(&consumer.lag()), "lag {}", consumer.lag());
+        let after = consumer.next_batch().map(|b| b.next_offset());
+        assert!(
+            matches!(&after, Err(Error::ShardDied { shard: 0, message }) if message == "boom"),
+            "{after:?}"
+        );
+        drop(shard.join().expect("shard"));
+    });
+}
+
+/// A consumer waiting when its shard ends cleanly (the subscription task drops its sink):
+/// `ShutDown`, not a hang and not `ShardDied`.
+#[test]
+fn a_consumer_of_a_shard_that_shuts_down_gets_shut_down() {
+    model(3, || {
+        let (life, alive) = link::new_life(0);
+        let (sender, _requests) = flume::bounded(1);
+        let (sink, receiver) = flume::bounded::<Result<kappa_storage::OwnedBatch, Error>>(2);
+        let state = Arc::new(SubscriptionState::new(Arc::from("t"), 0));
+        let mut consumer = Consumer { receiver, state, link: Link { sender, life } };
+        let shard = loom::thread::spawn(move || {
+            drop(sink);
+            alive.exit(None);
+        });
+        let got = consumer.next_batch().map(|b| b.next_offset());
+        assert!(matches!(got, Err(Error::ShutDown)), "{got:?}");
+        shard.join().expect("shard");
+    });
+}
+
+/// A range task of a rebuild, as `split::fold_range` runs it: before each batch it asks
+/// `RangeCancel::stopped`; a batch is a yield to the model. It ends only when told to stop.
+fn range_task(cancel: Arc<RangeCancel>) -> loom::thread::JoinHandle<&'static str> {
+    loom::thread::spawn(move || loop {
+        if let Some(reason) = cancel.stopped() {
+            return reason;
+        }
+        loom::thread::yield_now();
+    })
+}
+
+/// The user drops a version that is rebuilding: its range tasks on other shards stop, without
+/// waiting for the owner (which may be waiting for one of their results).
+#[test]
+fn a_range_task_stops_when_its_version_is_dropped() {
+    model(3, || {
+        let fixture = Fixture::new(Vec::new());
+        let cancel = Arc::new(RangeCancel::new(fixture.version(2), None));
+        let task = range_task(cancel.clone());
+        fixture.engine.drop_view_version("v", 2).expect("version 2 is not served");
+        assert_eq!(task.join().expect("task"), "the view version was dropped");
+    });
+}
+
+/// The owner's merge ends (here its future is dropped, the way out nobody writes a `cancel`
+/// for): its range tasks stop.
+#[test]
+fn a_range_task_stops_when_its_owner_is_done() {
+    model(3, || {
+        let fixture = Fixture::new(Vec::new());
+        let cancel = Arc::new(RangeCancel::new(fixture.version(2), None));
+        let task = range_task(cancel.clone());
+        let owner = CancelOnDrop(cancel);
+        let merge = loom::thread::spawn(move || drop(owner));
+        assert_eq!(task.join().expect("task"), "cancelled by its owner");
+        merge.join().expect("owner");
+    });
+}
+
+/// The owner's shard dies (its executor is leaked: nothing cancels): the range tasks stop.
+#[test]
+fn a_range_task_stops_when_its_owner_dies() {
+    model(3, || {
+        let fixture = Fixture::new(Vec::new());
+        let (life, alive) = link::new_life(0);
+        let cancel = Arc::new(RangeCancel::new(fixture.version(2), Some(life)));
+        let task = range_task(cancel);
+        let owner = loom::thread::spawn(move || alive.exit(Some("boom".to_string())));
+        assert_eq!(task.join().expect("task"), "the owner's shard ended");
+        owner.join().expect("owner");
     });
 }

@@ -4,10 +4,12 @@
 //! them; otherwise they are `std::sync`, and a normal or release build has no loom cost.
 //!
 //! What goes through here: the view notifier (`view::wait::Notifier`), a view's served version
-//! and versions (`view::Entry`, `view::Version`), and the engine's shutdown flag and view
-//! registry (`engine::Inner`). Structures that loom cannot model are not here: flume channels
-//! (third-party; a blocking wait parks the OS thread), `OnceLock` (loom has none; std's is
-//! treated as one step), and shard-local state (`Rc`, `Cell`: one thread).
+//! and versions (`view::Entry`, `view::Version`), the engine's shutdown flag and view registry
+//! (`engine::Inner`), why a shard died (`shard::link::Life`), a consumer's gauges
+//! (`shard::SubscriptionState`) and a rebuild's range-task cancel flag (`view::split`).
+//! Structures that loom cannot model are not here: flume channels (third-party; a blocking wait
+//! parks the OS thread), `OnceLock` (loom has none; std's is treated as one step), and
+//! shard-local state (`Rc`, `Cell`: one thread).
 //!
 //! Under `--cfg loom` these types work only inside `loom::model`: the crate builds, but only the
 //! loom models run (`cargo test -p kappa-engine --lib loom_models`, see `.ci/run`).
@@ -36,7 +38,7 @@ mod tests {
     /// (one shard each). The notifier's waiter count is checked in `view::wait`.
     #[test]
     fn counters_written_by_different_threads_do_not_share_cache_lines() {
-        let state = crate::shard::SubscriptionState::new("t".into(), 0, 0);
+        let state = crate::shard::SubscriptionState::new("t".into(), 0);
         assert_ne!(line(&*state.position), line(&*state.end_offset));
         // `Version::folded`'s element type: one line per partition.
         fn folded(version: &crate::view::Version) -> &CachePadded<AtomicU64> {

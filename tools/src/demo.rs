@@ -263,7 +263,7 @@ fn run_view_phases(
             Err(kappa_engine::Error::Timeout { .. }) => false,
             Err(e) => return Err(e).context("rebuilding the view"),
         };
-        let (progress, _) = view.progress_of(version)?;
+        let progress = view.progress_of(version)?;
         let done = progress.consumed();
         let total = done + progress.lag();
         let fraction = if total == 0 { 1.0 } else { done as f64 / total as f64 };

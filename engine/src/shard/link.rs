@@ -14,13 +14,16 @@ use std::sync::{Arc, OnceLock, Weak};
 
 use super::Request;
 use crate::engine::Inner;
+use crate::sync::Mutex;
 use crate::Error;
 
 /// What the engine knows of one shard thread's life.
 pub(crate) struct Life {
     shard: u16,
-    /// Why the thread died; unset while it runs and after a clean exit.
-    died: OnceLock<String>,
+    /// Why the thread died; unset while it runs and after a clean exit. Set before `gone`
+    /// disconnects, so a waiter woken by `gone` finds it (`ShardDied`, not `ShutDown`). A lock
+    /// (taken on error paths only) from `crate::sync`, so the loom models see that order.
+    died: Mutex<Option<String>>,
     /// Never carries a message: disconnects when the shard's thread ends.
     gone: flume::Receiver<()>,
     /// The engine, to wake threads waiting on views when the shard dies.
@@ -38,11 +41,13 @@ impl Alive {
     pub(crate) fn exit(self, panic: Option<String>) {
         if let Some(message) = panic {
             tracing::error!(shard = self.life.shard, %message, "shard thread died");
-            let _ = self.life.died.set(message);
+            let mut died = self.life.died.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            died.get_or_insert(message);
         }
         let life = self.life.clone();
+        // Disconnects `gone`: every waiter wakes, after `died` is set.
         drop(self);
-        if life.died.get().is_some() {
+        if life.died().is_some() {
             if let Some(engine) = life.engine.get().and_then(Weak::upgrade) {
                 engine.wake_view_waiters();
             }
@@ -52,7 +57,7 @@ impl Alive {
 
 pub(crate) fn new_life(shard: u16) -> (Arc<Life>, Alive) {
     let (sender, gone) = flume::bounded(0);
-    let life = Arc::new(Life { shard, died: OnceLock::new(), gone, engine: OnceLock::new() });
+    let life = Arc::new(Life { shard, died: Mutex::new(None), gone, engine: OnceLock::new() });
     (life.clone(), Alive { life, _gone: sender })
 }
 
@@ -63,8 +68,8 @@ impl Life {
 
     /// `Some(ShardDied)` once the shard's thread died.
     pub(crate) fn died(&self) -> Option<Error> {
-        self.died
-            .get()
+        let died = self.died.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        died.as_ref()
             .map(|message| Error::ShardDied { shard: self.shard, message: message.clone() })
     }
 
@@ -73,7 +78,8 @@ impl Life {
         self.died().unwrap_or(Error::ShutDown)
     }
 
-    fn is_gone(&self) -> bool {
+    /// Whether the shard's thread has ended (a non-blocking look at `gone`).
+    pub(crate) fn is_gone(&self) -> bool {
         self.gone.is_disconnected()
     }
 
@@ -135,15 +141,48 @@ impl Link {
     /// Waits for an item from the shard (a reply, a consumer's batch); fails once the shard is
     /// gone and the item never came.
     pub(crate) fn recv<T>(&self, receiver: &flume::Receiver<Result<T, Error>>) -> Result<T, Error> {
-        let item = flume::Selector::new()
-            .recv(receiver, Result::ok)
-            .recv(&self.life.gone, |_| None)
-            .wait();
-        match item {
+        match self.wait_item(receiver) {
             Some(item) => item,
-            // Gone, or the sender dropped: take what may have arrived first.
-            None => receiver.try_recv().unwrap_or_else(|_| Err(self.life.error())),
+            None => self.after_gone(receiver),
         }
+    }
+
+    /// The wait of `recv`: the next item, or `None` once the shard's thread ended or the
+    /// sender was dropped. flume's selector may report `gone` while an item waits too.
+    #[cfg(not(loom))]
+    fn wait_item<T>(
+        &self,
+        receiver: &flume::Receiver<Result<T, Error>>,
+    ) -> Option<Result<T, Error>> {
+        flume::Selector::new().recv(receiver, Result::ok).recv(&self.life.gone, |_| None).wait()
+    }
+
+    /// Under loom: flume's selector parks the OS thread, which a loom model cannot run, so the
+    /// same two channels are polled (flume itself is not modelled) with a yield to the model
+    /// between polls. `gone` is looked at first: the order that tests `after_gone`, as flume may
+    /// pick `gone` when both are ready.
+    #[cfg(loom)]
+    fn wait_item<T>(
+        &self,
+        receiver: &flume::Receiver<Result<T, Error>>,
+    ) -> Option<Result<T, Error>> {
+        loop {
+            if self.life.is_gone() {
+                return None;
+            }
+            match receiver.try_recv() {
+                Ok(item) => return Some(item),
+                Err(flume::TryRecvError::Disconnected) => return None,
+                Err(flume::TryRecvError::Empty) => loom::thread::yield_now(),
+            }
+        }
+    }
+
+    /// A wait ended without an item: the shard's thread ended or the sender was dropped. An item
+    /// sent before that is still taken (a reply or a batch never turns into an error), then the
+    /// error says why the shard is gone: `ShardDied` with its message, or `ShutDown`.
+    fn after_gone<T>(&self, receiver: &flume::Receiver<Result<T, Error>>) -> Result<T, Error> {
+        receiver.try_recv().unwrap_or_else(|_| Err(self.life.error()))
     }
 
     /// `recv` with a time limit: `Ok(None)` when it passed.
@@ -158,10 +197,7 @@ impl Link {
             .wait_timeout(timeout);
         match item {
             Ok(Some(Some(item))) => item.map(Some),
-            Ok(_) => match receiver.try_recv() {
-                Ok(item) => item.map(Some),
-                Err(_) => Err(self.life.error()),
-            },
+            Ok(_) => self.after_gone(receiver).map(Some),
             Err(_) => Ok(None),
         }
     }
@@ -178,7 +214,7 @@ impl Link {
         };
         match futures_lite::future::or(item, gone).await {
             Some(item) => item,
-            None => receiver.try_recv().unwrap_or_else(|_| Err(self.life.error())),
+            None => self.after_gone(receiver),
         }
     }
 }

@@ -17,7 +17,6 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +28,7 @@ use crate::config::EngineConfig;
 use crate::metrics::{ConsumerMetrics, PartitionMetrics, ShardMetrics, ViewMetrics};
 use crate::producer::{BatchAck, Payload, Stamped};
 use crate::router::ShardId;
+use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::view::runner::{self as view_runner, ViewPartition};
 use crate::Error;
 
@@ -107,11 +107,14 @@ pub(crate) enum Request {
         query: crate::view::Query,
         reply: Reply<Vec<(Vec<u8>, i64, crate::view::Cell)>>,
     },
+    /// A partition's progress, and with `digest` its state's digest: hashing the whole state
+    /// holds the shard for as long as the state is large, so only digest callers ask for it.
     ViewProgress {
         view: Arc<str>,
         version: u32,
         partition: u32,
-        reply: Reply<(crate::view::PartitionProgress, u64)>,
+        digest: bool,
+        reply: Reply<(crate::view::PartitionProgress, Option<u64>)>,
     },
     DropView {
         view: Arc<str>,
@@ -137,6 +140,15 @@ pub(crate) enum Request {
 /// What a consumer and its shard share: the consumer's position and the end it last saw. Each
 /// counter has its own cache line: the consumer's thread stores `position` per batch while the
 /// shard stores `end_offset`.
+///
+/// Two gauges, each written by one thread at a time (`position` by the shard once when the
+/// subscription starts, then only by the consumer's thread; `end_offset` only by the shard), read
+/// for `Consumer::{position, lag}` and the shard's metrics. They decide nothing: what orders them
+/// is the batch channel (the shard publishes the end before it sends a batch, and the subscribe
+/// reply follows `start`), so relaxed accesses suffice; the readers clamp, so a stale read never
+/// makes a lag wrap. The loom model `a_consumer_gets_what_its_shard_sent_before_dying` checks
+/// both under every staleness loom allows (it sees no ordering through flume, so it explores more
+/// outcomes than the channel permits).
 #[derive(Debug)]
 pub struct SubscriptionState {
     pub(crate) topic: Arc<str>,
@@ -146,12 +158,51 @@ pub struct SubscriptionState {
 }
 
 impl SubscriptionState {
-    pub(crate) fn new(topic: Arc<str>, partition: u32, position: u64) -> Self {
+    pub(crate) fn new(topic: Arc<str>, partition: u32) -> Self {
         SubscriptionState {
             topic,
             partition,
-            position: CachePadded::new(AtomicU64::new(position)),
-            end_offset: CachePadded::new(AtomicU64::new(position)),
+            position: CachePadded::new(AtomicU64::new(0)),
+            end_offset: CachePadded::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The shard, as the subscription starts (before its reply): the consumer's first offset and
+    /// the partition's readable end, so its lag is right before its first batch.
+    pub(crate) fn start(&self, position: u64, end_offset: u64) {
+        self.end_offset.store(end_offset.max(position), Ordering::Relaxed);
+        self.position.store(position, Ordering::Relaxed);
+    }
+
+    /// The shard, before it sends a batch: the partition's readable end now.
+    pub(crate) fn publish_end(&self, end_offset: u64) {
+        self.end_offset.store(end_offset, Ordering::Relaxed);
+    }
+
+    /// The consumer's thread, per batch received: the offset after it.
+    pub(crate) fn advance(&self, next_offset: u64) {
+        self.position.store(next_offset, Ordering::Relaxed);
+    }
+
+    pub(crate) fn position(&self) -> u64 {
+        self.position.load(Ordering::Relaxed)
+    }
+
+    /// Records between the position and the end last published (never wraps).
+    pub(crate) fn lag(&self) -> u64 {
+        self.end_offset.load(Ordering::Relaxed).saturating_sub(self.position())
+    }
+
+    /// The shard's metrics of this consumer.
+    pub(crate) fn metrics(&self) -> ConsumerMetrics {
+        let position = self.position();
+        let end_offset = self.end_offset.load(Ordering::Relaxed).max(position);
+        ConsumerMetrics {
+            topic: self.topic.to_string(),
+            partition: self.partition,
+            position,
+            end_offset,
+            lag: end_offset - position,
         }
     }
 }
@@ -269,6 +320,11 @@ impl Shard {
             }
             None => Err(peer.life.error()),
         }
+    }
+
+    /// Shard `index`'s life (`None` for an index with no shard).
+    pub(crate) fn peer_life(&self, index: usize) -> Option<Arc<link::Life>> {
+        self.peers.get(index).map(|peer| peer.life.clone())
     }
 
     /// Returns once shard `index`'s thread has ended (never, for an index with no shard). A range
@@ -441,7 +497,7 @@ async fn serve(shard: Rc<Shard>) {
                         let _ = reply.send(Err(e.into()));
                     }
                     Ok(reader) => {
-                        state.position.store(reader.next_offset(), Ordering::Relaxed);
+                        state.start(reader.next_offset(), log.readable_end_offset());
                         shard.subscriptions.borrow_mut().push(state.clone());
                         let task = subscription(shard.clone(), log, reader, sink, state);
                         glommio::spawn_local_into(task, shard.live)
@@ -510,9 +566,11 @@ async fn serve(shard: Rc<Shard>) {
                 };
                 let _ = reply.send(result);
             }
-            Request::ViewProgress { view, version, partition, reply } => {
+            Request::ViewProgress { view, version, partition, digest, reply } => {
                 let result = match shard.views.borrow().get(&(view.clone(), version, partition)) {
-                    Some((vp, log)) => Ok((vp.progress(log), vp.state.borrow().digest())),
+                    Some((vp, log)) => {
+                        Ok((vp.progress(log), digest.then(|| vp.state.borrow().digest())))
+                    }
                     None => Err(Error::UnknownView { view: view.to_string(), version }),
                 };
                 let _ = reply.send(result);
@@ -679,7 +737,7 @@ async fn subscription(
             Ok(None) => None,
             Err(e) => Some(Err(Error::from(e))),
         };
-        state.end_offset.store(log.readable_end_offset(), Ordering::Relaxed);
+        state.publish_end(log.readable_end_offset());
         match next {
             Some(item) => {
                 let failed = item.is_err();
@@ -813,22 +871,7 @@ fn metrics(shard: &Shard) -> ShardMetrics {
         }
         partitions.push(partition_metrics(topic, *partition, log));
     }
-    let consumers = shard
-        .subscriptions
-        .borrow()
-        .iter()
-        .map(|s| {
-            let position = s.position.load(Ordering::Relaxed);
-            let end_offset = s.end_offset.load(Ordering::Relaxed).max(position);
-            ConsumerMetrics {
-                topic: s.topic.to_string(),
-                partition: s.partition,
-                position,
-                end_offset,
-                lag: end_offset - position,
-            }
-        })
-        .collect();
+    let consumers = shard.subscriptions.borrow().iter().map(|s| s.metrics()).collect();
     ShardMetrics {
         shard: shard.id.0,
         records_appended: counters.records_appended,

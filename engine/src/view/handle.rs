@@ -140,8 +140,29 @@ impl ViewHandle {
     }
 
     /// Offsets, watermark, lag, rate, ETA, skip counters and activity of every partition of a
-    /// version, and their digests.
-    pub fn progress_of(&self, version: u32) -> Result<(VersionProgress, Vec<u64>), Error> {
+    /// version. Cheap: it never touches the state's groups, so it may be polled.
+    pub fn progress_of(&self, version: u32) -> Result<VersionProgress, Error> {
+        Ok(self.progress_parts(version, false)?.0)
+    }
+
+    /// Progress of the served version.
+    pub fn progress(&self) -> Result<VersionProgress, Error> {
+        self.progress_of(self.version())
+    }
+
+    /// Per-partition digests of a version's whole state: equal digests, equal bytes. Each
+    /// hashes its partition's whole state on the owning shard, holding it meanwhile: for tests
+    /// and verification, not for polling.
+    pub fn digests_of(&self, version: u32) -> Result<Vec<u64>, Error> {
+        let (_, digests) = self.progress_parts(version, true)?;
+        Ok(digests.into_iter().map(|d| d.unwrap_or_default()).collect())
+    }
+
+    fn progress_parts(
+        &self,
+        version: u32,
+        digest: bool,
+    ) -> Result<(VersionProgress, Vec<Option<u64>>), Error> {
         let v = self.version_def(version)?;
         let topic = self.engine.topic(&v.def.topic)?;
         let mut partitions = Vec::new();
@@ -149,14 +170,15 @@ impl ViewHandle {
         for partition in 0..v.partitions {
             let shard = topic.shards[partition as usize];
             let view = self.name.clone();
-            let (progress, digest) = self.engine.call(shard, |reply| Request::ViewProgress {
+            let (progress, d) = self.engine.call(shard, |reply| Request::ViewProgress {
                 view,
                 version,
                 partition,
+                digest,
                 reply,
             })?;
             partitions.push(progress);
-            digests.push(digest);
+            digests.push(d);
         }
         let progress = VersionProgress {
             version,
@@ -165,16 +187,6 @@ impl ViewHandle {
             partitions,
         };
         Ok((progress, digests))
-    }
-
-    /// Progress of the served version.
-    pub fn progress(&self) -> Result<VersionProgress, Error> {
-        Ok(self.progress_of(self.version())?.0)
-    }
-
-    /// Per-partition digests of a version's whole state: equal digests, equal bytes.
-    pub fn digests_of(&self, version: u32) -> Result<Vec<u64>, Error> {
-        Ok(self.progress_of(version)?.1)
     }
 
     /// The versions running in this process.

@@ -17,15 +17,19 @@
 //! the hand-off to the live tail happens there, at one offset.
 
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use kappa_storage::{PartitionLog, ReadAhead, SealedSegment, Seek, SegmentReader};
 
 use crate::config::ReplayConfig;
+use crate::shard::link::Life;
 use crate::shard::{Shard, ShardJob};
+use crate::sync::atomic::{AtomicBool, Ordering};
 use crate::view::runner::{self, Activity, ViewPartition};
 use crate::view::state::{self, Poison, RangeFold};
+
+/// Keys merged between two preemption checks when a range task's state merges.
+const MERGE_STEP: usize = 1024;
 use crate::view::Version;
 
 /// One range task: records `[from, to)`, read as pieces of sealed segments (by index into the
@@ -80,6 +84,60 @@ pub(crate) fn plan(
     out
 }
 
+/// When the range tasks of one rebuilding partition stop folding: their results will never be
+/// merged. Shared by the owner (the shard merging them) and the tasks on every shard; a task
+/// checks it before each batch (`stopped`), so it stops within one batch of any of:
+/// - the owner is done with the tasks (it merged them all, stopped on a poison or an error, or
+///   its task ended): `cancel`, which `CancelOnDrop` calls on every way out of `replay_ranges`,
+///   the owner's future dropped mid-await included;
+/// - the view version was dropped (`Engine::drop_view_version`, `delete_view` set
+///   `Version::dropped` before they ask the shards to stop it): the owner may be waiting for one
+///   task's result, and the others would otherwise fold their whole ranges first;
+/// - the owner's shard died (`Life`): its executor is leaked, so nothing cancels.
+///
+/// Each is a flag that carries no data (the task only stops, sends an error the owner drops or
+/// never reads): a relaxed load is enough, as long as it is read again before every batch. The
+/// loom models `a_range_task_stops_when_*` (`crate::loom_models`) check each cause.
+pub(crate) struct RangeCancel {
+    cancelled: AtomicBool,
+    version: Arc<Version>,
+    /// The owner's life; `None` where the owner is not a peer (a model).
+    owner: Option<Arc<Life>>,
+}
+
+impl RangeCancel {
+    pub(crate) fn new(version: Arc<Version>, owner: Option<Arc<Life>>) -> Self {
+        RangeCancel { cancelled: AtomicBool::new(false), version, owner }
+    }
+
+    /// The owner will merge no more results.
+    pub(crate) fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+    }
+
+    /// Why a range task should stop now, if it should.
+    pub(crate) fn stopped(&self) -> Option<&'static str> {
+        if self.cancelled.load(Ordering::Relaxed) {
+            Some("cancelled by its owner")
+        } else if self.version.dropped.load(Ordering::Relaxed) {
+            Some("the view version was dropped")
+        } else if self.owner.as_ref().is_some_and(|life| life.is_gone()) {
+            Some("the owner's shard ended")
+        } else {
+            None
+        }
+    }
+}
+
+/// Cancels the range tasks when dropped: on every way out of `replay_ranges`.
+pub(crate) struct CancelOnDrop(pub(crate) Arc<RangeCancel>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
 /// What a range task sends back: the partial state and the archive bytes it read, or why it
 /// stopped.
 type RangeResult = Result<(RangeFold, u64), RangeError>;
@@ -108,7 +166,7 @@ async fn fold_range(
     pieces: Vec<(SealedSegment, u64, u64)>,
     from: u64,
     to: u64,
-    cancel: Arc<AtomicBool>,
+    cancel: Arc<RangeCancel>,
 ) -> RangeResult {
     let control = shard.replay_control().clone();
     let _active = control.active();
@@ -123,8 +181,8 @@ async fn fold_range(
             .await
             .map_err(|e| format!("opening {} for [{a}, {b}): {e}", path.display()))?;
         loop {
-            if cancel.load(Ordering::Relaxed) {
-                return Err(RangeError::Other("cancelled".into()));
+            if let Some(reason) = cancel.stopped() {
+                return Err(RangeError::Other(reason.into()));
             }
             let batch = match reader.next_batch().await {
                 Ok(Some(batch)) => batch,
@@ -133,12 +191,16 @@ async fn fold_range(
             };
             let before = fold.state.counters.consumed;
             let mut poison = None;
-            for record in batch.records() {
+            for (i, record) in batch.records().enumerate() {
                 // Under `OnError::Skip` a panicking filter, key or map is counted (`panicked`)
                 // inside `apply`, as in a serial fold; only a poison stops the range.
                 if let Err(p) = fold.state.apply(def, &record) {
                     poison = Some(p);
                     break;
+                }
+                // As the whole-partition fold: never hold the shard for a whole batch.
+                if (i + 1) % runner::FOLD_STEP == 0 {
+                    glommio::yield_if_needed().await;
                 }
             }
             bytes += batch.batch.payload().len() as u64;
@@ -190,8 +252,9 @@ pub(crate) async fn replay_ranges(
     tracing::info!(view = %vp.version.view, version = vp.version.number, partition = vp.partition,
         from = start, to = plans.last().map_or(start, |p| p.to), tasks = plans.len(), shards,
         "view partition replays sealed history as range tasks on every shard");
-    let cancel = Arc::new(AtomicBool::new(false));
     let owner = usize::from(shard.id().0);
+    let cancel = Arc::new(RangeCancel::new(vp.version.clone(), shard.peer_life(owner)));
+    let _cancel_on_drop = CancelOnDrop(cancel.clone());
     let mut results = Vec::with_capacity(plans.len());
     for (i, p) in plans.into_iter().enumerate() {
         let (tx, rx) = flume::bounded::<RangeResult>(1);
@@ -248,14 +311,26 @@ pub(crate) async fn replay_ranges(
                 break;
             }
         };
-        let (n, next) = {
-            let mut st = vp.state.borrow_mut();
-            let before = st.counters.consumed;
-            if let Err(e) = st.merge_range(&def, fold) {
+        // A range's state can hold hundreds of thousands of groups: it merges `MERGE_STEP`
+        // keys at a time, with a preemption check between steps, so the live queue never
+        // waits for a whole merge. This task is the state's only writer, and no checkpoint
+        // copy is in flight (the fold waits for its copy), so nothing sees it half merged but
+        // queries of this version, which is not served before it catches up.
+        let mut pending = match vp.state.borrow().begin_merge(&def, fold) {
+            Ok(pending) => pending,
+            Err(e) => {
                 tracing::error!(view = %vp.version.view, partition = vp.partition, error = %e,
                     "a range task's state does not merge; replaying the rest whole");
                 break;
             }
+        };
+        while !vp.state.borrow_mut().merge_step(&def, &mut pending, MERGE_STEP) {
+            glommio::yield_if_needed().await;
+        }
+        let (n, next) = {
+            let mut st = vp.state.borrow_mut();
+            let before = st.counters.consumed;
+            st.finish_merge(pending);
             (st.counters.consumed - before, st.next_offset)
         };
         if let Some(poison) = poison {
@@ -263,7 +338,7 @@ pub(crate) async fn replay_ranges(
             // of the partition a serial fold would fail on: the version fails there, with the
             // partition and the record's offset, and the other tasks are cancelled.
             vp.bytes_consumed.set(vp.bytes_consumed.get() + bytes);
-            cancel.store(true, Ordering::Relaxed);
+            cancel.cancel();
             vp.replay_tasks.set(0);
             vp.poisoned(poison).await;
             return None;
@@ -275,7 +350,7 @@ pub(crate) async fn replay_ranges(
             runner::checkpoint_in_background(shard, log, vp).await;
         }
     }
-    cancel.store(true, Ordering::Relaxed);
+    cancel.cancel();
     vp.replay_tasks.set(0);
     Some(Seek::Offset(vp.state.borrow().next_offset))
 }

@@ -671,4 +671,4 @@ pub fn decode_checkpoint(
 mod tests;
 
 mod range;
-pub use range::{splittable, MergeError, RangeFold};
+pub use range::{splittable, MergeError, PendingMerge, RangeFold};

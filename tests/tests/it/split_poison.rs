@@ -77,7 +77,7 @@ fn a_split_replay_fails_on_a_poison_record_where_a_serial_fold_does() {
             }
             other => panic!("expected a poisoned version, got {other:?}"),
         }
-        let (progress, _) = view.progress_of(1).expect("progress of a failed version");
+        let progress = view.progress_of(1).expect("progress of a failed version");
         let p = &progress.partitions[0];
         let failure = p.failure.as_ref().expect("the partition says why");
         assert_eq!((failure.partition, failure.offset), (0, Some(POISON_AT)));
@@ -116,7 +116,7 @@ fn a_split_replay_skips_a_poison_record_as_a_serial_fold_does() {
     split.wait_for(end, HANG).expect("skips and goes on");
     assert!(tasks_done(&engine) > before, "the split view replayed as range tasks");
     for view in [&serial, &split] {
-        let (progress, _) = view.progress_of(1).expect("progress");
+        let progress = view.progress_of(1).expect("progress");
         let c = progress.partitions[0].counters;
         assert_eq!((c.consumed, c.panicked, c.applied), (RECORDS, 1, RECORDS - 1), "{c:?}");
     }

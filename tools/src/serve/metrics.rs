@@ -392,7 +392,7 @@ fn snapshot(app: &App) -> ApiResult<Snapshot> {
     for name in app.engine.views().keys() {
         let Ok(handle) = app.engine.view(name) else { continue };
         for version in handle.versions() {
-            if let Ok((progress, _)) = handle.progress_of(version) {
+            if let Ok(progress) = handle.progress_of(version) {
                 views.push((name.clone(), version, progress));
             }
         }

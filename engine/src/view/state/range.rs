@@ -73,10 +73,31 @@ impl RangeFold {
     }
 }
 
+/// A range's partial state being merged in steps (`PartitionState::begin_merge`): the groups
+/// not merged yet, and what the merge adds once they all are. Between steps the state holds
+/// some of the range's groups but still its own `next_offset`, counters and event time, so
+/// nothing that reads those (retention floors, progress, the next range's contiguity check)
+/// sees the range as merged before it is.
+pub struct PendingMerge {
+    groups: std::collections::btree_map::IntoIter<Vec<u8>, BTreeMap<i64, super::Cell>>,
+    rest: PartitionState,
+}
+
 impl PartitionState {
     /// Merges the partial state of the range that starts where this state ends. The result
     /// equals folding the range's records into this state one by one (module doc).
     pub fn merge_range(&mut self, def: &ViewDef, range: RangeFold) -> Result<(), MergeError> {
+        let mut pending = self.begin_merge(def, range)?;
+        while !self.merge_step(def, &mut pending, usize::MAX) {}
+        self.finish_merge(pending);
+        Ok(())
+    }
+
+    /// Checks that `range` merges here and decides its late records; its groups then merge
+    /// with `merge_step` (as many keys a step as the caller allows, so a large range never
+    /// holds a shard) and `finish_merge` completes it. The state must not fold records in
+    /// between: the range's groups are only half in.
+    pub fn begin_merge(&self, def: &ViewDef, range: RangeFold) -> Result<PendingMerge, MergeError> {
         splittable(def).map_err(MergeError::NotSplittable)?;
         if range.from != self.next_offset {
             return Err(MergeError::NotContiguous {
@@ -101,7 +122,13 @@ impl PartitionState {
                 }
             }
         }
-        for (key, windows) in part.groups {
+        let groups = std::mem::take(&mut part.groups).into_iter();
+        Ok(PendingMerge { groups, rest: part })
+    }
+
+    /// Merges up to `keys` more of the range's keys; true once all are merged.
+    pub fn merge_step(&mut self, def: &ViewDef, pending: &mut PendingMerge, keys: usize) -> bool {
+        for (key, windows) in pending.groups.by_ref().take(keys) {
             match self.groups.get_mut(&key) {
                 None => {
                     self.groups.insert(key, windows);
@@ -118,6 +145,13 @@ impl PartitionState {
                 }
             }
         }
+        pending.groups.len() == 0
+    }
+
+    /// Completes a merge whose groups are all in: the counters, the event time and the offset.
+    pub fn finish_merge(&mut self, pending: PendingMerge) {
+        debug_assert_eq!(pending.groups.len(), 0, "finish_merge before every group merged");
+        let part = pending.rest;
         self.max_event_time = self.max_event_time.max(part.max_event_time);
         // Exhaustive, so a new counter cannot be forgotten here.
         let Counters {
@@ -146,7 +180,6 @@ impl PartitionState {
         c.late_updated += late_updated;
         c.panicked += panicked;
         self.next_offset = part.next_offset;
-        Ok(())
     }
 }
 

@@ -67,7 +67,7 @@ pub async fn json(State(app): State<Arc<App>>) -> ApiResult<Json<Value>> {
             let versions: Vec<Value> = handle
                 .versions()
                 .into_iter()
-                .filter_map(|v| handle.progress_of(v).ok().map(|(p, _)| progress_json(&p)))
+                .filter_map(|v| handle.progress_of(v).ok().map(|p| progress_json(&p)))
                 .collect();
             views.push(json!({
                 "name": name,

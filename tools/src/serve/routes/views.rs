@@ -106,7 +106,7 @@ fn describe_json(app: &App, name: &str) -> ApiResult<Value> {
     let mut versions = Vec::new();
     for version in handle.versions() {
         let mut v = match handle.progress_of(version) {
-            Ok((progress, _)) => progress_json(&progress),
+            Ok(progress) => progress_json(&progress),
             Err(e) => json!({ "version": version, "error": e.to_string() }),
         };
         v["definition"] = specs.get(&version).map_or(Value::Null, |s| json!(s));
@@ -320,7 +320,7 @@ pub async fn progress(
 ) -> ApiResult<Json<Value>> {
     let version = version_number(&version)?;
     app.blocking(move |app| {
-        let (progress, _) = handle(app, &view)?.progress_of(version)?;
+        let progress = handle(app, &view)?.progress_of(version)?;
         Ok(Json(progress_json(&progress)))
     })
     .await
@@ -338,7 +338,7 @@ pub async fn progress_stream(
         let view = view.clone();
         app.blocking(move |app| {
             let h = handle(app, &view)?;
-            Ok((h.progress_of(version)?.0, h))
+            Ok((h.progress_of(version)?, h))
         })
         .await?
     };
@@ -364,7 +364,7 @@ pub async fn progress_stream(
                 }
                 let handle = st.handle.clone();
                 let version = st.version;
-                st.app.blocking(move |_| Ok(handle.progress_of(version)?.0)).await
+                st.app.blocking(move |_| Ok(handle.progress_of(version)?)).await
             }
         };
         let event = match progress {

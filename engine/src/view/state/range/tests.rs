@@ -122,6 +122,7 @@ proptest! {
         cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..8),
         prefix in any::<prop::sample::Index>(),
         panics in proptest::bool::weighted(0.25),
+        step in 1usize..4,
     ) {
         let late = if drop { LatePolicy::Drop } else { LatePolicy::Update };
         let mut def = ViewDef::new("t")
@@ -153,7 +154,16 @@ proptest! {
             let mut range = RangeFold::new(pair[0] as u64);
             fold(&mut range.state, &def, &history, pair[0], pair[1]);
             prop_assert_eq!(range.next_offset(), pair[1] as u64);
-            merged.merge_range(&def, range).expect("contiguous and splittable");
+            // In steps of a few keys, as the owning shard merges (yielding between steps):
+            // the state's offset, counters and event time move only when the merge finishes.
+            let mut pending = merged.begin_merge(&def, range).expect("contiguous and splittable");
+            let (offset, counters, time) = (merged.next_offset, merged.counters, merged.max_event_time);
+            while !merged.merge_step(&def, &mut pending, step) {
+                prop_assert_eq!(merged.next_offset, offset);
+                prop_assert_eq!(merged.counters, counters);
+                prop_assert_eq!(merged.max_event_time, time);
+            }
+            merged.finish_merge(pending);
         }
         same(&merged, &serial)?;
     }
