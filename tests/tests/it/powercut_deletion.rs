@@ -293,7 +293,6 @@ fn a_dropped_view_version_stays_dropped_through_a_power_cut() {
         while !view
             .progress_of(1)
             .expect("progress")
-            .0
             .partitions
             .iter()
             .all(|p| p.checkpointed.is_some())

@@ -61,7 +61,7 @@ fn even(revision: &str) -> ViewDef {
 
 fn wait_checkpointed(view: &ViewHandle, version: u32) {
     for _ in 0..6_000 {
-        let (progress, _) = view.progress_of(version).expect("progress");
+        let progress = view.progress_of(version).expect("progress");
         if progress.caught_up()
             && progress.lag() == 0
             && progress.partitions.iter().all(|p| p.checkpointed.is_some())
