@@ -541,10 +541,11 @@ impl Engine {
             .collect();
         let log_config = config.log_config(&self.inner.config.log);
         let mut waiting = Vec::new();
+        let mut first_error = None;
         for partition in from..config.partitions {
             let shard = shards[partition as usize];
             let (reply, receiver) = flume::bounded(1);
-            self.inner.send_blocking(
+            let sent = self.inner.send_blocking(
                 shard,
                 Request::Open {
                     topic: topic.clone(),
@@ -552,10 +553,18 @@ impl Engine {
                     config: log_config.clone(),
                     reply,
                 },
-            )?;
+            );
+            if let Err(e) = sent {
+                // Say, a dead shard. The opens already sent still run on their shards: the
+                // caller's cleanup must not remove the topic's files under them (an open that
+                // finished after it recreated the partition's directory, and left a log open
+                // on the shard for the next topic of that name to take over).
+                first_error = Some(e);
+                break;
+            }
             waiting.push((partition, shard, receiver));
         }
-        let mut first_error = None;
+        // Every open sent is answered (done, failed, or its shard died) before this returns.
         for (partition, shard, receiver) in waiting {
             match self.inner.link(shard).recv(&receiver) {
                 Ok(recovery) => self.inner.report().record(topic, partition, recovery),
@@ -732,11 +741,12 @@ impl Engine {
         let resumed = stored_served
             .filter(|v| history.get(v) == Some(&def.revision))
             .or_else(|| history.iter().rev().find(|(_, r)| **r == def.revision).map(|(v, _)| *v));
-        let number = resumed.unwrap_or_else(|| history.keys().next_back().map_or(1, |v| v + 1));
+        let known = history.keys().next_back().copied();
         let entry = Arc::new(view::Entry {
             topic: def.topic.clone(),
-            // The version this call creates or resumes is the one served.
-            served: crate::sync::atomic::AtomicU32::new(number),
+            // The version this call creates or resumes is the one served (a new one's number is
+            // set below, once taken).
+            served: crate::sync::atomic::AtomicU32::new(resumed.unwrap_or(0)),
             swaps: crate::sync::atomic::AtomicU64::new(0),
             versions: crate::sync::Mutex::new(BTreeMap::new()),
             history: crate::sync::Mutex::new(history),
@@ -745,9 +755,19 @@ impl Engine {
             disk,
             notifier: view::wait::Notifier::default(),
         });
-        if resumed.is_none() {
-            check_seed(&entry, &def)?;
-        }
+        let number = match resumed {
+            Some(number) => number,
+            None => {
+                // Checked first: a refused definition takes no number.
+                check_seed(&entry, &def)?;
+                // A number no version of this name ever had (see `meta::next_view_version`),
+                // recorded before anything of the version exists.
+                let number =
+                    meta::next_view_version(&entry.disk, &self.inner.config.data_dir, name, known)?;
+                entry.served.store(number, Ordering::Release);
+                number
+            }
+        };
         entry
             .history
             .lock()
@@ -788,13 +808,21 @@ impl Engine {
         }
         check_seed(&entry, &def)?;
         let topic = self.inner.topic(&def.topic)?;
-        let number = {
-            let mut history =
-                entry.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let number = history.keys().next_back().map_or(1, |v| v + 1);
-            history.insert(number, def.revision.clone());
-            number
-        };
+        let known = entry
+            .history
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keys()
+            .next_back()
+            .copied();
+        // Never a number a dropped (or deleted) version had: what it left on disk is not ours.
+        let number =
+            meta::next_view_version(&entry.disk, &self.inner.config.data_dir, name, known)?;
+        entry
+            .history
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(number, def.revision.clone());
         view::write_meta(&entry)?;
         match self.start_version(name, &entry, number, def, topic.config.partitions) {
             Ok(version) => Ok(Rebuild::new(self.inner.clone(), name.into(), entry, version)),
@@ -923,6 +951,7 @@ impl Engine {
                     .get(&number)
                     .cloned(),
             ),
+            failure_unrecorded: crate::sync::Mutex::new(None),
             outcome: crate::sync::atomic::AtomicU8::new(outcome),
             dropped: AtomicBool::new(false),
         });
@@ -932,12 +961,7 @@ impl Engine {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(number, version.clone());
         // What `Start::Checkpoint` from this version checks once it no longer runs.
-        let shape: String = version
-            .def
-            .shape()
-            .iter()
-            .filter_map(|(field, text)| text.as_ref().map(|t| format!("{field}={t}\n")))
-            .collect();
+        let shape = version.def.shape_text();
         // Through the view's disk (the seam): on a simulated disk these files live there too.
         let disk = &version.entry.disk;
         disk.create_dir_all_blocking(&version.dir)?;
@@ -1021,8 +1045,9 @@ impl Engine {
         entry.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&version);
         entry.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&version);
         view::write_meta(&entry)?;
-        // Synced: a later rebuild may take this version's number again, and it must not resume
-        // from checkpoints a power cut brought back.
+        // Synced: once this returns, a power cut does not bring the version's files back (its
+        // number is never taken again, but its shape file would still seed a
+        // `Start::Checkpoint` from a version that was dropped).
         match entry.disk.remove_dir_all_blocking(&removed.dir) {
             Ok(()) => {
                 if let Some(parent) = removed.dir.parent() {

@@ -45,6 +45,24 @@ pub enum Error {
         stage: String,
         message: String,
     },
+    /// As `Poisoned`, but writing the failure to the view's `meta.json` failed (`source`, the
+    /// I/O error): the failure is not durable, so a restart runs the record again (and fails
+    /// there again, recorded then if the disk allows) instead of holding the version failed.
+    #[error(
+        "view {view:?} version {version} failed: its {stage} panicked on partition {partition} \
+         offset {offset}: {message}; recording the failure failed, so a restart runs the record \
+         again (rebuild the view with a fixed definition, or drop the version)"
+    )]
+    PoisonNotPersisted {
+        view: String,
+        version: u32,
+        partition: u32,
+        offset: u64,
+        stage: String,
+        message: String,
+        #[source]
+        source: std::sync::Arc<Error>,
+    },
     #[error("the engine is shut down")]
     ShutDown,
     /// A shard's thread died (a panic outside user code): every call that needs it fails with

@@ -83,6 +83,7 @@ impl Fixture {
                 dir: entry.dir.join(number.to_string()),
                 folded: Box::new([CachePadded::new(AtomicU64::new(0))]),
                 failure: Mutex::new(None),
+                failure_unrecorded: Mutex::new(None),
                 outcome: AtomicU8::new(if caught_up { view::SERVED } else { view::BUILDING }),
                 dropped: AtomicBool::new(false),
             });

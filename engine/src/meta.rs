@@ -10,6 +10,11 @@
 //! completes, if need be at the next start (`finish_deletions`), so a crash never leaves a topic
 //! half there, nor orphan partition files that a later topic of the same name would adopt.
 //!
+//! `DIR/meta/views/<name>.json` holds the highest version number a view of that name was ever
+//! given (`next_view_version`): version numbers are never reused, so a directory or checkpoint a
+//! dropped or deleted version left behind (a power cut before its removal was durable) never
+//! belongs to a new version. It outlives `drop_view_version` and `delete_view`.
+//!
 //! Every file operation goes through the engine's `Disk` (the storage seam), so the simulated
 //! disk cuts the power under metadata too. These functions block: they run on the engine's
 //! control thread (the caller of `Engine::create_topic` and friends), never on a shard.
@@ -184,4 +189,80 @@ pub fn finish_deletions(disk: &Disk, data_dir: &Path) -> Result<Vec<String>, Err
         finish_deletion(disk, data_dir, name)?;
     }
     Ok(names)
+}
+
+/// `DIR/meta/views/<name>.json`: the highest version number a view of this name was ever given.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct ViewVersionsFile {
+    format: u32,
+    view: String,
+    last_version: u32,
+}
+
+const VIEW_VERSIONS_FORMAT: u32 = 1;
+
+fn view_versions_path(data_dir: &Path, name: &str) -> PathBuf {
+    data_dir.join("meta").join("views").join(format!("{name}.json"))
+}
+
+/// The highest version number view `name` was ever given by `next_view_version` (0 if none).
+pub(crate) fn last_view_version(disk: &Disk, data_dir: &Path, name: &str) -> Result<u32, Error> {
+    let path = view_versions_path(data_dir, name);
+    let bytes = match disk.read_file_blocking(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.is_not_found() => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    let file: ViewVersionsFile = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Meta { path: path.clone(), reason: e.to_string() })?;
+    if file.format != VIEW_VERSIONS_FORMAT {
+        return Err(Error::Meta { path, reason: format!("unknown format {}", file.format) });
+    }
+    if file.view != name {
+        return Err(Error::Meta { path, reason: format!("names view {:?}", file.view) });
+    }
+    Ok(file.last_version)
+}
+
+/// Takes the number of a new version of view `name` and records it durably before anything of
+/// that version exists (a file fsync, then its directory's): one past every number the view ever
+/// had, whether recorded here, in its metadata (`known`, the newest version it lists) or as a
+/// directory under `DIR/views/<name>` (data dirs from before this file existed). So a number is
+/// never taken twice, across restarts, dropped versions and deleted views, and what an old
+/// version left on disk is never resumed by a new one. Blocking (the engine's control thread);
+/// called under the engine's metadata lock.
+pub(crate) fn next_view_version(
+    disk: &Disk,
+    data_dir: &Path,
+    name: &str,
+    known: Option<u32>,
+) -> Result<u32, Error> {
+    let dir = data_dir.join("views").join(name);
+    let on_disk = match disk.list_dir_blocking(&dir) {
+        Ok(entries) => entries
+            .iter()
+            .filter(|e| e.is_dir)
+            .filter_map(|e| e.name.to_str().and_then(|n| n.parse::<u32>().ok()))
+            .max(),
+        Err(e) if e.is_not_found() => None,
+        Err(e) => return Err(e.into()),
+    };
+    let last =
+        last_view_version(disk, data_dir, name)?.max(known.unwrap_or(0)).max(on_disk.unwrap_or(0));
+    let path = view_versions_path(data_dir, name);
+    let number = last.checked_add(1).ok_or_else(|| Error::Meta {
+        path: path.clone(),
+        reason: format!("view {name:?} used every version number"),
+    })?;
+    let file = ViewVersionsFile {
+        format: VIEW_VERSIONS_FORMAT,
+        view: name.to_string(),
+        last_version: number,
+    };
+    let bytes = serde_json::to_vec_pretty(&file).expect("a view's version mark serializes");
+    if let Some(parent) = path.parent() {
+        disk.create_dir_all_blocking(parent)?;
+    }
+    disk.write_file_atomic_blocking(&path, &bytes)?;
+    Ok(number)
 }

@@ -206,6 +206,15 @@ impl ViewDef {
         [("key", key), ("window", Some(format!("{:?}", self.window))), ("aggregate", aggregate)]
     }
 
+    /// `shape` as text, one `field=text` line per field that text identifies: the version's
+    /// `shape` file, and what its checkpoints record of the definition that built them.
+    pub(crate) fn shape_text(&self) -> String {
+        self.shape()
+            .iter()
+            .filter_map(|(field, text)| text.as_ref().map(|t| format!("{field}={t}\n")))
+            .collect()
+    }
+
     /// Refuses, naming the field, every definition the engine cannot compute exactly.
     pub fn validate(&self) -> Result<(), crate::Error> {
         let bad = |field: &'static str, reason: &str| {

@@ -100,6 +100,13 @@ pub struct Failure {
     /// `filter`, `key function`, `map` or `custom aggregate`; `None` for other errors.
     pub stage: Option<String>,
     pub message: String,
+    /// Set when recording this poison failure in the view's `meta.json` failed (the error, as
+    /// text): a restart does not know of it and runs the record again (it fails again there and
+    /// is recorded then, if the disk lets it). A later write of the view's metadata (a rebuild,
+    /// a rollback) still carries the failure and may record it. Never stored: a stored failure
+    /// was recorded.
+    #[serde(skip)]
+    pub not_persisted: Option<String>,
 }
 
 /// A version's progress over all partitions.
@@ -155,6 +162,10 @@ pub(crate) struct Version {
     pub(crate) folded: Box<[CachePadded<AtomicU64>]>,
     /// The first partition that stopped on an error, and the error.
     pub(crate) failure: Mutex<Option<Failure>>,
+    /// Why recording that failure (a poison record's) in `meta.json` failed, if it did: queries
+    /// and waiters then get `Error::PoisonNotPersisted`, never `Poisoned`, which promises that a
+    /// restart holds the version failed.
+    pub(crate) failure_unrecorded: Mutex<Option<Arc<Error>>>,
     /// `BUILDING`, `SERVED` (every partition caught up and the served version moved here, or
     /// it was served from the start) or `SUPERSEDED` (a newer version was served first).
     pub(crate) outcome: AtomicU8,
@@ -246,10 +257,31 @@ impl Version {
         self.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
+    /// Records a poison failure whose `meta.json` write failed (before `partition_failed`), so
+    /// the version's error says so.
+    pub(crate) fn failure_not_recorded(&self, error: Error) {
+        *self.failure_unrecorded.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(Arc::new(error));
+    }
+
     /// The failure as the error a query or waiter returns.
     pub(crate) fn failure_error(&self) -> Option<Error> {
-        self.failure().map(|f| match (f.offset, f.stage) {
-            (Some(offset), Some(stage)) => Error::Poisoned {
+        let unrecorded = self
+            .failure_unrecorded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        self.failure().map(|f| match (f.offset, f.stage, unrecorded) {
+            (Some(offset), Some(stage), Some(source)) => Error::PoisonNotPersisted {
+                view: self.view.to_string(),
+                version: self.number,
+                partition: f.partition,
+                offset,
+                stage,
+                message: f.message,
+                source,
+            },
+            (Some(offset), Some(stage), None) => Error::Poisoned {
                 view: self.view.to_string(),
                 version: self.number,
                 partition: f.partition,
@@ -268,6 +300,18 @@ impl Version {
 
     pub(crate) fn partition_dir(&self, partition: u32) -> PathBuf {
         self.dir.join(partition.to_string())
+    }
+
+    /// What a checkpoint of one of its partitions belongs to (written into it, and checked when
+    /// a partition resumes).
+    pub(crate) fn checkpoint_of(&self, partition: u32) -> state::CheckpointOf {
+        state::CheckpointOf {
+            view: self.view.to_string(),
+            version: self.number,
+            partition,
+            revision: self.def.revision.clone(),
+            shape: self.def.shape_text(),
+        }
     }
 }
 

@@ -207,6 +207,7 @@ impl ViewPartition {
             offset: None,
             stage: None,
             message: reason,
+            not_persisted: None,
         });
     }
 
@@ -226,15 +227,23 @@ impl ViewPartition {
     /// fail. That order is the guarantee: a caller who saw `Error::Poisoned` may shut down at once
     /// (or lose power) and the record still never runs again. This partition folds nothing
     /// meanwhile; its task is the one waiting.
+    ///
+    /// When that write fails, the version fails all the same (it cannot go past the record), but
+    /// says the failure is not durable: queries and waiters get `Error::PoisonNotPersisted` with
+    /// the I/O error, progress and metrics carry it (`Failure::not_persisted`), and it is logged.
+    /// A restart then runs the record again, which fails the version again there (a panic in
+    /// user code never takes the shard down) and tries the write again: no crash loop, and never
+    /// silent.
     pub(crate) async fn poisoned(&self, poison: Poison) {
         tracing::error!(view = %self.version.view, version = self.version.number,
             partition = self.partition, offset = poison.offset, stage = poison.stage,
             message = %poison.message, "view user code panicked on a record; the version failed");
-        let failure = Failure {
+        let mut failure = Failure {
             partition: self.partition,
             offset: Some(poison.offset),
             stage: Some(poison.stage.to_string()),
             message: poison.message,
+            not_persisted: None,
         };
         let entry = self.version.entry.clone();
         let number = self.version.number;
@@ -250,20 +259,28 @@ impl ViewPartition {
                 crate::view::write_meta(&entry)
             })
             .await;
-        self.stop_failed(failure);
         if let Err(e) = written {
             tracing::error!(view = %self.version.view, version = number, error = %e,
                 "recording a view version's failure failed; a restart will run the record again");
+            failure.not_persisted = Some(e.to_string());
+            // Before the version fails: no waiter may see `Poisoned` for it.
+            self.version.failure_not_recorded(e);
         }
+        self.stop_failed(failure);
     }
 }
 
 /// A failure as one line (progress and metrics).
 pub(crate) fn failure_text(failure: &Failure) -> String {
     match (failure.offset, &failure.stage) {
-        (Some(offset), Some(stage)) => {
-            format!("{stage} panicked at offset {offset}: {}", failure.message)
-        }
+        (Some(offset), Some(stage)) => match &failure.not_persisted {
+            None => format!("{stage} panicked at offset {offset}: {}", failure.message),
+            Some(error) => format!(
+                "{stage} panicked at offset {offset}: {}; recording the failure failed \
+                 ({error}), so a restart runs the record again",
+                failure.message
+            ),
+        },
         _ => failure.message.clone(),
     }
 }
@@ -294,16 +311,18 @@ pub(crate) async fn initial_state(
     // Our own checkpoints first (a restart); then, for a fresh version seeded from another one,
     // that version's.
     let own = checkpoints(disk, &version.partition_dir(partition)).await;
+    let ours = version.checkpoint_of(partition);
     let seeded = match version.def.start {
         crate::view::Start::Checkpoint { version: seed } if own.is_empty() => {
-            checkpoints(disk, &version.entry.dir.join(seed.to_string()).join(partition.to_string()))
-                .await
+            let dir = version.entry.dir.join(seed.to_string()).join(partition.to_string());
+            checkpoints(disk, &dir).await.into_iter().map(|p| (p, Some(seed))).collect()
         }
         _ => Vec::new(),
     };
     let log_start = log.start_offset();
     let mut needed = 0;
-    for path in own.into_iter().rev().chain(seeded.into_iter().rev()) {
+    let own = own.into_iter().map(|p| (p, None));
+    for (path, seed) in own.rev().chain(seeded.into_iter().rev()) {
         let read = match disk.read_file(&path).await {
             // Validating and decoding a large checkpoint takes a while: not on the shard.
             Ok(bytes) => {
@@ -314,6 +333,21 @@ pub(crate) async fn initial_state(
             }
             Err(e) => Err(e.into()),
         };
+        // Anything but our own checkpoint, or our seed's (`CheckpointOf::resumes`), is ignored,
+        // never loaded (a file copied in, a definition changed under an unchanged revision): the
+        // partition goes on to an older checkpoint, or replays from the start, which is always
+        // exact (refused only where retention deleted the start). Not an error: the view stays
+        // available, and what it serves is right.
+        let read = read.and_then(|(of, state)| {
+            if of.resumes(&ours, seed) {
+                Ok(state)
+            } else {
+                Err(crate::Error::Meta {
+                    path: path.clone(),
+                    reason: format!("a checkpoint of {of}, not one {ours} may resume from"),
+                })
+            }
+        });
         match read {
             Ok(state)
                 if state.next_offset <= log.end_offset() && state.next_offset >= log_start =>
@@ -332,7 +366,8 @@ pub(crate) async fn initial_state(
                 tracing::warn!(checkpoint = %path.display(), next_offset = state.next_offset,
                 log_end = log.end_offset(), "checkpoint is not covered by the log; ignoring it")
             }
-            Err(e) => tracing::warn!(error = %e, "damaged checkpoint; trying an older one"),
+            Err(e) => tracing::warn!(error = %e,
+                "damaged or foreign checkpoint ignored; trying an older one"),
         }
     }
     let before_start = |needed: u64| crate::Error::ViewBeforeLogStart {
@@ -456,12 +491,8 @@ pub(crate) async fn checkpoint_in_background(
 /// after every yield (`None`, and nothing written, if the state moved anyway).
 async fn take_snapshot(vp: &ViewPartition) -> Option<state::Snapshot> {
     let was = vp.activity.replace(Activity::CheckpointWrite);
-    let mut snapshot = state::Snapshot::begin(
-        &vp.version.view,
-        vp.version.number,
-        vp.partition,
-        &vp.state.borrow(),
-    );
+    let mut snapshot =
+        state::Snapshot::begin(vp.version.checkpoint_of(vp.partition), &vp.state.borrow());
     loop {
         {
             let st = vp.state.borrow();

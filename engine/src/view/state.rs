@@ -423,19 +423,66 @@ impl Session<'_, '_> {
 const CHECKPOINT_MAGIC: u32 = u32::from_le_bytes(*b"KAPC");
 /// Format 2: `Counters` counts skips by cause. Format 3: records whose user code panicked
 /// (`panicked`). Format 4: `Sum` and `Mean` keep an exact sum (`ExactSum`), `Min`/`Max` order
-/// zeros by sign. An older checkpoint is refused as unknown and the partition replays from an
-/// older checkpoint or the start.
-const CHECKPOINT_FORMAT: u16 = 4;
+/// zeros by sign. Format 5: the definition's revision and shape (`CheckpointOf`). An older
+/// checkpoint is refused as unknown and the partition replays from an older checkpoint or the
+/// start.
+const CHECKPOINT_FORMAT: u16 = 5;
 const CHECKPOINT_HEADER: usize = 32;
 
 /// Groups as a checkpoint stores them: key, then (window start, cell) in order.
 type StoredGroups = Vec<(Vec<u8>, Vec<(i64, Cell)>)>;
+
+/// What a checkpoint belongs to: written into it, and compared with the version that would
+/// resume from it (`runner::initial_state`), which ignores a checkpoint of another view,
+/// version, partition or definition rather than continue a state it did not build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointOf {
+    pub view: String,
+    pub version: u32,
+    pub partition: u32,
+    /// The revision of the definition that built the state.
+    pub revision: String,
+    /// Its key, window and aggregate as text (`ViewDef::shape_text`, as in the version's
+    /// `shape` file).
+    pub shape: String,
+}
+
+impl CheckpointOf {
+    /// Whether the partition `ours` may continue this checkpoint's state: its own (view,
+    /// version, partition, revision and shape all equal), or, for a version seeded from version
+    /// `seed` (`Start::Checkpoint`), one of that version's with this view, partition and shape
+    /// (the revision differs by design; the seed's definition was checked when the version was
+    /// created).
+    pub fn resumes(&self, ours: &CheckpointOf, seed: Option<u32>) -> bool {
+        match seed {
+            None => self == ours,
+            Some(seed) => {
+                self.version == seed
+                    && self.view == ours.view
+                    && self.partition == ours.partition
+                    && self.shape == ours.shape
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for CheckpointOf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "view {:?} version {} partition {} (revision {:?}, shape {:?})",
+            self.view, self.version, self.partition, self.revision, self.shape
+        )
+    }
+}
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 struct CheckpointData {
     view: String,
     version: u32,
     partition: u32,
+    revision: String,
+    shape: String,
     next_offset: u64,
     max_event_time: i64,
     counters: Counters,
@@ -447,12 +494,10 @@ struct CheckpointData {
 /// disk, blocking (tests and tools; shards use `Snapshot` and the async seam).
 pub fn write_checkpoint(
     path: &Path,
-    view: &str,
-    version: u32,
-    partition: u32,
+    of: CheckpointOf,
     state: &PartitionState,
 ) -> Result<(), Error> {
-    let bytes = encode_checkpoint(path, view, version, partition, state)?;
+    let bytes = encode_checkpoint(path, of, state)?;
     if let Some(dir) = path.parent() {
         kappa_storage::io::Disk::Dma.create_dir_all_blocking(dir)?;
     }
@@ -463,12 +508,10 @@ pub fn write_checkpoint(
 /// The bytes of a checkpoint file of `state` (see `write_checkpoint`); `path` names errors.
 pub fn encode_checkpoint(
     path: &Path,
-    view: &str,
-    version: u32,
-    partition: u32,
+    of: CheckpointOf,
     state: &PartitionState,
 ) -> Result<Vec<u8>, Error> {
-    let mut snapshot = Snapshot::begin(view, version, partition, state);
+    let mut snapshot = Snapshot::begin(of, state);
     while !snapshot.copy_more(state, usize::MAX) {}
     snapshot.encode(path)
 }
@@ -494,12 +537,14 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Starts a snapshot of `state` (its offsets and counters now, its groups by `copy_more`).
-    pub fn begin(view: &str, version: u32, partition: u32, state: &PartitionState) -> Snapshot {
+    pub fn begin(of: CheckpointOf, state: &PartitionState) -> Snapshot {
         Snapshot {
             data: CheckpointData {
-                view: view.to_string(),
-                version,
-                partition,
+                view: of.view,
+                version: of.version,
+                partition: of.partition,
+                revision: of.revision,
+                shape: of.shape,
                 next_offset: state.next_offset,
                 max_event_time: state.max_event_time,
                 counters: state.counters,
@@ -567,7 +612,8 @@ impl Snapshot {
 }
 
 /// Reads a checkpoint, verifying its checksum and archive; any damage is an error naming the file.
-pub fn read_checkpoint(path: &Path) -> Result<PartitionState, Error> {
+/// Returns what it belongs to beside the state: the caller checks it is its own.
+pub fn read_checkpoint(path: &Path) -> Result<(CheckpointOf, PartitionState), Error> {
     let bytes = std::fs::read(path).map_err(|e| Error::Io {
         op: "read",
         path: path.to_path_buf(),
@@ -576,8 +622,12 @@ pub fn read_checkpoint(path: &Path) -> Result<PartitionState, Error> {
     decode_checkpoint(path, &bytes)
 }
 
-/// A checkpoint's state from its file's bytes; any damage is an error naming `path`.
-pub fn decode_checkpoint(path: &Path, bytes: &[u8]) -> Result<PartitionState, Error> {
+/// A checkpoint's state, and what it belongs to, from its file's bytes; any damage is an error
+/// naming `path`.
+pub fn decode_checkpoint(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<(CheckpointOf, PartitionState), Error> {
     let corrupt = |reason: String| Error::Meta { path: path.to_path_buf(), reason };
     if bytes.len() < CHECKPOINT_HEADER || bytes[0..4] != CHECKPOINT_MAGIC.to_le_bytes() {
         return Err(corrupt("not a checkpoint (bad magic)".into()));
@@ -607,7 +657,14 @@ pub fn decode_checkpoint(path: &Path, bytes: &[u8]) -> Result<PartitionState, Er
     state.max_event_time = data.max_event_time;
     state.counters = data.counters;
     state.groups = data.groups.into_iter().map(|(k, w)| (k, w.into_iter().collect())).collect();
-    Ok(state)
+    let of = CheckpointOf {
+        view: data.view,
+        version: data.version,
+        partition: data.partition,
+        revision: data.revision,
+        shape: data.shape,
+    };
+    Ok((of, state))
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ mod semantics;
 mod serve;
 mod split_poison;
 mod tidy;
+mod versions;
 mod view_regressions;
 mod views;
 mod watchdog;

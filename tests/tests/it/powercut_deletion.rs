@@ -8,7 +8,9 @@
 //! * A power cut at any point of `delete_topic` leaves the topic whole (every synced record at its
 //!   offset) or gone (no definition, no files, the name free), never half deleted.
 //! * Once `delete_view` returns, a power cut never brings the view back: no metadata, no
-//!   checkpoint, and a new view of that name starts afresh (version 1, nothing resumed).
+//!   checkpoint, and a new view of that name starts afresh (nothing resumed, under a version
+//!   number the deleted view never had).
+//! * Once `drop_view_version` returns, a power cut never brings the version's directory back.
 //!
 //! Several seeds per case, so crash images that revert unsynced directory changes are among them.
 //! Every failure names its seed.
@@ -261,13 +263,62 @@ fn a_deleted_view_stays_deleted_through_a_power_cut() {
         let engine = restart(&image, seed);
         let view = engine.create_view("v", view_def()).expect("a new view");
         wait_caught_up(&view, seed);
-        assert_eq!(view.version(), 1, "seed {seed}");
+        assert_eq!(view.version(), 2, "seed {seed}: the deleted view's number was taken again");
         let progress = view.progress().expect("progress");
         for p in &progress.partitions {
             assert_eq!(p.resumed_from, None, "seed {seed}: the new view resumed a deleted one");
         }
         let total: f64 = view.rows().expect("rows").iter().map(|r| r.value).sum();
         assert_eq!(total, RECORDS as f64, "seed {seed}");
+        drop(view);
+        engine.shutdown().expect("shutdown");
+    }
+}
+
+/// Catches a deleted directory fsync in `Engine::drop_view_version`: of the view's directory
+/// after the dropped version's directory was removed (the removal reverts, and the version's
+/// shape file and checkpoints come back: garbage for good, and a `Start::Checkpoint` from the
+/// dropped version would find them).
+#[test]
+fn a_dropped_view_version_stays_dropped_through_a_power_cut() {
+    for seed in 1..=16u64 {
+        let disk = SimDisk::new(seed);
+        let engine = engine(&disk);
+        engine.create_topic("p", TopicConfig::new(PARTITIONS)).expect("topic");
+        produce(&engine, "p");
+        let view = engine.create_view("v", view_def()).expect("view");
+        let rebuild = engine.rebuild_view("v", view_def().revision("count-2")).expect("rebuild");
+        rebuild.wait_swapped(Duration::from_secs(60)).expect("swapped");
+        let mut looks = 0;
+        while !view
+            .progress_of(1)
+            .expect("progress")
+            .partitions
+            .iter()
+            .all(|p| p.checkpointed.is_some())
+        {
+            looks += 1;
+            assert!(looks < 4_000, "seed {seed}: version 1 wrote no checkpoint to drop");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!files_under(&disk, "/data/views/v/1/").is_empty(), "seed {seed}");
+        engine.drop_view_version("v", 1).expect("drop");
+        let image = disk.power_cut(seed);
+        drop((view, rebuild));
+        let _ = engine.shutdown();
+        drop(engine);
+
+        let left = files_under(&image, "/data/views/v/1/");
+        assert!(left.is_empty(), "seed {seed}: files of the dropped version remain: {left:?}");
+        let engine = restart(&image, seed);
+        let view = engine.create_view("v", view_def().revision("count-2")).expect("resume");
+        assert_eq!(view.version(), 2, "seed {seed}");
+        let seeded =
+            view_def().revision("count-3").start(kappa_engine::Start::Checkpoint { version: 1 });
+        assert!(
+            engine.rebuild_view("v", seeded).is_err(),
+            "seed {seed}: a rebuild seeded from the dropped version was accepted"
+        );
         drop(view);
         engine.shutdown().expect("shutdown");
     }

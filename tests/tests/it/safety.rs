@@ -167,6 +167,94 @@ fn a_topic_create_that_fails_part_way_leaves_nothing_behind() {
     assert!(failures >= 6, "only {failures} creates failed: the faults missed the create");
 }
 
+/// Nothing of `topic` on the simulated disk: no partition directory or file, no definition, no
+/// marker.
+fn assert_no_trace(sim: &SimDisk, topic: &str, what: &str) {
+    let disk = Disk::Sim(sim.clone());
+    let dir = Path::new("/data/topics").join(topic);
+    assert_eq!(disk.metadata_blocking(&dir).expect("stat"), None, "{what}: {topic}'s directory");
+    let left: Vec<_> =
+        sim.files().into_iter().filter(|(p, _)| p.to_string_lossy().contains(topic)).collect();
+    assert!(left.is_empty(), "{what}: {topic} left {left:?}");
+}
+
+/// Regression (issue 8, second review): a `create_topic` that failed part way cleaned up while
+/// other shards were still opening the topic's partitions. When sending an open to a shard
+/// failed (a dead shard), the opens already sent to the other shards kept running, and the
+/// cleanup removed the topic's files under them at once: a slower open then recreated its
+/// partition directory after the cleanup (and left its log open on the shard), files no
+/// definition names, which the next topic of that name would adopt. Now every open sent is
+/// answered before the cleanup starts. Shard 0 is dead, every disk operation is slow, and the
+/// topic's first partitions live on the other shards. The second case, one partition's open
+/// failing (an injected EIO) while the others are slow, waited already and must stay so. Either
+/// way, nothing of the topic is left once the call returns, after the shards stopped, after a
+/// reopen and after a power cut. Fails with `open_partitions` returning at the failed send.
+#[test]
+fn a_failed_topic_create_cleans_up_only_after_every_open_ended() {
+    let data = Path::new("/data");
+    let slow = |only_under: Option<std::path::PathBuf>| FaultOptions {
+        latency_probability: 1.0,
+        latency_max: Duration::from_millis(100),
+        dir_fsync_eio_probability: if only_under.is_some() { 1.0 } else { 0.0 },
+        only_under,
+        ..FaultOptions::default()
+    };
+    for dead_shard in [true, false] {
+        let what = if dead_shard { "a dead shard" } else { "an open failing" };
+        let sim = SimDisk::new(21);
+        let log = LogConfig { disk: Disk::Sim(sim.clone()), ..LogConfig::default() };
+        let engine = Engine::builder()
+            .data_dir(data)
+            .shards(3)
+            .log_config(log.clone())
+            .stall_probe_interval(None)
+            .build()
+            .expect("engine starts");
+        // Partitions 0..4 on shards 1 and 2, partition 4 on shard 0.
+        let topic = (0..)
+            .map(|i| format!("slow-{i}"))
+            .find(|t| (0..4).all(|p| engine.shard_of(t, p).0 != 0) && engine.shard_of(t, 4).0 == 0)
+            .expect("a name");
+        if dead_shard {
+            engine.inject_shard_panic(0, "injected shard bug").expect("inject");
+            let mut looks = 0;
+            while !matches!(engine.metrics(), Err(Error::ShardDied { shard: 0, .. })) {
+                looks += 1;
+                assert!(looks < 1_000, "shard 0 did not die");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            sim.set_faults(slow(None));
+        } else {
+            // The open of partition 1 fails at its directory's fsync; the others are slow.
+            sim.set_faults(slow(Some(data.join("topics").join(&topic).join("1"))));
+        }
+        let result = engine.create_topic(&topic, TopicConfig::new(8));
+        match (&result, dead_shard) {
+            (Err(Error::ShardDied { shard: 0, .. }), true) => {}
+            (Err(e), false) if !matches!(e, Error::ShardDied { .. }) => {}
+            _ => panic!("{what}: expected the create to fail, got {result:?}"),
+        }
+        assert!(!engine.topics().contains_key(&topic), "{what}");
+        assert_no_trace(&sim, &topic, &format!("{what}, when the create returned"));
+        sim.set_faults(FaultOptions::default());
+        // Opens still running finish before a shard stops.
+        let _ = engine.shutdown();
+        drop(engine);
+        assert_no_trace(&sim, &topic, &format!("{what}, after the shards stopped"));
+        let image = sim.power_cut(21);
+        assert_no_trace(&image, &topic, &format!("{what}, after a power cut"));
+        let reopened = engine_on(data, LogConfig { disk: Disk::Sim(image.clone()), ..log });
+        assert!(!reopened.topics().contains_key(&topic), "{what}: back after a reopen");
+        assert_eq!(reopened.open_report().deletions_finished, Vec::<String>::new(), "{what}");
+        reopened.create_topic(&topic, TopicConfig::new(8)).expect("the name is free");
+        for partition in 0..8 {
+            let end = reopened.partition_offsets(&topic, partition).expect("offsets").end_offset;
+            assert_eq!(end, 0, "{what}: partition {partition} adopted old records");
+        }
+        reopened.shutdown().expect("shutdown");
+    }
+}
+
 fn produce(engine: &Engine, topic: &str, n: u64, value_bytes: usize) {
     let producer = engine.producer().with_durability(Durability::Written);
     for chunk in 0..n.div_ceil(100) {

@@ -228,8 +228,9 @@ fn digest_and_checkpoint_round_trip() {
     );
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("x.ckpt");
-    write_checkpoint(&path, "v", 1, 0, &a).expect("write");
-    let back = read_checkpoint(&path).expect("read");
+    write_checkpoint(&path, of(), &a).expect("write");
+    let (back_of, back) = read_checkpoint(&path).expect("read");
+    assert_eq!(back_of, of(), "a checkpoint says what it belongs to");
     assert_eq!(back.digest(), a.digest());
     assert_eq!(back.groups, a.groups);
     // Damage is reported, never half-read.
@@ -316,9 +317,9 @@ fn a_snapshot_in_steps_is_the_checkpoint_of_one_cut() {
     feed(&mut state, &def, &records[..1_500]);
     assert!(state.groups.len() > 3, "a few groups at least");
     let path = std::path::Path::new("/x.ckpt");
-    let whole = encode_checkpoint(path, "v", 1, 0, &state).expect("encode");
+    let whole = encode_checkpoint(path, of(), &state).expect("encode");
     for step in [1, 2, 3, state.groups.len(), state.groups.len() + 1] {
-        let mut snapshot = Snapshot::begin("v", 1, 0, &state);
+        let mut snapshot = Snapshot::begin(of(), &state);
         let mut steps = 1;
         while !snapshot.copy_more(&state, step) {
             assert!(snapshot.covers(&state));
@@ -328,9 +329,45 @@ fn a_snapshot_in_steps_is_the_checkpoint_of_one_cut() {
         assert_eq!(snapshot.next_offset(), state.next_offset);
         assert_eq!(snapshot.encode(path).expect("encode"), whole, "step {step}");
     }
-    let back = decode_checkpoint(path, &whole).expect("decode");
+    let (_, back) = decode_checkpoint(path, &whole).expect("decode");
     assert_eq!(back.digest(), state.digest());
-    let snapshot = Snapshot::begin("v", 1, 0, &state);
+    let snapshot = Snapshot::begin(of(), &state);
     feed(&mut state, &def, &records[1_500..]);
     assert!(!snapshot.covers(&state), "a fold after the cut is seen");
+}
+
+/// A checkpoint resumes only its own partition of its own version and definition, or a version
+/// seeded from it with the same view, partition and shape.
+#[test]
+fn a_checkpoint_resumes_only_what_it_belongs_to() {
+    let ours = of();
+    assert!(of().resumes(&ours, None));
+    for other in [
+        CheckpointOf { view: "w".into(), ..of() },
+        CheckpointOf { version: 2, ..of() },
+        CheckpointOf { partition: 1, ..of() },
+        CheckpointOf { revision: "r2".into(), ..of() },
+        CheckpointOf { shape: "key=record key\nwindow=None\naggregate=Sum\n".into(), ..of() },
+    ] {
+        assert!(!other.resumes(&ours, None), "{other}");
+    }
+    // Version 2 seeded from version 1: version 1's checkpoint of another revision, same shape.
+    let seeded = CheckpointOf { version: 2, revision: "r2".into(), ..of() };
+    assert!(of().resumes(&seeded, Some(1)));
+    assert!(!of().resumes(&seeded, Some(3)), "the seed is version 3");
+    let reshaped = CheckpointOf { shape: "key=record key\n".into(), ..seeded.clone() };
+    assert!(!of().resumes(&reshaped, Some(1)), "another shape");
+    let elsewhere = CheckpointOf { partition: 1, ..seeded };
+    assert!(!of().resumes(&elsewhere, Some(1)), "another partition");
+}
+
+/// What the checkpoints of these tests belong to.
+fn of() -> CheckpointOf {
+    CheckpointOf {
+        view: "v".into(),
+        version: 1,
+        partition: 0,
+        revision: "r1".into(),
+        shape: "key=record key\nwindow=None\naggregate=Count\n".into(),
+    }
 }

@@ -78,6 +78,10 @@ pub struct FaultOptions {
     pub capacity_bytes: Option<u64>,
     /// Faults at fixed operation counts, whatever the probabilities.
     pub schedule: Vec<ScheduledFault>,
+    /// When set, EIO and short-write faults (drawn or scheduled) strike only operations on paths
+    /// under this one (say, one view's metadata directory, while the log's writes go through);
+    /// the others run untouched. Latency, ENOSPC and freezes are not limited by it.
+    pub only_under: Option<PathBuf>,
     /// The disk stops after this many operations (counted from its creation): every later one
     /// fails with EIO and changes nothing, as if the power went out right there. `power_cut` then
     /// gives the crash image.

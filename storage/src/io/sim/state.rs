@@ -208,10 +208,13 @@ impl SimState {
         let scheduled = self.faults.schedule.iter().any(|s| s.kind == kind && s.nth == nth);
         // Always draw, so one fault's schedule does not shift every later random decision.
         let drawn = self.rng.chance(probability);
-        if scheduled || drawn {
+        let here = kind == FaultKind::Latency
+            || self.faults.only_under.as_ref().is_none_or(|under| path.starts_with(under));
+        let fires = here && (scheduled || drawn);
+        if fires {
             self.records.push(FaultRecord { op: self.stats.ops, kind, path: path.to_path_buf() });
         }
-        scheduled || drawn
+        fires
     }
 
     /// A delay to sleep and a number of yields before an async operation.

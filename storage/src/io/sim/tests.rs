@@ -227,6 +227,37 @@ fn scheduled_and_random_faults_are_injected_counted_and_recorded() {
     });
 }
 
+/// `only_under` keeps the faults to one part of the tree: there every write, fsync and directory
+/// fsync fails, elsewhere nothing does.
+#[test]
+fn faults_only_under_a_path_leave_the_rest_alone() {
+    run(async {
+        let sim = SimDisk::with_faults(
+            5,
+            FaultOptions {
+                write_eio_probability: 1.0,
+                fsync_eio_probability: 1.0,
+                dir_fsync_eio_probability: 1.0,
+                only_under: Some(p("/meta").to_path_buf()),
+                ..FaultOptions::default()
+            },
+        );
+        let disk = Disk::Sim(sim.clone());
+        disk.create_dir_all(p("/log")).await.expect("the log's directory");
+        let file = disk.open_rw(p("/log/f")).await.expect("create");
+        assert_eq!(file.write_at(buffer(&file, 512, 1), 0).await.expect("write"), 512);
+        file.fdatasync().await.expect("fdatasync");
+        disk.sync_dir(p("/log")).await.expect("fsync dir");
+        assert!(sim.faults().is_empty(), "{:?}", sim.faults());
+        // Creating /meta fsyncs `/`, which is not under it.
+        disk.create_dir_all(p("/meta")).await.expect("mkdir");
+        assert!(disk.sync_dir(p("/meta")).await.is_err());
+        assert!(disk.write_file_atomic(p("/meta/m"), b"x").await.is_err());
+        disk.write_file_atomic(p("/log/m"), b"x").await.expect("outside /meta");
+        assert!(sim.faults().iter().all(|r| r.path.starts_with("/meta")), "{:?}", sim.faults());
+    });
+}
+
 #[test]
 fn a_full_disk_shortens_a_write_then_refuses_with_enospc() {
     run(async {

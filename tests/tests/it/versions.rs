@@ -1,0 +1,272 @@
+//! View versions and what they leave on disk, on the simulated disk (issue 8, second review):
+//!
+//! * a version number is never taken twice for a view name: not after `drop_view_version` of the
+//!   newest version, not across a restart, not after `delete_view` and a power cut;
+//! * a checkpoint is resumed only by the version that wrote it, with the definition that built
+//!   it: one copied in from another version, or left by a definition changed under the same
+//!   revision, is ignored and the partition replays;
+//! * a poison failure whose `meta.json` write fails is reported as not persisted
+//!   (`Error::PoisonNotPersisted`, with the I/O error), and a restart runs the record again and
+//!   fails there again, recorded this time.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kappa_engine::operator::{Aggregate, Window};
+use kappa_engine::{Durability, Engine, Error, ProducerRecord, TopicConfig, ViewDef, ViewHandle};
+use kappa_storage::io::{Disk, FaultOptions, SimDisk};
+use kappa_storage::LogConfig;
+
+const DATA: &str = "/data";
+const WAIT: Duration = Duration::from_secs(60);
+
+fn engine(disk: &SimDisk) -> Engine {
+    Engine::builder()
+        .data_dir(DATA)
+        .shards(1)
+        .log_config(LogConfig {
+            segment_size_bytes_max: 4 * 1024,
+            disk: Disk::Sim(disk.clone()),
+            ..LogConfig::default()
+        })
+        .stall_probe_interval(None)
+        .build()
+        .expect("engine starts")
+}
+
+/// `n` synced records, keys `k0`..`k9` in turn, timestamps 0, 10, 20, ...
+fn produce(engine: &Engine, n: u64) {
+    let producer = engine.producer().with_durability(Durability::Synced);
+    for chunk in 0..n.div_ceil(10) {
+        let records = (chunk * 10..(chunk * 10 + 10).min(n))
+            .map(|s| {
+                ProducerRecord::new(format!("v{s}"))
+                    .key(format!("k{}", s % 10))
+                    .timestamp(s as i64 * 10)
+            })
+            .collect();
+        producer.send_batch("p", records).expect("send");
+    }
+}
+
+fn count(revision: &str) -> ViewDef {
+    ViewDef::new("p").revision(revision).aggregate(Aggregate::Count).checkpoint_every(10)
+}
+
+/// Counts only records with an even key: the same shape (key, window, aggregate) as `count`,
+/// another state.
+fn even(revision: &str) -> ViewDef {
+    count(revision).filter(|r| r.key().is_some_and(|k| k.last().is_some_and(|d| d % 2 == 0)))
+}
+
+fn wait_checkpointed(view: &ViewHandle, version: u32) {
+    for _ in 0..6_000 {
+        let progress = view.progress_of(version).expect("progress");
+        if progress.caught_up()
+            && progress.lag() == 0
+            && progress.partitions.iter().all(|p| p.checkpointed.is_some())
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("version {version} did not catch up and checkpoint");
+}
+
+/// Regression (issue 8, second review): a version's number was one past the newest version in
+/// the view's metadata, so after `drop_view_version` of the newest version (or `delete_view`)
+/// the next version got the same number again, and could resume a directory or checkpoint the
+/// old one left (a power cut before its removal was durable). Now a durable high-water mark
+/// (`DIR/meta/views/<name>.json`) hands out every number once. Fails with the mark ignored.
+#[test]
+fn view_version_numbers_are_never_taken_twice() {
+    let seed = 3;
+    let disk = SimDisk::new(seed);
+    let first = engine(&disk);
+    first.create_topic("p", TopicConfig::new(2)).expect("topic");
+    produce(&first, 100);
+    let view = first.create_view("v", count("a")).expect("view");
+    assert_eq!(view.version(), 1);
+    for (revision, expected) in [("b", 2), ("c", 3)] {
+        let rebuild = first.rebuild_view("v", count(revision)).expect("rebuild");
+        assert_eq!(
+            rebuild.version(),
+            expected,
+            "the number of a dropped version was taken again (or one was skipped)"
+        );
+        rebuild.wait_swapped(WAIT).expect("swapped");
+        // Roll back and drop the newest version: the view's metadata lists version 1 only.
+        first.serve_view_version("v", 1).expect("rollback");
+        first.drop_view_version("v", expected).expect("drop");
+    }
+    drop(view);
+    first.shutdown().expect("shutdown");
+    drop(first);
+
+    let second = engine(&disk);
+    let view = second.create_view("v", count("a")).expect("view");
+    assert_eq!(view.version(), 1, "the served version resumes");
+    let rebuild = second.rebuild_view("v", count("d")).expect("rebuild");
+    assert_eq!(rebuild.version(), 4, "after a restart, a number taken before was taken again");
+    drop((view, rebuild));
+    second.delete_view("v").expect("delete");
+    let image = disk.power_cut(seed);
+    let _ = second.shutdown();
+    drop(second);
+
+    let third = engine(&image);
+    let view = third.create_view("v", count("a")).expect("a new view of the name");
+    assert_eq!(view.version(), 5, "a deleted view's version number was taken again");
+    for p in view.progress().expect("progress").partitions {
+        assert_eq!(p.resumed_from, None, "the new view resumed a deleted one");
+    }
+    view.wait_for(view.log_end().expect("end"), WAIT).expect("folded");
+    let total: f64 = view.rows().expect("rows").iter().map(|r| r.value).sum();
+    assert_eq!(total, 100.0);
+    drop(view);
+    third.shutdown().expect("shutdown");
+}
+
+/// The newest checkpoint file of a version's partition.
+fn newest_checkpoint(disk: &SimDisk, version: u32, partition: u32) -> (PathBuf, Vec<u8>) {
+    let dir = Path::new(DATA).join(format!("views/v/{version}/{partition}"));
+    let (path, _) = disk
+        .files()
+        .into_iter()
+        .filter(|(p, _)| p.starts_with(&dir) && p.extension().is_some_and(|e| e == "ckpt"))
+        .max()
+        .unwrap_or_else(|| panic!("version {version} wrote no checkpoint"));
+    let bytes = disk.file_bytes(&path).expect("bytes");
+    (path, bytes)
+}
+
+/// Regression (issue 8, second review): a checkpoint did not say which version and definition
+/// built it, and a resuming partition loaded whatever its directory held. Here version 1
+/// (counts every record) and version 2 (only even keys, the same shape) both checkpoint; version
+/// 1's newest checkpoint is copied into version 2's directory as its newest one. On restart
+/// version 2 must ignore it (its rows stay the even-key counts), and after that a definition
+/// changed under the same revision (a tumbling window) must not continue the old state either.
+/// Fails with the check in `runner::initial_state` removed.
+#[test]
+fn a_checkpoint_of_another_version_or_definition_is_never_resumed() {
+    let seed = 5;
+    let disk = SimDisk::new(seed);
+    let first = engine(&disk);
+    first.create_topic("p", TopicConfig::new(1)).expect("topic");
+    produce(&first, 200);
+    let view = first.create_view("v", count("all")).expect("view");
+    wait_checkpointed(&view, 1);
+    let rebuild = first.rebuild_view("v", even("even")).expect("rebuild");
+    rebuild.wait_swapped(WAIT).expect("swapped");
+    wait_checkpointed(&view, 2);
+    drop((view, rebuild));
+    first.shutdown().expect("shutdown");
+    drop(first);
+
+    let (_, foreign) = newest_checkpoint(&disk, 1, 0);
+    let planted = Path::new(DATA).join(format!("views/v/2/0/{:020}.ckpt", u64::MAX));
+    Disk::Sim(disk.clone()).write_file_atomic_blocking(&planted, &foreign).expect("plant");
+
+    let second = engine(&disk);
+    let view = second.create_view("v", even("even")).expect("view");
+    assert_eq!(view.version(), 2);
+    view.wait_for(view.log_end().expect("end"), WAIT).expect("folded");
+    let rows = view.rows().expect("rows");
+    let odd: Vec<_> = rows.iter().filter(|r| r.key.last().is_some_and(|d| d % 2 == 1)).collect();
+    assert!(odd.is_empty(), "version 2 resumed version 1's checkpoint: {odd:?}");
+    assert_eq!(rows.iter().map(|r| r.value).sum::<f64>(), 100.0, "the even-key records");
+    let resumed = view.progress().expect("progress").partitions[0].resumed_from;
+    assert!(resumed.is_some_and(|r| r <= 200), "its own checkpoint resumes: {resumed:?}");
+    drop(view);
+    second.shutdown().expect("shutdown");
+    drop(second);
+
+    // The same revision with another window: no checkpoint of version 2 fits it.
+    let third = engine(&disk);
+    let tumbling = even("even").window(Window::Tumbling { size_ms: 1_000 });
+    let view = third.create_view("v", tumbling).expect("view");
+    assert_eq!(view.version(), 2);
+    view.wait_for(view.log_end().expect("end"), WAIT).expect("folded");
+    assert_eq!(view.progress().expect("progress").partitions[0].resumed_from, None);
+    let rows = view.rows().expect("rows");
+    assert!(
+        rows.iter().all(|r| r.window_end - r.window_start == 1_000),
+        "a state of another window was continued: {rows:?}"
+    );
+    // Timestamps 0..2000 by 10: two windows of 100 records, half of them even keys.
+    assert_eq!(rows.iter().map(|r| r.value).sum::<f64>(), 100.0);
+    drop(view);
+    third.shutdown().expect("shutdown");
+}
+
+fn poisoned_sum() -> ViewDef {
+    ViewDef::new("p")
+        .map(|r: &kappa_engine::RecordRef<'_>| {
+            assert!(r.value() != b"poison", "boom: a poison record");
+            Some(1.0)
+        })
+        .aggregate(Aggregate::Sum)
+}
+
+/// Regression (issue 8, second review): when writing a poison failure to the view's
+/// `meta.json` failed, the version still reported `Poisoned`, which promises that a restart
+/// holds it failed. Every write under the view's directory fails here (the log's do not): the
+/// waiter gets `PoisonNotPersisted` with the I/O error, progress says so, nothing is stored;
+/// a restart runs the record again, fails there again (no crash) and records it this time.
+/// Fails with `ViewPartition::poisoned`'s `failure_not_recorded` call removed.
+#[test]
+fn a_poison_failure_that_could_not_be_recorded_says_so() {
+    let disk = SimDisk::new(8);
+    let first = engine(&disk);
+    first.create_topic("p", TopicConfig::new(1)).expect("topic");
+    let view = first.create_view("v", poisoned_sum()).expect("view");
+    disk.set_faults(FaultOptions {
+        write_eio_probability: 1.0,
+        fsync_eio_probability: 1.0,
+        dir_fsync_eio_probability: 1.0,
+        only_under: Some(Path::new(DATA).join("views").join("v")),
+        ..FaultOptions::default()
+    });
+    let producer = first.producer().with_durability(Durability::Synced);
+    producer.send("p", ProducerRecord::new("fine").key("k")).expect("send");
+    producer.send("p", ProducerRecord::new("poison").key("k")).expect("send");
+    let end = view.log_end().expect("log end");
+    match view.wait_for(end.clone(), WAIT) {
+        Err(Error::PoisonNotPersisted { offset: 1, partition: 0, source, .. }) => {
+            let io = match &*source {
+                Error::Storage(e) => e.io_source().map(std::io::Error::raw_os_error),
+                other => panic!("not an I/O error: {other:?}"),
+            };
+            assert_eq!(io, Some(Some(5)), "the injected EIO: {source:?}");
+        }
+        other => panic!("expected PoisonNotPersisted at offset 1, got {other:?}"),
+    }
+    let progress = view.progress().expect("progress");
+    let partition = &progress.partitions[0];
+    let failure = partition.failure.as_ref().expect("the partition says why it stopped");
+    assert!(failure.not_persisted.is_some(), "{failure:?}");
+    let error = partition.error.as_deref().unwrap_or_default();
+    assert!(error.contains("recording the failure failed"), "{error}");
+    assert!(disk.faults().iter().all(|f| f.path.starts_with("/data/views/v")));
+    let stored = kappa_engine::stored_view(&Disk::Sim(disk.clone()), Path::new(DATA), "v")
+        .expect("metadata reads")
+        .expect("the view is stored");
+    assert!(stored.failed.is_empty(), "the failure was stored after all: {stored:?}");
+    disk.set_faults(FaultOptions::default());
+    drop(view);
+    first.shutdown().expect("shutdown");
+    drop(first);
+
+    let second = engine(&disk);
+    let view = second.create_view("v", poisoned_sum()).expect("view");
+    match view.wait_for(end, WAIT) {
+        Err(Error::Poisoned { offset: 1, .. }) => {}
+        other => panic!("the restart did not fail on the record again: {other:?}"),
+    }
+    let stored = kappa_engine::stored_view(&Disk::Sim(disk.clone()), Path::new(DATA), "v")
+        .expect("metadata reads")
+        .expect("the view is stored");
+    assert_eq!(stored.failed.get(&1).and_then(|f| f.offset), Some(1), "{stored:?}");
+    drop(view);
+    second.shutdown().expect("shutdown");
+}
