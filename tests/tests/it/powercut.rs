@@ -9,7 +9,7 @@
 //!   the newest checkpoint it had written, and the view then equals a count computed from the
 //!   records read back (an independent reference, not the view itself).
 //!
-//! `KAPPA_POWERCUT_ROUNDS` (default `ROUNDS`, 300) sets the number of rounds (run on up to four
+//! `KAPPA_POWERCUT_ROUNDS` (default `ROUNDS`, 300) sets the number of rounds (run on four
 //! threads), `KAPPA_POWERCUT_SEED` replays one. Every failure names its seed.
 
 use std::collections::BTreeMap;
@@ -237,7 +237,7 @@ fn power_cut_rounds_keep_synced_records_and_view_checkpoints() {
     };
     // A round mostly waits (engine start and stop, acknowledgements, the view catching up), so
     // rounds run on a few threads at once; each has its own simulated disk and engine.
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 4);
+    let workers = 4;
     let next = Arc::new(Mutex::new(seeds.clone().into_iter()));
     let totals: Vec<(usize, u64, usize)> = (0..workers)
         .map(|_| {

@@ -12,7 +12,7 @@
 //!
 //! Several seeds per case, so crash images that revert unsynced directory changes are among them.
 //! Every failure names its seed. `KAPPA_POWERCUT_ROUNDS` sets the rounds cut at the last step of
-//! `delete_topic` (default `LAST_STEP_ROUNDS`, 200; run on up to four threads).
+//! `delete_topic` (default `LAST_STEP_ROUNDS`, 200; run on four threads).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -200,7 +200,7 @@ fn a_topic_deletion_cut_at_any_point_leaves_it_whole_or_gone() {
     let rounds = std::env::var("KAPPA_POWERCUT_ROUNDS").ok().and_then(|r| r.parse().ok());
     // A round mostly waits (engine start and stop): a few at once, each on its own disk.
     let next = Arc::new(Mutex::new(0..rounds.unwrap_or(LAST_STEP_ROUNDS)));
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 4);
+    let workers = 4;
     let tallies: Vec<Tally> = (0..workers)
         .map(|_| {
             let next = next.clone();
