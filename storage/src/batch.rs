@@ -81,6 +81,7 @@ impl BatchEncoder {
             base_offset,
             producer,
             self.synced_before,
+            None,
         );
         debug_assert_eq!(out.len, frame_len);
         Ok(self.header.insert(header))

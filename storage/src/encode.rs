@@ -87,7 +87,9 @@ pub(crate) struct Scratch {
 }
 
 /// Encodes one frame of `records` (planned as `plan`) into `out`, starting at its current
-/// position. Returns the frame's header (checksum included).
+/// position. Returns the frame's header (checksum included). `append_time`: the appender's
+/// clock, or `None` for the batch's newest record timestamp (a caller without a clock).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_frame<R: Records + ?Sized, O: Out>(
     out: &mut O,
     scratch: &mut Scratch,
@@ -96,6 +98,7 @@ pub(crate) fn encode_frame<R: Records + ?Sized, O: Out>(
     base_offset: u64,
     producer: ProducerInfo,
     synced_before: u32,
+    append_time: Option<i64>,
 ) -> FrameHeader {
     let layout = FrameLayout::of(plan);
     let mut header = FrameHeader {
@@ -107,6 +110,7 @@ pub(crate) fn encode_frame<R: Records + ?Sized, O: Out>(
         first_timestamp: plan.first_timestamp,
         max_timestamp: plan.max_timestamp,
         synced_before,
+        append_time: append_time.unwrap_or(plan.max_timestamp),
         checksum: 0,
     };
     let mut head = [0u8; FRAME_HEADER_SIZE];

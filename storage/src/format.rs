@@ -13,7 +13,7 @@
 //!       +--------+------+------+-----------+-----------+   flags = 0 (reserved)
 //!   16  | base_offset u64        | record_count u32 | synced_before u32|
 //!   32  | first_timestamp i64    | max_timestamp i64                   |
-//!   48  | reserved u64 (0)       | checksum u64                        |
+//!   48  | append_time i64        | checksum u64                        |
 //!   64  +------------------------------------------------------------ +
 //!       | payload: rkyv archive of `BatchArchive` (payload_len bytes;  |
 //!       | rkyv's root object sits at its very end)                     |
@@ -31,6 +31,12 @@
 //! it to tell corruption from a torn write exactly: damage below a valid frame's `synced_before`
 //! lies in bytes that were synced before that frame existed, which no power cut can tear.
 //!
+//! `append_time` (version 3; a reserved zero in versions 1 and 2): the appender's wall clock in ms
+//! when the frame was appended (a caller without a clock: the batch's newest record timestamp,
+//! see `PartitionLog::append`). Age retention measures it, so a segment's index rebuilt by a scan
+//! knows its append time from the frames themselves, exactly, and never falls back to producers'
+//! event times. Version 1 and 2 frames read as `i64::MIN` (unknown).
+//!
 //! Why a header outside the archive: a scan must find frame boundaries, offsets and timestamps (for
 //! recovery, indexes and seeking) without touching the payload, and the checksum must be checked
 //! before any byte of the archive is trusted.
@@ -40,10 +46,13 @@ use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 /// "KAPB" read as a little-endian u32.
 pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"KAPB");
 /// Bumped on any incompatible change of the header or the archive layout. Version 2 added
-/// `synced_before`; version 1 frames (where it is a reserved zero) are still read.
-pub const FORMAT_VERSION: u16 = 2;
+/// `synced_before`, version 3 `append_time`; version 1 and 2 frames (where they are reserved
+/// zeros) are still read.
+pub const FORMAT_VERSION: u16 = 3;
 /// The first version, still read.
 pub const FORMAT_VERSION_1: u16 = 1;
+/// The version before `append_time`, still read.
+pub const FORMAT_VERSION_2: u16 = 2;
 /// The fixed header in front of every archive.
 pub const FRAME_HEADER_SIZE: usize = 64;
 /// Every frame starts and ends on this boundary, which is the alignment rkyv needs.
@@ -63,6 +72,9 @@ pub struct FrameHeader {
     /// Every byte of the segment before this position was synced when the frame was appended
     /// (0 in version 1 frames, and whenever nothing of the segment was synced yet).
     pub synced_before: u32,
+    /// The appender's wall clock (ms) at the append: what age retention measures. `i64::MIN`
+    /// (unknown) in version 1 and 2 frames, which keep a reserved zero in its place.
+    pub append_time: i64,
     pub checksum: u64,
 }
 
@@ -92,7 +104,8 @@ impl FrameHeader {
         target[28..32].copy_from_slice(&self.synced_before.to_le_bytes());
         target[32..40].copy_from_slice(&self.first_timestamp.to_le_bytes());
         target[40..48].copy_from_slice(&self.max_timestamp.to_le_bytes());
-        target[48..56].copy_from_slice(&0u64.to_le_bytes());
+        let append_time = if self.version >= FORMAT_VERSION { self.append_time as u64 } else { 0 };
+        target[48..56].copy_from_slice(&append_time.to_le_bytes());
     }
 }
 
@@ -167,7 +180,7 @@ pub fn parse_header(bytes: &[u8]) -> Result<FrameHeader, FrameDefect> {
         return Err(FrameDefect::BadMagic { found: magic, all_zero });
     }
     let version = read_u16(bytes, 4);
-    if version != FORMAT_VERSION && version != FORMAT_VERSION_1 {
+    if !(FORMAT_VERSION_1..=FORMAT_VERSION).contains(&version) {
         return Err(FrameDefect::UnknownVersion { found: version });
     }
     let header = FrameHeader {
@@ -179,10 +192,12 @@ pub fn parse_header(bytes: &[u8]) -> Result<FrameHeader, FrameDefect> {
         first_timestamp: read_u64(bytes, 32) as i64,
         max_timestamp: read_u64(bytes, 40) as i64,
         synced_before: read_u32(bytes, 28),
+        append_time: if version >= FORMAT_VERSION { read_u64(bytes, 48) as i64 } else { i64::MIN },
         checksum: read_u64(bytes, 56),
     };
     let reserved_v1 = version == FORMAT_VERSION_1 && header.synced_before != 0;
-    if read_u16(bytes, 6) != 0 || reserved_v1 || read_u64(bytes, 48) != 0 {
+    let reserved_v2 = version < FORMAT_VERSION && read_u64(bytes, 48) != 0;
+    if read_u16(bytes, 6) != 0 || reserved_v1 || reserved_v2 {
         return Err(FrameDefect::BadHeader { reason: "reserved field is not zero" });
     }
     if !(header.frame_len as usize).is_multiple_of(FRAME_ALIGN) {

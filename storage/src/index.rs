@@ -19,7 +19,8 @@
 //!
 //! Version 2 added `append_time` (the wall time of the segment's newest append, as its caller
 //! gave it; `i64::MIN` when unknown) in what version 1 kept as a reserved zero. Version 1 files
-//! are still read, with the append time unknown.
+//! are still read, with the append time unknown. An index rebuilt by a scan takes the append
+//! time from the frames (version 3 frames carry theirs, see `format`).
 
 use std::path::Path;
 
@@ -52,7 +53,8 @@ pub struct SegmentIndex {
     /// The largest record timestamp in the segment (`i64::MIN` when empty).
     pub max_timestamp: i64,
     /// The wall time (ms) of the newest append to the segment, as the appender gave it: what age
-    /// retention measures. `i64::MIN` when unknown (an index rebuilt by a scan, or version 1).
+    /// retention measures. A scan takes it from the frames (version 3 frames carry it);
+    /// `i64::MIN` when unknown (a version 1 index file, or frames older than version 3).
     pub append_time_ms: i64,
     pub entries: Vec<IndexEntry>,
     interval_bytes: u32,
@@ -101,14 +103,13 @@ impl SegmentIndex {
         self.max_timestamp = self.max_timestamp.max(max_timestamp);
     }
 
-    /// The time age retention measures: the append time, or for segments whose append time is
-    /// unknown (indexes rebuilt by a scan, version 1 files) the newest record timestamp.
-    pub fn retention_time_ms(&self) -> i64 {
-        if self.append_time_ms == i64::MIN {
-            self.max_timestamp
-        } else {
-            self.append_time_ms
-        }
+    /// The time age retention measures: the append time, or `None` when it is unknown (a
+    /// version 1 index file, frames older than version 3). Never the records' timestamps: those
+    /// are producers' event times, and a producer replaying old events must not get its records
+    /// deleted the moment they land. A segment of unknown age is kept by age retention (size
+    /// retention still applies): never deleted earlier than its append time would allow.
+    pub fn retention_time_ms(&self) -> Option<i64> {
+        (self.append_time_ms != i64::MIN).then_some(self.append_time_ms)
     }
 
     /// The position of the frame holding `offset`, or of an earlier frame close to it.

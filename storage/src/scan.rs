@@ -142,6 +142,9 @@ pub async fn scan_segment<S: ChunkSource>(
                         header.max_timestamp,
                         header.frame_len,
                     );
+                    // The append time comes from the frames (version 3), never from the
+                    // records' event times: unknown (`i64::MIN`) for older frames.
+                    index.append_time_ms = index.append_time_ms.max(header.append_time);
                     rel += frame_len;
                 }
                 Err(FrameDefect::Truncated { .. }) if !eof => {

@@ -231,7 +231,7 @@ impl KafkaServer {
         offsets.segment_size_bytes_max = Some(64 << 20);
         engine.ensure_topic(OFFSETS_TOPIC, offsets)?;
         let data_dir = engine.config().data_dir.clone();
-        let producer_ids = idempotence::IdAllocator::open(&data_dir)
+        let producer_ids = idempotence::IdAllocator::open(&engine.config().log.disk, &data_dir)
             .map_err(|e| KafkaError::Start { shard: 0, reason: e.to_string() })?;
 
         let shards = engine.shard_count();

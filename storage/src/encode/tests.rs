@@ -172,8 +172,16 @@ fn a_frame_split_over_buffers_of_any_size_is_the_same_frame() {
                 first_full: 0,
             };
             let mut scratch = Scratch::default();
-            let header =
-                encode_frame(&mut chain, &mut scratch, &records[..], &plan, 500, producer(), 4096);
+            let header = encode_frame(
+                &mut chain,
+                &mut scratch,
+                &records[..],
+                &plan,
+                500,
+                producer(),
+                4096,
+                None,
+            );
             let mut bytes: Vec<u8> = chain.full.concat();
             bytes.extend_from_slice(&chain.current[..chain.len]);
             assert_eq!(&bytes[prefix..], &reference[..], "buffers of {size}, prefix {prefix}");

@@ -12,6 +12,7 @@ fn frame_with_payload(payload: &[u8]) -> Vec<u8> {
         first_timestamp: 1_000,
         max_timestamp: 2_000,
         synced_before: 0,
+        append_time: 1_700_000_000_000,
         checksum: 0,
     };
     let mut bytes = vec![0u8; header.frame_len as usize];
@@ -31,6 +32,7 @@ fn header_round_trips() {
     assert_eq!(header.next_offset(), 45);
     assert_eq!(header.first_timestamp, 1_000);
     assert_eq!(header.max_timestamp, 2_000);
+    assert_eq!(header.append_time, 1_700_000_000_000);
     assert_eq!(payload, b"hello, frame");
     assert_eq!(bytes.len() % FRAME_ALIGN, 0);
 }
@@ -72,7 +74,7 @@ fn truncation_and_unknown_version_are_typed() {
 }
 
 #[test]
-fn version_1_frames_still_read_and_version_2_carries_the_synced_position() {
+fn older_frames_still_read_and_newer_ones_carry_their_fields() {
     let payload = b"a payload";
     let mut header = FrameHeader {
         version: FORMAT_VERSION_1,
@@ -83,6 +85,7 @@ fn version_1_frames_still_read_and_version_2_carries_the_synced_position() {
         first_timestamp: 1,
         max_timestamp: 1,
         synced_before: 0,
+        append_time: 5_000,
         checksum: 0,
     };
     let frame = |header: &mut FrameHeader| {
@@ -94,12 +97,24 @@ fn version_1_frames_still_read_and_version_2_carries_the_synced_position() {
         bytes
     };
     let v1 = frame(&mut header);
-    assert_eq!(parse_frame(&v1).expect("version 1 reads").0.synced_before, 0);
+    let parsed = parse_frame(&v1).expect("version 1 reads").0;
+    assert_eq!(parsed.synced_before, 0);
+    assert_eq!(parsed.append_time, i64::MIN, "not in version 1: unknown");
     // In version 1 the field was reserved: a non-zero value there is damage.
     header.synced_before = 4096;
     let bad_v1 = frame(&mut header);
     assert!(matches!(parse_header(&bad_v1), Err(FrameDefect::BadHeader { .. })));
-    header.version = FORMAT_VERSION;
+    header.version = FORMAT_VERSION_2;
     let v2 = frame(&mut header);
-    assert_eq!(parse_frame(&v2).expect("version 2 reads").0.synced_before, 4096);
+    let parsed = parse_frame(&v2).expect("version 2 reads").0;
+    assert_eq!(parsed.synced_before, 4096);
+    assert_eq!(parsed.append_time, i64::MIN, "not in version 2: unknown");
+    // In versions 1 and 2 the append time's bytes were reserved: non-zero there is damage.
+    let mut bad_v2 = v2.clone();
+    bad_v2[50] = 1;
+    assert!(matches!(parse_header(&bad_v2), Err(FrameDefect::BadHeader { .. })));
+    header.version = FORMAT_VERSION;
+    let v3 = frame(&mut header);
+    let parsed = parse_frame(&v3).expect("version 3 reads").0;
+    assert_eq!((parsed.synced_before, parsed.append_time), (4096, 5_000));
 }

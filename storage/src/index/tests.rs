@@ -65,7 +65,7 @@ fn version_2_keeps_the_append_time_and_version_1_still_reads() {
     assert_eq!(u16::from_le_bytes([bytes[4], bytes[5]]), 2);
     let decoded = SegmentIndex::decode(Path::new("x.index"), &bytes).expect("decodes");
     assert_eq!(decoded.append_time_ms, 1_700_000_000_123);
-    assert_eq!(decoded.retention_time_ms(), 1_700_000_000_123);
+    assert_eq!(decoded.retention_time_ms(), Some(1_700_000_000_123));
 
     // A version 1 file: version 1, a zero where the append time now sits, its own checksum.
     let mut v1 = sample().encode();
@@ -75,6 +75,6 @@ fn version_2_keeps_the_append_time_and_version_1_still_reads() {
     v1[56..64].copy_from_slice(&checksum.to_le_bytes());
     let old = SegmentIndex::decode(Path::new("old.index"), &v1).expect("version 1 decodes");
     assert_eq!(old.append_time_ms, i64::MIN, "unknown");
-    assert_eq!(old.retention_time_ms(), old.max_timestamp, "falls back to the event time");
+    assert_eq!(old.retention_time_ms(), None, "unknown: never the records' event time");
     assert_eq!(old.entries, sample().entries);
 }

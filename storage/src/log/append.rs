@@ -166,6 +166,7 @@ impl PartitionLog {
             base_offset,
             producer,
             synced_before,
+            append_time_ms,
         );
         out.finish();
         st.scratch = scratch;
@@ -178,8 +179,8 @@ impl PartitionLog {
             header.max_timestamp,
             header.frame_len,
         );
-        let append_time = append_time_ms.unwrap_or(header.max_timestamp);
-        active.index.append_time_ms = active.index.append_time_ms.max(append_time);
+        // The frame carries the same time, so an index rebuilt by a scan gets it back.
+        active.index.append_time_ms = active.index.append_time_ms.max(header.append_time);
         let segment_base = active.index.base_offset;
         let next_offset = active.index.next_offset;
         st.pending.push_back(PendingFrame {

@@ -1,6 +1,11 @@
 //! Retention: deleting whole sealed segments past the configured size or age, never past a floor
 //! the caller pins (records a running view has not folded yet).
 //!
+//! Age is the segment's append time (`SegmentIndex::retention_time_ms`: the appender's clock,
+//! kept in every frame so an index rebuilt by a scan has it too), never producers' event times;
+//! a segment whose append time is unknown (frames older than format version 3) is kept by age
+//! retention and left to size retention.
+//!
 //! Segments go oldest first, one at a time: unlink the segment, unlink its index, fsync the
 //! directory. So a power cut in the middle leaves the log a suffix of itself (at worst one segment
 //! back, or a sealed segment without its index, which open rebuilds), never a gap.
@@ -34,8 +39,10 @@ impl PartitionLog {
                 let sealed =
                     st.segments.len() > 1 && oldest.index.base_offset < st.readable.segment_base;
                 let too_big = retention.size_bytes_max.is_some_and(|max| total > max);
+                // A segment of unknown append time (written before frames carried it) is
+                // never too old: kept, rather than judged by producers' event times.
                 let too_old = retention.age_ms_max.is_some_and(|max| {
-                    oldest.index.retention_time_ms() < now_ms.saturating_sub(max)
+                    oldest.index.retention_time_ms().is_some_and(|t| t < now_ms.saturating_sub(max))
                 });
                 let pinned = oldest.index.next_offset > keep_from_offset;
                 if !sealed || pinned || !(too_big || too_old) {

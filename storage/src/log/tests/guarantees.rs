@@ -397,6 +397,68 @@ fn age_retention_uses_the_append_time() {
     });
 }
 
+/// Age retention after the sealed indexes are lost or damaged and rebuilt by a scan: the append
+/// time comes back from the frames, never from the records' event times (all from 1970 here,
+/// which would make every segment look decades old and go at once). Catches a scan that does not
+/// take the frames' append time, and a retention that falls back to event times when the
+/// append time is unknown.
+#[test]
+fn age_retention_keeps_the_append_time_when_indexes_are_rebuilt_by_a_scan() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = small_config();
+    config.retention = Retention { size_bytes_max: None, age_ms_max: Some(1_000) };
+    let value = [5u8; 2000];
+    let append = |log: &PartitionLog, now_ms: i64| {
+        let records: Vec<Record<'_>> = (0..10).map(|i| Record::new(i, None, &value)).collect();
+        log.append_now(&records, ProducerInfo::default(), Durability::Written, now_ms)
+            .expect("append")
+    };
+    let sealed = run(async {
+        let log = PartitionLog::open(dir.path(), config.clone()).await.expect("open");
+        for now_ms in [50_000, 90_000] {
+            for _ in 0..8 {
+                let ticket = append(&log, now_ms);
+                log.wait(ticket).await.expect("wait");
+            }
+        }
+        log.close().await.expect("close");
+        log.segments().into_iter().filter(|s| s.sealed).collect::<Vec<_>>()
+    });
+    assert!(sealed.len() >= 3, "{sealed:?}");
+    // Every sealed index lost or damaged: one flipped byte in the first, the others deleted.
+    for (i, segment) in sealed.iter().enumerate() {
+        let index = crate::paths::index_path(dir.path(), segment.base_offset);
+        if i == 0 {
+            flip_byte(&index, 70);
+        } else {
+            std::fs::remove_file(&index).expect("delete index");
+        }
+    }
+    run(async {
+        let log = PartitionLog::open(dir.path(), config.clone()).await.expect("reopen");
+        assert_eq!(log.recovery().indexes_rebuilt, sealed.len());
+        let times: Vec<i64> =
+            log.segments().iter().filter(|s| s.sealed).map(|s| s.append_time_ms).collect();
+        let expected: Vec<i64> = sealed.iter().map(|s| s.append_time_ms).collect();
+        assert_eq!(times, expected, "the rebuilt indexes lost the append times");
+        // At 50_500 nothing is a second old by append time, though every event is from 1970.
+        let report = log.apply_retention(50_500, u64::MAX).await.expect("retention");
+        assert_eq!(report.segments_deleted, 0, "deleted by event time");
+        // At 60_000 the segments last appended to at 50_000 go, the later ones stay.
+        let report = log.apply_retention(60_000, u64::MAX).await.expect("retention");
+        assert!(report.segments_deleted > 0, "age retention stopped after the rebuild");
+        assert!(log.segments().iter().all(|s| s.append_time_ms == 90_000 || !s.sealed));
+        log.close().await.expect("close");
+    });
+    // The rebuilt index files were written with the append times: a second open reads them.
+    run(async {
+        let log = PartitionLog::open(dir.path(), config.clone()).await.expect("reopen");
+        assert_eq!(log.recovery().indexes_rebuilt, 0);
+        assert!(log.segments().iter().filter(|s| s.sealed).all(|s| s.append_time_ms == 90_000));
+        log.close().await.expect("close");
+    });
+}
+
 /// Group commit: many `synced` appenders at once share fdatasyncs (counted by the simulated disk
 /// on the segment file itself, not by the log's own counter).
 #[test]
