@@ -88,7 +88,8 @@ pub(crate) struct Scratch {
 
 /// Encodes one frame of `records` (planned as `plan`) into `out`, starting at its current
 /// position. Returns the frame's header (checksum included). `append_time`: the appender's
-/// clock, or `None` for the batch's newest record timestamp (a caller without a clock).
+/// clock, or `None` (a caller without a clock): unknown (`i64::MIN`), never the records'
+/// timestamps, which are producers' event times; age retention keeps such frames' segments.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_frame<R: Records + ?Sized, O: Out>(
     out: &mut O,
@@ -110,7 +111,7 @@ pub(crate) fn encode_frame<R: Records + ?Sized, O: Out>(
         first_timestamp: plan.first_timestamp,
         max_timestamp: plan.max_timestamp,
         synced_before,
-        append_time: append_time.unwrap_or(plan.max_timestamp),
+        append_time: append_time.unwrap_or(i64::MIN),
         checksum: 0,
     };
     let mut head = [0u8; FRAME_HEADER_SIZE];

@@ -32,8 +32,8 @@
 //! lies in bytes that were synced before that frame existed, which no power cut can tear.
 //!
 //! `append_time` (version 3; a reserved zero in versions 1 and 2): the appender's wall clock in ms
-//! when the frame was appended (a caller without a clock: the batch's newest record timestamp,
-//! see `PartitionLog::append`). Age retention measures it, so a segment's index rebuilt by a scan
+//! when the frame was appended (`i64::MIN`, unknown, from a caller without a clock, see
+//! `PartitionLog::append`). Age retention measures it, so a segment's index rebuilt by a scan
 //! knows its append time from the frames themselves, exactly, and never falls back to producers'
 //! event times. Version 1 and 2 frames read as `i64::MIN` (unknown).
 //!

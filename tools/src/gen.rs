@@ -61,7 +61,14 @@ async fn generate(args: GenArgs) -> anyhow::Result<()> {
                         Record::new(EPOCH_MS + (base + i as u64) as i64, Some(&keys[i][..]), value)
                     })
                     .collect();
-                log.append(&records, args.durability)
+                // The append time is the wall clock (what age retention measures), not the
+                // generated records' timestamps, which lie in the past.
+                log.reserve().await;
+                let now_ms = kappa_engine::Clock::now_ms(&kappa_engine::SystemClock);
+                let ticket = log
+                    .append_now(&records, Default::default(), args.durability, now_ms)
+                    .with_context(|| format!("appending to {}", dir.display()))?;
+                log.wait(ticket)
                     .await
                     .with_context(|| format!("appending to {}", dir.display()))?;
                 written += n as u64;

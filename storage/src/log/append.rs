@@ -61,7 +61,8 @@ impl PartitionLog {
     ///
     /// `append_time_ms` is the caller's wall clock now (storage reads none): the segment keeps
     /// the newest one and age retention measures it. (`append` and `append_with`, for callers
-    /// without a clock, use the batch's newest record timestamp instead.)
+    /// without a clock, leave it unknown: age retention then never deletes the segment, size
+    /// retention still does. Never the records' timestamps: those are producers' event times.)
     pub fn append_now(
         &self,
         records: &[Record<'_>],
