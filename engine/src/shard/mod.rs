@@ -33,6 +33,7 @@ use crate::view::runner::{self as view_runner, ViewPartition};
 use crate::Error;
 
 mod accumulate;
+pub(crate) mod iowq;
 pub(crate) mod link;
 pub(crate) mod replay;
 mod tail;
@@ -375,6 +376,14 @@ pub(crate) async fn run(
     peers: Vec<Peer>,
 ) {
     let executor = glommio::executor();
+    match iowq::keep_off_own_cpus() {
+        iowq::IoWorkers::Moved(cpus) => {
+            tracing::debug!(shard = id.0, ?cpus, "io_uring workers kept off the shard's CPU")
+        }
+        iowq::IoWorkers::Unchanged => {}
+        iowq::IoWorkers::Refused(errno) => tracing::warn!(shard = id.0, errno,
+            "could not move io_uring workers off the shard's CPU; live writes may wait behind replay"),
+    }
     let replay_control = Rc::new(ReplayControl::new(config.replay, config.live_latency_budget));
     let live = executor.create_task_queue(
         Shares::Static(1000),
