@@ -952,6 +952,7 @@ impl Engine {
                     .cloned(),
             ),
             failure_unrecorded: crate::sync::Mutex::new(None),
+            swap_unrecorded: crate::sync::Mutex::new(None),
             outcome: crate::sync::atomic::AtomicU8::new(outcome),
             dropped: AtomicBool::new(false),
         });

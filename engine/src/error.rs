@@ -63,6 +63,17 @@ pub enum Error {
         #[source]
         source: std::sync::Arc<Error>,
     },
+    #[error(
+        "version {version} of view {view} is served in this process, but recording the swap \
+         failed ({source}): after a restart the previous version would be served; retry with \
+         serve_view_version once the disk is healthy"
+    )]
+    SwapNotPersisted {
+        view: String,
+        version: u32,
+        #[source]
+        source: std::sync::Arc<Error>,
+    },
     #[error("the engine is shut down")]
     ShutDown,
     /// A shard's thread died (a panic outside user code): every call that needs it fails with

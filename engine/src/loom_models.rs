@@ -84,6 +84,7 @@ impl Fixture {
                 folded: Box::new([CachePadded::new(AtomicU64::new(0))]),
                 failure: Mutex::new(None),
                 failure_unrecorded: Mutex::new(None),
+                swap_unrecorded: Mutex::new(None),
                 outcome: AtomicU8::new(if caught_up { view::SERVED } else { view::BUILDING }),
                 dropped: AtomicBool::new(false),
             });

@@ -334,6 +334,21 @@ impl Rebuild {
             let all_caught_up =
                 self.version.caught_up.load(Ordering::Acquire) >= self.version.partitions;
             if served == number && (outcome == view::SERVED || !all_caught_up) {
+                // Served here, but its record did not reach the disk: a restart would serve
+                // the previous version, so the swap is not acknowledged.
+                if let Some(source) = self
+                    .version
+                    .swap_unrecorded
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone()
+                {
+                    return Some(Err(Error::SwapNotPersisted {
+                        view: self.name.to_string(),
+                        version: number,
+                        source,
+                    }));
+                }
                 return Some(Ok(()));
             }
             if self.engine.is_shut_down() {

@@ -166,6 +166,10 @@ pub(crate) struct Version {
     /// and waiters then get `Error::PoisonNotPersisted`, never `Poisoned`, which promises that a
     /// restart holds the version failed.
     pub(crate) failure_unrecorded: Mutex<Option<Arc<Error>>>,
+    /// Why recording this version's swap in `meta.json` failed, if it did: it is served in this
+    /// process, but a restart would serve the previous version, so `wait_swapped` reports
+    /// `Error::SwapNotPersisted` instead of acknowledging the swap.
+    pub(crate) swap_unrecorded: Mutex<Option<Arc<Error>>>,
     /// `BUILDING`, `SERVED` (every partition caught up and the served version moved here, or
     /// it was served from the start) or `SUPERSEDED` (a newer version was served first).
     pub(crate) outcome: AtomicU8,
@@ -223,7 +227,12 @@ impl Version {
                 #[cfg(loom)]
                 let written = write_meta(&entry);
                 if let Err(e) = written {
-                    tracing::error!(view = %self.view, error = %e, "recording the served view version failed");
+                    tracing::error!(view = %self.view, error = %e,
+                        "recording the served view version failed; the swap is not acknowledged");
+                    *self
+                        .swap_unrecorded
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(e));
                 }
                 self.outcome.store(SERVED, Ordering::SeqCst);
             } else if previous == self.number {

@@ -270,3 +270,39 @@ fn a_poison_failure_that_could_not_be_recorded_says_so() {
     drop(view);
     second.shutdown().expect("shutdown");
 }
+
+/// A swap is acknowledged only once its record in `meta.json` is durable: when that write fails
+/// (EIO under the view's directory), `wait_swapped` reports `SwapNotPersisted`, never Ok, and
+/// the stored record still serves the old version (found by the issue-8 review: the error was
+/// only logged and the swap acknowledged).
+#[test]
+fn a_swap_whose_record_could_not_be_written_is_not_acknowledged() {
+    let disk = SimDisk::new(12);
+    let first = engine(&disk);
+    first.create_topic("p", TopicConfig::new(1)).expect("topic");
+    produce(&first, 5_000);
+    let view = first.create_view("v", count("a")).expect("view");
+    view.wait_for(view.log_end().expect("end"), WAIT).expect("folded");
+    let rebuild = first.rebuild_view("v", count("b")).expect("rebuild");
+    disk.set_faults(FaultOptions {
+        write_eio_probability: 1.0,
+        fsync_eio_probability: 1.0,
+        dir_fsync_eio_probability: 1.0,
+        only_under: Some(Path::new(DATA).join("views").join("v")),
+        ..FaultOptions::default()
+    });
+    let result = rebuild.wait_swapped(WAIT);
+    let meta_faulted = disk.faults().iter().any(|f| f.path.to_string_lossy().contains("meta.json"));
+    disk.set_faults(FaultOptions::default());
+    let stored = kappa_engine::stored_view(&Disk::Sim(disk.clone()), Path::new(DATA), "v")
+        .expect("metadata reads")
+        .expect("stored");
+    assert!(meta_faulted, "the swap's record was written before the faults (inconclusive)");
+    assert_ne!(stored.served, rebuild.version(), "the failed record reached the disk after all");
+    match result {
+        Err(Error::SwapNotPersisted { version, .. }) => assert_eq!(version, rebuild.version()),
+        other => panic!("expected SwapNotPersisted, got {other:?}"),
+    }
+    drop((view, rebuild));
+    first.shutdown().expect("shutdown");
+}
