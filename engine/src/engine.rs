@@ -873,6 +873,11 @@ impl Engine {
         def: ViewDef,
     ) -> Result<Rebuild, Error> {
         def.validate()?;
+        // Under the metadata lock, as every other view lifecycle call: a resume racing
+        // `delete_view` would otherwise start a version the deletion already passed over (it
+        // would run orphaned, checkpointing into a moved directory), and two resumes of one
+        // version would both pass the "already running" check.
+        let _meta = self.inner.lock_meta();
         let entry = self.view_entry(name)?;
         if def.topic != entry.topic {
             return Err(Error::Config {
