@@ -42,6 +42,9 @@ pub(crate) struct TopicMeta {
     pub(crate) name: Arc<str>,
     pub(crate) config: TopicConfig,
     pub(crate) shards: Vec<usize>,
+    /// Which creation of the name this is (`meta::new_incarnation`; 0 for topics created before
+    /// incarnations existed).
+    pub(crate) incarnation: u64,
 }
 
 pub(crate) struct Inner {
@@ -268,8 +271,8 @@ impl Engine {
         engine.inner.report().deletions_finished = finished;
         // Leftovers of view deletions a crash interrupted (see `delete_view`).
         disk.remove_dir_all_blocking(&data_dir.join(TRASH_DIR))?;
-        for (name, topic) in meta::read_topics(&disk, &data_dir)? {
-            engine.open_topic(&name, topic)?;
+        for (name, (topic, incarnation)) in meta::read_topics(&disk, &data_dir)? {
+            engine.open_topic(&name, topic, incarnation)?;
         }
         Ok(engine)
     }
@@ -325,15 +328,16 @@ impl Engine {
             meta::finish_deletion(disk, data_dir, name)?;
         }
         // The marker first: until it goes, a crash undoes this create at the next start.
+        let incarnation = meta::new_incarnation();
         let created = meta::mark_deleting(disk, data_dir, name).and_then(|()| {
             let shards = self.open_partitions(&Arc::from(name), &config, 0)?;
-            meta::write_topic(disk, data_dir, name, &config)?;
+            meta::write_topic(disk, data_dir, name, &config, incarnation)?;
             meta::clear_marker(disk, data_dir, name)?;
             Ok(shards)
         });
         match created {
             Ok(shards) => {
-                self.register_topic(name, config, shards);
+                self.register_topic(name, config, shards, incarnation);
                 Ok(())
             }
             Err(e) => {
@@ -450,9 +454,9 @@ impl Engine {
         config.key_partitions = Some(meta.config.key_partition_count());
         config.partitions = partitions;
         let (disk, data_dir) = (self.inner.disk(), &self.inner.config.data_dir);
-        let opened = self
-            .open_partitions(&meta.name, &config, current)
-            .and_then(|shards| meta::write_topic(disk, data_dir, name, &config).map(|()| shards));
+        let opened = self.open_partitions(&meta.name, &config, current).and_then(|shards| {
+            meta::write_topic(disk, data_dir, name, &config, meta.incarnation).map(|()| shards)
+        });
         let shards = match opened {
             Ok(shards) => shards,
             Err(e) => {
@@ -462,7 +466,12 @@ impl Engine {
                 return Err(e);
             }
         };
-        let grown = Arc::new(TopicMeta { name: meta.name.clone(), config, shards });
+        let grown = Arc::new(TopicMeta {
+            name: meta.name.clone(),
+            config,
+            shards,
+            incarnation: meta.incarnation,
+        });
         self.inner
             .topics
             .write()
@@ -510,14 +519,20 @@ impl Engine {
     }
 
     /// Reopens a topic found in the data dir at start.
-    fn open_topic(&self, name: &str, config: TopicConfig) -> Result<(), Error> {
+    fn open_topic(&self, name: &str, config: TopicConfig, incarnation: u64) -> Result<(), Error> {
         let shards = self.open_partitions(&Arc::from(name), &config, 0)?;
-        self.register_topic(name, config, shards);
+        self.register_topic(name, config, shards, incarnation);
         Ok(())
     }
 
-    fn register_topic(&self, name: &str, config: TopicConfig, shards: Vec<usize>) {
-        let meta = Arc::new(TopicMeta { name: Arc::from(name), config, shards });
+    fn register_topic(
+        &self,
+        name: &str,
+        config: TopicConfig,
+        shards: Vec<usize>,
+        incarnation: u64,
+    ) {
+        let meta = Arc::new(TopicMeta { name: Arc::from(name), config, shards, incarnation });
         self.inner
             .topics
             .write()
@@ -936,6 +951,7 @@ impl Engine {
         } else {
             view::BUILDING
         };
+        let topic_incarnation = self.inner.topic(&def.topic)?.incarnation;
         let version = Arc::new(view::Version {
             view: Arc::from(name),
             number,
@@ -958,6 +974,7 @@ impl Engine {
             ),
             failure_unrecorded: crate::sync::Mutex::new(None),
             swap_unrecorded: crate::sync::Mutex::new(None),
+            topic_incarnation,
             outcome: crate::sync::atomic::AtomicU8::new(outcome),
             dropped: AtomicBool::new(false),
         });

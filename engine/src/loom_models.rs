@@ -85,13 +85,18 @@ impl Fixture {
                 failure: Mutex::new(None),
                 failure_unrecorded: Mutex::new(None),
                 swap_unrecorded: Mutex::new(None),
+                topic_incarnation: 1,
                 outcome: AtomicU8::new(if caught_up { view::SERVED } else { view::BUILDING }),
                 dropped: AtomicBool::new(false),
             });
             entry.versions.lock().expect("versions").insert(number, version);
         }
-        let topic =
-            TopicMeta { name: Arc::from("t"), config: TopicConfig::new(1), shards: vec![0] };
+        let topic = TopicMeta {
+            name: Arc::from("t"),
+            config: TopicConfig::new(1),
+            shards: vec![0],
+            incarnation: 1,
+        };
         let engine =
             Engine::for_loom(config, links, vec![topic], vec![("v".into(), entry.clone())]);
         Fixture { engine, entry }

@@ -31,8 +31,35 @@ use crate::Error;
 struct TopicFile {
     format: u32,
     name: String,
+    /// Which creation of the name this is (`new_incarnation`); 0 in files written before it
+    /// existed. View checkpoints record it, so a topic deleted and created again under the same
+    /// name never resumes a view from the old topic's state.
+    #[serde(default)]
+    incarnation: u64,
     #[serde(flatten)]
     config: TopicConfig,
+}
+
+/// A fresh topic incarnation: 64 random bits from the kernel, never 0 (which means "written
+/// before incarnations existed").
+pub(crate) fn new_incarnation() -> u64 {
+    let mut bytes = [0u8; 8];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer we own.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    let random = if n == bytes.len() as isize {
+        u64::from_le_bytes(bytes)
+    } else {
+        // No getrandom (very old kernels): still distinct per creation within this process and
+        // across processes.
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let count = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pid = u64::from(std::process::id());
+        let addr = &bytes as *const _ as u64;
+        xxhash_rust::xxh3::xxh3_64(
+            &[pid.to_le_bytes(), count.to_le_bytes(), addr.to_le_bytes()].concat(),
+        )
+    };
+    random.max(1)
 }
 
 const TOPIC_FORMAT: u32 = 1;
@@ -61,16 +88,26 @@ pub fn write_topic(
     data_dir: &Path,
     name: &str,
     config: &TopicConfig,
+    incarnation: u64,
 ) -> Result<(), Error> {
     let dir = topics_dir(data_dir);
     disk.create_dir_all_blocking(&dir)?;
-    let file = TopicFile { format: TOPIC_FORMAT, name: name.to_string(), config: config.clone() };
+    let file = TopicFile {
+        format: TOPIC_FORMAT,
+        name: name.to_string(),
+        incarnation,
+        config: config.clone(),
+    };
     let bytes = serde_json::to_vec_pretty(&file).expect("a topic definition serializes");
     disk.write_file_atomic_blocking(&dir.join(format!("{name}.json")), &bytes)?;
     Ok(())
 }
 
-pub fn read_topics(disk: &Disk, data_dir: &Path) -> Result<BTreeMap<String, TopicConfig>, Error> {
+/// Every topic of the data dir: its definition and its incarnation.
+pub fn read_topics(
+    disk: &Disk,
+    data_dir: &Path,
+) -> Result<BTreeMap<String, (TopicConfig, u64)>, Error> {
     let dir = topics_dir(data_dir);
     let mut topics = BTreeMap::new();
     let entries = match disk.list_dir_blocking(&dir) {
@@ -97,7 +134,7 @@ pub fn read_topics(disk: &Disk, data_dir: &Path) -> Result<BTreeMap<String, Topi
                 reason: "a topic needs at least one partition".into(),
             });
         }
-        topics.insert(file.name, file.config);
+        topics.insert(file.name, (file.config, file.incarnation));
     }
     Ok(topics)
 }

@@ -170,6 +170,8 @@ pub(crate) struct Version {
     /// process, but a restart would serve the previous version, so `wait_swapped` reports
     /// `Error::SwapNotPersisted` instead of acknowledging the swap.
     pub(crate) swap_unrecorded: Mutex<Option<Arc<Error>>>,
+    /// The incarnation of the topic this version reads (recorded in its checkpoints).
+    pub(crate) topic_incarnation: u64,
     /// `BUILDING`, `SERVED` (every partition caught up and the served version moved here, or
     /// it was served from the start) or `SUPERSEDED` (a newer version was served first).
     pub(crate) outcome: AtomicU8,
@@ -320,6 +322,7 @@ impl Version {
             partition,
             revision: self.def.revision.clone(),
             shape: self.def.shape_text(),
+            topic_incarnation: self.topic_incarnation,
         }
     }
 }

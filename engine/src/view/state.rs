@@ -426,7 +426,7 @@ const CHECKPOINT_MAGIC: u32 = u32::from_le_bytes(*b"KAPC");
 /// zeros by sign. Format 5: the definition's revision and shape (`CheckpointOf`). An older
 /// checkpoint is refused as unknown and the partition replays from an older checkpoint or the
 /// start.
-const CHECKPOINT_FORMAT: u16 = 5;
+const CHECKPOINT_FORMAT: u16 = 6;
 const CHECKPOINT_HEADER: usize = 32;
 
 /// Groups as a checkpoint stores them: key, then (window start, cell) in order.
@@ -445,6 +445,9 @@ pub struct CheckpointOf {
     /// Its key, window and aggregate as text (`ViewDef::shape_text`, as in the version's
     /// `shape` file).
     pub shape: String,
+    /// The incarnation of the topic it read (`TopicMeta::incarnation`): a topic deleted and
+    /// created again under the same name holds other records at the same offsets.
+    pub topic_incarnation: u64,
 }
 
 impl CheckpointOf {
@@ -461,6 +464,7 @@ impl CheckpointOf {
                     && self.view == ours.view
                     && self.partition == ours.partition
                     && self.shape == ours.shape
+                    && self.topic_incarnation == ours.topic_incarnation
             }
         }
     }
@@ -470,8 +474,13 @@ impl std::fmt::Display for CheckpointOf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "view {:?} version {} partition {} (revision {:?}, shape {:?})",
-            self.view, self.version, self.partition, self.revision, self.shape
+            "view {:?} version {} partition {} (revision {:?}, shape {:?}, topic incarnation {:x})",
+            self.view,
+            self.version,
+            self.partition,
+            self.revision,
+            self.shape,
+            self.topic_incarnation
         )
     }
 }
@@ -483,6 +492,7 @@ struct CheckpointData {
     partition: u32,
     revision: String,
     shape: String,
+    topic_incarnation: u64,
     next_offset: u64,
     max_event_time: i64,
     counters: Counters,
@@ -545,6 +555,7 @@ impl Snapshot {
                 partition: of.partition,
                 revision: of.revision,
                 shape: of.shape,
+                topic_incarnation: of.topic_incarnation,
                 next_offset: state.next_offset,
                 max_event_time: state.max_event_time,
                 counters: state.counters,
@@ -663,6 +674,7 @@ pub fn decode_checkpoint(
         partition: data.partition,
         revision: data.revision,
         shape: data.shape,
+        topic_incarnation: data.topic_incarnation,
     };
     Ok((of, state))
 }

@@ -347,6 +347,7 @@ fn a_checkpoint_resumes_only_what_it_belongs_to() {
         CheckpointOf { version: 2, ..of() },
         CheckpointOf { partition: 1, ..of() },
         CheckpointOf { revision: "r2".into(), ..of() },
+        CheckpointOf { topic_incarnation: 8, ..of() },
         CheckpointOf { shape: "key=record key\nwindow=None\naggregate=Sum\n".into(), ..of() },
     ] {
         assert!(!other.resumes(&ours, None), "{other}");
@@ -357,6 +358,8 @@ fn a_checkpoint_resumes_only_what_it_belongs_to() {
     assert!(!of().resumes(&seeded, Some(3)), "the seed is version 3");
     let reshaped = CheckpointOf { shape: "key=record key\n".into(), ..seeded.clone() };
     assert!(!of().resumes(&reshaped, Some(1)), "another shape");
+    let recreated = CheckpointOf { topic_incarnation: 8, ..seeded.clone() };
+    assert!(!of().resumes(&recreated, Some(1)), "another incarnation of the topic");
     let elsewhere = CheckpointOf { partition: 1, ..seeded };
     assert!(!of().resumes(&elsewhere, Some(1)), "another partition");
 }
@@ -369,5 +372,6 @@ fn of() -> CheckpointOf {
         partition: 0,
         revision: "r1".into(),
         shape: "key=record key\nwindow=None\naggregate=Count\n".into(),
+        topic_incarnation: 7,
     }
 }
