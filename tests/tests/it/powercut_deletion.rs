@@ -250,6 +250,19 @@ fn wait_caught_up(view: &ViewHandle, seed: u64) {
     panic!("seed {seed}: the view did not catch up");
 }
 
+/// Waits (20 s at most) until every partition of `version` has written a checkpoint: they are
+/// written in the background while the fold goes on. Panics with `what` otherwise.
+pub(crate) fn wait_checkpointed(view: &ViewHandle, version: u32, what: &str) {
+    for _ in 0..4_000 {
+        let progress = view.progress_of(version).expect("progress");
+        if progress.partitions.iter().all(|p| p.checkpointed.is_some()) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("{what}");
+}
+
 /// Catches a deleted directory fsync in `Engine::delete_view`: of the views directory after the
 /// view's directory was renamed into the trash (the rename reverts and the view, its metadata
 /// and checkpoints come back for the next view of that name to resume).
@@ -263,18 +276,11 @@ fn a_deleted_view_stays_deleted_through_a_power_cut() {
         let view = engine.create_view("v", view_def()).expect("view");
         wait_caught_up(&view, seed);
         // Checkpoints are written in the background while the fold goes on: wait for them.
-        let mut looks = 0;
-        while !view
-            .progress()
-            .expect("progress")
-            .partitions
-            .iter()
-            .all(|p| p.checkpointed.is_some())
-        {
-            looks += 1;
-            assert!(looks < 4_000, "seed {seed}: the view wrote no checkpoint to delete");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_checkpointed(
+            &view,
+            1,
+            &format!("seed {seed}: the view wrote no checkpoint to delete"),
+        );
         drop(view);
         engine.delete_view("v").expect("delete view");
         let image = disk.power_cut(seed);
@@ -315,18 +321,7 @@ fn a_dropped_view_version_stays_dropped_through_a_power_cut() {
         let view = engine.create_view("v", view_def()).expect("view");
         let rebuild = engine.rebuild_view("v", view_def().revision("count-2")).expect("rebuild");
         rebuild.wait_swapped(Duration::from_secs(60)).expect("swapped");
-        let mut looks = 0;
-        while !view
-            .progress_of(1)
-            .expect("progress")
-            .partitions
-            .iter()
-            .all(|p| p.checkpointed.is_some())
-        {
-            looks += 1;
-            assert!(looks < 4_000, "seed {seed}: version 1 wrote no checkpoint to drop");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_checkpointed(&view, 1, &format!("seed {seed}: version 1 wrote no checkpoint to drop"));
         assert!(!files_under(&disk, "/data/views/v/1/").is_empty(), "seed {seed}");
         engine.drop_view_version("v", 1).expect("drop");
         let image = disk.power_cut(seed);

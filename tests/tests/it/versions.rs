@@ -325,16 +325,11 @@ fn a_recreated_topic_never_resumes_the_old_topics_checkpoints() {
     first.create_topic("p", TopicConfig::new(1)).expect("topic");
     produce_keyed(&first, 100, "old");
     let view = first.create_view("v", count("a")).expect("view");
-    let mut checkpointed = false;
-    for _ in 0..6_000 {
-        let progress = view.progress().expect("progress");
-        if progress.caught_up() && progress.partitions.iter().all(|p| p.checkpointed.is_some()) {
-            checkpointed = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    assert!(checkpointed, "the view never checkpointed the old topic");
+    crate::powercut_deletion::wait_checkpointed(
+        &view,
+        1,
+        "the view never checkpointed the old topic",
+    );
     drop(view);
     first.shutdown().expect("shutdown");
     drop(first);
