@@ -977,6 +977,8 @@ impl Engine {
             topic_incarnation,
             outcome: crate::sync::atomic::AtomicU8::new(outcome),
             dropped: AtomicBool::new(false),
+            #[cfg(any(test, feature = "test-hooks"))]
+            probes: Default::default(),
         });
         entry
             .versions

@@ -11,6 +11,18 @@
 //! Views, replay and the network front ends build on this (see `ARCHITECTURE.md`); `kafka` is the
 //! Kafka wire protocol front end (`KafkaServer`).
 
+/// Runs `$body` with `$p` bound to the test hooks of the view version `$version`
+/// (`view::probe`); expands to nothing outside tests and the `test-hooks` feature.
+macro_rules! probe {
+    ($version:expr, $p:ident => $body:expr) => {
+        #[cfg(any(test, feature = "test-hooks"))]
+        {
+            let $p: &$crate::view::probe::Probes = &$version.probes;
+            $body;
+        }
+    };
+}
+
 mod asynch;
 mod clock;
 mod config;

@@ -15,6 +15,26 @@
 //! shard threads (`Engine::for_loom`): what needs a running shard (queries' per-partition
 //! answers, flume channels, which park the OS thread) is outside these models.
 //!
+//! **Consumer wake-ups: what is and is not modelled.** A consumer's wait (`Link::recv`, which
+//! every call's reply wait shares) is a flume `Selector` over its batch channel and the shard's
+//! `gone` channel, parking the OS thread inside flume. Under loom, `Link::wait_item` polls the
+//! same two channels instead (`try_recv`, `loom::thread::yield_now` between polls). Modelled:
+//! everything of ours around the wait, against every interleaving with the shard thread: the
+//! order `gone` and the batch channel are looked at, `after_gone` taking a batch sent before the
+//! death, `died` set before `gone` disconnects (so `ShardDied`, not `ShutDown`), and the
+//! `SubscriptionState` gauges. Not modelled: the real wait, i.e. that flume's blocked selector is
+//! woken by a send or by the `gone` sender's drop. A poll loop cannot miss a wake-up, so a lost
+//! wake-up in the blocking path would pass these models; that path is flume's (its own tests),
+//! and ours is exercised with real threads by `embedded::every_call_on_a_dead_shard_returns_shard_died`
+//! (a consumer blocked in `next_batch` woken by its shard's death) and by every consumer test
+//! (woken by a batch). Why not a wait of our own that loom can run (`crate::sync::Condvar`): the
+//! same channel is awaited from async code (`recv_async`) and fed by the shard's glommio tasks
+//! with `send_async`, whose backpressure must suspend a task, never block the shard thread; a
+//! replacement would be a bounded channel with both a condvar side and a waker side, a lock
+//! taken per batch by the shard and the consumer, and a select over two of them: flume's whole
+//! job, rewritten, on the delivery path of every batch and reply. Not worth its risk for what
+//! the model would gain.
+//!
 //! Run: `RUSTFLAGS="--cfg loom -C target-cpu=x86-64-v3" CARGO_TARGET_DIR=target/loom \
 //! cargo test -p kappa-engine --lib loom_models`.
 
@@ -88,6 +108,8 @@ impl Fixture {
                 topic_incarnation: 1,
                 outcome: AtomicU8::new(if caught_up { view::SERVED } else { view::BUILDING }),
                 dropped: AtomicBool::new(false),
+                #[cfg(any(test, feature = "test-hooks"))]
+                probes: Default::default(),
             });
             entry.versions.lock().expect("versions").insert(number, version);
         }

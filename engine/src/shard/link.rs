@@ -160,7 +160,9 @@ impl Link {
     /// Under loom: flume's selector parks the OS thread, which a loom model cannot run, so the
     /// same two channels are polled (flume itself is not modelled) with a yield to the model
     /// between polls. `gone` is looked at first: the order that tests `after_gone`, as flume may
-    /// pick `gone` when both are ready.
+    /// pick `gone` when both are ready. A poll cannot miss a wake-up, so the models do not see
+    /// whether the real wait's is lost; what is and is not modelled, and why the wait stays
+    /// flume's, is in `crate::loom_models`.
     #[cfg(loom)]
     fn wait_item<T>(
         &self,

@@ -608,7 +608,11 @@ async fn serve(shard: Rc<Shard>) {
                 let result = match shard.views.borrow().get(&(view.clone(), version, partition)) {
                     Some((vp, log)) => {
                         let progress = vp.progress(log, shard.replay_control.metrics());
-                        Ok((progress, digest.then(|| vp.state.borrow().digest())))
+                        let digest = digest.then(|| {
+                            probe!(vp.version, p => p.digest());
+                            vp.state.borrow().digest()
+                        });
+                        Ok((progress, digest))
                     }
                     None => Err(Error::UnknownView { view: view.to_string(), version }),
                 };
@@ -649,7 +653,18 @@ async fn serve(shard: Rc<Shard>) {
                         .map(|vp| std::mem::take(&mut vp.state.borrow_mut().groups))
                         .collect();
                     if groups.iter().any(|g| !g.is_empty()) {
-                        let _ = glommio::executor().spawn_blocking(move || drop(groups)).await;
+                        #[cfg(any(test, feature = "test-hooks"))]
+                        let (probes, shard_thread) = (
+                            dropped.iter().map(|vp| vp.version.probes.clone()).collect::<Vec<_>>(),
+                            std::thread::current().id(),
+                        );
+                        let _ = glommio::executor()
+                            .spawn_blocking(move || {
+                                drop(groups);
+                                #[cfg(any(test, feature = "test-hooks"))]
+                                probes.iter().for_each(|p| p.record_freed(shard_thread));
+                            })
+                            .await;
                     }
                 })
                 .detach();

@@ -158,6 +158,12 @@ impl ViewHandle {
         Ok(digests.into_iter().map(|d| d.unwrap_or_default()).collect())
     }
 
+    /// The test hooks of a version (`view::probe`): counts of what its code did.
+    #[cfg(any(test, feature = "test-hooks"))]
+    pub fn probes(&self, version: u32) -> Result<Arc<crate::view::probe::Probes>, Error> {
+        Ok(self.version_def(version)?.probes.clone())
+    }
+
     fn progress_parts(
         &self,
         version: u32,

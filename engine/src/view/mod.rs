@@ -14,6 +14,8 @@
 
 pub mod def;
 pub mod handle;
+#[cfg(any(test, feature = "test-hooks"))]
+pub mod probe;
 pub(crate) mod runner;
 pub(crate) mod split;
 pub mod state;
@@ -176,6 +178,9 @@ pub(crate) struct Version {
     /// it was served from the start) or `SUPERSEDED` (a newer version was served first).
     pub(crate) outcome: AtomicU8,
     pub(crate) dropped: AtomicBool,
+    /// Test hooks (`probe`).
+    #[cfg(any(test, feature = "test-hooks"))]
+    pub(crate) probes: Arc<probe::Probes>,
 }
 
 /// `DIR/views/NAME/VERSION/shape`: the version's key, window and aggregate as text, checked by

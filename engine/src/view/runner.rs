@@ -672,6 +672,7 @@ async fn fold(
                     if !more || poison.is_some() {
                         break Some((next_offset, poison));
                     }
+                    probe!(vp.version, p => p.fold_yield());
                     glommio::yield_if_needed().await;
                     if vp.stopped.get() {
                         break None;

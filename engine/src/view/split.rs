@@ -200,11 +200,13 @@ async fn fold_range(
                 }
                 // As the whole-partition fold: never hold the shard for a whole batch.
                 if (i + 1) % runner::FOLD_STEP == 0 {
+                    probe!(version, p => p.range_fold_yield());
                     glommio::yield_if_needed().await;
                 }
             }
             bytes += batch.batch.payload().len() as u64;
             control.folded(fold.state.counters.consumed - before);
+            probe!(version, p => p.range_folded(fold.state.counters.consumed - before));
             if let Some(poison) = poison {
                 return Err(RangeError::Poison(Box::new((fold, bytes, poison))));
             }
@@ -324,9 +326,16 @@ pub(crate) async fn replay_ranges(
                 break;
             }
         };
+        #[cfg(any(test, feature = "test-hooks"))]
+        let (groups, mut yields) = (pending.groups_left() as u64, 0u64);
         while !vp.state.borrow_mut().merge_step(&def, &mut pending, MERGE_STEP) {
+            #[cfg(any(test, feature = "test-hooks"))]
+            {
+                yields += 1;
+            }
             glommio::yield_if_needed().await;
         }
+        probe!(vp.version, p => p.merged(groups, yields));
         let (n, next) = {
             let mut st = vp.state.borrow_mut();
             let before = st.counters.consumed;

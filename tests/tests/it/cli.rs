@@ -208,3 +208,44 @@ fn repair_cuts_a_damaged_sealed_segment_and_everything_after_it() {
     assert_eq!(kappa(&gen), EXIT_OK);
     assert_eq!(kappa(&["verify", "--strict", dir]), EXIT_OK);
 }
+
+/// The wall clock in ms, for a test's time window.
+#[allow(clippy::disallowed_methods)] // The window the test ran in, not engine time.
+fn wall_ms() -> i64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.expect("after 1970").as_millis() as i64
+}
+
+/// `kappa gen` stamps every frame with the wall clock at its append (format 3's `append_time`,
+/// what age retention measures), not the generated records' event times (2023) nor the unknown
+/// time of old frames: every frame of every segment, read back from the files, has an append
+/// time inside the test's own wall-clock window.
+#[test]
+fn gen_stamps_frames_with_the_wall_clock() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let dir = temp.path().to_str().expect("utf-8");
+    let before = wall_ms();
+    let gen = ["gen", dir, "--topic", "t", "--records", "2000", "--segment-mib", "1"];
+    assert_eq!(kappa(&[&gen[..], &["--partitions", "2", "--batch", "100"]].concat()), EXIT_OK);
+    let after = wall_ms();
+    let mut frames = 0;
+    for p in kappa_storage::verify::scan_data_dir(temp.path()).expect("scan") {
+        for segment in &p.segments {
+            let bytes = std::fs::read(&segment.path).expect("segment");
+            let mut at = 0;
+            while let Ok(header) = kappa_storage::format::parse_header(&bytes[at..]) {
+                assert_eq!(header.version, kappa_storage::format::FORMAT_VERSION);
+                assert!(
+                    (before..=after).contains(&header.append_time),
+                    "{} at byte {at}: append time {} outside [{before}, {after}] (event time {})",
+                    segment.path.display(),
+                    header.append_time,
+                    header.first_timestamp
+                );
+                frames += 1;
+                at += header.frame_len as usize;
+            }
+        }
+    }
+    assert!(frames >= 20, "2000 records in batches of 100: {frames} frames");
+}

@@ -20,5 +20,6 @@ mod split_poison;
 mod tidy;
 mod versions;
 mod view_regressions;
+mod view_hooks;
 mod views;
 mod watchdog;

@@ -320,20 +320,29 @@ pub(crate) async fn offset_commit(
         let mut committed_slots = Vec::new();
         for (slot, (topic, index, offset, leader_epoch, metadata)) in wanted.into_iter().enumerate()
         {
+            // The offset is stamped with the incarnation of the topic seen here: if the topic
+            // is deleted (and created again) before the record is appended, the record names
+            // the old incarnation and is never fetched.
             let known = n
                 .topic(&topic)
-                .is_some_and(|m| u32::try_from(index).is_ok_and(|i| i < m.config.partitions));
-            errors[slot] = if !known {
-                code::UNKNOWN_TOPIC_OR_PARTITION
-            } else if metadata.len() > METADATA_MAX {
-                code::OFFSET_METADATA_TOO_LARGE
-            } else {
-                entries.push((
-                    (id.clone(), topic, index as u32),
-                    Committed { offset, leader_epoch, metadata, commit_ms },
-                ));
-                committed_slots.push(slot);
-                code::NONE
+                .filter(|m| u32::try_from(index).is_ok_and(|i| i < m.config.partitions));
+            errors[slot] = match known {
+                None => code::UNKNOWN_TOPIC_OR_PARTITION,
+                Some(_) if metadata.len() > METADATA_MAX => code::OFFSET_METADATA_TOO_LARGE,
+                Some(meta) => {
+                    entries.push((
+                        (id.clone(), topic, index as u32),
+                        Committed {
+                            offset,
+                            leader_epoch,
+                            metadata,
+                            commit_ms,
+                            incarnation: Some(meta.incarnation),
+                        },
+                    ));
+                    committed_slots.push(slot);
+                    code::NONE
+                }
             };
         }
         if let Err(error) = store::commit(&n, partition, entries).await {
@@ -377,6 +386,9 @@ pub(crate) async fn offset_fetch(
                     if *g != id {
                         break;
                     }
+                    if !c.is_for(&n, topic) {
+                        continue;
+                    }
                     match all.last_mut() {
                         Some((t, parts)) if t == topic => {
                             parts.push((*partition as i32, Some(c.clone())))
@@ -395,6 +407,7 @@ pub(crate) async fn offset_fetch(
                             let c = u32::try_from(p).ok().and_then(|pu| {
                                 offsets.get(&(id.clone(), topic.clone(), pu)).cloned()
                             });
+                            let c = c.filter(|c| c.is_for(&n, &topic));
                             (p, c)
                         })
                         .collect();

@@ -36,6 +36,19 @@ pub(crate) struct Committed {
     pub(crate) leader_epoch: i32,
     pub(crate) metadata: String,
     pub(crate) commit_ms: i64,
+    /// The incarnation of the topic it was committed for (`TopicMeta::incarnation`; `None` in
+    /// a record written before incarnations were stored, until the reload adopts the topic's
+    /// current one). A topic deleted and created again under the same name is another
+    /// incarnation: OffsetFetch never hands out an offset committed for an older one, as Kafka
+    /// removes a deleted topic's offsets.
+    pub(crate) incarnation: Option<u64>,
+}
+
+impl Committed {
+    /// Whether this offset belongs to the topic as it exists now.
+    pub(crate) fn is_for(&self, node: &Node, topic: &str) -> bool {
+        node.topic(topic).is_some_and(|meta| self.incarnation == Some(meta.incarnation))
+    }
 }
 
 /// The groups and committed offsets of one shard.

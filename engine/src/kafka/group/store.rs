@@ -4,10 +4,17 @@
 //!
 //! ```text
 //! key:   version u8 (=1) | group len u16 | group | topic len u16 | topic | partition u32
-//! value: version u8 (=1) | offset i64 | leader epoch i32 | commit time ms i64
-//!        | metadata len u32 | metadata (UTF-8)
+//! value: version u8 (=2) | offset i64 | leader epoch i32 | commit time ms i64
+//!        | topic incarnation u64 | metadata len u32 | metadata (UTF-8)
 //! ```
-//! Big-endian integers. The topic is an ordinary partitioned topic of the engine, so it is
+//! Big-endian integers. Version 1 values (no incarnation) are still read: the reload gives them
+//! the incarnation of the topic that exists then (there is no other to tell).
+//!
+//! A deleted topic's offsets: each one names the incarnation of the topic it was committed for,
+//! and a topic deleted and created again under the same name is a new incarnation, so its old
+//! offsets are never fetched again, whichever front end deleted it and whenever the process
+//! stopped (`Committed::is_for`). The reload keeps in memory only offsets of topics that exist
+//! in the incarnation they name. The topic is an ordinary partitioned topic of the engine, so it is
 //! checksummed, recovered and verified like any other; it is never compacted (each commit adds
 //! a record; the reload keeps the last one per key).
 
@@ -20,7 +27,10 @@ use crate::kafka::codec::code;
 use crate::kafka::node::Node;
 use crate::kafka::OFFSETS_TOPIC;
 
+/// The key's layout version.
 const VERSION: u8 = 1;
+/// The value's layout version written now (1 is still read).
+const VALUE_VERSION: u8 = 2;
 
 /// (group, topic, partition): what a committed offset is for.
 pub(crate) type Key = (String, String, u32);
@@ -40,11 +50,14 @@ pub(crate) fn encode_key(key: &Key) -> Vec<u8> {
 }
 
 pub(crate) fn encode_value(c: &Committed) -> Vec<u8> {
-    let mut out = Vec::with_capacity(25 + c.metadata.len());
-    out.push(VERSION);
+    let mut out = Vec::with_capacity(33 + c.metadata.len());
+    out.push(VALUE_VERSION);
     out.extend_from_slice(&c.offset.to_be_bytes());
     out.extend_from_slice(&c.leader_epoch.to_be_bytes());
     out.extend_from_slice(&c.commit_ms.to_be_bytes());
+    // Only offsets of an existing topic are committed, so there is always one; 0 would match
+    // only a topic from before incarnations.
+    out.extend_from_slice(&c.incarnation.unwrap_or(0).to_be_bytes());
     out.extend_from_slice(&(c.metadata.len() as u32).to_be_bytes());
     out.extend_from_slice(c.metadata.as_bytes());
     out
@@ -81,17 +94,22 @@ pub(crate) fn decode(key: &[u8], value: &[u8]) -> Option<(Key, Committed)> {
     let topic = k.string(topic_len)?;
     let partition = u32::from_be_bytes(k.array()?);
     let mut v = Cursor { bytes: value, pos: 0 };
-    if v.array::<1>()?[0] != VERSION {
+    let value_version = v.array::<1>()?[0];
+    if value_version != 1 && value_version != VALUE_VERSION {
         return None;
     }
     let offset = i64::from_be_bytes(v.array()?);
     let leader_epoch = i32::from_be_bytes(v.array()?);
     let commit_ms = i64::from_be_bytes(v.array()?);
+    let incarnation = match value_version {
+        1 => None,
+        _ => Some(u64::from_be_bytes(v.array()?)),
+    };
     let metadata_len = u32::from_be_bytes(v.array()?) as usize;
     let metadata = v.string(metadata_len)?;
     (k.pos == key.len() && v.pos == value.len()).then_some((
         (group, topic, partition),
-        Committed { offset, leader_epoch, metadata, commit_ms },
+        Committed { offset, leader_epoch, metadata, commit_ms, incarnation },
     ))
 }
 
@@ -102,6 +120,7 @@ pub(crate) async fn load_offsets(node: &Rc<Node>) -> Result<(), String> {
     };
     let mut loaded = 0u64;
     let mut skipped = 0u64;
+    let mut stale = 0u64;
     for partition in 0..meta.config.partitions {
         if Node::owner(&meta, partition) != Some(node.index) {
             continue;
@@ -115,9 +134,20 @@ pub(crate) async fn load_offsets(node: &Rc<Node>) -> Result<(), String> {
                 let mut offsets = node.groups.offsets.borrow_mut();
                 for record in read.records() {
                     match record.key().and_then(|k| decode(k, record.value())) {
-                        Some((key, committed)) => {
-                            offsets.insert(key, committed);
-                            loaded += 1;
+                        Some((key, mut committed)) => {
+                            // The latest record of a key wins, also a stale one: it removes
+                            // what an older record of the key left.
+                            let current = node.topic(&key.1).map(|meta| meta.incarnation);
+                            if committed.incarnation.is_none() {
+                                committed.incarnation = current;
+                            }
+                            if current.is_some() && committed.incarnation == current {
+                                offsets.insert(key, committed);
+                                loaded += 1;
+                            } else {
+                                offsets.remove(&key);
+                                stale += 1;
+                            }
                         }
                         None => skipped += 1,
                     }
@@ -133,7 +163,7 @@ pub(crate) async fn load_offsets(node: &Rc<Node>) -> Result<(), String> {
             "records of {OFFSETS_TOPIC} not in the committed-offset format were skipped"
         );
     }
-    tracing::debug!(shard = node.index, loaded, "committed offsets reloaded");
+    tracing::debug!(shard = node.index, loaded, stale, "committed offsets reloaded");
     Ok(())
 }
 
@@ -186,10 +216,21 @@ mod tests {
     #[test]
     fn records_round_trip_and_garbage_is_refused() {
         let key = ("group-é".to_string(), "topic".to_string(), 7);
-        let committed =
-            Committed { offset: 42, leader_epoch: -1, metadata: "meta".into(), commit_ms: 5 };
+        let committed = Committed {
+            offset: 42,
+            leader_epoch: -1,
+            metadata: "meta".into(),
+            commit_ms: 5,
+            incarnation: Some(0x0102_0304_0506_0708),
+        };
         let (k, v) = (encode_key(&key), encode_value(&committed));
-        assert_eq!(decode(&k, &v), Some((key, committed)));
+        assert_eq!(decode(&k, &v), Some((key.clone(), committed.clone())));
+        // A version 1 value (no incarnation) is still read, with none.
+        let mut v1 = vec![1u8];
+        v1.extend_from_slice(&v[1..25]);
+        v1.extend_from_slice(&v[33..]);
+        let old = Committed { incarnation: None, ..committed.clone() };
+        assert_eq!(decode(&k, &v1), Some((key, old)));
         for cut in 0..k.len() {
             assert_eq!(decode(&k[..cut], &v), None);
         }

@@ -83,6 +83,13 @@ pub struct PendingMerge {
     rest: PartitionState,
 }
 
+impl PendingMerge {
+    /// The range's keys not merged yet.
+    pub fn groups_left(&self) -> usize {
+        self.groups.len()
+    }
+}
+
 impl PartitionState {
     /// Merges the partial state of the range that starts where this state ends. The result
     /// equals folding the range's records into this state one by one (module doc).

@@ -14,6 +14,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod clients;
+mod groups;
 mod hostile;
 mod interop;
 mod protocol;
