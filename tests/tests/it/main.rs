@@ -19,7 +19,7 @@ mod serve;
 mod split_poison;
 mod tidy;
 mod versions;
-mod view_regressions;
 mod view_hooks;
+mod view_regressions;
 mod views;
 mod watchdog;

@@ -40,6 +40,7 @@ fn produce(engine: &Engine, records: u64) {
     }
 }
 
+#[allow(clippy::disallowed_methods)] // A test deadline, not engine time.
 fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let start = Instant::now();
     while !check() {
