@@ -227,8 +227,8 @@ mod tests {
         assert_eq!(decode(&k, &v), Some((key.clone(), committed.clone())));
         // A version 1 value (no incarnation) is still read, with none.
         let mut v1 = vec![1u8];
-        v1.extend_from_slice(&v[1..25]);
-        v1.extend_from_slice(&v[33..]);
+        v1.extend_from_slice(&v[1..21]);
+        v1.extend_from_slice(&v[29..]);
         let old = Committed { incarnation: None, ..committed.clone() };
         assert_eq!(decode(&k, &v1), Some((key, old)));
         for cut in 0..k.len() {
