@@ -483,9 +483,7 @@ pub fn mixed(args: MixedArgs) -> anyhow::Result<Outcome> {
         Clients::Anywhere => Vec::new(),
     };
     let replay = ReplayConfig {
-        duty_max_percent: args
-            .duty_max_percent
-            .unwrap_or(ReplayConfig::default().duty_max_percent),
+        duty_max_percent: args.duty_max_percent.unwrap_or(ReplayConfig::default().duty_max_percent),
         ..ReplayConfig::default()
     };
     let mut builder = Engine::builder()
@@ -517,16 +515,14 @@ pub fn mixed(args: MixedArgs) -> anyhow::Result<Outcome> {
         let stop = AtomicBool::new(false);
         let looked = AtomicBool::new(false);
         let h = std::thread::scope(|s| -> anyhow::Result<hdrhistogram::Histogram<u64>> {
-            let live = s.spawn(|| {
-                live_load(&engine, args.live_rate, &stop, shards as u32, &client_cpus)
-            });
+            let live =
+                s.spawn(|| live_load(&engine, args.live_rate, &stop, shards as u32, &client_cpus));
             let sampler = s.spawn(|| sample_stages(&engine, &looked));
             std::thread::sleep(Duration::from_secs_f64(phase_s));
             looked.store(true, Ordering::Relaxed);
             stop.store(true, Ordering::Relaxed);
-            samples_without.extend(
-                sampler.join().map_err(|_| anyhow::anyhow!("sampler panicked"))??,
-            );
+            samples_without
+                .extend(sampler.join().map_err(|_| anyhow::anyhow!("sampler panicked"))??);
             live.join().map_err(|_| anyhow::anyhow!("live thread panicked"))?
         })?;
         without.push(phase(&h));
@@ -534,16 +530,13 @@ pub fn mixed(args: MixedArgs) -> anyhow::Result<Outcome> {
         let stop = AtomicBool::new(false);
         let looked = AtomicBool::new(false);
         let (h, rate) = std::thread::scope(|s| -> anyhow::Result<_> {
-            let live = s.spawn(|| {
-                live_load(&engine, args.live_rate, &stop, shards as u32, &client_cpus)
-            });
+            let live =
+                s.spawn(|| live_load(&engine, args.live_rate, &stop, shards as u32, &client_cpus));
             let sampler = s.spawn(|| sample_stages(&engine, &looked));
             let rate = rebuild_once(&engine, &format!("with{round}"), records);
             looked.store(true, Ordering::Relaxed);
             stop.store(true, Ordering::Relaxed);
-            samples_with.extend(
-                sampler.join().map_err(|_| anyhow::anyhow!("sampler panicked"))??,
-            );
+            samples_with.extend(sampler.join().map_err(|_| anyhow::anyhow!("sampler panicked"))??);
             let h = live.join().map_err(|_| anyhow::anyhow!("live thread panicked"))??;
             Ok((h, rate?))
         })?;

@@ -36,7 +36,9 @@ pub(crate) struct LatencyCounts {
 
 impl Default for LatencyCounts {
     fn default() -> Self {
-        LatencyCounts { counts: (0..BUCKETS).map(|_| CachePadded::new(AtomicU64::new(0))).collect() }
+        LatencyCounts {
+            counts: (0..BUCKETS).map(|_| CachePadded::new(AtomicU64::new(0))).collect(),
+        }
     }
 }
 

@@ -383,11 +383,15 @@ fn pace_sleeps_on_a_timer_and_counts_overlapping_pauses_once() {
             let control = Rc::new(control5());
             control.pace().await;
             assert_eq!(control.paused_ns.get(), 0, "no duty: no pause");
-            // A full duty rests the whole rest of the period.
+            // A full duty rests the whole rest of the period, on a timer: the task is away for
+            // at least the pause it counted (a timer never fires early).
             control.duty.set(100);
+            #[allow(clippy::disallowed_methods)] // How long the task slept, nothing decided.
+            let before = std::time::Instant::now();
             control.pace().await;
             let paused = control.paused_ns.get();
             assert!(paused > 0 && paused <= DUTY_PERIOD.as_nanos() as u64, "{paused}");
+            assert!(before.elapsed() >= Duration::from_nanos(paused), "slept {paused} ns");
             // Tasks pausing together: the time is counted once.
             let control = control5();
             let t0 = control.epoch;
