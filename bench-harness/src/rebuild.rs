@@ -9,17 +9,24 @@
 //! paired with it, round by round.
 //!
 //! `mixed`: a producer at a fixed rate (`--live-rate` records/s, `written` durability, batches
-//! of 100) over one partition per shard, measuring each batch's append-to-ack latency; a phase
-//! without rebuild, then a rebuild of the realistic view over the history, repeated; and the
-//! same rebuild with no live load. Live p50/p99/p99.9 with and without the rebuild, against
-//! the budget; rebuild rate with and without live load.
+//! of 100) over one partition per shard, measuring each batch's append-to-ack latency, with a
+//! tail consumer per partition; a phase without rebuild, then a rebuild of the realistic view
+//! over the history, repeated; and the same rebuild with no live load. Live p50/p99/p99.9 with
+//! and without the rebuild, against the budget; rebuild rate with and without live load. The
+//! shards take the first CPUs, the client threads (producer, ack collector, consumers) and the
+//! shards' blocking pools the others (`--clients apart`, the default). During each phase the
+//! shards' one-second windows are sampled: the stages of the live latency (the request's wait
+//! in the shard's channel, the shard's append to ack, what the producer's caller saw, tail
+//! delivery) and the controller's level and duty cycle, so the JSON says where time goes.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use kappa_engine::operator::{Aggregate, Window};
-use kappa_engine::{Durability, Engine, ProducerBatch, TopicConfig, ViewDef};
+use kappa_engine::{
+    BlockingPool, Durability, Engine, ProducerBatch, ReplayConfig, Seek, TopicConfig, ViewDef,
+};
 use kappa_storage::{LogConfig, MIB};
 use serde::Serialize;
 
@@ -58,6 +65,21 @@ pub struct MixedArgs {
     /// Shards; default: one per CPU online less one left to the client threads (at least 1).
     #[arg(long)]
     shards: Option<usize>,
+    /// Where the client threads run: `apart` (on CPUs no shard has, when there are any) or
+    /// `anywhere` (where the scheduler puts them).
+    #[arg(long, value_enum, default_value_t = Clients::Apart)]
+    clients: Clients,
+    /// The most of each 10 ms replay may be made to rest at the controller's floor
+    /// (`ReplayConfig::duty_max_percent`); 0 turns the duty cycle off.
+    #[arg(long)]
+    duty_max_percent: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Clients {
+    Apart,
+    Anywhere,
 }
 
 const KEYS: u64 = 10_000;
@@ -279,7 +301,9 @@ fn live_load(
     rate: u64,
     stop: &AtomicBool,
     partitions: u32,
+    client_cpus: &[usize],
 ) -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+    pin_to(client_cpus, 0);
     const IN_FLIGHT: usize = 64;
     let producer = engine.producer().with_durability(Durability::Written);
     let per_batch = 100u64;
@@ -288,6 +312,7 @@ fn live_load(
         std::sync::mpsc::sync_channel::<(Instant, Vec<kappa_engine::PendingAck>)>(IN_FLIGHT);
     std::thread::scope(|s| {
         let collector = s.spawn(move || -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+            pin_to(client_cpus, 1);
             let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
             for (due, acks) in acked {
                 for ack in acks {
@@ -297,6 +322,19 @@ fn live_load(
             }
             Ok(h)
         });
+        // A tail consumer per partition: the shards measure tail delivery for them.
+        let consumers = (0..partitions)
+            .map(|partition| {
+                let mut consumer = engine.consumer("live", partition, Seek::End)?;
+                Ok(s.spawn(move || -> anyhow::Result<()> {
+                    pin_to(client_cpus, 2 + partition as usize);
+                    while !stop.load(Ordering::Relaxed) {
+                        consumer.next_batch_timeout(Duration::from_millis(100))?;
+                    }
+                    Ok(())
+                }))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let started = Instant::now();
         let mut value = Vec::new();
         let mut i = 0u64;
@@ -321,9 +359,100 @@ fn live_load(
         })();
         drop(sent);
         let h = collector.join().map_err(|_| anyhow::anyhow!("collector panicked"))??;
+        for c in consumers {
+            c.join().map_err(|_| anyhow::anyhow!("consumer panicked"))??;
+        }
         sending?;
         Ok(h)
     })
+}
+
+/// Pins the calling thread to one of `cpus` (the `index`-th, wrapping); no-op when there are none.
+fn pin_to(cpus: &[usize], index: usize) {
+    if !cpus.is_empty() {
+        core_affinity::set_for_current(core_affinity::CoreId { id: cpus[index % cpus.len()] });
+    }
+}
+
+/// One look at a shard's live-latency controller (its one-second windows, p99s in us): the
+/// stages of the live latency and what the controller made of them.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+struct StageSample {
+    /// An append request's wait in the shard's channel before its request loop took it.
+    queue: f64,
+    /// The shard taking an append to its acknowledgement (write and completion included).
+    append: f64,
+    /// A producer's send to its caller holding the acknowledgement: the above, plus the ack's
+    /// way back and the client thread's wake-up.
+    client: f64,
+    /// The shard taking an append to a tail consumer being handed its records.
+    tail: f64,
+    level: f64,
+    duty_percent: f64,
+    paused_fraction: f64,
+}
+
+impl StageSample {
+    fn fields(&self) -> [f64; 7] {
+        [
+            self.queue,
+            self.append,
+            self.client,
+            self.tail,
+            self.level,
+            self.duty_percent,
+            self.paused_fraction,
+        ]
+    }
+    fn from_fields(f: [f64; 7]) -> StageSample {
+        let [queue, append, client, tail, level, duty_percent, paused_fraction] = f;
+        StageSample { queue, append, client, tail, level, duty_percent, paused_fraction }
+    }
+}
+
+/// Every shard's controller, every 250 ms, until `stop`.
+fn sample_stages(engine: &Engine, stop: &AtomicBool) -> anyhow::Result<Vec<StageSample>> {
+    let mut out = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(250));
+        for m in engine.metrics()? {
+            let r = m.replay;
+            out.push(StageSample {
+                queue: r.queue_p99_us as f64,
+                append: r.append_p99_us as f64,
+                client: r.client_p99_us as f64,
+                tail: r.tail_p99_us as f64,
+                level: r.level,
+                duty_percent: r.duty_percent as f64,
+                paused_fraction: r.paused_fraction,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The median and the max of each field over a phase's samples.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+struct Stages {
+    samples: usize,
+    median: StageSample,
+    max: StageSample,
+}
+
+fn stages(samples: &[StageSample]) -> Stages {
+    let mut median = [0.0; 7];
+    let mut max = [0.0; 7];
+    for i in 0..7 {
+        let mut v: Vec<f64> = samples.iter().map(|s| s.fields()[i]).collect();
+        v.sort_by(f64::total_cmp);
+        median[i] = v.get(v.len() / 2).copied().unwrap_or(0.0);
+        max[i] = v.last().copied().unwrap_or(0.0);
+    }
+    Stages {
+        samples: samples.len(),
+        median: StageSample::from_fields(median),
+        max: StageSample::from_fields(max),
+    }
 }
 
 fn phase(h: &hdrhistogram::Histogram<u64>) -> LivePhase {
@@ -338,18 +467,38 @@ fn phase(h: &hdrhistogram::Histogram<u64>) -> LivePhase {
 pub fn mixed(args: MixedArgs) -> anyhow::Result<Outcome> {
     let quick = args.common.quick;
     let (size_mib, pairs) = if quick { (16, 1) } else { (args.size_mib, args.pairs.max(1)) };
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut online: Vec<usize> =
+        core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
+    online.sort_unstable();
+    let cpus = online.len().max(1);
     let shards = args.shards.unwrap_or(cpus.saturating_sub(1).max(1));
     let temp = args.common.scratch("mixed")?;
     let machine = Machine::probe(temp.path());
     let records = size_mib * MIB / 96;
-    // Shards on the first CPUs; the last CPU (when there are two or more) left to the clients.
-    let engine = Engine::builder()
+    // Shards on the first CPUs online; the others (when there are any) to the client threads
+    // and the shards' blocking pools, so nothing else waits for a CPU behind a busy shard.
+    let shard_cpus: Vec<usize> = online.iter().copied().take(shards).collect();
+    let client_cpus: Vec<usize> = match args.clients {
+        Clients::Apart => online.iter().copied().filter(|c| !shard_cpus.contains(c)).collect(),
+        Clients::Anywhere => Vec::new(),
+    };
+    let replay = ReplayConfig {
+        duty_max_percent: args.duty_max_percent.unwrap_or(ReplayConfig::default().duty_max_percent),
+        ..ReplayConfig::default()
+    };
+    let mut builder = Engine::builder()
         .data_dir(temp.path())
         .shards(shards)
-        .cpus((0..shards.min(cpus)).collect())
         .log_config(log_config())
-        .build()?;
+        .replay(replay)
+        .blocking_pool(match args.clients {
+            Clients::Apart => BlockingPool::OtherCpus,
+            Clients::Anywhere => BlockingPool::Unbound,
+        });
+    if !shard_cpus.is_empty() {
+        builder = builder.cpus(shard_cpus.clone());
+    }
+    let engine = builder.build()?;
     let budget = engine.config().live_latency_budget;
     engine.create_topic("history", TopicConfig::new(1))?;
     engine.create_topic("live", TopicConfig::new(shards as u32))?;
@@ -359,22 +508,35 @@ pub fn mixed(args: MixedArgs) -> anyhow::Result<Outcome> {
     let mut with = Vec::new();
     let mut rate_with = Vec::new();
     let mut rate_alone = Vec::new();
+    let mut samples_without = Vec::new();
+    let mut samples_with = Vec::new();
     for round in 0..pairs {
         // Live alone.
         let stop = AtomicBool::new(false);
-        let h = std::thread::scope(|s| {
-            let live = s.spawn(|| live_load(&engine, args.live_rate, &stop, shards as u32));
+        let looked = AtomicBool::new(false);
+        let h = std::thread::scope(|s| -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+            let live =
+                s.spawn(|| live_load(&engine, args.live_rate, &stop, shards as u32, &client_cpus));
+            let sampler = s.spawn(|| sample_stages(&engine, &looked));
             std::thread::sleep(Duration::from_secs_f64(phase_s));
+            looked.store(true, Ordering::Relaxed);
             stop.store(true, Ordering::Relaxed);
+            samples_without
+                .extend(sampler.join().map_err(|_| anyhow::anyhow!("sampler panicked"))??);
             live.join().map_err(|_| anyhow::anyhow!("live thread panicked"))?
         })?;
         without.push(phase(&h));
         // Live with a rebuild.
         let stop = AtomicBool::new(false);
+        let looked = AtomicBool::new(false);
         let (h, rate) = std::thread::scope(|s| -> anyhow::Result<_> {
-            let live = s.spawn(|| live_load(&engine, args.live_rate, &stop, shards as u32));
+            let live =
+                s.spawn(|| live_load(&engine, args.live_rate, &stop, shards as u32, &client_cpus));
+            let sampler = s.spawn(|| sample_stages(&engine, &looked));
             let rate = rebuild_once(&engine, &format!("with{round}"), records);
+            looked.store(true, Ordering::Relaxed);
             stop.store(true, Ordering::Relaxed);
+            samples_with.extend(sampler.join().map_err(|_| anyhow::anyhow!("sampler panicked"))??);
             let h = live.join().map_err(|_| anyhow::anyhow!("live thread panicked"))??;
             Ok((h, rate?))
         })?;
@@ -408,6 +570,12 @@ pub fn mixed(args: MixedArgs) -> anyhow::Result<Outcome> {
         "shards": shards,
         "records": records,
         "live_rate": args.live_rate,
+        "clients": args.clients,
+        "shard_cpus": shard_cpus,
+        "client_cpus": client_cpus,
+        "duty_max_percent": replay.duty_max_percent,
+        "stages_us_without": stages(&samples_without),
+        "stages_us_with": stages(&samples_with),
         "live_p50_us_without": spread(&without, |p| p.p50_us).median,
         "live_p99_us_without": p99_without.median,
         "live_p999_us_without": spread(&without, |p| p.p999_us).median,
@@ -424,10 +592,19 @@ pub fn mixed(args: MixedArgs) -> anyhow::Result<Outcome> {
         "replay_controller": metrics.iter().map(|m| serde_json::json!({
             "shard": m.shard, "level": m.replay.level, "budget_burn": m.replay.budget_burn(),
             "tasks_done": m.replay.tasks_done, "records": m.replay.records,
+            "duty_percent": m.replay.duty_percent, "paused_ms": m.replay.paused_ms,
         })).collect::<Vec<_>>(),
         "notes": "Live: one producer thread, batches of 100 records at `written` durability, \
                   latency from each batch's intended send time to its ack (no coordinated \
-                  omission). The realistic view: JSON field per JSON key (10,000), 1-minute windows, \
+                  omission); a tail consumer per partition. `stages_us_*`: each shard's \
+                  one-second windows sampled every 250 ms during the phases (median and max over \
+                  the samples): `queue` the request's wait in the shard's channel, `append` the \
+                  shard taking the append to its ack, `client` the producer's send to its caller \
+                  holding the ack (what the controller judges, with `append` and `tail`), `tail` \
+                  the shard taking an append to a tail consumer being handed it; `level`, \
+                  `duty_percent` and `paused_fraction` are the controller's. Clients `apart`: the \
+                  client threads and blocking pools run on `client_cpus`, the shards on \
+                  `shard_cpus`. The realistic view: JSON field per JSON key (10,000), 1-minute windows, \
                   default checkpoints. Medians over rounds; other processes share the CPUs.",
     });
     let mut outcome = Outcome::new("mixed", json);

@@ -87,6 +87,11 @@ pub struct ReplayConfig {
     /// Replay on a shard that has replay work is never slowed below this rate (records per
     /// second): the controller stops decreasing, so replay does not starve.
     pub min_records_per_s: u64,
+    /// The most of each duty period replay may be made to sleep, percent (at most
+    /// `shard::replay::DUTY_MAX_PERCENT`, 95): once the controller is at its floor and live
+    /// latency is still over budget, replay tasks rest part of every 10 ms so the shard's CPU
+    /// goes to the io_uring workers and client threads. 0 turns the duty cycle off.
+    pub duty_max_percent: u32,
 }
 
 impl Default for ReplayConfig {
@@ -99,6 +104,7 @@ impl Default for ReplayConfig {
             read_ahead_max: 8,
             shares_max: 1000,
             min_records_per_s: 20_000,
+            duty_max_percent: 90,
         }
     }
 }

@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kappa_storage::{Durability, Header, Records};
 
@@ -285,16 +285,37 @@ pub struct PendingAck {
     receiver: flume::Receiver<Result<BatchAck, Error>>,
     /// The shard, so a wait ends (`ShardDied`) if it dies.
     link: Link,
+    /// When the send was asked for: the wait's latency goes to the shard's controller.
+    sent: Instant,
 }
 
 impl PendingAck {
     /// Blocks until the durability is reached.
     pub fn wait(self) -> Result<BatchAck, Error> {
-        self.link.recv(&self.receiver)
+        let ack = self.link.recv(&self.receiver);
+        self.seen(&ack);
+        ack
     }
     pub async fn wait_async(self) -> Result<BatchAck, Error> {
-        self.link.recv_async(&self.receiver).await
+        let ack = self.link.recv_async(&self.receiver).await;
+        self.seen(&ack);
+        ack
     }
+
+    /// The caller has its acknowledgement: the latency it saw, from the send on, is what the
+    /// shard's live-latency controller holds to the budget (`shard::client`). A caller that
+    /// waits late sees, and reports, a later acknowledgement.
+    fn seen(&self, ack: &Result<BatchAck, Error>) {
+        if ack.is_ok() {
+            self.link.life.client.ack.record(self.sent.elapsed());
+        }
+    }
+}
+
+/// Now, for a client-visible latency (the controller's input; no record carries it).
+#[allow(clippy::disallowed_methods)]
+fn sent_now() -> Instant {
+    Instant::now()
 }
 
 /// A shard's answer to one `Stage` request: one `BatchAck` per partition part.
@@ -308,6 +329,10 @@ pub struct PendingAcks {
     /// Per record: its part (numbered across the replies, in order) and its rank among the
     /// batch's records for that part's partition.
     records: Vec<(u32, u32)>,
+    /// When the records were submitted, and the linger they were sent with: the wait's latency
+    /// past the linger (the caller's choice) goes to each shard's controller (`shard::client`).
+    sent: Instant,
+    linger: Duration,
 }
 
 impl PendingAcks {
@@ -317,6 +342,7 @@ impl PendingAcks {
         let mut parts = Vec::new();
         for (link, reply) in &self.replies {
             parts.extend(link.recv(reply)?);
+            self.seen(link);
         }
         Ok(self.resolve(parts))
     }
@@ -326,8 +352,14 @@ impl PendingAcks {
         let mut parts = Vec::new();
         for (link, reply) in &self.replies {
             parts.extend(link.recv_async(reply).await?);
+            self.seen(link);
         }
         Ok(self.resolve(parts))
+    }
+
+    /// One shard's reply is in the caller's hands (see `PendingAck::seen`).
+    fn seen(&self, link: &Link) {
+        link.life.client.ack.record(self.sent.elapsed().saturating_sub(self.linger));
     }
 
     /// Records in the request.
@@ -485,6 +517,7 @@ impl Producer {
         batch: ProducerBatch,
         partition: Option<u32>,
     ) -> Result<(Vec<(usize, Request)>, PendingAcks), Error> {
+        let sent = sent_now();
         let meta = self.inner.topic(topic)?;
         let partitions = meta.config.partitions;
         if let Some(p) = partition {
@@ -557,7 +590,7 @@ impl Producer {
             requests.push((shard as usize, Request::Stage(stage)));
             replies.push((self.inner.link(shard as usize).clone(), receiver));
         }
-        Ok((requests, PendingAcks { replies, records }))
+        Ok((requests, PendingAcks { replies, records, sent, linger: self.linger }))
     }
 
     fn submit_routed(
@@ -695,13 +728,14 @@ impl Producer {
         topic: &str,
         records: Vec<ProducerRecord>,
     ) -> Result<Vec<BatchAck>, Error> {
+        let sent = sent_now();
         if records.len() > 1 || !self.linger.is_zero() {
             return self.send_packed_async(topic, pack(&records)).await;
         }
         let mut pending = Vec::new();
         for (shard, request, receiver) in self.split(topic, records)? {
             self.inner.send_async(shard, request).await?;
-            pending.push(PendingAck { receiver, link: self.inner.link(shard).clone() });
+            pending.push(PendingAck { receiver, link: self.inner.link(shard).clone(), sent });
         }
         let mut acks = Vec::with_capacity(pending.len());
         for p in pending {
@@ -727,6 +761,7 @@ impl Producer {
         topic: &str,
         batch: ProducerBatch,
     ) -> Result<Vec<BatchAck>, Error> {
+        let sent = sent_now();
         let meta = self.inner.topic(topic)?;
         if self.stages(&batch, meta.config.key_partition_count()) {
             return Ok(Self::batch_acks(self.send_each_async(topic, batch).await?));
@@ -736,7 +771,7 @@ impl Producer {
         for (partition, part) in parts {
             let (shard, request, receiver) = self.append(&meta, partition, Payload::Batch(part));
             self.inner.send_async(shard, request).await?;
-            pending.push(PendingAck { receiver, link: self.inner.link(shard).clone() });
+            pending.push(PendingAck { receiver, link: self.inner.link(shard).clone(), sent });
         }
         let mut acks = Vec::with_capacity(pending.len());
         for p in pending {
@@ -753,12 +788,13 @@ impl Producer {
         topic: &str,
         batch: ProducerBatch,
     ) -> Result<Vec<PendingAck>, Error> {
+        let sent = sent_now();
         let (meta, parts) = self.split_packed(topic, batch)?;
         let mut pending = Vec::with_capacity(parts.len());
         for (partition, part) in parts {
             let (shard, request, receiver) = self.append(&meta, partition, Payload::Batch(part));
             self.inner.send_blocking(shard, request)?;
-            pending.push(PendingAck { receiver, link: self.inner.link(shard).clone() });
+            pending.push(PendingAck { receiver, link: self.inner.link(shard).clone(), sent });
         }
         Ok(pending)
     }
@@ -817,9 +853,10 @@ impl Producer {
         topic: &str,
         records: Vec<ProducerRecord>,
     ) -> Result<PendingAck, Error> {
+        let sent = sent_now();
         let (_, shard, request, receiver) = self.request(topic, records)?;
         self.inner.try_send(shard, request)?;
-        Ok(PendingAck { receiver, link: self.inner.link(shard).clone() })
+        Ok(PendingAck { receiver, link: self.inner.link(shard).clone(), sent })
     }
 
     fn submit_batch(
@@ -828,13 +865,14 @@ impl Producer {
         records: Vec<ProducerRecord>,
         mode: Mode,
     ) -> Result<Vec<PendingAck>, Error> {
+        let sent = sent_now();
         let mut pending = Vec::new();
         for (shard, request, receiver) in self.split(topic, records)? {
             match mode {
                 Mode::Block => self.inner.send_blocking(shard, request)?,
                 Mode::Try => self.inner.try_send(shard, request)?,
             }
-            pending.push(PendingAck { receiver, link: self.inner.link(shard).clone() });
+            pending.push(PendingAck { receiver, link: self.inner.link(shard).clone(), sent });
         }
         Ok(pending)
     }
@@ -888,6 +926,7 @@ impl Producer {
     ) -> (usize, Request, flume::Receiver<Result<BatchAck, Error>>) {
         let (reply, receiver) = flume::bounded(1);
         let request = Request::Append {
+            sent: sent_now(),
             topic: meta.name.clone(),
             partition,
             payload,

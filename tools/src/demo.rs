@@ -33,7 +33,8 @@ pub struct DemoArgs {
     /// Data dir (created if missing; an existing one is reopened and appended to).
     #[arg(long, default_value = "kappa-demo-data")]
     pub data_dir: PathBuf,
-    /// Shards (default: one per CPU this process may use).
+    /// Shards (default: one per CPU this process may use, less one left to the producer and
+    /// consumer threads when there are two or more).
     #[arg(long)]
     pub shards: Option<usize>,
     #[arg(long, default_value = "written")]
@@ -51,14 +52,34 @@ const BATCH: usize = 100;
 /// little jitter so some readings arrive out of order, as real sensors do.
 const EPOCH_MS: i64 = 1_700_000_000_000;
 
+/// Pins the calling thread to one of `cpus` (the `index`-th, wrapping); none: left unpinned.
+fn pin_to(cpus: &[usize], index: usize) {
+    if !cpus.is_empty() {
+        core_affinity::set_for_current(core_affinity::CoreId { id: cpus[index % cpus.len()] });
+    }
+}
+
 pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.producers > 0, "--producers must be at least 1");
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
-    let mut builder = Engine::builder().data_dir(&data_dir);
-    if let Some(shards) = args.shards {
-        builder = builder.shards(shards);
+    // The shards take the first CPUs, each its own; the producer and consumer threads and the
+    // shards' blocking pools the rest, so a shard busy with a rebuild never keeps them waiting
+    // for a CPU (with one CPU, or more shards than CPUs, everything shares).
+    let mut online: Vec<usize> =
+        core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
+    online.sort_unstable();
+    let shards = args.shards.unwrap_or(online.len().saturating_sub(1).max(1));
+    let shard_cpus: Vec<usize> = online.iter().copied().take(shards).collect();
+    let client_cpus: Vec<usize> =
+        online.iter().copied().filter(|c| !shard_cpus.contains(c)).collect();
+    let mut builder = Engine::builder()
+        .data_dir(&data_dir)
+        .shards(shards)
+        .blocking_pool(kappa_engine::BlockingPool::OtherCpus);
+    if !shard_cpus.is_empty() && shards <= online.len() {
+        builder = builder.cpus(shard_cpus);
     }
     let engine = builder.build().context("starting the engine (needs io_uring)")?;
     let partitions = engine
@@ -91,7 +112,11 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
                 engine.consumer(TOPIC, p, Seek::Offset(start_offsets[p as usize]))?;
             let stop = stop.clone();
             let rebuilding = rebuilding.clone();
-            Ok(std::thread::spawn(move || tail(&mut consumer, epoch, &stop, &rebuilding)))
+            let cpus = client_cpus.clone();
+            Ok(std::thread::spawn(move || {
+                pin_to(&cpus, p as usize);
+                tail(&mut consumer, epoch, &stop, &rebuilding)
+            }))
         })
         .collect::<Result<_, kappa_engine::Error>>()?;
 
@@ -99,7 +124,11 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let producers: Vec<_> = (0..args.producers)
         .map(|id| {
             let producer = engine.producer().with_durability(args.durability);
-            std::thread::spawn(move || produce(&producer, id as u64, epoch, deadline))
+            let cpus = client_cpus.clone();
+            std::thread::spawn(move || {
+                pin_to(&cpus, id);
+                produce(&producer, id as u64, epoch, deadline)
+            })
         })
         .collect();
     run_view_phases(&engine, &view, epoch, deadline, &rebuilding)?;
@@ -275,6 +304,10 @@ fn run_view_phases(
         let tail_p99_us = shards.iter().map(|m| m.replay.tail_p99_us).max().unwrap_or(0);
         let budget_us = shards.first().map_or(0, |m| m.replay.budget_us);
         let levels: Vec<String> = shards.iter().map(|m| format!("{:.2}", m.replay.level)).collect();
+        // Below the floor: the percent of each 10 ms replay rests so others get the CPU.
+        let duty: Vec<String> =
+            shards.iter().map(|m| format!("{}%", m.replay.duty_percent)).collect();
+        let client_p99_us = shards.iter().map(|m| m.replay.client_p99_us).max().unwrap_or(0);
         // Per shard: range tasks folding now / the controller's concurrency.
         let concurrency: Vec<String> = shards
             .iter()
@@ -283,13 +316,15 @@ fn run_view_phases(
         let message = format!(
             "{done} records replayed, {:.2} M records/s, lag {}, ETA {:.1} s, {} range tasks \
              left, replay concurrency {} per shard, live p99 {live_p99_us} us (append \
-             {append_p99_us}, tail {tail_p99_us}; budget {budget_us} us), replay level {}",
+             {append_p99_us}, tail {tail_p99_us}, client {client_p99_us}; budget {budget_us} \
+             us), replay level {}, duty {}",
             progress.rate_records_s() / 1e6,
             progress.lag(),
             progress.eta_s(),
             progress.replay_tasks(),
             concurrency.join(" "),
-            levels.join("/")
+            levels.join("/"),
+            duty.join("/")
         );
         bar.set_length(total);
         bar.set_position(done);

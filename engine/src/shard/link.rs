@@ -12,6 +12,7 @@
 
 use std::sync::{Arc, OnceLock, Weak};
 
+use super::client::ClientLatency;
 use super::Request;
 use crate::engine::Inner;
 use crate::sync::Mutex;
@@ -28,6 +29,9 @@ pub(crate) struct Life {
     gone: flume::Receiver<()>,
     /// The engine, to wake threads waiting on views when the shard dies.
     engine: OnceLock<Weak<Inner>>,
+    /// What the shard's clients saw (`client`): recorded by producer handles on any thread,
+    /// drained by the shard's live-latency controller.
+    pub(crate) client: Arc<ClientLatency>,
 }
 
 /// Held by the shard's thread; dropping it (the thread's end) wakes every waiter.
@@ -57,7 +61,13 @@ impl Alive {
 
 pub(crate) fn new_life(shard: u16) -> (Arc<Life>, Alive) {
     let (sender, gone) = flume::bounded(0);
-    let life = Arc::new(Life { shard, died: Mutex::new(None), gone, engine: OnceLock::new() });
+    let life = Arc::new(Life {
+        shard,
+        died: Mutex::new(None),
+        gone,
+        engine: OnceLock::new(),
+        client: Arc::default(),
+    });
     (life.clone(), Alive { life, _gone: sender })
 }
 

@@ -33,6 +33,7 @@ use crate::view::runner::{self as view_runner, ViewPartition};
 use crate::Error;
 
 mod accumulate;
+pub(crate) mod client;
 pub(crate) mod iowq;
 pub(crate) mod link;
 pub(crate) mod replay;
@@ -52,6 +53,9 @@ pub(crate) type Reply<T> = flume::Sender<Result<T, Error>>;
 
 pub(crate) enum Request {
     Append {
+        /// When the producer made the request: its wait in the channel is a stage of the
+        /// client-visible latency (`ReplayMetrics::queue_p99_us`).
+        sent: std::time::Instant,
         topic: Arc<str>,
         partition: u32,
         payload: Payload,
@@ -384,7 +388,10 @@ pub(crate) async fn run(
         iowq::IoWorkers::Refused(errno) => tracing::warn!(shard = id.0, errno,
             "could not move io_uring workers off the shard's CPU; live writes may wait behind replay"),
     }
-    let replay_control = Rc::new(ReplayControl::new(config.replay, config.live_latency_budget));
+    // What this shard's clients see (`client`), recorded by their producer handles.
+    let client = peers[id.0 as usize].life.client.clone();
+    let replay_control =
+        Rc::new(ReplayControl::new(config.replay, config.live_latency_budget, client));
     let live = executor.create_task_queue(
         Shares::Static(1000),
         Latency::Matters(config.live_latency_budget),
@@ -472,7 +479,8 @@ async fn serve(shard: Rc<Shard>) {
         }
         let Ok(request) = shard.request_queue.recv_async().await else { break };
         match request {
-            Request::Append { topic, partition, payload, durability, reply } => {
+            Request::Append { sent, topic, partition, payload, durability, reply } => {
+                shard.replay_control.record_queue(sent.elapsed().as_nanos() as u64);
                 let Some(log) = shard.log(&topic, partition) else {
                     let _ = reply.send(Err(Error::UnknownTopic { topic: topic.to_string() }));
                     continue;

@@ -16,9 +16,23 @@
 //! shard has replay work and its replay rate over the last second is below
 //! `ReplayConfig::min_records_per_s`, the level is not lowered.
 //!
+//! The shard-side windows cannot see what a client waits for outside the shard's tasks: its
+//! request in the shard's channel, its own thread's wait for a CPU. So a third window judges
+//! the client-visible latency: each producer handle records, from any thread, its send to the
+//! caller holding the acknowledgement (`shard::client`), and every tick the controller drains it.
+//!
+//! Below the floor, shares and depths have nothing left to give: they only split the shard
+//! thread's own time, and the io_uring workers and client threads that share its CPU wait all the
+//! same. So at the floor and still over budget, the controller raises a **duty**: replay tasks
+//! sleep (a glommio timer, never a spin) for the last `duty` percent of every `DUTY_PERIOD`, so
+//! the CPU goes idle unless live work runs. The duty rises by `DUTY_UP` per tick over budget, up
+//! to `ReplayConfig::duty_max_percent` (below 100: replay never stops), and falls by `DUTY_DOWN`
+//! per tick under three quarters of the budget, or while replay runs below its minimum rate; the
+//! level climbs again only once the duty is gone. `ReplayMetrics::paused_fraction` shows it.
+//!
 //! Replay always catches up, however fast the producers: a fold chasing the live tail that has
 //! not gained on it over a second (`Chase`) marks the shard behind, and the level climbs for the
-//! next second whatever the live latency; one that still does not gain at the full level goes on
+//! next second whatever the live latency (the duty drops at once); one that still does not gain at the full level goes on
 //! in the live queue, on an equal footing with the live versions, which keep up by definition.
 //! Live latency then pays for a finite catch-up; the alternative is a rebuild that never ends.
 //!
@@ -26,11 +40,13 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use glommio::SharesManager;
 use kappa_storage::ReadAhead;
 
+use super::client::ClientLatency;
 use crate::config::ReplayConfig;
 
 /// How often the controller looks and the window moves.
@@ -43,6 +59,17 @@ const SAMPLES_MIN: u64 = 20;
 const FLOOR: f64 = 1.0 / 64.0;
 /// The additive step per tick under budget.
 const STEP: f64 = 1.0 / 16.0;
+/// Replay's duty cycle: in every period, replay tasks sleep for its last `duty` percent.
+/// Short enough that a live request arriving in replay's part of a period is not held long
+/// (replay yields at the live queue's preemption point anyway); long enough that the pause
+/// is worth a timer.
+pub(crate) const DUTY_PERIOD: Duration = Duration::from_millis(10);
+/// The duty's rise per tick at the floor and over budget, and its fall per tick under budget
+/// or below the minimum rate (percent): up fast, down gently, as the level moves.
+const DUTY_UP: u32 = 10;
+const DUTY_DOWN: u32 = 5;
+/// The highest duty a config may ask for: replay keeps at least this share of each period.
+pub const DUTY_MAX_PERCENT: u32 = 95;
 
 /// The replay queue's shares, read by glommio at each adjustment period.
 #[derive(Debug)]
@@ -78,8 +105,9 @@ pub struct ReplayMetrics {
     pub records: u64,
     /// Replay records per second over the last second.
     pub records_per_s: f64,
-    /// Live latency p99 over the last second: the larger of the append and tail-delivery p99s
-    /// (what the controller holds to the budget), their samples together, and the budget.
+    /// Live latency p99 over the last second: the largest of the append, tail-delivery and
+    /// client-visible p99s (what the controller holds to the budget), their samples together,
+    /// and the budget.
     pub live_p99_us: u64,
     pub live_samples: u64,
     pub budget_us: u64,
@@ -97,6 +125,20 @@ pub struct ReplayMetrics {
     /// work: their ratio is the budget burn.
     pub ticks_over_budget: u64,
     pub ticks_replaying: u64,
+    /// Client-visible latency over the last second: a producer's send to its caller holding the
+    /// acknowledgement (`shard::client`), and its samples.
+    pub client_p99_us: u64,
+    pub client_samples: u64,
+    /// The client-visible latency's first stage over the last second: an append request's wait
+    /// in the shard's channel before the request loop took it.
+    pub queue_p99_us: u64,
+    pub queue_samples: u64,
+    /// Replay's duty now: the percent of each `DUTY_PERIOD` replay tasks sleep (0 above the
+    /// floor), and the fraction of the last second replay was paused by it.
+    pub duty_percent: u32,
+    pub paused_fraction: f64,
+    /// Time replay was paused by the duty, in all.
+    pub paused_ms: u64,
 }
 
 impl ReplayMetrics {
@@ -123,6 +165,19 @@ pub(crate) struct ReplayControl {
     /// Append latencies and tail-delivery latencies of the last second.
     append: RefCell<LiveWindow>,
     tail: RefCell<LiveWindow>,
+    /// What clients recorded (any thread), drained into `client_window` each tick.
+    client: Arc<ClientLatency>,
+    client_window: RefCell<LiveWindow>,
+    /// Append requests' waits in the channel (a stage of the client's latency; reported only).
+    queue: RefCell<LiveWindow>,
+    /// Replay's duty (percent of each `DUTY_PERIOD` its tasks sleep) and the schedule's origin.
+    duty: Cell<u32>,
+    epoch: Instant,
+    /// Time paused by the duty, and until when it is counted (tasks pause together).
+    paused_ns: Cell<u64>,
+    paused_until: Cell<Instant>,
+    /// `paused_ns` at each of the last `SLOTS` ticks.
+    paused_at: RefCell<[u64; SLOTS]>,
     chases: Cell<u64>,
     /// Range tasks and whole-partition replays active on the shard.
     replaying: Cell<usize>,
@@ -162,6 +217,10 @@ impl LiveWindow {
         self.slots[self.current].saturating_record(ns);
     }
 
+    pub(crate) fn record_n(&mut self, ns: u64, count: u64) {
+        self.slots[self.current].saturating_record_n(ns, count);
+    }
+
     /// The p99 and sample count of the last `SLOTS` ticks (this one included); then the window
     /// moves one tick, dropping the oldest tick's samples.
     pub(crate) fn advance(&mut self) -> (u64, u64) {
@@ -182,8 +241,26 @@ fn histogram() -> hdrhistogram::Histogram<u64> {
         .expect("static histogram bounds are valid")
 }
 
+/// Where a replay task stands in the duty cycle: `Some(sleep)` when `phase` (its time into the
+/// current `DUTY_PERIOD`) falls in the period's last `duty` percent, until the next period.
+pub(crate) fn pause_at(phase: Duration, duty: u32) -> Option<Duration> {
+    let run = DUTY_PERIOD * (100 - duty.min(100)) / 100;
+    (duty > 0 && phase >= run && phase < DUTY_PERIOD).then(|| DUTY_PERIOD - phase)
+}
+
+/// Now, for the duty cycle's schedule (pacing, never a record's time).
+#[allow(clippy::disallowed_methods)]
+fn now() -> Instant {
+    Instant::now()
+}
+
 impl ReplayControl {
-    pub(crate) fn new(config: ReplayConfig, budget: Duration) -> ReplayControl {
+    pub(crate) fn new(
+        config: ReplayConfig,
+        budget: Duration,
+        client: Arc<ClientLatency>,
+    ) -> ReplayControl {
+        let epoch = now();
         let control = ReplayControl {
             config,
             budget_ns: budget.as_nanos() as u64,
@@ -195,6 +272,14 @@ impl ReplayControl {
             owed: Cell::new(0),
             append: RefCell::new(LiveWindow::new()),
             tail: RefCell::new(LiveWindow::new()),
+            client,
+            client_window: RefCell::new(LiveWindow::new()),
+            queue: RefCell::new(LiveWindow::new()),
+            duty: Cell::new(0),
+            epoch,
+            paused_ns: Cell::new(0),
+            paused_until: Cell::new(epoch),
+            paused_at: RefCell::new([0; SLOTS]),
             chases: Cell::new(0),
             replaying: Cell::new(0),
             tasks_running: Cell::new(0),
@@ -207,7 +292,7 @@ impl ReplayControl {
             ticks: Cell::new(0),
             behind_until: Cell::new(0),
         };
-        control.metrics.set(Some(control.snapshot((0, 0), (0, 0), 0.0)));
+        control.metrics.set(Some(control.snapshot(&Windows::default(), 0.0, 0.0)));
         control
     }
 
@@ -246,6 +331,39 @@ impl ReplayControl {
     /// tail being handed its records).
     pub(crate) fn record_tail(&self, ns: u64) {
         self.tail.borrow_mut().record(ns);
+    }
+
+    /// One append request's wait in the shard's channel.
+    pub(crate) fn record_queue(&self, ns: u64) {
+        self.queue.borrow_mut().record(ns);
+    }
+
+    /// A replay task's pause point, between steps of its fold: sleeps out the rest of the period
+    /// when the duty cycle says replay rests now (the CPU goes idle unless live work runs),
+    /// otherwise yields if the live queue needs the shard.
+    pub(crate) async fn pace(&self) {
+        let duty = self.duty.get();
+        if duty > 0 {
+            let now = now();
+            let into = now.saturating_duration_since(self.epoch).as_nanos();
+            let phase = Duration::from_nanos((into % DUTY_PERIOD.as_nanos()) as u64);
+            if let Some(pause) = pause_at(phase, duty) {
+                self.count_pause(now, now + pause);
+                glommio::timer::sleep(pause).await;
+                return;
+            }
+        }
+        glommio::yield_if_needed().await;
+    }
+
+    /// Counts `[from, until)` as paused, once however many tasks pause together.
+    fn count_pause(&self, from: Instant, until: Instant) {
+        let counted = self.paused_until.get();
+        if until > counted {
+            let start = from.max(counted);
+            self.paused_ns.set(self.paused_ns.get() + (until - start).as_nanos() as u64);
+            self.paused_until.set(until);
+        }
     }
 
     /// A fold went on in the live queue (`ChaseStep::Promote`).
@@ -303,11 +421,19 @@ impl ReplayControl {
 
     /// One controller step: read the window, move the level, set the knobs, move the window.
     pub(crate) fn tick(&self) {
-        let append = self.append.borrow_mut().advance();
-        let tail = self.tail.borrow_mut().advance();
-        // The live p99 the controller judges: the worse of the windows with enough samples to
+        {
+            let mut window = self.client_window.borrow_mut();
+            self.client.ack.drain(|ns, count| window.record_n(ns, count));
+        }
+        let windows = Windows {
+            append: self.append.borrow_mut().advance(),
+            tail: self.tail.borrow_mut().advance(),
+            client: self.client_window.borrow_mut().advance(),
+            queue: self.queue.borrow_mut().advance(),
+        };
+        // The live p99 the controller judges: the worst of the windows with enough samples to
         // say anything (a tail nobody follows, or a second without appends, has no say).
-        let judged = [append, tail]
+        let judged = [windows.append, windows.tail, windows.client]
             .into_iter()
             .filter(|(_, samples)| *samples >= SAMPLES_MIN)
             .map(|(p99, _)| p99)
@@ -328,27 +454,50 @@ impl ReplayControl {
                 self.ticks_over.set(self.ticks_over.get() + 1);
             }
         }
-        let level = self.level.get();
+        let paused = {
+            let mut at = self.paused_at.borrow_mut();
+            let oldest = at[0];
+            at.rotate_left(1);
+            at[SLOTS - 1] = self.paused_ns.get();
+            ((self.paused_ns.get() - oldest) as f64 / (TICK.as_nanos() as f64 * SLOTS as f64))
+                .min(1.0)
+        };
         self.ticks.set(self.ticks.get() + 1);
-        let behind = self.ticks.get() <= self.behind_until.get();
-        let starving = replaying && (rate < self.config.min_records_per_s as f64 || behind);
-        let level = if over && !starving {
-            (level / 2.0).max(FLOOR)
-        } else if judged.is_none_or(|p99| p99 < self.budget_ns / 4 * 3) || starving {
-            (level + STEP).min(1.0)
+        let behind = replaying && self.ticks.get() <= self.behind_until.get();
+        let slow = replaying && rate < self.config.min_records_per_s as f64;
+        let under = judged.is_none_or(|p99| p99 < self.budget_ns / 4 * 3);
+        let duty_max = self.config.duty_max_percent.min(DUTY_MAX_PERCENT);
+        let (level, duty) = (self.level.get(), self.duty.get());
+        let (level, duty) = if behind {
+            // Replay must gain on the tail: everything back, whatever the live latency.
+            ((level + STEP).min(1.0), 0)
+        } else if slow || (under && !over) {
+            // Room (or a starving replay): first the duty goes, then the level climbs.
+            if duty > 0 {
+                (level, duty.saturating_sub(DUTY_DOWN))
+            } else {
+                ((level + STEP).min(1.0), 0)
+            }
+        } else if over && level > FLOOR {
+            ((level / 2.0).max(FLOOR), duty)
+        } else if over {
+            // At the floor and still over: shares cannot give the CPU away; rest replay.
+            (FLOOR, (duty + DUTY_UP).min(duty_max))
         } else {
-            level
+            (level, duty)
         };
         self.level.set(level);
+        // Nothing to pace without replay work.
+        self.duty.set(if replaying { duty } else { 0 });
         let scaled = |max: usize| ((max as f64 * level).round() as usize).clamp(1, max);
         self.shares.0.set(scaled(self.config.shares_max));
         self.read_ahead.set(scaled(self.config.read_ahead_max));
         self.set_concurrency(scaled(self.config.concurrency_max));
-        self.metrics.set(Some(self.snapshot(append, tail, rate)));
+        self.metrics.set(Some(self.snapshot(&windows, rate, paused)));
     }
 
-    /// `append` and `tail`: each window's (p99, samples).
-    fn snapshot(&self, append: (u64, u64), tail: (u64, u64), rate: f64) -> ReplayMetrics {
+    fn snapshot(&self, windows: &Windows, rate: f64, paused: f64) -> ReplayMetrics {
+        let Windows { append, tail, client, queue } = *windows;
         ReplayMetrics {
             level: self.level.get(),
             shares: self.shares.0.get(),
@@ -359,8 +508,8 @@ impl ReplayControl {
             tasks_done: self.tasks_done.get(),
             records: self.records.get(),
             records_per_s: rate,
-            live_p99_us: append.0.max(tail.0) / 1_000,
-            live_samples: append.1 + tail.1,
+            live_p99_us: append.0.max(tail.0).max(client.0) / 1_000,
+            live_samples: append.1 + tail.1 + client.1,
             budget_us: self.budget_ns / 1_000,
             append_p99_us: append.0 / 1_000,
             append_samples: append.1,
@@ -369,6 +518,13 @@ impl ReplayControl {
             chases: self.chases.get(),
             ticks_over_budget: self.ticks_over.get(),
             ticks_replaying: self.ticks_replaying.get(),
+            client_p99_us: client.0 / 1_000,
+            client_samples: client.1,
+            queue_p99_us: queue.0 / 1_000,
+            queue_samples: queue.1,
+            duty_percent: self.duty.get(),
+            paused_fraction: paused,
+            paused_ms: self.paused_ns.get() / 1_000_000,
         }
     }
 
@@ -380,8 +536,18 @@ impl ReplayControl {
         m.records = self.records.get();
         m.chases = self.chases.get();
         m.read_budget = self.read_ahead.stats();
+        m.paused_ms = self.paused_ns.get() / 1_000_000;
         m
     }
+}
+
+/// Each window's (p99 ns, samples) at one tick.
+#[derive(Debug, Clone, Copy, Default)]
+struct Windows {
+    append: (u64, u64),
+    tail: (u64, u64),
+    client: (u64, u64),
+    queue: (u64, u64),
 }
 
 /// Replay work active on a shard (see `ReplayControl::active`).

@@ -673,7 +673,12 @@ async fn fold(
                         break Some((next_offset, poison));
                     }
                     probe!(vp.version, p => p.fold_yield());
-                    glommio::yield_if_needed().await;
+                    if mode == Mode::Replay {
+                        // Yields, or rests out the controller's duty cycle.
+                        control.pace().await;
+                    } else {
+                        glommio::yield_if_needed().await;
+                    }
                     if vp.stopped.get() {
                         break None;
                     }
@@ -714,7 +719,11 @@ async fn fold(
                     }
                 }
                 vp.activity.set(Activity::Yielding);
-                glommio::yield_if_needed().await;
+                if mode == Mode::Replay {
+                    control.pace().await;
+                } else {
+                    glommio::yield_if_needed().await;
+                }
             }
             Ok(None) => {
                 // Everything below the reader's position is folded, or was before a timestamp

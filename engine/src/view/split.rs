@@ -199,9 +199,10 @@ async fn fold_range(
                     break;
                 }
                 // As the whole-partition fold: never hold the shard for a whole batch.
+                // Yields, or rests out the controller's duty cycle.
                 if (i + 1) % runner::FOLD_STEP == 0 {
                     probe!(version, p => p.range_fold_yield());
-                    glommio::yield_if_needed().await;
+                    control.pace().await;
                 }
             }
             bytes += batch.batch.payload().len() as u64;
@@ -210,7 +211,7 @@ async fn fold_range(
             if let Some(poison) = poison {
                 return Err(RangeError::Poison(Box::new((fold, bytes, poison))));
             }
-            glommio::yield_if_needed().await;
+            control.pace().await;
         }
     }
     if fold.next_offset() != to {

@@ -1,11 +1,16 @@
-//! The controller's decisions on made-up windows: it halves over budget (append or tail
-//! delivery), climbs back under it, never lowers a starving replay, and a lowered concurrency
-//! takes effect as tasks finish; the window holds a sample for exactly one second of ticks.
+//! The controller's decisions on made-up windows: it halves over budget (append, tail delivery
+//! or what clients saw), climbs back under it, never lowers a starving replay, and a lowered
+//! concurrency takes effect as tasks finish; the window holds a sample for exactly one second of
+//! ticks. At the floor and still over budget the duty cycle rises (replay rests part of every
+//! period), falls under budget or below the minimum rate, and drops at once for a replay behind
+//! the tail.
 
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
+use crate::shard::client::ClientLatency;
 
 fn config() -> ReplayConfig {
     ReplayConfig {
@@ -13,8 +18,14 @@ fn config() -> ReplayConfig {
         read_ahead_max: 16,
         shares_max: 1000,
         min_records_per_s: 1_000,
+        duty_max_percent: 90,
         ..ReplayConfig::default()
     }
+}
+
+/// A controller with a 5 ms budget and a client window of its own.
+fn control5() -> ReplayControl {
+    ReplayControl::new(config(), Duration::from_millis(5), Arc::default())
 }
 
 fn on_executor(f: impl FnOnce() + Send + 'static) {
@@ -65,7 +76,7 @@ fn the_window_holds_a_sample_for_one_second_of_ticks() {
 #[test]
 fn a_slow_tail_lowers_the_level_even_when_appends_are_fast() {
     on_executor(|| {
-        let control = Rc::new(ReplayControl::new(config(), Duration::from_millis(5)));
+        let control = Rc::new(control5());
         let _active = control.active();
         live(&control, 100, 500);
         tail(&control, 100, 9_000);
@@ -78,7 +89,7 @@ fn a_slow_tail_lowers_the_level_even_when_appends_are_fast() {
         assert_eq!((m.append_samples, m.tail_samples, m.live_samples), (100, 100, 200));
         assert_eq!(m.ticks_over_budget, 1);
         // Too few tail samples in the window to judge: they have no say, fast appends do.
-        let control = Rc::new(ReplayControl::new(config(), Duration::from_millis(5)));
+        let control = Rc::new(control5());
         let _active = control.active();
         live(&control, 100, 500);
         tail(&control, SAMPLES_MIN as usize - 1, 9_000);
@@ -93,7 +104,7 @@ fn a_slow_tail_lowers_the_level_even_when_appends_are_fast() {
 #[test]
 fn over_budget_halves_under_budget_climbs_back() {
     on_executor(|| {
-        let control = Rc::new(ReplayControl::new(config(), Duration::from_millis(5)));
+        let control = Rc::new(control5());
         let active = control.active();
         for tick in 0..12 {
             // A second of p99 at 9 ms, with replay making fast progress (not starving).
@@ -109,14 +120,18 @@ fn over_budget_halves_under_budget_climbs_back() {
         assert_eq!(m.shares, (1000.0 * FLOOR).round() as usize);
         assert_eq!(m.ticks_over_budget, 12);
         assert!((m.budget_burn() - 1.0).abs() < 1e-9);
-        // Quiet again: the slow samples leave the window after a second, then it climbs.
-        for _ in 0..40 {
+        // At the floor from the sixth tick on, the duty rose by `DUTY_UP` per tick.
+        assert_eq!(m.duty_percent, 6 * DUTY_UP, "{m:?}");
+        // Quiet again: the slow samples leave the window after a second, the duty unwinds,
+        // then the level climbs.
+        for _ in 0..60 {
             live(&control, 100, 500);
             control.folded(100_000);
             control.tick();
         }
         let m = control.metrics();
         assert_eq!(m.level, 1.0, "{m:?}");
+        assert_eq!(m.duty_percent, 0, "{m:?}");
         assert_eq!((m.concurrency, m.read_ahead, m.shares), (4, 16, 1000));
         drop(active);
     });
@@ -125,7 +140,7 @@ fn over_budget_halves_under_budget_climbs_back() {
 #[test]
 fn a_starving_replay_is_not_lowered() {
     on_executor(|| {
-        let control = Rc::new(ReplayControl::new(config(), Duration::from_millis(5)));
+        let control = Rc::new(control5());
         let _active = control.active();
         for _ in 0..12 {
             live(&control, 100, 9_000);
@@ -134,7 +149,7 @@ fn a_starving_replay_is_not_lowered() {
         }
         assert_eq!(control.metrics().level, 1.0, "replay below its minimum rate is never cut");
         // Without replay work, the same latencies lower the level (nothing to starve).
-        let control = Rc::new(ReplayControl::new(config(), Duration::from_millis(5)));
+        let control = Rc::new(control5());
         live(&control, 100, 9_000);
         control.tick();
         assert_eq!(control.metrics().level, 0.5);
@@ -145,7 +160,7 @@ fn a_starving_replay_is_not_lowered() {
 fn a_lowered_concurrency_waits_for_running_tasks() {
     glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .spawn(|| async {
-            let control = Rc::new(ReplayControl::new(config(), Duration::from_millis(5)));
+            let control = Rc::new(control5());
             let slots =
                 [control.task_slot().await, control.task_slot().await, control.task_slot().await];
             assert_eq!(control.permits.available(), 1);
@@ -176,7 +191,7 @@ fn a_chase_is_judged_once_a_second_and_promoted_only_at_the_full_level() {
 #[test]
 fn a_replay_behind_the_tail_climbs_even_over_budget() {
     on_executor(|| {
-        let control = Rc::new(ReplayControl::new(config(), Duration::from_millis(5)));
+        let control = Rc::new(control5());
         let _active = control.active();
         for _ in 0..12 {
             live(&control, 100, 9_000);
@@ -202,4 +217,194 @@ fn a_replay_behind_the_tail_climbs_even_over_budget() {
         control.tick();
         assert!(control.level() < levels[2], "over budget and no mark: halved again");
     });
+}
+
+/// Drives a replaying controller to the floor with slow appends (fast replay: not starving).
+fn to_the_floor(control: &ReplayControl) {
+    for _ in 0..6 {
+        live(control, 100, 9_000);
+        control.folded(100_000);
+        control.tick();
+    }
+    assert_eq!(control.metrics().level, FLOOR);
+    assert_eq!(control.metrics().duty_percent, 0, "the duty starts only at the floor");
+}
+
+#[test]
+fn at_the_floor_and_over_budget_the_duty_rises_and_falls_back_under_budget() {
+    on_executor(|| {
+        let control = Rc::new(control5());
+        let _active = control.active();
+        to_the_floor(&control);
+        let mut duties = Vec::new();
+        for _ in 0..12 {
+            live(&control, 100, 9_000);
+            control.folded(100_000);
+            control.tick();
+            duties.push(control.metrics().duty_percent);
+        }
+        assert_eq!(duties, [10, 20, 30, 40, 50, 60, 70, 80, 90, 90, 90, 90], "capped at the max");
+        assert_eq!(control.metrics().level, FLOOR, "the level stays at the floor meanwhile");
+        // Under budget (once the slow second has left the window): the duty falls by
+        // `DUTY_DOWN` a tick, and only then does the level climb.
+        let mut duties = Vec::new();
+        let mut levels = Vec::new();
+        for _ in 0..30 {
+            live(&control, 100, 500);
+            control.folded(100_000);
+            control.tick();
+            duties.push(control.metrics().duty_percent);
+            levels.push(control.level());
+        }
+        let falling = duties.iter().skip_while(|d| **d == 90).copied().collect::<Vec<_>>();
+        assert_eq!(falling[..3], [85, 80, 75], "{duties:?}");
+        let zero_at = duties.iter().position(|d| *d == 0).expect("the duty went");
+        assert!(levels[..zero_at].iter().all(|l| *l == FLOOR), "{levels:?}");
+        assert!(levels[zero_at + 1] > FLOOR, "then the level climbs: {levels:?}");
+        // Without replay work there is nothing to pace.
+        let idle = Rc::new(control5());
+        for _ in 0..12 {
+            live(&idle, 100, 9_000);
+            idle.tick();
+        }
+        assert_eq!((idle.metrics().level, idle.metrics().duty_percent), (FLOOR, 0));
+    });
+}
+
+#[test]
+fn a_duty_of_zero_percent_max_turns_the_cycle_off() {
+    on_executor(|| {
+        let control = Rc::new(ReplayControl::new(
+            ReplayConfig { duty_max_percent: 0, ..config() },
+            Duration::from_millis(5),
+            Arc::default(),
+        ));
+        let _active = control.active();
+        to_the_floor(&control);
+        for _ in 0..5 {
+            live(&control, 100, 9_000);
+            control.folded(100_000);
+            control.tick();
+        }
+        assert_eq!(control.metrics().duty_percent, 0);
+    });
+}
+
+#[test]
+fn the_duty_falls_while_replay_is_below_its_minimum_rate() {
+    on_executor(|| {
+        let control = Rc::new(control5());
+        let _active = control.active();
+        to_the_floor(&control);
+        for _ in 0..9 {
+            live(&control, 100, 9_000);
+            control.folded(100_000);
+            control.tick();
+        }
+        assert_eq!(control.metrics().duty_percent, 90);
+        // Still over budget, but replay slows below its minimum (1,000 records/s): once the
+        // fast second has left the rate's window the duty falls, then the level climbs.
+        let mut duties = Vec::new();
+        for _ in 0..40 {
+            live(&control, 100, 9_000);
+            control.folded(10);
+            control.tick();
+            duties.push(control.metrics().duty_percent);
+        }
+        assert!(duties.windows(2).all(|w| w[1] <= w[0]), "never raised: {duties:?}");
+        assert_eq!(duties.last(), Some(&0), "{duties:?}");
+        assert!(control.level() > FLOOR, "then the level climbs");
+    });
+}
+
+#[test]
+fn a_replay_behind_the_tail_drops_the_duty_at_once() {
+    on_executor(|| {
+        let control = Rc::new(control5());
+        let _active = control.active();
+        to_the_floor(&control);
+        for _ in 0..9 {
+            live(&control, 100, 9_000);
+            control.folded(100_000);
+            control.tick();
+        }
+        assert_eq!(control.metrics().duty_percent, 90);
+        control.mark_behind();
+        live(&control, 100, 9_000);
+        control.folded(100_000);
+        control.tick();
+        let m = control.metrics();
+        assert_eq!((m.duty_percent, m.level), (0, FLOOR + STEP), "{m:?}");
+    });
+}
+
+#[test]
+fn what_clients_saw_lowers_the_level_when_the_shard_side_is_fast() {
+    on_executor(|| {
+        let client = Arc::new(ClientLatency::default());
+        let control =
+            Rc::new(ReplayControl::new(config(), Duration::from_millis(5), client.clone()));
+        let _active = control.active();
+        // The shard acknowledged in 0.5 ms; the callers had their acks 20 ms after sending.
+        live(&control, 100, 500);
+        for _ in 0..100 {
+            client.ack.record(Duration::from_millis(20));
+        }
+        control.folded(100_000);
+        control.tick();
+        let m = control.metrics();
+        assert_eq!(m.level, 0.5, "{m:?}");
+        assert!(m.client_p99_us >= 20_000 && m.append_p99_us <= 510, "{m:?}");
+        assert_eq!(m.client_samples, 100);
+        assert_eq!(m.live_p99_us, m.client_p99_us);
+        // Drained: the next tick's window holds the same samples (one second), not twice.
+        control.tick();
+        assert_eq!(control.metrics().client_samples, 100);
+    });
+}
+
+#[test]
+fn replay_rests_the_last_duty_percent_of_each_period() {
+    let ms = Duration::from_millis;
+    assert_eq!(pause_at(ms(0), 0), None);
+    assert_eq!(pause_at(ms(9), 0), None, "no duty: never");
+    assert_eq!(pause_at(ms(4), 50), None);
+    assert_eq!(pause_at(ms(5), 50), Some(ms(5)), "until the next period");
+    assert_eq!(pause_at(ms(7), 50), Some(ms(3)));
+    assert_eq!(pause_at(Duration::from_micros(999), 90), None);
+    assert_eq!(pause_at(ms(1), 90), Some(ms(9)));
+    assert_eq!(pause_at(ms(0), 100), Some(DUTY_PERIOD));
+}
+
+#[test]
+fn pace_sleeps_on_a_timer_and_counts_overlapping_pauses_once() {
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .spawn(|| async {
+            let control = Rc::new(control5());
+            control.pace().await;
+            assert_eq!(control.paused_ns.get(), 0, "no duty: no pause");
+            // A full duty rests the whole rest of the period, on a timer: the task is away for
+            // at least the pause it counted (a timer never fires early).
+            control.duty.set(100);
+            #[allow(clippy::disallowed_methods)] // How long the task slept, nothing decided.
+            let before = std::time::Instant::now();
+            control.pace().await;
+            let paused = control.paused_ns.get();
+            assert!(paused > 0 && paused <= DUTY_PERIOD.as_nanos() as u64, "{paused}");
+            assert!(before.elapsed() >= Duration::from_nanos(paused), "slept {paused} ns");
+            // Tasks pausing together: the time is counted once.
+            let control = control5();
+            let t0 = control.epoch;
+            let ms = Duration::from_millis;
+            control.count_pause(t0, t0 + ms(9));
+            control.count_pause(t0 + ms(2), t0 + ms(9));
+            control.count_pause(t0 + ms(5), t0 + ms(12));
+            assert_eq!(control.paused_ns.get(), ms(12).as_nanos() as u64);
+            control.count_pause(t0 + ms(20), t0 + ms(21));
+            assert_eq!(control.paused_ns.get(), ms(13).as_nanos() as u64);
+            assert_eq!(control.metrics().paused_ms, 13);
+        })
+        .expect("executor starts")
+        .join()
+        .expect("test body");
 }
