@@ -31,6 +31,7 @@ pub mod scan;
 mod sync;
 pub use sync::Event;
 pub mod verify;
+pub mod watermark;
 
 pub use batch::{BatchEncoder, BatchRef, OwnedBatch, RecordRef};
 pub use error::Error;
