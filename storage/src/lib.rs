@@ -13,7 +13,8 @@
 //! without one.
 //!
 //! Layout of a data dir (`paths`): `DIR/topics/<topic>/<partition>/<base_offset:020>.log` with a
-//! `<base_offset:020>.index` beside every sealed segment.
+//! `<base_offset:020>.index` beside every sealed segment, and one `synced.wm` per partition (the
+//! sync watermark, `watermark`).
 
 pub mod batch;
 mod encode;

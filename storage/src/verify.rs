@@ -5,7 +5,8 @@
 //! the Kafka CRC32C; it also checks each sealed segment's index file against the segment. Damage
 //! in the active segment is classified by the same rule recovery applies (`scan::classify_tail`):
 //! a torn tail is recoverable (the next open cuts it), damage followed by valid frames farther
-//! than the torn-tail window is corruption.
+//! than the torn-tail window is corruption, and so is valid data ending below what the partition's
+//! sync watermark (`crate::watermark`) says was synced.
 
 use std::path::{Path, PathBuf};
 

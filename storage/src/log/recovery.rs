@@ -20,12 +20,31 @@
 //!   unsynced bytes than the writer ever allows);
 //! * otherwise (no valid frame after it, or valid frames only within the window, widened by the
 //!   bad frame's own length when its header is readable, since a sync point can fall inside a
-//!   frame): a torn tail. It is cut, the cut is synced, and what was dropped is logged and
-//!   reported.
+//!   frame): a torn tail, unless the sync watermark says otherwise (below).
 //!
-//! On corruption `open` fails with `Error::CorruptBeforeValid` naming the file and position, and
-//! nothing is truncated; `kappa repair` cuts such a log explicitly, after a report of what it
-//! drops.
+//! The frames of the last completed fdatasync have no later frame to prove that sync. The
+//! partition's sync watermark (`synced.wm`, see `crate::watermark`) records it: the writer writes
+//! it only after a segment fdatasync completed (never claiming more than is synced), when the log
+//! has been idle `writer::WATERMARK_IDLE_DELAY` since, and always in `close`. So valid data that
+//! ends below the watermark's position in the active segment (damage there, a hole, or a file
+//! that just ends: truncated) is corruption, `Error::SyncedDataMissing`, whatever the frame rule
+//! says; a watermark naming a segment newer than the active one (the segment is gone) is too. A
+//! watermark about an older segment is superseded (a sealed segment was synced whole), and one
+//! with no valid slot (torn, or just created) says nothing: the frame rule alone decides, and
+//! recovery never refuses for it.
+//!
+//! What remains unprovable: a sync's proof is durable once a later fdatasync covers a frame
+//! appended after it (that frame's `synced_before`), or once the watermark write recording it
+//! completed. A power cut in between (under load, about one group-commit interval; when the log
+//! goes idle, the idle delay plus one fsync latency) leaves that last synced group to the
+//! torn-tail rule: damage in it within the window is cut as a torn tail.
+//!
+//! A torn tail is cut, the cut is synced, and what was dropped is logged and reported. The cut
+//! never goes below the watermark (that would be corruption), so the watermark stays true.
+//!
+//! On corruption `open` fails with `Error::CorruptBeforeValid` or `Error::SyncedDataMissing`
+//! naming the file and position, and nothing is truncated; `kappa repair` cuts such a log
+//! explicitly, after a report of what it drops, and lowers the watermark to its cut.
 //!
 //! A sealed segment was synced whole before the next one was created, so any damage in it is
 //! corruption. Zeros after the last frame are a clean end (preallocation puts them there).
