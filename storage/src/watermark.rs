@@ -144,11 +144,8 @@ pub fn rewrite_blocking(
         Err(e) if e.is_not_found() => None,
         Err(e) => return Err(e),
     };
-    let claim = Watermark {
-        sequence: previous.map_or(1, |w| w.sequence + 1),
-        segment_base,
-        synced,
-    };
+    let claim =
+        Watermark { sequence: previous.map_or(1, |w| w.sequence + 1), segment_base, synced };
     let mut bytes = vec![0u8; 2 * SLOT_SIZE];
     let at = claim.slot() as usize * SLOT_SIZE;
     claim.encode_into(&mut bytes[at..at + SLOT_SIZE]);

@@ -207,7 +207,9 @@ impl Writer {
             .await;
         let due = watermark_due(&shared.state.borrow());
         match due {
-            Some(claim) => write_watermark(&shared, claim).await.map_err(failure("watermark write")),
+            Some(claim) => {
+                write_watermark(&shared, claim).await.map_err(failure("watermark write"))
+            }
             None => Ok(()),
         }
     }

@@ -65,8 +65,8 @@ fn damage_in_the_last_synced_group_is_corruption_not_a_torn_tail() {
     let after = std::fs::read(&active.path).expect("read");
     assert_eq!(after.len(), before.len(), "nothing was truncated");
     // `kappa verify` calls it corrupt too.
-    let (_, problems) = crate::verify::scan_partition(dir.path(), config.torn_tail_window_bytes())
-        .expect("verify");
+    let (_, problems) =
+        crate::verify::scan_partition(dir.path(), config.torn_tail_window_bytes()).expect("verify");
     assert!(problems.iter().any(|p| !p.recoverable && p.position <= 300), "{problems:?}");
 }
 
