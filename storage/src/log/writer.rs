@@ -127,12 +127,14 @@ impl Writer {
                                 !st.sync_in_flight || st.failure.is_some()
                             })
                             .await;
-                        let st = shared.state.borrow();
-                        if st.failure.is_some() {
+                        let (failed, synced) = {
+                            let st = shared.state.borrow();
+                            (st.failure.is_some(), st.synced_seq >= st.written_seq)
+                        };
+                        if failed {
                             return Ok(());
                         }
-                        if st.synced_seq >= st.written_seq {
-                            drop(st);
+                        if synced {
                             return self.close_watermark().await;
                         }
                         continue;
