@@ -34,6 +34,23 @@ pub enum Error {
         valid_offset: u64,
     },
     #[error(
+        "synced data missing in {}: its valid frames end at byte {position} ({}), but the sync \
+         watermark {} says bytes up to {synced} were covered by a completed fdatasync \
+         (acknowledged as synced): corrupt, nothing was truncated (`kappa repair` cuts the log \
+         here)",
+        path.display(),
+        defect.map_or_else(|| "the data ends there".to_string(), |d| d.to_string()),
+        watermark.display()
+    )]
+    SyncedDataMissing {
+        path: PathBuf,
+        position: u64,
+        /// What is at `position`: `None` when the data just ends (a truncated file, zeros).
+        defect: Option<FrameDefect>,
+        synced: u64,
+        watermark: PathBuf,
+    },
+    #[error(
         "partition log {} is read-only after a failed {cause} on {}: nothing more is \
          acknowledged or readable until it is reopened",
         dir.display(),
@@ -87,6 +104,7 @@ impl Error {
             self,
             Error::Corrupt { .. }
                 | Error::CorruptBeforeValid { .. }
+                | Error::SyncedDataMissing { .. }
                 | Error::CorruptIndex { .. }
                 | Error::OffsetGap { .. }
         )

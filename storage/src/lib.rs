@@ -13,7 +13,8 @@
 //! without one.
 //!
 //! Layout of a data dir (`paths`): `DIR/topics/<topic>/<partition>/<base_offset:020>.log` with a
-//! `<base_offset:020>.index` beside every sealed segment.
+//! `<base_offset:020>.index` beside every sealed segment, and one `synced.wm` per partition (the
+//! sync watermark, `watermark`).
 
 pub mod batch;
 mod encode;
@@ -31,6 +32,7 @@ pub mod scan;
 mod sync;
 pub use sync::Event;
 pub mod verify;
+pub mod watermark;
 
 pub use batch::{BatchEncoder, BatchRef, OwnedBatch, RecordRef};
 pub use error::Error;

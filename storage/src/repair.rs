@@ -7,7 +7,9 @@
 //! first such damage, and cuts the log there, since offsets must stay dense, everything after it
 //! goes too: the rest of that segment and every later segment. `plan` says exactly what would be
 //! dropped (file, byte position, offsets, bytes, files deleted) without changing anything;
-//! `apply` does it (truncate and fsync, unlink, fsync the directory).
+//! `apply` does it (truncate and fsync, unlink, the sync watermark lowered to the cut, fsync the
+//! directory). Data that the watermark says was synced but that is missing or damaged (see
+//! `crate::watermark`) is such damage too.
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -15,6 +17,7 @@ use std::path::{Path, PathBuf};
 use crate::io::Disk;
 use crate::paths;
 use crate::scan::{self, Depth, StdSource, Tail};
+use crate::watermark::{self, Watermark};
 use crate::Error;
 
 /// The cut `repair` makes in one partition.
@@ -37,6 +40,9 @@ pub struct Cut {
     pub dropped_bytes: u64,
     /// Files deleted: later segments, their indexes, and the cut segment's index.
     pub deleted_files: Vec<PathBuf>,
+    /// What the partition's sync watermark (`crate::watermark`) is rewritten to, as (segment
+    /// base, synced bytes): the cut, so the next open does not refuse the shorter log.
+    pub watermark: (u64, u64),
 }
 
 /// Finds, per partition of `data_dir`, the first damage `open` would refuse; `window_bytes` is the
@@ -52,12 +58,14 @@ pub fn plan(data_dir: &Path, window_bytes: u64) -> Result<Vec<Cut>, Error> {
     Ok(cuts)
 }
 
-/// The damage that ends a partition's valid prefix: position and reason.
+/// The damage that ends a partition's valid prefix: position and reason. `synced` is what the
+/// sync watermark says was synced of this segment (when it is the active one).
 fn damage_in(
     path: &Path,
     scan: &scan::SegmentScan,
     sealed: bool,
     window_bytes: u64,
+    synced: u64,
 ) -> Result<Option<(u64, String)>, Error> {
     if sealed {
         return Ok(match (scan.stop, scan.trailing_garbage) {
@@ -69,7 +77,15 @@ fn damage_in(
             (None, false) => None,
         });
     }
-    Ok(match scan::classify_tail_std(path, scan, window_bytes)? {
+    let tail = scan::classify_tail_std(path, scan, window_bytes)?;
+    if let Some((position, defect)) = scan::below_watermark(scan, &tail, synced) {
+        let what = defect.map_or_else(|| "the frames end".to_string(), |d| d.to_string());
+        return Ok(Some((
+            position,
+            format!("{what}, but the sync watermark says bytes up to {synced} were synced"),
+        )));
+    }
+    Ok(match tail {
         Tail::Clean | Tail::Torn { .. } => None, // Open cuts a torn tail itself.
         Tail::Corrupt { position, defect, valid_at, .. } => {
             Some((position, format!("{defect}, with valid frames after it at byte {valid_at}")))
@@ -85,12 +101,16 @@ fn plan_partition(
 ) -> Result<Option<Cut>, Error> {
     let listed = paths::list_segments(dir)?;
     let last = listed.len().saturating_sub(1);
+    let claim = watermark::read_blocking(dir)?;
     let mut expected: Option<u64> = None;
+    // The previous segment's base and size: what the log ends with if this segment goes.
+    let mut previous = (0, 0);
     for (i, (base, path)) in listed.iter().enumerate() {
         let later = &listed[i + 1..];
         if let Some(expected) = expected.filter(|e| e != base) {
             // An offset gap: this segment and every later one go.
             let mut cut = cut_at(topic, partition, path, 0, expected, later)?;
+            cut.watermark = previous;
             cut.reason =
                 format!("offset gap: the log reaches {expected}, this segment starts at {base}");
             let (end, data_end) = segment_end(path, *base)?;
@@ -100,9 +120,23 @@ fn plan_partition(
             return Ok(Some(cut));
         }
         let scan = scan::scan_segment_std(path, *base, Depth::Checksum)?;
-        if let Some((position, reason)) = damage_in(path, &scan, i < last, window_bytes)? {
+        let synced = Watermark::synced_in(claim.as_ref(), *base);
+        let mut damage = damage_in(path, &scan, i < last, window_bytes, synced)?;
+        if let Some(claim) = claim.filter(|c| i == last && c.segment_base > *base) {
+            // The watermark vouches for a later segment that is gone: the log ends here.
+            damage.get_or_insert((
+                scan.index.size_bytes,
+                format!(
+                    "the sync watermark says {} bytes of segment {} were synced, and that \
+                     segment is missing",
+                    claim.synced, claim.segment_base
+                ),
+            ));
+        }
+        if let Some((position, reason)) = damage {
             let mut cut = cut_at(topic, partition, path, position, scan.index.next_offset, later)?;
             cut.reason = reason;
+            cut.watermark = (*base, position);
             let source = StdSource::open(path)?;
             let mut end = cut.dropped_offsets_end;
             let data_end = futures_lite::future::block_on(scan::find_valid_frames(
@@ -124,6 +158,7 @@ fn plan_partition(
             return Ok(Some(cut));
         }
         expected = Some(scan.index.next_offset);
+        previous = (*base, scan.index.size_bytes);
     }
     Ok(None)
 }
@@ -147,6 +182,7 @@ fn cut_at(
         dropped_offsets_end: first_dropped_offset,
         dropped_bytes: 0,
         deleted_files: Vec::new(),
+        watermark: (0, 0),
     };
     let dir = path.parent().unwrap_or(Path::new("."));
     for (base, segment) in later {
@@ -180,7 +216,9 @@ fn segment_end(path: &Path, base: u64) -> Result<(u64, u64), Error> {
 }
 
 /// Makes the cuts: each segment is truncated at its cut and synced, the files after it deleted,
-/// and the partition directory synced.
+/// the sync watermark lowered to the cut (`Cut::watermark`: else the next open would find less
+/// data than it vouches for and refuse), and the partition directory synced. A crash part way
+/// leaves a log that `repair` finds and finishes again.
 pub fn apply(cuts: &[Cut]) -> Result<(), Error> {
     let disk = Disk::Dma;
     for cut in cuts {
@@ -191,6 +229,8 @@ pub fn apply(cuts: &[Cut]) -> Result<(), Error> {
         for file in &cut.deleted_files {
             disk.remove_file_blocking(file)?;
         }
+        let (segment_base, synced) = cut.watermark;
+        watermark::rewrite_blocking(&disk, dir, segment_base, synced)?;
         disk.sync_dir_blocking(dir)?;
         tracing::warn!(
             segment = %cut.path.display(), position = cut.position,

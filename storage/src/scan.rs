@@ -300,6 +300,26 @@ pub async fn classify_tail<S: ChunkSource>(
     })
 }
 
+/// Whether the valid frames of an active segment end before `synced`, the prefix its sync
+/// watermark says a completed fdatasync covered (`crate::watermark`): the position where they end
+/// and the defect there (`None`: the data just ends, as in a truncated file). A torn tail there
+/// is not one: those bytes were synced, so the damage is corruption. `Tail::Corrupt` is left to
+/// the caller (it says more).
+pub fn below_watermark(
+    scan: &SegmentScan,
+    tail: &Tail,
+    synced: u64,
+) -> Option<(u64, Option<FrameDefect>)> {
+    if scan.index.size_bytes >= synced {
+        return None;
+    }
+    match tail {
+        Tail::Corrupt { .. } => None,
+        Tail::Torn { position, defect, .. } => Some((*position, Some(*defect))),
+        Tail::Clean => Some((scan.index.size_bytes, None)),
+    }
+}
+
 /// Calls `visit` for every valid frame (header and checksum) that starts at a 16-byte aligned
 /// position after `position`, in file order, skipping each one's body; stops early when `visit`
 /// breaks. Returns the end of the last non-zero byte seen (at least `position`).

@@ -5,7 +5,8 @@
 //! the Kafka CRC32C; it also checks each sealed segment's index file against the segment. Damage
 //! in the active segment is classified by the same rule recovery applies (`scan::classify_tail`):
 //! a torn tail is recoverable (the next open cuts it), damage followed by valid frames farther
-//! than the torn-tail window is corruption.
+//! than the torn-tail window is corruption, and so is valid data ending below what the partition's
+//! sync watermark (`crate::watermark`) says was synced.
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +14,7 @@ use crate::index::SegmentIndex;
 use crate::io::Disk;
 use crate::paths;
 use crate::scan::{self, Depth, Tail};
+use crate::watermark::{self, Watermark};
 use crate::{Error, LogConfig};
 
 /// One problem found by `verify`.
@@ -90,6 +92,20 @@ pub fn scan_partition(
     let listed = paths::list_segments(dir)?;
     let mut segments = Vec::with_capacity(listed.len());
     let mut problems = Vec::new();
+    let claim = watermark::read_blocking(dir)?;
+    if let (Some(claim), Some((active_base, _))) = (claim, listed.last()) {
+        if claim.segment_base > *active_base {
+            problems.push(Problem {
+                path: paths::segment_path(dir, claim.segment_base),
+                position: 0,
+                what: format!(
+                    "missing: the sync watermark says {} bytes of this segment were synced",
+                    claim.synced
+                ),
+                recoverable: false,
+            });
+        }
+    }
     let mut expected_base: Option<u64> = None;
     let last = listed.len().saturating_sub(1);
     for (i, (base, path)) in listed.into_iter().enumerate() {
@@ -123,29 +139,20 @@ pub fn scan_partition(
                 });
             }
         } else {
-            match scan::classify_tail_std(&path, &scan, window_bytes)? {
-                Tail::Clean => {}
-                Tail::Torn { position, defect, dropped_bytes, dropped_frames, .. } => problems
-                    .push(Problem {
-                        path: path.clone(),
-                        position,
-                        what: format!(
-                            "{defect}: a torn tail ({dropped_bytes} bytes, {dropped_frames} \
-                             frames after the damage)"
-                        ),
-                        recoverable: true,
-                    }),
-                Tail::Corrupt { position, defect, valid_at, valid_offset } => {
-                    problems.push(Problem {
-                        path: path.clone(),
-                        position,
-                        what: format!(
-                            "{defect}; valid frames follow at byte {valid_at} (offset \
-                             {valid_offset}), too far for a torn write: corrupt"
-                        ),
-                        recoverable: false,
-                    })
-                }
+            let tail = scan::classify_tail_std(&path, &scan, window_bytes)?;
+            let synced = Watermark::synced_in(claim.as_ref(), base);
+            match scan::below_watermark(&scan, &tail, synced) {
+                Some((position, defect)) => problems.push(Problem {
+                    path: path.clone(),
+                    position,
+                    what: format!(
+                        "{}, but the sync watermark says bytes up to {synced} were synced: \
+                         synced data missing, corrupt",
+                        defect.map_or_else(|| "the frames end".to_string(), |d| d.to_string())
+                    ),
+                    recoverable: false,
+                }),
+                None => classify(&path, tail, &mut problems),
             }
         }
         if sealed {
@@ -166,6 +173,34 @@ pub fn scan_partition(
         expected_base = Some(index.next_offset);
     }
     Ok((segments, problems))
+}
+
+/// The problem (if any) the frame rule finds at the end of an active segment.
+fn classify(path: &Path, tail: Tail, problems: &mut Vec<Problem>) {
+    let path = path.to_path_buf();
+    match tail {
+        Tail::Clean => {}
+        Tail::Torn { position, defect, dropped_bytes, dropped_frames, .. } => {
+            problems.push(Problem {
+                path,
+                position,
+                what: format!(
+                    "{defect}: a torn tail ({dropped_bytes} bytes, {dropped_frames} frames \
+                     after the damage)"
+                ),
+                recoverable: true,
+            })
+        }
+        Tail::Corrupt { position, defect, valid_at, valid_offset } => problems.push(Problem {
+            path,
+            position,
+            what: format!(
+                "{defect}; valid frames follow at byte {valid_at} (offset {valid_offset}), too \
+                 far for a torn write: corrupt"
+            ),
+            recoverable: false,
+        }),
+    }
 }
 
 fn check_index(dir: &Path, base: u64, scanned: &SegmentIndex, problems: &mut Vec<Problem>) {

@@ -44,6 +44,11 @@ pub fn run(dir: &Path, dry_run: bool, window_bytes: u64) -> anyhow::Result<i32> 
         for file in &cut.deleted_files {
             println!("  {} {}", if dry_run { "would delete" } else { "deletes" }, file.display());
         }
+        let (segment_base, synced) = cut.watermark;
+        println!(
+            "  {} the sync watermark to {synced} bytes of segment {segment_base}",
+            if dry_run { "would lower" } else { "lowers" }
+        );
     }
     if dry_run {
         println!("dry run: nothing changed ({} partitions need a cut)", cuts.len());

@@ -294,27 +294,30 @@ impl Disk {
         namespace_op!(self, |ns| create_dir_all_in(ns, &dir))
     }
 
-    /// What opening a partition does first, in one trip to the blocking pool instead of three
+    /// What opening a partition does first, in one trip to the blocking pool instead of several
     /// (a reopen of 10,000 partitions made 30,000): `create_dir_all`, `prime` and `list_dir` of
-    /// `dir`. The simulated disk runs the three as before.
-    pub async fn prepare_dir(&self, dir: &Path) -> Result<Vec<DirEntry>, Error> {
+    /// `dir`, and the small file `small_file` in it read whole, or created empty (not durable:
+    /// the caller syncs `dir`) when it is missing. The simulated disk runs the same steps.
+    pub async fn prepare_dir(&self, dir: &Path, small_file: &str) -> Result<PreparedDir, Error> {
         match self {
             Disk::Dma => {
                 use std::os::unix::fs::MetadataExt;
                 let owned = dir.to_path_buf();
-                let (device, entries) = dma::run_blocking(move || {
+                let small_file = small_file.to_string();
+                let (device, prepared) = dma::run_blocking(move || {
                     create_dir_all_in(&dma::StdFs, &owned)?;
                     let meta =
                         std::fs::metadata(&owned).map_err(|e| Error::io("stat", &owned, e))?;
-                    Ok::<_, Error>((meta.dev(), list_in(&dma::StdFs, &owned)?))
+                    Ok::<_, Error>((meta.dev(), prepare_in(&dma::StdFs, &owned, &small_file)?))
                 })
                 .await?;
                 dma::prime_device(dir, device).await?;
-                Ok(entries)
+                Ok(prepared)
             }
-            Disk::Sim(_) => {
+            Disk::Sim(sim) => {
                 self.create_dir_all(dir).await?;
-                self.list_dir(dir).await
+                sim.latency().await;
+                prepare_in(sim, dir, small_file)
             }
         }
     }
@@ -461,6 +464,29 @@ impl Disk {
         };
         result.map_err(|e| Error::io("stat", path, e))
     }
+}
+
+/// What `Disk::prepare_dir` found in a directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PreparedDir {
+    /// The entries, sorted by name (before the small file was created, if it was).
+    pub entries: Vec<DirEntry>,
+    /// The small file's bytes; empty when it was just created.
+    pub small_file: Vec<u8>,
+    /// The small file was missing and was created (its directory entry is not durable yet).
+    pub created: bool,
+}
+
+/// `Disk::prepare_dir` after `create_dir_all`: list `dir`, read `small_file` or create it empty.
+fn prepare_in<N: Namespace>(ns: &N, dir: &Path, small_file: &str) -> Result<PreparedDir, Error> {
+    let entries = list_in(ns, dir)?;
+    let path = dir.join(small_file);
+    if entries.iter().any(|e| !e.is_dir && e.name == small_file) {
+        let bytes = ns.read(&path).map_err(|e| Error::io("read", &path, e))?;
+        return Ok(PreparedDir { entries, small_file: bytes, created: false });
+    }
+    ns.write_new(&path, &[]).map_err(|e| Error::io("create", &path, e))?;
+    Ok(PreparedDir { entries, small_file: Vec::new(), created: true })
 }
 
 fn list_in<N: Namespace>(ns: &N, dir: &Path) -> Result<Vec<DirEntry>, Error> {

@@ -233,6 +233,19 @@ pub(crate) struct State {
     pub(crate) synced_readable: Readable,
     failure: Option<Failure>,
     closing: bool,
+    /// The durable sync watermark (`crate::watermark`): what it last recorded.
+    watermark: WatermarkState,
+}
+
+/// What the writer knows of the partition's watermark file.
+#[derive(Debug, Clone, Copy, Default)]
+struct WatermarkState {
+    /// The last claim written (or read at open): (segment base, synced bytes).
+    written: Option<(u64, u64)>,
+    /// The sequence of the newest slot; the next write takes the other slot.
+    sequence: u64,
+    /// A watermark write is running (one at a time).
+    in_flight: bool,
 }
 
 /// The write or sync that fenced the log.

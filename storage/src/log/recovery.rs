@@ -20,12 +20,31 @@
 //!   unsynced bytes than the writer ever allows);
 //! * otherwise (no valid frame after it, or valid frames only within the window, widened by the
 //!   bad frame's own length when its header is readable, since a sync point can fall inside a
-//!   frame): a torn tail. It is cut, the cut is synced, and what was dropped is logged and
-//!   reported.
+//!   frame): a torn tail, unless the sync watermark says otherwise (below).
 //!
-//! On corruption `open` fails with `Error::CorruptBeforeValid` naming the file and position, and
-//! nothing is truncated; `kappa repair` cuts such a log explicitly, after a report of what it
-//! drops.
+//! The frames of the last completed fdatasync have no later frame to prove that sync. The
+//! partition's sync watermark (`synced.wm`, see `crate::watermark`) records it: the writer writes
+//! it only after a segment fdatasync completed (never claiming more than is synced), when the log
+//! has been idle `writer::WATERMARK_IDLE_DELAY` since, and always in `close`. So valid data that
+//! ends below the watermark's position in the active segment (damage there, a hole, or a file
+//! that just ends: truncated) is corruption, `Error::SyncedDataMissing`, whatever the frame rule
+//! says; a watermark naming a segment newer than the active one (the segment is gone) is too. A
+//! watermark about an older segment is superseded (a sealed segment was synced whole), and one
+//! with no valid slot (torn, or just created) says nothing: the frame rule alone decides, and
+//! recovery never refuses for it.
+//!
+//! What remains unprovable: a sync's proof is durable once a later fdatasync covers a frame
+//! appended after it (that frame's `synced_before`), or once the watermark write recording it
+//! completed. A power cut in between (under load, about one group-commit interval; when the log
+//! goes idle, the idle delay plus one fsync latency) leaves that last synced group to the
+//! torn-tail rule: damage in it within the window is cut as a torn tail.
+//!
+//! A torn tail is cut, the cut is synced, and what was dropped is logged and reported. The cut
+//! never goes below the watermark (that would be corruption), so the watermark stays true.
+//!
+//! On corruption `open` fails with `Error::CorruptBeforeValid` or `Error::SyncedDataMissing`
+//! naming the file and position, and nothing is truncated; `kappa repair` cuts such a log
+//! explicitly, after a report of what it drops, and lowers the watermark to its cut.
 //!
 //! A sealed segment was synced whole before the next one was created, so any damage in it is
 //! corruption. Zeros after the last frame are a clean end (preallocation puts them there).
@@ -40,10 +59,13 @@ use crate::io::{File, ReadBytes, BLOCK_SIZE, TEMP_EXTENSION};
 use crate::paths;
 use crate::scan::{self, ChunkSource, Depth, Tail};
 use crate::sync::Event;
+use crate::watermark::{self, Watermark};
 use crate::{Error, LogConfig};
 
 use super::writer::writer_loop;
-use super::{PartitionLog, Readable, RecoveryReport, Segment, Shared, State, WriteBuffer};
+use super::{
+    PartitionLog, Readable, RecoveryReport, Segment, Shared, State, WatermarkState, WriteBuffer,
+};
 
 impl PartitionLog {
     /// Opens (or creates) the log in `dir`, recovering the active segment's tail. Must run on a
@@ -54,16 +76,38 @@ impl PartitionLog {
             return Err(Error::Config { field: "segment_size_bytes_max (at most 4 GiB)" });
         }
         let disk = config.disk.clone();
-        let entries = disk.prepare_dir(dir).await?;
+        // One blocking-pool trip: the dir made, listed, and its sync watermark read (created
+        // empty when missing: no claim).
+        let prepared = disk.prepare_dir(dir, watermark::FILE_NAME).await?;
+        let entries = prepared.entries;
+        let claim = Watermark::decode(&prepared.small_file);
         remove_temp_files(&config, dir, &entries).await?;
         let mut listed = paths::segments_in(dir, &entries);
         let mut report = RecoveryReport::default();
-        if listed.is_empty() {
+        let created = listed.is_empty();
+        if created {
             let path = paths::segment_path(dir, 0);
             let file = disk.open_rw(&path).await?;
             file.close().await.map_err(|e| Error::io("close", &path, e))?;
-            disk.sync_dir(dir).await?;
             listed.push((0, path));
+        }
+        if created || prepared.created {
+            // A new segment's or watermark's directory entry becomes durable.
+            disk.sync_dir(dir).await?;
+        }
+        if let Some(claim) = claim {
+            let active_base = listed.last().expect("at least one segment").0;
+            if claim.segment_base > active_base {
+                // The watermark vouches for a segment that is gone (the writer records a claim
+                // only after the segment's directory entry was made durable).
+                return Err(Error::SyncedDataMissing {
+                    path: paths::segment_path(dir, claim.segment_base),
+                    position: 0,
+                    defect: None,
+                    synced: claim.synced,
+                    watermark: watermark::path(dir),
+                });
+            }
         }
         let mut segments: Vec<Segment> = Vec::with_capacity(listed.len());
         // The active segment's file, left open by its recovery, and its size on disk.
@@ -87,8 +131,9 @@ impl PartitionLog {
                 index.entries = Vec::new();
                 segments.push(Segment { path, index, entries_loaded: false });
             } else {
+                let synced = Watermark::synced_in(claim.as_ref(), base);
                 let (index, file, file_len) =
-                    recover_active(&path, base, &config, &mut report).await?;
+                    recover_active(&path, base, synced, &config, &mut report).await?;
                 active_file = Some((file, file_len));
                 segments.push(Segment { path, index, entries_loaded: true });
             }
@@ -151,6 +196,11 @@ impl PartitionLog {
             synced_readable: readable,
             failure: None,
             closing: false,
+            watermark: WatermarkState {
+                written: claim.map(|c| (c.segment_base, c.synced)),
+                sequence: claim.map_or(0, |c| c.sequence),
+                in_flight: false,
+            },
         };
         let shared = Rc::new(Shared {
             dir: dir.to_path_buf(),
@@ -278,11 +328,13 @@ async fn scan_file(
 }
 
 /// Scans the active segment; cuts a torn tail and refuses corruption (see the module doc), then
-/// syncs the segment so that everything recovered is durable before anyone reads it. Returns the
-/// index, the file (still open: the writer takes it) and its size on disk.
+/// syncs the segment so that everything recovered is durable before anyone reads it. `synced` is
+/// what the watermark says an fdatasync covered of it. Returns the index, the file (still open:
+/// the writer takes it) and its size on disk.
 async fn recover_active(
     path: &Path,
     base: u64,
+    synced: u64,
     config: &LogConfig,
     report: &mut RecoveryReport,
 ) -> Result<(SegmentIndex, File, u64), Error> {
@@ -294,7 +346,18 @@ async fn recover_active(
     report.scanned_bytes = scan.index.size_bytes;
     let tail = scan::classify_tail(&source, &scan, config.torn_tail_window_bytes()).await;
     report.read_bytes = read.get();
-    match tail? {
+    let tail = tail?;
+    if let Some((position, defect)) = scan::below_watermark(&scan, &tail, synced) {
+        let _ = file.close().await;
+        return Err(Error::SyncedDataMissing {
+            path: path.to_path_buf(),
+            position,
+            defect,
+            synced,
+            watermark: watermark::path(path.parent().unwrap_or(Path::new("."))),
+        });
+    }
+    match tail {
         Tail::Clean => {}
         Tail::Corrupt { position, defect, valid_at, valid_offset } => {
             let _ = file.close().await;

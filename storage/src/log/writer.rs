@@ -16,6 +16,7 @@ use glommio::Task;
 
 use crate::index::SegmentIndex;
 use crate::io::{File, BLOCK_SIZE};
+use crate::watermark::{self, Watermark};
 use crate::Error;
 
 use super::{Filled, Readable, Shared, State, WriteBuffer, WriteItem};
@@ -126,43 +127,92 @@ impl Writer {
                                 !st.sync_in_flight || st.failure.is_some()
                             })
                             .await;
-                        let st = shared.state.borrow();
-                        if st.synced_seq >= st.written_seq || st.failure.is_some() {
+                        let (failed, synced) = {
+                            let st = shared.state.borrow();
+                            (st.failure.is_some(), st.synced_seq >= st.written_seq)
+                        };
+                        if failed {
                             return Ok(());
+                        }
+                        if synced {
+                            return self.close_watermark().await;
                         }
                         continue;
                     }
-                    let submitted = self.submitted_seq;
-                    let work = shared.changed.wait_until(|| {
-                        let st = shared.state.borrow();
-                        !st.queue.is_empty()
-                            || st.appended_seq > submitted
-                            || st.closing
-                            || st.failure.is_some()
-                            || sync_wanted(&st, shared.config.unsynced_bytes_max)
-                    });
-                    let idle_release = shared.config.tail_cache_idle_release;
-                    if shared.state.borrow().tail_cache.is_empty() || idle_release.is_zero() {
-                        work.await;
-                    } else {
-                        // An idle partition gives its cached buffers back to the shard's pool.
-                        let woken = futures_lite::future::or(
-                            async {
-                                work.await;
-                                true
-                            },
-                            async {
-                                glommio::timer::sleep(idle_release).await;
-                                false
-                            },
-                        )
-                        .await;
-                        if !woken {
-                            shared.state.borrow_mut().release_tail_cache();
-                        }
-                    }
+                    self.wait_for_work().await;
                 }
             }
+        }
+    }
+
+    /// Waits (the log is idle: nothing queued, nothing in flight) until there is work. Meanwhile
+    /// an idle partition gives its cached buffers back to the shard's pool after
+    /// `tail_cache_idle_release`, and records a sync that completed in the watermark after
+    /// `WATERMARK_IDLE_DELAY` without new writes (so a burst of syncs costs one more fsync, and
+    /// a busy log none: its next frames prove its syncs).
+    async fn wait_for_work(&mut self) {
+        let shared = self.shared.clone();
+        let submitted = self.submitted_seq;
+        let watermark_armed = watermark_due(&shared.state.borrow()).is_some();
+        let work = shared.changed.wait_until(|| {
+            let st = shared.state.borrow();
+            !st.queue.is_empty()
+                || st.appended_seq > submitted
+                || st.closing
+                || st.failure.is_some()
+                || sync_wanted(&st, shared.config.unsynced_bytes_max)
+                // A sync completed meanwhile: arm the watermark's timer.
+                || (!watermark_armed && watermark_due(&st).is_some())
+        });
+        let idle_release = shared.config.tail_cache_idle_release;
+        let release_armed = !shared.state.borrow().tail_cache.is_empty() && !idle_release.is_zero();
+        let timeout = match (release_armed, watermark_armed) {
+            (false, false) => return work.await,
+            (true, false) => idle_release,
+            (false, true) => WATERMARK_IDLE_DELAY,
+            (true, true) => idle_release.min(WATERMARK_IDLE_DELAY),
+        };
+        let woken = futures_lite::future::or(
+            async {
+                work.await;
+                true
+            },
+            async {
+                glommio::timer::sleep(timeout).await;
+                false
+            },
+        )
+        .await;
+        if woken {
+            return;
+        }
+        if release_armed && timeout == idle_release {
+            // An idle partition gives its cached buffers back to the shard's pool.
+            shared.state.borrow_mut().release_tail_cache();
+        }
+        if watermark_armed && timeout == WATERMARK_IDLE_DELAY {
+            start_watermark_write(&shared);
+        }
+    }
+
+    /// Before the writer stops on `close`: the last sync's proof is made durable (so damage in
+    /// it is refused as corruption at the next open, never cut as a torn tail). A failure fences
+    /// the log, and `close` reports it.
+    async fn close_watermark(&mut self) -> Result<(), Failed> {
+        let shared = self.shared.clone();
+        shared
+            .changed
+            .wait_until(|| {
+                let st = shared.state.borrow();
+                !st.watermark.in_flight || st.failure.is_some()
+            })
+            .await;
+        let due = watermark_due(&shared.state.borrow());
+        match due {
+            Some(claim) => {
+                write_watermark(&shared, claim).await.map_err(failure("watermark write"))
+            }
+            None => Ok(()),
         }
     }
 
@@ -464,6 +514,66 @@ fn start_sync_if_wanted(shared: &Rc<Shared>, file: &File, path: &std::path::Path
         shared.changed.notify();
     })
     .detach();
+}
+
+/// How long the log stays idle after a sync completed before the watermark records it.
+pub(super) const WATERMARK_IDLE_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The claim the watermark should record now (active segment base, synced bytes of it): the
+/// synced prefix, when it lies in the active segment, says more than the last claim written, and
+/// no watermark write is in flight (one at a time; a newer claim waits for the next turn).
+fn watermark_due(st: &State) -> Option<(u64, u64)> {
+    let synced = st.synced_readable;
+    let claim = (synced.segment_base, synced.position_end);
+    let in_active = synced.segment_base == st.active().index.base_offset;
+    (st.failure.is_none()
+        && !st.watermark.in_flight
+        && in_active
+        && claim.1 > 0
+        && st.watermark.written != Some(claim))
+    .then_some(claim)
+}
+
+/// Starts a watermark write of the current claim in its own task (the idle write: nothing waits
+/// for it). A failure is logged and leaves the previous slot's proof: the claim is only a proof,
+/// the data is synced either way, and recovery falls back to the frame rule without it.
+fn start_watermark_write(shared: &Rc<Shared>) {
+    let Some(claim) = watermark_due(&shared.state.borrow()) else { return };
+    let shared = shared.clone();
+    glommio::spawn_local(async move {
+        if let Err(error) = write_watermark(&shared, claim).await {
+            tracing::warn!(dir = %shared.dir.display(), %error,
+                "could not record the sync watermark; recovery falls back to the frame rule");
+        }
+    })
+    .detach();
+}
+
+/// Writes `claim` into the next slot of the watermark file and fdatasyncs it. The file is opened
+/// for the write and closed after it: an idle partition holds no descriptor for it.
+async fn write_watermark(shared: &Shared, claim: (u64, u64)) -> Result<(), Error> {
+    let sequence = {
+        let mut st = shared.state.borrow_mut();
+        st.watermark.in_flight = true;
+        st.watermark.sequence += 1;
+        st.watermark.sequence
+    };
+    let path = watermark::path(&shared.dir);
+    let result = async {
+        let file = shared.config.disk.open_rw(&path).await?;
+        let claim = Watermark { sequence, segment_base: claim.0, synced: claim.1 };
+        let written = watermark::write(&file, &claim).await;
+        let _ = file.close().await;
+        written.map_err(|e| Error::io("watermark write", &path, e))
+    }
+    .await;
+    let mut st = shared.state.borrow_mut();
+    st.watermark.in_flight = false;
+    // Also after a failure: the next attempt waits for a newer sync (and takes the other slot).
+    st.watermark.written = Some(claim);
+    drop(st);
+    shared.changed.notify();
+    result
 }
 
 /// After a roll, the next segment is readable from its start even before its first write.

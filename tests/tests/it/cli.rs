@@ -249,3 +249,52 @@ fn gen_stamps_frames_with_the_wall_clock() {
     }
     assert!(frames >= 20, "2000 records in batches of 100: {frames} frames");
 }
+
+/// Regression (review of issue 8, B1) through the CLI: damage in the last frame, which no later
+/// frame's `synced_before` vouches for, after a `gen` whose records were all synced. The sync
+/// watermark the clean shutdown wrote proves that sync: the next `gen` refuses to open the log,
+/// `verify` says corrupt, and `repair` cuts there and lowers the watermark, after which the dir
+/// verifies clean and takes appends again.
+#[test]
+fn damage_in_the_last_synced_frame_is_corruption_until_repaired() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let dir = temp.path().to_str().expect("utf-8");
+    let gen = [
+        "gen",
+        dir,
+        "--topic",
+        "t",
+        "--records",
+        "200",
+        "--value-size",
+        "300",
+        "--batch",
+        "50",
+        "--durability",
+        "synced",
+    ];
+    assert_eq!(kappa(&gen), EXIT_OK);
+    let partition = temp.path().join("topics/t/0");
+    let scanned = kappa_storage::verify::scan_data_dir(temp.path()).expect("scan");
+    let size = scanned[0].segments[0].size_bytes;
+    let claim = kappa_storage::watermark::read_blocking(&partition).expect("read").expect("claim");
+    assert_eq!((claim.segment_base, claim.synced), (0, size), "close recorded the last sync");
+    let segment = partition.join("00000000000000000000.log");
+    flip(&segment, size - 100);
+
+    assert_eq!(kappa(&gen), EXIT_ERROR, "synced records cut as a torn tail");
+    assert_eq!(kappa(&["verify", dir]), EXIT_CORRUPT);
+    let window = kappa_storage::verify::default_window_bytes();
+    let cuts = kappa_storage::repair::plan(temp.path(), window).expect("plan");
+    assert_eq!(cuts.len(), 1, "{cuts:?}");
+    // The cut starts at the last frame (records 150..200); its own records are not counted in
+    // `dropped_offsets_end`, since no valid frame follows to vouch for them.
+    assert_eq!(cuts[0].first_dropped_offset, 150);
+    assert!(cuts[0].position < size - 100 && cuts[0].dropped_bytes >= 100, "{cuts:?}");
+    assert_eq!(cuts[0].watermark, (0, cuts[0].position));
+    assert_eq!(kappa(&["repair", dir]), EXIT_OK);
+    let claim = kappa_storage::watermark::read_blocking(&partition).expect("read").expect("claim");
+    assert_eq!(claim.synced, cuts[0].position, "repair lowered the watermark to its cut");
+    assert_eq!(kappa(&["verify", "--strict", dir]), EXIT_OK);
+    assert_eq!(kappa(&gen), EXIT_OK, "the repaired log opens and takes appends");
+}

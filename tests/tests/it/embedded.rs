@@ -454,8 +454,13 @@ fn the_open_report_lists_torn_tails_cut() {
         producer.send("t", ProducerRecord::new("LAST-RECORD-MARKER").key("k")).expect("send");
         assert!(engine.open_report().truncations.is_empty());
     }
-    // A torn write of the last frame: one byte of its record changed.
+    // A torn write of the last frame: one byte of its record changed. The clean shutdown synced
+    // that frame and recorded the sync in the partition's watermark, which would make the damage
+    // corruption (refused); without the watermark (a power cut before it was written) no proof
+    // of that last sync is left, and recovery cuts it as a torn tail.
     let partition = partition_for_key(b"k", 2);
+    let partition_dir = temp.path().join(format!("topics/t/{partition}"));
+    std::fs::remove_file(kappa_storage::watermark::path(&partition_dir)).expect("watermark");
     let segment = temp.path().join(format!("topics/t/{partition}/00000000000000000000.log"));
     let bytes = std::fs::read(&segment).expect("read");
     let at = bytes.windows(18).position(|w| w == b"LAST-RECORD-MARKER").expect("marker") as u64;
