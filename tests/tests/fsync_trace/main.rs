@@ -155,6 +155,7 @@ fn segment_of(partition: &Path, offset: u64) -> (u64, PathBuf) {
 #[test]
 #[ignore = "needs root: tracefs (.ci/run runs it with --ignored)"]
 fn every_acknowledgement_and_metadata_change_is_preceded_by_its_fsyncs() {
+    trace::preflight();
     let temp = tempfile::Builder::new()
         .prefix("fsync-trace")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))

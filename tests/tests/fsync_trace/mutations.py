@@ -109,9 +109,8 @@ def main():
         sys.exit("storage/, engine/ or tools/ has uncommitted changes: commit or stash them first")
     env = dict(os.environ, CARGO_INCREMENTAL="0")
     rows = []
-    for name, path, old, new, nth in MUTATIONS:
-        if only and not any(o in name for o in only):
-            continue
+    chosen = [m for o in only for m in MUTATIONS if o in m[0]] if only else MUTATIONS
+    for name, path, old, new, nth in chosen:
         print(f"== {name}", flush=True)
         try:
             apply(path, old, new, nth)
@@ -135,17 +134,20 @@ def main():
                 else:
                     inside = False
             panic = re.findall(r"panicked at .*\n(.*)", out)
-            verdict = "; ".join(sorted(set(failed))[:4]) or (panic[0] if panic else "failed")
-            if len(set(failed)) > 4:
-                verdict += f" (+{len(set(failed)) - 4} more)"
+            # Group the failed checks by what they check (the text before the first colon).
+            groups = {}
+            for line in failed:
+                head = line.split(":")[0]
+                groups.setdefault(head, []).append(line)
+            parts = []
+            for head, lines in groups.items():
+                parts.append(lines[0] if len(lines) == 1 else f"{lines[0]} (and {len(lines) - 1} more {head!r})")
+            verdict = "; ".join(parts) or (panic[0] if panic else "failed")
         print(f"   -> {verdict}", flush=True)
         rows.append((name, verdict))
     os.makedirs("target", exist_ok=True)
-    with open("target/fsync-mutations.md", "w") as f:
-        f.write("| deleted sync | failing checks of fsync_trace |\n|---|---|\n")
-        for name, verdict in rows:
+        with open("target/fsync-mutations.md", "a") as f:
             f.write(f"| {name} | {verdict} |\n")
-    print(open("target/fsync-mutations.md").read())
 
 if __name__ == "__main__":
     main()

@@ -41,6 +41,23 @@ pub fn us(ns: u64) -> Us {
     ns / 1000
 }
 
+/// Fails (never skips) unless the test runs as root with tracefs and ext4's tracepoints.
+pub fn preflight() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "this test needs root (tracefs); run it as root, as .ci/run does");
+    assert!(
+        Path::new(TRACEFS).join("instances").is_dir(),
+        "tracefs is not mounted at {TRACEFS} (mount -t tracefs nodev {TRACEFS})"
+    );
+    for event in EVENTS {
+        assert!(
+            Path::new(TRACEFS).join("events/ext4").join(event).is_dir(),
+            "the kernel has no tracepoint ext4:{event}"
+        );
+    }
+}
+
 pub struct Instance {
     dir: PathBuf,
 }
@@ -58,20 +75,8 @@ impl Instance {
     /// Creates the instance and starts recording the ext4 events of the device holding `dir`.
     /// Panics (never skips) without root, without tracefs, or when `dir` is not on ext4.
     pub fn start(dir: &Path) -> Instance {
-        // SAFETY: geteuid has no preconditions.
-        let euid = unsafe { libc::geteuid() };
-        assert_eq!(euid, 0, "this test needs root (tracefs); run it as root, as .ci/run does");
-        assert!(
-            Path::new(TRACEFS).join("instances").is_dir(),
-            "tracefs is not mounted at {TRACEFS} (mount -t tracefs nodev {TRACEFS})"
-        );
+        preflight();
         assert_eq!(fs_type(dir), EXT4_SUPER_MAGIC, "{} is not on ext4", dir.display());
-        for event in EVENTS {
-            assert!(
-                Path::new(TRACEFS).join("events/ext4").join(event).is_dir(),
-                "the kernel has no tracepoint ext4:{event}"
-            );
-        }
         let st_dev = std::fs::metadata(dir).expect("stat the data dir").dev();
         // The kernel's dev_t (what the tracepoints record) is major << 20 | minor.
         let kdev = (u64::from(libc::major(st_dev)) << 20) | u64::from(libc::minor(st_dev));
