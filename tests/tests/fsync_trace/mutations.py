@@ -4,7 +4,7 @@ time, runs `cargo test -p kappa-tests --test fsync_trace -- --ignored` (root), a
 checks failed. Every source file is restored after each run (also on Ctrl-C).
 
 Run from the repository root, as root:  python3 tests/tests/fsync_trace/mutations.py [NAME...]
-Writes target/fsync-mutations.md. A mutation of an atomic write replaces the call by the same
+Appends a row per mutation to target/fsync-mutations.md. A mutation of an atomic write replaces the call by the same
 steps in std::fs with one sync left out (the file's, or the directory's after the rename).
 """
 import os
@@ -108,7 +108,6 @@ def main():
     if subprocess.run(["git", "diff", "--quiet", "--", "storage", "engine", "tools"]).returncode:
         sys.exit("storage/, engine/ or tools/ has uncommitted changes: commit or stash them first")
     env = dict(os.environ, CARGO_INCREMENTAL="0")
-    rows = []
     chosen = [m for o in only for m in MUTATIONS if o in m[0]] if only else MUTATIONS
     for name, path, old, new, nth in chosen:
         print(f"== {name}", flush=True)
@@ -144,8 +143,7 @@ def main():
                 parts.append(lines[0] if len(lines) == 1 else f"{lines[0]} (and {len(lines) - 1} more {head!r})")
             verdict = "; ".join(parts) or (panic[0] if panic else "failed")
         print(f"   -> {verdict}", flush=True)
-        rows.append((name, verdict))
-    os.makedirs("target", exist_ok=True)
+        os.makedirs("target", exist_ok=True)
         with open("target/fsync-mutations.md", "a") as f:
             f.write(f"| {name} | {verdict} |\n")
 
