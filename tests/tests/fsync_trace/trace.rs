@@ -247,7 +247,7 @@ impl Trace {
 
     /// The last allocation of `ino` (inode numbers are reused after a file is deleted).
     pub fn allocated(&self, ino: u64, by: Us) -> Option<At> {
-        self.allocs.iter().copied().filter(|a| a.ino == ino && a.t <= by).last()
+        self.allocs.iter().rev().copied().find(|a| a.ino == ino && a.t <= by)
     }
 
     pub fn unlinks_in(&self, parent: u64, from: Us, by: Us) -> Vec<At> {
@@ -259,7 +259,7 @@ impl Trace {
     }
 
     pub fn truncated(&self, ino: u64, from: Us, by: Us) -> Option<At> {
-        self.truncates.iter().copied().filter(|a| a.ino == ino && a.t >= from && a.t <= by).last()
+        self.truncates.iter().rev().copied().find(|a| a.ino == ino && a.t >= from && a.t <= by)
     }
 }
 
