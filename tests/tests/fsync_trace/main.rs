@@ -414,8 +414,24 @@ fn every_acknowledgement_and_metadata_change_is_preceded_by_its_fsyncs() {
     }
 
     drop(view);
-    engine.shutdown().expect("shutdown");
+    // A clean shutdown records the last sync in the partition's watermark (`synced.wm`), the only
+    // proof for the frames no later frame vouches for: the watermark's inode is fdatasynced after
+    // the active segment's last sync, before `shutdown` returns.
+    let watermark = kappa_storage::watermark::path(&partition);
+    let (result, close) = timed(|| engine.shutdown());
+    result.expect("shutdown");
     drop(engine);
+    {
+        let now = paths::list_segments(&partition).expect("segments");
+        let (wm_ino, active) = (ino(&watermark), ino(&now.last().expect("segment").1));
+        later.push(Box::new(move |t, c| {
+            let segment_sync = t.synced(active, close.from, close.by);
+            let after = segment_sync.and_then(|s| s.exit).unwrap_or(close.from);
+            c.check(t.synced(wm_ino, after, close.by).is_some(), || {
+                "shutdown: watermark sync missing: synced.wm not fdatasynced after the active segment's last sync, before shutdown returned".into()
+            });
+        }));
+    }
 
     // `kappa repair`: damage in the middle of a sealed segment; repair cuts it there (truncate,
     // fsync) and deletes every later segment (unlinks, partition dir fsync).
@@ -446,6 +462,9 @@ fn every_acknowledgement_and_metadata_change_is_preceded_by_its_fsyncs() {
                 "kappa repair: dir sync missing: the partition dir not fsynced after the unlinks"
                     .into()
             });
+            // Repair lowers the watermark to its cut by replacing the file (temp file, fsync,
+            // rename, dir fsync): a watermark left above the cut would refuse the next open.
+            c.atomic_write(t, "kappa repair: the lowered watermark", &watermark, w);
         }));
     }
 
