@@ -348,3 +348,94 @@ fn a_recreated_topic_never_resumes_the_old_topics_checkpoints() {
     drop(view);
     second.shutdown().expect("shutdown");
 }
+
+fn fail_writes_under(disk: &SimDisk, dir: &str) {
+    disk.set_faults(FaultOptions {
+        write_eio_probability: 1.0,
+        fsync_eio_probability: 1.0,
+        dir_fsync_eio_probability: 1.0,
+        only_under: Some(Path::new(DATA).join(dir)),
+        ..FaultOptions::default()
+    });
+}
+
+fn stored(disk: &SimDisk) -> kappa_engine::StoredView {
+    kappa_engine::stored_view(&Disk::Sim(disk.clone()), Path::new(DATA), "v")
+        .expect("metadata reads")
+        .expect("the view is stored")
+}
+
+/// Regression (issue 8, lifecycle review): `serve_view_version` switched the served version in
+/// memory, then failed to record it: the caller got an error, queries served the new version
+/// and a restart the old one. Now it records first and switches only then: with every write
+/// under the view's directory failing, the caller gets `ServeNotPersisted`, queries still see
+/// the version served before, the record says the same, and a retry on a healthy disk switches.
+/// Fails with the switch made before the record (the old order).
+#[test]
+fn a_serve_whose_record_fails_switches_nothing() {
+    let disk = SimDisk::new(21);
+    let engine = engine(&disk);
+    engine.create_topic("p", TopicConfig::new(1)).expect("topic");
+    produce(&engine, 100);
+    let view = engine.create_view("v", count("a")).expect("view");
+    let rebuild = engine.rebuild_view("v", count("b")).expect("rebuild");
+    rebuild.wait_swapped(WAIT).expect("swapped");
+    assert_eq!(view.version(), 2);
+    fail_writes_under(&disk, "views/v");
+    match engine.serve_view_version("v", 1) {
+        Err(Error::ServeNotPersisted { version: 1, served: 2, .. }) => {}
+        other => panic!("expected ServeNotPersisted (1 asked, 2 served), got {other:?}"),
+    }
+    assert!(!disk.faults().is_empty(), "no fault was injected (inconclusive)");
+    disk.set_faults(FaultOptions::default());
+    assert_eq!(view.version(), 2, "queries switched to a version whose record failed");
+    assert_eq!(stored(&disk).served, 2, "the record and memory disagree");
+    engine.serve_view_version("v", 1).expect("a retry on a healthy disk");
+    assert_eq!(view.version(), 1);
+    assert_eq!(stored(&disk).served, 1);
+    drop((view, rebuild));
+    engine.shutdown().expect("shutdown");
+}
+
+/// Regression (issue 8, lifecycle review): `drop_view_version` returned Ok when removing the
+/// version's files failed (only a warning), and the version was already forgotten: its files
+/// stayed for good, and a retry answered `UnknownView`. Now the caller gets `DropNotFinished`
+/// naming the directory; the version is stopped but still recorded with its files, and a retry
+/// on a healthy disk removes them and forgets it. Fails with the removal error ignored.
+#[test]
+fn a_drop_whose_files_cannot_be_removed_says_so_and_a_retry_finishes_it() {
+    let disk = SimDisk::new(22);
+    let engine = engine(&disk);
+    engine.create_topic("p", TopicConfig::new(1)).expect("topic");
+    produce(&engine, 100);
+    let view = engine.create_view("v", count("a")).expect("view");
+    wait_checkpointed(&view, 1);
+    let rebuild = engine.rebuild_view("v", count("b")).expect("rebuild");
+    rebuild.wait_swapped(WAIT).expect("swapped");
+    let dir = Path::new(DATA).join("views/v/1");
+    disk.set_faults(FaultOptions {
+        remove_eio_probability: 1.0,
+        only_under: Some(dir.clone()),
+        ..FaultOptions::default()
+    });
+    match engine.drop_view_version("v", 1) {
+        Err(Error::DropNotFinished { version: 1, path, .. }) => assert_eq!(path, dir),
+        other => panic!("expected DropNotFinished naming {}, got {other:?}", dir.display()),
+    }
+    disk.set_faults(FaultOptions::default());
+    let left = |disk: &SimDisk| {
+        disk.files().into_iter().filter(|(p, _)| p.starts_with(&dir)).count()
+    };
+    assert!(left(&disk) > 0, "the files went after all (inconclusive)");
+    assert!(stored(&disk).revisions.contains_key(&1), "forgotten while its files stay");
+    assert!(!view.versions().contains(&1), "still running after the drop");
+    engine.drop_view_version("v", 1).expect("a retry finishes the drop");
+    assert_eq!(left(&disk), 0, "the retry left files");
+    assert!(!stored(&disk).revisions.contains_key(&1));
+    match engine.drop_view_version("v", 1) {
+        Err(Error::UnknownView { version: 1, .. }) => {}
+        other => panic!("a dropped version is unknown, got {other:?}"),
+    }
+    drop((view, rebuild));
+    engine.shutdown().expect("shutdown");
+}
