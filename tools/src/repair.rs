@@ -67,10 +67,9 @@ pub fn run(dir: &Path, dry_run: bool, window_bytes: u64) -> anyhow::Result<i32> 
                 checkpoint.path.display(),
                 checkpoint.view,
                 checkpoint.version,
-                checkpoint.next_offset.map_or_else(
-                    || "unreadable".to_string(),
-                    |next| format!("next offset {next}")
-                ),
+                checkpoint
+                    .next_offset
+                    .map_or_else(|| "unreadable".to_string(), |next| format!("next offset {next}")),
             );
         }
     }

@@ -553,7 +553,11 @@ impl Stored {
     /// rewriting it, that is, the definition the version last ran with), refused where there
     /// is none; its revision is the version's, which `meta.json` fixes per version number
     /// (`ours.revision` when it is the version's own; a seed's revision is not compared).
-    pub fn establish(self, ours: &CheckpointOf, dir_shape: Option<&str>) -> Result<CheckpointOf, String> {
+    pub fn establish(
+        self,
+        ours: &CheckpointOf,
+        dir_shape: Option<&str>,
+    ) -> Result<CheckpointOf, String> {
         let incarnation = |format: u16| {
             if ours.topic_incarnation != 0 {
                 Err(format!(

@@ -423,9 +423,8 @@ fn a_drop_whose_files_cannot_be_removed_says_so_and_a_retry_finishes_it() {
         other => panic!("expected DropNotFinished naming {}, got {other:?}", dir.display()),
     }
     disk.set_faults(FaultOptions::default());
-    let left = |disk: &SimDisk| {
-        disk.files().into_iter().filter(|(p, _)| p.starts_with(&dir)).count()
-    };
+    let left =
+        |disk: &SimDisk| disk.files().into_iter().filter(|(p, _)| p.starts_with(&dir)).count();
     assert!(left(&disk) > 0, "the files went after all (inconclusive)");
     assert!(stored(&disk).revisions.contains_key(&1), "forgotten while its files stay");
     assert!(!view.versions().contains(&1), "still running after the drop");
@@ -539,4 +538,41 @@ fn an_old_checkpoint_is_refused_for_a_topic_that_records_an_incarnation() {
         drop(view);
         second.shutdown().expect("shutdown");
     }
+}
+
+/// A partition's own checkpoint whose next offset lies past the log's end (the log lost its
+/// tail after it was written: a repair, a restored backup) is refused at resume, logged, and the
+/// partition replays; once new records take those offsets the view counts them. Here version
+/// 1's newest checkpoint is rewritten to claim 100 records more than the log holds. Fails with
+/// the log-end check of `runner::initial_state` removed (the view skips the 100 new records).
+#[test]
+fn a_checkpoint_past_the_log_end_is_not_resumed() {
+    let disk = SimDisk::new(23);
+    let first = engine(&disk);
+    first.create_topic("p", TopicConfig::new(1)).expect("topic");
+    produce(&first, 300);
+    let view = first.create_view("v", count("a")).expect("view");
+    wait_checkpointed(&view, 1);
+    drop(view);
+    first.shutdown().expect("shutdown");
+    drop(first);
+    let (path, bytes) = newest_checkpoint(&disk, 1, 0);
+    let (of, mut state) =
+        kappa_engine::view::state::decode_checkpoint(&path, &bytes).expect("decode");
+    assert_eq!(state.next_offset, 300, "the final checkpoint is at the end");
+    state.next_offset = 400;
+    let planted = path.with_file_name(format!("{:020}.ckpt", 400));
+    let bytes = kappa_engine::view::state::encode_checkpoint(&planted, of, &state).expect("encode");
+    Disk::Sim(disk.clone()).write_file_atomic_blocking(&planted, &bytes).expect("plant");
+
+    let second = engine(&disk);
+    let view = second.create_view("v", count("a")).expect("view");
+    let resumed = view.progress().expect("progress").partitions[0].resumed_from;
+    assert!(resumed.is_none_or(|r| r <= 300), "resumed past the log end: {resumed:?}");
+    produce(&second, 100);
+    view.wait_for(view.log_end().expect("end"), WAIT).expect("folded");
+    let total: f64 = view.rows().expect("rows").iter().map(|r| r.value).sum();
+    assert_eq!(total, 400.0, "the records that took the checkpoint's offsets are counted");
+    drop(view);
+    second.shutdown().expect("shutdown");
 }

@@ -295,7 +295,9 @@ impl prometheus_client::collector::Collector for Snapshot {
         let failed: Vec<(Labels, f64)> = self
             .failed_views
             .iter()
-            .map(|(view, reason)| (vec![("view", view.clone()), ("reason", reason.to_string())], 1.0))
+            .map(|(view, reason)| {
+                (vec![("view", view.clone()), ("reason", reason.to_string())], 1.0)
+            })
             .collect();
         gauge(
             &mut e,

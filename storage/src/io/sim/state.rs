@@ -434,7 +434,9 @@ impl SimState {
         let probability = self.faults.remove_eio_probability;
         // Nothing drawn unless asked for: seeds recorded before this fault kind replay as before.
         let scheduled = self.faults.schedule.iter().any(|s| s.kind == FaultKind::RemoveEio);
-        if (probability > 0.0 || scheduled) && self.fault(FaultKind::RemoveEio, probability, nth, path) {
+        if (probability > 0.0 || scheduled)
+            && self.fault(FaultKind::RemoveEio, probability, nth, path)
+        {
             return Err(eio());
         }
         Ok(())

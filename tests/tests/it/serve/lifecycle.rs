@@ -257,8 +257,9 @@ fn a_view_that_cannot_start_does_not_stop_the_appliance() {
         engine.create_topic("old", topic).expect("topic");
         let producer = engine.producer().with_durability(Durability::Synced);
         for chunk in 0..50 {
-            let records =
-                (0..10).map(|i| ProducerRecord::new(format!("{{\"n\":{}}}", chunk * 10 + i))).collect();
+            let records = (0..10)
+                .map(|i| ProducerRecord::new(format!("{{\"n\":{}}}", chunk * 10 + i)))
+                .collect();
             producer.send_batch("old", records).expect("send");
         }
         engine.apply_retention().expect("retention");

@@ -104,11 +104,9 @@ fn handle(app: &App, view: &str) -> ApiResult<ViewHandle> {
                 Some("view"),
                 format!("view {view:?} failed to start ({}): {}", f.reason, f.error),
             ),
-            None => ApiError::new(
-                StatusCode::NOT_FOUND,
-                Some("view"),
-                format!("unknown view {view:?}"),
-            ),
+            None => {
+                ApiError::new(StatusCode::NOT_FOUND, Some("view"), format!("unknown view {view:?}"))
+            }
         }
     })
 }
