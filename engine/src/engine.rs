@@ -1133,7 +1133,7 @@ impl Engine {
                 view: name.to_string(),
                 version,
                 path: dir,
-                source: e,
+                source: Arc::new(e.into()),
             });
         }
         entry.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&version);

@@ -102,7 +102,7 @@ pub enum Error {
         version: u32,
         path: PathBuf,
         #[source]
-        source: kappa_storage::Error,
+        source: std::sync::Arc<Error>,
     },
     #[error("the engine is shut down")]
     ShutDown,
