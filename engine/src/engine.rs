@@ -1125,7 +1125,12 @@ impl Engine {
             Err(e) if e.is_not_found() => Ok(()),
             other => other,
         }
-        .and_then(|()| entry.disk.sync_dir_blocking(&entry.dir));
+        // Synced also when the directory was already gone (a retry after a failed sync); a
+        // view directory that does not exist has nothing to make durable.
+        .and_then(|()| match entry.disk.sync_dir_blocking(&entry.dir) {
+            Err(e) if e.is_not_found() => Ok(()),
+            other => other,
+        });
         if let Err(e) = removed {
             tracing::error!(view = name, version, dir = %dir.display(), error = %e,
                 "removing a dropped version's files failed; it stays recorded, stopped");
