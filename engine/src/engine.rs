@@ -975,6 +975,11 @@ impl Engine {
             failure_unrecorded: crate::sync::Mutex::new(None),
             swap_unrecorded: crate::sync::Mutex::new(None),
             topic_incarnation,
+            prior_shape: entry
+                .disk
+                .read_file_blocking(&entry.dir.join(number.to_string()).join(view::SHAPE_FILE))
+                .ok()
+                .and_then(|bytes| String::from_utf8(bytes).ok()),
             outcome: crate::sync::atomic::AtomicU8::new(outcome),
             dropped: AtomicBool::new(false),
             #[cfg(any(test, feature = "test-hooks"))]
@@ -1009,6 +1014,13 @@ impl Engine {
     /// Serves another running version of a view again (a rollback after a rebuild, or a roll
     /// forward): the switch is one atomic store, like a swap. The version must still be running,
     /// that is, not dropped.
+    ///
+    /// All or nothing: the new served version is recorded in the view's `meta.json` (durably)
+    /// first, and queries switch only once it is. When the record fails the caller gets
+    /// `Error::ServeNotPersisted` and nothing changed in memory: queries still serve the
+    /// previous version, which is also what a restart serves (a failed atomic write leaves the
+    /// old record; where the rename landed but its directory fsync failed, the record is
+    /// written again with the previous version, best effort).
     pub fn serve_view_version(&self, name: &str, version: u32) -> Result<(), Error> {
         let _meta = self.inner.lock_meta();
         let entry = self.view_entry(name)?;
@@ -1020,7 +1032,27 @@ impl Engine {
         {
             return Err(Error::UnknownView { view: name.to_string(), version });
         }
+        // Held from the record to the switch: a rebuild's swap (`Version::partition_caught_up`)
+        // writes `meta.json` under the same lock, reading `served` then, so whichever of the two
+        // writes last records what memory serves.
+        let history = entry.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Err(e) = view::write_meta_locked(&entry, &history, version) {
+            let current = entry.served.load(Ordering::Acquire);
+            if let Err(again) = view::write_meta_locked(&entry, &history, current) {
+                tracing::warn!(view = name, error = %again,
+                    "restoring the view's record after a failed switch failed too");
+            }
+            tracing::error!(view = name, version, error = %e,
+                "recording the served view version failed; the switch was not made");
+            return Err(Error::ServeNotPersisted {
+                view: name.to_string(),
+                version,
+                served: current,
+                source: Arc::new(e),
+            });
+        }
         let previous = entry.served.swap(version, Ordering::AcqRel);
+        drop(history);
         if previous != version {
             entry.swaps.fetch_add(1, Ordering::AcqRel);
             tracing::info!(
@@ -1033,17 +1065,26 @@ impl Engine {
             // version served (or replaced): neither may sleep through the switch.
             entry.notifier.notify();
         }
-        view::write_meta(&entry)
+        Ok(())
     }
 
     /// Stops a version that is not served and deletes its checkpoints.
+    ///
+    /// In this order: the version stops (queries and waiters on it get `UnknownView`), its
+    /// directory is removed and the view's directory synced, and only then is it forgotten in
+    /// the view's `meta.json`. When removing its files fails, the caller gets
+    /// `Error::DropNotFinished` naming the directory, and the version is in the state of a
+    /// version not resumed after a restart: stopped and not served, still recorded (its
+    /// revision and number in `meta.json`) with whatever files are left. Calling this again
+    /// finishes the drop (a recorded version that is not running can be dropped), and
+    /// `resume_view_version` could run it again from its checkpoints instead.
     pub fn drop_view_version(&self, name: &str, version: u32) -> Result<(), Error> {
         let _meta = self.inner.lock_meta();
         let entry = self.view_entry(name)?;
         // Check and removal under the versions lock, which a rebuild's swap holds to move
         // `served` (`Version::partition_caught_up`): the swap either comes first (this drop is
         // refused) or sees the version dropped and leaves `served` alone.
-        let removed = {
+        let running = {
             let mut versions =
                 entry.versions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if entry.served.load(Ordering::Acquire) == version {
@@ -1052,13 +1093,24 @@ impl Engine {
                     reason: format!("version {version} is served; it cannot be dropped"),
                 });
             }
-            let Some(removed) = versions.remove(&version) else {
-                return Err(Error::UnknownView { view: name.to_string(), version });
-            };
-            removed.dropped.store(true, Ordering::SeqCst);
-            removed
+            let removed = versions.remove(&version);
+            if let Some(removed) = &removed {
+                removed.dropped.store(true, Ordering::SeqCst);
+            }
+            removed.is_some()
         };
-        entry.notifier.notify();
+        let recorded = entry
+            .history
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains_key(&version);
+        if !running && !recorded {
+            return Err(Error::UnknownView { view: name.to_string(), version });
+        }
+        if running {
+            entry.notifier.notify();
+        }
+        // Every shard, also on a retry: a shard that does not run the version does nothing.
         let view_name: Arc<str> = Arc::from(name);
         for shard in 0..self.shard_count() {
             self.inner.call(shard, |reply| Request::DropView {
@@ -1067,22 +1119,33 @@ impl Engine {
                 reply,
             })?;
         }
+        // Synced before the version is forgotten: once this returns, a power cut does not
+        // bring the version's files back (its number is never taken again, but its shape file
+        // would still seed a `Start::Checkpoint` from a version that was dropped).
+        let dir = entry.dir.join(version.to_string());
+        let removed = match entry.disk.remove_dir_all_blocking(&dir) {
+            Err(e) if e.is_not_found() => Ok(()),
+            other => other,
+        }
+        // Synced also when the directory was already gone (a retry after a failed sync); a
+        // view directory that does not exist has nothing to make durable.
+        .and_then(|()| match entry.disk.sync_dir_blocking(&entry.dir) {
+            Err(e) if e.is_not_found() => Ok(()),
+            other => other,
+        });
+        if let Err(e) = removed {
+            tracing::error!(view = name, version, dir = %dir.display(), error = %e,
+                "removing a dropped version's files failed; it stays recorded, stopped");
+            return Err(Error::DropNotFinished {
+                view: name.to_string(),
+                version,
+                path: dir,
+                source: Arc::new(e.into()),
+            });
+        }
         entry.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&version);
         entry.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&version);
         view::write_meta(&entry)?;
-        // Synced: once this returns, a power cut does not bring the version's files back (its
-        // number is never taken again, but its shape file would still seed a
-        // `Start::Checkpoint` from a version that was dropped).
-        match entry.disk.remove_dir_all_blocking(&removed.dir) {
-            Ok(()) => {
-                if let Some(parent) = removed.dir.parent() {
-                    entry.disk.sync_dir_blocking(parent)?;
-                }
-            }
-            Err(e) => {
-                tracing::warn!(view = name, version, error = %e, "removing a dropped version's checkpoints failed");
-            }
-        }
         Ok(())
     }
 

@@ -74,6 +74,36 @@ pub enum Error {
         #[source]
         source: std::sync::Arc<Error>,
     },
+    /// `Engine::serve_view_version` could not record the switch in the view's `meta.json`, so
+    /// it did not make it: `served` is still served, now and after a restart.
+    #[error(
+        "version {version} of view {view} was not served: recording the switch failed \
+         ({source}); version {served} is still served, in this process and after a restart; \
+         retry once the disk is healthy"
+    )]
+    ServeNotPersisted {
+        view: String,
+        version: u32,
+        served: u32,
+        #[source]
+        source: std::sync::Arc<Error>,
+    },
+    /// `Engine::drop_view_version` stopped the version but could not remove its files at
+    /// `path`: the version stays recorded (not running, not served) with what is left of its
+    /// files, as after a restart; calling `drop_view_version` again finishes the drop.
+    #[error(
+        "version {version} of view {view} is stopped, but removing its files at {} failed \
+         ({source}): it stays recorded with its checkpoints; call drop_view_version again to \
+         finish the drop",
+        path.display()
+    )]
+    DropNotFinished {
+        view: String,
+        version: u32,
+        path: PathBuf,
+        #[source]
+        source: std::sync::Arc<Error>,
+    },
     #[error("the engine is shut down")]
     ShutDown,
     /// A shard's thread died (a panic outside user code): every call that needs it fails with

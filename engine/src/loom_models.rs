@@ -106,6 +106,7 @@ impl Fixture {
                 failure_unrecorded: Mutex::new(None),
                 swap_unrecorded: Mutex::new(None),
                 topic_incarnation: 1,
+                prior_shape: None,
                 outcome: AtomicU8::new(if caught_up { view::SERVED } else { view::BUILDING }),
                 dropped: AtomicBool::new(false),
                 #[cfg(any(test, feature = "test-hooks"))]

@@ -37,7 +37,8 @@ pub enum Command {
         window: WindowArgs,
     },
     /// Cut each corrupt partition at its first damage, dropping everything after it, after a
-    /// report of exactly what goes (exit 0 done or nothing to do; with --dry-run, 1 if a cut is
+    /// report of exactly what goes, view checkpoints past the cut included (removed before the
+    /// cut; their views replay) (exit 0 done or nothing to do; with --dry-run, 1 if a cut is
     /// needed; 2 error).
     Repair {
         dir: PathBuf,

@@ -1,5 +1,6 @@
 //! `kappa repair DIR [--dry-run]`: cut each corrupt partition at its first damage, after a report
-//! of exactly what goes (file, byte, offsets, bytes, files deleted).
+//! of exactly what goes (file, byte, offsets, bytes, files deleted, and the view checkpoints past
+//! the cut, removed durably before the log is cut: `kappa_engine::view::cut`).
 
 use std::path::Path;
 
@@ -23,8 +24,22 @@ pub fn run(dir: &Path, dry_run: bool, window_bytes: u64) -> anyhow::Result<i32> 
         println!("nothing to repair under {}", dir.display());
         return Ok(EXIT_OK);
     }
+    // Per cut, the view checkpoints of its partition past the cut (`view::cut`).
+    let stale = cuts
+        .iter()
+        .map(|cut| {
+            kappa_engine::view::cut::checkpoints_past(
+                &kappa_storage::io::Disk::Dma,
+                dir,
+                &cut.topic,
+                cut.partition,
+                cut.first_dropped_offset,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("listing view checkpoints under {}", dir.display()))?;
     let verb = if dry_run { "would drop" } else { "drops" };
-    for cut in &cuts {
+    for (i, cut) in cuts.iter().enumerate() {
         println!(
             "{}/{}: {} at byte {}: {}",
             cut.topic,
@@ -49,10 +64,30 @@ pub fn run(dir: &Path, dry_run: bool, window_bytes: u64) -> anyhow::Result<i32> 
             "  {} the sync watermark to {synced} bytes of segment {segment_base}",
             if dry_run { "would lower" } else { "lowers" }
         );
+        for checkpoint in &stale[i] {
+            println!(
+                "  {} view checkpoint {} (view {} version {}, {}): past the cut, its view \
+                 replays this partition",
+                if dry_run { "would delete" } else { "deletes" },
+                checkpoint.path.display(),
+                checkpoint.view,
+                checkpoint.version,
+                checkpoint
+                    .next_offset
+                    .map_or_else(|| "unreadable".to_string(), |next| format!("next offset {next}")),
+            );
+        }
     }
     if dry_run {
         println!("dry run: nothing changed ({} partitions need a cut)", cuts.len());
         return Ok(EXIT_CORRUPT);
+    }
+    // Durably gone before any log is cut: a crash in between leaves fewer checkpoints, never
+    // one that claims records the log no longer holds.
+    let disk = kappa_storage::io::Disk::Dma;
+    for checkpoints in &stale {
+        kappa_engine::view::cut::remove_checkpoints(&disk, checkpoints)
+            .with_context(|| format!("removing view checkpoints under {}", dir.display()))?;
     }
     kappa_storage::repair::apply(&cuts)
         .with_context(|| format!("repairing data dir {}", dir.display()))?;

@@ -12,6 +12,7 @@
 //! What a view computes, record by record and query by query, is specified in `docs/semantics.md`;
 //! the tests compare the engine with a reference model written from that page.
 
+pub mod cut;
 pub mod def;
 pub mod handle;
 #[cfg(any(test, feature = "test-hooks"))]
@@ -174,6 +175,10 @@ pub(crate) struct Version {
     pub(crate) swap_unrecorded: Mutex<Option<Arc<Error>>>,
     /// The incarnation of the topic this version reads (recorded in its checkpoints).
     pub(crate) topic_incarnation: u64,
+    /// The version's `shape` file as this start found it, before rewriting it: the definition
+    /// the version last ran with, which a format-4 checkpoint (recording none) is taken to have
+    /// (`state::Stored::establish`). `None` when there was none.
+    pub(crate) prior_shape: Option<String>,
     /// `BUILDING`, `SERVED` (every partition caught up and the served version moved here, or
     /// it was served from the start) or `SUPERSEDED` (a newer version was served first).
     pub(crate) outcome: AtomicU8,
@@ -418,10 +423,22 @@ pub(crate) fn write_meta(entry: &Entry) -> Result<(), Error> {
     // swap (on the blocking pool) may write this file at the same time; holding it, the one that
     // renames last is the one that read `served` last. Blocking: never call it on a shard thread.
     let history = entry.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    write_meta_locked(entry, &history, entry.served.load(Ordering::Acquire))
+}
+
+/// `meta.json` recording `served` as the served version, written under the `history` lock the
+/// caller holds (`history` is what it guards). `Engine::serve_view_version` records the version
+/// it is about to serve this way before it switches, and switches while it still holds the
+/// lock: no other writer can record an older `served` in between.
+pub(crate) fn write_meta_locked(
+    entry: &Entry,
+    history: &BTreeMap<u32, String>,
+    served: u32,
+) -> Result<(), Error> {
     let meta = MetaFile {
         format: 1,
         topic: entry.topic.clone(),
-        served: entry.served.load(Ordering::Acquire),
+        served,
         versions: history.clone(),
         failed: entry.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
     };

@@ -312,9 +312,16 @@ pub(crate) async fn initial_state(
     // that version's.
     let own = checkpoints(disk, &version.partition_dir(partition)).await;
     let ours = version.checkpoint_of(partition);
+    let mut seed_shape = None;
     let seeded = match version.def.start {
         crate::view::Start::Checkpoint { version: seed } if own.is_empty() => {
-            let dir = version.entry.dir.join(seed.to_string()).join(partition.to_string());
+            let seed_dir = version.entry.dir.join(seed.to_string());
+            seed_shape = disk
+                .read_file(&seed_dir.join(crate::view::SHAPE_FILE))
+                .await
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok());
+            let dir = seed_dir.join(partition.to_string());
             checkpoints(disk, &dir).await.into_iter().map(|p| (p, Some(seed))).collect()
         }
         _ => Vec::new(),
@@ -328,11 +335,21 @@ pub(crate) async fn initial_state(
             Ok(bytes) => {
                 let path = path.clone();
                 glommio::executor()
-                    .spawn_blocking(move || state::decode_checkpoint(&path, &bytes))
+                    .spawn_blocking(move || state::decode_stored(&path, &bytes))
                     .await
             }
             Err(e) => Err(e.into()),
         };
+        // A checkpoint of an older format gets the identity it does not record from where it
+        // lies (`Stored::establish`), or is refused like a foreign one.
+        let dir_shape = match seed {
+            None => version.prior_shape.as_deref(),
+            Some(_) => seed_shape.as_deref(),
+        };
+        let read = read.and_then(|(stored, state)| match stored.establish(&ours, dir_shape) {
+            Ok(of) => Ok((of, state)),
+            Err(reason) => Err(crate::Error::Meta { path: path.clone(), reason }),
+        });
         // Anything but our own checkpoint, or our seed's (`CheckpointOf::resumes`), is ignored,
         // never loaded (a file copied in, a definition changed under an unchanged revision): the
         // partition goes on to an older checkpoint, or replays from the start, which is always

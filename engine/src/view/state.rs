@@ -423,10 +423,14 @@ impl Session<'_, '_> {
 const CHECKPOINT_MAGIC: u32 = u32::from_le_bytes(*b"KAPC");
 /// Format 2: `Counters` counts skips by cause. Format 3: records whose user code panicked
 /// (`panicked`). Format 4: `Sum` and `Mean` keep an exact sum (`ExactSum`), `Min`/`Max` order
-/// zeros by sign. Format 5: the definition's revision and shape (`CheckpointOf`). An older
-/// checkpoint is refused as unknown and the partition replays from an older checkpoint or the
-/// start.
+/// zeros by sign. Format 5: the definition's revision and shape (`CheckpointOf`). Format 6: the
+/// topic's incarnation. Formats 4 and 5 are still read (`decode_stored`, `Stored::establish`:
+/// their state is laid out as now, and what they do not record is established from where they
+/// lie, or they are refused); an older checkpoint is refused as unknown and the partition
+/// replays from an older checkpoint or the start.
 const CHECKPOINT_FORMAT: u16 = 6;
+const CHECKPOINT_FORMAT_5: u16 = 5;
+const CHECKPOINT_FORMAT_4: u16 = 4;
 const CHECKPOINT_HEADER: usize = 32;
 
 /// Groups as a checkpoint stores them: key, then (window start, cell) in order.
@@ -497,6 +501,102 @@ struct CheckpointData {
     max_event_time: i64,
     counters: Counters,
     groups: StoredGroups,
+}
+
+/// Format 5's archive: format 6 without the topic's incarnation.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct CheckpointDataV5 {
+    view: String,
+    version: u32,
+    partition: u32,
+    revision: String,
+    shape: String,
+    next_offset: u64,
+    max_event_time: i64,
+    counters: Counters,
+    groups: StoredGroups,
+}
+
+/// Format 4's archive: neither the definition (revision, shape) nor the topic's incarnation.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct CheckpointDataV4 {
+    view: String,
+    version: u32,
+    partition: u32,
+    next_offset: u64,
+    max_event_time: i64,
+    counters: Counters,
+    groups: StoredGroups,
+}
+
+/// What a checkpoint file says it belongs to, by format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    /// Format 6: everything `CheckpointOf` holds.
+    Current(CheckpointOf),
+    /// Format 5: no topic incarnation.
+    Format5 { view: String, version: u32, partition: u32, revision: String, shape: String },
+    /// Format 4: view, version and partition only.
+    Format4 { view: String, version: u32, partition: u32 },
+}
+
+impl Stored {
+    /// The checkpoint's full identity, where it can be established for a partition `ours`
+    /// would resume it into; otherwise why not.
+    ///
+    /// Formats 4 and 5 predate topic incarnations: a topic whose definition records one
+    /// (`ours.topic_incarnation != 0`) was created after such a checkpoint was written, so it
+    /// is another topic of the same name, and the checkpoint is refused. A topic that records
+    /// none (created before incarnations, as the checkpoint) is its topic: incarnation 0.
+    /// Format 4 records no definition: its shape is the one its version's `shape` file held
+    /// (`dir_shape`: for the version's own directory, the file as this start found it before
+    /// rewriting it, that is, the definition the version last ran with), refused where there
+    /// is none; its revision is the version's, which `meta.json` fixes per version number
+    /// (`ours.revision` when it is the version's own; a seed's revision is not compared).
+    pub fn establish(
+        self,
+        ours: &CheckpointOf,
+        dir_shape: Option<&str>,
+    ) -> Result<CheckpointOf, String> {
+        let incarnation = |format: u16| {
+            if ours.topic_incarnation != 0 {
+                Err(format!(
+                    "a format-{format} checkpoint predates topic incarnations, and the topic's \
+                     definition records incarnation {:x}: another topic of that name",
+                    ours.topic_incarnation
+                ))
+            } else {
+                Ok(0)
+            }
+        };
+        match self {
+            Stored::Current(of) => Ok(of),
+            Stored::Format5 { view, version, partition, revision, shape } => Ok(CheckpointOf {
+                view,
+                version,
+                partition,
+                revision,
+                shape,
+                topic_incarnation: incarnation(5)?,
+            }),
+            Stored::Format4 { view, version, partition } => {
+                let topic_incarnation = incarnation(4)?;
+                let Some(shape) = dir_shape else {
+                    return Err("a format-4 checkpoint whose version has no shape file: its \
+                                definition cannot be established"
+                        .into());
+                };
+                Ok(CheckpointOf {
+                    view,
+                    version,
+                    partition,
+                    revision: ours.revision.clone(),
+                    shape: shape.to_string(),
+                    topic_incarnation,
+                })
+            }
+        }
+    }
 }
 
 /// A checkpoint file: 32-byte header (magic, format, payload length, xxh3 of the payload) and the
@@ -633,25 +733,44 @@ pub fn read_checkpoint(path: &Path) -> Result<(CheckpointOf, PartitionState), Er
     decode_checkpoint(path, &bytes)
 }
 
-/// A checkpoint's state, and what it belongs to, from its file's bytes; any damage is an error
-/// naming `path`.
+/// A checkpoint's state, and what it belongs to, from its file's bytes (format 6 only); any
+/// damage is an error naming `path`.
 pub fn decode_checkpoint(
     path: &Path,
     bytes: &[u8],
 ) -> Result<(CheckpointOf, PartitionState), Error> {
+    match decode_stored(path, bytes)? {
+        (Stored::Current(of), state) => Ok((of, state)),
+        _ => Err(Error::Meta {
+            path: path.to_path_buf(),
+            reason: "an older checkpoint format (see decode_stored)".into(),
+        }),
+    }
+}
+
+/// The next offset a checkpoint file records, in any format `decode_stored` reads.
+pub fn checkpoint_next_offset(path: &Path, bytes: &[u8]) -> Result<u64, Error> {
+    Ok(decode_stored(path, bytes)?.1.next_offset)
+}
+
+/// A checkpoint's state, and what it says it belongs to, from its file's bytes in format 4, 5
+/// or 6 (`Stored::establish` completes an older one's identity); any damage is an error naming
+/// `path`.
+pub fn decode_stored(path: &Path, bytes: &[u8]) -> Result<(Stored, PartitionState), Error> {
     let corrupt = |reason: String| Error::Meta { path: path.to_path_buf(), reason };
     if bytes.len() < CHECKPOINT_HEADER || bytes[0..4] != CHECKPOINT_MAGIC.to_le_bytes() {
         return Err(corrupt("not a checkpoint (bad magic)".into()));
     }
-    if u16::from_le_bytes([bytes[4], bytes[5]]) != CHECKPOINT_FORMAT {
-        return Err(corrupt("unknown checkpoint format".into()));
+    let format = u16::from_le_bytes([bytes[4], bytes[5]]);
+    if ![CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_5, CHECKPOINT_FORMAT_4].contains(&format) {
+        return Err(corrupt(format!("unknown checkpoint format {format}")));
     }
     let mut len = [0u8; 8];
     len.copy_from_slice(&bytes[8..16]);
     let len = u64::from_le_bytes(len) as usize;
     let mut sum = [0u8; 8];
     sum.copy_from_slice(&bytes[16..24]);
-    if bytes.len() != CHECKPOINT_HEADER + len {
+    if bytes.len() != CHECKPOINT_HEADER.saturating_add(len) {
         return Err(corrupt(format!(
             "length {} does not match header ({len} payload bytes)",
             bytes.len()
@@ -662,21 +781,90 @@ pub fn decode_checkpoint(
     if xxh3_64(&payload) != u64::from_le_bytes(sum) {
         return Err(corrupt("checksum mismatch".into()));
     }
-    let data = rkyv::from_bytes::<CheckpointData, rancor::Error>(&payload)
-        .map_err(|e| corrupt(format!("archive does not validate: {e}")))?;
-    let mut state = PartitionState::new(data.next_offset);
-    state.max_event_time = data.max_event_time;
-    state.counters = data.counters;
-    state.groups = data.groups.into_iter().map(|(k, w)| (k, w.into_iter().collect())).collect();
-    let of = CheckpointOf {
-        view: data.view,
-        version: data.version,
-        partition: data.partition,
-        revision: data.revision,
-        shape: data.shape,
-        topic_incarnation: data.topic_incarnation,
+    let invalid = |e: rancor::Error| corrupt(format!("archive does not validate: {e}"));
+    let (stored, next_offset, max_event_time, counters, groups) = match format {
+        CHECKPOINT_FORMAT => {
+            let d = rkyv::from_bytes::<CheckpointData, rancor::Error>(&payload).map_err(invalid)?;
+            let of = CheckpointOf {
+                view: d.view,
+                version: d.version,
+                partition: d.partition,
+                revision: d.revision,
+                shape: d.shape,
+                topic_incarnation: d.topic_incarnation,
+            };
+            (Stored::Current(of), d.next_offset, d.max_event_time, d.counters, d.groups)
+        }
+        CHECKPOINT_FORMAT_5 => {
+            let d =
+                rkyv::from_bytes::<CheckpointDataV5, rancor::Error>(&payload).map_err(invalid)?;
+            let stored = Stored::Format5 {
+                view: d.view,
+                version: d.version,
+                partition: d.partition,
+                revision: d.revision,
+                shape: d.shape,
+            };
+            (stored, d.next_offset, d.max_event_time, d.counters, d.groups)
+        }
+        _ => {
+            let d =
+                rkyv::from_bytes::<CheckpointDataV4, rancor::Error>(&payload).map_err(invalid)?;
+            let stored =
+                Stored::Format4 { view: d.view, version: d.version, partition: d.partition };
+            (stored, d.next_offset, d.max_event_time, d.counters, d.groups)
+        }
     };
-    Ok((of, state))
+    let mut state = PartitionState::new(next_offset);
+    state.max_event_time = max_event_time;
+    state.counters = counters;
+    state.groups = groups.into_iter().map(|(k, w)| (k, w.into_iter().collect())).collect();
+    Ok((stored, state))
+}
+
+/// The bytes of a checkpoint file in format 4 or 5, as the code of those formats wrote them:
+/// for tests of the upgrade path (`decode_stored`). Format 4 keeps view, version and partition
+/// of `of`; format 5 also revision and shape; neither the topic incarnation.
+#[doc(hidden)]
+pub fn encode_old_checkpoint(format: u16, of: &CheckpointOf, state: &PartitionState) -> Vec<u8> {
+    let groups: StoredGroups = state
+        .groups
+        .iter()
+        .map(|(k, w)| (k.clone(), w.iter().map(|(s, c)| (*s, c.clone())).collect()))
+        .collect();
+    let payload = match format {
+        CHECKPOINT_FORMAT_5 => rkyv::to_bytes::<rancor::Error>(&CheckpointDataV5 {
+            view: of.view.clone(),
+            version: of.version,
+            partition: of.partition,
+            revision: of.revision.clone(),
+            shape: of.shape.clone(),
+            next_offset: state.next_offset,
+            max_event_time: state.max_event_time,
+            counters: state.counters,
+            groups,
+        }),
+        CHECKPOINT_FORMAT_4 => rkyv::to_bytes::<rancor::Error>(&CheckpointDataV4 {
+            view: of.view.clone(),
+            version: of.version,
+            partition: of.partition,
+            next_offset: state.next_offset,
+            max_event_time: state.max_event_time,
+            counters: state.counters,
+            groups,
+        }),
+        other => panic!("format {other} is not an older format this writes"),
+    }
+    .expect("a checkpoint archives");
+    let mut bytes = Vec::with_capacity(CHECKPOINT_HEADER + payload.len());
+    bytes.extend_from_slice(&CHECKPOINT_MAGIC.to_le_bytes());
+    bytes.extend_from_slice(&format.to_le_bytes());
+    bytes.extend_from_slice(&[0u8; 2]);
+    bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&xxh3_64(&payload).to_le_bytes());
+    bytes.resize(CHECKPOINT_HEADER, 0);
+    bytes.extend_from_slice(&payload);
+    bytes
 }
 
 #[cfg(test)]

@@ -298,3 +298,101 @@ fn damage_in_the_last_synced_frame_is_corruption_until_repaired() {
     assert_eq!(kappa(&["verify", "--strict", dir]), EXIT_OK);
     assert_eq!(kappa(&gen), EXIT_OK, "the repaired log opens and takes appends");
 }
+
+/// Regression (issue 8, lifecycle review): `kappa repair` cut the log below a view's checkpoint
+/// and left the checkpoint; once new appends grew the log past it again, the view resumed it,
+/// counting records that were cut and missing the new ones that took their offsets. Now repair
+/// lists (also in `--dry-run`) and durably removes every checkpoint of the partition past the
+/// cut before it truncates; the reopened view's rows equal an independent count over what the
+/// log holds now. Fails with the removal in `repair::run` skipped.
+#[test]
+fn repair_removes_view_checkpoints_past_its_cut() {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use kappa_engine::operator::Aggregate;
+    use kappa_engine::{Durability, Engine, ProducerRecord, Seek, TopicConfig, ViewDef};
+
+    let temp = tempfile::tempdir().expect("tempdir");
+    let dir = temp.path().to_str().expect("utf-8");
+    let start = || {
+        Engine::builder()
+            .data_dir(temp.path())
+            .shards(1)
+            .log_config(kappa_storage::LogConfig {
+                segment_size_bytes_max: 16 * 1024,
+                ..kappa_storage::LogConfig::default()
+            })
+            .stall_probe_interval(None)
+            .build()
+            .expect("engine starts")
+    };
+    let produce = |engine: &Engine, prefix: &str| {
+        let producer = engine.producer().with_durability(Durability::Synced);
+        for chunk in 0..100 {
+            let records = (0..20)
+                .map(|i| {
+                    let n = chunk * 20 + i;
+                    ProducerRecord::new(format!("value-{n:06}-{}", "x".repeat(40)))
+                        .key(format!("{prefix}{}", n % 10))
+                })
+                .collect();
+            producer.send_batch("t", records).expect("send");
+        }
+    };
+    let def = || ViewDef::new("t").revision("a").aggregate(Aggregate::Count).checkpoint_every(100);
+
+    let engine = start();
+    engine.create_topic("t", TopicConfig::new(1)).expect("topic");
+    produce(&engine, "old");
+    let view = engine.create_view("v", def()).expect("view");
+    view.wait_for(view.log_end().expect("end"), Duration::from_secs(60)).expect("folded");
+    drop(view);
+    // A clean shutdown takes a final checkpoint at the end (2000).
+    engine.shutdown().expect("shutdown");
+    drop(engine);
+
+    let segments =
+        kappa_storage::paths::list_segments(&temp.path().join("topics/t/0")).expect("list");
+    assert!(segments.len() >= 3, "{segments:?}");
+    flip(&segments[1].1, 1_000);
+    let window = kappa_storage::verify::default_window_bytes();
+    let cuts = kappa_storage::repair::plan(temp.path(), window).expect("plan");
+    let cut = cuts[0].first_dropped_offset;
+    assert!(cut < 2000, "{cuts:?}");
+    let disk = kappa_storage::io::Disk::Dma;
+    let stale = kappa_engine::view::cut::checkpoints_past(&disk, temp.path(), "t", 0, cut)
+        .expect("list checkpoints");
+    assert!(!stale.is_empty(), "no checkpoint past the cut at {cut} (inconclusive)");
+    assert!(stale.iter().all(|c| c.next_offset.is_some_and(|n| n > cut)), "{stale:?}");
+    assert!(stale.iter().any(|c| c.next_offset == Some(2000)), "{stale:?}");
+    assert_eq!(kappa(&["repair", "--dry-run", dir]), EXIT_CORRUPT);
+    assert!(stale.iter().all(|c| c.path.exists()), "the dry run removed a checkpoint");
+    assert_eq!(kappa(&["repair", dir]), EXIT_OK);
+    for checkpoint in &stale {
+        assert!(!checkpoint.path.exists(), "left past the cut: {}", checkpoint.path.display());
+    }
+
+    let engine = start();
+    produce(&engine, "new");
+    let end = engine.partition_offsets("t", 0).expect("offsets").end_offset;
+    assert_eq!(end, cut + 2000);
+    let mut expected: BTreeMap<Vec<u8>, f64> = BTreeMap::new();
+    let mut consumer = engine.consumer("t", 0, Seek::Beginning).expect("consumer");
+    while consumer.position() < end {
+        let batch = consumer
+            .next_batch_timeout(Duration::from_secs(10))
+            .expect("read")
+            .expect("a batch in time");
+        for record in batch.records() {
+            *expected.entry(record.key().expect("keyed").to_vec()).or_default() += 1.0;
+        }
+    }
+    let view = engine.create_view("v", def()).expect("view");
+    view.wait_for(view.log_end().expect("end"), Duration::from_secs(60)).expect("folded");
+    let rows: BTreeMap<Vec<u8>, f64> =
+        view.rows().expect("rows").into_iter().map(|r| (r.key, r.value)).collect();
+    assert_eq!(rows, expected, "the view's counts differ from the log's records");
+    drop(view);
+    engine.shutdown().expect("shutdown");
+}

@@ -348,3 +348,231 @@ fn a_recreated_topic_never_resumes_the_old_topics_checkpoints() {
     drop(view);
     second.shutdown().expect("shutdown");
 }
+
+fn fail_writes_under(disk: &SimDisk, dir: &str) {
+    disk.set_faults(FaultOptions {
+        write_eio_probability: 1.0,
+        fsync_eio_probability: 1.0,
+        dir_fsync_eio_probability: 1.0,
+        only_under: Some(Path::new(DATA).join(dir)),
+        ..FaultOptions::default()
+    });
+}
+
+fn stored(disk: &SimDisk) -> kappa_engine::StoredView {
+    kappa_engine::stored_view(&Disk::Sim(disk.clone()), Path::new(DATA), "v")
+        .expect("metadata reads")
+        .expect("the view is stored")
+}
+
+/// Regression (issue 8, lifecycle review): `serve_view_version` switched the served version in
+/// memory, then failed to record it: the caller got an error, queries served the new version
+/// and a restart the old one. Now it records first and switches only then: with every write
+/// under the view's directory failing, the caller gets `ServeNotPersisted`, queries still see
+/// the version served before, the record says the same, and a retry on a healthy disk switches.
+/// Fails with the switch made before the record (the old order).
+#[test]
+fn a_serve_whose_record_fails_switches_nothing() {
+    let disk = SimDisk::new(21);
+    let engine = engine(&disk);
+    engine.create_topic("p", TopicConfig::new(1)).expect("topic");
+    produce(&engine, 100);
+    let view = engine.create_view("v", count("a")).expect("view");
+    let rebuild = engine.rebuild_view("v", count("b")).expect("rebuild");
+    rebuild.wait_swapped(WAIT).expect("swapped");
+    assert_eq!(view.version(), 2);
+    fail_writes_under(&disk, "views/v");
+    match engine.serve_view_version("v", 1) {
+        Err(Error::ServeNotPersisted { version: 1, served: 2, .. }) => {}
+        other => panic!("expected ServeNotPersisted (1 asked, 2 served), got {other:?}"),
+    }
+    assert!(!disk.faults().is_empty(), "no fault was injected (inconclusive)");
+    disk.set_faults(FaultOptions::default());
+    assert_eq!(view.version(), 2, "queries switched to a version whose record failed");
+    assert_eq!(stored(&disk).served, 2, "the record and memory disagree");
+    engine.serve_view_version("v", 1).expect("a retry on a healthy disk");
+    assert_eq!(view.version(), 1);
+    assert_eq!(stored(&disk).served, 1);
+    drop((view, rebuild));
+    engine.shutdown().expect("shutdown");
+}
+
+/// Regression (issue 8, lifecycle review): `drop_view_version` returned Ok when removing the
+/// version's files failed (only a warning), and the version was already forgotten: its files
+/// stayed for good, and a retry answered `UnknownView`. Now the caller gets `DropNotFinished`
+/// naming the directory; the version is stopped but still recorded with its files, and a retry
+/// on a healthy disk removes them and forgets it. Fails with the removal error ignored.
+#[test]
+fn a_drop_whose_files_cannot_be_removed_says_so_and_a_retry_finishes_it() {
+    let disk = SimDisk::new(22);
+    let engine = engine(&disk);
+    engine.create_topic("p", TopicConfig::new(1)).expect("topic");
+    produce(&engine, 100);
+    let view = engine.create_view("v", count("a")).expect("view");
+    wait_checkpointed(&view, 1);
+    let rebuild = engine.rebuild_view("v", count("b")).expect("rebuild");
+    rebuild.wait_swapped(WAIT).expect("swapped");
+    let dir = Path::new(DATA).join("views/v/1");
+    disk.set_faults(FaultOptions {
+        remove_eio_probability: 1.0,
+        only_under: Some(dir.clone()),
+        ..FaultOptions::default()
+    });
+    match engine.drop_view_version("v", 1) {
+        Err(Error::DropNotFinished { version: 1, path, .. }) => assert_eq!(path, dir),
+        other => panic!("expected DropNotFinished naming {}, got {other:?}", dir.display()),
+    }
+    disk.set_faults(FaultOptions::default());
+    let left =
+        |disk: &SimDisk| disk.files().into_iter().filter(|(p, _)| p.starts_with(&dir)).count();
+    assert!(left(&disk) > 0, "the files went after all (inconclusive)");
+    assert!(stored(&disk).revisions.contains_key(&1), "forgotten while its files stay");
+    assert!(!view.versions().contains(&1), "still running after the drop");
+    engine.drop_view_version("v", 1).expect("a retry finishes the drop");
+    assert_eq!(left(&disk), 0, "the retry left files");
+    assert!(!stored(&disk).revisions.contains_key(&1));
+    match engine.drop_view_version("v", 1) {
+        Err(Error::UnknownView { version: 1, .. }) => {}
+        other => panic!("a dropped version is unknown, got {other:?}"),
+    }
+    drop((view, rebuild));
+    engine.shutdown().expect("shutdown");
+}
+
+/// Rewrites every checkpoint of version 1 of view `v` in checkpoint `format` (4 or 5), as the
+/// code of that format wrote it (`state::encode_old_checkpoint`, the old archive layouts from
+/// git history); returns how many.
+fn downgrade_checkpoints(disk: &SimDisk, format: u16) -> usize {
+    let dir = Path::new(DATA).join("views/v/1");
+    let mut rewritten = 0;
+    for (path, _) in disk.files() {
+        if !path.starts_with(&dir) || path.extension().is_none_or(|e| e != "ckpt") {
+            continue;
+        }
+        let bytes = disk.file_bytes(&path).expect("bytes");
+        let (of, state) = kappa_engine::view::state::decode_checkpoint(&path, &bytes)
+            .expect("a format-6 checkpoint");
+        let old = kappa_engine::view::state::encode_old_checkpoint(format, &of, &state);
+        Disk::Sim(disk.clone()).write_file_atomic_blocking(&path, &old).expect("rewrite");
+        rewritten += 1;
+    }
+    rewritten
+}
+
+/// The topic's definition as written before topic incarnations existed (incarnation 0).
+fn forget_incarnation(disk: &SimDisk) {
+    let path = Path::new(DATA).join("meta/topics/p.json");
+    let mut definition: serde_json::Value =
+        serde_json::from_slice(&disk.file_bytes(&path).expect("definition")).expect("json");
+    definition.as_object_mut().expect("object").remove("incarnation");
+    let bytes = serde_json::to_vec(&definition).expect("json");
+    Disk::Sim(disk.clone()).write_file_atomic_blocking(&path, &bytes).expect("rewrite");
+}
+
+/// Upgrade path (issue 8, lifecycle review): checkpoints of formats 4 and 5 (written before the
+/// revision and shape, or the topic's incarnation, were recorded) were refused as unknown, so
+/// the partition replayed; once retention had moved the log start the replay was refused
+/// (`ViewBeforeLogStart`) and the view could not start at all. Now they are read where their
+/// identity can be established (their directory, the version's shape file, a topic that records
+/// no incarnation either): the view resumes them, after retention, with every record counted.
+/// Fails with formats 4 and 5 refused (`decode_stored`).
+#[test]
+fn checkpoints_of_formats_4_and_5_resume_after_retention_moved_the_log_start() {
+    for format in [4u16, 5] {
+        let disk = SimDisk::new(40 + u64::from(format));
+        let first = engine(&disk);
+        let mut topic = TopicConfig::new(1);
+        topic.retention_bytes_max = Some(8 * 1024);
+        first.create_topic("p", topic).expect("topic");
+        produce(&first, 500);
+        let view = first.create_view("v", count("a")).expect("view");
+        wait_checkpointed(&view, 1);
+        drop(view);
+        first.shutdown().expect("shutdown");
+        drop(first);
+        assert!(downgrade_checkpoints(&disk, format) > 0, "format {format}: no checkpoint");
+        forget_incarnation(&disk);
+
+        let second = engine(&disk);
+        second.apply_retention().expect("retention");
+        let start = second.partition_offsets("p", 0).expect("offsets").start_offset;
+        assert!(start > 0, "format {format}: retention deleted nothing (inconclusive)");
+        let view = second
+            .create_view("v", count("a"))
+            .unwrap_or_else(|e| panic!("format {format}: the view did not start: {e}"));
+        let resumed = view.progress().expect("progress").partitions[0].resumed_from;
+        assert_eq!(resumed, Some(500), "format {format}: the old checkpoint was not resumed");
+        view.wait_for(view.log_end().expect("end"), WAIT).expect("folded");
+        let total: f64 = view.rows().expect("rows").iter().map(|r| r.value).sum();
+        assert_eq!(total, 500.0, "format {format}");
+        drop(view);
+        second.shutdown().expect("shutdown");
+    }
+}
+
+/// A format-4 or -5 checkpoint predates topic incarnations: a topic whose definition records
+/// one was created after it was written, another topic of the same name, and the checkpoint is
+/// refused (the partition replays; every record is counted once). Fails with the incarnation
+/// check of `Stored::establish` removed.
+#[test]
+fn an_old_checkpoint_is_refused_for_a_topic_that_records_an_incarnation() {
+    for format in [4u16, 5] {
+        let disk = SimDisk::new(50 + u64::from(format));
+        let first = engine(&disk);
+        first.create_topic("p", TopicConfig::new(1)).expect("topic");
+        produce(&first, 300);
+        let view = first.create_view("v", count("a")).expect("view");
+        wait_checkpointed(&view, 1);
+        drop(view);
+        first.shutdown().expect("shutdown");
+        drop(first);
+        assert!(downgrade_checkpoints(&disk, format) > 0, "format {format}: no checkpoint");
+
+        let second = engine(&disk);
+        let view = second.create_view("v", count("a")).expect("view");
+        let resumed = view.progress().expect("progress").partitions[0].resumed_from;
+        assert_eq!(resumed, None, "format {format}: resumed into a topic with an incarnation");
+        view.wait_for(view.log_end().expect("end"), WAIT).expect("folded");
+        let total: f64 = view.rows().expect("rows").iter().map(|r| r.value).sum();
+        assert_eq!(total, 300.0, "format {format}");
+        drop(view);
+        second.shutdown().expect("shutdown");
+    }
+}
+
+/// A partition's own checkpoint whose next offset lies past the log's end (the log lost its
+/// tail after it was written: a repair, a restored backup) is refused at resume, logged, and the
+/// partition replays; once new records take those offsets the view counts them. Here version
+/// 1's newest checkpoint is rewritten to claim 100 records more than the log holds. Fails with
+/// the log-end check of `runner::initial_state` removed (the view skips the 100 new records).
+#[test]
+fn a_checkpoint_past_the_log_end_is_not_resumed() {
+    let disk = SimDisk::new(23);
+    let first = engine(&disk);
+    first.create_topic("p", TopicConfig::new(1)).expect("topic");
+    produce(&first, 300);
+    let view = first.create_view("v", count("a")).expect("view");
+    wait_checkpointed(&view, 1);
+    drop(view);
+    first.shutdown().expect("shutdown");
+    drop(first);
+    let (path, bytes) = newest_checkpoint(&disk, 1, 0);
+    let (of, mut state) =
+        kappa_engine::view::state::decode_checkpoint(&path, &bytes).expect("decode");
+    assert_eq!(state.next_offset, 300, "the final checkpoint is at the end");
+    state.next_offset = 400;
+    let planted = path.with_file_name(format!("{:020}.ckpt", 400));
+    let bytes = kappa_engine::view::state::encode_checkpoint(&planted, of, &state).expect("encode");
+    Disk::Sim(disk.clone()).write_file_atomic_blocking(&planted, &bytes).expect("plant");
+
+    let second = engine(&disk);
+    let view = second.create_view("v", count("a")).expect("view");
+    let resumed = view.progress().expect("progress").partitions[0].resumed_from;
+    assert!(resumed.is_none_or(|r| r <= 300), "resumed past the log end: {resumed:?}");
+    produce(&second, 100);
+    view.wait_for(view.log_end().expect("end"), WAIT).expect("folded");
+    let total: f64 = view.rows().expect("rows").iter().map(|r| r.value).sum();
+    assert_eq!(total, 400.0, "the records that took the checkpoint's offsets are counted");
+    drop(view);
+    second.shutdown().expect("shutdown");
+}

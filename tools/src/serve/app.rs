@@ -44,6 +44,39 @@ pub struct App {
     /// Request body bytes held at once, in KiB (`http.max_in_flight_body_bytes`).
     pub body_budget: Arc<tokio::sync::Semaphore>,
     pub started: Instant,
+    /// Views that could not be opened at start (`open_views`): the rest are served, and these
+    /// are reported by `/health`, `/v1/status`, `kappa_view_failed` and a 409 on their routes,
+    /// until one is created again.
+    pub failed_views: std::sync::RwLock<BTreeMap<String, FailedView>>,
+}
+
+/// A view `kappa serve` could not open at start, and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FailedView {
+    pub view: String,
+    /// The engine error's kind (`failure_reason`), stable for scripts and alerts.
+    pub reason: &'static str,
+    /// The error as text (partition, offsets).
+    pub error: String,
+}
+
+impl FailedView {
+    pub fn new(view: &str, e: &kappa_engine::Error) -> FailedView {
+        FailedView { view: view.to_string(), reason: failure_reason(e), error: e.to_string() }
+    }
+}
+
+/// A stable name for why a view could not be opened (`FailedView::reason`).
+pub fn failure_reason(e: &kappa_engine::Error) -> &'static str {
+    use kappa_engine::Error as E;
+    match e {
+        E::ViewBeforeLogStart { .. } => "view_before_log_start",
+        E::UnknownTopic { .. } => "unknown_topic",
+        E::Config { .. } => "invalid_definition",
+        E::Poisoned { .. } | E::PoisonNotPersisted { .. } => "poisoned",
+        E::Storage(_) => "storage",
+        _ => "error",
+    }
 }
 
 /// Threads of the blocking pool (engine calls); long polls may hold at most half of them.
@@ -84,6 +117,7 @@ impl App {
             body_budget: Arc::new(tokio::sync::Semaphore::new(budget as usize)),
             #[allow(clippy::disallowed_methods)] // Uptime for the status page only.
             started: Instant::now(),
+            failed_views: std::sync::RwLock::new(BTreeMap::new()),
         }
     }
 
@@ -132,6 +166,7 @@ impl App {
         let handle = self.engine.create_view(name, def)?;
         let version = handle.version();
         self.store.put(name, version, spec)?;
+        self.failed_views.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(name);
         Ok(version)
     }
 
@@ -312,9 +347,16 @@ fn resume_newer(
 }
 
 /// Re-creates every stored view at the version it served, then the config file's views: created
-/// when new, rebuilt in the background when their definition changed.
-pub fn open_views(engine: &Engine, settings: &Settings, store: &ViewStore) -> anyhow::Result<()> {
+/// when new, rebuilt in the background when their definition changed. A view that cannot be
+/// opened (say, its replay would start before the log start retention left) does not stop the
+/// others: it is returned as failed, with the typed reason, and the appliance reports it.
+pub fn open_views(
+    engine: &Engine,
+    settings: &Settings,
+    store: &ViewStore,
+) -> anyhow::Result<Vec<FailedView>> {
     let data_dir = &engine.config().data_dir;
+    let mut failed = Vec::new();
     // The revisions running per view: the served one first, then resumed rebuilds.
     let mut served: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (name, specs) in store.list()? {
@@ -349,7 +391,10 @@ pub fn open_views(engine: &Engine, settings: &Settings, store: &ViewStore) -> an
                 ));
                 served.insert(name.clone(), running);
             }
-            Err(e) => tracing::error!(view = %name, error = %e, "stored view could not be opened"),
+            Err(e) => {
+                tracing::error!(view = %name, error = %e, "stored view could not be opened; serving the others");
+                failed.push(FailedView::new(&name, &e));
+            }
         }
     }
     for (name, spec) in &settings.config.views {
@@ -357,19 +402,30 @@ pub fn open_views(engine: &Engine, settings: &Settings, store: &ViewStore) -> an
         match served.get(name) {
             // Served, or a rebuild to it resumed above.
             Some(running) if running.contains(&spec.revision()) => {}
-            Some(_) => {
-                let version = engine.rebuild_view(name, def)?.version();
-                store.put(name, version, spec)?;
-                tracing::info!(view = %name, version, "view definition changed in the config file; rebuilding");
-            }
-            None => {
-                let handle = engine
-                    .create_view(name, def)
-                    .with_context(|| format!("creating view {name:?} of the config file"))?;
-                store.put(name, handle.version(), spec)?;
-                tracing::info!(view = %name, version = handle.version(), "view created");
-            }
+            // The served version keeps serving; the rebuild's failure is logged.
+            Some(_) => match engine.rebuild_view(name, def) {
+                Ok(rebuild) => {
+                    let version = rebuild.version();
+                    store.put(name, version, spec)?;
+                    tracing::info!(view = %name, version, "view definition changed in the config file; rebuilding");
+                }
+                Err(e) => tracing::error!(view = %name, error = %e,
+                    "the config file's new definition could not be rebuilt; the served version stays"),
+            },
+            // A stored view that failed above is not tried again under the same definition.
+            None if failed.iter().any(|f| f.view == *name) => {}
+            None => match engine.create_view(name, def) {
+                Ok(handle) => {
+                    store.put(name, handle.version(), spec)?;
+                    tracing::info!(view = %name, version = handle.version(), "view created");
+                }
+                Err(e) => {
+                    tracing::error!(view = %name, error = %e,
+                        "the config file's view could not be created; serving the others");
+                    failed.push(FailedView::new(name, &e));
+                }
+            },
         }
     }
-    Ok(())
+    Ok(failed)
 }

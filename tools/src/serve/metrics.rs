@@ -116,6 +116,8 @@ struct Snapshot {
     connections: i64,
     shards: Vec<kappa_engine::ShardMetrics>,
     views: Vec<(String, u32, kappa_engine::VersionProgress)>,
+    /// Views that could not be opened at start, with their reasons.
+    failed_views: Vec<(String, &'static str)>,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -290,6 +292,19 @@ impl prometheus_client::collector::Collector for Snapshot {
             "1 when every partition of the version follows the live tail",
             &per_view(&|p| f64::from(u8::from(p.caught_up()))),
         )?;
+        let failed: Vec<(Labels, f64)> = self
+            .failed_views
+            .iter()
+            .map(|(view, reason)| {
+                (vec![("view", view.clone()), ("reason", reason.to_string())], 1.0)
+            })
+            .collect();
+        gauge(
+            &mut e,
+            "view_failed",
+            "1 for a view that could not be opened at start (the others are served), by reason",
+            &failed,
+        )?;
         let consumed: Vec<(Labels, u64)> =
             self.views.iter().map(|(n, v, p)| (view_labels(n, *v, p), p.consumed())).collect();
         counter(
@@ -411,6 +426,13 @@ fn snapshot(app: &App) -> ApiResult<Snapshot> {
         connections: app.open_connections.load(std::sync::atomic::Ordering::Relaxed),
         shards,
         views,
+        failed_views: app
+            .failed_views
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .map(|f| (f.view.clone(), f.reason))
+            .collect(),
     })
 }
 

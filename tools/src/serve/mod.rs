@@ -166,12 +166,15 @@ fn serve(settings: Settings) -> Result<i32, StartError> {
         let store = store::ViewStore::new(&data_dir, engine.config().log.disk.clone());
         app::open_views(&engine, &settings, &store).map_err(StartError::Other)
     });
-    if let Err(e) = opened {
-        if let Err(shutdown) = engine.shutdown() {
-            tracing::error!(error = %shutdown, "engine shutdown after a failed start");
+    let failed_views = match opened {
+        Ok(failed) => failed,
+        Err(e) => {
+            if let Err(shutdown) = engine.shutdown() {
+                tracing::error!(error = %shutdown, "engine shutdown after a failed start");
+            }
+            return Err(e);
         }
-        return Err(e);
-    }
+    };
 
     let limits = server::Limits {
         max_connections: settings.config.http.max_connections,
@@ -199,6 +202,8 @@ fn serve(settings: Settings) -> Result<i32, StartError> {
         settings.kafka_addr = kafka.local_addr(); // The bound address (port 0 picks one).
     }
     let app = Arc::new(App::with_engine(engine, settings, data_dir.clone(), stop_rx.clone()));
+    *app.failed_views.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
+        failed_views.into_iter().map(|f| (f.view.clone(), f)).collect();
     let router = routes::router(app.clone());
     let listener = {
         let _guard = runtime.enter();

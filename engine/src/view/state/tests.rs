@@ -375,3 +375,35 @@ fn of() -> CheckpointOf {
         topic_incarnation: 7,
     }
 }
+
+/// Formats 4 and 5 decode (the old layouts, as written by the code of those formats) and get
+/// the identity they lack from where they lie, or are refused: a topic that records an
+/// incarnation is newer than them; a format-4 checkpoint needs its version's shape file, and
+/// then resumes only into that shape.
+#[test]
+fn old_checkpoint_formats_decode_and_establish_their_identity() {
+    let path = Path::new("/v/1/0/00000000000000000042.ckpt");
+    let mut state = PartitionState::new(42);
+    state.max_event_time = 99;
+    let old_topic = CheckpointOf { topic_incarnation: 0, ..of() };
+    for format in [4u16, 5] {
+        let bytes = encode_old_checkpoint(format, &old_topic, &state);
+        let (stored, back) = decode_stored(path, &bytes).expect("decodes");
+        assert_eq!((back.next_offset, back.max_event_time), (42, 99));
+        assert_eq!(checkpoint_next_offset(path, &bytes).expect("offset"), 42);
+        assert!(decode_checkpoint(path, &bytes).is_err(), "format 6 only");
+        let shape = Some(old_topic.shape.as_str());
+        let established = stored.clone().establish(&old_topic, shape).expect("established");
+        assert!(established.resumes(&old_topic, None), "format {format}: {established}");
+        let refused = stored.clone().establish(&of(), shape);
+        assert!(refused.is_err_and(|e| e.contains("incarnation")), "format {format}");
+        if format == 4 {
+            assert!(stored.clone().establish(&old_topic, None).is_err(), "no shape file");
+            let other = stored.establish(&old_topic, Some("key=record key\n")).expect("shape");
+            assert!(!other.resumes(&old_topic, None), "another shape resumed");
+        }
+    }
+    let mut three = encode_old_checkpoint(4, &old_topic, &state);
+    three[4] = 3;
+    assert!(decode_stored(path, &three).is_err(), "format 3 is not read");
+}

@@ -57,6 +57,8 @@ pub struct FaultOptions {
     pub fsync_eio_probability: f64,
     /// A directory fsync fails with EIO; no entry becomes durable.
     pub dir_fsync_eio_probability: f64,
+    /// An unlink or rmdir fails with EIO and changes nothing.
+    pub remove_eio_probability: f64,
     /// A write stores only a prefix (whole sectors) and reports the shorter count.
     pub short_write_probability: f64,
     /// An async operation sleeps up to `latency_max` first (real time: replays of a seed may
@@ -95,6 +97,8 @@ pub enum FaultKind {
     ReadEio,
     FsyncEio,
     DirFsyncEio,
+    /// An unlink or rmdir (counted among all operations for a schedule).
+    RemoveEio,
     ShortWrite,
     NoSpace,
     Latency,

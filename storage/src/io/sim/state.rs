@@ -199,7 +199,7 @@ impl SimState {
             FaultKind::ReadEio => self.stats.reads,
             FaultKind::FsyncEio => self.stats.fsyncs,
             FaultKind::DirFsyncEio => self.stats.dir_fsyncs,
-            FaultKind::Latency => self.stats.ops,
+            FaultKind::Latency | FaultKind::RemoveEio => self.stats.ops,
         }
     }
 
@@ -399,6 +399,7 @@ impl SimState {
 
     pub(super) fn remove(&mut self, path: &Path) -> io::Result<()> {
         self.begin()?;
+        self.remove_fault(path)?;
         let (dir, name) = self.resolve_parent(path)?;
         let ino = self.resolve(path)?.ok_or_else(|| not_found("no such file"))?;
         if let Node::Dir(_) = self.node(ino) {
@@ -413,6 +414,7 @@ impl SimState {
     /// Removes an empty directory (`ENOTEMPTY` otherwise, `ENOTDIR` for a file).
     pub(super) fn remove_dir(&mut self, path: &Path) -> io::Result<()> {
         self.begin()?;
+        self.remove_fault(path)?;
         let (dir, name) = self.resolve_parent(path)?;
         let ino = self.resolve(path)?.ok_or_else(|| not_found("no such directory"))?;
         match self.node(ino) {
@@ -423,6 +425,20 @@ impl SimState {
         let dir = self.dir_mut(dir);
         dir.live.remove(&name);
         dir.pending.push(DirOp::Unlink(name));
+        Ok(())
+    }
+
+    /// An injected EIO for an unlink or rmdir of `path` (before it changes anything).
+    fn remove_fault(&mut self, path: &Path) -> io::Result<()> {
+        let nth = self.stats.ops - 1;
+        let probability = self.faults.remove_eio_probability;
+        // Nothing drawn unless asked for: seeds recorded before this fault kind replay as before.
+        let scheduled = self.faults.schedule.iter().any(|s| s.kind == FaultKind::RemoveEio);
+        if (probability > 0.0 || scheduled)
+            && self.fault(FaultKind::RemoveEio, probability, nth, path)
+        {
+            return Err(eio());
+        }
         Ok(())
     }
 

@@ -229,3 +229,68 @@ fn sigkill_under_http_load_loses_nothing_acknowledged() {
     }
     assert!(server.stop().success());
 }
+
+/// Regression (issue 8, lifecycle review): `kappa serve` refused to start when one view of the
+/// config file could not be created; here retention moved the start of topic `old` before its
+/// view `late` was configured, so a replay from offset 0 is refused (`ViewBeforeLogStart`).
+/// Now the appliance starts and serves the rest (`fine`), and reports `late` as failed with its
+/// typed reason: `/health` says degraded, `/v1/status` lists it, `kappa_view_failed` counts
+/// it, and its routes answer 409 with the reason. Fails with `open_views`' old `?` on a create.
+#[test]
+fn a_view_that_cannot_start_does_not_stop_the_appliance() {
+    use kappa_engine::{Durability, Engine, ProducerRecord, TopicConfig};
+
+    let temp = tempfile::tempdir().expect("tempdir");
+    {
+        let engine = Engine::builder()
+            .data_dir(temp.path().join("data"))
+            .shards(1)
+            .log_config(kappa_storage::LogConfig {
+                segment_size_bytes_max: 4 * 1024,
+                ..kappa_storage::LogConfig::default()
+            })
+            .stall_probe_interval(None)
+            .build()
+            .expect("engine starts");
+        let mut topic = TopicConfig::new(1);
+        topic.retention_bytes_max = Some(8 * 1024);
+        engine.create_topic("old", topic).expect("topic");
+        let producer = engine.producer().with_durability(Durability::Synced);
+        for chunk in 0..50 {
+            let records = (0..10)
+                .map(|i| ProducerRecord::new(format!("{{\"n\":{}}}", chunk * 10 + i)))
+                .collect();
+            producer.send_batch("old", records).expect("send");
+        }
+        engine.apply_retention().expect("retention");
+        let start = engine.partition_offsets("old", 0).expect("offsets").start_offset;
+        assert!(start > 0, "retention deleted nothing (inconclusive)");
+        engine.shutdown().expect("shutdown");
+    }
+    let config = "[topics.old]\npartitions = 1\n\n[topics.fresh]\npartitions = 1\n\n\
+                  [views.late]\ntopic = \"old\"\naggregate = \"count\"\n\n\
+                  [views.fine]\ntopic = \"fresh\"\naggregate = \"count\"\n";
+    let server = Server::start(temp.path(), config, &[]);
+
+    let health = server.get("/health");
+    assert_eq!(health.status, 200, "{health:?}");
+    assert_eq!(health.body["status"], "degraded", "{health:?}");
+    let failed = health.body["failed_views"].as_array().expect("failed views").clone();
+    assert_eq!(failed.len(), 1, "{health:?}");
+    assert_eq!(failed[0]["view"], "late");
+    assert_eq!(failed[0]["reason"], "view_before_log_start");
+    let status = server.get("/v1/status");
+    assert_eq!(status.body["failed_views"][0]["view"], "late", "{status:?}");
+    let late = server.get("/v1/views/late");
+    assert_eq!(late.status, 409, "{late:?}");
+    assert!(late.body["error"].as_str().is_some_and(|e| e.contains("view_before_log_start")));
+    let fine = server.get("/v1/views/fine");
+    assert_eq!(fine.status, 200, "the other view is served: {fine:?}");
+    let metrics = server.get("/metrics");
+    let text = metrics.body["text"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("kappa_view_failed{view=\"late\",reason=\"view_before_log_start\"} 1"),
+        "{text}"
+    );
+    server.stop();
+}

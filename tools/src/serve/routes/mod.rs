@@ -173,8 +173,22 @@ async fn not_found(request: Request) -> ApiError {
     )
 }
 
+/// Alive (200) whatever the views do; `degraded` with the views that could not be opened at
+/// start, each with its reason.
 async fn health(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok", "uptime_s": app.started.elapsed().as_secs_f64() }))
+    let failed: Vec<_> = app
+        .failed_views
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .values()
+        .cloned()
+        .collect();
+    let status = if failed.is_empty() { "ok" } else { "degraded" };
+    Json(json!({
+        "status": status,
+        "uptime_s": app.started.elapsed().as_secs_f64(),
+        "failed_views": failed,
+    }))
 }
 
 async fn ready(State(app): State<Arc<App>>) -> Response {

@@ -95,6 +95,13 @@ pub async fn json(State(app): State<Arc<App>>) -> ApiResult<Json<Value>> {
             })).collect::<Vec<_>>(),
             "topics": topics,
             "views": views,
+            "failed_views": app
+                .failed_views
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .values()
+                .cloned()
+                .collect::<Vec<_>>(),
         })))
     })
     .await

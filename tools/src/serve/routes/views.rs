@@ -96,7 +96,18 @@ pub fn progress_json(p: &VersionProgress) -> Value {
 
 fn handle(app: &App, view: &str) -> ApiResult<ViewHandle> {
     app.engine.view(view).map_err(|_| {
-        ApiError::new(StatusCode::NOT_FOUND, Some("view"), format!("unknown view {view:?}"))
+        let failed = app.failed_views.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match failed.get(view) {
+            // Configured or stored, but it could not be opened at start: say why.
+            Some(f) => ApiError::new(
+                StatusCode::CONFLICT,
+                Some("view"),
+                format!("view {view:?} failed to start ({}): {}", f.reason, f.error),
+            ),
+            None => {
+                ApiError::new(StatusCode::NOT_FOUND, Some("view"), format!("unknown view {view:?}"))
+            }
+        }
     })
 }
 
