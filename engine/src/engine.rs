@@ -1143,9 +1143,39 @@ impl Engine {
                 source: Arc::new(e.into()),
             });
         }
-        entry.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&version);
-        entry.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&version);
-        view::write_meta(&entry)?;
+        // The record last, and all or nothing: when it fails, memory keeps the version recorded
+        // as `meta.json` does, so a retry finds it and finishes (the files are gone already).
+        let history = entry
+            .history
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&version);
+        let failed =
+            entry.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&version);
+        if let Err(e) = view::write_meta(&entry) {
+            if let Some(history) = history {
+                entry
+                    .history
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(version, history);
+            }
+            if let Some(failed) = failed {
+                entry
+                    .failed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(version, failed);
+            }
+            tracing::error!(view = name, version, error = %e,
+                "recording a dropped version failed; it stays recorded, stopped");
+            return Err(Error::DropNotFinished {
+                view: name.to_string(),
+                version,
+                path: entry.dir.join("meta.json"),
+                source: Arc::new(e),
+            });
+        }
         Ok(())
     }
 

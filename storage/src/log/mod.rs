@@ -246,6 +246,9 @@ struct WatermarkState {
     sequence: u64,
     /// A watermark write is running (one at a time).
     in_flight: bool,
+    /// The last claim whose write failed: the idle write does not retry it (a failing disk is
+    /// not hammered every 100 ms), but `close` does, and fails if it fails again.
+    failed: Option<(u64, u64)>,
 }
 
 /// The write or sync that fenced the log.

@@ -48,6 +48,10 @@
 //!
 //! A sealed segment was synced whole before the next one was created, so any damage in it is
 //! corruption. Zeros after the last frame are a clean end (preallocation puts them there).
+//! `open` does not scan sealed segments (their index says where they end; reopening thousands of
+//! partitions stays cheap), so bit rot inside one is found by the read that meets it (a typed
+//! error naming file and offset, never a short read) and by `kappa verify`, which scans every
+//! frame and exits 1: `open` succeeding does not mean `verify` will.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -200,6 +204,7 @@ impl PartitionLog {
                 written: claim.map(|c| (c.segment_base, c.synced)),
                 sequence: claim.map_or(0, |c| c.sequence),
                 in_flight: false,
+                failed: None,
             },
         };
         let shared = Rc::new(Shared {

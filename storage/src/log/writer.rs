@@ -207,7 +207,7 @@ impl Writer {
                 !st.watermark.in_flight || st.failure.is_some()
             })
             .await;
-        let due = watermark_due(&shared.state.borrow());
+        let due = watermark_owed(&shared.state.borrow());
         match due {
             Some(claim) => {
                 write_watermark(&shared, claim).await.map_err(failure("watermark write"))
@@ -523,6 +523,12 @@ pub(super) const WATERMARK_IDLE_DELAY: std::time::Duration = std::time::Duration
 /// synced prefix, when it lies in the active segment, says more than the last claim written, and
 /// no watermark write is in flight (one at a time; a newer claim waits for the next turn).
 fn watermark_due(st: &State) -> Option<(u64, u64)> {
+    watermark_owed(st).filter(|claim| st.watermark.failed != Some(*claim))
+}
+
+/// The claim the watermark owes whatever failed before: what `close` writes (a claim whose idle
+/// write failed is still owed; marking it written would leave the last synced group unproven).
+fn watermark_owed(st: &State) -> Option<(u64, u64)> {
     let synced = st.synced_readable;
     let claim = (synced.segment_base, synced.position_end);
     let in_active = synced.segment_base == st.active().index.base_offset;
@@ -569,8 +575,13 @@ async fn write_watermark(shared: &Shared, claim: (u64, u64)) -> Result<(), Error
     .await;
     let mut st = shared.state.borrow_mut();
     st.watermark.in_flight = false;
-    // Also after a failure: the next attempt waits for a newer sync (and takes the other slot).
-    st.watermark.written = Some(claim);
+    // Only a write that succeeded proves the claim. After a failure the idle write waits for a
+    // newer sync (and takes the other slot), but `close` writes this claim again.
+    if result.is_ok() {
+        st.watermark.written = Some(claim);
+    } else {
+        st.watermark.failed = Some(claim);
+    }
     drop(st);
     shared.changed.notify();
     result

@@ -35,6 +35,8 @@ MUTATIONS = [
     ("append fdatasync (writer.rs start_sync_if_wanted)", W,
      "        let result = file.fdatasync().await;",
      "        let result: std::io::Result<()> = { let _ = &file; Ok(()) };", 1),
+    ("sync watermark fdatasync (watermark.rs write)", "storage/src/watermark.rs",
+     "    file.fdatasync().await\n}", "    Ok(())\n}", 1),
     ("roll fdatasync of the sealed segment (writer.rs roll)", W,
      '        self.file.fdatasync().await.map_err(|e| ("fdatasync", self.path.clone(), e))?;', "", 1),
     *atomic("roll sealed index (writer.rs roll)", W,

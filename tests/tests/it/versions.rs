@@ -576,3 +576,44 @@ fn a_checkpoint_past_the_log_end_is_not_resumed() {
     drop(view);
     second.shutdown().expect("shutdown");
 }
+
+/// Review 19 (hostile): `drop_view_version` forgets the version in memory before it records
+/// that in `meta.json`. When only that last record fails (the files were removed and the view's
+/// directory synced), the caller gets a plain error, memory has forgotten version 1 while
+/// `meta.json` still records it, and a retry answers `UnknownView`, so nothing ever finishes
+/// the drop: memory and disk disagree on an error path, and a restart brings version 1 back as a
+/// recorded version with no files.
+#[test]
+fn a_drop_whose_last_record_fails_can_be_retried_and_memory_matches_disk() {
+    let disk = SimDisk::new(23);
+    let engine = engine(&disk);
+    engine.create_topic("p", TopicConfig::new(1)).expect("topic");
+    produce(&engine, 100);
+    let view = engine.create_view("v", count("a")).expect("view");
+    wait_checkpointed(&view, 1);
+    let rebuild = engine.rebuild_view("v", count("b")).expect("rebuild");
+    rebuild.wait_swapped(WAIT).expect("swapped");
+    // Only writes of files under views/v fail: the unlinks of views/v/1 and the fsync of views/v
+    // succeed, the final `meta.json` record does not.
+    disk.set_faults(FaultOptions {
+        write_eio_probability: 1.0,
+        fsync_eio_probability: 1.0,
+        only_under: Some(Path::new(DATA).join("views/v")),
+        ..FaultOptions::default()
+    });
+    let first = engine.drop_view_version("v", 1);
+    disk.set_faults(FaultOptions::default());
+    let dir = Path::new(DATA).join("views/v/1");
+    let left = disk.files().into_iter().filter(|(p, _)| p.starts_with(&dir)).count();
+    eprintln!("first drop: {first:?}; files left under views/v/1: {left}");
+    assert!(first.is_err(), "the record was written after all (inconclusive)");
+    let retry = engine.drop_view_version("v", 1);
+    eprintln!("retry: {retry:?}");
+    assert!(
+        !stored(&disk).revisions.contains_key(&1),
+        "after a failed drop and a retry ({retry:?}), meta.json still records version 1 \
+         while the engine no longer knows it (first error: {first:?})"
+    );
+    drop((view, rebuild));
+    engine.shutdown().expect("shutdown");
+}
