@@ -735,7 +735,7 @@ impl Producer {
         let mut pending = Vec::new();
         for (shard, request, receiver) in self.split(topic, records)? {
             self.inner.send_async(shard, request).await?;
-            pending.push(PendingAck { receiver, link: self.inner.link(shard).clone(), sent });
+            pending.push(self.pending(shard, receiver, sent));
         }
         let mut acks = Vec::with_capacity(pending.len());
         for p in pending {
@@ -771,7 +771,7 @@ impl Producer {
         for (partition, part) in parts {
             let (shard, request, receiver) = self.append(&meta, partition, Payload::Batch(part));
             self.inner.send_async(shard, request).await?;
-            pending.push(PendingAck { receiver, link: self.inner.link(shard).clone(), sent });
+            pending.push(self.pending(shard, receiver, sent));
         }
         let mut acks = Vec::with_capacity(pending.len());
         for p in pending {
@@ -794,7 +794,7 @@ impl Producer {
         for (partition, part) in parts {
             let (shard, request, receiver) = self.append(&meta, partition, Payload::Batch(part));
             self.inner.send_blocking(shard, request)?;
-            pending.push(PendingAck { receiver, link: self.inner.link(shard).clone(), sent });
+            pending.push(self.pending(shard, receiver, sent));
         }
         Ok(pending)
     }
@@ -856,7 +856,7 @@ impl Producer {
         let sent = sent_now();
         let (_, shard, request, receiver) = self.request(topic, records)?;
         self.inner.try_send(shard, request)?;
-        Ok(PendingAck { receiver, link: self.inner.link(shard).clone(), sent })
+        Ok(self.pending(shard, receiver, sent))
     }
 
     fn submit_batch(
@@ -872,9 +872,20 @@ impl Producer {
                 Mode::Block => self.inner.send_blocking(shard, request)?,
                 Mode::Try => self.inner.try_send(shard, request)?,
             }
-            pending.push(PendingAck { receiver, link: self.inner.link(shard).clone(), sent });
+            pending.push(self.pending(shard, receiver, sent));
         }
         Ok(pending)
+    }
+
+    /// The acknowledgement of a request sent to `shard` at `sent` (one time for every part of a
+    /// call, so a split send reports the latency its caller saw).
+    fn pending(
+        &self,
+        shard: usize,
+        receiver: flume::Receiver<Result<BatchAck, Error>>,
+        sent: Instant,
+    ) -> PendingAck {
+        PendingAck { receiver, link: self.inner.link(shard).clone(), sent }
     }
 
     /// Groups records by partition (keyed records by hash, unkeyed ones together to the next

@@ -73,6 +73,11 @@ fn wait_checkpointed(view: &ViewHandle, version: u32) {
     panic!("version {version} did not catch up and checkpoint");
 }
 
+/// The sum of a count view's rows: the records it has folded.
+fn total(view: &ViewHandle) -> f64 {
+    view.rows().expect("rows").iter().map(|r| r.value).sum()
+}
+
 /// Regression (issue 8, second review): a version's number was one past the newest version in
 /// the view's metadata, so after `drop_view_version` of the newest version (or `delete_view`)
 /// the next version got the same number again, and could resume a directory or checkpoint the
@@ -121,7 +126,7 @@ fn view_version_numbers_are_never_taken_twice() {
         assert_eq!(p.resumed_from, None, "the new view resumed a deleted one");
     }
     view.wait_for(view.log_end().expect("end"), WAIT).expect("folded");
-    let total: f64 = view.rows().expect("rows").iter().map(|r| r.value).sum();
+    let total = total(&view);
     assert_eq!(total, 100.0);
     drop(view);
     third.shutdown().expect("shutdown");
@@ -503,7 +508,7 @@ fn checkpoints_of_formats_4_and_5_resume_after_retention_moved_the_log_start() {
         let resumed = view.progress().expect("progress").partitions[0].resumed_from;
         assert_eq!(resumed, Some(500), "format {format}: the old checkpoint was not resumed");
         view.wait_for(view.log_end().expect("end"), WAIT).expect("folded");
-        let total: f64 = view.rows().expect("rows").iter().map(|r| r.value).sum();
+        let total = total(&view);
         assert_eq!(total, 500.0, "format {format}");
         drop(view);
         second.shutdown().expect("shutdown");
@@ -533,7 +538,7 @@ fn an_old_checkpoint_is_refused_for_a_topic_that_records_an_incarnation() {
         let resumed = view.progress().expect("progress").partitions[0].resumed_from;
         assert_eq!(resumed, None, "format {format}: resumed into a topic with an incarnation");
         view.wait_for(view.log_end().expect("end"), WAIT).expect("folded");
-        let total: f64 = view.rows().expect("rows").iter().map(|r| r.value).sum();
+        let total = total(&view);
         assert_eq!(total, 300.0, "format {format}");
         drop(view);
         second.shutdown().expect("shutdown");
@@ -571,7 +576,7 @@ fn a_checkpoint_past_the_log_end_is_not_resumed() {
     assert!(resumed.is_none_or(|r| r <= 300), "resumed past the log end: {resumed:?}");
     produce(&second, 100);
     view.wait_for(view.log_end().expect("end"), WAIT).expect("folded");
-    let total: f64 = view.rows().expect("rows").iter().map(|r| r.value).sum();
+    let total = total(&view);
     assert_eq!(total, 400.0, "the records that took the checkpoint's offsets are counted");
     drop(view);
     second.shutdown().expect("shutdown");
