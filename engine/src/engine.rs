@@ -1145,14 +1145,27 @@ impl Engine {
         }
         // The record last, and all or nothing: when it fails, memory keeps the version recorded
         // as `meta.json` does, so a retry finds it and finishes (the files are gone already).
-        let history = lock(&entry.history).remove(&version);
-        let failed = lock(&entry.failed).remove(&version);
+        let history = entry
+            .history
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&version);
+        let failed =
+            entry.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&version);
         if let Err(e) = view::write_meta(&entry) {
             if let Some(history) = history {
-                lock(&entry.history).insert(version, history);
+                entry
+                    .history
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(version, history);
             }
             if let Some(failed) = failed {
-                lock(&entry.failed).insert(version, failed);
+                entry
+                    .failed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(version, failed);
             }
             tracing::error!(view = name, version, error = %e,
                 "recording a dropped version failed; it stays recorded, stopped");
@@ -1578,10 +1591,4 @@ mod tests {
         assert_eq!(pool_cpus(BlockingPool::ShardCpu, Some(3), &[3], &[0, 3]), Some(vec![3]));
         assert_eq!(pool_cpus(BlockingPool::Unbound, Some(3), &[3], &[0, 3]), None);
     }
-}
-
-/// A view's metadata map; a panic that poisoned its lock left the map consistent (every change
-/// to it is one insert or remove).
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
