@@ -22,7 +22,6 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use kappa_engine::operator::{Aggregate, Window};
 use kappa_engine::{
     BlockingPool, Durability, Engine, ProducerBatch, ReplayConfig, Seek, TopicConfig, ViewDef,
@@ -83,7 +82,6 @@ pub enum Clients {
 }
 
 const KEYS: u64 = 10_000;
-const BATCH: usize = 1000;
 
 /// The realistic definition: a JSON field summed per JSON user key, per minute, with the
 /// default checkpoints.
@@ -118,34 +116,13 @@ fn record(i: u64, value: &mut Vec<u8>) -> [u8; 8] {
     i.to_le_bytes()
 }
 
-/// Writes `records` records to partition `partition` of "history".
-fn write_history(engine: &Engine, partitions: u32, records: u64) -> anyhow::Result<()> {
-    let producer = engine.producer().with_durability(Durability::None);
+/// Writes `records` records to "history".
+fn write_history(engine: &Engine, records: u64) -> anyhow::Result<()> {
     let mut value = Vec::new();
-    let mut pending = std::collections::VecDeque::new();
-    let mut written = 0u64;
-    while written < records {
-        let n = (records - written).min(BATCH as u64);
-        let mut batch = ProducerBatch::with_capacity(n as usize, n as usize * 96);
-        for i in written..written + n {
-            let key = record(i, &mut value);
-            let _ = partitions;
-            batch.push(Some(&key), &value, Some(1_700_000_000_000 + i as i64));
-        }
-        pending.push_back(producer.send_packed_nowait("history", batch)?);
-        if pending.len() > 16 {
-            for ack in pending.pop_front().context("no batch pending")? {
-                ack.wait()?;
-            }
-        }
-        written += n;
-    }
-    for acks in pending {
-        for ack in acks {
-            ack.wait()?;
-        }
-    }
-    Ok(())
+    crate::replay::write_packed(engine, "history", records, 96, |i, batch| {
+        let key = record(i, &mut value);
+        batch.push(Some(&key), &value, Some(1_700_000_000_000 + i as i64));
+    })
 }
 
 /// Builds a new view from offset 0 and times it until it has caught up with `records`.
@@ -199,7 +176,7 @@ pub fn scaling(args: ScalingArgs) -> anyhow::Result<Outcome> {
         {
             let engine = engine(&dir, 1)?;
             engine.create_topic("history", TopicConfig::new(1))?;
-            write_history(&engine, 1, records)?;
+            write_history(&engine, records)?;
             engine.shutdown()?;
         }
         let mut rates: std::collections::BTreeMap<usize, Vec<f64>> = Default::default();
@@ -502,7 +479,7 @@ pub fn mixed(args: MixedArgs) -> anyhow::Result<Outcome> {
     let budget = engine.config().live_latency_budget;
     engine.create_topic("history", TopicConfig::new(1))?;
     engine.create_topic("live", TopicConfig::new(shards as u32))?;
-    write_history(&engine, 1, records)?;
+    write_history(&engine, records)?;
     let phase_s = if quick { 2.0 } else { 10.0 };
     let mut without = Vec::new();
     let mut with = Vec::new();

@@ -34,6 +34,7 @@ pub struct Args {
 }
 
 const KEYS: u64 = 100;
+/// Records per packed batch of the history written (`write_packed`).
 const BATCH: usize = 1000;
 /// The replay target for small records: records/s on one core.
 const TARGET_RECORDS_S: f64 = 5e6;
@@ -250,19 +251,34 @@ fn replay_size(
 
 /// Packed batches, acknowledged when buffered, synced when the engine shuts down.
 fn write_log(engine: &Engine, value_bytes: usize, records: u64) -> anyhow::Result<()> {
-    let producer = engine.producer().with_durability(Durability::None);
     let mut value = vec![0x5Au8; value_bytes];
+    write_packed(engine, "replay", records, value_bytes + 8, |i, batch| {
+        let key = (i % KEYS).to_le_bytes();
+        value[..8].copy_from_slice(&(i % 1000).to_le_bytes());
+        batch.push(Some(&key), &value, Some(1_700_000_000_000 + i as i64));
+    })
+}
+
+/// Writes records `0..records` to `topic` in packed batches of `BATCH` (`push` adds record `i`;
+/// about `record_bytes` each), at most 16 batches unacknowledged, acknowledged when buffered
+/// (`Durability::None`): the history a replay or rebuild scenario reads back.
+pub(crate) fn write_packed(
+    engine: &Engine,
+    topic: &str,
+    records: u64,
+    record_bytes: usize,
+    mut push: impl FnMut(u64, &mut ProducerBatch),
+) -> anyhow::Result<()> {
+    let producer = engine.producer().with_durability(Durability::None);
     let mut written = 0u64;
     let mut pending = std::collections::VecDeque::new();
     while written < records {
         let n = (records - written).min(BATCH as u64);
-        let mut batch = ProducerBatch::with_capacity(n as usize, n as usize * (value_bytes + 8));
+        let mut batch = ProducerBatch::with_capacity(n as usize, n as usize * record_bytes);
         for i in written..written + n {
-            let key = (i % KEYS).to_le_bytes();
-            value[..8].copy_from_slice(&(i % 1000).to_le_bytes());
-            batch.push(Some(&key), &value, Some(1_700_000_000_000 + i as i64));
+            push(i, &mut batch);
         }
-        pending.push_back(producer.send_packed_nowait("replay", batch)?);
+        pending.push_back(producer.send_packed_nowait(topic, batch)?);
         if pending.len() > 16 {
             for ack in pending.pop_front().context("no batch pending")? {
                 ack.wait()?;

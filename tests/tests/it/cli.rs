@@ -10,34 +10,37 @@ fn kappa(args: &[&str]) -> i32 {
     main_with_args(all)
 }
 
+/// The arguments of `kappa gen DIR --topic t` with `options` (split at white space) after them.
+fn gen<'a>(dir: &'a str, options: &'a str) -> Vec<&'a str> {
+    ["gen", dir, "--topic", "t"].into_iter().chain(options.split_whitespace()).collect()
+}
+
+/// What `verify` finds in every partition of `dir`, read back from the files.
+fn scan(dir: &std::path::Path) -> Vec<kappa_storage::verify::PartitionSummary> {
+    kappa_storage::verify::scan_data_dir(dir).expect("scan")
+}
+
+/// XORs the byte at `position` of `path` with `mask`.
+fn flip(path: &std::path::Path, position: u64, mask: u8) {
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(path).expect("open");
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, position).expect("read");
+    file.write_all_at(&[byte[0] ^ mask], position).expect("write");
+}
+
 #[test]
 fn gen_then_verify_and_inspect() {
     let temp = tempfile::tempdir().expect("tempdir");
     let dir = temp.path().to_str().expect("utf-8");
-    let gen = [
-        "gen",
-        dir,
-        "--topic",
-        "t",
-        "--partitions",
-        "3",
-        "--records",
-        "5000",
-        "--value-size",
-        "300",
-        "--segment-mib",
-        "1",
-        "--durability",
-        "synced",
-        "--batch",
-        "100",
-    ];
+    let options = "--partitions 3 --records 5000 --value-size 300 --segment-mib 1 \
+                   --durability synced --batch 100";
+    let gen = gen(dir, options);
     assert_eq!(kappa(&gen), EXIT_OK);
     assert_eq!(kappa(&["verify", dir]), EXIT_OK);
     assert_eq!(kappa(&["verify", "--strict", dir]), EXIT_OK);
     assert_eq!(kappa(&["inspect", dir]), EXIT_OK);
     assert_eq!(kappa(&["inspect", "--json", dir]), EXIT_OK);
-    let partitions = kappa_storage::verify::scan_data_dir(temp.path()).expect("scan");
+    let partitions = scan(temp.path());
     assert_eq!(partitions.len(), 3);
     for p in &partitions {
         assert_eq!(p.segments.last().expect("segment").next_offset, 5000);
@@ -50,29 +53,12 @@ fn gen_then_verify_and_inspect() {
 fn verify_reports_a_flipped_bit_with_its_position() {
     let temp = tempfile::tempdir().expect("tempdir");
     let dir = temp.path().to_str().expect("utf-8");
-    let gen = [
-        "gen",
-        dir,
-        "--topic",
-        "t",
-        "--records",
-        "5000",
-        "--value-size",
-        "300",
-        "--segment-mib",
-        "1",
-        "--batch",
-        "50",
-    ];
+    let gen = gen(dir, "--records 5000 --value-size 300 --segment-mib 1 --batch 50");
     assert_eq!(kappa(&gen), EXIT_OK);
     let segment = temp.path().join("topics/t/0/00000000000000000000.log");
-    let file = std::fs::OpenOptions::new().read(true).write(true).open(&segment).expect("open");
-    let mut byte = [0u8];
-    file.read_exact_at(&mut byte, 300_000).expect("read");
-    file.write_all_at(&[byte[0] ^ 1], 300_000).expect("write");
-    drop(file);
+    flip(&segment, 300_000, 1);
     assert_eq!(kappa(&["verify", dir]), EXIT_CORRUPT);
-    let partitions = kappa_storage::verify::scan_data_dir(temp.path()).expect("scan");
+    let partitions = scan(temp.path());
     let problem = &partitions[0].problems[0];
     assert_eq!(problem.path, segment);
     assert!(problem.position <= 300_000 && problem.position + 40_000 > 300_000, "{problem:?}");
@@ -99,16 +85,9 @@ fn demo_runs_and_leaves_a_verifiable_data_dir() {
         EXIT_OK
     );
     assert_eq!(kappa(&["verify", "--strict", dir]), EXIT_OK);
-    let partitions = kappa_storage::verify::scan_data_dir(std::path::Path::new(dir)).expect("scan");
+    let partitions = scan(std::path::Path::new(dir));
     assert!(!partitions.is_empty());
     assert!(partitions.iter().all(|p| p.segments.last().is_some_and(|s| s.next_offset > 0)));
-}
-
-fn flip(path: &std::path::Path, position: u64) {
-    let file = std::fs::OpenOptions::new().read(true).write(true).open(path).expect("open");
-    let mut byte = [0u8];
-    file.read_exact_at(&mut byte, position).expect("read");
-    file.write_all_at(&[byte[0] ^ 0x10], position).expect("write");
 }
 
 /// Regression (issue 8, defect 1, through the CLI): `kappa gen` of 20,000 `synced` records, one
@@ -123,28 +102,17 @@ fn a_flipped_byte_in_the_active_segment_is_corruption_until_repaired() {
     // The issue's shape: 20,000 records of 1,000 bytes (about 20.5 MiB), one segment. Every frame
     // after the first says the first was synced before it was appended, so damage at byte 4096
     // cannot be a torn write.
-    let gen = [
-        "gen",
-        dir,
-        "--topic",
-        "t",
-        "--records",
-        "20000",
-        "--value-size",
-        "1000",
-        "--durability",
-        "synced",
-    ];
+    let gen = gen(dir, "--records 20000 --value-size 1000 --durability synced");
     assert_eq!(kappa(&gen), EXIT_OK);
     let segment = temp.path().join("topics/t/0/00000000000000000000.log");
-    flip(&segment, 4096);
+    flip(&segment, 4096, 0x10);
     let damaged = std::fs::read(&segment).expect("read");
 
     assert_eq!(kappa(&gen), EXIT_ERROR, "gen appended after a corrupt frame");
     assert_eq!(std::fs::read(&segment).expect("read"), damaged, "the failed open changed the file");
 
     assert_eq!(kappa(&["verify", dir]), EXIT_CORRUPT);
-    let partitions = kappa_storage::verify::scan_data_dir(temp.path()).expect("scan");
+    let partitions = scan(temp.path());
     let problem = &partitions[0].problems[0];
     assert!(!problem.recoverable, "{problem:?}");
     assert!(problem.what.contains("corrupt"), "{problem:?}");
@@ -171,25 +139,12 @@ fn a_flipped_byte_in_the_active_segment_is_corruption_until_repaired() {
 fn repair_cuts_a_damaged_sealed_segment_and_everything_after_it() {
     let temp = tempfile::tempdir().expect("tempdir");
     let dir = temp.path().to_str().expect("utf-8");
-    let gen = [
-        "gen",
-        dir,
-        "--topic",
-        "t",
-        "--records",
-        "6000",
-        "--value-size",
-        "300",
-        "--segment-mib",
-        "1",
-        "--batch",
-        "50",
-    ];
+    let gen = gen(dir, "--records 6000 --value-size 300 --segment-mib 1 --batch 50");
     assert_eq!(kappa(&gen), EXIT_OK);
     let partition = temp.path().join("topics/t/0");
     let segments = kappa_storage::paths::list_segments(&partition).expect("list");
     assert!(segments.len() >= 3, "{segments:?}");
-    flip(&segments[1].1, 500_000);
+    flip(&segments[1].1, 500_000, 0x10);
     assert_eq!(kappa(&["verify", dir]), EXIT_CORRUPT);
     let window = kappa_storage::verify::default_window_bytes();
     let cuts = kappa_storage::repair::plan(temp.path(), window).expect("plan");
@@ -201,7 +156,7 @@ fn repair_cuts_a_damaged_sealed_segment_and_everything_after_it() {
     assert!(cut.deleted_files.contains(&segments[2].1));
     assert_eq!(kappa(&["repair", dir]), EXIT_OK);
     assert_eq!(kappa(&["verify", "--strict", dir]), EXIT_OK);
-    let partitions = kappa_storage::verify::scan_data_dir(temp.path()).expect("scan");
+    let partitions = scan(temp.path());
     let end = partitions[0].segments.last().expect("segment").next_offset;
     assert_eq!(end, cut.first_dropped_offset);
     // The repaired log opens and takes appends at the cut.
@@ -225,11 +180,13 @@ fn gen_stamps_frames_with_the_wall_clock() {
     let temp = tempfile::tempdir().expect("tempdir");
     let dir = temp.path().to_str().expect("utf-8");
     let before = wall_ms();
-    let gen = ["gen", dir, "--topic", "t", "--records", "2000", "--segment-mib", "1"];
-    assert_eq!(kappa(&[&gen[..], &["--partitions", "2", "--batch", "100"]].concat()), EXIT_OK);
+    assert_eq!(
+        kappa(&gen(dir, "--records 2000 --segment-mib 1 --partitions 2 --batch 100")),
+        EXIT_OK
+    );
     let after = wall_ms();
     let mut frames = 0;
-    for p in kappa_storage::verify::scan_data_dir(temp.path()).expect("scan") {
+    for p in scan(temp.path()) {
         for segment in &p.segments {
             let bytes = std::fs::read(&segment.path).expect("segment");
             let mut at = 0;
@@ -259,28 +216,15 @@ fn gen_stamps_frames_with_the_wall_clock() {
 fn damage_in_the_last_synced_frame_is_corruption_until_repaired() {
     let temp = tempfile::tempdir().expect("tempdir");
     let dir = temp.path().to_str().expect("utf-8");
-    let gen = [
-        "gen",
-        dir,
-        "--topic",
-        "t",
-        "--records",
-        "200",
-        "--value-size",
-        "300",
-        "--batch",
-        "50",
-        "--durability",
-        "synced",
-    ];
+    let gen = gen(dir, "--records 200 --value-size 300 --batch 50 --durability synced");
     assert_eq!(kappa(&gen), EXIT_OK);
     let partition = temp.path().join("topics/t/0");
-    let scanned = kappa_storage::verify::scan_data_dir(temp.path()).expect("scan");
+    let scanned = scan(temp.path());
     let size = scanned[0].segments[0].size_bytes;
     let claim = kappa_storage::watermark::read_blocking(&partition).expect("read").expect("claim");
     assert_eq!((claim.segment_base, claim.synced), (0, size), "close recorded the last sync");
     let segment = partition.join("00000000000000000000.log");
-    flip(&segment, size - 100);
+    flip(&segment, size - 100, 0x10);
 
     assert_eq!(kappa(&gen), EXIT_ERROR, "synced records cut as a torn tail");
     assert_eq!(kappa(&["verify", dir]), EXIT_CORRUPT);
@@ -355,7 +299,7 @@ fn repair_removes_view_checkpoints_past_its_cut() {
     let segments =
         kappa_storage::paths::list_segments(&temp.path().join("topics/t/0")).expect("list");
     assert!(segments.len() >= 3, "{segments:?}");
-    flip(&segments[1].1, 1_000);
+    flip(&segments[1].1, 1_000, 0x10);
     let window = kappa_storage::verify::default_window_bytes();
     let cuts = kappa_storage::repair::plan(temp.path(), window).expect("plan");
     let cut = cuts[0].first_dropped_offset;

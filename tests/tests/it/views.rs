@@ -27,17 +27,32 @@ fn produce(engine: &Engine, n: u64, seed: u64, start: u64) {
     kappa_tests::views::produce(engine, n, seed, start, Durability::Written).expect("produce");
 }
 
-pub(crate) fn wait_caught_up(view: &ViewHandle, version: u32) {
-    for _ in 0..2_000 {
-        let progress = view.progress_of(version).expect("progress");
-        if progress.caught_up() && progress.lag() == 0 {
-            return;
+/// How long a wait below may take before the test calls it a hang: generous, since replays
+/// here share two cores with other builds and tests; a wait that ends early costs nothing.
+const HANG: Duration = Duration::from_secs(120);
+
+/// Polls `check` every 5 ms until it holds; panics with `what()` after `HANG`.
+fn eventually(what: impl FnOnce() -> String, mut check: impl FnMut() -> bool) {
+    #[allow(clippy::disallowed_methods)] // A test's deadline, not a decision of the engine.
+    let start = std::time::Instant::now();
+    while !check() {
+        if start.elapsed() > HANG {
+            panic!("{} (not within {HANG:?})", what());
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    panic!(
-        "view version {version} did not catch up: {:?}",
-        view.progress_of(version).expect("progress")
+}
+
+pub(crate) fn wait_caught_up(view: &ViewHandle, version: u32) {
+    eventually(
+        || {
+            let progress = view.progress_of(version).expect("progress");
+            format!("view version {version} did not catch up: {progress:?}")
+        },
+        || {
+            let progress = view.progress_of(version).expect("progress");
+            progress.caught_up() && progress.lag() == 0
+        },
     );
 }
 
@@ -96,9 +111,11 @@ fn queries_during_a_rebuild_never_mix_versions_or_fail() {
     wait_caught_up(&view, 1);
 
     let stop = Arc::new(AtomicBool::new(false));
+    let saw_v2 = Arc::new(AtomicBool::new(false));
     let reader = {
         let view = view.clone();
         let stop = stop.clone();
+        let saw_v2 = saw_v2.clone();
         std::thread::spawn(move || {
             let mut seen_versions = std::collections::BTreeSet::new();
             let mut queries = 0;
@@ -107,6 +124,9 @@ fn queries_during_a_rebuild_never_mix_versions_or_fail() {
                 let prefixed = rows.iter().filter(|r| r.key.starts_with(b"v2:")).count();
                 assert!(prefixed == 0 || prefixed == rows.len(), "a query saw two versions");
                 seen_versions.insert(prefixed > 0);
+                if prefixed > 0 {
+                    saw_v2.store(true, Ordering::Release);
+                }
                 queries += 1;
                 // A steady query load, not a flood: queries run in the live queue and would
                 // otherwise starve the replay queue (by design) on a 2-core machine.
@@ -124,7 +144,8 @@ fn queries_during_a_rebuild_never_mix_versions_or_fail() {
     engine.rebuild_view("counts", v2).expect("rebuild");
     produce(&engine, 5_000, 8, 20_000);
     wait_caught_up(&view, 2);
-    std::thread::sleep(Duration::from_millis(50));
+    // However long the query thread waits for a CPU, it runs a query after the swap.
+    eventually(|| "no query saw version 2".into(), || saw_v2.load(Ordering::Acquire));
     stop.store(true, Ordering::Release);
     let (seen, queries) = reader.join().expect("reader");
     assert!(queries > 10);
@@ -394,12 +415,10 @@ fn split_rebuild_under_ingest(log: LogConfig) {
     view.wait_for(end, Duration::from_secs(60)).expect("folded to the end");
     wait_caught_up(&view, 2);
     let consumed = |version| view.progress_of(version).expect("progress").consumed();
-    for _ in 0..2_000 {
-        if consumed(1) >= produced {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    eventually(
+        || format!("version 1 folded {} of {produced}", consumed(1)),
+        || consumed(1) >= produced,
+    );
 
     let progress = view.progress_of(2).expect("progress");
     assert_eq!(progress.consumed(), produced, "every record folded exactly once");

@@ -50,6 +50,20 @@ fn tail(control: &ReplayControl, n: usize, us: u64) {
     }
 }
 
+/// Drives `n` ticks, each with 100 append samples of `us` microseconds in its window slot and
+/// `records` folded by replay (100,000: fast, never starving; 10: below the minimum rate); the
+/// metrics after each tick.
+fn ticks(control: &ReplayControl, n: usize, us: u64, records: u64) -> Vec<ReplayMetrics> {
+    (0..n)
+        .map(|_| {
+            live(control, 100, us);
+            control.folded(records);
+            control.tick();
+            control.metrics()
+        })
+        .collect()
+}
+
 #[test]
 fn the_window_holds_a_sample_for_one_second_of_ticks() {
     let mut window = LiveWindow::new();
@@ -106,12 +120,8 @@ fn over_budget_halves_under_budget_climbs_back() {
     on_executor(|| {
         let control = Rc::new(control5());
         let active = control.active();
-        for tick in 0..12 {
-            // A second of p99 at 9 ms, with replay making fast progress (not starving).
-            live(&control, 100, 9_000);
-            control.folded(100_000);
-            control.tick();
-            let m = control.metrics();
+        // A second of p99 at 9 ms, with replay making fast progress (not starving).
+        for (tick, m) in ticks(&control, 12, 9_000, 100_000).iter().enumerate() {
             assert!(m.live_p99_us >= 8_900, "tick {tick}: {m:?}");
         }
         let m = control.metrics();
@@ -124,11 +134,7 @@ fn over_budget_halves_under_budget_climbs_back() {
         assert_eq!(m.duty_percent, 6 * DUTY_UP, "{m:?}");
         // Quiet again: the slow samples leave the window after a second, the duty unwinds,
         // then the level climbs.
-        for _ in 0..60 {
-            live(&control, 100, 500);
-            control.folded(100_000);
-            control.tick();
-        }
+        ticks(&control, 60, 500, 100_000);
         let m = control.metrics();
         assert_eq!(m.level, 1.0, "{m:?}");
         assert_eq!(m.duty_percent, 0, "{m:?}");
@@ -142,17 +148,11 @@ fn a_starving_replay_is_not_lowered() {
     on_executor(|| {
         let control = Rc::new(control5());
         let _active = control.active();
-        for _ in 0..12 {
-            live(&control, 100, 9_000);
-            control.folded(10); // 100 records/s, below the 1,000 minimum.
-            control.tick();
-        }
+        ticks(&control, 12, 9_000, 10); // 100 records/s, below the 1,000 minimum.
         assert_eq!(control.metrics().level, 1.0, "replay below its minimum rate is never cut");
         // Without replay work, the same latencies lower the level (nothing to starve).
         let control = Rc::new(control5());
-        live(&control, 100, 9_000);
-        control.tick();
-        assert_eq!(control.metrics().level, 0.5);
+        assert_eq!(ticks(&control, 1, 9_000, 0)[0].level, 0.5);
     });
 }
 
@@ -193,39 +193,25 @@ fn a_replay_behind_the_tail_climbs_even_over_budget() {
     on_executor(|| {
         let control = Rc::new(control5());
         let _active = control.active();
-        for _ in 0..12 {
-            live(&control, 100, 9_000);
-            control.folded(100_000);
-            control.tick();
-        }
+        ticks(&control, 12, 9_000, 100_000);
         assert_eq!(control.metrics().level, FLOOR);
         // Over budget still, but the replay does not gain on the tail: the level climbs for a
         // second after each mark, and stops climbing when the marks stop.
         let mut levels = Vec::new();
         for _ in 0..3 {
             control.mark_behind();
-            for _ in 0..CHASE_TICKS {
-                live(&control, 100, 9_000);
-                control.folded(100_000);
-                control.tick();
-            }
+            ticks(&control, CHASE_TICKS as usize, 9_000, 100_000);
             levels.push(control.level());
         }
         assert_eq!(levels, [FLOOR + STEP * CHASE_TICKS as f64, 1.0, 1.0]);
-        live(&control, 100, 9_000);
-        control.folded(100_000);
-        control.tick();
+        ticks(&control, 1, 9_000, 100_000);
         assert!(control.level() < levels[2], "over budget and no mark: halved again");
     });
 }
 
 /// Drives a replaying controller to the floor with slow appends (fast replay: not starving).
 fn to_the_floor(control: &ReplayControl) {
-    for _ in 0..6 {
-        live(control, 100, 9_000);
-        control.folded(100_000);
-        control.tick();
-    }
+    ticks(control, 6, 9_000, 100_000);
     assert_eq!(control.metrics().level, FLOOR);
     assert_eq!(control.metrics().duty_percent, 0, "the duty starts only at the floor");
 }
@@ -236,26 +222,15 @@ fn at_the_floor_and_over_budget_the_duty_rises_and_falls_back_under_budget() {
         let control = Rc::new(control5());
         let _active = control.active();
         to_the_floor(&control);
-        let mut duties = Vec::new();
-        for _ in 0..12 {
-            live(&control, 100, 9_000);
-            control.folded(100_000);
-            control.tick();
-            duties.push(control.metrics().duty_percent);
-        }
+        let duties: Vec<_> =
+            ticks(&control, 12, 9_000, 100_000).iter().map(|m| m.duty_percent).collect();
         assert_eq!(duties, [10, 20, 30, 40, 50, 60, 70, 80, 90, 90, 90, 90], "capped at the max");
         assert_eq!(control.metrics().level, FLOOR, "the level stays at the floor meanwhile");
         // Under budget (once the slow second has left the window): the duty falls by
         // `DUTY_DOWN` a tick, and only then does the level climb.
-        let mut duties = Vec::new();
-        let mut levels = Vec::new();
-        for _ in 0..30 {
-            live(&control, 100, 500);
-            control.folded(100_000);
-            control.tick();
-            duties.push(control.metrics().duty_percent);
-            levels.push(control.level());
-        }
+        let under = ticks(&control, 30, 500, 100_000);
+        let duties: Vec<_> = under.iter().map(|m| m.duty_percent).collect();
+        let levels: Vec<_> = under.iter().map(|m| m.level).collect();
         let falling = duties.iter().skip_while(|d| **d == 90).copied().collect::<Vec<_>>();
         assert_eq!(falling[..3], [85, 80, 75], "{duties:?}");
         let zero_at = duties.iter().position(|d| *d == 0).expect("the duty went");
@@ -263,10 +238,7 @@ fn at_the_floor_and_over_budget_the_duty_rises_and_falls_back_under_budget() {
         assert!(levels[zero_at + 1] > FLOOR, "then the level climbs: {levels:?}");
         // Without replay work there is nothing to pace.
         let idle = Rc::new(control5());
-        for _ in 0..12 {
-            live(&idle, 100, 9_000);
-            idle.tick();
-        }
+        ticks(&idle, 12, 9_000, 0);
         assert_eq!((idle.metrics().level, idle.metrics().duty_percent), (FLOOR, 0));
     });
 }
@@ -281,11 +253,7 @@ fn a_duty_of_zero_percent_max_turns_the_cycle_off() {
         ));
         let _active = control.active();
         to_the_floor(&control);
-        for _ in 0..5 {
-            live(&control, 100, 9_000);
-            control.folded(100_000);
-            control.tick();
-        }
+        ticks(&control, 5, 9_000, 100_000);
         assert_eq!(control.metrics().duty_percent, 0);
     });
 }
@@ -296,21 +264,12 @@ fn the_duty_falls_while_replay_is_below_its_minimum_rate() {
         let control = Rc::new(control5());
         let _active = control.active();
         to_the_floor(&control);
-        for _ in 0..9 {
-            live(&control, 100, 9_000);
-            control.folded(100_000);
-            control.tick();
-        }
+        ticks(&control, 9, 9_000, 100_000);
         assert_eq!(control.metrics().duty_percent, 90);
         // Still over budget, but replay slows below its minimum (1,000 records/s): once the
         // fast second has left the rate's window the duty falls, then the level climbs.
-        let mut duties = Vec::new();
-        for _ in 0..40 {
-            live(&control, 100, 9_000);
-            control.folded(10);
-            control.tick();
-            duties.push(control.metrics().duty_percent);
-        }
+        let duties: Vec<_> =
+            ticks(&control, 40, 9_000, 10).iter().map(|m| m.duty_percent).collect();
         assert!(duties.windows(2).all(|w| w[1] <= w[0]), "never raised: {duties:?}");
         assert_eq!(duties.last(), Some(&0), "{duties:?}");
         assert!(control.level() > FLOOR, "then the level climbs");
@@ -323,17 +282,10 @@ fn a_replay_behind_the_tail_drops_the_duty_at_once() {
         let control = Rc::new(control5());
         let _active = control.active();
         to_the_floor(&control);
-        for _ in 0..9 {
-            live(&control, 100, 9_000);
-            control.folded(100_000);
-            control.tick();
-        }
+        ticks(&control, 9, 9_000, 100_000);
         assert_eq!(control.metrics().duty_percent, 90);
         control.mark_behind();
-        live(&control, 100, 9_000);
-        control.folded(100_000);
-        control.tick();
-        let m = control.metrics();
+        let m = ticks(&control, 1, 9_000, 100_000)[0];
         assert_eq!((m.duty_percent, m.level), (0, FLOOR + STEP), "{m:?}");
     });
 }
