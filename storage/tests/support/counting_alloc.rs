@@ -37,3 +37,13 @@ static GLOBAL: Counting = Counting;
 pub fn allocations() -> u64 {
     ALLOCATIONS.with(Cell::get)
 }
+
+/// The allocator is installed and counts: without this, a test asserting zero allocations would
+/// pass with no counting at all.
+#[test]
+fn the_counting_allocator_counts_this_threads_allocations() {
+    let before = allocations();
+    let boxed = std::hint::black_box(Box::new([0u8; 64]));
+    assert_eq!(allocations(), before + 1);
+    drop(boxed);
+}

@@ -216,6 +216,13 @@ fn to_the_floor(control: &ReplayControl) {
     assert_eq!(control.metrics().duty_percent, 0, "the duty starts only at the floor");
 }
 
+/// Drives a replaying controller to the floor, then on over budget to its duty's maximum (90).
+fn to_the_full_duty(control: &ReplayControl) {
+    to_the_floor(control);
+    ticks(control, 9, 9_000, 100_000);
+    assert_eq!(control.metrics().duty_percent, 90);
+}
+
 #[test]
 fn at_the_floor_and_over_budget_the_duty_rises_and_falls_back_under_budget() {
     on_executor(|| {
@@ -263,9 +270,7 @@ fn the_duty_falls_while_replay_is_below_its_minimum_rate() {
     on_executor(|| {
         let control = Rc::new(control5());
         let _active = control.active();
-        to_the_floor(&control);
-        ticks(&control, 9, 9_000, 100_000);
-        assert_eq!(control.metrics().duty_percent, 90);
+        to_the_full_duty(&control);
         // Still over budget, but replay slows below its minimum (1,000 records/s): once the
         // fast second has left the rate's window the duty falls, then the level climbs.
         let duties: Vec<_> =
@@ -281,9 +286,7 @@ fn a_replay_behind_the_tail_drops_the_duty_at_once() {
     on_executor(|| {
         let control = Rc::new(control5());
         let _active = control.active();
-        to_the_floor(&control);
-        ticks(&control, 9, 9_000, 100_000);
-        assert_eq!(control.metrics().duty_percent, 90);
+        to_the_full_duty(&control);
         control.mark_behind();
         let m = ticks(&control, 1, 9_000, 100_000)[0];
         assert_eq!((m.duty_percent, m.level), (0, FLOOR + STEP), "{m:?}");
