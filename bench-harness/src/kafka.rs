@@ -17,7 +17,8 @@
 //! (open loop; the intended send time is the start of each sample, so a stall counts against
 //! every batch behind it), acks=1, a consumer long-polling (min_bytes 1) on another connection;
 //! p99 over batches, target < 2 ms. Beside it, where the time goes (the request written by the
-//! client, its acknowledgement) and the floor: one batch's bytes written raw with O_DIRECT at
+//! client, its acknowledgement, and per batch its arrival at the consumer after its
+//! acknowledgement: the long poll's wake, the read and the response) and the floor: one batch's bytes written raw with O_DIRECT at
 //! queue depth 1 (acks=1 visibility waits for the batch's write; on a disk that takes longer than
 //! 2 ms the target cannot be met). `--latency-only-batches-s N` runs only this phase, at N
 //! batches/s. Finally confluent-kafka's produce and consume rates from Python, a real-client data
