@@ -413,6 +413,47 @@ pub(crate) async fn handle(node: &Rc<Node>, frame: Bytes, peer: &str) -> Result<
 mod tests {
     use super::*;
 
+    /// More than the socket buffers hold, to a reader that drains slowly: the sends come up
+    /// short many times, and every byte still arrives once, in order.
+    #[test]
+    fn a_response_reaches_a_slow_reader_whole_and_in_order() {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let frames: Vec<Bytes> = (0..41u32)
+            .map(|i| {
+                let len = if i % 2 == 0 { 7 + i as usize } else { 300_000 + i as usize };
+                Bytes::from((0..len).map(|j| (i as usize * 31 + j) as u8).collect::<Vec<u8>>())
+            })
+            .collect();
+        let expected: Vec<u8> = frames.iter().flat_map(|f| f.iter().copied()).collect();
+        let reader = std::thread::spawn(move || {
+            let (mut socket, _) = listener.accept().expect("accept");
+            let (mut got, mut buf) = (Vec::new(), vec![0u8; 256 * 1024]);
+            loop {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                match socket.read(&mut buf).expect("read") {
+                    0 => return got,
+                    n => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        });
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .spawn(move || async move {
+                let stream = TcpStream::connect(addr).await.expect("connect");
+                let fd = stream.as_raw_fd();
+                let (_reader, mut writer) = futures_lite::io::split(stream);
+                write_frames(&mut writer, fd, &frames).await.expect("written");
+                writer.close().await.expect("closed");
+            })
+            .expect("executor")
+            .join()
+            .expect("join");
+        let got = reader.join().expect("reader");
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected, "the bytes arrived out of order");
+    }
+
     #[test]
     fn advance_lands_on_the_first_byte_not_sent() {
         let frames: Vec<Bytes> = [&b"head"[..], b"", b"batch-one", b"x"]
