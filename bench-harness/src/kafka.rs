@@ -17,7 +17,8 @@
 //! (open loop; the intended send time is the start of each sample, so a stall counts against
 //! every batch behind it), acks=1, a consumer long-polling (min_bytes 1) on another connection;
 //! p99 over batches, target < 2 ms. Beside it, where the time goes (the request written by the
-//! client, its acknowledgement) and the floor: one batch's bytes written raw with O_DIRECT at
+//! client, its acknowledgement, and per batch its arrival at the consumer after its
+//! acknowledgement: the long poll's wake, the read and the response) and the floor: one batch's bytes written raw with O_DIRECT at
 //! queue depth 1 (acks=1 visibility waits for the batch's write; on a disk that takes longer than
 //! 2 ms the target cannot be met). `--latency-only-batches-s N` runs only this phase, at N
 //! batches/s. Finally confluent-kafka's produce and consume rates from Python, a real-client data
@@ -136,6 +137,14 @@ struct Latency {
     /// From the intended send time to the Produce response (acks=1).
     acked_p50_us: f64,
     acked_p99_us: f64,
+    /// Per batch, from its Produce response's arrival to its arrival at the consumer (the
+    /// batch is readable once written, as acks=1 is answered: this is the long poll's wake, the
+    /// read, the response and its socket); 0 when the consumer had it first.
+    consumed_after_ack_p50_us: f64,
+    consumed_after_ack_p99_us: f64,
+    /// Batches whose fetch was sent before their Produce response arrived (a long poll was
+    /// waiting for them); the others reached a consumer busy with an earlier fetch.
+    fetch_waiting_fraction: f64,
     /// The floor: one batch's bytes written raw with O_DIRECT at queue depth 1, right after.
     raw_batch_write_p50_us: f64,
     raw_batch_write_p99_us: f64,
@@ -276,6 +285,10 @@ struct LatencyRun {
     sent: hdrhistogram::Histogram<u64>,
     /// Due time to the Produce response's arrival.
     acked: hdrhistogram::Histogram<u64>,
+    /// Per batch, Produce response arrival to consumer arrival.
+    after_ack: hdrhistogram::Histogram<u64>,
+    /// Batches whose fetch was sent before their Produce response arrived.
+    fetch_waiting: u64,
 }
 
 /// Open-loop produce at `batches_s` for `seconds`, a long-polling consumer; latency per batch
@@ -300,42 +313,55 @@ fn latency(
     let due = move |i: u64| origin + interval.mul_f64(i as f64);
     let deadline = due(total) + Duration::from_secs(60);
     let consumer_topic = topic.to_string();
-    let consumer = std::thread::spawn(move || -> anyhow::Result<hdrhistogram::Histogram<u64>> {
-        let mut client = Client::connect(addr)?;
-        let mut h = crate::new_histogram();
-        let (mut offset, mut seen) = (0i64, 0u64);
-        while seen < total {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "the consumer saw {seen} of {total} batches"
-            );
-            let response: FetchResponse =
-                client.call(FETCH_VERSION, &fetch_request(&consumer_topic, offset, 500))?;
-            let arrived = Instant::now();
-            let p = &response.responses[0].partitions[0];
-            anyhow::ensure!(p.error_code == 0, "fetch failed with error {}", p.error_code);
-            let (_, next, stamps) = batches_in(p.records.as_deref().unwrap_or(&[]))?;
-            for stamp in stamps {
-                let stamp = u64::try_from(stamp)?;
-                h.saturating_record(arrived.saturating_duration_since(due(stamp)).as_nanos() as u64);
-                seen += 1;
+    type Arrivals = Vec<(u64, Instant, Instant)>;
+    let consumer =
+        std::thread::spawn(move || -> anyhow::Result<(hdrhistogram::Histogram<u64>, Arrivals)> {
+            let mut client = Client::connect(addr)?;
+            let mut h = crate::new_histogram();
+            // (batch, arrival, when the fetch that brought it was sent).
+            let mut arrivals = Vec::with_capacity(total as usize);
+            let (mut offset, mut seen) = (0i64, 0u64);
+            while seen < total {
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "the consumer saw {seen} of {total} batches"
+                );
+                let asked = Instant::now();
+                let response: FetchResponse =
+                    client.call(FETCH_VERSION, &fetch_request(&consumer_topic, offset, 500))?;
+                let arrived = Instant::now();
+                let p = &response.responses[0].partitions[0];
+                anyhow::ensure!(p.error_code == 0, "fetch failed with error {}", p.error_code);
+                let (_, next, stamps) = batches_in(p.records.as_deref().unwrap_or(&[]))?;
+                for stamp in stamps {
+                    let stamp = u64::try_from(stamp)?;
+                    h.saturating_record(
+                        arrived.saturating_duration_since(due(stamp)).as_nanos() as u64
+                    );
+                    arrivals.push((stamp, arrived, asked));
+                    seen += 1;
+                }
+                offset = offset.max(next);
             }
-            offset = offset.max(next);
-        }
-        Ok(h)
-    });
+            Ok((h, arrivals))
+        });
     let producer = Client::connect(addr)?;
     // Acknowledgements are read on another thread so sends keep their schedule.
     let ack_stream = producer.stream().try_clone()?;
-    let acks = std::thread::spawn(move || -> anyhow::Result<hdrhistogram::Histogram<u64>> {
-        let mut reader = AckReader { stream: ack_stream };
-        let mut h = crate::new_histogram();
-        for i in 0..total {
-            reader.next()?;
-            h.saturating_record(Instant::now().saturating_duration_since(due(i)).as_nanos() as u64);
-        }
-        Ok(h)
-    });
+    let acks = std::thread::spawn(
+        move || -> anyhow::Result<(hdrhistogram::Histogram<u64>, Vec<Instant>)> {
+            let mut reader = AckReader { stream: ack_stream };
+            let mut h = crate::new_histogram();
+            let mut arrivals = Vec::with_capacity(total as usize);
+            for i in 0..total {
+                reader.next()?;
+                let now = Instant::now();
+                h.saturating_record(now.saturating_duration_since(due(i)).as_nanos() as u64);
+                arrivals.push(now);
+            }
+            Ok((h, arrivals))
+        },
+    );
     let mut sent = crate::new_histogram();
     let mut stream = producer.stream();
     for (i, request) in requests.iter().enumerate() {
@@ -347,9 +373,18 @@ fn latency(
         std::io::Write::write_all(&mut stream, request)?;
         sent.saturating_record(Instant::now().saturating_duration_since(due).as_nanos() as u64);
     }
-    let acked = acks.join().map_err(|_| anyhow::anyhow!("the ack reader panicked"))??;
-    let consumed = consumer.join().map_err(|_| anyhow::anyhow!("the consumer panicked"))??;
-    Ok(LatencyRun { consumed, sent, acked })
+    let (acked, ack_times) =
+        acks.join().map_err(|_| anyhow::anyhow!("the ack reader panicked"))??;
+    let (consumed, arrivals) =
+        consumer.join().map_err(|_| anyhow::anyhow!("the consumer panicked"))??;
+    let mut after_ack = crate::new_histogram();
+    let mut fetch_waiting = 0;
+    for (batch, arrived, asked) in arrivals {
+        let Some(&acked_at) = ack_times.get(batch as usize) else { continue };
+        after_ack.saturating_record(arrived.saturating_duration_since(acked_at).as_nanos() as u64);
+        fetch_waiting += u64::from(asked < acked_at);
+    }
+    Ok(LatencyRun { consumed, sent, acked, after_ack, fetch_waiting })
 }
 
 /// The embedded API's side of a pair: the same records (1000 keyed 1 KiB records per packed
@@ -549,6 +584,9 @@ fn latency_phase(
         sent_p99_us: us(&run.sent, 0.99),
         acked_p50_us: us(&run.acked, 0.5),
         acked_p99_us: us(&run.acked, 0.99),
+        consumed_after_ack_p50_us: us(&run.after_ack, 0.5),
+        consumed_after_ack_p99_us: us(&run.after_ack, 0.99),
+        fetch_waiting_fraction: run.fetch_waiting as f64 / run.after_ack.len().max(1) as f64,
         raw_batch_write_p50_us: us(&raw, 0.5),
         raw_batch_write_p99_us: us(&raw, 0.99),
     };
@@ -556,6 +594,12 @@ fn latency_phase(
         "  produce-to-consume at {offered:.0} batches/s: p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us ({} batches); request written p50 {:.0} p99 {:.0} us, acked p50 {:.0} p99 {:.0} us",
         latency.p50_us, latency.p99_us, latency.p999_us, latency.samples,
         latency.sent_p50_us, latency.sent_p99_us, latency.acked_p50_us, latency.acked_p99_us,
+    );
+    eprintln!(
+        "  stages: consumer arrival after the Produce response p50 {:.0} us, p99 {:.0} us; {:.0}% of batches found their long poll waiting",
+        latency.consumed_after_ack_p50_us,
+        latency.consumed_after_ack_p99_us,
+        latency.fetch_waiting_fraction * 100.0
     );
     eprintln!(
         "  floor: one batch written raw (O_DIRECT, queue depth 1) p50 {:.0} us, p99 {:.0} us",

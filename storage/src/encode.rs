@@ -16,6 +16,12 @@
 //! what the checksum covers would change the on-disk format; this keeps it byte for byte (tests
 //! compare it with rkyv's own serialization and with an independent Kafka encoder).
 //!
+//! A caller that already holds the records as a canonical RecordBatch v2 (a Kafka producer's
+//! uncompressed batch, `Records::encoded`) has it copied as it is: the CRC it carries covers
+//! everything but the first 17 bytes (base offset, length, leader epoch, magic), which are
+//! written here, so no record is re-encoded and no CRC recomputed; only the directory is derived
+//! from the records' sizes. The frame is byte for byte the one encoding would give (tests).
+//!
 //! The destination is an `Out`: a growable sequence of buffers (`SliceOut`, one buffer sized to
 //! the frame, for `BatchEncoder`; the log's chain of DMA write buffers, where a frame may span
 //! several). The archive is written by hand in rkyv's layout (`BatchArchive`: the Kafka bytes,
@@ -46,6 +52,9 @@ pub(crate) trait Out {
 /// bytes are still in cache, and past 3 x 8 KiB the `crc32c` crate runs its three-way interleaved
 /// loop over long blocks.
 const CRC_CHUNK: usize = 24 * 1024;
+
+/// Where the CRC32C lies in the Kafka batch header (it covers `CRC_START..`, not what is before).
+const CRC_POS: usize = 17;
 
 /// Bytes of one directory entry and of the archive's root, and their alignments (rkyv's layout).
 const ENTRY_SIZE: usize = std::mem::size_of::<ArchivedRecordEntry>();
@@ -121,21 +130,57 @@ pub(crate) fn encode_frame<R: Records + ?Sized, O: Out>(
     let mut w = Writer { out, remaining: layout.frame_len, crc: None, crc_from: 0 };
     w.put(&head);
 
-    // The Kafka batch: its header (CRC zero for now), then the records, CRC'd as they land.
     let batch_head = kafka::batch_header(base_offset, plan, producer);
-    w.put(&batch_head);
-    w.start_crc(crc32c::crc32c(&batch_head[CRC_START..]));
     let directory = &mut scratch.directory;
     directory.clear();
     directory.reserve(plan.record_count as usize);
-    let mut batch_pos = BATCH_HEADER_SIZE;
-    for index in 0..plan.record_count as usize {
-        let entry = w.record(records, index, plan.first_timestamp, batch_pos);
-        batch_pos += entry.1;
-        directory.push(entry.0);
-    }
-    debug_assert_eq!(batch_pos, plan.kafka_len);
-    let crc = w.stop_crc();
+    let as_is = records.encoded().filter(|bytes| {
+        bytes.len() == plan.kafka_len
+            && bytes[CRC_START..BATCH_HEADER_SIZE] == batch_head[CRC_START..]
+    });
+    let crc = match as_is {
+        // The batch as the caller has it: bytes 0..17 ours (base offset, length, leader epoch,
+        // magic), its CRC and everything it covers as they are, in one copy; the directory
+        // from the records' sizes alone.
+        Some(bytes) => {
+            w.put(&batch_head[..CRC_POS]);
+            w.put(&bytes[CRC_POS..]);
+            let mut batch_pos = BATCH_HEADER_SIZE;
+            for index in 0..plan.record_count as usize {
+                let sizes = kafka::record_sizes(records, index, plan.first_timestamp);
+                directory.push(record_entry(
+                    records,
+                    index,
+                    plan.first_timestamp,
+                    &sizes,
+                    batch_pos,
+                ));
+                batch_pos += kafka::varint_len(sizes.body_len as i64) + sizes.body_len;
+            }
+            debug_assert_eq!(batch_pos, plan.kafka_len);
+            let crc = u32::from_be_bytes([
+                bytes[CRC_POS],
+                bytes[CRC_POS + 1],
+                bytes[CRC_POS + 2],
+                bytes[CRC_POS + 3],
+            ]);
+            debug_assert_eq!(crc, crc32c::crc32c(&bytes[CRC_START..]), "the caller checks it");
+            crc
+        }
+        // The Kafka batch: its header (CRC zero for now), then the records, CRC'd as they land.
+        None => {
+            w.put(&batch_head);
+            w.start_crc(crc32c::crc32c(&batch_head[CRC_START..]));
+            let mut batch_pos = BATCH_HEADER_SIZE;
+            for index in 0..plan.record_count as usize {
+                let entry = w.record(records, index, plan.first_timestamp, batch_pos);
+                batch_pos += entry.1;
+                directory.push(entry.0);
+            }
+            debug_assert_eq!(batch_pos, plan.kafka_len);
+            w.stop_crc()
+        }
+    };
 
     // The rest of rkyv's archive: padding, the directory, the root; then the frame's padding.
     w.zeros(layout.directory_pos - plan.kafka_len);
@@ -152,7 +197,7 @@ pub(crate) fn encode_frame<R: Records + ?Sized, O: Out>(
     w.zeros(layout.frame_len - FRAME_HEADER_SIZE - layout.payload_len);
     debug_assert_eq!(w.remaining, 0);
 
-    patch(w.out, FRAME_HEADER_SIZE + 17, &crc.to_be_bytes());
+    patch(w.out, FRAME_HEADER_SIZE + CRC_POS, &crc.to_be_bytes());
     header.checksum = hash_payload(w.out, layout.payload_len, seed);
     patch(w.out, 56, &header.checksum.to_le_bytes());
     header
@@ -365,27 +410,17 @@ fn write_record<P: Put, R: Records + ?Sized>(
 ) -> RecordEntry {
     let (timestamp, key, value, header_count) = records.record(index);
     let key_len = key.map(<[u8]>::len);
-    let length_len = kafka::varint_len(sizes.body_len as i64);
     p.put_varint(sizes.body_len as i64);
     p.put(&[0]); // Record attributes: unused in v2.
-    let ts_delta = timestamp.wrapping_sub(first_timestamp);
-    p.put_varint(ts_delta);
+    p.put_varint(timestamp.wrapping_sub(first_timestamp));
     p.put_varint(index as i64);
     p.put_varint(kafka::len_field(key_len));
-    let key_pos = batch_pos
-        + length_len
-        + 1
-        + kafka::varint_len(ts_delta)
-        + kafka::varint_len(index as i64)
-        + kafka::varint_len(kafka::len_field(key_len));
     if let Some(key) = key {
         p.put(key);
     }
     p.put_varint(value.len() as i64);
-    let value_pos = key_pos + key_len.unwrap_or(0) + kafka::varint_len(value.len() as i64);
     p.put(value);
     p.put_varint(header_count as i64);
-    let headers_pos = value_pos + value.len() + kafka::varint_len(header_count as i64);
     for h in 0..header_count {
         let header = records.header(index, h);
         p.put_varint(header.key.len() as i64);
@@ -395,6 +430,29 @@ fn write_record<P: Put, R: Records + ?Sized>(
             p.put(value);
         }
     }
+    record_entry(records, index, first_timestamp, sizes, batch_pos)
+}
+
+/// The directory entry of record `index` encoded at `batch_pos` (positions in the batch), from
+/// its sizes alone: what `write_record` writes, or what a batch copied as it is holds there.
+#[inline]
+fn record_entry<R: Records + ?Sized>(
+    records: &R,
+    index: usize,
+    first_timestamp: i64,
+    sizes: &kafka::RecordSizes,
+    batch_pos: usize,
+) -> RecordEntry {
+    let (timestamp, key, value, header_count) = records.record(index);
+    let key_len = key.map(<[u8]>::len);
+    let key_pos = batch_pos
+        + kafka::varint_len(sizes.body_len as i64)
+        + 1
+        + kafka::varint_len(timestamp.wrapping_sub(first_timestamp))
+        + kafka::varint_len(index as i64)
+        + kafka::varint_len(kafka::len_field(key_len));
+    let value_pos = key_pos + key_len.unwrap_or(0) + kafka::varint_len(value.len() as i64);
+    let headers_pos = value_pos + value.len() + kafka::varint_len(header_count as i64);
     RecordEntry {
         timestamp,
         key_pos: key_pos as u32,

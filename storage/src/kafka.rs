@@ -108,6 +108,20 @@ pub trait Records {
     fn record(&self, index: usize) -> (i64, Option<&[u8]>, &[u8], usize);
     /// Header `header` of record `index`.
     fn header(&self, index: usize, header: usize) -> Header<'_>;
+    /// These records already encoded, when the caller has them so: a whole RecordBatch v2 (a
+    /// Kafka producer's uncompressed batch, as it arrived) whose CRC32C the caller checked and
+    /// whose records decode to exactly `record(0..count)` with record attributes 0 and no null
+    /// value (the two things this module writes differently in the same number of bytes). The
+    /// frame encoder checks the rest: its fixed header from the attributes on
+    /// (`CRC_START..BATCH_HEADER_SIZE`: attributes, offset delta, timestamps, producer, count)
+    /// must be the one encoding writes, and its length the planned one (a varint longer than its
+    /// shortest form makes it longer); then it is copied as it is, CRC included, and only the
+    /// first 17 bytes (base offset, length, leader epoch, magic: the CRC does not cover them)
+    /// are written by the encoder. Otherwise the records are encoded as usual. `None` (the
+    /// default): the records are encoded.
+    fn encoded(&self) -> Option<&[u8]> {
+        None
+    }
 }
 
 impl Records for [Record<'_>] {

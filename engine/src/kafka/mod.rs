@@ -12,8 +12,11 @@
 //!
 //! **Produce** (`produce.rs`, `records.rs`, `compression.rs`): batches are checked (v2, CRC32C,
 //! record layout), decompressed if compressed (gzip, snappy, lz4, zstd, each with a bounded
-//! output), and appended through `PartitionLog::append_now` with the producer's id, epoch and base
-//! sequence kept in the stored batch. Compressed batches are stored decompressed, because views,
+//! output), and appended through `PartitionLog::append_records` with the producer's id, epoch and
+//! base sequence kept in the stored batch. An uncompressed batch in the stored form (shortest
+//! varints, attributes 0, no null value: what every client we test sends) is stored as it arrived,
+//! its CRC kept and only its base offset written (`records::Incoming`, `Records::encoded`); any
+//! other batch is re-encoded from its parsed records. Compressed batches are stored decompressed, because views,
 //! the HTTP API and embedded consumers read records through the stored per-record directory; a
 //! fetch therefore returns uncompressed batches (clients accept any codec on fetch). acks 0, 1, -1
 //! map to `none`, `written`, `synced`. Idempotent producers are deduplicated per partition by
@@ -24,7 +27,8 @@
 //! place, so a fetch sends them unchanged: one copy per batch from the DMA read buffer into the
 //! response (responses are assembled on the connection's shard, and `ReadResult` is `!Send`), then
 //! the socket write. The response is encoded by hand around those buffers (`fetch/encode.rs`) so
-//! they are not copied a second time. Long polls honour `max_wait_ms` and `min_bytes`.
+//! they are not copied a second time, and written with vectored sends (`conn.rs`: one `sendmsg`
+//! for the whole response when the socket takes it). Long polls honour `max_wait_ms` and `min_bytes`.
 //!
 //! **Groups** (`group/`): each group is coordinated by the shard owning its partition of the
 //! internal topic `__consumer_offsets` (as in Kafka); committed offsets are appended there with

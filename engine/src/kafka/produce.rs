@@ -22,7 +22,7 @@ use super::codec::{code, encode_response, Width, Wire};
 use super::conn::{Outcome, Reply};
 use super::idempotence::{Check, PartitionSeq, ProducerTable};
 use super::node::Node;
-use super::records::{self, Span};
+use super::records::{self, Incoming, Span};
 
 /// One partition's records, bound for its owning shard.
 struct Work {
@@ -326,9 +326,11 @@ async fn append_partition(node: &Rc<Node>, work: Work, durability: Durability) -
             Ok(section) => section,
             Err(e) => return Appended::Done(PartResult::error(e.code(), e.to_string())),
         };
-        if let Err(e) = records::read_records(batch, section, now_ms, &mut spans, &mut headers) {
-            return Appended::Done(PartResult::error(e.code(), e.to_string()));
-        }
+        let stored_form =
+            match records::read_records(batch, section, now_ms, &mut spans, &mut headers) {
+                Ok(stored_form) => stored_form,
+                Err(e) => return Appended::Done(PartResult::error(e.code(), e.to_string())),
+            };
         let borrowed: Vec<Record<'_>> = spans
             .iter()
             .map(|&(timestamp, key, value, start, end)| Record {
@@ -344,7 +346,11 @@ async fn append_partition(node: &Rc<Node>, work: Work, durability: Durability) -
             producer_epoch: batch.producer_epoch,
             base_sequence: batch.base_sequence,
         };
-        let ticket = match log.append_now(&borrowed, producer, durability, now_ms) {
+        // A batch in the stored form is stored as it arrived (its CRC was checked in
+        // `records::split`); the log checks its header and length against the records, which
+        // refuses a compressed one (its attributes name the codec) and encodes those instead.
+        let incoming = Incoming { records: &borrowed, encoded: stored_form.then_some(batch.bytes) };
+        let ticket = match log.append_records(&incoming, producer, durability, now_ms) {
             Ok(ticket) => ticket,
             Err(e) => return Appended::Done(storage_error(&e)),
         };

@@ -195,13 +195,20 @@ fn sized<'a>(body: &'a [u8], pos: &mut usize) -> Result<Option<&'a [u8]>, &'stat
 
 /// Parses the records of `section` (as `batch` says: count, timestamps) into `spans` and
 /// `headers`. `now_ms` stamps records of log-append-time batches and records without a time.
+///
+/// Returns whether the records may be stored as they are (`Incoming`): record attributes 0 and no
+/// null value, the two things the stored form writes differently in the same number of bytes.
+/// The log checks the rest itself: the batch header (attributes 0, a first timestamp delta of 0,
+/// the maximum timestamp, ...) and the batch length, which a varint longer than its shortest
+/// form changes.
 pub(crate) fn read_records<'a>(
     batch: &Batch<'_>,
     section: &'a [u8],
     now_ms: i64,
     spans: &mut Vec<Span<'a>>,
     headers: &mut Vec<Header<'a>>,
-) -> Result<(), BatchError> {
+) -> Result<bool, BatchError> {
+    let mut stored_form = true;
     spans.clear();
     headers.clear();
     let count = batch.record_count as usize;
@@ -215,17 +222,21 @@ pub(crate) fn read_records<'a>(
         let len = usize::try_from(len).map_err(|_| fail("negative record length"))?;
         let body = section.get(pos..pos + len).ok_or(fail("record length past the batch"))?;
         pos += len;
-        let mut p = 1; // record attributes: unused in v2
+        let mut p = 1; // record attributes: unused in v2 (the stored form writes 0)
         if body.is_empty() {
             return Err(fail("empty record"));
         }
+        stored_form &= body[0] == 0;
         let timestamp_delta = varint(body, &mut p).ok_or(fail("truncated timestamp"))?;
         let offset_delta = varint(body, &mut p).ok_or(fail("truncated offset delta"))?;
         if offset_delta != index as i64 {
             return Err(fail("offset deltas are not 0, 1, 2, ..."));
         }
         let key = sized(body, &mut p).map_err(fail)?;
-        let value = sized(body, &mut p).map_err(fail)?.unwrap_or(&[]);
+        let value = sized(body, &mut p).map_err(fail)?;
+        // A null value is stored as an empty one (see the module doc): not the request's bytes.
+        stored_form &= value.is_some();
+        let value = value.unwrap_or(&[]);
         let header_count = varint(body, &mut p).ok_or(fail("truncated header count"))?;
         let header_count = usize::try_from(header_count).map_err(|_| fail("negative count"))?;
         if header_count > body.len() {
@@ -250,7 +261,31 @@ pub(crate) fn read_records<'a>(
     if pos != section.len() {
         return Err(BatchError::Corrupt { at: 0, reason: "bytes left after the last record" });
     }
-    Ok(())
+    Ok(stored_form)
+}
+
+/// A request batch's records for the log: the parsed records, and the batch itself when the log
+/// may store it as it is (uncompressed and in the stored form, `read_records`).
+pub(crate) struct Incoming<'a> {
+    pub(crate) records: &'a [kappa_storage::Record<'a>],
+    pub(crate) encoded: Option<&'a [u8]>,
+}
+
+impl kappa_storage::Records for Incoming<'_> {
+    fn count(&self) -> usize {
+        self.records.len()
+    }
+    #[inline]
+    fn record(&self, index: usize) -> (i64, Option<&[u8]>, &[u8], usize) {
+        self.records.record(index)
+    }
+    #[inline]
+    fn header(&self, index: usize, header: usize) -> Header<'_> {
+        self.records.header(index, header)
+    }
+    fn encoded(&self) -> Option<&[u8]> {
+        self.encoded
+    }
 }
 
 #[cfg(test)]
@@ -290,6 +325,135 @@ mod tests {
         assert_eq!(spans[0], (1000, Some(&b"k1"[..]), &b"v1"[..], 0, 2));
         assert_eq!(spans[1], (1005, None, &b""[..], 2, 2));
         assert_eq!(hs, headers);
+    }
+
+    /// The ways a producer's valid batch can differ from the stored form.
+    #[derive(Default, Clone, Copy, Debug)]
+    struct Knobs {
+        record_attributes: u8,
+        null_value: bool,
+        /// Every varint one byte longer than its shortest form (still valid).
+        padded_varints: bool,
+        first_delta: i64,
+        leader_epoch: i32,
+        log_append_time: bool,
+    }
+
+    /// A batch of three records written by hand, as a producer might.
+    fn hand_batch(knobs: Knobs) -> Vec<u8> {
+        let put = |buf: &mut Vec<u8>, value: i64| {
+            let mut tmp = [0u8; 10];
+            let mut zz = ((value << 1) ^ (value >> 63)) as u64;
+            let mut n = 0;
+            while zz >= 0x80 {
+                tmp[n] = (zz as u8) | 0x80;
+                zz >>= 7;
+                n += 1;
+            }
+            tmp[n] = zz as u8;
+            if knobs.padded_varints {
+                tmp[n] |= 0x80;
+                n += 1;
+                tmp[n] = 0;
+            }
+            buf.extend_from_slice(&tmp[..=n]);
+        };
+        let base_ts = 1_700_000_000_000i64;
+        let deltas = [knobs.first_delta, 40, 7];
+        let mut records = Vec::new();
+        for (i, delta) in deltas.iter().enumerate() {
+            let mut body = vec![knobs.record_attributes];
+            put(&mut body, *delta);
+            put(&mut body, i as i64);
+            let key = format!("key-{i}");
+            put(&mut body, key.len() as i64);
+            body.extend_from_slice(key.as_bytes());
+            let value = vec![i as u8; 300 * i];
+            if knobs.null_value && i == 1 {
+                put(&mut body, -1);
+            } else {
+                put(&mut body, value.len() as i64);
+                body.extend_from_slice(&value);
+            }
+            put(&mut body, 1);
+            put(&mut body, 1);
+            body.extend_from_slice(b"h");
+            put(&mut body, -1);
+            put(&mut records, body.len() as i64);
+            records.extend_from_slice(&body);
+        }
+        let mut b = Vec::new();
+        b.extend_from_slice(&99i64.to_be_bytes());
+        b.extend_from_slice(&((HEADER_SIZE - 12 + records.len()) as i32).to_be_bytes());
+        b.extend_from_slice(&knobs.leader_epoch.to_be_bytes());
+        b.push(2);
+        b.extend_from_slice(&[0; 4]);
+        let attributes: i16 = if knobs.log_append_time { ATTR_LOG_APPEND_TIME } else { 0 };
+        b.extend_from_slice(&attributes.to_be_bytes());
+        b.extend_from_slice(&2i32.to_be_bytes());
+        b.extend_from_slice(&base_ts.to_be_bytes());
+        let max = deltas.iter().max().expect("three");
+        b.extend_from_slice(&(base_ts + max).to_be_bytes());
+        b.extend_from_slice(&5i64.to_be_bytes());
+        b.extend_from_slice(&1i16.to_be_bytes());
+        b.extend_from_slice(&30i32.to_be_bytes());
+        b.extend_from_slice(&3i32.to_be_bytes());
+        b.extend_from_slice(&records);
+        let crc = crc32c::crc32c(&b[21..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        b
+    }
+
+    #[test]
+    fn a_batch_is_stored_as_it_arrived_only_when_that_is_the_stored_form() {
+        use kappa_storage::{BatchEncoder, Limits, Record};
+        let plain = Knobs { leader_epoch: -1, ..Knobs::default() };
+        // (knobs, whether `read_records` offers the batch as it is, whether it is copied).
+        let cases = [
+            (plain, true, true),
+            // Not covered by the CRC, written by the log: still copied.
+            (Knobs { leader_epoch: 12, ..plain }, true, true),
+            (Knobs { record_attributes: 1, ..plain }, false, false),
+            (Knobs { null_value: true, ..plain }, false, false),
+            // Offered, but refused by the log (the length, the header).
+            (Knobs { padded_varints: true, ..plain }, true, false),
+            (Knobs { first_delta: 3, ..plain }, true, false),
+            (Knobs { log_append_time: true, ..plain }, true, false),
+        ];
+        let producer =
+            kappa_storage::ProducerInfo { producer_id: 5, producer_epoch: 1, base_sequence: 30 };
+        for (knobs, offered, copied) in cases {
+            let bytes = hand_batch(knobs);
+            let batches = split(&bytes).expect("a valid batch");
+            let batch = &batches[0];
+            let mut scratch = Vec::new();
+            let section = section(batch, &mut scratch, 1 << 20).expect("section");
+            let (mut spans, mut hs) = (Vec::new(), Vec::new());
+            let stored_form =
+                read_records(batch, section, 1_800_000_000_000, &mut spans, &mut hs).expect("ok");
+            assert_eq!(stored_form, offered, "{knobs:?}");
+            let records: Vec<Record<'_>> = spans
+                .iter()
+                .map(|&(timestamp, key, value, start, end)| Record {
+                    timestamp,
+                    key,
+                    value,
+                    headers: &hs[start..end],
+                })
+                .collect();
+            let mut encoder = BatchEncoder::new(Limits::default());
+            encoder.encode(1_000, &records, producer).expect("encodes");
+            let reference = encoder.frame().to_vec();
+            let incoming =
+                Incoming { records: &records, encoded: stored_form.then_some(batch.bytes) };
+            encoder.encode_records(1_000, &incoming, producer).expect("encodes");
+            // Every stored byte is what encoding the parsed records gives.
+            assert_eq!(encoder.frame(), &reference[..], "{knobs:?}");
+            // And where the batch was copied, its records are the request's bytes.
+            let stored = kappa_storage::BatchRef::from_frame(encoder.frame()).expect("valid");
+            let same = stored.kafka_bytes()[17..] == bytes[17..];
+            assert_eq!(same, copied, "{knobs:?}");
+        }
     }
 
     #[test]

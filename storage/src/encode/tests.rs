@@ -203,3 +203,83 @@ fn the_layout_predicts_the_frame() {
         assert_eq!(plan.record_bytes, records.iter().map(|r| r.size_bytes() as u64).sum::<u64>());
     }
 }
+
+/// Records that say they are already encoded (`Records::encoded`) as `bytes`.
+struct Encoded<'a> {
+    records: &'a [Record<'a>],
+    bytes: Vec<u8>,
+}
+
+impl Records for Encoded<'_> {
+    fn count(&self) -> usize {
+        self.records.len()
+    }
+    fn record(&self, index: usize) -> (i64, Option<&[u8]>, &[u8], usize) {
+        self.records.record(index)
+    }
+    fn header(&self, index: usize, header: usize) -> Header<'_> {
+        self.records.header(index, header)
+    }
+    fn encoded(&self) -> Option<&[u8]> {
+        Some(&self.bytes)
+    }
+}
+
+fn encode_any<R: Records + ?Sized>(base: u64, records: &R) -> AlignedVec<16> {
+    let mut encoder = BatchEncoder::new(Limits::default());
+    encoder.set_synced_before(4096);
+    encoder.encode_records(base, records, producer()).expect("encodes");
+    let mut frame = AlignedVec::<16>::new();
+    frame.extend_from_slice(encoder.frame());
+    frame
+}
+
+#[test]
+fn a_batch_copied_as_it_is_is_the_frame_encoding_gives() {
+    for value_len in [0usize, 1, 3, 1021, 1024] {
+        let (values, keys) = shapes(value_len);
+        let records = records(&values, &keys);
+        for count in 1..=records.len() {
+            let records = &records[..count];
+            let (_, reference) = encode_one(77, records);
+            // The batch as a producer sent it: another base offset and a leader epoch, which the
+            // CRC does not cover and the stored frame does not keep.
+            let mut bytes = Vec::new();
+            kafka::encode_batch(5, records, producer(), &mut bytes, &mut Vec::new());
+            bytes[12..16].copy_from_slice(&7i32.to_be_bytes());
+            let frame = encode_any(77, &Encoded { records, bytes });
+            assert_eq!(&frame[..], &reference[..], "{count} records of {value_len} B");
+        }
+    }
+}
+
+#[test]
+fn a_batch_is_copied_only_when_its_header_is_the_one_encoding_writes() {
+    let (values, keys) = shapes(100);
+    let records = records(&values, &keys);
+    let (_, reference) = encode_one(3, &records);
+    let mut good = Vec::new();
+    kafka::encode_batch(3, &records, producer(), &mut good, &mut Vec::new());
+    // Copied as it is: a byte changed in a record value (CRC fixed up) shows in the frame.
+    let mut marked = good.clone();
+    let at = good.len() - 20;
+    marked[at] ^= 0xff;
+    let crc = crc32c::crc32c(&marked[CRC_START..]);
+    marked[17..21].copy_from_slice(&crc.to_be_bytes());
+    let frame = encode_any(3, &Encoded { records: &records, bytes: marked });
+    assert_ne!(&frame[..], &reference[..], "the given bytes were copied");
+    let kafka = BatchRef::from_frame(&frame).expect("valid frame").kafka_bytes().to_vec();
+    assert_eq!(kafka[at], good[at] ^ 0xff);
+    // Any header field from the attributes on that differs from what encoding writes (here
+    // each byte of 21..61), or another length: the records are encoded instead.
+    for pos in CRC_START..BATCH_HEADER_SIZE {
+        let mut bad = good.clone();
+        bad[pos] ^= 0x01;
+        let frame = encode_any(3, &Encoded { records: &records, bytes: bad });
+        assert_eq!(&frame[..], &reference[..], "header byte {pos} changed");
+    }
+    let mut longer = good.clone();
+    longer.push(0);
+    let frame = encode_any(3, &Encoded { records: &records, bytes: longer });
+    assert_eq!(&frame[..], &reference[..], "a longer batch");
+}
