@@ -282,7 +282,10 @@ fn a_peer_shard_dying_under_range_tasks_leaves_the_rebuild_exact() {
 /// work. The budget is 1 ns, so every window a live producer feeds is over it; the fold is slowed
 /// by its filter so the rebuild outlasts the controller's way down to the floor. Fails when the
 /// fold does not call the controller's `pace` (the whole-partition fold; range tasks call it the
-/// same way), since nothing else pauses replay.
+/// same way), since nothing else pauses replay. It also guards the shard against a budget of a
+/// few nanoseconds: glommio took the live queue's latency requirement (then the budget itself)
+/// as its preempt timer and, with 1 ns, ran no task at all (`create_topic` hung; the queue now
+/// asks for the clamped preempt timer).
 #[test]
 fn over_budget_at_the_floor_the_fold_rests_on_the_duty_cycle() {
     let temp = tempfile::tempdir().expect("tempdir");
@@ -314,11 +317,11 @@ fn over_budget_at_the_floor_the_fold_rests_on_the_duty_cycle() {
         });
         let stop_on_exit = StopOnDrop(&stop);
         let rebuild = engine.rebuild_view("counts", slow_count("slow", work)).expect("rebuild");
-        eventually("replay rests on the duty cycle", Duration::from_secs(60), || {
+        eventually("replay rests on the duty cycle", Duration::from_secs(20), || {
             engine.metrics().expect("metrics")[0].replay.paused_ms > 0
         });
         drop(stop_on_exit);
-        rebuild.wait_swapped(Duration::from_secs(300)).expect("the rebuild swaps once live stops");
+        rebuild.wait_swapped(Duration::from_secs(60)).expect("the rebuild swaps once live stops");
     });
     engine.shutdown().expect("shutdown");
 }
