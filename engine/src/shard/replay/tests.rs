@@ -28,6 +28,15 @@ fn control5() -> ReplayControl {
     ReplayControl::new(config(), Duration::from_millis(5), Arc::default())
 }
 
+/// The same without duty trials: the duty rises on every tick at the floor and over budget.
+fn control5_untried() -> ReplayControl {
+    ReplayControl::new(
+        ReplayConfig { duty_trials: false, ..config() },
+        Duration::from_millis(5),
+        Arc::default(),
+    )
+}
+
 fn on_executor(f: impl FnOnce() + Send + 'static) {
     glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .spawn(move || async move { f() })
@@ -120,8 +129,8 @@ fn over_budget_halves_under_budget_climbs_back() {
         assert_eq!(m.shares, (1000.0 * FLOOR).round() as usize);
         assert_eq!(m.ticks_over_budget, 12);
         assert!((m.budget_burn() - 1.0).abs() < 1e-9);
-        // At the floor from the sixth tick on, the duty rose by `DUTY_UP` per tick.
-        assert_eq!(m.duty_percent, 6 * DUTY_UP, "{m:?}");
+        // At the floor from the sixth tick on: a duty trial runs, nothing settled before it ends.
+        assert_eq!(m.duty_percent, 0, "{m:?}");
         // Quiet again: the slow samples leave the window after a second, the duty unwinds,
         // then the level climbs.
         for _ in 0..60 {
@@ -233,7 +242,7 @@ fn to_the_floor(control: &ReplayControl) {
 #[test]
 fn at_the_floor_and_over_budget_the_duty_rises_and_falls_back_under_budget() {
     on_executor(|| {
-        let control = Rc::new(control5());
+        let control = Rc::new(control5_untried());
         let _active = control.active();
         to_the_floor(&control);
         let mut duties = Vec::new();
@@ -293,7 +302,7 @@ fn a_duty_of_zero_percent_max_turns_the_cycle_off() {
 #[test]
 fn the_duty_falls_while_replay_is_below_its_minimum_rate() {
     on_executor(|| {
-        let control = Rc::new(control5());
+        let control = Rc::new(control5_untried());
         let _active = control.active();
         to_the_floor(&control);
         for _ in 0..9 {
@@ -320,7 +329,7 @@ fn the_duty_falls_while_replay_is_below_its_minimum_rate() {
 #[test]
 fn a_replay_behind_the_tail_drops_the_duty_at_once() {
     on_executor(|| {
-        let control = Rc::new(control5());
+        let control = Rc::new(control5_untried());
         let _active = control.active();
         to_the_floor(&control);
         for _ in 0..9 {
@@ -407,4 +416,87 @@ fn pace_sleeps_on_a_timer_and_counts_overlapping_pauses_once() {
         .expect("executor starts")
         .join()
         .expect("test body");
+}
+
+/// Drives `ticks` ticks of a replaying controller (fast replay: not starving) whose live latency
+/// answers the duty in force: each tick 100 samples of `model(duty)` microseconds. Returns the
+/// duty in force during each tick and the settled duty after it.
+fn drive(control: &ReplayControl, ticks: usize, model: impl Fn(u32) -> u64) -> Vec<(u32, u32)> {
+    (0..ticks)
+        .map(|_| {
+            let in_force = control.duty.get();
+            live(control, 100, model(in_force));
+            control.folded(100_000);
+            control.tick();
+            (in_force, control.metrics().duty_percent)
+        })
+        .collect()
+}
+
+#[test]
+fn the_duty_rises_while_its_pause_lowers_the_live_p99_and_stops_inside_the_budget() {
+    on_executor(|| {
+        let control = Rc::new(control5());
+        let _active = control.active();
+        to_the_floor(&control);
+        // Replay is the cause: each 10 points of pause take 1.5 ms off the p99 (10 ms at 0).
+        let model = |duty: u32| 10_000 - 150 * u64::from(duty.min(60));
+        let seen = drive(&control, 80, model);
+        // The first tick starts a trial; it alternates the duty in force lo, hi, hi, lo over
+        // `TRIAL_TICKS` ticks.
+        let first: Vec<u32> = seen[1..=TRIAL_TICKS as usize].iter().map(|s| s.0).collect();
+        assert_eq!(first, [0, 10, 10, 0, 0, 10, 10, 0], "{seen:?}");
+        let settled: Vec<u32> = seen.iter().map(|s| s.1).collect();
+        assert!(settled.windows(2).all(|w| w[1] >= w[0]), "only up: {settled:?}");
+        // 40 is the first duty inside the budget (4 ms); there it stays, no more trials.
+        assert_eq!(settled.last(), Some(&40), "{settled:?}");
+        assert!(seen[60..].iter().all(|s| *s == (40, 40)), "{seen:?}");
+        let m = control.metrics();
+        assert_eq!((m.duty_trials, m.duty_trials_helped), (4, 4), "{m:?}");
+        assert!(m.live_p99_us <= m.budget_us, "{m:?}");
+        assert_eq!(m.level, FLOOR);
+    });
+}
+
+#[test]
+fn a_pause_that_buys_nothing_is_given_back_and_probed_ever_less_often() {
+    on_executor(|| {
+        let control = Rc::new(control5());
+        let _active = control.active();
+        to_the_floor(&control);
+        // The live tail is slow whatever replay does (the disk's own latency): 9 ms at any duty.
+        let seen = drive(&control, 400, |_| 9_000);
+        assert!(seen.iter().all(|s| s.1 == 0), "the duty never settles above zero: {seen:?}");
+        // Each trial pauses half its ticks at one step; the pause between trials doubles.
+        let paused = seen.iter().filter(|s| s.0 > 0).count();
+        assert!(paused <= 400 / 16, "{paused} ticks of 400 paused");
+        assert!(seen[..4].iter().any(|s| s.0 == DUTY_UP), "the first trial probes at once");
+        let late = seen[200..].iter().filter(|s| s.0 > 0).count();
+        assert!(late <= 2 * TRIAL_TICKS as usize / 2, "backed off: {late} in the last 200 ticks");
+        let m = control.metrics();
+        assert!(m.duty_trials >= 4 && m.duty_trials_helped == 0, "{m:?}");
+        // Without trials the same latencies drive the duty to its max: the rate a sixth.
+        let untried = Rc::new(control5_untried());
+        let _active = untried.active();
+        to_the_floor(&untried);
+        let seen = drive(&untried, 40, |_| 9_000);
+        assert_eq!(seen.last().map(|s| s.1), Some(90));
+    });
+}
+
+#[test]
+fn the_duty_stops_rising_where_its_pause_stops_buying_latency() {
+    on_executor(|| {
+        let control = Rc::new(control5());
+        let _active = control.active();
+        to_the_floor(&control);
+        // Pausing helps down to 6 ms and no further (the rest is the disk's): over budget at
+        // every duty, yet pausing past 30 buys nothing.
+        let model = |duty: u32| (10_000 - 150 * u64::from(duty)).max(6_000);
+        let seen = drive(&control, 200, model);
+        assert!(seen.iter().all(|s| s.0 <= 40 && s.1 <= 30), "{seen:?}");
+        assert_eq!(seen.last().map(|s| s.1), Some(30), "{seen:?}");
+        let m = control.metrics();
+        assert!(m.duty_trials > m.duty_trials_helped, "some trials found no gain: {m:?}");
+    });
 }
