@@ -198,7 +198,7 @@ pub(crate) struct ReplayControl {
     /// Append requests' waits in the channel (a stage of the client's latency; reported only).
     queue: RefCell<LiveWindow>,
     /// Replay's duty in force (percent of each `DUTY_PERIOD` its tasks sleep: what `pace`
-    /// reads) and the schedule's origin.
+    /// reads).
     duty: Cell<u32>,
     /// The duty the controller settled on; a trial moves the one in force around it.
     duty_base: Cell<u32>,
@@ -212,7 +212,6 @@ pub(crate) struct ReplayControl {
     backoff: Cell<u64>,
     trials: Cell<u64>,
     trials_helped: Cell<u64>,
-    epoch: Instant,
     /// Time paused by the duty, and until when it is counted (tasks pause together).
     paused_ns: Cell<u64>,
     paused_until: Cell<Instant>,
@@ -322,11 +321,19 @@ fn histogram() -> hdrhistogram::Histogram<u64> {
         .expect("static histogram bounds are valid")
 }
 
-/// Where a replay task stands in the duty cycle: `Some(sleep)` when `phase` (its time into the
-/// current `DUTY_PERIOD`) falls in the period's last `duty` percent, until the next period.
-pub(crate) fn pause_at(phase: Duration, duty: u32) -> Option<Duration> {
-    let run = DUTY_PERIOD * (100 - duty.min(100)) / 100;
-    (duty > 0 && phase >= run && phase < DUTY_PERIOD).then(|| DUTY_PERIOD - phase)
+/// The longest single pause: a fold step far longer than a period rests at most this long.
+pub(crate) const PAUSE_MAX: Duration = TICK;
+
+/// Whether replay, having run for `ran` since its last pause ended, rests now, and for how long:
+/// once it has run its share of a period (`DUTY_PERIOD` less `duty` percent), it rests
+/// `ran * duty / (100 - duty)` (up to `PAUSE_MAX`), so `duty` percent of the time goes to rest
+/// however long the steps between two `pace` calls are. (A schedule by the phase of a fixed
+/// period rested only a task whose call happened to fall in the period's last `duty` percent:
+/// a fold whose step took about one period could go whole seconds without a pause.)
+pub(crate) fn pause_after(ran: Duration, duty: u32) -> Option<Duration> {
+    let duty = duty.min(DUTY_MAX_PERCENT);
+    let run = DUTY_PERIOD * (100 - duty) / 100;
+    (duty > 0 && ran >= run).then(|| (ran * duty / (100 - duty)).min(PAUSE_MAX))
 }
 
 /// Now, for the duty cycle's schedule (pacing, never a record's time).
@@ -365,7 +372,6 @@ impl ReplayControl {
             backoff: Cell::new(BACKOFF_MIN_TICKS),
             trials: Cell::new(0),
             trials_helped: Cell::new(0),
-            epoch,
             paused_ns: Cell::new(0),
             paused_until: Cell::new(epoch),
             paused_at: RefCell::new([0; SLOTS]),
@@ -427,16 +433,20 @@ impl ReplayControl {
         self.queue.borrow_mut().record(ns);
     }
 
-    /// A replay task's pause point, between steps of its fold: sleeps out the rest of the period
-    /// when the duty cycle says replay rests now (the CPU goes idle unless live work runs),
-    /// otherwise yields if the live queue needs the shard.
+    /// A replay task's pause point, between steps of its fold: rests (a timer) when the duty
+    /// cycle says replay rests now (the CPU goes idle unless live work runs), otherwise yields
+    /// if the live queue needs the shard. Replay tasks rest together: one that comes by while
+    /// another rests sleeps to the same end.
     pub(crate) async fn pace(&self) {
         let duty = self.duty.get();
         if duty > 0 {
             let now = now();
-            let into = now.saturating_duration_since(self.epoch).as_nanos();
-            let phase = Duration::from_nanos((into % DUTY_PERIOD.as_nanos()) as u64);
-            if let Some(pause) = pause_at(phase, duty) {
+            let until = self.paused_until.get();
+            if now < until {
+                glommio::timer::sleep(until - now).await;
+                return;
+            }
+            if let Some(pause) = pause_after(now - until, duty) {
                 self.count_pause(now, now + pause);
                 glommio::timer::sleep(pause).await;
                 return;
@@ -565,7 +575,8 @@ impl ReplayControl {
         let under = judged.is_none_or(|p99| p99 < self.budget_ns / 4 * 3);
         let duty_max = self.config.duty_max_percent.min(DUTY_MAX_PERCENT);
         let (level, duty) = (self.level.get(), self.duty_base.get());
-        let at_floor_over = !behind && !slow && !(under && !over) && over && level <= FLOOR;
+        // Over budget implies not under it: the branch below that rests replay.
+        let at_floor_over = over && !behind && !slow && level <= FLOOR;
         if !at_floor_over || !replaying || !self.config.duty_trials {
             // A trial runs only at the floor and over budget, without interruption.
             self.trial.set(None);

@@ -325,3 +325,32 @@ fn over_budget_at_the_floor_the_fold_rests_on_the_duty_cycle() {
     });
     engine.shutdown().expect("shutdown");
 }
+
+/// A live budget far below what a preempt timer can honour still leaves a working shard: with
+/// the budget (1 ns) as the live queue's latency requirement, glommio armed a 1 ns preempt timer
+/// and ran no task, so `create_topic` waited forever. The calls run on a helper thread and the
+/// test gives up after 60 s, so the bug fails here instead of hanging the suite. Fails when the
+/// live queue asks glommio for `live_latency_budget` instead of `EngineConfig::preempt_timer`.
+#[test]
+fn a_budget_of_one_nanosecond_leaves_the_shard_working() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let dir = temp.path().to_path_buf();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let engine = Engine::builder()
+            .data_dir(&dir)
+            .shards(1)
+            .live_latency_budget(Duration::from_nanos(1))
+            .build()
+            .expect("engine");
+        engine.create_topic("events", TopicConfig::new(1)).expect("topic");
+        produce(&engine, 0, 100, 10, Durability::Written);
+        let metrics = engine.metrics().expect("metrics");
+        engine.shutdown().expect("shutdown");
+        let _ = done.send(metrics[0].replay.budget_us);
+    });
+    let budget_us = finished
+        .recv_timeout(Duration::from_secs(60))
+        .expect("create, produce, metrics and shutdown answered within 60 s");
+    assert_eq!(budget_us, 0, "the budget is still 1 ns (0 us) for the controller");
+}

@@ -373,16 +373,20 @@ fn what_clients_saw_lowers_the_level_when_the_shard_side_is_fast() {
 }
 
 #[test]
-fn replay_rests_the_last_duty_percent_of_each_period() {
+fn replay_rests_duty_percent_of_the_time_whatever_its_steps() {
     let ms = Duration::from_millis;
-    assert_eq!(pause_at(ms(0), 0), None);
-    assert_eq!(pause_at(ms(9), 0), None, "no duty: never");
-    assert_eq!(pause_at(ms(4), 50), None);
-    assert_eq!(pause_at(ms(5), 50), Some(ms(5)), "until the next period");
-    assert_eq!(pause_at(ms(7), 50), Some(ms(3)));
-    assert_eq!(pause_at(Duration::from_micros(999), 90), None);
-    assert_eq!(pause_at(ms(1), 90), Some(ms(9)));
-    assert_eq!(pause_at(ms(0), 100), Some(DUTY_PERIOD));
+    assert_eq!(pause_after(ms(0), 0), None);
+    assert_eq!(pause_after(ms(9), 0), None, "no duty: never");
+    assert_eq!(pause_after(ms(4), 50), None, "half a period not run yet");
+    assert_eq!(pause_after(ms(5), 50), Some(ms(5)));
+    assert_eq!(pause_after(Duration::from_micros(999), 90), None);
+    assert_eq!(pause_after(ms(1), 90), Some(ms(9)));
+    // A step of a whole period (or more) still rests its share, not only one whose call
+    // happened to fall in the period's last part.
+    assert_eq!(pause_after(ms(10), 10), Some(Duration::from_nanos(1_111_111)));
+    assert_eq!(pause_after(ms(10), 50), Some(ms(10)));
+    assert_eq!(pause_after(ms(50), 90), Some(PAUSE_MAX), "one pause is at most a tick");
+    assert_eq!(pause_after(ms(1), 100), pause_after(ms(1), DUTY_MAX_PERCENT), "capped");
 }
 
 #[test]
@@ -395,15 +399,16 @@ fn pace_sleeps_on_a_timer_and_counts_overlapping_pauses_once() {
             // A full duty rests the whole rest of the period, on a timer: the task is away for
             // at least the pause it counted (a timer never fires early).
             control.duty.set(100);
+            glommio::timer::sleep(DUTY_PERIOD).await; // It ran (at least) a period.
             #[allow(clippy::disallowed_methods)] // How long the task slept, nothing decided.
             let before = std::time::Instant::now();
             control.pace().await;
             let paused = control.paused_ns.get();
-            assert!(paused > 0 && paused <= DUTY_PERIOD.as_nanos() as u64, "{paused}");
+            assert!(paused > 0 && paused <= PAUSE_MAX.as_nanos() as u64, "{paused}");
             assert!(before.elapsed() >= Duration::from_nanos(paused), "slept {paused} ns");
             // Tasks pausing together: the time is counted once.
             let control = control5();
-            let t0 = control.epoch;
+            let t0 = control.paused_until.get();
             let ms = Duration::from_millis;
             control.count_pause(t0, t0 + ms(9));
             control.count_pause(t0 + ms(2), t0 + ms(9));
