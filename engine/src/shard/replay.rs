@@ -24,8 +24,9 @@
 //! Below the floor, shares and depths have nothing left to give: they only split the shard
 //! thread's own time, and the io_uring workers and client threads that share its CPU wait all the
 //! same. So at the floor and still over budget, the controller may raise a **duty**: replay
-//! tasks sleep (a glommio timer, never a spin) for the last `duty` percent of every
-//! `DUTY_PERIOD`, so the CPU goes idle unless live work runs. The duty falls by `DUTY_DOWN` per
+//! tasks rest (a glommio timer, never a spin) `duty` percent of the time: having run a
+//! `DUTY_PERIOD`'s share since their last rest, they rest in proportion to how long they ran
+//! (`pause_after`), so the CPU goes idle unless live work runs. The duty falls by `DUTY_DOWN` per
 //! tick under three quarters of the budget, or while replay runs below its minimum rate; the
 //! level climbs again only once the duty is gone. `ReplayMetrics::paused_fraction` shows it.
 //!
@@ -156,8 +157,9 @@ pub struct ReplayMetrics {
     /// in the shard's channel before the request loop took it.
     pub queue_p99_us: u64,
     pub queue_samples: u64,
-    /// Replay's duty now: the percent of each `DUTY_PERIOD` replay tasks sleep (0 above the
-    /// floor), and the fraction of the last second replay was paused by it.
+    /// Replay's duty now: the percent of the time replay tasks rest, as the controller settled
+    /// it (0 above the floor; a trial moves the one in force around it), and the fraction of
+    /// the last second replay was paused by it.
     pub duty_percent: u32,
     pub paused_fraction: f64,
     /// Time replay was paused by the duty, in all.
