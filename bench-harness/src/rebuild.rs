@@ -72,6 +72,10 @@ pub struct MixedArgs {
     /// (`ReplayConfig::duty_max_percent`); 0 turns the duty cycle off.
     #[arg(long)]
     duty_max_percent: Option<u32>,
+    /// Move the duty by trials, keeping a pause only while it lowers the live p99
+    /// (`ReplayConfig::duty_trials`); `false`: the duty rises on every tick over budget.
+    #[arg(long, action = clap::ArgAction::Set, default_value_t = true)]
+    duty_trials: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -461,6 +465,7 @@ pub fn mixed(args: MixedArgs) -> anyhow::Result<Outcome> {
     };
     let replay = ReplayConfig {
         duty_max_percent: args.duty_max_percent.unwrap_or(ReplayConfig::default().duty_max_percent),
+        duty_trials: args.duty_trials,
         ..ReplayConfig::default()
     };
     let mut builder = Engine::builder()
@@ -551,6 +556,7 @@ pub fn mixed(args: MixedArgs) -> anyhow::Result<Outcome> {
         "shard_cpus": shard_cpus,
         "client_cpus": client_cpus,
         "duty_max_percent": replay.duty_max_percent,
+        "duty_trials": replay.duty_trials,
         "stages_us_without": stages(&samples_without),
         "stages_us_with": stages(&samples_with),
         "live_p50_us_without": spread(&without, |p| p.p50_us).median,
@@ -570,6 +576,8 @@ pub fn mixed(args: MixedArgs) -> anyhow::Result<Outcome> {
             "shard": m.shard, "level": m.replay.level, "budget_burn": m.replay.budget_burn(),
             "tasks_done": m.replay.tasks_done, "records": m.replay.records,
             "duty_percent": m.replay.duty_percent, "paused_ms": m.replay.paused_ms,
+            "duty_trials": m.replay.duty_trials,
+            "duty_trials_helped": m.replay.duty_trials_helped,
         })).collect::<Vec<_>>(),
         "notes": "Live: one producer thread, batches of 100 records at `written` durability, \
                   latency from each batch's intended send time to its ack (no coordinated \

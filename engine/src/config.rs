@@ -92,6 +92,10 @@ pub struct ReplayConfig {
     /// latency is still over budget, replay tasks rest part of every 10 ms so the shard's CPU
     /// goes to the io_uring workers and client threads. 0 turns the duty cycle off.
     pub duty_max_percent: u32,
+    /// Move the duty by trials (`shard::replay`): a higher duty is kept only while its pause
+    /// lowers the live p99, so a rebuild keeps its rate when the disk, not replay, is what is
+    /// slow. Off: the duty rises on every tick at the floor and over budget.
+    pub duty_trials: bool,
 }
 
 impl Default for ReplayConfig {
@@ -105,6 +109,7 @@ impl Default for ReplayConfig {
             shares_max: 1000,
             min_records_per_s: 20_000,
             duty_max_percent: 90,
+            duty_trials: true,
         }
     }
 }

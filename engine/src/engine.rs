@@ -1527,6 +1527,8 @@ pub struct Truncation {
     pub segment: PathBuf,
     /// The file now ends here (the first damaged byte).
     pub position: u64,
+    /// The partition's end offset after the cut: the first offset dropped, if any was written.
+    pub first_offset: u64,
     /// Bytes dropped (to the last non-zero byte of the file).
     pub bytes: u64,
     /// Whole valid frames found after the damage and dropped with it, and their offsets
@@ -1545,6 +1547,7 @@ impl OpenReport {
                 partition,
                 segment: cut.segment,
                 position: cut.position,
+                first_offset: cut.first_dropped_offset,
                 bytes: cut.dropped_bytes,
                 frames: cut.dropped_frames,
                 offsets: cut.dropped_offsets,

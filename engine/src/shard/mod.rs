@@ -392,9 +392,14 @@ pub(crate) async fn run(
     let client = peers[id.0 as usize].life.client.clone();
     let replay_control =
         Rc::new(ReplayControl::new(config.replay, config.live_latency_budget, client));
+    // The live queue's latency requirement is the preempt timer (a fifth of the budget, at
+    // least 100 µs), not the budget itself: glommio arms its preempt timer with the smallest
+    // requirement of the active queues and runs no task once it has fired, so a budget of a
+    // few nanoseconds (every window over it) left the executor polling I/O forever without
+    // running a task (a 1 ns budget hung `create_topic`).
     let live = executor.create_task_queue(
         Shares::Static(1000),
-        Latency::Matters(config.live_latency_budget),
+        Latency::Matters(config.preempt_timer()),
         "live",
     );
     // Replay's shares move with the live-latency controller (`replay.rs`).

@@ -23,12 +23,29 @@
 //!
 //! Below the floor, shares and depths have nothing left to give: they only split the shard
 //! thread's own time, and the io_uring workers and client threads that share its CPU wait all the
-//! same. So at the floor and still over budget, the controller raises a **duty**: replay tasks
-//! sleep (a glommio timer, never a spin) for the last `duty` percent of every `DUTY_PERIOD`, so
-//! the CPU goes idle unless live work runs. The duty rises by `DUTY_UP` per tick over budget, up
-//! to `ReplayConfig::duty_max_percent` (below 100: replay never stops), and falls by `DUTY_DOWN`
-//! per tick under three quarters of the budget, or while replay runs below its minimum rate; the
+//! same. So at the floor and still over budget, the controller may raise a **duty**: replay
+//! tasks rest (a glommio timer, never a spin) `duty` percent of the time: having run a
+//! `DUTY_PERIOD`'s share since their last rest, they rest in proportion to how long they ran
+//! (`pause_after`), so the CPU goes idle unless live work runs. The duty falls by `DUTY_DOWN` per
+//! tick under three quarters of the budget, or while replay runs below its minimum rate; the
 //! level climbs again only once the duty is gone. `ReplayMetrics::paused_fraction` shows it.
+//!
+//! Pausing only helps when replay is what makes the live tail slow. The windows cannot tell
+//! replay's share of the latency from the disk's or the machine's own (a virtio disk's append
+//! p99 alone was past the 5 ms budget, and a duty that rose on every tick over budget cut the
+//! rebuild to a sixth of its rate for nothing). So the duty moves by **trials**: for
+//! `TRIAL_TICKS` ticks the duty in force alternates between two neighbouring duties (`DUTY_UP`
+//! apart, in the order lo, hi, hi, lo, ... so a latency drifting over the trial favours
+//! neither), each tick's samples count for the duty that was in force, and at the end the
+//! higher duty is kept only when its p99 is at least `TRIAL_GAIN` below the lower one's.
+//! A duty that helps is kept and the next trial probes one step above it (at once while its
+//! p99 was still over budget, else once a whole window at it is over); one that does not help
+//! falls back to the lower duty and the next trial probes one step below; when even the first step above zero buys nothing, the duty stays at zero and
+//! the next trial waits `BACKOFF_MIN_TICKS`, doubling each time up to `BACKOFF_MAX_TICKS`, so
+//! a rebuild whose live latency is the disk's keeps its rate (a trial costs at most half a
+//! step of pause for under a second). `ReplayConfig::duty_trials` off restores the old rule
+//! (the duty rises by `DUTY_UP` every tick at the floor and over budget, up to
+//! `ReplayConfig::duty_max_percent`; below 100: replay never stops).
 //!
 //! Replay always catches up, however fast the producers: a fold chasing the live tail that has
 //! not gained on it over a second (`Chase`) marks the shard behind, and the level climbs for the
@@ -70,6 +87,13 @@ const DUTY_UP: u32 = 10;
 const DUTY_DOWN: u32 = 5;
 /// The highest duty a config may ask for: replay keeps at least this share of each period.
 pub const DUTY_MAX_PERCENT: u32 = 95;
+/// Ticks of one duty trial, half at each of its two duties (lo, hi, hi, lo, lo, hi, hi, lo).
+pub(crate) const TRIAL_TICKS: u64 = 8;
+/// How much lower (a fraction) the higher duty's p99 must be for its pause to count as bought.
+const TRIAL_GAIN: f64 = 0.1;
+/// After a trial found that no pause helps, ticks until the next one: doubled each time.
+pub(crate) const BACKOFF_MIN_TICKS: u64 = 20;
+pub(crate) const BACKOFF_MAX_TICKS: u64 = 160;
 
 /// The replay queue's shares, read by glommio at each adjustment period.
 #[derive(Debug)]
@@ -133,12 +157,17 @@ pub struct ReplayMetrics {
     /// in the shard's channel before the request loop took it.
     pub queue_p99_us: u64,
     pub queue_samples: u64,
-    /// Replay's duty now: the percent of each `DUTY_PERIOD` replay tasks sleep (0 above the
-    /// floor), and the fraction of the last second replay was paused by it.
+    /// Replay's duty now: the percent of the time replay tasks rest, as the controller settled
+    /// it (0 above the floor; a trial moves the one in force around it), and the fraction of
+    /// the last second replay was paused by it.
     pub duty_percent: u32,
     pub paused_fraction: f64,
     /// Time replay was paused by the duty, in all.
     pub paused_ms: u64,
+    /// Duty trials judged at the floor, and those whose higher duty lowered the live p99 (the
+    /// pause was kept); the others fell back to the lower duty.
+    pub duty_trials: u64,
+    pub duty_trials_helped: u64,
 }
 
 impl ReplayMetrics {
@@ -170,9 +199,21 @@ pub(crate) struct ReplayControl {
     client_window: RefCell<LiveWindow>,
     /// Append requests' waits in the channel (a stage of the client's latency; reported only).
     queue: RefCell<LiveWindow>,
-    /// Replay's duty (percent of each `DUTY_PERIOD` its tasks sleep) and the schedule's origin.
+    /// Replay's duty in force (percent of each `DUTY_PERIOD` its tasks sleep: what `pace`
+    /// reads).
     duty: Cell<u32>,
-    epoch: Instant,
+    /// The duty the controller settled on; a trial moves the one in force around it.
+    duty_base: Cell<u32>,
+    /// The duty trial in progress, its samples per duty, and what the trials decided.
+    trial: Cell<Option<Trial>>,
+    arms: RefCell<[Arm; 2]>,
+    /// The next trial probes above the settled duty (else below it).
+    climbing: Cell<bool>,
+    /// No trial before this tick, and the next back-off.
+    trial_after: Cell<u64>,
+    backoff: Cell<u64>,
+    trials: Cell<u64>,
+    trials_helped: Cell<u64>,
     /// Time paused by the duty, and until when it is counted (tasks pause together).
     paused_ns: Cell<u64>,
     paused_until: Cell<Instant>,
@@ -194,6 +235,42 @@ pub(crate) struct ReplayControl {
     /// Until this tick a replay on the shard is behind the live tail (`mark_behind`): the level
     /// climbs as for a starving replay.
     behind_until: Cell<u64>,
+}
+
+/// A duty trial (see the module's doc): its two duties, and the ticks judged so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Trial {
+    duties: [u32; 2],
+    ticks: u64,
+}
+
+impl Trial {
+    /// The arm (0: the lower duty, 1: the higher) in force on the trial's tick `tick`: lo, hi,
+    /// hi, lo, repeated, so a trend over the trial weighs on both arms alike.
+    fn arm(tick: u64) -> usize {
+        usize::from(matches!(tick % 4, 1 | 2))
+    }
+}
+
+/// The samples of one trial arm, per window (append, tail, client), as in the live windows.
+struct Arm([hdrhistogram::Histogram<u64>; 3]);
+
+impl Arm {
+    fn new() -> Arm {
+        Arm([histogram(), histogram(), histogram()])
+    }
+
+    /// The p99 the controller would judge over these samples: the worst of the windows with
+    /// enough samples to say anything; `None` when none has.
+    fn judged(&self) -> Option<u64> {
+        self.0.iter().filter(|h| h.len() >= SAMPLES_MIN).map(|h| h.value_at_quantile(0.99)).max()
+    }
+}
+
+/// Whether a trial's higher duty bought latency: its p99 at least `TRIAL_GAIN` below the lower
+/// duty's.
+pub(crate) fn pause_helped(p99_lo: u64, p99_hi: u64) -> bool {
+    (p99_hi as f64) <= p99_lo as f64 * (1.0 - TRIAL_GAIN)
 }
 
 /// Live latencies of the last second, one histogram per tick: a sample stays in the window for
@@ -221,6 +298,11 @@ impl LiveWindow {
         self.slots[self.current].saturating_record_n(ns, count);
     }
 
+    /// The current tick's samples so far.
+    fn slot(&self) -> &hdrhistogram::Histogram<u64> {
+        &self.slots[self.current]
+    }
+
     /// The p99 and sample count of the last `SLOTS` ticks (this one included); then the window
     /// moves one tick, dropping the oldest tick's samples.
     pub(crate) fn advance(&mut self) -> (u64, u64) {
@@ -241,11 +323,19 @@ fn histogram() -> hdrhistogram::Histogram<u64> {
         .expect("static histogram bounds are valid")
 }
 
-/// Where a replay task stands in the duty cycle: `Some(sleep)` when `phase` (its time into the
-/// current `DUTY_PERIOD`) falls in the period's last `duty` percent, until the next period.
-pub(crate) fn pause_at(phase: Duration, duty: u32) -> Option<Duration> {
-    let run = DUTY_PERIOD * (100 - duty.min(100)) / 100;
-    (duty > 0 && phase >= run && phase < DUTY_PERIOD).then(|| DUTY_PERIOD - phase)
+/// The longest single pause: a fold step far longer than a period rests at most this long.
+pub(crate) const PAUSE_MAX: Duration = TICK;
+
+/// Whether replay, having run for `ran` since its last pause ended, rests now, and for how long:
+/// once it has run its share of a period (`DUTY_PERIOD` less `duty` percent), it rests
+/// `ran * duty / (100 - duty)` (up to `PAUSE_MAX`), so `duty` percent of the time goes to rest
+/// however long the steps between two `pace` calls are. (A schedule by the phase of a fixed
+/// period rested only a task whose call happened to fall in the period's last `duty` percent:
+/// a fold whose step took about one period could go whole seconds without a pause.)
+pub(crate) fn pause_after(ran: Duration, duty: u32) -> Option<Duration> {
+    let duty = duty.min(DUTY_MAX_PERCENT);
+    let run = DUTY_PERIOD * (100 - duty) / 100;
+    (duty > 0 && ran >= run).then(|| (ran * duty / (100 - duty)).min(PAUSE_MAX))
 }
 
 /// Now, for the duty cycle's schedule (pacing, never a record's time).
@@ -276,7 +366,14 @@ impl ReplayControl {
             client_window: RefCell::new(LiveWindow::new()),
             queue: RefCell::new(LiveWindow::new()),
             duty: Cell::new(0),
-            epoch,
+            duty_base: Cell::new(0),
+            trial: Cell::new(None),
+            arms: RefCell::new([Arm::new(), Arm::new()]),
+            climbing: Cell::new(true),
+            trial_after: Cell::new(0),
+            backoff: Cell::new(BACKOFF_MIN_TICKS),
+            trials: Cell::new(0),
+            trials_helped: Cell::new(0),
             paused_ns: Cell::new(0),
             paused_until: Cell::new(epoch),
             paused_at: RefCell::new([0; SLOTS]),
@@ -338,16 +435,20 @@ impl ReplayControl {
         self.queue.borrow_mut().record(ns);
     }
 
-    /// A replay task's pause point, between steps of its fold: sleeps out the rest of the period
-    /// when the duty cycle says replay rests now (the CPU goes idle unless live work runs),
-    /// otherwise yields if the live queue needs the shard.
+    /// A replay task's pause point, between steps of its fold: rests (a timer) when the duty
+    /// cycle says replay rests now (the CPU goes idle unless live work runs), otherwise yields
+    /// if the live queue needs the shard. Replay tasks rest together: one that comes by while
+    /// another rests sleeps to the same end.
     pub(crate) async fn pace(&self) {
         let duty = self.duty.get();
         if duty > 0 {
             let now = now();
-            let into = now.saturating_duration_since(self.epoch).as_nanos();
-            let phase = Duration::from_nanos((into % DUTY_PERIOD.as_nanos()) as u64);
-            if let Some(pause) = pause_at(phase, duty) {
+            let until = self.paused_until.get();
+            if now < until {
+                glommio::timer::sleep(until - now).await;
+                return;
+            }
+            if let Some(pause) = pause_after(now - until, duty) {
                 self.count_pause(now, now + pause);
                 glommio::timer::sleep(pause).await;
                 return;
@@ -425,6 +526,14 @@ impl ReplayControl {
             let mut window = self.client_window.borrow_mut();
             self.client.ack.drain(|ns, count| window.record_n(ns, count));
         }
+        if let Some(trial) = self.trial.get() {
+            // This tick's samples were taken under the trial's duty in force: they count for it.
+            let mut arms = self.arms.borrow_mut();
+            let arm = &mut arms[Trial::arm(trial.ticks)];
+            let _ = arm.0[0].add(self.append.borrow().slot());
+            let _ = arm.0[1].add(self.tail.borrow().slot());
+            let _ = arm.0[2].add(self.client_window.borrow().slot());
+        }
         let windows = Windows {
             append: self.append.borrow_mut().advance(),
             tail: self.tail.borrow_mut().advance(),
@@ -467,7 +576,13 @@ impl ReplayControl {
         let slow = replaying && rate < self.config.min_records_per_s as f64;
         let under = judged.is_none_or(|p99| p99 < self.budget_ns / 4 * 3);
         let duty_max = self.config.duty_max_percent.min(DUTY_MAX_PERCENT);
-        let (level, duty) = (self.level.get(), self.duty.get());
+        let (level, duty) = (self.level.get(), self.duty_base.get());
+        // Over budget implies not under it: the branch below that rests replay.
+        let at_floor_over = over && !behind && !slow && level <= FLOOR;
+        if !at_floor_over || !replaying || !self.config.duty_trials {
+            // A trial runs only at the floor and over budget, without interruption.
+            self.trial.set(None);
+        }
         let (level, duty) = if behind {
             // Replay must gain on the tail: everything back, whatever the live latency.
             ((level + STEP).min(1.0), 0)
@@ -480,20 +595,103 @@ impl ReplayControl {
             }
         } else if over && level > FLOOR {
             ((level / 2.0).max(FLOOR), duty)
-        } else if over {
+        } else if over && !self.config.duty_trials {
             // At the floor and still over: shares cannot give the CPU away; rest replay.
             (FLOOR, (duty + DUTY_UP).min(duty_max))
+        } else if over {
+            // At the floor and still over: rest replay, as far as resting buys latency.
+            (FLOOR, duty)
         } else {
             (level, duty)
         };
         self.level.set(level);
         // Nothing to pace without replay work.
-        self.duty.set(if replaying { duty } else { 0 });
+        let duty = if replaying { duty } else { 0 };
+        if !replaying {
+            self.climbing.set(true);
+            self.backoff.set(BACKOFF_MIN_TICKS);
+            self.trial_after.set(0);
+        }
+        let duty = if at_floor_over && replaying && self.config.duty_trials && duty_max > 0 {
+            self.trial_step(duty, duty_max)
+        } else {
+            duty
+        };
+        self.duty_base.set(duty);
+        let in_force = match self.trial.get() {
+            Some(trial) => trial.duties[Trial::arm(trial.ticks)],
+            None => duty,
+        };
+        self.duty.set(in_force);
         let scaled = |max: usize| ((max as f64 * level).round() as usize).clamp(1, max);
         self.shares.0.set(scaled(self.config.shares_max));
         self.read_ahead.set(scaled(self.config.read_ahead_max));
         self.set_concurrency(scaled(self.config.concurrency_max));
         self.metrics.set(Some(self.snapshot(&windows, rate, paused)));
+    }
+
+    /// One tick of duty trials at the floor and over budget, from the settled duty `duty`:
+    /// counts the tick into the trial in progress, judges a finished one, starts the next when
+    /// its time has come. Returns the settled duty.
+    fn trial_step(&self, duty: u32, duty_max: u32) -> u32 {
+        let mut duty = duty.min(duty_max);
+        let ticks = self.ticks.get();
+        if let Some(mut trial) = self.trial.get() {
+            trial.ticks += 1;
+            if trial.ticks < TRIAL_TICKS {
+                self.trial.set(Some(trial));
+                return duty;
+            }
+            self.trial.set(None);
+            let judged = {
+                let arms = self.arms.borrow();
+                arms[0].judged().zip(arms[1].judged())
+            };
+            if let Some((lo, hi)) = judged {
+                self.trials.set(self.trials.get() + 1);
+                let [duty_lo, duty_hi] = trial.duties;
+                if pause_helped(lo, hi) {
+                    // The higher duty bought latency: keep it. Still over budget there: look
+                    // one step further up at once; else only once a window at it is over.
+                    self.trials_helped.set(self.trials_helped.get() + 1);
+                    duty = duty_hi;
+                    self.climbing.set(true);
+                    self.backoff.set(BACKOFF_MIN_TICKS);
+                    if hi <= self.budget_ns {
+                        self.trial_after.set(ticks + SLOTS as u64);
+                    }
+                } else if duty_lo > 0 {
+                    // The last step of pause bought nothing: give it back, look one lower.
+                    duty = duty_lo;
+                    self.climbing.set(false);
+                } else {
+                    // No pause helps: replay is not what makes the live tail slow. Full rate,
+                    // and the next look waits (longer each time).
+                    duty = 0;
+                    self.climbing.set(true);
+                    self.trial_after.set(ticks + self.backoff.get());
+                    self.backoff.set((self.backoff.get() * 2).min(BACKOFF_MAX_TICKS));
+                }
+            }
+            // An inconclusive trial (too few samples at either duty) changes nothing.
+        }
+        if ticks >= self.trial_after.get() {
+            let duties = if self.climbing.get() || duty == 0 {
+                if duty >= duty_max {
+                    [duty.saturating_sub(DUTY_UP), duty]
+                } else {
+                    [duty, (duty + DUTY_UP).min(duty_max)]
+                }
+            } else {
+                [duty.saturating_sub(DUTY_UP), duty]
+            };
+            let mut arms = self.arms.borrow_mut();
+            for arm in arms.iter_mut() {
+                arm.0.iter_mut().for_each(|h| h.reset());
+            }
+            self.trial.set(Some(Trial { duties, ticks: 0 }));
+        }
+        duty
     }
 
     fn snapshot(&self, windows: &Windows, rate: f64, paused: f64) -> ReplayMetrics {
@@ -522,9 +720,11 @@ impl ReplayControl {
             client_samples: client.1,
             queue_p99_us: queue.0 / 1_000,
             queue_samples: queue.1,
-            duty_percent: self.duty.get(),
+            duty_percent: self.duty_base.get(),
             paused_fraction: paused,
             paused_ms: self.paused_ns.get() / 1_000_000,
+            duty_trials: self.trials.get(),
+            duty_trials_helped: self.trials_helped.get(),
         }
     }
 

@@ -115,6 +115,9 @@ pub struct TailCut {
     pub segment: PathBuf,
     /// The first damaged byte: the segment now ends here.
     pub position: u64,
+    /// The log's end offset after the cut: the first offset dropped, if anything held one (known
+    /// even when the damaged frame's own header cannot be trusted, unlike its record count).
+    pub first_dropped_offset: u64,
     /// Bytes from `position` to the last non-zero byte.
     pub dropped_bytes: u64,
     /// Valid frames after the damage that went with it, and their offsets `[first, end)`.

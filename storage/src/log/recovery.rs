@@ -375,9 +375,10 @@ async fn recover_active(
             });
         }
         Tail::Torn { position, defect, dropped_bytes, dropped_frames, dropped_offsets } => {
+            let first_dropped_offset = scan.index.next_offset;
             tracing::warn!(
-                segment = %path.display(), position, %defect, dropped_bytes, dropped_frames,
-                dropped_offsets = ?dropped_offsets,
+                segment = %path.display(), position, %defect, dropped_bytes, first_dropped_offset,
+                dropped_frames, dropped_offsets = ?dropped_offsets,
                 "cutting the torn tail of the active segment (unsynced writes a crash interrupted)"
             );
             file.truncate(position).await.map_err(|e| Error::io("truncate", path, e))?;
@@ -386,6 +387,7 @@ async fn recover_active(
             report.tail_cut = Some(super::TailCut {
                 segment: path.to_path_buf(),
                 position,
+                first_dropped_offset,
                 dropped_bytes,
                 dropped_frames,
                 dropped_offsets,

@@ -279,3 +279,81 @@ fn a_peer_shard_dying_under_range_tasks_leaves_the_rebuild_exact() {
         other => panic!("expected the dead peer in shutdown, got {other:?}"),
     }
 }
+
+/// Over budget at the controller's floor, replay rests on the duty cycle: the rebuild's fold
+/// sleeps part of every duty period (`ReplayMetrics::paused_ms` grows), leaving the CPU to live
+/// work. The budget is 1 ns, so every window a live producer feeds is over it; the fold is slowed
+/// by its filter so the rebuild outlasts the controller's way down to the floor. Fails when the
+/// fold does not call the controller's `pace` (the whole-partition fold; range tasks call it the
+/// same way), since nothing else pauses replay. It also guards the shard against a budget of a
+/// few nanoseconds: glommio took the live queue's latency requirement (then the budget itself)
+/// as its preempt timer and, with 1 ns, ran no task at all (`create_topic` hung; the queue now
+/// asks for the clamped preempt timer).
+#[test]
+fn over_budget_at_the_floor_the_fold_rests_on_the_duty_cycle() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let engine = Engine::builder()
+        .data_dir(temp.path())
+        .shards(1)
+        .live_latency_budget(Duration::from_nanos(1))
+        // No minimum rate (it would hold the duty down) and whole-partition replay only.
+        .replay(ReplayConfig { split: false, min_records_per_s: 0, ..Default::default() })
+        .build()
+        .expect("engine");
+    engine.create_topic("events", TopicConfig::new(1)).expect("topic");
+    let view = engine.create_view("counts", ViewDef::new("events").revision("live")).expect("view");
+    const HISTORY: u64 = 20_000;
+    produce(&engine, 0, HISTORY, 100, Durability::Written);
+    view.wait_for(view.log_end().expect("end"), Duration::from_secs(60)).expect("live folded");
+    // About 150 µs per record: the rebuild takes seconds, many controller ticks.
+    let work = (1_000.0 * 150e-6 / burn_time(1_000).as_secs_f64().max(1e-9)).max(1.0) as u64;
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        // A slow live producer (about 1,000 records/s): the windows have samples to judge.
+        scope.spawn(|| {
+            let mut from = HISTORY;
+            while !stop.load(Ordering::Relaxed) {
+                produce(&engine, from, from + 10, 10, Durability::None);
+                from += 10;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        let stop_on_exit = StopOnDrop(&stop);
+        let rebuild = engine.rebuild_view("counts", slow_count("slow", work)).expect("rebuild");
+        eventually("replay rests on the duty cycle", Duration::from_secs(20), || {
+            engine.metrics().expect("metrics")[0].replay.paused_ms > 0
+        });
+        drop(stop_on_exit);
+        rebuild.wait_swapped(Duration::from_secs(60)).expect("the rebuild swaps once live stops");
+    });
+    engine.shutdown().expect("shutdown");
+}
+
+/// A live budget far below what a preempt timer can honour still leaves a working shard: with
+/// the budget (1 ns) as the live queue's latency requirement, glommio armed a 1 ns preempt timer
+/// and ran no task, so `create_topic` waited forever. The calls run on a helper thread and the
+/// test gives up after 60 s, so the bug fails here instead of hanging the suite. Fails when the
+/// live queue asks glommio for `live_latency_budget` instead of `EngineConfig::preempt_timer`.
+#[test]
+fn a_budget_of_one_nanosecond_leaves_the_shard_working() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let dir = temp.path().to_path_buf();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let engine = Engine::builder()
+            .data_dir(&dir)
+            .shards(1)
+            .live_latency_budget(Duration::from_nanos(1))
+            .build()
+            .expect("engine");
+        engine.create_topic("events", TopicConfig::new(1)).expect("topic");
+        produce(&engine, 0, 100, 10, Durability::Written);
+        let metrics = engine.metrics().expect("metrics");
+        engine.shutdown().expect("shutdown");
+        let _ = done.send(metrics[0].replay.budget_us);
+    });
+    let budget_us = finished
+        .recv_timeout(Duration::from_secs(60))
+        .expect("create, produce, metrics and shutdown answered within 60 s");
+    assert_eq!(budget_us, 0, "the budget is still 1 ns (0 us) for the controller");
+}

@@ -28,6 +28,15 @@ fn control5() -> ReplayControl {
     ReplayControl::new(config(), Duration::from_millis(5), Arc::default())
 }
 
+/// The same without duty trials: the duty rises on every tick at the floor and over budget.
+fn control5_untried() -> ReplayControl {
+    ReplayControl::new(
+        ReplayConfig { duty_trials: false, ..config() },
+        Duration::from_millis(5),
+        Arc::default(),
+    )
+}
+
 fn on_executor(f: impl FnOnce() + Send + 'static) {
     glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .spawn(move || async move { f() })
@@ -130,8 +139,8 @@ fn over_budget_halves_under_budget_climbs_back() {
         assert_eq!(m.shares, (1000.0 * FLOOR).round() as usize);
         assert_eq!(m.ticks_over_budget, 12);
         assert!((m.budget_burn() - 1.0).abs() < 1e-9);
-        // At the floor from the sixth tick on, the duty rose by `DUTY_UP` per tick.
-        assert_eq!(m.duty_percent, 6 * DUTY_UP, "{m:?}");
+        // At the floor from the sixth tick on: a duty trial runs, nothing settled before it ends.
+        assert_eq!(m.duty_percent, 0, "{m:?}");
         // Quiet again: the slow samples leave the window after a second, the duty unwinds,
         // then the level climbs.
         ticks(&control, 60, 500, 100_000);
@@ -226,7 +235,7 @@ fn to_the_full_duty(control: &ReplayControl) {
 #[test]
 fn at_the_floor_and_over_budget_the_duty_rises_and_falls_back_under_budget() {
     on_executor(|| {
-        let control = Rc::new(control5());
+        let control = Rc::new(control5_untried());
         let _active = control.active();
         to_the_floor(&control);
         let duties: Vec<_> =
@@ -268,7 +277,7 @@ fn a_duty_of_zero_percent_max_turns_the_cycle_off() {
 #[test]
 fn the_duty_falls_while_replay_is_below_its_minimum_rate() {
     on_executor(|| {
-        let control = Rc::new(control5());
+        let control = Rc::new(control5_untried());
         let _active = control.active();
         to_the_full_duty(&control);
         // Still over budget, but replay slows below its minimum (1,000 records/s): once the
@@ -284,7 +293,7 @@ fn the_duty_falls_while_replay_is_below_its_minimum_rate() {
 #[test]
 fn a_replay_behind_the_tail_drops_the_duty_at_once() {
     on_executor(|| {
-        let control = Rc::new(control5());
+        let control = Rc::new(control5_untried());
         let _active = control.active();
         to_the_full_duty(&control);
         control.mark_behind();
@@ -319,16 +328,20 @@ fn what_clients_saw_lowers_the_level_when_the_shard_side_is_fast() {
 }
 
 #[test]
-fn replay_rests_the_last_duty_percent_of_each_period() {
+fn replay_rests_duty_percent_of_the_time_whatever_its_steps() {
     let ms = Duration::from_millis;
-    assert_eq!(pause_at(ms(0), 0), None);
-    assert_eq!(pause_at(ms(9), 0), None, "no duty: never");
-    assert_eq!(pause_at(ms(4), 50), None);
-    assert_eq!(pause_at(ms(5), 50), Some(ms(5)), "until the next period");
-    assert_eq!(pause_at(ms(7), 50), Some(ms(3)));
-    assert_eq!(pause_at(Duration::from_micros(999), 90), None);
-    assert_eq!(pause_at(ms(1), 90), Some(ms(9)));
-    assert_eq!(pause_at(ms(0), 100), Some(DUTY_PERIOD));
+    assert_eq!(pause_after(ms(0), 0), None);
+    assert_eq!(pause_after(ms(9), 0), None, "no duty: never");
+    assert_eq!(pause_after(ms(4), 50), None, "half a period not run yet");
+    assert_eq!(pause_after(ms(5), 50), Some(ms(5)));
+    assert_eq!(pause_after(Duration::from_micros(999), 90), None);
+    assert_eq!(pause_after(ms(1), 90), Some(ms(9)));
+    // A step of a whole period (or more) still rests its share, not only one whose call
+    // happened to fall in the period's last part.
+    assert_eq!(pause_after(ms(10), 10), Some(Duration::from_nanos(1_111_111)));
+    assert_eq!(pause_after(ms(10), 50), Some(ms(10)));
+    assert_eq!(pause_after(ms(50), 90), Some(PAUSE_MAX), "one pause is at most a tick");
+    assert_eq!(pause_after(ms(1), 100), pause_after(ms(1), DUTY_MAX_PERCENT), "capped");
 }
 
 #[test]
@@ -341,15 +354,16 @@ fn pace_sleeps_on_a_timer_and_counts_overlapping_pauses_once() {
             // A full duty rests the whole rest of the period, on a timer: the task is away for
             // at least the pause it counted (a timer never fires early).
             control.duty.set(100);
+            glommio::timer::sleep(DUTY_PERIOD).await; // It ran (at least) a period.
             #[allow(clippy::disallowed_methods)] // How long the task slept, nothing decided.
             let before = std::time::Instant::now();
             control.pace().await;
             let paused = control.paused_ns.get();
-            assert!(paused > 0 && paused <= DUTY_PERIOD.as_nanos() as u64, "{paused}");
+            assert!(paused > 0 && paused <= PAUSE_MAX.as_nanos() as u64, "{paused}");
             assert!(before.elapsed() >= Duration::from_nanos(paused), "slept {paused} ns");
             // Tasks pausing together: the time is counted once.
             let control = control5();
-            let t0 = control.epoch;
+            let t0 = control.paused_until.get();
             let ms = Duration::from_millis;
             control.count_pause(t0, t0 + ms(9));
             control.count_pause(t0 + ms(2), t0 + ms(9));
@@ -362,4 +376,87 @@ fn pace_sleeps_on_a_timer_and_counts_overlapping_pauses_once() {
         .expect("executor starts")
         .join()
         .expect("test body");
+}
+
+/// Drives `ticks` ticks of a replaying controller (fast replay: not starving) whose live latency
+/// answers the duty in force: each tick 100 samples of `model(duty)` microseconds. Returns the
+/// duty in force during each tick and the settled duty after it.
+fn drive(control: &ReplayControl, ticks: usize, model: impl Fn(u32) -> u64) -> Vec<(u32, u32)> {
+    (0..ticks)
+        .map(|_| {
+            let in_force = control.duty.get();
+            live(control, 100, model(in_force));
+            control.folded(100_000);
+            control.tick();
+            (in_force, control.metrics().duty_percent)
+        })
+        .collect()
+}
+
+#[test]
+fn the_duty_rises_while_its_pause_lowers_the_live_p99_and_stops_inside_the_budget() {
+    on_executor(|| {
+        let control = Rc::new(control5());
+        let _active = control.active();
+        to_the_floor(&control);
+        // Replay is the cause: each 10 points of pause take 1.5 ms off the p99 (10 ms at 0).
+        let model = |duty: u32| 10_000 - 150 * u64::from(duty.min(60));
+        let seen = drive(&control, 80, model);
+        // The first tick starts a trial; it alternates the duty in force lo, hi, hi, lo over
+        // `TRIAL_TICKS` ticks.
+        let first: Vec<u32> = seen[1..=TRIAL_TICKS as usize].iter().map(|s| s.0).collect();
+        assert_eq!(first, [0, 10, 10, 0, 0, 10, 10, 0], "{seen:?}");
+        let settled: Vec<u32> = seen.iter().map(|s| s.1).collect();
+        assert!(settled.windows(2).all(|w| w[1] >= w[0]), "only up: {settled:?}");
+        // 40 is the first duty inside the budget (4 ms); there it stays, no more trials.
+        assert_eq!(settled.last(), Some(&40), "{settled:?}");
+        assert!(seen[60..].iter().all(|s| *s == (40, 40)), "{seen:?}");
+        let m = control.metrics();
+        assert_eq!((m.duty_trials, m.duty_trials_helped), (4, 4), "{m:?}");
+        assert!(m.live_p99_us <= m.budget_us, "{m:?}");
+        assert_eq!(m.level, FLOOR);
+    });
+}
+
+#[test]
+fn a_pause_that_buys_nothing_is_given_back_and_probed_ever_less_often() {
+    on_executor(|| {
+        let control = Rc::new(control5());
+        let _active = control.active();
+        to_the_floor(&control);
+        // The live tail is slow whatever replay does (the disk's own latency): 9 ms at any duty.
+        let seen = drive(&control, 400, |_| 9_000);
+        assert!(seen.iter().all(|s| s.1 == 0), "the duty never settles above zero: {seen:?}");
+        // Each trial pauses half its ticks at one step; the pause between trials doubles.
+        let paused = seen.iter().filter(|s| s.0 > 0).count();
+        assert!(paused <= 400 / 16, "{paused} ticks of 400 paused");
+        assert!(seen[..4].iter().any(|s| s.0 == DUTY_UP), "the first trial probes at once");
+        let late = seen[200..].iter().filter(|s| s.0 > 0).count();
+        assert!(late <= 2 * TRIAL_TICKS as usize / 2, "backed off: {late} in the last 200 ticks");
+        let m = control.metrics();
+        assert!(m.duty_trials >= 4 && m.duty_trials_helped == 0, "{m:?}");
+        // Without trials the same latencies drive the duty to its max: the rate a sixth.
+        let untried = Rc::new(control5_untried());
+        let _active = untried.active();
+        to_the_floor(&untried);
+        let seen = drive(&untried, 40, |_| 9_000);
+        assert_eq!(seen.last().map(|s| s.1), Some(90));
+    });
+}
+
+#[test]
+fn the_duty_stops_rising_where_its_pause_stops_buying_latency() {
+    on_executor(|| {
+        let control = Rc::new(control5());
+        let _active = control.active();
+        to_the_floor(&control);
+        // Pausing helps down to 6 ms and no further (the rest is the disk's): over budget at
+        // every duty, yet pausing past 30 buys nothing.
+        let model = |duty: u32| (10_000 - 150 * u64::from(duty)).max(6_000);
+        let seen = drive(&control, 200, model);
+        assert!(seen.iter().all(|s| s.0 <= 40 && s.1 <= 30), "{seen:?}");
+        assert_eq!(seen.last().map(|s| s.1), Some(30), "{seen:?}");
+        let m = control.metrics();
+        assert!(m.duty_trials > m.duty_trials_helped, "some trials found no gain: {m:?}");
+    });
 }
