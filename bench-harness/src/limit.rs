@@ -186,6 +186,118 @@ async fn raw_write_run(path: &Path, size_bytes: u64, shape: Shape) -> anyhow::Re
     Ok(RawWrite { mb_s: mb_s(size_bytes, written), with_fdatasync_mb_s: mb_s(size_bytes, synced) })
 }
 
+/// Writes `size_bytes` to a fresh preallocated `path` in `shape`, syncing as the log must: a
+/// background fdatasync whenever half of `unsynced_max` is written and unsynced (none while one
+/// runs), and no submission that would leave more than `unsynced_max` unsynced; timed like
+/// `raw_write`, to the last completed write. Not a limit: the reference that says how much of an
+/// append's distance to the raw limit is the unsynced bound's fdatasyncs on this device.
+pub async fn raw_write_synced(
+    path: &Path,
+    size_bytes: u64,
+    shape: Shape,
+    unsynced_max: u64,
+) -> anyhow::Result<f64> {
+    within(
+        format!("raw write {} synced as the log", shape.label()),
+        raw_write_synced_run(path, size_bytes, shape, unsynced_max),
+    )
+    .await
+}
+
+async fn raw_write_synced_run(
+    path: &Path,
+    size_bytes: u64,
+    shape: Shape,
+    unsynced_max: u64,
+) -> anyhow::Result<f64> {
+    use std::cell::Cell;
+    type Sync = Option<glommio::Task<std::io::Result<()>>>;
+    let io = shape.io_bytes as u64;
+    anyhow::ensure!(io > 0 && shape.depth > 0 && unsynced_max >= 2 * io, "{shape:?} is empty");
+    let size_bytes = size_bytes.div_ceil(io) * io;
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+    }
+    let file = Rc::new(kappa_storage::io::open_rw(path).await?);
+    file.pre_allocate(size_bytes, false)
+        .await
+        .map_err(std::io::Error::from)
+        .with_context(|| format!("preallocating {}", path.display()))?;
+    // What the last completed fdatasync covered, and whether one runs (set by the sync task).
+    let synced = Rc::new(Cell::new(0u64));
+    let syncing = Rc::new(Cell::new(false));
+    // Starts a background fdatasync of everything written when one is due (the log's rule).
+    let start_sync = |sync: &mut Sync, written: u64, force: bool| -> Sync {
+        let due = written > synced.get() && (force || written - synced.get() >= unsynced_max / 2);
+        if syncing.get() || !due {
+            return None;
+        }
+        syncing.set(true);
+        let (target, synced, syncing) = (file.clone(), synced.clone(), syncing.clone());
+        let task = glommio::spawn_local(async move {
+            let result = target.fdatasync().await.map_err(std::io::Error::from);
+            if result.is_ok() {
+                synced.set(written);
+            }
+            syncing.set(false);
+            result
+        });
+        sync.replace(task)
+    };
+    let mut sync: Sync = None;
+    let start = Instant::now();
+    let mut in_flight: VecDeque<glommio::Task<glommio::Result<usize, ()>>> =
+        VecDeque::with_capacity(shape.depth);
+    let (mut pos, mut written) = (0u64, 0u64);
+    while pos < size_bytes {
+        if let Some(done) = start_sync(&mut sync, written, false) {
+            done.await.context("raw fdatasync")?;
+        }
+        // The bound: complete the writes in flight, then wait for a sync covering them.
+        if pos + io > synced.get() + unsynced_max {
+            match in_flight.pop_front() {
+                Some(task) => {
+                    task.await.map_err(std::io::Error::from).context("raw write")?;
+                    written += io;
+                }
+                None => {
+                    if let Some(done) = start_sync(&mut sync, written, true) {
+                        done.await.context("raw fdatasync")?;
+                    }
+                    if let Some(task) = sync.take() {
+                        task.await.context("raw fdatasync")?;
+                    }
+                }
+            }
+            continue;
+        }
+        let mut buf = file.alloc_dma_buffer(shape.io_bytes);
+        buf.as_bytes_mut().fill((pos / io) as u8 | 1);
+        let target = file.clone();
+        let at = pos;
+        in_flight.push_back(glommio::spawn_local(async move { target.write_at(buf, at).await }));
+        pos += io;
+        if in_flight.len() >= shape.depth {
+            let task = in_flight.pop_front().context("no write in flight")?;
+            task.await.map_err(std::io::Error::from).context("raw write")?;
+            written += io;
+        }
+    }
+    while let Some(task) = in_flight.pop_front() {
+        task.await.map_err(std::io::Error::from).context("raw write")?;
+    }
+    let elapsed = start.elapsed();
+    if let Some(task) = sync.take() {
+        task.await.context("raw fdatasync")?;
+    }
+    if let Ok(file) = Rc::try_unwrap(file) {
+        file.close().await.map_err(std::io::Error::from).context("close")?;
+    }
+    Ok(mb_s(size_bytes, elapsed))
+}
+
 /// Reads `size_bytes` of `path` sequentially in `shape`, touching every 4 KiB page as a consumer
 /// would; MB/s.
 pub async fn raw_read(path: &Path, size_bytes: u64, shape: Shape) -> anyhow::Result<f64> {
