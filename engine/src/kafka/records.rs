@@ -167,12 +167,17 @@ pub(crate) fn section<'a>(
     }
 }
 
-/// Reads a zigzag varint (at most 10 bytes), advancing `pos`.
+/// Reads a zigzag varint (at most 10 bytes), advancing `pos`. `None` when truncated or past 64
+/// bits: a tenth byte above 1 would decode to the value of another byte string of the same
+/// length, and a batch stored as it arrived (`Incoming`) must hold the bytes encoding writes.
 fn varint(bytes: &[u8], pos: &mut usize) -> Option<i64> {
     let mut result: u64 = 0;
     for shift in (0..70).step_by(7) {
         let b = *bytes.get(*pos)?;
         *pos += 1;
+        if shift == 63 && b > 1 {
+            return None;
+        }
         result |= u64::from(b & 0x7f) << shift;
         if b & 0x80 == 0 {
             return Some(((result >> 1) as i64) ^ -((result & 1) as i64));
@@ -200,7 +205,8 @@ fn sized<'a>(body: &'a [u8], pos: &mut usize) -> Result<Option<&'a [u8]>, &'stat
 /// null value, the two things the stored form writes differently in the same number of bytes.
 /// The log checks the rest itself: the batch header (attributes 0, a first timestamp delta of 0,
 /// the maximum timestamp, ...) and the batch length, which a varint longer than its shortest
-/// form changes.
+/// form changes. (A ten-byte varint with bits past 64, the same length as the shortest form of
+/// the value it decodes to, is refused here: `varint`.)
 pub(crate) fn read_records<'a>(
     batch: &Batch<'_>,
     section: &'a [u8],
@@ -227,7 +233,8 @@ pub(crate) fn read_records<'a>(
             return Err(fail("empty record"));
         }
         stored_form &= body[0] == 0;
-        let timestamp_delta = varint(body, &mut p).ok_or(fail("truncated timestamp"))?;
+        let timestamp_delta =
+            varint(body, &mut p).ok_or(fail("truncated or overflowing timestamp"))?;
         let offset_delta = varint(body, &mut p).ok_or(fail("truncated offset delta"))?;
         if offset_delta != index as i64 {
             return Err(fail("offset deltas are not 0, 1, 2, ..."));
@@ -337,6 +344,10 @@ mod tests {
         first_delta: i64,
         leader_epoch: i32,
         log_append_time: bool,
+        /// The third record's timestamp delta far in the past: a ten-byte varint.
+        huge_delta: bool,
+        /// ... and its tenth byte 0x7f instead of 0x01: bits past 64 that decode to the same value.
+        overflowing_varint: bool,
     }
 
     /// A batch of three records written by hand, as a producer might.
@@ -359,11 +370,15 @@ mod tests {
             buf.extend_from_slice(&tmp[..=n]);
         };
         let base_ts = 1_700_000_000_000i64;
-        let deltas = [knobs.first_delta, 40, 7];
+        let third = if knobs.huge_delta { -(1i64 << 62) - 7 } else { 7 };
+        let deltas = [knobs.first_delta, 40, third];
         let mut records = Vec::new();
         for (i, delta) in deltas.iter().enumerate() {
             let mut body = vec![knobs.record_attributes];
             put(&mut body, *delta);
+            if knobs.overflowing_varint && i == 2 {
+                *body.last_mut().expect("the tenth byte") |= 0x7e;
+            }
             put(&mut body, i as i64);
             let key = format!("key-{i}");
             put(&mut body, key.len() as i64);
@@ -413,6 +428,8 @@ mod tests {
             (plain, true, true),
             // Not covered by the CRC, written by the log: still copied.
             (Knobs { leader_epoch: 12, ..plain }, true, true),
+            // A ten-byte varint in its shortest form: copied.
+            (Knobs { huge_delta: true, ..plain }, true, true),
             (Knobs { record_attributes: 1, ..plain }, false, false),
             (Knobs { null_value: true, ..plain }, false, false),
             // Offered, but refused by the log (the length, the header).
@@ -454,6 +471,30 @@ mod tests {
             let same = stored.kafka_bytes()[17..] == bytes[17..];
             assert_eq!(same, copied, "{knobs:?}");
         }
+    }
+
+    /// A varint whose tenth byte carries bits past 64 decodes to the same value as the shortest
+    /// form in the same number of bytes: the log would copy bytes that differ from what encoding
+    /// the records writes (and that `split`'s CRC check cannot catch: the producer computed the
+    /// CRC over them). It is refused as damage. Fails when `varint` ignores the bits past 64.
+    #[test]
+    fn a_varint_past_64_bits_is_refused() {
+        let knobs = Knobs {
+            leader_epoch: -1,
+            huge_delta: true,
+            overflowing_varint: true,
+            ..Knobs::default()
+        };
+        let bytes = hand_batch(knobs);
+        let batches = split(&bytes).expect("the producer's CRC matches");
+        let mut scratch = Vec::new();
+        let section = section(&batches[0], &mut scratch, 1 << 20).expect("section");
+        let (mut spans, mut hs) = (Vec::new(), Vec::new());
+        let read = read_records(&batches[0], section, 0, &mut spans, &mut hs);
+        assert_eq!(
+            read,
+            Err(BatchError::Record { index: 2, reason: "truncated or overflowing timestamp" })
+        );
     }
 
     #[test]
