@@ -126,6 +126,8 @@ fn advance(frames: &[Bytes], frame: &mut usize, at: &mut usize, mut sent: usize)
 /// One non-blocking vectored send of `frames` (up to `IOV_BATCH` of them), the first from byte
 /// `at`: (bytes the socket buffer took now, bytes offered).
 fn send_now(fd: RawFd, frames: &[Bytes], at: usize) -> std::io::Result<(usize, usize)> {
+    #[cfg(test)]
+    tests::SENDS.with(|c| c.set(c.get() + 1));
     let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; IOV_BATCH];
     let mut n = 0;
     let mut offered = 0;
@@ -413,8 +415,17 @@ pub(crate) async fn handle(node: &Rc<Node>, frame: Bytes, peer: &str) -> Result<
 mod tests {
     use super::*;
 
+    thread_local! {
+        /// `send_now` calls on this thread: a writer that retries a full socket in a loop
+        /// instead of sleeping on the stream makes thousands.
+        pub(super) static SENDS: Cell<u64> = const { Cell::new(0) };
+    }
+
     /// More than the socket buffers hold, to a reader that drains slowly: the sends come up
-    /// short many times, and every byte still arrives once, in order.
+    /// short many times, and every byte still arrives once, in order. A send that comes up
+    /// short hands the rest of its frame to the stream, which sleeps until the socket has room:
+    /// at most one vectored send per frame (fails when the writer retries the full socket
+    /// instead, a busy loop on the shard thread that still delivers every byte).
     #[test]
     fn a_response_reaches_a_slow_reader_whole_and_in_order() {
         use std::io::Read;
@@ -438,13 +449,16 @@ mod tests {
                 }
             }
         });
-        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        let frame_count = frames.len() as u64;
+        let sends = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
             .spawn(move || async move {
                 let stream = TcpStream::connect(addr).await.expect("connect");
                 let fd = stream.as_raw_fd();
                 let (_reader, mut writer) = futures_lite::io::split(stream);
+                let before = SENDS.with(Cell::get);
                 write_frames(&mut writer, fd, &frames).await.expect("written");
                 writer.close().await.expect("closed");
+                SENDS.with(Cell::get) - before
             })
             .expect("executor")
             .join()
@@ -452,6 +466,7 @@ mod tests {
         let got = reader.join().expect("reader");
         assert_eq!(got.len(), expected.len());
         assert!(got == expected, "the bytes arrived out of order");
+        assert!(sends <= frame_count + 1, "{sends} sends for {frame_count} frames: a busy loop");
     }
 
     #[test]
