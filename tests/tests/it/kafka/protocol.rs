@@ -834,9 +834,11 @@ fn connections_and_request_sizes_are_bounded() {
     }));
 }
 
-/// A v2 batch written by hand, records given as (record attributes, key, value): what a client
-/// library would not send, with a valid CRC.
-fn hand_batch(records: &[(u8, &[u8], Option<&[u8]>)]) -> Vec<u8> {
+/// One record of `hand_batch`: (record attributes, key, value).
+type HandRecord<'a> = (u8, &'a [u8], Option<&'a [u8]>);
+
+/// A v2 batch written by hand: what a client library would not send, with a valid CRC.
+fn hand_batch(records: &[HandRecord<'_>]) -> Vec<u8> {
     let varint = |out: &mut Vec<u8>, v: i64| {
         let mut zz = ((v << 1) ^ (v >> 63)) as u64;
         while zz >= 0x80 {
