@@ -327,10 +327,9 @@ pub(crate) async fn stage(shard: &Rc<Shard>, stage: Stage) {
                         // Sized to what batches of this shard held lately (capped by what one
                         // may hold): one allocation, not a doubling `realloc` per few records.
                         let typical = *typical;
-                        staged.batch.reserve(
-                            typical.records.min(count_max),
-                            typical.bytes.min(batch_size),
-                        );
+                        staged
+                            .batch
+                            .reserve(typical.records.min(count_max), typical.bytes.min(batch_size));
                         staged.slices.reserve(typical.slices.min(count_max));
                         slot.insert(staged)
                     }
