@@ -169,6 +169,40 @@ fn grouped_run(engine: &Engine, topic: &str, partitions: u32, records: u64) -> a
     Ok(records as f64 / started.elapsed().as_secs_f64())
 }
 
+/// CPU seconds so far: (shard threads' user, shard threads' system, the whole process), from
+/// `/proc` (clock ticks of 10 ms): where a side's time goes on a machine shared with other work.
+fn cpu_seconds() -> (f64, f64, f64) {
+    let ticks = |stat: &str| -> Option<(String, f64, f64)> {
+        let (head, rest) = stat.rsplit_once(')')?;
+        let comm = head.split_once('(')?.1.to_string();
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        Some((comm, fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?))
+    };
+    let (mut user, mut sys) = (0.0, 0.0);
+    for task in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        if let Some((comm, u, s)) = ticks(&stat) {
+            if comm.starts_with("kappa-shard") {
+                user += u;
+                sys += s;
+            }
+        }
+    }
+    let own = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let total = ticks(&own).map_or(0.0, |(_, u, s)| u + s);
+    (user / 100.0, sys / 100.0, total / 100.0)
+}
+
+fn cpu_since(before: (f64, f64, f64)) -> String {
+    let now = cpu_seconds();
+    format!(
+        "cpu: shards user {:.2} s sys {:.2} s, process {:.2} s",
+        now.0 - before.0,
+        now.1 - before.1,
+        now.2 - before.2
+    )
+}
+
 fn stored_batches(engine: &Engine) -> anyhow::Result<(u64, u64)> {
     let m = engine.metrics()?;
     Ok((m.iter().map(|m| m.batches_appended).sum(), m.iter().map(|m| m.records_appended).sum()))
@@ -189,10 +223,15 @@ fn ratio_runs(
     let (mut grouped, mut random) = (Vec::new(), Vec::new());
     let mut last = (0, 0);
     for pair in 0..pairs {
+        let cpu = cpu_seconds();
         let g = grouped_run(&engine, "grouped", partitions, records)?;
+        let grouped_cpu = cpu_since(cpu);
         let before = stored_batches(&engine)?;
+        let cpu = cpu_seconds();
         let r = random_run(&engine, "random", records, linger)?;
+        let random_cpu = cpu_since(cpu);
         let after = stored_batches(&engine)?;
+        eprintln!("partitions: grouped {grouped_cpu}; random {random_cpu}");
         last = (after.0 - before.0, after.1 - before.1);
         eprintln!(
             "partitions: {partitions} partitions, pair {}: grouped {g:.0} rec/s, random keys \

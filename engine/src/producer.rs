@@ -150,6 +150,14 @@ impl ProducerBatch {
         (entry.key.map_or(0, |k| k.1) + entry.value.1 + headers) as usize
     }
 
+    /// Room for `records` more records of `bytes` more key, value and header bytes, so that
+    /// pushing them does not grow the buffers step by step (the accumulator sizes a staged batch
+    /// to what its partition's batches usually hold).
+    pub(crate) fn reserve(&mut self, records: usize, bytes: usize) {
+        self.data.reserve(bytes);
+        self.entries.reserve(records);
+    }
+
     /// Empties the batch, keeping its buffers (the accumulator reuses them).
     pub(crate) fn clear(&mut self) {
         self.data.clear();

@@ -65,8 +65,8 @@ fn slow_count(revision: &str, work: u64) -> ViewDef {
         .aggregate(Aggregate::Count)
 }
 
-/// How long `slow_count`'s filter takes per record on this machine and build, measured here
-/// (sizes a fold's work; never asserted on).
+/// How long `slow_count`'s filter takes per record on this machine and build, measured here (the
+/// duty-cycle test sizes its fold with it; nothing waits on the figure).
 fn burn_time(work: u64) -> Duration {
     #[allow(clippy::disallowed_methods)] // Sizing a test's fold, not a decision of the engine.
     let start = Instant::now();
