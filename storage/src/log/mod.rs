@@ -324,8 +324,18 @@ impl State {
             self.synced_readable = frame.readable();
             self.pending_sync.pop_front();
         }
+        // The queue holds one entry per frame not yet synced: up to the unsynced bound's worth
+        // (64 MiB of small frames is about 10 MiB of entries). A partition that was busy once
+        // gives that back when it drains, so idle partitions hold no large queue.
+        if self.pending_sync.is_empty() && self.pending_sync.capacity() > PENDING_SYNC_KEEP {
+            self.pending_sync.shrink_to(PENDING_SYNC_KEEP);
+        }
     }
 }
+
+/// Entries of `pending_sync` a drained queue keeps (32 B each): enough for a steady load of
+/// batched appends without reallocating.
+const PENDING_SYNC_KEEP: usize = 1024;
 
 impl Drop for State {
     /// Every buffer the log still holds goes back to the shard's pool.

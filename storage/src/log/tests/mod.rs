@@ -624,3 +624,27 @@ fn an_index_damaged_after_open_is_rebuilt_when_first_loaded() {
         (original.next_offset, original.size_bytes)
     );
 }
+
+/// The queue of frames awaiting an fdatasync grows with the unsynced bound (one entry per frame)
+/// and is given back once a sync drains it: a partition that was busy once keeps no large queue.
+#[test]
+fn a_drained_sync_queue_gives_its_memory_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = LogConfig { unsynced_bytes_max: 64 << 20, ..LogConfig::default() };
+    run(async {
+        let log = PartitionLog::open(dir.path(), config).await.expect("open");
+        fill(&log, 5_000, 1, Durability::Written).await;
+        let queued = log.shared.state.borrow().pending_sync.capacity();
+        assert!(queued > PENDING_SYNC_KEEP, "the test needs a long queue: {queued}");
+        log.sync().await.expect("sync");
+        let st = log.shared.state.borrow();
+        assert!(st.pending_sync.is_empty(), "every frame synced");
+        assert!(
+            st.pending_sync.capacity() <= PENDING_SYNC_KEEP,
+            "a drained queue keeps {} entries (from {queued})",
+            st.pending_sync.capacity()
+        );
+        drop(st);
+        log.close().await.expect("close");
+    });
+}
