@@ -40,8 +40,10 @@
 //! higher duty is kept only when its p99 is at least `TRIAL_GAIN` below the lower one's.
 //! A duty that helps is kept and the next trial probes one step above it (at once while its
 //! p99 was still over budget, else once a whole window at it is over); one that does not help
-//! falls back to the lower duty and the next trial probes one step below; when even the first step above zero buys nothing, the duty stays at zero and
-//! the next trial waits `BACKOFF_MIN_TICKS`, doubling each time up to `BACKOFF_MAX_TICKS`, so
+//! falls back to the lower duty and settles there; when even the first step above zero buys
+//! nothing, the duty stays at zero. After settling (and at `duty_max_percent`, where there is
+//! nothing higher to probe) the next trial waits `BACKOFF_MIN_TICKS`, doubling each time up to
+//! `BACKOFF_MAX_TICKS` (a helping trial resets it), so
 //! a rebuild whose live latency is the disk's keeps its rate (a trial costs at most half a
 //! step of pause for under a second). `ReplayConfig::duty_trials` off restores the old rule
 //! (the duty rises by `DUTY_UP` every tick at the floor and over budget, up to
@@ -654,23 +656,33 @@ impl ReplayControl {
                     // The higher duty bought latency: keep it. Still over budget there: look
                     // one step further up at once; else only once a window at it is over.
                     self.trials_helped.set(self.trials_helped.get() + 1);
+                    // A climb (the higher duty was new) restarts the back-off; a trial that
+                    // only confirmed the settled duty (probing below it, or at the top) does
+                    // not, so a settled duty is re-trialled ever less often.
+                    let climbed = duty_hi > duty;
                     duty = duty_hi;
                     self.climbing.set(true);
-                    self.backoff.set(BACKOFF_MIN_TICKS);
+                    if climbed {
+                        self.backoff.set(BACKOFF_MIN_TICKS);
+                    }
                     if hi <= self.budget_ns {
                         self.trial_after.set(ticks + SLOTS as u64);
+                    } else if !climbed || duty_hi >= duty_max {
+                        self.back_off(ticks);
                     }
                 } else if duty_lo > 0 {
-                    // The last step of pause bought nothing: give it back, look one lower.
+                    // The last step of pause bought nothing: give it back and settle there;
+                    // the next look waits (longer each time), so a duty that found where
+                    // pausing stops buying latency is not re-trialled every second.
                     duty = duty_lo;
                     self.climbing.set(false);
+                    self.back_off(ticks);
                 } else {
                     // No pause helps: replay is not what makes the live tail slow. Full rate,
                     // and the next look waits (longer each time).
                     duty = 0;
                     self.climbing.set(true);
-                    self.trial_after.set(ticks + self.backoff.get());
-                    self.backoff.set((self.backoff.get() * 2).min(BACKOFF_MAX_TICKS));
+                    self.back_off(ticks);
                 }
             }
             // An inconclusive trial (too few samples at either duty) changes nothing.
@@ -692,6 +704,12 @@ impl ReplayControl {
             self.trial.set(Some(Trial { duties, ticks: 0 }));
         }
         duty
+    }
+
+    /// The next trial waits the current back-off, which doubles up to `BACKOFF_MAX_TICKS`.
+    fn back_off(&self, ticks: u64) {
+        self.trial_after.set(ticks + self.backoff.get());
+        self.backoff.set((self.backoff.get() * 2).min(BACKOFF_MAX_TICKS));
     }
 
     fn snapshot(&self, windows: &Windows, rate: f64, paused: f64) -> ReplayMetrics {

@@ -460,3 +460,46 @@ fn the_duty_stops_rising_where_its_pause_stops_buying_latency() {
         assert!(m.duty_trials > m.duty_trials_helped, "some trials found no gain: {m:?}");
     });
 }
+
+/// Review 20: where pausing stops buying latency but the p99 stays over budget, the duty used to
+/// be re-trialled without end (49 trials in 400 ticks, the duty in force cycling 20/30/40). Once
+/// settled, trials come ever less often (the back-off doubles to `BACKOFF_MAX_TICKS`).
+#[test]
+fn a_settled_duty_is_trialled_ever_less_often() {
+    on_executor(|| {
+        let control = Rc::new(control5());
+        let _active = control.active();
+        to_the_floor(&control);
+        let model = |duty: u32| (10_000 - 150 * u64::from(duty)).max(6_000);
+        let seen = drive(&control, 400, model);
+        assert_eq!(seen.last().map(|s| s.1), Some(30), "{seen:?}");
+        let m = control.metrics();
+        // Climbing to 30 and finding 40 useless takes 4 trials; after that at most one per
+        // back-off (20, 40, 80, 160, 160 ticks).
+        assert!(m.duty_trials <= 12, "trials without end: {m:?}");
+        // The last 160 ticks hold at most one trial: the duty in force leaves 30 for at most
+        // `TRIAL_TICKS` of them.
+        let off = seen[240..].iter().filter(|s| s.0 != 30).count() as u64;
+        assert!(off <= TRIAL_TICKS, "{off} of the last 160 ticks off the settled duty: {seen:?}");
+    });
+}
+
+/// At `duty_max_percent` there is nothing higher to probe: the duty stays at the top and is not
+/// trialled as [max - step, max] without end (which averaged max - step / 2).
+#[test]
+fn at_the_top_the_duty_stays_and_is_trialled_ever_less_often() {
+    on_executor(|| {
+        let control = Rc::new(control5());
+        let _active = control.active();
+        to_the_floor(&control);
+        // Every step of pause takes 15% off the p99 and it never reaches the budget (9.2 ms at
+        // 90).
+        let model = |duty: u32| (40_000.0 * 0.85f64.powi((duty / 10) as i32)) as u64;
+        let seen = drive(&control, 400, model);
+        let max = seen.iter().map(|s| s.1).max().unwrap_or(0);
+        assert_eq!(max, 90, "the duty climbs to the top: {seen:?}");
+        assert_eq!(seen.last().map(|s| s.1), Some(max), "{seen:?}");
+        let off = seen[240..].iter().filter(|s| s.0 != max).count() as u64;
+        assert!(off <= TRIAL_TICKS, "{off} of the last 160 ticks below the top: {seen:?}");
+    });
+}
