@@ -165,10 +165,11 @@ pub struct LogConfig {
     /// `torn_tail_window_bytes()` of the active segment; damage before that is corruption.
     /// Smaller finds more corruption, larger syncs less often. At least two write buffers.
     ///
-    /// Each fdatasync costs a fixed ~20 ms here (virtio: the host flushes its cache) plus
-    /// ~1.3 ms per MiB, and a writer that streams syncs back to back, half the bound at a time,
-    /// so the bound caps the append rate near `(max / 2) / (20 ms + max / 2 at 1.3 ms/MiB)`:
-    /// about 280 MB/s at 16 MiB (a quiet `kappa-bench storage` run measured 316), 550 at 64.
+    /// On the virtio disk of the development machines each fdatasync costs about 20 ms plus
+    /// 1.3 ms per MiB (the host flushes its cache), and these syncs are what hold appends near
+    /// 300 MB/s there. A 64 MiB bound was tried and measured no faster on a quiet machine
+    /// (`written` 262 and 318 MB/s against 270 and 303 at 16 MiB, alternated runs) while it
+    /// quadrupled what a power cut may tear, so the default stays 16 MiB.
     pub unsynced_bytes_max: u64,
     /// The active segment is extended (fallocate) this far ahead of the writer, so appends do
     /// not grow the file on every write (a file-extending O_DIRECT write is punted by io_uring to
@@ -192,7 +193,7 @@ impl Default for LogConfig {
             read_ahead_max: 16,
             tail_cache_buffers_max: 2,
             tail_cache_idle_release: std::time::Duration::from_secs(1),
-            unsynced_bytes_max: 64 * MIB,
+            unsynced_bytes_max: 16 * MIB,
             preallocate_bytes: 8 * MIB,
             limits: Limits::default(),
             retention: Retention::default(),

@@ -325,8 +325,9 @@ impl State {
             self.pending_sync.pop_front();
         }
         // The queue holds one entry per frame not yet synced: up to the unsynced bound's worth
-        // (64 MiB of small frames is about 10 MiB of entries). A partition that was busy once
-        // gives that back when it drains, so idle partitions hold no large queue.
+        // (16 MiB of small frames is about 2.5 MiB of entries, more under a larger bound). A
+        // partition that was busy once gives that back when it drains, so idle partitions hold
+        // no large queue.
         if self.pending_sync.is_empty() && self.pending_sync.capacity() > PENDING_SYNC_KEEP {
             self.pending_sync.shrink_to(PENDING_SYNC_KEEP);
         }

@@ -54,7 +54,7 @@ fn a_flipped_byte_before_synced_records_is_corruption_and_nothing_is_cut() {
     assert_eq!(after.iter().zip(&before).filter(|(a, b)| a != b).count(), 1);
 }
 
-/// The same damage with the default unsynced bound (64 MiB, far larger than this whole log): the
+/// The same damage with the default unsynced bound (16 MiB, far larger than this whole log): the
 /// window alone cannot tell, but the frames after the damage say how much was synced when they
 /// were appended (`synced_before`), and that covers byte 300.
 #[test]
