@@ -149,7 +149,7 @@ pub(crate) fn encode_frame<R: Records + ?Sized, O: Out>(
             for index in 0..plan.record_count as usize {
                 let sizes = kafka::record_sizes(records, index, plan.first_timestamp);
                 directory.push(record_entry(
-                    records,
+                    records.record(index),
                     index,
                     plan.first_timestamp,
                     &sizes,
@@ -430,20 +430,20 @@ fn write_record<P: Put, R: Records + ?Sized>(
             p.put(value);
         }
     }
-    record_entry(records, index, first_timestamp, sizes, batch_pos)
+    record_entry((timestamp, key, value, header_count), index, first_timestamp, sizes, batch_pos)
 }
 
 /// The directory entry of record `index` encoded at `batch_pos` (positions in the batch), from
 /// its sizes alone: what `write_record` writes, or what a batch copied as it is holds there.
+/// Takes the record as `Records::record` gave it, so the writer does not fetch it twice.
 #[inline]
-fn record_entry<R: Records + ?Sized>(
-    records: &R,
+fn record_entry(
+    (timestamp, key, value, header_count): (i64, Option<&[u8]>, &[u8], usize),
     index: usize,
     first_timestamp: i64,
     sizes: &kafka::RecordSizes,
     batch_pos: usize,
 ) -> RecordEntry {
-    let (timestamp, key, value, header_count) = records.record(index);
     let key_len = key.map(<[u8]>::len);
     let key_pos = batch_pos
         + kafka::varint_len(sizes.body_len as i64)
