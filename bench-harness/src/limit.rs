@@ -143,16 +143,33 @@ pub async fn raw_write(path: &Path, size_bytes: u64, shape: Shape) -> anyhow::Re
     within(format!("raw write {}", shape.label()), raw_write_run(path, size_bytes, shape)).await
 }
 
-async fn raw_write_run(path: &Path, size_bytes: u64, shape: Shape) -> anyhow::Result<RawWrite> {
-    let io = shape.io_bytes as u64;
-    anyhow::ensure!(io > 0 && shape.depth > 0, "raw write shape {shape:?} is empty");
-    let size_bytes = size_bytes.div_ceil(io) * io;
+/// A new, empty file at `path` (any old one removed), opened for DMA writes.
+async fn fresh_file(path: &Path) -> anyhow::Result<Rc<glommio::io::DmaFile>> {
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
     }
-    let file = Rc::new(kappa_storage::io::open_rw(path).await?);
+    Ok(Rc::new(kappa_storage::io::open_rw(path).await?))
+}
+
+/// One raw write of `shape.io_bytes` at `pos`, in flight as a task (the bytes vary by block).
+fn spawn_write(
+    file: &Rc<glommio::io::DmaFile>,
+    shape: Shape,
+    pos: u64,
+) -> glommio::Task<glommio::Result<usize, ()>> {
+    let mut buf = file.alloc_dma_buffer(shape.io_bytes);
+    buf.as_bytes_mut().fill((pos / shape.io_bytes as u64) as u8 | 1);
+    let target = file.clone();
+    glommio::spawn_local(async move { target.write_at(buf, pos).await })
+}
+
+async fn raw_write_run(path: &Path, size_bytes: u64, shape: Shape) -> anyhow::Result<RawWrite> {
+    let io = shape.io_bytes as u64;
+    anyhow::ensure!(io > 0 && shape.depth > 0, "raw write shape {shape:?} is empty");
+    let size_bytes = size_bytes.div_ceil(io) * io;
+    let file = fresh_file(path).await?;
     if shape.preallocated {
         file.pre_allocate(size_bytes, false)
             .await
@@ -163,11 +180,7 @@ async fn raw_write_run(path: &Path, size_bytes: u64, shape: Shape) -> anyhow::Re
     let mut in_flight = VecDeque::with_capacity(shape.depth);
     let mut pos = 0u64;
     while pos < size_bytes {
-        let mut buf = file.alloc_dma_buffer(shape.io_bytes);
-        buf.as_bytes_mut().fill((pos / io) as u8 | 1);
-        let target = file.clone();
-        let at = pos;
-        in_flight.push_back(glommio::spawn_local(async move { target.write_at(buf, at).await }));
+        in_flight.push_back(spawn_write(&file, shape, pos));
         pos += io;
         if in_flight.len() >= shape.depth {
             let task = in_flight.pop_front().context("no write in flight")?;
@@ -215,12 +228,7 @@ async fn raw_write_synced_run(
     let io = shape.io_bytes as u64;
     anyhow::ensure!(io > 0 && shape.depth > 0 && unsynced_max >= 2 * io, "{shape:?} is empty");
     let size_bytes = size_bytes.div_ceil(io) * io;
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
-    }
-    let file = Rc::new(kappa_storage::io::open_rw(path).await?);
+    let file = fresh_file(path).await?;
     file.pre_allocate(size_bytes, false)
         .await
         .map_err(std::io::Error::from)
@@ -273,11 +281,7 @@ async fn raw_write_synced_run(
             }
             continue;
         }
-        let mut buf = file.alloc_dma_buffer(shape.io_bytes);
-        buf.as_bytes_mut().fill((pos / io) as u8 | 1);
-        let target = file.clone();
-        let at = pos;
-        in_flight.push_back(glommio::spawn_local(async move { target.write_at(buf, at).await }));
+        in_flight.push_back(spawn_write(&file, shape, pos));
         pos += io;
         if in_flight.len() >= shape.depth {
             let task = in_flight.pop_front().context("no write in flight")?;
