@@ -565,7 +565,7 @@ fn a_view_over_http_groups_like_the_same_view_embedded() {
 // 2. Hangs, crashes, busy loops.
 
 /// FINDING (hang): SIGTERM is not bounded when a shard is stuck. After the HTTP drain timeout
-/// (`http.shutdown_timeout_ms`), `serve` calls `Engine::shutdown` (engine/src/engine.rs:655),
+/// (`http.shutdown_timeout_ms`), `serve` calls `Engine::shutdown`,
 /// which sends `Shutdown` into each shard's queue and waits for the reply with no timeout, so a
 /// shard that does not get to its queue keeps the process alive indefinitely (the repo's own
 /// notes record shards asleep in io_uring_enter for 20 minutes). Here the shard is held by

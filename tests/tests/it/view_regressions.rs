@@ -54,7 +54,7 @@ fn summary(rows: &[Row]) -> Vec<(String, i64, i64, f64)> {
 
 /// Found in review: `Start::Checkpoint { version }` seeds a rebuild with another version's state without
 /// checking that the window (or aggregate) is the same (engine/src/view/runner.rs:181-197,
-/// engine.rs `rebuild_view` only runs `def.validate()`). The issue says "every definition the
+/// `Engine::rebuild_view` only runs `def.validate()`). The issue says "every definition the
 /// engine cannot compute exactly is refused with an error naming the field, never accepted and
 /// wrong"; `Start::Checkpoint`'s own doc says the state must be one "this definition can continue
 /// (same key, window and aggregate)", but nothing enforces it.
@@ -378,7 +378,7 @@ fn gated(gate: &'static AtomicBool, revision: &str) -> ViewDef {
 }
 
 /// Found in review: `Engine::serve_view_version` switches the served version without notifying the
-/// view's waiters (engine/src/engine.rs:521-545: no `entry.notifier.notify()`), so a
+/// view's waiters (no `entry.notifier.notify()`), so a
 /// `wait_for` whose offsets the newly served version already folded sleeps until some shard
 /// happens to fold a batch, or until its timeout. Docs (`wait_for`): "If a swap happens
 /// meanwhile, the version served at each check is the one asked. Woken by the shards as they
@@ -433,7 +433,7 @@ fn wait_swapped_wakes_when_the_version_is_served_by_request() {
 }
 
 /// Found in review: `Engine::delete_view` empties the view's versions but neither marks them dropped nor
-/// notifies (engine/src/engine.rs:583-603), so a thread in `wait_for` or `wait_swapped` on the
+/// notifies, so a thread in `wait_for` or `wait_swapped` on the
 /// deleted view sleeps until its timeout and then reports `Timeout` ("folded up to offset ..."),
 /// not that the view is gone. (`drop_view_version` does notify.)
 /// Expected: `Err(UnknownView)` promptly after the delete.
