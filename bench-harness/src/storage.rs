@@ -202,8 +202,7 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
     let raw_writes: Vec<f64> = rounds.iter().map(|r| r.raw_write.with_fdatasync_mb_s).collect();
     let raw_reads: Vec<f64> = rounds.iter().map(|r| r.raw_read_mb_s).collect();
     outcome.noise = Some(Noise::of(&raw_writes, &raw_reads));
-    let write_limit =
-        format!("raw write {} through fdatasync", report.write_shape.label());
+    let write_limit = format!("raw write {} through fdatasync", report.write_shape.label());
     let last_write_limit =
         format!("raw write {} to last write", report.write_shape_to_last_write.label());
     let read_limit = format!("raw read {}", report.read_shape.label());
