@@ -136,6 +136,14 @@ impl Figure {
         self
     }
 
+    /// No target and no verdict: a figure reported beside a target figure (another timing of the
+    /// same runs, say).
+    pub fn no_target(mut self) -> Self {
+        self.target = None;
+        self.verdict = None;
+        self
+    }
+
     /// A target of the form "value >= `min`", judged on the value's spread.
     pub fn at_least(mut self, min: f64) -> Self {
         self.target = Some(format!(">= {} {}", number(min), self.unit));

@@ -165,9 +165,11 @@ pub struct LogConfig {
     /// `torn_tail_window_bytes()` of the active segment; damage before that is corruption.
     /// Smaller finds more corruption, larger syncs less often. At least two write buffers.
     ///
-    /// On the virtio disk of the development machines each fdatasync costs about 20 ms plus
-    /// 1.3 ms per MiB (the host flushes its cache), and these syncs are what hold appends near
-    /// 300 MB/s there. A 64 MiB bound was tried and measured no faster on a quiet machine
+    /// On the virtio disk of the development machines an fdatasync writes back what the host
+    /// cached, about 1.2-1.8 ms per MiB, and holds the device meanwhile (writes issued during it
+    /// wait for it), plus a few ms of journal commit over fallocated blocks (after 8 MiB: 15-19 ms
+    /// over fallocated blocks, 10-12 ms over blocks already written; README, "What holds appends
+    /// below the raw write"). These syncs are what hold appends near 300 MB/s there. A 64 MiB bound was tried and measured no faster on a quiet machine
     /// (`written` 262 and 318 MB/s against 270 and 303 at 16 MiB, alternated runs) while it
     /// quadrupled what a power cut may tear, so the default stays 16 MiB.
     pub unsynced_bytes_max: u64,
