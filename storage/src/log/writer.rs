@@ -271,6 +271,9 @@ impl Writer {
         // Replay reads on this executor hold back while the write is in flight
         // (`reader::budget`, rule 2).
         let pending = crate::reader::WritePending::new();
+        // Stage events for latency investigations (`KAPPA_LOG=kappa_storage::log=trace`: the
+        // subscriber's timestamps give each write's queueing and service time).
+        tracing::trace!(file_pos, bytes = padded, "log write submitted");
         let task = glommio::spawn_local(async move {
             let written = target.write_rc_at(buf, file_pos).await;
             drop(pending);
@@ -329,7 +332,10 @@ impl Writer {
         }
         let segment_end = config.segment_size_bytes_max.next_multiple_of(BLOCK_SIZE as u64);
         let target = (end_pos + config.preallocate_bytes).min(segment_end.max(end_pos));
-        match self.file.pre_allocate(target, false).await {
+        tracing::trace!(target, "log preallocation started");
+        let preallocated = self.file.pre_allocate(target, false).await;
+        tracing::trace!(target, "log preallocation done");
+        match preallocated {
             Ok(()) => self.allocated = target,
             Err(error) => {
                 tracing::warn!(path = %self.path.display(), %error,
@@ -406,6 +412,7 @@ impl Writer {
             }
             Err(e) => return Err(("write", self.path.clone(), e)),
         }
+        tracing::trace!(file_pos = front.cached.file_pos, "log write completed");
         let shared = &self.shared;
         let mut st = shared.state.borrow_mut();
         if st.failure.is_some() {
@@ -490,7 +497,9 @@ fn start_sync_if_wanted(shared: &Rc<Shared>, file: &File, path: &std::path::Path
         // Observability only: the latency is recorded, never used to decide anything.
         #[allow(clippy::disallowed_methods)]
         let started = std::time::Instant::now();
+        tracing::trace!(target, "log fdatasync started");
         let result = file.fdatasync().await;
+        tracing::trace!(target, "log fdatasync done");
         let mut st = shared.state.borrow_mut();
         st.sync_in_flight = false;
         st.fsync_count += 1;
