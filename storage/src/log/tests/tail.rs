@@ -1,6 +1,7 @@
-//! Large frames and the tail cache: a frame larger than a write buffer is one write (not a full
-//! buffer plus a tail written after it), and a reader at the tail gets the newest frames from
-//! memory, also when they lie in several written buffers.
+//! The latency path of the log's tail: a frame larger than a write buffer is one write (not a
+//! full buffer plus a tail written after it), a reader at the tail gets the newest frames from
+//! memory (also when they lie in several written buffers), and preallocation runs ahead of the
+//! writes instead of in front of one.
 
 use super::*;
 use crate::io::{Disk, SimDisk};
@@ -88,6 +89,38 @@ fn a_reader_at_the_tail_reads_the_newest_frames_from_memory() {
         let seen = read_all(&log, Seek::Beginning).await;
         assert_eq!(seen, (0..end).collect::<Vec<u64>>());
         assert!(sim.stats().reads > reads, "the first frame was read from the disk");
+        log.close().await.expect("close");
+    });
+}
+
+/// Preallocation runs ahead of the writes: after every write the file already reserves at least
+/// half of `preallocate_bytes` past it, so the write that crosses the old end finds it extended
+/// instead of waiting for an fallocate (`Writer::preallocate`).
+#[test]
+fn preallocation_runs_ahead_of_the_writes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = SimDisk::new(33);
+    let config = LogConfig { preallocate_bytes: 64 * 1024, ..config(&sim) };
+    run(async {
+        let log = PartitionLog::open(dir.path(), config.clone()).await.expect("open");
+        for _ in 0..40 {
+            fill(&log, 1, 20, Durability::Written).await;
+            let active = log.segments().pop().expect("active segment");
+            let (_, reserved) = sim
+                .files()
+                .into_iter()
+                .find(|(path, _)| *path == active.path)
+                .expect("the active segment's file");
+            assert!(
+                reserved >= active.size_bytes + config.preallocate_bytes / 2,
+                "{reserved} bytes reserved for {} written",
+                active.size_bytes
+            );
+        }
+        let end = log.end_offset();
+        log.close().await.expect("close");
+        let log = PartitionLog::open(dir.path(), config.clone()).await.expect("reopen");
+        assert_eq!(read_all(&log, Seek::Beginning).await, (0..end).collect::<Vec<u64>>());
         log.close().await.expect("close");
     });
 }
