@@ -18,10 +18,15 @@
 //! every batch behind it), acks=1, a consumer long-polling (min_bytes 1) on another connection;
 //! p99 over batches, target < 2 ms. Beside it, where the time goes (the request written by the
 //! client, its acknowledgement, and per batch its arrival at the consumer after its
-//! acknowledgement: the long poll's wake, the read and the response) and the floor: one batch's bytes written raw with O_DIRECT at
-//! queue depth 1 (acks=1 visibility waits for the batch's write; on a disk that takes longer than
-//! 2 ms the target cannot be met). `--latency-only-batches-s N` runs only this phase, at N
-//! batches/s. Finally confluent-kafka's produce and consume rates from Python, a real-client data
+//! acknowledgement: the long poll's wake, the read and the response) and the floor: one batch's
+//! bytes written raw with O_DIRECT at queue depth 1 on the same schedule (acks=1 visibility waits
+//! for the batch's write; on a disk that takes longer than 2 ms the target cannot be met), and the
+//! same writes synced as the log syncs them under acks=1 too (a background fdatasync at half its
+//! unsynced bound, no write past the bound until one completes: what the storage guarantee costs
+//! on this device).
+//! `--latency-only-batches-s N` runs only this phase, at N batches/s; `--data-dir` puts the
+//! engine and the floors on another file system (a tmpfs separates the engine's own latency from
+//! the disk's). Finally confluent-kafka's produce and consume rates from Python, a real-client data
 //! point (skipped with a note when it is not installed).
 //!
 //! Rates count key + value bytes (as `storage` does). Timed from the first request sent to the
@@ -145,9 +150,16 @@ struct Latency {
     /// Batches whose fetch was sent before their Produce response arrived (a long poll was
     /// waiting for them); the others reached a consumer busy with an earlier fetch.
     fetch_waiting_fraction: f64,
-    /// The floor: one batch's bytes written raw with O_DIRECT at queue depth 1, right after.
+    /// The floor: one batch's bytes written raw with O_DIRECT at queue depth 1 on the same
+    /// schedule, right after.
     raw_batch_write_p50_us: f64,
     raw_batch_write_p99_us: f64,
+    /// The same writes synced as the log syncs them under acks=1 too: a background fdatasync
+    /// once `sync_every_bytes` are unsynced, and no write past twice that (its unsynced bound)
+    /// until one completes: the floor with what the log's syncs cost on this device.
+    raw_batch_write_synced_p50_us: f64,
+    raw_batch_write_synced_p99_us: f64,
+    sync_every_bytes: u64,
 }
 
 fn mb_s(bytes: u64, elapsed: Duration) -> f64 {
@@ -525,29 +537,78 @@ fn python_rates(addr: std::net::SocketAddr, records: u64) -> serde_json::Value {
 }
 
 /// The floor under the latency figure: one batch's bytes (rounded up to 4 KiB) written with
-/// O_DIRECT at queue depth 1, `samples` times one after another, as acks=1 visibility needs one
-/// write of the batch to complete before a consumer may see it.
+/// O_DIRECT at queue depth 1, `samples` times on the latency run's schedule (`batches_s`; a
+/// write due while the one before is still running starts when it ends), as acks=1 visibility
+/// needs one write of the batch to complete before a consumer may see it. With `sync_every`, the
+/// writes are synced as the log syncs them under any acks (its unsynced bound,
+/// `LogConfig::unsynced_bytes_max`, is twice `sync_every`): an fdatasync starts in the background
+/// when `sync_every` bytes are written and not synced (one at a time), and a write that would
+/// leave more than twice that unsynced waits for it. Each sample is from when its write could
+/// start to its completion (a wait on the bound included).
 fn raw_batch_write_latency(
     dir: &std::path::Path,
     bytes: usize,
     samples: usize,
+    batches_s: f64,
+    sync_every: Option<u64>,
 ) -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    type Syncing = (glommio::Task<std::io::Result<u64>>, Rc<Cell<bool>>);
+    /// An fdatasync in its own task; it covers the `target` bytes written before it started.
+    fn start_sync(file: &Rc<glommio::io::DmaFile>, target: u64) -> Syncing {
+        let (file, done) = (file.clone(), Rc::new(Cell::new(false)));
+        let finished = done.clone();
+        let task = glommio::spawn_local(async move {
+            let synced = file.fdatasync().await.map_err(std::io::Error::from);
+            finished.set(true);
+            synced.map(|()| target)
+        });
+        (task, done)
+    }
     let path = dir.join("batch-write-latency.bin");
-    let len = bytes.next_multiple_of(4096);
+    let len = bytes.next_multiple_of(4096) as u64;
+    let interval = Duration::from_secs_f64(1.0 / batches_s.max(1.0));
     crate::on_executor("bench-raw-latency", 64 << 20, move || async move {
-        let file = std::rc::Rc::new(kappa_storage::io::open_rw(&path).await?);
+        let file = Rc::new(kappa_storage::io::open_rw(&path).await?);
         let mut latency = crate::new_histogram();
-        for i in 0..samples {
-            let mut buf = file.alloc_dma_buffer(len);
+        let mut sync: Option<Syncing> = None;
+        let (mut written, mut synced) = (0u64, 0u64);
+        let origin = Instant::now();
+        for i in 0..samples as u64 {
+            let due = origin + interval.mul_f64(i as f64);
+            let now = Instant::now();
+            if due > now {
+                glommio::timer::sleep(due - now).await;
+            }
+            let mut buf = file.alloc_dma_buffer(len as usize);
             buf.as_bytes_mut().fill(i as u8 | 1);
             let started = Instant::now();
-            file.write_at(buf, (i * len) as u64)
-                .await
-                .map_err(std::io::Error::from)
-                .context("write")?;
+            if let Some(every) = sync_every {
+                while written + len > synced + 2 * every {
+                    match sync.take() {
+                        Some((task, _)) => synced = task.await.context("fdatasync")?,
+                        None => sync = Some(start_sync(&file, written)),
+                    }
+                }
+            }
+            file.write_at(buf, i * len).await.map_err(std::io::Error::from).context("write")?;
             latency.saturating_record(started.elapsed().as_nanos() as u64);
+            written += len;
+            if let Some(every) = sync_every {
+                if sync.as_ref().is_some_and(|(_, done)| done.get()) {
+                    let (task, _) = sync.take().expect("checked");
+                    synced = task.await.context("fdatasync")?;
+                }
+                if sync.is_none() && written - synced >= every {
+                    sync = Some(start_sync(&file, written));
+                }
+            }
         }
-        if let Ok(file) = std::rc::Rc::try_unwrap(file) {
+        if let Some((task, _)) = sync {
+            task.await.context("fdatasync")?;
+        }
+        if let Ok(file) = Rc::try_unwrap(file) {
             let _ = file.close().await;
         }
         std::fs::remove_file(&path)?;
@@ -564,12 +625,15 @@ fn latency_phase(
     offered: f64,
     fraction: f64,
     seconds: f64,
+    sync_every: u64,
 ) -> anyhow::Result<(Latency, hdrhistogram::Histogram<u64>)> {
     engine.create_topic("kafka-latency", TopicConfig::new(1))?;
     let run = latency(addr, "kafka-latency", offered, seconds)?;
     engine.delete_topic("kafka-latency")?;
-    let raw =
-        raw_batch_write_latency(dir, batch(0).len(), (run.consumed.len() as usize).clamp(20, 200))?;
+    let samples = (run.consumed.len() as usize).clamp(20, 200);
+    let bytes = batch(0).len();
+    let raw = raw_batch_write_latency(dir, bytes, samples, offered, None)?;
+    let synced = raw_batch_write_latency(dir, bytes, samples, offered, Some(sync_every))?;
     let us = |h: &hdrhistogram::Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     let histogram = run.consumed;
     let latency = Latency {
@@ -589,6 +653,9 @@ fn latency_phase(
         fetch_waiting_fraction: run.fetch_waiting as f64 / run.after_ack.len().max(1) as f64,
         raw_batch_write_p50_us: us(&raw, 0.5),
         raw_batch_write_p99_us: us(&raw, 0.99),
+        raw_batch_write_synced_p50_us: us(&synced, 0.5),
+        raw_batch_write_synced_p99_us: us(&synced, 0.99),
+        sync_every_bytes: sync_every,
     };
     eprintln!(
         "  produce-to-consume at {offered:.0} batches/s: p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us ({} batches); request written p50 {:.0} p99 {:.0} us, acked p50 {:.0} p99 {:.0} us",
@@ -602,8 +669,12 @@ fn latency_phase(
         latency.fetch_waiting_fraction * 100.0
     );
     eprintln!(
-        "  floor: one batch written raw (O_DIRECT, queue depth 1) p50 {:.0} us, p99 {:.0} us",
-        latency.raw_batch_write_p50_us, latency.raw_batch_write_p99_us
+        "  floor: one batch written raw (O_DIRECT, queue depth 1, same schedule) p50 {:.0} us, p99 {:.0} us; synced as the log (fdatasync at {} MiB unsynced) p50 {:.0} us, p99 {:.0} us",
+        latency.raw_batch_write_p50_us,
+        latency.raw_batch_write_p99_us,
+        sync_every >> 20,
+        latency.raw_batch_write_synced_p50_us,
+        latency.raw_batch_write_synced_p99_us
     );
     Ok((latency, histogram))
 }
@@ -629,6 +700,8 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
     let (engine_config, _) =
         kappa_tools::serve::app::engine_config(&settings, temp.path().join("engine"));
+    // The log starts a background fdatasync at half its unsynced bound (`storage::log::writer`).
+    let sync_every = engine_config.log.unsynced_bytes_max / 2;
     let engine = Arc::new(Engine::start(engine_config).context("starting the engine")?);
     let shards = engine.shard_count();
     let kafka = KafkaServer::start(&engine, KafkaConfig::new("127.0.0.1:0".parse()?))?;
@@ -640,8 +713,15 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
     );
 
     if let Some(offered) = args.latency_only_batches_s {
-        let (latency, _) =
-            latency_phase(&engine, temp.path(), addr, offered, f64::NAN, latency_seconds)?;
+        let (latency, _) = latency_phase(
+            &engine,
+            temp.path(),
+            addr,
+            offered,
+            f64::NAN,
+            latency_seconds,
+            sync_every,
+        )?;
         kafka.stop();
         let engine =
             Arc::try_unwrap(engine).map_err(|_| anyhow::anyhow!("the engine is still shared"))?;
@@ -719,7 +799,7 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
     let max_batches_s = acks_one.engine.median * 1e6 / (BATCH * (VALUE_BYTES + KEY_BYTES)) as f64;
     let offered = max_batches_s * 0.5;
     let (latency, histogram) =
-        latency_phase(&engine, temp.path(), addr, offered, 0.5, latency_seconds)?;
+        latency_phase(&engine, temp.path(), addr, offered, 0.5, latency_seconds, sync_every)?;
     engine.create_topic("kafka-python-bench", TopicConfig::new(1))?;
     let python = python_rates(addr, python_records);
     eprintln!("  confluent-kafka (Python): {python}");
@@ -825,6 +905,19 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
                 "the floor under produce->consume: acks=1 visibility waits for this write"
                     .to_string(),
             ),
+        );
+        f.push(
+            Figure::one_run(
+                "kafka",
+                "raw write of one batch p99, synced as the log",
+                l.raw_batch_write_synced_p99_us,
+                "us",
+            )
+            .statistic(format!(
+                "the same writes synced as the log: a background fdatasync at {} MiB \
+                 unsynced, none past twice that",
+                l.sync_every_bytes >> 20
+            )),
         );
     }
     outcome.latencies.push(LatencyCurve::of("kafka produce->consume at 50%", &histogram));

@@ -211,6 +211,7 @@ async fn write_loop(
             }
             Some(Outcome::Send(Response { frames, hold })) => {
                 let failed = write_frames(&mut writer, fd, &frames).await.is_err();
+                tracing::trace!(parts = frames.len(), "kafka response written");
                 // The response's bytes leave the budget once written.
                 drop(frames);
                 drop(hold);
@@ -256,6 +257,7 @@ async fn read_loop(
         if let Err(e) = reader.read_exact(&mut buffer[..]).await {
             return format!("reading a request: {e}");
         }
+        tracing::trace!(size, "kafka request read");
         let body = buffer.split().freeze();
         node.buffers.keep(buffer, size);
         let reply = match handle(node, body, peer).await {

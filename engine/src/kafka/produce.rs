@@ -225,6 +225,7 @@ impl Appended {
                         Err(e) => return storage_error(&e),
                     }
                 }
+                tracing::trace!(base_offset = base, "kafka produce acknowledged");
                 PartResult {
                     error_code: code::NONE,
                     base_offset: base.map_or(-1, |b| b as i64),
@@ -365,6 +366,8 @@ async fn append_partition(node: &Rc<Node>, work: Work, durability: Durability) -
                 );
             }
         }
+        // Stage events (`KAPPA_LOG=kappa_engine::kafka=trace`), with the log's own.
+        tracing::trace!(base_offset = ticket.info.base_offset, "kafka produce appended");
         base_offset.get_or_insert(ticket.info.base_offset);
         tickets.push(ticket);
     }

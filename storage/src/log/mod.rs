@@ -365,6 +365,15 @@ impl WriteBuffer {
     /// (`streaming`) the buffer is a whole `write_buffer_size_bytes`, so a busy partition writes
     /// large; otherwise it is sized to what is appended (at least `MIN_BUFFER`), so a burst of
     /// small appends to thousands of partitions does not take a megabyte each.
+    ///
+    /// The rest of a frame larger than a write buffer (`need`: the frame's bytes still to come)
+    /// gets a buffer that holds all of it, up to `LARGE_FRAME_BUFFERS` write buffers: otherwise
+    /// such a frame (a Kafka batch of 1000 x 1 KiB is 1.07 MB) is a full buffer plus a tail that
+    /// the writer sends only once the full one is written (two dependent writes before the frame
+    /// is readable), and no single tail-cache buffer holds it. The unsynced bound still holds
+    /// (`Writer::bound_unsynced` checks every write's end; `LogConfig::validate` keeps
+    /// `unsynced_bytes_max` at two write buffers or more), and the write queue's memory is at most
+    /// `LARGE_FRAME_BUFFERS` times what it was.
     fn materialize(
         &mut self,
         carry: &mut Vec<u8>,
@@ -373,10 +382,13 @@ impl WriteBuffer {
         max: usize,
     ) -> &mut DmaBuffer {
         self.buf.get_or_insert_with(|| {
-            let size = if streaming {
+            let wanted = carry.len() + need;
+            let size = if wanted > max {
+                wanted.next_multiple_of(max).min(LARGE_FRAME_BUFFERS * max)
+            } else if streaming {
                 max
             } else {
-                (carry.len() + need).next_power_of_two().clamp(MIN_BUFFER.min(max), max)
+                wanted.next_power_of_two().clamp(MIN_BUFFER.min(max), max)
             };
             let mut buf = crate::pool::take(size);
             buf.as_bytes_mut()[..carry.len()].copy_from_slice(carry);
@@ -388,6 +400,10 @@ impl WriteBuffer {
 
 /// The smallest write buffer an idle partition takes (a power of two, a multiple of a block).
 const MIN_BUFFER: usize = 64 * 1024;
+
+/// The most write buffers' worth one buffer takes to hold the rest of a large frame (see
+/// `WriteBuffer::materialize`): a frame up to twice `write_buffer_size_bytes` is one write.
+const LARGE_FRAME_BUFFERS: usize = 2;
 
 impl PendingFrame {
     fn readable(&self) -> Readable {

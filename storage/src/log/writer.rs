@@ -39,6 +39,13 @@ pub(crate) struct CachedBuffer {
     pub(crate) buf: Rc<DmaBuffer>,
 }
 
+/// A preallocation running ahead of the writes (`Writer::preallocate`).
+struct Preallocation {
+    task: Task<io::Result<()>>,
+    target: u64,
+    done: Rc<std::cell::Cell<bool>>,
+}
+
 /// Why the writer stopped: the operation, the file, the error. It fences the log.
 type Failed = (&'static str, PathBuf, io::Error);
 
@@ -50,6 +57,9 @@ struct Writer {
     segment_base: u64,
     /// The active file's size on disk: frames, then zeros reserved by `pre_allocate`.
     allocated: u64,
+    /// A preallocation running ahead of the writes (`preallocate`): its target, and whether it
+    /// finished.
+    preallocating: Option<Preallocation>,
     in_flight: VecDeque<InFlight>,
     submitted_seq: u64,
 }
@@ -67,6 +77,7 @@ pub(super) async fn writer_loop(shared: Rc<Shared>, file: File, file_len: u64) {
         path,
         segment_base,
         allocated: file_len,
+        preallocating: None,
         in_flight: VecDeque::new(),
         submitted_seq: 0,
     };
@@ -78,6 +89,9 @@ pub(super) async fn writer_loop(shared: Rc<Shared>, file: File, file_len: u64) {
     while let Some(front) = writer.in_flight.pop_front() {
         let _ = front.task.await;
         crate::pool::give_rc(front.cached.buf);
+    }
+    if let Some(preallocation) = writer.preallocating.take() {
+        let _ = preallocation.task.await;
     }
     let _ = writer.file.close().await;
 }
@@ -271,6 +285,9 @@ impl Writer {
         // Replay reads on this executor hold back while the write is in flight
         // (`reader::budget`, rule 2).
         let pending = crate::reader::WritePending::new();
+        // Stage events for latency investigations (`KAPPA_LOG=kappa_storage::log=trace`: the
+        // subscriber's timestamps give each write's queueing and service time).
+        tracing::trace!(file_pos, bytes = padded, "log write submitted");
         let task = glommio::spawn_local(async move {
             let written = target.write_rc_at(buf, file_pos).await;
             drop(pending);
@@ -319,18 +336,62 @@ impl Writer {
         }
     }
 
-    /// Extends the active file with zeros ahead of a write that would pass its end, so appends
-    /// do not grow the file one write at a time. A failure here costs only the optimisation (the
-    /// write itself reports a full disk), so it is logged and preallocation stops for the segment.
+    /// Extends the active file with zeros ahead of the writes, so appends do not grow the file
+    /// one write at a time. The extension runs in the background once less than half of
+    /// `preallocate_bytes` is left past a write (to `preallocate_bytes` past it), so no write
+    /// waits for it: inline, every write crossing the reserved end waited for an fallocate
+    /// (measured under load: 5 ms median, 34 ms p90 on the ext4 virtio disk, 19 ms median on
+    /// tmpfs, which zeroes the pages, on every eighth 1 MB write). Only a write past the reserved
+    /// end waits, for the extension in flight or an inline one. A failure here costs only the
+    /// optimisation (the write itself reports a full disk), so it is logged and preallocation
+    /// stops for the segment.
     async fn preallocate(&mut self, end_pos: u64) {
         let config = &self.shared.config;
-        if config.preallocate_bytes == 0 || end_pos <= self.allocated {
+        if config.preallocate_bytes == 0 || self.allocated == u64::MAX {
             return;
         }
+        let finished = self.preallocating.as_ref().is_some_and(|p| p.done.get());
+        if finished || end_pos > self.allocated {
+            self.finish_preallocation().await;
+        }
+        let config = &self.shared.config;
         let segment_end = config.segment_size_bytes_max.next_multiple_of(BLOCK_SIZE as u64);
         let target = (end_pos + config.preallocate_bytes).min(segment_end.max(end_pos));
-        match self.file.pre_allocate(target, false).await {
-            Ok(()) => self.allocated = target,
+        if end_pos > self.allocated {
+            tracing::trace!(target, "log preallocation started");
+            let preallocated = self.file.pre_allocate(target, false).await;
+            tracing::trace!(target, "log preallocation done");
+            self.preallocated(target, preallocated);
+        } else if self.preallocating.is_none()
+            && self.allocated - end_pos < config.preallocate_bytes / 2
+            && target > self.allocated
+        {
+            let file = self.file.clone();
+            let done = Rc::new(std::cell::Cell::new(false));
+            let finished = done.clone();
+            tracing::trace!(target, "log preallocation started ahead");
+            let task = glommio::spawn_local(async move {
+                let preallocated = file.pre_allocate(target, false).await;
+                finished.set(true);
+                preallocated
+            });
+            self.preallocating = Some(Preallocation { task, target, done });
+        }
+    }
+
+    /// Waits for the preallocation in flight, if any, and takes its result.
+    async fn finish_preallocation(&mut self) {
+        if let Some(preallocation) = self.preallocating.take() {
+            let preallocated = preallocation.task.await;
+            tracing::trace!(target = preallocation.target, "log preallocation done");
+            self.preallocated(preallocation.target, preallocated);
+        }
+    }
+
+    fn preallocated(&mut self, target: u64, result: io::Result<()>) {
+        match result {
+            Ok(()) if self.allocated != u64::MAX => self.allocated = self.allocated.max(target),
+            Ok(()) => {}
             Err(error) => {
                 tracing::warn!(path = %self.path.display(), %error,
                     "preallocation failed; the segment grows write by write");
@@ -351,6 +412,8 @@ impl Writer {
         while let Some(front) = self.in_flight.pop_front() {
             self.complete(front).await?;
         }
+        // An extension still running would grow the file again after the cut below.
+        self.finish_preallocation().await;
         let size = sealed_index.size_bytes;
         if self.allocated != size {
             self.file.truncate(size).await.map_err(|e| ("truncate", self.path.clone(), e))?;
@@ -406,6 +469,7 @@ impl Writer {
             }
             Err(e) => return Err(("write", self.path.clone(), e)),
         }
+        tracing::trace!(file_pos = front.cached.file_pos, "log write completed");
         let shared = &self.shared;
         let mut st = shared.state.borrow_mut();
         if st.failure.is_some() {
@@ -490,7 +554,9 @@ fn start_sync_if_wanted(shared: &Rc<Shared>, file: &File, path: &std::path::Path
         // Observability only: the latency is recorded, never used to decide anything.
         #[allow(clippy::disallowed_methods)]
         let started = std::time::Instant::now();
+        tracing::trace!(target, "log fdatasync started");
         let result = file.fdatasync().await;
+        tracing::trace!(target, "log fdatasync done");
         let mut st = shared.state.borrow_mut();
         st.sync_in_flight = false;
         st.fsync_count += 1;

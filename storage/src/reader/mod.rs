@@ -5,7 +5,10 @@
 //! while the caller processes the current one (`cursor`: the planning and loading code both
 //! readers share). Read ranges are planned from the segment's sparse index, whose entries sit at
 //! frame starts, so every range starts and ends on a frame boundary: a frame never spans two
-//! buffers, every `BatchRef` borrows one DMA buffer directly, and no bytes are stitched or copied.
+//! buffers, every `BatchRef` borrows one DMA buffer directly, and no bytes read from the disk are
+//! stitched or copied. (Near the tail a range comes from the log's tail cache instead: borrowed
+//! from the written buffer that holds it, or copied into one buffer from the cached buffers that
+//! hold it together, which costs less than the disk read it replaces.)
 //!
 //! Each frame's checksum is verified once, when the reader hands it out; a mismatch is a typed
 //! `Error::Corrupt` naming the file and byte position.
@@ -22,6 +25,7 @@ mod sealed;
 use std::rc::Rc;
 
 use crate::batch::{BatchRef, RecordRef};
+use crate::io::BLOCK_SIZE;
 use crate::log::{PartitionLog, Shared};
 use crate::Error;
 
@@ -78,15 +82,43 @@ impl Layout for LogLayout<'_> {
         boundary_in(entries, start, self.shared.config.read_buffer_size_bytes as u64, limit)
     }
 
+    /// The range from the tail cache: borrowed when one written buffer holds it; copied into one
+    /// buffer when consecutive cached buffers hold it together (a range of several frames, or a
+    /// frame that spans buffers): a copy in memory costs far less than the disk read it saves,
+    /// and a reader at the tail wants exactly the newest frames.
     fn cached(&self, start: u64, end: u64) -> Option<Bytes> {
         let st = self.shared.state.borrow();
-        let hit = st.tail_cache.iter().rev().find(|c| {
-            c.segment_base == self.base_offset
-                && c.file_pos <= start
-                && end <= c.file_pos + c.len as u64
-        })?;
-        let from = (start - hit.file_pos) as usize;
-        Some(Bytes::Memory(hit.buf.clone(), from, hit.len))
+        let holding = |pos: u64| {
+            st.tail_cache.iter().rev().find(|c| {
+                c.segment_base == self.base_offset
+                    && c.file_pos <= pos
+                    && pos < c.file_pos + c.len as u64
+            })
+        };
+        let first = holding(start)?;
+        if end <= first.file_pos + first.len as u64 {
+            let from = (start - first.file_pos) as usize;
+            return Some(Bytes::Memory(first.buf.clone(), from, first.len));
+        }
+        // Every byte of the range must be cached before anything is copied.
+        let mut pos = start;
+        while pos < end {
+            let c = holding(pos)?;
+            pos = c.file_pos + c.len as u64;
+        }
+        let len = (end - start) as usize;
+        let mut stitched = glommio::allocate_dma_buffer(len.next_multiple_of(BLOCK_SIZE));
+        let mut pos = start;
+        while pos < end {
+            let c = holding(pos).expect("checked above");
+            let from = (pos - c.file_pos) as usize;
+            let to = ((end - c.file_pos) as usize).min(c.len);
+            let at = (pos - start) as usize;
+            stitched.as_bytes_mut()[at..at + to - from]
+                .copy_from_slice(&c.buf.as_bytes()[from..to]);
+            pos += (to - from) as u64;
+        }
+        Some(Bytes::Memory(Rc::new(stitched), 0, len))
     }
 
     fn read_ahead_max(&self) -> usize {

@@ -120,6 +120,8 @@ async fn fetch(
     loop {
         let reservation = node.budget.reserve(max_bytes.saturating_sub(total)).await;
         let got = read_pass(&node, &mut parts, max_bytes.saturating_sub(total), total == 0).await;
+        // Stage events (`KAPPA_LOG=kappa_engine::kafka=trace`).
+        tracing::trace!(bytes = got, "kafka fetch read");
         total += got;
         match &hold {
             Some(h) => {
@@ -142,6 +144,7 @@ async fn fetch(
             break;
         }
         wait_for_data(&node, &parts, deadline).await;
+        tracing::trace!("kafka fetch woken");
     }
 
     for part in parts {

@@ -20,6 +20,7 @@ mod budget;
 mod guarantees;
 mod holes;
 mod sealed;
+mod tail;
 mod watermark;
 
 pub(super) fn small_config() -> LogConfig {
