@@ -18,6 +18,9 @@
 //! shards' one-second windows are sampled: the stages of the live latency (the request's wait
 //! in the shard's channel, the shard's append to ack, what the producer's caller saw, tail
 //! delivery) and the controller's level and duty cycle, so the JSON says where time goes.
+//! Beside them, per phase, what each thread of the process waited for a CPU (the scheduler's
+//! `/proc/self/task/*/schedstat`: time runnable but not running, per timeslice) and how late
+//! the producer thread sent each batch: the stages no shard-side window sees.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -76,6 +79,10 @@ pub struct MixedArgs {
     /// (`ReplayConfig::duty_trials`); `false`: the duty rises on every tick over budget.
     #[arg(long, action = clap::ArgAction::Set, default_value_t = true)]
     duty_trials: bool,
+    /// Replay hands glommio's reactor a turn while a live write waits
+    /// (`ReplayConfig::io_turns`); `false` to measure what it buys.
+    #[arg(long, action = clap::ArgAction::Set, default_value_t = true)]
+    io_turns: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -283,8 +290,11 @@ fn live_load(
     stop: &AtomicBool,
     partitions: u32,
     client_cpus: &[usize],
-) -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+) -> anyhow::Result<(hdrhistogram::Histogram<u64>, hdrhistogram::Histogram<u64>)> {
     pin_to(client_cpus, 0);
+    // How late each batch left the producer thread (its sleep's overshoot and the thread's wait
+    // for a CPU): a stage of the latency that no shard-side window sees.
+    let mut late = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     const IN_FLIGHT: usize = 64;
     let producer = engine.producer().with_durability(Durability::Written);
     let per_batch = 100u64;
@@ -292,28 +302,35 @@ fn live_load(
     let (sent, acked) =
         std::sync::mpsc::sync_channel::<(Instant, Vec<kappa_engine::PendingAck>)>(IN_FLIGHT);
     std::thread::scope(|s| {
-        let collector = s.spawn(move || -> anyhow::Result<hdrhistogram::Histogram<u64>> {
-            pin_to(client_cpus, 1);
-            let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-            for (due, acks) in acked {
-                for ack in acks {
-                    ack.wait()?;
+        let collector = std::thread::Builder::new().name("live-ack".into()).spawn_scoped(
+            s,
+            move || -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+                pin_to(client_cpus, 1);
+                let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+                for (due, acks) in acked {
+                    for ack in acks {
+                        ack.wait()?;
+                    }
+                    h.saturating_record(due.elapsed().as_micros() as u64);
                 }
-                h.saturating_record(due.elapsed().as_micros() as u64);
-            }
-            Ok(h)
-        });
+                Ok(h)
+            },
+        )?;
         // A tail consumer per partition: the shards measure tail delivery for them.
         let consumers = (0..partitions)
             .map(|partition| {
                 let mut consumer = engine.consumer("live", partition, Seek::End)?;
-                Ok(s.spawn(move || -> anyhow::Result<()> {
-                    pin_to(client_cpus, 2 + partition as usize);
-                    while !stop.load(Ordering::Relaxed) {
-                        consumer.next_batch_timeout(Duration::from_millis(100))?;
-                    }
-                    Ok(())
-                }))
+                let name = format!("live-tail-{partition}");
+                Ok(std::thread::Builder::new().name(name).spawn_scoped(
+                    s,
+                    move || -> anyhow::Result<()> {
+                        pin_to(client_cpus, 2 + partition as usize);
+                        while !stop.load(Ordering::Relaxed) {
+                            consumer.next_batch_timeout(Duration::from_millis(100))?;
+                        }
+                        Ok(())
+                    },
+                )?)
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let started = Instant::now();
@@ -325,6 +342,9 @@ fn live_load(
                 if let Some(wait) = due.checked_duration_since(Instant::now()) {
                     std::thread::sleep(wait);
                 }
+                late.saturating_record(
+                    Instant::now().saturating_duration_since(due).as_micros() as u64
+                );
                 let mut batch =
                     ProducerBatch::with_capacity(per_batch as usize, per_batch as usize * 96);
                 for j in i..i + per_batch {
@@ -344,8 +364,99 @@ fn live_load(
             c.join().map_err(|_| anyhow::anyhow!("consumer panicked"))??;
         }
         sending?;
-        Ok(h)
+        Ok((h, late))
     })
+}
+
+/// One thread's scheduler counters (`/proc/self/task/TID/schedstat`): ns on a CPU, ns runnable
+/// waiting for one, timeslices.
+type SchedCounters = [u64; 3];
+
+/// Every thread of this process now: tid -> (name, counters).
+fn sched_snapshot() -> std::collections::BTreeMap<u64, (String, SchedCounters)> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return out };
+    for task in tasks.flatten() {
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<u64>().ok()) else {
+            continue;
+        };
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(task.path().join("comm")),
+            std::fs::read_to_string(task.path().join("schedstat")),
+        ) else {
+            continue;
+        };
+        let mut f = stat.split_whitespace().map(|v| v.parse::<u64>().unwrap_or(0));
+        let counters = [f.next().unwrap_or(0), f.next().unwrap_or(0), f.next().unwrap_or(0)];
+        out.insert(tid, (comm.trim().to_string(), counters));
+    }
+    out
+}
+
+/// What a group of threads did over a phase: time on a CPU, time runnable waiting for one (both
+/// as a share of the phase), timeslices, and the mean wait per timeslice (how long a wake-up
+/// waited for a CPU, on average).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+struct SchedUse {
+    run_share: f64,
+    wait_share: f64,
+    slices: u64,
+    wait_per_slice_us: f64,
+}
+
+/// The threads' use of the CPUs between two snapshots `seconds` apart, grouped by name (the
+/// io_uring workers, `iou-wrk-TID`, as one group; threads that ended in between are missing).
+fn sched_use(
+    before: &std::collections::BTreeMap<u64, (String, SchedCounters)>,
+    after: &std::collections::BTreeMap<u64, (String, SchedCounters)>,
+    seconds: f64,
+) -> std::collections::BTreeMap<String, SchedUse> {
+    let mut groups: std::collections::BTreeMap<String, [u64; 3]> = Default::default();
+    for (tid, (name, now)) in after {
+        let then = before.get(tid).map_or([0; 3], |(_, c)| *c);
+        let group = if name.starts_with("iou-wrk") { "iou-wrk".to_string() } else { name.clone() };
+        let g = groups.entry(group).or_default();
+        for (g, (now, then)) in g.iter_mut().zip(now.iter().zip(then)) {
+            *g += now.saturating_sub(then);
+        }
+    }
+    let ns = seconds.max(1e-9) * 1e9;
+    groups
+        .into_iter()
+        .filter(|(_, [run, _, _])| *run > 0)
+        .map(|(name, [run, wait, slices])| {
+            let use_ = SchedUse {
+                run_share: run as f64 / ns,
+                wait_share: wait as f64 / ns,
+                slices,
+                wait_per_slice_us: if slices == 0 {
+                    0.0
+                } else {
+                    wait as f64 / slices as f64 / 1e3
+                },
+            };
+            (name, use_)
+        })
+        .collect()
+}
+
+/// A compact line of the groups that matter to the live latency.
+fn sched_line(groups: &std::collections::BTreeMap<String, SchedUse>) -> String {
+    groups
+        .iter()
+        .filter(|(name, _)| {
+            name.starts_with("kappa-shard") || name.starts_with("live-") || *name == "iou-wrk"
+        })
+        .map(|(name, u)| {
+            format!(
+                "{name} run {:.0}% wait {:.0}% ({:.0} us/slice)",
+                u.run_share * 100.0,
+                u.wait_share * 100.0,
+                u.wait_per_slice_us
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Pins the calling thread to one of `cpus` (the `index`-th, wrapping); no-op when there are none.
@@ -466,6 +577,7 @@ pub fn mixed(args: MixedArgs) -> anyhow::Result<Outcome> {
     let replay = ReplayConfig {
         duty_max_percent: args.duty_max_percent.unwrap_or(ReplayConfig::default().duty_max_percent),
         duty_trials: args.duty_trials,
+        io_turns: args.io_turns,
         ..ReplayConfig::default()
     };
     let mut builder = Engine::builder()
@@ -492,15 +604,28 @@ pub fn mixed(args: MixedArgs) -> anyhow::Result<Outcome> {
     let mut rate_alone = Vec::new();
     let mut samples_without = Vec::new();
     let mut samples_with = Vec::new();
+    let mut sched_without = Vec::new();
+    let mut sched_with = Vec::new();
+    let mut late_without = Vec::new();
+    let mut late_with = Vec::new();
     for round in 0..pairs {
         // Live alone.
         let stop = AtomicBool::new(false);
         let looked = AtomicBool::new(false);
-        let h = std::thread::scope(|s| -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+        let (h, late) = std::thread::scope(|s| -> anyhow::Result<_> {
             let live =
-                s.spawn(|| live_load(&engine, args.live_rate, &stop, shards as u32, &client_cpus));
+                std::thread::Builder::new().name("live-send".into()).spawn_scoped(s, || {
+                    live_load(&engine, args.live_rate, &stop, shards as u32, &client_cpus)
+                })?;
             let sampler = s.spawn(|| sample_stages(&engine, &looked));
+            let before = sched_snapshot();
+            let started = Instant::now();
             std::thread::sleep(Duration::from_secs_f64(phase_s));
+            sched_without.push(sched_use(
+                &before,
+                &sched_snapshot(),
+                started.elapsed().as_secs_f64(),
+            ));
             looked.store(true, Ordering::Relaxed);
             stop.store(true, Ordering::Relaxed);
             samples_without
@@ -508,14 +633,20 @@ pub fn mixed(args: MixedArgs) -> anyhow::Result<Outcome> {
             live.join().map_err(|_| anyhow::anyhow!("live thread panicked"))?
         })?;
         without.push(phase(&h));
+        late_without.push(late.value_at_quantile(0.99) as f64);
         // Live with a rebuild.
         let stop = AtomicBool::new(false);
         let looked = AtomicBool::new(false);
-        let (h, rate) = std::thread::scope(|s| -> anyhow::Result<_> {
+        let ((h, late), rate) = std::thread::scope(|s| -> anyhow::Result<_> {
             let live =
-                s.spawn(|| live_load(&engine, args.live_rate, &stop, shards as u32, &client_cpus));
+                std::thread::Builder::new().name("live-send".into()).spawn_scoped(s, || {
+                    live_load(&engine, args.live_rate, &stop, shards as u32, &client_cpus)
+                })?;
             let sampler = s.spawn(|| sample_stages(&engine, &looked));
+            let before = sched_snapshot();
+            let started = Instant::now();
             let rate = rebuild_once(&engine, &format!("with{round}"), records);
+            sched_with.push(sched_use(&before, &sched_snapshot(), started.elapsed().as_secs_f64()));
             looked.store(true, Ordering::Relaxed);
             stop.store(true, Ordering::Relaxed);
             samples_with.extend(sampler.join().map_err(|_| anyhow::anyhow!("sampler panicked"))??);
@@ -523,6 +654,7 @@ pub fn mixed(args: MixedArgs) -> anyhow::Result<Outcome> {
             Ok((h, rate?))
         })?;
         with.push(phase(&h));
+        late_with.push(late.value_at_quantile(0.99) as f64);
         rate_with.push(rate);
         // The rebuild alone.
         rate_alone.push(rebuild_once(&engine, &format!("alone{round}"), records)?);
@@ -535,6 +667,13 @@ pub fn mixed(args: MixedArgs) -> anyhow::Result<Outcome> {
             rate / 1e6,
             rate_alone.last().copied().unwrap_or(0.0) / 1e6,
         );
+        eprintln!(
+            "    send late p99 {:.0} / {:.0} us; without: {}\n    with: {}",
+            late_without.last().copied().unwrap_or(0.0),
+            late_with.last().copied().unwrap_or(0.0),
+            sched_without.last().map(sched_line).unwrap_or_default(),
+            sched_with.last().map(sched_line).unwrap_or_default(),
+        );
     }
     let metrics = engine.metrics()?;
     engine.shutdown()?;
@@ -546,7 +685,7 @@ pub fn mixed(args: MixedArgs) -> anyhow::Result<Outcome> {
     let p999_with = spread(&with, |p| p.p999_us);
     let alone = Spread::of(&rate_alone);
     let with_rate = Spread::of(&rate_with);
-    let json = serde_json::json!({
+    let mut json = serde_json::json!({
         "scenario": "mixed",
         "machine": machine,
         "shards": shards,
@@ -578,6 +717,7 @@ pub fn mixed(args: MixedArgs) -> anyhow::Result<Outcome> {
             "duty_percent": m.replay.duty_percent, "paused_ms": m.replay.paused_ms,
             "duty_trials": m.replay.duty_trials,
             "duty_trials_helped": m.replay.duty_trials_helped,
+            "io_turns": m.replay.io_turns,
         })).collect::<Vec<_>>(),
         "notes": "Live: one producer thread, batches of 100 records at `written` durability, \
                   latency from each batch's intended send time to its ack (no coordinated \
@@ -587,11 +727,20 @@ pub fn mixed(args: MixedArgs) -> anyhow::Result<Outcome> {
                   shard taking the append to its ack, `client` the producer's send to its caller \
                   holding the ack (what the controller judges, with `append` and `tail`), `tail` \
                   the shard taking an append to a tail consumer being handed it; `level`, \
-                  `duty_percent` and `paused_fraction` are the controller's. Clients `apart`: the \
+                  `duty_percent` and `paused_fraction` are the controller's. `sched_*`: per \
+                  round, each thread group's time on a CPU and runnable waiting for one (shares \
+                  of the phase) and the mean wait per timeslice; `send_late_*`: how late the \
+                  producer thread sent its batches (p99). Clients `apart`: the \
                   client threads and blocking pools run on `client_cpus`, the shards on \
                   `shard_cpus`. The realistic view: JSON field per JSON key (10,000), 1-minute windows, \
                   default checkpoints. Medians over rounds; other processes share the CPUs.",
     });
+    // Beside the macro above (its recursion limit): where else the live latency went.
+    json["io_turns"] = replay.io_turns.into();
+    json["send_late_p99_us_without"] = serde_json::to_value(Spread::of(&late_without))?;
+    json["send_late_p99_us_with"] = serde_json::to_value(Spread::of(&late_with))?;
+    json["sched_without"] = serde_json::to_value(&sched_without)?;
+    json["sched_with"] = serde_json::to_value(&sched_with)?;
     let mut outcome = Outcome::new("mixed", json);
     let budget_us = budget.as_micros() as f64;
     outcome.figures.push(Figure::median("mixed", "live p99 without rebuild", &p99_without, "us"));

@@ -96,6 +96,11 @@ pub struct ReplayConfig {
     /// lowers the live p99, so a rebuild keeps its rate when the disk, not replay, is what is
     /// slow. Off: the duty rises on every tick at the floor and over budget.
     pub duty_trials: bool,
+    /// While a live log write waits on the shard, replay sleeps briefly every
+    /// `shard::replay::IO_TURN_EVERY` so glommio submits the write and reaps its completion at
+    /// once, not at the next preempt timer (`ReplayControl::io_turn`). Off only to measure what
+    /// it buys.
+    pub io_turns: bool,
 }
 
 impl Default for ReplayConfig {
@@ -110,6 +115,7 @@ impl Default for ReplayConfig {
             min_records_per_s: 20_000,
             duty_max_percent: 90,
             duty_trials: true,
+            io_turns: true,
         }
     }
 }

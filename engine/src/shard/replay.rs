@@ -49,6 +49,14 @@
 //! (the duty rises by `DUTY_UP` every tick at the floor and over budget, up to
 //! `ReplayConfig::duty_max_percent`; below 100: replay never stops).
 //!
+//! A busy replay queue also delays live I/O, whatever the level: glommio submits queued disk
+//! I/O and reaps completions only when it polls its rings, between task queues, and a replay
+//! queue that never runs dry lets it poll once per preempt timer (1 ms at the default budget).
+//! A live append waited for that twice, its write's submission and its completion. So while a
+//! live log write waits on the shard (`kappa_storage::writes_pending`), replay sleeps a few
+//! microseconds at least every `IO_TURN_EVERY` (`ReplayControl::io_turn`, all replay tasks
+//! together), and the reactor runs in between (`ReplayMetrics::io_turns`).
+//!
 //! Replay always catches up, however fast the producers: a fold chasing the live tail that has
 //! not gained on it over a second (`Chase`) marks the shard behind, and the level climbs for the
 //! next second whatever the live latency (the duty drops at once); one that still does not gain at the full level goes on
@@ -93,6 +101,16 @@ pub const DUTY_MAX_PERCENT: u32 = 95;
 pub(crate) const TRIAL_TICKS: u64 = 8;
 /// How much lower (a fraction) the higher duty's p99 must be for its pause to count as bought.
 const TRIAL_GAIN: f64 = 0.1;
+/// While a live log write waits on the shard (`kappa_storage::writes_pending`), replay hands
+/// glommio's reactor a turn at least this often: glommio submits queued disk I/O and reaps its
+/// completions only when it polls its rings, which a busy replay queue allows once per preempt
+/// timer (a fifth of the budget, 1 ms by default). A live append met that wait twice (its write
+/// submitted at the next poll, its completion seen at the one after): about 2 ms of every
+/// acknowledgement during a rebuild, budget or not.
+pub(crate) const IO_TURN_EVERY: Duration = Duration::from_micros(100);
+/// How long replay sleeps for such a turn: only long enough to be asleep when the executor
+/// looks (a timer that has already expired when polled does not suspend the task).
+const IO_TURN: Duration = Duration::from_micros(5);
 /// After a trial found that no pause helps, ticks until the next one: doubled each time.
 pub(crate) const BACKOFF_MIN_TICKS: u64 = 20;
 pub(crate) const BACKOFF_MAX_TICKS: u64 = 160;
@@ -170,6 +188,8 @@ pub struct ReplayMetrics {
     /// pause was kept); the others fell back to the lower duty.
     pub duty_trials: u64,
     pub duty_trials_helped: u64,
+    /// Turns replay handed the reactor because a live write waited on it (`IO_TURN_EVERY`).
+    pub io_turns: u64,
 }
 
 impl ReplayMetrics {
@@ -221,6 +241,9 @@ pub(crate) struct ReplayControl {
     paused_until: Cell<Instant>,
     /// `paused_ns` at each of the last `SLOTS` ticks.
     paused_at: RefCell<[u64; SLOTS]>,
+    /// Until when replay sleeps for the reactor's turn (tasks sleep together), and the turns.
+    turn_until: Cell<Instant>,
+    io_turns: Cell<u64>,
     chases: Cell<u64>,
     /// Range tasks and whole-partition replays active on the shard.
     replaying: Cell<usize>,
@@ -379,6 +402,8 @@ impl ReplayControl {
             paused_ns: Cell::new(0),
             paused_until: Cell::new(epoch),
             paused_at: RefCell::new([0; SLOTS]),
+            turn_until: Cell::new(epoch),
+            io_turns: Cell::new(0),
             chases: Cell::new(0),
             replaying: Cell::new(0),
             tasks_running: Cell::new(0),
@@ -438,25 +463,54 @@ impl ReplayControl {
     }
 
     /// A replay task's pause point, between steps of its fold: rests (a timer) when the duty
-    /// cycle says replay rests now (the CPU goes idle unless live work runs), otherwise yields
-    /// if the live queue needs the shard. Replay tasks rest together: one that comes by while
-    /// another rests sleeps to the same end.
+    /// cycle says replay rests now (the CPU goes idle unless live work runs), sleeps for the
+    /// reactor's turn while a live write waits on it (`io_turn`), otherwise yields if the live
+    /// queue needs the shard. Replay tasks rest together: one that comes by while another
+    /// rests sleeps to the same end.
     pub(crate) async fn pace(&self) {
         let duty = self.duty.get();
-        if duty > 0 {
+        let writes = kappa_storage::writes_pending();
+        if duty > 0 || writes > 0 {
             let now = now();
-            let until = self.paused_until.get();
-            if now < until {
-                glommio::timer::sleep(until - now).await;
-                return;
+            if duty > 0 {
+                let until = self.paused_until.get();
+                if now < until {
+                    glommio::timer::sleep(until - now).await;
+                    return;
+                }
+                if let Some(pause) = pause_after(now - until, duty) {
+                    self.count_pause(now, now + pause);
+                    glommio::timer::sleep(pause).await;
+                    return;
+                }
             }
-            if let Some(pause) = pause_after(now - until, duty) {
-                self.count_pause(now, now + pause);
-                glommio::timer::sleep(pause).await;
+            if let Some(turn) = self.io_turn(now, writes) {
+                glommio::timer::sleep(turn).await;
                 return;
             }
         }
         glommio::yield_if_needed().await;
+    }
+
+    /// Whether replay sleeps now so that glommio's reactor runs (it submits queued disk I/O and
+    /// reaps completions only between task queues, when nothing runs or the preempt timer
+    /// fired), and for how long: while `writes_pending` live writes wait, at most
+    /// `IO_TURN_EVERY` after the last turn ended; a task that comes by during a turn sleeps to
+    /// its end, so the turn happens once every replay task is asleep.
+    pub(crate) fn io_turn(&self, now: Instant, writes_pending: usize) -> Option<Duration> {
+        if writes_pending == 0 || !self.config.io_turns {
+            return None;
+        }
+        let until = self.turn_until.get();
+        if now < until {
+            return Some(until - now);
+        }
+        if now - until < IO_TURN_EVERY {
+            return None;
+        }
+        self.turn_until.set(now + IO_TURN);
+        self.io_turns.set(self.io_turns.get() + 1);
+        Some(IO_TURN)
     }
 
     /// Counts `[from, until)` as paused, once however many tasks pause together.
@@ -743,6 +797,7 @@ impl ReplayControl {
             paused_ms: self.paused_ns.get() / 1_000_000,
             duty_trials: self.trials.get(),
             duty_trials_helped: self.trials_helped.get(),
+            io_turns: self.io_turns.get(),
         }
     }
 
@@ -755,6 +810,7 @@ impl ReplayControl {
         m.chases = self.chases.get();
         m.read_budget = self.read_ahead.stats();
         m.paused_ms = self.paused_ns.get() / 1_000_000;
+        m.io_turns = self.io_turns.get();
         m
     }
 }

@@ -503,3 +503,105 @@ fn at_the_top_the_duty_stays_and_is_trialled_ever_less_often() {
         assert!(off <= TRIAL_TICKS, "{off} of the last 160 ticks below the top: {seen:?}");
     });
 }
+
+#[test]
+fn while_a_live_write_waits_replay_hands_the_reactor_a_turn_every_io_turn_every() {
+    let control = control5();
+    let t0 = control.turn_until.get() + Duration::from_secs(1);
+    let us = Duration::from_micros;
+    assert_eq!(control.io_turn(t0, 0), None, "no live write: no turn");
+    assert_eq!(control.io_turn(t0, 1), Some(IO_TURN), "a write waits: a turn at once");
+    // Another replay task coming by during the turn sleeps to its end: the reactor runs only
+    // once every replay task is asleep.
+    assert_eq!(control.io_turn(t0 + us(2), 1), Some(IO_TURN - us(2)));
+    let end = t0 + IO_TURN;
+    assert_eq!(control.io_turn(end, 2), None, "replay runs between turns");
+    assert_eq!(control.io_turn(end + IO_TURN_EVERY - us(1), 2), None);
+    assert_eq!(control.io_turn(end + IO_TURN_EVERY, 2), Some(IO_TURN));
+    assert_eq!(control.metrics().io_turns, 2);
+}
+
+/// Replay steps (the fold's `pace` calls) needed at most for a live append's write to be
+/// acknowledged, with turns; without them it is never acknowledged while replay runs.
+const STEPS_MAX: u64 = 20_000_000;
+
+/// A live append's write, queued in glommio while replay folds, is submitted and its completion
+/// reaped while replay goes on, not only at the next preempt timer. The executor's preempt timer
+/// is a minute and nothing arms a timer that could fire meanwhile (the log's idle tail-cache
+/// release is off; a `written` append never syncs, so no watermark timer), so glommio polls its
+/// rings only when every task sleeps: without `pace`'s turns, replay's steps run out before the
+/// append is acknowledged. Replay runs in a task queue of its own, as on a shard, so the write's
+/// completion and the acknowledgement run in the other queue between its steps. (Counts steps
+/// and turns, never time.)
+#[test]
+fn a_live_write_is_acknowledged_while_replay_folds() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("topics/t/0");
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .preempt_timer(Duration::from_secs(60))
+        .io_memory(4 << 20)
+        .spawn(move || async move {
+            let config = kappa_storage::LogConfig {
+                tail_cache_idle_release: Duration::ZERO,
+                ..kappa_storage::LogConfig::default()
+            };
+            let log =
+                Rc::new(kappa_storage::PartitionLog::open(&path, config).await.expect("open"));
+            // A first append opens the segment and preallocates: the next one's write is
+            // queued without a trip to the blocking pool.
+            let record = kappa_storage::Record::new(0, None, b"first");
+            log.append(&[record], kappa_storage::Durability::Written).await.expect("append");
+            let control = Rc::new(control5());
+            let acked = Rc::new(std::cell::Cell::new(false));
+            let live = {
+                let (log, acked) = (log.clone(), acked.clone());
+                glommio::spawn_local(async move {
+                    let record = kappa_storage::Record::new(1, None, b"live");
+                    log.append(&[record], kappa_storage::Durability::Written)
+                        .await
+                        .expect("append");
+                    acked.set(true);
+                })
+            };
+            // The append and the log's writer run until the write waits in glommio's queue.
+            let mut yields = 0;
+            while kappa_storage::writes_pending() == 0 {
+                futures_lite::future::yield_now().await;
+                yields += 1;
+                assert!(yields < 1_000, "the live write never started");
+            }
+            // Replay folds (its steps do no I/O and never sleep but in `pace`).
+            let queue = glommio::executor().create_task_queue(
+                glommio::Shares::Static(1),
+                glommio::Latency::NotImportant,
+                "replay",
+            );
+            let replay = {
+                let (control, acked) = (control.clone(), acked.clone());
+                glommio::spawn_local_into(
+                    async move {
+                        let mut steps = 0u64;
+                        while !acked.get() {
+                            control.pace().await;
+                            steps += 1;
+                            assert!(
+                                steps < STEPS_MAX,
+                                "the live write was not acknowledged in {steps} replay steps \
+                                 ({} turns)",
+                                control.metrics().io_turns
+                            );
+                        }
+                    },
+                    queue,
+                )
+                .expect("the replay queue exists")
+            };
+            replay.await;
+            assert!(control.metrics().io_turns > 0);
+            live.await;
+            log.close().await.expect("close");
+        })
+        .expect("executor starts")
+        .join()
+        .expect("test body");
+}
