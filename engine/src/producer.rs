@@ -158,6 +158,13 @@ impl ProducerBatch {
         self.entries.reserve(records);
     }
 
+    /// The bytes its buffers hold (capacity, not length): what a spare staged batch keeps.
+    pub(crate) fn footprint(&self) -> usize {
+        self.data.capacity()
+            + self.entries.capacity() * std::mem::size_of::<BatchEntry>()
+            + self.headers.capacity() * std::mem::size_of::<HeaderEntry>()
+    }
+
     /// Empties the batch, keeping its buffers (the accumulator reuses them).
     pub(crate) fn clear(&mut self) {
         self.data.clear();
