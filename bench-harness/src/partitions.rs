@@ -415,7 +415,12 @@ fn baseline(args: &Args, reopens: usize) -> anyhow::Result<Vec<Measured>> {
     (0..reopens).map(|_| measure(scratch.path(), 1, "reopen")).collect()
 }
 
-fn cost(args: &Args, partitions: u32, reopens: usize, baseline: &[Measured]) -> anyhow::Result<Cost> {
+fn cost(
+    args: &Args,
+    partitions: u32,
+    reopens: usize,
+    baseline: &[Measured],
+) -> anyhow::Result<Cost> {
     let scratch = args.common.scratch("partitions-cost")?;
     let created = measure(scratch.path(), partitions, "create")?;
     let reopened: Vec<Measured> = (0..reopens)
@@ -475,7 +480,9 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
     let chosen: Vec<(u32, f64)> = args
         .counts
         .iter()
-        .map(|&c| (c, if c >= default_counts[1].0 { default_counts[1].1 } else { default_counts[0].1 }))
+        .map(|&c| {
+            (c, if c >= default_counts[1].0 { default_counts[1].1 } else { default_counts[0].1 })
+        })
         .collect();
     let ratio_counts = if chosen.is_empty() { default_counts } else { &chosen[..] };
     let cost_counts: &[u32] = if quick { &[1, 100] } else { &[1, 100, 1000, 10_000] };

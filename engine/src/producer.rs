@@ -574,7 +574,8 @@ impl Producer {
             rest = later;
             let mut indexes = Vec::with_capacity(mine.len());
             // (partition, end in `indexes`) per part.
-            let mut parts: Vec<(u32, u32)> = Vec::new();
+            let mut parts: Vec<(u32, u32)> =
+                Vec::with_capacity(mine.len().min(partitions as usize));
             let mut part_start = 0u32;
             for &(_, p, i) in mine {
                 if parts.last().map(|last| last.0) != Some(p) {

@@ -49,8 +49,8 @@ use crate::sync::Event;
 use crate::{Durability, Error, LogConfig};
 
 pub(crate) use recovery::load_entries;
-pub(crate) use writer::CachedBuffer;
 pub use writer::fsync_latency_ns;
+pub(crate) use writer::CachedBuffer;
 
 /// What an append returns once its durability is reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
