@@ -158,6 +158,13 @@ impl ProducerBatch {
         self.entries.reserve(records);
     }
 
+    /// The bytes its buffers hold (capacity, not length): what a spare staged batch keeps.
+    pub(crate) fn footprint(&self) -> usize {
+        self.data.capacity()
+            + self.entries.capacity() * std::mem::size_of::<BatchEntry>()
+            + self.headers.capacity() * std::mem::size_of::<HeaderEntry>()
+    }
+
     /// Empties the batch, keeping its buffers (the accumulator reuses them).
     pub(crate) fn clear(&mut self) {
         self.data.clear();
@@ -567,7 +574,8 @@ impl Producer {
             rest = later;
             let mut indexes = Vec::with_capacity(mine.len());
             // (partition, end in `indexes`) per part.
-            let mut parts: Vec<(u32, u32)> = Vec::new();
+            let mut parts: Vec<(u32, u32)> =
+                Vec::with_capacity(mine.len().min(partitions as usize));
             let mut part_start = 0u32;
             for &(_, p, i) in mine {
                 if parts.last().map(|last| last.0) != Some(p) {

@@ -38,8 +38,8 @@ pub use batch::{BatchEncoder, BatchRef, OwnedBatch, RecordRef};
 pub use error::Error;
 pub use kafka::{BatchPlan, Header, ProducerInfo, Record, Records};
 pub use log::{
-    AppendInfo, AppendTicket, LogStats, PartitionLog, RecoveryReport, RetentionReport, SegmentInfo,
-    TailCut,
+    fsync_latency_ns, AppendInfo, AppendTicket, LogStats, PartitionLog, RecoveryReport,
+    RetentionReport, SegmentInfo, TailCut,
 };
 pub use pool::{PoolConfig, PoolStats};
 pub use reader::{

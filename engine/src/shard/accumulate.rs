@@ -149,15 +149,25 @@ pub(crate) struct Staging {
     expired: Vec<(Arc<str>, u32, u64)>,
     bytes: usize,
     generations: u64,
-    /// Emptied staged batches and slice lists, their buffers kept for the next staged batches (at
-    /// most `SPARE_MAX` of each): a fresh staged batch grew its buffers from nothing, copying as
-    /// it doubled, and a flushed one gave them back to the allocator, which returned pages to
-    /// the kernel only to fault them in again (a sixth of the staging shards' time at 4,000
-    /// partitions went to page faults, zeroing and reallocation).
+    /// Emptied staged batches and slice lists, their buffers kept for the next staged batches:
+    /// a fresh staged batch grew its buffers from nothing, copying as it doubled, and a flushed
+    /// one gave them back to the allocator, which returned pages to the kernel only to fault them
+    /// in again (a sixth of the staging shards' time at 4,000 partitions went to page faults,
+    /// zeroing and reallocation).
+    ///
+    /// Bounded by bytes, not by count: the spares' buffers (`spare_bytes`) and the staged bytes
+    /// together stay within `staged_bytes_max` once each request is staged (a spare is kept
+    /// only if it fits, and `trim_spares` frees those that staging into existing batches
+    /// crowded out), so the accumulator's memory bound is what it was, and the spares only fill
+    /// what staging does not use. A count of 32 kept none of the thousands of batches a shard
+    /// flushes at once (`Producer::flush`, the memory bound at 4,000 partitions), and each next
+    /// staged batch was allocated and grown anew.
     // Boxed: a spare moves into a slot (which holds a `Box`) without a new allocation.
     #[allow(clippy::vec_box)]
     spare: Vec<Box<Staged>>,
     spare_slices: Vec<Vec<Slice>>,
+    /// What the spares' buffers hold (`Staged::footprint`, `slices_footprint`).
+    spare_bytes: usize,
     pub(crate) flushes: FlushCounts,
     /// What a staged batch of this shard held when it was appended, as a moving average (bytes,
     /// records, slices): a new staged batch reserves that much up front.
@@ -188,9 +198,33 @@ impl Typical {
     }
 }
 
-/// Spare staged batches (and slice lists) a shard keeps: with buffers of at most about
-/// `batch_size` each, a few MiB.
-const SPARE_MAX: usize = 32;
+/// A spare staged batch (with a spare slice list), or a new one (see `Staging::spare`).
+#[allow(clippy::vec_box)]
+fn take_spare(
+    spare: &mut Vec<Box<Staged>>,
+    spare_slices: &mut Vec<Vec<Slice>>,
+    spare_bytes: &mut usize,
+) -> Box<Staged> {
+    let mut staged = match spare.pop() {
+        Some(staged) => {
+            *spare_bytes -= staged.batch.footprint();
+            staged
+        }
+        None => Box::default(),
+    };
+    if staged.slices.capacity() == 0 {
+        if let Some(slices) = spare_slices.pop() {
+            *spare_bytes -= slices_footprint(&slices);
+            staged.slices = slices;
+        }
+    }
+    staged
+}
+
+/// The bytes a slice list's buffer holds.
+fn slices_footprint(slices: &Vec<Slice>) -> usize {
+    slices.capacity() * std::mem::size_of::<Slice>()
+}
 
 /// Why staged batches were appended.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -211,6 +245,38 @@ impl Staging {
     }
     pub(crate) fn staged_partitions(&self) -> usize {
         self.topics.values().map(|t| t.staged).sum()
+    }
+
+    /// Keeps an emptied staged batch for the next one if the bound has room (see `spare`).
+    fn keep_spare(&mut self, staged: Box<Staged>, max: usize) {
+        let size = staged.batch.footprint();
+        if self.bytes + self.spare_bytes + size <= max {
+            self.spare_bytes += size;
+            self.spare.push(staged);
+        }
+    }
+
+    /// Keeps an emptied slice list for the next staged batch if the bound has room.
+    fn keep_spare_slices(&mut self, slices: Vec<Slice>, max: usize) {
+        let size = slices_footprint(&slices);
+        if self.bytes + self.spare_bytes + size <= max {
+            self.spare_bytes += size;
+            self.spare_slices.push(slices);
+        }
+    }
+
+    /// Frees spares until they fit under `max` with the staged bytes (after a request is staged:
+    /// staging into existing batches grew the staged bytes without taking a spare).
+    fn trim_spares(&mut self, max: usize) {
+        while self.bytes + self.spare_bytes > max {
+            if let Some(slices) = self.spare_slices.pop() {
+                self.spare_bytes -= slices_footprint(&slices);
+            } else if let Some(staged) = self.spare.pop() {
+                self.spare_bytes -= staged.batch.footprint();
+            } else {
+                return;
+            }
+        }
     }
 
     fn get(&self, topic: &str, partition: u32) -> Option<&Staged> {
@@ -297,7 +363,15 @@ pub(crate) async fn stage(shard: &Rc<Shard>, stage: Stage) {
             let full = {
                 let mut staging = shard.staging.borrow_mut();
                 let Staging {
-                    topics, order, bytes, generations, spare, spare_slices, typical, ..
+                    topics,
+                    order,
+                    bytes,
+                    generations,
+                    typical,
+                    spare,
+                    spare_slices,
+                    spare_bytes,
+                    ..
                 } = &mut *staging;
                 if !topics.contains_key(&*topic) {
                     topics.insert(topic.clone(), TopicSlots::default());
@@ -319,10 +393,7 @@ pub(crate) async fn stage(shard: &Rc<Shard>, stage: Stage) {
                             spawn_linger_timer(shard, topic.clone(), partition, generation, linger);
                         }
                         slots.staged += 1;
-                        let mut staged = spare.pop().unwrap_or_default();
-                        if staged.slices.capacity() == 0 {
-                            staged.slices = spare_slices.pop().unwrap_or_default();
-                        }
+                        let mut staged = take_spare(spare, spare_slices, spare_bytes);
                         staged.generation = generation;
                         // Sized to what batches of this shard held lately (capped by what one
                         // may hold): one allocation, not a doubling `realloc` per few records.
@@ -372,8 +443,12 @@ pub(crate) async fn stage(shard: &Rc<Shard>, stage: Stage) {
             flush(shard, &topic, *partition, Cause::Request).await;
         }
     }
-    if prune_order {
-        shard.staging.borrow_mut().prune();
+    {
+        let mut staging = shard.staging.borrow_mut();
+        if prune_order {
+            staging.prune();
+        }
+        staging.trim_spares(shard.config.staged_bytes_max);
     }
     // The staging step is done: from now on only slices keep the request open.
     pending.finish_one();
@@ -549,20 +624,15 @@ async fn flush(shard: &Rc<Shard>, topic: &Arc<str>, partition: u32, cause: Cause
                     Err(e) => slice.pending.settle(slice.part, Err((e, dir.dir()))),
                 }
             }
-            let mut staging = ack_shard.staging.borrow_mut();
-            if staging.spare_slices.len() < SPARE_MAX {
-                staging.spare_slices.push(slices);
-            }
+            let max = ack_shard.config.staged_bytes_max;
+            ack_shard.staging.borrow_mut().keep_spare_slices(slices, max);
         }),
     );
     // The log copied the records: the batch's buffers serve a later staged batch.
     if let Payload::Batch(mut batch) = payload {
-        let mut staging = shard.staging.borrow_mut();
-        if staging.spare.len() < SPARE_MAX {
-            batch.clear();
-            staged.batch = batch;
-            staging.spare.push(staged);
-        }
+        batch.clear();
+        staged.batch = batch;
+        shard.staging.borrow_mut().keep_spare(staged, shard.config.staged_bytes_max);
     }
 }
 

@@ -225,10 +225,10 @@ struct Counters {
     /// How late the stall probe woke (`stall_probe`), in nanoseconds.
     executor_stall_ns: hdrhistogram::Histogram<u64>,
     /// Fsyncs of partition logs this shard has closed (a deleted topic, a moved partition): kept
-    /// so the shard's fsync counter and histogram never go backwards (Prometheus reads a
-    /// decreasing counter as a reset).
+    /// so the shard's fsync counter never goes backwards (Prometheus reads a decreasing counter
+    /// as a reset). The latency histogram is the thread's, closed logs' syncs included
+    /// (`kappa_storage::fsync_latency_ns`).
     closed_fsync_count: u64,
-    closed_fsync_latency_ns: hdrhistogram::Histogram<u64>,
 }
 
 /// The partitions a shard owns: topic -> partition -> log (looked up by `&str`, no allocation).
@@ -434,12 +434,6 @@ pub(crate) async fn run(
             executor_stall_ns: hdrhistogram::Histogram::new_with_bounds(1_000, 60_000_000_000, 2)
                 .expect("static histogram bounds are valid"),
             closed_fsync_count: 0,
-            closed_fsync_latency_ns: hdrhistogram::Histogram::new_with_bounds(
-                1_000,
-                60_000_000_000,
-                2,
-            )
-            .expect("static histogram bounds are valid"),
         }),
         live,
         replay,
@@ -578,13 +572,7 @@ async fn serve(shard: Rc<Shard>) {
                     // Tail subscriptions wake up on `closing` and end.
                     Some(log) => {
                         let closed = log.close().await.map_err(Error::from);
-                        let stats = log.stats();
-                        let mut counters = shard.counters.borrow_mut();
-                        counters.closed_fsync_count += stats.fsync_count;
-                        // A log that never synced has no histogram (created at its first fsync).
-                        if let Some(latency) = &stats.fsync_latency_ns {
-                            let _ = counters.closed_fsync_latency_ns.add(latency);
-                        }
+                        shard.counters.borrow_mut().closed_fsync_count += log.stats().fsync_count;
                         closed
                     }
                     None => Ok(()),
@@ -964,8 +952,12 @@ fn partition_metrics(topic: &str, partition: u32, log: &PartitionLog) -> Partiti
 
 fn metrics(shard: &Shard) -> ShardMetrics {
     let counters = shard.counters.borrow();
-    // Closed logs' fsyncs count too: the counter is monotonic for the life of the shard.
-    let mut fsync_latency_ns = counters.closed_fsync_latency_ns.clone();
+    // Closed logs' fsyncs count too: the counter is monotonic for the life of the shard. The
+    // latency histogram is this thread's, every log's syncs (closed ones' included).
+    let fsync_latency_ns = kappa_storage::fsync_latency_ns().unwrap_or_else(|| {
+        hdrhistogram::Histogram::new_with_bounds(1_000, 60_000_000_000, 2)
+            .expect("static histogram bounds are valid")
+    });
     let mut fsync_count = counters.closed_fsync_count;
     let mut write_queue_len = 0;
     let mut partitions = Vec::new();
@@ -976,9 +968,6 @@ fn metrics(shard: &Shard) -> ShardMetrics {
         let stats = log.stats();
         fsync_count += stats.fsync_count;
         write_queue_len += stats.write_queue_len;
-        if let Some(latency) = &stats.fsync_latency_ns {
-            let _ = fsync_latency_ns.add(latency);
-        }
         partitions.push(partition_metrics(topic, *partition, log));
     }
     let consumers = shard.subscriptions.borrow().iter().map(|s| s.metrics()).collect();

@@ -49,6 +49,7 @@ use crate::sync::Event;
 use crate::{Durability, Error, LogConfig};
 
 pub(crate) use recovery::load_entries;
+pub use writer::fsync_latency_ns;
 pub(crate) use writer::CachedBuffer;
 
 /// What an append returns once its durability is reached.
@@ -75,9 +76,6 @@ pub struct AppendTicket {
 #[derive(Debug, Clone)]
 pub struct LogStats {
     pub fsync_count: u64,
-    /// fdatasync latency in nanoseconds; `None` until the first fdatasync (a histogram is about
-    /// 21 KiB, too much for every idle partition).
-    pub fsync_latency_ns: Option<hdrhistogram::Histogram<u64>>,
     /// Full buffers waiting for the writer.
     pub write_queue_len: usize,
     /// Bytes appended and written since the log was opened.
@@ -226,8 +224,6 @@ pub(crate) struct State {
     fsync_count: u64,
     /// Sealed segments whose index entries a reader loaded since open.
     index_loads: u64,
-    /// Created at the first fdatasync (see `LogStats::fsync_latency_ns`).
-    fsync_latency_ns: Option<Box<hdrhistogram::Histogram<u64>>>,
     unsynced_bytes_peak: u64,
     /// Recently written buffers, oldest first.
     pub(crate) tail_cache: VecDeque<CachedBuffer>,
@@ -461,7 +457,6 @@ impl PartitionLog {
         let st = self.shared.state.borrow();
         LogStats {
             fsync_count: st.fsync_count,
-            fsync_latency_ns: st.fsync_latency_ns.as_deref().cloned(),
             write_queue_len: st.queue.len(),
             appended_bytes: st.appended_seq,
             written_bytes: st.written_seq,

@@ -193,7 +193,6 @@ impl PartitionLog {
             fsync_count: 0,
             index_loads: 0,
             unsynced_bytes_peak: 0,
-            fsync_latency_ns: None,
             tail_cache: VecDeque::new(),
             readable,
             // Recovery synced the active segment: everything recovered survives a power cut.

@@ -560,14 +560,7 @@ fn start_sync_if_wanted(shared: &Rc<Shared>, file: &File, path: &std::path::Path
         let mut st = shared.state.borrow_mut();
         st.sync_in_flight = false;
         st.fsync_count += 1;
-        st.fsync_latency_ns
-            .get_or_insert_with(|| {
-                Box::new(
-                    hdrhistogram::Histogram::new_with_bounds(1_000, 60_000_000_000, 2)
-                        .expect("static histogram bounds are valid"),
-                )
-            })
-            .saturating_record(started.elapsed().as_nanos() as u64);
+        record_fsync_latency(started.elapsed().as_nanos() as u64);
         match result {
             Ok(()) if st.failure.is_none() => {
                 st.synced_seq = st.synced_seq.max(target);
@@ -580,6 +573,35 @@ fn start_sync_if_wanted(shared: &Rc<Shared>, file: &File, path: &std::path::Path
         shared.changed.notify();
     })
     .detach();
+}
+
+thread_local! {
+    /// The fdatasync latency of every log on this thread (one executor: a shard), created at its
+    /// first fdatasync.
+    ///
+    /// Why one per thread, not one per log: a histogram is about 27 KB, built at each log's first
+    /// fdatasync. At 4,000 partitions that was 11% of a short run's shard samples (zeroing and
+    /// faulting in 100 MB), and 270 MB of RSS for 10,000 partitions that ever synced. The shard
+    /// reports this one (`fsync_latency_ns`): the same figure, every sync of its logs, closed
+    /// logs' included, and it never goes backwards.
+    static FSYNC_LATENCY_NS: std::cell::RefCell<Option<hdrhistogram::Histogram<u64>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn record_fsync_latency(ns: u64) {
+    FSYNC_LATENCY_NS.with_borrow_mut(|h| {
+        h.get_or_insert_with(|| {
+            hdrhistogram::Histogram::new_with_bounds(1_000, 60_000_000_000, 2)
+                .expect("static histogram bounds are valid")
+        })
+        .saturating_record(ns)
+    });
+}
+
+/// The fdatasync latency in nanoseconds of every log this thread (a shard's executor) has run,
+/// closed ones included; `None` before the first fdatasync.
+pub fn fsync_latency_ns() -> Option<hdrhistogram::Histogram<u64>> {
+    FSYNC_LATENCY_NS.with_borrow(Clone::clone)
 }
 
 /// How long the log stays idle after a sync completed before the watermark records it.
