@@ -537,46 +537,6 @@ impl Engine {
         Ok(())
     }
 
-    /// A non-owning handle on the same engine, for a helper thread of an async twin.
-    pub(crate) fn lend(&self) -> Engine {
-        Engine { inner: self.inner.clone(), owner: false }
-    }
-
-    /// For the loom models (`crate::loom_models`): an engine without shard threads, data dir
-    /// lock, monitor thread or watchdog, over the links, topics and views a model supplies. The
-    /// engine's own code that needs no running shard (view waits, `shutdown`, the checks and
-    /// registry changes of `drop_view_version` with no shards) runs on it unchanged.
-    #[cfg(all(test, loom))]
-    pub(crate) fn for_loom(
-        config: EngineConfig,
-        links: Vec<Link>,
-        topics: Vec<TopicMeta>,
-        views: Vec<(String, Arc<view::Entry>)>,
-    ) -> Engine {
-        let guard = watchdog::ShardGuard::start(0, &config.watchdog, &config.data_dir)
-            .expect("a disabled watchdog starts no thread");
-        let inner = Arc::new(Inner {
-            config: Arc::new(config),
-            views: crate::sync::RwLock::new(views.into_iter().collect()),
-            links,
-            topics: RwLock::new(
-                topics.into_iter().map(|t| (t.name.to_string(), Arc::new(t))).collect(),
-            ),
-            topics_generation: AtomicU64::new(0),
-            threads: Mutex::new(Vec::new()),
-            shut_down: AtomicBool::new(false),
-            meta_lock: crate::sync::Mutex::new(()),
-            monitor: crate::monitor::Monitor::idle(),
-            guard,
-            lock: Mutex::new(None),
-            open_report: Mutex::new(OpenReport::default()),
-        });
-        for link in &inner.links {
-            link.life.set_engine(Arc::downgrade(&inner));
-        }
-        Engine { inner, owner: false }
-    }
-
     /// The open views and the topic each reads.
     pub fn views(&self) -> BTreeMap<String, String> {
         let views = self.inner.views.read().unwrap_or_else(std::sync::PoisonError::into_inner);
