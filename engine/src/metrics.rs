@@ -39,6 +39,9 @@ pub struct ShardMetrics {
     /// Bytes and partitions of records waiting in the accumulator (`Producer::with_linger`).
     pub staged_bytes: u64,
     pub staged_partitions: u64,
+    /// Bytes the accumulator's spare buffers hold (kept for the next staged batches); with
+    /// `staged_bytes` within `EngineConfig::staged_bytes_max` once a request is staged.
+    pub staged_spare_bytes: u64,
     /// Staged batches appended, by cause.
     pub stage_flushes: crate::shard::FlushCounts,
     /// Times the engine's monitor waited a second or more for the shard to answer its probe:

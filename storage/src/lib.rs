@@ -233,7 +233,13 @@ impl LogConfig {
             ("index_interval_bytes", self.index_interval_bytes > 0),
             (
                 "unsynced_bytes_max (at least two write buffers)",
-                self.unsynced_bytes_max >= 2 * self.write_buffer_size_bytes as u64,
+                // The largest single write (a large frame's buffer, `log::LARGE_FRAME_BUFFERS`
+                // write buffers) must fit under the bound, or `Writer::bound_unsynced` could
+                // never admit it (it would loop without yielding, hanging the shard).
+                self.unsynced_bytes_max
+                    >= (2 * self.write_buffer_size_bytes)
+                        .max(log::LARGE_FRAME_BUFFERS * self.write_buffer_size_bytes)
+                        as u64,
             ),
             ("preallocate_bytes", self.preallocate_bytes.is_multiple_of(block)),
         ];

@@ -243,6 +243,10 @@ impl Staging {
     pub(crate) fn staged_bytes(&self) -> usize {
         self.bytes
     }
+    /// What the spare staged batches and slice lists hold (`spare`).
+    pub(crate) fn spare_bytes(&self) -> usize {
+        self.spare_bytes
+    }
     pub(crate) fn staged_partitions(&self) -> usize {
         self.topics.values().map(|t| t.staged).sum()
     }

@@ -1010,6 +1010,7 @@ fn metrics(shard: &Shard) -> ShardMetrics {
         buffer_pool: kappa_storage::pool::stats(),
         staged_bytes: shard.staging.borrow().staged_bytes() as u64,
         staged_partitions: shard.staging.borrow().staged_partitions() as u64,
+        staged_spare_bytes: shard.staging.borrow().spare_bytes() as u64,
         stage_flushes: shard.staging.borrow().flushes,
         late_probes: 0,
         watchdog: Default::default(), // filled in by `Engine::metrics`

@@ -399,7 +399,9 @@ const MIN_BUFFER: usize = 64 * 1024;
 
 /// The most write buffers' worth one buffer takes to hold the rest of a large frame (see
 /// `WriteBuffer::materialize`): a frame up to twice `write_buffer_size_bytes` is one write.
-const LARGE_FRAME_BUFFERS: usize = 2;
+/// `LogConfig::validate` keeps `unsynced_bytes_max` at least this many write buffers: a write
+/// larger than the unsynced bound could never be admitted (`Writer::bound_unsynced`).
+pub(crate) const LARGE_FRAME_BUFFERS: usize = 2;
 
 impl PendingFrame {
     fn readable(&self) -> Readable {

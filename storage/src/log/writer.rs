@@ -418,7 +418,12 @@ impl Writer {
         if self.allocated != size {
             self.file.truncate(size).await.map_err(|e| ("truncate", self.path.clone(), e))?;
         }
+        // Observability only: the latency is recorded, never used to decide anything.
+        #[allow(clippy::disallowed_methods)]
+        let started = std::time::Instant::now();
         self.file.fdatasync().await.map_err(|e| ("fdatasync", self.path.clone(), e))?;
+        // Counted in `fsync_count`, so recorded with the others (`fsync_latency_ns`).
+        record_fsync_latency(started.elapsed().as_nanos() as u64);
         {
             let mut st = self.shared.state.borrow_mut();
             st.fsync_count += 1;

@@ -358,3 +358,65 @@ fn keys_route_the_same_through_the_accumulator_after_the_topic_grew() {
         assert_eq!(ack.partition, direct.partition, "record {i}");
     }
 }
+
+/// The accumulator's spare buffers count against `staged_bytes_max` with the staged bytes: a
+/// burst of small staged batches (each reserving what this shard's batches usually hold) leaves
+/// its buffers as spares at the flush, and staging into one batch afterwards crowds spares out.
+/// Without the bound the spares of one burst alone hold several times `staged_bytes_max`.
+#[test]
+fn spare_buffers_stay_within_the_staged_bound() {
+    let max = 256 * 1024;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = engine_with(dir.path(), |c| c.staged_bytes_max = max);
+    engine.create_topic("t", TopicConfig::new(64)).expect("topic");
+    let producer = engine.producer().with_linger(Duration::from_secs(600));
+    let within_bound = |when: &str| {
+        for m in engine.metrics().expect("metrics") {
+            assert!(
+                m.staged_bytes + m.staged_spare_bytes <= max as u64,
+                "{when}: shard {}: {} staged + {} spare > {max}",
+                m.shard,
+                m.staged_bytes,
+                m.staged_spare_bytes
+            );
+        }
+    };
+    // Batches of about 20 KB: what a staged batch reserves from now on.
+    for p in 0..32u64 {
+        let mut batch = ProducerBatch::new();
+        for _ in 0..20 {
+            batch.push(Some(format!("p{p}").as_bytes()), &[1u8; 1000], None);
+        }
+        producer.submit_each("t", batch).expect("submit");
+    }
+    producer.flush().expect("flush");
+    within_bound("after the first flush");
+    // A burst of tiny records over every partition: 64 staged batches of a few hundred bytes,
+    // each reserving about 20 KB; the flush makes them spares.
+    let mut batch = ProducerBatch::new();
+    for i in 0..2_000 {
+        batch.push(Some(&key(i)), b"tiny", None);
+    }
+    let acks = producer.submit_each("t", batch).expect("submit");
+    within_bound("after the burst is staged");
+    producer.flush().expect("flush");
+    acks.wait().expect("acked");
+    within_bound("after the burst is flushed");
+    let spares: u64 = engine.metrics().expect("metrics").iter().map(|m| m.staged_spare_bytes).sum();
+    assert!(spares > 0, "the flushes kept spares");
+    // Staging 200 KB into one batch crowds the spares out.
+    let big = engine.producer().with_linger(Duration::from_secs(600)).with_batch_size(1 << 20);
+    let mut batch = ProducerBatch::new();
+    for _ in 0..200 {
+        batch.push(Some(b"big"), &[2u8; 1000], None);
+    }
+    let acks = big.submit_each("t", batch).expect("submit");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while engine.metrics().expect("metrics").iter().all(|m| m.staged_bytes < 200_000) {
+        assert!(std::time::Instant::now() < deadline, "the big batch was never staged");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    within_bound("after the big batch is staged");
+    engine.shutdown().expect("shutdown");
+    acks.wait().expect("acked");
+}

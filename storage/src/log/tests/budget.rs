@@ -94,3 +94,29 @@ fn while_a_log_write_is_in_flight_replay_keeps_one_read_in_flight() {
         log.close().await.expect("close");
     });
 }
+
+/// Review 21 (hostile): the count of log writes in flight (`writes_pending`, which makes replay
+/// hand the reactor turns) returns to zero after a failed write fences a log, and after a log is
+/// closed with writes still in flight: a count left above zero would tax replay forever.
+#[test]
+fn a_failed_write_or_a_close_with_writes_in_flight_leaves_no_write_pending() {
+    run(async {
+        let sim = SimDisk::new(13);
+        let log = slow_log(&sim).await;
+        sim.fail_next(crate::io::FaultKind::WriteEio);
+        let record = [Record::new(0, None, b"x")];
+        log.append(&record, Durability::Written).await.expect_err("the write failed");
+        let _ = log.close().await;
+        assert_eq!(crate::writes_pending(), 0, "after a failed write");
+
+        let log = slow_log(&SimDisk::new(14)).await;
+        for _ in 0..20 {
+            log.append(&record, Durability::None).await.expect("append");
+        }
+        // The writer submits (the simulated writes take 3 ms).
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+        assert!(crate::writes_pending() > 0, "writes were in flight at the close");
+        log.close().await.expect("close");
+        assert_eq!(crate::writes_pending(), 0, "after a close with writes in flight");
+    });
+}

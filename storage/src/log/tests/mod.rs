@@ -669,3 +669,19 @@ fn fsync_latency_is_one_histogram_per_thread() {
         assert_eq!(latency.len(), syncs, "every sync of every log, closed ones included");
     });
 }
+
+/// Review 21: the fdatasync of a segment roll is counted in `fsync_count` and recorded in the
+/// thread's latency histogram like every other (it was counted but not recorded).
+#[test]
+fn a_rolls_fdatasync_is_in_the_latency_histogram() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    run(async {
+        let log = PartitionLog::open(dir.path(), small_config()).await.expect("open");
+        fill(&log, 40, 25, Durability::Written).await;
+        assert!(log.segments().len() >= 3, "segments rolled: {}", log.segments().len());
+        log.close().await.expect("close");
+        let syncs = log.stats().fsync_count;
+        let latency = fsync_latency_ns().expect("a histogram");
+        assert_eq!(latency.len(), syncs, "every fdatasync counted is recorded");
+    });
+}

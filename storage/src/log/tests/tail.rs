@@ -124,3 +124,90 @@ fn preallocation_runs_ahead_of_the_writes() {
         log.close().await.expect("close");
     });
 }
+
+/// Review 21 (hostile): frames larger than a write buffer (one write of up to two buffers, and
+/// frames past two buffers) under the tightest unsynced bound `validate` allows (two write
+/// buffers), with a slow fdatasync, cut by power at seeded points: the writer never leaves more
+/// than the bound unsynced (and never stalls on a write as large as the bound), and every reopen
+/// tells the torn tail from corruption (no refusal) and keeps every `synced` record.
+#[test]
+fn large_frames_under_the_tightest_unsynced_bound_survive_power_cuts() {
+    let dir = std::path::PathBuf::from("/data/topics/t/0");
+    for seed in 0..12u64 {
+        let faults = crate::io::FaultOptions {
+            freeze_after_ops: Some(15 + seed * 29 % 60),
+            fsync_latency: std::time::Duration::from_millis(2),
+            ..Default::default()
+        };
+        let sim = SimDisk::with_faults(seed, faults);
+        let base = config(&sim);
+        let config = LogConfig {
+            unsynced_bytes_max: (crate::log::LARGE_FRAME_BUFFERS * base.write_buffer_size_bytes)
+                as u64,
+            preallocate_bytes: 64 * 1024,
+            ..base
+        };
+        config.validate().expect("the tightest bound validate allows");
+        let synced = run(async {
+            let Ok(log) = PartitionLog::open(&dir, config.clone()).await else { return 0 };
+            let mut synced = 0;
+            'rounds: for round in 0..12u64 {
+                for (per_batch, durability) in [
+                    (130, Durability::Written),
+                    (400, Durability::Written),
+                    (150, Durability::Synced),
+                ] {
+                    let offset = log.end_offset();
+                    let values: Vec<Vec<u8>> = (0..per_batch)
+                        .map(|i| value_for(offset + i, 100 + ((i + round) as usize % 50)))
+                        .collect();
+                    let keys: Vec<String> =
+                        (0..per_batch).map(|i| format!("key-{}", (offset + i) % 7)).collect();
+                    let records: Vec<Record<'_>> = values
+                        .iter()
+                        .zip(&keys)
+                        .enumerate()
+                        .map(|(i, (v, k))| {
+                            Record::new(1_000 + (offset + i as u64) as i64, Some(k.as_bytes()), v)
+                        })
+                        .collect();
+                    match log.append(&records, durability).await {
+                        Ok(_) if durability == Durability::Synced => synced = log.end_offset(),
+                        Ok(_) => {}
+                        Err(_) => break 'rounds,
+                    }
+                    let peak = log.stats().unsynced_bytes_peak;
+                    assert!(peak <= config.unsynced_bytes_max, "seed {seed}: {peak} unsynced");
+                }
+            }
+            synced
+        });
+        let after = sim.power_cut(seed);
+        let config = LogConfig { disk: Disk::Sim(after), ..config };
+        run(async {
+            let log = match PartitionLog::open(&dir, config).await {
+                Ok(log) => log,
+                Err(e) => panic!("seed {seed}: refused after a power cut: {e}"),
+            };
+            let end = log.end_offset();
+            assert!(end >= synced, "seed {seed}: synced records lost: end {end} < {synced}");
+            assert_eq!(read_all(&log, Seek::Beginning).await, (0..end).collect::<Vec<_>>());
+            log.close().await.expect("close");
+        });
+    }
+}
+
+/// The largest single write (a large frame's buffer: `LARGE_FRAME_BUFFERS` write buffers) must
+/// fit under the unsynced bound, or the writer could never admit it: `validate` refuses a bound
+/// below it (with `LARGE_FRAME_BUFFERS` at 3 and the old two-buffer check, the writer looped in
+/// `bound_unsynced` without yielding on the first such frame).
+#[test]
+fn the_unsynced_bound_admits_the_largest_write() {
+    let base = small_config();
+    let wb = base.write_buffer_size_bytes;
+    let largest = (crate::log::LARGE_FRAME_BUFFERS * wb) as u64;
+    let config = LogConfig { unsynced_bytes_max: largest, ..base.clone() };
+    config.validate().expect("a bound of the largest write");
+    let config = LogConfig { unsynced_bytes_max: largest - crate::io::BLOCK_SIZE as u64, ..base };
+    assert!(config.validate().is_err(), "a bound below the largest write is refused");
+}
