@@ -51,11 +51,7 @@ fn a_frame_larger_than_the_write_buffer_is_one_write() {
         }
         // Larger than two buffers: still written whole, in more than one write.
         fill(&log, 1, 400, Durability::Written).await;
-        let end = log.end_offset();
-        log.close().await.expect("close");
-        let log = PartitionLog::open(dir.path(), config.clone()).await.expect("reopen");
-        assert_eq!(read_all(&log, Seek::Beginning).await, (0..end).collect::<Vec<u64>>());
-        log.close().await.expect("close");
+        close_reopen_and_read_all(log, dir.path(), &config).await;
     });
 }
 
@@ -117,11 +113,7 @@ fn preallocation_runs_ahead_of_the_writes() {
                 active.size_bytes
             );
         }
-        let end = log.end_offset();
-        log.close().await.expect("close");
-        let log = PartitionLog::open(dir.path(), config.clone()).await.expect("reopen");
-        assert_eq!(read_all(&log, Seek::Beginning).await, (0..end).collect::<Vec<u64>>());
-        log.close().await.expect("close");
+        close_reopen_and_read_all(log, dir.path(), &config).await;
     });
 }
 
@@ -184,16 +176,7 @@ fn large_frames_under_the_tightest_unsynced_bound_survive_power_cuts() {
         });
         let after = sim.power_cut(seed);
         let config = LogConfig { disk: Disk::Sim(after), ..config };
-        run(async {
-            let log = match PartitionLog::open(&dir, config).await {
-                Ok(log) => log,
-                Err(e) => panic!("seed {seed}: refused after a power cut: {e}"),
-            };
-            let end = log.end_offset();
-            assert!(end >= synced, "seed {seed}: synced records lost: end {end} < {synced}");
-            assert_eq!(read_all(&log, Seek::Beginning).await, (0..end).collect::<Vec<_>>());
-            log.close().await.expect("close");
-        });
+        reopens_with_every_synced_record(&dir, config, seed, synced);
     }
 }
 

@@ -327,16 +327,7 @@ fn power_cuts_around_watermark_writes_never_refuse_and_keep_synced_records() {
         watermark_writes += sim.fsync_count(&watermark::path(&dir));
         let after = sim.power_cut(seed);
         let config = LogConfig { disk: Disk::Sim(after), ..config };
-        run(async {
-            let log = match PartitionLog::open(&dir, config).await {
-                Ok(log) => log,
-                Err(e) => panic!("seed {seed}: refused after a power cut: {e}"),
-            };
-            let end = log.end_offset();
-            assert!(end >= synced, "seed {seed}: synced records lost: end {end} < {synced}");
-            assert_eq!(read_all(&log, Seek::Beginning).await, (0..end).collect::<Vec<_>>());
-            log.close().await.expect("close");
-        });
+        reopens_with_every_synced_record(&dir, config, seed, synced);
     }
     assert!(watermark_writes > 10, "the rounds wrote the watermark only {watermark_writes} times");
 }
