@@ -100,18 +100,7 @@ impl Engine {
     pub fn delete_topic(&self, name: &str) -> Result<(), Error> {
         let _meta = self.inner.lock_meta();
         let topic = self.inner.topic(name)?;
-        let readers: Vec<String> = self
-            .inner
-            .views
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .filter(|(_, entry)| entry.topic == name)
-            .map(|(view, _)| view.clone())
-            .collect();
-        if !readers.is_empty() {
-            return Err(Error::TopicInUse { topic: name.to_string(), views: readers });
-        }
+        self.refuse_if_views_read(name)?;
         let (disk, data_dir) = (self.inner.disk(), &self.inner.config.data_dir);
         meta::mark_deleting(disk, data_dir, name)?;
         self.inner.topics.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(name);
@@ -158,18 +147,7 @@ impl Engine {
                 ),
             });
         }
-        let readers: Vec<String> = self
-            .inner
-            .views
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .filter(|(_, entry)| entry.topic == name)
-            .map(|(view, _)| view.clone())
-            .collect();
-        if !readers.is_empty() {
-            return Err(Error::TopicInUse { topic: name.to_string(), views: readers });
-        }
+        self.refuse_if_views_read(name)?;
         let mut config = meta.config.clone();
         config.key_partitions = Some(meta.config.key_partition_count());
         config.partitions = partitions;
@@ -330,5 +308,20 @@ impl Engine {
             });
         }
         Ok(meta)
+    }
+
+    /// `TopicInUse`, naming the views, when any view reads topic `name`: deleting or growing a
+    /// topic under a view would change what the view folds.
+    fn refuse_if_views_read(&self, name: &str) -> Result<(), Error> {
+        let views = self.inner.views.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let readers: Vec<String> = views
+            .iter()
+            .filter(|(_, entry)| entry.topic == name)
+            .map(|(view, _)| view.clone())
+            .collect();
+        if readers.is_empty() {
+            return Ok(());
+        }
+        Err(Error::TopicInUse { topic: name.to_string(), views: readers })
     }
 }
