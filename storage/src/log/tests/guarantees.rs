@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use super::*;
-use crate::io::{Disk, FaultKind, SimDisk};
+use crate::io::{Disk, FaultKind, FaultOptions, SimDisk};
 use crate::ProducerInfo;
 
 /// A config on a fresh simulated disk.
@@ -653,4 +653,64 @@ fn a_log_on_the_simulated_disk_survives_a_power_cut_after_a_clean_close() {
             log.close().await.expect("close");
         });
     }
+}
+
+/// A preallocation that fails (the disk is nearly full) costs only the optimisation: the log goes
+/// on writing into the space left, the write that does not fit fences the log with the disk's own
+/// error (ENOSPC), and every acknowledged record is there after a reopen.
+#[test]
+fn a_failed_preallocation_costs_only_the_optimisation() {
+    let sim = SimDisk::new(31);
+    // Room for the first reservation (32 KiB) and about 16 KiB more: the extension that starts
+    // once half of the reservation is written asks for 32 KiB past the writes, and fails.
+    sim.set_faults(FaultOptions { capacity_bytes: Some(48 * 1024), ..FaultOptions::default() });
+    let config = LogConfig { segment_size_bytes_max: 1 << 20, ..sim_config(&sim) };
+    let (acked, acked_at_first_fault) = run(async {
+        let log = PartitionLog::open(&sim_dir(), config.clone()).await.expect("open");
+        let mut acked_at_first_fault = None;
+        let mut acked = 0;
+        let error = loop {
+            if acked_at_first_fault.is_none() && !sim.faults().is_empty() {
+                acked_at_first_fault = Some(acked);
+            }
+            let base = log.end_offset();
+            let values: Vec<Vec<u8>> = (0..10).map(|i| value_for(base + i, 100)).collect();
+            let keys: Vec<String> = (0..10).map(|i| format!("key-{}", (base + i) % 7)).collect();
+            let records: Vec<Record<'_>> = (0..10)
+                .map(|i| {
+                    let offset = base + i as u64;
+                    Record::new(1_000 + offset as i64, Some(keys[i].as_bytes()), &values[i])
+                })
+                .collect();
+            match log.append(&records, Durability::Synced).await {
+                Ok(info) => {
+                    assert_eq!(info.base_offset, base);
+                    acked = info.last_offset + 1;
+                }
+                Err(error) => break error,
+            }
+            assert!(base < 10_000, "the disk never filled up");
+        };
+        match &error {
+            Error::Fenced { cause: "write", source, .. } => {
+                assert_eq!(source.raw_os_error(), Some(28), "the disk's own reason: {error}")
+            }
+            other => panic!("wrong error: {other}"),
+        }
+        let _ = log.close().await;
+        (acked, acked_at_first_fault.expect("a preallocation failed"))
+    });
+    let faults = sim.faults();
+    assert_eq!(faults[0].kind, FaultKind::NoSpace, "{faults:?}");
+    assert!(
+        acked >= acked_at_first_fault + 50,
+        "appends stopped at the failed preallocation: {acked} acknowledged, {acked_at_first_fault} \
+         when it failed"
+    );
+    sim.set_faults(FaultOptions::default());
+    run(async {
+        let log = PartitionLog::open(&sim_dir(), config).await.expect("reopen");
+        assert_eq!(read_all(&log, Seek::Beginning).await, (0..acked).collect::<Vec<_>>());
+        log.close().await.expect("close");
+    });
 }
