@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use kappa_engine::operator::{Aggregate, Window};
-use kappa_engine::{Durability, Engine, ProducerBatch, TopicConfig, ViewDef};
-use kappa_storage::MIB;
+use kappa_engine::{Durability, Engine, ProducerBatch, ReplayConfig, TopicConfig, ViewDef};
+use kappa_storage::{LogConfig, KIB, MIB};
 use serde::Serialize;
 
 use crate::limit::{Shape, Sweep};
@@ -31,6 +31,15 @@ pub struct Args {
     /// Replays per record size, each after a raw read.
     #[arg(long, default_value_t = crate::run::PAIRS_MIN)]
     pairs: usize,
+    /// The size of one replay read in KiB (`LogConfig::read_buffer_size_bytes`; a read ends on a
+    /// frame boundary, so with frames larger than half of it a read is one frame). Default: the
+    /// log's own.
+    #[arg(long)]
+    read_size_kib: Option<usize>,
+    /// Replay reads in flight on the shard (`ReplayConfig::read_ahead_max`, the ceiling of the
+    /// shard's shared replay read budget). Default: the engine's own.
+    #[arg(long)]
+    read_ahead: Option<usize>,
 }
 
 const KEYS: u64 = 100;
@@ -79,6 +88,9 @@ struct Report {
     machine: Machine,
     sweep: Sweep,
     read_shape: Shape,
+    /// The engine's replay reads: read size (`LogConfig::read_buffer_size_bytes`) x the shard's
+    /// replay read budget (`ReplayConfig::read_ahead_max`).
+    engine_read_shape: Shape,
     sizes: Vec<BySize>,
     /// Replay records/s by shard count (one shard today; the scaling scenario adds more).
     records_per_s_by_shards: Vec<ScalingPoint>,
@@ -88,6 +100,21 @@ struct Report {
 pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
     let quick = args.common.quick;
     let (size_mib, pairs) = if quick { (64, 2) } else { (args.size_mib, args.pairs.max(1)) };
+    let log_config = LogConfig {
+        read_buffer_size_bytes: args
+            .read_size_kib
+            .map_or(LogConfig::default().read_buffer_size_bytes, |kib| kib * KIB as usize),
+        ..LogConfig::default()
+    };
+    log_config.validate().map_err(|e| anyhow::anyhow!("--read-size-kib: {e}"))?;
+    let replay_config = ReplayConfig {
+        read_ahead_max: args.read_ahead.unwrap_or(ReplayConfig::default().read_ahead_max),
+        ..ReplayConfig::default()
+    };
+    anyhow::ensure!(replay_config.read_ahead_max > 0, "--read-ahead must be at least 1");
+    let engine_read_shape =
+        Shape::new(log_config.read_buffer_size_bytes, replay_config.read_ahead_max);
+    eprintln!("replay scenario: engine reads {}", engine_read_shape.label());
     let temp = args.common.scratch("replay")?;
     let machine = Machine::probe(temp.path());
     let (sweep_size, repeats) = crate::limit::sweep_plan(quick);
@@ -110,6 +137,7 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
         let paired = value_bytes >= 1024;
         let by_size = replay_size(
             &temp.path().join(format!("v{value_bytes}")),
+            (&log_config, replay_config),
             value_bytes,
             size_mib * MIB,
             pairs,
@@ -126,6 +154,7 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
         scenario: "replay",
         machine,
         read_shape,
+        engine_read_shape,
         sweep,
         sizes,
         records_per_s_by_shards,
@@ -190,12 +219,18 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
 /// `raw` names the file and shape to read.
 fn replay_size(
     dir: &std::path::Path,
+    (log_config, replay_config): (&LogConfig, ReplayConfig),
     value_bytes: usize,
     size_bytes: u64,
     pairs: usize,
     raw: Option<(&std::path::Path, Shape)>,
 ) -> anyhow::Result<BySize> {
-    let engine = Engine::builder().data_dir(dir).shards(1).build()?;
+    let engine = Engine::builder()
+        .data_dir(dir)
+        .shards(1)
+        .log_config(log_config.clone())
+        .replay(replay_config)
+        .build()?;
     engine.create_topic("replay", TopicConfig::new(1))?;
     let record_bytes = (value_bytes + 8) as u64;
     let records = size_bytes / record_bytes;

@@ -13,12 +13,18 @@
 //! timing measures the host's write cache on the development machines). Beside them, appends timed
 //! to their last acknowledgement against raw writes timed to their last completed write, the best
 //! shape of each timing. The scan and the raw read both exclude open and close.
+//!
+//! Settings to compare run in the same rounds, beside the figures' own: `--scan-shapes` scans the
+//! same log in each read shape, `--unsynced-mib` appends `written` under each unsynced bound
+//! (with the fdatasyncs each run issued), the order turning every round; each is reported against
+//! the same raw limit and against the first setting of its round (`scan_shapes`,
+//! `unsynced_bounds`), without a verdict unless it is the first.
 
 use std::path::Path;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use kappa_storage::{Durability, LogConfig, PartitionLog, Record, Seek, MIB};
+use kappa_storage::{Durability, LogConfig, PartitionLog, Record, Seek, KIB, MIB};
 use serde::Serialize;
 
 use crate::limit::{RawWrite, Shape, Sweep};
@@ -36,6 +42,28 @@ pub struct Args {
     /// Rounds of (raw, engine) pairs.
     #[arg(long, default_value_t = crate::run::PAIRS_MIN)]
     pairs: usize,
+    /// Read shapes of the scan, as KIBxDEPTH (`LogConfig::read_buffer_size_bytes` in KiB x
+    /// `read_ahead_max`), comma separated: each round scans the same log once in each, the order
+    /// turning by one each round; the first is the scan figure's. Default: the log's own.
+    #[arg(long, value_delimiter = ',', value_parser = parse_read_shape)]
+    scan_shapes: Vec<Shape>,
+    /// Unsynced bounds (`LogConfig::unsynced_bytes_max`) of the append `written` phase, in MiB,
+    /// comma separated: each round appends once with each, the order turning by one each round;
+    /// the first is the figure's (and the raw "synced as the log" run's). Default: the log's own.
+    #[arg(long, value_delimiter = ',')]
+    unsynced_mib: Vec<u64>,
+}
+
+/// `KIBxDEPTH`, e.g. `1024x16`: a read size in KiB (a multiple of 4) and reads in flight.
+fn parse_read_shape(s: &str) -> Result<Shape, String> {
+    let (kib, depth) =
+        s.split_once('x').ok_or_else(|| format!("{s:?}: expected KIBxDEPTH, e.g. 1024x16"))?;
+    let kib: usize = kib.trim().parse().map_err(|e| format!("{s:?}: read size: {e}"))?;
+    let depth: usize = depth.trim().parse().map_err(|e| format!("{s:?}: depth: {e}"))?;
+    if kib == 0 || !kib.is_multiple_of(4) || depth == 0 {
+        return Err(format!("{s:?}: the size must be a positive multiple of 4 KiB, the depth > 0"));
+    }
+    Ok(Shape::new(kib * KIB as usize, depth))
 }
 
 /// Value bytes of one record ("1 KiB records").
@@ -62,6 +90,8 @@ struct Report {
     write_shape_to_last_write: Shape,
     read_shape: Shape,
     rounds: Vec<Round>,
+    /// Per round, every scan shape's and unsynced bound's run (`scan_shapes`, `unsynced_bounds`).
+    round_variants: Vec<RoundVariants>,
     /// The targets: appends timed through the log's close against raw writes timed through their
     /// fdatasync and close.
     append_written_through_fdatasync: PairedRatio,
@@ -78,8 +108,26 @@ struct Report {
     append_written_vs_raw_synced_as_log: PairedRatio,
     append_synced_vs_raw_synced_as_log: PairedRatio,
     raw_synced_as_log_shape: Shape,
+    /// The scan's read shapes (the first is `scan`'s), each against the same raw reads, and
+    /// against the first shape's scan of the same round.
+    scan_shapes: Vec<Variant<Shape>>,
+    /// The unsynced bounds of the append `written` phase (the first is
+    /// `append_written_through_fdatasync`'s), each against the same raw writes, and against the
+    /// first bound's run of the same round.
+    unsynced_bounds: Vec<Variant<u64>>,
     timing: &'static str,
     notes: &'static str,
+}
+
+/// One setting measured in every round beside the others (a scan shape, an unsynced bound).
+#[derive(Debug, Serialize)]
+struct Variant<T> {
+    setting: T,
+    label: String,
+    /// Against the round's raw limit (read, or write through fdatasync).
+    vs_limit: PairedRatio,
+    /// Against the first setting's run of the same round (1 for the first).
+    vs_first: PairedRatio,
 }
 
 /// One round, in the order it ran.
@@ -97,6 +145,15 @@ struct Round {
     append_synced: AppendRun,
 }
 
+/// What varies between runs of a round besides the figures' own settings (`Args`).
+#[derive(Debug, Clone, Serialize)]
+struct RoundVariants {
+    /// Scan MB/s in each of `Report::scan_shapes`, in that order (not the order they ran).
+    scan_mb_s: Vec<f64>,
+    /// Append `written` in each of `Report::unsynced_bounds`, in that order.
+    append_written: Vec<AppendRun>,
+}
+
 /// One append phase, both timings of the same run.
 #[derive(Debug, Clone, Copy, Serialize)]
 struct AppendRun {
@@ -104,31 +161,58 @@ struct AppendRun {
     to_last_ack_mb_s: f64,
     /// From the first append to the completed close (last write, final fdatasync, watermark).
     through_close_mb_s: f64,
+    /// fdatasyncs the log issued (its close's included) and their summed latency.
+    fdatasyncs: u64,
+    fdatasync_ms: f64,
+    /// The most bytes written and not yet synced at once (`LogStats::unsynced_bytes_peak`).
+    unsynced_bytes_peak: u64,
 }
 
 pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
     let quick = args.common.quick;
     let (size_mib, pairs) = if quick { (64, 2) } else { (args.size_mib, args.pairs.max(1)) };
     let size_bytes = size_mib * MIB;
+    let defaults = LogConfig::default();
+    let scan_shapes = if args.scan_shapes.is_empty() {
+        vec![crate::limit::engine_read_shape()]
+    } else {
+        args.scan_shapes.clone()
+    };
+    let bounds: Vec<u64> = if args.unsynced_mib.is_empty() {
+        vec![defaults.unsynced_bytes_max]
+    } else {
+        args.unsynced_mib.iter().map(|mib| mib * MIB).collect()
+    };
+    for &bound in &bounds {
+        LogConfig { unsynced_bytes_max: bound, ..LogConfig::default() }
+            .validate()
+            .map_err(|e| anyhow::anyhow!("--unsynced-mib {}: {e}", bound / MIB))?;
+    }
     let temp = args.common.scratch("storage")?;
     let dir = temp.path().to_path_buf();
     let machine = Machine::probe(&dir);
     eprintln!(
-        "storage scenario: {size_mib} MiB per phase, {pairs} round(s), data in {} ({})",
+        "storage scenario: {size_mib} MiB per phase, {pairs} round(s), data in {} ({}); scan \
+         shapes {}; unsynced bounds {} MiB",
         dir.display(),
-        machine.file_system
+        machine.file_system,
+        scan_shapes.iter().map(Shape::label).collect::<Vec<_>>().join(", "),
+        bounds.iter().map(|b| (b / MIB).to_string()).collect::<Vec<_>>().join(", "),
     );
 
+    let settings = Settings { scan_shapes: scan_shapes.clone(), bounds: bounds.clone() };
     let (sweep, rounds) = crate::on_executor("bench-storage", 64 << 20, move || async move {
         let (sweep_size, repeats) = crate::limit::sweep_plan(quick);
         let sweep = crate::limit::sweep(&dir, sweep_size, quick, repeats, true).await?;
         let mut rounds = Vec::new();
         for round in 0..pairs {
-            let r = measure_round(
+            let (r, v) = measure_round(
                 &dir,
                 size_bytes,
                 (sweep.best_write_synced, sweep.best_write),
                 sweep.best_read,
+                &settings,
+                round,
             )
             .await?;
             eprintln!(
@@ -146,10 +230,35 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
                 r.raw_read_mb_s,
                 r.scan_mb_s
             );
-            rounds.push(r);
+            if settings.scan_shapes.len() > 1 {
+                eprintln!(
+                    "    scan by shape: {}",
+                    (settings.scan_shapes.iter().zip(&v.scan_mb_s))
+                        .map(|(s, mb_s)| format!("{} {mb_s:.0}", s.label()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            eprintln!(
+                "    append written by unsynced bound: {}",
+                (settings.bounds.iter().zip(&v.append_written))
+                    .map(|(b, a)| format!(
+                        "{} MiB {:.0} MB/s through close ({:.0} to last ack), {} fdatasyncs \
+                         ({:.0} ms)",
+                        b / MIB,
+                        a.through_close_mb_s,
+                        a.to_last_ack_mb_s,
+                        a.fdatasyncs,
+                        a.fdatasync_ms
+                    ))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
+            rounds.push((r, v));
         }
         anyhow::Ok((sweep, rounds))
     })?;
+    let (rounds, round_variants): (Vec<Round>, Vec<RoundVariants>) = rounds.into_iter().unzip();
 
     let mut written = Pairs::default();
     let mut synced = Pairs::default();
@@ -168,6 +277,25 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
         synced_last.push(r.raw_write_to_last_write.mb_s, r.append_synced.to_last_ack_mb_s);
         scan.push(r.raw_read_mb_s, r.scan_mb_s);
     }
+    let variants = |count: usize,
+                    limit: &dyn Fn(&Round) -> f64,
+                    value: &dyn Fn(&RoundVariants, usize) -> f64|
+     -> Vec<(PairedRatio, PairedRatio)> {
+        (0..count)
+            .map(|i| {
+                let (mut vs_limit, mut vs_first) = (Pairs::default(), Pairs::default());
+                for (r, v) in rounds.iter().zip(&round_variants) {
+                    vs_limit.push(limit(r), value(v, i));
+                    vs_first.push(value(v, 0), value(v, i));
+                }
+                (vs_limit.summary(), vs_first.summary())
+            })
+            .collect()
+    };
+    let scan_variants = variants(scan_shapes.len(), &|r| r.raw_read_mb_s, &|v, i| v.scan_mb_s[i]);
+    let bound_variants = variants(bounds.len(), &|r| r.raw_write.with_fdatasync_mb_s, &|v, i| {
+        v.append_written[i].through_close_mb_s
+    });
     let report = Report {
         scenario: "storage",
         machine,
@@ -179,6 +307,7 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
         read_shape: sweep.best_read,
         sweep,
         rounds: rounds.clone(),
+        round_variants,
         append_written_through_fdatasync: written.summary(),
         append_synced_through_fdatasync: synced.summary(),
         append_written_to_last_write: written_last.summary(),
@@ -187,6 +316,22 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
         append_written_vs_raw_synced_as_log: written_vs_synced_raw.summary(),
         append_synced_vs_raw_synced_as_log: synced_vs_synced_raw.summary(),
         raw_synced_as_log_shape: synced_as_log_shape(),
+        scan_shapes: (scan_shapes.iter().zip(scan_variants))
+            .map(|(shape, (vs_limit, vs_first))| Variant {
+                setting: *shape,
+                label: shape.label(),
+                vs_limit,
+                vs_first,
+            })
+            .collect(),
+        unsynced_bounds: (bounds.iter().zip(bound_variants))
+            .map(|(bound, (vs_limit, vs_first))| Variant {
+                setting: *bound,
+                label: format!("unsynced_bytes_max {} MiB", bound / MIB),
+                vs_limit,
+                vs_first,
+            })
+            .collect(),
         timing: "Targets (*_through_fdatasync): appends timed from the first append to the \
                  completed close of the log (last write, final fdatasync, watermark), raw writes \
                  from the first submission to the completed fdatasync and close, in the best shape \
@@ -196,7 +341,10 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
                  side is partly the host's memory. Scan and raw read exclude open and close.",
         notes: "MB = 10^6 bytes. Append and scan rates count record key+value bytes only (the log \
                 writes ~4% more: Kafka varints, directory, frame header), so ratios are conservative. \
-                Raw runs use the best shape of the sweep; appends come from 16 concurrent appenders.",
+                Raw runs use the best shape of the sweep; appends come from 16 concurrent appenders. \
+                A scan read ends on a frame boundary (`reader::cursor::boundary_in`): with frames \
+                of 512 records (~0.54 MB) every read of 256 KiB to 1 MiB is one frame, so the read \
+                shapes differ there by their depth.",
     };
     let mut outcome = Outcome::new("storage", serde_json::to_value(&report)?);
     let raw_writes: Vec<f64> = rounds.iter().map(|r| r.raw_write.with_fdatasync_mb_s).collect();
@@ -231,17 +379,43 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
     ] {
         f.push(Figure::paired("storage", name, "MB/s", &last_write_limit, paired, 0.0).no_target());
     }
+    // The other settings compared in the same rounds, without a verdict.
+    for v in report.scan_shapes.iter().skip(1) {
+        let name = format!("scan, reads {}", v.label);
+        f.push(Figure::paired("storage", &name, "MB/s", &read_limit, &v.vs_limit, 0.0).no_target());
+    }
+    for v in report.unsynced_bounds.iter().skip(1) {
+        let name = format!("append written (1 KiB), through close, {}", v.label);
+        f.push(
+            Figure::paired("storage", &name, "MB/s", &write_limit, &v.vs_limit, 0.0).no_target(),
+        );
+    }
     Ok(outcome)
 }
 
+/// The settings each round measures beside each other (`Args::scan_shapes`, `unsynced_mib`).
+struct Settings {
+    scan_shapes: Vec<Shape>,
+    bounds: Vec<u64>,
+}
+
+/// `0..n` turned by `round`: each setting goes first in turn, so none always runs in the same
+/// minute of the round.
+fn turned(n: usize, round: usize) -> impl Iterator<Item = usize> {
+    (0..n).map(move |i| (i + round) % n.max(1))
+}
+
 /// One round: raw write and read (the limits), then the engine phases right after them.
-/// `write_shapes`: the best through the fdatasync, and the best to the last write.
+/// `write_shapes`: the best through the fdatasync, and the best to the last write. Each setting of
+/// `settings` runs once, in an order turned by `round`.
 async fn measure_round(
     dir: &Path,
     size_bytes: u64,
     write_shapes: (Shape, Shape),
     read_shape: Shape,
-) -> anyhow::Result<Round> {
+    settings: &Settings,
+    round: usize,
+) -> anyhow::Result<(Round, RoundVariants)> {
     let raw = dir.join("raw.bin");
     let raw_write = crate::limit::raw_write(&raw, size_bytes, write_shapes.0).await?;
     let raw_read_mb_s = crate::limit::raw_read(&raw, size_bytes, read_shape).await?;
@@ -253,34 +427,53 @@ async fn measure_round(
         std::fs::remove_file(&raw)?;
         run
     };
-    let raw_write_synced_as_log = crate::limit::raw_write_synced(
-        &raw,
-        size_bytes,
-        synced_as_log_shape(),
-        LogConfig::default().unsynced_bytes_max,
-    )
-    .await?;
+    let raw_write_synced_as_log =
+        crate::limit::raw_write_synced(&raw, size_bytes, synced_as_log_shape(), settings.bounds[0])
+            .await?;
     std::fs::remove_file(&raw)?;
 
+    // Append `written` with each bound; the first bound's log is the one scanned.
     let log_dir = dir.join("written");
-    let append_written =
-        append(&log_dir, size_bytes, Durability::Written, WRITTEN_BATCH_RECORDS).await?;
-    let scan_mb_s = scan(&log_dir).await?;
+    let mut append_written = vec![None; settings.bounds.len()];
+    for i in turned(settings.bounds.len(), round) {
+        let variant_dir = if i == 0 { log_dir.clone() } else { dir.join(format!("written-{i}")) };
+        let config = LogConfig { unsynced_bytes_max: settings.bounds[i], ..LogConfig::default() };
+        let run =
+            append(&variant_dir, config, size_bytes, Durability::Written, WRITTEN_BATCH_RECORDS)
+                .await?;
+        append_written[i] = Some(run);
+        if i != 0 {
+            std::fs::remove_dir_all(&variant_dir)?;
+        }
+    }
+    let append_written: Vec<AppendRun> =
+        append_written.into_iter().map(|r| r.expect("every bound ran")).collect();
+    let mut scan_mb_s = vec![0.0; settings.scan_shapes.len()];
+    for i in turned(settings.scan_shapes.len(), round) {
+        scan_mb_s[i] = scan(&log_dir, settings.scan_shapes[i]).await?;
+    }
     std::fs::remove_dir_all(&log_dir)?;
 
     let log_dir = dir.join("synced");
-    let append_synced =
-        append(&log_dir, size_bytes, Durability::Synced, SYNCED_BATCH_RECORDS).await?;
+    let append_synced = append(
+        &log_dir,
+        LogConfig::default(),
+        size_bytes,
+        Durability::Synced,
+        SYNCED_BATCH_RECORDS,
+    )
+    .await?;
     std::fs::remove_dir_all(&log_dir)?;
-    Ok(Round {
+    let round = Round {
         raw_write,
         raw_write_to_last_write,
         raw_read_mb_s,
         raw_write_synced_as_log,
-        append_written,
-        scan_mb_s,
+        append_written: append_written[0],
+        scan_mb_s: scan_mb_s[0],
         append_synced,
-    })
+    };
+    Ok((round, RoundVariants { scan_mb_s, append_written }))
 }
 
 /// The log's own write shape into a preallocated file, as its segments are written.
@@ -296,11 +489,15 @@ fn mb_s(bytes: u64, elapsed: Duration) -> f64 {
 /// timed to the last acknowledgement and to the completed close.
 async fn append(
     dir: &Path,
+    config: LogConfig,
     size_bytes: u64,
     durability: Durability,
     batch_records: usize,
 ) -> anyhow::Result<AppendRun> {
-    let log = Rc::new(PartitionLog::open(dir, LogConfig::default()).await?);
+    let log = Rc::new(PartitionLog::open(dir, config).await?);
+    // The log's fdatasyncs are in this thread's histogram (`fsync_latency_ns`): its count and
+    // sum before and after the run, the close's sync included.
+    let syncs_before = fsync_totals();
     let record_bytes = (VALUE_SIZE + KEY_SIZE) as u64;
     let batches_total = (size_bytes / record_bytes).div_ceil(batch_records as u64);
     let per_task = batches_total.div_ceil(APPENDERS as u64);
@@ -338,16 +535,35 @@ async fn append(
         records += task.await?;
     }
     let acked = start.elapsed();
+    let unsynced_bytes_peak = log.stats().unsynced_bytes_peak;
     log.close().await?;
     let closed = start.elapsed();
+    let syncs_after = fsync_totals();
     let bytes = records * record_bytes;
-    Ok(AppendRun { to_last_ack_mb_s: mb_s(bytes, acked), through_close_mb_s: mb_s(bytes, closed) })
+    Ok(AppendRun {
+        to_last_ack_mb_s: mb_s(bytes, acked),
+        through_close_mb_s: mb_s(bytes, closed),
+        fdatasyncs: syncs_after.0 - syncs_before.0,
+        fdatasync_ms: (syncs_after.1 - syncs_before.1) / 1e6,
+        unsynced_bytes_peak,
+    })
 }
 
-/// Reads the whole log from the beginning, touching every record's key and value; MB/s of
-/// key+value.
-async fn scan(dir: &Path) -> anyhow::Result<f64> {
-    let log = PartitionLog::open(dir, LogConfig::default()).await?;
+/// fdatasyncs the logs of this thread completed so far, and their summed latency in ns (from
+/// the histogram's buckets: within its 3 significant digits).
+fn fsync_totals() -> (u64, f64) {
+    kappa_storage::fsync_latency_ns().map_or((0, 0.0), |h| (h.len(), h.mean() * h.len() as f64))
+}
+
+/// Reads the whole log from the beginning in `shape` (read size x reads in flight), touching
+/// every record's key and value; MB/s of key+value.
+async fn scan(dir: &Path, shape: Shape) -> anyhow::Result<f64> {
+    let config = LogConfig {
+        read_buffer_size_bytes: shape.io_bytes,
+        read_ahead_max: shape.depth,
+        ..LogConfig::default()
+    };
+    let log = PartitionLog::open(dir, config).await?;
     let start = Instant::now();
     let mut reader = log.reader(Seek::Beginning)?;
     let mut bytes = 0u64;
@@ -365,4 +581,30 @@ async fn scan(dir: &Path) -> anyhow::Result<f64> {
     anyhow::ensure!(checksum > 0 && reader.next_offset() == log.end_offset(), "scan stopped early");
     log.close().await?;
     Ok(mb_s(bytes, elapsed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_shapes_parse_and_bad_ones_are_refused() {
+        assert_eq!(parse_read_shape("1024x16"), Ok(Shape::new(MIB as usize, 16)));
+        assert_eq!(parse_read_shape("256x8"), Ok(Shape::new(256 * KIB as usize, 8)));
+        for bad in ["1024", "0x8", "1023x8", "256x0", "ax8", "256xb"] {
+            assert!(parse_read_shape(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn each_setting_goes_first_in_turn() {
+        let firsts: Vec<Option<usize>> = (0..3).map(|round| turned(3, round).next()).collect();
+        assert_eq!(firsts, vec![Some(0), Some(1), Some(2)]);
+        for round in 0..4 {
+            let mut order: Vec<usize> = turned(3, round).collect();
+            order.sort_unstable();
+            assert_eq!(order, vec![0, 1, 2], "every setting runs once a round");
+        }
+        assert_eq!(turned(1, 5).collect::<Vec<_>>(), vec![0]);
+    }
 }

@@ -147,11 +147,22 @@ pub struct LogConfig {
     pub write_in_flight_max: usize,
     /// Full buffers queued for the writer before appends wait (backpressure, bounded memory).
     pub write_queue_max: usize,
-    /// Size of one DMA read during scans and replay.
+    /// Size of one DMA read during scans and replay. A read ends on a frame boundary
+    /// (`reader::cursor::boundary_in`), so frames larger than half of this are read one per read
+    /// whatever it is; it sets how many small frames one read takes (100-byte records in batches
+    /// of 1000, ~115 KB frames: 1 MiB reads take ~9, and 256 KiB reads, 2, cost replay ~10% and
+    /// twice the allocations per record).
     pub read_buffer_size_bytes: usize,
-    /// Reads in flight per reader (read-ahead depth). With ~1 MiB reads, 16 keep about 16-24 MiB in
-    /// flight per reader: what this virtio disk needed for a scan to reach ~0.8-1.0 of its raw read
-    /// bandwidth (8 gave 0.75-0.89). Readers at the tail read from the tail cache instead.
+    /// Reads in flight per reader (read-ahead depth) when no shared budget bounds it (scans,
+    /// consumers and fetches reading history; replay readers share the shard's
+    /// `ReplayConfig::read_ahead_max` instead). Readers at the tail read from the tail cache.
+    /// 8: about 4-8 MiB in flight per reader. On the virtio disk of the development machines
+    /// deeper queues read slower, raw and in the log: in 7 of 7 raw sweep repeats 1 MiB reads ran
+    /// slower 16 deep than 8 deep, and 8 deep slower than 4 deep (about 4 MiB in flight was the
+    /// best of every size); scans of 0.54 MB frames (one per read) 8 deep against 16 deep, in
+    /// rounds alternated under other builds (`kappa-bench storage --scan-shapes`, issue 11):
+    /// faster in 11 of 15, per-round ratio medians 1.30, 1.21 and 1.05 over three sets of 5
+    /// (0.78-1.72); two quiet alternated runs the stop before, about 1.65x.
     pub read_ahead_max: usize,
     /// Recently written buffers kept in memory per partition, so readers following the live tail
     /// get fresh frames without a disk read. 0 turns the cache off.
@@ -192,7 +203,7 @@ impl Default for LogConfig {
             write_in_flight_max: 8,
             write_queue_max: 8,
             read_buffer_size_bytes: MIB as usize,
-            read_ahead_max: 16,
+            read_ahead_max: 8,
             tail_cache_buffers_max: 2,
             tail_cache_idle_release: std::time::Duration::from_secs(1),
             unsynced_bytes_max: 16 * MIB,
