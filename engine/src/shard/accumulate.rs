@@ -456,7 +456,11 @@ pub(crate) async fn stage(shard: &Rc<Shard>, stage: Stage) {
                 let end = staged.batch.len() as u32;
                 if end > start {
                     pending.remaining.set(pending.remaining.get() + 1);
-                    staged.slices.push(Slice { pending: pending.clone(), part: part as u32, start });
+                    staged.slices.push(Slice {
+                        pending: pending.clone(),
+                        part: part as u32,
+                        start,
+                    });
                     staged.durability = staged.durability.max(Some(durability));
                 }
                 full || staged.batch.data_len() >= batch_size
@@ -647,7 +651,9 @@ async fn flush(shard: &Rc<Shard>, topic: &Arc<str>, partition: u32, cause: Cause
             for slice in slices.drain(..) {
                 let part = slice.part as usize;
                 match &result {
-                    Ok(ack) => slice.pending.settle(part, Ok(ack.base_offset + u64::from(slice.start))),
+                    Ok(ack) => {
+                        slice.pending.settle(part, Ok(ack.base_offset + u64::from(slice.start)))
+                    }
                     Err(e) => slice.pending.settle(part, Err((e, dir.dir()))),
                 }
             }
