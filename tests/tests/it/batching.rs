@@ -420,3 +420,28 @@ fn spare_buffers_stay_within_the_staged_bound() {
     engine.shutdown().expect("shutdown");
     acks.wait().expect("acked");
 }
+
+/// One request's records for one partition fill several staged batches (a `batch_size` of
+/// 1 KiB): every record still learns its own offset. The request's part settles once per
+/// staged batch, and its base is the lowest of them, whatever order the batches settle in.
+#[test]
+fn a_request_over_several_staged_batches_learns_every_offset() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = engine_with(dir.path(), |_| {});
+    engine.create_topic("t", TopicConfig::new(4)).expect("topic");
+    let producer = engine.producer().with_linger(Duration::from_millis(5)).with_batch_size(1024);
+    let mut batch = ProducerBatch::new();
+    for i in 0..200u64 {
+        batch.push(Some(b"one-key"), &value(i), None);
+    }
+    let acks = producer.send_each("t", batch).expect("acked");
+    let partition = acks[0].partition;
+    let stored = read_partition(&engine, "t", partition);
+    for (i, ack) in acks.iter().enumerate() {
+        assert_eq!(ack.partition, partition, "record {i}");
+        assert_eq!(stored.get(&ack.offset), Some(&value(i as u64)), "record {i}");
+    }
+    let (batches, _) = stored_batches(&engine);
+    assert!(batches > 1, "the request filled one staged batch only");
+    engine.shutdown().expect("shutdown");
+}
