@@ -99,7 +99,7 @@ pub struct ReplayConfig {
     /// lowers the live p99, so a rebuild keeps its rate when the disk, not replay, is what is
     /// slow. Off: the duty rises on every tick at the floor and over budget.
     pub duty_trials: bool,
-    /// While a live log write waits on the shard, replay hands glommio's reactor a turn every
+    /// While a live log write waits on the shard, replay sleeps briefly every
     /// `shard::replay::IO_TURN_EVERY` so glommio submits the write and reaps its completion at
     /// once, not at the next preempt timer (`ReplayControl::io_turn`). Off only to measure what
     /// it buys.

@@ -52,17 +52,17 @@
 //! A busy replay queue also delays live work, whatever the level: glommio submits queued disk
 //! I/O, reaps completions, fires timers and takes wakes from other threads only when it polls
 //! its reactor, between task queues, and a replay queue that never runs dry lets it poll once
-//! per preempt timer (1 ms at the default budget). Two patches to the vendored glommio
-//! (`third_party/glommio/KAPPA-PATCH.md`) and `pace` keep the live tail out of that wait:
-//! - a task of the live queue woken from another thread (a client's request, a consumer
-//!   taking its batch) makes glommio preempt at once (its eventfd, because the live queue's
-//!   latency matters), and the live queue, woken at that reactor turn, now runs *before* replay
-//!   (upstream ran replay one more whole preempt slice first: about 1 ms per request);
-//! - while a live log write waits on the shard (`kappa_storage::writes_pending`: its submission
-//!   or its completion, neither of which wakes the executor), replay hands the reactor a turn
-//!   at least every `IO_TURN_EVERY` (`ReplayControl::io_turn`): `yield_to_reactor` leaves the
-//!   replay queue and polls the rings without sleeping (`ReplayMetrics::io_turns`). Before it,
-//!   replay slept 5 us for a turn, and only once every replay task slept.
+//! per preempt timer (1 ms at the default budget). Two things keep the live tail out of that
+//! wait:
+//! - a task of the live queue woken from another thread (a client's request, a consumer taking
+//!   its batch) makes glommio preempt at once (its eventfd, because the live queue's latency
+//!   matters), and the live queue woken at that reactor turn runs *before* replay: a patch of
+//!   the vendored glommio (`third_party/glommio/KAPPA-PATCH.md`, the fifth); upstream ran
+//!   replay one more whole preempt slice first, about 1 ms per request;
+//! - while a live log write waits on the shard (`kappa_storage::writes_pending`: neither its
+//!   submission nor its completion on the main ring wakes the executor), replay sleeps a few
+//!   microseconds at least every `IO_TURN_EVERY` (`ReplayControl::io_turn`, all replay tasks
+//!   together), and the reactor runs in between (`ReplayMetrics::io_turns`).
 //!
 //! Replay always catches up, however fast the producers: a fold chasing the live tail that has
 //! not gained on it over a second (`Chase`) marks the shard behind, and the level climbs for the
@@ -115,6 +115,9 @@ const TRIAL_GAIN: f64 = 0.1;
 /// submitted at the next poll, its completion seen at the one after): about 2 ms of every
 /// acknowledgement during a rebuild, budget or not.
 pub(crate) const IO_TURN_EVERY: Duration = Duration::from_micros(100);
+/// How long replay sleeps for such a turn: only long enough to be asleep when the executor
+/// looks (a timer that has already expired when polled does not suspend the task).
+const IO_TURN: Duration = Duration::from_micros(5);
 /// After a trial found that no pause helps, ticks until the next one: doubled each time.
 pub(crate) const BACKOFF_MIN_TICKS: u64 = 20;
 pub(crate) const BACKOFF_MAX_TICKS: u64 = 160;
@@ -245,8 +248,8 @@ pub(crate) struct ReplayControl {
     paused_until: Cell<Instant>,
     /// `paused_ns` at each of the last `SLOTS` ticks.
     paused_at: RefCell<[u64; SLOTS]>,
-    /// When replay last handed the reactor a turn, and the turns.
-    last_turn: Cell<Instant>,
+    /// Until when replay sleeps for the reactor's turn (tasks sleep together), and the turns.
+    turn_until: Cell<Instant>,
     io_turns: Cell<u64>,
     chases: Cell<u64>,
     /// Range tasks and whole-partition replays active on the shard.
@@ -406,7 +409,7 @@ impl ReplayControl {
             paused_ns: Cell::new(0),
             paused_until: Cell::new(epoch),
             paused_at: RefCell::new([0; SLOTS]),
-            last_turn: Cell::new(epoch),
+            turn_until: Cell::new(epoch),
             io_turns: Cell::new(0),
             chases: Cell::new(0),
             replaying: Cell::new(0),
@@ -467,10 +470,10 @@ impl ReplayControl {
     }
 
     /// A replay task's pause point, between steps of its fold: rests (a timer) when the duty
-    /// cycle says replay rests now (the CPU goes idle unless live work runs), hands the reactor
-    /// a turn while a live write waits on it (`io_turn`), otherwise yields if the live queue
-    /// needs the shard. Replay tasks rest together: one that comes by while another rests
-    /// sleeps to the same end.
+    /// cycle says replay rests now (the CPU goes idle unless live work runs), sleeps for the
+    /// reactor's turn while a live write waits on it (`io_turn`), otherwise yields if the live
+    /// queue needs the shard. Replay tasks rest together: one that comes by while another
+    /// rests sleeps to the same end.
     pub(crate) async fn pace(&self) {
         let duty = self.duty.get();
         let writes = kappa_storage::writes_pending();
@@ -488,29 +491,33 @@ impl ReplayControl {
                     return;
                 }
             }
-            if self.io_turn(now, writes) {
-                glommio::executor().yield_to_reactor().await;
+            if let Some(turn) = self.io_turn(now, writes) {
+                glommio::timer::sleep(turn).await;
                 return;
             }
         }
         glommio::yield_if_needed().await;
     }
 
-    /// Whether replay hands glommio's reactor a turn now (it submits queued disk I/O and reaps
-    /// completions only between task queues, when nothing runs or the preempt timer fired):
-    /// while `writes_pending` live writes wait, once `IO_TURN_EVERY` has passed since the last
-    /// turn any replay task gave. The turn leaves the replay queue at once, whatever its other
-    /// tasks do (`glommio::ExecutorProxy::yield_to_reactor`, a patch of the vendored glommio).
-    pub(crate) fn io_turn(&self, now: Instant, writes_pending: usize) -> bool {
+    /// Whether replay sleeps now so that glommio's reactor runs (it submits queued disk I/O and
+    /// reaps completions only between task queues, when nothing runs or the preempt timer
+    /// fired), and for how long: while `writes_pending` live writes wait, at most
+    /// `IO_TURN_EVERY` after the last turn ended; a task that comes by during a turn sleeps to
+    /// its end, so the turn happens once every replay task is asleep.
+    pub(crate) fn io_turn(&self, now: Instant, writes_pending: usize) -> Option<Duration> {
         if writes_pending == 0 || !self.config.io_turns {
-            return false;
+            return None;
         }
-        if now.saturating_duration_since(self.last_turn.get()) < IO_TURN_EVERY {
-            return false;
+        let until = self.turn_until.get();
+        if now < until {
+            return Some(until - now);
         }
-        self.last_turn.set(now);
+        if now - until < IO_TURN_EVERY {
+            return None;
+        }
+        self.turn_until.set(now + IO_TURN);
         self.io_turns.set(self.io_turns.get() + 1);
-        true
+        Some(IO_TURN)
     }
 
     /// Counts `[from, until)` as paused, once however many tasks pause together.

@@ -507,20 +507,23 @@ fn at_the_top_the_duty_stays_and_is_trialled_ever_less_often() {
 #[test]
 fn while_a_live_write_waits_replay_hands_the_reactor_a_turn_every_io_turn_every() {
     let control = control5();
-    let t0 = control.last_turn.get() + Duration::from_secs(1);
+    let t0 = control.turn_until.get() + Duration::from_secs(1);
     let us = Duration::from_micros;
-    assert!(!control.io_turn(t0, 0), "no live write: no turn");
-    assert!(control.io_turn(t0, 1), "a write waits: a turn at once");
-    // Any replay task's turn counts for all: the next one is due `IO_TURN_EVERY` later.
-    assert!(!control.io_turn(t0 + us(2), 1), "replay runs between turns");
-    assert!(!control.io_turn(t0 + IO_TURN_EVERY - us(1), 2));
-    assert!(control.io_turn(t0 + IO_TURN_EVERY, 2));
-    assert!(!control.io_turn(t0 + IO_TURN_EVERY * 3, 0), "the writes are done: no turn");
+    assert_eq!(control.io_turn(t0, 0), None, "no live write: no turn");
+    assert_eq!(control.io_turn(t0, 1), Some(IO_TURN), "a write waits: a turn at once");
+    // Another replay task coming by during the turn sleeps to its end: the reactor runs only
+    // once every replay task is asleep.
+    assert_eq!(control.io_turn(t0 + us(2), 1), Some(IO_TURN - us(2)));
+    let end = t0 + IO_TURN;
+    assert_eq!(control.io_turn(end, 2), None, "replay runs between turns");
+    assert_eq!(control.io_turn(end + IO_TURN_EVERY - us(1), 2), None);
+    assert_eq!(control.io_turn(end + IO_TURN_EVERY, 2), Some(IO_TURN));
     assert_eq!(control.metrics().io_turns, 2);
 }
 
 /// Replay steps (the fold's `pace` calls) needed at most for a live append's write to be
-/// acknowledged, with turns; without them it is never acknowledged while replay runs.
+/// acknowledged or a live request to be served; without the turn under test, never while
+/// replay runs.
 const STEPS_MAX: u64 = 20_000_000;
 
 /// A live append's write, queued in glommio while replay folds, is submitted and its completion

@@ -47,7 +47,7 @@ use latch::{Latch, LatchState};
 use log::warn;
 pub use placement::{CpuSet, Placement, PoolPlacement};
 use std::{
-    cell::{Cell, RefCell},
+    cell::RefCell,
     collections::{hash_map::Entry, BinaryHeap},
     fmt,
     future::Future,
@@ -1124,9 +1124,6 @@ pub struct LocalExecutor {
     id: usize,
     reactor: Rc<reactor::Reactor>,
     stall_detector: RefCell<Option<StallDetector>>,
-    /// kappa patch: a task asked for a reactor turn (`ExecutorProxy::yield_to_reactor`); read
-    /// by `need_preempt`, cleared when the reactor has polled.
-    reactor_turn: Cell<bool>,
 }
 
 impl LocalExecutor {
@@ -1188,7 +1185,6 @@ impl LocalExecutor {
                     .map(|x| StallDetector::new(id, x))
                     .transpose()?,
             ),
-            reactor_turn: Cell::new(false),
         })
     }
 
@@ -1329,7 +1325,7 @@ impl LocalExecutor {
 
     #[inline(always)]
     pub(crate) fn need_preempt(&self) -> bool {
-        self.reactor_turn.get() || self.reactor.need_preempt()
+        self.reactor.need_preempt()
     }
 
     fn run_task_queues(&self) -> bool {
@@ -1492,8 +1488,6 @@ impl LocalExecutor {
                 this.parker
                     .poll_io(|| Some(this.preempt_timer_duration()))
                     .expect("Failed to poll io! This is actually pretty bad!");
-                // kappa patch: a reactor turn asked for by a task has happened.
-                this.reactor_turn.set(false);
 
                 // run user code
                 let run = this.run_task_queues();
@@ -2214,34 +2208,6 @@ impl ExecutorProxy {
         #[cfg(feature = "native-tls")]
         {
             if let Some(local_ex) = unsafe { LOCAL_EX.as_ref() } {
-                local_ex.mark_me_for_yield();
-            }
-            futures_lite::future::yield_now().await;
-        }
-    }
-
-    /// kappa patch: leaves the current task queue and gives the reactor a turn now, without
-    /// sleeping: the executor submits queued I/O, reaps completions, fires expired timers and
-    /// takes wakes from other threads, as when the preempt timer fires, then picks the next
-    /// queue (a latency queue woken by the turn first). Upstream offers no way for a queue that
-    /// never runs dry to reach the reactor before its preempt timer but to put every one of its
-    /// tasks to sleep.
-    pub async fn yield_to_reactor(&self) {
-        #[cfg(not(feature = "native-tls"))]
-        {
-            if LOCAL_EX.is_set() {
-                LOCAL_EX.with(|local_ex| {
-                    local_ex.reactor_turn.set(true);
-                    local_ex.mark_me_for_yield();
-                })
-            }
-            futures_lite::future::yield_now().await;
-        }
-
-        #[cfg(feature = "native-tls")]
-        {
-            if let Some(local_ex) = unsafe { LOCAL_EX.as_ref() } {
-                local_ex.reactor_turn.set(true);
                 local_ex.mark_me_for_yield();
             }
             futures_lite::future::yield_now().await;
