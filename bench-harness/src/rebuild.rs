@@ -83,6 +83,10 @@ pub struct MixedArgs {
     /// (`ReplayConfig::io_turns`); `false` to measure what it buys.
     #[arg(long, action = clap::ArgAction::Set, default_value_t = true)]
     io_turns: bool,
+    /// The scheduler slice each shard thread asks the kernel for, in us
+    /// (`ReplayConfig::kernel_slice`); 0: the kernel's default.
+    #[arg(long, default_value_t = 0)]
+    kernel_slice_us: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -578,6 +582,8 @@ pub fn mixed(args: MixedArgs) -> anyhow::Result<Outcome> {
         duty_max_percent: args.duty_max_percent.unwrap_or(ReplayConfig::default().duty_max_percent),
         duty_trials: args.duty_trials,
         io_turns: args.io_turns,
+        kernel_slice: (args.kernel_slice_us > 0)
+            .then(|| Duration::from_micros(args.kernel_slice_us)),
         ..ReplayConfig::default()
     };
     let mut builder = Engine::builder()
@@ -737,6 +743,7 @@ pub fn mixed(args: MixedArgs) -> anyhow::Result<Outcome> {
     });
     // Beside the macro above (its recursion limit): where else the live latency went.
     json["io_turns"] = replay.io_turns.into();
+    json["kernel_slice_us"] = args.kernel_slice_us.into();
     json["send_late_p99_us_without"] = serde_json::to_value(Spread::of(&late_without))?;
     json["send_late_p99_us_with"] = serde_json::to_value(Spread::of(&late_with))?;
     json["sched_without"] = serde_json::to_value(&sched_without)?;

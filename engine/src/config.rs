@@ -104,6 +104,10 @@ pub struct ReplayConfig {
     /// once, not at the next preempt timer (`ReplayControl::io_turn`). Off only to measure what
     /// it buys.
     pub io_turns: bool,
+    /// The scheduler slice each shard thread asks the kernel for (`shard::slice`; Linux 6.12+,
+    /// no privilege): a shard busy with replay then waits less for its CPU behind other
+    /// processes. `None`: the kernel's default.
+    pub kernel_slice: Option<std::time::Duration>,
 }
 
 impl Default for ReplayConfig {
@@ -119,6 +123,7 @@ impl Default for ReplayConfig {
             duty_max_percent: 90,
             duty_trials: true,
             io_turns: true,
+            kernel_slice: None,
         }
     }
 }

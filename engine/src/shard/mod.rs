@@ -37,6 +37,7 @@ pub(crate) mod client;
 pub(crate) mod iowq;
 pub(crate) mod link;
 pub(crate) mod replay;
+pub(crate) mod slice;
 mod tail;
 mod views;
 
@@ -387,6 +388,19 @@ pub(crate) async fn run(
         iowq::IoWorkers::Unchanged => {}
         iowq::IoWorkers::Refused(errno) => tracing::warn!(shard = id.0, errno,
             "could not move io_uring workers off the shard's CPU; live writes may wait behind replay"),
+    }
+    if let Some(slice) = config.replay.kernel_slice {
+        match slice::set(slice) {
+            slice::Slice::Set(now) => tracing::debug!(shard = id.0, ?now, "scheduler slice set"),
+            slice::Slice::Unchanged => {}
+            slice::Slice::Refused(errno) => {
+                tracing::warn!(
+                    shard = id.0,
+                    errno,
+                    "could not set the shard thread's scheduler slice"
+                )
+            }
+        }
     }
     // What this shard's clients see (`client`), recorded by their producer handles.
     let client = peers[id.0 as usize].life.client.clone();

@@ -49,13 +49,20 @@
 //! (the duty rises by `DUTY_UP` every tick at the floor and over budget, up to
 //! `ReplayConfig::duty_max_percent`; below 100: replay never stops).
 //!
-//! A busy replay queue also delays live I/O, whatever the level: glommio submits queued disk
-//! I/O and reaps completions only when it polls its rings, between task queues, and a replay
-//! queue that never runs dry lets it poll once per preempt timer (1 ms at the default budget).
-//! A live append waited for that twice, its write's submission and its completion. So while a
-//! live log write waits on the shard (`kappa_storage::writes_pending`), replay sleeps a few
-//! microseconds at least every `IO_TURN_EVERY` (`ReplayControl::io_turn`, all replay tasks
-//! together), and the reactor runs in between (`ReplayMetrics::io_turns`).
+//! A busy replay queue also delays live work, whatever the level: glommio submits queued disk
+//! I/O, reaps completions, fires timers and takes wakes from other threads only when it polls
+//! its reactor, between task queues, and a replay queue that never runs dry lets it poll once
+//! per preempt timer (1 ms at the default budget). Two things keep the live tail out of that
+//! wait:
+//! - a task of the live queue woken from another thread (a client's request, a consumer taking
+//!   its batch) makes glommio preempt at once (its eventfd, because the live queue's latency
+//!   matters), and the live queue woken at that reactor turn runs *before* replay: a patch of
+//!   the vendored glommio (`third_party/glommio/KAPPA-PATCH.md`, the fifth); upstream ran
+//!   replay one more whole preempt slice first, about 1 ms per request;
+//! - while a live log write waits on the shard (`kappa_storage::writes_pending`: neither its
+//!   submission nor its completion on the main ring wakes the executor), replay sleeps a few
+//!   microseconds at least every `IO_TURN_EVERY` (`ReplayControl::io_turn`, all replay tasks
+//!   together), and the reactor runs in between (`ReplayMetrics::io_turns`).
 //!
 //! Replay always catches up, however fast the producers: a fold chasing the live tail that has
 //! not gained on it over a second (`Chase`) marks the shard behind, and the level climbs for the

@@ -522,7 +522,8 @@ fn while_a_live_write_waits_replay_hands_the_reactor_a_turn_every_io_turn_every(
 }
 
 /// Replay steps (the fold's `pace` calls) needed at most for a live append's write to be
-/// acknowledged, with turns; without them it is never acknowledged while replay runs.
+/// acknowledged or a live request to be served; without the turn under test, never while
+/// replay runs.
 const STEPS_MAX: u64 = 20_000_000;
 
 /// A live append's write, queued in glommio while replay folds, is submitted and its completion
@@ -600,6 +601,98 @@ fn a_live_write_is_acknowledged_while_replay_folds() {
             assert!(control.metrics().io_turns > 0);
             live.await;
             log.close().await.expect("close");
+        })
+        .expect("executor starts")
+        .join()
+        .expect("test body");
+}
+
+/// A live task woken from another thread (a client's request in the shard's flume channel) runs
+/// at the reactor turn that takes the wake, before replay goes on. glommio preempts at once for
+/// a wake of a task whose queue's latency matters (its eventfd completes in the latency ring);
+/// the live queue woken at that turn then runs first (the vendored glommio's scheduler patch,
+/// `third_party/glommio/KAPPA-PATCH.md`). Upstream placed it just behind replay, which ran one
+/// more whole preempt slice first: about 1 ms per request on a shard; here, with a preempt timer
+/// of a minute, until replay's steps run out. (Counts replay steps, never time.)
+#[test]
+fn a_request_from_another_thread_is_served_before_replay_goes_on() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .preempt_timer(Duration::from_secs(60))
+        .spawn(|| async move {
+            let executor = glommio::executor();
+            let live = executor.create_task_queue(
+                glommio::Shares::Static(1000),
+                glommio::Latency::Matters(Duration::from_secs(60)),
+                "live",
+            );
+            let replay = executor.create_task_queue(
+                glommio::Shares::Static(1000),
+                glommio::Latency::NotImportant,
+                "replay",
+            );
+            // The shard's request loop: waits on its channel in the live queue.
+            let (requests, queue) = flume::bounded::<u64>(1);
+            let listening = Rc::new(Cell::new(false));
+            let served = Rc::new(Cell::new(None::<u64>));
+            let serve = {
+                let (listening, served) = (listening.clone(), served.clone());
+                glommio::spawn_local_into(
+                    async move {
+                        listening.set(true);
+                        served.set(queue.recv_async().await.ok());
+                    },
+                    live,
+                )
+                .expect("the live queue exists")
+            };
+            let mut yields = 0;
+            while !listening.get() {
+                executor.yield_task_queue_now().await;
+                yields += 1;
+                assert!(yields < 1_000, "the request loop never ran");
+            }
+            // A client thread sends once replay folds.
+            let folding = Arc::new(AtomicBool::new(false));
+            let sent = Arc::new(AtomicBool::new(false));
+            let client = {
+                let (folding, sent) = (folding.clone(), sent.clone());
+                std::thread::spawn(move || {
+                    while !folding.load(Ordering::Acquire) {
+                        std::thread::yield_now();
+                    }
+                    requests.send(7).expect("the shard listens");
+                    sent.store(true, Ordering::Release);
+                })
+            };
+            let control = Rc::new(control5());
+            let replay = {
+                let served = served.clone();
+                glommio::spawn_local_into(
+                    async move {
+                        // Steps taken after the request was in the channel and its wake sent.
+                        let mut steps = 0u64;
+                        while served.get().is_none() {
+                            folding.store(true, Ordering::Release);
+                            control.pace().await;
+                            if sent.load(Ordering::Acquire) {
+                                steps += 1;
+                                assert!(
+                                    steps < STEPS_MAX,
+                                    "the request was not served in {steps} replay steps"
+                                );
+                            }
+                        }
+                        steps
+                    },
+                    replay,
+                )
+                .expect("the replay queue exists")
+            };
+            replay.await;
+            serve.await;
+            assert_eq!(served.get(), Some(7));
+            client.join().expect("the client thread");
         })
         .expect("executor starts")
         .join()

@@ -386,7 +386,15 @@ impl ExecutorQueues {
     fn maybe_activate(&mut self, queue: Rc<RefCell<TaskQueue>>) {
         let mut state = queue.borrow_mut();
         if !state.is_active() {
-            state.vruntime = self.default_vruntime + 1;
+            // kappa patch: a queue whose latency matters, woken while other queues are runnable,
+            // runs next. Upstream places every queue it wakes just behind the least-run active
+            // one (`default_vruntime + 1`), so a latency queue woken at a reactor turn (a
+            // request from another thread, an I/O completion) waited for a busy queue (replay)
+            // to run one more whole preempt-timer slice first: about 1 ms per live hop.
+            state.vruntime = match state.io_requirements.latency_req {
+                Latency::Matters(_) => self.default_vruntime.saturating_sub(1),
+                Latency::NotImportant => self.default_vruntime + 1,
+            };
             state.active = true;
             drop(state);
             self.active_executors.push(queue);
