@@ -172,7 +172,10 @@ fn timed(
     run()?;
     let acked = started.elapsed();
     engine.run_on_partition(topic, 0, |log| async move { log.sync().await })??;
-    Ok(Timed { to_last_ack_mb_s: mb_s(bytes, acked), through_sync_mb_s: mb_s(bytes, started.elapsed()) })
+    Ok(Timed {
+        to_last_ack_mb_s: mb_s(bytes, acked),
+        through_sync_mb_s: mb_s(bytes, started.elapsed()),
+    })
 }
 
 #[derive(Debug, Serialize)]
@@ -436,9 +439,7 @@ fn latency(
                 std::thread::sleep(due - now);
             }
             std::io::Write::write_all(&mut stream, request)?;
-            sent.saturating_record(
-                Instant::now().saturating_duration_since(due).as_nanos() as u64
-            );
+            sent.saturating_record(Instant::now().saturating_duration_since(due).as_nanos() as u64);
         }
         Ok(sent)
     });
@@ -883,8 +884,7 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
     // The acks=1 rate to its last acknowledgement: the rate a client sees.
     let max_batches_s = one_last.engine.median * 1e6 / (BATCH * (VALUE_BYTES + KEY_BYTES)) as f64;
     let offered = max_batches_s * 0.5;
-    let (latency, histogram) =
-        latency_phase(
+    let (latency, histogram) = latency_phase(
         &engine,
         temp.path(),
         addr,

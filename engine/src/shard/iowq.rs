@@ -8,9 +8,13 @@
 //! overrun). `IORING_REGISTER_IOWQ_AFF` moves the thread's io-wq (shared by all of its rings)
 //! to the other CPUs online, where they run at once.
 //!
-//! `KAPPA_IOWQ_CPUS` chooses another placement, for measuring what the confinement costs: `all`
-//! lets the workers run on every online CPU (the shard's own included), `own` leaves them where
-//! they start (the shard's CPU). Unset or `others`: the default above.
+//! `KAPPA_IOWQ_CPUS=own` leaves them where they start, on the shard's CPU, for measuring what the
+//! placement costs (unset or `others`: the default above). There is no "every CPU": a worker is
+//! forked from the shard thread and inherits the CPUs it asked for with `sched_setaffinity`, and
+//! the kernel cuts any later affinity to those whenever the two overlap (`set_cpus_allowed_ptr`
+//! and `user_cpus_ptr`; measured on 6.18: a mask of CPUs {0, 1} from a shard on CPU 1 left its
+//! workers on CPU 1 alone). So a mask with the shard's CPU in it means the shard's CPU only, and
+//! the choice is the shard's CPU or the others.
 
 /// `IORING_REGISTER_IOWQ_AFF` (Linux 5.14).
 const IORING_REGISTER_IOWQ_AFF: libc::c_uint = 17;
@@ -20,17 +24,14 @@ const IORING_REGISTER_IOWQ_AFF: libc::c_uint = 17;
 pub(crate) enum Placement {
     /// Every online CPU but the shard's own (the default).
     OtherCpus,
-    /// Every online CPU.
-    AllCpus,
     /// Where they start: the submitting thread's affinity.
     OwnCpu,
 }
 
 impl Placement {
-    /// From `KAPPA_IOWQ_CPUS` (`others`, `all`, `own`); the default when unset or unknown.
+    /// From `KAPPA_IOWQ_CPUS` (`others`, `own`); the default when unset or unknown.
     pub(crate) fn from_env() -> Placement {
         match std::env::var("KAPPA_IOWQ_CPUS").as_deref() {
-            Ok("all") => Placement::AllCpus,
             Ok("own") => Placement::OwnCpu,
             _ => Placement::OtherCpus,
         }
@@ -41,19 +42,6 @@ impl Placement {
 pub(crate) fn place_workers(placement: Placement) -> IoWorkers {
     match placement {
         Placement::OtherCpus => keep_off_own_cpus(),
-        Placement::AllCpus => {
-            let online = online_cpus();
-            // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET stays within it.
-            let mut all: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-            for cpu in 0..online.min(libc::CPU_SETSIZE as usize) {
-                // SAFETY: as above.
-                unsafe { libc::CPU_SET(cpu, &mut all) };
-            }
-            match register_workers_cpus(&all) {
-                Ok(()) => IoWorkers::Moved((0..online).collect()),
-                Err(errno) => IoWorkers::Refused(errno),
-            }
-        }
         Placement::OwnCpu => IoWorkers::Unchanged,
     }
 }
@@ -189,9 +177,7 @@ mod tests {
                 allowed
                     .split(',')
                     .flat_map(|part| match part.split_once('-') {
-                        Some((a, b)) => {
-                            (a.parse().unwrap_or(0)..=b.parse().unwrap_or(0)).collect()
-                        }
+                        Some((a, b)) => (a.parse().unwrap_or(0)..=b.parse().unwrap_or(0)).collect(),
                         None => vec![part.parse().unwrap_or(usize::MAX)],
                     })
                     .collect()
@@ -218,16 +204,14 @@ mod tests {
         }
     }
 
-    /// `KAPPA_IOWQ_CPUS=all`: the workers may run on every online CPU, the executor's own too
-    /// (fails with the placement falling back to the default, or to the executor's CPU).
+    /// `KAPPA_IOWQ_CPUS=own`: the workers stay on the executor's CPU, where they start (fails
+    /// with the placement falling back to the default).
     #[test]
-    fn io_uring_workers_may_run_anywhere_when_asked() {
-        let online = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let (placed, _, workers) = workers_placed(Placement::AllCpus);
-        let all: Vec<usize> = (0..online).collect();
-        assert_eq!(placed, IoWorkers::Moved(all.clone()));
+    fn io_uring_workers_stay_on_the_executors_cpu_when_asked() {
+        let (placed, own, workers) = workers_placed(Placement::OwnCpu);
+        assert_eq!(placed, IoWorkers::Unchanged);
         for cpus in workers {
-            assert_eq!(cpus, all, "an io_uring worker is confined");
+            assert_eq!(cpus, vec![own], "an io_uring worker left the executor's CPU");
         }
     }
 }
