@@ -676,16 +676,23 @@ fn raw_batch_write_latency(
 
 /// The latency run on a fresh topic at `offered` batches/s; its summary and the histogram of the
 /// figure (produce to consume).
-fn latency_phase(
-    engine: &Arc<Engine>,
-    dir: &std::path::Path,
-    addr: std::net::SocketAddr,
+/// How a latency run is driven: `offered` batches/s (`fraction` of the acks=1 rate) for
+/// `seconds`, the floor synced every `sync_every` bytes, the client threads on `client_cpu`.
+struct LatencyPlan {
     offered: f64,
     fraction: f64,
     seconds: f64,
     sync_every: u64,
     client_cpu: Option<usize>,
+}
+
+fn latency_phase(
+    engine: &Arc<Engine>,
+    dir: &std::path::Path,
+    addr: std::net::SocketAddr,
+    plan: LatencyPlan,
 ) -> anyhow::Result<(Latency, hdrhistogram::Histogram<u64>)> {
+    let LatencyPlan { offered, fraction, seconds, sync_every, client_cpu } = plan;
     engine.create_topic("kafka-latency", TopicConfig::new(1))?;
     let run = latency(addr, "kafka-latency", offered, seconds, client_cpu)?;
     engine.delete_topic("kafka-latency")?;
@@ -772,16 +779,14 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
     );
 
     if let Some(offered) = args.latency_only_batches_s {
-        let (latency, _) = latency_phase(
-            &engine,
-            temp.path(),
-            addr,
+        let plan = LatencyPlan {
             offered,
-            f64::NAN,
-            latency_seconds,
+            fraction: f64::NAN,
+            seconds: latency_seconds,
             sync_every,
-            args.latency_client_cpu,
-        )?;
+            client_cpu: args.latency_client_cpu,
+        };
+        let (latency, _) = latency_phase(&engine, temp.path(), addr, plan)?;
         kafka.stop();
         let engine =
             Arc::try_unwrap(engine).map_err(|_| anyhow::anyhow!("the engine is still shared"))?;
@@ -888,11 +893,13 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
         &engine,
         temp.path(),
         addr,
-        offered,
-        0.5,
-        latency_seconds,
-        sync_every,
-        args.latency_client_cpu,
+        LatencyPlan {
+            offered,
+            fraction: 0.5,
+            seconds: latency_seconds,
+            sync_every,
+            client_cpu: args.latency_client_cpu,
+        },
     )?;
     engine.create_topic("kafka-python-bench", TopicConfig::new(1))?;
     let python = python_rates(addr, python_records);
