@@ -29,8 +29,13 @@
 //! the disk's). Finally confluent-kafka's produce and consume rates from Python, a real-client data
 //! point (skipped with a note when it is not installed).
 //!
-//! Rates count key + value bytes (as `storage` does). Timed from the first request sent to the
-//! last response received.
+//! Rates count key + value bytes (as `storage` does). Timing, as `storage`'s (`limit` says why):
+//! the targets divide a produce run timed from its first request through the partition's sync
+//! after its last acknowledgement (`PartitionLog::sync`; at acks=-1 the last acknowledgement
+//! already means synced) by the raw write in the best shape timed through its fdatasync and close,
+//! both ending with the bytes on the device. Beside them without a verdict, the old timing: to the
+//! last acknowledgement against the raw write to its last write. The embedded runs are timed as
+//! the Kafka ones; a fetch to its last response.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -76,6 +81,10 @@ pub struct Args {
     /// for investigating the latency path.
     #[arg(long)]
     latency_only_batches_s: Option<f64>,
+    /// Pins the latency run's client threads (producer, acknowledgement reader, consumer) to this
+    /// CPU (default: unpinned): for seeing whether they delay the engine's io_uring workers.
+    #[arg(long)]
+    latency_client_cpu: Option<usize>,
 }
 
 const VALUE_BYTES: usize = 1024;
@@ -100,12 +109,21 @@ struct Report {
     connections: usize,
     in_flight_per_connection: usize,
     sweep: Sweep,
+    /// The raw write of the targets: the best shape through its fdatasync and close.
     write_shape: Shape,
+    /// The raw write of the old timing: the best shape to its last write.
+    write_shape_to_last_write: Shape,
     read_shape: Shape,
     rounds: Vec<Round>,
+    /// Targets: Kafka through the partition's sync after the last acknowledgement, against the
+    /// raw write through its fdatasync and close.
     produce_acks_all: PairedRatio,
     produce_acks_one: PairedRatio,
     fetch_history: PairedRatio,
+    /// Beside them, no verdict: to the last acknowledgement, against the raw write to its last
+    /// write (on a host that caches writes, partly the host's memory).
+    produce_acks_all_to_last_write: PairedRatio,
+    produce_acks_one_to_last_write: PairedRatio,
     /// The same Kafka runs divided by the embedded API's run of their round.
     produce_acks_all_vs_embedded: PairedRatio,
     produce_acks_one_vs_embedded: PairedRatio,
@@ -117,14 +135,47 @@ struct Report {
 
 #[derive(Debug, Clone, Copy, Serialize)]
 struct Round {
+    /// In the best shape timed through its fdatasync and close (`Sweep::best_write_synced`):
+    /// the target's limit is its `with_fdatasync_mb_s`.
     raw_write: RawWrite,
+    /// In the best shape timed to its last write (`Sweep::best_write`): the old limit, its
+    /// `mb_s`, beside the target without a verdict.
+    raw_write_to_last_write: RawWrite,
     raw_read_mb_s: f64,
-    embedded_written_mb_s: f64,
-    produce_acks_one_mb_s: f64,
+    embedded_written: Timed,
+    produce_acks_one: Timed,
     fetch_mb_s: f64,
     embedded_read_mb_s: f64,
-    embedded_synced_mb_s: f64,
-    produce_acks_all_mb_s: f64,
+    embedded_synced: Timed,
+    produce_acks_all: Timed,
+}
+
+/// One produce run's two timings, both from its first request.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct Timed {
+    /// To the last acknowledgement.
+    to_last_ack_mb_s: f64,
+    /// To the completed sync of the partition after it (`PartitionLog::sync`): the bytes on the
+    /// device, as the raw limit's fdatasync puts them (at acks=-1 and `synced` the last
+    /// acknowledgement already means that).
+    through_sync_mb_s: f64,
+}
+
+/// `run`'s acknowledged bytes timed to its return and through the sync of `topic`/0 after it.
+fn timed(
+    engine: &Arc<Engine>,
+    topic: &str,
+    bytes: u64,
+    run: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<Timed> {
+    let started = Instant::now();
+    run()?;
+    let acked = started.elapsed();
+    engine.run_on_partition(topic, 0, |log| async move { log.sync().await })??;
+    Ok(Timed {
+        to_last_ack_mb_s: mb_s(bytes, acked),
+        through_sync_mb_s: mb_s(bytes, started.elapsed()),
+    })
 }
 
 #[derive(Debug, Serialize)]
@@ -204,16 +255,10 @@ fn check_produce(response: &ProduceResponse) -> anyhow::Result<()> {
 }
 
 /// Produces `batches` batches into `topic` over `CONNECTIONS` connections with `IN_FLIGHT`
-/// requests each; MB/s of key+value bytes to the last acknowledgement.
-fn produce(
-    addr: std::net::SocketAddr,
-    topic: &str,
-    acks: i16,
-    batches: u64,
-) -> anyhow::Result<f64> {
+/// requests each, until the last is acknowledged (timed by `timed`).
+fn produce(addr: std::net::SocketAddr, topic: &str, acks: i16, batches: u64) -> anyhow::Result<()> {
     let payload = batch(0);
     let next = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
     let handles: Vec<_> = (0..CONNECTIONS)
         .map(|_| {
             let (payload, next, topic) = (payload.clone(), next.clone(), topic.to_string());
@@ -240,7 +285,7 @@ fn produce(
     for h in handles {
         h.join().map_err(|_| anyhow::anyhow!("a producer thread panicked"))??;
     }
-    Ok(mb_s(batches * (BATCH * (VALUE_BYTES + KEY_BYTES)) as u64, started.elapsed()))
+    Ok(())
 }
 
 fn fetch_request(topic: &str, offset: i64, max_wait_ms: i32) -> FetchRequest {
@@ -310,7 +355,13 @@ fn latency(
     topic: &str,
     batches_s: f64,
     seconds: f64,
+    client_cpu: Option<usize>,
 ) -> anyhow::Result<LatencyRun> {
+    let pin = move || {
+        if let Some(id) = client_cpu {
+            core_affinity::set_for_current(core_affinity::CoreId { id });
+        }
+    };
     let total = (batches_s * seconds).max(1.0) as u64;
     let interval = Duration::from_secs_f64(1.0 / batches_s);
     // Requests are encoded before the clock starts: the schedule measures the broker.
@@ -328,6 +379,7 @@ fn latency(
     type Arrivals = Vec<(u64, Instant, Instant)>;
     let consumer =
         std::thread::spawn(move || -> anyhow::Result<(hdrhistogram::Histogram<u64>, Arrivals)> {
+            pin();
             let mut client = Client::connect(addr)?;
             let mut h = crate::new_histogram();
             // (batch, arrival, when the fetch that brought it was sent).
@@ -362,6 +414,7 @@ fn latency(
     let ack_stream = producer.stream().try_clone()?;
     let acks = std::thread::spawn(
         move || -> anyhow::Result<(hdrhistogram::Histogram<u64>, Vec<Instant>)> {
+            pin();
             let mut reader = AckReader { stream: ack_stream };
             let mut h = crate::new_histogram();
             let mut arrivals = Vec::with_capacity(total as usize);
@@ -374,17 +427,23 @@ fn latency(
             Ok((h, arrivals))
         },
     );
-    let mut sent = crate::new_histogram();
-    let mut stream = producer.stream();
-    for (i, request) in requests.iter().enumerate() {
-        let due = due(i as u64);
-        let now = Instant::now();
-        if due > now {
-            std::thread::sleep(due - now);
+    // The sends on a thread of their own too, so a pinned run pins all three.
+    let sender = std::thread::spawn(move || -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+        pin();
+        let mut sent = crate::new_histogram();
+        let mut stream = producer.stream();
+        for (i, request) in requests.iter().enumerate() {
+            let due = due(i as u64);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            std::io::Write::write_all(&mut stream, request)?;
+            sent.saturating_record(Instant::now().saturating_duration_since(due).as_nanos() as u64);
         }
-        std::io::Write::write_all(&mut stream, request)?;
-        sent.saturating_record(Instant::now().saturating_duration_since(due).as_nanos() as u64);
-    }
+        Ok(sent)
+    });
+    let sent = sender.join().map_err(|_| anyhow::anyhow!("the sender panicked"))??;
     let (acked, ack_times) =
         acks.join().map_err(|_| anyhow::anyhow!("the ack reader panicked"))??;
     let (consumed, arrivals) =
@@ -401,13 +460,13 @@ fn latency(
 
 /// The embedded API's side of a pair: the same records (1000 keyed 1 KiB records per packed
 /// batch) appended by `CONNECTIONS` producer threads with `IN_FLIGHT` batches pending each, at
-/// `durability`; MB/s of key+value bytes to the last acknowledgement.
+/// `durability`, until the last is acknowledged (timed by `timed`).
 fn embedded_produce(
     engine: &Arc<Engine>,
     topic: &str,
     durability: Durability,
     batches: u64,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<()> {
     let value = vec![0x5au8; VALUE_BYTES];
     let mut packed = ProducerBatch::with_capacity(BATCH, BATCH * (VALUE_BYTES + KEY_BYTES));
     for i in 0..BATCH {
@@ -416,7 +475,6 @@ fn embedded_produce(
         packed.push(Some(&k), &value, Some(0));
     }
     let next = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
     let handles: Vec<_> = (0..CONNECTIONS)
         .map(|_| {
             let producer = engine.producer().with_durability(durability);
@@ -440,7 +498,7 @@ fn embedded_produce(
     for h in handles {
         h.join().map_err(|_| anyhow::anyhow!("a producer thread panicked"))??;
     }
-    Ok(mb_s(batches * (BATCH * (VALUE_BYTES + KEY_BYTES)) as u64, started.elapsed()))
+    Ok(())
 }
 
 /// The embedded consumer reading `topic`/0 from the beginning until `records` are read; MB/s of
@@ -618,17 +676,25 @@ fn raw_batch_write_latency(
 
 /// The latency run on a fresh topic at `offered` batches/s; its summary and the histogram of the
 /// figure (produce to consume).
-fn latency_phase(
-    engine: &Arc<Engine>,
-    dir: &std::path::Path,
-    addr: std::net::SocketAddr,
+/// How a latency run is driven: `offered` batches/s (`fraction` of the acks=1 rate) for
+/// `seconds`, the floor synced every `sync_every` bytes, the client threads on `client_cpu`.
+struct LatencyPlan {
     offered: f64,
     fraction: f64,
     seconds: f64,
     sync_every: u64,
+    client_cpu: Option<usize>,
+}
+
+fn latency_phase(
+    engine: &Arc<Engine>,
+    dir: &std::path::Path,
+    addr: std::net::SocketAddr,
+    plan: LatencyPlan,
 ) -> anyhow::Result<(Latency, hdrhistogram::Histogram<u64>)> {
+    let LatencyPlan { offered, fraction, seconds, sync_every, client_cpu } = plan;
     engine.create_topic("kafka-latency", TopicConfig::new(1))?;
-    let run = latency(addr, "kafka-latency", offered, seconds)?;
+    let run = latency(addr, "kafka-latency", offered, seconds, client_cpu)?;
     engine.delete_topic("kafka-latency")?;
     let samples = (run.consumed.len() as usize).clamp(20, 200);
     let bytes = batch(0).len();
@@ -713,15 +779,14 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
     );
 
     if let Some(offered) = args.latency_only_batches_s {
-        let (latency, _) = latency_phase(
-            &engine,
-            temp.path(),
-            addr,
+        let plan = LatencyPlan {
             offered,
-            f64::NAN,
-            latency_seconds,
+            fraction: f64::NAN,
+            seconds: latency_seconds,
             sync_every,
-        )?;
+            client_cpu: args.latency_client_cpu,
+        };
+        let (latency, _) = latency_phase(&engine, temp.path(), addr, plan)?;
         kafka.stop();
         let engine =
             Arc::try_unwrap(engine).map_err(|_| anyhow::anyhow!("the engine is still shared"))?;
@@ -732,7 +797,9 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
 
     let (sweep_size, repeats) = crate::limit::sweep_plan(quick);
     let sweep = crate::limit::sweep_blocking(temp.path(), sweep_size, quick, repeats, true)?;
-    let (write_shape, read_shape) = (sweep.best_write, sweep.best_read);
+    let (write_shape, write_shape_to_last_write, read_shape) =
+        (sweep.best_write_synced, sweep.best_write, sweep.best_read);
+    let bytes = batches * (BATCH * (VALUE_BYTES + KEY_BYTES)) as u64;
     let mut rounds = Vec::new();
     for round in 0..pairs {
         let (raw_writes, raw_reads) = crate::limit::raw_runs_blocking(
@@ -744,62 +811,96 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
         )?;
         let raw_write = *raw_writes.first().context("no raw write")?;
         let raw_read_mb_s = *raw_reads.first().context("no raw read")?;
+        let raw_write_to_last_write = if write_shape_to_last_write == write_shape {
+            raw_write
+        } else {
+            let (writes, _) = crate::limit::raw_runs_blocking(
+                temp.path(),
+                size_mib * MIB,
+                1,
+                write_shape_to_last_write,
+                None,
+            )?;
+            *writes.first().context("no raw write")?
+        };
         let topics = ["embedded-written", "acks-one", "embedded-synced", "acks-all"]
             .map(|t| format!("{t}-{round}"));
         for t in &topics {
             engine.create_topic(t, TopicConfig::new(1))?;
         }
         let [written, one, synced, all] = &topics;
-        let embedded_written_mb_s =
-            embedded_produce(&engine, written, Durability::Written, batches)?;
-        let produce_acks_one_mb_s = produce(addr, one, 1, batches)?;
+        let embedded_written = timed(&engine, written, bytes, || {
+            embedded_produce(&engine, written, Durability::Written, batches)
+        })?;
+        let produce_acks_one = timed(&engine, one, bytes, || produce(addr, one, 1, batches))?;
         let fetch_mb_s = fetch_history(addr, one, records)?;
         let embedded_read_mb_s = embedded_read(&engine, one, records)?;
-        let embedded_synced_mb_s = embedded_produce(&engine, synced, Durability::Synced, batches)?;
-        let produce_acks_all_mb_s = produce(addr, all, -1, batches)?;
+        let embedded_synced = timed(&engine, synced, bytes, || {
+            embedded_produce(&engine, synced, Durability::Synced, batches)
+        })?;
+        let produce_acks_all = timed(&engine, all, bytes, || produce(addr, all, -1, batches))?;
         for t in &topics {
             engine.delete_topic(t)?;
         }
         let r = Round {
             raw_write,
+            raw_write_to_last_write,
             raw_read_mb_s,
-            embedded_written_mb_s,
-            produce_acks_one_mb_s,
+            embedded_written,
+            produce_acks_one,
             fetch_mb_s,
             embedded_read_mb_s,
-            embedded_synced_mb_s,
-            produce_acks_all_mb_s,
+            embedded_synced,
+            produce_acks_all,
         };
         eprintln!(
-            "  round {}: raw write {:.0}, read {:.0}; acks=1 {:.0} (embedded written {:.0}), acks=-1 {:.0} (embedded synced {:.0}), fetch {:.0} (embedded consumer {:.0}) MB/s",
+            "  round {}: through fdatasync/sync: raw write {:.0}, acks=1 {:.0} (embedded written {:.0}), acks=-1 {:.0} (embedded synced {:.0}); to last write/ack: raw write {:.0}, acks=1 {:.0}, acks=-1 {:.0}; raw read {:.0}, fetch {:.0} (embedded consumer {:.0}) MB/s",
             round + 1,
-            r.raw_write.mb_s,
+            r.raw_write.with_fdatasync_mb_s,
+            r.produce_acks_one.through_sync_mb_s,
+            r.embedded_written.through_sync_mb_s,
+            r.produce_acks_all.through_sync_mb_s,
+            r.embedded_synced.through_sync_mb_s,
+            r.raw_write_to_last_write.mb_s,
+            r.produce_acks_one.to_last_ack_mb_s,
+            r.produce_acks_all.to_last_ack_mb_s,
             r.raw_read_mb_s,
-            r.produce_acks_one_mb_s,
-            r.embedded_written_mb_s,
-            r.produce_acks_all_mb_s,
-            r.embedded_synced_mb_s,
             r.fetch_mb_s,
             r.embedded_read_mb_s
         );
         rounds.push(r);
     }
-    let mut pairs: [Pairs; 6] = Default::default();
+    let mut pairs: [Pairs; 8] = Default::default();
     for r in &rounds {
-        pairs[0].push(r.raw_write.mb_s, r.produce_acks_all_mb_s);
-        pairs[1].push(r.raw_write.mb_s, r.produce_acks_one_mb_s);
+        let (all, one) = (r.produce_acks_all, r.produce_acks_one);
+        pairs[0].push(r.raw_write.with_fdatasync_mb_s, all.through_sync_mb_s);
+        pairs[1].push(r.raw_write.with_fdatasync_mb_s, one.through_sync_mb_s);
         pairs[2].push(r.raw_read_mb_s, r.fetch_mb_s);
-        pairs[3].push(r.embedded_synced_mb_s, r.produce_acks_all_mb_s);
-        pairs[4].push(r.embedded_written_mb_s, r.produce_acks_one_mb_s);
+        pairs[3].push(r.embedded_synced.through_sync_mb_s, all.through_sync_mb_s);
+        pairs[4].push(r.embedded_written.through_sync_mb_s, one.through_sync_mb_s);
         pairs[5].push(r.embedded_read_mb_s, r.fetch_mb_s);
+        pairs[6].push(r.raw_write_to_last_write.mb_s, all.to_last_ack_mb_s);
+        pairs[7].push(r.raw_write_to_last_write.mb_s, one.to_last_ack_mb_s);
     }
-    let [acks_all, acks_one, fetched, all_vs, one_vs, fetch_vs] = pairs.map(|p| p.summary());
+    let [acks_all, acks_one, fetched, all_vs, one_vs, fetch_vs, all_last, one_last] =
+        pairs.map(|p| p.summary());
 
     // Latency at half the acks=1 rate.
-    let max_batches_s = acks_one.engine.median * 1e6 / (BATCH * (VALUE_BYTES + KEY_BYTES)) as f64;
+    // The acks=1 rate to its last acknowledgement: the rate a client sees.
+    let max_batches_s = one_last.engine.median * 1e6 / (BATCH * (VALUE_BYTES + KEY_BYTES)) as f64;
     let offered = max_batches_s * 0.5;
-    let (latency, histogram) =
-        latency_phase(&engine, temp.path(), addr, offered, 0.5, latency_seconds, sync_every)?;
+    let (latency, histogram) = latency_phase(
+        &engine,
+        temp.path(),
+        addr,
+        LatencyPlan {
+            offered,
+            fraction: 0.5,
+            seconds: latency_seconds,
+            sync_every,
+            client_cpu: args.latency_client_cpu,
+        },
+    )?;
     engine.create_topic("kafka-python-bench", TopicConfig::new(1))?;
     let python = python_rates(addr, python_records);
     eprintln!("  confluent-kafka (Python): {python}");
@@ -819,12 +920,15 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
         connections: CONNECTIONS,
         in_flight_per_connection: IN_FLIGHT,
         write_shape,
+        write_shape_to_last_write,
         read_shape,
         sweep,
         rounds: rounds.clone(),
         produce_acks_all: acks_all,
         produce_acks_one: acks_one,
         fetch_history: fetched,
+        produce_acks_all_to_last_write: all_last,
+        produce_acks_one_to_last_write: one_last,
         produce_acks_all_vs_embedded: all_vs,
         produce_acks_one_vs_embedded: one_vs,
         fetch_vs_embedded: fetch_vs,
@@ -838,10 +942,12 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
                 loop) to the consumer's receipt, acks=1.",
     };
     let mut outcome = Outcome::new("kafka", serde_json::to_value(&report)?);
-    let raw_writes: Vec<f64> = rounds.iter().map(|r| r.raw_write.mb_s).collect();
+    let raw_writes: Vec<f64> = rounds.iter().map(|r| r.raw_write.with_fdatasync_mb_s).collect();
     let raw_reads: Vec<f64> = rounds.iter().map(|r| r.raw_read_mb_s).collect();
     outcome.noise = Some(Noise::of(&raw_writes, &raw_reads));
-    let write_limit = format!("raw write {}", write_shape.label());
+    let write_limit = format!("raw write {} through fdatasync", write_shape.label());
+    let write_limit_last =
+        format!("raw write {} to its last write", write_shape_to_last_write.label());
     let read_limit = format!("raw read {}", read_shape.label());
     // Against the embedded API: the cost of the protocol, no target.
     let beside = |name: &str, limit: &str, paired: &PairedRatio| {
@@ -874,6 +980,16 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
         &read_limit,
         &report.fetch_history,
         0.7,
+    ));
+    f.push(beside(
+        "produce acks=-1 to the last ack (old timing)",
+        &write_limit_last,
+        &report.produce_acks_all_to_last_write,
+    ));
+    f.push(beside(
+        "produce acks=1 to the last ack (old timing)",
+        &write_limit_last,
+        &report.produce_acks_one_to_last_write,
     ));
     f.push(beside(
         "produce acks=-1 / embedded synced",

@@ -381,9 +381,10 @@ pub(crate) async fn run(
     peers: Vec<Peer>,
 ) {
     let executor = glommio::executor();
-    match iowq::keep_off_own_cpus() {
+    let placement = iowq::Placement::from_env();
+    match iowq::place_workers(placement) {
         iowq::IoWorkers::Moved(cpus) => {
-            tracing::debug!(shard = id.0, ?cpus, "io_uring workers kept off the shard's CPU")
+            tracing::debug!(shard = id.0, ?cpus, ?placement, "io_uring workers placed")
         }
         iowq::IoWorkers::Unchanged => {}
         iowq::IoWorkers::Refused(errno) => tracing::warn!(shard = id.0, errno,

@@ -188,6 +188,13 @@ pub(crate) fn remove_dir_all_in<N: Namespace>(ns: &N, dir: &Path) -> Result<(), 
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+#[cfg(test)]
+thread_local! {
+    /// Every range `File::pre_allocate_from` reserved on this thread, for tests.
+    pub(crate) static PREALLOCATED_RANGES: std::cell::RefCell<Vec<(u64, u64)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// `.<name>.<pid>.<counter>.kappa-tmp` beside `path`: unique per call in this process, and across
 /// processes by the pid, so concurrent writers of one file never share a temp file.
 pub(crate) fn temp_path_for(path: &Path) -> PathBuf {
@@ -573,6 +580,23 @@ impl File {
         match self {
             File::Dma(file) => file.pre_allocate(size, keep_size).await.map_err(io::Error::from),
             File::Sim(file) => file.pre_allocate(size, keep_size).await,
+        }
+    }
+
+    /// `pre_allocate` of [from, end) only: blocks before `from` are taken as reserved already.
+    /// On tmpfs an fallocate walks every page of its range (allocated or not, under the inode
+    /// lock a write needs too), so extending from 0 each time cost in proportion to the file.
+    pub async fn pre_allocate_from(&self, from: u64, end: u64, keep_size: bool) -> io::Result<()> {
+        if end <= from {
+            return Ok(());
+        }
+        #[cfg(test)]
+        PREALLOCATED_RANGES.with(|r| r.borrow_mut().push((from, end)));
+        match self {
+            File::Dma(file) => {
+                file.pre_allocate_range(from, end - from, keep_size).await.map_err(io::Error::from)
+            }
+            File::Sim(file) => file.pre_allocate(end, keep_size).await,
         }
     }
 

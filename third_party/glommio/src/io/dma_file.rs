@@ -553,6 +553,13 @@ impl DmaFile {
         self.file.pre_allocate(size, keep_size).await
     }
 
+    /// `pre_allocate` of the range [offset, offset + size) only (kappa patch): on tmpfs an
+    /// fallocate walks every page of its range, allocated or not, so growing a file by
+    /// `pre_allocate` from 0 costs in proportion to the whole file each time.
+    pub async fn pre_allocate_range(&self, offset: u64, size: u64, keep_size: bool) -> Result<()> {
+        self.file.pre_allocate_range(offset, size, keep_size).await
+    }
+
     /// Hint to the OS the size of increase of this file, to allow more
     /// efficient allocation of blocks.
     ///

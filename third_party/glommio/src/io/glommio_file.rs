@@ -225,6 +225,18 @@ impl GlommioFile {
         self.fallocate("Pre-allocate space", flags, 0, size).await
     }
 
+    /// `pre_allocate` of the range [offset, offset + size) only (kappa patch: tmpfs walks every
+    /// page of the range, so extending from 0 each time grows with the file).
+    pub(crate) async fn pre_allocate_range(
+        &self,
+        offset: u64,
+        size: u64,
+        keep_size: bool,
+    ) -> Result<()> {
+        let flags = if keep_size { libc::FALLOC_FL_KEEP_SIZE } else { 0 };
+        self.fallocate("Pre-allocate space", flags, offset, size).await
+    }
+
     async fn fallocate(&self, op: &'static str, flags: i32, offset: u64, size: u64) -> Result<()> {
         let source =
             self.reactor
