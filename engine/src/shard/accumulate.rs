@@ -58,32 +58,27 @@ pub(crate) struct Stage {
 }
 
 /// A request whose records wait in staged batches: answered when the last slice is durable.
-///
-/// Why dense: with random keys over thousands of partitions nearly every record is a slice of
-/// its own, and each slice's acknowledgement lands in a different request, a cache miss per
-/// record. One `u64` per part (its lowest offset so far) packs four times the parts per cache
-/// line of an `Option<BatchAck>` per part; the part's last offset follows from its record count,
-/// since a request's records for one partition are contiguous in the log (module doc).
 struct Pending {
-    /// Per part: the lowest offset settled so far (`UNSETTLED`: none yet).
-    bases: RefCell<Vec<u64>>,
-    /// The request's `(partition, end in its indexes)` per part, as `Stage` carried them.
-    parts: Vec<(u32, u32)>,
+    acks: RefCell<Vec<Option<BatchAck>>>,
+    partitions: Vec<u32>,
     remaining: Cell<usize>,
     error: RefCell<Option<Error>>,
     reply: RefCell<Option<Reply<Vec<BatchAck>>>>,
 }
 
-/// A part of `Pending::bases` that no slice settled yet.
-const UNSETTLED: u64 = u64::MAX;
-
 impl Pending {
-    /// Records from `first` on of part `part` are durable (or failed).
-    fn settle(&self, part: usize, result: Result<u64, (&Error, &std::path::Path)>) {
+    /// Records `[first, last]` of part `part` are durable (or failed).
+    fn settle(&self, part: usize, result: Result<(u64, u64), (&Error, &std::path::Path)>) {
         match result {
-            Ok(first) => {
-                let mut bases = self.bases.borrow_mut();
-                bases[part] = bases[part].min(first);
+            Ok((first, last)) => {
+                let mut acks = self.acks.borrow_mut();
+                let ack = acks[part].get_or_insert(BatchAck {
+                    partition: self.partitions[part],
+                    base_offset: first,
+                    last_offset: last,
+                });
+                ack.base_offset = ack.base_offset.min(first);
+                ack.last_offset = ack.last_offset.max(last);
             }
             Err((e, dir)) => {
                 let mut error = self.error.borrow_mut();
@@ -102,37 +97,20 @@ impl Pending {
             if let Some(reply) = self.reply.borrow_mut().take() {
                 let result = match self.error.borrow_mut().take() {
                     Some(e) => Err(e),
-                    None => Ok(self.acks()),
+                    None => Ok(self.acks.borrow().iter().map(|a| a.expect("settled")).collect()),
                 };
                 let _ = reply.send(result);
             }
         }
     }
-
-    /// One `BatchAck` per part, once every slice settled.
-    fn acks(&self) -> Vec<BatchAck> {
-        let bases = self.bases.borrow();
-        let mut start = 0;
-        self.parts
-            .iter()
-            .zip(bases.iter())
-            .map(|(&(partition, end), &base)| {
-                debug_assert_ne!(base, UNSETTLED, "every part settled");
-                let count = u64::from(end - start);
-                start = end;
-                BatchAck { partition, base_offset: base, last_offset: base + count - 1 }
-            })
-            .collect()
-    }
 }
 
-/// A waiter's share of a staged batch: its records from position `start` to the next slice's
-/// start (or the batch's end). 16 bytes: a staged batch holds one per record when keys are
-/// spread over thousands of partitions.
+/// A waiter's share of a staged batch: its records at positions `[start, end)`.
 struct Slice {
     pending: Rc<Pending>,
-    part: u32,
+    part: usize,
     start: u32,
+    end: u32,
 }
 
 /// Records of one partition waiting to be appended together.
@@ -369,13 +347,12 @@ pub(crate) async fn stage(shard: &Rc<Shard>, stage: Stage) {
     let incoming = all_indexes.iter().map(|&i| batch.size_of(i as usize)).sum();
     make_room(shard, incoming).await;
     let pending = Rc::new(Pending {
-        bases: RefCell::new(vec![UNSETTLED; parts.len()]),
-        parts,
+        acks: RefCell::new(vec![None; parts.len()]),
+        partitions: parts.iter().map(|(p, _)| *p).collect(),
         remaining: Cell::new(1), // the staging itself, settled below
         error: RefCell::new(None),
         reply: RefCell::new(Some(reply)),
     });
-    let parts = &pending.parts;
     let limits = shard.config.log.limits;
     let batch_size = batch_size.clamp(1, limits.batch_size_bytes_max as usize);
     let count_max = limits.batch_record_count_max as usize;
@@ -422,18 +399,13 @@ pub(crate) async fn stage(shard: &Rc<Shard>, stage: Stage) {
                         slots.staged += 1;
                         let mut staged = take_spare(spare, spare_slices, spare_bytes);
                         staged.generation = generation;
-                        // Sized to what batches of this shard held lately, with a quarter more
-                        // (capped by what one may hold): one allocation, not a doubling
-                        // `realloc` per few records. Without the margin, the half of the
-                        // batches that held more than the average (random keys spread records
-                        // unevenly) grew once more, copying all they held.
+                        // Sized to what batches of this shard held lately (capped by what one
+                        // may hold): one allocation, not a doubling `realloc` per few records.
                         let typical = *typical;
-                        let margin = |n: usize| n + n / 4;
-                        staged.batch.reserve(
-                            margin(typical.records).min(count_max),
-                            margin(typical.bytes).min(batch_size),
-                        );
-                        staged.slices.reserve(margin(typical.slices).min(count_max));
+                        staged
+                            .batch
+                            .reserve(typical.records.min(count_max), typical.bytes.min(batch_size));
+                        staged.slices.reserve(typical.slices.min(count_max));
                         slot.insert(staged)
                     }
                 };
@@ -456,11 +428,7 @@ pub(crate) async fn stage(shard: &Rc<Shard>, stage: Stage) {
                 let end = staged.batch.len() as u32;
                 if end > start {
                     pending.remaining.set(pending.remaining.get() + 1);
-                    staged.slices.push(Slice {
-                        pending: pending.clone(),
-                        part: part as u32,
-                        start,
-                    });
+                    staged.slices.push(Slice { pending: pending.clone(), part, start, end });
                     staged.durability = staged.durability.max(Some(durability));
                 }
                 full || staged.batch.data_len() >= batch_size
@@ -475,8 +443,8 @@ pub(crate) async fn stage(shard: &Rc<Shard>, stage: Stage) {
         }
     }
     if linger.is_zero() {
-        for &(partition, _) in parts {
-            flush(shard, &topic, partition, Cause::Request).await;
+        for (partition, _) in &parts {
+            flush(shard, &topic, *partition, Cause::Request).await;
         }
     }
     {
@@ -611,7 +579,7 @@ async fn flush(shard: &Rc<Shard>, topic: &Arc<str>, partition: u32, cause: Cause
             let error = Error::UnknownTopic { topic: topic.to_string() };
             let dir = kappa_storage::paths::partition_dir(&shard.config.data_dir, topic, partition);
             for slice in staged.slices {
-                slice.pending.settle(slice.part as usize, Err((&error, &dir)));
+                slice.pending.settle(slice.part, Err((&error, &dir)));
             }
         }
         return;
@@ -649,12 +617,15 @@ async fn flush(shard: &Rc<Shard>, topic: &Arc<str>, partition: u32, cause: Cause
         permit,
         Box::new(move |result: Result<BatchAck, Error>| {
             for slice in slices.drain(..) {
-                let part = slice.part as usize;
                 match &result {
-                    Ok(ack) => {
-                        slice.pending.settle(part, Ok(ack.base_offset + u64::from(slice.start)))
-                    }
-                    Err(e) => slice.pending.settle(part, Err((e, dir.dir()))),
+                    Ok(ack) => slice.pending.settle(
+                        slice.part,
+                        Ok((
+                            ack.base_offset + u64::from(slice.start),
+                            ack.base_offset + u64::from(slice.end) - 1,
+                        )),
+                    ),
+                    Err(e) => slice.pending.settle(slice.part, Err((e, dir.dir()))),
                 }
             }
             let max = ack_shard.config.staged_bytes_max;
