@@ -341,7 +341,16 @@ async fn append_partition(node: &Rc<Node>, work: Work, durability: Durability) -
                 headers: &headers[start..end],
             })
             .collect();
-        log.reserve().await;
+        // An embedded request's records for this partition split over staged batches stay
+        // contiguous (its producer derives each record's offset from the first): its staged rest
+        // goes first. Checked after the last await, so nothing splits before the append below.
+        loop {
+            log.reserve().await;
+            if !crate::shard::holds_split_part(&node.shard, &work.topic, work.partition) {
+                break;
+            }
+            crate::shard::flush_staged(&node.shard, &work.topic, work.partition).await;
+        }
         let producer = ProducerInfo {
             producer_id: batch.producer_id,
             producer_epoch: batch.producer_epoch,

@@ -15,8 +15,12 @@
 //! Order: only the request loop stages records, and a staged batch is taken and appended in one
 //! synchronous step (after the awaits for room), so staged batches of a partition are appended in
 //! the order they were filled, and a plain append for a partition first flushes what is staged
-//! there. Records of one request for one partition are therefore contiguous in the log, which is
-//! how the producer computes every record's offset from one `BatchAck` per partition.
+//! there. An append from outside the request loop (a Kafka produce, on the same shard) may come
+//! while a request's records for a partition are split between the log and a staged batch (a
+//! full batch was appended in the middle of them); it first appends that batch, and appends
+//! only once none is staged (`holds_split_part`, checked after its last await). Records of one
+//! request for one partition are therefore contiguous in the log, which is how the producer
+//! computes every record's offset from one `BatchAck` per partition.
 //!
 //! Bounds: staged bytes per shard are at most `EngineConfig::staged_bytes_max` (past it, the
 //! oldest staged batches are flushed before more are staged); a flush waits for room in the log's
@@ -121,6 +125,9 @@ struct Staged {
     durability: Option<Durability>,
     /// Tells a linger timer whether the batch it was started for is still the one staged.
     generation: u64,
+    /// Holds the rest of a request's records for the partition whose first records are in a
+    /// batch taken for appending already (`holds_split_part`).
+    continues: bool,
 }
 
 /// A topic's staged batches: one slot per partition number (grown on demand; only this shard's
@@ -362,6 +369,8 @@ pub(crate) async fn stage(shard: &Rc<Shard>, stage: Stage) {
         let indexes = &all_indexes[part_start as usize..part_end as usize];
         part_start = part_end;
         let mut i = 0;
+        // Whether a slice of this part is staged already: a next one goes to a later batch.
+        let mut split = false;
         while i < indexes.len() {
             // Stage as many records as fit, synchronously; then flush a full batch (an await).
             let full = {
@@ -399,6 +408,7 @@ pub(crate) async fn stage(shard: &Rc<Shard>, stage: Stage) {
                         slots.staged += 1;
                         let mut staged = take_spare(spare, spare_slices, spare_bytes);
                         staged.generation = generation;
+                        staged.continues = false;
                         // Sized to what batches of this shard held lately (capped by what one
                         // may hold): one allocation, not a doubling `realloc` per few records.
                         let typical = *typical;
@@ -427,6 +437,8 @@ pub(crate) async fn stage(shard: &Rc<Shard>, stage: Stage) {
                 }
                 let end = staged.batch.len() as u32;
                 if end > start {
+                    staged.continues |= split;
+                    split = true;
                     pending.remaining.set(pending.remaining.get() + 1);
                     staged.slices.push(Slice { pending: pending.clone(), part, start, end });
                     staged.durability = staged.durability.max(Some(durability));
@@ -481,6 +493,14 @@ async fn make_room(shard: &Rc<Shard>, incoming: usize) {
             None => return,
         }
     }
+}
+
+/// Whether the batch staged for a partition holds the rest of a request's records for it whose
+/// first records are in the log (or on their way) already. An append that does not come through
+/// the request loop (a Kafka produce) must not go ahead of it: it would land inside the request's
+/// records, whose offsets the producer derives from the first (module doc).
+pub(crate) fn holds_split_part(shard: &Shard, topic: &str, partition: u32) -> bool {
+    shard.staging.borrow().get(topic, partition).is_some_and(|s| s.continues)
 }
 
 /// Appends what is staged for a partition before a plain append to it (arrival order).

@@ -698,6 +698,19 @@ async fn serve(shard: Rc<Shard>) {
     let _ = shutdown(&shard).await;
 }
 
+/// Before an append that does not come through the request loop (a Kafka produce): true while
+/// the batch staged for the partition holds the rest of a request whose first records are in the
+/// log already, which the caller appends first (`flush_staged`). Checked after the caller's last
+/// await, so nothing is staged between the check and its append.
+pub(crate) fn holds_split_part(shard: &Shard, topic: &str, partition: u32) -> bool {
+    accumulate::holds_split_part(shard, topic, partition)
+}
+
+/// Appends what is staged for the partition (see `holds_split_part`).
+pub(crate) async fn flush_staged(shard: &Rc<Shard>, topic: &Arc<str>, partition: u32) {
+    accumulate::flush_before_append(shard, topic, partition).await
+}
+
 /// What to do with an append's acknowledgement once its durability is reached.
 pub(crate) type AppendDone = Box<dyn FnOnce(Result<BatchAck, Error>)>;
 

@@ -258,3 +258,75 @@ fn embedded_consumers_and_producers_meet_kafka_clients_byte_for_byte() {
     kafka.stop();
     engine.shutdown().expect("shutdown");
 }
+
+/// An embedded request learns every record's offset from one acknowledgement per partition, so
+/// its records for a partition must be contiguous in the log, also when they fill several staged
+/// batches. A Kafka produce to that partition while the request's last staged batch lingers (its
+/// first batches already appended) goes after that batch. Fails with Kafka's append going ahead
+/// of it: the request's last records are then acknowledged at offsets that hold the Kafka record
+/// and the request's own records shifted by one.
+#[test]
+fn a_kafka_produce_never_lands_inside_an_embedded_request() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let engine = Arc::new(
+        Engine::builder()
+            .data_dir(temp.path())
+            .shards(1)
+            .io_memory_bytes(4 << 20)
+            .build()
+            .expect("engine"),
+    );
+    engine.create_topic("split", TopicConfig::new(1)).expect("topic");
+    let kafka = KafkaServer::start(&engine, KafkaConfig::new("127.0.0.1:0".parse().expect("addr")))
+        .expect("kafka");
+    let mut c = Client::connect(kafka.local_addr()).expect("connect");
+    // Staged batches of 1 KiB: 200 records of ~60 bytes fill about a dozen, appended as they
+    // fill; the last one lingers for 5 s.
+    let producer = engine.producer().with_linger(Duration::from_secs(5)).with_batch_size(1024);
+    let values: Vec<Vec<u8>> =
+        (0..200u64).map(|i| format!("embedded-{i:04}-{}", "v".repeat(40)).into_bytes()).collect();
+    let mut batch = ProducerBatch::new();
+    for v in &values {
+        batch.push(Some(b"k"), v, None);
+    }
+    let acks = std::thread::scope(|s| {
+        let sending = s.spawn(move || producer.send_each("split", batch).expect("acked"));
+        // Once the request's first staged batches are in the log ...
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while engine.partition_offsets("split", 0).expect("offsets").end_offset == 0 {
+            assert!(std::time::Instant::now() < deadline, "no staged batch was appended");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // ... a Kafka client produces to the same partition.
+        let records =
+            [Record { timestamp: 1, key: Some(b"kafka"), value: b"from-kafka", headers: &[] }];
+        let batch = record_batch(&records, ProducerInfo::default(), Compression::None);
+        let (error, _) = produce(&mut c, 9, "split", 0, batch, 1);
+        assert_eq!(error, 0, "the Kafka produce failed");
+        sending.join().expect("the embedded producer")
+    });
+    let end = engine.partition_offsets("split", 0).expect("offsets").end_offset;
+    assert_eq!(end, 201, "every record stored once");
+    let mut consumer = engine.consumer("split", 0, Seek::Beginning).expect("consumer");
+    let mut stored = BTreeMap::new();
+    while consumer.position() < end {
+        let batch = consumer
+            .next_batch_timeout(Duration::from_secs(10))
+            .expect("read")
+            .expect("a batch within 10 s");
+        for record in batch.records() {
+            stored.insert(record.offset(), record.value().to_vec());
+        }
+    }
+    for (i, ack) in acks.iter().enumerate() {
+        assert_eq!(
+            stored.get(&ack.offset),
+            Some(&values[i]),
+            "record {i} at offset {}",
+            ack.offset
+        );
+    }
+    drop(c);
+    kafka.stop();
+    engine.shutdown().expect("shutdown");
+}
