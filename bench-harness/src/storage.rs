@@ -44,12 +44,12 @@ pub struct Args {
     pairs: usize,
     /// Read shapes of the scan, as KIBxDEPTH (`LogConfig::read_buffer_size_bytes` in KiB x
     /// `read_ahead_max`), comma separated: each round scans the same log once in each, the order
-    /// turning by one each round; the first is the scan figure's. Default: the log's own.
+    /// turning by one each round; the log's own (added when missing) is the scan figure's.
     #[arg(long, value_delimiter = ',', value_parser = parse_read_shape)]
     scan_shapes: Vec<Shape>,
     /// Unsynced bounds (`LogConfig::unsynced_bytes_max`) of the append `written` phase, in MiB,
     /// comma separated: each round appends once with each, the order turning by one each round;
-    /// the first is the figure's (and the raw "synced as the log" run's). Default: the log's own.
+    /// the log's own (added when missing) is the figure's (and the raw "synced as the log" run's).
     #[arg(long, value_delimiter = ',')]
     unsynced_mib: Vec<u64>,
 }
@@ -173,16 +173,14 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
     let (size_mib, pairs) = if quick { (64, 2) } else { (args.size_mib, args.pairs.max(1)) };
     let size_bytes = size_mib * MIB;
     let defaults = LogConfig::default();
-    let scan_shapes = if args.scan_shapes.is_empty() {
-        vec![crate::limit::engine_read_shape()]
-    } else {
-        args.scan_shapes.clone()
-    };
-    let bounds: Vec<u64> = if args.unsynced_mib.is_empty() {
-        vec![defaults.unsynced_bytes_max]
-    } else {
-        args.unsynced_mib.iter().map(|mib| mib * MIB).collect()
-    };
+    // The engine's own setting always goes first: the headline figures and their verdicts are
+    // the engine's as shipped, whatever order (or omission) the flags gave.
+    let scan_shapes =
+        own_setting_first(args.scan_shapes.clone(), crate::limit::engine_read_shape());
+    let bounds = own_setting_first(
+        args.unsynced_mib.iter().map(|mib| mib * MIB).collect(),
+        defaults.unsynced_bytes_max,
+    );
     for &bound in &bounds {
         LogConfig { unsynced_bytes_max: bound, ..LogConfig::default() }
             .validate()
@@ -393,6 +391,13 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
     Ok(outcome)
 }
 
+/// `settings` with `own` first (moved there, or added when missing), the rest in their order.
+fn own_setting_first<T: PartialEq>(mut settings: Vec<T>, own: T) -> Vec<T> {
+    settings.retain(|s| *s != own);
+    settings.insert(0, own);
+    settings
+}
+
 /// The settings each round measures beside each other (`Args::scan_shapes`, `unsynced_mib`).
 struct Settings {
     scan_shapes: Vec<Shape>,
@@ -586,6 +591,15 @@ async fn scan(dir: &Path, shape: Shape) -> anyhow::Result<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The headline figure is always the engine's own setting, whatever order the flags gave
+    /// (a verdict on another shape or bound would judge a configuration the engine does not ship).
+    #[test]
+    fn the_engines_own_setting_is_measured_first() {
+        assert_eq!(own_setting_first(vec![64, 16, 256], 16), vec![16, 64, 256]);
+        assert_eq!(own_setting_first(vec![64, 256], 16), vec![16, 64, 256]);
+        assert_eq!(own_setting_first(Vec::new(), 16), vec![16]);
+    }
 
     #[test]
     fn read_shapes_parse_and_bad_ones_are_refused() {

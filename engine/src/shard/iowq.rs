@@ -29,11 +29,19 @@ pub(crate) enum Placement {
 }
 
 impl Placement {
-    /// From `KAPPA_IOWQ_CPUS` (`others`, `own`); the default when unset or unknown.
+    /// From `KAPPA_IOWQ_CPUS` (`others`, `own`); the default when unset, and when unknown with a
+    /// warning (a typo must not measure the default under another label unnoticed).
     pub(crate) fn from_env() -> Placement {
         match std::env::var("KAPPA_IOWQ_CPUS").as_deref() {
             Ok("own") => Placement::OwnCpu,
-            _ => Placement::OtherCpus,
+            Ok("others") | Err(_) => Placement::OtherCpus,
+            Ok(other) => {
+                tracing::warn!(
+                    value = other,
+                    "KAPPA_IOWQ_CPUS is neither `others` nor `own`; using `others`"
+                );
+                Placement::OtherCpus
+            }
         }
     }
 }
