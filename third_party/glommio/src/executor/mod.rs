@@ -391,8 +391,11 @@ impl ExecutorQueues {
             // one (`default_vruntime + 1`), so a latency queue woken at a reactor turn (a
             // request from another thread, an I/O completion) waited for a busy queue (replay)
             // to run one more whole preempt-timer slice first: about 1 ms per live hop.
+            // Only while it is within its share, though: a latency queue that ran more than
+            // its shares allow keeps its own (larger) virtual runtime and waits its turn, so the
+            // other queues (replay, whose minimum rate rests on its shares) keep theirs.
             state.vruntime = match state.io_requirements.latency_req {
-                Latency::Matters(_) => self.default_vruntime.saturating_sub(1),
+                Latency::Matters(_) => state.vruntime.max(self.default_vruntime.saturating_sub(1)),
                 Latency::NotImportant => self.default_vruntime + 1,
             };
             state.active = true;
