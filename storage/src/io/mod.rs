@@ -574,18 +574,11 @@ impl File {
         }
     }
 
-    /// fallocate: reserves blocks up to `size`; with `keep_size` false the file grows to `size`
-    /// and the new range reads as zeros.
-    pub async fn pre_allocate(&self, size: u64, keep_size: bool) -> io::Result<()> {
-        match self {
-            File::Dma(file) => file.pre_allocate(size, keep_size).await.map_err(io::Error::from),
-            File::Sim(file) => file.pre_allocate(size, keep_size).await,
-        }
-    }
-
-    /// `pre_allocate` of [from, end) only: blocks before `from` are taken as reserved already.
-    /// On tmpfs an fallocate walks every page of its range (allocated or not, under the inode
-    /// lock a write needs too), so extending from 0 each time cost in proportion to the file.
+    /// fallocate of [from, end): reserves those blocks (blocks before `from` are taken as
+    /// reserved already); with `keep_size` false the file grows to `end` and the new range reads
+    /// as zeros. Only the new range, never from 0: on tmpfs an fallocate walks every page of its
+    /// range (allocated or not, under the inode lock a write needs too), so extending from 0 each
+    /// time cost in proportion to the file.
     pub async fn pre_allocate_from(&self, from: u64, end: u64, keep_size: bool) -> io::Result<()> {
         if end <= from {
             return Ok(());

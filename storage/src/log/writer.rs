@@ -55,7 +55,7 @@ struct Writer {
     file: File,
     path: PathBuf,
     segment_base: u64,
-    /// The active file's size on disk: frames, then zeros reserved by `pre_allocate`.
+    /// The active file's size on disk: frames, then zeros reserved by `pre_allocate_from`.
     allocated: u64,
     /// A preallocation running ahead of the writes (`preallocate`): its target, and whether it
     /// finished.

@@ -621,16 +621,7 @@ fn a_request_from_another_thread_is_served_before_replay_goes_on() {
         .preempt_timer(Duration::from_secs(60))
         .spawn(|| async move {
             let executor = glommio::executor();
-            let live = executor.create_task_queue(
-                glommio::Shares::Static(1000),
-                glommio::Latency::Matters(Duration::from_secs(60)),
-                "live",
-            );
-            let replay = executor.create_task_queue(
-                glommio::Shares::Static(1000),
-                glommio::Latency::NotImportant,
-                "replay",
-            );
+            let (live, replay) = live_and_replay_queues(Duration::from_secs(60));
             // The shard's request loop: waits on its channel in the live queue.
             let (requests, queue) = flume::bounded::<u64>(1);
             let listening = Rc::new(Cell::new(false));
@@ -699,6 +690,25 @@ fn a_request_from_another_thread_is_served_before_replay_goes_on() {
         .expect("test body");
 }
 
+/// A shard's two queues as `shard::mod` makes them, with equal shares: live (its latency
+/// matters, within `latency`) and replay.
+fn live_and_replay_queues(
+    latency: Duration,
+) -> (glommio::TaskQueueHandle, glommio::TaskQueueHandle) {
+    let executor = glommio::executor();
+    let live = executor.create_task_queue(
+        glommio::Shares::Static(1000),
+        glommio::Latency::Matters(latency),
+        "live",
+    );
+    let replay = executor.create_task_queue(
+        glommio::Shares::Static(1000),
+        glommio::Latency::NotImportant,
+        "replay",
+    );
+    (live, replay)
+}
+
 /// Spins the thread for `d` (work that takes CPU time, as a fold or an append does).
 #[allow(clippy::disallowed_methods)] // Measures CPU work done, decides nothing by the clock.
 fn spin_for(d: Duration) -> Duration {
@@ -723,17 +733,7 @@ fn a_live_queue_woken_again_and_again_leaves_replay_its_share() {
     let (live_ns, replay_ns) = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .preempt_timer(Duration::from_millis(1))
         .spawn(|| async move {
-            let executor = glommio::executor();
-            let live = executor.create_task_queue(
-                glommio::Shares::Static(1000),
-                glommio::Latency::Matters(Duration::from_millis(1)),
-                "live",
-            );
-            let replay = executor.create_task_queue(
-                glommio::Shares::Static(1000),
-                glommio::Latency::NotImportant,
-                "replay",
-            );
+            let (live, replay) = live_and_replay_queues(Duration::from_millis(1));
             let (requests, queue) = flume::bounded::<()>(1);
             let (done, finished) = std::sync::mpsc::channel::<()>();
             let stop = Rc::new(Cell::new(false));

@@ -272,7 +272,7 @@ fn a_full_disk_shortens_a_write_then_refuses_with_enospc() {
         assert_eq!(short, 1536, "what fits, in whole sectors");
         let error = file.write_at(buffer(&file, 512, 1), 9728).await.expect_err("full");
         assert_eq!(error.raw_os_error(), Some(28));
-        assert!(file.pre_allocate(1 << 20, false).await.is_err());
+        assert!(file.pre_allocate_from(0, 1 << 20, false).await.is_err());
         assert!(sim.faults().iter().all(|r| r.kind == FaultKind::NoSpace));
     });
 }
