@@ -43,6 +43,9 @@ pub struct Args {
     /// The accumulator's linger on the random-key side, in ms.
     #[arg(long, default_value_t = 100)]
     linger_ms: u64,
+    /// The accumulator's batch size on the random-key side, in KiB (default: the producer's).
+    #[arg(long)]
+    batch_size_kib: Option<usize>,
     /// Run only part (a), random keys against pre-grouped.
     #[arg(long, conflicts_with = "only_costs")]
     only_ratios: bool,
@@ -130,8 +133,18 @@ fn engine(dir: &std::path::Path) -> anyhow::Result<Engine> {
 }
 
 /// Records/s of the random-key side: batches of 1000 mixed keys through the accumulator.
-fn random_run(engine: &Engine, topic: &str, records: u64, linger: Duration) -> anyhow::Result<f64> {
-    let producer = engine.producer().with_durability(Durability::Written).with_linger(linger);
+fn random_run(
+    engine: &Engine,
+    topic: &str,
+    records: u64,
+    linger: Duration,
+    batch_size: usize,
+) -> anyhow::Result<f64> {
+    let producer = engine
+        .producer()
+        .with_durability(Durability::Written)
+        .with_linger(linger)
+        .with_batch_size(batch_size);
     let value = vec![b'v'; VALUE];
     // The records are in batches before the clock starts, as the grouped side's are.
     let mut batches = Vec::with_capacity(records.div_ceil(BATCH) as usize);
@@ -151,9 +164,27 @@ fn random_run(engine: &Engine, topic: &str, records: u64, linger: Duration) -> a
         pending.push(producer.submit_each(topic, batch)?);
     }
     // The end of the load: what still lingers is appended now (Kafka's `flush()`).
+    let submitted = started.elapsed();
+    let phases = std::env::var_os("KAPPA_BENCH_PHASES").is_some();
+    if phases {
+        // Served after every request queued before it: the end of staging.
+        engine.metrics()?;
+    }
+    let staged = started.elapsed();
     producer.flush()?;
+    let flushed = started.elapsed();
     for p in pending {
         p.wait()?;
+    }
+    if phases {
+        eprintln!(
+            "partitions: random phases: submitted {:.0} ms, staged {:.0} ms, flushed {:.0} ms, \
+             acknowledged {:.0} ms",
+            submitted.as_secs_f64() * 1e3,
+            staged.as_secs_f64() * 1e3,
+            flushed.as_secs_f64() * 1e3,
+            started.elapsed().as_secs_f64() * 1e3
+        );
     }
     Ok(records as f64 / started.elapsed().as_secs_f64())
 }
@@ -230,13 +261,14 @@ fn ratio_runs(
     engine.create_topic("grouped", TopicConfig::new(partitions))?;
     engine.create_topic("random", TopicConfig::new(partitions))?;
     let linger = Duration::from_millis(args.linger_ms);
+    let batch_size = args.batch_size_kib.map_or(DEFAULT_BATCH_SIZE, |k| k * 1024);
     let (mut grouped, mut random) = (Vec::new(), Vec::new());
     let mut last = (0, 0);
     if let Some(side) = &args.profile_side {
         for run in 0..pairs {
             let cpu = cpu_seconds();
             let rate = match side.as_str() {
-                "random" => random_run(&engine, "random", records, linger)?,
+                "random" => random_run(&engine, "random", records, linger, batch_size)?,
                 _ => grouped_run(&engine, "grouped", partitions, records)?,
             };
             eprintln!(
@@ -254,7 +286,7 @@ fn ratio_runs(
         let grouped_cpu = cpu_since(cpu);
         let before = stored_batches(&engine)?;
         let cpu = cpu_seconds();
-        let r = random_run(&engine, "random", records, linger)?;
+        let r = random_run(&engine, "random", records, linger, batch_size)?;
         let random_cpu = cpu_since(cpu);
         let after = stored_batches(&engine)?;
         eprintln!("partitions: grouped {grouped_cpu}; random {random_cpu}");
@@ -506,7 +538,7 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
         value_bytes: VALUE,
         batch_records: BATCH,
         linger_ms: args.linger_ms,
-        batch_size: DEFAULT_BATCH_SIZE,
+        batch_size: args.batch_size_kib.map_or(DEFAULT_BATCH_SIZE, |k| k * 1024),
         ratios,
         costs,
         notes: "(a) random keys in batches of 1000 through the accumulator, paired with the same \

@@ -5,8 +5,13 @@
 //! 1.6 records per frame, and ingest collapsed to a few percent of the pre-grouped rate. Like
 //! Kafka's producer (`linger.ms`, `batch.size`), records now wait in a per-partition staged batch
 //! until it holds `batch_size` bytes or its first record has waited `linger` (and the shard has
-//! staged the requests queued by then: `flush_expired`); a request with `linger` zero is flushed
-//! when the shard finished staging it.
+//! staged the requests queued at that moment: `flush_expired`); a request with `linger` zero is
+//! flushed when the shard finished staging it.
+//!
+//! Cost: staging copies each record once more than a pre-grouped append, so it reads the
+//! producer's batch front to back and writes each record to its partition's staged batch
+//! (`stage`); reading in partition order jumped through the producer's bytes, a cache miss per
+//! record.
 //!
 //! The accumulator lives on the shard (not in the producer), so it needs no lock and producers on
 //! any number of threads share it; a producer sends one request per shard, whatever the number of
@@ -46,14 +51,15 @@ use crate::Error;
 /// What a `Request::Stage` carries: records of one topic for partitions of one shard.
 pub(crate) struct Stage {
     pub(crate) topic: Arc<str>,
-    /// All records of the producer's batch; `parts` says which go where.
+    /// All records of the producer's batch; `indexes` says which are this shard's.
     pub(crate) batch: Arc<ProducerBatch>,
-    /// Indexes into `batch` of this shard's records, grouped by partition, in batch order within
-    /// a partition.
+    /// Indexes into `batch` of this shard's records, in batch order (the shard reads the bytes
+    /// front to back).
     pub(crate) indexes: Vec<u32>,
-    /// (partition, end of its group in `indexes`) per partition of this shard; a group starts
-    /// where the previous one ended.
-    pub(crate) parts: Vec<(u32, u32)>,
+    /// The part (an index into `parts`) of each record of `indexes`.
+    pub(crate) record_parts: Vec<u32>,
+    /// The partition of each part, ascending: a part is a partition's records of this request.
+    pub(crate) parts: Vec<u32>,
     pub(crate) durability: Durability,
     pub(crate) linger: Duration,
     pub(crate) batch_size: usize,
@@ -109,12 +115,14 @@ impl Pending {
     }
 }
 
-/// A waiter's share of a staged batch: its records at positions `[start, end)`.
+/// A waiter's share of a staged batch: its records from position `start` to where the next
+/// slice starts (or the batch ends). 16 bytes: with random keys over 1,000 partitions nearly
+/// every record opens a slice, in one of hundreds of staged batches, and each byte here is
+/// written where no cache holds it.
 struct Slice {
     pending: Rc<Pending>,
-    part: usize,
+    part: u32,
     start: u32,
-    end: u32,
 }
 
 /// Records of one partition waiting to be appended together.
@@ -151,9 +159,12 @@ pub(crate) struct Staging {
     topics: BTreeMap<Arc<str>, TopicSlots>,
     /// Staged batches in the order they started (stale entries are skipped).
     order: VecDeque<(Arc<str>, u32, u64)>,
-    /// Staged batches whose linger elapsed while requests were queued: appended once the request
-    /// loop has staged what was queued (stale entries are skipped).
-    expired: Vec<(Arc<str>, u32, u64)>,
+    /// Staged batches whose linger elapsed while requests were queued, in the order they
+    /// expired: each is appended once the request loop has taken the requests queued at its
+    /// expiry (`Expired::after`; stale entries are skipped).
+    expired: VecDeque<Expired>,
+    /// Requests the request loop has taken from the shard's queue (`taken`).
+    taken: u64,
     bytes: usize,
     generations: u64,
     /// Emptied staged batches and slice lists, their buffers kept for the next staged batches:
@@ -185,6 +196,16 @@ pub(crate) struct Staging {
     /// allocator's work on the freed pieces were most of the staging shards' time: random keys
     /// over 4,000 partitions cost the shards 5x the CPU of the same records grouped by hand.
     typical: Typical,
+}
+
+/// A staged batch whose linger elapsed while requests were queued (`Staging::expired`).
+struct Expired {
+    topic: Arc<str>,
+    partition: u32,
+    generation: u64,
+    /// Appended once the request loop has taken this many requests: those taken and queued when
+    /// the linger elapsed. Never decreases along `expired` (it counts every request enqueued).
+    after: u64,
 }
 
 /// A moving average of what staged batches held when they were appended (`Staging::typical`).
@@ -320,7 +341,7 @@ impl Staging {
         }
         if self.expired.len() > bound {
             let mut expired = std::mem::take(&mut self.expired);
-            expired.retain(|(t, p, g)| self.is_current(t, *p, *g));
+            expired.retain(|e| self.is_current(&e.topic, e.partition, e.generation));
             self.expired = expired;
         }
     }
@@ -341,8 +362,14 @@ enum Cause {
 }
 
 /// Stages a request's records; flushes what fills up, and at the end what must not linger.
+///
+/// Records are read in batch order and each goes to its partition's staged batch. A request's
+/// records for one partition still land contiguously there (only the request loop stages, one
+/// request at a time), as one slice per staged batch: the slice is opened with the part's first
+/// record in that batch and grows with the next ones, so at every await the staged batches and
+/// their slices are whole.
 pub(crate) async fn stage(shard: &Rc<Shard>, stage: Stage) {
-    let Stage { topic, batch, indexes: all_indexes, parts, durability, linger, batch_size, reply } =
+    let Stage { topic, batch, indexes, record_parts, parts, durability, linger, batch_size, reply } =
         stage;
     // The topic, not each partition: a partition closed meanwhile (the topic being deleted)
     // fails its records when its batch is flushed. A lookup per partition was a fifth of the
@@ -351,11 +378,11 @@ pub(crate) async fn stage(shard: &Rc<Shard>, stage: Stage) {
         let _ = reply.send(Err(Error::UnknownTopic { topic: topic.to_string() }));
         return;
     }
-    let incoming = all_indexes.iter().map(|&i| batch.size_of(i as usize)).sum();
+    let incoming = indexes.iter().map(|&i| batch.size_of(i as usize)).sum();
     make_room(shard, incoming).await;
     let pending = Rc::new(Pending {
         acks: RefCell::new(vec![None; parts.len()]),
-        partitions: parts.iter().map(|(p, _)| *p).collect(),
+        partitions: parts.clone(),
         remaining: Cell::new(1), // the staging itself, settled below
         error: RefCell::new(None),
         reply: RefCell::new(Some(reply)),
@@ -363,45 +390,47 @@ pub(crate) async fn stage(shard: &Rc<Shard>, stage: Stage) {
     let limits = shard.config.log.limits;
     let batch_size = batch_size.clamp(1, limits.batch_size_bytes_max as usize);
     let count_max = limits.batch_record_count_max as usize;
-    let mut part_start = 0;
+    // Per part: the generation of the staged batch holding its open slice (the last slice there,
+    // since no other request stages meanwhile), and whether an earlier slice of it exists.
+    let mut open: Vec<(u64, bool)> = vec![(0, false); parts.len()];
     let mut prune_order = false;
-    for (part, &(partition, part_end)) in parts.iter().enumerate() {
-        let indexes = &all_indexes[part_start as usize..part_end as usize];
-        part_start = part_end;
-        let mut i = 0;
-        // Whether a slice of this part is staged already: a next one goes to a later batch.
-        let mut split = false;
-        while i < indexes.len() {
-            // Stage as many records as fit, synchronously; then flush a full batch (an await).
-            let full = {
-                let mut staging = shard.staging.borrow_mut();
-                let Staging {
-                    topics,
-                    order,
-                    bytes,
-                    generations,
-                    typical,
-                    spare,
-                    spare_slices,
-                    spare_bytes,
-                    ..
-                } = &mut *staging;
-                if !topics.contains_key(&*topic) {
-                    topics.insert(topic.clone(), TopicSlots::default());
+    let mut next = 0;
+    while next < indexes.len() {
+        // Stage records synchronously until one partition's batch is full; flush it (an await).
+        let full = {
+            let mut staging = shard.staging.borrow_mut();
+            let Staging {
+                topics,
+                order,
+                bytes,
+                generations,
+                typical,
+                spare,
+                spare_slices,
+                spare_bytes,
+                ..
+            } = &mut *staging;
+            if !topics.contains_key(&*topic) {
+                topics.insert(topic.clone(), TopicSlots::default());
+            }
+            let slots = topics.get_mut(&*topic).expect("inserted above");
+            let mut full = None;
+            while next < indexes.len() {
+                let index = indexes[next] as usize;
+                let part = record_parts[next] as usize;
+                let partition = parts[part];
+                let slot_index = partition as usize;
+                if slots.slots.len() <= slot_index {
+                    slots.slots.resize_with(slot_index + 1, || None);
                 }
-                let slots = topics.get_mut(&*topic).expect("inserted above");
-                let index = partition as usize;
-                if slots.slots.len() <= index {
-                    slots.slots.resize_with(index + 1, || None);
-                }
-                let slot = &mut slots.slots[index];
+                let slot = &mut slots.slots[slot_index];
                 let staged = match slot {
                     Some(staged) => staged,
                     None => {
                         *generations += 1;
                         let generation = *generations;
                         order.push_back((topic.clone(), partition, generation));
-                        prune_order = order.len() > 64;
+                        prune_order |= order.len() > 64;
                         if !linger.is_zero() {
                             spawn_linger_timer(shard, topic.clone(), partition, generation, linger);
                         }
@@ -419,43 +448,51 @@ pub(crate) async fn stage(shard: &Rc<Shard>, stage: Stage) {
                         slot.insert(staged)
                     }
                 };
-                let start = staged.batch.len() as u32;
-                let mut full = false;
-                while i < indexes.len() {
-                    let index = indexes[i] as usize;
-                    let size = batch.size_of(index);
-                    if !staged.batch.is_empty()
-                        && (staged.batch.data_len() + size > batch_size
-                            || staged.batch.len() >= count_max)
-                    {
-                        full = true;
-                        break;
-                    }
-                    staged.batch.push_from(&batch, index);
-                    *bytes += size;
-                    i += 1;
+                let size = batch.size_of(index);
+                if !staged.batch.is_empty()
+                    && (staged.batch.data_len() + size > batch_size
+                        || staged.batch.len() >= count_max)
+                {
+                    full = Some(partition);
+                    break;
                 }
-                let end = staged.batch.len() as u32;
-                if end > start {
-                    staged.continues |= split;
-                    split = true;
+                let position = staged.batch.len() as u32;
+                staged.batch.push_from(&batch, index);
+                *bytes += size;
+                let (generation, earlier) = &mut open[part];
+                if *generation != staged.generation {
+                    // The part's first record in this staged batch: a new slice. If an earlier
+                    // slice went to a batch taken for appending, this one holds the rest.
+                    staged.continues |= *earlier;
+                    *earlier = true;
+                    *generation = staged.generation;
                     pending.remaining.set(pending.remaining.get() + 1);
-                    staged.slices.push(Slice { pending: pending.clone(), part, start, end });
+                    staged.slices.push(Slice {
+                        pending: pending.clone(),
+                        part: part as u32,
+                        start: position,
+                    });
                     staged.durability = staged.durability.max(Some(durability));
                 }
-                full || staged.batch.data_len() >= batch_size
-            };
-            if full {
-                flush(shard, &topic, partition, Cause::Full).await;
+                next += 1;
+                if staged.batch.data_len() >= batch_size {
+                    full = Some(partition);
+                    break;
+                }
+                // A request spans up to thousands of partitions: let the writers and acks run.
+                if next % 4096 == 0 {
+                    break;
+                }
             }
-        }
-        // A request spans up to thousands of partitions: let the writers and acks run.
-        if part % 64 == 63 {
-            glommio::yield_if_needed().await;
+            full
+        };
+        match full {
+            Some(partition) => flush(shard, &topic, partition, Cause::Full).await,
+            None => glommio::yield_if_needed().await,
         }
     }
     if linger.is_zero() {
-        for (partition, _) in &parts {
+        for partition in &parts {
             flush(shard, &topic, *partition, Cause::Request).await;
         }
     }
@@ -546,32 +583,52 @@ fn spawn_linger_timer(
         if current != Some(generation) {
             return;
         }
-        if task_shard.request_queue.is_empty() {
+        let queued = task_shard.request_queue.len() as u64;
+        if queued == 0 {
             flush(&task_shard, &topic, partition, Cause::Linger).await;
         } else {
             // Requests are queued: records that already arrived, maybe for this partition. The
-            // request loop stages them first and then appends this batch (`flush_expired`).
+            // request loop stages them first and then appends this batch (`flush_expired`);
+            // requests that arrive later go to the next batch.
             let mut staging = task_shard.staging.borrow_mut();
-            staging.expired.push((topic, partition, generation));
+            let after = staging.taken + queued;
+            staging.expired.push_back(Expired { topic, partition, generation, after });
             staging.prune();
         }
     };
     glommio::spawn_local_into(task, shard.live).expect("the live queue exists").detach();
 }
 
-/// Appends the staged batches whose linger elapsed while requests were queued: the request loop
-/// calls it whenever it has served every queued request.
+/// Appends the staged batches whose linger elapsed while requests were queued, once the request
+/// loop has staged the requests that were queued when it elapsed (`has_due`): the request loop
+/// calls it between requests.
 ///
-/// Why: a shard that falls behind (a burst, or a machine busy with other work) otherwise appended
-/// each partition's batch as its linger ran out, while the records that would have filled it
-/// waited in the request queue. Small stored batches cost the shard more per record, so it fell
-/// further behind, and batches shrank further: at 1,000 partitions, 27 records per stored batch
-/// and a seventh of the rate of the same records grouped by hand. Records that arrived are staged
-/// before a lingering batch is cut; `linger` still bounds how long a batch waits for records that
-/// have not arrived yet.
+/// Why stage those first: a shard that falls behind (a burst, or a machine busy with other work)
+/// otherwise appended each partition's batch as its linger ran out, while the records that would
+/// have filled it waited in the request queue. Small stored batches cost the shard more per
+/// record, so it fell further behind, and batches shrank further: at 1,000 partitions, 27 records
+/// per stored batch and a seventh of the rate of the same records grouped by hand.
+///
+/// Why not wait for an empty queue (as until December 2026): under a producer that keeps the
+/// queue from emptying, a lingering batch then waited for its `batch_size` or the memory bound,
+/// without limit, and a bulk load staged every record before the first byte went to the disk
+/// (the disk idle while the shard staged, then the shard idle while the disk wrote). A batch now
+/// waits at most its linger plus the time to serve the requests queued at that moment (at most
+/// `request_queue_max`); records that arrive later go to the next batch, as in Kafka's producer.
 pub(crate) async fn flush_expired(shard: &Rc<Shard>) {
-    let expired = std::mem::take(&mut shard.staging.borrow_mut().expired);
-    for (topic, partition, generation) in expired {
+    loop {
+        let next = {
+            let mut staging = shard.staging.borrow_mut();
+            let due = staging
+                .expired
+                .front()
+                .is_some_and(|e| e.after <= staging.taken || shard.request_queue.is_empty());
+            if !due {
+                return;
+            }
+            staging.expired.pop_front()
+        };
+        let Some(Expired { topic, partition, generation, .. }) = next else { return };
         let current = shard.staging.borrow().get(&topic, partition).map(|s| s.generation);
         if current == Some(generation) {
             flush(shard, &topic, partition, Cause::Linger).await;
@@ -579,9 +636,19 @@ pub(crate) async fn flush_expired(shard: &Rc<Shard>) {
     }
 }
 
-/// True when batches wait for `flush_expired`.
-pub(crate) fn has_expired(shard: &Shard) -> bool {
-    !shard.staging.borrow().expired.is_empty()
+/// True when a batch waits for `flush_expired` and its turn has come: the requests queued at its
+/// expiry are staged, or nothing is queued.
+pub(crate) fn has_due(shard: &Shard) -> bool {
+    let staging = shard.staging.borrow();
+    staging
+        .expired
+        .front()
+        .is_some_and(|e| e.after <= staging.taken || shard.request_queue.is_empty())
+}
+
+/// The request loop took one more request from the shard's queue.
+pub(crate) fn took_request(shard: &Shard) {
+    shard.staging.borrow_mut().taken += 1;
 }
 
 /// Waits for room in the partition's log and for an append permit, then takes what is staged
@@ -599,7 +666,7 @@ async fn flush(shard: &Rc<Shard>, topic: &Arc<str>, partition: u32, cause: Cause
             let error = Error::UnknownTopic { topic: topic.to_string() };
             let dir = kappa_storage::paths::partition_dir(&shard.config.data_dir, topic, partition);
             for slice in staged.slices {
-                slice.pending.settle(slice.part, Err((&error, &dir)));
+                slice.pending.settle(slice.part as usize, Err((&error, &dir)));
             }
         }
         return;
@@ -622,6 +689,7 @@ async fn flush(shard: &Rc<Shard>, topic: &Arc<str>, partition: u32, cause: Cause
     }
     let mut staged = staged;
     let batch = std::mem::take(&mut staged.batch);
+    let records = batch.len() as u32;
     let mut slices = std::mem::take(&mut staged.slices);
     let durability = staged.durability.take().unwrap_or(Durability::Written);
     // The log, for its directory in an error (no path copied per append).
@@ -636,18 +704,23 @@ async fn flush(shard: &Rc<Shard>, topic: &Arc<str>, partition: u32, cause: Cause
         durability,
         permit,
         Box::new(move |result: Result<BatchAck, Error>| {
-            for slice in slices.drain(..) {
+            // A slice ends where the next one starts: a staged batch's slices are contiguous
+            // and in order (only the request loop stages, one request at a time).
+            let mut drained = slices.drain(..).peekable();
+            while let Some(slice) = drained.next() {
+                let end = drained.peek().map_or(records, |next| next.start);
                 match &result {
                     Ok(ack) => slice.pending.settle(
-                        slice.part,
+                        slice.part as usize,
                         Ok((
                             ack.base_offset + u64::from(slice.start),
-                            ack.base_offset + u64::from(slice.end) - 1,
+                            ack.base_offset + u64::from(end) - 1,
                         )),
                     ),
-                    Err(e) => slice.pending.settle(slice.part, Err((e, dir.dir()))),
+                    Err(e) => slice.pending.settle(slice.part as usize, Err((e, dir.dir()))),
                 }
             }
+            drop(drained);
             let max = ack_shard.config.staged_bytes_max;
             ack_shard.staging.borrow_mut().keep_spare_slices(slices, max);
         }),

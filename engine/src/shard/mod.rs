@@ -486,12 +486,14 @@ pub(crate) async fn run(
 
 async fn serve(shard: Rc<Shard>) {
     loop {
-        // Every queued request is served: staged batches whose linger ran out meanwhile go now.
-        if shard.request_queue.is_empty() && accumulate::has_expired(&shard) {
+        // Staged batches whose linger ran out go once the requests queued at that moment are
+        // staged (`accumulate::flush_expired`).
+        if accumulate::has_due(&shard) {
             accumulate::flush_expired(&shard).await;
             continue;
         }
         let Ok(request) = shard.request_queue.recv_async().await else { break };
+        accumulate::took_request(&shard);
         match request {
             Request::Append { sent, topic, partition, payload, durability, reply } => {
                 shard.replay_control.record_queue(sent.elapsed().as_nanos() as u64);

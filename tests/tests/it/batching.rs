@@ -132,6 +132,57 @@ fn a_shard_behind_stages_queued_records_before_a_linger_cuts_a_batch() {
     assert!(linger > 0, "the last batches still go at their linger, without a flush");
 }
 
+/// A linger bounds how long a staged batch waits even while the shard never catches up: a batch
+/// whose linger ran out is appended once the requests queued at that moment are staged, not
+/// when the queue is empty. Here each request takes 5 ms on the shard and a new one arrives every
+/// 2 ms, so the queue only empties after the last of 80 requests (about 400 ms of staging). The
+/// first request's records (1 ms linger) are acknowledged long before that. Before, a lingering
+/// batch waited for an empty queue: the first acknowledgement came after every request was
+/// staged, and a bulk load put nothing on the disk until it had staged all of it.
+#[test]
+fn a_linger_is_bounded_while_requests_keep_coming() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = engine_with(dir.path(), |config| {
+        config.shards = Some(1);
+        config.append_delay = Some(Duration::from_millis(5));
+    });
+    engine.create_topic("t", TopicConfig::new(4)).expect("topic");
+    let producer = engine.producer().with_linger(Duration::from_millis(1)).with_batch_size(1 << 20);
+    let requests = 80u64;
+    let started = std::time::Instant::now();
+    let mut first = None;
+    let mut waiters = Vec::new();
+    for b in 0..requests {
+        let mut batch = ProducerBatch::new();
+        for i in b * 10..(b + 1) * 10 {
+            batch.push(Some(&key(i)), &value(i), None);
+        }
+        let pending = producer.submit_each("t", batch).expect("submit");
+        if b == 0 {
+            first = Some(std::thread::spawn(move || {
+                let acks = pending.wait().expect("acks");
+                (acks.len(), started.elapsed())
+            }));
+        } else {
+            waiters.push(pending);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let last_submitted = started.elapsed();
+    let (acked, first_acked) = first.expect("first").join().expect("waiter");
+    assert_eq!(acked, 10);
+    for p in waiters {
+        assert_eq!(p.wait().expect("acks").len(), 10);
+    }
+    let all_staged = started.elapsed();
+    assert!(
+        first_acked < last_submitted,
+        "the first request (1 ms linger) was acknowledged after {first_acked:?}, when all 80 \
+         requests had been sent ({last_submitted:?}; all acknowledged after {all_staged:?}): \
+         its batch waited for the queue to empty"
+    );
+}
+
 /// Every record's `Ack` names the offset where a reader finds exactly that record, and one
 /// producer's records get increasing offsets per partition, dense from 0.
 #[test]
