@@ -615,7 +615,8 @@ pub fn mixed(args: MixedArgs) -> anyhow::Result<Outcome> {
     let mut late_without = Vec::new();
     let mut late_with = Vec::new();
     for round in 0..pairs {
-        // Live alone.
+        // Live alone. (The phase lines place a shard's `KAPPA_OVERRUN_TRACE_US` lines.)
+        eprintln!("  round {}: live alone", round + 1);
         let stop = AtomicBool::new(false);
         let looked = AtomicBool::new(false);
         let (h, late) = std::thread::scope(|s| -> anyhow::Result<_> {
@@ -641,6 +642,7 @@ pub fn mixed(args: MixedArgs) -> anyhow::Result<Outcome> {
         without.push(phase(&h));
         late_without.push(late.value_at_quantile(0.99) as f64);
         // Live with a rebuild.
+        eprintln!("  round {}: live with a rebuild", round + 1);
         let stop = AtomicBool::new(false);
         let looked = AtomicBool::new(false);
         let ((h, late), rate) = std::thread::scope(|s| -> anyhow::Result<_> {
@@ -663,6 +665,7 @@ pub fn mixed(args: MixedArgs) -> anyhow::Result<Outcome> {
         late_with.push(late.value_at_quantile(0.99) as f64);
         rate_with.push(rate);
         // The rebuild alone.
+        eprintln!("  round {}: the rebuild alone", round + 1);
         rate_alone.push(rebuild_once(&engine, &format!("alone{round}"), records)?);
         eprintln!(
             "  round {}: live p99 {:.0} us without, {:.0} us with the rebuild (budget {} us); rebuild {:.2} M/s with, {:.2} M/s alone",

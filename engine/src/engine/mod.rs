@@ -236,12 +236,21 @@ impl Engine {
             let shard_config = config.clone();
             let id = ShardId(index as u16);
             let (life, alive) = lives[index].take().expect("each shard takes its own");
+            let mut executor = LocalExecutorBuilder::new(placement)
+                .blocking_thread_pool_placement(pool)
+                .preempt_timer(config.preempt_timer())
+                .io_memory(config.io_memory_bytes);
+            if let Some(threshold) = watchdog::overrun::threshold_from_env() {
+                executor =
+                    executor.detect_stalls(Some(Box::new(watchdog::overrun::OverrunTrace {
+                        shard: index,
+                        threshold,
+                        cpu_at_start: Default::default(),
+                    })));
+            }
             let handle = watchdog::spawn_executor_reporting(
                 format!("kappa-shard-{index}"),
-                LocalExecutorBuilder::new(placement)
-                    .blocking_thread_pool_placement(pool)
-                    .preempt_timer(config.preempt_timer())
-                    .io_memory(config.io_memory_bytes),
+                executor,
                 guard.pulse(index),
                 move || shard::run(id, shard_config, receiver, peers),
                 move |panic| alive.exit(panic),

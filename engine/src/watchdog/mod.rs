@@ -32,6 +32,7 @@
 //! unit-tested without threads or clocks.
 
 mod kick;
+pub(crate) mod overrun;
 mod pulse;
 
 pub use kick::{gettid, install_kick_handler, kick_signal, kick_thread};

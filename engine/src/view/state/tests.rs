@@ -318,14 +318,15 @@ fn a_snapshot_in_steps_is_the_checkpoint_of_one_cut() {
     assert!(state.groups.len() > 3, "a few groups at least");
     let path = std::path::Path::new("/x.ckpt");
     let whole = encode_checkpoint(path, of(), &state).expect("encode");
-    for step in [1, 2, 3, state.groups.len(), state.groups.len() + 1] {
+    let cells: usize = state.groups.values().map(BTreeMap::len).sum();
+    for step in [1, 2, 3, 7, state.groups.len(), cells - 1, cells, cells + 1] {
         let mut snapshot = Snapshot::begin(of(), &state);
         let mut steps = 1;
         while !snapshot.copy_more(&state, step) {
             assert!(snapshot.covers(&state));
             steps += 1;
         }
-        assert!(steps >= state.groups.len() / step, "step {step}: copied in {steps} steps");
+        assert!(steps >= cells / step, "step {step}: copied in {steps} steps");
         assert_eq!(snapshot.next_offset(), state.next_offset);
         assert_eq!(snapshot.encode(path).expect("encode"), whole, "step {step}");
     }
@@ -334,6 +335,42 @@ fn a_snapshot_in_steps_is_the_checkpoint_of_one_cut() {
     let snapshot = Snapshot::begin(of(), &state);
     feed(&mut state, &def, &records[1_500..]);
     assert!(!snapshot.covers(&state), "a fold after the cut is seen");
+}
+
+/// A snapshot step copies at most its count of (key, window) groups, also when one key holds
+/// more windows than a step (it resumes inside the key): a step bounded by keys copied every
+/// window of each, and held the shard for milliseconds on a view with many windows per key.
+#[test]
+fn a_snapshot_step_copies_at_most_its_groups_even_inside_one_key() {
+    let def = def(Window::Tumbling { size_ms: 10 }, Aggregate::Sum);
+    let mut state = PartitionState::new(0);
+    // Two keys, 500 windows each.
+    let records: Vec<(i64, String, f64)> =
+        (0..1_000).map(|i| (i as i64 * 10, format!("k{}", i % 2), 1.0)).collect();
+    feed(&mut state, &def, &records);
+    let cells: usize = state.groups.values().map(BTreeMap::len).sum();
+    assert_eq!((state.groups.len(), cells), (2, 1_000));
+    let copied = |s: &Snapshot| s.data.groups.iter().map(|(_, w)| w.len()).sum::<usize>();
+    let mut snapshot = Snapshot::begin(of(), &state);
+    let mut before = 0;
+    let mut steps = 0;
+    loop {
+        let done = snapshot.copy_more(&state, 64);
+        steps += 1;
+        let now = copied(&snapshot);
+        assert!(now - before <= 64, "step {steps} copied {} groups", now - before);
+        before = now;
+        if done {
+            break;
+        }
+    }
+    assert_eq!(before, cells);
+    assert_eq!(steps, cells.div_ceil(64));
+    let path = std::path::Path::new("/x.ckpt");
+    assert_eq!(
+        snapshot.encode(path).expect("encode"),
+        encode_checkpoint(path, of(), &state).expect("encode")
+    );
 }
 
 /// A checkpoint resumes only its own partition of its own version and definition, or a version

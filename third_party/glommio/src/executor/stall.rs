@@ -16,6 +16,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// What the stall detector saw: the queue, its budget, how far past it the queue ran and
+/// the backtrace taken then (kappa patch: re-exported so a handler can be written outside).
 pub struct StallDetection<'a> {
     executor: usize,
     queue_handle: TaskQueueHandle,
