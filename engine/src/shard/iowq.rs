@@ -267,7 +267,7 @@ mod tests {
         let own = own.to_string();
         assert!(before.iter().all(|cpus| *cpus == own), "{before:?}");
         assert!(
-            after.iter().any(|cpus| *cpus == own),
+            after.contains(&own),
             "every worker left CPU {own} after the mask changed ({after:?}): the kernel moves \
              existing workers now"
         );
