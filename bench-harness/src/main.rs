@@ -210,31 +210,47 @@ where
 }
 
 /// Counts allocations of the whole process (one relaxed atomic add each), so scenarios can report
-/// allocations per record.
+/// allocations per record; the blocks come from mimalloc, the allocator of every kappa binary
+/// (`kappa_tools::alloc`: with glibc's malloc a shard waits on arena locks its client threads
+/// hold, and the figures here would measure that instead of the engine).
 struct CountingAllocator;
 
 static ALLOCATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-// SAFETY: forwards every call to the system allocator unchanged; only counts.
+// SAFETY: forwards every call to mimalloc unchanged; only counts.
 unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract.
-        unsafe { std::alloc::System.alloc(layout) }
+        unsafe { std::alloc::GlobalAlloc::alloc(&kappa_tools::alloc::ALLOCATOR, layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
         // SAFETY: the caller upholds `GlobalAlloc::dealloc`'s contract.
-        unsafe { std::alloc::System.dealloc(ptr, layout) }
+        unsafe { std::alloc::GlobalAlloc::dealloc(&kappa_tools::alloc::ALLOCATOR, ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // SAFETY: the caller upholds `GlobalAlloc::realloc`'s contract.
-        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+        unsafe {
+            std::alloc::GlobalAlloc::realloc(&kappa_tools::alloc::ALLOCATOR, ptr, layout, new_size)
+        }
     }
 }
 
 #[global_allocator]
 static GLOBAL: CountingAllocator = CountingAllocator;
+
+#[cfg(test)]
+mod allocator_tests {
+    /// Fails when the counting allocator forwards to the system's malloc again.
+    #[test]
+    fn the_counting_allocator_serves_blocks_from_mimalloc() {
+        let before = super::allocations();
+        let block = Box::new([0u8; 64]);
+        assert!(kappa_tools::alloc::is_mimalloc_block(block.as_ptr()));
+        assert!(super::allocations() > before, "the allocation was not counted");
+    }
+}
 
 /// Allocations (and reallocations) made by this process so far.
 pub fn allocations() -> u64 {

@@ -421,6 +421,7 @@ mod tests {
             segment_rolls: 1,
             view_checkpoints: 2,
             shard_ack_p99_us: 100.0,
+            shard_tail_p99_us: 120.0,
         }
     }
 

@@ -48,6 +48,12 @@ pub struct Args {
     /// Offered loads as fractions of the measured maximum, comma separated.
     #[arg(long, value_delimiter = ',', default_values_t = [0.1, 0.25, 0.5, 0.7, 0.85, 1.0, 1.2])]
     loads: Vec<f64>,
+    /// Takes this as the maximum (records/s) instead of measuring it, and sizes segments and
+    /// checkpoints from it: two builds compared in alternating runs then meet the same offered
+    /// loads and the same segment and checkpoint sizes (a measured maximum moves with the build
+    /// and with the machine's load).
+    #[arg(long)]
+    max_records_s: Option<f64>,
 }
 
 const VALUE_BYTES: usize = 100;
@@ -78,6 +84,12 @@ pub struct LoadPoint {
     pub view_checkpoints: u64,
     /// On the shard, from taking an append to its ack (the storage write path alone), p99.
     pub shard_ack_p99_us: f64,
+    /// On the shard, from taking an append to handing its records to the tail consumer's channel
+    /// (the write, the readable event, the subscription task's turn and its copy), p99. What the
+    /// figure has beyond it is the producer's send and the request channel before the shard, and
+    /// the consumer thread's wake-up after it.
+    #[serde(default)]
+    pub shard_tail_p99_us: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -93,6 +105,8 @@ struct Report {
     key_bytes: usize,
     durability: &'static str,
     max_records_s: f64,
+    /// `--max-records-s`: the maximum was given, not measured (`max_measured_seconds` is then 0).
+    max_given: bool,
     max_measured_seconds: f64,
     /// The short run that sized segments and checkpoints (same client, a topic of its own).
     pilot_records_s: f64,
@@ -123,6 +137,10 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
         "--loads must be fractions in (0, 2]"
     );
     anyhow::ensure!(seconds > 0.0, "--seconds must be positive");
+    anyhow::ensure!(
+        args.max_records_s.is_none_or(|m| m.is_finite() && m > 0.0),
+        "--max-records-s must be positive"
+    );
     let mut loads = args.loads.clone();
     loads.sort_by(f64::total_cmp);
     let temp = args.common.scratch("tail")?;
@@ -160,7 +178,8 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
     .context("the pilot run")?;
     let pilot_offsets = engine.partition_offsets("pilot", 0)?;
     let bytes_per_record = pilot_offsets.size_bytes as f64 / pilot_offsets.end_offset.max(1) as f64;
-    let pilot_point_records = pilot * seconds;
+    // A given maximum sizes segments and checkpoints too, so both builds of a pair get the same.
+    let pilot_point_records = args.max_records_s.unwrap_or(pilot) * seconds;
     let segment_size_bytes_max =
         ((pilot_point_records * bytes_per_record / EVENTS_PER_POINT) as u64 / MIB).clamp(1, 256)
             * MIB;
@@ -170,10 +189,14 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
     engine.create_topic("tail", topic)?;
     let view = engine.create_view("tail-view", view_def("tail", checkpoint_every))?;
     let mut consumer = engine.consumer("tail", 0, Seek::End)?;
-    let max = saturate(&producer, &mut consumer, "tail", &client_cpus, max_warm_up, max_seconds)
-        .context("measuring the maximum rate")?;
+    let max = match args.max_records_s {
+        Some(given) => given,
+        None => saturate(&producer, &mut consumer, "tail", &client_cpus, max_warm_up, max_seconds)
+            .context("measuring the maximum rate")?,
+    };
+    let given = if args.max_records_s.is_some() { " (given, not measured)" } else { "" };
     eprintln!(
-        "tail: maximum {max:.0} records/s with one producer thread (pilot {pilot:.0}; {bytes_per_record:.0} log bytes per record, {} MiB segments, a checkpoint every {checkpoint_every} records)",
+        "tail: maximum {max:.0} records/s{given} with one producer thread (pilot {pilot:.0}; {bytes_per_record:.0} log bytes per record, {} MiB segments, a checkpoint every {checkpoint_every} records)",
         segment_size_bytes_max / MIB
     );
     let point_records = ((max * seconds).ceil() as u64).max(1);
@@ -197,7 +220,7 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
         )
         .with_context(|| format!("offered load {:.0}%", fraction * 100.0))?;
         eprintln!(
-            "  {:>4.0}% ({:>8.0} rec/s, sent {:>8.0}): p50 {:>8.0} us  p99 {:>9.0} us  p99.9 {:>9.0} us  max {:>9.0} us; {} rolls, {} checkpoints",
+            "  {:>4.0}% ({:>8.0} rec/s, sent {:>8.0}): p50 {:>8.0} us  p99 {:>9.0} us  p99.9 {:>9.0} us  max {:>9.0} us; {} rolls, {} checkpoints; shard p99: ack {:.0} us, tail {:.0} us",
             fraction * 100.0,
             rate,
             point.sent_records_per_s,
@@ -206,7 +229,9 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
             point.p999_us,
             point.max_us,
             point.segment_rolls,
-            point.view_checkpoints
+            point.view_checkpoints,
+            point.shard_ack_p99_us,
+            point.shard_tail_p99_us
         );
         histograms.push((fraction, latency));
         points.push(point);
@@ -232,7 +257,8 @@ pub fn scenario(args: Args) -> anyhow::Result<Outcome> {
         key_bytes: 8,
         durability: "written",
         max_records_s: max,
-        max_measured_seconds: max_seconds,
+        max_given: args.max_records_s.is_some(),
+        max_measured_seconds: if args.max_records_s.is_some() { 0.0 } else { max_seconds },
         pilot_records_s: pilot,
         log_bytes_per_record: bytes_per_record,
         segment_size_bytes_max,
@@ -395,7 +421,7 @@ fn run_point(
     records: u64,
 ) -> anyhow::Result<(LoadPoint, hdrhistogram::Histogram<u64>)> {
     let before = engine.partition_offsets("tail", 0)?;
-    let ack_before = shard_ack(engine)?;
+    let (ack_before, tail_before) = shard_latencies(engine)?;
     let interval_ns = 1e9 / rate;
     let warm_up_records = (warm_up * rate).ceil() as u64;
     let total = warm_up_records + records;
@@ -451,8 +477,9 @@ fn run_point(
     let sent_records_per_s =
         sender.join().map_err(|_| anyhow::anyhow!("the producer thread panicked"))??;
     let after = engine.partition_offsets("tail", 0)?;
-    let mut ack = shard_ack(engine)?;
+    let (mut ack, mut tail) = shard_latencies(engine)?;
     ack.subtract(&ack_before).map_err(|e| anyhow::anyhow!("ack histogram: {e:?}"))?;
+    tail.subtract(&tail_before).map_err(|e| anyhow::anyhow!("tail histogram: {e:?}"))?;
     let p = Percentiles::of_ns(&latency);
     let point = LoadPoint {
         offered_fraction: fraction,
@@ -467,17 +494,21 @@ fn run_point(
         segment_rolls: after.segment_count.saturating_sub(before.segment_count) as u64,
         view_checkpoints: watcher.between(before.end_offset, after.end_offset),
         shard_ack_p99_us: Percentiles::of_ns(&ack).p99,
+        shard_tail_p99_us: Percentiles::of_ns(&tail).p99,
     };
     Ok((point, latency))
 }
 
-/// The shard's append-to-ack histogram so far.
-fn shard_ack(engine: &Engine) -> anyhow::Result<hdrhistogram::Histogram<u64>> {
-    let mut h = crate::new_histogram();
+/// The shard's append-to-ack and append-to-tail-delivery histograms so far.
+fn shard_latencies(
+    engine: &Engine,
+) -> anyhow::Result<(hdrhistogram::Histogram<u64>, hdrhistogram::Histogram<u64>)> {
+    let (mut ack, mut tail) = (crate::new_histogram(), crate::new_histogram());
     for m in engine.metrics()? {
-        h.add(&m.append_ack_latency_ns)?;
+        ack.add(&m.append_ack_latency_ns)?;
+        tail.add(&m.tail_delivery_latency_ns)?;
     }
-    Ok(h)
+    Ok((ack, tail))
 }
 
 /// Watches a view's directory for checkpoint files (named by the offset they cover) and remembers

@@ -8,6 +8,7 @@
 //! `produce`, `consume`, in `admin`).
 
 pub mod admin;
+pub mod alloc;
 pub mod cli;
 mod demo;
 mod gen;
