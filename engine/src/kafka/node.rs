@@ -128,9 +128,6 @@ pub(crate) struct Node {
     pub(crate) groups: Coordinator,
     /// Bytes of request frames and fetch responses held at once on this shard.
     pub(crate) budget: Rc<Budget>,
-    /// The part of `budget` fetch read-aheads may hold together (`fetch::read_ahead_bytes_max`):
-    /// they hold it between fetches, so it must leave room for a largest fetch response.
-    pub(crate) read_ahead_budget: Rc<Budget>,
     /// Buffers for request frames and fetched batches, reused once their bytes are dropped.
     pub(crate) buffers: BufferPool,
     closing: Cell<bool>,
@@ -254,8 +251,6 @@ impl Node {
         self.closing.set(true);
         self.closed.notify();
         self.closed.wait_until(|| self.open_connections.get() == 0).await;
-        // Cached fetch readers hold their logs and may be reading ahead: stop them.
-        self.readers.borrow_mut().clear();
     }
 
     /// The partition of `__consumer_offsets` holding `group`, and its owning shard.
@@ -302,7 +297,6 @@ pub(crate) async fn run(
                 ^ u64::from(std::process::id()),
         ),
         budget: Budget::new(shared.config.buffered_bytes_per_shard),
-        read_ahead_budget: Budget::new(crate::kafka::fetch::read_ahead_bytes_max(&shared.config)),
         buffers: BufferPool::new(KEPT_BUFFERS, KEPT_BUFFER_BYTES),
         closing: Cell::new(false),
         closed: Event::default(),

@@ -49,23 +49,6 @@ impl Budget {
         Held { budget: self.clone(), bytes: Cell::new(bytes) }
     }
 
-    /// Takes `bytes` now if that leaves at least `keep_free` available, else nothing: for memory
-    /// that is only worth having when it is spare (a fetch's read-ahead), which must never make
-    /// a `reserve` wait.
-    pub(crate) fn try_reserve(
-        self: &std::rc::Rc<Self>,
-        bytes: usize,
-        keep_free: usize,
-    ) -> Option<Held> {
-        let bytes = i64::try_from(bytes).ok()?;
-        let keep_free = i64::try_from(keep_free).ok()?;
-        if self.available.get() - bytes < keep_free {
-            return None;
-        }
-        self.available.set(self.available.get() - bytes);
-        Some(Held { budget: self.clone(), bytes: Cell::new(bytes) })
-    }
-
     #[cfg(test)]
     pub(crate) fn available(&self) -> i64 {
         self.available.get()

@@ -12,8 +12,6 @@
 
 mod encode;
 mod read;
-#[cfg(test)]
-mod tests;
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -29,7 +27,7 @@ use super::util::{self, first, Held, LocalFuture};
 use encode::{PartitionOut, TopicOut};
 use read::{ReadItem, ReadOut};
 
-pub(crate) use read::{read_ahead_bytes_max, ReaderCache};
+pub(crate) use read::ReaderCache;
 
 /// One requested partition and what the fetch found for it so far.
 struct Part {

@@ -5,25 +5,8 @@
 //! consumer's next fetch continues where the last one ended, with the reader's read-ahead still
 //! in flight, instead of reopening the segment and searching the index each time. A batch read
 //! but not sent (it did not fit) stays with the cached reader for the next fetch.
-//!
-//! A consumer of history asks for its next fetch only once the whole response reached it, so
-//! a fetch that read, then sent, left the disk idle while the response went out and the shard's
-//! CPU idle while the next one was read (`kappa-bench kafka --history-only`: the send took about
-//! twice the read, one after the other). So when a fetch ends at a byte limit (the consumer is
-//! behind, not at the tail), its reader goes on reading the batches of the consumer's next fetch
-//! in a task of its own (`read_ahead`) while the response is written: up to as many bytes as
-//! this fetch took from the partition, at most `READ_AHEAD_BYTES_MAX`, and only from memory the
-//! shard's budget can spare (`Budget::try_reserve`): all read-aheads of a shard together hold
-//! at most a quarter of it, never so much that a largest fetch response would not fit beside
-//! them, and one starts only while that much is free. A read-ahead holds its memory until the
-//! next fetch takes its batches or its reader is dropped, so without that bound fetches could
-//! wait on it. The next fetch at that offset stops the task
-//! (after the batch in hand) and starts from the batches it read. Nothing else changes: the
-//! batches are the same whole stored batches, in the same order, chosen by the same limits.
 
-use std::cell::Cell;
-use std::collections::VecDeque;
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,102 +16,10 @@ use kappa_storage::{LogReader, PartitionLog, Seek};
 
 use crate::kafka::codec::code;
 use crate::kafka::node::Node;
-use crate::kafka::util::{self, first, Held, LocalFuture};
+use crate::kafka::util::{self, first, LocalFuture};
 
 /// A reader left idle this long is closed (its file and read-ahead buffers freed).
 const READER_IDLE: Duration = Duration::from_secs(60);
-
-/// The most bytes one reader reads ahead of its consumer's next fetch: a few disk reads' worth
-/// beyond the log's own read-ahead (8 reads of 1 MiB), enough to keep the disk busy while a
-/// response of that size is written, small beside the shard's budget.
-pub(crate) const READ_AHEAD_BYTES_MAX: usize = 16 << 20;
-
-/// Batches read by read-aheads, for the tests.
-#[cfg(test)]
-pub(super) static READ_AHEAD_BATCHES: std::sync::atomic::AtomicU64 =
-    std::sync::atomic::AtomicU64::new(0);
-
-/// A reader, the batches it read that no fetch has sent yet, and the error it met after them.
-struct Reading {
-    reader: LogReader,
-    /// Batches read but not sent, in order; the first starts at or before the entry's `expect`.
-    ready: VecDeque<Bytes>,
-    ready_bytes: usize,
-    /// The read error met after `ready` (by the read-ahead): the next fetch reports it there.
-    error: Option<kappa_storage::Error>,
-    /// The budgets `ready` is charged to while a read-ahead read it.
-    held: Option<Charge>,
-}
-
-/// A read-ahead's memory, charged to the shard's budget and to the read-aheads' part of it.
-struct Charge {
-    budget: Held,
-    read_ahead: Held,
-}
-
-impl Charge {
-    fn resize(&self, bytes: usize) {
-        self.budget.resize(bytes);
-        self.read_ahead.resize(bytes);
-    }
-}
-
-/// The most bytes a shard's fetch read-aheads hold together: a quarter of its budget, and never
-/// so much that a largest fetch response would not fit beside them.
-pub(crate) fn read_ahead_bytes_max(config: &crate::kafka::KafkaConfig) -> usize {
-    let total = config.buffered_bytes_per_shard;
-    (total / 4).min(total.saturating_sub(config.fetch_bytes_max))
-}
-
-impl Reading {
-    /// The next batch: one read earlier, else the error met after them, else from the log.
-    async fn next(&mut self, node: &Node) -> Result<Option<Bytes>, kappa_storage::Error> {
-        if let Some(batch) = self.ready.pop_front() {
-            self.ready_bytes -= batch.len();
-            if let Some(held) = &self.held {
-                held.resize(self.ready_bytes);
-            }
-            return Ok(Some(batch));
-        }
-        self.held = None;
-        if let Some(e) = self.error.take() {
-            return Err(e);
-        }
-        match self.reader.next_batch().await? {
-            // The one copy: out of the read buffer into the response, in a buffer the shard
-            // reuses once an earlier response is written (`Node::buffers`).
-            Some(read) => {
-                let bytes = read.batch.kafka_bytes();
-                let mut buffer = node.buffers.take(bytes.len());
-                buffer.extend_from_slice(bytes);
-                let batch = buffer.split().freeze();
-                node.buffers.keep(buffer, bytes.len());
-                Ok(Some(batch))
-            }
-            None => Ok(None),
-        }
-    }
-
-    /// Gives back a batch read but not sent: the next fetch starts with it.
-    fn unread(&mut self, batch: Bytes) {
-        self.ready_bytes += batch.len();
-        if let Some(held) = &self.held {
-            held.resize(self.ready_bytes);
-        }
-        self.ready.push_front(batch);
-    }
-}
-
-/// What a cached reader is doing between fetches.
-enum State {
-    Idle(Box<Reading>),
-    /// Reading ahead for the next fetch (`read_ahead`); `stop` makes the task return the
-    /// reading after the batch in hand. Dropping the task cancels it.
-    Ahead {
-        stop: Rc<Cell<bool>>,
-        task: glommio::Task<Box<Reading>>,
-    },
-}
 
 struct CachedReader {
     topic: Arc<str>,
@@ -136,56 +27,10 @@ struct CachedReader {
     log: Rc<PartitionLog>,
     /// The offset the consumer will ask for next.
     expect: u64,
-    state: State,
+    reader: LogReader,
+    /// A batch read but not sent yet (it starts at or before `expect`).
+    pending: Option<Bytes>,
     used: Instant,
-}
-
-impl CachedReader {
-    /// The reading, once any read-ahead has stopped.
-    async fn settle(self) -> Box<Reading> {
-        match self.state {
-            State::Idle(reading) => reading,
-            State::Ahead { stop, task } => {
-                stop.set(true);
-                task.await
-            }
-        }
-    }
-}
-
-/// Reads batches after a fetch for the consumer's next one until `bytes_max` are ready, the
-/// reader caught up or failed (the error is kept for the next fetch), or `stop`.
-async fn read_ahead(
-    node: Weak<Node>,
-    mut reading: Box<Reading>,
-    bytes_max: usize,
-    stop: Rc<Cell<bool>>,
-) -> Box<Reading> {
-    while !stop.get() && reading.ready_bytes < bytes_max && reading.error.is_none() {
-        let Some(node) = node.upgrade() else { break };
-        let read = reading.reader.next_batch().await;
-        match read {
-            Ok(Some(read)) => {
-                let bytes = read.batch.kafka_bytes();
-                let mut buffer = node.buffers.take(bytes.len());
-                buffer.extend_from_slice(bytes);
-                let batch = buffer.split().freeze();
-                node.buffers.keep(buffer, bytes.len());
-                reading.ready_bytes += batch.len();
-                reading.ready.push_back(batch);
-                #[cfg(test)]
-                READ_AHEAD_BATCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            Ok(None) => break,
-            Err(e) => reading.error = Some(e),
-        }
-        drop(node);
-        glommio::yield_if_needed().await;
-    }
-    if let Some(held) = &reading.held {
-        held.resize(reading.ready_bytes);
-    }
-    reading
 }
 
 /// Open readers of this shard, at most `max`, least recently used dropped first.
@@ -231,11 +76,6 @@ impl ReaderCache {
 
     pub(crate) fn forget(&mut self, topic: &str) {
         self.entries.retain(|e| &*e.topic != topic);
-    }
-
-    /// Drops every reader (their read-ahead tasks are cancelled).
-    pub(crate) fn clear(&mut self) {
-        self.entries.clear();
     }
 }
 
@@ -307,16 +147,18 @@ pub(crate) async fn read(
             continue;
         }
         let cached = node.readers.borrow_mut().take(&item.topic, item.partition, item.offset, &log);
-        let mut reading = match cached {
-            Some(entry) => entry.settle().await,
+        let mut entry = match cached {
+            Some(entry) => entry,
             None => match log.reader(Seek::Offset(item.offset)) {
-                Ok(reader) => Box::new(Reading {
+                Ok(reader) => CachedReader {
+                    topic: item.topic.clone(),
+                    partition: item.partition,
+                    log: log.clone(),
+                    expect: item.offset,
                     reader,
-                    ready: VecDeque::new(),
-                    ready_bytes: 0,
-                    error: None,
-                    held: None,
-                }),
+                    pending: None,
+                    used: util::now(),
+                },
                 Err(kappa_storage::Error::OffsetOutOfRange { .. }) => {
                     result.error_code = code::OFFSET_OUT_OF_RANGE;
                     out.push(result);
@@ -331,21 +173,33 @@ pub(crate) async fn read(
             },
         };
         let mut failed = false;
-        // Whether the fetch stopped at a byte limit (the consumer is behind the readable end).
-        let mut limited = false;
         loop {
-            let batch = match reading.next(node).await {
-                Ok(Some(batch)) => batch,
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!(topic = %item.topic, partition = item.partition, error = %e, "Kafka fetch failed");
-                    result.error_code = match e {
-                        kappa_storage::Error::OffsetOutOfRange { .. } => code::OFFSET_OUT_OF_RANGE,
-                        _ => code::KAFKA_STORAGE_ERROR,
-                    };
-                    failed = true;
-                    break;
-                }
+            let batch = match entry.pending.take() {
+                Some(batch) => batch,
+                None => match entry.reader.next_batch().await {
+                    // The one copy: out of the read buffer into the response, in a buffer
+                    // the shard reuses once an earlier response is written (`Node::buffers`).
+                    Ok(Some(read)) => {
+                        let bytes = read.batch.kafka_bytes();
+                        let mut buffer = node.buffers.take(bytes.len());
+                        buffer.extend_from_slice(bytes);
+                        let batch = buffer.split().freeze();
+                        node.buffers.keep(buffer, bytes.len());
+                        batch
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(topic = %item.topic, partition = item.partition, error = %e, "Kafka fetch failed");
+                        result.error_code = match e {
+                            kappa_storage::Error::OffsetOutOfRange { .. } => {
+                                code::OFFSET_OUT_OF_RANGE
+                            }
+                            _ => code::KAFKA_STORAGE_ERROR,
+                        };
+                        failed = true;
+                        break;
+                    }
+                },
             };
             let len = batch.len();
             let fits = if result.batches.is_empty() {
@@ -354,8 +208,7 @@ pub(crate) async fn read(
                 result.bytes + len <= item.partition_max && len <= budget
             };
             if !fits {
-                reading.unread(batch);
-                limited = true;
+                entry.pending = Some(batch);
                 break;
             }
             let Some(end) = batch_end(&batch) else {
@@ -369,62 +222,17 @@ pub(crate) async fn read(
             budget = budget.saturating_sub(len);
             empty = false;
             if result.bytes >= item.partition_max || budget == 0 {
-                limited = true;
                 break;
             }
             glommio::yield_if_needed().await;
         }
         if !failed {
-            let state = match read_ahead_reservation(node, limited, result.bytes, &reading) {
-                Some((bytes_max, held)) => {
-                    reading.held = Some(held);
-                    let stop = Rc::new(Cell::new(false));
-                    let task = glommio::spawn_local(read_ahead(
-                        Rc::downgrade(node),
-                        reading,
-                        bytes_max,
-                        stop.clone(),
-                    ));
-                    State::Ahead { stop, task }
-                }
-                None => State::Idle(reading),
-            };
-            node.readers.borrow_mut().put(CachedReader {
-                topic: item.topic.clone(),
-                partition: item.partition,
-                log: log.clone(),
-                expect: result.next_offset,
-                state,
-                used: util::now(),
-            });
+            entry.expect = result.next_offset;
+            node.readers.borrow_mut().put(entry);
         }
         out.push(result);
     }
     out
-}
-
-/// Whether to read ahead for the consumer's next fetch after this one, how far, and the budget
-/// that memory is charged to: only after a fetch that stopped at a byte limit, for as many bytes
-/// as it took (at most `READ_AHEAD_BYTES_MAX`, less what is read already), when the shard's budget
-/// can spare them (see the module's documentation).
-fn read_ahead_reservation(
-    node: &Node,
-    limited: bool,
-    fetched: usize,
-    reading: &Reading,
-) -> Option<(usize, Charge)> {
-    let bytes_max = fetched.min(READ_AHEAD_BYTES_MAX);
-    let wanted = bytes_max.checked_sub(reading.ready_bytes).filter(|w| *w > 0)?;
-    if !limited || reading.error.is_some() {
-        return None;
-    }
-    let read_ahead = node.read_ahead_budget.try_reserve(wanted, 0)?;
-    let budget = node.budget.try_reserve(wanted, node.config().fetch_bytes_max)?;
-    // One charge for what is read already and what is to be read: the caller drops the one
-    // `ready` was charged to.
-    let charge = Charge { budget, read_ahead };
-    charge.resize(reading.ready_bytes + wanted);
-    Some((bytes_max, charge))
 }
 
 /// Waits until one of `items` (topic, partition, offset) has records at or after its offset,
