@@ -389,6 +389,22 @@ impl PendingAcks {
     /// A partition's records are contiguous in its log (see `shard::accumulate`), so a record's
     /// offset is its partition's base offset plus its rank.
     fn resolve(&self, parts: Vec<BatchAck>) -> Vec<Ack> {
+        // The invariant the offsets rest on: each part's records span exactly its offsets.
+        #[cfg(debug_assertions)]
+        {
+            let mut counts = vec![0u64; parts.len()];
+            for &(part, _) in &self.records {
+                counts[part as usize] += 1;
+            }
+            for (ack, count) in parts.iter().zip(&counts) {
+                debug_assert_eq!(
+                    ack.last_offset - ack.base_offset + 1,
+                    *count,
+                    "a request's records for partition {} are not contiguous in its log",
+                    ack.partition
+                );
+            }
+        }
         self.records
             .iter()
             .map(|&(part, rank)| {

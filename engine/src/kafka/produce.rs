@@ -342,14 +342,20 @@ async fn append_partition(node: &Rc<Node>, work: Work, durability: Durability) -
             })
             .collect();
         // An embedded request's records for this partition split over staged batches stay
-        // contiguous (its producer derives each record's offset from the first): its staged rest
-        // goes first. Checked after the last await, so nothing splits before the append below.
+        // contiguous (its producer derives each record's offset from the first): a request of
+        // the topic being staged finishes first, and its staged rest goes first. Checked after
+        // the last await, so nothing splits before the append below.
         loop {
             log.reserve().await;
-            if !crate::shard::holds_split_part(&node.shard, &work.topic, work.partition) {
-                break;
+            match crate::shard::split_part(&node.shard, &work.topic, work.partition) {
+                crate::shard::SplitPart::None => break,
+                crate::shard::SplitPart::Staging => {
+                    crate::shard::staging_finished(&node.shard, &work.topic).await
+                }
+                crate::shard::SplitPart::Staged => {
+                    crate::shard::flush_staged(&node.shard, &work.topic, work.partition).await
+                }
             }
-            crate::shard::flush_staged(&node.shard, &work.topic, work.partition).await;
         }
         let producer = ProducerInfo {
             producer_id: batch.producer_id,

@@ -23,7 +23,9 @@
 //! there. An append from outside the request loop (a Kafka produce, on the same shard) may come
 //! while a request's records for a partition are split between the log and a staged batch (a
 //! full batch was appended in the middle of them); it first appends that batch, and appends
-//! only once none is staged (`holds_split_part`, checked after its last await). Records of one
+//! only once none is staged; while a request of the topic is being staged (its parts open across
+//! awaits, see `stage`) it waits for that to end (`split_part`, checked after its last await).
+//! Records of one
 //! request for one partition are therefore contiguous in the log, which is how the producer
 //! computes every record's offset from one `BatchAck` per partition.
 //!
@@ -134,7 +136,7 @@ struct Staged {
     /// Tells a linger timer whether the batch it was started for is still the one staged.
     generation: u64,
     /// Holds the rest of a request's records for the partition whose first records are in a
-    /// batch taken for appending already (`holds_split_part`).
+    /// batch taken for appending already (`split_part`).
     continues: bool,
 }
 
@@ -165,6 +167,10 @@ pub(crate) struct Staging {
     expired: VecDeque<Expired>,
     /// Requests the request loop has taken from the shard's queue (`taken`).
     taken: u64,
+    /// The topic of the request `stage` is staging now, across its awaits (`split_part`).
+    staging_topic: Option<Arc<str>>,
+    /// Notified when `staging_topic` is cleared.
+    stage_done: Rc<kappa_storage::Event>,
     bytes: usize,
     generations: u64,
     /// Emptied staged batches and slice lists, their buffers kept for the next staged batches:
@@ -395,6 +401,9 @@ pub(crate) async fn stage(shard: &Rc<Shard>, stage: Stage) {
     let mut open: Vec<(u64, bool)> = vec![(0, false); parts.len()];
     let mut prune_order = false;
     let mut next = 0;
+    // From here until every record is staged, a part may be open across an await: appends from
+    // outside the request loop to this topic wait (`split_part`).
+    shard.staging.borrow_mut().staging_topic = Some(topic.clone());
     while next < indexes.len() {
         // Stage records synchronously until one partition's batch is full; flush it (an await).
         let full = {
@@ -491,6 +500,11 @@ pub(crate) async fn stage(shard: &Rc<Shard>, stage: Stage) {
             None => glommio::yield_if_needed().await,
         }
     }
+    {
+        let mut staging = shard.staging.borrow_mut();
+        staging.staging_topic = None;
+        staging.stage_done.notify();
+    }
     if linger.is_zero() {
         for partition in &parts {
             flush(shard, &topic, *partition, Cause::Request).await;
@@ -536,8 +550,39 @@ async fn make_room(shard: &Rc<Shard>, incoming: usize) {
 /// first records are in the log (or on their way) already. An append that does not come through
 /// the request loop (a Kafka produce) must not go ahead of it: it would land inside the request's
 /// records, whose offsets the producer derives from the first (module doc).
-pub(crate) fn holds_split_part(shard: &Shard, topic: &str, partition: u32) -> bool {
-    shard.staging.borrow().get(topic, partition).is_some_and(|s| s.continues)
+///
+/// While a request of the topic is being staged, any of its partitions may hold an open part: a
+/// part's records are staged in batch order, across the awaits for other partitions' full batches,
+/// and one of its staged batches may already be in the log (appended when full, or at its linger)
+/// while the rest has not arrived in a staged batch yet. Such an append waits for the staging to
+/// end (`staging_finished`).
+pub(crate) fn split_part(shard: &Shard, topic: &str, partition: u32) -> SplitPart {
+    let staging = shard.staging.borrow();
+    if staging.staging_topic.as_deref() == Some(topic) {
+        SplitPart::Staging
+    } else if staging.get(topic, partition).is_some_and(|s| s.continues) {
+        SplitPart::Staged
+    } else {
+        SplitPart::None
+    }
+}
+
+/// What an append from outside the request loop must wait for (`split_part`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SplitPart {
+    /// Nothing: it may append now.
+    None,
+    /// A request of the topic is being staged: wait for `staging_finished`, then look again.
+    Staging,
+    /// The staged batch holds the rest of a request already partly appended: append it first
+    /// (`flush_before_append`), then look again.
+    Staged,
+}
+
+/// Resolves once no request of `topic` is being staged.
+pub(crate) async fn staging_finished(shard: &Shard, topic: &str) {
+    let done = shard.staging.borrow().stage_done.clone();
+    done.wait_until(|| shard.staging.borrow().staging_topic.as_deref() != Some(topic)).await;
 }
 
 /// Appends what is staged for a partition before a plain append to it (arrival order).

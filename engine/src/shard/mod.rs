@@ -700,15 +700,22 @@ async fn serve(shard: Rc<Shard>) {
     let _ = shutdown(&shard).await;
 }
 
-/// Before an append that does not come through the request loop (a Kafka produce): true while
-/// the batch staged for the partition holds the rest of a request whose first records are in the
-/// log already, which the caller appends first (`flush_staged`). Checked after the caller's last
-/// await, so nothing is staged between the check and its append.
-pub(crate) fn holds_split_part(shard: &Shard, topic: &str, partition: u32) -> bool {
-    accumulate::holds_split_part(shard, topic, partition)
+/// Before an append that does not come through the request loop (a Kafka produce): whether it
+/// must first wait for a request of the topic being staged (`staging_finished`) or append the
+/// staged rest of a request whose first records are in the log already (`flush_staged`).
+/// Checked after the caller's last await, so nothing is staged between the check and its append.
+pub(crate) fn split_part(shard: &Shard, topic: &str, partition: u32) -> SplitPart {
+    accumulate::split_part(shard, topic, partition)
 }
 
-/// Appends what is staged for the partition (see `holds_split_part`).
+pub(crate) use accumulate::SplitPart;
+
+/// Resolves once no request of `topic` is being staged (see `split_part`).
+pub(crate) async fn staging_finished(shard: &Shard, topic: &str) {
+    accumulate::staging_finished(shard, topic).await
+}
+
+/// Appends what is staged for the partition (see `split_part`).
 pub(crate) async fn flush_staged(shard: &Rc<Shard>, topic: &Arc<str>, partition: u32) {
     accumulate::flush_before_append(shard, topic, partition).await
 }

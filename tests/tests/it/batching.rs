@@ -109,12 +109,19 @@ fn a_shard_behind_stages_queued_records_before_a_linger_cuts_a_batch() {
     let partitions = 10u64;
     engine.create_topic("t", TopicConfig::new(partitions as u32)).expect("topic");
     let producer = engine.producer().with_linger(Duration::from_millis(1)).with_batch_size(1 << 20);
+    // Built first and sent back to back: every request is queued before the first linger runs
+    // out (a linger's batch goes once the requests queued at that moment are staged).
+    let batches: Vec<ProducerBatch> = (0..100u64)
+        .map(|b| {
+            let mut batch = ProducerBatch::new();
+            for i in b * 100..(b + 1) * 100 {
+                batch.push(Some(&key(i)), &value(i), None);
+            }
+            batch
+        })
+        .collect();
     let mut pending = Vec::new();
-    for b in 0..100u64 {
-        let mut batch = ProducerBatch::new();
-        for i in b * 100..(b + 1) * 100 {
-            batch.push(Some(&key(i)), &value(i), None);
-        }
+    for batch in batches {
         pending.push(producer.submit_each("t", batch).expect("submit"));
     }
     for p in pending {

@@ -259,6 +259,109 @@ fn embedded_consumers_and_producers_meet_kafka_clients_byte_for_byte() {
     engine.shutdown().expect("shutdown");
 }
 
+/// The same over two partitions, the request's records alternating between them: the shard
+/// stages them in batch order, so a partition's part of the request stays open while the shard
+/// waits to append the other partition's full batch (here it always waits: one append in flight
+/// at a time). A Kafka producer appending to the first partition all along never lands between
+/// the request's records there. Fails when a Kafka append may go while a part is open (the
+/// first version of batch-order staging): records after it are acknowledged at offsets that hold
+/// other records.
+#[test]
+fn a_kafka_produce_never_lands_inside_an_embedded_request_over_two_partitions() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let engine = Arc::new(
+        Engine::builder()
+            .data_dir(temp.path())
+            .shards(1)
+            .appends_in_flight_max(1)
+            .io_memory_bytes(4 << 20)
+            .build()
+            .expect("engine"),
+    );
+    engine.create_topic("split2", TopicConfig::new(2)).expect("topic");
+    let kafka = KafkaServer::start(&engine, KafkaConfig::new("127.0.0.1:0".parse().expect("addr")))
+        .expect("kafka");
+    let mut c = Client::connect(kafka.local_addr()).expect("connect");
+    // A key for each partition.
+    let key_of = |p: u32| {
+        (0u32..)
+            .map(|i| format!("key-{i}").into_bytes())
+            .find(|k| kappa_engine::router::partition_for_key(k, 2) == p)
+            .expect("a key")
+    };
+    let keys = [key_of(0), key_of(1)];
+    let producer = engine.producer().with_linger(Duration::from_secs(5)).with_batch_size(1024);
+    let rounds = 5;
+    let records = 400u64;
+    let values: Vec<Vec<u8>> = (0..rounds * records)
+        .map(|i| format!("embedded-{i:05}-{}", "v".repeat(40)).into_bytes())
+        .collect();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let mut acks = Vec::new();
+    let kafka_appends = std::thread::scope(|s| {
+        let hammer = s.spawn(|| {
+            let mut n = 0u32;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let records = [Record {
+                    timestamp: 1,
+                    key: Some(b"kafka"),
+                    value: b"from-kafka",
+                    headers: &[],
+                }];
+                let batch = record_batch(&records, ProducerInfo::default(), Compression::None);
+                let (error, _) = produce(&mut c, 9, "split2", 0, batch, 1);
+                assert_eq!(error, 0, "the Kafka produce failed");
+                n += 1;
+            }
+            n
+        });
+        // Stops the Kafka producer also when this thread panics (a failed check in the
+        // producer's debug build), so the test fails instead of waiting for it.
+        struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let stop = Stop(&done);
+        for round in 0..rounds {
+            let mut batch = ProducerBatch::new();
+            for i in round * records..(round + 1) * records {
+                batch.push(Some(&keys[(i % 2) as usize]), &values[i as usize], None);
+            }
+            acks.extend(producer.send_each("split2", batch).expect("acked"));
+        }
+        drop(stop);
+        hammer.join().expect("the Kafka producer")
+    });
+    assert!(kafka_appends > 0, "the Kafka producer appended nothing");
+    for partition in 0..2u32 {
+        let end = engine.partition_offsets("split2", partition).expect("offsets").end_offset;
+        let mut consumer = engine.consumer("split2", partition, Seek::Beginning).expect("consumer");
+        let mut stored = BTreeMap::new();
+        while consumer.position() < end {
+            let batch = consumer
+                .next_batch_timeout(Duration::from_secs(10))
+                .expect("read")
+                .expect("a batch within 10 s");
+            for record in batch.records() {
+                stored.insert(record.offset(), record.value().to_vec());
+            }
+        }
+        for (i, ack) in acks.iter().enumerate().filter(|(_, a)| a.partition == partition) {
+            assert_eq!(
+                stored.get(&ack.offset),
+                Some(&values[i]),
+                "record {i} acknowledged at partition {partition} offset {}",
+                ack.offset
+            );
+        }
+    }
+    drop(c);
+    kafka.stop();
+    engine.shutdown().expect("shutdown");
+}
+
 /// An embedded request learns every record's offset from one acknowledgement per partition, so
 /// its records for a partition must be contiguous in the log, also when they fill several staged
 /// batches. A Kafka produce to that partition while the request's last staged batch lingers (its
