@@ -344,12 +344,15 @@ async fn append_partition(node: &Rc<Node>, work: Work, durability: Durability) -
         // An embedded request's records for this partition split over staged batches stay
         // contiguous (its producer derives each record's offset from the first): a request of
         // the topic being staged finishes first, and its staged rest goes first. Checked after
-        // the last await, so nothing splits before the append below.
+        // the last await, so nothing splits before the append below. Once it has waited, the
+        // request loop stages nothing more until it appended (`turn`, dropped after the append).
+        let mut turn = None;
         loop {
             log.reserve().await;
             match crate::shard::split_part(&node.shard, &work.topic, work.partition) {
                 crate::shard::SplitPart::None => break,
                 crate::shard::SplitPart::Staging => {
+                    turn.get_or_insert_with(|| crate::shard::Turn::new(&node.shard));
                     crate::shard::staging_finished(&node.shard, &work.topic).await
                 }
                 crate::shard::SplitPart::Staged => {

@@ -169,7 +169,11 @@ pub(crate) struct Staging {
     taken: u64,
     /// The topic of the request `stage` is staging now, across its awaits (`split_part`).
     staging_topic: Option<Arc<str>>,
-    /// Notified when `staging_topic` is cleared.
+    /// Appends from outside the request loop that found a request of their topic being staged
+    /// and have not appended yet (`KafkaTurn`): the next request is staged only once they have,
+    /// so a stream of requests cannot keep them waiting.
+    waiting_appends: usize,
+    /// Notified when `staging_topic` is cleared and when `waiting_appends` falls.
     stage_done: Rc<kappa_storage::Event>,
     bytes: usize,
     generations: u64,
@@ -401,8 +405,11 @@ pub(crate) async fn stage(shard: &Rc<Shard>, stage: Stage) {
     let mut open: Vec<(u64, bool)> = vec![(0, false); parts.len()];
     let mut prune_order = false;
     let mut next = 0;
-    // From here until every record is staged, a part may be open across an await: appends from
-    // outside the request loop to this topic wait (`split_part`).
+    // Appends that waited for the previous request go first (`Turn`); then, until every record
+    // is staged, a part may be open across an await, and appends from outside the request loop
+    // to this topic wait (`split_part`). No await between the check and the mark.
+    let done = shard.staging.borrow().stage_done.clone();
+    done.wait_until(|| shard.staging.borrow().waiting_appends == 0).await;
     shard.staging.borrow_mut().staging_topic = Some(topic.clone());
     while next < indexes.len() {
         // Stage records synchronously until one partition's batch is full; flush it (an await).
@@ -495,16 +502,16 @@ pub(crate) async fn stage(shard: &Rc<Shard>, stage: Stage) {
             }
             full
         };
+        if next == indexes.len() {
+            // Every record is staged: each part's rest is whole in its staged batch.
+            finish_staging(shard);
+        }
         match full {
             Some(partition) => flush(shard, &topic, partition, Cause::Full).await,
             None => glommio::yield_if_needed().await,
         }
     }
-    {
-        let mut staging = shard.staging.borrow_mut();
-        staging.staging_topic = None;
-        staging.stage_done.notify();
-    }
+    finish_staging(shard);
     if linger.is_zero() {
         for partition in &parts {
             flush(shard, &topic, *partition, Cause::Request).await;
@@ -564,6 +571,36 @@ pub(crate) fn split_part(shard: &Shard, topic: &str, partition: u32) -> SplitPar
         SplitPart::Staged
     } else {
         SplitPart::None
+    }
+}
+
+/// No request is being staged any more (`split_part`).
+fn finish_staging(shard: &Shard) {
+    let mut staging = shard.staging.borrow_mut();
+    if staging.staging_topic.take().is_some() {
+        staging.stage_done.notify();
+    }
+}
+
+/// An append from outside the request loop that waited for a request being staged: counted in
+/// `Staging::waiting_appends` until it is dropped (after its append), so the request loop stages
+/// nothing more before it has appended.
+pub(crate) struct Turn<'a> {
+    shard: &'a Shard,
+}
+
+impl<'a> Turn<'a> {
+    pub(crate) fn new(shard: &'a Shard) -> Self {
+        shard.staging.borrow_mut().waiting_appends += 1;
+        Turn { shard }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut staging = self.shard.staging.borrow_mut();
+        staging.waiting_appends -= 1;
+        staging.stage_done.notify();
     }
 }
 

@@ -708,7 +708,7 @@ pub(crate) fn split_part(shard: &Shard, topic: &str, partition: u32) -> SplitPar
     accumulate::split_part(shard, topic, partition)
 }
 
-pub(crate) use accumulate::SplitPart;
+pub(crate) use accumulate::{SplitPart, Turn};
 
 /// Resolves once no request of `topic` is being staged (see `split_part`).
 pub(crate) async fn staging_finished(shard: &Shard, topic: &str) {

@@ -259,6 +259,72 @@ fn embedded_consumers_and_producers_meet_kafka_clients_byte_for_byte() {
     engine.shutdown().expect("shutdown");
 }
 
+/// A Kafka produce to a topic that embedded producers keep busy finishes: three threads send
+/// requests to the topic back to back (one append in flight, so every request waits inside its
+/// staging) and 20 Kafka produces to it each finish within seconds. A liveness check of the wait
+/// for a request being staged (`shard::Turn`, `split_part`): it fails on a wait that never ends.
+/// The starvation `Turn` exists for (a Kafka append that only ever runs while the next request is
+/// being staged) was found by reading the code and did not show here without `Turn` either.
+#[test]
+fn a_kafka_produce_gets_its_turn_beside_busy_embedded_producers() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let engine = Arc::new(
+        Engine::builder()
+            .data_dir(temp.path())
+            .shards(1)
+            .appends_in_flight_max(1)
+            .io_memory_bytes(4 << 20)
+            .build()
+            .expect("engine"),
+    );
+    engine.create_topic("busy", TopicConfig::new(2)).expect("topic");
+    let kafka = KafkaServer::start(&engine, KafkaConfig::new("127.0.0.1:0".parse().expect("addr")))
+        .expect("kafka");
+    let mut c = Client::connect(kafka.local_addr()).expect("connect");
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let slowest = std::thread::scope(|s| {
+        for t in 0..3u64 {
+            let (engine, done) = (&engine, &done);
+            s.spawn(move || {
+                let producer = engine.producer().with_batch_size(1024);
+                let mut i = 0u64;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let mut batch = ProducerBatch::new();
+                    for _ in 0..200 {
+                        let key = format!("key-{t}-{}", i % 7);
+                        batch.push(Some(key.as_bytes()), &[b'v'; 60], None);
+                        i += 1;
+                    }
+                    producer.send_each("busy", batch).expect("acked");
+                }
+            });
+        }
+        struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let _stop = Stop(&done);
+        std::thread::sleep(Duration::from_millis(200));
+        let mut slowest = Duration::ZERO;
+        for _ in 0..20 {
+            let records =
+                [Record { timestamp: 1, key: Some(b"kafka"), value: b"from-kafka", headers: &[] }];
+            let batch = record_batch(&records, ProducerInfo::default(), Compression::None);
+            let started = std::time::Instant::now();
+            let (error, _) = produce(&mut c, 9, "busy", 0, batch, 1);
+            assert_eq!(error, 0, "the Kafka produce failed");
+            slowest = slowest.max(started.elapsed());
+        }
+        slowest
+    });
+    assert!(slowest < Duration::from_secs(5), "a Kafka produce took {slowest:?}");
+    drop(c);
+    kafka.stop();
+    engine.shutdown().expect("shutdown");
+}
+
 /// The same over two partitions, the request's records alternating between them: the shard
 /// stages them in batch order, so a partition's part of the request stays open while the shard
 /// waits to append the other partition's full batch (here it always waits: one append in flight
