@@ -622,6 +622,21 @@ pub(crate) async fn staging_finished(shard: &Shard, topic: &str) {
     done.wait_until(|| shard.staging.borrow().staging_topic.as_deref() != Some(topic)).await;
 }
 
+/// Fails the records staged for a partition that is closing (its topic deleted, or a failed
+/// create undone): their producers get `UnknownTopic`. Left staged, they were appended at their
+/// linger to whatever log then had the name: a topic created again under it in the meantime
+/// received the deleted topic's records, acknowledged at its offsets.
+pub(crate) fn fail_staged(shard: &Shard, topic: &str, partition: u32) {
+    let staged = shard.staging.borrow_mut().take(topic, partition);
+    if let Some(staged) = staged {
+        let error = Error::UnknownTopic { topic: topic.to_string() };
+        let dir = kappa_storage::paths::partition_dir(&shard.config.data_dir, topic, partition);
+        for slice in staged.slices {
+            slice.pending.settle(slice.part as usize, Err((&error, &dir)));
+        }
+    }
+}
+
 /// Appends what is staged for a partition before a plain append to it (arrival order).
 pub(crate) async fn flush_before_append(shard: &Rc<Shard>, topic: &Arc<str>, partition: u32) {
     if shard.staging.borrow().get(topic, partition).is_some() {

@@ -579,6 +579,7 @@ async fn serve(shard: Rc<Shard>) {
                 let log = {
                     let mut partitions = shard.partitions.borrow_mut();
                     let log = partitions.get_mut(&*topic).and_then(|p| p.remove(&partition));
+                    accumulate::fail_staged(&shard, &topic, partition);
                     if partitions.get(&*topic).is_some_and(BTreeMap::is_empty) {
                         partitions.remove(&*topic);
                         shard.staging.borrow_mut().forget(&topic);

@@ -190,6 +190,36 @@ fn a_linger_is_bounded_while_requests_keep_coming() {
     );
 }
 
+/// Records staged for a topic that is deleted fail with `UnknownTopic`, and a topic created
+/// again under the name receives none of them. Fails when the staged batch outlives the delete:
+/// at its linger it was appended to the new topic's log and acknowledged at its offsets.
+#[test]
+fn records_staged_for_a_deleted_topic_fail_and_never_reach_its_successor() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = engine_with(dir.path(), |_| {});
+    engine.create_topic("t", TopicConfig::new(2)).expect("topic");
+    let producer = engine.producer().with_linger(Duration::from_millis(300));
+    let mut batch = ProducerBatch::new();
+    for i in 0..20u64 {
+        batch.push(Some(&key(i)), &value(i), None);
+    }
+    let pending = producer.submit_each("t", batch).expect("submit");
+    engine.delete_topic("t").expect("delete");
+    engine.create_topic("t", TopicConfig::new(2)).expect("created again");
+    match pending.wait() {
+        Err(Error::UnknownTopic { .. }) => {}
+        other => panic!("records staged for the deleted topic: {other:?}"),
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    for partition in 0..2 {
+        let end = engine.partition_offsets("t", partition).expect("offsets").end_offset;
+        assert_eq!(
+            end, 0,
+            "partition {partition} of the new topic holds the deleted topic's records"
+        );
+    }
+}
+
 /// Every record's `Ack` names the offset where a reader finds exactly that record, and one
 /// producer's records get increasing offsets per partition, dense from 0.
 #[test]
