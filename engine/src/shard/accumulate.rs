@@ -321,6 +321,12 @@ impl Staging {
         }
     }
 
+    /// Whether the oldest expired batch may go: the requests queued at its expiry are taken, or
+    /// nothing is queued (`flush_expired`).
+    fn front_is_due(&self, queue_empty: bool) -> bool {
+        self.expired.front().is_some_and(|e| e.after <= self.taken || queue_empty)
+    }
+
     fn get(&self, topic: &str, partition: u32) -> Option<&Staged> {
         self.topics.get(topic)?.slots.get(partition as usize)?.as_deref()
     }
@@ -716,11 +722,7 @@ pub(crate) async fn flush_expired(shard: &Rc<Shard>) {
     loop {
         let next = {
             let mut staging = shard.staging.borrow_mut();
-            let due = staging
-                .expired
-                .front()
-                .is_some_and(|e| e.after <= staging.taken || shard.request_queue.is_empty());
-            if !due {
+            if !staging.front_is_due(shard.request_queue.is_empty()) {
                 return;
             }
             staging.expired.pop_front()
@@ -736,11 +738,7 @@ pub(crate) async fn flush_expired(shard: &Rc<Shard>) {
 /// True when a batch waits for `flush_expired` and its turn has come: the requests queued at its
 /// expiry are staged, or nothing is queued.
 pub(crate) fn has_due(shard: &Shard) -> bool {
-    let staging = shard.staging.borrow();
-    staging
-        .expired
-        .front()
-        .is_some_and(|e| e.after <= staging.taken || shard.request_queue.is_empty())
+    shard.staging.borrow().front_is_due(shard.request_queue.is_empty())
 }
 
 /// The request loop took one more request from the shard's queue.
@@ -753,19 +751,8 @@ pub(crate) fn took_request(shard: &Shard) {
 async fn flush(shard: &Rc<Shard>, topic: &Arc<str>, partition: u32, cause: Cause) {
     let Some(log) = shard.log(topic, partition) else {
         // The partition closed (topic deleted): fail its waiters.
-        let staged = {
-            let mut staging = shard.staging.borrow_mut();
-            let staged = staging.take(topic, partition);
-            staging.forget(topic);
-            staged
-        };
-        if let Some(staged) = staged {
-            let error = Error::UnknownTopic { topic: topic.to_string() };
-            let dir = kappa_storage::paths::partition_dir(&shard.config.data_dir, topic, partition);
-            for slice in staged.slices {
-                slice.pending.settle(slice.part as usize, Err((&error, &dir)));
-            }
-        }
+        fail_staged(shard, topic, partition);
+        shard.staging.borrow_mut().forget(topic);
         return;
     };
     log.reserve().await;

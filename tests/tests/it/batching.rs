@@ -45,7 +45,11 @@ fn value(i: u64) -> Vec<u8> {
 }
 
 /// Reads a partition from the beginning: offset -> value.
-fn read_partition(engine: &Engine, topic: &str, partition: u32) -> BTreeMap<u64, Vec<u8>> {
+pub(crate) fn read_partition(
+    engine: &Engine,
+    topic: &str,
+    partition: u32,
+) -> BTreeMap<u64, Vec<u8>> {
     let end = engine.partition_offsets(topic, partition).expect("offsets").end_offset;
     let mut consumer = engine.consumer(topic, partition, Seek::Beginning).expect("consumer");
     let mut out = BTreeMap::new();

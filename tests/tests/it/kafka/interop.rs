@@ -259,6 +259,16 @@ fn embedded_consumers_and_producers_meet_kafka_clients_byte_for_byte() {
     engine.shutdown().expect("shutdown");
 }
 
+/// Sets its flag when dropped, also when the test's thread panics: a background producer that
+/// loops until the flag is set stops, so a failing test fails instead of waiting for it.
+struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// A Kafka produce to a topic that embedded producers keep busy finishes: three threads send
 /// requests to the topic back to back (one append in flight, so every request waits inside its
 /// staging) and 20 Kafka produces to it each finish within seconds. A liveness check of the wait
@@ -299,13 +309,7 @@ fn a_kafka_produce_gets_its_turn_beside_busy_embedded_producers() {
                 }
             });
         }
-        struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
-        impl Drop for Stop<'_> {
-            fn drop(&mut self) {
-                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-        let _stop = Stop(&done);
+        let _stop = StopOnDrop(&done);
         std::thread::sleep(Duration::from_millis(200));
         let mut slowest = Duration::ZERO;
         for _ in 0..20 {
@@ -381,15 +385,7 @@ fn a_kafka_produce_never_lands_inside_an_embedded_request_over_two_partitions() 
             }
             n
         });
-        // Stops the Kafka producer also when this thread panics (a failed check in the
-        // producer's debug build), so the test fails instead of waiting for it.
-        struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
-        impl Drop for Stop<'_> {
-            fn drop(&mut self) {
-                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-        let stop = Stop(&done);
+        let stop = StopOnDrop(&done);
         for round in 0..rounds {
             let mut batch = ProducerBatch::new();
             for i in round * records..(round + 1) * records {
@@ -402,18 +398,7 @@ fn a_kafka_produce_never_lands_inside_an_embedded_request_over_two_partitions() 
     });
     assert!(kafka_appends > 0, "the Kafka producer appended nothing");
     for partition in 0..2u32 {
-        let end = engine.partition_offsets("split2", partition).expect("offsets").end_offset;
-        let mut consumer = engine.consumer("split2", partition, Seek::Beginning).expect("consumer");
-        let mut stored = BTreeMap::new();
-        while consumer.position() < end {
-            let batch = consumer
-                .next_batch_timeout(Duration::from_secs(10))
-                .expect("read")
-                .expect("a batch within 10 s");
-            for record in batch.records() {
-                stored.insert(record.offset(), record.value().to_vec());
-            }
-        }
+        let stored = crate::batching::read_partition(&engine, "split2", partition);
         for (i, ack) in acks.iter().enumerate().filter(|(_, a)| a.partition == partition) {
             assert_eq!(
                 stored.get(&ack.offset),
@@ -476,17 +461,7 @@ fn a_kafka_produce_never_lands_inside_an_embedded_request() {
     });
     let end = engine.partition_offsets("split", 0).expect("offsets").end_offset;
     assert_eq!(end, 201, "every record stored once");
-    let mut consumer = engine.consumer("split", 0, Seek::Beginning).expect("consumer");
-    let mut stored = BTreeMap::new();
-    while consumer.position() < end {
-        let batch = consumer
-            .next_batch_timeout(Duration::from_secs(10))
-            .expect("read")
-            .expect("a batch within 10 s");
-        for record in batch.records() {
-            stored.insert(record.offset(), record.value().to_vec());
-        }
-    }
+    let stored = crate::batching::read_partition(&engine, "split", 0);
     for (i, ack) in acks.iter().enumerate() {
         assert_eq!(
             stored.get(&ack.offset),
