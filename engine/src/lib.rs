@@ -6,7 +6,7 @@
 //! tail delivery and queries for it, with no locks on the data path. Programs reach shards through
 //! bounded channels: a `Producer` (`Send + Clone`, blocking or async, with backpressure) and
 //! `Consumer`s that follow a partition's live tail. Code that runs on a shard
-//! (`Engine::run_on_partition`) reads records zero-copy.
+//! (`Engine::run_on_partition`) reads records zero-copy, through a read-only log (`ReadOnlyLog`).
 //!
 //! Views, replay and the network front ends build on this (see `ARCHITECTURE.md`); `kafka` is the
 //! Kafka wire protocol front end (`KafkaServer`).
@@ -47,7 +47,7 @@ pub mod watchdog;
 pub use clock::{Clock, FixedClock, SystemClock};
 pub use config::{BlockingPool, EngineBuilder, EngineConfig, ReplayConfig, TopicConfig};
 pub use consumer::Consumer;
-pub use engine::{Engine, OpenReport, Truncation};
+pub use engine::{Engine, OpenReport, ReadOnlyLog, Truncation};
 pub use error::Error;
 pub use kappa_storage as storage;
 pub use kappa_storage::{Durability, OwnedBatch, RecordRef, Seek};

@@ -19,7 +19,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 
 use glommio::{LocalExecutorBuilder, Placement};
-use kappa_storage::{PartitionLog, Seek};
+use kappa_storage::Seek;
 
 use crate::config::{EngineBuilder, EngineConfig, TopicConfig};
 use crate::consumer::Consumer;
@@ -36,10 +36,12 @@ use crate::watchdog;
 use crate::Error;
 
 mod open_report;
+mod read_only;
 mod topics;
 mod views;
 
 pub use open_report::{OpenReport, Truncation};
+pub use read_only::ReadOnlyLog;
 
 /// A topic as the engine knows it: its definition and which shard owns each partition.
 #[derive(Debug)]
@@ -386,6 +388,10 @@ impl Engine {
 
     /// Runs `job` on the shard that owns the partition, with its log (zero-copy reads there), and
     /// returns the result. The job's future runs in the shard's `live` queue.
+    ///
+    /// The log is read-only (`ReadOnlyLog`): an append from a job would go around the shard's
+    /// request loop, and could land inside the records of a request whose offsets are derived
+    /// from its first (see `ReadOnlyLog`). Records go in through a `Producer`.
     pub fn run_on_partition<F, Fut, T>(
         &self,
         topic: &str,
@@ -393,7 +399,7 @@ impl Engine {
         job: F,
     ) -> Result<T, Error>
     where
-        F: FnOnce(Rc<PartitionLog>) -> Fut + Send + 'static,
+        F: FnOnce(ReadOnlyLog) -> Fut + Send + 'static,
         Fut: Future<Output = T> + 'static,
         T: Send + 'static,
     {
@@ -406,9 +412,8 @@ impl Engine {
                 let result = match shard.log(&name, partition) {
                     // The job is user code: a panic in it fails this call, not the shard.
                     Some(log) => {
-                        match futures_lite::FutureExt::catch_unwind(AssertUnwindSafe(job(log)))
-                            .await
-                        {
+                        let job = job(ReadOnlyLog::new(log));
+                        match futures_lite::FutureExt::catch_unwind(AssertUnwindSafe(job)).await {
                             Ok(value) => Ok(value),
                             Err(panic) => Err(Error::JobPanicked {
                                 topic: name.to_string(),

@@ -507,7 +507,8 @@ pub(crate) async fn checkpoint_in_background(
 /// Copies the partition's state a step at a time, with a yield between steps, so no checkpoint
 /// holds the shard for long. The copy is a consistent cut at one offset: the caller is the
 /// partition's only writer and does not fold while it copies, which `Snapshot::covers` checks
-/// after every yield (`None`, and nothing written, if the state moved anyway).
+/// after every yield, and each step as far as it can (`Step::Moved`): `None`, and nothing
+/// written, if the state moved anyway.
 async fn take_snapshot(vp: &ViewPartition) -> Option<state::Snapshot> {
     let was = vp.activity.replace(Activity::CheckpointWrite);
     let mut snapshot =
@@ -521,8 +522,15 @@ async fn take_snapshot(vp: &ViewPartition) -> Option<state::Snapshot> {
                 vp.activity.set(was);
                 return None;
             }
-            if snapshot.copy_more(&st, SNAPSHOT_STEP_CELLS) {
-                break;
+            match snapshot.copy_more(&st, SNAPSHOT_STEP_CELLS) {
+                state::Step::Done => break,
+                state::Step::More => {}
+                state::Step::Moved => {
+                    tracing::error!(view = %vp.version.view, partition = vp.partition,
+                        "the view state's groups changed during its checkpoint; skipped");
+                    vp.activity.set(was);
+                    return None;
+                }
             }
         }
         glommio::yield_if_needed().await;

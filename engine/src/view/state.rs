@@ -622,8 +622,35 @@ pub fn encode_checkpoint(
     state: &PartitionState,
 ) -> Result<Vec<u8>, Error> {
     let mut snapshot = Snapshot::begin(of, state);
-    while !snapshot.copy_more(state, usize::MAX) {}
-    snapshot.encode(path)
+    loop {
+        match snapshot.copy_more(state, usize::MAX) {
+            Step::Done => return snapshot.encode(path),
+            Step::More => {}
+            // Not expected: `state` is borrowed for the whole copy, so nothing changes it between
+            // steps. An error rather than a panic all the same, as everywhere a copy can move.
+            Step::Moved => {
+                return Err(Error::Meta {
+                    path: path.to_path_buf(),
+                    reason: "the state changed during its checkpoint copy".into(),
+                })
+            }
+        }
+    }
+}
+
+/// What one step of a `Snapshot` copy did (`Snapshot::copy_more`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Step {
+    /// Groups are left to copy: step again (after a yield, on a shard).
+    More,
+    /// Every group is copied: the snapshot can be encoded.
+    Done,
+    /// The state changed under the copy in a way `Snapshot::covers` does not see (the key or
+    /// window a previous step stopped inside is gone): the copy is a cut of nothing. The caller
+    /// drops the snapshot and skips this checkpoint, as it does when `covers` fails. Every later
+    /// step says `Moved` again.
+    Moved,
 }
 
 /// A copy of a partition's state taken a few groups at a time, then encoded as a checkpoint
@@ -637,13 +664,16 @@ pub fn encode_checkpoint(
 ///
 /// The copy is a consistent cut at `next_offset` only while nothing folds into the state between
 /// the steps: the caller (the partition's own fold task, which is the only writer) checks that
-/// `next_offset` has not moved (`covers`) after every yield, and drops the snapshot if it has.
+/// `next_offset` has not moved (`covers`) after every yield, and drops the snapshot if it has,
+/// or if a step finds the state changed in a way `covers` does not see (`Step::Moved`).
 pub struct Snapshot {
     data: CheckpointData,
     /// Where the next step starts: after this key, or inside it after this window start (the
     /// key is then `data.groups`' last entry, partly copied).
     after: Option<(Vec<u8>, Option<i64>)>,
     done: bool,
+    /// A step found the state changed under the copy (`Step::Moved`).
+    moved: bool,
 }
 
 impl Snapshot {
@@ -664,6 +694,7 @@ impl Snapshot {
             },
             after: None,
             done: false,
+            moved: false,
         }
     }
 
@@ -679,31 +710,46 @@ impl Snapshot {
             && state.max_event_time == self.data.max_event_time
     }
 
-    /// Copies up to `max_cells` more (key, window) groups; true once every group is copied.
-    /// `state` must be the state `begin` saw (see `covers`).
+    /// Copies up to `max_cells` more (key, window) groups; `Step::Done` once every group is
+    /// copied. `state` must be the state `begin` saw (see `covers`); where a step can tell that
+    /// it is not (the key or window it resumes after is gone), it says `Step::Moved` instead of
+    /// copying. `covers` compares the offsets and counters, not the groups, so a change that
+    /// moves none of them (an eviction or compaction path) reaches this step unseen; a panic
+    /// here would take the whole shard down for what is only a checkpoint that cannot be taken.
     ///
     /// The step is bounded by groups, not keys: a key holds one group per window, and a view
     /// with many windows per key (a day of 1-minute windows) made a step of 2,048 keys copy
     /// hundreds of thousands of groups, 2-19 ms of the shard thread in one go (measured by
     /// `KAPPA_OVERRUN_TRACE_US` during `kappa-bench mixed`). A key with more windows than a step
     /// is copied over several steps.
-    pub fn copy_more(&mut self, state: &PartitionState, max_cells: usize) -> bool {
+    pub fn copy_more(&mut self, state: &PartitionState, max_cells: usize) -> Step {
+        if self.moved {
+            return Step::Moved;
+        }
         if self.done {
-            return true;
+            return Step::Done;
         }
         let max_cells = max_cells.max(1);
         let mut copied = 0;
         // The rest of a key a previous step stopped inside.
-        if let Some((key, Some(window))) = self.after.clone() {
-            let windows = state.groups.get(key.as_slice()).expect("the snapshot's state");
-            let last = self.data.groups.last_mut().expect("the partly copied key");
-            let rest = windows.range((Bound::Excluded(window), Bound::Unbounded));
-            for (start, cell) in rest {
+        if let Some((key, Some(window))) = self.after.take_if(|(_, window)| window.is_some()) {
+            let Some(windows) =
+                state.groups.get(key.as_slice()).filter(|windows| windows.contains_key(&window))
+            else {
+                self.moved = true;
+                return Step::Moved;
+            };
+            // The snapshot's own bookkeeping, not the state: a step that stops inside a key has
+            // just pushed that key's first windows.
+            let (_, cells) = self.data.groups.last_mut().expect("the partly copied key is last");
+            let mut last_copied = window;
+            for (start, cell) in windows.range((Bound::Excluded(window), Bound::Unbounded)) {
                 if copied == max_cells {
-                    self.after = Some((key.clone(), Some(last.1.last().expect("copied").0)));
-                    return false;
+                    self.after = Some((key, Some(last_copied)));
+                    return Step::More;
                 }
-                last.1.push((*start, cell.clone()));
+                cells.push((*start, cell.clone()));
+                last_copied = *start;
                 copied += 1;
             }
             self.after = Some((key, None));
@@ -715,7 +761,7 @@ impl Snapshot {
         for (key, windows) in state.groups.range::<[u8], _>((from, Bound::Unbounded)) {
             if copied == max_cells {
                 self.after = self.data.groups.last().map(|(k, _)| (k.clone(), None));
-                return false;
+                return Step::More;
             }
             let take = windows.len().min(max_cells - copied);
             let cells: Vec<(i64, Cell)> =
@@ -725,11 +771,11 @@ impl Snapshot {
             self.data.groups.push((key.clone(), cells));
             if partial.is_some() {
                 self.after = Some((key.clone(), partial));
-                return false;
+                return Step::More;
             }
         }
         self.done = true;
-        true
+        Step::Done
     }
 
     /// The bytes of the checkpoint file (`path` names errors). Needs no access to the state: a

@@ -464,7 +464,7 @@ pub async fn get(
 
 /// Runs on the shard: reads up to the limits, waiting once (up to `wait`) when nothing is there.
 async fn read_records(
-    log: &kappa_engine::storage::PartitionLog,
+    log: &kappa_engine::ReadOnlyLog,
     seek: Seek,
     max_records: usize,
     max_bytes: usize,
