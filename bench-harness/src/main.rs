@@ -19,6 +19,7 @@ mod ingest;
 mod kafka;
 mod limit;
 mod partitions;
+mod perfctl;
 mod plot;
 mod rebuild;
 mod recovery;

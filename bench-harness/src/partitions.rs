@@ -158,6 +158,7 @@ fn random_run(
         batches.push(batch);
         i += n;
     }
+    crate::perfctl::profiling(true);
     let started = Instant::now();
     let mut pending: Vec<PendingAcks> = Vec::with_capacity(batches.len());
     for batch in batches {
@@ -176,6 +177,8 @@ fn random_run(
     for p in pending {
         p.wait()?;
     }
+    let elapsed = started.elapsed();
+    crate::perfctl::profiling(false);
     if phases {
         eprintln!(
             "partitions: random phases: submitted {:.0} ms, staged {:.0} ms, flushed {:.0} ms, \
@@ -183,10 +186,10 @@ fn random_run(
             submitted.as_secs_f64() * 1e3,
             staged.as_secs_f64() * 1e3,
             flushed.as_secs_f64() * 1e3,
-            started.elapsed().as_secs_f64() * 1e3
+            elapsed.as_secs_f64() * 1e3
         );
     }
-    Ok(records as f64 / started.elapsed().as_secs_f64())
+    Ok(records as f64 / elapsed.as_secs_f64())
 }
 
 /// Records/s of the same records grouped by partition by hand: one batch per partition.
@@ -199,6 +202,7 @@ fn grouped_run(engine: &Engine, topic: &str, partitions: u32, records: u64) -> a
         let p = kappa_engine::router::partition_for_key(&k, partitions);
         groups[p as usize].push(Some(&k), &value, None);
     }
+    crate::perfctl::profiling(true);
     let started = Instant::now();
     let mut pending: Vec<PendingAck> = Vec::new();
     for batch in groups.into_iter().filter(|b| !b.is_empty()) {
@@ -207,7 +211,9 @@ fn grouped_run(engine: &Engine, topic: &str, partitions: u32, records: u64) -> a
     for p in pending {
         p.wait()?;
     }
-    Ok(records as f64 / started.elapsed().as_secs_f64())
+    let elapsed = started.elapsed();
+    crate::perfctl::profiling(false);
+    Ok(records as f64 / elapsed.as_secs_f64())
 }
 
 /// CPU seconds so far: (shard threads' user, shard threads' system, the whole process), from

@@ -25,6 +25,15 @@ use crate::shard::link::Link;
 use crate::shard::{Request, Stage};
 use crate::Error;
 
+thread_local! {
+    /// `Producer::plan`'s table from partition to its part in the batch being planned, kept per
+    /// thread so a batch pays for the partitions it touches, not for every partition of the
+    /// topic. An entry counts only if it carries the current plan's number (the first field), so
+    /// nothing needs resetting, even after a panic in the middle of a plan.
+    static PART_OF: std::cell::RefCell<(u32, Vec<(u32, u32)>)> =
+        const { std::cell::RefCell::new((0, Vec::new())) };
+}
+
 /// A record as a producer owns it before it reaches a shard.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ProducerRecord {
@@ -565,70 +574,86 @@ impl Producer {
             None => self.round_robin.fetch_add(1, Ordering::Relaxed) % partitions,
         };
         let key_partitions = meta.config.key_partition_count();
-        // (shard, partition, index) per record, sorted: the records of a shard are contiguous,
-        // and within it those of a partition, in batch order. No allocation per partition.
-        let mut routed: Vec<(u32, u32, u32)> = Vec::with_capacity(batch.len());
-        let mut shard_of_record: Vec<u32> = Vec::with_capacity(batch.len());
-        for i in 0..batch.len() {
-            let p = match (partition, batch.key(i)) {
-                (Some(p), _) => p,
-                (None, Some(key)) => partition_for_key(key, key_partitions),
-                (None, None) => unkeyed,
-            };
-            let shard = meta.shards[p as usize] as u32;
-            routed.push((shard, p, i as u32));
-            shard_of_record.push(shard);
-        }
-        routed.sort_unstable();
-        // Per record: its part (numbered over all shards' parts, in reply order) and its rank;
-        // and its part among its shard's parts (`local_part`).
-        let mut records = vec![(0u32, 0u32); batch.len()];
-        let mut local_part = vec![0u32; batch.len()];
-        // (shard, partition of each of its parts, its records), in shard order.
-        let mut shard_parts: Vec<(u32, Vec<u32>, usize)> = Vec::new();
-        let mut part_number = 0u32;
-        let mut rest = &routed[..];
-        while let Some(&(shard, _, _)) = rest.first() {
-            let count = rest.iter().take_while(|r| r.0 == shard).count();
-            let (mine, later) = rest.split_at(count);
-            rest = later;
-            let mut parts: Vec<u32> = Vec::with_capacity(mine.len().min(partitions as usize));
-            let mut part_start = 0usize;
-            for (n, &(_, p, i)) in mine.iter().enumerate() {
-                if parts.last() != Some(&p) {
-                    if !parts.is_empty() {
-                        part_number += 1;
-                    }
-                    part_start = n;
-                    parts.push(p);
-                }
-                records[i as usize] = (part_number, (n - part_start) as u32);
-                local_part[i as usize] = parts.len() as u32 - 1;
+        // One pass in batch order, no sort: a record's part is its partition's position among
+        // the partitions of its shard in order of first appearance (`PART_OF`, a table by
+        // partition kept per thread), its rank the records of that part
+        // before it. A sort by (shard, partition) cost O(n log n) per batch and was the
+        // producer thread's largest item with random keys (a tenth of the submitting CPU).
+        let shard_count = self.inner.shard_count();
+        // Per shard: the partitions of its parts, and each part's records so far.
+        let mut shard_parts: Vec<(Vec<u32>, Vec<u32>)> =
+            vec![(Vec::new(), Vec::new()); shard_count];
+        // Per shard: its records' indexes and parts, in batch order (the shard reads the
+        // producer's bytes front to back: read in partition order it jumped through them, a
+        // cache miss per record, most of staging's time with random keys).
+        let mut per_shard: Vec<(Vec<u32>, Vec<u32>)> = vec![(Vec::new(), Vec::new()); shard_count];
+        // Per record: its shard, its part there, its rank in that part.
+        let mut placed: Vec<(u32, u32, u32)> = Vec::with_capacity(batch.len());
+        PART_OF.with(|table| {
+            let mut table = table.borrow_mut();
+            let (plan, part_of) = &mut *table;
+            *plan = plan.wrapping_add(1);
+            if *plan == 0 {
+                // Numbers wrapped: entries from 2^32 plans ago would look current.
+                part_of.iter_mut().for_each(|e| *e = (0, 0));
+                *plan = 1;
             }
-            part_number += 1;
-            shard_parts.push((shard, parts, mine.len()));
+            let plan = *plan;
+            if part_of.len() < partitions as usize {
+                part_of.resize(partitions as usize, (0, 0));
+            }
+            for i in 0..batch.len() {
+                let p = match (partition, batch.key(i)) {
+                    (Some(p), _) => p,
+                    (None, Some(key)) => partition_for_key(key, key_partitions),
+                    (None, None) => unkeyed,
+                };
+                let shard = meta.shards[p as usize];
+                let (parts, counts) = &mut shard_parts[shard];
+                let entry = &mut part_of[p as usize];
+                if entry.0 != plan {
+                    *entry = (plan, parts.len() as u32);
+                    parts.push(p);
+                    counts.push(0);
+                }
+                let part = entry.1;
+                let rank = counts[part as usize];
+                counts[part as usize] += 1;
+                placed.push((shard as u32, part, rank));
+                let (indexes, record_parts) = &mut per_shard[shard];
+                if indexes.capacity() == 0 {
+                    let guess = batch.len() / shard_count + 16;
+                    indexes.reserve(guess);
+                    record_parts.reserve(guess);
+                }
+                indexes.push(i as u32);
+                record_parts.push(part);
+            }
+        });
+        // Parts are numbered over all shards' parts in reply order: shards ascending, each
+        // shard's parts in its own order.
+        let mut first_part = vec![0u32; shard_count];
+        let mut numbered = 0u32;
+        for (shard, (parts, _)) in shard_parts.iter().enumerate() {
+            first_part[shard] = numbered;
+            numbered += parts.len() as u32;
         }
-        // Each shard's records in batch order, with their parts: the shard reads the producer's
-        // bytes front to back. Read in partition order it jumped through them, a cache miss per
-        // record (most of staging's time with random keys); read in order, the hardware
-        // prefetches them.
-        let mut position = vec![usize::MAX; self.inner.shard_count()];
-        for (n, (shard, _, _)) in shard_parts.iter().enumerate() {
-            position[*shard as usize] = n;
-        }
-        let mut per_shard: Vec<(Vec<u32>, Vec<u32>)> = shard_parts
+        let records: Vec<(u32, u32)> = placed
             .iter()
-            .map(|&(_, _, count)| (Vec::with_capacity(count), Vec::with_capacity(count)))
+            .map(|&(shard, part, rank)| (first_part[shard as usize] + part, rank))
             .collect();
-        for (i, &shard) in shard_of_record.iter().enumerate() {
-            let (indexes, parts) = &mut per_shard[position[shard as usize]];
-            indexes.push(i as u32);
-            parts.push(local_part[i]);
-        }
+        let shard_parts: Vec<(u32, Vec<u32>)> = shard_parts
+            .into_iter()
+            .enumerate()
+            .filter(|(_, (parts, _))| !parts.is_empty())
+            .map(|(shard, (parts, _))| (shard as u32, parts))
+            .collect();
+        let per_shard: Vec<(Vec<u32>, Vec<u32>)> =
+            per_shard.into_iter().filter(|(indexes, _)| !indexes.is_empty()).collect();
         let batch = Arc::new(batch);
         let mut requests = Vec::with_capacity(shard_parts.len());
         let mut replies = Vec::with_capacity(shard_parts.len());
-        for ((shard, parts, _), (indexes, record_parts)) in shard_parts.into_iter().zip(per_shard) {
+        for ((shard, parts), (indexes, record_parts)) in shard_parts.into_iter().zip(per_shard) {
             let (reply, receiver) = flume::bounded(1);
             let stage = Stage {
                 topic: meta.name.clone(),

@@ -60,7 +60,8 @@ pub(crate) struct Stage {
     pub(crate) indexes: Vec<u32>,
     /// The part (an index into `parts`) of each record of `indexes`.
     pub(crate) record_parts: Vec<u32>,
-    /// The partition of each part, ascending: a part is a partition's records of this request.
+    /// The partition of each part (in order of first appearance in the batch): a part is a
+    /// partition's records of this request.
     pub(crate) parts: Vec<u32>,
     pub(crate) durability: Durability,
     pub(crate) linger: Duration,

@@ -1,0 +1,33 @@
+//! Profiles only the timed part of a scenario: `perf record --control fifo:CTL -D -1` starts
+//! disabled, and the scenario enables it around its clock (`KAPPA_BENCH_PERF_CTL=CTL`).
+//!
+//! Why: a scenario's setup (creating 4,000 partitions, writing history) can take more CPU than
+//! what it measures, and a whole-process profile then shows mostly the setup.
+
+use std::io::Write;
+use std::sync::Mutex;
+
+static CTL: Mutex<Option<std::fs::File>> = Mutex::new(None);
+
+/// Enables (`true`) or disables the profiler listening on `KAPPA_BENCH_PERF_CTL`, if any.
+pub fn profiling(on: bool) {
+    let Some(path) = std::env::var_os("KAPPA_BENCH_PERF_CTL") else {
+        return;
+    };
+    let mut ctl = CTL.lock().unwrap_or_else(|e| e.into_inner());
+    if ctl.is_none() {
+        match std::fs::OpenOptions::new().write(true).open(&path) {
+            Ok(file) => *ctl = Some(file),
+            Err(e) => {
+                eprintln!("KAPPA_BENCH_PERF_CTL: opening {}: {e}", path.to_string_lossy());
+                return;
+            }
+        }
+    }
+    if let Some(file) = ctl.as_mut() {
+        let command: &[u8] = if on { b"enable\n" } else { b"disable\n" };
+        if let Err(e) = file.write_all(command) {
+            eprintln!("KAPPA_BENCH_PERF_CTL: {e}");
+        }
+    }
+}
