@@ -159,22 +159,46 @@ impl ProducerBatch {
         (entry.key.map_or(0, |k| k.1) + entry.value.1 + headers) as usize
     }
 
-    /// Record `index` as the accumulator stages it: timestamp (`None`: append time), key,
-    /// value and its number of headers (`header_at`).
-    pub(crate) fn staging_view(&self, index: usize) -> (Option<i64>, Option<&[u8]>, &[u8], usize) {
-        let entry = &self.entries[index];
-        (
-            entry.timestamp,
-            entry.key.map(|k| self.slice(k)),
-            self.slice(entry.value),
-            entry.headers.1 as usize,
-        )
+    /// Room for `records` more records of `bytes` more key, value and header bytes, so that
+    /// pushing them does not grow the buffers step by step (the accumulator sizes a staged batch
+    /// to what its partition's batches usually hold).
+    pub(crate) fn reserve(&mut self, records: usize, bytes: usize) {
+        self.data.reserve(bytes);
+        self.entries.reserve(records);
     }
 
-    /// Header `header` of record `index`.
-    pub(crate) fn header_at(&self, index: usize, header: usize) -> Header<'_> {
-        let h = &self.headers[self.entries[index].headers.0 as usize + header];
-        Header { key: self.slice(h.key), value: h.value.map(|v| self.slice(v)) }
+    /// The bytes its buffers hold (capacity, not length): what a spare staged batch keeps.
+    pub(crate) fn footprint(&self) -> usize {
+        self.data.capacity()
+            + self.entries.capacity() * std::mem::size_of::<BatchEntry>()
+            + self.headers.capacity() * std::mem::size_of::<HeaderEntry>()
+    }
+
+    /// Empties the batch, keeping its buffers (the accumulator reuses them).
+    pub(crate) fn clear(&mut self) {
+        self.data.clear();
+        self.entries.clear();
+        self.headers.clear();
+    }
+
+    /// Copies record `index` of `src` to the end of this batch (no allocation past growth).
+    pub(crate) fn push_from(&mut self, src: &ProducerBatch, index: usize) {
+        let entry = src.entries[index];
+        let key = entry.key.map(|k| self.put(src.slice(k)));
+        let value = self.put(src.slice(entry.value));
+        let (start, count) = entry.headers;
+        let first = self.headers.len() as u32;
+        for h in &src.headers[start as usize..(start + count) as usize] {
+            let key = self.put(src.slice(h.key));
+            let value = h.value.map(|v| self.put(src.slice(v)));
+            self.headers.push(HeaderEntry { key, value });
+        }
+        self.entries.push(BatchEntry {
+            key,
+            value,
+            timestamp: entry.timestamp,
+            headers: (first, count),
+        });
     }
 
     fn slice(&self, (start, len): (u32, u32)) -> &[u8] {
@@ -263,8 +287,6 @@ impl Records for Stamped<'_, [ProducerRecord]> {
 pub(crate) enum Payload {
     Records(Vec<ProducerRecord>),
     Batch(ProducerBatch),
-    /// A staged batch of the shard's accumulator, indexed (`StagedRecords::index`).
-    Staged(crate::shard::StagedRecords),
 }
 
 /// Where one record landed.

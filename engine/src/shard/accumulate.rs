@@ -11,8 +11,7 @@
 //! Cost: staging copies each record once more than a pre-grouped append, so it reads the
 //! producer's batch front to back and writes each record to its partition's staged batch
 //! (`stage`); reading in partition order jumped through the producer's bytes, a cache miss per
-//! record. A staged batch keeps its records in one buffer (`StagedRecords`): each stream a
-//! record writes to is a tail no cache holds.
+//! record.
 //!
 //! The accumulator lives on the shard (not in the producer), so it needs no lock and producers on
 //! any number of threads share it; a producer sends one request per shard, whatever the number of
@@ -47,7 +46,6 @@ use std::time::Duration;
 
 use kappa_storage::Durability;
 
-use super::staged::StagedRecords;
 use super::{Reply, Shard};
 use crate::producer::{BatchAck, Payload, ProducerBatch};
 use crate::Error;
@@ -133,7 +131,7 @@ struct Slice {
 /// Records of one partition waiting to be appended together.
 #[derive(Default)]
 struct Staged {
-    batch: StagedRecords,
+    batch: ProducerBatch,
     slices: Vec<Slice>,
     durability: Option<Durability>,
     /// Tells a linger timer whether the batch it was started for is still the one staged.
@@ -782,14 +780,12 @@ async fn flush(shard: &Rc<Shard>, topic: &Arc<str>, partition: u32, cause: Cause
     // The log, for its directory in an error (no path copied per append).
     let dir = log.clone();
     let ack_shard = shard.clone();
-    let mut batch = batch;
-    batch.index();
     let payload = super::append(
         shard,
         log,
         topic,
         partition,
-        Payload::Staged(batch),
+        Payload::Batch(batch),
         durability,
         permit,
         Box::new(move |result: Result<BatchAck, Error>| {
@@ -815,7 +811,7 @@ async fn flush(shard: &Rc<Shard>, topic: &Arc<str>, partition: u32, cause: Cause
         }),
     );
     // The log copied the records: the batch's buffers serve a later staged batch.
-    if let Payload::Staged(mut batch) = payload {
+    if let Payload::Batch(mut batch) = payload {
         batch.clear();
         staged.batch = batch;
         shard.staging.borrow_mut().keep_spare(staged, shard.config.staged_bytes_max);

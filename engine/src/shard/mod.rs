@@ -38,7 +38,6 @@ pub(crate) mod iowq;
 pub(crate) mod link;
 pub(crate) mod replay;
 pub(crate) mod slice;
-mod staged;
 mod tail;
 mod views;
 
@@ -47,8 +46,6 @@ use replay::ReplayControl;
 
 pub use accumulate::FlushCounts;
 pub(crate) use accumulate::Stage;
-pub(crate) use staged::StagedRecords;
-use staged::StampedStaged;
 
 /// A closure run on a shard (see `Engine::run_on_partition`).
 pub(crate) type ShardJob = Box<dyn FnOnce(Rc<Shard>) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
@@ -770,16 +767,6 @@ fn append(
             log.append_records(&Stamped { records: batch, now_ms }, producer, durability, now_ms),
             batch.len() as u64,
             batch.data_len() as u64,
-        ),
-        Payload::Staged(staged) => (
-            log.append_records(
-                &StampedStaged { records: staged, now_ms },
-                producer,
-                durability,
-                now_ms,
-            ),
-            staged.len() as u64,
-            staged.data_len() as u64,
         ),
     };
     let ticket = match appended {
