@@ -10,6 +10,10 @@ use std::sync::Mutex;
 static CTL: Mutex<Option<std::fs::File>> = Mutex::new(None);
 
 /// Enables (`true`) or disables the profiler listening on `KAPPA_BENCH_PERF_CTL`, if any.
+///
+/// The first call opens the FIFO, which blocks until perf has it open: set the variable only
+/// under `perf record --control fifo:CTL`. Without perf's ack FIFO the switch is asynchronous, so
+/// the profile's edges are approximate (a few milliseconds of a run of hundreds).
 pub fn profiling(on: bool) {
     let Some(path) = std::env::var_os("KAPPA_BENCH_PERF_CTL") else {
         return;

@@ -24,6 +24,9 @@
 //! batch's growth and under glommio's DMA buffers past the registered pool) was 13.6% of the shard
 //! threads' time, and the same records pre-grouped by partition went from 3.7 M to 5.4-6.3 M
 //! records/s at 1,000 partitions without it (`MIMALLOC_ALLOW_THP=0`, alternated runs).
+//! `no_thp` only skips that `madvise`: enough where the host's THP mode is `madvise`; where it is
+//! `always` the kernel backs the arenas with huge pages anyway, and `MIMALLOC_ALLOW_THP=0`
+//! (`prctl(PR_SET_THP_DISABLE)` for the process) is what turns them off.
 //!
 //! An embedding program chooses its own allocator; the README says why it should be one like this.
 

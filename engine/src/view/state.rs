@@ -716,6 +716,11 @@ impl Snapshot {
     /// copying. `covers` compares the offsets and counters, not the groups, so a change that
     /// moves none of them (an eviction or compaction path) reaches this step unseen; a panic
     /// here would take the whole shard down for what is only a checkpoint that cannot be taken.
+    /// A partial guard only: a key removed at a key boundary, keys inserted before the point the
+    /// copy reached or cells changed in what was copied go unseen, and such a checkpoint would be
+    /// wrong. Today nothing changes the groups without moving the counters (`fold` does;
+    /// `merge_step` runs while no copy is in flight); a path that does (eviction, compaction)
+    /// must give `covers` a generation of the groups to compare first.
     ///
     /// The step is bounded by groups, not keys: a key holds one group per window, and a view
     /// with many windows per key (a day of 1-minute windows) made a step of 2,048 keys copy
