@@ -25,6 +25,21 @@ use crate::shard::link::Link;
 use crate::shard::{Request, Stage};
 use crate::Error;
 
+/// One shard's share of a batch being planned (`Producer::plan`).
+#[derive(Default, Clone)]
+struct ShardPlan {
+    /// The partition of each part, in order of first appearance.
+    parts: Vec<u32>,
+    /// Records of each part so far (the next record's rank).
+    counts: Vec<u32>,
+    /// Its records' indexes in the batch, in batch order: the shard reads the producer's bytes
+    /// front to back (read in partition order it jumped through them, a cache miss per record,
+    /// most of staging's time with random keys).
+    indexes: Vec<u32>,
+    /// The part of each of `indexes`.
+    record_parts: Vec<u32>,
+}
+
 thread_local! {
     /// `Producer::plan`'s table from partition to its part in the batch being planned, kept per
     /// thread so a batch pays for the partitions it touches, not for every partition of the
@@ -580,13 +595,7 @@ impl Producer {
         // before it. A sort by (shard, partition) cost O(n log n) per batch and was the
         // producer thread's largest item with random keys (a tenth of the submitting CPU).
         let shard_count = self.inner.shard_count();
-        // Per shard: the partitions of its parts, and each part's records so far.
-        let mut shard_parts: Vec<(Vec<u32>, Vec<u32>)> =
-            vec![(Vec::new(), Vec::new()); shard_count];
-        // Per shard: its records' indexes and parts, in batch order (the shard reads the
-        // producer's bytes front to back: read in partition order it jumped through them, a
-        // cache miss per record, most of staging's time with random keys).
-        let mut per_shard: Vec<(Vec<u32>, Vec<u32>)> = vec![(Vec::new(), Vec::new()); shard_count];
+        let mut shards = vec![ShardPlan::default(); shard_count];
         // Per record: its shard, its part there, its rank in that part.
         let mut placed: Vec<(u32, u32, u32)> = Vec::with_capacity(batch.len());
         PART_OF.with(|table| {
@@ -609,65 +618,56 @@ impl Producer {
                     (None, None) => unkeyed,
                 };
                 let shard = meta.shards[p as usize];
-                let (parts, counts) = &mut shard_parts[shard];
+                let here = &mut shards[shard];
                 let entry = &mut part_of[p as usize];
                 if entry.0 != plan {
-                    *entry = (plan, parts.len() as u32);
-                    parts.push(p);
-                    counts.push(0);
+                    *entry = (plan, here.parts.len() as u32);
+                    here.parts.push(p);
+                    here.counts.push(0);
                 }
                 let part = entry.1;
-                let rank = counts[part as usize];
-                counts[part as usize] += 1;
+                let rank = here.counts[part as usize];
+                here.counts[part as usize] += 1;
                 placed.push((shard as u32, part, rank));
-                let (indexes, record_parts) = &mut per_shard[shard];
-                if indexes.capacity() == 0 {
+                if here.indexes.capacity() == 0 {
                     let guess = batch.len() / shard_count + 16;
-                    indexes.reserve(guess);
-                    record_parts.reserve(guess);
+                    here.indexes.reserve(guess);
+                    here.record_parts.reserve(guess);
                 }
-                indexes.push(i as u32);
-                record_parts.push(part);
+                here.indexes.push(i as u32);
+                here.record_parts.push(part);
             }
         });
         // Parts are numbered over all shards' parts in reply order: shards ascending, each
         // shard's parts in its own order.
-        let mut first_part = vec![0u32; shard_count];
+        let mut first_part = Vec::with_capacity(shard_count);
         let mut numbered = 0u32;
-        for (shard, (parts, _)) in shard_parts.iter().enumerate() {
-            first_part[shard] = numbered;
-            numbered += parts.len() as u32;
+        for here in &shards {
+            first_part.push(numbered);
+            numbered += here.parts.len() as u32;
         }
         let records: Vec<(u32, u32)> = placed
             .iter()
             .map(|&(shard, part, rank)| (first_part[shard as usize] + part, rank))
             .collect();
-        let shard_parts: Vec<(u32, Vec<u32>)> = shard_parts
-            .into_iter()
-            .enumerate()
-            .filter(|(_, (parts, _))| !parts.is_empty())
-            .map(|(shard, (parts, _))| (shard as u32, parts))
-            .collect();
-        let per_shard: Vec<(Vec<u32>, Vec<u32>)> =
-            per_shard.into_iter().filter(|(indexes, _)| !indexes.is_empty()).collect();
         let batch = Arc::new(batch);
-        let mut requests = Vec::with_capacity(shard_parts.len());
-        let mut replies = Vec::with_capacity(shard_parts.len());
-        for ((shard, parts), (indexes, record_parts)) in shard_parts.into_iter().zip(per_shard) {
+        let mut requests = Vec::new();
+        let mut replies = Vec::new();
+        for (shard, here) in shards.into_iter().enumerate().filter(|(_, s)| !s.parts.is_empty()) {
             let (reply, receiver) = flume::bounded(1);
             let stage = Stage {
                 topic: meta.name.clone(),
                 batch: batch.clone(),
-                indexes,
-                record_parts,
-                parts,
+                indexes: here.indexes,
+                record_parts: here.record_parts,
+                parts: here.parts,
                 durability: self.durability,
                 linger: self.linger,
                 batch_size: self.batch_size,
                 reply,
             };
-            requests.push((shard as usize, Request::Stage(stage)));
-            replies.push((self.inner.link(shard as usize).clone(), receiver));
+            requests.push((shard, Request::Stage(stage)));
+            replies.push((self.inner.link(shard).clone(), receiver));
         }
         Ok((requests, PendingAcks { replies, records, sent, linger: self.linger }))
     }

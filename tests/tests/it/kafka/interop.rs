@@ -269,6 +269,33 @@ impl Drop for StopOnDrop<'_> {
     }
 }
 
+/// One shard (the accumulator and the Kafka append meet on it), small DMA memory, at most
+/// `appends_in_flight` appends in flight; with a Kafka listener on a free loopback port and a
+/// client connected to it.
+fn one_shard_with_kafka(
+    dir: &std::path::Path,
+    appends_in_flight: Option<usize>,
+) -> (Arc<Engine>, KafkaServer, Client) {
+    let mut builder = Engine::builder().data_dir(dir).shards(1).io_memory_bytes(4 << 20);
+    if let Some(appends) = appends_in_flight {
+        builder = builder.appends_in_flight_max(appends);
+    }
+    let engine = Arc::new(builder.build().expect("engine"));
+    let kafka = KafkaServer::start(&engine, KafkaConfig::new("127.0.0.1:0".parse().expect("addr")))
+        .expect("kafka");
+    let client = Client::connect(kafka.local_addr()).expect("connect");
+    (engine, kafka, client)
+}
+
+/// Produces one record (`kafka` -> `from-kafka`) through Kafka to `topic`'s `partition`, acks=1.
+fn produce_one_kafka_record(c: &mut Client, topic: &str, partition: i32) {
+    let records =
+        [Record { timestamp: 1, key: Some(b"kafka"), value: b"from-kafka", headers: &[] }];
+    let batch = record_batch(&records, ProducerInfo::default(), Compression::None);
+    let (error, _) = produce(c, 9, topic, partition, batch, 1);
+    assert_eq!(error, 0, "the Kafka produce failed");
+}
+
 /// A Kafka produce to a topic that embedded producers keep busy finishes: three threads send
 /// requests to the topic back to back (one append in flight, so every request waits inside its
 /// staging) and 20 Kafka produces to it each finish within seconds. A liveness check of the wait
@@ -278,19 +305,8 @@ impl Drop for StopOnDrop<'_> {
 #[test]
 fn a_kafka_produce_gets_its_turn_beside_busy_embedded_producers() {
     let temp = tempfile::tempdir().expect("tempdir");
-    let engine = Arc::new(
-        Engine::builder()
-            .data_dir(temp.path())
-            .shards(1)
-            .appends_in_flight_max(1)
-            .io_memory_bytes(4 << 20)
-            .build()
-            .expect("engine"),
-    );
+    let (engine, kafka, mut c) = one_shard_with_kafka(temp.path(), Some(1));
     engine.create_topic("busy", TopicConfig::new(2)).expect("topic");
-    let kafka = KafkaServer::start(&engine, KafkaConfig::new("127.0.0.1:0".parse().expect("addr")))
-        .expect("kafka");
-    let mut c = Client::connect(kafka.local_addr()).expect("connect");
     let done = std::sync::atomic::AtomicBool::new(false);
     let slowest = std::thread::scope(|s| {
         for t in 0..3u64 {
@@ -313,12 +329,8 @@ fn a_kafka_produce_gets_its_turn_beside_busy_embedded_producers() {
         std::thread::sleep(Duration::from_millis(200));
         let mut slowest = Duration::ZERO;
         for _ in 0..20 {
-            let records =
-                [Record { timestamp: 1, key: Some(b"kafka"), value: b"from-kafka", headers: &[] }];
-            let batch = record_batch(&records, ProducerInfo::default(), Compression::None);
             let started = std::time::Instant::now();
-            let (error, _) = produce(&mut c, 9, "busy", 0, batch, 1);
-            assert_eq!(error, 0, "the Kafka produce failed");
+            produce_one_kafka_record(&mut c, "busy", 0);
             slowest = slowest.max(started.elapsed());
         }
         slowest
@@ -339,19 +351,8 @@ fn a_kafka_produce_gets_its_turn_beside_busy_embedded_producers() {
 #[test]
 fn a_kafka_produce_never_lands_inside_an_embedded_request_over_two_partitions() {
     let temp = tempfile::tempdir().expect("tempdir");
-    let engine = Arc::new(
-        Engine::builder()
-            .data_dir(temp.path())
-            .shards(1)
-            .appends_in_flight_max(1)
-            .io_memory_bytes(4 << 20)
-            .build()
-            .expect("engine"),
-    );
+    let (engine, kafka, mut c) = one_shard_with_kafka(temp.path(), Some(1));
     engine.create_topic("split2", TopicConfig::new(2)).expect("topic");
-    let kafka = KafkaServer::start(&engine, KafkaConfig::new("127.0.0.1:0".parse().expect("addr")))
-        .expect("kafka");
-    let mut c = Client::connect(kafka.local_addr()).expect("connect");
     // A key for each partition.
     let key_of = |p: u32| {
         (0u32..)
@@ -372,15 +373,7 @@ fn a_kafka_produce_never_lands_inside_an_embedded_request_over_two_partitions() 
         let hammer = s.spawn(|| {
             let mut n = 0u32;
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                let records = [Record {
-                    timestamp: 1,
-                    key: Some(b"kafka"),
-                    value: b"from-kafka",
-                    headers: &[],
-                }];
-                let batch = record_batch(&records, ProducerInfo::default(), Compression::None);
-                let (error, _) = produce(&mut c, 9, "split2", 0, batch, 1);
-                assert_eq!(error, 0, "the Kafka produce failed");
+                produce_one_kafka_record(&mut c, "split2", 0);
                 n += 1;
             }
             n
@@ -422,18 +415,8 @@ fn a_kafka_produce_never_lands_inside_an_embedded_request_over_two_partitions() 
 #[test]
 fn a_kafka_produce_never_lands_inside_an_embedded_request() {
     let temp = tempfile::tempdir().expect("tempdir");
-    let engine = Arc::new(
-        Engine::builder()
-            .data_dir(temp.path())
-            .shards(1)
-            .io_memory_bytes(4 << 20)
-            .build()
-            .expect("engine"),
-    );
+    let (engine, kafka, mut c) = one_shard_with_kafka(temp.path(), None);
     engine.create_topic("split", TopicConfig::new(1)).expect("topic");
-    let kafka = KafkaServer::start(&engine, KafkaConfig::new("127.0.0.1:0".parse().expect("addr")))
-        .expect("kafka");
-    let mut c = Client::connect(kafka.local_addr()).expect("connect");
     // Staged batches of 1 KiB: 200 records of ~60 bytes fill about a dozen, appended as they
     // fill; the last one lingers for 5 s.
     let producer = engine.producer().with_linger(Duration::from_secs(5)).with_batch_size(1024);
@@ -452,11 +435,7 @@ fn a_kafka_produce_never_lands_inside_an_embedded_request() {
             std::thread::sleep(Duration::from_millis(2));
         }
         // ... a Kafka client produces to the same partition.
-        let records =
-            [Record { timestamp: 1, key: Some(b"kafka"), value: b"from-kafka", headers: &[] }];
-        let batch = record_batch(&records, ProducerInfo::default(), Compression::None);
-        let (error, _) = produce(&mut c, 9, "split", 0, batch, 1);
-        assert_eq!(error, 0, "the Kafka produce failed");
+        produce_one_kafka_record(&mut c, "split", 0);
         sending.join().expect("the embedded producer")
     });
     let end = engine.partition_offsets("split", 0).expect("offsets").end_offset;
