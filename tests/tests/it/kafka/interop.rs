@@ -296,12 +296,14 @@ fn produce_one_kafka_record(c: &mut Client, topic: &str, partition: i32) {
     assert_eq!(error, 0, "the Kafka produce failed");
 }
 
-/// A Kafka produce to a topic that embedded producers keep busy finishes: three threads send
-/// requests to the topic back to back (one append in flight, so every request waits inside its
-/// staging) and 20 Kafka produces to it each finish within seconds. A liveness check of the wait
-/// for a request being staged (`shard::Turn`, `split_part`): it fails on a wait that never ends.
-/// The starvation `Turn` exists for (a Kafka append that only ever runs while the next request is
-/// being staged) was found by reading the code and did not show here without `Turn` either.
+/// A Kafka produce to a topic that embedded producers keep busy finishes: three threads keep
+/// the shard's queue full of requests to the topic (16 in flight each, a linger, 1 KiB batches,
+/// one append in flight, so every request waits inside its staging), and 20 Kafka produces to it
+/// each finish within seconds. Fails without `shard::Turn`: the Kafka append, woken when a
+/// request's staging ends, only ever ran while the next request was being staged (the request
+/// loop goes from one to the next without suspending), saw `SplitPart::Staging` and waited again,
+/// until the producers stopped (a produce took 20.0 s, twice, with the wait for `Turn` taken out
+/// of `stage`).
 #[test]
 fn a_kafka_produce_gets_its_turn_beside_busy_embedded_producers() {
     let temp = tempfile::tempdir().expect("tempdir");
@@ -312,7 +314,13 @@ fn a_kafka_produce_gets_its_turn_beside_busy_embedded_producers() {
         for t in 0..3u64 {
             let (engine, done) = (&engine, &done);
             s.spawn(move || {
-                let producer = engine.producer().with_batch_size(1024);
+                // A linger, so staging ends with no await (a request with none flushes its
+                // parts after its staging, and the waiting append runs then); batches of 1 KiB,
+                // so each request waits mid-staging for full batches to append; 16 requests in
+                // flight per thread, so the shard's queue never empties between requests.
+                let producer =
+                    engine.producer().with_linger(Duration::from_secs(1)).with_batch_size(1024);
+                let mut in_flight = std::collections::VecDeque::new();
                 let mut i = 0u64;
                 while !done.load(std::sync::atomic::Ordering::Relaxed) {
                     let mut batch = ProducerBatch::new();
@@ -321,10 +329,27 @@ fn a_kafka_produce_gets_its_turn_beside_busy_embedded_producers() {
                         batch.push(Some(key.as_bytes()), &[b'v'; 60], None);
                         i += 1;
                     }
-                    producer.send_each("busy", batch).expect("acked");
+                    in_flight.push_back(producer.submit_each("busy", batch).expect("submitted"));
+                    if in_flight.len() > 16 {
+                        in_flight.pop_front().map(|p| p.wait().expect("acked"));
+                    }
+                }
+                for pending in in_flight {
+                    pending.wait().expect("acked");
                 }
             });
         }
+        // A starved produce is not a hang: the producers stop after 20 s at the latest, and
+        // the produce that waited that long fails the assertion below.
+        s.spawn(|| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if std::time::Instant::now() > deadline {
+                    done.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
         let _stop = StopOnDrop(&done);
         std::thread::sleep(Duration::from_millis(200));
         let mut slowest = Duration::ZERO;
