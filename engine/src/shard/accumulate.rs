@@ -63,6 +63,8 @@ pub(crate) struct Stage {
     /// The partition of each part (in order of first appearance in the batch): a part is a
     /// partition's records of this request.
     pub(crate) parts: Vec<u32>,
+    /// The records of each part, in `parts` order.
+    pub(crate) counts: Vec<u32>,
     pub(crate) durability: Durability,
     pub(crate) linger: Duration,
     pub(crate) batch_size: usize,
@@ -70,69 +72,101 @@ pub(crate) struct Stage {
     pub(crate) reply: Reply<Vec<BatchAck>>,
 }
 
-/// A request whose records wait in staged batches: answered when the last slice is durable.
+/// A staged batch's base offset in the log, set when its append completed: shared by the
+/// requests whose parts start in it (`Pending::first`).
+type Landed = Rc<Cell<Option<u64>>>;
+
+/// A request whose records wait in staged batches: answered when the last staged batch holding
+/// its records is durable.
+///
+/// Acknowledged by batch, not by slice: a request's records for one partition are contiguous in
+/// the log (module doc), so a part's offsets are the base offset of the staged batch holding its
+/// first record, plus that record's position there, and its count. Staging writes that
+/// (batch, position) once per part, in part order (parts are numbered in order of first
+/// appearance, and records are staged in batch order); an append writes its base offset once;
+/// the answer reads them. Until December 2026 each append wrote every slice's offsets into its
+/// request's acknowledgement array: with random keys over 4,000 partitions one slice per record,
+/// each a cache miss in one of a thousand requests' arrays (`settle` was an eighth of the staging
+/// shards' time, 85% of it on that one store).
 struct Pending {
-    acks: RefCell<Vec<Option<BatchAck>>>,
+    /// Per part: the staged batch holding its first record, and that record's position there.
+    first: RefCell<Vec<Option<(Landed, u32)>>>,
+    counts: Vec<u32>,
+    topic: Arc<str>,
     partitions: Vec<u32>,
+    /// Staged batches holding records of the request not yet appended, plus one for the staging
+    /// step itself.
     remaining: Cell<usize>,
     error: RefCell<Option<Error>>,
     reply: RefCell<Option<Reply<Vec<BatchAck>>>>,
 }
 
 impl Pending {
-    /// Records `[first, last]` of part `part` are durable (or failed).
-    fn settle(&self, part: usize, result: Result<(u64, u64), (&Error, &std::path::Path)>) {
-        match result {
-            Ok((first, last)) => {
-                let mut acks = self.acks.borrow_mut();
-                let ack = acks[part].get_or_insert(BatchAck {
-                    partition: self.partitions[part],
-                    base_offset: first,
-                    last_offset: last,
-                });
-                ack.base_offset = ack.base_offset.min(first);
-                ack.last_offset = ack.last_offset.max(last);
-            }
-            Err((e, dir)) => {
-                let mut error = self.error.borrow_mut();
-                if error.is_none() {
-                    *error = Some(copy_error(e, dir));
-                }
+    /// A staged batch holding records of the request failed.
+    fn fail(&self, e: &Error, dir: &std::path::Path) {
+        {
+            let mut error = self.error.borrow_mut();
+            if error.is_none() {
+                *error = Some(copy_error(e, dir));
             }
         }
         self.finish_one();
     }
 
-    /// One slice (or the staging step itself) is done; the last one answers the request.
+    /// A staged batch holding records of the request (or the staging step itself) is done; the
+    /// last one answers the request.
     fn finish_one(&self) {
         self.remaining.set(self.remaining.get() - 1);
         if self.remaining.get() == 0 {
             if let Some(reply) = self.reply.borrow_mut().take() {
                 let result = match self.error.borrow_mut().take() {
                     Some(e) => Err(e),
-                    None => Ok(self.acks.borrow().iter().map(|a| a.expect("settled")).collect()),
+                    None => self.acks(),
                 };
                 let _ = reply.send(result);
             }
         }
     }
-}
 
-/// A waiter's share of a staged batch: its records from position `start` to where the next
-/// slice starts (or the batch ends). 16 bytes: with random keys over 1,000 partitions nearly
-/// every record opens a slice, in one of hundreds of staged batches, and each byte here is
-/// written where no cache holds it.
-struct Slice {
-    pending: Rc<Pending>,
-    part: u32,
-    start: u32,
+    /// One `BatchAck` per part, once every staged batch holding the request's records is in the
+    /// log. Each part's first batch holds this request as a waiter, so its base offset is set
+    /// before the request's last waiter finishes; a part without one is a bug reported as an
+    /// error, not a panic on the shard.
+    fn acks(&self) -> Result<Vec<BatchAck>, Error> {
+        let first = self.first.borrow();
+        let mut acks = Vec::with_capacity(first.len());
+        for ((first, &partition), &count) in first.iter().zip(&self.partitions).zip(&self.counts) {
+            let base = first.as_ref().and_then(|(landed, position)| {
+                landed.get().map(|base| base + u64::from(*position))
+            });
+            let Some(base) = base else {
+                return Err(Error::Io {
+                    op: "acknowledge",
+                    path: std::path::Path::new(&*self.topic).join(partition.to_string()),
+                    source: std::io::Error::other(
+                        "a staged part was answered before its batch was appended (a bug)",
+                    ),
+                });
+            };
+            acks.push(BatchAck {
+                partition,
+                base_offset: base,
+                last_offset: base + u64::from(count.max(1)) - 1,
+            });
+        }
+        Ok(acks)
+    }
 }
 
 /// Records of one partition waiting to be appended together.
 #[derive(Default)]
 struct Staged {
     batch: ProducerBatch,
-    slices: Vec<Slice>,
+    /// The requests with records here, one entry per request (their records here are one
+    /// contiguous slice: only the request loop stages, one request at a time).
+    waiters: Vec<Rc<Pending>>,
+    /// Where the batch's base offset goes once appended (`Pending::first`).
+    landed: Option<Landed>,
     durability: Option<Durability>,
     /// Tells a linger timer whether the batch it was started for is still the one staged.
     generation: u64,
@@ -178,7 +212,7 @@ pub(crate) struct Staging {
     stage_done: Rc<kappa_storage::Event>,
     bytes: usize,
     generations: u64,
-    /// Emptied staged batches and slice lists, their buffers kept for the next staged batches:
+    /// Emptied staged batches and waiter lists, their buffers kept for the next staged batches:
     /// a fresh staged batch grew its buffers from nothing, copying as it doubled, and a flushed
     /// one gave them back to the allocator, which returned pages to the kernel only to fault them
     /// in again (a sixth of the staging shards' time at 4,000 partitions went to page faults,
@@ -194,12 +228,12 @@ pub(crate) struct Staging {
     // Boxed: a spare moves into a slot (which holds a `Box`) without a new allocation.
     #[allow(clippy::vec_box)]
     spare: Vec<Box<Staged>>,
-    spare_slices: Vec<Vec<Slice>>,
-    /// What the spares' buffers hold (`Staged::footprint`, `slices_footprint`).
+    spare_waiters: Vec<Vec<Rc<Pending>>>,
+    /// What the spares' buffers hold (`Staged::footprint`, `waiters_footprint`).
     spare_bytes: usize,
     pub(crate) flushes: FlushCounts,
     /// What a staged batch of this shard held when it was appended, as a moving average (bytes,
-    /// records, slices): a new staged batch reserves that much up front.
+    /// records, waiters): a new staged batch reserves that much up front.
     ///
     /// Why: a staged batch without a spare grew its buffers by doubling, each step a `realloc`
     /// that copied what was staged so far. With thousands of partitions nearly every staged
@@ -224,24 +258,24 @@ struct Expired {
 struct Typical {
     bytes: usize,
     records: usize,
-    slices: usize,
+    waiters: usize,
 }
 
 impl Typical {
     /// Folds in one appended batch (weight 1/4: a change of load shows within a few batches).
-    fn update(&mut self, bytes: usize, records: usize, slices: usize) {
+    fn update(&mut self, bytes: usize, records: usize, waiters: usize) {
         let avg = |old: usize, new: usize| if old == 0 { new } else { (3 * old + new) / 4 };
         self.bytes = avg(self.bytes, bytes);
         self.records = avg(self.records, records);
-        self.slices = avg(self.slices, slices);
+        self.waiters = avg(self.waiters, waiters);
     }
 }
 
-/// A spare staged batch (with a spare slice list), or a new one (see `Staging::spare`).
+/// A spare staged batch (with a spare waiter list), or a new one (see `Staging::spare`).
 #[allow(clippy::vec_box)]
 fn take_spare(
     spare: &mut Vec<Box<Staged>>,
-    spare_slices: &mut Vec<Vec<Slice>>,
+    spare_waiters: &mut Vec<Vec<Rc<Pending>>>,
     spare_bytes: &mut usize,
 ) -> Box<Staged> {
     let mut staged = match spare.pop() {
@@ -251,18 +285,18 @@ fn take_spare(
         }
         None => Box::default(),
     };
-    if staged.slices.capacity() == 0 {
-        if let Some(slices) = spare_slices.pop() {
-            *spare_bytes -= slices_footprint(&slices);
-            staged.slices = slices;
+    if staged.waiters.capacity() == 0 {
+        if let Some(waiters) = spare_waiters.pop() {
+            *spare_bytes -= waiters_footprint(&waiters);
+            staged.waiters = waiters;
         }
     }
     staged
 }
 
-/// The bytes a slice list's buffer holds.
-fn slices_footprint(slices: &Vec<Slice>) -> usize {
-    slices.capacity() * std::mem::size_of::<Slice>()
+/// The bytes a waiter list's buffer holds.
+fn waiters_footprint(waiters: &Vec<Rc<Pending>>) -> usize {
+    waiters.capacity() * std::mem::size_of::<Rc<Pending>>()
 }
 
 /// Why staged batches were appended.
@@ -282,7 +316,7 @@ impl Staging {
     pub(crate) fn staged_bytes(&self) -> usize {
         self.bytes
     }
-    /// What the spare staged batches and slice lists hold (`spare`).
+    /// What the spare staged batches and waiter lists hold (`spare`).
     pub(crate) fn spare_bytes(&self) -> usize {
         self.spare_bytes
     }
@@ -299,12 +333,12 @@ impl Staging {
         }
     }
 
-    /// Keeps an emptied slice list for the next staged batch if the bound has room.
-    fn keep_spare_slices(&mut self, slices: Vec<Slice>, max: usize) {
-        let size = slices_footprint(&slices);
+    /// Keeps an emptied waiter list for the next staged batch if the bound has room.
+    fn keep_spare_waiters(&mut self, waiters: Vec<Rc<Pending>>, max: usize) {
+        let size = waiters_footprint(&waiters);
         if self.bytes + self.spare_bytes + size <= max {
             self.spare_bytes += size;
-            self.spare_slices.push(slices);
+            self.spare_waiters.push(waiters);
         }
     }
 
@@ -312,8 +346,8 @@ impl Staging {
     /// staging into existing batches grew the staged bytes without taking a spare).
     fn trim_spares(&mut self, max: usize) {
         while self.bytes + self.spare_bytes > max {
-            if let Some(slices) = self.spare_slices.pop() {
-                self.spare_bytes -= slices_footprint(&slices);
+            if let Some(waiters) = self.spare_waiters.pop() {
+                self.spare_bytes -= waiters_footprint(&waiters);
             } else if let Some(staged) = self.spare.pop() {
                 self.spare_bytes -= staged.batch.footprint();
             } else {
@@ -386,8 +420,18 @@ enum Cause {
 /// record in that batch and grows with the next ones, so at every await the staged batches and
 /// their slices are whole.
 pub(crate) async fn stage(shard: &Rc<Shard>, stage: Stage) {
-    let Stage { topic, batch, indexes, record_parts, parts, durability, linger, batch_size, reply } =
-        stage;
+    let Stage {
+        topic,
+        batch,
+        indexes,
+        record_parts,
+        parts,
+        counts,
+        durability,
+        linger,
+        batch_size,
+        reply,
+    } = stage;
     // The topic, not each partition: a partition closed meanwhile (the topic being deleted)
     // fails its records when its batch is flushed. A lookup per partition was a fifth of the
     // staging loop's time at 4,000 partitions (cache misses in a map of 2,000 logs).
@@ -398,9 +442,11 @@ pub(crate) async fn stage(shard: &Rc<Shard>, stage: Stage) {
     let incoming = indexes.iter().map(|&i| batch.size_of(i as usize)).sum();
     make_room(shard, incoming).await;
     let pending = Rc::new(Pending {
-        acks: RefCell::new(vec![None; parts.len()]),
+        first: RefCell::new(vec![None; parts.len()]),
+        counts,
+        topic: topic.clone(),
         partitions: parts.clone(),
-        remaining: Cell::new(1), // the staging itself, settled below
+        remaining: Cell::new(1), // the staging itself, finished below
         error: RefCell::new(None),
         reply: RefCell::new(Some(reply)),
     });
@@ -429,7 +475,7 @@ pub(crate) async fn stage(shard: &Rc<Shard>, stage: Stage) {
                 generations,
                 typical,
                 spare,
-                spare_slices,
+                spare_waiters,
                 spare_bytes,
                 ..
             } = &mut *staging;
@@ -458,8 +504,9 @@ pub(crate) async fn stage(shard: &Rc<Shard>, stage: Stage) {
                             spawn_linger_timer(shard, topic.clone(), partition, generation, linger);
                         }
                         slots.staged += 1;
-                        let mut staged = take_spare(spare, spare_slices, spare_bytes);
+                        let mut staged = take_spare(spare, spare_waiters, spare_bytes);
                         staged.generation = generation;
+                        staged.landed = Some(Rc::new(Cell::new(None)));
                         staged.continues = false;
                         // Sized to what batches of this shard held lately (capped by what one
                         // may hold): one allocation, not a doubling `realloc` per few records.
@@ -467,7 +514,7 @@ pub(crate) async fn stage(shard: &Rc<Shard>, stage: Stage) {
                         staged
                             .batch
                             .reserve(typical.records.min(count_max), typical.bytes.min(batch_size));
-                        staged.slices.reserve(typical.slices.min(count_max));
+                        staged.waiters.reserve(typical.waiters.min(count_max));
                         slot.insert(staged)
                     }
                 };
@@ -485,16 +532,17 @@ pub(crate) async fn stage(shard: &Rc<Shard>, stage: Stage) {
                 let (generation, earlier) = &mut open[part];
                 if *generation != staged.generation {
                     // The part's first record in this staged batch: a new slice. If an earlier
-                    // slice went to a batch taken for appending, this one holds the rest.
-                    staged.continues |= *earlier;
+                    // slice went to a batch taken for appending, this one holds the rest;
+                    // otherwise it is the part's first, and the part's offsets start here.
+                    if *earlier {
+                        staged.continues = true;
+                    } else if let Some(landed) = &staged.landed {
+                        pending.first.borrow_mut()[part] = Some((landed.clone(), position));
+                    }
                     *earlier = true;
                     *generation = staged.generation;
                     pending.remaining.set(pending.remaining.get() + 1);
-                    staged.slices.push(Slice {
-                        pending: pending.clone(),
-                        part: part as u32,
-                        start: position,
-                    });
+                    staged.waiters.push(pending.clone());
                     staged.durability = staged.durability.max(Some(durability));
                 }
                 next += 1;
@@ -531,7 +579,7 @@ pub(crate) async fn stage(shard: &Rc<Shard>, stage: Stage) {
         }
         staging.trim_spares(shard.config.staged_bytes_max);
     }
-    // The staging step is done: from now on only slices keep the request open.
+    // The staging step is done: from now on only staged batches keep the request open.
     pending.finish_one();
 }
 
@@ -638,8 +686,8 @@ pub(crate) fn fail_staged(shard: &Shard, topic: &str, partition: u32) {
     if let Some(staged) = staged {
         let error = Error::UnknownTopic { topic: topic.to_string() };
         let dir = kappa_storage::paths::partition_dir(&shard.config.data_dir, topic, partition);
-        for slice in staged.slices {
-            slice.pending.settle(slice.part as usize, Err((&error, &dir)));
+        for pending in staged.waiters {
+            pending.fail(&error, &dir);
         }
     }
 }
@@ -763,7 +811,7 @@ async fn flush(shard: &Rc<Shard>, topic: &Arc<str>, partition: u32, cause: Cause
     let Some(staged) = shard.staging.borrow_mut().take(topic, partition) else { return };
     {
         let mut staging = shard.staging.borrow_mut();
-        staging.typical.update(staged.batch.data_len(), staged.batch.len(), staged.slices.len());
+        staging.typical.update(staged.batch.data_len(), staged.batch.len(), staged.waiters.len());
         let counts = &mut staging.flushes;
         match cause {
             Cause::Full => counts.full += 1,
@@ -774,8 +822,8 @@ async fn flush(shard: &Rc<Shard>, topic: &Arc<str>, partition: u32, cause: Cause
     }
     let mut staged = staged;
     let batch = std::mem::take(&mut staged.batch);
-    let records = batch.len() as u32;
-    let mut slices = std::mem::take(&mut staged.slices);
+    let mut waiters = std::mem::take(&mut staged.waiters);
+    let landed = staged.landed.take();
     let durability = staged.durability.take().unwrap_or(Durability::Written);
     // The log, for its directory in an error (no path copied per append).
     let dir = log.clone();
@@ -789,25 +837,18 @@ async fn flush(shard: &Rc<Shard>, topic: &Arc<str>, partition: u32, cause: Cause
         durability,
         permit,
         Box::new(move |result: Result<BatchAck, Error>| {
-            // A slice ends where the next one starts: a staged batch's slices are contiguous
-            // and in order (only the request loop stages, one request at a time).
-            let mut drained = slices.drain(..).peekable();
-            while let Some(slice) = drained.next() {
-                let end = drained.peek().map_or(records, |next| next.start);
-                match &result {
-                    Ok(ack) => slice.pending.settle(
-                        slice.part as usize,
-                        Ok((
-                            ack.base_offset + u64::from(slice.start),
-                            ack.base_offset + u64::from(end) - 1,
-                        )),
-                    ),
-                    Err(e) => slice.pending.settle(slice.part as usize, Err((e, dir.dir()))),
+            // The base offset first: a waiter's answer reads it (`Pending::acks`).
+            match &result {
+                Ok(ack) => {
+                    if let Some(landed) = &landed {
+                        landed.set(Some(ack.base_offset));
+                    }
+                    waiters.drain(..).for_each(|pending| pending.finish_one());
                 }
+                Err(e) => waiters.drain(..).for_each(|pending| pending.fail(e, dir.dir())),
             }
-            drop(drained);
             let max = ack_shard.config.staged_bytes_max;
-            ack_shard.staging.borrow_mut().keep_spare_slices(slices, max);
+            ack_shard.staging.borrow_mut().keep_spare_waiters(waiters, max);
         }),
     );
     // The log copied the records: the batch's buffers serve a later staged batch.

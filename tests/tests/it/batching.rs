@@ -514,8 +514,8 @@ fn spare_buffers_stay_within_the_staged_bound() {
 }
 
 /// One request's records for one partition fill several staged batches (a `batch_size` of
-/// 1 KiB): every record still learns its own offset. The request's part settles once per
-/// staged batch, and its base is the lowest of them, whatever order the batches settle in.
+/// 1 KiB): every record still learns its own offset. The part's offsets start in the first of
+/// those staged batches (the shard records where, at staging).
 #[test]
 fn a_request_over_several_staged_batches_learns_every_offset() {
     let dir = tempfile::tempdir().expect("tempdir");
