@@ -282,6 +282,11 @@ impl Shard {
         self.id
     }
 
+    /// Appends waiting for their durability.
+    pub(crate) fn appends_in_flight(&self) -> u64 {
+        self.counters.borrow().appends_in_flight
+    }
+
     /// The log of a partition this shard owns: on the shard, records are read zero-copy.
     pub fn log(&self, topic: &str, partition: u32) -> Option<Rc<PartitionLog>> {
         self.partitions.borrow().get(topic).and_then(|p| p.get(&partition)).cloned()
@@ -491,6 +496,11 @@ async fn serve(shard: Rc<Shard>) {
         if accumulate::has_due(&shard) {
             accumulate::flush_expired(&shard).await;
             continue;
+        }
+        // Nothing on its way to the disk: staged batches that are large enough go now
+        // (`accumulate::flush_idle`).
+        if accumulate::is_idle_with_ripe(&shard) {
+            accumulate::flush_idle(&shard).await;
         }
         let Ok(request) = shard.request_queue.recv_async().await else { break };
         accumulate::took_request(&shard);

@@ -428,6 +428,56 @@ fn flush_appends_what_lingers_without_waiting_for_the_linger() {
     assert_eq!(acks.len(), 500);
 }
 
+/// While the shard has nothing on its way to the disk, a staged batch holding a quarter of its
+/// `batch_size` is appended without waiting for its linger (`accumulate::flush_idle`), and a
+/// smaller one keeps waiting. Without it, a burst smaller than `batch_size` per partition was
+/// staged whole before its first byte went to the disk.
+#[test]
+fn an_idle_shard_appends_large_staged_batches_before_their_linger() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = engine_with(dir.path(), |config| config.shards = Some(1));
+    engine.create_topic("t", TopicConfig::new(2)).expect("topic");
+    let producer =
+        engine.producer().with_linger(Duration::from_secs(60)).with_batch_size(64 * 1024);
+    // Partition 0: 20 KiB (past a quarter of 64 KiB); partition 1: 2 KiB.
+    let key_of = |partition: u32| {
+        (0u64..)
+            .map(key)
+            .find(|k| kappa_engine::router::partition_for_key(k, 2) == partition)
+            .expect("a key")
+    };
+    let (k0, k1) = (key_of(0), key_of(1));
+    let mut big = ProducerBatch::new();
+    for _ in 0..20 {
+        big.push(Some(&k0), &[b'a'; 1024], None);
+    }
+    let mut small = ProducerBatch::new();
+    for _ in 0..2 {
+        small.push(Some(&k1), &[b'b'; 1024], None);
+    }
+    let big = producer.submit_each("t", big).expect("submit");
+    let small = producer.submit_each("t", small).expect("submit");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let readable = |partition: u32| {
+        engine.partition_offsets("t", partition).expect("offsets").readable_end_offset
+    };
+    while readable(0) < 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a staged batch of 20 KiB waited for its linger on an idle shard"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(big.wait().expect("acks").len(), 20);
+    // The small one is still staged (a quarter of its batch size not reached).
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(readable(1), 0, "a staged batch of 2 KiB did not wait for its linger");
+    let idle: u64 = engine.metrics().expect("metrics").iter().map(|m| m.stage_flushes.idle).sum();
+    assert_eq!(idle, 1);
+    producer.flush().expect("flush");
+    assert_eq!(small.wait().expect("acks").len(), 2);
+}
+
 /// Keys keep their partition when a topic grows, through the accumulator as through a plain
 /// send: both route over the partition count before the first growth.
 #[test]
