@@ -43,8 +43,8 @@ pub use log::{
 };
 pub use pool::{PoolConfig, PoolStats};
 pub use reader::{
-    writes_pending, LogReader, ReadAhead, ReadBatch, ReadBudgetStats, SealedSegment, Seek,
-    SegmentReader,
+    writes_drained, writes_pending, LogReader, ReadAhead, ReadBatch, ReadBudgetStats,
+    SealedSegment, Seek, SegmentReader,
 };
 
 /// How far an append has to get before it is acknowledged, and so what it survives.

@@ -7,7 +7,7 @@
 //! until it holds `batch_size` bytes or its first record has waited `linger` (and the shard has
 //! staged the requests queued at that moment: `flush_expired`); a request with `linger` zero is
 //! flushed when the shard finished staging it. While the shard has nothing on its way to the disk,
-//! a batch holding a quarter of its `batch_size` goes at once (`flush_idle`: as in group commit,
+//! batches holding a quarter of their `batch_size` go early (`idle_flusher`: as in group commit,
 //! nothing would share the write by waiting).
 //!
 //! Cost: staging copies each record once more than a pre-grouped append, so it reads the
@@ -176,8 +176,9 @@ struct Staged {
     durability: Option<Durability>,
     /// Tells a linger timer whether the batch it was started for is still the one staged.
     generation: u64,
-    /// The `batch_size` of the request that started it (`flush_idle`).
-    batch_size: usize,
+    /// A quarter of the `batch_size` of the request that started it (`flush_idle`); a later
+    /// request with a larger `batch_size` that shares the batch does not move it.
+    ripe_at: usize,
     /// In `Staging::ripe`.
     ripe: bool,
     /// Holds the rest of a request's records for the partition whose first records are in a
@@ -209,6 +210,9 @@ pub(crate) struct Staging {
     /// Staged batches holding a quarter of their `batch_size`, in the order they got there
     /// (`flush_idle`; stale entries are skipped).
     ripe: VecDeque<(Arc<str>, u32, u64)>,
+    /// Notified when `ripe` gets its first entry and when the shard's last append in flight
+    /// completes (`idle_flusher`).
+    pub(crate) ripe_event: Rc<kappa_storage::Event>,
     /// Staged batches whose linger elapsed while requests were queued, in the order they
     /// expired: each is appended once the request loop has taken the requests queued at its
     /// expiry (`Expired::after`; stale entries are skipped).
@@ -438,9 +442,10 @@ enum Cause {
 ///
 /// Records are read in batch order and each goes to its partition's staged batch. A request's
 /// records for one partition still land contiguously there (only the request loop stages, one
-/// request at a time), as one slice per staged batch: the slice is opened with the part's first
-/// record in that batch and grows with the next ones, so at every await the staged batches and
-/// their slices are whole.
+/// request at a time), as one slice per staged batch (the request is one of the batch's
+/// `waiters`): the slice starts with the part's first record in that batch and grows with the
+/// next ones, so at every await each staged batch holds whole slices, and a part's first slice
+/// is where its offsets start (`Pending::first`).
 pub(crate) async fn stage(shard: &Rc<Shard>, stage: Stage) {
     let Stage {
         topic,
@@ -494,6 +499,7 @@ pub(crate) async fn stage(shard: &Rc<Shard>, stage: Stage) {
                 topics,
                 order,
                 ripe,
+                ripe_event,
                 bytes,
                 generations,
                 typical,
@@ -553,7 +559,7 @@ pub(crate) async fn stage(shard: &Rc<Shard>, stage: Stage) {
                         slots.staged += 1;
                         let mut staged = take_spare(spare, spare_waiters, spare_bytes);
                         staged.generation = generation;
-                        staged.batch_size = batch_size;
+                        staged.ripe_at = batch_size / 4;
                         staged.ripe = false;
                         staged.landed = Some(Rc::new(Cell::new(None)));
                         staged.continues = false;
@@ -599,8 +605,11 @@ pub(crate) async fn stage(shard: &Rc<Shard>, stage: Stage) {
                     full = Some(partition);
                     break;
                 }
-                if !staged.ripe && staged.batch.data_len() >= staged.batch_size / 4 {
+                if !staged.ripe && staged.batch.data_len() >= staged.ripe_at {
                     staged.ripe = true;
+                    if ripe.is_empty() {
+                        ripe_event.notify();
+                    }
                     ripe.push_back((topic.clone(), partition, staged.generation));
                 }
                 // A request spans up to thousands of partitions: let the writers and acks run.
@@ -850,23 +859,49 @@ pub(crate) async fn flush_expired(shard: &Rc<Shard>) {
     }
 }
 
-/// What `flush_idle` hands the log at a time: enough to keep the disk busy until the request
-/// loop looks again (a request is staged in well under a millisecond).
+/// What `flush_idle` hands the log at a time: enough to keep the disk busy for a while, little
+/// enough that batches still fill while it writes.
 const IDLE_BYTES: usize = 1 << 20;
 
-/// Appends staged batches that hold at least a quarter of their `batch_size` (`Staging::ripe`,
-/// the first to get there first) when the shard has nothing on its way to the disk; the request
-/// loop calls it between requests.
+/// The shard's task that appends staged batches early while the disk has nothing to do: once a
+/// staged batch holds a quarter of its `batch_size` (`Staging::ripe`), the shard has no append
+/// waiting for its durability and no log write is in flight on the executor
+/// (`kappa_storage::writes_drained`: Kafka produces and `Durability::None` appends included), up
+/// to `IDLE_BYTES` of such batches go, the first to get there first (`flush_idle`).
 ///
 /// Why: a burst smaller than `batch_size` per partition (a bulk load of a million records over
 /// a thousand partitions) was staged whole before its first byte went to the disk, which then
 /// wrote it all while the shard had nothing left to do: at 1,000 partitions the last 40% of the
 /// burst's time was the disk alone. A batch waits for its `batch_size` or `linger` so that
 /// records share a write; while the disk is idle there is nothing to share it with, as in
-/// group commit. A quarter of `batch_size` keeps the stored batches large (a batch is never
-/// appended this way with fewer bytes), and only when no append is in flight: under a load the
-/// disk cannot keep up with, batches still fill.
-pub(crate) async fn flush_idle(shard: &Rc<Shard>) {
+/// group commit. A quarter of `batch_size` keeps stored batches large (a batch is never appended
+/// this way with fewer bytes), and under a load the disk cannot keep up with, batches still fill.
+///
+/// A task of its own, not a step of the request loop: the loop sleeps while no request comes,
+/// and a batch that got large enough while the disk was busy would then wait out its linger. It
+/// takes a staged batch as a linger timer does (`flush`: in one synchronous step, a request
+/// being staged continues in a new batch), so records of a request stay contiguous.
+pub(crate) async fn idle_flusher(shard: Rc<Shard>) {
+    let event = shard.staging.borrow().ripe_event.clone();
+    loop {
+        event
+            .wait_until(|| {
+                !shard.staging.borrow().ripe.is_empty() && shard.appends_in_flight() == 0
+            })
+            .await;
+        kappa_storage::writes_drained().await;
+        if shard.appends_in_flight() > 0 {
+            continue;
+        }
+        flush_idle(&shard).await;
+        // The logs' writers take what was handed over (`writes_pending` rises) before the
+        // next look.
+        glommio::executor().yield_now().await;
+    }
+}
+
+/// Appends up to `IDLE_BYTES` of the batches in `Staging::ripe` that are still staged.
+async fn flush_idle(shard: &Rc<Shard>) {
     let mut handed = 0;
     while handed < IDLE_BYTES {
         let next = {
@@ -883,12 +918,6 @@ pub(crate) async fn flush_idle(shard: &Rc<Shard>) {
             flush(shard, &topic, partition, Cause::Idle).await;
         }
     }
-}
-
-/// True when the shard has nothing on its way to the disk and a staged batch is large enough
-/// for `flush_idle`.
-pub(crate) fn is_idle_with_ripe(shard: &Shard) -> bool {
-    !shard.staging.borrow().ripe.is_empty() && shard.appends_in_flight() == 0
 }
 
 /// True when a batch waits for `flush_expired` and its turn has come: the requests queued at its

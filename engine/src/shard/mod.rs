@@ -480,9 +480,12 @@ pub(crate) async fn run(
         glommio::spawn_local_into(stall_probe(shard.clone(), interval), live)
             .expect("the live queue exists")
     });
+    let idle_flusher = glommio::spawn_local_into(accumulate::idle_flusher(shard.clone()), live)
+        .expect("the live queue exists");
     let serve =
         glommio::spawn_local_into(serve(shard.clone()), live).expect("the live queue exists");
     serve.await;
+    drop(idle_flusher);
     drop(retention);
     drop(heartbeat);
     drop(control);
@@ -496,11 +499,6 @@ async fn serve(shard: Rc<Shard>) {
         if accumulate::has_due(&shard) {
             accumulate::flush_expired(&shard).await;
             continue;
-        }
-        // Nothing on its way to the disk: staged batches that are large enough go now
-        // (`accumulate::flush_idle`).
-        if accumulate::is_idle_with_ripe(&shard) {
-            accumulate::flush_idle(&shard).await;
         }
         let Ok(request) = shard.request_queue.recv_async().await else { break };
         accumulate::took_request(&shard);
@@ -805,6 +803,10 @@ fn append(
         {
             let mut counters = shard.counters.borrow_mut();
             counters.appends_in_flight -= 1;
+            if counters.appends_in_flight == 0 {
+                // The idle flusher waits for this (`accumulate::idle_flusher`).
+                shard.staging.borrow().ripe_event.notify();
+            }
             let ns = started.elapsed().as_nanos() as u64;
             counters.append_ack_latency_ns.saturating_record(ns);
             shard.replay_control.record_live(ns);

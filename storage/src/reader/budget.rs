@@ -41,6 +41,24 @@ pub fn writes_pending() -> usize {
     WRITES_PENDING.with(Cell::get)
 }
 
+/// Resolves once no log write is in flight on this executor (checked now and whenever the last
+/// one completes): the engine's accumulator appends staged batches early only while the disk has
+/// nothing to do.
+pub fn writes_drained() -> impl Future<Output = ()> {
+    std::future::poll_fn(|cx| {
+        if writes_pending() == 0 {
+            return Poll::Ready(());
+        }
+        WAITERS.with(|w| {
+            let mut waiters = w.borrow_mut();
+            if !waiters.iter().any(|waker| waker.will_wake(cx.waker())) {
+                waiters.push(cx.waker().clone());
+            }
+        });
+        Poll::Pending
+    })
+}
+
 /// A log write in flight on this executor, from its submission to its completion (held by the
 /// writer's write task).
 pub(crate) struct WritePending(());

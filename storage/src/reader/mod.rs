@@ -30,7 +30,7 @@ use crate::log::{PartitionLog, Shared};
 use crate::Error;
 
 pub(crate) use budget::WritePending;
-pub use budget::{writes_pending, ReadBudgetStats};
+pub use budget::{writes_drained, writes_pending, ReadBudgetStats};
 pub use cursor::ReadAhead;
 use cursor::{boundary_in, Bytes, Layout, SegmentCursor};
 pub use sealed::{SealedSegment, SegmentReader};

@@ -83,8 +83,20 @@ fn keyed_batches_over_many_partitions_are_accumulated() {
         }
         pending.push(producer.submit_each("t", batch).expect("submit"));
     }
-    for p in pending {
-        assert_eq!(p.wait().expect("acks").len(), 500);
+    let mut acked = Vec::new();
+    for (b, p) in pending.into_iter().enumerate() {
+        let acks = p.wait().expect("acks");
+        assert_eq!(acks.len(), 500);
+        acked.extend((b as u64 * 500..).zip(acks));
+    }
+    // Requests share staged batches here, so most parts start in the middle of one: every
+    // record is where its acknowledgement says.
+    let mut stored = BTreeMap::new();
+    for (i, ack) in &acked {
+        let partition = stored
+            .entry(ack.partition)
+            .or_insert_with(|| read_partition(&engine, "t", ack.partition));
+        assert_eq!(partition.get(&ack.offset), Some(&value(*i)), "record {i} at {ack:?}");
     }
     let (batches, records) = stored_batches(&engine);
     assert_eq!(records, 10_000);
@@ -428,52 +440,65 @@ fn flush_appends_what_lingers_without_waiting_for_the_linger() {
     assert_eq!(acks.len(), 500);
 }
 
-/// While the shard has nothing on its way to the disk, a staged batch holding a quarter of its
-/// `batch_size` is appended without waiting for its linger (`accumulate::flush_idle`), and a
-/// smaller one keeps waiting. Without it, a burst smaller than `batch_size` per partition was
-/// staged whole before its first byte went to the disk.
+/// While the shard has nothing on its way to the disk, staged batches holding a quarter of their
+/// `batch_size` are appended without waiting for their linger (`accumulate::idle_flusher`), and a
+/// smaller one keeps waiting. Partition 1's batch gets large enough while partition 0's append is
+/// still on its way, and no request comes after it: it goes once that append is done. Without the
+/// idle flusher, a burst smaller than `batch_size` per partition was staged whole before its first
+/// byte went to the disk.
 #[test]
 fn an_idle_shard_appends_large_staged_batches_before_their_linger() {
     let dir = tempfile::tempdir().expect("tempdir");
     let engine = engine_with(dir.path(), |config| config.shards = Some(1));
-    engine.create_topic("t", TopicConfig::new(2)).expect("topic");
-    let producer =
-        engine.producer().with_linger(Duration::from_secs(60)).with_batch_size(64 * 1024);
-    // Partition 0: 20 KiB (past a quarter of 64 KiB); partition 1: 2 KiB.
+    engine.create_topic("t", TopicConfig::new(3)).expect("topic");
+    // `synced`: partition 0's append stays in flight for an fdatasync, long past the staging of
+    // partition 1's request.
+    let producer = engine
+        .producer()
+        .with_linger(Duration::from_secs(60))
+        .with_batch_size(64 * 1024)
+        .with_durability(Durability::Synced);
     let key_of = |partition: u32| {
         (0u64..)
             .map(key)
-            .find(|k| kappa_engine::router::partition_for_key(k, 2) == partition)
+            .find(|k| kappa_engine::router::partition_for_key(k, 3) == partition)
             .expect("a key")
     };
-    let (k0, k1) = (key_of(0), key_of(1));
-    let mut big = ProducerBatch::new();
-    for _ in 0..20 {
-        big.push(Some(&k0), &[b'a'; 1024], None);
-    }
-    let mut small = ProducerBatch::new();
-    for _ in 0..2 {
-        small.push(Some(&k1), &[b'b'; 1024], None);
-    }
-    let big = producer.submit_each("t", big).expect("submit");
-    let small = producer.submit_each("t", small).expect("submit");
+    // Partitions 0 and 1: 20 KiB each (past a quarter of 64 KiB), sent back to back; partition 2:
+    // 2 KiB.
+    let batch_for = |partition: u32, kib: usize| {
+        let k = key_of(partition);
+        let mut batch = ProducerBatch::new();
+        for _ in 0..kib {
+            batch.push(Some(&k), &[b'a'; 1024], None);
+        }
+        batch
+    };
+    // The small one first: partition 1's request is the last that comes.
+    let small = producer.submit_each("t", batch_for(2, 2)).expect("submit");
+    let first = producer.submit_each("t", batch_for(0, 20)).expect("submit");
+    let second = producer.submit_each("t", batch_for(1, 20)).expect("submit");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let readable = |partition: u32| {
         engine.partition_offsets("t", partition).expect("offsets").readable_end_offset
     };
-    while readable(0) < 20 {
+    while readable(0) < 20 || readable(1) < 20 {
         assert!(
             std::time::Instant::now() < deadline,
-            "a staged batch of 20 KiB waited for its linger on an idle shard"
+            "staged batches of 20 KiB waited for their linger on an idle shard ({} and {} \
+             readable)",
+            readable(0),
+            readable(1)
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    assert_eq!(big.wait().expect("acks").len(), 20);
+    assert_eq!(first.wait().expect("acks").len(), 20);
+    assert_eq!(second.wait().expect("acks").len(), 20);
     // The small one is still staged (a quarter of its batch size not reached).
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(readable(1), 0, "a staged batch of 2 KiB did not wait for its linger");
+    assert_eq!(readable(2), 0, "a staged batch of 2 KiB did not wait for its linger");
     let idle: u64 = engine.metrics().expect("metrics").iter().map(|m| m.stage_flushes.idle).sum();
-    assert_eq!(idle, 1);
+    assert_eq!(idle, 2);
     producer.flush().expect("flush");
     assert_eq!(small.wait().expect("acks").len(), 2);
 }
