@@ -592,7 +592,7 @@ impl Producer {
         let mut shards = vec![ShardPlan::default(); shard_count];
         // Per record: its shard, its part there, its rank in that part.
         let mut placed: Vec<(u32, u32, u32)> = Vec::with_capacity(batch.len());
-        PART_OF.with(|table| {
+        let mut route = |table: &std::cell::RefCell<(u32, Vec<(u32, u32)>)>| {
             let mut table = table.borrow_mut();
             let (plan, part_of) = &mut *table;
             *plan = plan.wrapping_add(1);
@@ -631,7 +631,12 @@ impl Producer {
                 here.indexes.push(i as u32);
                 here.record_parts.push(part);
             }
-        });
+        };
+        if PART_OF.try_with(&mut route).is_err() {
+            // A producer used while its thread's locals are being destroyed (from another
+            // thread-local's destructor): a table of its own for this batch, not a panic.
+            route(&std::cell::RefCell::new((0, Vec::new())));
+        }
         // Parts are numbered over all shards' parts in reply order: shards ascending, each
         // shard's parts in its own order.
         let mut first_part = Vec::with_capacity(shard_count);
@@ -1201,6 +1206,47 @@ mod plan_tests {
         let total: usize = stored.values().map(|s| s.len()).sum();
         assert_eq!(total, sent.len());
         assert!(PART_OF.with(|t| t.borrow().0) < 100, "wrapped");
+        engine.shutdown().expect("test setup");
+    }
+
+    /// A producer used from a thread-local's destructor, after its thread's `PART_OF` is gone
+    /// (thread-locals are destroyed in the reverse order of their first use): it plans with a
+    /// table of its own. With `PART_OF.with` this panicked, and a panic in a thread-local's
+    /// destructor aborts the process.
+    #[test]
+    fn a_producer_plans_in_a_thread_local_destructor() {
+        struct SendsOnDrop(Option<(Producer, std::sync::mpsc::Sender<usize>)>);
+        impl Drop for SendsOnDrop {
+            fn drop(&mut self) {
+                if let Some((producer, done)) = self.0.take() {
+                    let mut batch = ProducerBatch::new();
+                    for i in 0..10u64 {
+                        batch.push(Some(&key(i)), b"v", None);
+                    }
+                    let pending = producer.submit_each("t", batch).expect("test setup");
+                    let _ = done.send(pending.len());
+                }
+            }
+        }
+        thread_local! {
+            static GUARD: std::cell::RefCell<SendsOnDrop> =
+                const { std::cell::RefCell::new(SendsOnDrop(None)) };
+        }
+        let dir = tempfile::tempdir().expect("test setup");
+        let engine =
+            crate::Engine::builder().data_dir(dir.path()).shards(2).build().expect("test setup");
+        engine.create_topic("t", crate::TopicConfig::new(5)).expect("test setup");
+        let producer = engine.producer();
+        let (done, planned) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // First use of GUARD, then of PART_OF: PART_OF is destroyed first.
+            GUARD.with(|g| g.borrow_mut().0 = Some((producer.clone(), done)));
+            producer.submit_each("t", ProducerBatch::new()).expect("test setup");
+            assert!(PART_OF.try_with(|_| ()).is_ok());
+        })
+        .join()
+        .expect("the thread exits cleanly");
+        assert_eq!(planned.recv_timeout(Duration::from_secs(10)), Ok(10));
         engine.shutdown().expect("test setup");
     }
 }
