@@ -503,6 +503,111 @@ fn an_idle_shard_appends_large_staged_batches_before_their_linger() {
     assert_eq!(small.wait().expect("acks").len(), 2);
 }
 
+/// A staged batch that gets large enough while another append is on its way to the disk goes
+/// once that append completes, though no request comes after it (`accumulate::idle_flusher` is
+/// woken by the shard's last append in flight completing). On a simulated disk whose writes take
+/// 300 ms, partition 1's request is sent only once partition 0's batch went to the disk; before,
+/// the idle flush was a step of the request loop, and partition 1's batch waited out its
+/// 60 s linger.
+#[test]
+fn a_batch_ripe_while_the_disk_is_busy_goes_when_the_disk_is_done() {
+    use kappa_storage::io::{Disk, FaultOptions, SimDisk};
+    let sim = SimDisk::new(25);
+    let engine = engine_with(std::path::Path::new("/data"), |config| {
+        config.shards = Some(1);
+        config.log.disk = Disk::Sim(sim.clone());
+    });
+    engine.create_topic("t", TopicConfig::new(2)).expect("topic");
+    sim.set_faults(FaultOptions {
+        write_latency: Duration::from_millis(300),
+        ..FaultOptions::default()
+    });
+    let producer =
+        engine.producer().with_linger(Duration::from_secs(60)).with_batch_size(64 * 1024);
+    let batch_for = |partition: u32| {
+        let k = (0u64..)
+            .map(key)
+            .find(|k| kappa_engine::router::partition_for_key(k, 2) == partition)
+            .expect("a key");
+        let mut batch = ProducerBatch::new();
+        for _ in 0..20 {
+            batch.push(Some(&k), &[b'a'; 1024], None);
+        }
+        batch
+    };
+    let idle_flushes =
+        || -> u64 { engine.metrics().expect("metrics").iter().map(|m| m.stage_flushes.idle).sum() };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let first = producer.submit_each("t", batch_for(0)).expect("submit");
+    while idle_flushes() < 1 {
+        assert!(std::time::Instant::now() < deadline, "partition 0's batch did not go");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Partition 0's write takes 300 ms: partition 1's batch is ripe while it is in flight.
+    let second = producer.submit_each("t", batch_for(1)).expect("submit");
+    let readable = |partition: u32| {
+        engine.partition_offsets("t", partition).expect("offsets").readable_end_offset
+    };
+    while readable(1) < 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a batch that got large while the disk was busy waited for its linger"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(first.wait().expect("acks").len(), 20);
+    assert_eq!(second.wait().expect("acks").len(), 20);
+    assert_eq!(idle_flushes(), 2);
+    sim.set_faults(FaultOptions::default());
+}
+
+/// A staged batch whose append fails answers every request waiting on it with the append's
+/// error, also a request whose records for another partition landed; nothing waits forever, and
+/// the records that landed are readable. Here partition 0's writes fail (EIO on the simulated
+/// disk) and two requests share its staged batch with records for partition 1.
+#[test]
+fn a_failed_staged_append_fails_every_request_waiting_on_it() {
+    use kappa_storage::io::{Disk, FaultOptions, SimDisk};
+    let data = std::path::Path::new("/data");
+    let sim = SimDisk::new(26);
+    let engine = engine_with(data, |config| {
+        config.shards = Some(1);
+        config.log.disk = Disk::Sim(sim.clone());
+    });
+    engine.create_topic("t", TopicConfig::new(2)).expect("topic");
+    sim.set_faults(FaultOptions {
+        write_eio_probability: 1.0,
+        only_under: Some(data.join("topics").join("t").join("0")),
+        ..FaultOptions::default()
+    });
+    let producer = engine.producer().with_linger(Duration::from_millis(20));
+    let key_of = |partition: u32| {
+        (0u64..)
+            .map(key)
+            .find(|k| kappa_engine::router::partition_for_key(k, 2) == partition)
+            .expect("a key")
+    };
+    let (k0, k1) = (key_of(0), key_of(1));
+    let mut pending = Vec::new();
+    for r in 0..2u64 {
+        let mut batch = ProducerBatch::new();
+        for i in 0..10 {
+            batch.push(Some(&k0), &value(r * 100 + i), None);
+            batch.push(Some(&k1), &value(r * 100 + 50 + i), None);
+        }
+        pending.push(producer.submit_each("t", batch).expect("submit"));
+    }
+    for (r, p) in pending.into_iter().enumerate() {
+        match p.wait() {
+            Err(Error::Io { op: "append", .. }) => {}
+            other => panic!("request {r}: expected the failed append's error, got {other:?}"),
+        }
+    }
+    sim.set_faults(FaultOptions::default());
+    let stored = read_partition(&engine, "t", 1);
+    assert_eq!(stored.len(), 20, "partition 1's records landed");
+}
+
 /// Keys keep their partition when a topic grows, through the accumulator as through a plain
 /// send: both route over the partition count before the first growth.
 #[test]
