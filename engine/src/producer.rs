@@ -49,6 +49,20 @@ thread_local! {
         const { std::cell::RefCell::new((0, Vec::new())) };
 }
 
+/// Sizes `PART_OF`'s table for a topic of `partitions`: grown to it, and shrunk back when it is
+/// far larger (a thread that once planned for a topic of a million partitions does not keep 8 MB
+/// for the small ones it plans for now). Entries dropped or added carry plan number 0, which no
+/// plan has.
+fn fit_part_of(part_of: &mut Vec<(u32, u32)>, partitions: usize) {
+    if part_of.len() > 4 * partitions.max(4096) {
+        part_of.truncate(partitions);
+        part_of.shrink_to_fit();
+    }
+    if part_of.len() < partitions {
+        part_of.resize(partitions, (0, 0));
+    }
+}
+
 /// A record as a producer owns it before it reaches a shard.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ProducerRecord {
@@ -602,9 +616,7 @@ impl Producer {
                 *plan = 1;
             }
             let plan = *plan;
-            if part_of.len() < partitions as usize {
-                part_of.resize(partitions as usize, (0, 0));
-            }
+            fit_part_of(part_of, partitions as usize);
             for i in 0..batch.len() {
                 let p = match (partition, batch.key(i)) {
                     (Some(p), _) => p,
@@ -1207,6 +1219,21 @@ mod plan_tests {
         assert_eq!(total, sent.len());
         assert!(PART_OF.with(|t| t.borrow().0) < 100, "wrapped");
         engine.shutdown().expect("test setup");
+    }
+
+    #[test]
+    fn the_part_table_grows_and_shrinks_back() {
+        let mut table = Vec::new();
+        fit_part_of(&mut table, 1_000_000);
+        assert_eq!(table.len(), 1_000_000);
+        fit_part_of(&mut table, 300_000);
+        assert_eq!(table.len(), 1_000_000, "within 4x: kept");
+        fit_part_of(&mut table, 10);
+        assert_eq!(table.len(), 10);
+        assert!(table.capacity() < 4096, "{}", table.capacity());
+        fit_part_of(&mut table, 5_000);
+        assert_eq!(table.len(), 5_000);
+        assert!(table.iter().all(|&(plan, _)| plan == 0));
     }
 
     /// A producer used from a thread-local's destructor, after its thread's `PART_OF` is gone
