@@ -287,8 +287,10 @@ impl Shard {
         self.counters.borrow().appends_in_flight
     }
 
-    /// The log of a partition this shard owns: on the shard, records are read zero-copy.
-    pub fn log(&self, topic: &str, partition: u32) -> Option<Rc<PartitionLog>> {
+    /// The log of a partition this shard owns: on the shard, records are read zero-copy. Not
+    /// public: an append through it would go around the accumulator's order (`accumulate`);
+    /// code outside the engine gets a `ReadOnlyLog` (`Engine::run_on_partition`).
+    pub(crate) fn log(&self, topic: &str, partition: u32) -> Option<Rc<PartitionLog>> {
         self.partitions.borrow().get(topic).and_then(|p| p.get(&partition)).cloned()
     }
 
