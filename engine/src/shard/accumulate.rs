@@ -435,7 +435,9 @@ enum Cause {
     Linger,
     Request,
     Memory,
-    Idle,
+    /// The generation of the ripe batch `flush_idle` picked: a batch staged in its place while
+    /// the flush waited for room is left alone (it may hold less than a quarter).
+    Idle(u64),
 }
 
 /// Stages a request's records; flushes what fills up, and at the end what must not linger.
@@ -865,9 +867,12 @@ const IDLE_BYTES: usize = 1 << 20;
 
 /// The shard's task that appends staged batches early while the disk has nothing to do: once a
 /// staged batch holds a quarter of its `batch_size` (`Staging::ripe`), the shard has no append
-/// waiting for its durability and no log write is in flight on the executor
-/// (`kappa_storage::writes_drained`: Kafka produces and `Durability::None` appends included), up
-/// to `IDLE_BYTES` of such batches go, the first to get there first (`flush_idle`).
+/// waiting for its durability and no data write of a log is submitted on the executor
+/// (`kappa_storage::writes_drained`: Kafka produces and `Durability::None` appends included;
+/// fdatasyncs and a writer's steps before it submits are not counted), up to `IDLE_BYTES` of such
+/// batches go, the first to get there first (`flush_idle`). Under `Durability::None` appends
+/// count as done at once, so the next look may come as soon as the writers submitted: the
+/// logs' write queues (`PartitionLog::reserve`) are then the bound.
 ///
 /// Why: a burst smaller than `batch_size` per partition (a bulk load of a million records over
 /// a thousand partitions) was staged whole before its first byte went to the disk, which then
@@ -911,11 +916,11 @@ async fn flush_idle(shard: &Rc<Shard>) {
                 .get(&topic, partition)
                 .filter(|s| s.generation == generation)
                 .map(|s| s.batch.data_len());
-            size.map(|size| (topic, partition, size))
+            size.map(|size| (topic, partition, size, generation))
         };
-        if let Some((topic, partition, size)) = next {
+        if let Some((topic, partition, size, generation)) = next {
             handed += size;
-            flush(shard, &topic, partition, Cause::Idle).await;
+            flush(shard, &topic, partition, Cause::Idle(generation)).await;
         }
     }
 }
@@ -944,6 +949,11 @@ async fn flush(shard: &Rc<Shard>, topic: &Arc<str>, partition: u32, cause: Cause
     let Ok(permit) = shard.append_permits.clone().acquire_static_permit(1).await else {
         return;
     };
+    if let Cause::Idle(generation) = cause {
+        if !shard.staging.borrow().is_current(topic, partition, generation) {
+            return;
+        }
+    }
     let Some(staged) = shard.staging.borrow_mut().take(topic, partition) else { return };
     {
         let mut staging = shard.staging.borrow_mut();
@@ -954,7 +964,7 @@ async fn flush(shard: &Rc<Shard>, topic: &Arc<str>, partition: u32, cause: Cause
             Cause::Linger => counts.linger += 1,
             Cause::Request => counts.request += 1,
             Cause::Memory => counts.memory += 1,
-            Cause::Idle => counts.idle += 1,
+            Cause::Idle(_) => counts.idle += 1,
         }
     }
     let mut staged = staged;

@@ -41,9 +41,9 @@ pub fn writes_pending() -> usize {
     WRITES_PENDING.with(Cell::get)
 }
 
-/// Resolves once no log write is in flight on this executor (checked now and whenever the last
-/// one completes): the engine's accumulator appends staged batches early only while the disk has
-/// nothing to do.
+/// Resolves once no log data write is in flight on this executor (checked now and whenever the
+/// last one completes; fdatasyncs and a writer's steps before it submits are not counted): the
+/// engine's accumulator appends staged batches early only then.
 pub fn writes_drained() -> impl Future<Output = ()> {
     std::future::poll_fn(|cx| {
         if writes_pending() == 0 {

@@ -474,11 +474,18 @@ fn an_idle_shard_appends_large_staged_batches_before_their_linger() {
         }
         batch
     };
-    // The small one first: partition 1's request is the last that comes.
+    // The small one first; partition 1's request once partition 0's batch went (its append then
+    // waits for an fdatasync: partition 1's batch gets large while it is in flight).
     let small = producer.submit_each("t", batch_for(2, 2)).expect("submit");
     let first = producer.submit_each("t", batch_for(0, 20)).expect("submit");
-    let second = producer.submit_each("t", batch_for(1, 20)).expect("submit");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let idle_flushes =
+        || -> u64 { engine.metrics().expect("metrics").iter().map(|m| m.stage_flushes.idle).sum() };
+    while idle_flushes() < 1 {
+        assert!(std::time::Instant::now() < deadline, "partition 0's batch did not go");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let second = producer.submit_each("t", batch_for(1, 20)).expect("submit");
     let readable = |partition: u32| {
         engine.partition_offsets("t", partition).expect("offsets").readable_end_offset
     };
@@ -497,8 +504,7 @@ fn an_idle_shard_appends_large_staged_batches_before_their_linger() {
     // The small one is still staged (a quarter of its batch size not reached).
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(readable(2), 0, "a staged batch of 2 KiB did not wait for its linger");
-    let idle: u64 = engine.metrics().expect("metrics").iter().map(|m| m.stage_flushes.idle).sum();
-    assert_eq!(idle, 2);
+    assert_eq!(idle_flushes(), 2);
     producer.flush().expect("flush");
     assert_eq!(small.wait().expect("acks").len(), 2);
 }
@@ -506,9 +512,9 @@ fn an_idle_shard_appends_large_staged_batches_before_their_linger() {
 /// A staged batch that gets large enough while another append is on its way to the disk goes
 /// once that append completes, though no request comes after it (`accumulate::idle_flusher` is
 /// woken by the shard's last append in flight completing). On a simulated disk whose writes take
-/// 300 ms, partition 1's request is sent only once partition 0's batch went to the disk; before,
-/// the idle flush was a step of the request loop, and partition 1's batch waited out its
-/// 60 s linger.
+/// 300 ms, partition 1's request is sent only once partition 0's batch went to the disk, and
+/// nothing is sent after it. With the idle flush as a step of the request loop (before the
+/// flusher task), or without the wake, partition 1's batch waits out its 60 s linger.
 #[test]
 fn a_batch_ripe_while_the_disk_is_busy_goes_when_the_disk_is_done() {
     use kappa_storage::io::{Disk, FaultOptions, SimDisk};
@@ -543,20 +549,19 @@ fn a_batch_ripe_while_the_disk_is_busy_goes_when_the_disk_is_done() {
         assert!(std::time::Instant::now() < deadline, "partition 0's batch did not go");
         std::thread::sleep(Duration::from_millis(1));
     }
-    // Partition 0's write takes 300 ms: partition 1's batch is ripe while it is in flight.
+    // Partition 0's write takes 300 ms: partition 1's batch is ripe while it is in flight. From
+    // here on nothing is sent to the shard until partition 1's records are acknowledged (a
+    // request would wake a request loop that looks for idle batches between requests).
     let second = producer.submit_each("t", batch_for(1)).expect("submit");
-    let readable = |partition: u32| {
-        engine.partition_offsets("t", partition).expect("offsets").readable_end_offset
-    };
-    while readable(1) < 20 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "a batch that got large while the disk was busy waited for its linger"
-        );
-        std::thread::sleep(Duration::from_millis(5));
+    let (acked, acks) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = acked.send(second.wait().map(|a| a.len()));
+    });
+    match acks.recv_timeout(Duration::from_secs(10)) {
+        Ok(result) => assert_eq!(result.expect("acks"), 20),
+        Err(_) => panic!("a batch that got large while the disk was busy waited for its linger"),
     }
     assert_eq!(first.wait().expect("acks").len(), 20);
-    assert_eq!(second.wait().expect("acks").len(), 20);
     assert_eq!(idle_flushes(), 2);
     sim.set_faults(FaultOptions::default());
 }
@@ -580,7 +585,9 @@ fn a_failed_staged_append_fails_every_request_waiting_on_it() {
         only_under: Some(data.join("topics").join("t").join("0")),
         ..FaultOptions::default()
     });
-    let producer = engine.producer().with_linger(Duration::from_millis(20));
+    // A linger far past the test: both requests share each partition's staged batch, appended by
+    // the flush below.
+    let producer = engine.producer().with_linger(Duration::from_secs(60));
     let key_of = |partition: u32| {
         (0u64..)
             .map(key)
@@ -597,12 +604,25 @@ fn a_failed_staged_append_fails_every_request_waiting_on_it() {
         }
         pending.push(producer.submit_each("t", batch).expect("submit"));
     }
+    let _ = producer.flush();
+    let (answered, answers) = std::sync::mpsc::channel();
     for (r, p) in pending.into_iter().enumerate() {
-        match p.wait() {
-            Err(Error::Io { op: "append", .. }) => {}
-            other => panic!("request {r}: expected the failed append's error, got {other:?}"),
+        let answered = answered.clone();
+        std::thread::spawn(move || {
+            let _ = answered.send((r, p.wait()));
+        });
+    }
+    for _ in 0..2 {
+        match answers.recv_timeout(Duration::from_secs(10)) {
+            Ok((_, Err(Error::Io { op: "append", .. }))) => {}
+            Ok((r, other)) => {
+                panic!("request {r}: expected the failed append's error, got {other:?}")
+            }
+            Err(_) => panic!("a request waiting on a failed staged append was never answered"),
         }
     }
+    let (batches, _) = stored_batches(&engine);
+    assert_eq!(batches, 2, "both requests' records in one staged batch per partition");
     sim.set_faults(FaultOptions::default());
     let stored = read_partition(&engine, "t", 1);
     assert_eq!(stored.len(), 20, "partition 1's records landed");
