@@ -474,11 +474,13 @@ pub(crate) async fn stage(shard: &Rc<Shard>, stage: Stage) {
         first: RefCell::new(vec![None; parts.len()]),
         counts,
         topic: topic.clone(),
-        partitions: parts.clone(),
+        partitions: parts,
         remaining: Cell::new(1), // the staging itself, finished below
         error: RefCell::new(None),
         reply: RefCell::new(Some(reply)),
     });
+    // The request's partitions, per part: read where the answer needs them, not copied.
+    let parts: &[u32] = &pending.partitions;
     let limits = shard.config.log.limits;
     let batch_size = batch_size.clamp(1, limits.batch_size_bytes_max as usize);
     let count_max = limits.batch_record_count_max as usize;
@@ -632,7 +634,7 @@ pub(crate) async fn stage(shard: &Rc<Shard>, stage: Stage) {
     }
     finish_staging(shard);
     if linger.is_zero() {
-        for partition in &parts {
+        for partition in parts {
             flush(shard, &topic, *partition, Cause::Request).await;
         }
     }

@@ -49,12 +49,7 @@ pub fn writes_drained() -> impl Future<Output = ()> {
         if writes_pending() == 0 {
             return Poll::Ready(());
         }
-        WAITERS.with(|w| {
-            let mut waiters = w.borrow_mut();
-            if !waiters.iter().any(|waker| waker.will_wake(cx.waker())) {
-                waiters.push(cx.waker().clone());
-            }
-        });
+        wait_for_wake_all(cx);
         Poll::Pending
     })
 }
@@ -80,6 +75,16 @@ impl Drop for WritePending {
             wake_all();
         }
     }
+}
+
+/// Registers the polling task for the next `wake_all` (once, however often it polls).
+fn wait_for_wake_all(cx: &Context<'_>) {
+    WAITERS.with(|w| {
+        let mut waiters = w.borrow_mut();
+        if !waiters.iter().any(|waker| waker.will_wake(cx.waker())) {
+            waiters.push(cx.waker().clone());
+        }
+    });
 }
 
 fn wake_all() {
@@ -200,7 +205,7 @@ impl Future for Room<'_> {
         if self.registered || self.budget.stats().in_flight < self.budget.allowed() {
             return Poll::Ready(());
         }
-        WAITERS.with(|w| w.borrow_mut().push(cx.waker().clone()));
+        wait_for_wake_all(cx);
         self.registered = true;
         Poll::Pending
     }

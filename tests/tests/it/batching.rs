@@ -509,6 +509,55 @@ fn an_idle_shard_appends_large_staged_batches_before_their_linger() {
     assert_eq!(small.wait().expect("acks").len(), 2);
 }
 
+/// The CPU time so far of thread `tid` of this process (utime + stime, clock ticks of 10 ms).
+fn thread_cpu(tid: i64) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).expect("stat");
+    let fields: Vec<&str> = stat.rsplit_once(')').expect("stat").1.split_whitespace().collect();
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    Duration::from_millis(ticks * 10)
+}
+
+/// The idle flusher sleeps while it has nothing to do: with a staged batch too small to go early
+/// (and one that went), the shard's thread uses next to no CPU over a second. A flusher that
+/// looked again without waiting for a batch to get large enough (or for the disk) would keep its
+/// thread busy for all of it.
+#[test]
+fn the_idle_flusher_sleeps_while_nothing_is_large_enough() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = engine_with(dir.path(), |config| config.shards = Some(1));
+    engine.create_topic("t", TopicConfig::new(2)).expect("topic");
+    let producer =
+        engine.producer().with_linger(Duration::from_secs(60)).with_batch_size(64 * 1024);
+    let batch_for = |partition: u32, kib: usize| {
+        let k = (0u64..)
+            .map(key)
+            .find(|k| kappa_engine::router::partition_for_key(k, 2) == partition)
+            .expect("a key");
+        let mut batch = ProducerBatch::new();
+        for _ in 0..kib {
+            batch.push(Some(&k), &[b'a'; 1024], None);
+        }
+        batch
+    };
+    let went = producer.submit_each("t", batch_for(0, 20)).expect("submit");
+    assert_eq!(went.wait().expect("acks").len(), 20);
+    let waits = producer.submit_each("t", batch_for(1, 2)).expect("submit");
+    // The shard's thread, read from /proc from here on (a busy shard could not answer).
+    let tid = engine
+        .run_on_partition("t", 0, |_| async {
+            // SAFETY: gettid has no preconditions.
+            unsafe { libc::syscall(libc::SYS_gettid) }
+        })
+        .expect("run on the shard");
+    let before = thread_cpu(tid);
+    std::thread::sleep(Duration::from_secs(1));
+    let used = thread_cpu(tid) - before;
+    assert!(used < Duration::from_millis(300), "the shard's thread used {used:?} of 1 s idle");
+    producer.flush().expect("flush");
+    assert_eq!(waits.wait().expect("acks").len(), 2);
+}
+
 /// A staged batch that gets large enough while another append is on its way to the disk goes
 /// once that append completes, though no request comes after it (`accumulate::idle_flusher` is
 /// woken by the shard's last append in flight completing). On a simulated disk whose writes take
