@@ -285,7 +285,9 @@ fn a_swap_whose_record_could_not_be_written_is_not_acknowledged() {
     let disk = SimDisk::new(12);
     let first = engine(&disk);
     first.create_topic("p", TopicConfig::new(1)).expect("topic");
-    produce(&first, 5_000);
+    // Enough history that the rebuild is still replaying when the faults are set below (with
+    // 5,000 records a loaded CI machine once swapped before this thread set them).
+    produce(&first, 50_000);
     let view = first.create_view("v", count("a")).expect("view");
     view.wait_for(view.log_end().expect("end"), WAIT).expect("folded");
     let rebuild = first.rebuild_view("v", count("b")).expect("rebuild");
