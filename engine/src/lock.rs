@@ -8,13 +8,35 @@
 //! `flock` locks belong to an open file description, so a second `open` + `flock` in the same
 //! process is refused too. The holder writes its pid into the file, for the error a second owner
 //! gets; readers (`kappa verify`, `kappa inspect`) do not take the lock.
+//!
+//! A child process forked by any thread of the owner (`std::process::Command`) holds a copy of
+//! the lock's descriptor until it calls `exec` (which closes it: `O_CLOEXEC`), and with it the
+//! lock: an engine dropped and built again on the same dir in that moment found its own pid in
+//! the file and was refused (seen in CI, under load, beside a test that spawns processes). The
+//! process therefore keeps a list of the dirs it holds: a lock held by a dir on that list is a
+//! second owner here (refused at once), while a lock that names this process but is on no list
+//! is such a transient copy, and `acquire` waits for it (up to `INHERITED_WAIT`).
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::Error;
+
+/// The lock files this process holds, by device and inode (`DirLock::id`).
+static HELD: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
+
+/// How long `acquire` waits for a lock that names this process but that no `DirLock` of it holds:
+/// a child process between `fork` and `exec` holding a copy of a dropped lock's descriptor.
+const INHERITED_WAIT: Duration = Duration::from_secs(5);
+
+fn held() -> std::sync::MutexGuard<'static, Vec<(u64, u64)>> {
+    HELD.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// The lock file's name inside a data dir.
 pub const LOCK_FILE: &str = ".lock";
@@ -23,6 +45,8 @@ pub const LOCK_FILE: &str = ".lock";
 #[derive(Debug)]
 pub struct DirLock {
     path: PathBuf,
+    /// The lock file's device and inode, in `HELD` while this lock lives.
+    id: (u64, u64),
     _file: File,
 }
 
@@ -42,29 +66,53 @@ impl DirLock {
             .truncate(false)
             .open(&path)
             .map_err(io("open", &path))?;
-        // SAFETY: `flock` on a file descriptor this function owns (open until `file` drops); it
-        // touches no memory.
-        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if r != 0 {
+        let meta = file.metadata().map_err(io("stat", &path))?;
+        let id = (meta.dev(), meta.ino());
+        let started = Instant::now();
+        loop {
+            if held().contains(&id) {
+                return Err(Error::Locked { dir: dir.to_path_buf(), pid: Some(std::process::id()) });
+            }
+            // SAFETY: `flock` on a file descriptor this function owns (open until `file`
+            // drops); it touches no memory.
+            let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if r == 0 {
+                break;
+            }
             let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                let mut text = String::new();
-                let _ = file.read_to_string(&mut text);
-                let pid = text.trim().parse::<u32>().ok();
+            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(Error::Io { op: "flock", path, source: e });
+            }
+            let mut text = String::new();
+            file.rewind().map_err(io("seek", &path))?;
+            let _ = file.read_to_string(&mut text);
+            let pid = text.trim().parse::<u32>().ok();
+            // Named us, held by no `DirLock` of ours: a forked child's copy, gone at its `exec`.
+            let inherited = pid == Some(std::process::id()) && !held().contains(&id);
+            if !inherited || started.elapsed() >= INHERITED_WAIT {
                 return Err(Error::Locked { dir: dir.to_path_buf(), pid });
             }
-            return Err(Error::Io { op: "flock", path, source: e });
+            std::thread::sleep(Duration::from_millis(5));
         }
+        // A `DirLock` of ours on this file would hold the `flock`: none does.
+        held().push(id);
         // Ours now: say who holds it. Not synced: the pid only matters while we run.
         file.set_len(0).map_err(io("truncate", &path))?;
         file.rewind().map_err(io("seek", &path))?;
-        writeln!(file, "{}", std::process::id()).map_err(io("write", &path))?;
-        Ok(DirLock { path, _file: file })
+        let lock = DirLock { path, id, _file: file };
+        writeln!(&lock._file, "{}", std::process::id()).map_err(io("write", &lock.path))?;
+        Ok(lock)
     }
 
     /// The lock file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        held().retain(|id| *id != self.id);
     }
 }
 
@@ -85,5 +133,33 @@ mod tests {
         }
         drop(first);
         DirLock::acquire(dir.path()).expect("free again once the first is dropped");
+    }
+
+    /// A child forked while the lock was held keeps a copy of its descriptor (until its `exec`,
+    /// here until it exits): the lock dropped and taken again meanwhile waits for the child
+    /// instead of refusing with our own pid. Without the wait: `Locked { pid: our pid }`.
+    #[test]
+    fn a_lock_held_by_a_forked_childs_copy_is_waited_for() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = DirLock::acquire(dir.path()).expect("first lock");
+        // SAFETY: the child only sleeps and exits (async-signal-safe calls), as a child between
+        // `fork` and `exec` would.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork: {}", std::io::Error::last_os_error());
+        if child == 0 {
+            // SAFETY: see above.
+            unsafe {
+                libc::usleep(300_000);
+                libc::_exit(0);
+            }
+        }
+        drop(first);
+        let started = std::time::Instant::now();
+        let again = DirLock::acquire(dir.path());
+        let waited = started.elapsed();
+        // SAFETY: reaping the child forked above.
+        unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
+        again.expect("the lock once the child's copy is gone");
+        assert!(waited >= std::time::Duration::from_millis(100), "the child held it: {waited:?}");
     }
 }
