@@ -71,7 +71,10 @@ impl DirLock {
         let started = Instant::now();
         loop {
             if held().contains(&id) {
-                return Err(Error::Locked { dir: dir.to_path_buf(), pid: Some(std::process::id()) });
+                return Err(Error::Locked {
+                    dir: dir.to_path_buf(),
+                    pid: Some(std::process::id()),
+                });
             }
             // SAFETY: `flock` on a file descriptor this function owns (open until `file`
             // drops); it touches no memory.
