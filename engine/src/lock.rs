@@ -23,16 +23,19 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::Error;
 
 /// The lock files this process holds, by device and inode (`DirLock::id`).
 static HELD: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
 
-/// How long `acquire` waits for a lock that names this process but that no `DirLock` of it holds:
-/// a child process between `fork` and `exec` holding a copy of a dropped lock's descriptor.
+/// How long `acquire` waits for a lock that names this process but that no `DirLock` of it holds
+/// (a child process between `fork` and `exec` holding a copy of a dropped lock's descriptor), in
+/// steps of `INHERITED_STEP`: counted, not timed (time comes from the engine's `Clock`, and
+/// sleeping longer than asked only makes the wait longer).
 const INHERITED_WAIT: Duration = Duration::from_secs(5);
+const INHERITED_STEP: Duration = Duration::from_millis(5);
 
 fn held() -> std::sync::MutexGuard<'static, Vec<(u64, u64)>> {
     HELD.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -68,7 +71,7 @@ impl DirLock {
             .map_err(io("open", &path))?;
         let meta = file.metadata().map_err(io("stat", &path))?;
         let id = (meta.dev(), meta.ino());
-        let started = Instant::now();
+        let mut waited = Duration::ZERO;
         loop {
             if held().contains(&id) {
                 return Err(Error::Locked {
@@ -92,10 +95,11 @@ impl DirLock {
             let pid = text.trim().parse::<u32>().ok();
             // Named us, held by no `DirLock` of ours: a forked child's copy, gone at its `exec`.
             let inherited = pid == Some(std::process::id()) && !held().contains(&id);
-            if !inherited || started.elapsed() >= INHERITED_WAIT {
+            if !inherited || waited >= INHERITED_WAIT {
                 return Err(Error::Locked { dir: dir.to_path_buf(), pid });
             }
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(INHERITED_STEP);
+            waited += INHERITED_STEP;
         }
         // A `DirLock` of ours on this file would hold the `flock`: none does.
         held().push(id);
@@ -157,6 +161,7 @@ mod tests {
             }
         }
         drop(first);
+        #[allow(clippy::disallowed_methods)] // A test measures how long the child held it.
         let started = std::time::Instant::now();
         let again = DirLock::acquire(dir.path());
         let waited = started.elapsed();
