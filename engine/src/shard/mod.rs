@@ -496,6 +496,12 @@ pub(crate) async fn run(
 
 async fn serve(shard: Rc<Shard>) {
     loop {
+        // A yield point between requests: when requests keep coming (the next one queued
+        // before this loop looks), `recv_async` is always ready and this task would serve them
+        // all in one poll, so glommio, which preempts only between polls, never weighs the
+        // live queue's shares against replay's (replay's minimum rate) or the maintenance
+        // queue's. `replay::tests::a_live_queue_that_never_empties_leaves_replay_its_share`.
+        glommio::yield_if_needed().await;
         // Staged batches whose linger ran out go once the requests queued at that moment are
         // staged (`accumulate::flush_expired`).
         if accumulate::has_due(&shard) {
