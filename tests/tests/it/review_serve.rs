@@ -325,7 +325,7 @@ fn hundred() -> Vec<Value> {
 // 1. Lost or corrupt data, wrong answers.
 
 /// FINDING (data): a batch answered 413 was partly written. A POST whose records route to two
-/// partitions is split by `Producer::send_packed_async` (engine/src/producer.rs:314) into one
+/// partitions is split by `Producer::send_packed_async` (engine/src/producer/mod.rs) into one
 /// append per partition; each is checked against the storage limits on its shard only, so the
 /// partition whose part is valid appends it while the other refuses, and the handler returns the
 /// refusal (tools/src/serve/routes/records.rs: `send_packed_async(..).await?`). The client is
