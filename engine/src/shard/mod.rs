@@ -38,8 +38,13 @@ pub(crate) mod iowq;
 pub(crate) mod link;
 pub(crate) mod replay;
 pub(crate) mod slice;
+mod stats;
 mod tail;
+mod upkeep;
 mod views;
+
+use stats::{metrics, partition_metrics};
+use upkeep::{apply_retention, heartbeat, retention_loop, stall_probe};
 
 use link::Link;
 use replay::ReplayControl;
@@ -911,167 +916,6 @@ async fn subscription(
                 all.remove(&*state.topic);
             }
         }
-    }
-}
-
-/// A timer that bounds a missed wake-up of the shard's executor.
-///
-/// Why: a full test run showed a shard asleep for 59.6 s with requests queued (issue 9's 58.6 s
-/// catch-up), woken by retention's once-a-minute timer: glommio 0.9 can park its executor right
-/// after a preemption check with work queued, and then requests from other threads do not wake it
-/// (their eventfd wake-up is lost), while a timer does. This timer fires ten times a second, so
-/// such a sleep lasts at most 100 ms; it costs one timer wake-up per 100 ms of an idle shard.
-///
-/// It runs until the shard's executor ends (it is cancelled when `run` returns), through shutdown
-/// too: shutdown waits for file closes and syncs that complete from glommio's helper thread, the
-/// same cross-thread wake-up that can be missed (a property-test run hung in `shutdown` when the
-/// heartbeat stopped with the `stopping` flag).
-async fn heartbeat() {
-    loop {
-        glommio::timer::sleep(HEARTBEAT_INTERVAL).await;
-    }
-}
-
-/// See `heartbeat`.
-const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
-
-/// Measures executor stalls from inside the shard: a task in the live queue sleeps `interval`
-/// over and over and records how late it wakes. A wake-up is late when the thread was blocked
-/// (a syscall on the shard thread) or a task ran without yielding; either delays every live
-/// request by as much. The histogram is `ShardMetrics::executor_stall_ns`; the monitor thread
-/// (`monitor.rs`) sees only stalls of a second or more, this sees them all.
-///
-/// Why a timer in the live queue: that is where appends, tail delivery and queries run, so its
-/// lateness is the delay they meet. One timer per interval per shard (1 ms by default: about
-/// 1,000 cheap wake-ups a second) is the cost.
-async fn stall_probe(shard: Rc<Shard>, interval: Duration) {
-    while !shard.stopping.get() {
-        // Observability only: lateness is reported, never used to decide anything.
-        #[allow(clippy::disallowed_methods)]
-        let due = std::time::Instant::now() + interval;
-        glommio::timer::sleep(interval).await;
-        #[allow(clippy::disallowed_methods)]
-        let late = std::time::Instant::now().saturating_duration_since(due);
-        let mut counters = shard.counters.borrow_mut();
-        counters.executor_stall_ns.saturating_record(late.as_nanos() as u64);
-    }
-}
-
-/// Applies each partition's retention every `EngineConfig::retention_interval`, in the
-/// maintenance queue.
-async fn retention_loop(shard: Rc<Shard>) {
-    loop {
-        glommio::timer::sleep(shard.config.retention_interval).await;
-        if shard.stopping.get() {
-            return;
-        }
-        let _ = apply_retention(&shard).await;
-    }
-}
-
-/// One retention pass over the shard's partitions, each under its views' floor
-/// (`views::retention_floor`). Unlinks and directory fsyncs run through the seam (the blocking
-/// pool). Returns the segments deleted; the first error, after trying every partition.
-async fn apply_retention(shard: &Rc<Shard>) -> Result<u64, Error> {
-    let logs: Vec<(Arc<str>, u32, Rc<PartitionLog>)> = shard
-        .partitions
-        .borrow()
-        .iter()
-        .flat_map(|(t, ps)| ps.iter().map(move |(p, l)| (t.clone(), *p, l.clone())))
-        .collect();
-    let now_ms = shard.config.clock.now_ms();
-    let mut deleted = 0;
-    let mut first_error = None;
-    for (topic, partition, log) in logs {
-        // The floor is read right before the pass: a view's folded offset only grows.
-        let floor = views::retention_floor(shard, &topic, partition);
-        match log.apply_retention(now_ms, floor).await {
-            Ok(report) => deleted += report.segments_deleted as u64,
-            Err(e) => {
-                tracing::error!(shard = shard.id.0, dir = %log.dir().display(), error = %e, "retention failed");
-                first_error.get_or_insert(Error::from(e));
-            }
-        }
-    }
-    first_error.map_or(Ok(deleted), Err)
-}
-
-fn partition_metrics(topic: &str, partition: u32, log: &PartitionLog) -> PartitionMetrics {
-    PartitionMetrics {
-        topic: topic.to_string(),
-        partition,
-        start_offset: log.start_offset(),
-        end_offset: log.end_offset(),
-        readable_end_offset: log.readable_end_offset(),
-        size_bytes: log.size_bytes(),
-        segment_count: log.segments().len(),
-    }
-}
-
-fn metrics(shard: &Shard) -> ShardMetrics {
-    let counters = shard.counters.borrow();
-    // Closed logs' fsyncs count too: the counter is monotonic for the life of the shard. The
-    // latency histogram is this thread's, every log's syncs (closed ones' included).
-    let fsync_latency_ns = kappa_storage::fsync_latency_ns().unwrap_or_else(|| {
-        hdrhistogram::Histogram::new_with_bounds(1_000, 60_000_000_000, 2)
-            .expect("static histogram bounds are valid")
-    });
-    let mut fsync_count = counters.closed_fsync_count;
-    let mut write_queue_len = 0;
-    let mut partitions = Vec::new();
-    let owned = shard.partitions.borrow();
-    for (topic, partition, log) in
-        owned.iter().flat_map(|(t, ps)| ps.iter().map(move |(p, l)| (t, p, l)))
-    {
-        let stats = log.stats();
-        fsync_count += stats.fsync_count;
-        write_queue_len += stats.write_queue_len;
-        partitions.push(partition_metrics(topic, *partition, log));
-    }
-    let consumers = shard.subscriptions.borrow().iter().map(|s| s.metrics()).collect();
-    ShardMetrics {
-        shard: shard.id.0,
-        records_appended: counters.records_appended,
-        bytes_appended: counters.bytes_appended,
-        batches_appended: counters.batches_appended,
-        appends_in_flight: counters.appends_in_flight,
-        append_ack_latency_ns: counters.append_ack_latency_ns.clone(),
-        tail_delivery_latency_ns: counters.tail_delivery_latency_ns.clone(),
-        replay: shard.replay_control.metrics(),
-        executor_stall_ns: counters.executor_stall_ns.clone(),
-        fsync_count,
-        fsync_latency_ns,
-        request_queue_len: shard.request_queue.len(),
-        write_queue_len,
-        partitions,
-        consumers,
-        views: shard
-            .views
-            .borrow()
-            .iter()
-            .map(|((view, version, partition), (vp, log))| {
-                let st = vp.state.borrow();
-                ViewMetrics {
-                    view: view.to_string(),
-                    version: *version,
-                    partition: *partition,
-                    next_offset: st.next_offset,
-                    lag: log.readable_end_offset().saturating_sub(st.next_offset),
-                    live: vp.caught_up_at.get().is_some(),
-                    counters: st.counters,
-                    activity: vp.activity.get(),
-                    stalls: vp.stalls.get(),
-                    failure: vp.failure.borrow().clone(),
-                }
-            })
-            .collect(),
-        buffer_pool: kappa_storage::pool::stats(),
-        staged_bytes: shard.staging.borrow().staged_bytes() as u64,
-        staged_partitions: shard.staging.borrow().staged_partitions() as u64,
-        staged_spare_bytes: shard.staging.borrow().spare_bytes() as u64,
-        stage_flushes: shard.staging.borrow().flushes,
-        late_probes: 0,
-        watchdog: Default::default(), // filled in by `Engine::metrics`
     }
 }
 
