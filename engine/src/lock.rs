@@ -73,17 +73,23 @@ impl DirLock {
         let id = (meta.dev(), meta.ino());
         let mut waited = Duration::ZERO;
         loop {
-            if held().contains(&id) {
-                return Err(Error::Locked {
-                    dir: dir.to_path_buf(),
-                    pid: Some(std::process::id()),
-                });
-            }
-            // SAFETY: `flock` on a file descriptor this function owns (open until `file`
-            // drops); it touches no memory.
-            let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            if r == 0 {
-                break;
+            {
+                // The check and the entry under one hold of the list: where `flock` is per
+                // process (NFS), two threads of ours must not both pass the check.
+                let mut list = held();
+                if list.contains(&id) {
+                    return Err(Error::Locked {
+                        dir: dir.to_path_buf(),
+                        pid: Some(std::process::id()),
+                    });
+                }
+                // SAFETY: `flock` on a file descriptor this function owns (open until `file`
+                // drops); it touches no memory.
+                let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+                if r == 0 {
+                    list.push(id);
+                    break;
+                }
             }
             let e = std::io::Error::last_os_error();
             if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
@@ -101,12 +107,13 @@ impl DirLock {
             std::thread::sleep(INHERITED_STEP);
             waited += INHERITED_STEP;
         }
-        // A `DirLock` of ours on this file would hold the `flock`: none does.
-        held().push(id);
-        // Ours now: say who holds it. Not synced: the pid only matters while we run.
-        file.set_len(0).map_err(io("truncate", &path))?;
-        file.rewind().map_err(io("seek", &path))?;
-        let lock = DirLock { path, id, _file: file };
+        // Ours now, and on the list: the `DirLock` exists before anything else can fail, so an
+        // error below drops it, which takes the entry off the list (a stale entry would refuse
+        // the dir to this process for good) and closes the file (the kernel's lock with it).
+        let mut lock = DirLock { path, id, _file: file };
+        // Say who holds it. Not synced: the pid only matters while we run.
+        lock._file.set_len(0).map_err(io("truncate", &lock.path))?;
+        lock._file.rewind().map_err(io("seek", &lock.path))?;
         writeln!(&lock._file, "{}", std::process::id()).map_err(io("write", &lock.path))?;
         Ok(lock)
     }
@@ -131,43 +138,70 @@ mod tests {
     fn a_second_lock_in_the_same_process_is_refused_with_our_pid_and_freed_on_drop() {
         let dir = tempfile::tempdir().expect("tempdir");
         let first = DirLock::acquire(dir.path()).expect("first lock");
-        match DirLock::acquire(dir.path()) {
+        #[allow(clippy::disallowed_methods)] // A test measures that the refusal does not wait.
+        let started = std::time::Instant::now();
+        let second = DirLock::acquire(dir.path());
+        let took = started.elapsed();
+        match second {
             Err(Error::Locked { dir: locked, pid }) => {
                 assert_eq!(locked, dir.path());
                 assert_eq!(pid, Some(std::process::id()));
             }
             other => panic!("expected Locked, got {other:?}"),
         }
+        // Refused at once from the list of held locks, not after the wait for a forked child's
+        // copy (`INHERITED_WAIT`, 5 s), which a lock held by a `DirLock` of ours never gets.
+        assert!(took < INHERITED_WAIT / 2, "refused after {took:?}: it waited");
         drop(first);
         DirLock::acquire(dir.path()).expect("free again once the first is dropped");
     }
 
     /// A child forked while the lock was held keeps a copy of its descriptor (until its `exec`,
     /// here until it exits): the lock dropped and taken again meanwhile waits for the child
-    /// instead of refusing with our own pid. Without the wait: `Locked { pid: our pid }`.
+    /// instead of refusing with our own pid. Without the wait: `Locked { pid: our pid }`. The
+    /// child exits when told, 200 ms after the lock was dropped, so the second `acquire` begins
+    /// while the child holds the copy unless this thread lost its CPU that long (then the test
+    /// passes without having tested the wait; it never fails for it).
     #[test]
     fn a_lock_held_by_a_forked_childs_copy_is_waited_for() {
         let dir = tempfile::tempdir().expect("tempdir");
         let first = DirLock::acquire(dir.path()).expect("first lock");
-        // SAFETY: the child only sleeps and exits (async-signal-safe calls), as a child between
-        // `fork` and `exec` would.
+        let mut pipe = [0i32; 2];
+        // SAFETY: `pipe` writes two descriptors into the array it is given.
+        assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0, "pipe");
+        let [read_end, write_end] = pipe;
+        // SAFETY: the child only closes, reads and exits (async-signal-safe calls), as a child
+        // between `fork` and `exec` would.
         let child = unsafe { libc::fork() };
         assert!(child >= 0, "fork: {}", std::io::Error::last_os_error());
         if child == 0 {
-            // SAFETY: see above.
+            // SAFETY: see above; the read returns when the parent writes or closes its end.
             unsafe {
-                libc::usleep(300_000);
+                libc::close(write_end);
+                let mut byte = 0u8;
+                libc::read(read_end, (&mut byte as *mut u8).cast(), 1);
                 libc::_exit(0);
             }
         }
+        // SAFETY: the parent's copy of the read end, unused here.
+        unsafe { libc::close(read_end) };
         drop(first);
-        #[allow(clippy::disallowed_methods)] // A test measures how long the child held it.
-        let started = std::time::Instant::now();
+        let released = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let releaser = {
+            let released = released.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                released.store(true, std::sync::atomic::Ordering::Release);
+                // SAFETY: closing the write end this test owns lets the child's read return.
+                unsafe { libc::close(write_end) };
+            })
+        };
         let again = DirLock::acquire(dir.path());
-        let waited = started.elapsed();
+        let was_released = released.load(std::sync::atomic::Ordering::Acquire);
+        releaser.join().expect("the releasing thread");
         // SAFETY: reaping the child forked above.
         unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
         again.expect("the lock once the child's copy is gone");
-        assert!(waited >= std::time::Duration::from_millis(100), "the child held it: {waited:?}");
+        assert!(was_released, "acquired while the child still held its copy");
     }
 }

@@ -43,6 +43,9 @@ mod tail;
 mod upkeep;
 mod views;
 
+#[cfg(test)]
+mod serve_tests;
+
 use stats::{metrics, partition_metrics};
 use upkeep::{apply_retention, heartbeat, retention_loop, stall_probe};
 
@@ -505,7 +508,7 @@ async fn serve(shard: Rc<Shard>) {
         // before this loop looks), `recv_async` is always ready and this task would serve them
         // all in one poll, so glommio, which preempts only between polls, never weighs the
         // live queue's shares against replay's (replay's minimum rate) or the maintenance
-        // queue's. `replay::tests::a_live_queue_that_never_empties_leaves_replay_its_share`.
+        // queue's. `serve_tests::a_request_loop_that_never_runs_dry_leaves_replay_its_share`.
         glommio::yield_if_needed().await;
         // Staged batches whose linger ran out go once the requests queued at that moment are
         // staged (`accumulate::flush_expired`).

@@ -798,7 +798,11 @@ fn assert_replay_keeps_its_share(pin: Option<usize>, live_loop: LiveLoop) {
                 let started = started.clone();
                 std::thread::spawn(move || {
                     if let Some(cpu) = pin {
-                        core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
+                        // Unpinned, the test would quietly become the one above.
+                        assert!(
+                            core_affinity::set_for_current(core_affinity::CoreId { id: cpu }),
+                            "pinning the client to CPU {cpu}"
+                        );
                     }
                     while !started.load(Ordering::Acquire) {
                         std::thread::yield_now();

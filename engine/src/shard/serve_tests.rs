@@ -1,0 +1,91 @@
+//! The request loop (`serve`) against a replay task on the same shard: requests that never let
+//! the loop's queue run dry must not take the whole thread.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Request, Shard};
+
+/// Spins the thread for `d` (work that takes CPU time) and says how long it spun.
+#[allow(clippy::disallowed_methods)] // Measures CPU work done, decides nothing by the clock.
+fn spin_for(d: Duration) -> Duration {
+    let start = std::time::Instant::now();
+    while start.elapsed() < d {
+        std::hint::spin_loop();
+    }
+    start.elapsed()
+}
+
+/// A client thread keeps the shard's request queue full of jobs, each 300 µs of work done inside
+/// the request loop's own poll (a `Request::Run` job's closure runs there), while a task in the
+/// replay queue spins in 20 µs steps. With equal shares (live 1000, replay's `shares_max`
+/// 1000) replay gets about half of the shard's thread; without the loop's yield point between
+/// requests, `recv_async` was always ready, the loop served every request in one poll and
+/// replay ran only once the client had stopped: 0% of the busy time while the client sent.
+#[test]
+fn a_request_loop_that_never_runs_dry_leaves_replay_its_share() {
+    const JOBS: u64 = 400;
+    const JOB_WORK: Duration = Duration::from_micros(300);
+    let dir = tempfile::tempdir().expect("test setup");
+    let engine =
+        crate::Engine::builder().data_dir(dir.path()).shards(1).build().expect("test setup");
+    let link = engine.inner.link(0).clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let replay_ns = Arc::new(AtomicU64::new(0));
+    let live_ns = Arc::new(AtomicU64::new(0));
+    // While the client sends: replay's busy time counts only until the last job ran.
+    let replay_ns_while_sending = Arc::new(AtomicU64::new(0));
+    let (started_tx, started) = flume::bounded::<()>(1);
+    {
+        let (stop, replay_ns) = (stop.clone(), replay_ns.clone());
+        let job = move |shard: std::rc::Rc<Shard>| {
+            let task = async move {
+                let _ = started_tx.send(());
+                while !stop.load(Ordering::Acquire) {
+                    let d = spin_for(Duration::from_micros(20));
+                    replay_ns.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+                    glommio::yield_if_needed().await;
+                }
+            };
+            glommio::spawn_local_into(task, shard.replay_queue())
+                .expect("the replay queue exists")
+                .detach();
+            Box::pin(async {}) as std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>
+        };
+        link.send(Request::Run(Box::new(job))).expect("the shard listens");
+    }
+    started.recv().expect("the replay task started");
+    let (done_tx, done) = flume::bounded::<()>(1);
+    for i in 0..JOBS {
+        let live_ns = live_ns.clone();
+        let last = (i + 1 == JOBS).then(|| {
+            (done_tx.clone(), replay_ns.clone(), replay_ns_while_sending.clone())
+        });
+        let job = move |_shard: std::rc::Rc<Shard>| {
+            let d = spin_for(JOB_WORK);
+            live_ns.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+            if let Some((done, replay_ns, snapshot)) = last {
+                snapshot.store(replay_ns.load(Ordering::Relaxed), Ordering::Relaxed);
+                let _ = done.send(());
+            }
+            Box::pin(async {}) as std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>
+        };
+        link.send(Request::Run(Box::new(job))).expect("the shard listens");
+    }
+    done.recv().expect("the last job ran");
+    stop.store(true, Ordering::Release);
+    let live = live_ns.load(Ordering::Relaxed) as f64;
+    let replay = replay_ns_while_sending.load(Ordering::Relaxed) as f64;
+    let share = replay / (live + replay);
+    assert!(
+        share >= 0.2,
+        "replay ran {:.0}% of the shard's busy time while {JOBS} requests of {} µs each kept the \
+         request loop busy (live {:.0} ms, replay {:.0} ms): the loop did not let it have its share",
+        share * 100.0,
+        JOB_WORK.as_micros(),
+        live / 1e6,
+        replay / 1e6
+    );
+    drop(engine);
+}
