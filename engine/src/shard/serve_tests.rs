@@ -59,9 +59,8 @@ fn a_request_loop_that_never_runs_dry_leaves_replay_its_share() {
     let (done_tx, done) = flume::bounded::<()>(1);
     for i in 0..JOBS {
         let live_ns = live_ns.clone();
-        let last = (i + 1 == JOBS).then(|| {
-            (done_tx.clone(), replay_ns.clone(), replay_ns_while_sending.clone())
-        });
+        let last = (i + 1 == JOBS)
+            .then(|| (done_tx.clone(), replay_ns.clone(), replay_ns_while_sending.clone()));
         let job = move |_shard: std::rc::Rc<Shard>| {
             let d = spin_for(JOB_WORK);
             live_ns.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
