@@ -50,7 +50,8 @@ pub struct DirLock {
     path: PathBuf,
     /// The lock file's device and inode, in `HELD` while this lock lives.
     id: (u64, u64),
-    _file: File,
+    /// Always `Some` until `drop`, which closes it while it holds the list.
+    file: Option<File>,
 }
 
 impl DirLock {
@@ -110,11 +111,12 @@ impl DirLock {
         // Ours now, and on the list: the `DirLock` exists before anything else can fail, so an
         // error below drops it, which takes the entry off the list (a stale entry would refuse
         // the dir to this process for good) and closes the file (the kernel's lock with it).
-        let mut lock = DirLock { path, id, _file: file };
+        let lock = DirLock { path, id, file: Some(file) };
         // Say who holds it. Not synced: the pid only matters while we run.
-        lock._file.set_len(0).map_err(io("truncate", &lock.path))?;
-        lock._file.rewind().map_err(io("seek", &lock.path))?;
-        writeln!(&lock._file, "{}", std::process::id()).map_err(io("write", &lock.path))?;
+        let mut file = lock.file.as_ref().expect("set above");
+        file.set_len(0).map_err(io("truncate", &lock.path))?;
+        file.rewind().map_err(io("seek", &lock.path))?;
+        writeln!(file, "{}", std::process::id()).map_err(io("write", &lock.path))?;
         Ok(lock)
     }
 
@@ -126,7 +128,12 @@ impl DirLock {
 
 impl Drop for DirLock {
     fn drop(&mut self) {
-        held().retain(|id| *id != self.id);
+        // The file closes (the kernel's lock with it) while the list is held, so no thread of
+        // ours sees neither the entry nor a free lock in between (where `flock` is per process,
+        // it could otherwise take the lock this close is about to release).
+        let mut list = held();
+        drop(self.file.take());
+        list.retain(|id| *id != self.id);
     }
 }
 
@@ -167,8 +174,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let first = DirLock::acquire(dir.path()).expect("first lock");
         let mut pipe = [0i32; 2];
-        // SAFETY: `pipe` writes two descriptors into the array it is given.
-        assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0, "pipe");
+        // SAFETY: `pipe2` writes two descriptors into the array it is given.
+        // Close-on-exec: a process another test spawns meanwhile must not keep the write end.
+        assert_eq!(unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) }, 0, "pipe");
         let [read_end, write_end] = pipe;
         // SAFETY: the child only closes, reads and exits (async-signal-safe calls), as a child
         // between `fork` and `exec` would.

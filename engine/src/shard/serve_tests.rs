@@ -34,14 +34,16 @@ fn a_request_loop_that_never_runs_dry_leaves_replay_its_share() {
     let stop = Arc::new(AtomicBool::new(false));
     let replay_ns = Arc::new(AtomicU64::new(0));
     let live_ns = Arc::new(AtomicU64::new(0));
-    // While the client sends: replay's busy time counts only until the last job ran.
-    let replay_ns_while_sending = Arc::new(AtomicU64::new(0));
-    let (started_tx, started) = flume::bounded::<()>(1);
+    // Replay's busy time while the jobs run: from the first job to the last.
+    let replay_ns_at_first = Arc::new(AtomicU64::new(0));
+    let replay_ns_at_last = Arc::new(AtomicU64::new(0));
+    // `Result`s, so `Link::recv` ends the wait with the shard's error if it dies.
+    let (started_tx, started) = flume::bounded::<Result<(), crate::Error>>(1);
     {
         let (stop, replay_ns) = (stop.clone(), replay_ns.clone());
         let job = move |shard: std::rc::Rc<Shard>| {
             let task = async move {
-                let _ = started_tx.send(());
+                let _ = started_tx.send(Ok(()));
                 while !stop.load(Ordering::Acquire) {
                     let d = spin_for(Duration::from_micros(20));
                     replay_ns.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
@@ -55,27 +57,33 @@ fn a_request_loop_that_never_runs_dry_leaves_replay_its_share() {
         };
         link.send(Request::Run(Box::new(job))).expect("the shard listens");
     }
-    started.recv().expect("the replay task started");
-    let (done_tx, done) = flume::bounded::<()>(1);
+    link.recv(&started).expect("the replay task started");
+    let (done_tx, done) = flume::bounded::<Result<(), crate::Error>>(1);
     for i in 0..JOBS {
         let live_ns = live_ns.clone();
+        let first = (i == 0).then(|| (replay_ns.clone(), replay_ns_at_first.clone()));
         let last = (i + 1 == JOBS)
-            .then(|| (done_tx.clone(), replay_ns.clone(), replay_ns_while_sending.clone()));
+            .then(|| (done_tx.clone(), replay_ns.clone(), replay_ns_at_last.clone()));
         let job = move |_shard: std::rc::Rc<Shard>| {
+            if let Some((replay_ns, snapshot)) = first {
+                snapshot.store(replay_ns.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
             let d = spin_for(JOB_WORK);
             live_ns.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
             if let Some((done, replay_ns, snapshot)) = last {
                 snapshot.store(replay_ns.load(Ordering::Relaxed), Ordering::Relaxed);
-                let _ = done.send(());
+                let _ = done.send(Ok(()));
             }
             Box::pin(async {}) as std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>
         };
         link.send(Request::Run(Box::new(job))).expect("the shard listens");
     }
-    done.recv().expect("the last job ran");
+    drop(done_tx);
+    link.recv(&done).expect("the last job ran");
     stop.store(true, Ordering::Release);
     let live = live_ns.load(Ordering::Relaxed) as f64;
-    let replay = replay_ns_while_sending.load(Ordering::Relaxed) as f64;
+    let replay = (replay_ns_at_last.load(Ordering::Relaxed)
+        - replay_ns_at_first.load(Ordering::Relaxed)) as f64;
     let share = replay / (live + replay);
     assert!(
         share >= 0.2,
