@@ -140,6 +140,12 @@ impl Drop for DirLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::ffi::OsStringExt;
+
+    /// Held by the test that forks and by the FIFO test: a child forked while the FIFO test has
+    /// its lock file open keeps that descriptor (and its `flock`) until it exits, and the FIFO
+    /// test's next attempt would meet it instead of the error it tests.
+    static FORKING: Mutex<()> = Mutex::new(());
 
     #[test]
     fn a_second_lock_in_the_same_process_is_refused_with_our_pid_and_freed_on_drop() {
@@ -163,6 +169,26 @@ mod tests {
         DirLock::acquire(dir.path()).expect("free again once the first is dropped");
     }
 
+    /// A lock whose pid write fails leaves nothing behind: the next `acquire` meets the same
+    /// error, not `Locked` naming this process. The lock file is a FIFO, which opens, stats and
+    /// `flock`s, but cannot be truncated. With the held-locks entry made before the `DirLock`
+    /// that removes it on drop, the second call got `Locked { pid: our pid }` for good.
+    #[test]
+    fn a_lock_that_failed_after_taking_the_flock_leaves_no_entry() {
+        let _serial = FORKING.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = std::ffi::CString::new(dir.path().join(LOCK_FILE).into_os_string().into_vec())
+            .expect("a path without NUL");
+        // SAFETY: `mkfifo` reads the NUL-terminated path it is given.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0, "mkfifo");
+        for attempt in 0..2 {
+            match DirLock::acquire(dir.path()) {
+                Err(Error::Io { op: "truncate", .. }) => {}
+                other => panic!("attempt {attempt}: expected the truncate error, got {other:?}"),
+            }
+        }
+    }
+
     /// A child forked while the lock was held keeps a copy of its descriptor (until its `exec`,
     /// here until it exits): the lock dropped and taken again meanwhile waits for the child
     /// instead of refusing with our own pid. Without the wait: `Locked { pid: our pid }`. The
@@ -171,6 +197,7 @@ mod tests {
     /// passes without having tested the wait; it never fails for it).
     #[test]
     fn a_lock_held_by_a_forked_childs_copy_is_waited_for() {
+        let _serial = FORKING.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().expect("tempdir");
         let first = DirLock::acquire(dir.path()).expect("first lock");
         let mut pipe = [0i32; 2];

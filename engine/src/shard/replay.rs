@@ -905,4 +905,4 @@ pub(crate) async fn control_loop(control: Rc<ReplayControl>, stopping: impl Fn()
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -5,17 +5,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::replay::tests::spin_for;
 use super::{Request, Shard};
-
-/// Spins the thread for `d` (work that takes CPU time) and says how long it spun.
-#[allow(clippy::disallowed_methods)] // Measures CPU work done, decides nothing by the clock.
-fn spin_for(d: Duration) -> Duration {
-    let start = std::time::Instant::now();
-    while start.elapsed() < d {
-        std::hint::spin_loop();
-    }
-    start.elapsed()
-}
 
 /// A client thread keeps the shard's request queue full of jobs, each 300 µs of work done inside
 /// the request loop's own poll (a `Request::Run` job's closure runs there), while a task in the

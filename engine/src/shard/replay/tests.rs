@@ -709,9 +709,10 @@ fn live_and_replay_queues(
     (live, replay)
 }
 
-/// Spins the thread for `d` (work that takes CPU time, as a fold or an append does).
+/// Spins the thread for `d` (work that takes CPU time, as a fold or an append does) and says how
+/// long it spun. Also used by `shard::serve_tests`.
 #[allow(clippy::disallowed_methods)] // Measures CPU work done, decides nothing by the clock.
-fn spin_for(d: Duration) -> Duration {
+pub(crate) fn spin_for(d: Duration) -> Duration {
     let start = std::time::Instant::now();
     while start.elapsed() < d {
         std::hint::spin_loop();
@@ -728,13 +729,13 @@ fn spin_for(d: Duration) -> Duration {
 /// when run alone, while beside other tests it can pass without it.)
 #[test]
 fn a_live_queue_woken_again_and_again_leaves_replay_its_share() {
-    assert_replay_keeps_its_share(None, LiveLoop::YieldsBetweenRequests);
+    assert_replay_keeps_its_share(None);
 }
 
 /// The same with the client on the shard's own CPU: its next request is often queued before the
 /// live task looks for it, so the live queue never empties and is never woken; only the live
 /// loop's yield point between requests (as `shard::serve` has) lets the scheduler weigh the
-/// shares. Without it (`LiveLoop::NeverYields`) the live task served every request in one poll
+/// shares. Without it (the `yield_if_needed` in `assert_replay_keeps_its_share` deleted) the live task served every request in one poll
 /// and replay ran 3-4% of the thread in most runs (a CI run failed the test above that way,
 /// with the client on the shard's CPU); with it, 52-54%.
 #[test]
@@ -744,20 +745,13 @@ fn a_live_queue_that_never_empties_leaves_replay_its_share() {
         .first()
         .map(|c| c.id)
         .expect("a CPU to pin to");
-    assert_replay_keeps_its_share(Some(cpu), LiveLoop::YieldsBetweenRequests);
-}
-
-#[derive(Clone, Copy, PartialEq)]
-#[allow(dead_code)] // `NeverYields` is how the tests above are shown to fail.
-enum LiveLoop {
-    YieldsBetweenRequests,
-    NeverYields,
+    assert_replay_keeps_its_share(Some(cpu));
 }
 
 /// A live queue serving requests from a client thread, 300 µs of work each, beside a replay
 /// queue that never runs dry; replay must get at least a quarter of the thread's busy time.
 /// `pin` puts the executor and the client on one CPU.
-fn assert_replay_keeps_its_share(pin: Option<usize>, live_loop: LiveLoop) {
+fn assert_replay_keeps_its_share(pin: Option<usize>) {
     use std::sync::atomic::{AtomicBool, Ordering};
     const CYCLES: usize = 300;
     const LIVE_WORK: Duration = Duration::from_micros(300);
@@ -780,9 +774,8 @@ fn assert_replay_keeps_its_share(pin: Option<usize>, live_loop: LiveLoop) {
                         while queue.recv_async().await.is_ok() {
                             live_busy.set(live_busy.get() + spin_for(LIVE_WORK));
                             let _ = done.send(());
-                            if live_loop == LiveLoop::YieldsBetweenRequests {
-                                glommio::yield_if_needed().await;
-                            }
+                            // As `shard::serve` does between requests.
+                            glommio::yield_if_needed().await;
                         }
                         stop.set(true);
                     },
