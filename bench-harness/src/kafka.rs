@@ -325,6 +325,7 @@ fn batches_in(records: &[u8]) -> anyhow::Result<(u64, i64, Vec<i64>)> {
 /// Fetches `topic`/0 from offset 0 until `records` are read; MB/s of key+value bytes.
 fn fetch_history(addr: std::net::SocketAddr, topic: &str, records: u64) -> anyhow::Result<f64> {
     let mut client = Client::connect(addr)?;
+    crate::perfctl::profiling(true);
     let started = Instant::now();
     let (mut offset, mut read) = (0i64, 0u64);
     while read < records {
@@ -337,7 +338,9 @@ fn fetch_history(addr: std::net::SocketAddr, topic: &str, records: u64) -> anyho
         read += count;
         offset = next;
     }
-    Ok(mb_s(read * (VALUE_BYTES + KEY_BYTES) as u64, started.elapsed()))
+    let elapsed = started.elapsed();
+    crate::perfctl::profiling(false);
+    Ok(mb_s(read * (VALUE_BYTES + KEY_BYTES) as u64, elapsed))
 }
 
 /// What the latency run measured: per batch, from its intended send time to the consumer's
