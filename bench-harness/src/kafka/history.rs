@@ -1,5 +1,6 @@
 //! `kafka --history-only`: the read side alone, where a fetch of history stands against the log's
-//! own scan, the embedded consumer and the raw read, in turned order each round.
+//! own scan, the embedded consumer and the raw read (the raw read first in each round; the other
+//! three in an order that turns by one each round).
 
 use super::*;
 

@@ -234,8 +234,6 @@ fn raw_batch_write_latency(
     })
 }
 
-/// The latency run on a fresh topic at `offered` batches/s; its summary and the histogram of the
-/// figure (produce to consume).
 /// How a latency run is driven: `offered` batches/s (`fraction` of the acks=1 rate) for
 /// `seconds`, the floor synced every `sync_every` bytes, the client threads on `client_cpu`.
 pub(super) struct LatencyPlan {
@@ -246,6 +244,8 @@ pub(super) struct LatencyPlan {
     pub(super) client_cpu: Option<usize>,
 }
 
+/// The latency run on a fresh topic at `offered` batches/s; its summary and the histogram of the
+/// figure (produce to consume).
 pub(super) fn latency_phase(
     engine: &Arc<Engine>,
     dir: &std::path::Path,

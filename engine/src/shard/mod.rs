@@ -47,7 +47,7 @@ mod views;
 #[cfg(test)]
 mod serve_tests;
 
-pub(crate) use serve::append;
+use serve::append;
 use serve::serve;
 use stats::{metrics, partition_metrics};
 use upkeep::{apply_retention, heartbeat, retention_loop, stall_probe};

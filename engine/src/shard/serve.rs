@@ -234,7 +234,7 @@ pub(crate) type AppendDone = Box<dyn FnOnce(Result<BatchAck, Error>)>;
 /// Assigns offsets now (arrival order), then waits for durability in its own task. Returns the
 /// payload, whose bytes the log has copied (the accumulator reuses its buffers).
 #[allow(clippy::too_many_arguments)] // One call's worth of context, used once each.
-pub(crate) fn append(
+pub(super) fn append(
     shard: &Rc<Shard>,
     log: Rc<PartitionLog>,
     topic: &str,

@@ -1,5 +1,6 @@
 //! The state of one view partition: groups keyed by (key, window start), the watermark, counters,
-//! and the operator pipeline that folds records into it. Also its digest and checkpoint encoding.
+//! and the operator pipeline that folds records into it, and its digest. Its checkpoint file is in
+//! `state/checkpoint.rs`, range folds for replay split over shards in `state/range.rs`.
 //!
 //! Everything here is deterministic: `BTreeMap` order, no clock, no randomness, records in offset
 //! order. So a partition rebuilt by replay has the same groups, the same bits and the same digest as

@@ -1,4 +1,5 @@
-//! `kappa.toml`'s parsing and its errors, key by key.
+//! Tests of `kappa.toml`'s parsing: defaults, overrides, and errors that name the key, line and
+//! column.
 
 use super::*;
 
